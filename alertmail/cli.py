@@ -1,0 +1,142 @@
+"""The ``alertmail`` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from alertmail.exitcodes import ExitCode
+
+DEFAULT_CONFIG = "config.toml"
+
+config_option = click.option(
+    "--config",
+    "-c",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=lambda: os.environ.get("ALERTMAIL_CONFIG", DEFAULT_CONFIG),
+    show_default="config.toml, or $ALERTMAIL_CONFIG",
+    help="configuration file",
+)
+
+
+def setup_logging(level: str = "info") -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+
+
+def load_or_exit(config_path: Path):
+    """The validated config and plugins, or exit 78 printing every problem."""
+    from alertmail.config import ConfigError, load_config, read_toml
+    from alertmail.loader import PluginError, load_plugins
+
+    try:
+        raw = read_toml(config_path)
+        agent = raw.get("agent", {}) if isinstance(raw.get("agent"), dict) else {}
+        dirs = agent.get("plugin_dirs", [])
+        dirs = [dirs] if isinstance(dirs, str) else [d for d in dirs if isinstance(d, str)] if isinstance(dirs, list) else []
+        base = config_path.resolve().parent
+        blocked = agent.get("disable_plugins", [])
+        plugins = load_plugins([base / d for d in dirs], blocked=blocked if isinstance(blocked, list) else ())
+        cfg = load_config(config_path, plugins)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        click.echo(f"{len(exc.problems)} problem(s) in {exc.path}; nothing was started.", err=True)
+        sys.exit(ExitCode.CONFIG)
+    except PluginError as exc:
+        click.echo(f"plugin error: {exc}", err=True)
+        sys.exit(ExitCode.CONFIG)
+    return cfg, plugins
+
+
+class AlertmailGroup(click.Group):
+    """Adds plugin commands (``register_commands``) lazily, only when asked for."""
+
+    _plugins_added = False
+
+    def _add_plugin_commands(self) -> None:
+        if self._plugins_added:
+            return
+        self._plugins_added = True
+        from alertmail.loader import load_plugins
+
+        try:
+            load_plugins().hook.register_commands(cli=self)
+        except Exception as exc:  # a broken plugin must not break the CLI
+            logging.getLogger("alertmail.plugins").error("register_commands failed: %s", exc)
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is None:
+            self._add_plugin_commands()
+            command = super().get_command(ctx, name)
+        return command
+
+    def list_commands(self, ctx):
+        self._add_plugin_commands()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=AlertmailGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="alertmail")
+def cli() -> None:
+    """Watch this machine and mail people when it needs them."""
+
+
+@cli.command()
+@config_option
+def check(config_path: Path) -> None:
+    """Validate the configuration; exit 0 when it is good, 78 when not."""
+    cfg, plugins = load_or_exit(config_path)
+    for info in plugins.errors:
+        click.echo(f"warning: plugin {info.name} ({info.source}): {info.error}", err=True)
+    click.echo(f"{config_path}: ok ({len(cfg.rules)} rules, route {' -> '.join(cfg.mail['route'])})")
+
+
+@cli.command("plugins")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def plugins_command(config_path: Path, as_json: bool) -> None:
+    """List loaded plugins with their source, version, probes and transports."""
+    from alertmail.config import read_toml, ConfigError
+    from alertmail.loader import load_plugins
+
+    dirs: list[Path] = []
+    if config_path.exists():
+        try:
+            agent = read_toml(config_path).get("agent", {})
+            dirs = [config_path.resolve().parent / d for d in agent.get("plugin_dirs", [])]
+        except ConfigError as exc:
+            click.echo(str(exc), err=True)
+    plugins = load_plugins(dirs)
+    infos = list(plugins.infos.values())
+    if as_json:
+        import json
+        from dataclasses import asdict
+
+        click.echo(json.dumps([asdict(i) for i in infos], indent=2))
+        return
+    from alertmail.table import format_table
+
+    rows = [
+        [i.name, i.source, i.version or "-", ", ".join(i.probes) or "-", ", ".join(i.transports + i.services) or "-", i.error or "ok"]
+        for i in infos
+    ]
+    click.echo(format_table(["plugin", "source", "version", "probes", "transports/services", "status"], rows))
+    if plugins.errors:
+        sys.exit(ExitCode.CONFIG)
+
+
+def main() -> None:
+    cli(prog_name="alertmail")
+
+
+if __name__ == "__main__":
+    main()

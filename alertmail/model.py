@@ -1,0 +1,169 @@
+"""The values that flow through alertmail: samples, probes, envelopes, delivery results."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def freeze_labels(labels: Mapping[str, Any] | Labels | None) -> Labels:
+    """Labels as a sorted tuple of string pairs: hashable, order-free."""
+    if not labels:
+        return ()
+    items = labels.items() if isinstance(labels, Mapping) else labels
+    return tuple(sorted((str(k), str(v)) for k, v in items))
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class Sample:
+    """One value of one metric for one label set, at one time."""
+
+    metric: str
+    value: float
+    labels: Labels
+    timestamp: float
+
+    def __init__(
+        self,
+        metric: str,
+        value: float,
+        labels: Mapping[str, Any] | Labels | None = None,
+        timestamp: float | None = None,
+    ) -> None:
+        object.__setattr__(self, "metric", str(metric))
+        object.__setattr__(self, "value", float(value))
+        object.__setattr__(self, "labels", freeze_labels(labels))
+        object.__setattr__(self, "timestamp", time.time() if timestamp is None else float(timestamp))
+
+    @property
+    def series(self) -> tuple[str, Labels]:
+        """The identity of the time series this sample belongs to."""
+        return (self.metric, self.labels)
+
+    def label_dict(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricInfo:
+    """Describes a metric a probe emits, for `alertmail probe --list` and the docs."""
+
+    name: str
+    unit: str
+    description: str = ""
+    labels: tuple[str, ...] = ()
+    kind: str = "gauge"  # "gauge" or "rate"
+
+
+@dataclass
+class Probe:
+    """A ready-made probe: a name, a collect function and an optional interval (seconds).
+
+    Plugins may register any object with ``name`` and ``collect()``; this class is
+    a convenience for the function form.
+    """
+
+    name: str
+    collect: Callable[[], Iterable[Sample] | Awaitable[Iterable[Sample]]]
+    interval: float | None = None
+    description: str = ""
+    metrics: tuple[MetricInfo, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One key of a transport's or service's configuration table."""
+
+    kind: str  # "str", "int", "float", "bool", "duration", "size", "list", "path", "address"
+    default: Any = None
+    required: bool = False
+    help: str = ""
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The SMTP envelope: who the message is from and whom it goes to."""
+
+    sender: str
+    recipients: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "recipients", tuple(self.recipients))
+
+
+class Status(enum.Enum):
+    DELIVERED = "delivered"
+    TEMPORARY = "temporary"  # retry later
+    PERMANENT = "permanent"  # give up: badmail and DSN
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientStatus:
+    """What happened to one recipient in one delivery attempt."""
+
+    status: Status
+    code: int = 0
+    message: str = ""
+    enhanced: str = ""  # RFC 3463 status, e.g. "5.1.1"
+    remote: str = ""  # the server that answered, if any
+
+    @property
+    def delivered(self) -> bool:
+        return self.status is Status.DELIVERED
+
+
+@dataclass(slots=True)
+class DeliveryResult:
+    """Per-recipient outcome of one transport's attempt."""
+
+    recipients: dict[str, RecipientStatus] = field(default_factory=dict)
+
+    @classmethod
+    def all(cls, recipients: Iterable[str], status: RecipientStatus) -> DeliveryResult:
+        return cls({rcpt: status for rcpt in recipients})
+
+    def with_status(self, status: Status) -> list[str]:
+        return [r for r, s in self.recipients.items() if s.status is status]
+
+    @property
+    def delivered(self) -> list[str]:
+        return self.with_status(Status.DELIVERED)
+
+    @property
+    def temporary(self) -> list[str]:
+        return self.with_status(Status.TEMPORARY)
+
+    @property
+    def permanent(self) -> list[str]:
+        return self.with_status(Status.PERMANENT)
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A delivery backend. Registered as a class; built once per `[transports.NAME]` table.
+
+    ``options`` maps each accepted config key to an ``Option``; the config loader
+    validates the table against it and passes the checked values to ``__init__``
+    together with ``context`` (a ``TransportContext``).
+    """
+
+    name: ClassVar[str]
+    options: ClassVar[Mapping[str, Option]]
+
+    async def send(self, message: EmailMessage | bytes, envelope: Envelope) -> DeliveryResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TransportContext:
+    """What a transport may know about the agent it runs in."""
+
+    state_dir: Any  # pathlib.Path
+    hostname: str
+    config_path: Any = None  # pathlib.Path of the config file, for relative paths

@@ -252,6 +252,12 @@ MAIL_OPTIONS: dict[str, Option] = {
     "subject_prefix": Option("str", "", help="text put before every subject"),
 }
 
+PROBE_OPTIONS: dict[str, Option] = {
+    "enabled": Option("bool", True, help="run this probe"),
+    "interval": Option("duration", None, help="how often to run it; default: the probe's own, else [agent].interval"),
+    "timeout": Option("duration", None, help="longest one run may take; default: its interval"),
+}
+
 CORE_SECTIONS: dict[str, dict[str, Option]] = {"agent": AGENT_OPTIONS, "mail": MAIL_OPTIONS}
 # Sections owned by other core modules register here: name -> (options, is_array).
 EXTRA_SECTIONS: dict[str, tuple[dict[str, Option], bool]] = {}
@@ -270,6 +276,7 @@ class Config:
     mail: dict[str, Any]
     rules: list[Any] = field(default_factory=list)
     transports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    probes: dict[str, dict[str, Any]] = field(default_factory=dict)
     sections: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -326,7 +333,7 @@ def load_config(path: Path | str, plugins: Any = None) -> Config:
 
         plugins = load_plugins(cfg.plugin_dirs, blocked=agent.get("disable_plugins") or ())
 
-    known = set(CORE_SECTIONS) | set(EXTRA_SECTIONS) | {"rules", "transports"}
+    known = set(CORE_SECTIONS) | set(EXTRA_SECTIONS) | {"rules", "transports", "probes"}
     service_sections = {getattr(s, "section", None): s for s in plugins.services if getattr(s, "section", None)}
     known |= set(service_sections)
     for key in raw:
@@ -352,6 +359,19 @@ def load_config(path: Path | str, plugins: Any = None) -> Config:
             check.error(f"mail.route[{i}]", f"no transport named {name!r}; " + (f"did you mean {hint[0]!r}?" if hint else f"installed: {', '.join(sorted(plugins.transports))}"))
         elif name not in cfg.transports:
             cfg.transports[name] = check.table(f"transports.{name}", {}, getattr(plugins.transports[name], "options", {}))
+
+    # Probes: [probes.NAME] tables; common keys plus the probe's own ``options``.
+    raw_probes = raw.get("probes", {})
+    if not isinstance(raw_probes, dict):
+        check.error("probes", "expected tables like [probes.cpu]")
+        raw_probes = {}
+    for name, table in raw_probes.items():
+        probe = plugins.probes.get(name)
+        if probe is None:
+            hint = difflib.get_close_matches(name, list(plugins.probes), n=1)
+            check.error(f"probes.{name}", "no such probe; " + (f"did you mean {hint[0]!r}?" if hint else f"installed: {', '.join(sorted(plugins.probes))}"))
+            continue
+        cfg.probes[name] = check.table(f"probes.{name}", table, {**PROBE_OPTIONS, **(getattr(probe, "options", None) or {})})
 
     for name, (options, array) in EXTRA_SECTIONS.items():
         value = raw.get(name, [] if array else {})

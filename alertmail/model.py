@@ -167,3 +167,32 @@ class TransportContext:
     state_dir: Any  # pathlib.Path
     hostname: str
     config_path: Any = None  # pathlib.Path of the config file, for relative paths
+
+
+@runtime_checkable
+class Service(Protocol):
+    """A long-running part started with the agent (the relay's listener, its pickup watcher).
+
+    Registered as a class through ``register_services``. ``section`` names its config
+    table (``[relay]``), checked against ``options``; the agent builds the service
+    with no arguments and calls ``start`` only when the table says ``enabled = true``.
+    """
+
+    name: ClassVar[str]
+    section: ClassVar[str]
+    options: ClassVar[Mapping[str, Option]]
+
+    async def start(self, context: ServiceContext) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceContext:
+    """What the agent hands a service when it starts it."""
+
+    config: Any  # alertmail.config.Config
+    options: Mapping[str, Any]  # the service's checked config table
+    queue: Any  # alertmail.queue.Queue: ``await queue.put(data, envelope)``
+    state_dir: Any  # pathlib.Path
+    hostname: str

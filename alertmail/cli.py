@@ -134,6 +134,39 @@ def plugins_command(config_path: Path, as_json: bool) -> None:
         sys.exit(ExitCode.CONFIG)
 
 
+@cli.command()
+@config_option
+def run(config_path: Path) -> None:
+    """Run the agent: probes, rules, mail delivery and enabled services, until SIGTERM."""
+    import asyncio
+
+    cfg, plugins = load_or_exit(config_path)
+    setup_logging(cfg.agent["log_level"])
+    for info in plugins.errors:
+        logging.getLogger("alertmail.plugins").error("plugin %s (%s) not loaded: %s", info.name, info.source, info.error)
+    from alertmail.agent import Agent
+
+    try:
+        asyncio.run(Agent(cfg, plugins).run_forever())
+    except OSError as exc:
+        click.echo(f"alertmail: {exc}", err=True)
+        sys.exit(ExitCode.TEMPFAIL)
+
+
+@cli.command()
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG, show_default=True)
+@click.option("--force", is_flag=True, help="overwrite an existing file")
+def init(output: Path, force: bool) -> None:
+    """Write a starter config with rules for this machine's mounts, interfaces and CPUs."""
+    from alertmail.starter import starter_config
+
+    if output.exists() and not force:
+        click.echo(f"{output} exists; use --force to overwrite it", err=True)
+        sys.exit(ExitCode.USAGE)
+    output.write_text(starter_config())
+    click.echo(f"wrote {output}; check it with: alertmail check --config {output}")
+
+
 def main() -> None:
     cli(prog_name="alertmail")
 

@@ -258,7 +258,11 @@ PROBE_OPTIONS: dict[str, Option] = {
     "timeout": Option("duration", None, help="longest one run may take; default: its interval"),
 }
 
-CORE_SECTIONS: dict[str, dict[str, Option]] = {"agent": AGENT_OPTIONS, "mail": MAIL_OPTIONS}
+NOTIFY_OPTIONS: dict[str, Option] = {
+    "group_wait": Option("duration", 30.0, help="alerts firing within this time for the same recipients go out as one mail"),
+}
+
+CORE_SECTIONS: dict[str, dict[str, Option]] = {"agent": AGENT_OPTIONS, "mail": MAIL_OPTIONS, "notify": NOTIFY_OPTIONS}
 # Sections owned by other core modules register here: name -> (options, is_array).
 EXTRA_SECTIONS: dict[str, tuple[dict[str, Option], bool]] = {}
 
@@ -293,6 +297,14 @@ class Config:
         return [p if p.is_absolute() else self.path.parent / p for p in map(Path, self.agent["plugin_dirs"])]
 
 
+_ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\\\"]+@[A-Za-z0-9.-]+$|^[^@\s<>]+@\[[0-9A-Fa-f:.]+\]$")
+
+
+def valid_address(address: str) -> bool:
+    """A bare addr-spec (user@domain) with nothing that could break a header or an SMTP command."""
+    return isinstance(address, str) and len(address) <= 254 and bool(_ADDRESS.fullmatch(address))
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
@@ -318,6 +330,11 @@ def load_config(path: Path | str, plugins: Any = None) -> Config:
     check = Checker(path.resolve().parent)
     agent = check.table("agent", raw.get("agent", {}), AGENT_OPTIONS)
     mail = check.table("mail", raw.get("mail", {}), MAIL_OPTIONS)
+    notify = check.table("notify", raw.get("notify", {}), NOTIFY_OPTIONS)
+    for i, address in enumerate([mail["from"], *mail["to"]]):
+        if not valid_address(address):
+            where = "mail.from" if i == 0 else f"mail.to[{i - 1}]"
+            check.error(where, f"not a valid mail address: {address!r}; write it as user@example.com")
     tz = agent.get("timezone")
     if tz:
         try:
@@ -327,7 +344,7 @@ def load_config(path: Path | str, plugins: Any = None) -> Config:
         except Exception:
             check.error("agent.timezone", f"unknown IANA timezone {tz!r}; use a name like \"Europe/Berlin\" or \"UTC\"")
 
-    cfg = Config(path=path, agent=agent, mail=mail, raw=raw)
+    cfg = Config(path=path, agent=agent, mail=mail, raw=raw, sections={"notify": notify})
     if plugins is None:
         from alertmail.loader import load_plugins
 

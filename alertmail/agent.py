@@ -1,0 +1,250 @@
+"""The running agent: probes on a schedule, rules, notifier, queue, delivery, services.
+
+    probes --samples--> rules --events--> notifier --mail--> queue --> delivery
+
+A probe that raises or overruns its interval is not skipped in silence: it turns
+into the samples ``agent.probe_failed{probe}`` / ``agent.probe_overrun{probe}``,
+which built-in rules watch like any other metric, so it ends up in a mail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from alertmail.config import Config
+from alertmail.fsutil import write_atomic
+from alertmail.history import History
+from alertmail.model import Sample, ServiceContext, TransportContext
+from alertmail.rules import Rule, RuleEngine
+
+log = logging.getLogger("alertmail.agent")
+
+TICK = 1.0  # seconds between time-driven checks (reminders, absent series, group flushes)
+
+
+def self_rules(cfg: Config) -> list[Rule]:
+    """Rules on the agent's own health, mailed to [mail].to."""
+    to = tuple(cfg.mail["to"])
+    if not to:
+        return []
+    return [
+        Rule(name="agent-probe-failed", metric="agent.probe_failed", above=0.5, severity="warning", to=to,
+             description="a probe raised an error or returned bad data; see the agent's log", flapping=False),
+        Rule(name="agent-probe-overrun", metric="agent.probe_overrun", above=0.5, severity="warning", to=to,
+             description="a probe took longer than its timeout; its interval may be too short", flapping=False),
+    ]
+
+
+class Agent:
+    def __init__(self, cfg: Config, plugins: Any) -> None:
+        self.cfg = cfg
+        self.plugins = plugins
+        self.state_dir = Path(cfg.state_dir)
+        self.rules = [*cfg.rules, *self_rules(cfg)]
+        self.engine = RuleEngine(self.rules)
+        self.history = History()
+        self.probes: dict[str, Any] = {}
+        self.services: list[Any] = []
+        self._stop = asyncio.Event()
+        self._state_file = self.state_dir / "rules-state.json"
+
+    # -- probes ------------------------------------------------------------
+    def _configure_probes(self) -> dict[str, tuple[Any, float, float]]:
+        """name -> (probe, interval, timeout) for every enabled probe."""
+        out = {}
+        default = self.cfg.agent["interval"]
+        for name, probe in self.plugins.probes.items():
+            options = self.cfg.probes.get(name, {})
+            if options.get("enabled") is False:
+                continue
+            configure = getattr(probe, "configure", None)
+            if configure is not None:
+                configure({k: v for k, v in options.items() if k not in ("enabled", "interval", "timeout")})
+            interval = options.get("interval") or getattr(probe, "interval", None) or default
+            timeout = options.get("timeout") or self.cfg.agent.get("probe_timeout") or interval
+            out[name] = (probe, float(interval), float(min(timeout, interval)))
+        return out
+
+    async def run_probe(self, name: str, probe: Any, timeout: float) -> None:
+        from alertmail.probing import run_probe
+
+        result = await run_probe(probe, timeout)
+        now = time.time()
+        health = [
+            Sample("agent.probe_failed", 1.0 if result.error and not result.timed_out else 0.0, {"probe": name}, now),
+            Sample("agent.probe_overrun", 1.0 if result.timed_out else 0.0, {"probe": name}, now),
+            Sample("agent.probe_seconds", result.duration, {"probe": name}, now),
+        ]
+        if result.error:
+            log.error("probe %s: %s", name, result.error)
+        await self.observe([*result.samples, *health], now)
+
+    async def observe(self, samples: list[Sample], now: float) -> None:
+        watched = [s for s in samples if any(rule.matches(s) for rule in self.rules)]
+        self.history.add(watched)
+        events = self.engine.observe(samples, now)
+        if events:
+            await self.notifier.notify(events, now)
+            self._save_state()
+
+    async def tick(self) -> None:
+        now = time.time()
+        events = self.engine.tick(now)
+        if events:
+            await self.notifier.notify(events, now)
+            self._save_state()
+        await self.notifier.flush(now)
+
+    # -- state across restarts ---------------------------------------------
+    def _restore_state(self) -> None:
+        try:
+            snapshot = json.loads(self._state_file.read_text())
+        except FileNotFoundError:
+            return
+        except ValueError as exc:
+            log.error("%s is unreadable (%s); rule states start from ok", self._state_file, exc)
+            return
+        try:
+            self.engine.restore(snapshot)
+        except Exception as exc:
+            log.error("cannot restore rule states from %s (%s); they start from ok", self._state_file, exc)
+
+    def _save_state(self) -> None:
+        try:
+            write_atomic(self._state_file, json.dumps(self.engine.snapshot()).encode())
+        except OSError as exc:
+            log.error("cannot save rule states to %s: %s", self._state_file, exc)
+
+    # -- life cycle --------------------------------------------------------
+    async def start(self) -> None:
+        from alertmail.delivery import Delivery, RetryPolicy, build_transports
+        from alertmail.notifier import Notifier
+        from alertmail.queue import Queue
+
+        cfg = self.cfg
+        for sub in ("pickup", "queue", "badmail", "logs"):
+            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._restore_state()
+        self.queue = Queue(self.state_dir / "queue")
+        await self.queue.start()
+        context = TransportContext(state_dir=self.state_dir, hostname=cfg.hostname, config_path=cfg.path)
+        self.transports = build_transports(cfg, self.plugins, context)
+        self.delivery = Delivery(
+            self.queue,
+            self.transports,
+            policy=RetryPolicy.from_config(cfg.sections.get("queue", {})),
+            state_dir=self.state_dir,
+            hostname=cfg.hostname,
+            default_route=cfg.mail["route"],
+            concurrency=cfg.sections.get("queue", {}).get("concurrency") or 8,
+        )
+        await self.delivery.start()
+        notify = cfg.sections.get("notify", {})
+        self.notifier = Notifier(
+            sender=cfg.mail["from"],
+            hostname=cfg.hostname,
+            timezone=cfg.agent["timezone"],
+            route=cfg.mail["route"],
+            queue=self.queue,
+            state_dir=self.state_dir,
+            hook=self.plugins.hook,
+            history=self.history.get,
+            group_wait=notify.get("group_wait") or 0.0,
+            subject_prefix=cfg.mail.get("subject_prefix") or "",
+        )
+        await self._start_services()
+        self._start_scheduler()
+        log.info(
+            "watching %s with %d probes and %d rules; mail goes %s",
+            cfg.hostname, len(self.probes), len(cfg.rules), " -> ".join(cfg.mail["route"]),
+        )
+
+    async def _start_services(self) -> None:
+        for cls in self.plugins.services:
+            options = self.cfg.sections.get(getattr(cls, "section", ""), {})
+            if not options.get("enabled"):
+                continue
+            service = cls()
+            ctx = ServiceContext(config=self.cfg, options=options, queue=self.queue,
+                                 state_dir=self.state_dir, hostname=self.cfg.hostname)
+            await service.start(ctx)
+            self.services.append(service)
+            log.info("service %s started", cls.name)
+
+    def _start_scheduler(self) -> None:
+        from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self.probes = self._configure_probes()
+        for name, (probe, interval, timeout) in self.probes.items():
+            self.scheduler.add_job(
+                self.run_probe, "interval", args=(name, probe, timeout), id=f"probe:{name}", name=name,
+                seconds=interval, jitter=min(interval * 0.1, 5.0), coalesce=True, max_instances=1,
+                misfire_grace_time=max(1, int(interval)),
+                next_run_time=_soon(interval),
+            )
+        self.scheduler.add_job(self.tick, "interval", seconds=TICK, id="tick", coalesce=True, max_instances=1)
+        self.scheduler.add_listener(self._job_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+        self.scheduler.start()
+
+    def _job_skipped(self, event: Any) -> None:
+        """A run skipped because the last one still runs (or the loop was stalled): an overrun."""
+        if not str(event.job_id).startswith("probe:"):
+            return
+        name = event.job_id.split(":", 1)[1]
+        log.warning("probe %s: run skipped, the previous run is still going (overrun)", name)
+        now = time.time()
+        asyncio.ensure_future(self.observe([Sample("agent.probe_overrun", 1.0, {"probe": name}, now)], now))
+
+    async def stop(self) -> None:
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+        for service in reversed(self.services):
+            try:
+                await asyncio.wait_for(service.stop(), 30)
+            except Exception:
+                log.exception("service %s did not stop cleanly", getattr(service, "name", service))
+        if hasattr(self, "notifier"):
+            await self.notifier.flush(force=True)
+        self._save_state()
+        if hasattr(self, "delivery"):
+            await self.delivery.stop()
+        for transport in getattr(self, "transports", {}).values():
+            close = getattr(transport, "close", None)
+            if close is not None:
+                try:
+                    await asyncio.wait_for(close(), 10)
+                except Exception:
+                    log.debug("closing transport %s failed", transport.name, exc_info=True)
+        if hasattr(self, "queue"):
+            await self.queue.close()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        try:
+            await self._stop.wait()
+            log.info("stopping")
+        finally:
+            await self.stop()
+
+
+def _soon(interval: float):
+    """First run within a few seconds, spread so probes do not all start at once."""
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=random.uniform(0.1, min(2.0, interval)))

@@ -28,6 +28,8 @@ ENTRY_POINT_GROUP = "alertmail"
 BUNDLED_PLUGINS: tuple[str, ...] = (
     "alertmail.plugins.system",
     "alertmail.plugins.pickup",
+    "alertmail.plugins.smtp",
+    "alertmail.plugins.mx",
 )
 
 

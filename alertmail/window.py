@@ -1,0 +1,105 @@
+"""Sliding time windows for `over` + `agg` rules, with memory bounded per series.
+
+A window of span S keeps its samples in buckets of width S / WINDOW_BUCKETS. Sparse
+samples (the usual case: a 10 s probe and a 5 min window) get a bucket each, so the
+aggregate is exact; dense samples are folded into their bucket (count, sum, min, max,
+first and last), so a series never holds more than ``WINDOW_BUCKETS + 1`` buckets,
+however fast it reports. The price is that the oldest bucket may reach up to one
+bucket width past the window's start.
+
+Time is the samples' own: the window ends at the newest sample's timestamp.
+"""
+
+from __future__ import annotations
+
+import math
+
+WINDOW_BUCKETS = 60
+AGGREGATES = ("avg", "min", "max", "last", "rate")
+
+
+class _Bucket:
+    __slots__ = ("start", "first_ts", "last_ts", "count", "total", "low", "high", "last", "increase", "first_delta")
+
+    def reset(self, start: float, ts: float, value: float, delta: float) -> _Bucket:
+        self.start = start
+        self.first_ts = self.last_ts = ts
+        self.count = 1
+        self.total = self.low = self.high = self.last = value
+        self.increase = self.first_delta = delta
+        return self
+
+
+class Window:
+    """The samples of one series over the last ``span`` seconds, aggregated on demand."""
+
+    __slots__ = ("span", "width", "buckets", "previous", "_spare")
+
+    def __init__(self, span: float, buckets: int = WINDOW_BUCKETS) -> None:
+        if span <= 0:
+            raise ValueError("a window needs a positive span")
+        self.span = float(span)
+        self.width = self.span / buckets
+        self.buckets: list[_Bucket] = []
+        self.previous: float | None = None  # last value seen, for counter deltas across evictions
+        self._spare: _Bucket | None = None  # an evicted bucket, reused to spare an allocation
+
+    def __len__(self) -> int:
+        return len(self.buckets)
+
+    def add(self, ts: float, value: float) -> None:
+        """Fold one sample in and drop what fell out of the window."""
+        # A counter that went down was reset (restart, wrap): it counted `value` since.
+        if self.previous is None:
+            delta = 0.0
+        elif value >= self.previous:
+            delta = value - self.previous
+        else:
+            delta = value
+        self.previous = value
+        buckets = self.buckets
+        if buckets and ts < buckets[-1].start + self.width:
+            # Same bucket, or a late sample: fold it into the newest bucket.
+            b = buckets[-1]
+            b.count += 1
+            b.total += value
+            if value < b.low:
+                b.low = value
+            if value > b.high:
+                b.high = value
+            if ts >= b.last_ts:
+                b.last_ts = ts
+                b.last = value
+            b.increase += delta
+        else:
+            bucket = self._spare or _Bucket()
+            self._spare = None
+            buckets.append(bucket.reset(math.floor(ts / self.width) * self.width, ts, value, delta))
+        horizon = buckets[-1].last_ts - self.span
+        drop = 0
+        while drop < len(buckets) - 1 and buckets[drop].last_ts <= horizon:
+            drop += 1
+        if drop:
+            self._spare = buckets[drop - 1]
+            del buckets[:drop]
+
+    def value(self, agg: str) -> float | None:
+        """The aggregate over the window; None when there is not enough to say (rate of one sample)."""
+        buckets = self.buckets
+        if not buckets:
+            return None
+        if agg == "last":
+            return buckets[-1].last
+        if agg == "avg":
+            return sum(b.total for b in buckets) / sum(b.count for b in buckets)
+        if agg == "min":
+            return min(b.low for b in buckets)
+        if agg == "max":
+            return max(b.high for b in buckets)
+        if agg == "rate":
+            elapsed = buckets[-1].last_ts - buckets[0].first_ts
+            if elapsed <= 0:
+                return None
+            # The first sample's delta came from before the window.
+            return (sum(b.increase for b in buckets) - buckets[0].first_delta) / elapsed
+        raise ValueError(f"unknown aggregate {agg!r}; expected one of {', '.join(AGGREGATES)}")

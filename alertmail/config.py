@@ -324,6 +324,7 @@ def load_config(path: Path | str, plugins: Any = None) -> Config:
     services; when it is None they are loaded from the config's own plugin_dirs.
     """
     from alertmail import rules as rules_mod  # registers nothing; holds the rule schema
+    from alertmail import delivery as _delivery  # noqa: F401  registers [queue]
 
     path = Path(path)
     raw = read_toml(path)

@@ -42,6 +42,8 @@ ID_PATTERN = re.compile(r"^[0-9a-f]{12,40}$")
 # More puts than this wait for the next commit round; keeps one round's latency bounded.
 BATCH_MAX = 512
 WRITE_THREADS = 8
+# What the command line can ask a running agent to do; "resend" takes a badmail id.
+REQUESTS = ("retry", "delete", "resend")
 
 
 class QueueWriteError(OSError):
@@ -70,13 +72,14 @@ class RecipientState:
     message: str = ""
     enhanced: str = ""
     remote: str = ""
+    transport: str = ""  # the transport that gave the last result
     time: float = 0.0  # of the last result
+    reported: bool = False  # a DSN about its failure has gone out (or was not due)
 
-    def record(self, result: RecipientStatus, when: float) -> None:
+    def record(self, result: RecipientStatus, transport: str, when: float) -> None:
         self.status = {Status.DELIVERED: "delivered", Status.PERMANENT: "failed"}.get(result.status, "pending")
-        self.code, self.message, self.enhanced, self.remote, self.time = (
-            result.code, result.message, result.enhanced, result.remote, when
-        )
+        self.code, self.message, self.enhanced, self.remote = result.code, result.message, result.enhanced, result.remote
+        self.transport, self.time = transport, when
 
     @property
     def reply(self) -> str:
@@ -124,7 +127,10 @@ class Entry:
     @classmethod
     def from_json(cls, raw: bytes | str) -> Entry:
         data: dict[str, Any] = json.loads(raw)
-        data["recipients"] = {r: RecipientState(**s) for r, s in data["recipients"].items()}
+        fields = RecipientState.__dataclass_fields__
+        data["recipients"] = {
+            r: RecipientState(**{k: v for k, v in s.items() if k in fields}) for r, s in data["recipients"].items()
+        }
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -399,8 +405,8 @@ class Queue:
     # -- requests from the command line -------------------------------------
 
     def request(self, action: str, msg_id: str = "all") -> Path:
-        """Leave a request (``retry`` or ``delete``) for the running agent to carry out."""
-        if action not in ("retry", "delete") or not (msg_id == "all" or valid_id(msg_id)):
+        """Leave a request (``retry``, ``delete``, ``resend`` from badmail) for the running agent."""
+        if action not in REQUESTS or not (msg_id == "all" or valid_id(msg_id)):
             raise ValueError(f"bad request {action} {msg_id}")
         control = self.folder / "control"
         control.mkdir(parents=True, exist_ok=True)
@@ -418,7 +424,7 @@ class Queue:
         for name in names:
             action, _, msg_id = name.partition("-")
             (self.folder / "control" / name).unlink(missing_ok=True)
-            if action in ("retry", "delete") and (msg_id == "all" or valid_id(msg_id)):
+            if action in REQUESTS and (msg_id == "all" or valid_id(msg_id)):
                 out.append((action, msg_id))
         return out
 

@@ -27,6 +27,7 @@ ENTRY_POINT_GROUP = "alertmail"
 # Module paths, as in datasette's DEFAULT_PLUGINS.
 BUNDLED_PLUGINS: tuple[str, ...] = (
     "alertmail.plugins.system",
+    "alertmail.plugins.process",
     "alertmail.plugins.pickup",
     "alertmail.plugins.smtp",
     "alertmail.plugins.mx",

@@ -86,6 +86,7 @@ _ADDRESS = re.compile(
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])"
 )
+_THRESHOLD_KEYS = {"above", "below", "warning", "critical", "clear", "over", "agg", "absent"}
 # Rules that stop seeing a series forget it after this long (unless it alerts).
 FORGET_AFTER = 3600.0
 # Cap on remembered non-matching label sets per rule; churning labels (pids) must not grow memory.
@@ -312,30 +313,31 @@ def rules_from_config(raw: Any, check: Any, *, default_to: Iterable[str]) -> lis
             uses_default_to = True
             if not default_to:
                 check.error(f"{where}.to", "no recipients; add to = [\"ops@example.com\"] here or in [mail]")
-        if len(check.problems) > before:
-            continue
+        # Threshold checks need every threshold key converted; else they would only echo that mistake.
+        failed = {key for key in item if key in RULE_OPTIONS and key not in values}
         rule = Rule(
-            name=values["name"],
-            metric=values["metric"],
-            labels=values["labels"],
-            above=values["above"],
-            below=values["below"],
-            warning=values["warning"],
-            critical=values["critical"],
-            clear=values["clear"],
-            for_=values["for"],
-            repeat=values["repeat"],
-            keep_firing_for=values["keep_firing_for"],
-            over=values["over"],
-            agg=values["agg"],
-            absent=values["absent"],
-            severity=values["severity"],
-            to=tuple(to),
-            description=values["description"],
-            flapping=values["flapping"],
+            name=values.get("name") or "",
+            metric=values.get("metric") or "",
+            labels=values.get("labels") or {},
+            above=values.get("above"),
+            below=values.get("below"),
+            warning=values.get("warning"),
+            critical=values.get("critical"),
+            clear=values.get("clear"),
+            for_=values.get("for") or 0.0,
+            repeat=values.get("repeat") or 0.0,
+            keep_firing_for=values.get("keep_firing_for") or 0.0,
+            over=values.get("over") or 0.0,
+            agg=values.get("agg") or "last",
+            absent=values.get("absent") or 0.0,
+            severity=values.get("severity") or "warning",
+            to=tuple(to or ()),
+            description=values.get("description") or "",
+            flapping=values.get("flapping", True),
         )
-        for key, message in rule.problems():
-            check.error(f"{where}.{key}" if key else where, message)
+        if not failed & _THRESHOLD_KEYS:
+            for key, message in rule.problems():
+                check.error(f"{where}.{key}" if key else where, message)
         if len(check.problems) == before:
             rules.append(rule)
     if uses_default_to:

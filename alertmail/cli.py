@@ -167,6 +167,11 @@ def init(output: Path, force: bool) -> None:
     click.echo(f"wrote {output}; check it with: alertmail check --config {output}")
 
 
+from alertmail.probing import probe_command  # noqa: E402  (defined there, next to the probe runner)
+
+cli.add_command(probe_command)
+
+
 def main() -> None:
     cli(prog_name="alertmail")
 

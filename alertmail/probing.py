@@ -216,15 +216,14 @@ def _units(probes: Mapping[str, Any]) -> dict[tuple[str, str], str]:
 
 
 def _state_rows(states: Iterable[Any]) -> list[dict[str, Any]]:
-    rows = []
-    for item in states:
-        rows.append({
-            "rule": item.rule.name,
-            "labels": dict(item.labels),
-            "state": getattr(item.state, "value", str(item.state)),
-            "value": item.value,
-        })
-    return rows
+    """``RuleEngine.states()`` rows (AlertStatus) as plain data."""
+    return [
+        {
+            "rule": item.rule.name, "metric": item.rule.metric, "labels": dict(item.labels), "state": item.state.value,
+            "value": item.value, "severity": item.severity, "note": item.note,
+        }
+        for item in states
+    ]
 
 
 async def _one_pass(probes: Mapping[str, Any], timeouts: Mapping[str, float]) -> tuple[list[ProbeRun], list[str]]:
@@ -312,6 +311,7 @@ def probe_command(ctx: click.Context, config_path: Path, as_json: bool, as_list:
         states = _state_rows(engine.states(now))
 
     units = _units(probes)
+    metric_units = {metric: unit for (_, metric), unit in units.items()}
     failed = any(not run.ok for run in runs)
     if as_json:
         doc = {
@@ -345,8 +345,11 @@ def probe_command(ctx: click.Context, config_path: Path, as_json: bool, as_list:
             click.echo()
             if states:
                 click.echo(format_table(
-                    ["rule", "labels", "state", "value"],
-                    [[r["rule"], _labels_text(sorted(r["labels"].items())) or "-", r["state"], "-" if r["value"] is None else f"{r['value']:g}"] for r in states],
+                    ["rule", "labels", "state", "value", "note"],
+                    [
+                        [r["rule"], _labels_text(sorted(r["labels"].items())) or "-", r["state"], "-" if r["value"] is None else format_value(r["value"], metric_units.get(r["metric"], "")), r["note"]]
+                        for r in states
+                    ],
                 ))
             else:
                 click.echo("no rule matched any sample" if cfg.rules else "no rules configured")

@@ -171,6 +171,12 @@ from alertmail.probing import probe_command  # noqa: E402  (defined there, next 
 
 cli.add_command(probe_command)
 
+from alertmail.queue_cli import badmail_group, queue_group, send_test  # noqa: E402
+
+cli.add_command(queue_group)
+cli.add_command(badmail_group)
+cli.add_command(send_test)
+
 
 def main() -> None:
     cli(prog_name="alertmail")

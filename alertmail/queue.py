@@ -241,6 +241,8 @@ class Queue:
                     pass
             with open(self.folder / f"{msg_id}.msg", "rb") as fh:
                 return Entry.from_json(fh.readline())
+        except FileNotFoundError:
+            return None  # removed meanwhile, or never there
         except (OSError, ValueError, TypeError, KeyError) as exc:
             log.error("queue: cannot read entry %s: %s; left in place", msg_id, exc)
             return None

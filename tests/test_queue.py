@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,7 +12,7 @@ import textwrap
 import pytest
 
 from alertmail.model import Envelope
-from alertmail.queue import Entry, Queue, QueueLocked, QueueWriteError, valid_id
+from alertmail.queue import Entry, Queue, QueueLocked, QueueWriteError, RecipientState, valid_id
 
 ENV = Envelope("alerts@example.test", ("ops@example.test", "dev@example.test"))
 DATA = b"From: alerts@example.test\r\nTo: ops@example.test\r\nSubject: disk full\r\n\r\nbody\r\n"
@@ -192,3 +193,142 @@ def test_put_refuses_cr_lf_in_envelope_addresses(tmp_path):
     run(main())
     assert not list((tmp_path / "queue").glob("*.msg"))
     assert os.path.exists(tmp_path / "queue" / "lock")
+
+
+# -- the command line ---------------------------------------------------------
+
+
+def write_config(tmp_path, route: str = '["pickup"]') -> str:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[agent]\nstate_dir = "var"\n[mail]\nfrom = "alerts@example.test"\nroute = {route}\n'
+        '[transports.pickup]\ndirectory = "out"\n'
+        '[queue]\nretry = ["1h"]\nscan_interval = "100ms"\n'
+    )
+    return str(path)
+
+
+def invoke(*args: str):
+    from click.testing import CliRunner
+
+    from alertmail.cli import cli
+
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+async def queued(folder, count: int = 1) -> list[str]:
+    queue = Queue(folder)
+    await queue.start()
+    ids = [await queue.put(DATA, ENV) for _ in range(count)]
+    entry = queue.get(ids[0])
+    entry.attempts, entry.last_error, entry.next_try = 2, "451 4.2.0 mailbox busy", entry.created + 3600
+    await queue.update(entry)
+    await queue.close()
+    return ids
+
+
+def test_queue_list_and_show_describe_waiting_messages(tmp_path):
+    config = write_config(tmp_path)
+    [msg_id, _] = run(queued(tmp_path / "var" / "queue", 2))
+    out = invoke("queue", "list", "-c", config)
+    assert out.exit_code == 0, out.output
+    line = next(line for line in out.output.splitlines() if line.startswith(msg_id))
+    assert "ops@example.test +1" in line and "451 4.2.0 mailbox busy" in line and re.search(r" in (1h|59m)", line)
+    assert "2 message(s)" in out.output
+    out = invoke("queue", "show", msg_id, "-c", config)
+    assert out.exit_code == 0
+    assert "<dev@example.test> pending" in out.output and "Subject: disk full" in out.output
+    assert invoke("queue", "show", "0123456789abcdef", "-c", config).exit_code == 66
+    assert invoke("queue", "show", "../../etc/passwd", "-c", config).exit_code == 64
+
+
+def test_queue_delete_and_retry_act_directly_when_no_agent_runs(tmp_path):
+    config = write_config(tmp_path)
+    folder = tmp_path / "var" / "queue"
+    [first, second] = run(queued(folder, 2))
+    assert invoke("queue", "delete", second, "-c", config).exit_code == 0
+    assert not (folder / f"{second}.msg").exists()
+    out = invoke("queue", "retry", "--all", "-c", config)
+    assert out.exit_code == 0 and "1 message(s) due now" in out.output
+    reloaded = Queue(folder)
+    reloaded.load()
+    assert reloaded.get(first).next_try <= __import__("time").time()
+
+
+def test_queue_retry_is_handed_to_the_running_agent(tmp_path):
+    from alertmail.delivery import Delivery, RetryPolicy
+    from alertmail.plugins.pickup import PickupTransport
+    from alertmail.model import TransportContext
+
+    config = write_config(tmp_path)
+    folder = tmp_path / "var" / "queue"
+    [msg_id] = run(queued(folder))
+    out_folder = tmp_path / "out"
+
+    async def main():
+        queue = Queue(folder)
+        await queue.start()
+        pickup = PickupTransport({"directory": out_folder}, TransportContext(state_dir=tmp_path / "var", hostname="h"))
+        delivery = Delivery(queue, {"pickup": pickup}, policy=RetryPolicy(scan_interval=0.1), state_dir=tmp_path / "var",
+                            hostname="h", default_route=["pickup"])
+        await delivery.start()
+        try:
+            await asyncio.sleep(0.3)
+            assert len(queue) == 1  # not due for an hour
+            out = await asyncio.to_thread(invoke, "queue", "retry", msg_id, "-c", config)
+            assert "handed to the running agent" in out.output
+            for _ in range(100):
+                if not len(queue):
+                    break
+                await asyncio.sleep(0.05)
+            assert len(queue) == 0
+        finally:
+            await delivery.stop()
+            await queue.close()
+
+    run(main())
+    assert len(list(out_folder.glob("*.eml"))) == 1
+
+
+def test_send_test_reports_each_recipient_and_exits_by_the_worst_result(tmp_path):
+    from tests.peers import SmtpSink
+
+    config = write_config(tmp_path)
+    out = invoke("send-test", "--to", "ops@example.test", "-c", config)
+    assert out.exit_code == 0, out.output
+    assert "ops@example.test  delivered  pickup" in out.output
+    [written] = (tmp_path / "out").glob("*.eml")
+    assert b"test message from" in written.read_bytes()
+
+    with SmtpSink(tmp_path / "sink", options=["-f", "rcpt"]) as sink:
+        (tmp_path / "smtp.toml").write_text(
+            f'[agent]\nstate_dir = "var"\n[mail]\nfrom = "alerts@example.test"\nroute = ["smtp"]\n'
+            f'[transports.smtp]\nservers = ["{sink.address}"]\ntls = "none"\nconnect_timeout = "2s"\n'
+        )
+        out = invoke("send-test", "--to", "ops@example.test", "-c", str(tmp_path / "smtp.toml"))
+        assert out.exit_code == 69, out.output
+        assert "permanent  smtp" in out.output
+        sink.restart(["-r", "rcpt"])
+        out = invoke("send-test", "--to", "ops@example.test", "-c", str(tmp_path / "smtp.toml"))
+        assert out.exit_code == 75, out.output
+
+
+def test_badmail_list_and_resend_without_a_running_agent(tmp_path):
+    from alertmail.badmail import Badmail
+
+    config = write_config(tmp_path)
+    bad = tmp_path / "var" / "badmail"
+    entry = Entry(id="0190aabbccdd11223344", created=1.0, sender="alerts@example.test",
+                  recipients={"ops@example.test": RecipientState("failed", 550, "no")})
+    Badmail(bad).write(entry, DATA, reason="Failed: permanent failure", dsn="not sent")
+    out = invoke("badmail", "list", "-c", config)
+    assert entry.id in out.output and "Failed: permanent failure" in out.output
+    out = invoke("badmail", "resend", entry.id, "-c", config)
+    assert out.exit_code == 0, out.output
+    new_id = out.output.split("queued again as ")[1].split(";")[0]
+    assert not list(bad.iterdir())
+    queue = Queue(tmp_path / "var" / "queue")
+    queue.load()
+    assert queue.get(new_id).envelope == Envelope("alerts@example.test", ("ops@example.test",))
+    assert queue.read_message(new_id) == DATA
+    assert invoke("badmail", "resend", entry.id, "-c", config).exit_code == 66

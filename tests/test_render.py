@@ -1,0 +1,261 @@
+"""Alert mails: text + HTML alternatives, inline charts, context tables, templates, escaping."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+import logging
+import math
+import re
+import struct
+import subprocess
+import sys
+from email.message import EmailMessage
+
+import pytest
+
+from alertmail.context import ProcessRow, collect_context, growth_per_second, resource_of
+from alertmail.render import RenderContext, human_duration, render_alert, subject
+from alertmail.rules import AlertEvent, Rule
+
+# 2025-01-15 13:03 UTC is 14:03 CET in Berlin (winter time).
+SINCE = dt.datetime(2025, 1, 15, 13, 3, tzinfo=dt.timezone.utc).timestamp()
+AT = SINCE + 12 * 60
+DISK_RULE = Rule(name="disk-root-full", metric="disk.used_percent", above=90, clear=85, severity="critical",
+                 description="Root filesystem nearly full.")
+CPU_RULE = Rule(name="cpu-busy", metric="cpu.percent", above=90, severity="warning")
+
+
+def event(rule: Rule = DISK_RULE, *, kind: str = "firing", labels=(("mount", "/"),), value: float = 93.4,
+          since: float = SINCE, at: float = AT, severity: str | None = None) -> AlertEvent:
+    return AlertEvent(kind=kind, rule=rule, labels=tuple(labels), value=value, threshold=rule.above,
+                      comparison=">", severity=severity or rule.severity, since=since, at=at, incident="i-1")
+
+
+def rising(metric, labels):
+    """An hour of one-minute samples creeping up to and over 90."""
+    return [(AT - 3600 + i * 60, 70 + 20 * (i / 60) ** 3 + math.sin(i)) for i in range(61)]
+
+
+def context(**kw) -> RenderContext:
+    kw.setdefault("hostname", "web01")
+    kw.setdefault("timezone", "Europe/Berlin")
+    kw.setdefault("history", rising)
+    kw.setdefault("charts", "in-process")
+    return RenderContext(**kw)
+
+
+def reparse(msg: EmailMessage) -> EmailMessage:
+    """The message as a recipient's client sees it: bytes on the wire, parsed again."""
+    return email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
+
+
+def structure(msg: EmailMessage) -> list:
+    if msg.is_multipart():
+        return [msg.get_content_type(), [structure(p) for p in msg.iter_parts()]]
+    return msg.get_content_type()
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def images(msg: EmailMessage) -> list[EmailMessage]:
+    return [p for p in msg.walk() if p.get_content_maintype() == "image"]
+
+
+def html_of(msg: EmailMessage) -> str:
+    return msg.get_body(("html",)).get_content()
+
+
+def text_of(msg: EmailMessage) -> str:
+    return msg.get_body(("plain",)).get_content()
+
+
+def test_subject_names_severity_host_rule_condition_and_duration():
+    ev = event(at=SINCE + 120)
+    assert subject([ev], context()) == "[CRITICAL] web01: disk-root-full — disk.used_percent 93.4 > 90 (for 2m)"
+
+
+def test_alert_mail_is_text_and_html_alternatives_with_the_chart_related_to_the_html():
+    msg = reparse(render_alert([event()], context()))
+    assert structure(msg) == [
+        "multipart/alternative",
+        ["text/plain", ["multipart/related", ["text/html", "image/png"]]],
+    ]
+    assert msg["Subject"].startswith("[CRITICAL] web01: disk-root-full")
+
+
+def test_html_references_the_chart_by_its_content_id():
+    msg = reparse(render_alert([event()], context()))
+    [image] = images(msg)
+    cid = image["Content-ID"].strip("<>")
+    assert re.findall(r'src="cid:([^"]+)"', html_of(msg)) == [cid]
+    assert image.get_content_disposition() == "inline"
+
+
+def test_chart_is_a_png_of_640_by_240_that_decodes():
+    msg = reparse(render_alert([event()], context()))
+    data = images(msg)[0].get_content()
+    assert png_size(data) == (640, 240)
+    from PIL import Image  # matplotlib depends on Pillow, so it is there wherever charts are drawn
+    import io
+
+    picture = Image.open(io.BytesIO(data))
+    picture.load()
+    colours = picture.convert("RGB").getcolors(maxcolors=100_000)
+    assert colours is not None and len(colours) > 20  # lines, shading and text, not a blank canvas
+
+
+def test_default_renders_charts_in_a_child_process_and_keeps_matplotlib_out():
+    # A fresh interpreter: the agent's process must not grow by matplotlib's ~50 MB.
+    code = (
+        "import sys, tests.test_render as t; from alertmail.render import render_alert;"
+        "msg = render_alert([t.event()], t.context(charts='subprocess'));"
+        "imgs = t.images(msg); print(len(imgs), t.png_size(imgs[0].get_content()), 'matplotlib' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "1 (640, 240) False"
+
+
+def test_a_chart_that_cannot_be_drawn_leaves_the_mail_intact(caplog):
+    with caplog.at_level(logging.WARNING):
+        msg = reparse(render_alert([event()], context(charts="subprocess", chart_timeout=0.001)))
+    assert images(msg) == []
+    assert "could not be drawn" in html_of(msg)
+    assert "disk-root-full" in text_of(msg)
+    assert "charts not drawn" in caplog.text
+
+
+def test_series_without_history_gets_a_note_instead_of_a_chart():
+    msg = reparse(render_alert([event()], context(history=lambda m, l: ())))
+    assert images(msg) == []
+    assert "No chart: no samples of this series recorded yet." in html_of(msg)
+
+
+def test_hostile_labels_and_names_reach_no_header_and_inject_no_html():
+    rule = Rule(name="disk\r\nBcc: evil@x", metric="disk.used_percent", above=90,
+                description='<img src=x onerror="alert(1)">')
+    labels = (("mount", "/\r\nBcc: evil@x"), ("owner", "<script>alert(1)</script>"))
+    ctx = context(extra={"top_processes": {"cpu": [("<script>x</script>", 1, 99.0, 1)]},
+                         "disk": {"/\r\nBcc: evil@x": {"total": 1, "used": 1, "free": 0, "percent": 100.0}}})
+    raw = render_alert([event(rule, labels=labels)], ctx).as_bytes()
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["Bcc"] is None
+    assert not re.search(rb"^Bcc:", raw, re.MULTILINE | re.IGNORECASE)
+    assert "\r" not in msg["Subject"] and "\n" not in msg["Subject"]
+    html = html_of(msg)
+    assert "<script" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;img src=x onerror=" in html
+
+
+def test_times_are_shown_in_the_configured_timezone_with_the_duration():
+    msg = reparse(render_alert([event()], context(timezone="Europe/Berlin")))
+    assert "firing for 12 min, since 14:03 CET" in text_of(msg)
+    assert "firing for 12 min, since 14:03 CET" in html_of(msg)
+    utc = reparse(render_alert([event()], context(timezone="UTC")))
+    assert "firing for 12 min, since 13:03 UTC" in text_of(utc)
+
+
+def test_a_start_on_another_day_shows_the_day():
+    ev = event(since=SINCE - 86400, kind="resolved")
+    msg = reparse(render_alert([ev], context()))
+    assert "resolved at 14:15 CET after 1 d, since Tue 14 Jan 14:03 CET" in text_of(msg)
+
+
+@pytest.mark.parametrize("seconds, words", [(45, "45 s"), (720, "12 min"), (7500, "2 h 5 min"), (7200, "2 h"), (93600, "1 d 2 h")])
+def test_durations_read_as_people_say_them(seconds, words):
+    assert human_duration(seconds) == words
+
+
+def test_grouped_mail_lists_all_events_and_caps_the_charts():
+    events = [event(labels=(("mount", f"/srv/{n}"),)) for n in range(200)]
+    msg = reparse(render_alert(events, context()))
+    html, text = html_of(msg), text_of(msg)
+    for n in range(200):
+        assert f"mount=/srv/{n}<" in html
+        assert f"[mount=/srv/{n}]" in text
+    assert len(images(msg)) == 10
+    assert "Details and charts for the first 10 of 200 alerts" in html
+    assert msg["Subject"] == "[CRITICAL] web01: 200 alerts — disk-root-full"
+
+
+def test_cpu_alert_shows_top_processes_by_cpu():
+    rows = [ProcessRow(f"worker-{n}", 100 + n, 90.0 - n, (n + 1) * 2**20) for n in range(5)]
+    ctx = context(extra={"top_processes": {"cpu": rows, "memory": rows[::-1]}})
+    msg = reparse(render_alert([event(CPU_RULE, labels=())], ctx))
+    html = html_of(msg)
+    assert "Top processes by CPU" in html
+    assert [m for m in re.findall(r"worker-\d", html)] == [f"worker-{n}" for n in range(5)]
+    assert "90.0 %" in html and "1.0 MiB" in html
+    assert "worker-0" in text_of(msg)
+
+
+def test_disk_alert_shows_size_free_growth_and_time_to_full():
+    disk = {"/": {"total": 50 * 2**30, "used": 46 * 2**30, "free": 4 * 2**30, "percent": 92.0,
+                  "growth_per_hour": 2**30, "full_in_hours": 4.0}}
+    msg = reparse(render_alert([event()], context(extra={"disk": disk})))
+    html = html_of(msg)
+    for shown in ("Disk /", "50.0 GiB", "46.0 GiB (92 %)", "4.0 GiB", "+1.0 GiB/h", "full in ~4 h"):
+        assert shown in html
+
+
+@pytest.mark.parametrize("broken", ["{% if %}", "{{ no_such_variable }}", "{{ alerts[0].rule.nope() }}", "{{ 1 // 0 }}"])
+def test_broken_user_template_falls_back_to_the_builtin_one_with_a_warning(tmp_path, caplog, broken):
+    (tmp_path / "alert.html.j2").write_text(f"<p>mine</p>{broken}")
+    with caplog.at_level(logging.WARNING, logger="alertmail.render"):
+        msg = reparse(render_alert([event()], context(templates_dir=tmp_path)))
+    assert "Sent by alertmail on web01" in html_of(msg)
+    assert "<p>mine</p>" not in html_of(msg)
+    [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(tmp_path / "alert.html.j2") in record.getMessage()
+    assert "using the built-in one" in record.getMessage()
+
+
+def test_user_templates_replace_or_extend_the_builtin_ones(tmp_path):
+    (tmp_path / "alert.txt.j2").write_text("{{ alerts[0].state }} {{ alerts[0].rule }}: {{ alerts[0].status }}\n")
+    (tmp_path / "alert.html.j2").write_text(
+        "{% extends 'builtin/alert.html.j2' %}{% block footer %}<tr><td>Call {{ extra.oncall }}</td></tr>{% endblock %}"
+    )
+    ctx = context(templates_dir=tmp_path, extra={"oncall": "<ops>"})
+    msg = reparse(render_alert([event()], ctx))
+    assert text_of(msg) == "FIRING disk-root-full: firing for 12 min, since 14:03 CET\n"
+    html = html_of(msg)
+    assert "Call &lt;ops&gt;" in html and "Sent by alertmail" not in html
+    assert len(images(msg)) == 1 and "cid:" in html
+
+
+def test_metrics_map_to_the_resource_whose_context_helps():
+    assert [resource_of(m) for m in ("cpu.percent", "load.1", "memory.used_percent", "swap.used_bytes",
+                                     "disk.free_bytes", "diskio.busy_percent", "net.rx_bytes_per_s")] == [
+        "cpu", "cpu", "memory", "memory", "disk", None, None]
+
+
+def test_growth_is_the_least_squares_slope():
+    assert growth_per_second([(0, 1.0), (10, 2.0), (20, 3.0)]) == pytest.approx(0.1)
+    assert growth_per_second([(5, 1.0)]) is None
+
+
+def test_collect_context_reads_processes_for_cpu_and_the_mount_for_disk():
+    def history(metric, labels):
+        return [(AT - 3600 + i * 60, 50 + i * 0.1) for i in range(61)]  # +6 percentage points per hour
+
+    got = collect_context([event(CPU_RULE, labels=()), event()], history, interval=0.05)
+    cpu, memory = got["top_processes"]["cpu"], got["top_processes"]["memory"]
+    assert 0 < len(cpu) <= 5 and 0 < len(memory) <= 5
+    assert [r.rss for r in memory] == sorted((r.rss for r in memory), reverse=True)
+    assert all(isinstance(r.pid, int) and r.cpu_percent >= 0 for r in cpu)
+    root = got["disk"]["/"]
+    assert root["total"] > 0 and root["used"] + root["free"] <= root["total"]
+    assert root["growth_per_hour"] == pytest.approx(0.06 * root["total"])
+    assert root["full_in_hours"] == pytest.approx(root["free"] / root["growth_per_hour"])
+
+
+def test_collect_context_leaves_out_what_it_cannot_read():
+    assert collect_context([event(labels=(("mount", "/no/such/mount"),))]) == {}
+    assert collect_context([event(Rule(name="r", metric="net.rx_bytes_per_s", above=1), labels=())]) == {}

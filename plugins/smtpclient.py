@@ -22,6 +22,7 @@ import logging
 import re
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,8 @@ TIMEOUT_OPTIONS: dict[str, Option] = {
 }
 # Postfix's smtp_rset_timeout: a live server answers RSET at once.
 PROBE_TIMEOUT = 20.0
+# After a failed session, an endpoint goes to the back of the line for this long.
+DOWN_FOR = 60.0
 QUIT_TIMEOUT = 5.0
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
@@ -184,6 +187,7 @@ class Session:
     endpoint: Endpoint
     remote: str
     timer: asyncio.TimerHandle | None = None
+    reused: bool = False
 
     @property
     def alive(self) -> bool:
@@ -405,6 +409,7 @@ class SessionPool:
         self.log = log
         self._idle: dict[Endpoint, list[Session]] = {}
         self._closing: set[asyncio.Task] = set()
+        self._down: dict[Endpoint, float] = {}
         self.sessions_opened = 0
 
     async def deliver(
@@ -412,36 +417,75 @@ class SessionPool:
     ) -> dict[str, RecipientStatus]:
         """Per-recipient statuses after trying endpoints in order until none is left to retry.
 
+        An endpoint that failed within the last ``DOWN_FOR`` seconds is tried after the
+        others, so a dead first server does not cost a connect timeout per message.
         A recipient that no endpoint could take keeps the last failure seen for it;
         one that never got as far as an endpoint is missing from the result.
         """
         results: dict[str, RecipientStatus] = {}
         pending = list(recipients)
+        deferred: list[Endpoint] = []
+        now = time.monotonic()
+        if self._down:
+            self._down = {e: until for e, until in self._down.items() if until > now}
         async for endpoint in endpoints:
-            try:
-                session = await self._session(endpoint)
-            except SessionError as exc:
-                self.log.info("%s: %s; trying the next server if any", endpoint, exc.status.message)
-                results.update({r: exc.status for r in pending})
+            if self._down.get(endpoint, 0.0) > now:
+                deferred.append(endpoint)
                 continue
-            outcome = await transact(session, sender, pending, data, self.settings.timeouts)
-            results.update(outcome.statuses)
-            self._release(session)
-            pending = outcome.retry
+            pending = await self._attempt(endpoint, sender, pending, data, results)
+            if not pending:
+                return results
+        for endpoint in deferred:
+            pending = await self._attempt(endpoint, sender, pending, data, results)
             if not pending:
                 break
-            self.log.info("%s: session failed (%s); trying the next server if any", session.remote, outcome.statuses[pending[0]].message)
         return results
 
-    async def _session(self, endpoint: Endpoint) -> Session:
+    async def _attempt(
+        self, endpoint: Endpoint, sender: str, recipients: list[str], data: bytes, results: dict[str, RecipientStatus]
+    ) -> list[str]:
+        """One endpoint's go at ``recipients``; records statuses, returns those to try elsewhere."""
+        for fresh in (False, True):
+            try:
+                session = await self._session(endpoint, fresh=fresh)
+            except SessionError as exc:
+                self._down[endpoint] = time.monotonic() + DOWN_FOR
+                self.log.info("%s: %s; trying the next server if any", endpoint, exc.status.message)
+                results.update({r: exc.status for r in recipients})
+                return recipients
+            try:
+                outcome = await transact(session, sender, recipients, data, self.settings.timeouts)
+            except Exception as exc:  # a defect here must keep the mail queued, not lose it
+                self.log.exception("unexpected error talking to %s", session.remote)
+                session.client.close()
+                results.update({r: failure_status(exc, session.remote) for r in recipients})
+                return []
+            except BaseException:
+                session.client.close()
+                raise
+            results.update(outcome.statuses)
+            self._release(session)
+            if not outcome.retry:
+                self._down.pop(endpoint, None)
+                return []
+            if not session.reused:
+                break
+            # A reused session can die between our RSET and the next command: one fresh try.
+            recipients = outcome.retry
+        self._down[endpoint] = time.monotonic() + DOWN_FOR
+        self.log.info("%s: session failed (%s); trying the next server if any", session.remote, results[outcome.retry[0]].message)
+        return outcome.retry
+
+    async def _session(self, endpoint: Endpoint, *, fresh: bool = False) -> Session:
         idle = self._idle.get(endpoint, [])
-        while idle:
+        while idle and not fresh:
             session = idle.pop()
             if session.timer:
                 session.timer.cancel()
             try:
                 await session.client.rset(timeout=PROBE_TIMEOUT)
                 self.log.debug("reusing the session with %s", session.remote)
+                session.reused = True
                 return session
             except Exception as exc:
                 self.log.debug("idle session with %s is gone (%s); opening a new one", session.remote, exc)
@@ -466,6 +510,8 @@ class SessionPool:
         if session in idle:
             idle.remove(session)
             self._quit_later(session)
+        if not idle:
+            self._idle.pop(session.endpoint, None)
 
     def _quit_later(self, session: Session) -> None:
         task = asyncio.get_running_loop().create_task(session.quit())

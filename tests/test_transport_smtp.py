@@ -136,6 +136,16 @@ def test_second_server_takes_the_mail_when_the_first_is_down(tmp_path):
     assert result.recipients["ops@example.test"].remote == sink.address
 
 
+def test_a_dead_server_is_tried_last_for_a_while(tmp_path, caplog):
+    dead = closed_port()
+    caplog.set_level(logging.INFO, logger="alertmail.transport.smtp")
+    with SmtpSink(tmp_path / "sink") as sink:
+        results = run(send_all(transport(tmp_path, servers=[dead, sink.address], tls="none", idle_timeout=0), count=3))
+        assert len(sink.wait_for(3, 10)) == 3
+    assert all(r.delivered == ["ops@example.test"] for r in results)
+    assert sum(dead in r.getMessage() for r in caplog.records) == 1
+
+
 def test_server_answering_421_hands_the_mail_to_the_next(tmp_path):
     with SmtpSink(tmp_path / "closing", options=["-Q", "mail"]) as closing, SmtpSink(tmp_path / "good") as good:
         [result] = run(send_all(transport(tmp_path, servers=[closing.address, good.address], tls="none")))

@@ -183,6 +183,15 @@ class Agent:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
         self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self._schedule_probes()
+        self.scheduler.add_job(self.tick, "interval", seconds=TICK, id="tick", coalesce=True, max_instances=1)
+        self.scheduler.add_listener(self._job_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+        self.scheduler.start()
+
+    def _schedule_probes(self) -> None:
+        for name in self.probes:
+            if self.scheduler.get_job(f"probe:{name}"):
+                self.scheduler.remove_job(f"probe:{name}")
         self.probes = self._configure_probes()
         for name, (probe, interval, timeout) in self.probes.items():
             self.scheduler.add_job(
@@ -191,9 +200,36 @@ class Agent:
                 misfire_grace_time=max(1, int(interval)),
                 next_run_time=_soon(interval),
             )
-        self.scheduler.add_job(self.tick, "interval", seconds=TICK, id="tick", coalesce=True, max_instances=1)
-        self.scheduler.add_listener(self._job_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
-        self.scheduler.start()
+
+    def reload(self) -> bool:
+        """Re-read the config (SIGHUP). A config with any problem is refused whole and the running one stays."""
+        from alertmail.config import ConfigError, load_config
+
+        try:
+            cfg = load_config(self.cfg.path, self.plugins)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("%s: %s", exc.path, problem)
+            log.error("reload refused: %d problem(s) in %s; the running configuration stays", len(exc.problems), exc.path)
+            return False
+        fixed = ["queue", *(getattr(s, "section", "") for s in self.plugins.services)]
+        restart_needed = cfg.transports != self.cfg.transports or any(
+            cfg.sections.get(k) != self.cfg.sections.get(k) for k in fixed
+        )
+        snapshot = self.engine.snapshot()
+        self.cfg = cfg
+        self.rules = [*cfg.rules, *self_rules(cfg)]
+        self.engine = RuleEngine(self.rules)
+        self.engine.restore(snapshot)
+        n = self.notifier
+        n.sender, n.route, n.timezone = cfg.mail["from"], cfg.mail["route"], cfg.agent["timezone"]
+        n.subject_prefix = cfg.mail.get("subject_prefix") or ""
+        n.group_wait = cfg.sections.get("notify", {}).get("group_wait") or 0.0
+        self._schedule_probes()
+        log.info("configuration reloaded: %d rules, %d probes", len(cfg.rules), len(self.probes))
+        if restart_needed:
+            log.warning("changes to transports, [queue] and services take effect at the next restart")
+        return True
 
     def _job_skipped(self, event: Any) -> None:
         """A run skipped because the last one still runs (or the loop was stalled): an overrun."""
@@ -235,6 +271,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
         try:
             await self._stop.wait()

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Idle cost of `alertmail run` on the default config: RSS and CPU time.
+
+Starts the agent on a copy of the repository's config.toml in a temporary folder,
+lets it run for --seconds (default 600, the figure the README quotes), and prints
+its RSS and the CPU seconds it used, next to a bare Python interpreter that only
+sleeps (the same interpreter, measured in the same run).
+
+    python bench/agent_idle.py --seconds 600
+    python bench/agent_idle.py --quick          # 30 s smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def measure(proc: subprocess.Popen, seconds: float, settle: float) -> tuple[float, float, float]:
+    """(RSS MB after settling, CPU seconds over the window, peak RSS MB)."""
+    p = psutil.Process(proc.pid)
+    time.sleep(settle)
+    start = p.cpu_times()
+    rss_start = p.memory_info().rss
+    peak = rss_start
+    deadline = time.monotonic() + seconds
+    step = max(1.0, seconds / 60)
+    while time.monotonic() < deadline:
+        time.sleep(min(step, max(0.0, deadline - time.monotonic())))
+        peak = max(peak, p.memory_info().rss)
+        print(f"\r  {seconds - (deadline - time.monotonic()):5.0f}/{seconds:.0f} s  rss {p.memory_info().rss / 1e6:5.1f} MB", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    end = p.cpu_times()
+    cpu = (end.user + end.system) - (start.user + start.system)
+    return rss_start / 1e6, cpu, peak / 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=600.0)
+    parser.add_argument("--quick", action="store_true", help="30 s smoke run")
+    parser.add_argument("--settle", type=float, default=15.0, help="seconds to wait before measuring")
+    args = parser.parse_args()
+    seconds = 30.0 if args.quick else args.seconds
+    settle = 5.0 if args.quick else args.settle
+
+    folder = Path(tempfile.mkdtemp(prefix="alertmail-idle-"))
+    try:
+        shutil.copy(ROOT / "config.toml", folder / "config.toml")
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        agent = subprocess.Popen([sys.executable, "-m", "alertmail.cli", "run", "--config", "config.toml"],
+                                 cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(100000)"], env=env)
+        try:
+            print(f"measuring for {seconds:.0f} s after {settle:.0f} s of settling ...", file=sys.stderr)
+            a_rss, a_cpu, a_peak = measure(agent, seconds, settle)
+            b = psutil.Process(bare.pid)
+            b_rss = b.memory_info().rss / 1e6
+            if agent.poll() is not None:
+                print(f"the agent exited with {agent.returncode}", file=sys.stderr)
+                return 1
+        finally:
+            for proc in (agent, bare):
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    share = a_cpu / seconds * 100
+    print(f"{'process':<28} {'RSS MB':>8} {'peak MB':>8} {'CPU s':>8} {'% of a core':>12}")
+    print(f"{'alertmail run (default)':<28} {a_rss:8.1f} {a_peak:8.1f} {a_cpu:8.2f} {share:11.3f}%")
+    print(f"{'bare python (sleeping)':<28} {b_rss:8.1f} {'':>8} {'':>8} {'':>12}")
+    print(f"agent RSS over bare interpreter: +{a_rss - b_rss:.1f} MB ({a_rss / b_rss:.2f}x); window {seconds:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -31,6 +31,7 @@ BUNDLED_PLUGINS: tuple[str, ...] = (
     "alertmail.plugins.pickup",
     "alertmail.plugins.smtp",
     "alertmail.plugins.mx",
+    "alertmail.plugins.relay",
 )
 
 

@@ -180,7 +180,3 @@ cli.add_command(send_test)
 
 def main() -> None:
     cli(prog_name="alertmail")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """Running probes: one bounded, isolated run each, and the ``alertmail probe`` command.
 
 A probe's ``collect()`` may be a plain or an ``async`` function. Plain ones run in a
-worker thread so a slow plugin never blocks the event loop; every run is bounded by a
+thread of their own so a slow plugin never blocks the event loop; every run is bounded by a
 timeout, and whatever a probe does wrong (raises, hangs, returns junk) comes back as a
 ``ProbeRun`` with an error that names it, never as an exception that stops the others.
 """
@@ -13,6 +13,7 @@ import inspect
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -85,14 +86,48 @@ def _collect_in_thread(probe: Any) -> tuple[Any, float]:
         _busy.pop(id(probe), None)
 
 
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.done():  # the run timed out meanwhile: nobody waits for this any more
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
+async def _in_thread(probe: Any) -> tuple[Any, float]:
+    """Run a plain collect() in a daemon thread of its own.
+
+    Not asyncio.to_thread: the default executor is joined when the loop closes, so one
+    probe stuck for good would keep the agent (or ``alertmail probe``) from ever exiting.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def work() -> None:
+        try:
+            result, error = _collect_in_thread(probe), None
+        except Exception as exc:
+            result, error = None, exc
+        except BaseException as exc:  # SystemExit in a plugin must not end the agent
+            result, error = None, RuntimeError(f"raised {type(exc).__name__}: {exc}")
+        try:
+            loop.call_soon_threadsafe(_settle, future, result, error)
+        except RuntimeError:  # the loop is gone: the run was given up long ago
+            pass
+
+    threading.Thread(target=work, name=f"probe {getattr(probe, 'name', '?')}", daemon=True).start()
+    return await future
+
+
 async def _collect(probe: Any) -> tuple[Any, float | None]:
     """The raw result, and the time spent in the probe itself when it ran in a thread."""
     spent = None
     if inspect.iscoroutinefunction(probe.collect):
         result = await probe.collect()
     else:
-        # Timed in the thread: waiting for a free worker is not the probe's cost.
-        result, spent = await asyncio.to_thread(_collect_in_thread, probe)
+        # Timed in the thread: waiting for the thread to start is not the probe's cost.
+        result, spent = await _in_thread(probe)
     if inspect.isawaitable(result):  # e.g. a callable object whose __call__ is async
         result = await result
         spent = None

@@ -110,10 +110,11 @@ class ProcessProbe:
     def __init__(self) -> None:
         self.watches: list[Watch] = []
         self._attrs: list[str] = ["name", "status"]
-        # CPU seconds per process, keyed by (pid, create_time) so a reused pid is a new process.
-        self._cpu: dict[tuple[int, float], float] = {}
-        self._at: float | None = None  # monotonic time of the reading in _cpu
-        self._wall: float = 0.0  # the same moment on the wall clock, to compare with create_time
+        # CPU seconds of each matched process at the last reading. psutil.Process hashes
+        # by pid and start time, so a reused pid is a different key.
+        self._cpu: dict[psutil.Process, float] = {}
+        self._seen: set[psutil.Process] = set()  # every process of the last reading
+        self._at: float | None = None  # monotonic time of the last reading
 
     def configure(self, options: Mapping[str, Any]) -> None:
         self.watches = parse_watch(options.get("watch") or [])
@@ -123,62 +124,67 @@ class ProcessProbe:
         if any(w.user for w in self.watches):
             attrs.append("username")
         self._attrs = attrs
-        self._cpu, self._at = {}, None
+        self._cpu, self._seen, self._at = {}, set(), None
         self.collect()  # the CPU baseline, so the first scheduled run has a real value
 
-    def _groups(self) -> dict[str, list[psutil.Process]]:
+    def _scan(self) -> tuple[dict[str, list[psutil.Process]], set[psutil.Process]]:
+        """The matching processes per watch name, and every live process."""
         groups: dict[str, list[psutil.Process]] = {w.name: [] for w in self.watches}
+        seen: set[psutil.Process] = set()
         me = os.getpid()
         for proc in psutil.process_iter(self._attrs):
+            seen.add(proc)
             info = proc.info
             if proc.pid == me or info.get("status") == psutil.STATUS_ZOMBIE:
                 continue
             for watch in self.watches:
                 if watch.selects(info):
                     groups[watch.name].append(proc)
-        return groups
+        return groups, seen
+
+    def _cpu_since_last(self, proc: psutil.Process, used: float) -> float:
+        """CPU seconds ``proc`` used since the last reading."""
+        if proc in self._cpu:
+            return used - self._cpu[proc]
+        if proc not in self._seen:
+            return used  # started after the last reading: all of its time is new
+        # It ran then but did not match (it has just exec'd or renamed itself): its time
+        # before now is unknown, so it starts counting from this reading.
+        return 0.0
 
     def collect(self) -> list[Sample]:
         if not self.watches:
             return []
-        groups = self._groups()
+        groups, seen = self._scan()
         now, wall = time.monotonic(), time.time()
         span = None if self._at is None else now - self._at
         usable = span is not None and span >= MIN_SPAN
-        cpu_now: dict[tuple[int, float], float] = {}
+        cpu_now: dict[psutil.Process, float] = {}
         out: list[Sample] = []
         for watch in self.watches:
-            rss, cpu, known = 0, 0.0, True
-            count = 0
+            count, rss, cpu = 0, 0, 0.0
             for proc in groups[watch.name]:
                 try:
                     with proc.oneshot():
                         times = proc.cpu_times()
                         memory = proc.memory_info()
-                        key = (proc.pid, proc.create_time())
                 except (psutil.NoSuchProcess, psutil.ZombieProcess):
                     continue  # ended between the scan and now: it no longer runs
                 except psutil.AccessDenied:
                     count += 1  # it runs, but its figures are not ours to read
-                    known = False
                     continue
                 count += 1
                 rss += memory.rss
                 used = times.user + times.system
-                cpu_now[key] = used
-                if key in self._cpu:
-                    cpu += used - self._cpu[key]
-                elif key[1] >= self._wall:
-                    cpu += used  # started after the last reading: all its time is new
-                else:
-                    known = False
+                cpu_now[proc] = used
+                cpu += max(self._cpu_since_last(proc, used), 0.0)
             labels = {"name": watch.name}
             out.append(Sample("process.count", count, labels, wall))
             out.append(Sample("process.rss_bytes", rss, labels, wall))
-            if usable and known:
-                out.append(Sample("process.cpu_percent", max(cpu, 0.0) / span * 100.0, labels, wall))
+            if usable:
+                out.append(Sample("process.cpu_percent", cpu / span * 100.0, labels, wall))
         if span is None or usable:
-            self._cpu, self._at, self._wall = cpu_now, now, wall
+            self._cpu, self._seen, self._at = cpu_now, seen, now
         return out
 
     def __repr__(self) -> str:

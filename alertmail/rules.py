@@ -554,13 +554,14 @@ class RuleEngine:
         return rows
 
     def snapshot(self) -> dict[str, Any]:
-        """Every series that is not plainly ok (pending, firing, flapping, absent), JSON-serialisable.
+        """Every series that is not plainly ok (pending, firing, flapping, absent, recent changes), JSON-serialisable.
 
         Windows are not kept: an `over` rule refills its window after a restart.
         """
         series = []
         for s in self._series.values():
-            if s.state is State.OK and s.incident is None and s.absent is None and not s.flapping:
+            quiet = s.flap is None or s.flap.percent() == 0
+            if s.state is State.OK and s.incident is None and s.absent is None and not s.flapping and quiet:
                 continue
             series.append({
                 "rule": s.compiled.rule.name,

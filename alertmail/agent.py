@@ -34,11 +34,15 @@ def self_rules(cfg: Config) -> list[Rule]:
     to = tuple(cfg.mail["to"])
     if not to:
         return []
+    # A single failed or slow run is logged; a mail needs it to persist, and the
+    # recovery waits for a quiet spell, so a hiccup does not become two mails.
     return [
-        Rule(name="agent-probe-failed", metric="agent.probe_failed", above=0.5, severity="warning", to=to,
-             description="a probe raised an error or returned bad data; see the agent's log", flapping=False),
-        Rule(name="agent-probe-overrun", metric="agent.probe_overrun", above=0.5, severity="warning", to=to,
-             description="a probe took longer than its timeout; its interval may be too short", flapping=False),
+        Rule(name="agent-probe-failed", metric="agent.probe_failed", above=0.5, for_=30.0, keep_firing_for=300.0,
+             severity="warning", to=to, flapping=False,
+             description="a probe raised an error or returned bad data; see the agent's log"),
+        Rule(name="agent-probe-overrun", metric="agent.probe_overrun", above=0.5, for_=60.0, keep_firing_for=300.0,
+             severity="warning", to=to, flapping=False,
+             description="a probe keeps taking longer than its timeout; its interval may be too short"),
     ]
 
 
@@ -52,6 +56,7 @@ class Agent:
         self.history = History()
         self.probes: dict[str, Any] = {}
         self.services: list[Any] = []
+        self.missed: dict[str, int] = {}
         self._stop = asyncio.Event()
         self._state_file = self.state_dir / "rules-state.json"
 
@@ -75,7 +80,12 @@ class Agent:
     async def run_probe(self, name: str, probe: Any, timeout: float) -> None:
         from alertmail.probing import run_probe
 
-        result = await run_probe(probe, timeout)
+        try:
+            result = await run_probe(probe, timeout)
+        except asyncio.CancelledError:
+            if self._stop.is_set():
+                return  # the agent is stopping; the run is simply dropped
+            raise
         now = time.time()
         health = [
             Sample("agent.probe_failed", 1.0 if result.error and not result.timed_out else 0.0, {"probe": name}, now),
@@ -232,13 +242,21 @@ class Agent:
         return True
 
     def _job_skipped(self, event: Any) -> None:
-        """A run skipped because the last one still runs (or the loop was stalled): an overrun."""
+        """A skipped run is never silent: an overlap is an overrun sample, a missed run a logged counter."""
+        from apscheduler.events import EVENT_JOB_MAX_INSTANCES
+
         if not str(event.job_id).startswith("probe:"):
             return
         name = event.job_id.split(":", 1)[1]
-        log.warning("probe %s: run skipped, the previous run is still going (overrun)", name)
         now = time.time()
-        asyncio.ensure_future(self.observe([Sample("agent.probe_overrun", 1.0, {"probe": name}, now)], now))
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            log.warning("probe %s: run skipped, the previous run is still going (overrun)", name)
+            sample = Sample("agent.probe_overrun", 1.0, {"probe": name}, now)
+        else:
+            log.warning("probe %s: run missed its time (the agent was stalled); it runs at the next slot", name)
+            self.missed[name] = self.missed.get(name, 0) + 1
+            sample = Sample("agent.probe_missed", float(self.missed[name]), {"probe": name}, now)
+        asyncio.ensure_future(self.observe([sample], now))
 
     async def stop(self) -> None:
         scheduler = getattr(self, "scheduler", None)

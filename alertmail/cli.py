@@ -30,6 +30,8 @@ def setup_logging(level: str = "info") -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    # APScheduler logs every job run at INFO; the agent logs what matters itself.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def load_or_exit(config_path: Path):
@@ -176,6 +178,12 @@ from alertmail.queue_cli import badmail_group, queue_group, send_test  # noqa: E
 cli.add_command(queue_group)
 cli.add_command(badmail_group)
 cli.add_command(send_test)
+
+from alertmail.replay import replay_command  # noqa: E402
+from alertmail.silence_cli import silence_command  # noqa: E402
+
+cli.add_command(replay_command)
+cli.add_command(silence_command)
 
 
 def main() -> None:

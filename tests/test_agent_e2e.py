@@ -1,0 +1,238 @@
+"""`alertmail run` end to end: a single-file probe plugin drives a rule; mails land in pickup/."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+PLUGIN = '''
+from pathlib import Path
+from alertmail import hookimpl, Sample
+
+VALUE = Path(__file__).with_name("value.txt")
+
+class Gauge:
+    name = "gauge"
+    interval = 0.5
+
+    def collect(self):
+        value = float(VALUE.read_text())
+        # A hostile label: a probe may return anything; no header may carry it raw.
+        yield Sample("test.gauge", value, {"mount": "/data\\r\\nBcc: evil@example.com"})
+
+@hookimpl
+def register_probes(register):
+    register(Gauge())
+'''
+
+
+def write_config(folder: Path, extra: str = "") -> Path:
+    (folder / "plugins.d").mkdir()
+    (folder / "plugins.d" / "gauge.py").write_text(PLUGIN)
+    (folder / "plugins.d" / "value.txt").write_text("10")
+    config = folder / "config.toml"
+    config.write_text(textwrap.dedent(f"""
+        [agent]
+        state_dir = "var"
+        interval = "1s"
+        plugin_dirs = ["plugins.d"]
+        timezone = "Europe/Berlin"
+
+        [mail]
+        from = "alertmail@test.example"
+        to = ["ops@test.example", "oncall@test.example"]
+        route = ["pickup"]
+
+        [notify]
+        group_wait = "0s"
+
+        [[rules]]
+        name = "gauge-high"
+        metric = "test.gauge"
+        labels = {{ mount = "/data*" }}
+        above = 50
+        clear = 40
+        repeat = "3s"
+        severity = "critical"
+        {extra}
+    """))
+    return config
+
+
+def pickup_mails(folder: Path) -> list[email.message.EmailMessage]:
+    pickup = folder / "var" / "pickup"
+    if not pickup.is_dir():
+        return []
+    files = sorted(p for p in pickup.iterdir() if p.suffix == ".eml")
+    return [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in files]
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_agent(config: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "alertmail", "run", "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=config.parent,
+    )
+
+
+def stop_agent(proc: subprocess.Popen) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+
+
+def kinds(mails):
+    return [m["X-Alertmail-Kind"] for m in mails]
+
+
+def test_firing_reminder_and_threaded_recovery_land_in_pickup(tmp_path):
+    config = write_config(tmp_path)
+    value = tmp_path / "plugins.d" / "value.txt"
+    proc = start_agent(config)
+    try:
+        time.sleep(2)
+        assert pickup_mails(tmp_path) == [], "no mail while the value is fine"
+        value.write_text("93.4")
+        wait_for(lambda: "reminder" in kinds(pickup_mails(tmp_path)), what="firing mail and a reminder")
+        value.write_text("45")  # inside the hysteresis band: no recovery yet
+        time.sleep(2)
+        assert "resolved" not in kinds(pickup_mails(tmp_path))
+        value.write_text("12")
+        wait_for(lambda: "resolved" in kinds(pickup_mails(tmp_path)), what="recovery mail")
+    finally:
+        log = stop_agent(proc)
+    assert proc.returncode == 0, log
+
+    mails = pickup_mails(tmp_path)
+    firing = next(m for m in mails if m["X-Alertmail-Kind"] == "firing")
+    reminder = next(m for m in mails if m["X-Alertmail-Kind"] == "reminder")
+    resolved = next(m for m in mails if m["X-Alertmail-Kind"] == "resolved")
+    for mail in (firing, reminder, resolved):
+        for header in ("Date", "From", "To", "Message-ID", "Subject"):
+            assert mail[header], f"{header} missing"
+        assert mail["Auto-Submitted"] == "auto-generated"
+        assert mail["X-Sender"] == "alertmail@test.example"
+        assert sorted(mail.get_all("X-Receiver")) == ["oncall@test.example", "ops@test.example"]
+        assert mail["To"] == "ops@test.example, oncall@test.example"
+        assert mail["Bcc"] is None, "a hostile label must not become a header"
+        for name, value in mail.items():
+            assert "\r" not in str(value) and "\n" not in str(value), f"{name} carries a line break"
+    assert firing["Subject"].startswith("[CRITICAL] ")
+    assert "gauge-high" in firing["Subject"] and "test.gauge 93.4 > 50" in firing["Subject"]
+    assert "RESOLVED" in resolved["Subject"]
+    root = firing["Message-ID"]
+    assert len({firing["Message-ID"], reminder["Message-ID"], resolved["Message-ID"]}) == 3
+    for follow_up in (reminder, resolved):
+        assert follow_up["In-Reply-To"] == root
+        assert root in follow_up["References"]
+    body = firing.get_body(("plain",)).get_content()
+    assert "93.4" in body and "gauge-high" in body
+    assert "CET" in body or "CEST" in body, "times are shown in the configured timezone"
+
+
+def test_agent_refuses_to_start_on_a_bad_config(tmp_path):
+    config = write_config(tmp_path, extra='above_x = 3')
+    proc = start_agent(config)
+    proc.wait(30)
+    err = proc.stderr.read().decode()
+    assert proc.returncode == 78, err
+    assert "rules[0].above_x: unknown key" in err
+    assert not (tmp_path / "var" / "pickup").exists()
+
+
+def test_check_reports_every_mistake_with_its_key_path(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(textwrap.dedent("""
+        [agent]
+        intervall = "10s"
+        timezone = "Mars/Olympus"
+
+        [mail]
+        to = ["ops@example.com\\nBcc: x@y"]
+        route = ["pikup"]
+
+        [transports.smtp]
+        password = "hunter2"
+
+        [[rules]]
+        name = "disk"
+        metric = "disk.used_percent"
+        above = "ninety"
+        for = "soon"
+    """))
+    result = subprocess.run([sys.executable, "-m", "alertmail", "check", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 78
+    err = result.stderr
+    for expected in (
+        "agent.intervall: unknown key; did you mean 'interval'?",
+        "agent.timezone: unknown IANA timezone",
+        "mail.to[0]: not a valid mail address",
+        "mail.route[0]: no transport named 'pikup'; did you mean 'pickup'?",
+        "transports.smtp.password: secrets are never written inline",
+        "rules[0].above: expected a number, got 'ninety'",
+        "rules[0].for: expected a duration",
+    ):
+        assert expected in err, f"{expected!r} not in:\n{err}"
+    assert "hunter2" not in err
+    assert all(line.startswith(str(config)) for line in err.splitlines()[:-1])
+
+
+def test_check_accepts_the_default_config():
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-m", "alertmail", "check", "--config", str(root / "config.toml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_init_writes_a_config_that_check_accepts(tmp_path):
+    out = tmp_path / "config.toml"
+    result = subprocess.run([sys.executable, "-m", "alertmail", "init", "-o", str(out)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    import tomllib
+
+    data = tomllib.loads(out.read_text())
+    assert any(r["labels"].get("mount") == "/" for r in data["rules"] if "labels" in r)
+    result = subprocess.run([sys.executable, "-m", "alertmail", "check", "--config", str(out)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(os.environ.get("ALERTMAIL_SKIP_INSTALL_TEST") == "1", reason="asked to skip")
+def test_non_editable_install_lists_bundled_plugins(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(root)], capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr
+    site = subprocess.run([str(venv / "bin" / "python"), "-c", "import importlib.util as u; print(u.find_spec('plugins'))"],
+                          capture_output=True, text=True, timeout=60)
+    assert site.stdout.strip() == "None", "no top-level package called plugins may be installed"
+    listed = subprocess.run([str(venv / "bin" / "alertmail"), "plugins"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    for name in ("system", "pickup"):
+        assert f"\n{name} " in listed.stdout
+    assert "bundled" in listed.stdout and "disk" in listed.stdout

@@ -99,7 +99,7 @@ class ProcessProbe:
         MetricInfo("process.count", "count", "matching processes (0 when none runs)", ("name",)),
         MetricInfo(
             "process.cpu_percent", "percent",
-            "CPU used by the matching processes together (100 = one core; can exceed 100)", ("name",), "rate",
+            "CPU used by the matching processes together (100 = one core; can exceed 100)", ("name",),
         ),
         MetricInfo("process.rss_bytes", "bytes", "resident memory of the matching processes together (shared pages counted in each)", ("name",)),
     )

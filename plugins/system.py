@@ -111,7 +111,10 @@ class CpuProbe(SystemProbe):
     metrics = (
         MetricInfo("cpu.percent", "percent", "CPU busy time over all cores (100 = all cores busy)"),
         MetricInfo("cpu.core_percent", "percent", "busy time of one logical core", ("core",)),
-        *(MetricInfo(f"cpu.{f}_percent", "percent", f"share of CPU time spent in {f} (where the OS reports it)") for f in fields),
+        MetricInfo("cpu.user_percent", "percent", "share of CPU time running programs (user mode, nice included)"),
+        MetricInfo("cpu.system_percent", "percent", "share of CPU time in the kernel"),
+        MetricInfo("cpu.iowait_percent", "percent", "share of CPU time idle while waiting for disk I/O (Linux)"),
+        MetricInfo("cpu.steal_percent", "percent", "share of CPU time the hypervisor gave to other guests (Linux VMs)"),
     )
     options = {"per_core": Option("bool", True, help="also report each core")}
 
@@ -144,7 +147,10 @@ class CpuProbe(SystemProbe):
             span = _cpu_split(total)[0] - _cpu_split(last_total)[0]
             for field in self.fields:
                 if hasattr(total, field):
-                    share = (getattr(total, field) - getattr(last_total, field)) / span * 100
+                    spent = getattr(total, field) - getattr(last_total, field)
+                    if field == "user":  # nice is user time at a lower priority
+                        spent += getattr(total, "nice", 0.0) - getattr(last_total, "nice", 0.0)
+                    share = spent / span * 100
                     out.append(Sample(f"cpu.{field}_percent", min(max(share, 0.0), 100.0), timestamp=stamp))
         if self.per_core and len(cores) == len(last_cores):
             for core, (before, after) in enumerate(zip(last_cores, cores)):
@@ -305,7 +311,7 @@ class DiskIOProbe(SystemProbe):
         MetricInfo("diskio.write_bytes_per_s", "bytes/s", "bytes written", ("disk",), "rate"),
         MetricInfo("diskio.reads_per_s", "ops/s", "read operations", ("disk",), "rate"),
         MetricInfo("diskio.writes_per_s", "ops/s", "write operations", ("disk",), "rate"),
-        MetricInfo("diskio.busy_percent", "percent", "share of time the disk was busy (Linux, FreeBSD)", ("disk",), "rate"),
+        MetricInfo("diskio.busy_percent", "percent", "share of time the disk was busy (Linux, FreeBSD)", ("disk",)),
     )
     options = {
         "exclude": Option("list", ["loop*", "ram*", "zram*", "sr*", "fd*"], help="disk name globs not to report"),

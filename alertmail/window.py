@@ -33,7 +33,7 @@ class _Bucket:
 class Window:
     """The samples of one series over the last ``span`` seconds, aggregated on demand."""
 
-    __slots__ = ("span", "width", "buckets", "previous", "_spare")
+    __slots__ = ("span", "width", "buckets", "previous", "count", "total", "increase", "_spare", "_evicted")
 
     def __init__(self, span: float, buckets: int = WINDOW_BUCKETS) -> None:
         if span <= 0:
@@ -42,7 +42,13 @@ class Window:
         self.width = self.span / buckets
         self.buckets: list[_Bucket] = []
         self.previous: float | None = None  # last value seen, for counter deltas across evictions
+        # Running sums make avg and rate O(1); they are recomputed now and then so
+        # subtracting evicted buckets cannot let rounding error pile up.
+        self.count = 0
+        self.total = 0.0
+        self.increase = 0.0
         self._spare: _Bucket | None = None  # an evicted bucket, reused to spare an allocation
+        self._evicted = 0
 
     def __len__(self) -> int:
         return len(self.buckets)
@@ -57,6 +63,9 @@ class Window:
         else:
             delta = value
         self.previous = value
+        self.count += 1
+        self.total += value
+        self.increase += delta
         buckets = self.buckets
         if buckets and ts < buckets[-1].start + self.width:
             # Same bucket, or a late sample: fold it into the newest bucket.
@@ -80,8 +89,18 @@ class Window:
         while drop < len(buckets) - 1 and buckets[drop].last_ts <= horizon:
             drop += 1
         if drop:
+            for b in buckets[:drop]:
+                self.count -= b.count
+                self.total -= b.total
+                self.increase -= b.increase
             self._spare = buckets[drop - 1]
             del buckets[:drop]
+            self._evicted += drop
+            if self._evicted >= len(buckets):
+                self._evicted = 0
+                self.count = sum(b.count for b in buckets)
+                self.total = math.fsum(b.total for b in buckets)
+                self.increase = math.fsum(b.increase for b in buckets)
 
     def value(self, agg: str) -> float | None:
         """The aggregate over the window; None when there is not enough to say (rate of one sample)."""
@@ -91,7 +110,7 @@ class Window:
         if agg == "last":
             return buckets[-1].last
         if agg == "avg":
-            return sum(b.total for b in buckets) / sum(b.count for b in buckets)
+            return self.total / self.count
         if agg == "min":
             return min(b.low for b in buckets)
         if agg == "max":
@@ -101,5 +120,5 @@ class Window:
             if elapsed <= 0:
                 return None
             # The first sample's delta came from before the window.
-            return (sum(b.increase for b in buckets) - buckets[0].first_delta) / elapsed
+            return (self.increase - buckets[0].first_delta) / elapsed
         raise ValueError(f"unknown aggregate {agg!r}; expected one of {', '.join(AGGREGATES)}")

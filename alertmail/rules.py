@@ -136,6 +136,10 @@ class Rule:
     description: str = ""
     flapping: bool = True
 
+    def __hash__(self) -> int:
+        # `labels` is a dict, so the generated hash would fail; names are unique anyway.
+        return hash((self.name, self.metric))
+
     def matches(self, sample: Sample) -> bool:
         """True when the sample's metric is this rule's and its labels pass the matchers (exact or glob)."""
         return sample.metric == self.metric and _labels_match(_matchers(self.labels), sample.labels)
@@ -463,7 +467,11 @@ class RuleEngine:
     # -- feeding -----------------------------------------------------------
 
     def observe(self, samples: Iterable[Sample], now: float) -> list[AlertEvent]:
-        """Evaluate a batch of samples at time ``now``; the events their state changes produce."""
+        """Evaluate a batch of samples at time ``now``; the events their state changes produce.
+
+        ``now`` times the state machine (for, repeat, keep_firing_for, absent); windows
+        place each sample at its own ``timestamp``.
+        """
         if self._started is None:
             self._started = now
         out: list[AlertEvent] = []

@@ -385,3 +385,8 @@ def test_quiet_healthy_series_are_forgotten():
     run(engine, [(0, 95)], labels={"pid": "2"})
     engine.tick(200)
     assert [(r.labels, r.state) for r in engine.states(200)] == [((("pid", "2"),), State.FIRING)]
+
+
+def test_events_and_rules_are_hashable_for_grouping():
+    events = run(RuleEngine([Rule("r", "m", labels={"a": "b"}, above=1)]), [(0, 5)], labels={"a": "b"})
+    assert len({events[0], events[0]}) == 1 and len({events[0].rule}) == 1

@@ -94,7 +94,9 @@ class ProcessProbe:
 
     name: ClassVar[str] = "process"
     description: ClassVar[str] = "processes matched by name or command line"
-    interval: float | None = None
+    # It reads every process (one or two /proc files each); set a shorter interval in
+    # [probes.process] when a daemon's absence must be noticed sooner.
+    interval: float | None = 30.0
     metrics: ClassVar[tuple[MetricInfo, ...]] = (
         MetricInfo("process.count", "count", "matching processes (0 when none runs)", ("name",)),
         MetricInfo(

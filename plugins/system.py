@@ -443,6 +443,9 @@ class ProcessesProbe(SystemProbe):
 
     name = "processes"
     description = "process counts"
+    # Reading every process is the costly part of a system snapshot (one /proc file
+    # each); zombies and runaway forks are not a matter of seconds.
+    interval = 60.0
     statuses = (
         psutil.STATUS_RUNNING, psutil.STATUS_SLEEPING, psutil.STATUS_DISK_SLEEP,
         psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE,

@@ -62,6 +62,7 @@ def render_png(spec: ChartSpec) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.dates as mdates
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     zone = zoneinfo.ZoneInfo(spec.timezone)
     end = spec.end if spec.end is not None else max((t for t, _ in spec.points), default=0.0)
@@ -98,9 +99,11 @@ def render_png(spec: ChartSpec) -> bytes:
         ax.axhline(spec.clear, color=CLEAR, linestyle=":", linewidth=1.4, label=f"clear {_short(spec.clear, spec.unit)}")
     _fit_y(ax, points, (spec.threshold, spec.clear))
 
-    locator = mdates.AutoDateLocator(tz=zone, minticks=4, maxticks=8)
-    ax.xaxis.set_major_locator(locator)
+    step = 10 if spec.window > 1800 else 5
+    ax.xaxis.set_major_locator(mdates.MinuteLocator(byminute=range(0, 60, step), tz=zone))
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=zone))
+    # Short tick labels and no offset text ("1e10") colliding with the title.
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: compact(v)))
     ax.set_xlabel(f"time ({dt.datetime.fromtimestamp(end, zone):%Z})", fontsize=8, color="#555555")
     if spec.unit:
         ax.set_ylabel(spec.unit, fontsize=8, color="#555555")
@@ -111,7 +114,8 @@ def render_png(spec: ChartSpec) -> bytes:
         ax.spines[side].set_visible(False)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="upper left", frameon=False, ncol=3)
-    fig.tight_layout(pad=0.4)
+    # Fixed margins: tight_layout measured every label and took half the drawing time.
+    fig.subplots_adjust(left=0.085, right=0.985, top=0.89, bottom=0.19)
 
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=100, metadata={"Software": None})
@@ -130,7 +134,15 @@ def _fit_y(ax, points: Sequence[tuple[float, float]], lines: Sequence[float | No
 
 
 def _short(value: float, unit: str) -> str:
-    return f"{value:.4g} {unit}".rstrip()
+    return f"{compact(value)} {unit}".rstrip()
+
+
+def compact(value: float) -> str:
+    """A tick label that fits the margin: 950 -> "950", 12500 -> "12.5k", 9.5e9 -> "9.5G"."""
+    for size, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e4, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{prefix}"
+    return f"{value:.4g}"
 
 
 def render_pngs(specs: Sequence[ChartSpec], *, isolated: bool = True, timeout: float = 30.0) -> list[bytes | None]:

@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -184,12 +185,16 @@ def probe_settings(cfg: Any, name: str, probe: Any) -> ProbeSettings:
 
     table = cfg.probes.get(name) if cfg is not None else None
     if table is None:  # no table: the defaults, filled in by the same checker the config uses
-        table = Checker(Path.cwd()).table(f"probes.{name}", {}, {**PROBE_OPTIONS, **(getattr(probe, "options", None) or {})})
+        base = cfg.path.resolve().parent if cfg is not None else Path.cwd()
+        table = Checker(base).table(f"probes.{name}", {}, {**PROBE_OPTIONS, **(getattr(probe, "options", None) or {})})
     agent = cfg.agent if cfg is not None else {}
     interval = table.get("interval") or getattr(probe, "interval", None) or agent.get("interval") or AGENT_OPTIONS["interval"].default
     timeout = table.get("timeout") or agent.get("probe_timeout") or interval
     options = {k: v for k, v in table.items() if k not in COMMON_KEYS}
     return ProbeSettings(table.get("enabled", True) is not False, float(interval), float(min(timeout, interval)), options)
+
+
+_KEYPATH = re.compile(r"^[A-Za-z_][\w\[\].-]*: ")
 
 
 def configure_probe(name: str, probe: Any, options: Mapping[str, Any]) -> list[str]:
@@ -205,7 +210,10 @@ def configure_probe(name: str, probe: Any, options: Mapping[str, Any]) -> list[s
     try:
         configure(dict(options))
     except ValueError as exc:
-        return [f"probes.{name}.{line}" if line[:1].isalpha() else f"probes.{name}: {line}" for line in str(exc).splitlines() if line]
+        return [
+            f"probes.{name}.{line}" if _KEYPATH.match(line) else f"probes.{name}: {line}"
+            for line in str(exc).splitlines() if line
+        ]
     return []
 
 

@@ -302,3 +302,18 @@ def test_a_probe_stuck_for_good_does_not_keep_the_command_from_exiting(tmp_path)
     )
     assert done.returncode == 75, done.stderr
     assert "probe stuck: timed out after 0.5s" in done.stdout
+
+
+def test_configure_problems_keep_their_key_paths_under_the_probe_table():
+    from alertmail.probing import configure_probe
+
+    class Picky:
+        name = "picky"
+
+        def configure(self, options):
+            raise ValueError("needs a sensor name\nsensors[1].port: expected a number, got 'x'")
+
+    assert configure_probe("picky", Picky(), {}) == [
+        "probes.picky: needs a sensor name",
+        "probes.picky.sensors[1].port: expected a number, got 'x'",
+    ]

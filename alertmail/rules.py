@@ -50,10 +50,10 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from email.utils import parseaddr
 from fnmatch import fnmatchcase
 from typing import Any
 
+from alertmail.config import valid_address
 from alertmail.flapping import START_PERCENT, STOP_PERCENT, FlapHistory
 from alertmail.model import Labels, Option, Sample, freeze_labels
 from alertmail.window import Window
@@ -82,10 +82,6 @@ RULE_OPTIONS: dict[str, Option] = {
 _GLOB = re.compile(r"[*?\[]")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+-]*")
 _SEVERITY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
-_ADDRESS = re.compile(
-    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])"
-)
 _THRESHOLD_KEYS = {"above", "below", "warning", "critical", "clear", "over", "agg", "absent"}
 # Rules that stop seeing a series forget it after this long (unless it alerts).
 FORGET_AFTER = 3600.0
@@ -257,14 +253,17 @@ class AlertStatus:
 
 
 def check_address(value: Any) -> str | None:
-    """Why ``value`` is not a usable recipient address, or None when it is."""
+    """Why ``value`` is not a usable recipient address, or None when it is.
+
+    The same rule as [mail].to (``config.valid_address``): a bare address, since it
+    also goes into the SMTP envelope.
+    """
     if not isinstance(value, str) or not value.strip():
         return f"expected an address like \"ops@example.com\", got {value!r}"
     if "\r" in value or "\n" in value:
         return f"line breaks are not allowed in an address; got {value!r}"
-    name, addr = parseaddr(value)
-    if not _ADDRESS.fullmatch(addr) or ("<" not in value and addr != value.strip()):
-        return f"not an email address: {value!r}; write it like \"ops@example.com\" or \"Ops <ops@example.com>\""
+    if not valid_address(value):
+        return f"not a valid mail address: {value!r}; write it as user@example.com"
     return None
 
 
@@ -282,7 +281,6 @@ def rules_from_config(raw: Any, check: Any, *, default_to: Iterable[str]) -> lis
     default_to = list(default_to or [])
     rules: list[Rule] = []
     names: dict[str, int] = {}
-    uses_default_to = False
     for i, item in enumerate(raw):
         where = f"rules[{i}]"
         before = len(check.problems)
@@ -313,8 +311,7 @@ def rules_from_config(raw: Any, check: Any, *, default_to: Iterable[str]) -> lis
                 if reason:
                     check.error(f"{where}.to[{k}]", reason)
         else:
-            to = default_to
-            uses_default_to = True
+            to = default_to  # checked with [mail]
             if not default_to:
                 check.error(f"{where}.to", "no recipients; add to = [\"ops@example.com\"] here or in [mail]")
         # Threshold checks need every threshold key converted; else they would only echo that mistake.
@@ -344,11 +341,6 @@ def rules_from_config(raw: Any, check: Any, *, default_to: Iterable[str]) -> lis
                 check.error(f"{where}.{key}" if key else where, message)
         if len(check.problems) == before:
             rules.append(rule)
-    if uses_default_to:
-        for k, address in enumerate(default_to):
-            reason = check_address(address)
-            if reason:
-                check.error(f"mail.to[{k}]", reason)
     return rules
 
 

@@ -34,7 +34,7 @@ for = "2m"
 repeat = "4h"
 keep_firing_for = "30s"
 severity = "critical"
-to = ["storage@example.com", "Storage team <storage2@example.com>"]
+to = ["storage@example.com", "storage2@example.com"]
 
 [[rules]]
 name = "net-errors"
@@ -61,7 +61,7 @@ def test_a_good_rules_array_builds_rules_with_every_field():
     assert disk == Rule(
         name="disk-root-full", metric="disk.used_percent", labels={"mount": "/"}, above=90.0, clear=85.0,
         for_=120.0, repeat=14400.0, keep_firing_for=30.0, severity="critical",
-        to=("storage@example.com", "Storage team <storage2@example.com>"),
+        to=("storage@example.com", "storage2@example.com"),
     )
     assert (net.levels, net.over, net.agg, net.to) == (((10, "warning"), (100, "critical")), 300.0, "rate", ("ops@example.com",))
     assert (nginx.absent, nginx.flapping, nginx.threshold) == (60.0, False, None)
@@ -114,7 +114,7 @@ metric = "m"
     assert "at or below the threshold 90" in problem_for(problems, "rules[3].clear")
     assert 'add over = "5m"' in problem_for(problems, "rules[4].over")
     assert "line breaks" in problem_for(problems, "rules[5].to[0]")
-    assert "not an email address" in problem_for(problems, "rules[5].to[1]")
+    assert "not a valid mail address" in problem_for(problems, "rules[5].to[1]")
     assert "missing" in problem_for(problems, "rules[6].name")
     assert len(problems) == 10
 
@@ -126,10 +126,10 @@ def test_rules_without_recipients_are_refused():
     assert "empty" in problem_for(problems, "rules[0].to")
 
 
-def test_bad_default_recipient_is_reported_once_under_mail_to():
-    _, problems = check_rules('[[rules]]\nname = "a"\nmetric = "m"\nabove = 1\n[[rules]]\nname = "b"\nmetric = "m"\nabove = 1\n',
-                              default_to=["ops@example.com", "ops at example"])
-    assert [p for p in problems if p.startswith("mail.to")] == [problem_for(problems, "mail.to[1]")]
+def test_default_recipients_are_left_to_the_mail_section():
+    # [mail].to is checked once with [mail]; rules using it must not repeat each mistake.
+    rules, problems = check_rules('[[rules]]\nname = "a"\nmetric = "m"\nabove = 1\n', default_to=["ops at example"])
+    assert problems == [] and rules[0].to == ("ops at example",)
 
 
 @pytest.mark.parametrize(
@@ -164,12 +164,12 @@ def test_rules_must_be_an_array_of_tables():
     assert check.problems == ["rules: expected an array of tables: [[rules]]"]
 
 
-@pytest.mark.parametrize("address", ["ops@example.com", "Ops <ops@example.com>", "a+b@[127.0.0.1]", "alertmail@localhost"])
+@pytest.mark.parametrize("address", ["ops@example.com", "first.last+tag@sub.example.org", "a+b@[127.0.0.1]", "alertmail@localhost"])
 def test_usual_addresses_pass(address):
     assert check_address(address) is None
 
 
-@pytest.mark.parametrize("address", ["", "ops", "ops@", "@example.com", "a@b\n", "ops@exa mple.com", 42])
+@pytest.mark.parametrize("address", ["", "ops", "ops@", "@example.com", "a@b\n", "ops@exa mple.com", "Ops <ops@example.com>", 42])
 def test_broken_addresses_are_refused(address):
     assert check_address(address)
 

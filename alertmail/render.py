@@ -198,13 +198,19 @@ def status_line(event: AlertEvent, ctx: RenderContext) -> str:
     took = human_duration(event.at - event.since)
     if event.kind == "resolved":
         return f"resolved at {ctx.clock(event.at)} after {took}, since {since}"
-    if event.kind == "flapping":
-        return f"flapping for {took}, since {since}"
-    if event.kind == "flap-ended":
-        return f"settled at {ctx.clock(event.at)} after {took}, since {since}"
+    if event.kind in ("flapping", "flap-ended"):
+        change = getattr(event, "percent_change", None)
+        rate = f" ({format_value(change)} % state change)" if change is not None else ""
+        if event.kind == "flapping":
+            return f"flapping for {took}, since {since}{rate}"
+        return f"settled at {ctx.clock(event.at)} after {took}, since {since}{rate}"
     if event.kind == "reminder":
         return f"still firing: for {took}, since {since}"
-    return f"{event.kind} for {took}, since {since}"
+    if event.kind == "escalated":
+        before = getattr(event, "previous_severity", None)
+        raised = f"; raised from {header_safe(before, 30)} to {header_safe(event.severity, 30)}" if before else ""
+        return f"firing for {took}, since {since}{raised}"
+    return f"{header_safe(event.kind, 30)} for {took}, since {since}"
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import email
 import email.policy
@@ -42,7 +43,7 @@ def context(**kw) -> RenderContext:
     kw.setdefault("hostname", "web01")
     kw.setdefault("timezone", "Europe/Berlin")
     kw.setdefault("history", rising)
-    kw.setdefault("charts", "in-process")
+    kw.setdefault("charts", "off")  # tests about charts ask for them: drawing one takes a tenth of a second
     return RenderContext(**kw)
 
 
@@ -81,7 +82,7 @@ def test_subject_names_severity_host_rule_condition_and_duration():
 
 
 def test_alert_mail_is_text_and_html_alternatives_with_the_chart_related_to_the_html():
-    msg = reparse(render_alert([event()], context()))
+    msg = reparse(render_alert([event()], context(charts="in-process")))
     assert structure(msg) == [
         "multipart/alternative",
         ["text/plain", ["multipart/related", ["text/html", "image/png"]]],
@@ -90,7 +91,7 @@ def test_alert_mail_is_text_and_html_alternatives_with_the_chart_related_to_the_
 
 
 def test_html_references_the_chart_by_its_content_id():
-    msg = reparse(render_alert([event()], context()))
+    msg = reparse(render_alert([event()], context(charts="in-process")))
     [image] = images(msg)
     cid = image["Content-ID"].strip("<>")
     assert re.findall(r'src="cid:([^"]+)"', html_of(msg)) == [cid]
@@ -98,7 +99,7 @@ def test_html_references_the_chart_by_its_content_id():
 
 
 def test_chart_is_a_png_of_640_by_240_that_decodes():
-    msg = reparse(render_alert([event()], context()))
+    msg = reparse(render_alert([event()], context(charts="in-process")))
     data = images(msg)[0].get_content()
     assert png_size(data) == (640, 240)
     from PIL import Image  # matplotlib depends on Pillow, so it is there wherever charts are drawn
@@ -132,7 +133,7 @@ def test_a_chart_that_cannot_be_drawn_leaves_the_mail_intact(caplog):
 
 
 def test_series_without_history_gets_a_note_instead_of_a_chart():
-    msg = reparse(render_alert([event()], context(history=lambda m, l: ())))
+    msg = reparse(render_alert([event()], context(history=lambda m, l: (), charts="in-process")))
     assert images(msg) == []
     assert "No chart: no samples of this series recorded yet." in html_of(msg)
 
@@ -168,6 +169,18 @@ def test_a_start_on_another_day_shows_the_day():
     assert "resolved at 14:15 CET after 1 d, since Tue 14 Jan 14:03 CET" in text_of(msg)
 
 
+@pytest.mark.parametrize("kind, extra, status", [
+    ("reminder", {}, "still firing: for 12 min, since 14:03 CET"),
+    ("escalated", {"previous_severity": "warning"}, "firing for 12 min, since 14:03 CET; raised from warning to critical"),
+    ("flapping", {"percent_change": 34.5}, "flapping for 12 min, since 14:03 CET (34.5 % state change)"),
+    ("flap-ended", {}, "settled at 14:15 CET after 12 min, since 14:03 CET"),
+])
+def test_each_kind_of_event_says_what_happened(kind, extra, status):
+    ev = dataclasses.replace(event(kind=kind), **extra)
+    msg = reparse(render_alert([ev], context()))
+    assert status in text_of(msg) and status in html_of(msg)
+
+
 @pytest.mark.parametrize("seconds, words", [(45, "45 s"), (720, "12 min"), (7500, "2 h 5 min"), (7200, "2 h"), (93600, "1 d 2 h")])
 def test_durations_read_as_people_say_them(seconds, words):
     assert human_duration(seconds) == words
@@ -175,13 +188,14 @@ def test_durations_read_as_people_say_them(seconds, words):
 
 def test_grouped_mail_lists_all_events_and_caps_the_charts():
     events = [event(labels=(("mount", f"/srv/{n}"),)) for n in range(200)]
-    msg = reparse(render_alert(events, context()))
+    msg = reparse(render_alert(events, context(charts="in-process", max_charts=3)))
     html, text = html_of(msg), text_of(msg)
     for n in range(200):
         assert f"mount=/srv/{n}<" in html
         assert f"[mount=/srv/{n}]" in text
-    assert len(images(msg)) == 10
-    assert "Details and charts for the first 10 of 200 alerts" in html
+    assert len(images(msg)) == 3
+    assert "Details and charts for the first 3 of 200 alerts" in html
+    assert "Details for the first 3 of 200 alerts; all are listed above." in text
     assert msg["Subject"] == "[CRITICAL] web01: 200 alerts — disk-root-full"
 
 
@@ -222,7 +236,7 @@ def test_user_templates_replace_or_extend_the_builtin_ones(tmp_path):
     (tmp_path / "alert.html.j2").write_text(
         "{% extends 'builtin/alert.html.j2' %}{% block footer %}<tr><td>Call {{ extra.oncall }}</td></tr>{% endblock %}"
     )
-    ctx = context(templates_dir=tmp_path, extra={"oncall": "<ops>"})
+    ctx = context(templates_dir=tmp_path, extra={"oncall": "<ops>"}, charts="in-process")
     msg = reparse(render_alert([event()], ctx))
     assert text_of(msg) == "FIRING disk-root-full: firing for 12 min, since 14:03 CET\n"
     html = html_of(msg)

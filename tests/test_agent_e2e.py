@@ -229,7 +229,7 @@ def test_non_editable_install_lists_bundled_plugins(tmp_path):
     pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(root)], capture_output=True, text=True, timeout=600)
     assert pip.returncode == 0, pip.stderr
     site = subprocess.run([str(venv / "bin" / "python"), "-c", "import importlib.util as u; print(u.find_spec('plugins'))"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert site.stdout.strip() == "None", "no top-level package called plugins may be installed"
     listed = subprocess.run([str(venv / "bin" / "alertmail"), "plugins"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert listed.returncode == 0, listed.stdout + listed.stderr

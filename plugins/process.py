@@ -20,7 +20,7 @@ import difflib
 import fnmatch
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -42,12 +42,17 @@ class Watch:
     cmdline: str | None = None  # glob on the command line, arguments joined by spaces
     user: str | None = None  # exact user name
 
-    def selects(self, info: Mapping[str, Any]) -> bool:
-        if self.match is not None and not fnmatch.fnmatchcase(info.get("name") or "", self.match):
+    def selects(self, name: str, user: str | None, cmdline: Callable[[], str]) -> bool:
+        """True when a process with this name and user (and command line) belongs here.
+
+        ``cmdline`` is called only when this watch looks at the command line: reading
+        it is one more /proc file per process.
+        """
+        if self.match is not None and not fnmatch.fnmatchcase(name, self.match):
             return False
-        if self.cmdline is not None and not fnmatch.fnmatchcase(" ".join(info.get("cmdline") or ()), self.cmdline):
+        if self.user is not None and user != self.user:
             return False
-        return self.user is None or info.get("username") == self.user
+        return self.cmdline is None or fnmatch.fnmatchcase(cmdline(), self.cmdline)
 
 
 def parse_watch(value: Any) -> list[Watch]:
@@ -111,7 +116,7 @@ class ProcessProbe:
 
     def __init__(self) -> None:
         self.watches: list[Watch] = []
-        self._attrs: list[str] = ["name", "status"]
+        self._attrs: list[str] = ["name", "status", "ppid"]
         # CPU seconds of each matched process at the last reading. psutil.Process hashes
         # by pid and start time, so a reused pid is a different key.
         self._cpu: dict[psutil.Process, float] = {}
@@ -120,29 +125,48 @@ class ProcessProbe:
 
     def configure(self, options: Mapping[str, Any]) -> None:
         self.watches = parse_watch(options.get("watch") or [])
-        attrs = ["name", "status"]
-        if any(w.cmdline for w in self.watches):
-            attrs.append("cmdline")  # read only when asked: it is the costly part of the scan
-        if any(w.user for w in self.watches):
-            attrs.append("username")
-        self._attrs = attrs
+        self._attrs = ["name", "status", "ppid"] + (["username"] if any(w.user for w in self.watches) else [])
         self._cpu, self._seen, self._at = {}, set(), None
         self.collect()  # the CPU baseline, so the first scheduled run has a real value
 
-    def _scan(self) -> tuple[dict[str, list[psutil.Process]], set[psutil.Process]]:
-        """The matching processes per watch name, and every live process."""
-        groups: dict[str, list[psutil.Process]] = {w.name: [] for w in self.watches}
-        seen: set[psutil.Process] = set()
-        me = os.getpid()
-        for proc in psutil.process_iter(self._attrs):
-            seen.add(proc)
-            info = proc.info
-            if proc.pid == me or info.get("status") == psutil.STATUS_ZOMBIE:
-                continue
-            for watch in self.watches:
-                if watch.selects(info):
-                    groups[watch.name].append(proc)
-        return groups, seen
+    def _read(self, proc: psutil.Process) -> tuple[list[str], float | None, int]:
+        """(names of the watches ``proc`` belongs to, its CPU seconds or None, its RSS).
+
+        One oneshot() per process, so /proc/PID/stat is read once for the name, the
+        state and the CPU times. Raises psutil.NoSuchProcess when it is gone.
+        """
+        with proc.oneshot():
+            # Not process_iter(attrs): its proc.info lives on Process objects that psutil
+            # shares between threads, and the processes probe may be scanning right now.
+            info = proc.as_dict(self._attrs)
+            if info["status"] == psutil.STATUS_ZOMBIE or info["name"] is None:
+                return [], None, 0
+
+            line: list[str] = []
+
+            def cmdline() -> str:
+                if not line:
+                    line.append(self._cmdline(proc, info))
+                return line[0]
+
+            names = [w.name for w in self.watches if w.selects(info["name"], info.get("username"), cmdline)]
+            if not names:
+                return [], None, 0
+            try:
+                times, memory = proc.cpu_times(), proc.memory_info()
+            except psutil.AccessDenied:  # it runs, but its figures are not ours to read
+                return names, None, 0
+            return names, times.user + times.system, memory.rss
+
+    @staticmethod
+    def _cmdline(proc: psutil.Process, info: Mapping[str, Any]) -> str:
+        # Kernel threads (children of kthreadd, pid 2) have no command line: skip the read.
+        if psutil.LINUX and (proc.pid == 2 or info.get("ppid") == 2):
+            return ""
+        try:
+            return " ".join(proc.cmdline())
+        except psutil.AccessDenied:
+            return ""
 
     def _cpu_since_last(self, proc: psutil.Process, used: float) -> float:
         """CPU seconds ``proc`` used since the last reading."""
@@ -157,34 +181,38 @@ class ProcessProbe:
     def collect(self) -> list[Sample]:
         if not self.watches:
             return []
-        groups, seen = self._scan()
+        count = dict.fromkeys((w.name for w in self.watches), 0)
+        rss = dict.fromkeys(count, 0)
+        cpu = dict.fromkeys(count, 0.0)
+        cpu_now: dict[psutil.Process, float] = {}
+        seen: set[psutil.Process] = set()
+        me = os.getpid()
+        for proc in psutil.process_iter():
+            seen.add(proc)
+            if proc.pid == me:
+                continue
+            try:
+                names, used, resident = self._read(proc)
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue  # ended while being read: it no longer runs
+            if used is not None:
+                cpu_now[proc] = used
+                since = max(self._cpu_since_last(proc, used), 0.0)
+            for name in names:
+                count[name] += 1
+                rss[name] += resident
+                if used is not None:
+                    cpu[name] += since
         now, wall = time.monotonic(), time.time()
         span = None if self._at is None else now - self._at
         usable = span is not None and span >= MIN_SPAN
-        cpu_now: dict[psutil.Process, float] = {}
         out: list[Sample] = []
-        for watch in self.watches:
-            count, rss, cpu = 0, 0, 0.0
-            for proc in groups[watch.name]:
-                try:
-                    with proc.oneshot():
-                        times = proc.cpu_times()
-                        memory = proc.memory_info()
-                except (psutil.NoSuchProcess, psutil.ZombieProcess):
-                    continue  # ended between the scan and now: it no longer runs
-                except psutil.AccessDenied:
-                    count += 1  # it runs, but its figures are not ours to read
-                    continue
-                count += 1
-                rss += memory.rss
-                used = times.user + times.system
-                cpu_now[proc] = used
-                cpu += max(self._cpu_since_last(proc, used), 0.0)
-            labels = {"name": watch.name}
-            out.append(Sample("process.count", count, labels, wall))
-            out.append(Sample("process.rss_bytes", rss, labels, wall))
+        for name in count:
+            labels = {"name": name}
+            out.append(Sample("process.count", count[name], labels, wall))
+            out.append(Sample("process.rss_bytes", rss[name], labels, wall))
             if usable:
-                out.append(Sample("process.cpu_percent", cpu / span * 100.0, labels, wall))
+                out.append(Sample("process.cpu_percent", cpu[name] / span * 100.0, labels, wall))
         if span is None or usable:
             self._cpu, self._seen, self._at = cpu_now, seen, now
         return out

@@ -458,10 +458,15 @@ class ProcessesProbe(SystemProbe):
     def collect(self) -> list[Sample]:
         counts = dict.fromkeys(self.statuses, 0)
         total = 0
-        for proc in psutil.process_iter(["status"]):
+        for proc in psutil.process_iter():
+            try:
+                status = proc.status()  # not proc.info: psutil shares it between threads
+            except psutil.NoSuchProcess:
+                continue
+            except psutil.Error:  # not ours to read: it still counts as a process
+                status = None
             total += 1
-            status = proc.info.get("status")
-            if isinstance(status, str):
+            if status is not None:
                 counts[status] = counts.get(status, 0) + 1
         stamp = time.time()
         out = [Sample("processes.total", total, timestamp=stamp)]

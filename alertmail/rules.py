@@ -350,7 +350,6 @@ def incident_id(rule: str, labels: Labels, fired_at: float, kind: str = "") -> s
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-
 class _Incident:
     """One open incident: what was mailed, at which level, and when last."""
 

@@ -150,6 +150,34 @@ def test_restart_from_snapshot_changes_nothing(rule, first, second):
 
 
 @PROPERTY
+@given(st.sampled_from([5.0, 25.0, 60.0]), st.booleans(), steps)
+def test_absent_fires_only_after_silence_and_resolves_on_the_next_sample(absent, labelled, plan):
+    rule = Rule("r", "m", labels={"host": "*"} if labelled else {}, absent=absent, repeat=30)
+    engine = RuleEngine([rule])
+    labels = {"host": "a"}
+    t, seen, events = 0.0, [], []
+    for dt, value in plan:
+        t += dt
+        if value is not None:
+            seen.append(t)
+            events += engine.observe([Sample("m", value, labels, t)], t)
+        events += engine.tick(t)
+    start = plan[0][0]
+    for e in events:
+        assert e.comparison == "absent"
+        before = [s for s in seen if s <= e.at]
+        if e.kind == "firing":
+            assert e.at - (before[-1] if before else start) >= absent
+            assert e.since == (before[-1] if before else start)
+            assert e.labels == (() if not before else tuple(labels.items()))
+        elif e.kind == "resolved":
+            assert e.at in seen
+    opened = [e.incident for e in events if e.kind == "firing"]
+    closed = [e.incident for e in events if e.kind == "resolved"]
+    assert len(set(opened)) == len(opened) and set(closed) <= set(opened)
+
+
+@PROPERTY
 @given(st.lists(st.tuples(st.floats(0, 5), st.floats(-1e6, 1e6)), min_size=1, max_size=400), st.sampled_from([1.0, 10.0, 60.0]))
 def test_window_memory_stays_bounded_and_min_max_bracket_the_window(points, span):
     window = Window(span)

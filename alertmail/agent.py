@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from alertmail import heartbeat
 from alertmail.config import Config
 from alertmail.fsutil import write_atomic
 from alertmail.history import History
@@ -169,6 +170,7 @@ class Agent:
             group_wait=notify.get("group_wait") or 0.0,
             subject_prefix=cfg.mail.get("subject_prefix") or "",
         )
+        self.notifier.configure_noise(cfg, self.rules)  # [[silences]] and the storm cap
         await self._start_services()
         self._start_scheduler()
         log.info(
@@ -195,6 +197,7 @@ class Agent:
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self._schedule_probes()
         self.scheduler.add_job(self.tick, "interval", seconds=TICK, id="tick", coalesce=True, max_instances=1)
+        heartbeat.schedule(self.scheduler, self)
         self.scheduler.add_listener(self._job_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         self.scheduler.start()
 
@@ -235,6 +238,8 @@ class Agent:
         n.sender, n.route, n.timezone = cfg.mail["from"], cfg.mail["route"], cfg.agent["timezone"]
         n.subject_prefix = cfg.mail.get("subject_prefix") or ""
         n.group_wait = cfg.sections.get("notify", {}).get("group_wait") or 0.0
+        n.configure_noise(cfg, self.rules)
+        heartbeat.schedule(self.scheduler, self)
         self._schedule_probes()
         log.info("configuration reloaded: %d rules, %d probes", len(cfg.rules), len(self.probes))
         if restart_needed:

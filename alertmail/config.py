@@ -260,6 +260,8 @@ PROBE_OPTIONS: dict[str, Option] = {
 
 NOTIFY_OPTIONS: dict[str, Option] = {
     "group_wait": Option("duration", 30.0, help="alerts firing within this time for the same recipients go out as one mail"),
+    "max_mails_per_hour": Option("int", 10, help="storm cap: most mails one recipient gets in any hour, digests included; 0 = no cap"),
+    "digest_interval": Option("duration", 900.0, help="storm mode: events beyond the cap are folded into one digest mail this often"),
 }
 
 CORE_SECTIONS: dict[str, dict[str, Option]] = {"agent": AGENT_OPTIONS, "mail": MAIL_OPTIONS, "notify": NOTIFY_OPTIONS}
@@ -324,6 +326,8 @@ def load_config(path: Path | str, plugins: Any = None) -> Config:
     services; when it is None they are loaded from the config's own plugin_dirs.
     """
     from alertmail import rules as rules_mod  # registers nothing; holds the rule schema
+    from alertmail import heartbeat as heartbeat_mod, silences as silences_mod  # register [heartbeat], [[silences]]
+    from alertmail import storm as storm_mod
     from alertmail import delivery as _delivery  # noqa: F401  registers [queue]
 
     path = Path(path)
@@ -403,6 +407,9 @@ def load_config(path: Path | str, plugins: Any = None) -> Config:
     for name, service in service_sections.items():
         cfg.sections[name] = check.table(name, raw.get(name, {}), getattr(service, "options", {}))
 
+    silences_mod.check_config(cfg.sections.get("silences", []), check, default_tz=agent.get("timezone") or "UTC")
+    heartbeat_mod.check_config(cfg.sections.get("heartbeat", {}), check)
+    storm_mod.check_config(notify, check)
     cfg.rules = rules_mod.rules_from_config(raw.get("rules", []), check, default_to=mail["to"])
     if check.problems:
         raise ConfigError(path, check.problems)

@@ -390,3 +390,25 @@ def test_quiet_healthy_series_are_forgotten():
 def test_events_and_rules_are_hashable_for_grouping():
     events = run(RuleEngine([Rule("r", "m", labels={"a": "b"}, above=1)]), [(0, 5)], labels={"a": "b"})
     assert len({events[0], events[0]}) == 1 and len({events[0].rule}) == 1
+
+
+def test_restored_rule_level_absent_is_not_mailed_again_and_resolves():
+    rules = [Rule("heartbeat", "app.heartbeat", absent=60, repeat=3600)]
+    first = RuleEngine(rules)
+    first.tick(0)
+    fired = first.tick(60)
+    second = RuleEngine(rules)
+    assert second.restore(json.loads(json.dumps(first.snapshot()))) == 1
+    assert second.tick(100) == [] and second.tick(200) == []
+    back = second.observe([Sample("app.heartbeat", 1, {}, 300)], 300)
+    assert [(e.kind, e.incident) for e in back] == [("resolved", fired[0].incident)]
+
+
+def test_states_show_flapping_and_absent_alerts():
+    engine = RuleEngine([Rule("flappy", "m", above=90), Rule("gone", "g", absent=10)])
+    run(engine, flappy(n=6))
+    engine.observe([Sample("g", 1, {}, 0)], 0)
+    engine.tick(100)
+    rows = {r.rule.name: r for r in engine.states(100)}
+    assert rows["flappy"].state is State.FLAPPING and rows["flappy"].incident
+    assert (rows["gone"].state, rows["gone"].note, rows["gone"].since) == (State.FIRING, "absent", 0)

@@ -117,8 +117,9 @@ def address_problem(command: str, arg: str) -> str | None:
     path = arg[len(keyword) :].lstrip()
     if path.startswith("<"):
         end = path.find(">")
+        rest = "" if end < 0 else path[end + 1 :]
         path = path if end < 0 else path[: end + 1]
-        if path.count("<") != 1 or path.count(">") != 1:
+        if path.count("<") != 1 or path.count(">") != 1 or rest[:1] not in ("", " "):
             return "unbalanced angle brackets in address"
     else:
         path = path.split(" ", 1)[0]
@@ -381,7 +382,7 @@ class RelaySMTP(SMTP):
         ok = await asyncio.get_running_loop().run_in_executor(None, self.policy.users.verify, login, credentials.password)
         if not ok:
             log.warning("relay: failed AUTH from %s for user %r", self.client_ip, login)
-            return AuthResult(success=False)
+            return AuthResult(success=False, handled=False)  # smtp_AUTH answers 535 5.7.8
         return AuthResult(success=True, auth_data=LoginPassword(credentials.login, b""))
 
 

@@ -1,0 +1,129 @@
+"""Running ``alertmail relay`` as a real process for tests and bench scripts.
+
+The relay delivers through the mx transport in smart-host mode to an smtp-sink, so
+what it accepted can be read back from the sink's dump folder.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from tests.peers import SmtpSink, free_port, need
+
+REPO = Path(__file__).resolve().parent.parent
+# The installed entry point's code, run by this interpreter (works without the venv's bin/ on PATH).
+ALERTMAIL = [sys.executable, "-c", "import sys; from alertmail.cli import main; sys.argv[0] = 'alertmail'; main()"]
+
+
+def private_folder(prefix: str) -> Path:
+    """A fresh folder outside pytest's basetemp, removed at exit.
+
+    smtp-sink writes as "nobody" when run as root; a pytest session starting in parallel
+    makes /tmp/pytest-of-root mode 0700 again, which would lock a running sink out.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def relay_config(folder: Path, sink: SmtpSink, port: int, relay: dict[str, Any] | None = None) -> Path:
+    """Write a config for a relay on 127.0.0.1:``port`` that delivers to ``sink``."""
+    config: dict[str, Any] = {
+        "agent": {"state_dir": str(folder / "var"), "hostname": "relay.test", "log_level": "info"},
+        "mail": {"route": ["mx"]},
+        "queue": {"retry": ["1s"]},
+        "transports": {"mx": {"mode": "smarthost", "smart_host": f"[{sink.host}]:{sink.port}", "tls": "none"}},
+        "relay": {
+            "enabled": True,
+            "listen": [f"127.0.0.1:{port}"],
+            "hostname": "relay.test",
+            "greet_pause": "0.3s",
+            "pickup_interval": "0.2s",
+            **(relay or {}),
+        },
+    }
+    path = folder / "config.toml"
+    path.write_text(tomli_w.dumps(config))
+    return path
+
+
+def self_signed(folder: Path, name: str = "relay.test") -> tuple[Path, Path]:
+    """A throwaway certificate and key made with openssl (EC P-256: fast to make)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [need("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={name}"],
+        check=True, capture_output=True, timeout=30,
+    )
+    return cert, key
+
+
+@dataclass
+class RelayProcess:
+    """``alertmail relay -c CONFIG`` in its own process, its stderr in a file."""
+
+    config: Path
+    port: int
+    proc: subprocess.Popen | None = None
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.config.parent / "relay.stderr"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.config.parent / "var"
+
+    def start(self, timeout: float = 20.0) -> RelayProcess:
+        with open(self.log, "ab") as err:
+            self.proc = subprocess.Popen(
+                [*ALERTMAIL, "relay", "-c", str(self.config)],
+                stdout=subprocess.DEVNULL, stderr=err, cwd=self.config.parent,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+        deadline = time.monotonic() + timeout
+        mark = f"relay listening on 127.0.0.1:{self.port}"
+        while mark not in self.output():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"relay exited with {self.proc.returncode}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"relay did not start:\n{self.output()}")
+            time.sleep(0.05)
+        return self
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def start_relay(folder: Path, sink: SmtpSink, relay: dict[str, Any] | None = None) -> RelayProcess:
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    return RelayProcess(relay_config(folder, sink, port, relay), port).start()

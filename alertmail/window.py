@@ -63,6 +63,11 @@ class Window:
         else:
             delta = value
         self.previous = value
+        if self.buckets and ts < self.buckets[-1].last_ts - self.span:
+            # The clock went back further than the window: what it holds is no longer "recent".
+            self.buckets.clear()
+            self.count, self.total, self.increase = 0, 0.0, 0.0
+            delta = 0.0
         self.count += 1
         self.total += value
         self.increase += delta

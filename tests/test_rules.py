@@ -232,6 +232,13 @@ def test_window_memory_is_bounded_however_fast_samples_come():
     assert window.value("max") == 6 and window.value("min") == 0
 
 
+def test_window_starts_afresh_when_the_clock_jumps_back_past_it():
+    window = Window(60)
+    for t, v in [(1000, 100), (1010, 200), (100, 5), (110, 7)]:
+        window.add(t, v)
+    assert (window.value("avg"), window.value("min"), window.value("max"), len(window)) == (6, 5, 7, 2)
+
+
 # -- absent ---------------------------------------------------------------------
 
 

@@ -133,6 +133,7 @@ class Notifier:
         digest_interval: float = 900.0,
         rules: Sequence[Rule] = (),
         render_options: Mapping[str, Any] | None = None,
+        durable: bool = True,
     ) -> None:
         self.sender = sender
         self.hostname = hostname
@@ -160,6 +161,8 @@ class Notifier:
         self._flush_at: dict[tuple[str, ...], float] = {}
         self._unsent: list[Outgoing] = []
         self._lock = asyncio.Lock()
+        self.durable = durable  # fsync the state files (off for replays, whose state is thrown away)
+        self._dirty: set[str] = set()  # state files to write at the end of this flush
 
     def configure_noise(self, cfg: Any, rules: Sequence[Rule] = ()) -> None:
         """Take ``[notify]`` storm settings and ``[[silences]]`` from a config (at start and on reload)."""
@@ -184,7 +187,7 @@ class Notifier:
 
     def _save_incidents(self) -> None:
         data = {k: v.__dict__ for k, v in self.incidents.items()}
-        write_atomic(self.incidents_file, json.dumps(data, indent=1).encode())
+        write_atomic(self.incidents_file, json.dumps(data, separators=(",", ":")).encode(), sync=self.durable)
 
     def _load_held(self) -> dict[str, Held]:
         try:
@@ -202,7 +205,7 @@ class Notifier:
         data = {k: {"event": _event_to_json(h.event), "silence": h.silence, "announced": h.announced}
                 for k, h in self.held.items()}
         try:
-            write_atomic(self.held_file, json.dumps(data, indent=1).encode())
+            write_atomic(self.held_file, json.dumps(data, separators=(",", ":")).encode(), sync=self.durable)
         except OSError as exc:
             log.error("cannot save %s: %s", self.held_file, exc)
 
@@ -227,7 +230,7 @@ class Notifier:
         else:
             announced = event.incident in self.incidents
             self.held[event.incident] = Held(event, silence, announced)
-        self._save_held()
+        self._dirty.add("held")
 
     def _release(self, now: float) -> list[AlertEvent]:
         """Events for held incidents no silence covers any more: one mail each."""
@@ -245,7 +248,7 @@ class Notifier:
             self.journal.record(event, "released", now)
             out.append(event)
         if out:
-            self._save_held()
+            self._dirty.add("held")
         return out
 
     # -- the flow ----------------------------------------------------------
@@ -268,7 +271,7 @@ class Notifier:
                 continue
             if event.incident in self.held:
                 self.held.pop(event.incident)  # a later event of it goes out normally
-                self._save_held()
+                self._dirty.add("held")
             self.journal.record(event, "notified", now)
             self._enqueue([event], now)
         await self.flush(now)
@@ -308,6 +311,7 @@ class Notifier:
                     self._track(events, list(rcpts), "")
             for rcpt, backlog in self.storm.due(now, force=force):
                 self._unsent.append(self._compose_digest(backlog.events, backlog.since, rcpt, now))
+            self._save()
             while self._unsent:
                 out = self._unsent[0]
                 try:
@@ -341,11 +345,19 @@ class Notifier:
         for event in events:
             if closes(event):
                 self.incidents.pop(event.incident, None)
-        try:
-            self._save_incidents()
-        except OSError as exc:
-            log.error("cannot save %s: %s", self.incidents_file, exc)
+        self._dirty.add("incidents")
         return roots
+
+    def _save(self) -> None:
+        """Write the state files changed since the last call: once per flush, not once per event."""
+        if "held" in self._dirty:
+            self._save_held()
+        if "incidents" in self._dirty:
+            try:
+                self._save_incidents()
+            except OSError as exc:
+                log.error("cannot save %s: %s", self.incidents_file, exc)
+        self._dirty.clear()
 
     def _headers(self, msg: EmailMessage, to: list[str], message_id: str, now: float) -> None:
         for header in ("From", "To", "Date", "Message-ID", "In-Reply-To", "References", "Auto-Submitted"):

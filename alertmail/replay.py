@@ -187,7 +187,9 @@ class Replay:
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        return [line for line in self.timeline if "kind" in line and "mail" not in line]
+        """The alert events the rules produced, each once (not its release or digest line)."""
+        return [line for line in self.timeline
+                if "mail" not in line and (line["fate"] == "notified" or line["fate"].startswith("silenced"))]
 
 
 async def replay(
@@ -231,7 +233,8 @@ async def replay(
             state_dir=folder, history=history.get, group_wait=group_wait, subject_prefix=subject_prefix,
             silences=silences if silences is not None else SilenceSet(), max_mails_per_hour=max_mails_per_hour,
             digest_interval=digest_interval, rules=rules,
-            render_options={} if charts else {"charts": "off"},
+            # A replay is a short-lived command: draw charts in this process, loading matplotlib once.
+            render_options={"charts": "in-process" if charts else "off"}, durable=False,
         )
 
         async def step(now: float) -> None:

@@ -1,0 +1,181 @@
+"""`alertmail replay`: recorded samples through rules, grouping, silences and the storm cap."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email
+import email.policy
+import subprocess
+import sys
+import textwrap
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from alertmail.model import Sample
+from alertmail.replay import (
+    CollectedMail,
+    SampleFileError,
+    SampleWriter,
+    html_with_data_uris,
+    read_samples,
+    replay,
+    write_mail_files,
+)
+from alertmail.rules import Rule
+from alertmail.silences import SilenceSet, silence_from_table
+
+DATA = Path(__file__).parent / "data"
+OPS = "ops@test.example"
+CPU = Rule(name="cpu-high", metric="cpu.percent", above=90, clear=80, to=(OPS,))
+BUSY = Rule(name="disk-busy", metric="disk.busy_percent", above=90, to=(OPS,))
+
+
+def kinds(result) -> list[str]:
+    return [str(m.message["X-Alertmail-Kind"]) for m in result.mails]
+
+
+# -- the samples file ---------------------------------------------------------------
+
+
+def test_samples_round_trip_through_the_csv_format_with_awkward_labels(tmp_path):
+    path = tmp_path / "s.csv"
+    writer = SampleWriter(path)
+    samples = [
+        Sample("disk.used_percent", 93.4, {"mount": "/mnt/a;b=c", "device": "100%"}, 1795698000.25),
+        Sample("load.1m", 0.5, {}, 1795698010.0),
+    ]
+    writer.write(samples)
+    writer.close()
+    assert path.read_text().splitlines()[0] == "timestamp,metric,labels,value"
+    assert read_samples(path) == samples
+
+
+def test_samples_file_accepts_iso_times_with_offsets_and_epoch_seconds(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("2026-11-26T14:00:00+01:00,a,,1\n1795698000,a,x=1,2\n2026-11-26T13:00:00,a,,3\n")
+    times = [s.timestamp for s in read_samples(path)]
+    assert times == [1795698000.0] * 3
+
+
+def test_bad_line_in_samples_file_is_named_with_its_number(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("timestamp,metric,labels,value\n1795698000,a,,1\nyesterday,a,,2\n")
+    with pytest.raises(SampleFileError, match=r"s\.csv:3: expected ISO 8601"):
+        read_samples(path)
+
+
+# -- rule features on recorded series --------------------------------------------------
+
+
+def test_flapping_series_yields_one_flapping_mail_instead_of_one_per_change():
+    samples = read_samples(DATA / "flapping.csv")
+    result = asyncio.run(replay(samples, [CPU]))
+    changes = sum(1 for a, b in zip(samples, samples[1:]) if (a.value > 90) != (b.value > 90))
+    assert changes >= 40
+    assert kinds(result).count("flapping") == 1
+    assert len(result.mails) <= 5
+    # Once flapping, nothing more until it settles: then one mail with the final state.
+    flapping_at = next(m.at for m in result.mails if m.message["X-Alertmail-Kind"] == "flapping")
+    after = [m for m in result.mails if m.at > flapping_at]
+    assert [str(m.message["X-Alertmail-Kind"]) for m in after] == ["flap-ended"]
+
+
+def test_group_wait_folds_the_first_changes_into_one_mail():
+    samples = read_samples(DATA / "flapping.csv")
+    result = asyncio.run(replay(samples, [CPU], group_wait=30.0))
+    first = result.mails[0]
+    assert first.at == samples[11].timestamp + 30  # the first crossing, plus group_wait
+    assert "firing" in str(first.message["X-Alertmail-Kind"])
+
+
+def maintenance_window() -> SilenceSet:
+    table = {"rule": "disk-*", "days": ["sat"], "start": "02:00", "end": "04:00", "comment": "RAID scrub"}
+    return SilenceSet([silence_from_table(table, index=0, default_tz="Europe/Berlin")])
+
+
+def test_maintenance_window_holds_alerts_and_mails_once_for_what_still_fires_when_it_ends():
+    samples = read_samples(DATA / "maintenance.csv")
+    result = asyncio.run(replay(samples, [BUSY], silences=maintenance_window(), timezone="Europe/Berlin"))
+    # sda: busy from 02:30 to 04:30 local (inside the window, then past its end) -> one firing mail at 04:00,
+    # then its recovery at 04:30. sdb: busy 02:40-03:10, inside the window only -> no mail at all.
+    assert kinds(result) == ["firing", "resolved"]
+    firing, resolved = result.mails
+    assert firing.at == samples[0].timestamp + 3 * 3600  # 04:00 local
+    assert "device=sda" in firing.message.get_body(("plain",)).get_content()
+    assert resolved.message["In-Reply-To"] == firing.message["Message-ID"]
+    fates = {(e["labels"]["device"], e["kind"]): e["fate"] for e in result.events}
+    assert fates[("sdb", "firing")] == fates[("sdb", "resolved")] == "silenced:config-0"
+    assert fates[("sda", "firing")] == "silenced:config-0"
+
+
+# -- rendering files ---------------------------------------------------------------------
+
+
+def test_html_file_inlines_cid_images_as_data_uris(tmp_path):
+    png = b"\x89PNG\r\n\x1a\nfake"
+    msg = EmailMessage()
+    msg["Subject"] = "x"
+    msg["X-Alertmail-Kind"] = "firing"
+    msg.set_content("text")
+    msg.add_alternative('<p><img src="cid:chart1@alertmail.invalid"></p>', subtype="html")
+    msg.get_payload()[-1].add_related(png, "image", "png", cid="<chart1@alertmail.invalid>")
+    page = html_with_data_uris(msg)
+    assert page is not None and "cid:" not in page
+    assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in page
+
+    written = write_mail_files([CollectedMail("m1", msg.as_bytes(), None)], tmp_path)  # type: ignore[arg-type]
+    assert [p.name for p in written] == ["001-firing.eml", "001-firing.html"]
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+def test_replay_command_prints_timeline_and_mails_and_renders_them(tmp_path):
+    (tmp_path / "config.toml").write_text(textwrap.dedent("""
+        [agent]
+        timezone = "Europe/Berlin"
+        hostname = "web01"
+
+        [mail]
+        from = "alertmail@test.example"
+        to = ["ops@test.example"]
+
+        [notify]
+        group_wait = "0s"
+
+        [[rules]]
+        name = "disk-busy"
+        metric = "disk.busy_percent"
+        above = 90
+        labels = { device = "sdb" }
+
+        [[silences]]
+        rule = "disk-*"
+        days = ["sat"]
+        start = "03:00"
+        end = "04:00"
+    """))
+    (tmp_path / "launch.py").write_text("from alertmail.cli import main\nmain()\n")
+    out = subprocess.run(
+        [sys.executable, "launch.py", "replay", "--samples", str(DATA / "maintenance.csv"), "--render", "mails"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    # sdb fires at 02:40 (mailed), and recovers at 03:10 inside the 03:00-04:00 window: the recovery of
+    # an incident mailed before the window closes the thread its recipients have open, so it goes out.
+    assert lines[0].startswith("480 samples over 3h59m, 1 rules, 2 alert events, 2 mails")
+    assert any("02:40:00 CET" in line and "firing" in line and "notified" in line for line in lines)
+    assert any("03:10:00 CET" in line and "resolved" in line and "notified" in line for line in lines)
+    assert any(line.startswith("mail   1  2026-11-28 02:40:00 CET  to ops@test.example") for line in lines)
+    assert any(line.startswith("mail   2  2026-11-28 03:10:00 CET  to ops@test.example") for line in lines)
+    assert sorted(p.name for p in (tmp_path / "mails").iterdir()) == [
+        "001-firing.eml", "001-firing.html", "002-resolved.eml", "002-resolved.html"]
+    html = (tmp_path / "mails" / "001-firing.html").read_text()
+    assert "cid:" not in html and "<html" in html.lower()
+    assert "data:image/png;base64," in html  # the chart, inlined
+    eml = email.message_from_bytes((tmp_path / "mails" / "001-firing.eml").read_bytes(), policy=email.policy.default)
+    assert "disk-busy" in eml["Subject"]

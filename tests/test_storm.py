@@ -1,0 +1,115 @@
+"""Storm control: a per-recipient cap per rolling hour, digests for the overflow, nothing dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from alertmail.config import ConfigError, load_config
+from alertmail.replay import read_samples, replay
+from alertmail.rules import Rule
+from alertmail.storm import StormGuard
+
+DATA = Path(__file__).parent / "data"
+OPS = "ops@test.example"
+DISK = Rule(name="disk-full", metric="disk.used_percent", above=90, to=(OPS,))
+
+
+def body(mail) -> str:
+    return mail.message.get_body(("plain",)).get_content()
+
+
+def max_in_any_hour(times: list[float]) -> int:
+    times = sorted(times)
+    return max((sum(1 for u in times if t - 3600 < u <= t) for t in times), default=0)
+
+
+def test_200_alert_burst_yields_at_most_the_capped_number_of_mails_with_every_event_listed():
+    samples = read_samples(DATA / "burst.csv")
+    assert len(samples) == 200
+    result = asyncio.run(replay(samples, [DISK], max_mails_per_hour=10, digest_interval=900.0))
+
+    assert len(result.events) == 200
+    assert 1 < len(result.mails) <= 10
+    assert max_in_any_hour([m.at for m in result.mails]) <= 10
+    listed = "\n".join(body(m) for m in result.mails)
+    for i in range(200):
+        assert f"mount=/srv/vol{i:03d}" in listed, f"event {i} is in no mail"
+    digests = [m for m in result.mails if m.message["X-Alertmail-Kind"] == "digest"]
+    assert digests, "the overflow went into a digest"
+    text = body(digests[0])
+    assert "folded" in text and "none was dropped" in text
+    folded = int(digests[0].message["X-Alertmail-Digest"])
+    assert text.count("firing") >= folded
+    # A digest row has time, kind, rule, labels, value.
+    row = next(line for line in text.splitlines() if "mount=/srv/vol199" in line)
+    assert "2026-11-26 13:09:57 UTC" in row and "firing" in row and "disk-full" in row and "99" in row
+
+
+def test_digest_comes_one_interval_after_the_last_separate_mail():
+    result = asyncio.run(replay(read_samples(DATA / "burst.csv"), [DISK], max_mails_per_hour=10, digest_interval=900.0))
+    separate = [m for m in result.mails if m.message["X-Alertmail-Kind"] != "digest"]
+    digests = [m for m in result.mails if m.message["X-Alertmail-Kind"] == "digest"]
+    assert len(separate) == 6  # 10 per hour minus room for 4 digests (one per 15 min)
+    assert digests[0].at == separate[-1].at + 900
+
+
+def test_a_long_storm_never_exceeds_the_cap_in_any_rolling_hour():
+    guard = StormGuard(10, 600.0)
+    sent: list[float] = []
+    folded = 0
+    now = 0.0
+    while now < 4 * 3600:  # an event every 20 s for four hours
+        if guard.allows(OPS, now):
+            guard.sent([OPS], now)
+            sent.append(now)
+        else:
+            guard.fold(OPS, ["event"], now)  # type: ignore[list-item]
+            folded += 1
+        for _, backlog in guard.due(now):
+            sent.append(now)
+            folded -= len(backlog.events)
+        now += 20
+    for _, backlog in guard.due(now, force=True):
+        sent.append(now)
+        folded -= len(backlog.events)
+    assert folded == 0
+    assert max_in_any_hour(sent[:-1]) <= 10  # the forced last digest is the shutdown exception
+    assert len(sent) > 20
+
+
+def test_no_cap_mails_every_group():
+    result = asyncio.run(replay(read_samples(DATA / "burst.csv")[:30], [DISK], max_mails_per_hour=0))
+    assert len(result.mails) == 30
+    assert all(m.message["X-Alertmail-Kind"] == "firing" for m in result.mails)
+
+
+def test_recipient_under_the_cap_still_gets_separate_mails_while_another_is_folded():
+    quiet = Rule(name="load-high", metric="load.1m", above=8, to=("dev@test.example",))
+    samples = read_samples(DATA / "burst.csv")
+    from alertmail.model import Sample
+
+    late = samples[-1].timestamp + 1
+    samples.append(Sample("load.1m", 12.0, {}, late))
+    result = asyncio.run(replay(samples, [DISK, quiet], max_mails_per_hour=10, digest_interval=900.0))
+    dev = [m for m in result.mails if m.envelope.recipients == ("dev@test.example",)]
+    assert len(dev) == 1 and dev[0].message["X-Alertmail-Kind"] == "firing"
+    assert dev[0].at == late
+
+
+def test_cap_too_small_for_its_digests_is_a_config_error(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(textwrap.dedent("""
+        [mail]
+        to = ["ops@test.example"]
+
+        [notify]
+        max_mails_per_hour = 4
+        digest_interval = "15m"
+    """))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "notify.max_mails_per_hour: max_mails_per_hour = 4 leaves no room" in str(info.value)

@@ -23,7 +23,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -96,7 +96,9 @@ class SessionSettings:
     tls_verify: bool = True
     ca_file: str | None = None
     username: str | None = None
-    password: Any = None  # callable returning the secret, read at each new session
+    # Called at each new session, so a rotated password file is read without a restart;
+    # the secret itself is never stored here (nor in any repr or log).
+    password: Callable[[], str | None] | None = field(default=None, repr=False)
     _context: ssl.SSLContext | None = field(default=None, repr=False)
 
     def tls_context(self) -> ssl.SSLContext:
@@ -134,16 +136,19 @@ def reply_status(code: int, text: str, remote: str) -> RecipientStatus:
 
 
 def failure_status(exc: BaseException, remote: str) -> RecipientStatus:
-    """A TEMPORARY status for a session failure that may carry no SMTP reply at all."""
+    """The TEMPORARY status for a failed or lost session, which may carry no SMTP reply at all.
+
+    Even a 5xx greeting is temporary here: another server, or the same one later, may
+    take the mail; only replies inside a transaction are final.
+    """
     import aiosmtplib
 
     if isinstance(exc, SessionError):
         return exc.status
     if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code:
         status = reply_status(exc.code, exc.message, remote)
-        if status.status is Status.PERMANENT:
-            return status
-        return RecipientStatus(Status.TEMPORARY, status.code, status.message, status.enhanced, remote)
+        enhanced = "4" + status.enhanced[1:] if status.enhanced[:1] == "5" else status.enhanced
+        return RecipientStatus(Status.TEMPORARY, status.code, status.message, enhanced, remote)
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, ssl.SSLError):
@@ -263,7 +268,12 @@ async def open_session(endpoint: Endpoint, settings: SessionSettings, log: loggi
                     return await open_session(Endpoint(endpoint.host, endpoint.port, connected), plain, log)
                 log.info("%s refused STARTTLS (%s); continuing without TLS", remote, exc)
         if settings.username:
-            password = settings.password() if callable(settings.password) else settings.password
+            try:
+                password = settings.password() if settings.password else None
+            except (LookupError, OSError) as exc:
+                raise SessionError(
+                    RecipientStatus(Status.TEMPORARY, 0, f"cannot read the password: {exc}", "4.7.8", remote)
+                ) from None
             try:
                 await client.login(settings.username, password or "", timeout=timeouts.command)
             except aiosmtplib.SMTPAuthenticationError as exc:
@@ -274,23 +284,14 @@ async def open_session(endpoint: Endpoint, settings: SessionSettings, log: loggi
     except SessionError:
         client.close()
         raise
-    except LookupError as exc:
-        client.close()
-        raise SessionError(RecipientStatus(Status.TEMPORARY, 0, f"cannot read the password: {exc}", "4.7.8", remote)) from None
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
         client.close()
-        status = failure_status(exc, remote)
-        # A server that refuses the session now may accept later or elsewhere: never final here.
-        raise SessionError(RecipientStatus(Status.TEMPORARY, status.code, status.message, _soft(status.enhanced), remote)) from exc
+        raise SessionError(failure_status(exc, remote)) from exc
     except BaseException:
         client.close()
         raise
     log.debug("session open with %s (tls=%s)", remote, "yes" if client.get_transport_info("sslcontext") else "no")
     return Session(client, endpoint, remote)
-
-
-def _soft(enhanced: str) -> str:
-    return "4" + enhanced[1:] if enhanced[:1] == "5" else enhanced
 
 
 def _flat(text: str) -> str:
@@ -315,6 +316,7 @@ class Transaction:
 
     statuses: dict[str, RecipientStatus] = field(default_factory=dict)
     retry: list[str] = field(default_factory=list)  # no final answer: try the next endpoint
+    data_started: bool = False  # past this point a lost session may still have delivered
 
 
 async def transact(session: Session, sender: str, recipients: Sequence[str], data: bytes, timeouts: Timeouts) -> Transaction:
@@ -327,8 +329,6 @@ async def transact(session: Session, sender: str, recipients: Sequence[str], dat
 
     def lost(exc: BaseException) -> Transaction:
         status = failure_status(exc, remote)
-        if status.status is Status.PERMANENT:
-            status = RecipientStatus(Status.TEMPORARY, status.code, status.message, _soft(status.enhanced), remote)
         for rcpt in recipients:
             if rcpt not in done.statuses or rcpt in accepted:
                 done.statuses[rcpt] = status
@@ -343,7 +343,7 @@ async def transact(session: Session, sender: str, recipients: Sequence[str], dat
     options, encoding = [], "ascii"
     if client.supports_extension("size"):
         options.append(f"SIZE={len(data)}")
-    if client.supports_extension("8bitmime") and any(b > 127 for b in data):
+    if client.supports_extension("8bitmime") and not data.isascii():
         options.append("BODY=8BITMIME")
     if not all(a.isascii() for a in (sender, *recipients)):
         if not client.supports_extension("smtputf8"):
@@ -376,6 +376,7 @@ async def transact(session: Session, sender: str, recipients: Sequence[str], dat
         if not accepted:
             await _reset(client)
             return done
+        done.data_started = True
         try:
             reply = await client.data(data, timeout=timeouts.data)
         except aiosmtplib.SMTPResponseException as exc:
@@ -468,9 +469,9 @@ class SessionPool:
             if not outcome.retry:
                 self._down.pop(endpoint, None)
                 return []
-            if not session.reused:
+            if not session.reused or outcome.data_started:
                 break
-            # A reused session can die between our RSET and the next command: one fresh try.
+            # A reused session can die between our RSET and MAIL: one fresh try, same server.
             recipients = outcome.retry
         self._down[endpoint] = time.monotonic() + DOWN_FOR
         self.log.info("%s: session failed (%s); trying the next server if any", session.remote, results[outcome.retry[0]].message)

@@ -285,6 +285,24 @@ def test_a_session_the_server_dropped_is_replaced(tmp_path):
     assert len({peer for peer, *_ in handler.messages}) == 2
 
 
+class OneMessagePerSession(Recorder):
+    """Answers 421 to a second MAIL on a session, as a server about to shut down does."""
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if any(peer == session.peer for peer, *_ in self.messages):
+            return "421 4.3.2 Service shutting down"
+        envelope.mail_from = address
+        return "250 2.1.0 OK"
+
+
+def test_reused_session_closed_by_the_server_is_retried_on_a_fresh_one(tmp_path):
+    handler = OneMessagePerSession()
+    with Server(handler) as server:
+        results = run(send_all(transport(tmp_path, servers=[server.address], tls="none"), count=2))
+    assert [r.delivered for r in results] == [["ops@example.test"]] * 2
+    assert len({peer for peer, *_ in handler.messages}) == 2
+
+
 # --- TLS and AUTH ---------------------------------------------------------------
 
 

@@ -305,8 +305,12 @@ def _load(ctx: click.Context, config_path: Path) -> tuple[Any, Any]:
 )
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.option("--list", "as_list", is_flag=True, help="list the metrics every probe emits, without collecting")
+@click.option("--record", "record_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="run the probes at their intervals and append the samples to this CSV (for `alertmail replay`)")
+@click.option("--for", "record_for", default="10m", show_default=True, metavar="DURATION", help="how long --record runs")
 @click.pass_context
-def probe_command(ctx: click.Context, config_path: Path, as_json: bool, as_list: bool) -> None:
+def probe_command(ctx: click.Context, config_path: Path, as_json: bool, as_list: bool,
+                  record_path: Path | None, record_for: str) -> None:
     """Run every probe once; print the values, each probe's duration and the rules' states."""
     import json
 
@@ -340,6 +344,11 @@ def probe_command(ctx: click.Context, config_path: Path, as_json: bool, as_list:
         for line in problems:
             click.echo(f"{where}: {line}", err=True)
         sys.exit(ExitCode.CONFIG)
+    if record_path is not None:
+        from alertmail.replay import record_to_file
+
+        record_to_file(record_path, active, settings, record_for)
+        return
 
     runs, warmed = asyncio.run(_one_pass(active, {n: settings[n].timeout for n in active}))
     runs += broken

@@ -441,3 +441,29 @@ def replay_command(ctx: click.Context, config_path: Path, samples_path: Path, ru
     if render_dir is not None:
         written = write_mail_files(result.mails, render_dir)
         click.echo(f"\nwrote {len(written)} files to {render_dir}")
+
+
+def record_to_file(path: Path, probes: dict[str, Any], settings: dict[str, Any], duration_text: str) -> None:
+    """``alertmail probe --record FILE --for DURATION``: the probes (configured already) at their intervals."""
+    from alertmail.config import parse_duration
+    from alertmail.exitcodes import ExitCode
+
+    try:
+        duration = parse_duration(duration_text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--for") from None
+    if not probes:
+        click.echo("no probe is enabled; nothing to record", err=True)
+        raise SystemExit(ExitCode.USAGE)
+    writer = SampleWriter(path)
+    click.echo(f"recording {', '.join(probes)} into {path} for {format_duration(duration)} (Ctrl-C stops early)", err=True)
+    try:
+        asyncio.run(record(
+            probes, {n: settings[n].interval for n in probes}, {n: settings[n].timeout for n in probes},
+            writer, duration, echo=lambda text: click.echo(f"warning: {text}", err=True),
+        ))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        writer.close()
+    click.echo(f"{writer.count} samples written to {path}; try them with: alertmail replay --samples {path}", err=True)

@@ -179,3 +179,41 @@ def test_replay_command_prints_timeline_and_mails_and_renders_them(tmp_path):
     assert "data:image/png;base64," in html  # the chart, inlined
     eml = email.message_from_bytes((tmp_path / "mails" / "001-firing.eml").read_bytes(), policy=email.policy.default)
     assert "disk-busy" in eml["Subject"]
+
+
+# -- recording ------------------------------------------------------------------------------
+
+
+def test_record_runs_each_probe_at_its_interval_and_writes_replayable_samples(tmp_path):
+    from alertmail.model import Probe
+    from alertmail.replay import record
+
+    calls = {"fast": 0, "slow": 0}
+
+    def collect(name: str):
+        def run():
+            calls[name] += 1
+            return [Sample(f"test.{name}", float(calls[name]), {"probe": name})]
+        return run
+
+    probes = {"fast": Probe("fast", collect("fast")), "slow": Probe("slow", collect("slow"))}
+    writer = SampleWriter(tmp_path / "rec.csv")
+    count = asyncio.run(record(probes, {"fast": 0.1, "slow": 10.0}, {"fast": 1.0, "slow": 1.0}, writer, 0.45))
+    writer.close()
+    samples = read_samples(tmp_path / "rec.csv")
+    assert count == len(samples) == calls["fast"] + calls["slow"]
+    assert calls["slow"] == 1 and calls["fast"] >= 3
+    fast = [s.value for s in samples if s.metric == "test.fast"]
+    assert fast == [float(i) for i in range(1, calls["fast"] + 1)]
+
+
+def test_probe_record_command_writes_the_bundled_probes_samples(tmp_path):
+    (tmp_path / "launch.py").write_text("from alertmail.cli import main\nmain()\n")
+    out = subprocess.run(
+        [sys.executable, "launch.py", "probe", "--record", "rec.csv", "--for", "1s"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    samples = read_samples(tmp_path / "rec.csv")
+    assert {"memory.used_percent", "load.1"} <= {s.metric for s in samples}
+    assert "samples written to rec.csv" in out.stderr

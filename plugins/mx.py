@@ -100,11 +100,21 @@ class MxTransport:
         if not 0 < self.port < 65536:
             raise ValueError(f"transports.mx.port: {self.port} is out of range 1-65535")
         self.dns_timeout: float = options.get("dns_timeout") or 10.0
-        self.resolver_address = parse_address(options["resolver"], default_port=53) if options.get("resolver") else None
+        self.resolver_address: tuple[str, int] | None = None
+        if options.get("resolver"):
+            try:
+                self.resolver_address = parse_address(options["resolver"], default_port=53)
+            except ValueError as exc:
+                raise ValueError(f"transports.mx.resolver: {exc}") from None
+            if not _is_ip(self.resolver_address[0]):
+                raise ValueError(f"transports.mx.resolver: expected an IP address like \"127.0.0.1:5353\", got {options['resolver']!r}")
         self.smart_host: tuple[str, int, bool] | None = None
         text = options.get("smart_host")
         if text:
-            host, port = parse_address(text, default_port=25)
+            try:
+                host, port = parse_address(text, default_port=25)
+            except ValueError as exc:
+                raise ValueError(f"transports.mx.smart_host: {exc}") from None
             self.smart_host = (host, port, text.strip().startswith("[") or _is_ip(host))
         elif self.mode != "mx":
             raise ValueError(f'transports.mx: mode = "{self.mode}" needs smart_host, e.g. smart_host = "[10.10.10.1]:25"')

@@ -59,8 +59,11 @@ class SmtpTransport:
 
     def __init__(self, options: dict, context: TransportContext) -> None:
         self.servers: list[Endpoint] = []
-        for text in options.get("servers") or []:
-            host, port = parse_address(text, default_port=DEFAULT_PORTS[options.get("tls") or "starttls"])
+        for i, text in enumerate(options.get("servers") or []):
+            try:
+                host, port = parse_address(text, default_port=DEFAULT_PORTS[options.get("tls") or "starttls"])
+            except ValueError as exc:
+                raise ValueError(f"transports.smtp.servers[{i}]: {exc}") from None
             self.servers.append(Endpoint(host, port, host if _is_ip(host) else None))
         if not self.servers:
             raise ValueError('transports.smtp.servers: name at least one server, e.g. ["smtp.example.com:587"]')

@@ -215,9 +215,21 @@ def test_opportunistic_starttls_accepts_any_certificate(tmp_path, dns, mx_port):
     assert handler.messages[0][4]  # the session was encrypted
 
 
+def test_domain_literal_is_delivered_without_dns(tmp_path, mx_port):
+    with SmtpSink(tmp_path / "lit", host="127.0.0.2", port=mx_port) as host:
+        [result] = run(send_all(transport(tmp_path, resolver=dead_resolver(), port=mx_port), ["ops@[127.0.0.2]"]))
+        assert len(host.wait_for(1, 10)) == 1
+    assert result.delivered == ["ops@[127.0.0.2]"]
+
+
 def test_smart_host_modes_need_a_smart_host(tmp_path):
     with pytest.raises(ValueError, match="needs smart_host"):
         transport(tmp_path, mode="smarthost")
+
+
+def test_resolver_must_be_an_address(tmp_path):
+    with pytest.raises(ValueError, match="transports.mx.resolver"):
+        transport(tmp_path, resolver="dns.example.test:53")
 
 
 def test_transport_is_loaded_as_a_bundled_plugin():

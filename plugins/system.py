@@ -41,10 +41,6 @@ class CounterRates:
         self._last: dict[Hashable, float] = {}
         self._at: float | None = None
 
-    @property
-    def primed(self) -> bool:
-        return self._at is not None
-
     def update(self, counters: Mapping[Hashable, float], now: float) -> dict[Hashable, float] | None:
         """Rates since the last reading, or None when there is no usable baseline yet."""
         if self._at is None:

@@ -20,6 +20,12 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children: steadier than wall time on a shared machine."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", nargs="?", default="subprocess", choices=("subprocess", "in-process", "off"))
@@ -52,16 +58,18 @@ def main() -> None:
     size = len(render_alert(events, ctx).as_bytes())
     first = time.perf_counter() - started
     after_first = rss_mib()
-    times = []
+    times, cpu = [], []
     for _ in range(args.runs):
-        started = time.perf_counter()
+        started, used = time.perf_counter(), cpu_seconds()
         render_alert(events, ctx).as_bytes()
         times.append(time.perf_counter() - started)
+        cpu.append(cpu_seconds() - used)
     print(f"mode {args.mode}, {args.alerts} alert(s) per mail, mail {size / 1024:.0f} KiB")
     print(f"RSS: bare interpreter {bare:.1f} MiB, agent imports + renderer {idle:.1f} MiB, "
           f"after the first mail {after_first:.1f} MiB (+{after_first - idle:.1f}), after {args.runs} more {rss_mib():.1f} MiB")
     print(f"time per mail: first {first * 1000:.0f} ms, median of {args.runs} {statistics.median(times) * 1000:.0f} ms, "
-          f"max {max(times) * 1000:.0f} ms")
+          f"max {max(times) * 1000:.0f} ms; CPU (with the chart process) median {statistics.median(cpu) * 1000:.0f} ms")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

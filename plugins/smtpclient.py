@@ -11,8 +11,9 @@ per-recipient ``RecipientStatus``:
   is not 220, a 421, a dropped connection) is TEMPORARY and moves the recipients
   that have no final answer yet to the next endpoint.
 
-Open sessions are kept for reuse: RSET proves one is alive before the next message,
-and an idle session is closed with QUIT after ``idle_timeout``.
+Open sessions are kept for reuse: RSET proves one is alive before the next message
+(unless it was in use a moment ago), and an idle session is closed with QUIT after
+``idle_timeout``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ TIMEOUT_OPTIONS: dict[str, Option] = {
 }
 # Postfix's smtp_rset_timeout: a live server answers RSET at once.
 PROBE_TIMEOUT = 20.0
+# A session idle for less than this is used without an RSET probe: in a burst the
+# extra round trip costs a fifth of the throughput, and a session found dead at MAIL
+# is retried once on a fresh one anyway (nothing was sent yet).
+PROBE_AFTER = 2.0
 # After a failed session, an endpoint goes to the back of the line for this long.
 DOWN_FOR = 60.0
 QUIT_TIMEOUT = 5.0
@@ -193,6 +198,7 @@ class Session:
     remote: str
     timer: asyncio.TimerHandle | None = None
     reused: bool = False
+    idle_since: float = 0.0
 
     @property
     def alive(self) -> bool:
@@ -483,8 +489,12 @@ class SessionPool:
             session = idle.pop()
             if session.timer:
                 session.timer.cancel()
+            if not session.alive:
+                session.client.close()
+                continue
             try:
-                await session.client.rset(timeout=PROBE_TIMEOUT)
+                if time.monotonic() - session.idle_since >= PROBE_AFTER:
+                    await session.client.rset(timeout=PROBE_TIMEOUT)
                 self.log.debug("reusing the session with %s", session.remote)
                 session.reused = True
                 return session
@@ -502,6 +512,7 @@ class SessionPool:
         if self.idle_timeout <= 0:
             self._quit_later(session)
             return
+        session.idle_since = time.monotonic()
         self._idle.setdefault(session.endpoint, []).append(session)
         loop = asyncio.get_running_loop()
         session.timer = loop.call_later(self.idle_timeout, self._expire, session)

@@ -136,8 +136,8 @@ class RenderContext:
     subject_prefix: str = ""
     # history(metric, labels) -> [(timestamp, value), ...] for charts; empty when unknown.
     history: Callable[[str, Labels], Sequence[tuple[float, float]]] = lambda metric, labels: ()
-    # "top_processes" and "disk" as alertmail.context.collect_context returns them; anything else
-    # is passed to templates as ``extra``.
+    # "top_processes" and "disk" as alertmail.context.collect_context returns them; "notice", a
+    # paragraph put above the alerts (why a digest folded them); anything else goes to templates as ``extra``.
     extra: dict = field(default_factory=dict)
     templates_dir: Path | None = None  # user templates overriding alert.txt.j2 / alert.html.j2
     units: Mapping[str, str] = field(default_factory=dict)  # metric -> unit, from the probes
@@ -425,6 +425,7 @@ def render_alert(events: Sequence[AlertEvent], ctx: RenderContext) -> EmailMessa
         "detailed": shown,
         "alert_count": len(views),
         "max_charts": detailed,
+        "notice": str(ctx.extra.get("notice", "")),
         "extra": ctx.extra,
     }
     text = render_template(TEXT_TEMPLATE, variables, ctx) or text_body(events, ctx)

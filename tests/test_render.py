@@ -199,6 +199,13 @@ def test_grouped_mail_lists_all_events_and_caps_the_charts():
     assert msg["Subject"] == "[CRITICAL] web01: 200 alerts — disk-root-full"
 
 
+def test_a_notice_from_the_notifier_stands_above_the_alerts_escaped():
+    ctx = context(extra={"notice": "200 events were folded into this digest <none dropped>"})
+    msg = reparse(render_alert([event(), event(kind="resolved")], ctx))
+    assert text_of(msg).startswith("200 events were folded into this digest <none dropped>\n")
+    assert "folded into this digest &lt;none dropped&gt;" in html_of(msg)
+
+
 def test_cpu_alert_shows_top_processes_by_cpu():
     rows = [ProcessRow(f"worker-{n}", 100 + n, 90.0 - n, (n + 1) * 2**20) for n in range(5)]
     ctx = context(extra={"top_processes": {"cpu": rows, "memory": rows[::-1]}})

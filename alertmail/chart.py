@@ -14,6 +14,7 @@ import datetime as dt
 import io
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -67,7 +68,7 @@ def render_png(spec: ChartSpec) -> bytes:
     zone = zoneinfo.ZoneInfo(spec.timezone)
     end = spec.end if spec.end is not None else max((t for t, _ in spec.points), default=0.0)
     start = end - spec.window
-    points = sorted((t, v) for t, v in spec.points if start <= t <= end and v == v)
+    points = sorted((t, v) for t, v in spec.points if start <= t <= end and math.isfinite(v))
 
     def when(t: float) -> float:
         return mdates.date2num(dt.datetime.fromtimestamp(t, dt.timezone.utc))

@@ -132,6 +132,14 @@ def test_a_chart_that_cannot_be_drawn_leaves_the_mail_intact(caplog):
     assert "charts not drawn" in caplog.text
 
 
+def test_chart_skips_samples_that_are_not_numbers():
+    def broken(metric, labels):
+        return rising(metric, labels) + [(AT - 30, math.nan), (AT - 20, math.inf)]
+
+    msg = reparse(render_alert([event()], context(history=broken, charts="in-process")))
+    assert png_size(images(msg)[0].get_content()) == (640, 240)
+
+
 def test_series_without_history_gets_a_note_instead_of_a_chart():
     msg = reparse(render_alert([event()], context(history=lambda m, l: (), charts="in-process")))
     assert images(msg) == []

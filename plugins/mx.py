@@ -45,7 +45,7 @@ from alertmail import DeliveryResult, Envelope, Option, RecipientStatus, hookimp
 from alertmail.config import parse_address
 from alertmail.model import Status, TransportContext
 from alertmail.plugins.smtp import message_bytes
-from alertmail.plugins.smtpclient import TIMEOUT_OPTIONS, Endpoint, SessionPool, SessionSettings, Timeouts
+from alertmail.plugins.smtpclient import TIMEOUT_OPTIONS, Endpoint, SessionPool, SessionSettings, Timeouts, helo_name
 
 log = logging.getLogger("alertmail.transport.mx")
 
@@ -119,7 +119,7 @@ class MxTransport:
         elif self.mode != "mx":
             raise ValueError(f'transports.mx: mode = "{self.mode}" needs smart_host, e.g. smart_host = "[10.10.10.1]:25"')
         settings = SessionSettings(
-            helo=options.get("helo") or context.hostname,
+            helo=helo_name(options.get("helo") or context.hostname, "transports.mx.helo"),
             timeouts=Timeouts.from_options(options),
             tls=options.get("tls") or "opportunistic",
         )

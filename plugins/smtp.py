@@ -28,7 +28,7 @@ from typing import ClassVar
 from alertmail import DeliveryResult, Envelope, Option, RecipientStatus, hookimpl
 from alertmail.config import parse_address, resolve_secret
 from alertmail.model import Status, TransportContext
-from alertmail.plugins.smtpclient import TIMEOUT_OPTIONS, Endpoint, SessionPool, SessionSettings, Timeouts
+from alertmail.plugins.smtpclient import TIMEOUT_OPTIONS, Endpoint, SessionPool, SessionSettings, Timeouts, helo_name
 
 log = logging.getLogger("alertmail.transport.smtp")
 # A server written without a port gets the one its TLS mode usually listens on.
@@ -78,7 +78,7 @@ class SmtpTransport:
             resolve_secret(options, "password")  # fail at start, not at the first alert
         ca_file = options.get("ca_file")
         self.settings = SessionSettings(
-            helo=options.get("helo") or context.hostname,
+            helo=helo_name(options.get("helo") or context.hostname, "transports.smtp.helo"),
             timeouts=Timeouts.from_options(options),
             tls=tls,
             tls_verify=options.get("tls_verify", True),

@@ -119,6 +119,14 @@ class SessionSettings:
         return self._context
 
 
+def helo_name(name: str, key: str) -> str:
+    """``name`` checked for the EHLO line (ASCII, no spaces or controls); ValueError naming ``key``."""
+    name = name.strip()
+    if not name or not name.isascii() or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ValueError(f"{key}: {name!r} cannot be sent in EHLO; use a plain host name like \"web01.example.com\"")
+    return name
+
+
 class SessionError(Exception):
     """A session could not be opened or was lost; ``status`` says how, for every recipient."""
 

@@ -222,6 +222,27 @@ def test_domain_literal_is_delivered_without_dns(tmp_path, mx_port):
     assert result.delivered == ["ops@[127.0.0.2]"]
 
 
+def test_failed_starttls_handshake_falls_back_to_plain_text(tmp_path, dns, mx_port):
+    import ssl
+
+    from aiosmtpd.controller import Controller
+
+    tls = make_tls_files(tmp_path / "tls")
+    broken = tls.server_context()
+    # Only RSA suites up to TLS 1.2 with an EC key: no handshake can succeed.
+    broken.maximum_version = ssl.TLSVersion.TLSv1_2
+    broken.set_ciphers("aRSA")
+    handler = Recorder()
+    server = Controller(handler, hostname="127.0.0.2", port=mx_port, server_hostname="mx1.example.test", tls_context=broken)
+    server.start()
+    try:
+        [result] = run(send_all(transport(tmp_path, resolver=dns.address, port=mx_port), ["ops@example.test"]))
+    finally:
+        server.stop()
+    assert result.delivered == ["ops@example.test"]
+    assert not handler.messages[0][4]  # delivered, in plain text
+
+
 def test_smart_host_modes_need_a_smart_host(tmp_path):
     with pytest.raises(ValueError, match="needs smart_host"):
         transport(tmp_path, mode="smarthost")

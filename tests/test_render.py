@@ -123,6 +123,14 @@ def test_default_renders_charts_in_a_child_process_and_keeps_matplotlib_out():
     assert done.stdout.split("\n")[0] == "1 (640, 240) False"
 
 
+def test_importing_the_renderer_loads_neither_jinja2_nor_matplotlib():
+    code = ("import sys, alertmail.render, alertmail.chart, alertmail.context;"
+            "print(sorted(m for m in ('jinja2', 'matplotlib', 'numpy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_a_chart_that_cannot_be_drawn_leaves_the_mail_intact(caplog):
     with caplog.at_level(logging.WARNING):
         msg = reparse(render_alert([event()], context(charts="subprocess", chart_timeout=0.001)))

@@ -44,8 +44,16 @@ from typing import Any, ClassVar
 from alertmail import DeliveryResult, Envelope, Option, RecipientStatus, hookimpl
 from alertmail.config import parse_address
 from alertmail.model import Status, TransportContext
-from alertmail.plugins.smtp import message_bytes
-from alertmail.plugins.smtpclient import TIMEOUT_OPTIONS, Endpoint, SessionPool, SessionSettings, Timeouts, helo_name
+from alertmail.plugins.smtpclient import (
+    TIMEOUT_OPTIONS,
+    Endpoint,
+    SessionPool,
+    SessionSettings,
+    Timeouts,
+    helo_name,
+    is_ip,
+    message_bytes,
+)
 
 log = logging.getLogger("alertmail.transport.mx")
 
@@ -106,7 +114,7 @@ class MxTransport:
                 self.resolver_address = parse_address(options["resolver"], default_port=53)
             except ValueError as exc:
                 raise ValueError(f"transports.mx.resolver: {exc}") from None
-            if not _is_ip(self.resolver_address[0]):
+            if not is_ip(self.resolver_address[0]):
                 raise ValueError(f"transports.mx.resolver: expected an IP address like \"127.0.0.1:5353\", got {options['resolver']!r}")
         self.smart_host: tuple[str, int, bool] | None = None
         text = options.get("smart_host")
@@ -115,7 +123,7 @@ class MxTransport:
                 host, port = parse_address(text, default_port=25)
             except ValueError as exc:
                 raise ValueError(f"transports.mx.smart_host: {exc}") from None
-            self.smart_host = (host, port, text.strip().startswith("[") or _is_ip(host))
+            self.smart_host = (host, port, text.strip().startswith("[") or is_ip(host))
         elif self.mode != "mx":
             raise ValueError(f'transports.mx: mode = "{self.mode}" needs smart_host, e.g. smart_host = "[10.10.10.1]:25"')
         settings = SessionSettings(
@@ -215,7 +223,7 @@ class MxTransport:
 
     async def _addresses(self, host: str) -> list[str]:
         """A then AAAA addresses of ``host``; [] when it has none; RouteError when DNS fails."""
-        if _is_ip(host):
+        if is_ip(host):
             return [host]
         answers = await asyncio.gather(self._query(host, "A"), self._query(host, "AAAA"), return_exceptions=True)
         addresses: list[str] = []
@@ -271,17 +279,9 @@ class MxTransport:
         await self.pool.close()
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _literal_ip(name: str) -> list[str] | None:
     """An MX that names an address (bad practice, but seen) needs no lookup."""
-    return [name] if _is_ip(name) else None
+    return [name] if is_ip(name) else None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -18,8 +18,6 @@ byte (port 465); ``"none"`` is plain text and refuses AUTH unless
 
 from __future__ import annotations
 
-import email.policy
-import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
@@ -28,16 +26,20 @@ from typing import ClassVar
 from alertmail import DeliveryResult, Envelope, Option, RecipientStatus, hookimpl
 from alertmail.config import parse_address, resolve_secret
 from alertmail.model import Status, TransportContext
-from alertmail.plugins.smtpclient import TIMEOUT_OPTIONS, Endpoint, SessionPool, SessionSettings, Timeouts, helo_name
+from alertmail.plugins.smtpclient import (
+    TIMEOUT_OPTIONS,
+    Endpoint,
+    SessionPool,
+    SessionSettings,
+    Timeouts,
+    helo_name,
+    is_ip,
+    message_bytes,
+)
 
 log = logging.getLogger("alertmail.transport.smtp")
 # A server written without a port gets the one its TLS mode usually listens on.
 DEFAULT_PORTS = {"starttls": 587, "implicit": 465, "none": 25}
-
-
-def message_bytes(message: EmailMessage | bytes) -> bytes:
-    """The bytes to send: given bytes go as they are, a message is serialised once with CRLF."""
-    return message if isinstance(message, bytes) else message.as_bytes(policy=email.policy.SMTP)
 
 
 class SmtpTransport:
@@ -64,7 +66,7 @@ class SmtpTransport:
                 host, port = parse_address(text, default_port=DEFAULT_PORTS[options.get("tls") or "starttls"])
             except ValueError as exc:
                 raise ValueError(f"transports.smtp.servers[{i}]: {exc}") from None
-            self.servers.append(Endpoint(host, port, host if _is_ip(host) else None))
+            self.servers.append(Endpoint(host, port, host if is_ip(host) else None))
         if not self.servers:
             raise ValueError('transports.smtp.servers: name at least one server, e.g. ["smtp.example.com:587"]')
         tls = options.get("tls") or "starttls"
@@ -75,7 +77,7 @@ class SmtpTransport:
                 'use tls = "starttls" or "implicit", or set allow_plain_auth = true'
             )
         if username:
-            resolve_secret(options, "password")  # fail at start, not at the first alert
+            _check_password(options)
         ca_file = options.get("ca_file")
         self.settings = SessionSettings(
             helo=helo_name(options.get("helo") or context.hostname, "transports.smtp.helo"),
@@ -106,12 +108,14 @@ class SmtpTransport:
         await self.pool.close()
 
 
-def _is_ip(host: str) -> bool:
+def _check_password(options: dict) -> None:
+    """Fail at start, not at the first alert, when the password cannot be read."""
+    if not options.get("password_env") and not options.get("password_file"):
+        raise ValueError("transports.smtp: username is set but no password; add password_env or password_file")
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+        resolve_secret(options, "password")
+    except (LookupError, OSError) as exc:
+        raise ValueError(f"transports.smtp.{'password_env' if options.get('password_env') else 'password_file'}: {exc}") from None
 
 
 @hookimpl

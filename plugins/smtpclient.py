@@ -19,6 +19,8 @@ Open sessions are kept for reuse: RSET proves one is alive before the next messa
 from __future__ import annotations
 
 import asyncio
+import email.policy
+import ipaddress
 import logging
 import re
 import socket
@@ -26,6 +28,7 @@ import ssl
 import time
 from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
 from alertmail.model import Option, RecipientStatus, Status
@@ -117,6 +120,19 @@ class SessionSettings:
                 context.verify_mode = ssl.CERT_NONE
             self._context = context
         return self._context
+
+
+def message_bytes(message: EmailMessage | bytes) -> bytes:
+    """The bytes to send: given bytes go as they are, a message is serialised once with CRLF."""
+    return message if isinstance(message, bytes) else message.as_bytes(policy=email.policy.SMTP)
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def helo_name(name: str, key: str) -> str:

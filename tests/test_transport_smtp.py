@@ -403,8 +403,10 @@ def test_auth_without_tls_is_refused_at_start(tmp_path, monkeypatch):
 
 def test_missing_password_variable_is_refused_at_start(tmp_path, monkeypatch):
     monkeypatch.delenv("TEST_SMTP_PASSWORD", raising=False)
-    with pytest.raises(LookupError, match="TEST_SMTP_PASSWORD"):
+    with pytest.raises(ValueError, match="transports.smtp.password_env: .*TEST_SMTP_PASSWORD"):
         transport(tmp_path, servers=["127.0.0.1:25"], username="alerts", password_env="TEST_SMTP_PASSWORD")
+    with pytest.raises(ValueError, match="no password"):
+        transport(tmp_path, servers=["127.0.0.1:25"], username="alerts")
 
 
 def test_config_requires_servers_and_refuses_inline_password(tmp_path):

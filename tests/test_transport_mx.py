@@ -259,3 +259,11 @@ def test_transport_is_loaded_as_a_bundled_plugin():
     plugins = load_plugins()
     assert plugins.transports["mx"] is MxTransport
     assert plugins.transports["smtp"].name == "smtp"
+
+
+def test_every_transport_option_is_documented():
+    from alertmail.plugins.smtp import SmtpTransport
+
+    text = (Path(__file__).parent.parent / "docs" / "transports.md").read_text()
+    missing = [f"{cls.name}.{key}" for cls in (SmtpTransport, MxTransport) for key in cls.options if f"`{key}`" not in text]
+    assert missing == []

@@ -163,10 +163,17 @@ class RenderContext:
 
 
 def condition(event: AlertEvent) -> str:
-    """`disk.used_percent 93.4 > 90` — the metric, its value and the threshold crossed."""
+    """`disk.used_percent 93.4 > 90` — the metric, its value and the threshold crossed.
+
+    A recovery names the line the value came back over: `disk.used_percent 80.2, back below 85`.
+    """
     metric = event.rule.metric
     if event.comparison == "absent":
-        return f"{metric} absent"
+        return f"{metric} reporting again" if event.kind == "resolved" else f"{metric} absent"
+    if event.kind == "resolved" and event.comparison in (">", "<"):
+        line = event.rule.clear if event.rule.clear is not None else event.threshold
+        side = "below" if event.comparison == ">" else "above"
+        return f"{metric} {format_value(event.value)}, back {side} {format_value(line)}"
     return f"{metric} {format_value(event.value)} {event.comparison} {format_value(event.threshold)}"
 
 

@@ -55,6 +55,8 @@ OPTIONS: dict[str, Option] = {
     "pickup_interval": Option("duration", 1.0, help="how often the pickup folder is scanned"),
     "greet_pause": Option("duration", 1.0, help="wait before the banner for clients outside `allow`; who talks first is dropped"),
     "timeout": Option("duration", 300.0, help="idle time before a session is closed"),
+    "event_loop": Option("str", "auto", choices=("auto", "asyncio", "uvloop"),
+                         help="for `alertmail relay`: auto = uvloop when installed (about twice the rate)"),
     "stop_timeout": Option("duration", 30.0, help="on shutdown, how long transactions in flight may take to finish"),
 }
 
@@ -257,7 +259,9 @@ def relay_command(ctx: click.Context, config_path: Path | None) -> None:
             click.echo(f"relay listening on {addresses}", err=True)
 
     try:
-        asyncio.run(serve(cfg, plugins, [RelayService], ready=announce))
+        factory = loop_factory(cfg.sections.get("relay", {}).get("event_loop") or "auto")
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(serve(cfg, plugins, [RelayService], ready=announce))
     except RelayConfigError as exc:
         click.echo(f"{cfg.path}: {exc}", err=True)
         sys.exit(ExitCode.CONFIG)
@@ -302,6 +306,22 @@ def passwd_command(user: str, config_path: Path | None, users_file: Path | None,
         click.echo(str(exc), err=True)
         sys.exit(ExitCode.USAGE)
     click.echo(f"{'added' if new else 'changed the password of'} {user} in {users_file}")
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop for ``choice``: "uvloop", "asyncio", or "auto" (uvloop when installed).
+
+    uvloop roughly doubles what one process accepts per second (see bench/relay_bench.py).
+    """
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise RelayConfigError("relay.event_loop = \"uvloop\": uvloop is not installed (pip install uvloop)") from None
+        return None
+    return uvloop.new_event_loop
 
 
 def _config_path(config_path: Path | None) -> Path:

@@ -42,6 +42,8 @@ class W3CLog:
         self.software = software
         self.prefix = prefix
         self._day = ""
+        self._second = -1  # the date and time fields are formatted once per second
+        self._stamp = ""
         self._file: io.BufferedWriter | None = None
         self._pending: list[str] = []
         self._last_flush = time.monotonic()
@@ -65,16 +67,17 @@ class W3CLog:
         now: float | None = None,
     ) -> None:
         """Add one line; the values are escaped here, whatever they contain."""
-        now = time.time() if now is None else now
-        stamp = time.gmtime(now)
-        day = time.strftime("%Y%m%d", stamp)
-        if day != self._day:
-            self._roll(day, stamp)
+        second = int(time.time() if now is None else now)
+        if second != self._second:
+            stamp = time.gmtime(second)
+            day = time.strftime("%Y%m%d", stamp)
+            if day != self._day:
+                self._roll(day, stamp)
+            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", stamp)
         values = (
-            time.strftime("%Y-%m-%d", stamp), time.strftime("%H:%M:%S", stamp), client_ip, username,
-            server_ip, server_port, method, query, status, sent, received, taken_ms,
+            client_ip, username, server_ip, server_port, method, query, status, sent, received, taken_ms,
         )
-        self._pending.append(" ".join(map(w3c_value, values)) + "\n")
+        self._pending.append(f"{self._stamp} {' '.join(map(w3c_value, values))}\n")
         if len(self._pending) >= 512 or time.monotonic() - self._last_flush >= FLUSH_INTERVAL:
             self.flush()
 
@@ -107,3 +110,4 @@ class W3CLog:
             self._file.close()
             self._file = None
             self._day = ""
+            self._second = -1

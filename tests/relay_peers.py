@@ -38,12 +38,15 @@ def private_folder(prefix: str) -> Path:
     return folder
 
 
-def relay_config(folder: Path, sink: SmtpSink, port: int, relay: dict[str, Any] | None = None) -> Path:
+def relay_config(
+    folder: Path, sink: SmtpSink, port: int, relay: dict[str, Any] | None = None, *,
+    agent: dict[str, Any] | None = None, queue: dict[str, Any] | None = None,
+) -> Path:
     """Write a config for a relay on 127.0.0.1:``port`` that delivers to ``sink``."""
     config: dict[str, Any] = {
-        "agent": {"state_dir": str(folder / "var"), "hostname": "relay.test", "log_level": "info"},
+        "agent": {"state_dir": str(folder / "var"), "hostname": "relay.test", "log_level": "info", **(agent or {})},
         "mail": {"route": ["mx"]},
-        "queue": {"retry": ["1s"]},
+        "queue": {"retry": ["1s"], **(queue or {})},
         "transports": {"mx": {"mode": "smarthost", "smart_host": f"[{sink.host}]:{sink.port}", "tls": "none"}},
         "relay": {
             "enabled": True,

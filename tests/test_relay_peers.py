@@ -269,7 +269,7 @@ def test_garbage_pickup_file_lands_in_badmail_with_the_reason(relay):
 
 
 def test_sigterm_finishes_the_transaction_in_flight_and_exits_0(tmp_path, sink):
-    relay = start_relay(tmp_path / "relay", sink)
+    relay = start_relay(tmp_path / "relay", sink, {"event_loop": "asyncio"})  # the others use uvloop when installed
     mid = message_id()
     with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as conn:
         reader = conn.makefile("rb")

@@ -392,6 +392,39 @@ def test_implicit_tls_with_untrusted_certificate_is_temporary(tmp_path, tls):
     assert result.recipients["ops@example.test"].enhanced == "4.7.5"
 
 
+# --- reply mapping (pure) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "status", "enhanced", "message"),
+    [
+        (250, "2.0.0 Ok: queued as 4F2", Status.DELIVERED, "2.0.0", "Ok: queued as 4F2"),
+        (451, "4.7.1 Greylisted, try again\nin 5 minutes", Status.TEMPORARY, "4.7.1", "Greylisted, try again in 5 minutes"),
+        (550, "5.1.1 <x@example.test>: unknown", Status.PERMANENT, "5.1.1", "<x@example.test>: unknown"),
+        (550, "User unknown", Status.PERMANENT, "5.0.0", "User unknown"),
+        # an enhanced code of the wrong class is text, not a status
+        (550, "4.2.2 Mailbox full", Status.PERMANENT, "5.0.0", "4.2.2 Mailbox full"),
+        (452, "", Status.TEMPORARY, "4.0.0", ""),
+    ],
+)
+def test_replies_map_to_status_enhanced_code_and_one_line_text(code, text, status, enhanced, message):
+    from alertmail.plugins.smtpclient import reply_status
+
+    got = reply_status(code, text, "mx.example.test[192.0.2.1]:25")
+    assert (got.status, got.code, got.enhanced, got.message) == (status, code, enhanced, message)
+
+
+def test_session_failures_are_never_permanent():
+    import aiosmtplib
+
+    from alertmail.plugins.smtpclient import failure_status
+
+    greeting = failure_status(aiosmtplib.SMTPConnectResponseError(554, "5.7.1 go away"), "r")
+    assert (greeting.status, greeting.code, greeting.enhanced) == (Status.TEMPORARY, 554, "4.7.1")
+    assert failure_status(ConnectionRefusedError(111, "Connection refused"), "r").enhanced == "4.4.1"
+    assert failure_status(aiosmtplib.SMTPReadTimeoutError("slow"), "r").enhanced == "4.4.2"
+
+
 # --- configuration ---------------------------------------------------------------
 
 

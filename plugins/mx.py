@@ -37,7 +37,7 @@ import asyncio
 import ipaddress
 import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from email.message import EmailMessage
 from typing import Any, ClassVar
 
@@ -149,8 +149,13 @@ class MxTransport:
                     results[rcpt] = _permanent(553, f"bad recipient address {rcpt!r}", "5.1.3")
                 else:
                     domains.setdefault(domain.lower(), []).append(rcpt)
-            for found in await asyncio.gather(*(self._direct(d, rs, envelope.sender, data) for d, rs in domains.items())):
-                results.update(found)
+            found = await asyncio.gather(*(self._direct(d, rs, envelope.sender, data) for d, rs in domains.items()), return_exceptions=True)
+            for (domain, rcpts), outcome in zip(domains.items(), found):
+                if isinstance(outcome, BaseException):
+                    # One domain's defect must not cost the others their (perhaps done) delivery.
+                    log.error("delivery to %s failed", domain, exc_info=outcome)
+                    outcome = {r: _temporary(f"{domain}: {type(outcome).__name__}: {outcome}") for r in rcpts}
+                results.update(outcome)
             if self.mode == "mx-then-smarthost":
                 retry = [r for r, s in results.items() if s.status is Status.TEMPORARY]
                 if retry:
@@ -180,7 +185,7 @@ class MxTransport:
 
     async def _mx_endpoints(
         self, hosts: list[tuple[str, list[str] | None]], failures: list[RecipientStatus], port: int | None = None
-    ) -> AsyncIterator[Endpoint]:
+    ) -> AsyncGenerator[Endpoint, None]:
         """Each host's addresses in turn, looked up only when the hosts before failed."""
         for host, addresses in hosts:
             if addresses is None:

@@ -19,7 +19,7 @@ byte (port 465); ``"none"`` is plain text and refuses AUTH unless
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from email.message import EmailMessage
 from typing import ClassVar
 
@@ -99,7 +99,7 @@ class SmtpTransport:
         missing = RecipientStatus(Status.TEMPORARY, 0, "no server was tried", "4.4.1")
         return DeliveryResult({r: results.get(r, missing) for r in envelope.recipients})
 
-    async def _endpoints(self) -> AsyncIterator[Endpoint]:
+    async def _endpoints(self) -> AsyncGenerator[Endpoint, None]:
         for endpoint in self.servers:
             yield endpoint
 

@@ -19,6 +19,7 @@ Open sessions are kept for reuse: RSET proves one is alive before the next messa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.policy
 import ipaddress
 import logging
@@ -26,7 +27,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterable, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
@@ -444,7 +445,7 @@ class SessionPool:
         self.sessions_opened = 0
 
     async def deliver(
-        self, endpoints: AsyncIterable[Endpoint], sender: str, recipients: Sequence[str], data: bytes
+        self, endpoints: AsyncGenerator[Endpoint, None], sender: str, recipients: Sequence[str], data: bytes
     ) -> dict[str, RecipientStatus]:
         """Per-recipient statuses after trying endpoints in order until none is left to retry.
 
@@ -459,13 +460,14 @@ class SessionPool:
         now = time.monotonic()
         if self._down:
             self._down = {e: until for e, until in self._down.items() if until > now}
-        async for endpoint in endpoints:
-            if self._down.get(endpoint, 0.0) > now:
-                deferred.append(endpoint)
-                continue
-            pending = await self._attempt(endpoint, sender, pending, data, results)
-            if not pending:
-                return results
+        async with contextlib.aclosing(endpoints):
+            async for endpoint in endpoints:
+                if self._down.get(endpoint, 0.0) > now:
+                    deferred.append(endpoint)
+                    continue
+                pending = await self._attempt(endpoint, sender, pending, data, results)
+                if not pending:
+                    return results
         for endpoint in deferred:
             pending = await self._attempt(endpoint, sender, pending, data, results)
             if not pending:

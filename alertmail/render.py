@@ -312,6 +312,13 @@ def disk_view(mount: str, usage: Mapping[str, Any]) -> dict[str, str]:
     return view
 
 
+def urgency(view: AlertView) -> int:
+    """How loudly an alert should colour a grouped mail: open critical first, recoveries last."""
+    if view.kind in ("resolved", "flap-ended"):
+        return 0
+    return {"critical": 3, "error": 3, "warning": 2}.get(view.severity.lower(), 1)
+
+
 def chart_spec(event: AlertEvent, view: AlertView, ctx: RenderContext) -> Any:
     """The chart of one alert: the last 30–60 minutes of its series, thresholds, firing interval."""
     from alertmail.chart import ChartSpec
@@ -427,7 +434,7 @@ def render_alert(events: Sequence[AlertEvent], ctx: RenderContext) -> EmailMessa
         "timezone": ctx.timezone,
         "generated_at": ctx.clock(max(e.at for e in events)),
         "headline": f"{first.state} · {first.rule} on {host}" if len(views) == 1 else f"{len(views)} alerts on {host}",
-        "colour": first.colour,
+        "colour": max(views, key=urgency).colour,
         "alerts": views,
         "detailed": shown,
         "alert_count": len(views),

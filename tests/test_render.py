@@ -227,6 +227,12 @@ def test_a_notice_from_the_notifier_stands_above_the_alerts_escaped():
     assert "folded into this digest &lt;none dropped&gt;" in html_of(msg)
 
 
+def test_grouped_mail_takes_the_colour_of_its_most_urgent_alert():
+    events = [event(kind="resolved"), event(CPU_RULE, labels=()), event(severity="critical")]
+    html = html_of(reparse(render_alert(events, context())))
+    assert "border-top:6px solid #c0392b" in html
+
+
 def test_cpu_alert_shows_top_processes_by_cpu():
     rows = [ProcessRow(f"worker-{n}", 100 + n, 90.0 - n, (n + 1) * 2**20) for n in range(5)]
     ctx = context(extra={"top_processes": {"cpu": rows, "memory": rows[::-1]}})

@@ -158,9 +158,8 @@ def test_replay_command_prints_timeline_and_mails_and_renders_them(tmp_path):
         start = "03:00"
         end = "04:00"
     """))
-    (tmp_path / "launch.py").write_text("from alertmail.cli import main\nmain()\n")
     out = subprocess.run(
-        [sys.executable, "launch.py", "replay", "--samples", str(DATA / "maintenance.csv"), "--render", "mails"],
+        [sys.executable, "-m", "alertmail", "replay", "--samples", str(DATA / "maintenance.csv"), "--render", "mails"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr
@@ -208,9 +207,8 @@ def test_record_runs_each_probe_at_its_interval_and_writes_replayable_samples(tm
 
 
 def test_probe_record_command_writes_the_bundled_probes_samples(tmp_path):
-    (tmp_path / "launch.py").write_text("from alertmail.cli import main\nmain()\n")
     out = subprocess.run(
-        [sys.executable, "launch.py", "probe", "--record", "rec.csv", "--for", "1s"],
+        [sys.executable, "-m", "alertmail", "probe", "--record", "rec.csv", "--for", "1s"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 0, out.stderr

@@ -309,11 +309,8 @@ def test_neighbouring_label_set_is_mailed_while_its_neighbour_is_silenced(tmp_pa
 
 @pytest.fixture
 def cli_main(tmp_path):
-    # `python -m alertmail.cli` runs no main(); a tiny launcher does.
-    (tmp_path / "launch.py").write_text("from alertmail.cli import main\nmain()\n")
-
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(tmp_path / "launch.py"), *args], cwd=tmp_path,
+        return subprocess.run([sys.executable, "-m", "alertmail", *args], cwd=tmp_path,
                               capture_output=True, text=True, timeout=60)
 
     return run
@@ -350,7 +347,7 @@ def test_silence_added_from_the_cli_survives_a_restart_and_suppresses_exactly_wh
 
     removed = cli_main("silence", "remove", "--config", str(config), silence_id)
     assert removed.returncode == 0, removed.stderr
-    assert json.loads(cli_main("silence", "list", "--config", str(config), "--json").stdout) == []
+    assert RuntimeSilences(cfg.state_dir).read() == []
 
 
 def test_silence_add_refuses_to_silence_everything_by_accident(tmp_path, cli_main):
@@ -390,3 +387,27 @@ def test_unreadable_run_time_file_keeps_the_silences_read_before(tmp_path, caplo
     silences.refresh(T0 + 1)
     assert len(silences.runtime_silences) == 1
     assert "not valid TOML" in caplog.text
+
+
+def test_running_agent_holds_alerts_under_a_cli_silence_and_mails_once_when_it_is_removed(tmp_path, cli_main):
+    from tests.test_agent_e2e import pickup_mails, start_agent, stop_agent, wait_for
+    from tests.test_agent_e2e import write_config as write_agent_config
+
+    config = write_agent_config(tmp_path)
+    journal = tmp_path / "var" / "logs" / "alerts.jsonl"
+    proc = start_agent(config)
+    try:
+        added = cli_main("silence", "add", "--config", str(config), "--rule", "gauge-*", "--for", "1h",
+                         "--comment", "disk swap")
+        assert added.returncode == 0, added.stderr
+        (tmp_path / "plugins.d" / "value.txt").write_text("93.4")
+        wait_for(lambda: journal.exists() and '"fate":"silenced:' in journal.read_text(), what="a silenced alert")
+        wait_for(lambda: '"kind":"reminder"' in journal.read_text(), what="a silenced reminder")
+        assert pickup_mails(tmp_path) == []
+        removed = cli_main("silence", "remove", "--config", str(config), added.stdout.split()[0])
+        assert removed.returncode == 0, removed.stderr
+        wait_for(lambda: pickup_mails(tmp_path), what="the mail after the silence")
+    finally:
+        log = stop_agent(proc)
+    assert proc.returncode == 0, log
+    assert [m["X-Alertmail-Kind"] for m in pickup_mails(tmp_path)].count("firing") == 1

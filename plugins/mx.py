@@ -123,7 +123,9 @@ class MxTransport:
                 host, port = parse_address(text, default_port=25)
             except ValueError as exc:
                 raise ValueError(f"transports.mx.smart_host: {exc}") from None
-            self.smart_host = (host, port, text.strip().startswith("[") or is_ip(host))
+            # "[relay.example.com]" means what it means to Postfix: the host's address, no MX lookup,
+            # which is how a plain name is read here too.
+            self.smart_host = (host, port, is_ip(host))
         elif self.mode != "mx":
             raise ValueError(f'transports.mx: mode = "{self.mode}" needs smart_host, e.g. smart_host = "[10.10.10.1]:25"')
         settings = SessionSettings(

@@ -71,7 +71,7 @@ def render_png(spec: ChartSpec) -> bytes:
     points = sorted((t, v) for t, v in spec.points if start <= t <= end and math.isfinite(v))
 
     def when(t: float) -> float:
-        return mdates.date2num(dt.datetime.fromtimestamp(t, dt.timezone.utc))
+        return mdates.date2num(dt.datetime.fromtimestamp(t, dt.UTC))
 
     width, height = spec.size
     fig = Figure(figsize=(width / 100, height / 100), dpi=100)
@@ -95,7 +95,8 @@ def render_png(spec: ChartSpec) -> bytes:
         ax.text(0.5, 0.5, "no samples recorded", transform=ax.transAxes, ha="center", va="center", color="#777777")
 
     if spec.threshold is not None:
-        ax.axhline(spec.threshold, color=THRESHOLD, linestyle="--", linewidth=1.2, label=f"threshold {_short(spec.threshold, spec.unit)}")
+        label = f"threshold {_short(spec.threshold, spec.unit)}"
+        ax.axhline(spec.threshold, color=THRESHOLD, linestyle="--", linewidth=1.2, label=label)
     if spec.clear is not None and spec.clear != spec.threshold:
         ax.axhline(spec.clear, color=CLEAR, linestyle=":", linewidth=1.4, label=f"clear {_short(spec.clear, spec.unit)}")
     _fit_y(ax, points, (spec.threshold, spec.clear))

@@ -462,7 +462,7 @@ def with_charts(
     """The views pointing at their charts (or saying why there is none), and the (Content-ID, PNG) pairs."""
     if ctx.charts == "off":
         return list(views), []
-    specs = [chart_spec(e, v, ctx) for e, v in zip(events, views)]
+    specs = [chart_spec(e, v, ctx) for e, v in zip(events, views, strict=True)]
     wanted = [s for s in specs if s is not None]
     if wanted:
         from alertmail.chart import render_pngs
@@ -470,7 +470,7 @@ def with_charts(
         drawn = iter(render_pngs(wanted, isolated=ctx.charts != "in-process", timeout=ctx.chart_timeout))
     shown: list[AlertView] = []
     images: list[tuple[str, bytes]] = []
-    for view, spec in zip(views, specs):
+    for view, spec in zip(views, specs, strict=True):
         png = next(drawn) if spec is not None else None
         if spec is None:
             shown.append(replace(view, chart_note="no samples of this series recorded yet"))

@@ -21,7 +21,7 @@ from alertmail.render import RenderContext, human_duration, render_alert, subjec
 from alertmail.rules import AlertEvent, Rule
 
 # 2025-01-15 13:03 UTC is 14:03 CET in Berlin (winter time).
-SINCE = dt.datetime(2025, 1, 15, 13, 3, tzinfo=dt.timezone.utc).timestamp()
+SINCE = dt.datetime(2025, 1, 15, 13, 3, tzinfo=dt.UTC).timestamp()
 AT = SINCE + 12 * 60
 DISK_RULE = Rule(name="disk-root-full", metric="disk.used_percent", above=90, clear=85, severity="critical",
                  description="Root filesystem nearly full.")
@@ -154,7 +154,7 @@ def test_chart_skips_samples_that_are_not_numbers():
 
 
 def test_series_without_history_gets_a_note_instead_of_a_chart():
-    msg = reparse(render_alert([event()], context(history=lambda m, l: (), charts="in-process")))
+    msg = reparse(render_alert([event()], context(history=lambda metric, labels: (), charts="in-process")))
     assert images(msg) == []
     assert "No chart: no samples of this series recorded yet." in html_of(msg)
 
@@ -202,7 +202,8 @@ def test_each_kind_of_event_says_what_happened(kind, extra, status):
     assert status in text_of(msg) and status in html_of(msg)
 
 
-@pytest.mark.parametrize("seconds, words", [(45, "45 s"), (720, "12 min"), (7500, "2 h 5 min"), (7200, "2 h"), (93600, "1 d 2 h")])
+@pytest.mark.parametrize("seconds, words",
+                         [(45, "45 s"), (720, "12 min"), (7500, "2 h 5 min"), (7200, "2 h"), (93600, "1 d 2 h")])
 def test_durations_read_as_people_say_them(seconds, words):
     assert human_duration(seconds) == words
 

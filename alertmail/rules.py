@@ -40,6 +40,10 @@ Semantics, in the order a sample meets them:
 
 ``snapshot()``/``restore()`` carry open incidents across a restart: a restored
 firing incident is not mailed again, and its recovery still is.
+
+Memory per series is bounded: a few slots, 21 bits of flap history, and with
+``over`` at most ``WINDOW_BUCKETS + 1`` window buckets. Healthy series that stop
+reporting are forgotten after ``forget_after`` (unless the rule watches ``absent``).
 """
 
 from __future__ import annotations

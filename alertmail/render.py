@@ -257,13 +257,17 @@ def alert_view(event: AlertEvent, ctx: RenderContext) -> AlertView:
     unit = ctx.unit(metric)
     resource = resource_of(metric)
     processes: tuple[ProcessRow, ...] = ()
-    if resource in ("cpu", "memory"):
-        rows = ctx.extra.get("top_processes", {}).get(resource, ())
-        processes = tuple(ProcessRow(header_safe(r[0], 60), int(r[1]), float(r[2]), int(r[3])) for r in rows)
     disk = None
-    mount = mount_of(event.labels)
-    if resource == "disk" and mount in ctx.extra.get("disk", {}):
-        disk = disk_view(header_safe(mount), ctx.extra["disk"][mount])
+    try:
+        if resource in ("cpu", "memory"):
+            rows = ctx.extra.get("top_processes", {}).get(resource, ())
+            processes = tuple(ProcessRow(header_safe(r[0], 60), int(r[1]), float(r[2]), int(r[3])) for r in rows)
+        mount = mount_of(event.labels)
+        if resource == "disk" and mount in ctx.extra.get("disk", {}):
+            disk = disk_view(header_safe(mount), ctx.extra["disk"][mount])
+    except (AttributeError, TypeError, ValueError, IndexError) as exc:
+        # Context is a nicety; a malformed one must not cost the alert.
+        log.warning("context for %s left out: %s", header_safe(event.rule.name), header_safe(exc))
     clear = event.rule.clear
     colour = COLOURS.get(event.kind) or SEVERITY_COLOURS.get(event.severity.lower(), "#2874a6")
     return AlertView(
@@ -462,23 +466,34 @@ def with_charts(
     """The views pointing at their charts (or saying why there is none), and the (Content-ID, PNG) pairs."""
     if ctx.charts == "off":
         return list(views), []
-    specs = [chart_spec(e, v, ctx) for e, v in zip(events, views, strict=True)]
+    notes: list[str] = []
+    specs = []
+    for event, view in zip(events, views, strict=True):
+        try:
+            spec = chart_spec(event, view, ctx)
+        except Exception as exc:  # the history callback belongs to the caller; its failure costs only the chart
+            log.warning("no chart for %s: history unreadable: %s", view.rule, header_safe(exc))
+            spec = None
+            notes.append("the chart could not be drawn (see the agent's log)")
+        else:
+            notes.append("" if spec is not None else "no samples of this series recorded yet")
+        specs.append(spec)
     wanted = [s for s in specs if s is not None]
+    pngs: list[bytes | None] = []
     if wanted:
         from alertmail.chart import render_pngs
 
-        drawn = iter(render_pngs(wanted, isolated=ctx.charts != "in-process", timeout=ctx.chart_timeout))
+        pngs = render_pngs(wanted, isolated=ctx.charts != "in-process", timeout=ctx.chart_timeout)
+    drawn = iter(pngs)
     shown: list[AlertView] = []
     images: list[tuple[str, bytes]] = []
-    for view, spec in zip(views, specs, strict=True):
+    for view, spec, note in zip(views, specs, notes, strict=True):
         png = next(drawn) if spec is not None else None
-        if spec is None:
-            shown.append(replace(view, chart_note="no samples of this series recorded yet"))
-        elif png is None:
-            shown.append(replace(view, chart_note="the chart could not be drawn (see the agent's log)"))
-        else:
-            # A fixed domain: make_msgid's default asks DNS for this host's name.
-            cid = make_msgid("chart", domain="alertmail.invalid")
-            images.append((cid, png))
-            shown.append(replace(view, chart_src=f"cid:{cid[1:-1]}"))
+        if png is None:
+            shown.append(replace(view, chart_note=note or "the chart could not be drawn (see the agent's log)"))
+            continue
+        # A fixed domain: make_msgid's default asks DNS for this host's name.
+        cid = make_msgid("chart", domain="alertmail.invalid")
+        images.append((cid, png))
+        shown.append(replace(view, chart_src=f"cid:{cid[1:-1]}"))
     return shown, images

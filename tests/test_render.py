@@ -153,6 +153,19 @@ def test_chart_skips_samples_that_are_not_numbers():
     assert png_size(images(msg)[0].get_content()) == (640, 240)
 
 
+def test_malformed_context_or_failing_history_costs_only_the_extras(caplog):
+    def failing(metric, labels):
+        raise OSError("history store gone")
+
+    ctx = context(history=failing, charts="in-process", extra={"top_processes": {"cpu": [("x",)]}, "disk": {"/": None}})
+    with caplog.at_level(logging.WARNING):
+        msg = reparse(render_alert([event(), event(CPU_RULE, labels=())], ctx))
+    assert "disk-root-full" in html_of(msg) and "cpu-busy" in text_of(msg)
+    assert images(msg) == []
+    assert "No chart: the chart could not be drawn" in html_of(msg)
+    assert "history store gone" in caplog.text and "context for cpu-busy left out" in caplog.text
+
+
 def test_series_without_history_gets_a_note_instead_of_a_chart():
     msg = reparse(render_alert([event()], context(history=lambda metric, labels: (), charts="in-process")))
     assert images(msg) == []

@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,7 @@ from alertmail.context import ProcessRow, collect_context, growth_per_second, re
 from alertmail.render import RenderContext, human_duration, render_alert, subject
 from alertmail.rules import AlertEvent, Rule
 
+REPO = Path(__file__).resolve().parents[1]
 # 2025-01-15 13:03 UTC is 14:03 CET in Berlin (winter time).
 SINCE = dt.datetime(2025, 1, 15, 13, 3, tzinfo=dt.UTC).timestamp()
 AT = SINCE + 12 * 60
@@ -123,7 +125,7 @@ def test_default_renders_charts_in_a_child_process_and_keeps_matplotlib_out():
         "msg = render_alert([t.event()], t.context(charts='subprocess'));"
         "imgs = t.images(msg); print(len(imgs), t.png_size(imgs[0].get_content()), 'matplotlib' in sys.modules)"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[0] == "1 (640, 240) False"
 

@@ -59,7 +59,7 @@ def main() -> int:
     try:
         shutil.copy(ROOT / "config.toml", folder / "config.toml")
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-        agent = subprocess.Popen([sys.executable, "-m", "alertmail.cli", "run", "--config", "config.toml"],
+        agent = subprocess.Popen([sys.executable, "-m", "alertmail", "run", "--config", "config.toml"],
                                  cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(100000)"], env=env)
         try:

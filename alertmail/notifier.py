@@ -282,7 +282,10 @@ class Notifier:
             if not rcpts:
                 log.warning("alert %s has no recipients; set [mail].to or the rule's to", event.rule.name)
                 continue
-            self._waiting.setdefault(rcpts, []).append(event)
+            waiting = self._waiting.setdefault(rcpts, [])
+            if event.kind == "reminder" and any(w.incident == event.incident for w in waiting):
+                continue  # a reminder of a mail that has not gone out yet says nothing new
+            waiting.append(event)
             # A firing opens the window; later events join the mail it will become.
             self._flush_at.setdefault(rcpts, now + self.group_wait)
 
@@ -305,12 +308,13 @@ class Notifier:
                         log.info("storm cap reached for %s: %d event(s) folded into the next digest", rcpt, len(events))
                         self.storm.fold(rcpt, events, now)
                 if free:
-                    self._unsent.append(self._compose(events, free, list(rcpts), now))
+                    # Rendering (charts) takes a while: off the event loop, which must keep serving.
+                    self._unsent.append(await asyncio.to_thread(self._compose, events, free, list(rcpts), now))
                     self.storm.sent(free, now)
                 else:
                     self._track(events, list(rcpts), "")
             for rcpt, backlog in self.storm.due(now, force=force):
-                self._unsent.append(self._compose_digest(backlog.events, backlog.since, rcpt, now))
+                self._unsent.append(await asyncio.to_thread(self._compose_digest, backlog.events, backlog.since, rcpt, now))
             self._save()
             while self._unsent:
                 out = self._unsent[0]

@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import math
 import os
+import queue
 import re
 import sys
 import threading
@@ -30,10 +31,8 @@ COMMON_KEYS = ("enabled", "interval", "timeout")
 # Rate and CPU probes need two readings; the command waits this long between them.
 WARMUP = 0.5
 
-# Sync collect() calls running in a worker thread (also after their run timed out):
-# id(probe) -> (probe, start). A probe stuck in the kernel (a dead NFS mount) must not
-# pile up one more thread every interval.
-_busy: dict[int, tuple[Any, float]] = {}
+# A worker with nothing to do for this long ends; the agent's probes never wait that long.
+WORKER_IDLE = 300.0
 
 
 @dataclass
@@ -77,14 +76,10 @@ def _validated(name: str, result: Any) -> tuple[list[Sample], str | None]:
 def _collect_in_thread(probe: Any) -> tuple[Any, float]:
     """Run a plain collect(), drain a lazy result, and time both, inside the worker thread."""
     start = time.perf_counter()
-    _busy[id(probe)] = (probe, time.monotonic())
-    try:
-        result = probe.collect()
-        if isinstance(result, Iterable) and not isinstance(result, str | bytes | Mapping | list | tuple):
-            result = list(result)  # a generator does its work while being iterated
-        return result, time.perf_counter() - start
-    finally:
-        _busy.pop(id(probe), None)
+    result = probe.collect()
+    if isinstance(result, Iterable) and not isinstance(result, str | bytes | Mapping | list | tuple):
+        result = list(result)  # a generator does its work while being iterated
+    return result, time.perf_counter() - start
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
@@ -96,28 +91,66 @@ def _settle(future: asyncio.Future, result: Any, error: BaseException | None) ->
         future.set_exception(error)
 
 
-async def _in_thread(probe: Any) -> tuple[Any, float]:
-    """Run a plain collect() in a daemon thread of its own.
+class _Worker:
+    """A daemon thread that runs one probe's plain collect(), kept from run to run.
 
     Not asyncio.to_thread: the default executor is joined when the loop closes, so one
     probe stuck for good would keep the agent (or ``alertmail probe``) from ever exiting.
+    One thread per probe: a probe stuck in the kernel (a dead NFS mount) holds only its
+    own, and is not started again while it is stuck. Kept rather than started per run:
+    starting a thread costs more CPU than most probes do.
     """
+
+    _all: dict[int, _Worker] = {}  # id(probe) -> worker; the worker holds the probe
+    _lock = threading.Lock()
+
+    def __init__(self, probe: Any) -> None:
+        self.probe = probe
+        self.busy_since: float | None = None
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name=f"probe {getattr(probe, 'name', '?')}", daemon=True).start()
+
+    @classmethod
+    def of(cls, probe: Any) -> _Worker | None:
+        return cls._all.get(id(probe))
+
+    @classmethod
+    def submit(cls, probe: Any, loop: asyncio.AbstractEventLoop, future: asyncio.Future) -> None:
+        with cls._lock:
+            worker = cls._all.get(id(probe))
+            if worker is None:
+                worker = cls._all[id(probe)] = cls(probe)
+            worker.busy_since = time.monotonic()
+            worker._jobs.put((loop, future))
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                loop, future = self._jobs.get(timeout=WORKER_IDLE)
+            except queue.Empty:
+                with self._lock:  # submit() puts under the same lock: no job is left behind
+                    if self._jobs.empty():
+                        del self._all[id(self.probe)]
+                        return
+                continue
+            try:
+                result, error = _collect_in_thread(self.probe), None
+            except Exception as exc:
+                result, error = None, exc
+            except BaseException as exc:  # SystemExit in a plugin must not end the agent
+                result, error = None, RuntimeError(f"raised {type(exc).__name__}: {exc}")
+            self.busy_since = None
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # the loop is gone: the run was given up long ago
+                pass
+
+
+async def _in_thread(probe: Any) -> tuple[Any, float]:
+    """Run a plain collect() in the probe's worker thread and wait for the result."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future = loop.create_future()
-
-    def work() -> None:
-        try:
-            result, error = _collect_in_thread(probe), None
-        except Exception as exc:
-            result, error = None, exc
-        except BaseException as exc:  # SystemExit in a plugin must not end the agent
-            result, error = None, RuntimeError(f"raised {type(exc).__name__}: {exc}")
-        try:
-            loop.call_soon_threadsafe(_settle, future, result, error)
-        except RuntimeError:  # the loop is gone: the run was given up long ago
-            pass
-
-    threading.Thread(target=work, name=f"probe {getattr(probe, 'name', '?')}", daemon=True).start()
+    _Worker.submit(probe, loop, future)
     return await future
 
 
@@ -141,9 +174,10 @@ async def _collect(probe: Any) -> tuple[Any, float | None]:
 async def run_probe(probe: Any, timeout: float) -> ProbeRun:
     """One run of ``probe`` bounded by ``timeout`` seconds; never raises for the probe's faults."""
     name = str(getattr(probe, "name", type(probe).__name__))
-    stuck = _busy.get(id(probe))
-    if stuck is not None:
-        since = time.monotonic() - stuck[1]
+    worker = _Worker.of(probe)
+    busy_since = worker.busy_since if worker is not None else None
+    if busy_since is not None:
+        since = time.monotonic() - busy_since
         return ProbeRun(name, error=f"probe {name}: the previous run is still busy after {since:.1f}s; not started again", timed_out=True)
     start = time.perf_counter()
     try:

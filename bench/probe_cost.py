@@ -1,14 +1,19 @@
-"""Cost of one run of each bundled probe on this machine (median and max of N runs).
+"""Cost of the bundled probes on this machine.
 
     python bench/probe_cost.py [RUNS]
 
-Each probe is configured as the agent does, then collected RUNS times, 0.25 s apart
-(rate probes need a span); the figure is the time inside collect(), as `alertmail probe`
-reports it. The process probe watches one name and one command-line glob.
+1. Each probe is configured as the agent does, then collected RUNS times, 0.25 s apart
+   (rate probes need a span); the figure is the time inside collect(), as `alertmail
+   probe` reports it. The process probe watches one name and one command-line glob.
+2. Ten minutes of the default schedule (every probe at its default interval, through
+   run_probe as the agent calls it, so thread start and validation are counted), played
+   back without the waits: the CPU seconds this process used, and that as a share of
+   one core over ten minutes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import sys
 import time
@@ -16,6 +21,7 @@ import time
 import psutil
 
 from alertmail.loader import load_plugins
+from alertmail.probing import run_probe
 
 OPTIONS = {"process": {"watch": [{"name": "python", "match": "python*"}, {"name": "sh", "cmdline": "*sh*"}]}}
 
@@ -44,6 +50,34 @@ def main() -> None:
         total += median
         print(f"{name:<10} {counts[name]:>7} {median:>10.3f} {max(values) * 1000:>8.3f}")
     print(f"{'all':<10} {sum(counts.values()):>7} {total:>10.3f}")
+    defaults = load_plugins().probes  # as config.toml has them: no process watched
+    for probe in defaults.values():
+        if getattr(probe, "configure", None):
+            probe.configure({})
+    schedule(defaults, "default config")
+    schedule(probes, "with the process watches above")
+
+
+def schedule(probes: dict, label: str, minutes: float = 10, default_interval: float = 10.0) -> None:
+    """Play back ``minutes`` of the default schedule; print the CPU it took."""
+
+    async def play() -> int:
+        runs = 0
+        for tick in range(int(minutes * 60 / default_interval)):
+            due = {
+                name: probe for name, probe in probes.items()
+                if tick % max(1, round((getattr(probe, "interval", None) or default_interval) / default_interval)) == 0
+            }
+            results = await asyncio.gather(*(run_probe(p, 5.0) for p in due.values()))
+            runs += len(results)
+            await asyncio.sleep(0.21)  # rate probes need a usable span; sleeping costs no CPU
+        return runs
+
+    start = time.process_time()
+    runs = asyncio.run(play())
+    used = time.process_time() - start
+    print(f"\n{minutes:g} min of the default schedule, {label}: {runs} probe runs, {used:.3f} CPU s "
+          f"= {100 * used / (minutes * 60):.3f} % of one core")
 
 
 if __name__ == "__main__":

@@ -317,3 +317,35 @@ def test_configure_problems_keep_their_key_paths_under_the_probe_table():
         "probes.picky: needs a sensor name",
         "probes.picky.sensors[1].port: expected a number, got 'x'",
     ]
+
+
+def test_idle_worker_thread_ends_and_the_probe_still_runs_later(monkeypatch):
+    from alertmail import probing
+
+    monkeypatch.setattr(probing, "WORKER_IDLE", 0.1)
+    probe = good_probe("idle")
+    assert asyncio.run(run_probe(probe, 2)).ok
+    deadline = time.monotonic() + 5
+    while probing._Worker.of(probe) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert probing._Worker.of(probe) is None, "the idle worker went away"
+    assert [s.metric for s in asyncio.run(run_probe(probe, 2)).samples] == ["good.value"]
+
+
+def test_a_stuck_probe_runs_again_once_it_comes_back():
+    release = threading.Event()
+
+    def sometimes_stuck() -> list[Sample]:
+        release.wait(10)
+        return [Sample("back", 1)]
+
+    probe = Probe("flaky", sometimes_stuck)
+    assert asyncio.run(run_probe(probe, 0.1)).timed_out
+    release.set()
+    deadline = time.monotonic() + 5
+    while True:
+        run = asyncio.run(run_probe(probe, 2))
+        if run.ok or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert [s.metric for s in run.samples] == ["back"]

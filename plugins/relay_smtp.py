@@ -58,6 +58,7 @@ _ENHANCED_BY_CODE = {
     535: "5.7.8", 538: "5.7.11", 552: "5.3.4", 553: "5.1.3", 554: "5.0.0", 555: "5.5.4",
 }
 _ENHANCED_250 = {"MAIL": "2.1.0", "RCPT": "2.1.5", "DATA": "2.0.0"}
+_SIMPLE_PATH = re.compile(r"^\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(\s.*|)$")
 _BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _HELO_UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 _ADDRESS_UNSAFE = re.compile(r"[^!-~]|[()<>;\\\"]")
@@ -368,6 +369,70 @@ class RelaySMTP(SMTP):
                 raise CommandRefused(f"501 5.1.3 Bad address syntax: {problem}")
         if "\r" in text[:-2]:
             raise CommandRefused("500 5.5.2 Bare CR in command line")
+
+    # -- DATA -------------------------------------------------------------------
+    # aiosmtpd reads DATA line by line in Python (about 40 awaits for a 2 KB message).
+    # This reads up to each ".<CRLF>" and checks the two bytes before it, so a
+    # message takes a few reads; what is sent is the same, checked the same way.
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        content, size = await self._read_message()
+        if self._current is not None:
+            self._current[3] += size
+        if content is None:
+            self._set_post_data_state()
+            await self.push("552 5.3.4 Error: Too much mail data")
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(status)
+
+    async def _read_message(self) -> tuple[bytes | None, int]:
+        """The data up to <CRLF>.<CRLF>, dot-unstuffed, and the bytes read; None when over the size limit."""
+        reader = self._reader
+        limit = self.data_size_limit or 0
+        parts: list[bytes] | None = []
+        size = 0
+        before = b"\r\n"  # the two bytes before the next part: at first, the end of the DATA line
+        while True:
+            try:
+                part = await reader.readuntil(b".\r\n")
+                ended = (before + part)[-5:] == b"\r\n.\r\n"
+            except asyncio.LimitOverrunError as exc:  # no ".<CRLF>" within the reader's limit yet
+                part = await reader.readexactly(exc.consumed)
+                ended = False
+            size += len(part)
+            if parts is not None:
+                if limit and size > limit + 3:
+                    parts = None  # keep reading to the end, keep nothing
+                else:
+                    parts.append(part)
+            if ended:
+                break
+            before = (before + part)[-2:]
+        if parts is None:
+            return None, size
+        data = b"\r\n" + b"".join(parts)[:-3]
+        # Transparency (RFC 5321 section 4.5.2): a line's leading dot was doubled by the client.
+        return data.replace(b"\r\n.", b"\r\n")[2:], size
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # Plain "<local@domain> params" skips the RFC 5322 parser (a tenth of a session's CPU).
+        match = _SIMPLE_PATH.match(arg)
+        if match:
+            return match.group(1), match.group(2).lstrip()
+        return super()._getaddr(arg)
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, CommandRefused):

@@ -176,6 +176,26 @@ def test_bare_lf_smuggling_produces_no_second_message(relay, sink, tmp_path):
     assert not [m for m in sink.messages() if m.message["Subject"] in ("carrier", "smuggled")]
 
 
+def test_dot_stuffed_lines_and_a_terminator_split_across_packets_arrive_intact(relay, sink):
+    mid = message_id()
+    body = b"a sentence ending in a dot.\r\n..leading dot\r\n..\r\nnot the end\r\n" + b"x" * 3000 + b"\r\n."
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as conn:
+        reader = conn.makefile("rb")
+        conn.sendall(b"EHLO client.test\r\nMAIL FROM:<app@client.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+        while not reader.readline().startswith(b"354"):
+            pass
+        conn.sendall(f"Message-Id: {mid}\r\n\r\n".encode() + body)
+        time.sleep(0.2)
+        conn.sendall(b"\r")
+        time.sleep(0.2)
+        conn.sendall(b"\n")
+        assert reader.readline().startswith(b"250 2.0.0")
+    (copy,) = received(sink, mid)
+    text = copy.message.get_payload()
+    lines = text.replace("\r\n", "\n").split("\n")
+    assert lines[:5] == ["a sentence ending in a dot.", ".leading dot", ".", "not the end", "x" * 3000], text[:120]
+
+
 def test_command_ended_by_bare_lf_closes_the_session(relay):
     with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as conn:
         assert conn.recv(200).startswith(b"220 ")

@@ -355,18 +355,29 @@ def _rules_file(path: Path, default_to: Sequence[str]) -> list[Any]:
 
 
 def _timeline_lines(result: Replay, timezone: str) -> list[str]:
+    """One row per alert event and per release; a digest is noted on the rows of the events it carries."""
     from alertmail.render import format_value
     from alertmail.table import format_table
 
     zone = zoneinfo.ZoneInfo(timezone)
-    rows = []
+
+    def clock(t: float, fmt: str = "%Y-%m-%d %H:%M:%S %Z") -> str:
+        return dt.datetime.fromtimestamp(t, zone).strftime(fmt)
+
+    rows: list[list[str]] = []
+    by_event: dict[tuple[str, str, float], list[str]] = {}
     for line in result.timeline:
-        when = dt.datetime.fromtimestamp(line["t"], zone).strftime("%Y-%m-%d %H:%M:%S %Z")
         if "mail" in line:
             continue
+        fate = str(line.get("fate", ""))
+        key = (line.get("incident", ""), line["kind"], line.get("at", line["t"]))
+        if fate.startswith("digest:") and key in by_event:
+            by_event[key][-1] += f", in the digest to {fate[7:]} at {clock(line['t'], '%H:%M:%S')}"
+            continue
         labels = ",".join(f"{k}={v}" for k, v in sorted(line.get("labels", {}).items())) or "-"
-        fate = line.get("fate", "")
-        rows.append([when, line["kind"], line["rule"], labels, format_value(line.get("value")), fate])
+        row = [clock(line["t"]), line["kind"], line["rule"], labels, format_value(line.get("value")), fate]
+        by_event[key] = row
+        rows.append(row)
     if not rows:
         return ["no alert events"]
     return format_table(["time", "event", "rule", "labels", "value", "fate"], rows).splitlines()

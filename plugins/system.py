@@ -264,7 +264,8 @@ class DiskProbe(SystemProbe):
         self.exclude_mounts: list[str] = []
 
     def configure(self, options: Mapping[str, Any]) -> None:
-        self.exclude_fstypes = list(options.get("exclude_fstypes") or PSEUDO_FSTYPES)
+        fstypes = options.get("exclude_fstypes")
+        self.exclude_fstypes = list(PSEUDO_FSTYPES if fstypes is None else fstypes)
         self.exclude_mounts = list(options.get("exclude_mounts") or ())
 
     def collect(self) -> list[Sample]:

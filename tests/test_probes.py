@@ -308,3 +308,12 @@ def test_metric_catalogue_documents_every_bundled_metric_with_its_unit():
     for probe, info in catalogue(load_plugins().probes):
         if probe in {p.name for p in system.PROBES} | {"process"}:
             assert rows.get(info.name) == info.unit, f"docs/metrics.md: {info.name} ({info.unit}) missing or stale"
+
+
+def test_disk_exclusions_can_be_emptied_and_extended():
+    probe = system.DiskProbe()
+    probe.configure({"exclude_fstypes": []})
+    assert probe.exclude_fstypes == [], "an empty list means: exclude no type"
+    probe.configure({})
+    assert probe.exclude_fstypes == list(system.PSEUDO_FSTYPES)
+    assert not configured(system.DiskProbe(), exclude_mounts=["/"]).collect()

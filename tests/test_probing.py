@@ -349,3 +349,27 @@ def test_a_stuck_probe_runs_again_once_it_comes_back():
             break
         time.sleep(0.05)
     assert [s.metric for s in run.samples] == ["back"]
+
+
+def test_probe_command_reports_a_crashing_configure_and_runs_the_rest(tmp_path):
+    config = write_config(tmp_path)
+    (tmp_path / "plugins.d" / "fragile.py").write_text(textwrap.dedent("""
+        from alertmail import hookimpl
+
+        class Fragile:
+            name = "fragile"
+
+            def configure(self, options):
+                raise KeyError("sensor")
+
+            def collect(self):
+                return []
+
+        @hookimpl
+        def register_probes(register):
+            register(Fragile())
+    """))
+    result = CliRunner().invoke(cli, ["probe", "--config", config])
+    assert result.exit_code == 75
+    assert "probe fragile: configure failed: KeyError: 'sensor'" in result.stdout
+    assert "memory.used_percent" in result.stdout

@@ -22,7 +22,6 @@ written as ``%25``, ``%3B`` and ``%3D``.
 
 from __future__ import annotations
 
-import os
 import asyncio
 import base64
 import csv
@@ -31,6 +30,7 @@ import email
 import email.policy
 import email.utils
 import itertools
+import os
 import re
 import tempfile
 import time

@@ -37,7 +37,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Protocol
 
-from alertmail.config import parse_duration, register_section
+from alertmail.config import register_section
 from alertmail.fsutil import write_atomic
 from alertmail.model import Labels, Option
 
@@ -115,6 +115,10 @@ def _day(text: str) -> int:
     raise ValueError(f"unknown day {text!r}; use {', '.join(DAYS)}")
 
 
+def _hhmm(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
 _FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
@@ -144,8 +148,7 @@ class Weekly:
 
     def describe(self, tz: str = "UTC") -> str:
         days = "every day" if len(self.days) == 7 else ",".join(DAYS[d] for d in sorted(self.days))
-        hhmm = lambda m: f"{m // 60:02d}:{m % 60:02d}"  # noqa: E731
-        return f"{days} {hhmm(self.start)}-{hhmm(self.end)} {self.timezone}"
+        return f"{days} {_hhmm(self.start)}-{_hhmm(self.end)} {self.timezone}"
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,7 @@ class Cron:
     timezone: str
 
     def __post_init__(self) -> None:
-        self.trigger  # noqa: B018 - parse now, so a bad expression fails at config load
+        self.trigger  # noqa: B018  (parsed now, so a bad expression fails at config load)
 
     @property
     def trigger(self) -> Any:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import datetime as dt
 import email
 import email.policy
+import re
 import textwrap
 import types
 import zoneinfo
@@ -18,7 +18,6 @@ from alertmail.config import ConfigError, load_config
 from alertmail.heartbeat import Heartbeat, Journal, queue_figures, schedule, summarise
 from alertmail.model import Envelope
 from alertmail.notifier import Notifier
-from alertmail.replay import MailCollector
 from alertmail.rules import AlertEvent, Rule
 from alertmail.silences import RuntimeSilences, SilenceSet
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,15 @@ from alertmail.config import ConfigError, load_config
 from alertmail.notifier import Notifier
 from alertmail.replay import MailCollector
 from alertmail.rules import AlertEvent, Rule
-from alertmail.silences import Cron, RuntimeSilences, Silence, SilenceSet, Span, Weekly, from_config
+from alertmail.silences import (
+    Cron,
+    RuntimeSilences,
+    Silence,
+    SilenceSet,
+    Span,
+    Weekly,
+    from_config,
+)
 
 UTC = dt.timezone.utc
 

@@ -119,8 +119,21 @@ def render_png(spec: ChartSpec) -> bytes:
     # Fixed margins: tight_layout measured every label and took half the drawing time.
     fig.subplots_adjust(left=0.085, right=0.985, top=0.89, bottom=0.19)
 
+    drawn = io.BytesIO()
+    fig.savefig(drawn, format="png", dpi=100, metadata={"Software": None})
+    return _palette_png(drawn.getvalue())
+
+
+def _palette_png(png: bytes) -> bytes:
+    """The PNG with 64 colours instead of 24-bit RGBA: a quarter of the size, and it looks the same.
+
+    Pillow is there wherever matplotlib is (a dependency of it).
+    """
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=64, method=Image.Quantize.MEDIANCUT)
     out = io.BytesIO()
-    fig.savefig(out, format="png", dpi=100, metadata={"Software": None})
+    image.save(out, format="PNG", optimize=True)
     return out.getvalue()
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 
@@ -101,8 +101,8 @@ class _Worker:
     starting a thread costs more CPU than most probes do.
     """
 
-    _all: dict[int, _Worker] = {}  # id(probe) -> worker; the worker holds the probe
-    _lock = threading.Lock()
+    _all: ClassVar[dict[int, _Worker]] = {}  # id(probe) -> worker; the worker holds the probe
+    _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, probe: Any) -> None:
         self.probe = probe

@@ -112,7 +112,7 @@ class CpuProbe(SystemProbe):
         MetricInfo("cpu.iowait_percent", "percent", "share of CPU time idle while waiting for disk I/O (Linux)"),
         MetricInfo("cpu.steal_percent", "percent", "share of CPU time the hypervisor gave to other guests (Linux VMs)"),
     )
-    options = {"per_core": Option("bool", True, help="also report each core")}
+    options: ClassVar[dict[str, Option]] = {"per_core": Option("bool", True, help="also report each core")}
 
     def __init__(self) -> None:
         self.per_core = True
@@ -254,7 +254,7 @@ class DiskProbe(SystemProbe):
         MetricInfo("disk.total_bytes", "bytes", "size of the filesystem", labels),
         MetricInfo("disk.inodes_used_percent", "percent", "inodes in use (filesystems with a fixed inode table only)", labels),
     )
-    options = {
+    options: ClassVar[dict[str, Option]] = {
         "exclude_fstypes": Option("list", list(PSEUDO_FSTYPES), help="filesystem types not to report"),
         "exclude_mounts": Option("list", [], help="mount point globs not to report, e.g. [\"/boot/*\"]"),
     }
@@ -310,11 +310,11 @@ class DiskIOProbe(SystemProbe):
         MetricInfo("diskio.writes_per_s", "ops/s", "write operations", ("disk",), "rate"),
         MetricInfo("diskio.busy_percent", "percent", "share of time the disk was busy (Linux, FreeBSD)", ("disk",)),
     )
-    options = {
+    options: ClassVar[dict[str, Option]] = {
         "exclude": Option("list", ["loop*", "ram*", "zram*", "sr*", "fd*"], help="disk name globs not to report"),
         "partitions": Option("bool", False, help="also report partitions (sda1), not only whole disks"),
     }
-    counters = {"read_bytes": "read_bytes_per_s", "write_bytes": "write_bytes_per_s", "read_count": "reads_per_s", "write_count": "writes_per_s"}
+    counters: ClassVar[dict[str, str]] = {"read_bytes": "read_bytes_per_s", "write_bytes": "write_bytes_per_s", "read_count": "reads_per_s", "write_count": "writes_per_s"}
 
     def __init__(self) -> None:
         self.exclude: list[str] = list(self.options["exclude"].default)
@@ -375,9 +375,9 @@ _NET_TEXT = {
 class NetworkProbe(SystemProbe):
     name = "network"
     description = "network I/O rates per interface"
-    counters = NET_COUNTERS
+    counters: ClassVar[dict[str, str]] = NET_COUNTERS
     metrics = tuple(MetricInfo(f"net.{m}", unit, text, ("interface",), "rate") for m, (unit, text) in _NET_TEXT.items())
-    options = {
+    options: ClassVar[dict[str, Option]] = {
         "loopback": Option("bool", False, help="also report the loopback interface"),
         "exclude": Option("list", [], help="interface name globs not to report, e.g. [\"veth*\"]"),
     }

@@ -7,6 +7,7 @@ import json
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -266,10 +267,9 @@ def test_probe_command_exits_75_naming_a_failing_plugin_probe(tmp_path):
 
 
 def test_probe_command_exits_78_on_a_bad_watch_table(tmp_path):
-    config = write_config(tmp_path)
-    text = open(config).read().replace('{ name = "me", match = "python*" }', '{ name = "me" }')
-    open(config, "w").write(text)
-    result = CliRunner().invoke(cli, ["probe", "--config", config])
+    config = Path(write_config(tmp_path))
+    config.write_text(config.read_text().replace('{ name = "me", match = "python*" }', '{ name = "me" }'))
+    result = CliRunner().invoke(cli, ["probe", "--config", str(config)])
     assert result.exit_code == 78
     assert f"{config}: probes.process.watch[0]: needs match =" in result.stderr
 
@@ -298,7 +298,7 @@ def test_a_probe_stuck_for_good_does_not_keep_the_command_from_exiting(tmp_path)
     """))
     done = subprocess.run(
         [sys.executable, "-c", "from alertmail.cli import main; main()", "probe", "--config", config],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, check=False,
     )
     assert done.returncode == 75, done.stderr
     assert "probe stuck: timed out after 0.5s" in done.stdout

@@ -72,8 +72,9 @@ class Journal:
             "since": event.since, "at": event.at, "state": getattr(event, "state", ""), "fate": fate,
         })
 
-    def mail(self, subject: str, recipients: Sequence[str], kind: str, now: float) -> None:
-        self._append({"t": now, "mail": subject, "to": list(recipients), "kind": kind})
+    def mail(self, subject: str, recipients: Sequence[str], kind: str, now: float, msg_id: str = "") -> None:
+        """One mail handed to the queue (``msg_id``: its queue id, to tell later whether it was delivered)."""
+        self._append({"t": now, "mail": subject, "to": list(recipients), "kind": kind, "id": msg_id})
 
     def read(self, since: float = 0.0) -> list[dict[str, Any]]:
         """Lines at or after ``since`` (both files), oldest first; unreadable lines are skipped."""
@@ -114,6 +115,7 @@ class Summary:
     rules: dict[str, RuleSummary]
     silenced: int  # events held back by silences
     mails: dict[str, int]  # kind ("alert", "digest") -> mails queued
+    mail_ids: list[str]  # queue ids of those mails
     queue: Mapping[str, Any]
     silences: list[str]  # descriptions of silences in force at the end
 
@@ -132,6 +134,7 @@ def summarise(lines: Iterable[Mapping[str, Any]], start: float, end: float, *,
     opened: dict[str, tuple[str, float]] = {}  # incident -> (rule, firing since)
     silenced = 0
     mails: dict[str, int] = {}
+    mail_ids: list[str] = []
     for line in sorted(lines, key=lambda x: x["t"]):
         t = line["t"]
         if t >= end:
@@ -139,6 +142,8 @@ def summarise(lines: Iterable[Mapping[str, Any]], start: float, end: float, *,
         if "mail" in line:
             if t >= start:
                 mails[line.get("kind", "alert")] = mails.get(line.get("kind", "alert"), 0) + 1
+                if line.get("id"):
+                    mail_ids.append(str(line["id"]))
             continue
         fate = str(line.get("fate", ""))
         if fate.startswith("digest:"):
@@ -161,13 +166,26 @@ def summarise(lines: Iterable[Mapping[str, Any]], start: float, end: float, *,
     for name, began in opened.values():
         _add_firing(rules, name, began, end, start)
         rules[name].open += 1
-    return Summary(start, end, rules, silenced, mails, dict(queue or {}), list(silences))
+    return Summary(start, end, rules, silenced, mails, mail_ids, dict(queue or {}), list(silences))
 
 
 def _add_firing(rules: dict[str, RuleSummary], rule: str, began: float, ended: float, start: float) -> None:
     seconds = ended - max(began, start)
     if seconds > 0:
         rules.setdefault(rule, RuleSummary(rule)).firing_seconds += seconds
+
+
+def mail_outcomes(ids: Iterable[str], queue: Any, badmail_folder: Path | None) -> dict[str, int]:
+    """Where the mails with these queue ids are now: still queued, given up (badmail), else delivered."""
+    out = {"delivered": 0, "waiting": 0, "failed": 0}
+    for msg_id in ids:
+        if queue is not None and queue.get(msg_id) is not None:
+            out["waiting"] += 1
+        elif badmail_folder is not None and (Path(badmail_folder) / f"{msg_id}.bad").exists():
+            out["failed"] += 1
+        else:
+            out["delivered"] += 1
+    return out
 
 
 def queue_figures(queue: Any, badmail_folder: Path | None, start: float, now: float) -> dict[str, Any]:
@@ -220,6 +238,10 @@ def render_heartbeat(summary: Summary, *, hostname: str, timezone: str, subject_
     mails = ", ".join(f"{n} {k}" for k, n in sorted(summary.mails.items())) or "none"
     q = summary.queue
     lines += ["", f"Mails: alert mails queued in the period: {mails}"]
+    outcomes = q.get("mail_outcomes")
+    if outcomes and summary.mails:
+        lines.append(f"       of these: {outcomes['delivered']} delivered, {outcomes['waiting']} waiting, "
+                     f"{outcomes['failed']} given up")
     if q:
         lines.append(
             f"Queue: {q.get('queued', 0)} waiting ({q.get('deferred', 0)} deferred"
@@ -288,6 +310,7 @@ class Heartbeat:
             silences=[f"{s.id}: {s.describe_matchers()}; {s.schedule.describe(n.timezone)}"
                       + (f" — {s.comment}" if s.comment else "") for s in n.silences.active(now)],
         )
+        summary.queue["mail_outcomes"] = mail_outcomes(summary.mail_ids, self.queue, self.badmail_folder)
         return render_heartbeat(summary, hostname=n.hostname, timezone=n.timezone, subject_prefix=n.subject_prefix)
 
     async def send(self, now: float | None = None) -> str | None:
@@ -312,7 +335,7 @@ class Heartbeat:
         msg["X-Alertmail-Kind"] = "heartbeat"
         msg_id = await self.queue.put(msg.as_bytes(policy=email.policy.SMTP), Envelope(n.sender, tuple(self.to)),
                                       route=n.route, origin="agent")
-        n.journal.mail(str(msg["Subject"]), self.to, "heartbeat", now)
+        n.journal.mail(str(msg["Subject"]), self.to, "heartbeat", now, msg_id)
         log.info("heartbeat %s queued for %s", msg_id, ", ".join(self.to))
         return msg_id
 

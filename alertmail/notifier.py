@@ -325,7 +325,7 @@ class Notifier:
                     return
                 self._unsent.pop(0)
                 self.mails_queued += 1
-                self.journal.mail(out.subject, out.envelope.recipients, out.kind, now)
+                self.journal.mail(out.subject, out.envelope.recipients, out.kind, now, str(msg_id))
                 log.info("queued %s for %s: %s", msg_id, ", ".join(out.envelope.recipients), out.subject)
 
     @property

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from alertmail.config import ConfigError, load_config
-from alertmail.heartbeat import Heartbeat, Journal, queue_figures, schedule, summarise
+from alertmail.heartbeat import Heartbeat, Journal, mail_outcomes, queue_figures, schedule, summarise
 from alertmail.model import Envelope
 from alertmail.notifier import Notifier
 from alertmail.rules import AlertEvent, Rule
@@ -93,6 +93,7 @@ def test_heartbeat_mail_summarises_alerts_silences_and_the_queue(tmp_path):
     load = next(line for line in text.splitlines() if line.strip().startswith("load-high"))
     assert load.split()[1:4] == ["1", "5m", "1"]
     assert "alert mails queued in the period: 2 alert" in text
+    assert "of these: 0 delivered, 2 waiting, 0 given up" in text  # nothing delivers in this test
     assert re.search(r"Queue: 2 waiting \(0 deferred, oldest \w+\); given up \(badmail\) in the period: 0", text)
     assert "Silences in force now: 1" in text and "rule=load-*" in text and "kernel update" in text
 
@@ -194,3 +195,11 @@ def test_journal_rotates_and_reads_both_files(tmp_path, monkeypatch):
     assert [line["t"] for line in read] == sorted(line["t"] for line in read)
     assert read[-1]["mail"] == "mail 9"
     assert len(journal.read(since=8.0)) == 2
+
+
+def test_mail_outcomes_tell_delivered_waiting_and_given_up_apart(tmp_path):
+    queue = types.SimpleNamespace(get=lambda msg_id: object() if msg_id == "waiting1" else None)
+    (tmp_path / "badmail").mkdir()
+    (tmp_path / "badmail" / "failed1.bad").write_bytes(b"x")
+    ids = ["waiting1", "failed1", "gone1", "gone2"]
+    assert mail_outcomes(ids, queue, tmp_path / "badmail") == {"delivered": 2, "waiting": 1, "failed": 1}

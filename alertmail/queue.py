@@ -2,24 +2,26 @@
 
 Layout of ``state_dir/queue``::
 
-    <id>.msg        first line: the entry's metadata as JSON; then the message bytes.
-                    Written once (temp file, fsync, rename, folder fsync), never changed.
-    <id>.json       the entry's metadata after delivery attempts (rewritten atomically);
-                    when present it supersedes the first line of <id>.msg.
-    .<id>.*.tmp     a file being written; a crash leaves it behind and start() drops it.
-    control/        requests from the command line to a running agent (retry, delete).
+    <seg>.seg       one commit round: for each message, a line of JSON metadata (with
+                    its id and size) and then the message bytes. Written once (temp
+                    file, fsync, rename, folder fsync) and never changed.
+    <seg>.done      ids of that segment's messages that are finished (appended; no
+                    fsync: a crash that loses a line means one more delivery, never less).
+    <id>.json       a message's metadata after delivery attempts (rewritten atomically,
+                    fsynced); it supersedes the metadata line in the segment.
+    .<name>.tmp     a file being written; a crash leaves it behind and start() drops it.
+    control/        requests from the command line to a running agent (retry, delete, resend).
     lock            held (flock) by the one process that owns the queue.
 
-A message counts as queued once its ``.msg`` file is renamed into place and the folder
-is fsynced; only then does ``put()`` return. Concurrent ``put()`` calls are committed
-together: their files are written and fsynced in parallel threads (the filesystem
-journal folds concurrent fsyncs into one commit) and one folder fsync covers the batch.
+A message counts as queued once its segment is renamed into place and the folder is
+fsynced; only then does ``put()`` return. Concurrent ``put()`` calls form one commit
+round and share one segment, so two fsyncs make a whole round durable (group commit).
+A segment is deleted when all its messages are finished.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import errno
 import fcntl
 import json
@@ -39,9 +41,8 @@ from alertmail.model import Envelope, RecipientStatus, Status
 log = logging.getLogger("alertmail.queue")
 
 ID_PATTERN = re.compile(r"^[0-9a-f]{12,40}$")
-# More puts than this wait for the next commit round; keeps one round's latency bounded.
-BATCH_MAX = 512
-WRITE_THREADS = 8
+# More puts than this wait for the next commit round; keeps one round's size bounded.
+BATCH_MAX = 1024
 # What the command line can ask a running agent to do; "resend" takes a badmail id.
 REQUESTS = ("retry", "delete", "resend")
 
@@ -104,6 +105,8 @@ class Entry:
     last_try: float = 0.0
     last_error: str = ""
     delay_notified: bool = False
+    segment: str = ""  # the segment holding the message; set when it is read back
+    offset: int = 0  # where its bytes start in the segment
 
     @property
     def envelope(self) -> Envelope:
@@ -157,10 +160,10 @@ class Queue:
         self.fsync = fsync
         self.stats = QueueStats()
         self._entries: dict[str, Entry] = {}
+        self._live: dict[str, set[str]] = {}  # segment -> ids not yet finished
         self._pending: list[tuple[Entry, bytes, asyncio.Future[None]]] = []
         self._wakeup: asyncio.Event | None = None
         self._committer: asyncio.Task[None] | None = None
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock_fd: int | None = None
         self._listeners: list[Callable[[Entry], None]] = []
 
@@ -172,8 +175,7 @@ class Queue:
         (self.folder / "control").mkdir(exist_ok=True)
         if not self.acquire_lock():
             raise QueueLocked(f"{self.folder} is in use by another alertmail process")
-        self._pool = concurrent.futures.ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="queue-write")
-        self._entries = await asyncio.to_thread(self.recover)
+        await asyncio.to_thread(self.recover)
         self._wakeup = asyncio.Event()
         self._committer = asyncio.create_task(self._commit_loop(), name="queue-commit")
         if self._entries:
@@ -190,9 +192,6 @@ class Queue:
             except asyncio.CancelledError:
                 pass
             self._committer = None
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
         self.release_lock()
 
     def acquire_lock(self) -> bool:
@@ -214,38 +213,74 @@ class Queue:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def recover(self) -> dict[str, Entry]:
-        """Drop temp files and orphans; return every complete entry (blocking: run in a thread)."""
-        entries: dict[str, Entry] = {}
-        names = {p.name for p in self.folder.iterdir() if p.is_file()}
-        for name in names:
+    def recover(self) -> None:
+        """Drop temp files and leftovers of finished messages, then load (blocking: run in a thread)."""
+        for name in os.listdir(self.folder):
             if name.startswith("."):
                 log.info("queue: dropping %s, left half-written by a crash", name)
                 (self.folder / name).unlink(missing_ok=True)
-        for name in sorted(n for n in names if n.endswith(".msg") and not n.startswith(".")):
-            msg_id = name[:-4]
-            entry = self._read_entry(msg_id, has_state=f"{msg_id}.json" in names)
-            if entry is not None:
-                entries[msg_id] = entry
-        for name in names:
-            if name.endswith(".json") and not name.startswith(".") and f"{name[:-5]}.msg" not in names:
-                (self.folder / name).unlink(missing_ok=True)  # the message was removed before its state
-        return entries
+        self.load()
+        for name in os.listdir(self.folder):
+            stem, _, suffix = name.partition(".")
+            orphan = (suffix == "done" and stem not in self._live) or (suffix == "json" and stem not in self._entries)
+            if orphan:
+                (self.folder / name).unlink(missing_ok=True)
+        for segment, live in list(self._live.items()):
+            if not live:  # every message finished, the segment's removal was cut short
+                self._retire_segment(segment)
 
-    def _read_entry(self, msg_id: str, *, has_state: bool = True) -> Entry | None:
+    def load(self) -> None:
+        """Read every unfinished entry from the folder (blocking); the command line uses it without the lock."""
+        self._entries, self._live = {}, {}
+        if not self.folder.is_dir():
+            return
+        names = set(os.listdir(self.folder))
+        for name in sorted(names):
+            if name.endswith(".seg") and not name.startswith("."):
+                segment = name[:-4]
+                done = self._done_ids(segment) if f"{segment}.done" in names else set()
+                live = self._live.setdefault(segment, set())
+                for entry in self._read_segment(segment):
+                    if entry.id in done:
+                        continue
+                    if f"{entry.id}.json" in names:
+                        entry = self._with_state(entry)
+                    self._entries[entry.id] = entry
+                    live.add(entry.id)
+
+    def _done_ids(self, segment: str) -> set[str]:
         try:
-            if has_state:
-                try:
-                    return Entry.from_json((self.folder / f"{msg_id}.json").read_bytes())
-                except FileNotFoundError:
-                    pass
-            with open(self.folder / f"{msg_id}.msg", "rb") as fh:
-                return Entry.from_json(fh.readline())
+            return set((self.folder / f"{segment}.done").read_text().split())
+        except OSError:
+            return set()
+
+    def _read_segment(self, segment: str) -> list[Entry]:
+        """The entries of one segment, each with its offset; a damaged record ends the reading."""
+        out: list[Entry] = []
+        try:
+            with open(self.folder / f"{segment}.seg", "rb") as fh:
+                while line := fh.readline():
+                    entry = Entry.from_json(line)
+                    entry.segment, entry.offset = segment, fh.tell()
+                    fh.seek(entry.size, os.SEEK_CUR)
+                    out.append(entry)
         except FileNotFoundError:
-            return None  # removed meanwhile, or never there
+            pass
         except (OSError, ValueError, TypeError, KeyError) as exc:
-            log.error("queue: cannot read entry %s: %s; left in place", msg_id, exc)
-            return None
+            log.error("queue: segment %s is damaged after %d message(s): %s", segment, len(out), exc)
+        return out
+
+    def _with_state(self, entry: Entry) -> Entry:
+        """``entry`` with the metadata its delivery attempts saved."""
+        try:
+            state = Entry.from_json((self.folder / f"{entry.id}.json").read_bytes())
+        except FileNotFoundError:
+            return entry
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.error("queue: state of %s is unreadable (%s); starting it over", entry.id, exc)
+            return entry
+        state.segment, state.offset, state.size = entry.segment, entry.offset, entry.size
+        return state
 
     # -- writing ------------------------------------------------------------
 
@@ -277,6 +312,7 @@ class Queue:
         self._wakeup.set()
         await done
         self._entries[entry.id] = entry
+        self._live.setdefault(entry.segment, set()).add(entry.id)
         self.stats.puts += 1
         for listener in self._listeners:
             listener(entry)
@@ -285,18 +321,20 @@ class Queue:
     async def _commit_loop(self) -> None:
         """Commit whatever is pending; puts that arrive during a round form the next one."""
         assert self._wakeup is not None
-        loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
                 batch, self._pending = self._pending[:BATCH_MAX], self._pending[BATCH_MAX:]
+                error: QueueWriteError | None = None
                 try:
-                    errors = await loop.run_in_executor(None, self._commit, [(e, d) for e, d, _ in batch])
-                except Exception as exc:  # the commit itself broke: every put of the round fails
-                    errors = [QueueWriteError(getattr(exc, "errno", None) or errno.EIO, f"cannot queue: {exc}")] * len(batch)
+                    await asyncio.to_thread(self._commit, [(e, d) for e, d, _ in batch])
+                except OSError as exc:
+                    error = QueueWriteError(exc.errno or errno.EIO, f"cannot queue message: {exc.strerror or exc}")
+                except Exception as exc:
+                    error = QueueWriteError(errno.EIO, f"cannot queue message: {exc}")
                 self.stats.commits += 1
-                for (_, _, done), error in zip(batch, errors):
+                for _, _, done in batch:
                     if done.done():
                         continue
                     if error is None:
@@ -304,28 +342,24 @@ class Queue:
                     else:
                         done.set_exception(error)
 
-    def _commit(self, batch: list[tuple[Entry, bytes]]) -> list[QueueWriteError | None]:
-        """Write, fsync and rename every file of the round, then fsync the folder once (blocking)."""
-        assert self._pool is not None
-        results = list(self._pool.map(lambda item: self._write_one(*item), batch))
-        placed = [entry for (entry, _), error in zip(batch, results) if error is None]
-        if placed and self.fsync:
+    def _commit(self, batch: list[tuple[Entry, bytes]]) -> None:
+        """Write one segment for the round, fsync it, rename it, fsync the folder (blocking)."""
+        segment = new_id()
+        parts: list[bytes] = []
+        position = 0
+        for entry, data in batch:
+            header = entry.to_json() + b"\n"
+            entry.segment, entry.offset = segment, position + len(header)
+            parts += (header, data)
+            position += len(header) + len(data)
+        path = self.folder / f"{segment}.seg"
+        self._write_file(path, b"".join(parts))
+        if self.fsync:
             try:
                 self._fsync_folder()
-            except OSError as exc:
-                for entry in placed:
-                    (self.folder / f"{entry.id}.msg").unlink(missing_ok=True)
-                error = QueueWriteError(exc.errno, f"cannot make {self.folder} durable: {exc.strerror}")
-                return [error] * len(batch)
-        return results
-
-    def _write_one(self, entry: Entry, data: bytes) -> QueueWriteError | None:
-        final = self.folder / f"{entry.id}.msg"
-        try:
-            self._write_file(final, entry.to_json() + b"\n" + data)
-        except OSError as exc:
-            return QueueWriteError(exc.errno or errno.EIO, f"cannot queue message: {exc.strerror or exc}")
-        return None
+            except OSError:
+                path.unlink(missing_ok=True)
+                raise
 
     def _write_file(self, path: Path, content: bytes) -> None:
         """Temp file (dot-named, so recovery drops it), fsync, rename; the folder is not fsynced here."""
@@ -371,10 +405,13 @@ class Queue:
         return len(self._entries)
 
     def read_message(self, msg_id: str) -> bytes:
-        """The message bytes of an entry (blocking; small alert mails make this cheap)."""
-        with open(self.folder / f"{msg_id}.msg", "rb") as fh:
-            fh.readline()
-            return fh.read()
+        """The message bytes of a queued entry (blocking)."""
+        entry = self._entries.get(msg_id)
+        if entry is None:
+            raise FileNotFoundError(f"no message {msg_id} in {self.folder}")
+        with open(self.folder / f"{entry.segment}.seg", "rb") as fh:
+            fh.seek(entry.offset)
+            return fh.read(entry.size)
 
     async def read(self, msg_id: str) -> bytes:
         return await asyncio.to_thread(self.read_message, msg_id)
@@ -384,25 +421,39 @@ class Queue:
         await asyncio.to_thread(self.write_state, entry)
 
     def write_state(self, entry: Entry) -> None:
-        if not (self.folder / f"{entry.id}.msg").exists():
-            return  # deleted meanwhile (``queue delete``): do not resurrect its state
+        if entry.id not in self._entries:
+            return  # finished or deleted meanwhile: do not resurrect its state
         try:
             self._write_file(self.folder / f"{entry.id}.json", entry.to_json())
             if self.fsync:
                 self._fsync_folder()
         except OSError as exc:
-            raise QueueWriteError(exc.errno, f"cannot update {entry.id}: {exc.strerror or exc}") from exc
+            raise QueueWriteError(exc.errno or errno.EIO, f"cannot update {entry.id}: {exc.strerror or exc}") from exc
         self._entries[entry.id] = entry
 
     async def remove(self, msg_id: str) -> None:
-        """Forget a message: its state goes first, so a crash between leaves no stale state."""
-        self._entries.pop(msg_id, None)
-        await asyncio.to_thread(self.delete_files, msg_id)
+        """Finish a message: it is neither delivered again nor shown any more."""
+        entry = self._entries.pop(msg_id, None)
+        if entry is None:
+            return
+        live = self._live.get(entry.segment, set())
+        live.discard(msg_id)
+        await asyncio.to_thread(self._retire, msg_id, entry.segment, not live)
 
-    def delete_files(self, msg_id: str) -> None:
-        # No fsync: if a crash undoes the unlink the message is delivered again (at-least-once).
+    def _retire(self, msg_id: str, segment: str, last: bool) -> None:
+        # No fsync: if a crash undoes this the message is delivered again (at-least-once).
+        if last:
+            self._live.pop(segment, None)
+            self._retire_segment(segment)
+        else:
+            with open(self.folder / f"{segment}.done", "a") as fh:
+                fh.write(msg_id + "\n")
+        # The mark comes first: a crash between leaves a stale state file, never a live message without its state.
         (self.folder / f"{msg_id}.json").unlink(missing_ok=True)
-        (self.folder / f"{msg_id}.msg").unlink(missing_ok=True)
+
+    def _retire_segment(self, segment: str) -> None:
+        (self.folder / f"{segment}.seg").unlink(missing_ok=True)
+        (self.folder / f"{segment}.done").unlink(missing_ok=True)
 
     # -- requests from the command line -------------------------------------
 
@@ -431,33 +482,17 @@ class Queue:
         return out
 
     def apply_request(self, action: str, msg_id: str, now: float | None = None) -> list[str]:
-        """Carry out one request on the loaded entries; return the ids it touched (blocking)."""
+        """Carry out a ``retry`` or ``delete`` on the loaded entries; return the ids it touched (blocking)."""
         now = time.time() if now is None else now
         targets = list(self._entries) if msg_id == "all" else [msg_id] if msg_id in self._entries else []
         for target in targets:
+            entry = self._entries[target]
             if action == "delete":
-                self._entries.pop(target, None)
-                self.delete_files(target)
+                del self._entries[target]
+                live = self._live.get(entry.segment, set())
+                live.discard(target)
+                self._retire(target, entry.segment, not live)
             else:
-                entry = self._entries[target]
                 entry.next_try = now
                 self.write_state(entry)
         return targets
-
-    def load(self, ids: Iterable[str] | None = None) -> None:
-        """Read entries from disk without owning the folder (the command line's view)."""
-        if ids is None:
-            self._entries = {}
-            if not self.folder.is_dir():
-                return
-            names = set(os.listdir(self.folder))
-            for name in names:
-                if name.endswith(".msg") and not name.startswith("."):
-                    entry = self._read_entry(name[:-4], has_state=f"{name[:-4]}.json" in names)
-                    if entry is not None:
-                        self._entries[entry.id] = entry
-            return
-        for msg_id in ids:
-            entry = self._read_entry(msg_id)
-            if entry is not None:
-                self._entries[msg_id] = entry

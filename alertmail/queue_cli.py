@@ -98,7 +98,8 @@ def queue_show(config_path: Path, msg_id: str) -> None:
 
     _, state_dir = _folders(config_path)
     queue = Queue(state_dir / "queue")
-    queue.load([_check_id(msg_id)])
+    _check_id(msg_id)
+    queue.load()
     entry = queue.get(msg_id)
     if entry is None:
         click.echo(f"no message {msg_id} in {queue.folder}", err=True)
@@ -148,7 +149,7 @@ def _act(config_path: Path, action: str, msg_id: str) -> None:
     queue = Queue(state_dir / "queue")
     if not queue.acquire_lock():
         if msg_id != "all":
-            queue.load([msg_id])
+            queue.load()
             if queue.get(msg_id) is None:
                 click.echo(f"no message {msg_id} in {queue.folder}", err=True)
                 sys.exit(ExitCode.NOINPUT)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import email
+import shutil
+import tempfile
 import email.policy
 import time
 from collections.abc import Callable
@@ -111,12 +113,21 @@ def run(coro):
     return asyncio.run(coro)
 
 
+@pytest.fixture
+def sink_dir():
+    """A dump folder for smtp-sink outside pytest's 0700 base folder, which smtp-sink (as
+    nobody) can only traverse until another pytest session resets its mode."""
+    folder = Path(tempfile.mkdtemp(prefix="alertmail-sink-", dir="/var/tmp"))
+    yield folder / "sink"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 # -- the tests --------------------------------------------------------------
 
 
 @pytest.mark.peers
-def test_message_queued_while_server_is_down_is_delivered_once_when_it_returns(tmp_path):
-    sink = SmtpSink(tmp_path / "sink")
+def test_message_queued_while_server_is_down_is_delivered_once_when_it_returns(tmp_path, sink_dir):
+    sink = SmtpSink(sink_dir)
     sink.port = free_port()
     data = alert()
 
@@ -139,11 +150,11 @@ def test_message_queued_while_server_is_down_is_delivered_once_when_it_returns(t
 
 
 @pytest.mark.peers
-def test_temporary_refusal_is_retried_until_the_server_accepts(tmp_path):
+def test_temporary_refusal_is_retried_until_the_server_accepts(tmp_path, sink_dir):
     data = alert()
 
     async def main() -> None:
-        with SmtpSink(tmp_path / "sink", options=["-r", "rcpt"]) as sink:
+        with SmtpSink(sink_dir, options=["-r", "rcpt"]) as sink:
             async with delivering(tmp_path, {"smtp": smtp_transport(sink.address, tmp_path)}) as (queue, _):
                 msg_id = await queue.put(data, Envelope("alerts@example.test", ("ops@example.test",)))
                 entry = await eventually(lambda: queue.get(msg_id) if queue.get(msg_id).attempts >= 2 else None)
@@ -159,12 +170,12 @@ def test_temporary_refusal_is_retried_until_the_server_accepts(tmp_path):
 
 
 @pytest.mark.peers
-def test_permanent_refusal_sends_a_dsn_to_the_sender_and_writes_badmail(tmp_path):
+def test_permanent_refusal_sends_a_dsn_to_the_sender_and_writes_badmail(tmp_path, sink_dir):
     data = alert("cpu busy")
     dsn_folder = tmp_path / "dsn-out"
 
     async def main() -> str:
-        with SmtpSink(tmp_path / "sink", options=["-f", "rcpt"]) as sink:
+        with SmtpSink(sink_dir, options=["-f", "rcpt"]) as sink:
             transports = {"smtp": smtp_transport(sink.address, tmp_path), "pickup": pickup_transport(tmp_path, dsn_folder)}
             async with delivering(tmp_path, transports, default_route=("pickup",)) as (queue, _):
                 msg_id = await queue.put(data, Envelope("alerts@example.test", ("nobody@example.test",)), route=["smtp"])
@@ -196,11 +207,11 @@ def test_permanent_refusal_sends_a_dsn_to_the_sender_and_writes_badmail(tmp_path
 
 
 @pytest.mark.peers
-def test_a_bounce_that_cannot_be_delivered_is_not_bounced(tmp_path):
+def test_a_bounce_that_cannot_be_delivered_is_not_bounced(tmp_path, sink_dir):
     report = alert("Undelivered Mail Returned to Sender", sender="")
 
     async def main() -> list[str]:
-        with SmtpSink(tmp_path / "sink", options=["-f", "rcpt"]) as sink:
+        with SmtpSink(sink_dir, options=["-f", "rcpt"]) as sink:
             async with delivering(tmp_path, {"smtp": smtp_transport(sink.address, tmp_path)}) as (queue, _):
                 await queue.put(report, Envelope("", ("alerts@example.test",)))
                 await eventually(lambda: len(queue) == 0 and list((tmp_path / "badmail").glob("*.bdr")))
@@ -286,12 +297,12 @@ def test_route_falls_back_to_the_next_transport_in_the_same_attempt(tmp_path):
 
 
 @pytest.mark.peers
-def test_expiry_sends_one_delay_notice_then_a_failure_dsn_and_badmail(tmp_path):
+def test_expiry_sends_one_delay_notice_then_a_failure_dsn_and_badmail(tmp_path, sink_dir):
     policy = RetryPolicy(intervals=(0.2,), delay_notice=0.5, expire=1.5, send_timeout=5.0, scan_interval=0.1)
     dsn_folder = tmp_path / "dsn-out"
 
     async def main() -> str:
-        with SmtpSink(tmp_path / "sink", options=["-r", "rcpt"]) as sink:
+        with SmtpSink(sink_dir, options=["-r", "rcpt"]) as sink:
             transports = {"smtp": smtp_transport(sink.address, tmp_path), "pickup": pickup_transport(tmp_path, dsn_folder)}
             async with delivering(tmp_path, transports, policy=policy, default_route=("pickup",)) as (queue, _):
                 msg_id = await queue.put(alert(), Envelope("alerts@example.test", ("ops@example.test",)), route=["smtp"])
@@ -310,11 +321,11 @@ def test_expiry_sends_one_delay_notice_then_a_failure_dsn_and_badmail(tmp_path):
 
 
 @pytest.mark.peers
-def test_badmail_resend_puts_the_message_back_and_it_is_delivered(tmp_path):
+def test_badmail_resend_puts_the_message_back_and_it_is_delivered(tmp_path, sink_dir):
     data = alert("resend me")
 
     async def main() -> None:
-        with SmtpSink(tmp_path / "sink", options=["-f", "rcpt"]) as sink:
+        with SmtpSink(sink_dir, options=["-f", "rcpt"]) as sink:
             async with delivering(tmp_path, {"smtp": smtp_transport(sink.address, tmp_path)}) as (queue, _):
                 await queue.put(data, Envelope("", ("ops@example.test",)))
                 badmail = Badmail(tmp_path / "badmail")
@@ -332,8 +343,8 @@ def test_badmail_resend_puts_the_message_back_and_it_is_delivered(tmp_path):
 
 
 @pytest.mark.peers
-def test_retry_request_makes_a_running_delivery_try_again_now(tmp_path):
-    sink = SmtpSink(tmp_path / "sink")
+def test_retry_request_makes_a_running_delivery_try_again_now(tmp_path, sink_dir):
+    sink = SmtpSink(sink_dir)
     sink.port = free_port()
     slow = RetryPolicy(intervals=(3600.0,), delay_notice=0.0, expire=86400.0, send_timeout=5.0, scan_interval=0.1)
 
@@ -351,8 +362,8 @@ def test_retry_request_makes_a_running_delivery_try_again_now(tmp_path):
 
 
 @pytest.mark.peers
-def test_restart_resumes_delivery_of_queued_messages(tmp_path):
-    sink = SmtpSink(tmp_path / "sink")
+def test_restart_resumes_delivery_of_queued_messages(tmp_path, sink_dir):
+    sink = SmtpSink(sink_dir)
     sink.port = free_port()
     transports = lambda: {"smtp": smtp_transport(f"127.0.0.1:{sink.port}", tmp_path)}  # noqa: E731
     datas = [alert(f"alert {i}") for i in range(3)]

@@ -13,6 +13,8 @@ import pytest
 
 from alertmail.model import Envelope
 from alertmail.queue import Entry, Queue, QueueLocked, QueueWriteError, RecipientState, valid_id
+from tests.peers import SmtpSink
+from tests.test_delivery import sink_dir  # noqa: F401  (a fixture)
 
 ENV = Envelope("alerts@example.test", ("ops@example.test", "dev@example.test"))
 DATA = b"From: alerts@example.test\r\nTo: ops@example.test\r\nSubject: disk full\r\n\r\nbody\r\n"
@@ -63,16 +65,17 @@ def test_concurrent_puts_share_commit_rounds_and_folder_fsyncs(tmp_path):
         return queue
 
     queue = run(main())
-    # One fsync per message file plus one folder fsync per round, and far fewer rounds than puts.
+    # One segment fsync plus one folder fsync per round, and far fewer rounds than puts.
     assert queue.stats.commits < 200
-    assert queue.stats.fsyncs == 200 + queue.stats.commits
+    assert queue.stats.fsyncs == 2 * queue.stats.commits
 
 
 def test_start_drops_temp_files_and_state_without_a_message(tmp_path):
     folder = tmp_path / "queue"
     folder.mkdir()
-    (folder / ".0192aabbccdd11223344.msg.1a2b3c4d.tmp").write_bytes(b'{"id": "half')
+    (folder / ".0192aabbccdd11223344.seg.1a2b3c4d.tmp").write_bytes(b'{"id": "half')
     (folder / "0192aabbccdd55667788.json").write_bytes(b"{}")
+    (folder / "0192aabbccdd55667799.done").write_bytes(b"0192aabbccdd55667700\n")
 
     async def main() -> int:
         queue = Queue(folder)
@@ -102,7 +105,28 @@ def test_update_persists_per_recipient_state_and_remove_deletes_both_files(tmp_p
         assert again.get(msg_id).attempts == 1
         await again.remove(msg_id)
         await again.close()
-        assert not list((tmp_path / "queue").glob(f"{msg_id}.*"))
+        assert sorted(p.name for p in (tmp_path / "queue").iterdir()) == ["control", "lock"]
+
+    run(main())
+
+
+def test_finished_messages_of_a_shared_segment_stay_finished_after_a_restart(tmp_path):
+    async def main() -> None:
+        queue = Queue(tmp_path / "queue")
+        await queue.start()
+        ids = await asyncio.gather(*(queue.put(DATA + bytes([65 + i]), ENV) for i in range(3)))
+        assert len({queue.get(i).segment for i in ids}) == 1  # one commit round, one segment
+        await queue.remove(ids[0])
+        await queue.remove(ids[2])
+        await queue.close()
+
+        again = Queue(tmp_path / "queue")
+        await again.start()
+        assert [e.id for e in again.entries()] == [ids[1]]
+        assert await again.read(ids[1]) == DATA + b"B"
+        await again.remove(ids[1])
+        await again.close()
+        assert sorted(p.name for p in (tmp_path / "queue").iterdir()) == ["control", "lock"]
 
     run(main())
 
@@ -153,7 +177,11 @@ def test_put_that_cannot_be_written_raises_and_leaves_nothing(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert "refused 27" in out.stdout, out.stdout + out.stderr  # EFBIG
     kept = out.stdout.split("kept ")[1].strip()
-    assert sorted(p.name for p in (tmp_path / "queue").iterdir() if p.is_file()) == [f"{kept}.msg", "lock"]
+    names = sorted(p.name for p in (tmp_path / "queue").iterdir() if p.is_file())
+    assert len(names) == 2 and names[0].endswith(".seg") and names[1] == "lock", names
+    again = Queue(tmp_path / "queue")
+    again.load()
+    assert [e.id for e in again.entries()] == [kept]
 
 
 def test_queue_write_error_is_an_os_error():
@@ -175,7 +203,7 @@ def test_cli_requests_are_taken_once_and_applied(tmp_path):
         assert queue.take_requests() == []
         for action, msg_id in requests:
             queue.apply_request(action, msg_id, now=5.0)
-        assert queue.get(gone) is None and not (tmp_path / "queue" / f"{gone}.msg").exists()
+        assert queue.get(gone) is None
         assert queue.get(keep).next_try == 5.0
         await queue.close()
 
@@ -191,7 +219,7 @@ def test_put_refuses_cr_lf_in_envelope_addresses(tmp_path):
         await queue.close()
 
     run(main())
-    assert not list((tmp_path / "queue").glob("*.msg"))
+    assert not list((tmp_path / "queue").glob("*.seg"))
     assert os.path.exists(tmp_path / "queue" / "lock")
 
 
@@ -247,7 +275,9 @@ def test_queue_delete_and_retry_act_directly_when_no_agent_runs(tmp_path):
     folder = tmp_path / "var" / "queue"
     [first, second] = run(queued(folder, 2))
     assert invoke("queue", "delete", second, "-c", config).exit_code == 0
-    assert not (folder / f"{second}.msg").exists()
+    reloaded = Queue(folder)
+    reloaded.load()
+    assert reloaded.get(second) is None and reloaded.get(first) is not None
     out = invoke("queue", "retry", "--all", "-c", config)
     assert out.exit_code == 0 and "1 message(s) due now" in out.output
     reloaded = Queue(folder)
@@ -290,8 +320,7 @@ def test_queue_retry_is_handed_to_the_running_agent(tmp_path):
     assert len(list(out_folder.glob("*.eml"))) == 1
 
 
-def test_send_test_reports_each_recipient_and_exits_by_the_worst_result(tmp_path):
-    from tests.peers import SmtpSink
+def test_send_test_reports_each_recipient_and_exits_by_the_worst_result(tmp_path, sink_dir):
 
     config = write_config(tmp_path)
     out = invoke("send-test", "--to", "ops@example.test", "-c", config)
@@ -300,7 +329,7 @@ def test_send_test_reports_each_recipient_and_exits_by_the_worst_result(tmp_path
     [written] = (tmp_path / "out").glob("*.eml")
     assert b"test message from" in written.read_bytes()
 
-    with SmtpSink(tmp_path / "sink", options=["-f", "rcpt"]) as sink:
+    with SmtpSink(sink_dir, options=["-f", "rcpt"]) as sink:
         (tmp_path / "smtp.toml").write_text(
             f'[agent]\nstate_dir = "var"\n[mail]\nfrom = "alerts@example.test"\nroute = ["smtp"]\n'
             f'[transports.smtp]\nservers = ["{sink.address}"]\ntls = "none"\nconnect_timeout = "2s"\n'

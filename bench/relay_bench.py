@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.peers import free_port, need, wait_port  # noqa: E402
@@ -86,6 +88,7 @@ class Result:
     seconds: float
     ok: bool
     drained: float | None = None
+    cpu_ms: float | None = None  # the relay process's CPU per message, receiving and delivering
 
     @property
     def rate(self) -> float:
@@ -138,14 +141,17 @@ def run_relay(folder: Path, sink_port: int, args: argparse.Namespace, event_loop
         config = relay_config(work, sink, port, options, agent={"log_level": args.log_level}, queue={"concurrency": args.concurrency})
         relay = RelayProcess(config, port).start()
         try:
+            process = psutil.Process(relay.proc.pid)
+            before = sum(process.cpu_times()[:2])
             seconds, ok, error = smtp_source(port, args, reused)
             queue = relay.state_dir / "queue"
             drained = wait_empty(lambda: sum(1 for p in queue.iterdir() if p.suffix == ".msg"), args.timeout)
+            cpu = sum(process.cpu_times()[:2]) - before
         finally:
             relay.stop()
         if not ok:
             print(f"{name} ({'reused' if reused else 'new'} connections): smtp-source failed: {error}", file=sys.stderr)
-        results.append(Result(name, reused, args.messages, seconds, ok, drained))
+        results.append(Result(name, reused, args.messages, seconds, ok, drained, cpu * 1000 / args.messages))
     return results
 
 
@@ -225,13 +231,13 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
     postfix = {r.reused: r.rate for r in results if r.target == "postfix" and r.ok}
     lines = [
         f"smtp-source -s {args.sessions} -m {args.messages} -l {args.size} [-d]; accepted messages per second",
-        f"{'target':<14} {'connections':<12} {'msg/s':>8} {'vs postfix':>11} {'seconds':>8} {'queue empty after':>18}",
+        f"{'target':<14} {'connections':<12} {'msg/s':>8} {'vs postfix':>11} {'seconds':>8} {'queue empty after':>18} {'CPU ms/msg':>11}",
     ]
     for r in results:
         ratio = f"{r.rate / postfix[r.reused]:.2f}x" if postfix.get(r.reused) and r.ok else "-"
         drained = "-" if r.target == "aiosmtpd" else (f"{r.drained:.1f}s" if r.drained is not None else "not empty")
         rate = f"{r.rate:8.0f}" if r.ok else "  failed"
-        lines.append(f"{r.target:<14} {'reused' if r.reused else 'new each':<12} {rate} {ratio:>11} {r.seconds:8.1f} {drained:>18}")
+        lines.append(f"{r.target:<14} {'reused' if r.reused else 'new each':<12} {rate} {ratio:>11} {r.seconds:8.1f} {drained:>18} {f'{r.cpu_ms:.2f}' if r.cpu_ms else '-':>11}")
     return "\n".join(lines)
 
 

@@ -57,10 +57,10 @@ class W3CLog:
         client_ip: str,
         username: str | None,
         server_ip: str,
-        server_port: int | str,
+        server_port: int,
         method: str,
         query: str,
-        status: int | str,
+        status: int,
         sent: int,
         received: int,
         taken_ms: int,
@@ -74,10 +74,11 @@ class W3CLog:
             if day != self._day:
                 self._roll(day, stamp)
             self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", stamp)
-        values = (
-            client_ip, username, server_ip, server_port, method, query, status, sent, received, taken_ms,
+        # Numbers need no escaping; only the strings go through w3c_value.
+        self._pending.append(
+            f"{self._stamp} {w3c_value(client_ip)} {w3c_value(username)} {w3c_value(server_ip)} {server_port} "
+            f"{w3c_value(method)} {w3c_value(query)} {status} {sent} {received} {taken_ms}\n"
         )
-        self._pending.append(f"{self._stamp} {' '.join(map(w3c_value, values))}\n")
         if len(self._pending) >= 512 or time.monotonic() - self._last_flush >= FLUSH_INTERVAL:
             self.flush()
 

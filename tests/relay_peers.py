@@ -50,7 +50,7 @@ def relay_config(
         "transports": {"mx": {"mode": "smarthost", "smart_host": f"[{sink.host}]:{sink.port}", "tls": "none"}},
         "relay": {
             "enabled": True,
-            "listen": [f"127.0.0.1:{port}"],
+            "listen": [f"127.0.0.1:{port}", *(relay or {}).pop("also_listen", [])],
             "hostname": "relay.test",
             "greet_pause": "0.3s",
             "pickup_interval": "0.2s",
@@ -127,6 +127,7 @@ class RelayProcess:
 
 
 def start_relay(folder: Path, sink: SmtpSink, relay: dict[str, Any] | None = None) -> RelayProcess:
+    """A running relay on 127.0.0.1 (``relay["also_listen"]`` adds addresses) delivering to ``sink``."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     return RelayProcess(relay_config(folder, sink, port, relay), port).start()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import SmtpSink, swaks
+from tests.peers import SmtpSink, free_port, swaks
 from tests.relay_peers import ALERTMAIL, REPO, RelayProcess, private_folder, self_signed, start_relay
 
 pytestmark = pytest.mark.peers
@@ -42,6 +42,7 @@ def relay(tmp_path_factory, sink):
     options = {
         "tls_cert": str(cert), "tls_key": str(key), "users_file": str(users),
         "allow": ["127.0.0.1/32", "::1"],  # 127.0.0.2 plays a client from elsewhere
+        "also_listen": [f"[::1]:{free_port('::1')}"],
         "max_size": "20KB", "max_recipients": 3, "max_commands": 5, "local_domains": ["local.test"],
     }
     process = start_relay(folder, sink, options)
@@ -93,6 +94,15 @@ def test_banner_and_ehlo_announce_the_hostname_and_extensions(relay):
             assert client.has_extn(extension), extension
         assert client.esmtp_features["size"] == "20000"
         assert not client.has_extn("smtputf8") and not client.has_extn("auth")  # AUTH only after STARTTLS
+
+
+def test_relay_listens_on_ipv6_loopback_too(relay, sink):
+    port = int(relay.output().split("relay listening on ", 1)[1].split("[::1]:", 1)[1].split()[0])
+    mid = message_id()
+    with smtplib.SMTP("::1", port, local_hostname="client.test", timeout=10) as client:
+        client.sendmail("app@client.test", ["bob@example.test"], f"Message-Id: {mid}\r\n\r\nover IPv6\r\n")
+    (copy,) = received(sink, mid)
+    assert "([IPv6:::1])" in copy.message.get_all("Received")[-1]
 
 
 def test_pipelined_transaction_is_accepted(relay, sink):

@@ -296,6 +296,10 @@ class Notifier:
         alerts whose silence ended, and sends the digests that are due.
         """
         now = time.time() if now is None else now
+        if self._lock.locked() and not force:
+            # Another flush is rendering or queueing: what is due now goes with the next one (the
+            # next tick), rather than a probe's observe() waiting here and overrunning its interval.
+            return
         async with self._lock:
             self.silences.refresh(now)
             self._enqueue(self._release(now), now)

@@ -113,3 +113,40 @@ def test_cap_too_small_for_its_digests_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert "notify.max_mails_per_hour: max_mails_per_hour = 4 leaves no room" in str(info.value)
+
+
+def test_notify_does_not_wait_for_a_flush_that_is_still_queueing(tmp_path):
+    from alertmail.notifier import Notifier
+    from alertmail.rules import AlertEvent
+
+    class SlowQueue:
+        def __init__(self) -> None:
+            self.release = asyncio.Event()
+            self.mails: list[bytes] = []
+
+        async def put(self, data, envelope, *, route=None, origin="agent"):
+            await self.release.wait()
+            self.mails.append(data)
+            return f"m{len(self.mails)}"
+
+    def firing(name: str, t: float) -> AlertEvent:
+        return AlertEvent(kind="firing", rule=DISK, labels=(("mount", name),), value=95.0, threshold=90.0,
+                          comparison=">", severity="warning", since=t, at=t, incident=name)
+
+    async def run() -> SlowQueue:
+        queue = SlowQueue()
+        notifier = Notifier(sender="alertmail@test.example", hostname="web01", timezone="UTC", route=["pickup"],
+                            queue=queue, state_dir=tmp_path, render_options={"charts": "off"})
+        first = asyncio.create_task(notifier.notify([firing("/a", 0.0)], 0.0))
+        while not notifier._lock.locked():
+            await asyncio.sleep(0)
+        # A probe's events arrive while the first mail waits for the queue: they are taken, not blocked on.
+        await asyncio.wait_for(notifier.notify([firing("/b", 1.0)], 1.0), timeout=5)
+        assert len(queue.mails) == 0
+        queue.release.set()
+        await first
+        await notifier.flush(2.0)  # the next tick sends what came meanwhile
+        return queue
+
+    queue = asyncio.run(run())
+    assert len(queue.mails) == 2

@@ -164,6 +164,7 @@ class Queue:
         self._pending: list[tuple[Entry, bytes, asyncio.Future[None]]] = []
         self._wakeup: asyncio.Event | None = None
         self._committer: asyncio.Task[None] | None = None
+        self._committing = False  # a round is being written
         self._lock_fd: int | None = None
         self._listeners: list[Callable[[Entry], None]] = []
 
@@ -184,7 +185,7 @@ class Queue:
     async def close(self) -> None:
         """Finish the commit round in progress, then let go of the folder."""
         if self._committer is not None:
-            while self._pending:
+            while self._pending or self._committing:
                 await asyncio.sleep(0.005)
             self._committer.cancel()
             try:
@@ -310,12 +311,8 @@ class Queue:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((entry, bytes(data), done))
         self._wakeup.set()
-        await done
-        self._entries[entry.id] = entry
-        self._live.setdefault(entry.segment, set()).add(entry.id)
-        self.stats.puts += 1
-        for listener in self._listeners:
-            listener(entry)
+        # Shielded: a caller that gives up waiting does not undo a commit under way.
+        await asyncio.shield(done)
         return entry.id
 
     async def _commit_loop(self) -> None:
@@ -326,6 +323,7 @@ class Queue:
             self._wakeup.clear()
             while self._pending:
                 batch, self._pending = self._pending[:BATCH_MAX], self._pending[BATCH_MAX:]
+                self._committing = True
                 error: QueueWriteError | None = None
                 try:
                     await asyncio.to_thread(self._commit, [(e, d) for e, d, _ in batch])
@@ -334,7 +332,15 @@ class Queue:
                 except Exception as exc:
                     error = QueueWriteError(errno.EIO, f"cannot queue message: {exc}")
                 self.stats.commits += 1
-                for _, _, done in batch:
+                self._committing = False
+                for entry, _, done in batch:
+                    if error is None:
+                        # Registered here, not in put(): a cancelled caller's message is still delivered.
+                        self._entries[entry.id] = entry
+                        self._live.setdefault(entry.segment, set()).add(entry.id)
+                        self.stats.puts += 1
+                        for listener in self._listeners:
+                            listener(entry)
                     if done.done():
                         continue
                     if error is None:

@@ -131,6 +131,24 @@ def test_finished_messages_of_a_shared_segment_stay_finished_after_a_restart(tmp
     run(main())
 
 
+def test_a_put_whose_caller_stops_waiting_is_still_queued_and_close_waits_for_it(tmp_path):
+    async def main() -> None:
+        queue = Queue(tmp_path / "queue")
+        await queue.start()
+        task = asyncio.create_task(queue.put(DATA, ENV))
+        await asyncio.sleep(0)  # the put is handed to the commit round
+        task.cancel()
+        await queue.close()
+        assert len(queue) == 1
+        again = Queue(tmp_path / "queue")
+        await again.start()
+        [entry] = again.entries()
+        assert await again.read(entry.id) == DATA
+        await again.close()
+
+    run(main())
+
+
 def test_a_second_process_cannot_own_the_same_queue(tmp_path):
     async def main() -> None:
         queue = Queue(tmp_path / "queue")

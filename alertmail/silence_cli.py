@@ -98,8 +98,12 @@ def silence_list(config_path: Path, as_json: bool) -> None:
     tz = cfg.agent["timezone"]
     runtime = RuntimeSilences(cfg.state_dir)
     try:
-        runtime.prune(now=now)
-        silences = [*from_config(cfg).config_silences, *runtime.read()]
+        try:
+            runtime.prune(now=now)
+        except PermissionError:
+            pass  # a reader without write access still gets the list; the agent prunes
+        current = [s for s in runtime.read() if not s.schedule.expired(now)]
+        silences = [*from_config(cfg).config_silences, *current]
     except (ValueError, OSError) as exc:
         click.echo(f"alertmail: {exc}", err=True)
         raise SystemExit(ExitCode.CONFIG) from None

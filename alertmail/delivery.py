@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from alertmail.config import format_duration, parse_duration, register_section
-from alertmail.model import DeliveryResult, Envelope, Option, RecipientStatus, Status, Transport, TransportContext
+from alertmail.model import (
+    DeliveryResult,
+    Envelope,
+    Option,
+    RecipientStatus,
+    Status,
+    Transport,
+    TransportContext,
+)
 from alertmail.queue import Entry, Queue, QueueWriteError
 
 log = logging.getLogger("alertmail.delivery")
@@ -92,7 +100,7 @@ async def send_via(transport: Transport | None, name: str, data: bytes, envelope
         return DeliveryResult.all(envelope.recipients, failure)
     try:
         result = await asyncio.wait_for(transport.send(data, envelope), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         failure = RecipientStatus(Status.TEMPORARY, 451, f"{name}: no result within {format_duration(timeout)}", "4.4.7")
         return DeliveryResult.all(envelope.recipients, failure)
     except Exception as exc:  # a broken transport must not lose the message: retry later
@@ -168,7 +176,7 @@ class Delivery:
             self._dispatcher = None
         tasks = list(self._in_flight.values())
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
             for task in pending:
                 task.cancel()  # retried after the restart: at-least-once
             await asyncio.gather(*pending, return_exceptions=True)
@@ -204,7 +212,7 @@ class Delivery:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), max(wait, 0.0))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _finished(self, msg_id: str) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import email.policy
 import re
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from email.message import EmailMessage, Message, MIMEPart
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime, make_msgid
-from datetime import datetime, timezone
 
 from alertmail.queue import Entry, RecipientState
 
@@ -37,7 +37,7 @@ def remote_host(remote: str) -> str:
 
 
 def rfc_date(when: float) -> str:
-    return format_datetime(datetime.fromtimestamp(when, timezone.utc))
+    return format_datetime(datetime.fromtimestamp(when, UTC))
 
 
 def is_delivery_report(data: bytes, sender: str) -> bool:

@@ -31,7 +31,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -329,7 +329,7 @@ class Queue:
                     await asyncio.to_thread(self._commit, [(e, d) for e, d, _ in batch])
                 except OSError as exc:
                     error = QueueWriteError(exc.errno or errno.EIO, f"cannot queue message: {exc.strerror or exc}")
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001  any failure fails the round's puts, never the commit loop
                     error = QueueWriteError(errno.EIO, f"cannot queue message: {exc}")
                 self.stats.commits += 1
                 self._committing = False

@@ -271,8 +271,8 @@ def send_test(config_path: Path, to: tuple[str, ...], route: str | None) -> None
                 if close is not None:
                     try:
                         await asyncio.wait_for(close(), 10)
-                    except Exception:  # closing is best effort; the result is already known
-                        pass
+                    except (OSError, TimeoutError, RuntimeError) as exc:  # the result is already known
+                        click.echo(f"closing {transport.name}: {exc}", err=True)
 
     results = asyncio.run(send())
     rows = [[rcpt, status.status.value, name, _short(" ".join(x for x in (str(status.code or ""), status.enhanced, status.message) if x), 70)]

@@ -76,10 +76,11 @@ async def bare_client(port: int, messages: list[bytes]) -> float:
 
 
 async def through_queue(port: int, messages: list[bytes], folder: Path, concurrency: int) -> dict[str, float]:
+    from alertmail.plugins.smtp import SmtpTransport
+
     from alertmail.config import Checker
     from alertmail.delivery import Delivery, RetryPolicy
     from alertmail.model import Envelope, TransportContext
-    from alertmail.plugins.smtp import SmtpTransport
     from alertmail.queue import Queue
 
     check = Checker(folder)

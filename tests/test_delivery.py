@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import email
+import email.policy
 import shutil
 import tempfile
-import email.policy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -113,13 +113,15 @@ def run(coro):
     return asyncio.run(coro)
 
 
-@pytest.fixture
-def sink_dir():
+def sink_folder() -> Iterator[Path]:
     """A dump folder for smtp-sink outside pytest's 0700 base folder, which smtp-sink (as
     nobody) can only traverse until another pytest session resets its mode."""
     folder = Path(tempfile.mkdtemp(prefix="alertmail-sink-", dir="/var/tmp"))
     yield folder / "sink"
     shutil.rmtree(folder, ignore_errors=True)
+
+
+sink_dir_fixture = pytest.fixture(sink_folder, name="sink_dir")
 
 
 # -- the tests --------------------------------------------------------------
@@ -365,7 +367,7 @@ def test_retry_request_makes_a_running_delivery_try_again_now(tmp_path, sink_dir
 def test_restart_resumes_delivery_of_queued_messages(tmp_path, sink_dir):
     sink = SmtpSink(sink_dir)
     sink.port = free_port()
-    transports = lambda: {"smtp": smtp_transport(f"127.0.0.1:{sink.port}", tmp_path)}  # noqa: E731
+    transports = lambda: {"smtp": smtp_transport(f"127.0.0.1:{sink.port}", tmp_path)}
     datas = [alert(f"alert {i}") for i in range(3)]
 
     async def before() -> None:

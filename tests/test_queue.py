@@ -12,9 +12,18 @@ import textwrap
 import pytest
 
 from alertmail.model import Envelope
-from alertmail.queue import Entry, Queue, QueueLocked, QueueWriteError, RecipientState, valid_id
+from alertmail.queue import (
+    Entry,
+    Queue,
+    QueueLocked,
+    QueueWriteError,
+    RecipientState,
+    valid_id,
+)
 from tests.peers import SmtpSink
-from tests.test_delivery import sink_dir  # noqa: F401  (a fixture)
+from tests.test_delivery import sink_folder
+
+sink_dir_fixture = pytest.fixture(sink_folder, name="sink_dir")
 
 ENV = Envelope("alerts@example.test", ("ops@example.test", "dev@example.test"))
 DATA = b"From: alerts@example.test\r\nTo: ops@example.test\r\nSubject: disk full\r\n\r\nbody\r\n"
@@ -153,7 +162,8 @@ def test_a_second_process_cannot_own_the_same_queue(tmp_path):
     async def main() -> None:
         queue = Queue(tmp_path / "queue")
         await queue.start()
-        child = subprocess.run(
+        child = await asyncio.to_thread(
+            subprocess.run,
             [sys.executable, "-c", textwrap.dedent(f"""
                 import asyncio
                 from pathlib import Path
@@ -164,6 +174,7 @@ def test_a_second_process_cannot_own_the_same_queue(tmp_path):
                     raise SystemExit(3)
             """)],
             timeout=30,
+            check=False,
         )
         await queue.close()
         assert child.returncode == 3
@@ -192,7 +203,7 @@ def test_put_that_cannot_be_written_raises_and_leaves_nothing(tmp_path):
             print("kept", small)
         asyncio.run(main())
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False)
     assert "refused 27" in out.stdout, out.stdout + out.stderr  # EFBIG
     kept = out.stdout.split("kept ")[1].strip()
     names = sorted(p.name for p in (tmp_path / "queue").iterdir() if p.is_file())
@@ -304,8 +315,9 @@ def test_queue_delete_and_retry_act_directly_when_no_agent_runs(tmp_path):
 
 
 def test_queue_retry_is_handed_to_the_running_agent(tmp_path):
-    from alertmail.delivery import Delivery, RetryPolicy
     from alertmail.plugins.pickup import PickupTransport
+
+    from alertmail.delivery import Delivery, RetryPolicy
     from alertmail.model import TransportContext
 
     config = write_config(tmp_path)

@@ -5,8 +5,6 @@ smtp-sink, while the killed process's half-written files are dropped."""
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import os
 import signal
 import subprocess
@@ -17,7 +15,9 @@ import time
 import pytest
 
 from tests.peers import SmtpSink
-from tests.test_delivery import delivering, eventually, sink_dir, smtp_transport  # noqa: F401  (sink_dir: a fixture)
+from tests.test_delivery import delivering, eventually, sink_folder, smtp_transport
+
+sink_dir_fixture = pytest.fixture(sink_folder, name="sink_dir")
 
 # The child: queue messages from 8 concurrent writers while delivering to the sink; after
 # each put() returns, record the Message-ID (its line reaches the page cache, which SIGKILL spares).

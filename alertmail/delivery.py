@@ -47,6 +47,8 @@ QUEUE_OPTIONS: dict[str, Option] = {
 register_section("queue", QUEUE_OPTIONS)
 
 STOP_TIMEOUT = 30.0  # how long stop() lets attempts in flight finish
+# A zero interval ("0") would retry a dead server in a busy loop.
+MIN_RETRY = 0.1
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class RetryPolicy:
     def next_delay(self, attempts: int, route: Sequence[str]) -> float:
         """The wait after the ``attempts``-th failed attempt (1-based); the last interval repeats."""
         intervals = self.route_intervals.get(route[0], self.intervals) if route else self.intervals
-        return intervals[min(max(attempts, 1), len(intervals)) - 1]
+        return max(intervals[min(max(attempts, 1), len(intervals)) - 1], MIN_RETRY)
 
 
 def build_transports(cfg: Any, plugins: Any, context: TransportContext) -> dict[str, Transport]:

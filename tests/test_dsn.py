@@ -136,6 +136,10 @@ def test_retry_schedule_repeats_its_last_interval_and_can_differ_per_route():
         RetryPolicy.from_config({"route_retry": {"mx": "5m"}})
 
 
+def test_a_zero_retry_interval_does_not_retry_in_a_busy_loop():
+    assert RetryPolicy.from_config({"retry": [0.0]}).next_delay(1, ["smtp"]) > 0
+
+
 def test_default_policy_is_the_iis_schedule():
     policy = RetryPolicy.from_config({})
     assert policy.intervals == (900, 1800, 3600, 14400)

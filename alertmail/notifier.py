@@ -173,6 +173,8 @@ class Notifier:
         self.storm.digest_interval = notify.get("digest_interval") or 900.0
         self.silences = from_config(cfg)  # the run-time file is read again at the next flush
         self.rules = {rule.name: rule for rule in rules} or self.rules
+        for held in self.held.values():  # restored from disk with a stand-in rule: take the configured one
+            held.event = replace(held.event, rule=self.rules.get(held.event.rule.name, held.event.rule))
 
     # -- incidents ---------------------------------------------------------
     def _load_incidents(self) -> dict[str, Incident]:
@@ -331,6 +333,11 @@ class Notifier:
                 self.mails_queued += 1
                 self.journal.mail(out.subject, out.envelope.recipients, out.kind, now, str(msg_id))
                 log.info("queued %s for %s: %s", msg_id, ", ".join(out.envelope.recipients), out.subject)
+
+    @property
+    def settled(self) -> bool:
+        """True when every event handed over is queued or held on disk: nothing lives only in memory."""
+        return not self._waiting and not self._unsent and self.storm.next_due is None
 
     @property
     def next_flush(self) -> float | None:

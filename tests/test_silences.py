@@ -8,7 +8,9 @@ import json
 import subprocess
 import sys
 import textwrap
+import types
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -309,9 +311,13 @@ def test_held_alert_survives_a_restart_and_is_mailed_when_the_window_ends(tmp_pa
     assert collector.mails == []
 
     restarted, collector = notifier_for(tmp_path, silences)
+    # The agent hands over the configured rules: the held alert is mailed with the rule as configured now.
+    cfg = types.SimpleNamespace(agent={"timezone": "UTC"}, sections={"notify": {}, "silences": []}, state_dir=tmp_path)
+    restarted.configure_noise(cfg, [replace(RULE, description="swap the disk in bay 3")])
     asyncio.run(restarted.flush(T0 + 3700))
     assert kinds(collector) == ["firing"]
     assert collector.mails[0].message["X-Alertmail-Incident"] == "disk-full-/data"
+    assert "swap the disk in bay 3" in collector.mails[0].message.get_body(("plain",)).get_content()
 
 
 def test_neighbouring_label_set_is_mailed_while_its_neighbour_is_silenced(tmp_path):

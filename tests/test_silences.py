@@ -8,8 +8,8 @@ import json
 import subprocess
 import sys
 import textwrap
-import types
 import time
+import types
 from dataclasses import replace
 from pathlib import Path
 

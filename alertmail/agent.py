@@ -63,19 +63,23 @@ class Agent:
 
     # -- probes ------------------------------------------------------------
     def _configure_probes(self) -> dict[str, tuple[Any, float, float]]:
-        """name -> (probe, interval, timeout) for every enabled probe."""
+        """name -> (probe, interval, timeout) for every enabled probe that takes its options."""
+        from alertmail.probing import configure_probe, probe_settings
+
         out = {}
-        default = self.cfg.agent["interval"]
         for name, probe in self.plugins.probes.items():
-            options = self.cfg.probes.get(name, {})
-            if options.get("enabled") is False:
+            settings = probe_settings(self.cfg, name, probe)
+            if not settings.enabled:
                 continue
-            configure = getattr(probe, "configure", None)
-            if configure is not None:
-                configure({k: v for k, v in options.items() if k not in ("enabled", "interval", "timeout")})
-            interval = options.get("interval") or getattr(probe, "interval", None) or default
-            timeout = options.get("timeout") or self.cfg.agent.get("probe_timeout") or interval
-            out[name] = (probe, float(interval), float(min(timeout, interval)))
+            try:
+                problems = configure_probe(name, probe, settings.options)
+            except Exception:
+                log.exception("probe %s failed to take its options; it does not run", name)
+                continue
+            if problems:  # load_config checked these already; a plugin may still change its mind
+                log.error("probe %s does not run: %s", name, "; ".join(problems))
+                continue
+            out[name] = (probe, settings.interval, settings.timeout)
         return out
 
     async def run_probe(self, name: str, probe: Any, timeout: float) -> None:
@@ -100,18 +104,43 @@ class Agent:
     async def observe(self, samples: list[Sample], now: float) -> None:
         watched = [s for s in samples if any(rule.matches(s) for rule in self.rules)]
         self.history.add(watched)
-        events = self.engine.observe(samples, now)
-        if events:
-            await self.notifier.notify(events, now)
-            self._save_state()
+        self._hand_over(self.engine.observe(samples, now), now)
 
     async def tick(self) -> None:
         now = time.time()
-        events = self.engine.tick(now)
-        if events:
-            await self.notifier.notify(events, now)
-            self._save_state()
-        await self.notifier.flush(now)
+        self._hand_over(self.engine.tick(now), now)
+
+    def _hand_over(self, events: list, now: float) -> None:
+        """Pass events to the mailer task; probes and ticks never wait for a mail to be rendered.
+
+        The rule states that go with the events travel along and are saved only once
+        the mails are queued, so a crash in between repeats a mail rather than losing it.
+        """
+        snapshot = self.engine.snapshot() if events else None
+        self._mail_queue.put_nowait((events, now, snapshot))
+
+    async def _mailer(self) -> None:
+        """The one task that talks to the notifier, in the order events happened.
+
+        Rule states are saved only while the notifier is settled (every event so far
+        is queued or held on disk); a crash then repeats a mail, never loses one.
+        """
+        latest = None
+        while True:
+            events, now, snapshot = await self._mail_queue.get()
+            latest = snapshot or latest
+            try:
+                if events:
+                    await self.notifier.notify(events, now)
+                else:
+                    await self.notifier.flush(now)
+                if latest is not None and self.notifier.settled:
+                    self._save_state(latest)
+                    latest = None
+            except Exception:
+                log.exception("mailing %d event(s) failed", len(events))
+            finally:
+                self._mail_queue.task_done()
 
     # -- state across restarts ---------------------------------------------
     def _restore_state(self) -> None:
@@ -127,9 +156,9 @@ class Agent:
         except Exception as exc:
             log.error("cannot restore rule states from %s (%s); they start from ok", self._state_file, exc)
 
-    def _save_state(self) -> None:
+    def _save_state(self, snapshot: dict | None = None) -> None:
         try:
-            write_atomic(self._state_file, json.dumps(self.engine.snapshot()).encode())
+            write_atomic(self._state_file, json.dumps(snapshot or self.engine.snapshot()).encode())
         except OSError as exc:
             log.error("cannot save rule states to %s: %s", self._state_file, exc)
 
@@ -171,6 +200,8 @@ class Agent:
             subject_prefix=cfg.mail.get("subject_prefix") or "",
         )
         self.notifier.configure_noise(cfg, self.rules)  # [[silences]] and the storm cap
+        self._mail_queue: asyncio.Queue = asyncio.Queue()
+        self._mailer_task = asyncio.create_task(self._mailer(), name="mailer")
         await self._start_services()
         self._start_scheduler()
         log.info(
@@ -273,6 +304,11 @@ class Agent:
             except Exception:
                 log.exception("service %s did not stop cleanly", getattr(service, "name", service))
         if hasattr(self, "notifier"):
+            try:
+                await asyncio.wait_for(self._mail_queue.join(), 60)
+            except TimeoutError:
+                log.error("mails still being rendered after 60 s; stopping without them")
+            self._mailer_task.cancel()
             await self.notifier.flush(force=True)
         self._save_state()
         if hasattr(self, "delivery"):

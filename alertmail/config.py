@@ -394,6 +394,16 @@ def load_config(path: Path | str, plugins: Any = None) -> Config:
             check.error(f"probes.{name}", "no such probe; " + (f"did you mean {hint[0]!r}?" if hint else f"installed: {', '.join(sorted(plugins.probes))}"))
             continue
         cfg.probes[name] = check.table(f"probes.{name}", table, {**PROBE_OPTIONS, **(getattr(probe, "options", None) or {})})
+        # Options a schema cannot express (e.g. the process probe's watch list) are the probe's to check.
+        from alertmail.probing import COMMON_KEYS, configure_probe
+
+        try:
+            problems = configure_probe(name, probe, {k: v for k, v in cfg.probes[name].items() if k not in COMMON_KEYS})
+        except Exception as exc:  # a bug in a plugin's configure(), not in the config
+            problems = [f"probes.{name}: the probe failed to take its options: {type(exc).__name__}: {exc}"]
+        for problem in problems:
+            keypath, _, message = problem.partition(": ")
+            check.error(keypath, message)
 
     for name, (options, array) in EXTRA_SECTIONS.items():
         value = raw.get(name, [] if array else {})

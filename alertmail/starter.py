@@ -71,7 +71,7 @@ def starter_config() -> str:
         rules.append({"name": f"disk-{_slug(mount)}-full", "metric": "disk.used_percent", "labels": {"mount": mount},
                       "above": 90, "clear": 85, "for": "2m", "repeat": "4h", "severity": "critical"})
     for nic in _interfaces():
-        rules.append({"name": f"net-{_slug(nic)}-errors", "metric": "net.errors_per_second", "labels": {"interface": nic},
+        rules.append({"name": f"net-{_slug(nic)}-errors", "metric": "net.recv_errors_per_s", "labels": {"interface": nic},
                       "above": 1, "for": "5m", "severity": "warning"})
     parts.append(_block("Threshold rules. above/below: the threshold; clear: the recovery threshold;\n"
                         "for: how long it must hold; repeat: reminder while firing.", {"rules": rules}))

@@ -176,6 +176,9 @@ def test_check_reports_every_mistake_with_its_key_path(tmp_path):
         [transports.smtp]
         password = "hunter2"
 
+        [probes.process]
+        watch = [{ name = "web" }]
+
         [[rules]]
         name = "disk"
         metric = "disk.used_percent"
@@ -194,6 +197,7 @@ def test_check_reports_every_mistake_with_its_key_path(tmp_path):
         "transports.smtp.password: secrets are never written inline",
         "rules[0].above: expected a number, got 'ninety'",
         "rules[0].for: expected a duration",
+        "probes.process.watch[0]: needs match",
     ):
         assert expected in err, f"{expected!r} not in:\n{err}"
     assert "hunter2" not in err
@@ -236,3 +240,49 @@ def test_non_editable_install_lists_bundled_plugins(tmp_path):
     for name in ("system", "pickup"):
         assert f"\n{name} " in listed.stdout
     assert "bundled" in listed.stdout and "disk" in listed.stdout
+
+
+def test_alert_waiting_for_its_group_survives_kill_9(tmp_path):
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace('group_wait = "0s"', 'group_wait = "6s"').replace('repeat = "3s"', ''))
+    value = tmp_path / "plugins.d" / "value.txt"
+    proc = start_agent(config)
+    try:
+        time.sleep(2)
+        value.write_text("93.4")
+        time.sleep(3)  # fired, but the mail waits for its group
+        assert pickup_mails(tmp_path) == []
+    finally:
+        proc.kill()
+        proc.wait(10)
+    proc = start_agent(config)
+    try:
+        mails = wait_for(lambda: pickup_mails(tmp_path), timeout=40, what="the firing mail after the restart")
+    finally:
+        stop_agent(proc)
+    assert [m["X-Alertmail-Kind"] for m in mails] == ["firing"]
+
+
+def test_restart_neither_repeats_the_firing_mail_nor_forgets_the_recovery(tmp_path):
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace('repeat = "3s"', ''))
+    value = tmp_path / "plugins.d" / "value.txt"
+    proc = start_agent(config)
+    try:
+        time.sleep(2)
+        value.write_text("93.4")
+        wait_for(lambda: pickup_mails(tmp_path), what="the firing mail")
+        time.sleep(1)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    proc = start_agent(config)
+    try:
+        time.sleep(4)
+        assert kinds(pickup_mails(tmp_path)) == ["firing"], "the restarted agent must not mail the incident again"
+        value.write_text("12")
+        wait_for(lambda: "resolved" in kinds(pickup_mails(tmp_path)), what="recovery mail")
+    finally:
+        stop_agent(proc)
+    firing, resolved = pickup_mails(tmp_path)
+    assert resolved["In-Reply-To"] == firing["Message-ID"]

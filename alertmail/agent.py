@@ -198,6 +198,8 @@ class Agent:
             history=self.history.get,
             group_wait=notify.get("group_wait") or 0.0,
             subject_prefix=cfg.mail.get("subject_prefix") or "",
+            context_for=self._mail_context,
+            render_options=render_options(cfg, self.plugins),
         )
         self.notifier.configure_noise(cfg, self.rules)  # [[silences]] and the storm cap
         self._mail_queue: asyncio.Queue = asyncio.Queue()
@@ -208,6 +210,12 @@ class Agent:
             "watching %s with %d probes and %d rules; mail goes %s",
             cfg.hostname, len(self.probes), len(cfg.rules), " -> ".join(cfg.mail["route"]),
         )
+
+    def _mail_context(self, events: list) -> dict:
+        """Top processes and disk growth for the mail; runs with the rendering, off the event loop."""
+        from alertmail.context import collect_context
+
+        return collect_context(events, self.history.get)
 
     async def _start_services(self) -> None:
         for cls in self.plugins.services:
@@ -337,6 +345,18 @@ class Agent:
             log.info("stopping")
         finally:
             await self.stop()
+
+
+def render_options(cfg: Config, plugins: Any) -> dict[str, Any]:
+    """RenderContext fields from the config and the probes' metric descriptions."""
+    units = {}
+    for probe in plugins.probes.values():
+        for info in getattr(probe, "metrics", None) or ():
+            units[info.name] = info.unit
+    options: dict[str, Any] = {"units": units, "charts": cfg.mail["charts"]}
+    if cfg.mail.get("templates"):
+        options["templates_dir"] = cfg.mail["templates"]
+    return options
 
 
 def _soon(interval: float):

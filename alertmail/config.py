@@ -250,6 +250,9 @@ MAIL_OPTIONS: dict[str, Option] = {
     "to": Option("list", [], help="default recipients"),
     "route": Option("list", ["pickup"], help="ordered chain of transports"),
     "subject_prefix": Option("str", "", help="text put before every subject"),
+    "templates": Option("path", None, help="folder of templates overriding alert.txt.j2 / alert.html.j2"),
+    "charts": Option("str", "subprocess", choices=("subprocess", "in-process", "off"),
+                     help="where charts are drawn; subprocess keeps matplotlib out of the agent's memory"),
 }
 
 PROBE_OPTIONS: dict[str, Option] = {

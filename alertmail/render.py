@@ -162,6 +162,11 @@ class RenderContext:
         return self.units.get(metric) or guess_unit(metric)
 
 
+def recovers(event: AlertEvent) -> bool:
+    """A recovery: resolved, or a flap that settled in the ok state."""
+    return event.kind == "resolved" or (event.kind == "flap-ended" and getattr(event, "state", None) == "ok")
+
+
 def condition(event: AlertEvent) -> str:
     """`disk.used_percent 93.4 > 90` — the metric, its value and the threshold crossed.
 
@@ -169,8 +174,8 @@ def condition(event: AlertEvent) -> str:
     """
     metric = event.rule.metric
     if event.comparison == "absent":
-        return f"{metric} reporting again" if event.kind == "resolved" else f"{metric} absent"
-    if event.kind == "resolved" and event.comparison in (">", "<"):
+        return f"{metric} reporting again" if recovers(event) else f"{metric} absent"
+    if recovers(event) and event.comparison in (">", "<"):
         line = event.rule.clear if event.rule.clear is not None else event.threshold
         side = "below" if event.comparison == ">" else "above"
         return f"{metric} {format_value(event.value)}, back {side} {format_value(line)}"
@@ -180,7 +185,7 @@ def condition(event: AlertEvent) -> str:
 def subject(events: Sequence[AlertEvent], ctx: RenderContext) -> str:
     """`[CRITICAL] web01: disk-root-full — disk.used_percent 93.4 > 90 (for 2m)`."""
     first = events[0]
-    if first.kind == "resolved":
+    if recovers(first):
         tag = "RESOLVED"
     elif first.kind == "flapping":
         tag = "FLAPPING"

@@ -54,6 +54,7 @@ def write_config(folder: Path, extra: str = "") -> Path:
 
         [notify]
         group_wait = "0s"
+        max_mails_per_hour = 0       # reminders every 3 s would otherwise reach the storm cap
 
         [[rules]]
         name = "gauge-high"

@@ -323,3 +323,15 @@ def test_collect_context_reads_processes_for_cpu_and_the_mount_for_disk():
 def test_collect_context_leaves_out_what_it_cannot_read():
     assert collect_context([event(labels=(("mount", "/no/such/mount"),))]) == {}
     assert collect_context([event(Rule(name="r", metric="net.rx_bytes_per_s", above=1), labels=())]) == {}
+
+
+def test_a_flap_that_settles_ok_is_announced_as_a_recovery():
+    from alertmail.render import RenderContext, subject
+    from alertmail.rules import AlertEvent, Rule
+
+    rule = Rule(name="disk-busy", metric="disk.busy_percent", above=90, clear=80, severity="warning", to=("ops@example.com",))
+    event = AlertEvent(kind="flap-ended", rule=rule, labels=(), value=50.0, threshold=90.0, comparison=">",
+                       severity="warning", since=1000.0, at=1600.0, incident="abc", state="ok")
+    text = subject([event], RenderContext(hostname="web01"))
+    assert text.startswith("[RESOLVED] web01: disk-busy")
+    assert "50, back below 80" in text

@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.peers import SmtpSink  # noqa: E402
-from tests.relay_peers import private_folder, start_relay  # noqa: E402
+from tests.peers import SmtpSink
+from tests.relay_peers import private_folder, start_relay
 
 
 class Load:

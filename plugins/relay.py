@@ -57,7 +57,7 @@ OPTIONS: dict[str, Option] = {
     "timeout": Option("duration", 300.0, help="idle time before a session is closed"),
     "event_loop": Option("str", "auto", choices=("auto", "asyncio", "uvloop"),
                          help="for `alertmail relay`: auto = uvloop when installed (about twice the rate)"),
-    "stop_timeout": Option("duration", 30.0, help="on shutdown, how long transactions in flight may take to finish"),
+    "stop_timeout": Option("duration", 20.0, help="on shutdown, how long transactions in flight may take to finish"),
 }
 
 
@@ -77,16 +77,18 @@ class RelayService:
         self.pickup: Any = None  # relay_pickup.PickupWatcher
         self.w3c: Any = None
         self._flusher: asyncio.Task[None] | None = None
-        self._stop_timeout = 30.0
+        self._stop_timeout = 20.0
 
     async def start(self, context: ServiceContext) -> None:
+        from alertmail.plugins.relay_log import W3CLog
+        from alertmail.plugins.relay_pickup import PickupWatcher
+        from alertmail.plugins.relay_policy import RelayPolicy, parse_networks
+        from alertmail.plugins.relay_smtp import RelayServer, tls_context
+        from alertmail.plugins.relay_users import Users, UsersFileError
+
         from alertmail import __version__
         from alertmail.badmail import Badmail
         from alertmail.config import parse_address
-        from alertmail.plugins.relay_log import W3CLog
-        from alertmail.plugins.relay_pickup import PickupWatcher
-        from alertmail.plugins.relay_smtp import RelayPolicy, RelayServer, parse_networks, tls_context
-        from alertmail.plugins.relay_users import Users, UsersFileError
 
         opts = context.options
         state_dir = Path(context.state_dir)
@@ -282,8 +284,9 @@ def relay_command(ctx: click.Context, config_path: Path | None) -> None:
 @click.option("--password-stdin", is_flag=True, help="read the password from the first line of standard input")
 def passwd_command(user: str, config_path: Path | None, users_file: Path | None, password_stdin: bool) -> None:
     """Add USER to the relay's users file, or set a new password (scrypt hash)."""
-    from alertmail.exitcodes import ExitCode
     from alertmail.plugins.relay_users import UsersFileError, set_password
+
+    from alertmail.exitcodes import ExitCode
 
     if users_file is None:
         from alertmail.cli import load_or_exit

@@ -25,7 +25,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
@@ -185,7 +185,7 @@ class PickupWatcher:
         except PickupError as exc:
             await asyncio.to_thread(self._reject, path, data, str(exc))
             return True
-        trace = f"Received: by {self.hostname} (alertmail pickup) id {secrets.token_hex(6)}; {format_datetime(datetime.now(timezone.utc))}\r\n"
+        trace = f"Received: by {self.hostname} (alertmail pickup) id {secrets.token_hex(6)}; {format_datetime(datetime.now(UTC))}\r\n"
         try:
             msg_id = await self.queue.put(trace.encode() + message, envelope, route=self.route, origin="pickup")
         except QueueWriteError as exc:

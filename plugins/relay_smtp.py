@@ -4,12 +4,13 @@ Imported only when the relay starts (aiosmtpd is not loaded by an idle agent).
 
 What aiosmtpd 1.4.6 does and what this module adds:
 
-- Commands are read up to LF; DATA lines up to CRLF, so a bare LF inside DATA never
-  ends the message here, but it would reach the next hop, whose reading of
-  ``<LF>.<LF>`` may differ (SMTP smuggling, CVE-2023-51764). A command line not ended
-  by CRLF is answered ``521 5.5.2`` and the connection closed (as Postfix's
-  ``smtpd_forbid_bare_newline``); message data with a bare CR or LF is refused with
-  ``554 5.6.0`` and nothing is queued.
+- aiosmtpd reads commands up to LF and DATA line by line up to CRLF, so a bare LF
+  never ends a message there; here DATA is read in larger pieces and ends only at
+  <CRLF>.<CRLF> as well. A bare LF would still reach the next hop, whose reading of
+  ``<LF>.<LF>`` may differ (SMTP smuggling, CVE-2023-51764), so message data with a
+  bare CR or LF is refused with ``554 5.6.0`` and nothing is queued, and a command
+  line not ended by CRLF is answered ``521 5.5.2`` and the connection closed (as
+  Postfix's ``smtpd_forbid_bare_newline``).
 - Addresses with CR, LF or unbalanced angle brackets get ``501 5.1.3`` before aiosmtpd
   parses them (it accepts ``<a@b`` and keeps a CR inside the address).
 - Relay policy at RCPT, recipient and junk-command limits, enhanced status codes on
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ipaddress
 import logging
 import re
 import secrets
@@ -30,38 +30,37 @@ import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from email.utils import format_datetime
 from typing import Any, ClassVar
 
 import aiosmtpd
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, _AuthMechAttr, login_always_fail
+from aiosmtpd.smtp import (
+    SMTP,
+    AuthResult,
+    LoginPassword,
+    _AuthMechAttr,
+    login_always_fail,
+)
+from alertmail.plugins.relay_log import W3CLog
+from alertmail.plugins.relay_policy import (
+    RelayPolicy,
+    address_problem,
+    has_bare_newline,
+    received_header,
+    with_enhanced_code,
+)
 
 from alertmail.model import Envelope
 from alertmail.queue import QueueWriteError
-from alertmail.plugins.relay_log import W3CLog
-from alertmail.plugins.relay_users import Users
 
 log = logging.getLogger("alertmail.relay")
 
 # RelaySMTP._init_fast mirrors SMTP.__init__ of this series; any other falls back to it.
 _FAST_INIT = aiosmtpd.__version__.startswith("1.4.")
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Longest wait for the queue to make a message durable before answering 451.
 PUT_TIMEOUT = 60.0
 # Commands that move no mail; with the error replies they count against max_commands.
 JUNK = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP", "HELO", "EHLO"})
-_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
-_ENHANCED_BY_CODE = {
-    221: "2.0.0", 235: "2.7.0", 250: "2.0.0", 252: "2.0.0", 421: "4.3.2", 451: "4.3.0", 452: "4.5.3",
-    500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4", 530: "5.7.0",
-    535: "5.7.8", 538: "5.7.11", 552: "5.3.4", 553: "5.1.3", 554: "5.0.0", 555: "5.5.4",
-}
-_ENHANCED_250 = {"MAIL": "2.1.0", "RCPT": "2.1.5", "DATA": "2.0.0"}
 _SIMPLE_PATH = re.compile(r"^\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(\s.*|)$")
-_BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
-_HELO_UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
-_ADDRESS_UNSAFE = re.compile(r"[^!-~]|[()<>;\\\"]")
 
 
 class CommandRefused(Exception):
@@ -71,97 +70,6 @@ class CommandRefused(Exception):
         super().__init__(reply)
         self.reply = reply
         self.close = close
-
-
-@dataclass(frozen=True)
-class RelayPolicy:
-    """Who may relay, and the limits of a session."""
-
-    hostname: str
-    allow: tuple[IPNetwork, ...] = ()
-    users: Users | None = None
-    local_domains: frozenset[str] = frozenset()
-    max_size: int = 10_000_000
-    max_recipients: int = 100
-    max_commands: int = 100
-    require_tls: bool = False
-    greet_pause: float = 0.0
-    route: tuple[str, ...] | None = None
-    timeout: float = 300.0
-
-    def allowed(self, ip: str) -> bool:
-        """True when ``ip`` may relay without AUTH."""
-        try:
-            addr = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if addr.version == 6 and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr.version == net.version and addr in net for net in self.allow)
-
-    def local(self, address: str) -> bool:
-        return address.rpartition("@")[2].lower().rstrip(".") in self.local_domains
-
-
-def parse_networks(items: Iterable[str]) -> tuple[IPNetwork, ...]:
-    """``["127.0.0.0/8", "::1"]`` as networks; ValueError names the bad item."""
-    out = []
-    for item in items:
-        try:
-            out.append(ipaddress.ip_network(item.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"not an IP address or CIDR network: {item!r}") from None
-    return tuple(out)
-
-
-def address_problem(command: str, arg: str) -> str | None:
-    """Why the path of a MAIL/RCPT argument is refused, or None when it is acceptable."""
-    keyword = "FROM:" if command == "MAIL" else "TO:"
-    if not arg[: len(keyword)].upper() == keyword:
-        return None  # aiosmtpd answers the syntax error
-    path = arg[len(keyword) :].lstrip()
-    if path.startswith("<"):
-        end = path.find(">")
-        rest = "" if end < 0 else path[end + 1 :]
-        path = path if end < 0 else path[: end + 1]
-        if path.count("<") != 1 or path.count(">") != 1 or rest[:1] not in ("", " "):
-            return "unbalanced angle brackets in address"
-    else:
-        path = path.split(" ", 1)[0]
-        if "<" in path or ">" in path:
-            return "unbalanced angle brackets in address"
-    if "\r" in path or "\n" in path:
-        return "CR or LF in address"
-    return None
-
-
-def has_bare_newline(data: bytes) -> bool:
-    """True when ``data`` holds a CR or LF that is not part of a CRLF pair."""
-    return _BARE_NEWLINE.search(data) is not None
-
-
-def with_enhanced_code(reply: str, command: str) -> str:
-    """``reply`` with an RFC 3463 status code after the reply code when it has none."""
-    if len(reply) < 4 or not reply[:3].isdigit() or _ENHANCED.match(reply):
-        return reply
-    code = int(reply[:3])
-    if code in (220, 334, 354) or command in ("EHLO", "HELO"):
-        return reply  # greeting, challenges and HELO/EHLO replies carry none (RFC 2034 section 4)
-    enhanced = _ENHANCED_250.get(command, "2.0.0") if code == 250 else _ENHANCED_BY_CODE.get(code, f"{code // 100}.0.0")
-    return f"{reply[:4]}{enhanced} {reply[4:]}"
-
-
-def received_header(
-    *, helo: str, ip: str, hostname: str, protocol: str, txid: str, recipients: list[str], now: float | None = None
-) -> bytes:
-    """A ``Received:`` trace field (RFC 5321 section 4.4); untrusted parts are made safe."""
-    helo = _HELO_UNSAFE.sub("_", helo or "unknown")[:64]
-    literal = f"IPv6:{ip}" if ":" in ip else ip
-    line = f"Received: from {helo} ([{literal}])\r\n\tby {hostname} (alertmail) with {protocol} id {txid}"
-    if len(recipients) == 1 and not _ADDRESS_UNSAFE.search(recipients[0]):
-        line += f"\r\n\tfor <{recipients[0]}>"
-    when = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc)
-    return f"{line}; {format_datetime(when)}\r\n".encode("ascii", "replace")
 
 
 class RelayHandler:
@@ -218,7 +126,7 @@ class RelayHandler:
         except QueueWriteError as exc:
             log.error("relay: cannot queue a message from %s: %s", smtp.client_ip, exc)
             return "452 4.3.1 Insufficient system storage"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.error("relay: the queue took longer than %ss; answered 451", PUT_TIMEOUT)
             return "451 4.3.0 Queue busy, try again later"
         return f"250 2.0.0 OK queued as {msg_id}"
@@ -339,7 +247,7 @@ class RelaySMTP(SMTP):
             # An early talker sends before the greeting: a spam engine that does not wait.
             try:
                 early = await asyncio.wait_for(self._reader.read(1), pause)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 early = None
             if early is not None:
                 if early:

@@ -7,11 +7,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from alertmail.plugins.relay import RelayConfigError, check_route
 from alertmail.plugins.relay_log import W3CLog, w3c_value
 from alertmail.plugins.relay_pickup import PickupError, parse_pickup
-from alertmail.plugins.relay_smtp import (
+from alertmail.plugins.relay_policy import (
     RelayPolicy,
     address_problem,
     has_bare_newline,
@@ -19,7 +18,14 @@ from alertmail.plugins.relay_smtp import (
     received_header,
     with_enhanced_code,
 )
-from alertmail.plugins.relay_users import Users, UsersFileError, check_password, hash_password, parse_users, set_password
+from alertmail.plugins.relay_users import (
+    Users,
+    UsersFileError,
+    check_password,
+    hash_password,
+    parse_users,
+    set_password,
+)
 
 
 @pytest.mark.parametrize(
@@ -162,7 +168,8 @@ def test_w3c_values_never_contain_spaces_or_line_breaks():
 def test_w3c_log_writes_directives_and_rolls_over_by_utc_date(tmp_path):
     log = W3CLog(tmp_path, "alertmail 1.0")
     day1 = time.mktime((2026, 3, 1, 23, 59, 0, 0, 0, 0)) - time.timezone
-    common = dict(client_ip="127.0.0.1", username=None, server_ip="127.0.0.1", server_port=2525, status=250, sent=10, received=20, taken_ms=3)
+    common = {"client_ip": "127.0.0.1", "username": None, "server_ip": "127.0.0.1", "server_port": 2525,
+              "status": 250, "sent": 10, "received": 20, "taken_ms": 3}
     log.record(method="EHLO", query="client name", now=day1, **common)
     log.record(method="QUIT", query="", now=day1 + 120, **common)
     log.close()

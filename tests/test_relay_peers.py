@@ -327,6 +327,25 @@ def test_sigterm_finishes_the_transaction_in_flight_and_exits_0(tmp_path, sink):
     assert len(received(sink, mid)) == 1
 
 
+def test_require_tls_refuses_mail_before_starttls(tmp_path, sink):
+    import ssl
+
+    cert, key = self_signed(tmp_path)
+    relay = start_relay(tmp_path / "relay", sink, {"tls_cert": str(cert), "tls_key": str(key), "require_tls": True})
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with smtplib.SMTP("127.0.0.1", relay.port, local_hostname="client.test", timeout=10) as client:
+            client.ehlo()
+            code, reply = client.docmd("MAIL", "FROM:<app@client.test>")
+            assert code == 530 and reply.startswith(b"5.7.0")
+            client.starttls(context=context)
+            client.ehlo()
+            assert client.mail("app@client.test")[0] == 250
+    finally:
+        assert relay.stop() == 0
+
+
 def test_queue_write_failure_answers_452_and_keeps_nothing(tmp_path, sink):
     """A file-size limit on the relay process makes writing a 100 KB queue file fail (EFBIG), as a full disk would."""
     import resource

@@ -27,7 +27,6 @@ from alertmail.rules import Rule, RuleEngine
 
 log = logging.getLogger("alertmail.agent")
 
-TICK = 1.0  # seconds between time-driven checks (reminders, absent series, group flushes)
 
 
 def self_rules(cfg: Config) -> list[Rule]:
@@ -104,7 +103,9 @@ class Agent:
     async def observe(self, samples: list[Sample], now: float) -> None:
         watched = [s for s in samples if any(rule.matches(s) for rule in self.rules)]
         self.history.add(watched)
-        self._hand_over(self.engine.observe(samples, now), now)
+        events = self.engine.observe(samples, now)
+        if events:
+            self._hand_over(events, now)
 
     async def tick(self) -> None:
         now = time.time()
@@ -235,7 +236,8 @@ class Agent:
 
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self._schedule_probes()
-        self.scheduler.add_job(self.tick, "interval", seconds=TICK, id="tick", coalesce=True, max_instances=1)
+        self.scheduler.add_job(self.tick, "interval", seconds=self.cfg.agent["resolution"], id="tick",
+                               coalesce=True, max_instances=1)
         heartbeat.schedule(self.scheduler, self)
         self.scheduler.add_listener(self._job_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         self.scheduler.start()

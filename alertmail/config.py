@@ -237,6 +237,8 @@ def resolve_secret(options: Mapping[str, Any], key: str) -> str | None:
 AGENT_OPTIONS: dict[str, Option] = {
     "state_dir": Option("path", "var", help="folder for pickup/, queue/, badmail/, logs/"),
     "interval": Option("duration", 10.0, help="default probe interval"),
+    "resolution": Option("duration", 5.0, help="how often time-driven checks run: reminders, group and digest "
+                         "flushes, absent series, silence changes"),
     "plugin_dirs": Option("list", [], help="folders of single-file plugins"),
     "timezone": Option("str", "UTC", help="IANA timezone for times in mails"),
     "hostname": Option("str", None, help="host name shown in mails; default: this machine's"),
@@ -343,6 +345,8 @@ def load_config(path: Path | str, plugins: Any = None) -> Config:
         if not valid_address(address):
             where = "mail.from" if i == 0 else f"mail.to[{i - 1}]"
             check.error(where, f"not a valid mail address: {address!r}; write it as user@example.com")
+    if agent.get("resolution") is not None and not 0.1 <= agent["resolution"] <= 60:
+        check.error("agent.resolution", "must lie between 100ms and 60s, e.g. \"5s\"")
     tz = agent.get("timezone")
     if tz:
         try:

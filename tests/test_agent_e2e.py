@@ -44,6 +44,7 @@ def write_config(folder: Path, extra: str = "") -> Path:
         [agent]
         state_dir = "var"
         interval = "1s"
+        resolution = "1s"
         plugin_dirs = ["plugins.d"]
         timezone = "Europe/Berlin"
 

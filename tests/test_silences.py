@@ -425,6 +425,7 @@ def write_agent_config(folder: Path) -> Path:
         [agent]
         state_dir = "var"
         interval = "1s"
+        resolution = "1s"
         plugin_dirs = ["plugins.d"]
 
         [mail]

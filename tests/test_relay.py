@@ -198,3 +198,22 @@ def test_relay_module_does_not_import_aiosmtpd():
     code = "import sys, alertmail.plugins.relay; print('aiosmtpd' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_pickup_takes_a_file_written_in_place_only_once_it_is_stable(tmp_path):
+    import os
+
+    from alertmail.plugins.relay_pickup import PickupWatcher
+
+    watcher = PickupWatcher(tmp_path, queue=None, badmail=None, hostname="relay.test", interval=1.0)
+    now = time.time_ns()
+    old, growing, hidden = tmp_path / "old.eml", tmp_path / "growing.eml", tmp_path / ".incoming.eml"
+    for path in (old, growing, hidden, tmp_path / "part.tmp"):
+        path.write_bytes(b"To: a@example.test\r\n\r\n")
+    os.utime(old, ns=(now - 5 * 10**9, now - 5 * 10**9))
+    os.utime(growing, ns=(now, now))
+    assert watcher._ready(now) == [old]  # fresh files wait; dot-names and *.tmp are never taken
+    growing.write_bytes(b"To: a@example.test\r\n\r\nmore")
+    os.utime(growing, ns=(now + 10**8, now + 10**8))
+    assert watcher._ready(now + 2 * 10**8) == [old]  # it changed since the last scan: still being written
+    assert watcher._ready(now + 4 * 10**8) == [growing, old]  # unchanged for one scan: taken

@@ -6,8 +6,9 @@ change counts more than an old one; the weighted number of changes, as a percent
 the 20 possible, is the "percent state change". A series starts flapping above 20 %
 and stops below 5 % (the gap between the two keeps it from flapping about flapping).
 
-A short history has fewer transitions and so a lower percent: a fresh series needs a
-few changes before it can flap, as in Nagios.
+A new series starts with a history of ok evaluations, as Nagios seeds it with the
+current state; that also makes a quiet series and a fresh one the same, so a snapshot
+can leave quiet series out and a restart changes nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class FlapHistory:
 
     __slots__ = ("bits", "count")
 
-    def __init__(self, bits: int = 0, count: int = 0) -> None:
+    def __init__(self, bits: int = 0, count: int = HISTORY) -> None:
         self.bits = bits & _MASK
         self.count = min(max(count, 0), HISTORY)
 

@@ -58,8 +58,20 @@ def load_or_exit(config_path: Path):
     return cfg, plugins
 
 
+# Commands that live next to the code they drive, imported only when they are run:
+# `alertmail run` then loads neither the replay nor the queue tooling.
+LAZY_COMMANDS: dict[str, str] = {
+    "probe": "alertmail.probing:probe_command",
+    "queue": "alertmail.queue_cli:queue_group",
+    "badmail": "alertmail.queue_cli:badmail_group",
+    "send-test": "alertmail.queue_cli:send_test",
+    "replay": "alertmail.replay:replay_command",
+    "silence": "alertmail.silence_cli:silence_command",
+}
+
+
 class AlertmailGroup(click.Group):
-    """Adds plugin commands (``register_commands``) lazily, only when asked for."""
+    """Imports built-in commands on first use and adds plugin commands (``register_commands``) lazily."""
 
     _plugins_added = False
 
@@ -76,6 +88,12 @@ class AlertmailGroup(click.Group):
 
     def get_command(self, ctx, name):
         command = super().get_command(ctx, name)
+        if command is None and name in LAZY_COMMANDS:
+            import importlib
+
+            module, _, attr = LAZY_COMMANDS[name].partition(":")
+            command = getattr(importlib.import_module(module), attr)
+            self.add_command(command, name)
         if command is None:
             self._add_plugin_commands()
             command = super().get_command(ctx, name)
@@ -83,7 +101,7 @@ class AlertmailGroup(click.Group):
 
     def list_commands(self, ctx):
         self._add_plugin_commands()
-        return super().list_commands(ctx)
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
 
 
 @click.group(cls=AlertmailGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -167,23 +185,6 @@ def init(output: Path, force: bool) -> None:
         sys.exit(ExitCode.USAGE)
     output.write_text(starter_config())
     click.echo(f"wrote {output}; check it with: alertmail check --config {output}")
-
-
-from alertmail.probing import probe_command  # noqa: E402  (defined there, next to the probe runner)
-
-cli.add_command(probe_command)
-
-from alertmail.queue_cli import badmail_group, queue_group, send_test  # noqa: E402
-
-cli.add_command(queue_group)
-cli.add_command(badmail_group)
-cli.add_command(send_test)
-
-from alertmail.replay import replay_command  # noqa: E402
-from alertmail.silence_cli import silence_command  # noqa: E402
-
-cli.add_command(replay_command)
-cli.add_command(silence_command)
 
 
 def main() -> None:

@@ -8,7 +8,6 @@ empty envelope sender of its own, so that it can never be bounced in turn.
 
 from __future__ import annotations
 
-import email.policy
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -17,6 +16,20 @@ from email.parser import BytesHeaderParser
 from email.utils import format_datetime, make_msgid
 
 from alertmail.queue import Entry, RecipientState
+
+
+def _smtp_policy():
+    """email.policy.SMTP, imported when a message is serialised, not when the agent starts."""
+    import email.policy
+
+    return email.policy.SMTP
+
+
+def _compat32_policy():
+    import email.policy
+
+    return email.policy.compat32
+
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -44,7 +57,7 @@ def is_delivery_report(data: bytes, sender: str) -> bool:
     """True for a message that must never be bounced: an empty sender, or a DSN/MDN itself."""
     if not sender or sender == "<>":
         return True
-    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(data[:65536])
+    headers = BytesHeaderParser(policy=_compat32_policy()).parsebytes(data[:65536])
     ctype = (headers.get_content_type() or "").lower()
     if ctype == "multipart/report":
         return True
@@ -90,7 +103,7 @@ def build_dsn(
         raise ValueError(f"action must be failed or delayed, got {action!r}")
     recipients = list(recipients)
     host = clean(hostname) or "localhost"
-    report = EmailMessage(policy=email.policy.SMTP)
+    report = EmailMessage(policy=_smtp_policy())
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{host}>"
     report["To"] = clean(entry.sender)
     if action == "failed":
@@ -104,11 +117,11 @@ def build_dsn(
     report.set_type("multipart/report")
     report.set_param("report-type", "delivery-status")
 
-    human = MIMEPart(policy=email.policy.SMTP)
+    human = MIMEPart(policy=_smtp_policy())
     human.set_content(_human_text(entry, recipients, action, host, will_retry_until))
     human["Content-Description"] = "Notification"
 
-    status = MIMEPart(policy=email.policy.SMTP)
+    status = MIMEPart(policy=_smtp_policy())
     status["Content-Type"] = "message/delivery-status"
     status["Content-Description"] = "Delivery report"
     per_message = Message()
@@ -133,7 +146,7 @@ def build_dsn(
         blocks.append(block)
     status.set_payload(blocks)
 
-    headers = MIMEPart(policy=email.policy.SMTP)
+    headers = MIMEPart(policy=_smtp_policy())
     headers.set_content(original_headers(data), subtype="rfc822-headers")
     headers["Content-Description"] = "Undelivered Message Headers"
 

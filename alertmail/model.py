@@ -50,6 +50,15 @@ class Sample:
         return dict(self.labels)
 
 
+def message_bytes(message: EmailMessage | bytes) -> bytes:
+    """The wire form of a message (CRLF line ends); bytes pass through as they are."""
+    if isinstance(message, bytes):
+        return message
+    import email.policy  # not at start-up: the idle agent never needs it
+
+    return message.as_bytes(policy=email.policy.SMTP)
+
+
 @dataclass(frozen=True, slots=True)
 class MetricInfo:
     """Describes a metric a probe emits, for `alertmail probe --list` and the docs."""

@@ -22,7 +22,6 @@ Before a mail is composed, two kinds of noise control apply:
 from __future__ import annotations
 
 import asyncio
-import email.policy
 import email.utils
 import json
 import logging
@@ -36,13 +35,14 @@ from typing import Any
 
 from alertmail.fsutil import write_atomic
 from alertmail.heartbeat import Journal
-from alertmail.model import Envelope
+from alertmail.model import Envelope, message_bytes
 from alertmail.render import RenderContext, header_safe, render_alert
 from alertmail.rules import AlertEvent, Rule
 from alertmail.silences import SilenceSet
 from alertmail.storm import StormGuard, render_digest
 
 log = logging.getLogger("alertmail.notifier")
+
 
 _DOMAIN_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
 
@@ -394,7 +394,7 @@ class Notifier:
         msg["X-Alertmail-Incident"] = " ".join(sorted({e.incident for e in events}))
         kinds = sorted({e.kind for e in events})
         msg["X-Alertmail-Kind"] = ",".join(kinds)
-        return Outgoing(msg.as_bytes(policy=email.policy.SMTP), Envelope(self.sender, tuple(to)), str(msg["Subject"]))
+        return Outgoing(message_bytes(msg), Envelope(self.sender, tuple(to)), str(msg["Subject"]))
 
     def _compose_digest(self, events: list[AlertEvent], since: float, rcpt: str, now: float) -> Outgoing:
         msg = render_digest(events, since, self.storm, self._context_base())
@@ -408,7 +408,7 @@ class Notifier:
         msg["X-Alertmail-Digest"] = str(len(events))
         for event in events:
             self.journal.record(event, f"digest:{rcpt}", now)
-        return Outgoing(msg.as_bytes(policy=email.policy.SMTP), Envelope(self.sender, (rcpt,)), str(msg["Subject"]), "digest")
+        return Outgoing(message_bytes(msg), Envelope(self.sender, (rcpt,)), str(msg["Subject"]), "digest")
 
     def _context_base(self) -> RenderContext:
         return RenderContext(hostname=self.hostname, timezone=self.timezone, subject_prefix=self.subject_prefix)

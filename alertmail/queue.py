@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -57,7 +56,7 @@ class QueueLocked(RuntimeError):
 
 def new_id() -> str:
     """A message id that sorts by creation time: milliseconds in hex, then randomness."""
-    return f"{time.time_ns() // 1_000_000:011x}{secrets.token_hex(4)}"
+    return f"{time.time_ns() // 1_000_000:011x}{os.urandom(4).hex()}"
 
 
 def valid_id(text: str) -> bool:
@@ -369,7 +368,7 @@ class Queue:
 
     def _write_file(self, path: Path, content: bytes) -> None:
         """Temp file (dot-named, so recovery drops it), fsync, rename; the folder is not fsynced here."""
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             try:

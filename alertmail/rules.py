@@ -49,7 +49,6 @@ reporting are forgotten after ``forget_after`` (unless the rule watches ``absent
 from __future__ import annotations
 
 import enum
-import hashlib
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -351,6 +350,8 @@ def rules_from_config(raw: Any, check: Any, *, default_to: Iterable[str]) -> lis
 def incident_id(rule: str, labels: Labels, fired_at: float, kind: str = "") -> str:
     """A stable id for one incident: the same inputs always give the same id."""
     text = "\x1f".join([rule, kind, repr(tuple(labels)), f"{fired_at:.6f}"])
+    import hashlib  # only when an incident starts: the idle agent does without it
+
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 

@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import re
-import secrets
 import tomllib
 import zoneinfo
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -406,7 +405,7 @@ class RuntimeSilences:
         now: float,
     ) -> Silence:
         silence = Silence(
-            id=secrets.token_hex(4),
+            id=os.urandom(4).hex(),
             schedule=Span(float(int(now)), float(int(now + duration))),
             rule=rule,
             labels=dict(labels or {}),

@@ -15,7 +15,6 @@ early rather than an event lost).
 
 from __future__ import annotations
 
-import html
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -131,6 +130,8 @@ def _row(event: AlertEvent, ctx: RenderContext) -> tuple[str, str, str, str, str
 
 def render_digest(events: Sequence[AlertEvent], backlog_since: float, guard: StormGuard, ctx: RenderContext) -> EmailMessage:
     """One mail listing every folded event (time, kind, rule, labels, value, severity), text and HTML."""
+    import html
+
     rules = sorted({e.rule.name for e in events})
     kinds: dict[str, int] = {}
     for event in events:

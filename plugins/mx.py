@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 
 from alertmail import DeliveryResult, Envelope, Option, RecipientStatus, hookimpl
 from alertmail.config import parse_address
-from alertmail.model import Status, TransportContext
+from alertmail.model import Status, TransportContext, message_bytes
 from alertmail.plugins.smtpclient import (
     TIMEOUT_OPTIONS,
     Endpoint,
@@ -52,7 +52,6 @@ from alertmail.plugins.smtpclient import (
     Timeouts,
     helo_name,
     is_ip,
-    message_bytes,
 )
 
 log = logging.getLogger("alertmail.transport.mx")

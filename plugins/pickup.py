@@ -6,8 +6,7 @@ or another MTA's pickup directory (IIS reads leading X-Sender / X-Receiver lines
 
 from __future__ import annotations
 
-import email.policy
-import secrets
+import os
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -15,7 +14,9 @@ from typing import ClassVar
 
 from alertmail import DeliveryResult, Envelope, Option, RecipientStatus, hookimpl
 from alertmail.fsutil import write_atomic
-from alertmail.model import Status, TransportContext
+from alertmail.model import Status, TransportContext, message_bytes
+
+
 
 
 class PickupTransport:
@@ -32,11 +33,11 @@ class PickupTransport:
         self.envelope = options.get("envelope", True)
 
     async def send(self, message: EmailMessage | bytes, envelope: Envelope) -> DeliveryResult:
-        data = message if isinstance(message, bytes) else message.as_bytes(policy=email.policy.SMTP)
+        data = message_bytes(message)
         if self.envelope:
             lines = [f"X-Sender: {envelope.sender}"] + [f"X-Receiver: {r}" for r in envelope.recipients]
             data = "\r\n".join(lines).encode("ascii", "backslashreplace") + b"\r\n" + data
-        name = f"{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(6)}.eml"
+        name = f"{time.strftime('%Y%m%d%H%M%S')}-{os.urandom(6).hex()}.eml"
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             write_atomic(self.directory / name, data)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.policy
 import ipaddress
 import logging
 import re
@@ -29,10 +28,11 @@ import ssl
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
 from alertmail.model import Option, RecipientStatus, Status
+
+
 
 if TYPE_CHECKING:
     import aiosmtplib
@@ -121,11 +121,6 @@ class SessionSettings:
                 context.verify_mode = ssl.CERT_NONE
             self._context = context
         return self._context
-
-
-def message_bytes(message: EmailMessage | bytes) -> bytes:
-    """The bytes to send: given bytes go as they are, a message is serialised once with CRLF."""
-    return message if isinstance(message, bytes) else message.as_bytes(policy=email.policy.SMTP)
 
 
 def is_ip(host: str) -> bool:

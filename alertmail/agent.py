@@ -22,7 +22,7 @@ from alertmail import heartbeat
 from alertmail.config import Config
 from alertmail.fsutil import write_atomic
 from alertmail.history import History
-from alertmail.model import Sample, ServiceContext, TransportContext
+from alertmail.model import Sample
 from alertmail.rules import Rule, RuleEngine
 
 log = logging.getLogger("alertmail.agent")
@@ -55,7 +55,6 @@ class Agent:
         self.engine = RuleEngine(self.rules)
         self.history = History()
         self.probes: dict[str, Any] = {}
-        self.services: list[Any] = []
         self.missed: dict[str, int] = {}
         self._stop = asyncio.Event()
         self._state_file = self.state_dir / "rules-state.json"
@@ -165,28 +164,14 @@ class Agent:
 
     # -- life cycle --------------------------------------------------------
     async def start(self) -> None:
-        from alertmail.delivery import Delivery, RetryPolicy, build_transports
         from alertmail.notifier import Notifier
-        from alertmail.queue import Queue
+        from alertmail.outbox import Outbox
 
         cfg = self.cfg
-        for sub in ("pickup", "queue", "badmail", "logs"):
-            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(cfg, self.plugins)
+        await self.outbox.open()
+        self.queue = self.outbox.queue
         self._restore_state()
-        self.queue = Queue(self.state_dir / "queue")
-        await self.queue.start()
-        context = TransportContext(state_dir=self.state_dir, hostname=cfg.hostname, config_path=cfg.path)
-        self.transports = build_transports(cfg, self.plugins, context)
-        self.delivery = Delivery(
-            self.queue,
-            self.transports,
-            policy=RetryPolicy.from_config(cfg.sections.get("queue", {})),
-            state_dir=self.state_dir,
-            hostname=cfg.hostname,
-            default_route=cfg.mail["route"],
-            concurrency=cfg.sections.get("queue", {}).get("concurrency") or 8,
-        )
-        await self.delivery.start()
         notify = cfg.sections.get("notify", {})
         self.notifier = Notifier(
             sender=cfg.mail["from"],
@@ -205,7 +190,7 @@ class Agent:
         self.notifier.configure_noise(cfg, self.rules)  # [[silences]] and the storm cap
         self._mail_queue: asyncio.Queue = asyncio.Queue()
         self._mailer_task = asyncio.create_task(self._mailer(), name="mailer")
-        await self._start_services()
+        await self.outbox.start_services(self.plugins.services)
         self._start_scheduler()
         log.info(
             "watching %s with %d probes and %d rules; mail goes %s",
@@ -217,18 +202,6 @@ class Agent:
         from alertmail.context import collect_context
 
         return collect_context(events, self.history.get)
-
-    async def _start_services(self) -> None:
-        for cls in self.plugins.services:
-            options = self.cfg.sections.get(getattr(cls, "section", ""), {})
-            if not options.get("enabled"):
-                continue
-            service = cls()
-            ctx = ServiceContext(config=self.cfg, options=options, queue=self.queue,
-                                 state_dir=self.state_dir, hostname=self.cfg.hostname)
-            await service.start(ctx)
-            self.services.append(service)
-            log.info("service %s started", cls.name)
 
     def _start_scheduler(self) -> None:
         from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
@@ -308,11 +281,9 @@ class Agent:
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             scheduler.shutdown(wait=False)
-        for service in reversed(self.services):
-            try:
-                await asyncio.wait_for(service.stop(), 30)
-            except Exception:
-                log.exception("service %s did not stop cleanly", getattr(service, "name", service))
+        outbox = getattr(self, "outbox", None)
+        if outbox is not None:
+            await outbox.stop_services()
         if hasattr(self, "notifier"):
             try:
                 await asyncio.wait_for(self._mail_queue.join(), 60)
@@ -320,18 +291,9 @@ class Agent:
                 log.error("mails still being rendered after 60 s; stopping without them")
             self._mailer_task.cancel()
             await self.notifier.flush(force=True)
-        self._save_state()
-        if hasattr(self, "delivery"):
-            await self.delivery.stop()
-        for transport in getattr(self, "transports", {}).values():
-            close = getattr(transport, "close", None)
-            if close is not None:
-                try:
-                    await asyncio.wait_for(close(), 10)
-                except Exception:
-                    log.debug("closing transport %s failed", transport.name, exc_info=True)
-        if hasattr(self, "queue"):
-            await self.queue.close()
+            self._save_state()
+        if outbox is not None:
+            await outbox.close()
 
     def request_stop(self) -> None:
         self._stop.set()

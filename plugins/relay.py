@@ -183,55 +183,22 @@ async def serve(cfg: Any, plugins: Any, services: Sequence[type], *, ready: Call
     Stop order: services first (no new mail; transactions in flight finish and are
     queued), then delivery (attempts in flight finish), then the queue.
     """
-    from alertmail.delivery import Delivery, RetryPolicy, build_transports
-    from alertmail.model import TransportContext
-    from alertmail.queue import Queue
+    from alertmail.outbox import Outbox
 
-    state_dir = Path(cfg.state_dir)
-    for sub in ("pickup", "queue", "badmail", "logs"):
-        (state_dir / sub).mkdir(parents=True, exist_ok=True)
-    queue_options = cfg.sections.get("queue", {})
-    queue = Queue(state_dir / "queue")
-    await queue.start()
-    transports = build_transports(cfg, plugins, TransportContext(state_dir=state_dir, hostname=cfg.hostname, config_path=cfg.path))
-    delivery = Delivery(
-        queue, transports, policy=RetryPolicy.from_config(queue_options), state_dir=state_dir,
-        hostname=cfg.hostname, default_route=cfg.mail["route"], concurrency=queue_options.get("concurrency") or 8,
-    )
+    outbox = Outbox(cfg, plugins)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    started: list[Any] = []
     try:
-        await delivery.start()
-        for cls in services:
-            service = cls()
-            context = ServiceContext(
-                config=cfg, options=cfg.sections.get(cls.section, {}), queue=queue,
-                state_dir=state_dir, hostname=cfg.hostname,
-            )
-            await service.start(context)
-            started.append(service)
+        await outbox.open()
+        started = await outbox.start_services(services, only_enabled=False)
         if ready is not None:
             ready(started)
         await stop.wait()
         log.info("stopping: no new mail; finishing transactions in flight")
     finally:
-        for service in reversed(started):
-            try:
-                await asyncio.wait_for(service.stop(), 120)
-            except Exception:
-                log.exception("service %s did not stop cleanly", getattr(service, "name", service))
-        await delivery.stop()
-        for transport in transports.values():
-            close = getattr(transport, "close", None)
-            if close is not None:
-                try:
-                    await asyncio.wait_for(close(), 10)
-                except Exception:
-                    log.debug("closing transport %s failed", getattr(transport, "name", "?"), exc_info=True)
-        await queue.close()
+        await outbox.close()
 
 
 @click.group("relay", invoke_without_command=True)

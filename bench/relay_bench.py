@@ -145,7 +145,8 @@ def run_relay(folder: Path, sink_port: int, args: argparse.Namespace, event_loop
             before = sum(process.cpu_times()[:2])
             seconds, ok, error = smtp_source(port, args, reused)
             queue = relay.state_dir / "queue"
-            drained = wait_empty(lambda queue=queue: sum(1 for p in queue.iterdir() if p.suffix == ".msg"), args.timeout)
+            # A commit round's segment file goes once every message in it is finished.
+            drained = wait_empty(lambda queue=queue: sum(1 for p in queue.iterdir() if p.suffix == ".seg"), args.timeout)
             cpu = sum(process.cpu_times()[:2]) - before
         finally:
             relay.stop()

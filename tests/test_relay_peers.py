@@ -360,7 +360,7 @@ def test_queue_write_failure_answers_452_and_keeps_nothing(tmp_path, sink):
     finally:
         resource.prlimit(relay.proc.pid, resource.RLIMIT_FSIZE, limits)
     queue = relay.state_dir / "queue"
-    assert not [p for p in queue.iterdir() if p.suffix == ".msg" or p.name.endswith(".tmp")]
+    assert not [p for p in queue.iterdir() if p.suffix == ".seg" or p.name.endswith(".tmp")], "nothing half-written is kept"
     after = message_id()
     assert "250 2.0.0" in send(relay, "--to", "bob@example.test", mid=after)
     assert len(received(sink, after)) == 1 and received(sink, mid, timeout=0.5) == []

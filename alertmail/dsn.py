@@ -46,7 +46,10 @@ def remote_host(remote: str) -> str:
     if remote.startswith("["):
         return remote[1:].split("]", 1)[0]
     host, sep, port = remote.rpartition(":")
-    return host if sep and port.isdigit() and ":" not in host else remote
+    if not (sep and port.isdigit() and ":" not in host):
+        host = remote
+    # "mx1.example.test[127.0.0.2]", as transports write it: the name is the host.
+    return host.split("[", 1)[0] or host
 
 
 def rfc_date(when: float) -> str:

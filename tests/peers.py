@@ -113,11 +113,15 @@ class SmtpSink:
     def messages(self) -> list[Received]:
         """Every message received so far, oldest first, with its envelope."""
         out = []
-        for path in sorted(self.folder.iterdir(), key=lambda p: (p.stat().st_mtime, p.name)):
+        found = []
+        for path in self.folder.iterdir():
             if path.name.startswith("."):
                 continue
-            out.append(Received.parse(path.read_bytes()))
-        return out
+            try:  # smtp-sink removes the dump of a transaction cut short, at any moment
+                found.append((path.stat().st_mtime, path.name, path.read_bytes()))
+            except FileNotFoundError:
+                continue
+        return [Received.parse(data) for _, _, data in sorted(found)]
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list[Received]:
         deadline = time.monotonic() + timeout

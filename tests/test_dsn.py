@@ -90,6 +90,11 @@ def test_status_codes_follow_rfc_3463(code, enhanced, action, expected):
 
 def test_remote_host_drops_the_port():
     assert remote_host("mx1.example.test:25") == "mx1.example.test"
+
+
+def test_remote_host_names_the_host_of_a_name_and_address_pair():
+    assert remote_host("mx1.example.test[127.0.0.2]:25") == "mx1.example.test"
+    assert remote_host("[127.0.0.2]:25") == "127.0.0.2"
     assert remote_host("[::1]:2525") == "::1"
     assert remote_host("127.0.0.1") == "127.0.0.1"
 

@@ -16,7 +16,7 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,6 +153,8 @@ class Delivery:
         self.default_route = list(default_route)
         self.concurrency = max(1, concurrency)
         self.badmail = Badmail(self.state_dir / "badmail")
+        # Called after each transport's try: (entry, transport name, envelope, result, seconds, size).
+        self.observers: list[Callable[[Entry, str, Envelope, DeliveryResult, float, int], None]] = []
         self._due: list[tuple[float, str]] = []  # heap of (next_try, id)
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -265,8 +267,14 @@ class Delivery:
             if not remaining:
                 break
             envelope = Envelope(entry.sender, tuple(remaining))
+            started = time.monotonic()
             result = await send_via(self.transports.get(name), name, data, envelope, self.policy.send_timeout)
             now = time.time()
+            for observe in self.observers:
+                try:
+                    observe(entry, name, envelope, result, time.monotonic() - started, len(data))
+                except Exception:
+                    log.exception("a delivery observer failed")
             for rcpt in remaining:
                 entry.recipients[rcpt].record(result.recipients[rcpt], name, now)
             remaining = result.temporary

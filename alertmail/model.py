@@ -205,3 +205,4 @@ class ServiceContext:
     queue: Any  # alertmail.queue.Queue: ``await queue.put(data, envelope)``
     state_dir: Any  # pathlib.Path
     hostname: str
+    delivery: Any = None  # alertmail.delivery.Delivery: ``delivery.observers`` sees every attempt

@@ -58,7 +58,8 @@ class Outbox:
                 continue
             service = cls()
             await service.start(ServiceContext(config=self.cfg, options=options, queue=self.queue,
-                                               state_dir=self.state_dir, hostname=self.cfg.hostname))
+                                               state_dir=self.state_dir, hostname=self.cfg.hostname,
+                                               delivery=self.delivery))
             self.services.append(service)
             started.append(service)
             log.info("service %s started", getattr(cls, "name", cls.__name__))

@@ -133,12 +133,24 @@ class RelayService:
             await self.server.stop(0)
             raise
         self._flusher = asyncio.create_task(self._flush_log(), name="relay-log-flush")
+        if context.delivery is not None:
+            self._delivery = context.delivery
+            self._delivery.observers.append(self._log_attempt)
         if opts["pickup"]:
             self.pickup = PickupWatcher(
                 state_dir / "pickup", context.queue, Badmail(state_dir / "badmail"), hostname,
                 interval=opts["pickup_interval"], max_size=opts["max_size"], route=route,
             )
             await self.pickup.start()
+
+    def _log_attempt(self, entry: Any, transport: str, envelope: Any, result: Any, seconds: float, size: int) -> None:
+        """One W3C line per recipient of each delivery attempt, as IIS logs its outbound sessions."""
+        for rcpt, status in result.recipients.items():
+            self.w3c.record(
+                client_ip=status.remote or "-", username=transport, server_ip="-", server_port=0,
+                method="DELIVER", query=f"id={entry.id}&to={rcpt}&status={status.status.value}",
+                status=status.code, sent=size, received=0, taken_ms=int(seconds * 1000),
+            )
 
     async def _flush_log(self) -> None:
         """Idle sessions write no lines; this makes the last ones reach the file within a second."""
@@ -153,6 +165,9 @@ class RelayService:
 
     async def stop(self) -> None:
         """Stop accepting, let transactions in flight finish, stop the pickup watcher."""
+        delivery = getattr(self, "_delivery", None)
+        if delivery is not None and self._log_attempt in delivery.observers:
+            delivery.observers.remove(self._log_attempt)
         if self.server is not None:
             await self.server.stop(self._stop_timeout)
         if self.pickup is not None:

@@ -177,6 +177,29 @@ def test_w3c_log_has_its_directives_and_no_secret(relay):
     assert secret not in text and "horse" not in text and "YWxpY2U" not in text
 
 
+def test_w3c_log_has_a_line_per_delivery_attempt(relay, sink):
+    import uuid
+
+    tag = uuid.uuid4().hex[:8]
+    rcpts = [f"bob-{tag}@example.test", f"carol-{tag}@example.test"]
+    mid = message_id()
+    assert "250 2.0.0" in send(relay, "--to", ",".join(rcpts), mid=mid)
+    assert len(received(sink, mid)) == 1
+
+    def deliveries() -> list[str]:
+        text = "".join(p.read_text() for p in (relay.state_dir / "logs").glob("relay*.log"))
+        return [line for line in text.splitlines() if " DELIVER " in line and tag in line]
+
+    deadline = time.monotonic() + 10
+    while len(deliveries()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    lines = sorted(deliveries(), key=lambda line: "carol" in line)
+    assert len(lines) == 2, lines
+    for rcpt, line in zip(rcpts, lines):
+        fields = line.split(" ")
+        assert fields[6] == "DELIVER" and fields[7].endswith(f"&to={rcpt}&status=delivered") and fields[8] == "250", line
+
+
 def test_bare_lf_smuggling_produces_no_second_message(relay, sink, tmp_path):
     smuggled = message_id()
     data = tmp_path / "data"

@@ -13,7 +13,7 @@ import os
 import re
 import socket
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,15 @@ def parse_address(value: Any, default_port: int | None = None) -> tuple[str, int
     if not 0 < port < 65536:
         raise ValueError(f"port {port} out of range 1-65535")
     return host, port
+
+
+def did_you_mean(name: str, known: Iterable[str], *, fmt: str = "{!r}", listing: str = "known") -> str:
+    """The fix for an unknown name: the closest known one, or the list of them."""
+    known = sorted(known)
+    hint = difflib.get_close_matches(name, known, n=1)
+    if hint:
+        return f"did you mean {fmt.format(hint[0])}?"
+    return f"{listing}: {', '.join(known)}"
 
 
 def _convert(option: Option, value: Any, base: Path) -> Any:
@@ -193,9 +202,7 @@ class Checker:
                 if extra_ok:
                     out[key] = value
                     continue
-                hint = difflib.get_close_matches(key, list(options), n=1)
-                fix = f"did you mean {hint[0]!r}?" if hint else f"known keys: {', '.join(sorted(options))}"
-                self.error(where, f"unknown key; {fix}")
+                self.error(where, f"unknown key; {did_you_mean(key, options, listing='known keys')}")
                 continue
             try:
                 out[key] = _convert(option, value, self.base)
@@ -367,8 +374,7 @@ def load_config(path: Path | str, plugins: Any = None) -> Config:
     known |= set(service_sections)
     for key in raw:
         if key not in known:
-            hint = difflib.get_close_matches(key, sorted(known), n=1)
-            check.error(key, "unknown section; " + (f"did you mean [{hint[0]}]?" if hint else f"known sections: {', '.join(sorted(known))}"))
+            check.error(key, f"unknown section; {did_you_mean(key, known, fmt='[{}]', listing='known sections')}")
 
     # Transports: each [transports.NAME] table is checked against its class's options.
     raw_transports = raw.get("transports", {})
@@ -378,14 +384,12 @@ def load_config(path: Path | str, plugins: Any = None) -> Config:
     for name, table in raw_transports.items():
         cls = plugins.transports.get(name)
         if cls is None:
-            hint = difflib.get_close_matches(name, list(plugins.transports), n=1)
-            check.error(f"transports.{name}", "no such transport; " + (f"did you mean {hint[0]!r}?" if hint else f"installed: {', '.join(sorted(plugins.transports))}"))
+            check.error(f"transports.{name}", f"no such transport; {did_you_mean(name, plugins.transports, listing='installed')}")
             continue
         cfg.transports[name] = check.table(f"transports.{name}", table, getattr(cls, "options", {}))
     for i, name in enumerate(mail["route"]):
         if name not in plugins.transports:
-            hint = difflib.get_close_matches(name, list(plugins.transports), n=1)
-            check.error(f"mail.route[{i}]", f"no transport named {name!r}; " + (f"did you mean {hint[0]!r}?" if hint else f"installed: {', '.join(sorted(plugins.transports))}"))
+            check.error(f"mail.route[{i}]", f"no transport named {name!r}; {did_you_mean(name, plugins.transports, listing='installed')}")
         elif name not in cfg.transports:
             cfg.transports[name] = check.table(f"transports.{name}", {}, getattr(plugins.transports[name], "options", {}))
 
@@ -397,8 +401,7 @@ def load_config(path: Path | str, plugins: Any = None) -> Config:
     for name, table in raw_probes.items():
         probe = plugins.probes.get(name)
         if probe is None:
-            hint = difflib.get_close_matches(name, list(plugins.probes), n=1)
-            check.error(f"probes.{name}", "no such probe; " + (f"did you mean {hint[0]!r}?" if hint else f"installed: {', '.join(sorted(plugins.probes))}"))
+            check.error(f"probes.{name}", f"no such probe; {did_you_mean(name, plugins.probes, listing='installed')}")
             continue
         cfg.probes[name] = check.table(f"probes.{name}", table, {**PROBE_OPTIONS, **(getattr(probe, "options", None) or {})})
         # Options a schema cannot express (e.g. the process probe's watch list) are the probe's to check.

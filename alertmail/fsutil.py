@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -14,11 +15,21 @@ def fsync_dir(folder: Path | str) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path | str, data: bytes, *, mode: int = 0o640, sync: bool = True) -> Path:
+def write_atomic(
+    path: Path | str,
+    data: bytes,
+    *,
+    mode: int = 0o640,
+    sync: bool = True,
+    sync_folder: bool = True,
+    fsynced: Callable[[], None] | None = None,
+) -> Path:
     """Write ``data`` to ``path`` so a reader sees the whole file or none of it.
 
     The temp name starts with a dot, so folder watchers skip it. With ``sync`` the
-    data and the rename are on disk when this returns. On failure nothing is left behind.
+    data (and, with ``sync_folder``, the rename) are on disk when this returns;
+    ``fsynced`` is called after each fsync (the queue counts them). On failure
+    nothing is left behind.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
@@ -30,12 +41,16 @@ def write_atomic(path: Path | str, data: bytes, *, mode: int = 0o640, sync: bool
                 view = view[os.write(fd, view) :]
             if sync:
                 os.fsync(fd)
+                if fsynced is not None:
+                    fsynced()
         finally:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if sync:
+    if sync and sync_folder:
         fsync_dir(path.parent)
+        if fsynced is not None:
+            fsynced()
     return path

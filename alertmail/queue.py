@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alertmail.fsutil import fsync_dir, write_atomic
 from alertmail.model import Envelope, RecipientStatus, Status
 
 log = logging.getLogger("alertmail.queue")
@@ -368,30 +369,11 @@ class Queue:
 
     def _write_file(self, path: Path, content: bytes) -> None:
         """Temp file (dot-named, so recovery drops it), fsync, rename; the folder is not fsynced here."""
-        tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            try:
-                view = memoryview(content)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if self.fsync:
-                    os.fsync(fd)
-                    self.stats.fsynced()
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_atomic(path, content, sync=self.fsync, sync_folder=False, fsynced=self.stats.fsynced)
 
     def _fsync_folder(self) -> None:
-        fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-            self.stats.fsynced()
-        finally:
-            os.close(fd)
+        fsync_dir(self.folder)
+        self.stats.fsynced()
 
     # -- reading and updating -------------------------------------------------
 

@@ -16,7 +16,6 @@ the process's own name or command line: those are chosen by whoever started the 
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import os
 import time
@@ -27,6 +26,7 @@ from typing import Any, ClassVar
 import psutil
 
 from alertmail import MetricInfo, Option, Sample, hookimpl
+from alertmail.config import did_you_mean
 
 # Below this span CPU-time deltas are mostly clock-tick rounding (see system.MIN_SPAN).
 MIN_SPAN = 0.2
@@ -70,8 +70,7 @@ def parse_watch(value: Any) -> list[Watch]:
         bad = False
         for key, item in entry.items():
             if key not in WATCH_KEYS:
-                hint = difflib.get_close_matches(key, WATCH_KEYS, n=1)
-                problems.append(f"{where}.{key}: unknown key; " + (f"did you mean {hint[0]!r}?" if hint else f"known keys: {', '.join(WATCH_KEYS)}"))
+                problems.append(f"{where}.{key}: unknown key; {did_you_mean(key, WATCH_KEYS, listing='known keys')}")
                 bad = True
             elif not isinstance(item, str) or not item:
                 problems.append(f"{where}.{key}: expected a non-empty string, got {item!r}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ QUEUE_OPTIONS: dict[str, Option] = {
     "concurrency": Option("int", 8, help="messages delivered at the same time"),
     "route_retry": Option("any", {}, help="retry schedules per route, keyed by the route's first transport: { mx = [\"5m\", \"1h\"] }"),
     "send_timeout": Option("duration", 600.0, help="longest one transport may take for one message"),
-    "scan_interval": Option("duration", 1.0, help="how often requests from the command line are picked up"),
+    "scan_interval": Option("duration", 5.0, help="how often requests from the command line are picked up"),
 }
 register_section("queue", QUEUE_OPTIONS)
 
@@ -60,7 +61,7 @@ class RetryPolicy:
     expire: float = 172800.0
     route_intervals: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     send_timeout: float = 600.0
-    scan_interval: float = 1.0
+    scan_interval: float = 5.0
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> RetryPolicy:
@@ -153,6 +154,7 @@ class Delivery:
         self.default_route = list(default_route)
         self.concurrency = max(1, concurrency)
         self.badmail = Badmail(self.state_dir / "badmail")
+        self._control_stamp: int | None = None  # mtime of queue/control when last read
         # Called after each transport's try: (entry, transport name, envelope, result, seconds, size).
         self.observers: list[Callable[[Entry, str, Envelope, DeliveryResult, float, int], None]] = []
         self._due: list[tuple[float, str]] = []  # heap of (next_try, id)
@@ -225,6 +227,15 @@ class Delivery:
 
     async def _take_requests(self, now: float) -> None:
         """Carry out what ``alertmail queue retry/delete`` and ``badmail resend`` asked for."""
+        # One stat of the folder tells whether anything was asked: no thread, no listing, when idle.
+        try:
+            stamp = os.stat(self.queue.folder / "control").st_mtime_ns
+        except FileNotFoundError:
+            return
+        if stamp == self._control_stamp:
+            return
+        # A change in the last second may hide a later one with the same coarse timestamp: look again next time.
+        self._control_stamp = stamp if time.time_ns() - stamp > 1_000_000_000 else None
         for action, msg_id in await asyncio.to_thread(self.queue.take_requests):
             try:
                 if action == "resend":

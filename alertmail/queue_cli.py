@@ -2,7 +2,7 @@
 
 While an agent runs it owns the queue (a lock file); then ``retry``, ``delete`` and
 ``badmail resend`` leave a request in ``queue/control/`` that the agent carries out
-within a second. With no agent running they act on the folders directly.
+within [queue].scan_interval (5 s by default). With no agent running they act on the folders directly.
 """
 
 from __future__ import annotations

@@ -1,0 +1,45 @@
+"""Every benchmark script still runs: a smoke run of each with small numbers.
+
+The figures themselves are not judged here (the machines are shared and noisy);
+the scripts print them, and the docs quote runs made by hand.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.peers import need
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+RUNS = {
+    "agent_idle.py": ["--seconds", "4", "--settle", "3"],
+    "probe_cost.py": ["2"],
+    "queue_bench.py": ["-n", "100"],
+    "relay_bench.py": ["--quick"],
+    "relay_crash.py": ["--messages", "200", "--clients", "4", "--kill-after", "60"],
+    "render_mail.py": ["off", "--runs", "2"],
+    "replay_storm.py": ["--hours", "1", "--burst", "50"],
+    "rule_engine.py": ["--series", "50", "--ticks", "5"],
+    "transport_smtp.py": ["100", "1"],
+}
+NEEDS = {"queue_bench.py": ["smtp-sink"], "relay_bench.py": ["smtp-sink", "smtp-source", "postfix"],
+         "relay_crash.py": ["smtp-sink"], "transport_smtp.py": ["smtp-sink"]}
+
+
+def test_every_benchmark_script_has_a_smoke_run():
+    assert sorted(p.name for p in BENCH.glob("*.py")) == sorted(RUNS)
+
+
+@pytest.mark.parametrize("script", sorted(RUNS))
+def test_benchmark_script_runs_and_prints_figures(script):
+    for binary in NEEDS.get(script, []):
+        need(binary)
+    result = subprocess.run([sys.executable, str(BENCH / script), *RUNS[script]],
+                            capture_output=True, text=True, timeout=240, cwd=BENCH.parent)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert any(ch.isdigit() for ch in result.stdout), result.stdout

@@ -56,6 +56,7 @@ class Agent:
         self.history = History()
         self.probes: dict[str, Any] = {}
         self.missed: dict[str, int] = {}
+        self._groups: dict[str, list[str]] = {}  # scheduler job id -> probes sharing that interval
         self._stop = asyncio.Event()
         self._state_file = self.state_dir / "rules-state.json"
 
@@ -216,17 +217,35 @@ class Agent:
         self.scheduler.start()
 
     def _schedule_probes(self) -> None:
-        for name in self.probes:
-            if self.scheduler.get_job(f"probe:{name}"):
-                self.scheduler.remove_job(f"probe:{name}")
+        """One job per interval: probes that share an interval wake the agent once, not once each.
+
+        Every probe still runs on its own interval, with its own timeout, in its own
+        worker; a run of the group lasts at most its longest timeout, which is at most
+        the interval, so one slow probe cannot hold back the next run of the others.
+        """
+        for job in self.scheduler.get_jobs():
+            if job.id.startswith("probes:"):
+                job.remove()
         self.probes = self._configure_probes()
-        for name, (probe, interval, timeout) in self.probes.items():
+        groups: dict[float, list[str]] = {}
+        for name, (_, interval, _) in self.probes.items():
+            groups.setdefault(interval, []).append(name)
+        self._groups = {f"probes:{interval:g}s": names for interval, names in groups.items()}
+        for job_id, names in self._groups.items():
+            interval = self.probes[names[0]][1]
             self.scheduler.add_job(
-                self.run_probe, "interval", args=(name, probe, timeout), id=f"probe:{name}", name=name,
+                self.run_probes, "interval", args=(names,), id=job_id, name=", ".join(names),
                 seconds=interval, jitter=min(interval * 0.1, 5.0), coalesce=True, max_instances=1,
-                misfire_grace_time=max(1, int(interval)),
-                next_run_time=_soon(interval),
+                misfire_grace_time=max(1, int(interval)), next_run_time=_soon(interval),
             )
+
+    async def run_probes(self, names: list[str]) -> None:
+        runs = []
+        for name in names:
+            if name in self.probes:
+                probe, _, timeout = self.probes[name]
+                runs.append(self.run_probe(name, probe, timeout))
+        await asyncio.gather(*runs)
 
     def reload(self) -> bool:
         """Re-read the config (SIGHUP). A config with any problem is refused whole and the running one stays."""
@@ -264,18 +283,20 @@ class Agent:
         """A skipped run is never silent: an overlap is an overrun sample, a missed run a logged counter."""
         from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 
-        if not str(event.job_id).startswith("probe:"):
+        names = self._groups.get(str(event.job_id))
+        if not names:
             return
-        name = event.job_id.split(":", 1)[1]
         now = time.time()
         if event.code == EVENT_JOB_MAX_INSTANCES:
-            log.warning("probe %s: run skipped, the previous run is still going (overrun)", name)
-            sample = Sample("agent.probe_overrun", 1.0, {"probe": name}, now)
+            log.warning("probes %s: run skipped, the previous run is still going (overrun)", ", ".join(names))
+            samples = [Sample("agent.probe_overrun", 1.0, {"probe": name}, now) for name in names]
         else:
-            log.warning("probe %s: run missed its time (the agent was stalled); it runs at the next slot", name)
-            self.missed[name] = self.missed.get(name, 0) + 1
-            sample = Sample("agent.probe_missed", float(self.missed[name]), {"probe": name}, now)
-        asyncio.ensure_future(self.observe([sample], now))
+            log.warning("probes %s: run missed its time (the agent was stalled); they run at the next slot", ", ".join(names))
+            samples = []
+            for name in names:
+                self.missed[name] = self.missed.get(name, 0) + 1
+                samples.append(Sample("agent.probe_missed", float(self.missed[name]), {"probe": name}, now))
+        asyncio.ensure_future(self.observe(samples, now))
 
     async def stop(self) -> None:
         scheduler = getattr(self, "scheduler", None)

@@ -13,7 +13,7 @@ import os
 import re
 import socket
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,6 +319,21 @@ def valid_address(address: str) -> bool:
     return isinstance(address, str) and len(address) <= 254 and bool(_ADDRESS.fullmatch(address))
 
 
+def _plugin_tables(check: Checker, raw: Mapping[str, Any], section: str, registry: Mapping[str, Any], kind: str,
+                   options_of: Callable[[Any], Mapping[str, Option]]) -> Iterator[tuple[str, Any, dict[str, Any]]]:
+    """(name, plugin object, checked table) for each [SECTION.NAME] table naming an installed plugin."""
+    tables = raw.get(section, {})
+    if not isinstance(tables, dict):
+        check.error(section, f"expected tables like [{section}.NAME]")
+        return
+    for name, table in tables.items():
+        obj = registry.get(name)
+        if obj is None:
+            check.error(f"{section}.{name}", f"no such {kind}; {did_you_mean(name, registry, listing='installed')}")
+            continue
+        yield name, obj, check.table(f"{section}.{name}", table, options_of(obj))
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
@@ -377,16 +392,9 @@ def load_config(path: Path | str, plugins: Any = None) -> Config:
             check.error(key, f"unknown section; {did_you_mean(key, known, fmt='[{}]', listing='known sections')}")
 
     # Transports: each [transports.NAME] table is checked against its class's options.
-    raw_transports = raw.get("transports", {})
-    if not isinstance(raw_transports, dict):
-        check.error("transports", "expected tables like [transports.pickup]")
-        raw_transports = {}
-    for name, table in raw_transports.items():
-        cls = plugins.transports.get(name)
-        if cls is None:
-            check.error(f"transports.{name}", f"no such transport; {did_you_mean(name, plugins.transports, listing='installed')}")
-            continue
-        cfg.transports[name] = check.table(f"transports.{name}", table, getattr(cls, "options", {}))
+    for name, _, table in _plugin_tables(check, raw, "transports", plugins.transports, "transport",
+                                         lambda cls: getattr(cls, "options", {})):
+        cfg.transports[name] = table
     for i, name in enumerate(mail["route"]):
         if name not in plugins.transports:
             check.error(f"mail.route[{i}]", f"no transport named {name!r}; {did_you_mean(name, plugins.transports, listing='installed')}")
@@ -394,16 +402,9 @@ def load_config(path: Path | str, plugins: Any = None) -> Config:
             cfg.transports[name] = check.table(f"transports.{name}", {}, getattr(plugins.transports[name], "options", {}))
 
     # Probes: [probes.NAME] tables; common keys plus the probe's own ``options``.
-    raw_probes = raw.get("probes", {})
-    if not isinstance(raw_probes, dict):
-        check.error("probes", "expected tables like [probes.cpu]")
-        raw_probes = {}
-    for name, table in raw_probes.items():
-        probe = plugins.probes.get(name)
-        if probe is None:
-            check.error(f"probes.{name}", f"no such probe; {did_you_mean(name, plugins.probes, listing='installed')}")
-            continue
-        cfg.probes[name] = check.table(f"probes.{name}", table, {**PROBE_OPTIONS, **(getattr(probe, "options", None) or {})})
+    for name, probe, table in _plugin_tables(check, raw, "probes", plugins.probes, "probe",
+                                             lambda probe: {**PROBE_OPTIONS, **(getattr(probe, "options", None) or {})}):
+        cfg.probes[name] = table
         # Options a schema cannot express (e.g. the process probe's watch list) are the probe's to check.
         from alertmail.probing import COMMON_KEYS, configure_probe
 

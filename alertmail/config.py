@@ -53,8 +53,11 @@ def parse_duration(value: Any) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """The inverse of parse_duration, for messages: 90 -> "1m30s"."""
-    seconds = int(round(seconds))
+    """The inverse of parse_duration, for messages: 90 -> "1m30s".
+
+    A negative span (a clock that stepped back, a stamp from the future) reads "0s".
+    """
+    seconds = max(0, int(round(seconds)))
     if seconds == 0:
         return "0s"
     parts = []

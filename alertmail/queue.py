@@ -155,9 +155,10 @@ class QueueStats:
 class Queue:
     """The spool folder: ``put`` makes a message durable; delivery reads, updates and removes entries."""
 
-    def __init__(self, folder: Path, *, fsync: bool = True) -> None:
+    def __init__(self, folder: Path, *, fsync: bool = True, clock: Callable[[], float] = time.time) -> None:
         self.folder = Path(folder)
         self.fsync = fsync
+        self.clock = clock  # stamps ``created`` and the first ``next_try``; tests pass their own
         self.stats = QueueStats()
         self._entries: dict[str, Entry] = {}
         self._live: dict[str, set[str]] = {}  # segment -> ids not yet finished
@@ -297,7 +298,7 @@ class Queue:
         for address in (envelope.sender, *envelope.recipients):
             if "\r" in address or "\n" in address:
                 raise ValueError(f"CR or LF in envelope address {address!r}")
-        now = time.time()
+        now = self.clock()
         entry = Entry(
             id=new_id(),
             created=now,

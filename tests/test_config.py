@@ -37,6 +37,11 @@ def test_format_duration_round_trips(seconds):
     assert parse_duration(format_duration(seconds)) == seconds
 
 
+@pytest.mark.parametrize("seconds", [-1, -0.4, -320800])
+def test_format_duration_reads_a_negative_span_as_zero(seconds):
+    assert format_duration(seconds) == "0s"
+
+
 @pytest.mark.parametrize(("text", "size"), [("10MB", 10_000_000), ("512KiB", 524288), ("100", 100), (2048, 2048), ("1.5 GB", 1_500_000_000)])
 def test_sizes_parse_to_bytes(text, size):
     assert parse_size(text) == size

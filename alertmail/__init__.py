@@ -1,26 +1,105 @@
-"""alertmail: watch a machine, mail people when it needs them."""
+"""alertmail: watch a machine, mail people when it needs them.
 
+This module is the public API: everything a plugin (bundled or third-party) may use is
+named in ``__all__`` and imported from here, never from the modules behind it. The
+values that flow through every stage are imported at once; the queue, badmail, outbox
+and command-line helpers load on first use, so a probe plugin costs the agent nothing more.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from alertmail.config.schema import Checker, ConfigError, Option, did_you_mean, resolve_secret
+from alertmail.errors import AlertmailError
+from alertmail.exitcodes import ExitCode
+from alertmail.fsutil import fsync_dir, write_atomic
 from alertmail.hookspecs import hookimpl
 from alertmail.model import (
     DeliveryResult,
     Envelope,
     MetricInfo,
-    Option,
     Probe,
     RecipientStatus,
     Sample,
+    ServiceContext,
+    Status,
+    Transport,
+    TransportContext,
+    message_bytes,
 )
+from alertmail.units import format_duration, parse_address, parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from alertmail.cli.options import DEFAULT_CONFIG, config_option, load_or_exit, setup_logging
+    from alertmail.delivery.outbox import Outbox
+    from alertmail.queue.badmail import Badmail, split_envelope
+    from alertmail.queue.spool import QueueLocked, QueueWriteError
 
 __version__ = "0.1.0"
 
+# name -> module, imported on first access (PEP 562).
+_LAZY = {
+    "Badmail": "alertmail.queue.badmail",
+    "split_envelope": "alertmail.queue.badmail",
+    "QueueLocked": "alertmail.queue.spool",
+    "QueueWriteError": "alertmail.queue.spool",
+    "Outbox": "alertmail.delivery.outbox",
+    "DEFAULT_CONFIG": "alertmail.cli.options",
+    "config_option": "alertmail.cli.options",
+    "load_or_exit": "alertmail.cli.options",
+    "setup_logging": "alertmail.cli.options",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'alertmail' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
-    "DeliveryResult",
-    "Envelope",
-    "MetricInfo",
-    "Option",
-    "Probe",
-    "RecipientStatus",
-    "Sample",
+    # plugins and hooks
     "hookimpl",
+    "Probe",
+    "Sample",
+    "MetricInfo",
+    "Transport",
+    "TransportContext",
+    "ServiceContext",
+    # mail and its delivery
+    "Envelope",
+    "Status",
+    "RecipientStatus",
+    "DeliveryResult",
+    "message_bytes",
+    "Outbox",
+    "QueueWriteError",
+    "QueueLocked",
+    "Badmail",
+    "split_envelope",
+    # configuration
+    "Option",
+    "Checker",
+    "ConfigError",
+    "did_you_mean",
+    "resolve_secret",
+    "parse_address",
+    "parse_duration",
+    "parse_size",
+    "format_duration",
+    # errors, files, the command line
+    "AlertmailError",
+    "ExitCode",
+    "write_atomic",
+    "fsync_dir",
+    "DEFAULT_CONFIG",
+    "config_option",
+    "load_or_exit",
+    "setup_logging",
     "__version__",
 ]

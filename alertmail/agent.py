@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alertmail import heartbeat
-from alertmail.config import Config
+from alertmail.config.load import Config
 from alertmail.fsutil import write_atomic
-from alertmail.history import History
 from alertmail.model import Sample
-from alertmail.rules import Rule, RuleEngine
+from alertmail.notify import heartbeat
+from alertmail.probes.history import History
+from alertmail.rules.engine import Rule, RuleEngine
 
 log = logging.getLogger("alertmail.agent")
 
@@ -63,7 +63,7 @@ class Agent:
     # -- probes ------------------------------------------------------------
     def _configure_probes(self) -> dict[str, tuple[Any, float, float]]:
         """name -> (probe, interval, timeout) for every enabled probe that takes its options."""
-        from alertmail.probing import configure_probe, probe_settings
+        from alertmail.probes.runner import configure_probe, probe_settings
 
         out = {}
         for name, probe in self.plugins.probes.items():
@@ -82,7 +82,7 @@ class Agent:
         return out
 
     async def run_probe(self, name: str, probe: Any, timeout: float) -> None:
-        from alertmail.probing import run_probe
+        from alertmail.probes.runner import run_probe
 
         try:
             result = await run_probe(probe, timeout)
@@ -165,8 +165,8 @@ class Agent:
 
     # -- life cycle --------------------------------------------------------
     async def start(self) -> None:
-        from alertmail.notifier import Notifier
-        from alertmail.outbox import Outbox
+        from alertmail.delivery.outbox import Outbox
+        from alertmail.notify.notifier import Notifier
 
         cfg = self.cfg
         self.outbox = Outbox(cfg, self.plugins)
@@ -200,7 +200,7 @@ class Agent:
 
     def _mail_context(self, events: list) -> dict:
         """Top processes and disk growth for the mail; runs with the rendering, off the event loop."""
-        from alertmail.context import collect_context
+        from alertmail.render.context import collect_context
 
         return collect_context(events, self.history.get)
 
@@ -249,7 +249,8 @@ class Agent:
 
     def reload(self) -> bool:
         """Re-read the config (SIGHUP). A config with any problem is refused whole and the running one stays."""
-        from alertmail.config import ConfigError, load_config
+        from alertmail.config.load import load_config
+        from alertmail.config.schema import ConfigError
 
         try:
             cfg = load_config(self.cfg.path, self.plugins)

@@ -19,6 +19,7 @@ from typing import Any
 import pluggy
 
 from alertmail import hookspecs
+from alertmail.errors import AlertmailError
 
 log = logging.getLogger("alertmail.plugins")
 
@@ -26,11 +27,11 @@ ENTRY_POINT_GROUP = "alertmail"
 
 # Module paths, as in datasette's DEFAULT_PLUGINS.
 BUNDLED_PLUGINS: tuple[str, ...] = (
-    "alertmail.plugins.system",
-    "alertmail.plugins.process",
-    "alertmail.plugins.pickup",
-    "alertmail.plugins.smtp",
-    "alertmail.plugins.mx",
+    "alertmail.plugins.probes.system",
+    "alertmail.plugins.probes.process",
+    "alertmail.plugins.transports.pickup",
+    "alertmail.plugins.transports.smtp",
+    "alertmail.plugins.transports.mx",
     "alertmail.plugins.relay",
 )
 
@@ -50,7 +51,7 @@ class PluginInfo:
     services: list[str] = field(default_factory=list)
 
 
-class PluginError(Exception):
+class PluginError(AlertmailError):
     """A plugin broke the plugin contract (e.g. a misspelt hook name)."""
 
 

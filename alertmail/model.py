@@ -7,7 +7,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from alertmail.config.schema import Option
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -83,17 +86,6 @@ class Probe:
     interval: float | None = None
     description: str = ""
     metrics: tuple[MetricInfo, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Option:
-    """One key of a transport's or service's configuration table."""
-
-    kind: str  # "str", "int", "float", "bool", "duration", "size", "list", "path", "address"
-    default: Any = None
-    required: bool = False
-    help: str = ""
-    choices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,24 +168,6 @@ class TransportContext:
     state_dir: Any  # pathlib.Path
     hostname: str
     config_path: Any = None  # pathlib.Path of the config file, for relative paths
-
-
-@runtime_checkable
-class Service(Protocol):
-    """A long-running part started with the agent (the relay's listener, its pickup watcher).
-
-    Registered as a class through ``register_services``. ``section`` names its config
-    table (``[relay]``), checked against ``options``; the agent builds the service
-    with no arguments and calls ``start`` only when the table says ``enabled = true``.
-    """
-
-    name: ClassVar[str]
-    section: ClassVar[str]
-    options: ClassVar[Mapping[str, Option]]
-
-    async def start(self, context: ServiceContext) -> None: ...
-
-    async def stop(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ import time
 import psutil
 
 from alertmail.loader import load_plugins
-from alertmail.probing import run_probe
+from alertmail.probes.runner import run_probe
 
 OPTIONS = {"process": {"watch": [{"name": "python", "match": "python*"}, {"name": "sh", "cmdline": "*sh*"}]}}
 

@@ -76,12 +76,12 @@ async def bare_client(port: int, messages: list[bytes]) -> float:
 
 
 async def through_queue(port: int, messages: list[bytes], folder: Path, concurrency: int) -> dict[str, float]:
-    from alertmail.plugins.smtp import SmtpTransport
+    from alertmail.plugins.transports.smtp import SmtpTransport
 
-    from alertmail.config import Checker
-    from alertmail.delivery import Delivery, RetryPolicy
+    from alertmail.config.schema import Checker
+    from alertmail.delivery.delivery import Delivery, RetryPolicy
     from alertmail.model import Envelope, TransportContext
-    from alertmail.queue import Queue
+    from alertmail.queue.spool import Queue
 
     check = Checker(folder)
     options = check.table("transports.smtp", {"servers": [f"127.0.0.1:{port}"], "tls": "none"}, SmtpTransport.options)

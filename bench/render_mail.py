@@ -39,8 +39,8 @@ def main() -> None:
     import pluggy  # noqa: F401
     import psutil  # noqa: F401
 
-    from alertmail.render import RenderContext, render_alert
-    from alertmail.rules import AlertEvent, Rule
+    from alertmail.render.mail import RenderContext, render_alert
+    from alertmail.rules.engine import AlertEvent, Rule
 
     idle = rss_mib()
     now = time.time()

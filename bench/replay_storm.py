@@ -30,20 +30,20 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=200)
     args = parser.parse_args()
 
-    import alertmail.config  # noqa: F401
-    import alertmail.render  # noqa: F401
-    import alertmail.rules  # noqa: F401
+    import alertmail.config.load  # noqa: F401
+    import alertmail.render.mail  # noqa: F401
+    import alertmail.rules.engine  # noqa: F401
 
     before = rss_mb()
-    import alertmail.heartbeat  # noqa: F401
-    import alertmail.silences  # noqa: F401
-    import alertmail.storm  # noqa: F401
+    import alertmail.notify.heartbeat  # noqa: F401
+    import alertmail.notify.silences  # noqa: F401
+    import alertmail.notify.storm  # noqa: F401
 
     after = rss_mb()
 
     from alertmail.model import Sample
     from alertmail.replay import replay
-    from alertmail.rules import Rule
+    from alertmail.rules.engine import Rule
 
     t0 = 1795698000.0
     rules = [Rule(name=f"r{i}", metric=f"m{i}", above=90, to=("ops@example.test",)) for i in range(args.series)]

@@ -17,7 +17,7 @@ import time
 import tracemalloc
 
 from alertmail.model import Sample
-from alertmail.rules import Rule, RuleEngine
+from alertmail.rules.engine import Rule, RuleEngine
 
 RULES = [
     Rule("plain", "gauge", above=90, clear=80, repeat=3600),

@@ -112,7 +112,6 @@ class SmtpSink:
 
     def messages(self) -> list[Received]:
         """Every message received so far, oldest first, with its envelope."""
-        out = []
         found = []
         for path in self.folder.iterdir():
             if path.name.startswith("."):

@@ -5,17 +5,12 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from alertmail.config import (
-    ConfigError,
-    format_duration,
-    load_config,
-    parse_address,
-    parse_duration,
-    parse_size,
-    valid_address,
-)
+from alertmail.config.load import load_config
+from alertmail.config.schema import ConfigError
+from alertmail.units import format_duration, parse_address, parse_duration, parse_size, valid_address
 
 
 @pytest.mark.parametrize(

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from alertmail.badmail import Badmail
-from alertmail.config import Checker
-from alertmail.delivery import Delivery, RetryPolicy
+from alertmail.config.schema import Checker
+from alertmail.delivery.delivery import Delivery, RetryPolicy
 from alertmail.model import Envelope, TransportContext
-from alertmail.queue import Queue
+from alertmail.queue.badmail import Badmail
+from alertmail.queue.spool import Queue
 from tests.peers import SmtpSink, free_port
 
 FAST = RetryPolicy(intervals=(0.3,), delay_notice=0.0, expire=60.0, send_timeout=10.0, scan_interval=0.1)
@@ -43,7 +43,7 @@ def message_id(data: bytes) -> str:
 
 def smtp_transport(address: str, state_dir: Path, **extra: object):
     """The bundled smtp transport pointed at a loopback server, plain text, short timeouts."""
-    from alertmail.plugins.smtp import SmtpTransport
+    from alertmail.plugins.transports.smtp import SmtpTransport
 
     table = {"servers": [address], "tls": "none", "connect_timeout": "2s", "command_timeout": "5s",
              "data_timeout": "5s", "idle_timeout": "0", **extra}
@@ -54,7 +54,7 @@ def smtp_transport(address: str, state_dir: Path, **extra: object):
 
 
 def pickup_transport(state_dir: Path, folder: Path):
-    from alertmail.plugins.pickup import PickupTransport
+    from alertmail.plugins.transports.pickup import PickupTransport
 
     return PickupTransport({"directory": folder, "envelope": True}, TransportContext(state_dir=state_dir, hostname="h"))
 

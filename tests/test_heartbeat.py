@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from alertmail.config import ConfigError, load_config
-from alertmail.heartbeat import Heartbeat, Journal, mail_outcomes, queue_figures, schedule, summarise
+from alertmail.config.load import load_config
+from alertmail.config.schema import ConfigError
 from alertmail.model import Envelope
-from alertmail.notifier import Notifier
-from alertmail.rules import AlertEvent, Rule
-from alertmail.silences import RuntimeSilences, SilenceSet
+from alertmail.notify.heartbeat import Heartbeat, mail_outcomes, queue_figures, schedule, summarise
+from alertmail.notify.journal import Journal
+from alertmail.notify.notifier import Notifier
+from alertmail.notify.silences import RuntimeSilences, SilenceSet
+from alertmail.rules.engine import AlertEvent, Rule
 
 OPS = "ops@test.example"
 DISK = Rule(name="disk-full", metric="disk.used_percent", above=90, to=(OPS,))
@@ -59,7 +61,7 @@ def test_summary_counts_events_and_firing_time_within_the_period_only():
 
 def test_heartbeat_mail_summarises_alerts_silences_and_the_queue(tmp_path):
     async def run():
-        from alertmail.queue import Queue
+        from alertmail.queue.spool import Queue
 
         # The queue's clock follows the test's calendar: each mail is queued when it is notified.
         now = [START]
@@ -103,7 +105,7 @@ def test_heartbeat_mail_summarises_alerts_silences_and_the_queue(tmp_path):
 
 def test_queue_figures_count_deferred_messages_and_badmail_in_the_period(tmp_path):
     async def run():
-        from alertmail.queue import Queue
+        from alertmail.queue.spool import Queue
 
         queue = Queue(tmp_path / "queue", fsync=False)
         await queue.start()
@@ -187,7 +189,7 @@ def test_heartbeat_config_mistakes_are_reported(tmp_path):
 
 
 def test_journal_rotates_and_reads_both_files(tmp_path, monkeypatch):
-    import alertmail.heartbeat as hb
+    import alertmail.notify.journal as hb
 
     monkeypatch.setattr(hb, "ROTATE_AT", 200)
     journal = Journal(tmp_path / "alerts.jsonl")

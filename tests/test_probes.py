@@ -13,11 +13,11 @@ from collections import namedtuple
 
 import psutil
 import pytest
+from alertmail.plugins.probes import system
+from alertmail.plugins.probes.process import ProcessProbe, parse_watch
 
 from alertmail import Sample
-from alertmail.plugins import system
-from alertmail.plugins.process import ProcessProbe, parse_watch
-from alertmail.probing import configure_probe
+from alertmail.probes.runner import configure_probe
 
 Part = namedtuple("Part", "device mountpoint fstype opts")
 
@@ -289,7 +289,7 @@ def test_configure_problems_come_back_with_the_probe_key_path():
 
 def test_process_probe_never_counts_the_agent_itself(marker):
     code = (
-        "import sys; from alertmail.plugins.process import ProcessProbe; p = ProcessProbe(); "
+        "import sys; from alertmail.plugins.probes.process import ProcessProbe; p = ProcessProbe(); "
         "p.configure({'watch': [{'name': 'me', 'cmdline': '*' + sys.argv[1] + '*'}]}); "
         "print(int(p.collect()[0].value))"
     )
@@ -300,8 +300,8 @@ def test_process_probe_never_counts_the_agent_itself(marker):
 def test_metric_catalogue_documents_every_bundled_metric_with_its_unit():
     from pathlib import Path
 
+    from alertmail.cli.probe import catalogue
     from alertmail.loader import load_plugins
-    from alertmail.probing import catalogue
 
     doc = (Path(__file__).parent.parent / "docs" / "metrics.md").read_text()
     rows = {line.split("|")[1].strip().strip("`"): line.split("|")[2].strip() for line in doc.splitlines() if line.startswith("| `")}

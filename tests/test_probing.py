@@ -14,8 +14,9 @@ from click.testing import CliRunner
 
 from alertmail import Probe, Sample
 from alertmail.cli import cli
+from alertmail.cli.probe import catalogue, format_value
 from alertmail.loader import load_plugins
-from alertmail.probing import ProbeRun, catalogue, format_value, run_all_once, run_probe
+from alertmail.probes.runner import ProbeRun, run_all_once, run_probe
 
 
 def good_probe(name: str = "good") -> Probe:
@@ -305,7 +306,7 @@ def test_a_probe_stuck_for_good_does_not_keep_the_command_from_exiting(tmp_path)
 
 
 def test_configure_problems_keep_their_key_paths_under_the_probe_table():
-    from alertmail.probing import configure_probe
+    from alertmail.probes.runner import configure_probe
 
     class Picky:
         name = "picky"
@@ -320,7 +321,7 @@ def test_configure_problems_keep_their_key_paths_under_the_probe_table():
 
 
 def test_idle_worker_thread_ends_and_the_probe_still_runs_later(monkeypatch):
-    from alertmail import probing
+    from alertmail.probes import runner as probing
 
     monkeypatch.setattr(probing, "WORKER_IDLE", 0.1)
     probe = good_probe("idle")

@@ -12,14 +12,7 @@ import textwrap
 import pytest
 
 from alertmail.model import Envelope
-from alertmail.queue import (
-    Entry,
-    Queue,
-    QueueLocked,
-    QueueWriteError,
-    RecipientState,
-    valid_id,
-)
+from alertmail.queue.spool import Entry, Queue, QueueLocked, QueueWriteError, RecipientState, valid_id
 from tests.peers import SmtpSink
 from tests.test_delivery import sink_folder
 
@@ -167,7 +160,7 @@ def test_a_second_process_cannot_own_the_same_queue(tmp_path):
             [sys.executable, "-c", textwrap.dedent(f"""
                 import asyncio
                 from pathlib import Path
-                from alertmail.queue import Queue, QueueLocked
+                from alertmail.queue.spool import Queue, QueueLocked
                 try:
                     asyncio.run(Queue(Path({str(tmp_path / 'queue')!r})).start())
                 except QueueLocked:
@@ -188,7 +181,7 @@ def test_put_that_cannot_be_written_raises_and_leaves_nothing(tmp_path):
         import asyncio, resource, signal
         from pathlib import Path
         from alertmail.model import Envelope
-        from alertmail.queue import Queue, QueueWriteError
+        from alertmail.queue.spool import Queue, QueueWriteError
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         async def main():
             queue = Queue(Path({str(tmp_path / 'queue')!r}))
@@ -315,9 +308,9 @@ def test_queue_delete_and_retry_act_directly_when_no_agent_runs(tmp_path):
 
 
 def test_queue_retry_is_handed_to_the_running_agent(tmp_path):
-    from alertmail.plugins.pickup import PickupTransport
+    from alertmail.plugins.transports.pickup import PickupTransport
 
-    from alertmail.delivery import Delivery, RetryPolicy
+    from alertmail.delivery.delivery import Delivery, RetryPolicy
     from alertmail.model import TransportContext
 
     config = write_config(tmp_path)
@@ -373,7 +366,7 @@ def test_send_test_reports_each_recipient_and_exits_by_the_worst_result(tmp_path
 
 
 def test_badmail_list_and_resend_without_a_running_agent(tmp_path):
-    from alertmail.badmail import Badmail
+    from alertmail.queue.badmail import Badmail
 
     config = write_config(tmp_path)
     bad = tmp_path / "var" / "badmail"

@@ -7,10 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from alertmail.plugins.relay import RelayConfigError, check_route
-from alertmail.plugins.relay_log import W3CLog, w3c_value
-from alertmail.plugins.relay_pickup import PickupError, parse_pickup
-from alertmail.plugins.relay_policy import (
+from alertmail.plugins.relay.policy import (
     RelayPolicy,
     address_problem,
     has_bare_newline,
@@ -18,14 +15,10 @@ from alertmail.plugins.relay_policy import (
     received_header,
     with_enhanced_code,
 )
-from alertmail.plugins.relay_users import (
-    Users,
-    UsersFileError,
-    check_password,
-    hash_password,
-    parse_users,
-    set_password,
-)
+from alertmail.plugins.relay.service import RelayConfigError, check_route
+from alertmail.plugins.relay.users import Users, UsersFileError, check_password, hash_password, parse_users, set_password
+from alertmail.plugins.relay.w3c import W3CLog, w3c_value
+from alertmail.plugins.relay.watcher import PickupError, parse_pickup
 
 
 @pytest.mark.parametrize(
@@ -203,7 +196,7 @@ def test_relay_module_does_not_import_aiosmtpd():
 def test_pickup_takes_a_file_written_in_place_only_once_it_is_stable(tmp_path):
     import os
 
-    from alertmail.plugins.relay_pickup import PickupWatcher
+    from alertmail.plugins.relay.watcher import PickupWatcher
 
     watcher = PickupWatcher(tmp_path, queue=None, badmail=None, hostname="relay.test", interval=1.0)
     now = time.time_ns()

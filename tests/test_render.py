@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from alertmail.context import ProcessRow, collect_context, growth_per_second, resource_of
-from alertmail.render import RenderContext, human_duration, render_alert, subject
-from alertmail.rules import AlertEvent, Rule
+from alertmail.render.context import ProcessRow, collect_context, growth_per_second, resource_of
+from alertmail.render.mail import RenderContext, human_duration, render_alert, subject
+from alertmail.rules.engine import AlertEvent, Rule
 
 REPO = Path(__file__).resolve().parents[1]
 # 2025-01-15 13:03 UTC is 14:03 CET in Berlin (winter time).
@@ -109,8 +109,9 @@ def test_chart_is_a_png_of_640_by_240_that_decodes():
     msg = reparse(render_alert([event()], context(charts="in-process")))
     data = images(msg)[0].get_content()
     assert png_size(data) == (640, 240)
-    from PIL import Image  # matplotlib depends on Pillow, so it is there wherever charts are drawn
     import io
+
+    from PIL import Image  # matplotlib depends on Pillow, so it is there wherever charts are drawn
 
     picture = Image.open(io.BytesIO(data))
     picture.load()
@@ -121,7 +122,7 @@ def test_chart_is_a_png_of_640_by_240_that_decodes():
 def test_default_renders_charts_in_a_child_process_and_keeps_matplotlib_out():
     # A fresh interpreter: the agent's process must not grow by matplotlib's ~50 MB.
     code = (
-        "import sys, tests.test_render as t; from alertmail.render import render_alert;"
+        "import sys, tests.test_render as t; from alertmail.render.mail import render_alert;"
         "msg = render_alert([t.event()], t.context(charts='subprocess'));"
         "imgs = t.images(msg); print(len(imgs), t.png_size(imgs[0].get_content()), 'matplotlib' in sys.modules)"
     )
@@ -131,7 +132,7 @@ def test_default_renders_charts_in_a_child_process_and_keeps_matplotlib_out():
 
 
 def test_importing_the_renderer_loads_neither_jinja2_nor_matplotlib():
-    code = ("import sys, alertmail.render, alertmail.chart, alertmail.context;"
+    code = ("import sys, alertmail.render.mail, alertmail.render.chart, alertmail.render.context;"
             "print(sorted(m for m in ('jinja2', 'matplotlib', 'numpy') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -272,7 +273,7 @@ def test_disk_alert_shows_size_free_growth_and_time_to_full():
 @pytest.mark.parametrize("broken", ["{% if %}", "{{ no_such_variable }}", "{{ alerts[0].rule.nope() }}", "{{ 1 // 0 }}"])
 def test_broken_user_template_falls_back_to_the_builtin_one_with_a_warning(tmp_path, caplog, broken):
     (tmp_path / "alert.html.j2").write_text(f"<p>mine</p>{broken}")
-    with caplog.at_level(logging.WARNING, logger="alertmail.render"):
+    with caplog.at_level(logging.WARNING, logger="alertmail.render.mail"):
         msg = reparse(render_alert([event()], context(templates_dir=tmp_path)))
     assert "Sent by alertmail on web01" in html_of(msg)
     assert "<p>mine</p>" not in html_of(msg)
@@ -326,8 +327,8 @@ def test_collect_context_leaves_out_what_it_cannot_read():
 
 
 def test_a_flap_that_settles_ok_is_announced_as_a_recovery():
-    from alertmail.render import RenderContext, subject
-    from alertmail.rules import AlertEvent, Rule
+    from alertmail.render.mail import RenderContext, subject
+    from alertmail.rules.engine import AlertEvent, Rule
 
     rule = Rule(name="disk-busy", metric="disk.busy_percent", above=90, clear=80, severity="warning", to=("ops@example.com",))
     event = AlertEvent(kind="flap-ended", rule=rule, labels=(), value=50.0, threshold=90.0, comparison=">",

@@ -15,17 +15,10 @@ from pathlib import Path
 import pytest
 
 from alertmail.model import Sample
-from alertmail.replay import (
-    CollectedMail,
-    SampleFileError,
-    SampleWriter,
-    html_with_data_uris,
-    read_samples,
-    replay,
-    write_mail_files,
-)
-from alertmail.rules import Rule
-from alertmail.silences import SilenceSet, silence_from_table
+from alertmail.notify.silences import SilenceSet, silence_from_table
+from alertmail.probes.samples import SampleFileError, SampleWriter, read_samples
+from alertmail.replay import CollectedMail, html_with_data_uris, replay, write_mail_files
+from alertmail.rules.engine import Rule
 
 DATA = Path(__file__).parent / "data"
 OPS = "ops@test.example"
@@ -185,7 +178,7 @@ def test_replay_command_prints_timeline_and_mails_and_renders_them(tmp_path):
 
 def test_record_runs_each_probe_at_its_interval_and_writes_replayable_samples(tmp_path):
     from alertmail.model import Probe
-    from alertmail.replay import record
+    from alertmail.probes.samples import record
 
     calls = {"fast": 0, "slow": 0}
 

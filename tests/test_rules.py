@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from alertmail.flapping import FlapHistory
 from alertmail.model import Sample
-from alertmail.rules import AlertEvent, Rule, RuleEngine, State, incident_id
-from alertmail.window import WINDOW_BUCKETS, Window
+from alertmail.rules.engine import AlertEvent, Rule, RuleEngine, State, incident_id
+from alertmail.rules.flapping import FlapHistory
+from alertmail.rules.window import WINDOW_BUCKETS, Window
 
 
 def run(engine: RuleEngine, points, metric: str = "m", labels=None, tick: bool = True) -> list[AlertEvent]:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from alertmail.config import Checker, ConfigError, load_config
-from alertmail.rules import Rule, check_address, rules_from_config
+from alertmail.config.load import load_config
+from alertmail.config.schema import Checker, ConfigError
+from alertmail.rules.engine import Rule, check_address, rules_from_config
 
 
 def check_rules(text: str, default_to=("ops@example.com",)) -> tuple[list[Rule], list[str]]:

@@ -15,19 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from alertmail.config import ConfigError, load_config
-from alertmail.notifier import Notifier
+from alertmail.config.load import load_config
+from alertmail.config.schema import ConfigError
+from alertmail.notify.notifier import Notifier
+from alertmail.notify.silences import Cron, RuntimeSilences, Silence, SilenceSet, Span, Weekly, from_config
 from alertmail.replay import MailCollector
-from alertmail.rules import AlertEvent, Rule
-from alertmail.silences import (
-    Cron,
-    RuntimeSilences,
-    Silence,
-    SilenceSet,
-    Span,
-    Weekly,
-    from_config,
-)
+from alertmail.rules.engine import AlertEvent, Rule
 
 UTC = dt.timezone.utc
 
@@ -38,7 +31,7 @@ def at(text: str) -> float:
 
 
 def weekly(days: str, start: str, end: str, tz: str) -> Weekly:
-    from alertmail.silences import silence_from_table
+    from alertmail.notify.silences import silence_from_table
 
     table = {"days": days.split(","), "start": start, "end": end, "timezone": tz}
     schedule = silence_from_table(table, index=0, default_tz="UTC").schedule

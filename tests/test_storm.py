@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from alertmail.config import ConfigError, load_config
-from alertmail.replay import read_samples, replay
-from alertmail.rules import Rule
-from alertmail.storm import StormGuard
+from alertmail.config.load import load_config
+from alertmail.config.schema import ConfigError
+from alertmail.notify.storm import StormGuard
+from alertmail.probes.samples import read_samples
+from alertmail.replay import replay
+from alertmail.rules.engine import Rule
 
 DATA = Path(__file__).parent / "data"
 OPS = "ops@test.example"
@@ -116,8 +118,8 @@ def test_cap_too_small_for_its_digests_is_a_config_error(tmp_path):
 
 
 def test_notify_does_not_wait_for_a_flush_that_is_still_queueing(tmp_path):
-    from alertmail.notifier import Notifier
-    from alertmail.rules import AlertEvent
+    from alertmail.notify.notifier import Notifier
+    from alertmail.rules.engine import AlertEvent
 
     class SlowQueue:
         def __init__(self) -> None:

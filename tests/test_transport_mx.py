@@ -10,10 +10,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from alertmail.plugins.transports.mx import MxTransport
 
-from alertmail.config import Checker
+from alertmail.config.schema import Checker
 from alertmail.model import Envelope, Status, TransportContext
-from alertmail.plugins.mx import MxTransport
 from tests.certs import make_tls_files
 from tests.peers import Dnsmasq, SmtpSink, free_port
 from tests.test_transport_smtp import MESSAGE, Recorder
@@ -262,7 +262,7 @@ def test_transport_is_loaded_as_a_bundled_plugin():
 
 
 def test_every_transport_option_is_documented():
-    from alertmail.plugins.smtp import SmtpTransport
+    from alertmail.plugins.transports.smtp import SmtpTransport
 
     text = (Path(__file__).parent.parent / "docs" / "transports.md").read_text()
     missing = [f"{cls.name}.{key}" for cls in (SmtpTransport, MxTransport) for key in cls.options if f"`{key}`" not in text]

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from alertmail.plugins.transports.smtp import SmtpTransport
 
-from alertmail.config import Checker
+from alertmail.config.schema import Checker
 from alertmail.model import Envelope, Status, TransportContext
-from alertmail.plugins.smtp import SmtpTransport
 from tests.certs import TlsFiles, make_tls_files
 from tests.peers import SmtpSink, free_port
 
@@ -261,7 +261,7 @@ def test_idle_session_is_closed_after_idle_timeout(tmp_path):
 
 @pytest.mark.parametrize("probe_after", [0.0, 60.0], ids=["rset-probe", "no-probe"])
 def test_a_session_the_server_dropped_is_replaced(tmp_path, monkeypatch, probe_after):
-    monkeypatch.setattr("alertmail.plugins.smtpclient.PROBE_AFTER", probe_after)
+    monkeypatch.setattr("alertmail.plugins.transports.smtpclient.PROBE_AFTER", probe_after)
     handler = Recorder()
     port = free_port()
 
@@ -408,7 +408,7 @@ def test_implicit_tls_with_untrusted_certificate_is_temporary(tmp_path, tls):
     ],
 )
 def test_replies_map_to_status_enhanced_code_and_one_line_text(code, text, status, enhanced, message):
-    from alertmail.plugins.smtpclient import reply_status
+    from alertmail.plugins.transports.smtpclient import reply_status
 
     got = reply_status(code, text, "mx.example.test[192.0.2.1]:25")
     assert (got.status, got.code, got.enhanced, got.message) == (status, code, enhanced, message)
@@ -416,8 +416,7 @@ def test_replies_map_to_status_enhanced_code_and_one_line_text(code, text, statu
 
 def test_session_failures_are_never_permanent():
     import aiosmtplib
-
-    from alertmail.plugins.smtpclient import failure_status
+    from alertmail.plugins.transports.smtpclient import failure_status
 
     greeting = failure_status(aiosmtplib.SMTPConnectResponseError(554, "5.7.1 go away"), "r")
     assert (greeting.status, greeting.code, greeting.enhanced) == (Status.TEMPORARY, 554, "4.7.1")

@@ -1,0 +1,306 @@
+"""Commands for the queue and badmail folders, and ``send-test``.
+
+While an agent runs it owns the queue (a lock file); then ``retry``, ``delete`` and
+``badmail resend`` leave a request in ``queue/control/`` that the agent carries out
+within [queue].scan_interval (5 s by default). With no agent running they act on the folders directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from alertmail.cli.options import config_option, load_or_exit
+from alertmail.exitcodes import ExitCode
+
+REQUEST_WAIT = 5.0  # how long the command waits for a running agent to take a request
+
+
+def _folders(config_path: Path) -> tuple[object, Path]:
+    cfg, _ = load_or_exit(config_path)
+    return cfg, Path(cfg.state_dir)
+
+
+def _age(seconds: float) -> str:
+    from alertmail.units import format_duration
+
+    return format_duration(max(seconds, 0))
+
+
+def _short(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _check_id(msg_id: str) -> str:
+    from alertmail.queue.spool import valid_id
+
+    if not valid_id(msg_id):
+        click.echo(f"{msg_id!r} is not a message id (hex digits, as `alertmail queue list` shows them)", err=True)
+        sys.exit(ExitCode.USAGE)
+    return msg_id
+
+
+def _hand_over(queue, action: str, msg_id: str) -> bool:
+    """Leave a request for the running agent; True once it was taken within REQUEST_WAIT."""
+    path = queue.request(action, msg_id)
+    deadline = time.monotonic() + REQUEST_WAIT
+    while path.exists():
+        if time.monotonic() > deadline:
+            click.echo(f"the agent has not taken the request yet; it stays in {path}")
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@click.group("queue")
+def queue_group() -> None:
+    """Look at and act on the messages waiting for delivery."""
+
+
+@queue_group.command("list")
+@config_option
+def queue_list(config_path: Path) -> None:
+    """One line per queued message: id, age, recipients, attempts, next try, last error."""
+    from alertmail.cli.table import format_table
+    from alertmail.queue.spool import Queue
+
+    _, state_dir = _folders(config_path)
+    queue = Queue(state_dir / "queue")
+    queue.load()
+    entries = queue.entries()
+    if not entries:
+        click.echo("the queue is empty")
+        return
+    now = time.time()
+    rows = []
+    for e in entries:
+        pending = e.pending
+        rcpts = pending[0] + (f" +{len(pending) - 1}" if len(pending) > 1 else "") if pending else "-"
+        next_try = "now" if e.next_try <= now else f"in {_age(e.next_try - now)}"
+        rows.append([e.id, _age(now - e.created), rcpts, e.attempts, next_try, _short(e.last_error) or "-"])
+    click.echo(format_table(["id", "age", "recipients", "attempts", "next try", "last error"], rows, align_right=(1, 3)))
+    click.echo(f"{len(entries)} message(s)")
+
+
+@queue_group.command("show")
+@config_option
+@click.argument("msg_id")
+def queue_show(config_path: Path, msg_id: str) -> None:
+    """Everything about one queued message: envelope, recipients' states, headers."""
+    from alertmail.queue.badmail import stamp
+    from alertmail.queue.dsn import original_headers
+    from alertmail.queue.spool import Queue
+
+    _, state_dir = _folders(config_path)
+    queue = Queue(state_dir / "queue")
+    _check_id(msg_id)
+    queue.load()
+    entry = queue.get(msg_id)
+    if entry is None:
+        click.echo(f"no message {msg_id} in {queue.folder}", err=True)
+        sys.exit(ExitCode.NOINPUT)
+    click.echo(f"id:         {entry.id}")
+    click.echo(f"queued:     {stamp(entry.created)} ({_age(time.time() - entry.created)} ago, from {entry.origin})")
+    click.echo(f"sender:     <{entry.sender}>")
+    click.echo(f"size:       {entry.size} bytes")
+    click.echo(f"route:      {' -> '.join(entry.route) if entry.route else '(the default route)'}")
+    click.echo(f"attempts:   {entry.attempts}" + (f", the last at {stamp(entry.last_try)}" if entry.last_try else ""))
+    click.echo(f"next try:   {stamp(entry.next_try)}")
+    click.echo("recipients:")
+    for rcpt, state in entry.recipients.items():
+        reply = f": {state.reply}" if state.reply else ""
+        via = f" (via {state.transport})" if state.transport else ""
+        click.echo(f"  <{rcpt}> {state.status}{reply}{via}")
+    try:
+        click.echo("\n" + original_headers(queue.read_message(entry.id)).rstrip())
+    except OSError as exc:
+        click.echo(f"cannot read the message: {exc}", err=True)
+
+
+@queue_group.command("retry")
+@config_option
+@click.argument("msg_id", required=False)
+@click.option("--all", "retry_all", is_flag=True, help="every queued message")
+def queue_retry(config_path: Path, msg_id: str | None, retry_all: bool) -> None:
+    """Try a message (or --all) again now, without waiting for its next scheduled try."""
+    if bool(msg_id) == retry_all:
+        click.echo("name one message id, or --all", err=True)
+        sys.exit(ExitCode.USAGE)
+    _act(config_path, "retry", "all" if retry_all else _check_id(msg_id or ""))
+
+
+@queue_group.command("delete")
+@config_option
+@click.argument("msg_id")
+def queue_delete(config_path: Path, msg_id: str) -> None:
+    """Remove a message from the queue without delivering it (no DSN, no badmail)."""
+    _act(config_path, "delete", _check_id(msg_id))
+
+
+def _act(config_path: Path, action: str, msg_id: str) -> None:
+    from alertmail.queue.spool import Queue
+
+    _, state_dir = _folders(config_path)
+    queue = Queue(state_dir / "queue")
+    if not queue.acquire_lock():
+        if msg_id != "all":
+            queue.load()
+            if queue.get(msg_id) is None:
+                click.echo(f"no message {msg_id} in {queue.folder}", err=True)
+                sys.exit(ExitCode.NOINPUT)
+        if _hand_over(queue, action, msg_id):
+            click.echo(f"{action}: handed to the running agent")
+        return
+    try:
+        queue.load()
+        touched = queue.apply_request(action, msg_id)
+    finally:
+        queue.release_lock()
+    if not touched:
+        click.echo("the queue is empty" if msg_id == "all" else f"no message {msg_id} in {queue.folder}", err=True)
+        sys.exit(ExitCode.NOINPUT if msg_id != "all" else ExitCode.OK)
+    done = "deleted" if action == "delete" else "due now; the agent tries it when it starts"
+    click.echo(f"{len(touched)} message(s) {done}")
+
+
+@click.group("badmail")
+def badmail_group() -> None:
+    """Messages given up on: ``<id>.bad`` (the message) and ``<id>.bdr`` (why)."""
+
+
+@badmail_group.command("list")
+@config_option
+def badmail_list(config_path: Path) -> None:
+    """One line per message in badmail: id, when, size, reason."""
+    from alertmail.cli.table import format_table
+    from alertmail.queue.badmail import Badmail, stamp
+
+    _, state_dir = _folders(config_path)
+    items = Badmail(state_dir / "badmail").items()
+    if not items:
+        click.echo("badmail is empty")
+        return
+    rows = [[i.id, stamp(i.time), i.size, _short(i.reason)] for i in items]
+    click.echo(format_table(["id", "given up", "bytes", "reason"], rows, align_right=(2,)))
+    click.echo(f"{len(items)} message(s); the reasons are in {state_dir / 'badmail'}/<id>.bdr")
+
+
+@badmail_group.command("resend")
+@config_option
+@click.argument("msg_id")
+def badmail_resend(config_path: Path, msg_id: str) -> None:
+    """Put a message from badmail back into the queue (to the recipients that failed)."""
+    from alertmail.queue.badmail import Badmail
+    from alertmail.queue.spool import Queue, QueueLocked
+
+    _, state_dir = _folders(config_path)
+    badmail = Badmail(state_dir / "badmail")
+    if not (badmail.folder / f"{_check_id(msg_id)}.bad").exists():
+        click.echo(f"no message {msg_id} in {badmail.folder}", err=True)
+        sys.exit(ExitCode.NOINPUT)
+    queue = Queue(state_dir / "queue")
+
+    async def resend() -> str:
+        await queue.start()
+        try:
+            return await badmail.resend(msg_id, queue)
+        finally:
+            await queue.close()
+
+    try:
+        new_id = asyncio.run(resend())
+    except QueueLocked:
+        if _hand_over(queue, "resend", msg_id):
+            click.echo(f"{msg_id}: handed to the running agent, which queues it again")
+        return
+    except (OSError, ValueError) as exc:
+        click.echo(f"cannot resend {msg_id}: {exc}", err=True)
+        sys.exit(ExitCode.TEMPFAIL)
+    click.echo(f"{msg_id}: queued again as {new_id}; it goes out when the agent runs")
+
+
+@click.command("send-test")
+@config_option
+@click.option("--to", "to", multiple=True, required=True, help="recipient address (repeat for more)")
+@click.option("--route", help="comma-separated transports to use instead of [mail].route")
+def send_test(config_path: Path, to: tuple[str, ...], route: str | None) -> None:
+    """Send one test alert through the route now and report what happened to each recipient.
+
+    Exit status: 0 all delivered, 75 a temporary failure, 69 a permanent failure.
+    """
+    from alertmail.cli.table import format_table
+    from alertmail.delivery.delivery import RetryPolicy, build_transports, send_through_route
+    from alertmail.model import Envelope, Status, TransportContext
+
+    cfg, plugins = load_or_exit(config_path)
+    chain = [t.strip() for t in route.split(",") if t.strip()] if route else list(cfg.mail["route"])
+    unknown = [t for t in chain if t not in plugins.transports]
+    if unknown:
+        click.echo(f"no transport named {', '.join(unknown)}; installed: {', '.join(sorted(plugins.transports))}", err=True)
+        sys.exit(ExitCode.USAGE)
+    for name in chain:
+        if name not in cfg.transports:
+            from alertmail.config.schema import Checker
+
+            check = Checker(cfg.path.resolve().parent)
+            cfg.transports[name] = check.table(f"transports.{name}", {}, getattr(plugins.transports[name], "options", {}))
+            if check.problems:
+                click.echo("\n".join(f"{cfg.path}: {p}" for p in check.problems), err=True)
+                sys.exit(ExitCode.CONFIG)
+    data = build_test_message(cfg, to, chain)
+    policy = RetryPolicy.from_config(cfg.sections.get("queue", {}))
+    context = TransportContext(state_dir=cfg.state_dir, hostname=cfg.hostname, config_path=cfg.path)
+
+    async def send() -> dict:
+        try:
+            transports = build_transports(cfg, plugins, context)
+        except (ValueError, LookupError, OSError) as exc:
+            click.echo(f"cannot set up the transports: {exc}", err=True)
+            sys.exit(ExitCode.CONFIG)
+        try:
+            return await send_through_route(transports, chain, data, Envelope(cfg.mail["from"], to),
+                                            timeout=min(policy.send_timeout, 120.0))
+        finally:
+            for transport in transports.values():
+                close = getattr(transport, "close", None)
+                if close is not None:
+                    try:
+                        await asyncio.wait_for(close(), 10)
+                    except (OSError, TimeoutError, RuntimeError) as exc:  # the result is already known
+                        click.echo(f"closing {transport.name}: {exc}", err=True)
+
+    results = asyncio.run(send())
+    rows = [[rcpt, status.status.value, name, _short(" ".join(x for x in (str(status.code or ""), status.enhanced, status.message) if x), 70)]
+            for rcpt, (name, status) in results.items()]
+    click.echo(format_table(["recipient", "result", "transport", "reply"], rows))
+    statuses = {status.status for _, status in results.values()}
+    if Status.PERMANENT in statuses:
+        sys.exit(ExitCode.UNAVAILABLE)
+    if Status.TEMPORARY in statuses:
+        sys.exit(ExitCode.TEMPFAIL)
+
+
+def build_test_message(cfg, to: tuple[str, ...], route: list[str]) -> bytes:
+    """A small alert-shaped test mail (the real renderer is not needed to test the route)."""
+    import email.policy
+    from datetime import datetime
+    from email.message import EmailMessage
+    from email.utils import format_datetime, make_msgid
+
+    msg = EmailMessage()
+    msg["From"] = cfg.mail["from"]
+    msg["To"] = ", ".join(to)
+    msg["Subject"] = f"{cfg.mail.get('subject_prefix') or ''}[alertmail] test message from {cfg.hostname}".strip()
+    msg["Date"] = format_datetime(datetime.now().astimezone())
+    msg["Message-ID"] = make_msgid("test", domain=cfg.hostname)
+    msg["Auto-Submitted"] = "auto-generated"
+    msg.set_content(
+        f"This is a test message from alertmail on {cfg.hostname}.\n\n"
+        f"It went through the route {' -> '.join(route)}. If you read this, alerts can reach you.\n"
+    )
+    return msg.as_bytes(policy=email.policy.SMTP)

@@ -1,0 +1,162 @@
+"""``alertmail replay``: recorded samples through the rules, the timeline and the mails."""
+
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import zoneinfo
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from alertmail.cli.options import config_option
+from alertmail.probes.samples import SampleWriter, read_samples, record
+from alertmail.replay import Replay, replay, write_mail_files
+from alertmail.units import format_duration
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def _rules_file(path: Path, default_to: Sequence[str]) -> list[Any]:
+    from alertmail.config.load import read_toml
+    from alertmail.config.schema import Checker, ConfigError
+    from alertmail.rules.engine import rules_from_config
+
+    raw = read_toml(path)
+    check = Checker(path.resolve().parent)
+    rules = rules_from_config(raw.get("rules", []), check, default_to=default_to)
+    if check.problems:
+        raise ConfigError(path, check.problems)
+    if not rules:
+        raise ConfigError(path, ["no [[rules]] in this file"])
+    return rules
+
+
+def _timeline_lines(result: Replay, timezone: str) -> list[str]:
+    """One row per alert event and per release; a digest is noted on the rows of the events it carries."""
+    from alertmail.cli.table import format_table
+    from alertmail.render.mail import format_value
+
+    zone = zoneinfo.ZoneInfo(timezone)
+
+    def clock(t: float, fmt: str = "%Y-%m-%d %H:%M:%S %Z") -> str:
+        return dt.datetime.fromtimestamp(t, zone).strftime(fmt)
+
+    rows: list[list[str]] = []
+    by_event: dict[tuple[str, str, float], list[str]] = {}
+    for line in result.timeline:
+        if "mail" in line:
+            continue
+        fate = str(line.get("fate", ""))
+        key = (line.get("incident", ""), line["kind"], line.get("at", line["t"]))
+        if fate.startswith("digest:") and key in by_event:
+            by_event[key][-1] += f", in the digest to {fate[7:]} at {clock(line['t'], '%H:%M:%S')}"
+            continue
+        labels = ",".join(f"{k}={v}" for k, v in sorted(line.get("labels", {}).items())) or "-"
+        row = [clock(line["t"]), line["kind"], line["rule"], labels, format_value(line.get("value")), fate]
+        by_event[key] = row
+        rows.append(row)
+    if not rows:
+        return ["no alert events"]
+    return format_table(["time", "event", "rule", "labels", "value", "fate"], rows).splitlines()
+
+
+@click.command("replay")
+@config_option
+@click.option("--samples", "samples_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV of timestamp,metric,labels,value (as `alertmail probe --record` writes)")
+@click.option("--rules", "rules_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="TOML file with [[rules]] to try instead of the config's")
+@click.option("--render", "render_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="write each mail as NNN-kind.eml and NNN-kind.html into this folder")
+@click.option("--tick", default="1s", show_default=True, help="step of the recorded clock between samples")
+@click.pass_context
+def replay_command(ctx: click.Context, config_path: Path, samples_path: Path, rules_path: Path | None,
+                   render_dir: Path | None, tick: str) -> None:
+    """Run recorded samples through the rules; print the alert timeline and the mails that would go out."""
+    from alertmail.cli.options import load_or_exit
+    from alertmail.config.schema import ConfigError
+    from alertmail.exitcodes import ExitCode
+    from alertmail.notify.silences import SilenceSet, from_config
+    from alertmail.units import parse_duration
+
+    explicit = ctx.get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT
+    cfg = None
+    if explicit or config_path.exists():
+        cfg, _ = load_or_exit(config_path)
+    elif rules_path is None:
+        click.echo(f"no {config_path}: pass --config or --rules", err=True)
+        raise SystemExit(ExitCode.USAGE)
+    try:
+        step = parse_duration(tick)
+        samples = read_samples(samples_path)
+        default_to = (cfg.mail["to"] if cfg else None) or ["root@localhost"]
+        rules = _rules_file(rules_path, default_to) if rules_path else cfg.rules  # type: ignore[union-attr]
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(ExitCode.CONFIG) from None
+    except ValueError as exc:
+        click.echo(f"alertmail: {exc}", err=True)
+        raise SystemExit(ExitCode.USAGE) from None
+    if not samples:
+        click.echo(f"{samples_path}: no samples", err=True)
+        raise SystemExit(ExitCode.USAGE)
+    notify = cfg.sections.get("notify", {}) if cfg else {}
+    timezone = cfg.agent["timezone"] if cfg else "UTC"
+    result = asyncio.run(replay(
+        samples, rules,
+        silences=SilenceSet(from_config(cfg).config_silences) if cfg else None,
+        group_wait=notify.get("group_wait") or 0.0,
+        max_mails_per_hour=notify.get("max_mails_per_hour") or 0,
+        digest_interval=notify.get("digest_interval") or 900.0,
+        sender=cfg.mail["from"] if cfg else "alertmail@localhost",
+        hostname=cfg.hostname if cfg else "replay",
+        timezone=timezone,
+        subject_prefix=(cfg.mail.get("subject_prefix") or "") if cfg else "",
+        tick=step,
+        charts=render_dir is not None,
+    ))
+    first, last = samples[0].timestamp, samples[-1].timestamp
+    click.echo(f"{len(samples)} samples over {format_duration(last - first)}, {len(rules)} rules, "
+               f"{len(result.events)} alert events, {len(result.mails)} mails")
+    click.echo()
+    for line in _timeline_lines(result, timezone):
+        click.echo(line)
+    click.echo()
+    zone = zoneinfo.ZoneInfo(timezone)
+    for n, mail in enumerate(result.mails, 1):
+        when = dt.datetime.fromtimestamp(mail.at, zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+        click.echo(f"mail {n:3d}  {when}  to {', '.join(mail.envelope.recipients)}")
+        click.echo(f"          {mail.subject}")
+    if render_dir is not None:
+        written = write_mail_files(result.mails, render_dir)
+        click.echo(f"\nwrote {len(written)} files to {render_dir}")
+
+
+def record_to_file(path: Path, probes: dict[str, Any], settings: dict[str, Any], duration_text: str) -> None:
+    """``alertmail probe --record FILE --for DURATION``: the probes (configured already) at their intervals."""
+    from alertmail.exitcodes import ExitCode
+    from alertmail.units import parse_duration
+
+    try:
+        duration = parse_duration(duration_text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--for") from None
+    if not probes:
+        click.echo("no probe is enabled; nothing to record", err=True)
+        raise SystemExit(ExitCode.USAGE)
+    writer = SampleWriter(path)
+    click.echo(f"recording {', '.join(probes)} into {path} for {format_duration(duration)} (Ctrl-C stops early)", err=True)
+    try:
+        asyncio.run(record(
+            probes, {n: settings[n].interval for n in probes}, {n: settings[n].timeout for n in probes},
+            writer, duration, echo=lambda text: click.echo(f"warning: {text}", err=True),
+        ))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        writer.close()
+    click.echo(f"{writer.count} samples written to {path}; try them with: alertmail replay --samples {path}", err=True)

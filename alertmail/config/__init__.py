@@ -1,0 +1,1 @@
+"""The configuration: ``schema`` (the vocabulary), ``core`` ([agent], [mail]), ``load`` (composes every section)."""

@@ -1,0 +1,163 @@
+"""Reading and validating the TOML configuration: the one module that composes the sections.
+
+The whole file is checked before anything starts, and every mistake is reported at
+once, each naming the file, the key path and the fix::
+
+    config.toml: rules[2].above: expected a number, got "ninety"
+
+Each component declares its own section next to its code; ``SECTIONS`` lists them in
+the order they are checked. Tables named by plugins (``[transports.NAME]``,
+``[probes.NAME]``, a service's ``[relay]``) are checked against the options the
+plugin declares.
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alertmail.config.core import AGENT, MAIL
+from alertmail.config.schema import Checker, ConfigError, Option, Section, did_you_mean
+from alertmail.delivery.delivery import SECTION as QUEUE
+from alertmail.notify.heartbeat import SECTION as HEARTBEAT
+from alertmail.notify.notifier import SECTION as NOTIFY
+from alertmail.notify.silences import SECTION as SILENCES
+from alertmail.probes.runner import COMMON_KEYS, PROBE_OPTIONS, configure_probe
+from alertmail.rules.engine import SECTION as RULES
+
+# In the order their problems are reported; rules last, as they read [mail].
+SECTIONS: tuple[Section, ...] = (AGENT, MAIL, NOTIFY, HEARTBEAT, SILENCES, QUEUE, RULES)
+PLUGIN_SECTIONS = ("transports", "probes")
+
+
+@dataclass
+class Config:
+    """A validated configuration."""
+
+    path: Path
+    agent: dict[str, Any]
+    mail: dict[str, Any]
+    rules: list[Any] = field(default_factory=list)
+    transports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    probes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sections: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.agent["state_dir"]
+
+    @property
+    def hostname(self) -> str:
+        return self.agent.get("hostname") or socket.gethostname()
+
+    @property
+    def plugin_dirs(self) -> list[Path]:
+        return [p if p.is_absolute() else self.path.parent / p for p in map(Path, self.agent["plugin_dirs"])]
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(path, ["file not found; create one with `alertmail init` or pass --config"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read: {exc.strerror}"]) from None
+
+
+def _plugin_tables(check: Checker, raw: Mapping[str, Any], section: str, registry: Mapping[str, Any], kind: str,
+                   options_of: Callable[[Any], Mapping[str, Option]]) -> Iterator[tuple[str, Any, dict[str, Any]]]:
+    """(name, plugin object, checked table) for each [SECTION.NAME] table naming an installed plugin."""
+    tables = raw.get(section, {})
+    if not isinstance(tables, dict):
+        check.error(section, f"expected tables like [{section}.NAME]")
+        return
+    for name, table in tables.items():
+        obj = registry.get(name)
+        if obj is None:
+            check.error(f"{section}.{name}", f"no such {kind}; {did_you_mean(name, registry, listing='installed')}")
+            continue
+        yield name, obj, check.table(f"{section}.{name}", table, options_of(obj))
+
+
+def _section_tables(check: Checker, raw: Mapping[str, Any], section: Section) -> Any:
+    """The checked table of ``section`` (a list of them for an array of tables)."""
+    if not section.array:
+        return check.table(section.name, raw.get(section.name, {}), section.options)
+    value = raw.get(section.name, [])
+    if not isinstance(value, list):
+        check.error(section.name, f"expected an array of tables: [[{section.name}]]")
+        value = []
+    return [check.table(f"{section.name}[{i}]", item, section.options) for i, item in enumerate(value)]
+
+
+def _check_probes(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Any) -> None:
+    """``[probes.NAME]`` tables: the common keys plus the probe's own options, then its ``configure``."""
+    for name, probe, table in _plugin_tables(check, raw, "probes", plugins.probes, "probe",
+                                             lambda probe: {**PROBE_OPTIONS, **(getattr(probe, "options", None) or {})}):
+        cfg.probes[name] = table
+        # Options a schema cannot express (e.g. the process probe's watch list) are the probe's to check.
+        try:
+            problems = configure_probe(name, probe, {k: v for k, v in table.items() if k not in COMMON_KEYS})
+        except Exception as exc:  # a bug in a plugin's configure(), not in the config
+            problems = [f"probes.{name}: the probe failed to take its options: {type(exc).__name__}: {exc}"]
+        for problem in problems:
+            keypath, _, message = problem.partition(": ")
+            check.error(keypath, message)
+
+
+def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Any) -> None:
+    """``[transports.NAME]`` tables against their classes' options, and every name in ``[mail].route``."""
+    def options_of(cls: Any) -> Mapping[str, Option]:
+        return getattr(cls, "options", {})
+
+    for name, _, table in _plugin_tables(check, raw, "transports", plugins.transports, "transport", options_of):
+        cfg.transports[name] = table
+    for i, name in enumerate(cfg.mail.get("route") or []):
+        if name not in plugins.transports:
+            check.error(f"mail.route[{i}]", f"no transport named {name!r}; {did_you_mean(name, plugins.transports, listing='installed')}")
+        elif name not in cfg.transports:
+            cfg.transports[name] = check.table(f"transports.{name}", {}, options_of(plugins.transports[name]))
+
+
+def load_config(path: Path | str, plugins: Any = None) -> Config:
+    """Read and validate ``path``; raise ConfigError listing every problem.
+
+    ``plugins`` (a ``loader.Plugins``) supplies the option schemas of transports and
+    services; when it is None they are loaded from the config's own plugin_dirs.
+    """
+    path = Path(path)
+    raw = read_toml(path)
+    check = Checker(path.resolve().parent)
+    values = {s.name: _section_tables(check, raw, s) for s in SECTIONS if s.build is None}
+    cfg = Config(path=path, agent=values["agent"], mail=values["mail"], raw=raw, sections=values)
+    if plugins is None:
+        from alertmail.loader import load_plugins
+
+        plugins = load_plugins(cfg.plugin_dirs, blocked=cfg.agent.get("disable_plugins") or ())
+
+    services = {s.section: s for s in plugins.services if getattr(s, "section", None)}
+    known = {s.name for s in SECTIONS} | set(PLUGIN_SECTIONS) | set(services)
+    for key in raw:
+        if key not in known:
+            check.error(key, f"unknown section; {did_you_mean(key, known, fmt='[{}]', listing='known sections')}")
+    _check_transports(check, raw, cfg, plugins)
+    _check_probes(check, raw, cfg, plugins)
+    for name, service in services.items():
+        cfg.sections[name] = check.table(name, raw.get(name, {}), getattr(service, "options", {}))
+    for section in SECTIONS:
+        if section.build is not None:
+            cfg.sections[section.name] = section.build(raw.get(section.name), check, cfg)
+        elif section.check is not None:
+            section.check(cfg.sections[section.name], check, cfg)
+    cfg.rules = cfg.sections.pop(RULES.name)
+    if check.problems:
+        raise ConfigError(path, check.problems)
+    return cfg

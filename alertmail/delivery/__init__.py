@@ -1,0 +1,1 @@
+"""Delivery: queued messages through the route's transports, retries, DSN and badmail; the outbox that owns them."""

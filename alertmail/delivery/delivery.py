@@ -1,0 +1,362 @@
+"""Delivery: a worker pool takes due messages from the queue through their route.
+
+A route is an ordered chain of transports. For each recipient not yet delivered the
+transports are tried in order: a temporary failure on one lets the next try the same
+recipient in the same attempt; a permanent failure ends the recipient. Recipients that
+every transport refused temporarily are retried on the schedule. Each recipient's state
+is made durable before the next step, so a delivered recipient is never sent to again.
+
+Giving up (a permanent failure, or the expiry time reached) sends a DSN to the envelope
+sender through the queue and writes the message to badmail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alertmail.config.schema import Option, Section
+from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status, Transport, TransportContext
+from alertmail.queue.spool import Entry, Queue, QueueWriteError
+from alertmail.units import format_duration, parse_duration
+
+log = logging.getLogger("alertmail.delivery.delivery")
+
+QUEUE_OPTIONS: dict[str, Option] = {
+    "retry": Option("durations", [900.0, 1800.0, 3600.0, 14400.0], help="waits between attempts; the last repeats"),
+    "delay_notice": Option("duration", 43200.0, help="tell the sender a message is delayed after this long; \"0\" = off"),
+    "expire": Option("duration", 172800.0, help="give up (DSN and badmail) after this long"),
+    "concurrency": Option("int", 8, help="messages delivered at the same time"),
+    "route_retry": Option("any", {}, help="retry schedules per route, keyed by the route's first transport: { mx = [\"5m\", \"1h\"] }"),
+    "send_timeout": Option("duration", 600.0, help="longest one transport may take for one message"),
+    "scan_interval": Option("duration", 5.0, help="how often requests from the command line are picked up"),
+}
+SECTION = Section("queue", QUEUE_OPTIONS)
+
+STOP_TIMEOUT = 30.0  # how long stop() lets attempts in flight finish
+# A zero interval ("0") would retry a dead server in a busy loop.
+MIN_RETRY = 0.1
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When to try again, when to tell the sender, when to give up."""
+
+    intervals: tuple[float, ...] = (900.0, 1800.0, 3600.0, 14400.0)
+    delay_notice: float = 43200.0  # 0 = off
+    expire: float = 172800.0
+    route_intervals: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    send_timeout: float = 600.0
+    scan_interval: float = 5.0
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> RetryPolicy:
+        """From a checked ``[queue]`` table; ``route_retry`` values are parsed here."""
+        routes: dict[str, tuple[float, ...]] = {}
+        for name, values in (section.get("route_retry") or {}).items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"queue.route_retry.{name}: expected a list of durations like [\"5m\", \"1h\"]")
+            routes[str(name)] = tuple(parse_duration(v) for v in values)
+        defaults = cls()
+        return cls(
+            intervals=tuple(section.get("retry") or defaults.intervals),
+            delay_notice=float(section.get("delay_notice", defaults.delay_notice) or 0.0),
+            expire=float(section.get("expire") or defaults.expire),
+            route_intervals=routes,
+            send_timeout=float(section.get("send_timeout") or defaults.send_timeout),
+            scan_interval=float(section.get("scan_interval") or defaults.scan_interval),
+        )
+
+    def next_delay(self, attempts: int, route: Sequence[str]) -> float:
+        """The wait after the ``attempts``-th failed attempt (1-based); the last interval repeats."""
+        intervals = self.route_intervals.get(route[0], self.intervals) if route else self.intervals
+        return max(intervals[min(max(attempts, 1), len(intervals)) - 1], MIN_RETRY)
+
+
+def build_transports(cfg: Any, plugins: Any, context: TransportContext) -> dict[str, Transport]:
+    """One transport instance per ``[transports.NAME]`` table (route members included)."""
+    out: dict[str, Transport] = {}
+    for name, options in cfg.transports.items():
+        cls = plugins.transports[name]
+        out[name] = cls(dict(options), context)
+    return out
+
+
+async def send_via(transport: Transport | None, name: str, data: bytes, envelope: Envelope, timeout: float) -> DeliveryResult:
+    """One transport's result for every recipient of ``envelope``; its failures become temporary results."""
+    if transport is None:
+        failure = RecipientStatus(Status.TEMPORARY, 451, f"no transport named {name!r} is configured", "4.3.5")
+        return DeliveryResult.all(envelope.recipients, failure)
+    try:
+        result = await asyncio.wait_for(transport.send(data, envelope), timeout)
+    except TimeoutError:
+        failure = RecipientStatus(Status.TEMPORARY, 451, f"{name}: no result within {format_duration(timeout)}", "4.4.7")
+        return DeliveryResult.all(envelope.recipients, failure)
+    except Exception as exc:  # a broken transport must not lose the message: retry later
+        log.exception("transport %s failed", name)
+        failure = RecipientStatus(Status.TEMPORARY, 451, f"{name}: {type(exc).__name__}: {exc}", "4.3.0")
+        return DeliveryResult.all(envelope.recipients, failure)
+    missing = RecipientStatus(Status.TEMPORARY, 451, f"{name} gave no result for this recipient", "4.3.0")
+    return DeliveryResult({r: result.recipients.get(r, missing) for r in envelope.recipients})
+
+
+async def send_through_route(
+    transports: Mapping[str, Transport], route: Sequence[str], data: bytes, envelope: Envelope, *, timeout: float = 600.0
+) -> dict[str, tuple[str, RecipientStatus]]:
+    """Send once through ``route`` without the queue: recipient -> (transport, last result)."""
+    results: dict[str, tuple[str, RecipientStatus]] = {}
+    remaining = list(envelope.recipients)
+    for name in route:
+        if not remaining:
+            break
+        result = await send_via(transports.get(name), name, data, Envelope(envelope.sender, tuple(remaining)), timeout)
+        for rcpt, status in result.recipients.items():
+            results[rcpt] = (name, status)
+        remaining = result.temporary
+    return results
+
+
+class Delivery:
+    """The worker pool: delivers due messages, retries, gives up with a DSN and badmail."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        transports: dict[str, Transport],
+        *,
+        policy: RetryPolicy,
+        state_dir: Path,
+        hostname: str,
+        default_route: list[str],
+        concurrency: int = 8,
+    ) -> None:
+        from alertmail.queue.badmail import Badmail
+
+        self.queue = queue
+        self.transports = transports
+        self.policy = policy
+        self.state_dir = Path(state_dir)
+        self.hostname = hostname
+        self.default_route = list(default_route)
+        self.concurrency = max(1, concurrency)
+        self.badmail = Badmail(self.state_dir / "badmail")
+        self._control_stamp: int | None = None  # mtime of queue/control when last read
+        # Called after each transport's try: (entry, transport name, envelope, result, seconds, size).
+        self.observers: list[Callable[[Entry, str, Envelope, DeliveryResult, float, int], None]] = []
+        self._due: list[tuple[float, str]] = []  # heap of (next_try, id)
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        """Resume every queued message and start taking new ones."""
+        for entry in self.queue.entries():
+            heapq.heappush(self._due, (entry.next_try, entry.id))
+        self.queue.add_listener(self._queued)
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="delivery")
+
+    async def stop(self) -> None:
+        """Stop taking messages; let attempts in flight finish (bounded), then return."""
+        self._stopping = True
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            try:
+                await self._dispatcher
+            except asyncio.CancelledError:
+                pass
+            self._dispatcher = None
+        tasks = list(self._in_flight.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+            for task in pending:
+                task.cancel()  # retried after the restart: at-least-once
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def wake(self) -> None:
+        """Look at the queue now: a message was queued or a retry was asked for."""
+        self._wake.set()
+
+    def _queued(self, entry: Entry) -> None:
+        heapq.heappush(self._due, (entry.next_try, entry.id))
+        self._wake.set()
+
+    # -- the dispatcher ------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        next_scan = 0.0
+        while True:
+            now = time.time()
+            if now >= next_scan:
+                await self._take_requests(now)
+                next_scan = now + self.policy.scan_interval
+            while self._due and len(self._in_flight) < self.concurrency and self._due[0][0] <= now:
+                when, msg_id = heapq.heappop(self._due)
+                entry = self.queue.get(msg_id)
+                if entry is None or msg_id in self._in_flight or entry.next_try != when:
+                    continue  # gone, busy, or rescheduled (a newer heap item stands for it)
+                task = asyncio.create_task(self._attempt(entry), name=f"deliver-{msg_id}")
+                self._in_flight[msg_id] = task
+                task.add_done_callback(lambda _t, msg_id=msg_id: self._finished(msg_id))
+            wait = next_scan - now
+            if self._due and len(self._in_flight) < self.concurrency:
+                wait = min(wait, self._due[0][0] - now)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(wait, 0.0))
+            except TimeoutError:
+                pass
+
+    def _finished(self, msg_id: str) -> None:
+        self._in_flight.pop(msg_id, None)
+        self._wake.set()
+
+    async def _take_requests(self, now: float) -> None:
+        """Carry out what ``alertmail queue retry/delete`` and ``badmail resend`` asked for."""
+        # One stat of the folder tells whether anything was asked: no thread, no listing, when idle.
+        try:
+            stamp = os.stat(self.queue.folder / "control").st_mtime_ns
+        except FileNotFoundError:
+            return
+        if stamp == self._control_stamp:
+            return
+        # A change in the last second may hide a later one with the same coarse timestamp: look again next time.
+        self._control_stamp = stamp if time.time_ns() - stamp > 1_000_000_000 else None
+        for action, msg_id in await asyncio.to_thread(self.queue.take_requests):
+            try:
+                if action == "resend":
+                    new_id = await self.badmail.resend(msg_id, self.queue)
+                    log.info("badmail %s queued again as %s", msg_id, new_id)
+                    continue
+                touched = await asyncio.to_thread(self.queue.apply_request, action, msg_id, now)
+            except (OSError, ValueError) as exc:
+                log.error("request %s %s failed: %s", action, msg_id, exc)
+                continue
+            if action == "retry":
+                for target in touched:
+                    heapq.heappush(self._due, (now, target))
+            log.info("%s requested for %s: %d message(s)", action, msg_id, len(touched))
+
+    # -- one attempt -----------------------------------------------------------
+
+    async def _attempt(self, entry: Entry) -> None:
+        try:
+            await self.attempt(entry)
+        except QueueWriteError as exc:
+            # The state could not be saved: try again later rather than lose track.
+            log.error("message %s: %s; retrying in a minute", entry.id, exc)
+            entry.next_try = time.time() + 60
+            heapq.heappush(self._due, (entry.next_try, entry.id))
+        except Exception:
+            log.exception("message %s: delivery attempt failed; retrying in a minute", entry.id)
+            entry.next_try = time.time() + 60
+            heapq.heappush(self._due, (entry.next_try, entry.id))
+
+    async def attempt(self, entry: Entry) -> None:
+        """Try every pending recipient of ``entry`` through its route once, then settle it."""
+        try:
+            data = await self.queue.read(entry.id)
+        except FileNotFoundError:
+            return  # deleted meanwhile
+        route = entry.route or self.default_route
+        remaining = entry.pending
+        for index, name in enumerate(route):
+            if not remaining:
+                break
+            envelope = Envelope(entry.sender, tuple(remaining))
+            started = time.monotonic()
+            result = await send_via(self.transports.get(name), name, data, envelope, self.policy.send_timeout)
+            now = time.time()
+            for observe in self.observers:
+                try:
+                    observe(entry, name, envelope, result, time.monotonic() - started, len(data))
+                except Exception:
+                    log.exception("a delivery observer failed")
+            for rcpt in remaining:
+                entry.recipients[rcpt].record(result.recipients[rcpt], name, now)
+            remaining = result.temporary
+            if result.delivered and remaining and index + 1 < len(route):
+                await self.queue.update(entry)  # durable before the next transport tries the rest
+            for rcpt in result.delivered:
+                log.info("message %s delivered to <%s> via %s", entry.id, rcpt, name)
+        now = time.time()
+        entry.attempts += 1
+        entry.last_try = now
+        errors = [s.reply for s in entry.recipients.values() if s.status != "delivered" and s.reply]
+        entry.last_error = errors[-1] if errors else ""
+        await self.settle(entry, data, now)
+
+    async def settle(self, entry: Entry, data: bytes, now: float) -> None:
+        """After an attempt: expire, report failures, schedule the next try or remove."""
+        expired = entry.pending and now >= entry.created + self.policy.expire
+        if expired:
+            for rcpt in entry.pending:
+                entry.recipients[rcpt].status = "failed"
+        newly_failed = [r for r in entry.failed if not entry.recipients[r].reported]
+        if newly_failed:
+            reason = "expired" if expired else "failed"
+            await self._give_up(entry, data, newly_failed, reason, now)
+        if not entry.pending:
+            await self.queue.remove(entry.id)
+            return
+        if self.policy.delay_notice and not entry.delay_notified and now >= entry.created + self.policy.delay_notice:
+            await self._notify_delay(entry, data, now)
+            entry.delay_notified = True
+        delay = self.policy.next_delay(entry.attempts, entry.route or self.default_route)
+        entry.next_try = min(now + delay, entry.created + self.policy.expire)
+        await self.queue.update(entry)
+        heapq.heappush(self._due, (entry.next_try, entry.id))
+        log.info(
+            "message %s: %d recipient(s) deferred (%s); next try in %s",
+            entry.id, len(entry.pending), entry.last_error or "no reply", format_duration(entry.next_try - now),
+        )
+
+    async def _give_up(self, entry: Entry, data: bytes, recipients: list[str], reason: str, now: float) -> None:
+        from alertmail.queue.dsn import build_dsn, is_delivery_report
+
+        log.warning(
+            "message %s: giving up on %s (%s: %s)",
+            entry.id, ", ".join(f"<{r}>" for r in recipients), reason, entry.recipients[recipients[-1]].reply or "no reply",
+        )
+        if is_delivery_report(data, entry.sender):
+            dsn_note = "not sent: the message is itself a delivery report or has an empty sender"
+        else:
+            report = build_dsn(entry, data, [(r, entry.recipients[r]) for r in recipients],
+                               action="failed", hostname=self.hostname, now=now)
+            dsn_note = await self._queue_report(entry, report)
+        for rcpt in recipients:
+            entry.recipients[rcpt].reported = True
+        title = {
+            "expired": f"Expired: not delivered within {format_duration(self.policy.expire)}",
+            "failed": "Failed: permanent failure",
+        }[reason]
+        await asyncio.to_thread(self.badmail.write, entry, data, reason=title, dsn=dsn_note, now=now)
+
+    async def _notify_delay(self, entry: Entry, data: bytes, now: float) -> None:
+        from alertmail.queue.dsn import build_dsn, is_delivery_report
+
+        if is_delivery_report(data, entry.sender):
+            return
+        report = build_dsn(entry, data, [(r, entry.recipients[r]) for r in entry.pending], action="delayed",
+                           hostname=self.hostname, now=now, will_retry_until=entry.created + self.policy.expire)
+        note = await self._queue_report(entry, report)
+        log.info("message %s: delay notice to <%s> %s", entry.id, entry.sender, note)
+
+    async def _queue_report(self, entry: Entry, report: Any) -> str:
+        import email.policy
+
+        try:
+            report_id = await self.queue.put(
+                report.as_bytes(policy=email.policy.SMTP), Envelope("", (entry.sender,)), origin="dsn"
+            )
+        except (QueueWriteError, ValueError) as exc:
+            log.error("message %s: cannot queue the DSN to <%s>: %s", entry.id, entry.sender, exc)
+            return f"not sent: {exc}"
+        return f"queued as {report_id} to <{entry.sender}>"

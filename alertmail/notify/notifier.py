@@ -1,0 +1,455 @@
+"""From alert events to queued mails: grouping, threading, rendering, headers.
+
+One incident has one thread: the mail that first announced it is the root, and
+its reminders and its recovery reply to it (In-Reply-To, References) and go to
+the recipients the first mail went to. Incident records are kept in
+``state_dir/incidents.json`` so threading survives a restart.
+
+Before a mail is composed, two kinds of noise control apply:
+
+* **Silences** (``alertmail.silences``). A silenced event is recorded (log line and
+  ``state_dir/logs/alerts.jsonl``), not mailed; the notifier holds the newest event of
+  each silenced incident (``state_dir/silenced.json``, so a restart keeps it). When no
+  silence covers the incident any more and it is still firing, exactly one mail goes
+  out (the firing mail, or "still firing" for an incident mailed before the silence),
+  and threading goes on from there. An incident that ended while silenced sends
+  nothing at all. The recovery of an incident that was mailed before the silence
+  started is still sent: it closes a thread its recipients have open.
+* **Storm cap** (``alertmail.storm``): beyond a per-recipient number of mails per
+  hour, events are folded into one digest per interval; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from alertmail.config.schema import Option, Section
+from alertmail.fsutil import write_atomic
+from alertmail.model import Envelope, message_bytes
+from alertmail.notify.journal import Journal
+from alertmail.notify.silences import SilenceSet
+from alertmail.notify.storm import StormGuard, render_digest
+from alertmail.notify.storm import check_config as check_storm
+from alertmail.render.mail import RenderContext, header_safe, render_alert
+from alertmail.rules.engine import AlertEvent, Rule
+
+log = logging.getLogger("alertmail.notify.notifier")
+
+NOTIFY_OPTIONS: dict[str, Option] = {
+    "group_wait": Option("duration", 30.0, help="alerts firing within this time for the same recipients go out as one mail"),
+    "max_mails_per_hour": Option("int", 10, help="storm cap: most mails one recipient gets in any hour, digests included; 0 = no cap"),
+    "digest_interval": Option("duration", 900.0, help="storm mode: events beyond the cap are folded into one digest mail this often"),
+}
+SECTION = Section("notify", NOTIFY_OPTIONS, check=check_storm)
+
+
+_DOMAIN_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
+
+
+@dataclass
+class Incident:
+    """What is remembered of one incident between its mails."""
+
+    root: str  # Message-ID of the first mail about it
+    to: list[str]
+    rule: str
+    references: list[str] = field(default_factory=list)
+
+
+def closes(event: AlertEvent) -> bool:
+    """Does this event end its incident?"""
+    return event.kind == "resolved" or (event.kind == "flap-ended" and event.state == "ok")
+
+
+def _event_to_json(event: AlertEvent) -> dict[str, Any]:
+    rule = event.rule
+    return {
+        "kind": event.kind, "labels": [list(p) for p in event.labels], "value": event.value,
+        "threshold": event.threshold, "comparison": event.comparison, "severity": event.severity,
+        "since": event.since, "at": event.at, "incident": event.incident, "fired_at": event.fired_at,
+        "state": event.state, "percent_change": event.percent_change,
+        "rule": {"name": rule.name, "metric": rule.metric, "to": list(rule.to), "description": rule.description,
+                 "severity": rule.severity},
+    }
+
+
+def _event_from_json(raw: dict[str, Any], rules: dict[str, Rule]) -> AlertEvent:
+    r = raw["rule"]
+    # The rule as configured now when it still exists; else enough of it to render the mail.
+    rule = rules.get(r["name"]) or Rule(name=r["name"], metric=r["metric"], to=tuple(r["to"]),
+                                        description=r.get("description", ""), severity=r.get("severity", "warning"))
+    return AlertEvent(
+        kind=raw["kind"], rule=rule, labels=tuple((str(k), str(v)) for k, v in raw["labels"]), value=raw["value"],
+        threshold=raw["threshold"], comparison=raw["comparison"], severity=raw["severity"], since=raw["since"],
+        at=raw["at"], incident=raw["incident"], fired_at=raw.get("fired_at"), state=raw.get("state", ""),
+        percent_change=raw.get("percent_change"),
+    )
+
+
+@dataclass
+class Held:
+    """The newest event of an incident kept back by a silence."""
+
+    event: AlertEvent
+    silence: str  # id of the silence that holds it
+    announced: bool  # its incident was mailed before the silence caught it
+
+
+@dataclass
+class Outgoing:
+    """A rendered mail waiting for the queue (kept in memory while the queue cannot take it)."""
+
+    data: bytes
+    envelope: Envelope
+    subject: str
+    kind: str = "alert"  # or "digest"
+
+
+class Notifier:
+    """Takes alert events; sends grouped, threaded, silenced and storm-capped mails to the queue.
+
+    ``queue`` is anything with ``async put(data, envelope, route=..., origin=...)``: the
+    durable queue in the agent, a list in memory for ``alertmail replay``. Every method
+    takes the time as ``now`` so a recorded clock can drive it.
+    """
+
+    def __init__(
+        self,
+        *,
+        sender: str,
+        hostname: str,
+        timezone: str,
+        route: list[str],
+        queue: Any,
+        state_dir: Path,
+        hook: Any = None,
+        history: Callable[[str, Any], Sequence[tuple[float, float]]] | None = None,
+        group_wait: float = 0.0,
+        subject_prefix: str = "",
+        context_for: Callable[[Sequence[AlertEvent]], dict] | None = None,
+        silences: SilenceSet | None = None,
+        max_mails_per_hour: int = 0,
+        digest_interval: float = 900.0,
+        rules: Sequence[Rule] = (),
+        render_options: Mapping[str, Any] | None = None,
+        durable: bool = True,
+    ) -> None:
+        self.sender = sender
+        self.hostname = hostname
+        self.timezone = timezone
+        self.route = route
+        self.queue = queue
+        self.hook = hook
+        self.history = history
+        self.group_wait = group_wait
+        self.subject_prefix = subject_prefix
+        self.context_for = context_for
+        self.silences = silences if silences is not None else SilenceSet()
+        self.storm = StormGuard(max_mails_per_hour, digest_interval)
+        self.rules = {rule.name: rule for rule in rules}
+        self.render_options = dict(render_options or {})  # more RenderContext fields: charts, templates_dir, units
+        self.domain = _DOMAIN_UNSAFE.sub("-", hostname).strip("-.") or "localhost"
+        self.state_dir = Path(state_dir)
+        self.incidents_file = self.state_dir / "incidents.json"
+        self.incidents: dict[str, Incident] = self._load_incidents()
+        self.held_file = self.state_dir / "silenced.json"
+        self.held: dict[str, Held] = self._load_held()
+        self.journal = Journal(self.state_dir / "logs" / "alerts.jsonl")
+        self.mails_queued = 0
+        self._waiting: dict[tuple[str, ...], list[AlertEvent]] = {}
+        self._flush_at: dict[tuple[str, ...], float] = {}
+        self._unsent: list[Outgoing] = []
+        self._lock = asyncio.Lock()
+        self.durable = durable  # fsync the state files (off for replays, whose state is thrown away)
+        self._dirty: set[str] = set()  # state files to write at the end of this flush
+
+    def configure_noise(self, cfg: Any, rules: Sequence[Rule] = ()) -> None:
+        """Take ``[notify]`` storm settings and ``[[silences]]`` from a config (at start and on reload)."""
+        from alertmail.notify.silences import from_config
+
+        notify = cfg.sections.get("notify", {})
+        self.storm.max_per_hour = notify.get("max_mails_per_hour") or 0
+        self.storm.digest_interval = notify.get("digest_interval") or 900.0
+        self.silences = from_config(cfg)  # the run-time file is read again at the next flush
+        self.rules = {rule.name: rule for rule in rules} or self.rules
+        for held in self.held.values():  # restored from disk with a stand-in rule: take the configured one
+            held.event = replace(held.event, rule=self.rules.get(held.event.rule.name, held.event.rule))
+
+    # -- incidents ---------------------------------------------------------
+    def _load_incidents(self) -> dict[str, Incident]:
+        try:
+            raw = json.loads(self.incidents_file.read_text())
+            return {k: Incident(**v) for k, v in raw.items()}
+        except FileNotFoundError:
+            return {}
+        except (ValueError, TypeError) as exc:
+            log.error("%s is unreadable (%s); threading of open incidents starts anew", self.incidents_file, exc)
+            return {}
+
+    def _save_incidents(self) -> None:
+        data = {k: v.__dict__ for k, v in self.incidents.items()}
+        write_atomic(self.incidents_file, json.dumps(data, separators=(",", ":")).encode(), sync=self.durable)
+
+    def _load_held(self) -> dict[str, Held]:
+        try:
+            raw = json.loads(self.held_file.read_text())
+            return {
+                k: Held(_event_from_json(v["event"], self.rules), v["silence"], v["announced"]) for k, v in raw.items()
+            }
+        except FileNotFoundError:
+            return {}
+        except (ValueError, TypeError, KeyError) as exc:
+            log.error("%s is unreadable (%s); alerts held by silences are forgotten", self.held_file, exc)
+            return {}
+
+    def _save_held(self) -> None:
+        data = {k: {"event": _event_to_json(h.event), "silence": h.silence, "announced": h.announced}
+                for k, h in self.held.items()}
+        try:
+            write_atomic(self.held_file, json.dumps(data, separators=(",", ":")).encode(), sync=self.durable)
+        except OSError as exc:
+            log.error("cannot save %s: %s", self.held_file, exc)
+
+    def recipients_for(self, event: AlertEvent) -> tuple[str, ...]:
+        known = self.incidents.get(event.incident)
+        if known and event.kind != "firing":
+            return tuple(known.to)
+        return tuple(event.rule.to)
+
+    # -- silences ----------------------------------------------------------
+    def _silence(self, event: AlertEvent, now: float) -> str | None:
+        """The id of the silence that keeps this event from being mailed, or None."""
+        announced = event.incident in self.incidents
+        if announced and closes(event):
+            return None  # the recovery of a mailed incident closes a thread people have open
+        silence = self.silences.match(event, now)
+        return silence.id if silence is not None else None
+
+    def _hold(self, event: AlertEvent, silence: str) -> None:
+        if closes(event):
+            self.held.pop(event.incident, None)  # ended while silenced: no mail at all
+        else:
+            announced = event.incident in self.incidents
+            self.held[event.incident] = Held(event, silence, announced)
+        self._dirty.add("held")
+
+    def _release(self, now: float) -> list[AlertEvent]:
+        """Events for held incidents no silence covers any more: one mail each."""
+        out = []
+        for incident, held in list(self.held.items()):
+            if self.silences.match(held.event, now) is not None:
+                continue
+            del self.held[incident]
+            event = held.event
+            if event.kind != "flapping":
+                # One mail with the incident's state now: the firing mail, or "still firing" if mailed before.
+                event = replace(event, kind="reminder" if incident in self.incidents else "firing")
+            event = replace(event, at=now)
+            log.info("silence over for %s %s: mailing its %s", event.rule.name, dict(event.labels), event.kind)
+            self.journal.record(event, "released", now)
+            out.append(event)
+        if out:
+            self._dirty.add("held")
+        return out
+
+    # -- the flow ----------------------------------------------------------
+    async def notify(self, events: Sequence[AlertEvent], now: float | None = None) -> None:
+        """Take events; mail them now or after ``group_wait``, grouped by recipients."""
+        now = time.time() if now is None else now
+        self.silences.refresh(now)
+        self._enqueue(self._release(now), now)
+        for event in events:
+            if self.hook is not None:
+                try:
+                    self.hook.alert_event(event=event)
+                except Exception:
+                    log.exception("an alert_event observer failed")
+            silence = self._silence(event, now)
+            if silence is not None:
+                log.info("silenced by %s: %s %s %s", silence, event.kind, event.rule.name, dict(event.labels))
+                self.journal.record(event, f"silenced:{silence}", now)
+                self._hold(event, silence)
+                continue
+            if event.incident in self.held:
+                self.held.pop(event.incident)  # a later event of it goes out normally
+                self._dirty.add("held")
+            self.journal.record(event, "notified", now)
+            self._enqueue([event], now)
+        await self.flush(now)
+
+    def _enqueue(self, events: Sequence[AlertEvent], now: float) -> None:
+        for event in events:
+            rcpts = self.recipients_for(event)
+            if not rcpts:
+                log.warning("alert %s has no recipients; set [mail].to or the rule's to", event.rule.name)
+                continue
+            waiting = self._waiting.setdefault(rcpts, [])
+            if event.kind == "reminder" and any(w.incident == event.incident for w in waiting):
+                continue  # a reminder of a mail that has not gone out yet says nothing new
+            waiting.append(event)
+            # A firing opens the window; later events join the mail it will become.
+            self._flush_at.setdefault(rcpts, now + self.group_wait)
+
+    async def flush(self, now: float | None = None, *, force: bool = False) -> None:
+        """Send every group whose wait is over (all of them with ``force``), then retry unsent mails.
+
+        Also re-reads the run-time silences when their file changed, releases held
+        alerts whose silence ended, and sends the digests that are due.
+        """
+        now = time.time() if now is None else now
+        if self._lock.locked() and not force:
+            # Another flush is rendering or queueing: what is due now goes with the next one (the
+            # next tick), rather than a probe's observe() waiting here and overrunning its interval.
+            return
+        async with self._lock:
+            self.silences.refresh(now)
+            self._enqueue(self._release(now), now)
+            for rcpts in [r for r, at in self._flush_at.items() if force or at <= now]:
+                events = self._waiting.pop(rcpts)
+                del self._flush_at[rcpts]
+                free = [r for r in rcpts if self.storm.allows(r, now)]
+                for rcpt in rcpts:
+                    if rcpt not in free:
+                        log.info("storm cap reached for %s: %d event(s) folded into the next digest", rcpt, len(events))
+                        self.storm.fold(rcpt, events, now)
+                if free:
+                    # Rendering (charts) takes a while: off the event loop, which must keep serving.
+                    self._unsent.append(await asyncio.to_thread(self._compose, events, free, list(rcpts), now))
+                    self.storm.sent(free, now)
+                else:
+                    self._track(events, list(rcpts), "")
+            for rcpt, backlog in self.storm.due(now, force=force):
+                self._unsent.append(await asyncio.to_thread(self._compose_digest, backlog.events, backlog.since, rcpt, now))
+            self._save()
+            while self._unsent:
+                out = self._unsent[0]
+                try:
+                    msg_id = await self.queue.put(out.data, out.envelope, route=self.route, origin="agent")
+                except OSError as exc:
+                    log.error("cannot queue %r yet (%s); kept in memory, retrying", out.subject, exc)
+                    return
+                self._unsent.pop(0)
+                self.mails_queued += 1
+                self.journal.mail(out.subject, out.envelope.recipients, out.kind, now, str(msg_id))
+                log.info("queued %s for %s: %s", msg_id, ", ".join(out.envelope.recipients), out.subject)
+
+    @property
+    def settled(self) -> bool:
+        """True when every event handed over is queued or held on disk: nothing lives only in memory."""
+        return not self._waiting and not self._unsent and self.storm.next_due is None
+
+    @property
+    def next_flush(self) -> float | None:
+        """When the next group or digest is due (None: nothing waits)."""
+        times = [t for t in (min(self._flush_at.values(), default=None), self.storm.next_due) if t is not None]
+        return min(times, default=None)
+
+    def _track(self, events: Sequence[AlertEvent], incident_to: list[str], message_id: str) -> list[str]:
+        """Open and close incident records for ``events``; the roots a mail about them replies to."""
+        roots = []
+        for event in events:
+            known = self.incidents.get(event.incident)
+            if known is None:
+                if not closes(event):
+                    self.incidents[event.incident] = Incident(root=message_id, to=incident_to, rule=event.rule.name)
+            elif known.root and known.root not in roots:
+                roots.append(known.root)
+            if known is not None and not known.root and message_id:
+                known.root = message_id  # announced first in a digest: later mails thread under this one
+        for event in events:
+            if closes(event):
+                self.incidents.pop(event.incident, None)
+        self._dirty.add("incidents")
+        return roots
+
+    def _save(self) -> None:
+        """Write the state files changed since the last call: once per flush, not once per event."""
+        if "held" in self._dirty:
+            self._save_held()
+        if "incidents" in self._dirty:
+            try:
+                self._save_incidents()
+            except OSError as exc:
+                log.error("cannot save %s: %s", self.incidents_file, exc)
+        self._dirty.clear()
+
+    def _headers(self, msg: EmailMessage, to: list[str], message_id: str, now: float) -> None:
+        for header in ("From", "To", "Date", "Message-ID", "In-Reply-To", "References", "Auto-Submitted"):
+            del msg[header]
+        msg["From"] = self.sender
+        msg["To"] = ", ".join(to)
+        msg["Date"] = email.utils.formatdate(now, usegmt=True)
+        msg["Message-ID"] = message_id
+        msg["Auto-Submitted"] = "auto-generated"
+
+    def _compose(self, events: list[AlertEvent], to: list[str], incident_to: list[str], now: float) -> Outgoing:
+        msg = self._render(events)
+        message_id = email.utils.make_msgid(idstring=events[0].incident[:16], domain=self.domain)
+        roots = self._track(events, incident_to, message_id)
+        self._headers(msg, to, message_id, now)
+        if roots:
+            msg["In-Reply-To"] = roots[0]
+            msg["References"] = " ".join(roots)
+        msg["X-Alertmail-Incident"] = " ".join(sorted({e.incident for e in events}))
+        kinds = sorted({e.kind for e in events})
+        msg["X-Alertmail-Kind"] = ",".join(kinds)
+        return Outgoing(message_bytes(msg), Envelope(self.sender, tuple(to)), str(msg["Subject"]))
+
+    def _compose_digest(self, events: list[AlertEvent], since: float, rcpt: str, now: float) -> Outgoing:
+        msg = render_digest(events, since, self.storm, self._context_base())
+        message_id = email.utils.make_msgid(idstring="digest", domain=self.domain)
+        for event in events:
+            known = self.incidents.get(event.incident)
+            if known is not None and not known.root:
+                known.root = message_id
+        self._headers(msg, [rcpt], message_id, now)
+        msg["X-Alertmail-Kind"] = "digest"
+        msg["X-Alertmail-Digest"] = str(len(events))
+        for event in events:
+            self.journal.record(event, f"digest:{rcpt}", now)
+        return Outgoing(message_bytes(msg), Envelope(self.sender, (rcpt,)), str(msg["Subject"]), "digest")
+
+    def _context_base(self) -> RenderContext:
+        return RenderContext(hostname=self.hostname, timezone=self.timezone, subject_prefix=self.subject_prefix)
+
+    def _render(self, events: list[AlertEvent]) -> EmailMessage:
+        ctx = RenderContext(
+            hostname=self.hostname,
+            timezone=self.timezone,
+            subject_prefix=self.subject_prefix,
+            history=self.history or (lambda metric, labels: ()),
+            extra=self._context(events),
+            **self.render_options,
+        )
+        if self.hook is not None:
+            try:
+                custom = self.hook.render_alert(alert=events, context=ctx)
+            except Exception:
+                log.exception("a render_alert plugin failed; using the built-in renderer")
+                custom = None
+            if isinstance(custom, EmailMessage):
+                # A plugin's subject is as untrusted as probe data.
+                subject = header_safe(custom.get("Subject", ""), limit=250)
+                del custom["Subject"]
+                custom["Subject"] = subject
+                return custom
+        return render_alert(events, ctx)
+
+    def _context(self, events: list[AlertEvent]) -> dict:
+        if self.context_for is None:
+            return {}
+        try:
+            return self.context_for(events)
+        except Exception:
+            log.exception("collecting context for the mail failed; sending it without")
+            return {}

@@ -1,0 +1,197 @@
+"""Storm control: a per-recipient mail cap that folds the overflow into digests.
+
+Promise: a recipient gets at most ``max_mails_per_hour`` mails in any rolling hour,
+digests included, and no event is ever dropped. To keep that promise while still
+sending a digest every ``digest_interval``, room is reserved for the digests: with
+the defaults (10 per hour, a digest every 15 min, so at most 4 digests in an hour)
+a recipient gets up to 6 separate mails in an hour; beyond that every event for
+them is folded into the next digest, which goes out at most once per interval and
+the first time one interval after their last separate mail. Separate mails resume
+once the digest has gone and the hour has room again.
+
+The one exception: when the agent stops, what is folded is sent at once (a digest
+early rather than an event lost).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+from alertmail.config.schema import Checker
+from alertmail.render.mail import RenderContext, format_labels, format_value, header_safe
+from alertmail.rules.engine import AlertEvent
+from alertmail.units import format_duration
+
+HOUR = 3600.0
+
+
+@dataclass
+class Backlog:
+    """What is folded for one recipient, waiting for their digest."""
+
+    events: list[AlertEvent] = field(default_factory=list)
+    since: float = 0.0  # when the first of them was folded
+    due: float = 0.0  # when the digest goes out
+
+
+class StormGuard:
+    """Counts mails per recipient and decides: a separate mail now, or the next digest."""
+
+    def __init__(self, max_per_hour: int = 10, digest_interval: float = 900.0) -> None:
+        if max_per_hour < 0:
+            raise ValueError("max_mails_per_hour cannot be negative")
+        if digest_interval <= 0:
+            raise ValueError("digest_interval must be longer than 0s")
+        self.max_per_hour = max_per_hour
+        self.digest_interval = digest_interval
+        self._sent: dict[str, deque[float]] = {}
+        self._last_digest: dict[str, float] = {}
+        self.backlog: dict[str, Backlog] = {}
+
+    @property
+    def digests_per_hour(self) -> int:
+        return math.ceil(HOUR / self.digest_interval)
+
+    @property
+    def separate_per_hour(self) -> int:
+        """Separate mails a recipient may get in an hour before the storm mode starts."""
+        return self.max_per_hour - self.digests_per_hour if self.max_per_hour else 0
+
+    def problem(self) -> str | None:
+        """Why this cap cannot work, or None."""
+        if self.max_per_hour and self.separate_per_hour < 1:
+            return (
+                f"max_mails_per_hour = {self.max_per_hour} leaves no room for separate mails beside "
+                f"{self.digests_per_hour} digests an hour (one every {format_duration(self.digest_interval)}); "
+                "raise max_mails_per_hour or lengthen digest_interval"
+            )
+        return None
+
+    def _recent(self, rcpt: str, now: float) -> deque[float]:
+        sent = self._sent.setdefault(rcpt, deque())
+        while sent and sent[0] <= now - HOUR:
+            sent.popleft()
+        return sent
+
+    def allows(self, rcpt: str, now: float) -> bool:
+        """May ``rcpt`` get a separate mail now? Never while a digest for them is pending (keeps order)."""
+        if not self.max_per_hour:
+            return True
+        if rcpt in self.backlog:
+            return False
+        return len(self._recent(rcpt, now)) < self.separate_per_hour
+
+    def sent(self, recipients: Sequence[str], now: float) -> None:
+        if not self.max_per_hour:
+            return
+        for rcpt in recipients:
+            self._recent(rcpt, now).append(now)
+
+    def fold(self, rcpt: str, events: Sequence[AlertEvent], now: float) -> None:
+        """Keep ``events`` for ``rcpt``'s next digest."""
+        backlog = self.backlog.get(rcpt)
+        if backlog is None:
+            sent = self._recent(rcpt, now)
+            last = max(self._last_digest.get(rcpt, 0.0), sent[-1] if sent else 0.0)
+            backlog = self.backlog[rcpt] = Backlog(since=now, due=max(now, last + self.digest_interval))
+        backlog.events.extend(events)
+
+    def due(self, now: float, *, force: bool = False) -> list[tuple[str, Backlog]]:
+        """The backlogs whose digest is due (all of them with ``force``), removed from the guard."""
+        out = []
+        for rcpt in [r for r, b in self.backlog.items() if force or b.due <= now]:
+            out.append((rcpt, self.backlog.pop(rcpt)))
+            self._last_digest[rcpt] = now
+            self.sent([rcpt], now)
+        return out
+
+    @property
+    def next_due(self) -> float | None:
+        return min((b.due for b in self.backlog.values()), default=None)
+
+
+# -- the digest mail -------------------------------------------------------------
+
+
+def _row(event: AlertEvent, ctx: RenderContext) -> tuple[str, str, str, str, str, str]:
+    when = ctx.local_time(event.at)
+    return (
+        f"{when:%Y-%m-%d %H:%M:%S %Z}",
+        event.kind,
+        header_safe(event.rule.name, 80),
+        format_labels(event.labels) or "-",
+        format_value(event.value),
+        event.severity,
+    )
+
+
+def render_digest(events: Sequence[AlertEvent], backlog_since: float, guard: StormGuard, ctx: RenderContext) -> EmailMessage:
+    """One mail listing every folded event (time, kind, rule, labels, value, severity), text and HTML."""
+    import html
+
+    rules = sorted({e.rule.name for e in events})
+    kinds: dict[str, int] = {}
+    for event in events:
+        kinds[event.kind] = kinds.get(event.kind, 0) + 1
+    counts = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+    subject = f"[DIGEST] {ctx.hostname}: {len(events)} alert events folded — {', '.join(rules)}"
+    if ctx.subject_prefix:
+        subject = f"{ctx.subject_prefix} {subject}"
+    why = (
+        f"You had {guard.separate_per_hour} separate alert mails within an hour, the most before "
+        f"digests start (max_mails_per_hour = {guard.max_per_hour}, a digest at most every "
+        f"{format_duration(guard.digest_interval)}). The {len(events)} events since "
+        f"{ctx.local_time(backlog_since):%H:%M %Z} were folded into this digest instead of "
+        f"being mailed one by one; none was dropped."
+    )
+    rows = [_row(e, ctx) for e in events]
+    header = ("time", "kind", "rule", "labels", "value", "severity")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    table = [" ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    table += [" ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    text = "\n".join([
+        f"DIGEST: {len(events)} alert events on {ctx.hostname} ({counts})",
+        "",
+        why,
+        "",
+        *table,
+        "",
+        f"-- alertmail on {ctx.hostname}",
+    ]) + "\n"
+    cells = "".join(
+        "<tr>" + "".join(f"<td style=\"padding:2px 8px\">{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    heads = "".join(f"<th style=\"text-align:left;padding:2px 8px\">{h}</th>" for h in header)
+    body = (
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head>"
+        "<body style=\"font-family:sans-serif\">"
+        f"<h2>{len(events)} alert events on {html.escape(ctx.hostname)}</h2>"
+        f"<p>{html.escape(why)}</p><p>{html.escape(counts)}</p>"
+        f"<table style=\"border-collapse:collapse;font-size:90%\"><tr>{heads}</tr>{cells}</table>"
+        f"<p style=\"color:#777\">alertmail on {html.escape(ctx.hostname)}</p></body></html>"
+    )
+    msg = EmailMessage()
+    msg["Subject"] = header_safe(subject, limit=250)
+    msg.set_content(text)
+    msg.add_alternative(body, subtype="html")
+    return msg
+
+
+def check_config(notify: dict[str, Any], check: Checker, config: Any = None) -> None:
+    """``[notify]`` cap and interval that cannot work together; problems go to ``check`` (a config.Checker)."""
+    cap, interval = notify.get("max_mails_per_hour"), notify.get("digest_interval")
+    if not isinstance(cap, int) or not isinstance(interval, float):
+        return  # the type error is reported already
+    if cap < 0:
+        check.error("notify.max_mails_per_hour", "cannot be negative; use 0 for no cap")
+    elif interval <= 0:
+        check.error("notify.digest_interval", "must be longer than 0s, e.g. \"15m\"")
+    else:
+        problem = StormGuard(cap, interval).problem()
+        if problem:
+            check.error("notify.max_mails_per_hour", problem)

@@ -1,0 +1,1 @@
+"""The queue: the durable spool, the badmail folder and delivery-status reports."""

@@ -1,0 +1,148 @@
+"""The badmail folder, as IIS kept it: ``<id>.bad`` the message, ``<id>.bdr`` the reason.
+
+``<id>.bad`` starts with ``X-Sender:`` / ``X-Receiver:`` lines (the failed recipients),
+then the message as it was queued, so copying it into ``pickup/`` sends it again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from alertmail.fsutil import write_atomic
+from alertmail.model import Envelope
+from alertmail.queue.spool import Entry, new_id, valid_id
+from alertmail.units import format_duration
+
+ENVELOPE_HEADERS = (b"x-sender:", b"x-receiver:")
+
+
+def stamp(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
+
+
+def with_envelope(envelope: Envelope, data: bytes) -> bytes:
+    """``data`` with X-Sender / X-Receiver lines first (the IIS pickup format)."""
+    lines = [f"X-Sender: {envelope.sender}"] + [f"X-Receiver: {r}" for r in envelope.recipients]
+    return "\r\n".join(lines).encode("utf-8") + b"\r\n" + data
+
+
+def split_envelope(data: bytes) -> tuple[Envelope | None, bytes]:
+    """The envelope from leading X-Sender / X-Receiver lines, and the message after them."""
+    sender: str | None = None
+    recipients: list[str] = []
+    pos = 0
+    while True:
+        end = data.find(b"\n", pos)
+        if end < 0:
+            break
+        line = data[pos:end].rstrip(b"\r")
+        lower = line.lower()
+        if not lower.startswith(ENVELOPE_HEADERS):
+            break
+        value = line.split(b":", 1)[1].strip().decode("utf-8", "replace").strip("<>")
+        if lower.startswith(b"x-sender:"):
+            sender = value
+        elif value:
+            recipients.append(value)
+        pos = end + 1
+    if not recipients:
+        return None, data
+    return Envelope(sender or "", tuple(recipients)), data[pos:]
+
+
+@dataclass(frozen=True)
+class BadmailItem:
+    """One message in badmail, as ``badmail list`` shows it."""
+
+    id: str
+    time: float
+    size: int
+    reason: str  # the first line of the .bdr
+
+
+class Badmail:
+    """Writes and reads ``state_dir/badmail``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def write(self, entry: Entry, data: bytes, *, reason: str, dsn: str, now: float | None = None) -> Path:
+        """Write ``<id>.bad`` (failed recipients only) and ``<id>.bdr``; blocking, atomic each."""
+        now = time.time() if now is None else now
+        self.folder.mkdir(parents=True, exist_ok=True)
+        failed = entry.failed
+        write_atomic(self.folder / f"{entry.id}.bad", with_envelope(Envelope(entry.sender, tuple(failed)), data))
+        return write_atomic(self.folder / f"{entry.id}.bdr", self.describe(entry, reason=reason, dsn=dsn, now=now).encode())
+
+    def reject(self, data: bytes, *, reason: str, origin: str, now: float | None = None) -> str:
+        """File ``data``, which never became a queued message (no envelope), with ``reason``; its id (blocking)."""
+        now = time.time() if now is None else now
+        entry = Entry(id=new_id(), created=now, sender="", recipients={}, origin=origin, size=len(data))
+        self.write(entry, data, reason=reason, dsn="none (no envelope to send one to)", now=now)
+        return entry.id
+
+    @staticmethod
+    def describe(entry: Entry, *, reason: str, dsn: str, now: float) -> str:
+        """The human-readable reason: recipients, last replies, attempts, times."""
+        lines = [
+            f"{reason}",
+            "",
+            f"Message:   {entry.id} ({entry.size} bytes, from {entry.origin})",
+            f"Sender:    <{entry.sender}>",
+            f"Queued:    {stamp(entry.created)}",
+            f"Attempts:  {entry.attempts}" + (f", the last at {stamp(entry.last_try)}" if entry.last_try else ""),
+            f"Given up:  {stamp(now)}, after {format_duration(now - entry.created)}",
+            f"Route:     {' -> '.join(entry.route) if entry.route else 'the default route'}",
+            f"DSN:       {dsn}",
+            "",
+            "Recipients:",
+        ]
+        for rcpt, state in entry.recipients.items():
+            detail = state.reply or "no reply"
+            where = ", ".join(x for x in (f"via {state.transport}" if state.transport else "", state.remote) if x)
+            lines.append(f"  <{rcpt}>  {state.status}: {detail}" + (f" ({where})" if where else ""))
+        return "\n".join(lines) + "\n"
+
+    def items(self) -> list[BadmailItem]:
+        """Every message in badmail, oldest first."""
+        out = []
+        if not self.folder.is_dir():
+            return out
+        for path in self.folder.glob("*.bad"):
+            msg_id = path.stem
+            if not valid_id(msg_id):
+                continue
+            try:
+                stat = path.stat()
+                reason = (self.folder / f"{msg_id}.bdr").read_text(errors="replace").split("\n", 1)[0]
+            except OSError:
+                reason = "(no reason file)"
+                stat = os.stat(path) if path.exists() else None
+                if stat is None:
+                    continue
+            out.append(BadmailItem(msg_id, stat.st_mtime, stat.st_size, reason))
+        return sorted(out, key=lambda i: (i.time, i.id))
+
+    def read(self, msg_id: str) -> tuple[Envelope | None, bytes]:
+        """The envelope and message of ``<id>.bad``."""
+        if not valid_id(msg_id):
+            raise FileNotFoundError(f"no badmail message {msg_id!r}")
+        return split_envelope((self.folder / f"{msg_id}.bad").read_bytes())
+
+    def remove(self, msg_id: str) -> None:
+        for suffix in (".bad", ".bdr"):
+            (self.folder / f"{msg_id}{suffix}").unlink(missing_ok=True)
+
+    async def resend(self, msg_id: str, queue) -> str:  # queue: alertmail.queue.Queue
+        """Put ``<id>.bad`` back into ``queue``; remove it from badmail; return the new queue id."""
+        import asyncio
+
+        envelope, data = await asyncio.to_thread(self.read, msg_id)
+        if envelope is None:
+            raise ValueError(f"{msg_id}.bad has no X-Receiver line; add one to say where it goes")
+        new_id = await queue.put(data, envelope, origin="resend")
+        await asyncio.to_thread(self.remove, msg_id)
+        return new_id

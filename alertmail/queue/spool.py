@@ -1,0 +1,487 @@
+"""The durable queue: one spool folder shared by the agent's alerts and the relay.
+
+Layout of ``state_dir/queue``::
+
+    <seg>.seg       one commit round: for each message, a line of JSON metadata (with
+                    its id and size) and then the message bytes. Written once (temp
+                    file, fsync, rename, folder fsync) and never changed.
+    <seg>.done      ids of that segment's messages that are finished (appended; no
+                    fsync: a crash that loses a line means one more delivery, never less).
+    <id>.json       a message's metadata after delivery attempts (rewritten atomically,
+                    fsynced); it supersedes the metadata line in the segment.
+    .<name>.tmp     a file being written; a crash leaves it behind and start() drops it.
+    control/        requests from the command line to a running agent (retry, delete, resend).
+    lock            held (flock) by the one process that owns the queue.
+
+A message counts as queued once its segment is renamed into place and the folder is
+fsynced; only then does ``put()`` return. Concurrent ``put()`` calls form one commit
+round and share one segment, so two fsyncs make a whole round durable (group commit).
+A segment is deleted when all its messages are finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alertmail.errors import AlertmailError
+from alertmail.fsutil import fsync_dir, write_atomic
+from alertmail.model import Envelope, RecipientStatus, Status
+
+log = logging.getLogger("alertmail.queue.spool")
+
+ID_PATTERN = re.compile(r"^[0-9a-f]{12,40}$")
+# More puts than this wait for the next commit round; keeps one round's size bounded.
+BATCH_MAX = 1024
+# What the command line can ask a running agent to do; "resend" takes a badmail id.
+REQUESTS = ("retry", "delete", "resend")
+
+
+class QueueWriteError(AlertmailError, OSError):
+    """A message could not be made durable (disk full, permissions); nothing half-written remains."""
+
+
+class QueueLocked(AlertmailError, RuntimeError):
+    """Another process owns this queue folder (an agent is running on the same state_dir)."""
+
+
+def new_id() -> str:
+    """A message id that sorts by creation time: milliseconds in hex, then randomness."""
+    return f"{time.time_ns() // 1_000_000:011x}{os.urandom(4).hex()}"
+
+
+def valid_id(text: str) -> bool:
+    return bool(ID_PATTERN.match(text))
+
+
+@dataclass
+class RecipientState:
+    """Where one recipient of a queued message stands."""
+
+    status: str = "pending"  # "pending" | "delivered" | "failed"
+    code: int = 0
+    message: str = ""
+    enhanced: str = ""
+    remote: str = ""
+    transport: str = ""  # the transport that gave the last result
+    time: float = 0.0  # of the last result
+    reported: bool = False  # a DSN about its failure has gone out (or was not due)
+
+    def record(self, result: RecipientStatus, transport: str, when: float) -> None:
+        self.status = {Status.DELIVERED: "delivered", Status.PERMANENT: "failed"}.get(result.status, "pending")
+        self.code, self.message, self.enhanced, self.remote = result.code, result.message, result.enhanced, result.remote
+        self.transport, self.time = transport, when
+
+    @property
+    def reply(self) -> str:
+        """The last reply as one line, e.g. ``550 5.1.1 no such user``."""
+        parts = [str(self.code) if self.code else "", self.enhanced, self.message]
+        return " ".join(p for p in parts if p)
+
+
+@dataclass
+class Entry:
+    """The metadata of one queued message."""
+
+    id: str
+    created: float
+    sender: str
+    recipients: dict[str, RecipientState]
+    route: list[str] | None = None  # None: the configured default route
+    origin: str = "agent"  # "agent", "relay", "pickup", "dsn", "resend"
+    size: int = 0
+    attempts: int = 0
+    next_try: float = 0.0
+    last_try: float = 0.0
+    last_error: str = ""
+    delay_notified: bool = False
+    segment: str = ""  # the segment holding the message; set when it is read back
+    offset: int = 0  # where its bytes start in the segment
+
+    @property
+    def envelope(self) -> Envelope:
+        return Envelope(self.sender, tuple(self.recipients))
+
+    @property
+    def pending(self) -> list[str]:
+        return [r for r, s in self.recipients.items() if s.status == "pending"]
+
+    @property
+    def failed(self) -> list[str]:
+        return [r for r, s in self.recipients.items() if s.status == "failed"]
+
+    @property
+    def delivered(self) -> list[str]:
+        return [r for r, s in self.recipients.items() if s.status == "delivered"]
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Entry:
+        data: dict[str, Any] = json.loads(raw)
+        fields = RecipientState.__dataclass_fields__
+        data["recipients"] = {
+            r: RecipientState(**{k: v for k, v in s.items() if k in fields}) for r, s in data["recipients"].items()
+        }
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class QueueStats:
+    """Counters for the benchmark and the logs."""
+
+    fsyncs: int = 0
+    commits: int = 0
+    puts: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def fsynced(self, n: int = 1) -> None:
+        with self.lock:
+            self.fsyncs += n
+
+
+class Queue:
+    """The spool folder: ``put`` makes a message durable; delivery reads, updates and removes entries."""
+
+    def __init__(self, folder: Path, *, fsync: bool = True, clock: Callable[[], float] = time.time) -> None:
+        self.folder = Path(folder)
+        self.fsync = fsync
+        self.clock = clock  # stamps ``created`` and the first ``next_try``; tests pass their own
+        self.stats = QueueStats()
+        self._entries: dict[str, Entry] = {}
+        self._live: dict[str, set[str]] = {}  # segment -> ids not yet finished
+        self._pending: list[tuple[Entry, bytes, asyncio.Future[None]]] = []
+        self._wakeup: asyncio.Event | None = None
+        self._committer: asyncio.Task[None] | None = None
+        self._committing = False  # a round is being written
+        self._lock_fd: int | None = None
+        self._listeners: list[Callable[[Entry], None]] = []
+
+    # -- life cycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Own the folder, drop what a crash left half-written, load the queued entries."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "control").mkdir(exist_ok=True)
+        if not self.acquire_lock():
+            raise QueueLocked(f"{self.folder} is in use by another alertmail process")
+        await asyncio.to_thread(self.recover)
+        self._wakeup = asyncio.Event()
+        self._committer = asyncio.create_task(self._commit_loop(), name="queue-commit")
+        if self._entries:
+            log.info("queue: %d message(s) to resume in %s", len(self._entries), self.folder)
+
+    async def close(self) -> None:
+        """Finish the commit round in progress, then let go of the folder."""
+        if self._committer is not None:
+            while self._pending or self._committing:
+                await asyncio.sleep(0.005)
+            self._committer.cancel()
+            try:
+                await self._committer
+            except asyncio.CancelledError:
+                pass
+            self._committer = None
+        self.release_lock()
+
+    def acquire_lock(self) -> bool:
+        """Take the folder's lock without waiting; False when another process holds it."""
+        if self._lock_fd is not None:
+            return True
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    def release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def recover(self) -> None:
+        """Drop temp files and leftovers of finished messages, then load (blocking: run in a thread)."""
+        for name in os.listdir(self.folder):
+            if name.startswith("."):
+                log.info("queue: dropping %s, left half-written by a crash", name)
+                (self.folder / name).unlink(missing_ok=True)
+        self.load()
+        for name in os.listdir(self.folder):
+            stem, _, suffix = name.partition(".")
+            orphan = (suffix == "done" and stem not in self._live) or (suffix == "json" and stem not in self._entries)
+            if orphan:
+                (self.folder / name).unlink(missing_ok=True)
+        for segment, live in list(self._live.items()):
+            if not live:  # every message finished, the segment's removal was cut short
+                self._retire_segment(segment)
+
+    def load(self) -> None:
+        """Read every unfinished entry from the folder (blocking); the command line uses it without the lock."""
+        self._entries, self._live = {}, {}
+        if not self.folder.is_dir():
+            return
+        names = set(os.listdir(self.folder))
+        for name in sorted(names):
+            if name.endswith(".seg") and not name.startswith("."):
+                segment = name[:-4]
+                done = self._done_ids(segment) if f"{segment}.done" in names else set()
+                live = self._live.setdefault(segment, set())
+                for entry in self._read_segment(segment):
+                    if entry.id in done:
+                        continue
+                    if f"{entry.id}.json" in names:
+                        entry = self._with_state(entry)
+                    self._entries[entry.id] = entry
+                    live.add(entry.id)
+
+    def _done_ids(self, segment: str) -> set[str]:
+        try:
+            return set((self.folder / f"{segment}.done").read_text().split())
+        except OSError:
+            return set()
+
+    def _read_segment(self, segment: str) -> list[Entry]:
+        """The entries of one segment, each with its offset; a damaged record ends the reading."""
+        out: list[Entry] = []
+        try:
+            with open(self.folder / f"{segment}.seg", "rb") as fh:
+                while line := fh.readline():
+                    entry = Entry.from_json(line)
+                    entry.segment, entry.offset = segment, fh.tell()
+                    fh.seek(entry.size, os.SEEK_CUR)
+                    out.append(entry)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.error("queue: segment %s is damaged after %d message(s): %s", segment, len(out), exc)
+        return out
+
+    def _with_state(self, entry: Entry) -> Entry:
+        """``entry`` with the metadata its delivery attempts saved."""
+        try:
+            state = Entry.from_json((self.folder / f"{entry.id}.json").read_bytes())
+        except FileNotFoundError:
+            return entry
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.error("queue: state of %s is unreadable (%s); starting it over", entry.id, exc)
+            return entry
+        state.segment, state.offset, state.size = entry.segment, entry.offset, entry.size
+        return state
+
+    # -- writing ------------------------------------------------------------
+
+    async def put(self, data: bytes, envelope: Envelope, *, route: list[str] | None = None, origin: str = "agent") -> str:
+        """Queue ``data`` for ``envelope``; return its id once it is durable.
+
+        Raises QueueWriteError when it cannot be made durable; then nothing of it remains.
+        """
+        if self._wakeup is None:
+            raise RuntimeError("Queue.start() was not called")
+        if not envelope.recipients:
+            raise ValueError("a message needs at least one recipient")
+        for address in (envelope.sender, *envelope.recipients):
+            if "\r" in address or "\n" in address:
+                raise ValueError(f"CR or LF in envelope address {address!r}")
+        now = self.clock()
+        entry = Entry(
+            id=new_id(),
+            created=now,
+            sender=envelope.sender,
+            recipients={r: RecipientState() for r in dict.fromkeys(envelope.recipients)},
+            route=list(route) if route else None,
+            origin=origin,
+            size=len(data),
+            next_try=now,
+        )
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((entry, bytes(data), done))
+        self._wakeup.set()
+        # Shielded: a caller that gives up waiting does not undo a commit under way.
+        await asyncio.shield(done)
+        return entry.id
+
+    async def _commit_loop(self) -> None:
+        """Commit whatever is pending; puts that arrive during a round form the next one."""
+        assert self._wakeup is not None
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch, self._pending = self._pending[:BATCH_MAX], self._pending[BATCH_MAX:]
+                self._committing = True
+                error: QueueWriteError | None = None
+                try:
+                    await asyncio.to_thread(self._commit, [(e, d) for e, d, _ in batch])
+                except OSError as exc:
+                    error = QueueWriteError(exc.errno or errno.EIO, f"cannot queue message: {exc.strerror or exc}")
+                except Exception as exc:  # noqa: BLE001  any failure fails the round's puts, never the commit loop
+                    error = QueueWriteError(errno.EIO, f"cannot queue message: {exc}")
+                self.stats.commits += 1
+                self._committing = False
+                for entry, _, done in batch:
+                    if error is None:
+                        # Registered here, not in put(): a cancelled caller's message is still delivered.
+                        self._entries[entry.id] = entry
+                        self._live.setdefault(entry.segment, set()).add(entry.id)
+                        self.stats.puts += 1
+                        for listener in self._listeners:
+                            listener(entry)
+                    if done.done():
+                        continue
+                    if error is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(error)
+
+    def _commit(self, batch: list[tuple[Entry, bytes]]) -> None:
+        """Write one segment for the round, fsync it, rename it, fsync the folder (blocking)."""
+        segment = new_id()
+        parts: list[bytes] = []
+        position = 0
+        for entry, data in batch:
+            header = entry.to_json() + b"\n"
+            entry.segment, entry.offset = segment, position + len(header)
+            parts += (header, data)
+            position += len(header) + len(data)
+        path = self.folder / f"{segment}.seg"
+        self._write_file(path, b"".join(parts))
+        if self.fsync:
+            try:
+                self._fsync_folder()
+            except OSError:
+                path.unlink(missing_ok=True)
+                raise
+
+    def _write_file(self, path: Path, content: bytes) -> None:
+        """Temp file (dot-named, so recovery drops it), fsync, rename; the folder is not fsynced here."""
+        write_atomic(path, content, sync=self.fsync, sync_folder=False, fsynced=self.stats.fsynced)
+
+    def _fsync_folder(self) -> None:
+        fsync_dir(self.folder)
+        self.stats.fsynced()
+
+    # -- reading and updating -------------------------------------------------
+
+    def add_listener(self, listener: Callable[[Entry], None]) -> None:
+        """Call ``listener(entry)`` after each successful put (delivery wakes up on it)."""
+        self._listeners.append(listener)
+
+    def entries(self) -> list[Entry]:
+        """The queued entries, oldest first."""
+        return sorted(self._entries.values(), key=lambda e: (e.created, e.id))
+
+    def get(self, msg_id: str) -> Entry | None:
+        return self._entries.get(msg_id)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def read_message(self, msg_id: str) -> bytes:
+        """The message bytes of a queued entry (blocking)."""
+        entry = self._entries.get(msg_id)
+        if entry is None:
+            raise FileNotFoundError(f"no message {msg_id} in {self.folder}")
+        with open(self.folder / f"{entry.segment}.seg", "rb") as fh:
+            fh.seek(entry.offset)
+            return fh.read(entry.size)
+
+    async def read(self, msg_id: str) -> bytes:
+        return await asyncio.to_thread(self.read_message, msg_id)
+
+    async def update(self, entry: Entry) -> None:
+        """Make ``entry``'s metadata durable: delivered recipients are never sent to again."""
+        await asyncio.to_thread(self.write_state, entry)
+
+    def write_state(self, entry: Entry) -> None:
+        if entry.id not in self._entries:
+            return  # finished or deleted meanwhile: do not resurrect its state
+        try:
+            self._write_file(self.folder / f"{entry.id}.json", entry.to_json())
+            if self.fsync:
+                self._fsync_folder()
+        except OSError as exc:
+            raise QueueWriteError(exc.errno or errno.EIO, f"cannot update {entry.id}: {exc.strerror or exc}") from exc
+        self._entries[entry.id] = entry
+
+    async def remove(self, msg_id: str) -> None:
+        """Finish a message: it is neither delivered again nor shown any more."""
+        entry = self._entries.pop(msg_id, None)
+        if entry is None:
+            return
+        live = self._live.get(entry.segment, set())
+        live.discard(msg_id)
+        await asyncio.to_thread(self._retire, msg_id, entry.segment, not live)
+
+    def _retire(self, msg_id: str, segment: str, last: bool) -> None:
+        # No fsync: if a crash undoes this the message is delivered again (at-least-once).
+        if last:
+            self._live.pop(segment, None)
+            self._retire_segment(segment)
+        else:
+            with open(self.folder / f"{segment}.done", "a") as fh:
+                fh.write(msg_id + "\n")
+        # The mark comes first: a crash between leaves a stale state file, never a live message without its state.
+        (self.folder / f"{msg_id}.json").unlink(missing_ok=True)
+
+    def _retire_segment(self, segment: str) -> None:
+        (self.folder / f"{segment}.seg").unlink(missing_ok=True)
+        (self.folder / f"{segment}.done").unlink(missing_ok=True)
+
+    # -- requests from the command line -------------------------------------
+
+    def request(self, action: str, msg_id: str = "all") -> Path:
+        """Leave a request (``retry``, ``delete``, ``resend`` from badmail) for the running agent."""
+        if action not in REQUESTS or not (msg_id == "all" or valid_id(msg_id)):
+            raise ValueError(f"bad request {action} {msg_id}")
+        control = self.folder / "control"
+        control.mkdir(parents=True, exist_ok=True)
+        path = control / f"{action}-{msg_id}"
+        path.touch()
+        return path
+
+    def take_requests(self) -> list[tuple[str, str]]:
+        """The pending requests as (action, id), removed from the folder (blocking, cheap)."""
+        out = []
+        try:
+            names = os.listdir(self.folder / "control")
+        except FileNotFoundError:
+            return out
+        for name in names:
+            action, _, msg_id = name.partition("-")
+            (self.folder / "control" / name).unlink(missing_ok=True)
+            if action in REQUESTS and (msg_id == "all" or valid_id(msg_id)):
+                out.append((action, msg_id))
+        return out
+
+    def apply_request(self, action: str, msg_id: str, now: float | None = None) -> list[str]:
+        """Carry out a ``retry`` or ``delete`` on the loaded entries; return the ids it touched (blocking)."""
+        now = time.time() if now is None else now
+        targets = list(self._entries) if msg_id == "all" else [msg_id] if msg_id in self._entries else []
+        for target in targets:
+            entry = self._entries[target]
+            if action == "delete":
+                del self._entries[target]
+                live = self._live.get(entry.segment, set())
+                live.discard(target)
+                self._retire(target, entry.segment, not live)
+            else:
+                entry.next_try = now
+                self.write_state(entry)
+        return targets

@@ -1,0 +1,1 @@
+"""Rendering: alert events into a text and HTML mail with charts; templates people can override."""

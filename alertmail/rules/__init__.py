@@ -1,0 +1,1 @@
+"""Rules: the pure state machine from samples to alert events (windows, flapping)."""

@@ -1,0 +1,1 @@
+"""The bundled probes: ``system`` (psutil counters) and ``process`` (watched processes)."""

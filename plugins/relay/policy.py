@@ -1,0 +1,120 @@
+"""The relay's rules as pure functions: who may relay, what an address or a message may hold.
+
+No I/O here and no aiosmtpd: the listener (relay_smtp.py) applies these, and the unit
+tests check them directly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+from alertmail.plugins.relay.users import Users
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
+_ENHANCED_BY_CODE = {
+    221: "2.0.0", 235: "2.7.0", 250: "2.0.0", 252: "2.0.0", 421: "4.3.2", 451: "4.3.0", 452: "4.5.3",
+    500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4", 530: "5.7.0",
+    535: "5.7.8", 538: "5.7.11", 552: "5.3.4", 553: "5.1.3", 554: "5.0.0", 555: "5.5.4",
+}
+_ENHANCED_250 = {"MAIL": "2.1.0", "RCPT": "2.1.5", "DATA": "2.0.0"}
+_BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_HELO_UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
+_ADDRESS_UNSAFE = re.compile(r"[^!-~]|[()<>;\\\"]")
+
+
+@dataclass(frozen=True)
+class RelayPolicy:
+    """Who may relay, and the limits of a session."""
+
+    hostname: str
+    allow: tuple[IPNetwork, ...] = ()
+    users: Users | None = None
+    local_domains: frozenset[str] = frozenset()
+    max_size: int = 10_000_000
+    max_recipients: int = 100
+    max_commands: int = 100
+    require_tls: bool = False
+    greet_pause: float = 0.0
+    route: tuple[str, ...] | None = None
+    timeout: float = 300.0
+
+    def allowed(self, ip: str) -> bool:
+        """True when ``ip`` may relay without AUTH."""
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if addr.version == 6 and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr.version == net.version and addr in net for net in self.allow)
+
+    def local(self, address: str) -> bool:
+        return address.rpartition("@")[2].lower().rstrip(".") in self.local_domains
+
+
+def parse_networks(items: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """``["127.0.0.0/8", "::1"]`` as networks; ValueError names the bad item."""
+    out = []
+    for item in items:
+        try:
+            out.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"not an IP address or CIDR network: {item!r}") from None
+    return tuple(out)
+
+
+def address_problem(command: str, arg: str) -> str | None:
+    """Why the path of a MAIL/RCPT argument is refused, or None when it is acceptable."""
+    keyword = "FROM:" if command == "MAIL" else "TO:"
+    if arg[: len(keyword)].upper() != keyword:
+        return None  # aiosmtpd answers the syntax error
+    path = arg[len(keyword) :].lstrip()
+    if path.startswith("<"):
+        end = path.find(">")
+        rest = "" if end < 0 else path[end + 1 :]
+        path = path if end < 0 else path[: end + 1]
+        if path.count("<") != 1 or path.count(">") != 1 or rest[:1] not in ("", " "):
+            return "unbalanced angle brackets in address"
+    else:
+        path = path.split(" ", 1)[0]
+        if "<" in path or ">" in path:
+            return "unbalanced angle brackets in address"
+    if "\r" in path or "\n" in path:
+        return "CR or LF in address"
+    return None
+
+
+def has_bare_newline(data: bytes) -> bool:
+    """True when ``data`` holds a CR or LF that is not part of a CRLF pair."""
+    return _BARE_NEWLINE.search(data) is not None
+
+
+def with_enhanced_code(reply: str, command: str) -> str:
+    """``reply`` with an RFC 3463 status code after the reply code when it has none."""
+    if len(reply) < 4 or not reply[:3].isdigit() or _ENHANCED.match(reply):
+        return reply
+    code = int(reply[:3])
+    if code in (220, 334, 354) or command in ("EHLO", "HELO"):
+        return reply  # greeting, challenges and HELO/EHLO replies carry none (RFC 2034 section 4)
+    enhanced = _ENHANCED_250.get(command, "2.0.0") if code == 250 else _ENHANCED_BY_CODE.get(code, f"{code // 100}.0.0")
+    return f"{reply[:4]}{enhanced} {reply[4:]}"
+
+
+def received_header(
+    *, helo: str, ip: str, hostname: str, protocol: str, txid: str, recipients: list[str], now: float | None = None
+) -> bytes:
+    """A ``Received:`` trace field (RFC 5321 section 4.4); untrusted parts are made safe."""
+    helo = _HELO_UNSAFE.sub("_", helo or "unknown")[:64]
+    literal = f"IPv6:{ip}" if ":" in ip else ip
+    line = f"Received: from {helo} ([{literal}])\r\n\tby {hostname} (alertmail) with {protocol} id {txid}"
+    if len(recipients) == 1 and not _ADDRESS_UNSAFE.search(recipients[0]):
+        line += f"\r\n\tfor <{recipients[0]}>"
+    when = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    return f"{line}; {format_datetime(when)}\r\n".encode("ascii", "replace")

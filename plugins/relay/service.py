@@ -1,0 +1,322 @@
+"""The bundled relay: a local SMTP service and a pickup folder feeding alertmail's queue.
+
+The modern form of the IIS SMTP virtual server: applications on the host hand mail to
+``[relay].listen`` (or drop files into ``state_dir/pickup``); it is made durable in the
+queue before the client hears 250, then delivered through ``[relay].route``.
+
+    [relay]
+    enabled = true                        # start with `alertmail run`
+    listen = ["127.0.0.1:2525", "[::1]:2525"]
+    hostname = "web01.example.com"        # banner, EHLO, Received; default [agent].hostname
+    allow = ["127.0.0.0/8", "::1"]        # may relay without AUTH
+    users_file = "relay-users"            # user:scrypt$... lines; AUTH only over TLS
+    tls_cert = "tls/cert.pem"
+    tls_key = "tls/key.pem"
+    require_tls = false
+    max_size = "10MB"
+    route = ["mx"]                        # how relayed mail leaves; needs [transports.mx]
+
+This module is what the plugin loader imports, so it stays light: aiosmtpd and the
+listener are imported only when the service starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import click
+
+from alertmail import AlertmailError, Option, ServiceContext, hookimpl
+
+log = logging.getLogger("alertmail.relay")
+
+OPTIONS: dict[str, Option] = {
+    "enabled": Option("bool", False, help="start the relay with `alertmail run`"),
+    "listen": Option("list", ["127.0.0.1:2525"], help="addresses to listen on: \"127.0.0.1:2525\", \"[::1]:2525\""),
+    "hostname": Option("str", None, help="name in the banner, EHLO and Received; default [agent].hostname"),
+    "allow": Option("list", ["127.0.0.0/8", "::1"], help="IPs and CIDR networks that may relay without AUTH"),
+    "users_file": Option("path", None, help="user:hash lines (`alertmail relay passwd USER`); AUTH over TLS only"),
+    "tls_cert": Option("path", None, help="PEM certificate (chain) for STARTTLS"),
+    "tls_key": Option("path", None, help="PEM private key for STARTTLS"),
+    "require_tls": Option("bool", False, help="refuse mail commands before STARTTLS"),
+    "max_size": Option("size", 10_000_000, help="largest message accepted (announced as SIZE)"),
+    "max_recipients": Option("int", 100, help="recipients per message; more get 452"),
+    "max_commands": Option("int", 100, help="commands per session that move no mail (NOOP, RSET, errors ...) before 421"),
+    "route": Option("list", ["mx"], help="transports relayed and picked-up mail leaves through"),
+    "local_domains": Option("list", [], help="recipient domains any client may send to, without relay rights"),
+    "pickup": Option("bool", True, help="take files dropped into STATE_DIR/pickup"),
+    "pickup_interval": Option("duration", 1.0, help="how often the pickup folder is scanned"),
+    "greet_pause": Option("duration", 1.0, help="wait before the banner for clients outside `allow`; who talks first is dropped"),
+    "timeout": Option("duration", 300.0, help="idle time before a session is closed"),
+    "event_loop": Option("str", "auto", choices=("auto", "asyncio", "uvloop"),
+                         help="for `alertmail relay`: auto = uvloop when installed (about twice the rate)"),
+    "stop_timeout": Option("duration", 20.0, help="on shutdown, how long transactions in flight may take to finish"),
+}
+
+
+class RelayConfigError(AlertmailError, ValueError):
+    """The [relay] table cannot work as written (the message names the key and the fix)."""
+
+
+class RelayService:
+    """The SMTP listener and the pickup watcher, started with the agent when ``[relay].enabled``."""
+
+    name: ClassVar[str] = "relay"
+    section: ClassVar[str] = "relay"
+    options: ClassVar[dict[str, Option]] = OPTIONS
+
+    def __init__(self) -> None:
+        self.server: Any = None  # relay_smtp.RelayServer
+        self.pickup: Any = None  # relay_pickup.PickupWatcher
+        self.w3c: Any = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._stop_timeout = 20.0
+
+    async def start(self, context: ServiceContext) -> None:
+        from alertmail.plugins.relay.policy import RelayPolicy, parse_networks
+        from alertmail.plugins.relay.server import RelayServer, tls_context
+        from alertmail.plugins.relay.users import Users, UsersFileError
+        from alertmail.plugins.relay.w3c import W3CLog
+        from alertmail.plugins.relay.watcher import PickupWatcher
+
+        from alertmail import Badmail, __version__, parse_address
+
+        opts = context.options
+        state_dir = Path(context.state_dir)
+        hostname = opts.get("hostname") or context.hostname
+        route = list(opts["route"])
+        check_route(context.config, route, state_dir)
+        try:
+            listen = [parse_address(a) for a in opts["listen"]]
+            allow = parse_networks(opts["allow"])
+        except ValueError as exc:
+            raise RelayConfigError(f"relay.listen / relay.allow: {exc}") from None
+        tls = None
+        if opts.get("tls_cert") or opts.get("tls_key"):
+            if not (opts.get("tls_cert") and opts.get("tls_key")):
+                raise RelayConfigError("relay.tls_cert and relay.tls_key go together; set both")
+            tls = tls_context(str(opts["tls_cert"]), str(opts["tls_key"]))
+        if opts.get("require_tls") and tls is None:
+            raise RelayConfigError("relay.require_tls needs relay.tls_cert and relay.tls_key")
+        users = None
+        if opts.get("users_file"):
+            if tls is None:
+                raise RelayConfigError("relay.users_file: AUTH is offered only over TLS; set tls_cert and tls_key")
+            try:
+                users = Users.load(opts["users_file"])
+            except (OSError, UsersFileError) as exc:
+                raise RelayConfigError(f"relay.users_file: {exc}") from None
+        # aiosmtpd logs every command line at INFO (AUTH PLAIN data included): keep it quiet.
+        logging.getLogger("mail.log").setLevel(logging.ERROR)
+        policy = RelayPolicy(
+            hostname=hostname, allow=allow, users=users,
+            local_domains=frozenset(d.lower().rstrip(".") for d in opts["local_domains"]),
+            max_size=opts["max_size"], max_recipients=opts["max_recipients"], max_commands=opts["max_commands"],
+            require_tls=bool(opts["require_tls"]), greet_pause=opts["greet_pause"], route=tuple(route),
+            timeout=opts["timeout"],
+        )
+        self._stop_timeout = opts["stop_timeout"]
+        self.w3c = W3CLog(state_dir / "logs", f"alertmail {__version__}")
+        self.server = RelayServer(policy, context.queue, self.w3c, tls)
+        try:
+            await self.server.start(listen)
+        except OSError:
+            await self.server.stop(0)
+            raise
+        self._flusher = asyncio.create_task(self._flush_log(), name="relay-log-flush")
+        if context.delivery is not None:
+            self._delivery = context.delivery
+            self._delivery.observers.append(self._log_attempt)
+        if opts["pickup"]:
+            self.pickup = PickupWatcher(
+                state_dir / "pickup", context.queue, Badmail(state_dir / "badmail"), hostname,
+                interval=opts["pickup_interval"], max_size=opts["max_size"], route=route,
+            )
+            await self.pickup.start()
+
+    def _log_attempt(self, entry: Any, transport: str, envelope: Any, result: Any, seconds: float, size: int) -> None:
+        """One W3C line per recipient of each delivery attempt, as IIS logs its outbound sessions."""
+        for rcpt, status in result.recipients.items():
+            self.w3c.record(
+                client_ip=status.remote or "-", username=transport, server_ip="-", server_port=0,
+                method="DELIVER", query=f"id={entry.id}&to={rcpt}&status={status.status.value}",
+                status=status.code, sent=size, received=0, taken_ms=int(seconds * 1000),
+            )
+
+    async def _flush_log(self) -> None:
+        """Idle sessions write no lines; this makes the last ones reach the file within a second."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.w3c.flush()
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Where the listener listens (ports resolved), for tests and the log."""
+        return self.server.addresses if self.server else []
+
+    async def stop(self) -> None:
+        """Stop accepting, let transactions in flight finish, stop the pickup watcher."""
+        delivery = getattr(self, "_delivery", None)
+        if delivery is not None and self._log_attempt in delivery.observers:
+            delivery.observers.remove(self._log_attempt)
+        if self.server is not None:
+            await self.server.stop(self._stop_timeout)
+        if self.pickup is not None:
+            await self.pickup.stop()
+        if self._flusher is not None:
+            self._flusher.cancel()
+        if self.w3c is not None:
+            self.w3c.close()
+
+
+def check_route(cfg: Any, route: Sequence[str], state_dir: Path) -> None:
+    """Every transport of the relay's route is configured, and none leads back into pickup/."""
+    if not route:
+        raise RelayConfigError("relay.route: empty; name at least one transport, e.g. [\"mx\"]")
+    transports = getattr(cfg, "transports", {}) or {}
+    for name in route:
+        if name not in transports:
+            raise RelayConfigError(f"relay.route: no [transports.{name}] table; add one (it says how relayed mail leaves)")
+    if "pickup" in route:
+        folder = transports["pickup"].get("directory") or state_dir / "pickup"
+        if Path(folder).resolve() == (state_dir / "pickup").resolve():
+            raise RelayConfigError("relay.route: the pickup transport writes into the relay's own pickup folder (a loop)")
+
+
+async def serve(cfg: Any, plugins: Any, services: Sequence[type], *, ready: Callable[[list[Any]], None] | None = None) -> None:
+    """Run the queue, delivery and ``services`` until SIGTERM or SIGINT, then stop them in order.
+
+    Stop order: services first (no new mail; transactions in flight finish and are
+    queued), then delivery (attempts in flight finish), then the queue.
+    """
+    from alertmail import Outbox
+
+    outbox = Outbox(cfg, plugins)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await outbox.open()
+        started = await outbox.start_services(services, only_enabled=False)
+        if ready is not None:
+            ready(started)
+        await stop.wait()
+        log.info("stopping: no new mail; finishing transactions in flight")
+    finally:
+        await outbox.close()
+
+
+@click.group("relay", invoke_without_command=True)
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="configuration file (default: config.toml, or $ALERTMAIL_CONFIG)")
+@click.pass_context
+def relay_command(ctx: click.Context, config_path: Path | None) -> None:
+    """Run the SMTP relay alone: listener, pickup folder, queue and delivery.
+
+    Runs until SIGTERM or SIGINT; then it stops accepting, lets transactions in
+    flight finish, lets delivery attempts in flight finish, and exits 0.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from alertmail import ExitCode, QueueLocked, load_or_exit, setup_logging
+
+    cfg, plugins = load_or_exit(_config_path(config_path))
+    setup_logging(cfg.agent["log_level"])
+    if not cfg.sections.get("relay", {}).get("enabled"):
+        log.info("[relay].enabled is false: `alertmail run` would not start it; running it as asked")
+
+    def announce(services: list[Any]) -> None:
+        for service in services:
+            addresses = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in service.addresses)
+            click.echo(f"relay listening on {addresses}", err=True)
+
+    try:
+        factory = loop_factory(cfg.sections.get("relay", {}).get("event_loop") or "auto")
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(serve(cfg, plugins, [RelayService], ready=announce))
+    except RelayConfigError as exc:
+        click.echo(f"{cfg.path}: {exc}", err=True)
+        sys.exit(ExitCode.CONFIG)
+    except QueueLocked as exc:
+        click.echo(f"cannot start: {exc}", err=True)
+        sys.exit(ExitCode.TEMPFAIL)
+    except OSError as exc:
+        click.echo(f"cannot start the relay: {exc}", err=True)
+        sys.exit(ExitCode.TEMPFAIL)
+
+
+@relay_command.command("passwd")
+@click.argument("user")
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="configuration file naming [relay].users_file")
+@click.option("--file", "users_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="users file to write (default: [relay].users_file of the config)")
+@click.option("--password-stdin", is_flag=True, help="read the password from the first line of standard input")
+def passwd_command(user: str, config_path: Path | None, users_file: Path | None, password_stdin: bool) -> None:
+    """Add USER to the relay's users file, or set a new password (scrypt hash)."""
+    from alertmail.plugins.relay.users import UsersFileError, set_password
+
+    from alertmail import ExitCode
+
+    if users_file is None:
+        from alertmail import load_or_exit
+
+        cfg, _ = load_or_exit(_config_path(config_path))
+        users_file = cfg.sections.get("relay", {}).get("users_file")
+        if users_file is None:
+            click.echo(f"{cfg.path}: relay.users_file is not set; set it or pass --file", err=True)
+            sys.exit(ExitCode.CONFIG)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        click.echo("an empty password is not allowed", err=True)
+        sys.exit(ExitCode.USAGE)
+    try:
+        new = set_password(Path(users_file), user, password)
+    except UsersFileError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(ExitCode.USAGE)
+    click.echo(f"{'added' if new else 'changed the password of'} {user} in {users_file}")
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop for ``choice``: "uvloop", "asyncio", or "auto" (uvloop when installed).
+
+    uvloop roughly doubles what one process accepts per second (see bench/relay_bench.py).
+    """
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise RelayConfigError("relay.event_loop = \"uvloop\": uvloop is not installed (pip install uvloop)") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def _config_path(config_path: Path | None) -> Path:
+    import os
+
+    from alertmail import DEFAULT_CONFIG
+
+    return config_path or Path(os.environ.get("ALERTMAIL_CONFIG", DEFAULT_CONFIG))
+
+
+@hookimpl
+def register_services(register: Callable[[Any], None]) -> None:
+    register(RelayService)
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    cli.add_command(relay_command)

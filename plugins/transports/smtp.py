@@ -1,0 +1,132 @@
+"""The smtp transport: hand every message to a configured server (a smart host or a provider).
+
+``servers`` are tried in order: a server that cannot be reached, breaks TLS, refuses
+the login or answers 421 passes the recipients it did not finish to the next one.
+TLS is on and verified by default: ``tls = "starttls"`` requires STARTTLS (a server
+that does not offer it is a failure, never a silent fall back to plain text, since
+the password and the mail would go in clear); ``"implicit"`` is TLS from the first
+byte (port 465); ``"none"`` is plain text and refuses AUTH unless
+``allow_plain_auth = true``. Sessions stay open for the next message for
+``idle_timeout`` and are checked with RSET before reuse.
+
+    [transports.smtp]
+    servers = ["smtp1.example.com:587", "smtp2.example.com:587"]
+    tls = "starttls"
+    username = "alerts"
+    password_env = "ALERTMAIL_SMTP_PASSWORD"
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from email.message import EmailMessage
+from typing import ClassVar
+
+from alertmail.plugins.transports.smtpclient import (
+    TIMEOUT_OPTIONS,
+    Endpoint,
+    SessionPool,
+    SessionSettings,
+    Timeouts,
+    helo_name,
+    is_ip,
+)
+
+from alertmail import (
+    DeliveryResult,
+    Envelope,
+    Option,
+    RecipientStatus,
+    Status,
+    TransportContext,
+    hookimpl,
+    message_bytes,
+    parse_address,
+    resolve_secret,
+)
+
+log = logging.getLogger("alertmail.transport.smtp")
+# A server written without a port gets the one its TLS mode usually listens on.
+DEFAULT_PORTS = {"starttls": 587, "implicit": 465, "none": 25}
+
+
+class SmtpTransport:
+    """Delivers through the first of ``servers`` that takes the mail (aiosmtplib)."""
+
+    name: ClassVar[str] = "smtp"
+    options: ClassVar[dict[str, Option]] = {
+        "servers": Option("list", None, required=True, help='servers tried in order, e.g. ["smtp1.example.com:587", "[10.0.0.5]:25"]'),
+        "tls": Option("str", "starttls", help="starttls (required, verified), implicit (port 465) or none", choices=("starttls", "implicit", "none")),
+        "tls_verify": Option("bool", True, help="check the server certificate and name"),
+        "ca_file": Option("path", None, help="PEM file of CA certificates to trust instead of the system's"),
+        "username": Option("str", None, help="log in with AUTH as this user"),
+        "password_env": Option("str", None, help="environment variable holding the password"),
+        "password_file": Option("path", None, help="file holding the password"),
+        "allow_plain_auth": Option("bool", False, help='allow AUTH over a connection without TLS (tls = "none")'),
+        "helo": Option("str", None, help="name given in EHLO; default: the agent's host name"),
+        **TIMEOUT_OPTIONS,
+    }
+
+    def __init__(self, options: dict, context: TransportContext) -> None:
+        self.servers: list[Endpoint] = []
+        for i, text in enumerate(options.get("servers") or []):
+            try:
+                host, port = parse_address(text, default_port=DEFAULT_PORTS[options.get("tls") or "starttls"])
+            except ValueError as exc:
+                raise ValueError(f"transports.smtp.servers[{i}]: {exc}") from None
+            self.servers.append(Endpoint(host, port, host if is_ip(host) else None))
+        if not self.servers:
+            raise ValueError('transports.smtp.servers: name at least one server, e.g. ["smtp.example.com:587"]')
+        tls = options.get("tls") or "starttls"
+        username = options.get("username")
+        if username and tls == "none" and not options.get("allow_plain_auth"):
+            raise ValueError(
+                'transports.smtp: username is set with tls = "none", which would send the password in clear text; '
+                'use tls = "starttls" or "implicit", or set allow_plain_auth = true'
+            )
+        if username:
+            _check_password(options)
+        ca_file = options.get("ca_file")
+        self.settings = SessionSettings(
+            helo=helo_name(options.get("helo") or context.hostname, "transports.smtp.helo"),
+            timeouts=Timeouts.from_options(options),
+            tls=tls,
+            tls_verify=options.get("tls_verify", True),
+            ca_file=str(ca_file) if ca_file else None,
+            username=username,
+            # Read at each new session, so a rotated password file is picked up without a restart.
+            password=lambda: resolve_secret(options, "password"),
+        )
+        idle = options.get("idle_timeout")
+        self.pool = SessionPool(self.settings, idle_timeout=30.0 if idle is None else idle, log=log)
+
+    async def send(self, message: EmailMessage | bytes, envelope: Envelope) -> DeliveryResult:
+        """Deliver to the first server that answers; per-recipient statuses, never an exception."""
+        data = message_bytes(message)
+        results = await self.pool.deliver(self._endpoints(), envelope.sender, envelope.recipients, data)
+        missing = RecipientStatus(Status.TEMPORARY, 0, "no server was tried", "4.4.1")
+        return DeliveryResult({r: results.get(r, missing) for r in envelope.recipients})
+
+    async def _endpoints(self) -> AsyncGenerator[Endpoint, None]:
+        for endpoint in self.servers:
+            yield endpoint
+
+    async def close(self) -> None:
+        """Close the sessions kept open for reuse."""
+        await self.pool.close()
+
+
+def _check_password(options: dict) -> None:
+    """Fail at start, not at the first alert, when the password cannot be read."""
+    if not options.get("password_env") and not options.get("password_file"):
+        raise ValueError("transports.smtp: username is set but no password; add password_env or password_file")
+    try:
+        resolve_secret(options, "password")
+    except (LookupError, OSError) as exc:
+        raise ValueError(f"transports.smtp.{'password_env' if options.get('password_env') else 'password_file'}: {exc}") from None
+
+
+@hookimpl
+def register_transports(register):
+    register(SmtpTransport)

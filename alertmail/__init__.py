@@ -30,14 +30,13 @@ from alertmail.model import (
     message_bytes,
 )
 from alertmail.units import format_duration, parse_address, parse_duration, parse_size
+from alertmail.version import __version__
 
 if TYPE_CHECKING:
     from alertmail.cli.options import DEFAULT_CONFIG, config_option, load_or_exit, setup_logging
     from alertmail.delivery.outbox import Outbox
     from alertmail.queue.badmail import Badmail, split_envelope
     from alertmail.queue.spool import QueueLocked, QueueWriteError
-
-__version__ = "0.1.0"
 
 # name -> module, imported on first access (PEP 562).
 _LAZY = {

@@ -96,7 +96,7 @@ def _import_file(path: Path) -> ModuleType:
 
 def _candidates(plugin_dirs: Iterable[Path]) -> Iterable[tuple[str, str, Callable[[], Any], str | None, str]]:
     """Yield (name, source, load, version, location) for every plugin to try."""
-    from alertmail import __version__
+    from alertmail.version import __version__
 
     for path in BUNDLED_PLUGINS:
         short = path.rsplit(".", 1)[-1]

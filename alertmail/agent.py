@@ -23,7 +23,8 @@ from alertmail.fsutil import write_atomic
 from alertmail.model import Sample
 from alertmail.notify import heartbeat
 from alertmail.probes.history import History
-from alertmail.rules.engine import Rule, RuleEngine
+from alertmail.rules.engine import RuleEngine
+from alertmail.rules.model import Rule
 
 log = logging.getLogger("alertmail.agent")
 

@@ -40,7 +40,7 @@ def main() -> None:
     import psutil  # noqa: F401
 
     from alertmail.render.mail import RenderContext, render_alert
-    from alertmail.rules.engine import AlertEvent, Rule
+    from alertmail.rules.model import AlertEvent, Rule
 
     idle = rss_mib()
     now = time.time()

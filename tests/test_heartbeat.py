@@ -20,7 +20,7 @@ from alertmail.notify.heartbeat import Heartbeat, mail_outcomes, queue_figures, 
 from alertmail.notify.journal import Journal
 from alertmail.notify.notifier import Notifier
 from alertmail.notify.silences import RuntimeSilences, SilenceSet
-from alertmail.rules.engine import AlertEvent, Rule
+from alertmail.rules.model import AlertEvent, Rule
 
 OPS = "ops@test.example"
 DISK = Rule(name="disk-full", metric="disk.used_percent", above=90, to=(OPS,))

@@ -18,7 +18,7 @@ from alertmail.model import Sample
 from alertmail.notify.silences import SilenceSet, silence_from_table
 from alertmail.probes.samples import SampleFileError, SampleWriter, read_samples
 from alertmail.replay import CollectedMail, html_with_data_uris, replay, write_mail_files
-from alertmail.rules.engine import Rule
+from alertmail.rules.model import Rule
 
 DATA = Path(__file__).parent / "data"
 OPS = "ops@test.example"

@@ -20,7 +20,7 @@ from alertmail.config.schema import ConfigError
 from alertmail.notify.notifier import Notifier
 from alertmail.notify.silences import Cron, RuntimeSilences, Silence, SilenceSet, Span, Weekly, from_config
 from alertmail.replay import MailCollector
-from alertmail.rules.engine import AlertEvent, Rule
+from alertmail.rules.model import AlertEvent, Rule
 
 UTC = dt.timezone.utc
 

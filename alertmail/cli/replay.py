@@ -23,7 +23,7 @@ from alertmail.units import format_duration
 def _rules_file(path: Path, default_to: Sequence[str]) -> list[Any]:
     from alertmail.config.load import read_toml
     from alertmail.config.schema import Checker, ConfigError
-    from alertmail.rules.engine import rules_from_config
+    from alertmail.rules.config import rules_from_config
 
     raw = read_toml(path)
     check = Checker(path.resolve().parent)

@@ -41,7 +41,7 @@ from alertmail.notify.silences import SilenceSet
 from alertmail.notify.storm import StormGuard, render_digest
 from alertmail.notify.storm import check_config as check_storm
 from alertmail.render.mail import RenderContext, header_safe, render_alert
-from alertmail.rules.engine import AlertEvent, Rule
+from alertmail.rules.model import AlertEvent, Rule
 
 log = logging.getLogger("alertmail.notify.notifier")
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from alertmail.config.schema import Checker
 from alertmail.render.mail import RenderContext, format_labels, format_value, header_safe
-from alertmail.rules.engine import AlertEvent
+from alertmail.rules.model import AlertEvent
 from alertmail.units import format_duration
 
 HOUR = 3600.0

@@ -24,7 +24,7 @@ from typing import Any
 
 from alertmail.model import Labels
 from alertmail.render.context import ProcessRow, mount_of, resource_of
-from alertmail.rules.engine import AlertEvent
+from alertmail.rules.model import AlertEvent
 from alertmail.units import format_duration
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from alertmail.render.context import ProcessRow
-from alertmail.render.mail import RenderContext, render_alert
+from alertmail.render.mail import render_alert
+from alertmail.render.view import RenderContext
 from alertmail.rules.model import AlertEvent, Rule
 from tests.peers import need
 

@@ -38,7 +38,7 @@ def _rules_file(path: Path, default_to: Sequence[str]) -> list[Any]:
 def _timeline_lines(result: Replay, timezone: str) -> list[str]:
     """One row per alert event and per release; a digest is noted on the rows of the events it carries."""
     from alertmail.cli.table import format_table
-    from alertmail.render.mail import format_value
+    from alertmail.render.format import format_value
 
     zone = zoneinfo.ZoneInfo(timezone)
 

@@ -40,7 +40,9 @@ from alertmail.notify.journal import Journal
 from alertmail.notify.silences import SilenceSet
 from alertmail.notify.storm import StormGuard, render_digest
 from alertmail.notify.storm import check_config as check_storm
-from alertmail.render.mail import RenderContext, header_safe, render_alert
+from alertmail.render.format import header_safe
+from alertmail.render.mail import render_alert
+from alertmail.render.view import RenderContext
 from alertmail.rules.model import AlertEvent, Rule
 
 log = logging.getLogger("alertmail.notify.notifier")

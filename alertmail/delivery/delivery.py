@@ -24,7 +24,8 @@ from typing import Any
 
 from alertmail.config.schema import Option, Section
 from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status, Transport, TransportContext
-from alertmail.queue.spool import Entry, Queue, QueueWriteError
+from alertmail.queue.entry import Entry
+from alertmail.queue.spool import Queue, QueueWriteError
 from alertmail.units import format_duration, parse_duration
 
 log = logging.getLogger("alertmail.delivery.delivery")

@@ -36,6 +36,7 @@ def main() -> None:
 
     before = rss_mb()
     import alertmail.notify.heartbeat  # noqa: F401
+    import alertmail.notify.runtime_silences  # noqa: F401
     import alertmail.notify.silences  # noqa: F401
     import alertmail.notify.storm  # noqa: F401
 

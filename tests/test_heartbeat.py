@@ -19,7 +19,7 @@ from alertmail.model import Envelope
 from alertmail.notify.heartbeat import Heartbeat, mail_outcomes, queue_figures, schedule, summarise
 from alertmail.notify.journal import Journal
 from alertmail.notify.notifier import Notifier
-from alertmail.notify.silences import RuntimeSilences, SilenceSet
+from alertmail.notify.runtime_silences import RuntimeSilences, SilenceSet
 from alertmail.rules.model import AlertEvent, Rule
 
 OPS = "ops@test.example"

@@ -80,7 +80,7 @@ def replay_command(ctx: click.Context, config_path: Path, samples_path: Path, ru
     from alertmail.cli.options import load_or_exit
     from alertmail.config.schema import ConfigError
     from alertmail.exitcodes import ExitCode
-    from alertmail.notify.silences import SilenceSet, from_config
+    from alertmail.notify.runtime_silences import SilenceSet, from_config
     from alertmail.units import parse_duration
 
     explicit = ctx.get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT

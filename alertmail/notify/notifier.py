@@ -37,7 +37,7 @@ from alertmail.config.schema import Option, Section
 from alertmail.fsutil import write_atomic
 from alertmail.model import Envelope, message_bytes
 from alertmail.notify.journal import Journal
-from alertmail.notify.silences import SilenceSet
+from alertmail.notify.runtime_silences import SilenceSet
 from alertmail.notify.storm import StormGuard, render_digest
 from alertmail.notify.storm import check_config as check_storm
 from alertmail.render.format import header_safe
@@ -177,7 +177,7 @@ class Notifier:
 
     def configure_noise(self, cfg: Any, rules: Sequence[Rule] = ()) -> None:
         """Take ``[notify]`` storm settings and ``[[silences]]`` from a config (at start and on reload)."""
-        from alertmail.notify.silences import from_config
+        from alertmail.notify.runtime_silences import from_config
 
         notify = cfg.sections.get("notify", {})
         self.storm.max_per_hour = notify.get("max_mails_per_hour") or 0

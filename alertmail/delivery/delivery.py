@@ -155,7 +155,6 @@ class Delivery:
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
-        self._stopping = False
 
     async def start(self) -> None:
         """Resume every queued message and start taking new ones."""
@@ -166,7 +165,6 @@ class Delivery:
 
     async def stop(self) -> None:
         """Stop taking messages; let attempts in flight finish (bounded), then return."""
-        self._stopping = True
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             try:
@@ -180,10 +178,6 @@ class Delivery:
             for task in pending:
                 task.cancel()  # retried after the restart: at-least-once
             await asyncio.gather(*pending, return_exceptions=True)
-
-    def wake(self) -> None:
-        """Look at the queue now: a message was queued or a retry was asked for."""
-        self._wake.set()
 
     def _queued(self, entry: Entry) -> None:
         heapq.heappush(self._due, (entry.next_try, entry.id))

@@ -23,10 +23,13 @@ from alertmail.fsutil import write_atomic
 from alertmail.model import Sample
 from alertmail.notify import heartbeat
 from alertmail.probes.history import History
-from alertmail.rules.engine import Rule, RuleEngine
+from alertmail.rules.engine import RuleEngine
+from alertmail.rules.model import Rule
 
 log = logging.getLogger("alertmail.agent")
 
+# How often the tick drops the chart history of series that stopped reporting: each sweep walks every series.
+HISTORY_SWEEP = 60.0
 
 
 def self_rules(cfg: Config) -> list[Rule]:
@@ -54,6 +57,7 @@ class Agent:
         self.rules = [*cfg.rules, *self_rules(cfg)]
         self.engine = RuleEngine(self.rules)
         self.history = History()
+        self._history_swept = 0.0  # when the tick last dropped idle series from the history
         self.probes: dict[str, Any] = {}
         self.missed: dict[str, int] = {}
         self._groups: dict[str, list[str]] = {}  # scheduler job id -> probes sharing that interval
@@ -107,9 +111,14 @@ class Agent:
         if events:
             self._hand_over(events, now)
 
-    async def tick(self) -> None:
-        now = time.time()
+    async def tick(self, now: float | None = None) -> None:
+        """Time-driven work: reminders, absent series, waits that end; now and then, history of series gone quiet."""
+        now = time.time() if now is None else now
         self._hand_over(self.engine.tick(now), now)
+        if now - self._history_swept >= HISTORY_SWEEP:
+            # Probes report series that end (a process exits, a disk is unmounted); without this they stay forever.
+            self.history.forget_idle(now)
+            self._history_swept = now
 
     def _hand_over(self, events: list, now: float) -> None:
         """Pass events to the mailer task; probes and ticks never wait for a mail to be rendered.

@@ -117,7 +117,7 @@ async def replay(
     receives the notifier's incident files and journal.
     """
     from alertmail.notify.notifier import Notifier
-    from alertmail.notify.silences import SilenceSet
+    from alertmail.notify.runtime_silences import SilenceSet
     from alertmail.probes.history import History
     from alertmail.rules.engine import RuleEngine
 

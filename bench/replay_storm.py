@@ -36,6 +36,7 @@ def main() -> None:
 
     before = rss_mb()
     import alertmail.notify.heartbeat  # noqa: F401
+    import alertmail.notify.runtime_silences  # noqa: F401
     import alertmail.notify.silences  # noqa: F401
     import alertmail.notify.storm  # noqa: F401
 
@@ -43,7 +44,7 @@ def main() -> None:
 
     from alertmail.model import Sample
     from alertmail.replay import replay
-    from alertmail.rules.engine import Rule
+    from alertmail.rules.model import Rule
 
     t0 = 1795698000.0
     rules = [Rule(name=f"r{i}", metric=f"m{i}", above=90, to=("ops@example.test",)) for i in range(args.series)]

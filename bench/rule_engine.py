@@ -17,7 +17,8 @@ import time
 import tracemalloc
 
 from alertmail.model import Sample
-from alertmail.rules.engine import Rule, RuleEngine
+from alertmail.rules.engine import RuleEngine
+from alertmail.rules.model import Rule
 
 RULES = [
     Rule("plain", "gauge", above=90, clear=80, repeat=3600),

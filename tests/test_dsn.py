@@ -11,7 +11,7 @@ from alertmail.delivery.delivery import RetryPolicy
 from alertmail.model import Envelope
 from alertmail.queue.badmail import Badmail, split_envelope, with_envelope
 from alertmail.queue.dsn import build_dsn, is_delivery_report, remote_host, status_code
-from alertmail.queue.spool import Entry, RecipientState
+from alertmail.queue.entry import Entry, RecipientState
 
 ORIGINAL = b"From: alerts@example.test\r\nTo: ops@example.test\r\nSubject: load high\r\n\r\nbody\r\n"
 NOW = 1_800_000_000.0

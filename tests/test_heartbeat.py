@@ -19,8 +19,8 @@ from alertmail.model import Envelope
 from alertmail.notify.heartbeat import Heartbeat, mail_outcomes, queue_figures, schedule, summarise
 from alertmail.notify.journal import Journal
 from alertmail.notify.notifier import Notifier
-from alertmail.notify.silences import RuntimeSilences, SilenceSet
-from alertmail.rules.engine import AlertEvent, Rule
+from alertmail.notify.runtime_silences import RuntimeSilences, SilenceSet
+from alertmail.rules.model import AlertEvent, Rule
 
 OPS = "ops@test.example"
 DISK = Rule(name="disk-full", metric="disk.used_percent", above=90, to=(OPS,))

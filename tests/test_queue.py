@@ -12,7 +12,8 @@ import textwrap
 import pytest
 
 from alertmail.model import Envelope
-from alertmail.queue.spool import Entry, Queue, QueueLocked, QueueWriteError, RecipientState, valid_id
+from alertmail.queue.entry import Entry, RecipientState, valid_id
+from alertmail.queue.spool import Queue, QueueLocked, QueueWriteError
 from tests.peers import SmtpSink
 from tests.test_delivery import sink_folder
 

@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 
 from alertmail.render.context import ProcessRow, collect_context, growth_per_second, resource_of
-from alertmail.render.mail import RenderContext, human_duration, render_alert, subject
-from alertmail.rules.engine import AlertEvent, Rule
+from alertmail.render.format import human_duration
+from alertmail.render.mail import render_alert
+from alertmail.render.view import RenderContext, subject
+from alertmail.rules.model import AlertEvent, Rule
 
 REPO = Path(__file__).resolve().parents[1]
 # 2025-01-15 13:03 UTC is 14:03 CET in Berlin (winter time).
@@ -327,8 +329,8 @@ def test_collect_context_leaves_out_what_it_cannot_read():
 
 
 def test_a_flap_that_settles_ok_is_announced_as_a_recovery():
-    from alertmail.render.mail import RenderContext, subject
-    from alertmail.rules.engine import AlertEvent, Rule
+    from alertmail.render.view import RenderContext, subject
+    from alertmail.rules.model import AlertEvent, Rule
 
     rule = Rule(name="disk-busy", metric="disk.busy_percent", above=90, clear=80, severity="warning", to=("ops@example.com",))
     event = AlertEvent(kind="flap-ended", rule=rule, labels=(), value=50.0, threshold=90.0, comparison=">",

@@ -16,8 +16,9 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from alertmail.render.context import ProcessRow
-from alertmail.render.mail import RenderContext, render_alert
-from alertmail.rules.engine import AlertEvent, Rule
+from alertmail.render.mail import render_alert
+from alertmail.render.view import RenderContext
+from alertmail.rules.model import AlertEvent, Rule
 from tests.peers import need
 
 AT = 1768482180.0  # 2026-01-15 13:03 UTC, 14:03 CET

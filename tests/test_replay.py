@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from alertmail.model import Sample
-from alertmail.notify.silences import SilenceSet, silence_from_table
+from alertmail.notify.runtime_silences import SilenceSet
+from alertmail.notify.silences import silence_from_table
 from alertmail.probes.samples import SampleFileError, SampleWriter, read_samples
 from alertmail.replay import CollectedMail, html_with_data_uris, replay, write_mail_files
-from alertmail.rules.engine import Rule
+from alertmail.rules.model import Rule
 
 DATA = Path(__file__).parent / "data"
 OPS = "ops@test.example"

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from alertmail.model import Sample
-from alertmail.rules.engine import AlertEvent, Rule, RuleEngine, State, incident_id
+from alertmail.rules.engine import RuleEngine
 from alertmail.rules.flapping import FlapHistory
+from alertmail.rules.model import AlertEvent, Rule, State, incident_id
 from alertmail.rules.window import WINDOW_BUCKETS, Window
 
 

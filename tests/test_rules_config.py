@@ -9,7 +9,8 @@ import pytest
 
 from alertmail.config.load import load_config
 from alertmail.config.schema import Checker, ConfigError
-from alertmail.rules.engine import Rule, check_address, rules_from_config
+from alertmail.rules.config import check_address, rules_from_config
+from alertmail.rules.model import Rule
 
 
 def check_rules(text: str, default_to=("ops@example.com",)) -> tuple[list[Rule], list[str]]:

@@ -9,7 +9,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from alertmail.model import Sample
-from alertmail.rules.engine import AlertEvent, Rule, RuleEngine
+from alertmail.rules.engine import RuleEngine
+from alertmail.rules.model import AlertEvent, Rule
 from alertmail.rules.window import WINDOW_BUCKETS, Window
 
 # Per test, not a global profile: other test modules keep their own settings.

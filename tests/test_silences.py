@@ -18,9 +18,10 @@ import pytest
 from alertmail.config.load import load_config
 from alertmail.config.schema import ConfigError
 from alertmail.notify.notifier import Notifier
-from alertmail.notify.silences import Cron, RuntimeSilences, Silence, SilenceSet, Span, Weekly, from_config
+from alertmail.notify.runtime_silences import RuntimeSilences, SilenceSet, from_config
+from alertmail.notify.silences import Cron, Silence, Span, Weekly
 from alertmail.replay import MailCollector
-from alertmail.rules.engine import AlertEvent, Rule
+from alertmail.rules.model import AlertEvent, Rule
 
 UTC = dt.timezone.utc
 

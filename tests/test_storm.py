@@ -13,7 +13,7 @@ from alertmail.config.schema import ConfigError
 from alertmail.notify.storm import StormGuard
 from alertmail.probes.samples import read_samples
 from alertmail.replay import replay
-from alertmail.rules.engine import Rule
+from alertmail.rules.model import Rule
 
 DATA = Path(__file__).parent / "data"
 OPS = "ops@test.example"
@@ -119,7 +119,7 @@ def test_cap_too_small_for_its_digests_is_a_config_error(tmp_path):
 
 def test_notify_does_not_wait_for_a_flush_that_is_still_queueing(tmp_path):
     from alertmail.notify.notifier import Notifier
-    from alertmail.rules.engine import AlertEvent
+    from alertmail.rules.model import AlertEvent
 
     class SlowQueue:
         def __init__(self) -> None:

@@ -37,7 +37,7 @@ def _short(text: str, width: int = 60) -> str:
 
 
 def _check_id(msg_id: str) -> str:
-    from alertmail.queue.spool import valid_id
+    from alertmail.queue.entry import valid_id
 
     if not valid_id(msg_id):
         click.echo(f"{msg_id!r} is not a message id (hex digits, as `alertmail queue list` shows them)", err=True)

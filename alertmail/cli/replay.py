@@ -23,7 +23,7 @@ from alertmail.units import format_duration
 def _rules_file(path: Path, default_to: Sequence[str]) -> list[Any]:
     from alertmail.config.load import read_toml
     from alertmail.config.schema import Checker, ConfigError
-    from alertmail.rules.engine import rules_from_config
+    from alertmail.rules.config import rules_from_config
 
     raw = read_toml(path)
     check = Checker(path.resolve().parent)
@@ -38,7 +38,7 @@ def _rules_file(path: Path, default_to: Sequence[str]) -> list[Any]:
 def _timeline_lines(result: Replay, timezone: str) -> list[str]:
     """One row per alert event and per release; a digest is noted on the rows of the events it carries."""
     from alertmail.cli.table import format_table
-    from alertmail.render.mail import format_value
+    from alertmail.render.format import format_value
 
     zone = zoneinfo.ZoneInfo(timezone)
 
@@ -80,7 +80,7 @@ def replay_command(ctx: click.Context, config_path: Path, samples_path: Path, ru
     from alertmail.cli.options import load_or_exit
     from alertmail.config.schema import ConfigError
     from alertmail.exitcodes import ExitCode
-    from alertmail.notify.silences import SilenceSet, from_config
+    from alertmail.notify.runtime_silences import SilenceSet, from_config
     from alertmail.units import parse_duration
 
     explicit = ctx.get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT

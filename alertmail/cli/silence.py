@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from alertmail.cli.options import config_option
-from alertmail.notify.silences import RuntimeSilences, from_config
+from alertmail.notify.runtime_silences import RuntimeSilences, from_config
 from alertmail.units import parse_duration
 
 

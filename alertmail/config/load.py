@@ -27,7 +27,7 @@ from alertmail.notify.heartbeat import SECTION as HEARTBEAT
 from alertmail.notify.notifier import SECTION as NOTIFY
 from alertmail.notify.silences import SECTION as SILENCES
 from alertmail.probes.runner import COMMON_KEYS, PROBE_OPTIONS, configure_probe
-from alertmail.rules.engine import SECTION as RULES
+from alertmail.rules.config import SECTION as RULES
 
 # In the order their problems are reported; rules last, as they read [mail].
 SECTIONS: tuple[Section, ...] = (AGENT, MAIL, NOTIFY, HEARTBEAT, SILENCES, QUEUE, RULES)

@@ -24,7 +24,8 @@ from typing import Any
 
 from alertmail.config.schema import Option, Section
 from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status, Transport, TransportContext
-from alertmail.queue.spool import Entry, Queue, QueueWriteError
+from alertmail.queue.entry import Entry
+from alertmail.queue.spool import Queue, QueueWriteError
 from alertmail.units import format_duration, parse_duration
 
 log = logging.getLogger("alertmail.delivery.delivery")
@@ -154,7 +155,6 @@ class Delivery:
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
-        self._stopping = False
 
     async def start(self) -> None:
         """Resume every queued message and start taking new ones."""
@@ -165,7 +165,6 @@ class Delivery:
 
     async def stop(self) -> None:
         """Stop taking messages; let attempts in flight finish (bounded), then return."""
-        self._stopping = True
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             try:
@@ -179,10 +178,6 @@ class Delivery:
             for task in pending:
                 task.cancel()  # retried after the restart: at-least-once
             await asyncio.gather(*pending, return_exceptions=True)
-
-    def wake(self) -> None:
-        """Look at the queue now: a message was queued or a retry was asked for."""
-        self._wake.set()
 
     def _queued(self, entry: Entry) -> None:
         heapq.heappush(self._due, (entry.next_try, entry.id))

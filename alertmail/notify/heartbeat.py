@@ -200,7 +200,7 @@ def render_heartbeat(summary: Summary, *, hostname: str, timezone: str, subject_
     lines += ["", "Silences in force now: " + (str(len(summary.silences)) if summary.silences else "none")]
     lines += [f"  {text}" for text in summary.silences]
     lines += ["", f"-- alertmail on {hostname}"]
-    from alertmail.render.mail import header_safe
+    from alertmail.render.format import header_safe
 
     msg = EmailMessage()
     msg["Subject"] = header_safe(subject, limit=250)

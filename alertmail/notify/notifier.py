@@ -7,7 +7,7 @@ the recipients the first mail went to. Incident records are kept in
 
 Before a mail is composed, two kinds of noise control apply:
 
-* **Silences** (``alertmail.silences``). A silenced event is recorded (log line and
+* **Silences** (``alertmail.notify.silences``). A silenced event is recorded (log line and
   ``state_dir/logs/alerts.jsonl``), not mailed; the notifier holds the newest event of
   each silenced incident (``state_dir/silenced.json``, so a restart keeps it). When no
   silence covers the incident any more and it is still firing, exactly one mail goes
@@ -15,7 +15,7 @@ Before a mail is composed, two kinds of noise control apply:
   and threading goes on from there. An incident that ended while silenced sends
   nothing at all. The recovery of an incident that was mailed before the silence
   started is still sent: it closes a thread its recipients have open.
-* **Storm cap** (``alertmail.storm``): beyond a per-recipient number of mails per
+* **Storm cap** (``alertmail.notify.storm``): beyond a per-recipient number of mails per
   hour, events are folded into one digest per interval; nothing is dropped.
 """
 
@@ -28,7 +28,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -37,11 +37,13 @@ from alertmail.config.schema import Option, Section
 from alertmail.fsutil import write_atomic
 from alertmail.model import Envelope, message_bytes
 from alertmail.notify.journal import Journal
-from alertmail.notify.silences import SilenceSet
+from alertmail.notify.runtime_silences import SilenceSet
 from alertmail.notify.storm import StormGuard, render_digest
 from alertmail.notify.storm import check_config as check_storm
-from alertmail.render.mail import RenderContext, header_safe, render_alert
-from alertmail.rules.engine import AlertEvent, Rule
+from alertmail.render.format import header_safe
+from alertmail.render.mail import render_alert
+from alertmail.render.view import RenderContext
+from alertmail.rules.model import AlertEvent, Rule
 
 log = logging.getLogger("alertmail.notify.notifier")
 
@@ -63,7 +65,13 @@ class Incident:
     root: str  # Message-ID of the first mail about it
     to: list[str]
     rule: str
-    references: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Incident:
+        if isinstance(data, dict):
+            # Files written by earlier versions also carry "references", which nothing read.
+            data = {k: v for k, v in data.items() if k != "references"}
+        return cls(**data)
 
 
 def closes(event: AlertEvent) -> bool:
@@ -165,7 +173,6 @@ class Notifier:
         self.held_file = self.state_dir / "silenced.json"
         self.held: dict[str, Held] = self._load_held()
         self.journal = Journal(self.state_dir / "logs" / "alerts.jsonl")
-        self.mails_queued = 0
         self._waiting: dict[tuple[str, ...], list[AlertEvent]] = {}
         self._flush_at: dict[tuple[str, ...], float] = {}
         self._unsent: list[Outgoing] = []
@@ -175,7 +182,7 @@ class Notifier:
 
     def configure_noise(self, cfg: Any, rules: Sequence[Rule] = ()) -> None:
         """Take ``[notify]`` storm settings and ``[[silences]]`` from a config (at start and on reload)."""
-        from alertmail.notify.silences import from_config
+        from alertmail.notify.runtime_silences import from_config
 
         notify = cfg.sections.get("notify", {})
         self.storm.max_per_hour = notify.get("max_mails_per_hour") or 0
@@ -189,7 +196,7 @@ class Notifier:
     def _load_incidents(self) -> dict[str, Incident]:
         try:
             raw = json.loads(self.incidents_file.read_text())
-            return {k: Incident(**v) for k, v in raw.items()}
+            return {k: Incident.from_json(v) for k, v in raw.items()}
         except FileNotFoundError:
             return {}
         except (ValueError, TypeError) as exc:
@@ -339,7 +346,6 @@ class Notifier:
                     log.error("cannot queue %r yet (%s); kept in memory, retrying", out.subject, exc)
                     return
                 self._unsent.pop(0)
-                self.mails_queued += 1
                 self.journal.mail(out.subject, out.envelope.recipients, out.kind, now, str(msg_id))
                 log.info("queued %s for %s: %s", msg_id, ", ".join(out.envelope.recipients), out.subject)
 

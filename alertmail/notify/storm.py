@@ -23,8 +23,9 @@ from email.message import EmailMessage
 from typing import Any
 
 from alertmail.config.schema import Checker
-from alertmail.render.mail import RenderContext, format_labels, format_value, header_safe
-from alertmail.rules.engine import AlertEvent
+from alertmail.render.format import format_labels, format_value, header_safe
+from alertmail.render.view import RenderContext
+from alertmail.rules.model import AlertEvent
 from alertmail.units import format_duration
 
 HOUR = 3600.0

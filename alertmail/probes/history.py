@@ -2,6 +2,8 @@
 
 Bounded: at most ``window`` seconds and ``max_points`` points per series, and only
 series some rule matches are kept, so memory does not grow with what probes emit.
+A series that stops reporting is dropped by ``forget_idle`` once its newest point is
+older than the window; the agent calls it from its tick.
 """
 
 from __future__ import annotations

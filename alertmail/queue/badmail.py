@@ -13,7 +13,7 @@ from pathlib import Path
 
 from alertmail.fsutil import write_atomic
 from alertmail.model import Envelope
-from alertmail.queue.spool import Entry, new_id, valid_id
+from alertmail.queue.entry import Entry, new_id, valid_id
 from alertmail.units import format_duration
 
 ENVELOPE_HEADERS = (b"x-sender:", b"x-receiver:")

@@ -15,7 +15,7 @@ from email.message import EmailMessage, Message, MIMEPart
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime, make_msgid
 
-from alertmail.queue.spool import Entry, RecipientState
+from alertmail.queue.entry import Entry, RecipientState
 
 
 def _smtp_policy():

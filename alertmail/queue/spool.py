@@ -24,24 +24,21 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
-import json
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from alertmail.errors import AlertmailError
 from alertmail.fsutil import fsync_dir, write_atomic
-from alertmail.model import Envelope, RecipientStatus, Status
+from alertmail.model import Envelope
+from alertmail.queue.entry import Entry, RecipientState, new_id, valid_id
 
 log = logging.getLogger("alertmail.queue.spool")
 
-ID_PATTERN = re.compile(r"^[0-9a-f]{12,40}$")
 # More puts than this wait for the next commit round; keeps one round's size bounded.
 BATCH_MAX = 1024
 # What the command line can ask a running agent to do; "resend" takes a badmail id.
@@ -54,89 +51,6 @@ class QueueWriteError(AlertmailError, OSError):
 
 class QueueLocked(AlertmailError, RuntimeError):
     """Another process owns this queue folder (an agent is running on the same state_dir)."""
-
-
-def new_id() -> str:
-    """A message id that sorts by creation time: milliseconds in hex, then randomness."""
-    return f"{time.time_ns() // 1_000_000:011x}{os.urandom(4).hex()}"
-
-
-def valid_id(text: str) -> bool:
-    return bool(ID_PATTERN.match(text))
-
-
-@dataclass
-class RecipientState:
-    """Where one recipient of a queued message stands."""
-
-    status: str = "pending"  # "pending" | "delivered" | "failed"
-    code: int = 0
-    message: str = ""
-    enhanced: str = ""
-    remote: str = ""
-    transport: str = ""  # the transport that gave the last result
-    time: float = 0.0  # of the last result
-    reported: bool = False  # a DSN about its failure has gone out (or was not due)
-
-    def record(self, result: RecipientStatus, transport: str, when: float) -> None:
-        self.status = {Status.DELIVERED: "delivered", Status.PERMANENT: "failed"}.get(result.status, "pending")
-        self.code, self.message, self.enhanced, self.remote = result.code, result.message, result.enhanced, result.remote
-        self.transport, self.time = transport, when
-
-    @property
-    def reply(self) -> str:
-        """The last reply as one line, e.g. ``550 5.1.1 no such user``."""
-        parts = [str(self.code) if self.code else "", self.enhanced, self.message]
-        return " ".join(p for p in parts if p)
-
-
-@dataclass
-class Entry:
-    """The metadata of one queued message."""
-
-    id: str
-    created: float
-    sender: str
-    recipients: dict[str, RecipientState]
-    route: list[str] | None = None  # None: the configured default route
-    origin: str = "agent"  # "agent", "relay", "pickup", "dsn", "resend"
-    size: int = 0
-    attempts: int = 0
-    next_try: float = 0.0
-    last_try: float = 0.0
-    last_error: str = ""
-    delay_notified: bool = False
-    segment: str = ""  # the segment holding the message; set when it is read back
-    offset: int = 0  # where its bytes start in the segment
-
-    @property
-    def envelope(self) -> Envelope:
-        return Envelope(self.sender, tuple(self.recipients))
-
-    @property
-    def pending(self) -> list[str]:
-        return [r for r, s in self.recipients.items() if s.status == "pending"]
-
-    @property
-    def failed(self) -> list[str]:
-        return [r for r, s in self.recipients.items() if s.status == "failed"]
-
-    @property
-    def delivered(self) -> list[str]:
-        return [r for r, s in self.recipients.items() if s.status == "delivered"]
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=True).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> Entry:
-        data: dict[str, Any] = json.loads(raw)
-        fields = RecipientState.__dataclass_fields__
-        data["recipients"] = {
-            r: RecipientState(**{k: v for k, v in s.items() if k in fields}) for r, s in data["recipients"].items()
-        }
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass

@@ -3,13 +3,15 @@
     ok -> pending -> firing -> ok        (plus flapping)
 
 The engine takes samples and the current time and returns the alert events that
-state changes produce; the caller owns the clock, which keeps it testable.
+state changes produce; the caller owns the clock, which keeps it testable. The
+rules and events are values of ``alertmail.rules.model``; ``alertmail.rules.config``
+builds rules from ``[[rules]]``.
 
 Semantics, in the order a sample meets them:
 
 * **Value.** The sample's value, or with ``over`` the ``agg`` of the series' window
   (avg/min/max/last, or ``rate``: per-second increase of a counter, resets counted
-  as a restart from zero); see ``alertmail.window`` for the memory bound.
+  as a restart from zero); see ``alertmail.rules.window`` for the memory bound.
 * **Levels.** ``above = X`` (or ``below``) fires at X with the rule's ``severity``;
   adding ``critical = Y`` makes X the warning level and Y the critical one; or give
   ``warning`` and ``critical`` alone, the direction following from their order. An
@@ -28,7 +30,7 @@ Semantics, in the order a sample meets them:
   ``"absent"``) and resolves on its next sample; a rule that has matched no series at
   all since the engine's first ``now`` fires the same way with empty labels. The
   threshold alert of a silent series keeps its state until samples return.
-* **Flapping.** Each evaluation records "firing or not" (see ``alertmail.flapping``).
+* **Flapping.** Each evaluation records "firing or not" (see ``alertmail.rules.flapping``).
   When a firing/recovery change pushes the weighted percent change above the start
   threshold, that change is replaced by one ``flapping`` event, then nothing is sent
   (no resolved, firing, escalated or reminder) until the percent drops below the stop
@@ -48,319 +50,19 @@ reporting are forgotten after ``forget_after`` (unless the rule watches ``absent
 
 from __future__ import annotations
 
-import enum
 import math
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any
 
-from alertmail.config.schema import Checker, Option, Section
 from alertmail.model import Labels, Sample, freeze_labels
 from alertmail.rules.flapping import START_PERCENT, STOP_PERCENT, FlapHistory
+from alertmail.rules.model import AlertEvent, AlertStatus, Rule, State, incident_id, label_matchers, labels_match
 from alertmail.rules.window import Window
-from alertmail.units import valid_address
 
-RULE_OPTIONS: dict[str, Option] = {
-    "name": Option("str", required=True, help="a unique name like \"disk-root-full\""),
-    "metric": Option("str", required=True, help="the metric to watch, e.g. \"disk.used_percent\""),
-    "labels": Option("table", {}, help="label matchers: exact values or globs, e.g. { mount = \"/\" }"),
-    "above": Option("number", help="fire when the value is above this"),
-    "below": Option("number", help="fire when the value is below this"),
-    "warning": Option("number", help="warning level (the threshold when above/below is not given)"),
-    "critical": Option("number", help="critical level"),
-    "clear": Option("number", help="recovery threshold (hysteresis); default: the threshold"),
-    "for": Option("duration", 0.0, help="how long the condition must hold before firing"),
-    "repeat": Option("duration", 0.0, help="reminder interval while firing; 0 = off"),
-    "keep_firing_for": Option("duration", 0.0, help="stay firing this long after the condition clears"),
-    "over": Option("duration", 0.0, help="window to aggregate over"),
-    "agg": Option("str", "last", choices=("avg", "min", "max", "last", "rate")),
-    "absent": Option("duration", 0.0, help="fire when no sample arrives for this long"),
-    "severity": Option("str", "warning", help="severity shown in the subject"),
-    "to": Option("list", None, help="recipients; default: [mail].to"),
-    "description": Option("str", "", help="a line of text put into the mail"),
-    "flapping": Option("bool", True, help="detect flapping (Nagios percent state change)"),
-}
-
-_GLOB = re.compile(r"[*?\[]")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+-]*")
-_SEVERITY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
-_THRESHOLD_KEYS = {"above", "below", "warning", "critical", "clear", "over", "agg", "absent"}
 # Rules that stop seeing a series forget it after this long (unless it alerts).
 FORGET_AFTER = 3600.0
 # Cap on remembered non-matching label sets per rule; churning labels (pids) must not grow memory.
 _NO_MATCH_CAP = 4096
-
-
-class State(enum.Enum):
-    OK = "ok"
-    PENDING = "pending"
-    FIRING = "firing"
-    FLAPPING = "flapping"
-
-
-def _matchers(labels: Mapping[str, str]) -> tuple[tuple[str, str, bool], ...]:
-    return tuple((str(k), str(v), bool(_GLOB.search(str(v)))) for k, v in labels.items())
-
-
-def _labels_match(matchers: tuple[tuple[str, str, bool], ...], labels: Labels) -> bool:
-    if not matchers:
-        return True
-    have = dict(labels)
-    for key, pattern, glob in matchers:
-        value = have.get(key)
-        if value is None or not (fnmatchcase(value, pattern) if glob else value == pattern):
-            return False
-    return True
-
-
-@dataclass(frozen=True)
-class Rule:
-    name: str
-    metric: str
-    labels: Mapping[str, str] = field(default_factory=dict)
-    above: float | None = None
-    below: float | None = None
-    warning: float | None = None
-    critical: float | None = None
-    clear: float | None = None
-    for_: float = 0.0
-    repeat: float = 0.0
-    keep_firing_for: float = 0.0
-    over: float = 0.0
-    agg: str = "last"
-    absent: float = 0.0
-    severity: str = "warning"
-    to: tuple[str, ...] = ()
-    description: str = ""
-    flapping: bool = True
-
-    def __hash__(self) -> int:
-        # `labels` is a dict, so the generated hash would fail; names are unique anyway.
-        return hash((self.name, self.metric))
-
-    def matches(self, sample: Sample) -> bool:
-        """True when the sample's metric is this rule's and its labels pass the matchers (exact or glob)."""
-        return sample.metric == self.metric and _labels_match(_matchers(self.labels), sample.labels)
-
-    @property
-    def direction(self) -> int:
-        """+1 for "above" rules, -1 for "below", 0 for a rule that only watches for absence."""
-        if self.above is not None:
-            return 1
-        if self.below is not None:
-            return -1
-        if self.warning is not None and self.critical is not None and self.warning != self.critical:
-            return 1 if self.critical > self.warning else -1
-        return 0
-
-    @property
-    def comparison(self) -> str:
-        return {1: ">", -1: "<"}.get(self.direction, "absent")
-
-    @property
-    def levels(self) -> tuple[tuple[float, str], ...]:
-        """(threshold, severity) pairs, least severe first; empty for an absent-only rule."""
-        first = self.above if self.above is not None else self.below
-        if first is not None:
-            if self.critical is not None:
-                return ((first, "warning"), (self.critical, "critical"))
-            return ((first, self.severity),)
-        if self.direction:
-            return ((self.warning, "warning"), (self.critical, "critical"))  # type: ignore[return-value]
-        return ()
-
-    @property
-    def threshold(self) -> float | None:
-        levels = self.levels
-        return levels[0][0] if levels else None
-
-    @property
-    def clear_level(self) -> float | None:
-        return self.clear if self.clear is not None else self.threshold
-
-    def problems(self) -> list[tuple[str, str]]:
-        """(key, message-with-fix) for each inconsistency in this rule's thresholds and window."""
-        out: list[tuple[str, str]] = []
-        if self.above is not None and self.below is not None:
-            out.append(("below", "a rule watches one direction; keep `above` or `below` (or write two rules)"))
-        first_key = "above" if self.above is not None else "below" if self.below is not None else None
-        if first_key and self.warning is not None:
-            out.append(("warning", f"`{first_key}` already sets the first level; remove `warning` (use `critical` for a second level)"))
-        if first_key and self.critical is not None:
-            first = self.above if self.above is not None else self.below
-            if first_key == "above" and self.critical <= first:  # type: ignore[operator]
-                out.append(("critical", f"must be higher than above = {first:g} in an `above` rule; got {self.critical:g}"))
-            if first_key == "below" and self.critical >= first:  # type: ignore[operator]
-                out.append(("critical", f"must be lower than below = {first:g} in a `below` rule; got {self.critical:g}"))
-        if first_key is None:
-            if self.warning is not None and self.critical is not None and self.warning == self.critical:
-                out.append(("critical", "must differ from `warning`; their order sets the direction (critical higher = above)"))
-            elif (self.warning is None) != (self.critical is None):
-                key = "warning" if self.warning is not None else "critical"
-                out.append((key, f"one level cannot tell the direction; write above = N or below = N instead of `{key}` alone, or give both warning and critical"))
-            elif self.warning is None and not self.absent:
-                out.append(("", "no threshold; add above = N or below = N (or warning and critical levels), or absent = \"5m\""))
-        if self.clear is not None:
-            direction, threshold = self.direction, self.threshold
-            if threshold is None:
-                out.append(("clear", "a recovery level needs a threshold; add above or below, or remove `clear`"))
-            elif direction > 0 and self.clear > threshold:
-                out.append(("clear", f"must be at or below the threshold {threshold:g} in an `above` rule (recovery comes when the value falls to it); got {self.clear:g}"))
-            elif direction < 0 and self.clear < threshold:
-                out.append(("clear", f"must be at or above the threshold {threshold:g} in a `below` rule (recovery comes when the value rises to it); got {self.clear:g}"))
-        if self.agg not in ("avg", "min", "max", "last", "rate"):
-            out.append(("agg", f"expected one of 'avg', 'min', 'max', 'last', 'rate', got {self.agg!r}"))
-        elif self.agg != "last" and not self.over:
-            out.append(("over", f"agg = \"{self.agg}\" needs a window; add over = \"5m\" (or use agg = \"last\")"))
-        return out
-
-
-@dataclass(frozen=True)
-class AlertEvent:
-    """One state change of one alert (rule + label set), as the notifier mails it."""
-
-    kind: str  # "firing", "escalated", "reminder", "resolved", "flapping", "flap-ended"
-    rule: Rule
-    labels: Labels
-    value: float | None
-    threshold: float | None
-    comparison: str  # ">" or "<" (or "absent")
-    severity: str
-    since: float  # when the condition started to hold
-    at: float  # when this event happened
-    incident: str  # stable id of the incident: firing, reminders and recovery share it
-    fired_at: float | None = None  # when the incident fired
-    previous_severity: str | None = None  # set on "escalated"
-    state: str = ""  # the alert's state after the event; "firing" or "ok" on "flap-ended"
-    percent_change: float | None = None  # on "flapping" and "flap-ended"
-
-    @property
-    def duration(self) -> float:
-        """How long the condition has held (or held, for "resolved")."""
-        return self.at - self.since
-
-
-@dataclass(frozen=True)
-class AlertStatus:
-    """Where one alert stands now, for `alertmail probe`'s table."""
-
-    rule: Rule
-    labels: Labels
-    state: State
-    value: float | None
-    since: float | None
-    severity: str | None = None
-    incident: str | None = None
-    note: str = ""  # e.g. "absent", "no matching series"
-
-
-def check_address(value: Any) -> str | None:
-    """Why ``value`` is not a usable recipient address, or None when it is.
-
-    The same rule as [mail].to (``config.valid_address``): a bare address, since it
-    also goes into the SMTP envelope.
-    """
-    if not isinstance(value, str) or not value.strip():
-        return f"expected an address like \"ops@example.com\", got {value!r}"
-    if "\r" in value or "\n" in value:
-        return f"line breaks are not allowed in an address; got {value!r}"
-    if not valid_address(value):
-        return f"not a valid mail address: {value!r}; write it as user@example.com"
-    return None
-
-
-def rules_from_config(raw: Any, check: Any, *, default_to: Iterable[str]) -> list[Rule]:
-    """Build rules from the ``[[rules]]`` array; problems go to ``check`` (a config.Checker).
-
-    Every problem is reported, each with its key path and fix; rules with problems are
-    left out of the result (the caller refuses the config anyway).
-    """
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        check.error("rules", "expected an array of tables: [[rules]]")
-        return []
-    default_to = list(default_to or [])
-    rules: list[Rule] = []
-    names: dict[str, int] = {}
-    for i, item in enumerate(raw):
-        where = f"rules[{i}]"
-        before = len(check.problems)
-        values = check.table(where, item, RULE_OPTIONS)
-        item = item if isinstance(item, dict) else {}
-        name = values.get("name")
-        if isinstance(name, str):
-            if not _NAME.fullmatch(name):
-                check.error(f"{where}.name", f"use letters, digits and . _ - : / @ + (it goes into subjects); got {name!r}")
-            elif name in names:
-                check.error(f"{where}.name", f"duplicate name {name!r} (also rules[{names[name]}]); give each rule its own name")
-            else:
-                names[name] = i
-        metric = values.get("metric")
-        if isinstance(metric, str) and not metric.strip():
-            check.error(f"{where}.metric", "empty; name a metric, e.g. \"disk.used_percent\" (see `alertmail probe --list`)")
-        severity = values.get("severity")
-        if isinstance(severity, str) and not _SEVERITY.fullmatch(severity):
-            check.error(f"{where}.severity", f"use a word like \"warning\" or \"critical\"; got {severity!r}")
-        elif "severity" in item and "critical" in item:
-            check.error(f"{where}.severity", "with a `critical` level the severity is the level crossed; remove `severity`")
-        if "to" in item:
-            to = values.get("to")
-            if to is not None and not to:
-                check.error(f"{where}.to", "empty; list recipients like [\"ops@example.com\"], or remove `to` to use [mail].to")
-            for k, address in enumerate(to or []):
-                reason = check_address(address)
-                if reason:
-                    check.error(f"{where}.to[{k}]", reason)
-        else:
-            to = default_to  # checked with [mail]
-            if not default_to:
-                check.error(f"{where}.to", "no recipients; add to = [\"ops@example.com\"] here or in [mail]")
-        # Threshold checks need every threshold key converted; else they would only echo that mistake.
-        failed = {key for key in item if key in RULE_OPTIONS and key not in values}
-        rule = Rule(
-            name=values.get("name") or "",
-            metric=values.get("metric") or "",
-            labels=values.get("labels") or {},
-            above=values.get("above"),
-            below=values.get("below"),
-            warning=values.get("warning"),
-            critical=values.get("critical"),
-            clear=values.get("clear"),
-            for_=values.get("for") or 0.0,
-            repeat=values.get("repeat") or 0.0,
-            keep_firing_for=values.get("keep_firing_for") or 0.0,
-            over=values.get("over") or 0.0,
-            agg=values.get("agg") or "last",
-            absent=values.get("absent") or 0.0,
-            severity=values.get("severity") or "warning",
-            to=tuple(to or ()),
-            description=values.get("description") or "",
-            flapping=values.get("flapping", True),
-        )
-        if not failed & _THRESHOLD_KEYS:
-            for key, message in rule.problems():
-                check.error(f"{where}.{key}" if key else where, message)
-        if len(check.problems) == before:
-            rules.append(rule)
-    return rules
-
-
-def _build_section(raw: Any, check: Checker, config: Any) -> list[Rule]:
-    return rules_from_config(raw, check, default_to=config.mail.get("to") or [])
-
-
-SECTION = Section("rules", RULE_OPTIONS, array=True, build=_build_section)
-
-
-def incident_id(rule: str, labels: Labels, fired_at: float, kind: str = "") -> str:
-    """A stable id for one incident: the same inputs always give the same id."""
-    text = "\x1f".join([rule, kind, repr(tuple(labels)), f"{fired_at:.6f}"])
-    import hashlib  # only when an incident starts: the idle agent does without it
-
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 class _Incident:
@@ -400,7 +102,7 @@ class _Compiled:
         self.edge = self.levels[0][0] if self.levels else math.inf
         clear = rule.clear_level
         self.clear_edge = self.sign * clear if clear is not None else math.inf
-        self.matchers = _matchers(rule.labels)
+        self.matchers = label_matchers(rule.labels)
 
     def level(self, x: float) -> int:
         """Index of the most severe level that ``x`` (signed) is beyond; -1 for none."""
@@ -491,7 +193,7 @@ class RuleEngine:
                     no_match = self._no_match[c.index]
                     if labels in no_match:
                         continue
-                    if not _labels_match(c.matchers, labels):
+                    if not labels_match(c.matchers, labels):
                         if len(no_match) >= _NO_MATCH_CAP:
                             no_match.clear()
                         no_match.add(labels)
@@ -603,7 +305,7 @@ class RuleEngine:
         for entry in snapshot.get("series", ()):
             c = by_name.get(entry.get("rule"))
             labels = freeze_labels([tuple(pair) for pair in entry.get("labels", ())])
-            if c is None or not _labels_match(c.matchers, labels):
+            if c is None or not labels_match(c.matchers, labels):
                 continue
             s = _Series(c, labels)
             s.state = State(entry.get("state", "ok"))

@@ -1,0 +1,101 @@
+"""One queued message's metadata: the Entry, where each of its recipients stands, and message ids.
+
+Entries are written as one line of JSON (in a segment, then as ``<id>.json``); the
+queue (``alertmail.queue.spool``), badmail and delivery reports all read them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from alertmail.model import Envelope, RecipientStatus, Status
+
+ID_PATTERN = re.compile(r"^[0-9a-f]{12,40}$")
+
+
+def new_id() -> str:
+    """A message id that sorts by creation time: milliseconds in hex, then randomness."""
+    return f"{time.time_ns() // 1_000_000:011x}{os.urandom(4).hex()}"
+
+
+def valid_id(text: str) -> bool:
+    return bool(ID_PATTERN.match(text))
+
+
+@dataclass
+class RecipientState:
+    """Where one recipient of a queued message stands."""
+
+    status: str = "pending"  # "pending" | "delivered" | "failed"
+    code: int = 0
+    message: str = ""
+    enhanced: str = ""
+    remote: str = ""
+    transport: str = ""  # the transport that gave the last result
+    time: float = 0.0  # of the last result
+    reported: bool = False  # a DSN about its failure has gone out (or was not due)
+
+    def record(self, result: RecipientStatus, transport: str, when: float) -> None:
+        self.status = {Status.DELIVERED: "delivered", Status.PERMANENT: "failed"}.get(result.status, "pending")
+        self.code, self.message, self.enhanced, self.remote = result.code, result.message, result.enhanced, result.remote
+        self.transport, self.time = transport, when
+
+    @property
+    def reply(self) -> str:
+        """The last reply as one line, e.g. ``550 5.1.1 no such user``."""
+        parts = [str(self.code) if self.code else "", self.enhanced, self.message]
+        return " ".join(p for p in parts if p)
+
+
+@dataclass
+class Entry:
+    """The metadata of one queued message."""
+
+    id: str
+    created: float
+    sender: str
+    recipients: dict[str, RecipientState]
+    route: list[str] | None = None  # None: the configured default route
+    origin: str = "agent"  # "agent", "relay", "pickup", "dsn", "resend"
+    size: int = 0
+    attempts: int = 0
+    next_try: float = 0.0
+    last_try: float = 0.0
+    last_error: str = ""
+    delay_notified: bool = False
+    segment: str = ""  # the segment holding the message; set when it is read back
+    offset: int = 0  # where its bytes start in the segment
+
+    @property
+    def envelope(self) -> Envelope:
+        return Envelope(self.sender, tuple(self.recipients))
+
+    @property
+    def pending(self) -> list[str]:
+        return [r for r, s in self.recipients.items() if s.status == "pending"]
+
+    @property
+    def failed(self) -> list[str]:
+        return [r for r, s in self.recipients.items() if s.status == "failed"]
+
+    @property
+    def delivered(self) -> list[str]:
+        return [r for r, s in self.recipients.items() if s.status == "delivered"]
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Entry:
+        data: dict[str, Any] = json.loads(raw)
+        fields = RecipientState.__dataclass_fields__
+        data["recipients"] = {
+            r: RecipientState(**{k: v for k, v in s.items() if k in fields}) for r, s in data["recipients"].items()
+        }
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,278 @@
+"""What a mail says about each alert: the subject, status lines and the AlertView templates see.
+
+Every string here is made one line and safe to show before a template gets it;
+``RenderContext`` is what the renderer may know besides the events.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import zoneinfo
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alertmail.model import Labels
+from alertmail.render.context import ProcessRow, mount_of, resource_of
+from alertmail.render.format import (
+    byte_scale,
+    format_bytes,
+    format_labels,
+    format_quantity,
+    format_value,
+    guess_unit,
+    header_safe,
+    human_duration,
+)
+from alertmail.rules.model import AlertEvent
+from alertmail.units import format_duration
+
+log = logging.getLogger(__name__)
+
+KIND_WORDS = {
+    "firing": "FIRING",
+    "reminder": "STILL FIRING",
+    "resolved": "RESOLVED",
+    "flapping": "FLAPPING",
+    "flap-ended": "SETTLED",
+    "escalated": "ESCALATED",
+}
+# Accent colours of the HTML mail, by kind first and severity second.
+COLOURS = {"resolved": "#1e8449", "flap-ended": "#1e8449", "flapping": "#7d3c98"}
+SEVERITY_COLOURS = {"critical": "#c0392b", "error": "#c0392b", "warning": "#d68910", "info": "#2874a6"}
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """What the renderer may know besides the events."""
+
+    hostname: str
+    timezone: str = "UTC"
+    subject_prefix: str = ""
+    # history(metric, labels) -> [(timestamp, value), ...] for charts; empty when unknown.
+    history: Callable[[str, Labels], Sequence[tuple[float, float]]] = lambda metric, labels: ()
+    # "top_processes" and "disk" as alertmail.render.context.collect_context returns them; "notice", a
+    # paragraph put above the alerts (why a digest folded them); anything else goes to templates as ``extra``.
+    extra: dict = field(default_factory=dict)
+    templates_dir: Path | None = None  # user templates overriding alert.txt.j2 / alert.html.j2
+    units: Mapping[str, str] = field(default_factory=dict)  # metric -> unit, from the probes
+    max_charts: int = 10  # alerts shown in detail with a chart; the rest only in the summary table
+    charts: str = "subprocess"  # "subprocess" (keeps matplotlib out of the agent), "in-process", "off"
+    chart_timeout: float = 30.0
+
+    def local_time(self, timestamp: float) -> dt.datetime:
+        return dt.datetime.fromtimestamp(timestamp, zoneinfo.ZoneInfo(self.timezone))
+
+    def clock(self, timestamp: float, reference: float | None = None) -> str:
+        """"14:03 CET"; with the day when it is not the day of ``reference``."""
+        when = self.local_time(timestamp)
+        ref = self.local_time(reference if reference is not None else timestamp)
+        if when.date() == ref.date():
+            return f"{when:%H:%M %Z}"
+        if when.year == ref.year:
+            return f"{when:%a %d %b %H:%M %Z}"
+        return f"{when:%Y-%m-%d %H:%M %Z}"
+
+    def unit(self, metric: str) -> str:
+        return self.units.get(metric) or guess_unit(metric)
+
+
+def recovers(event: AlertEvent) -> bool:
+    """A recovery: resolved, or a flap that settled in the ok state."""
+    return event.kind == "resolved" or (event.kind == "flap-ended" and getattr(event, "state", None) == "ok")
+
+
+def condition(event: AlertEvent) -> str:
+    """`disk.used_percent 93.4 > 90` — the metric, its value and the threshold crossed.
+
+    A recovery names the line the value came back over: `disk.used_percent 80.2, back below 85`.
+    """
+    metric = event.rule.metric
+    if event.comparison == "absent":
+        return f"{metric} reporting again" if recovers(event) else f"{metric} absent"
+    if recovers(event) and event.comparison in (">", "<"):
+        line = event.rule.clear if event.rule.clear is not None else event.threshold
+        side = "below" if event.comparison == ">" else "above"
+        return f"{metric} {format_value(event.value)}, back {side} {format_value(line)}"
+    return f"{metric} {format_value(event.value)} {event.comparison} {format_value(event.threshold)}"
+
+
+def subject(events: Sequence[AlertEvent], ctx: RenderContext) -> str:
+    """`[CRITICAL] web01: disk-root-full — disk.used_percent 93.4 > 90 (for 2m)`."""
+    first = events[0]
+    if recovers(first):
+        tag = "RESOLVED"
+    elif first.kind == "flapping":
+        tag = "FLAPPING"
+    else:
+        tag = first.severity.upper()
+    if len(events) == 1:
+        duration = f" (for {format_duration(first.at - first.since)})" if first.at > first.since else ""
+        text = f"[{tag}] {ctx.hostname}: {first.rule.name} — {condition(first)}{duration}"
+        if first.kind == "reminder":
+            text = f"[{tag}] {ctx.hostname}: {first.rule.name} still firing — {condition(first)}{duration}"
+    else:
+        names = sorted({e.rule.name for e in events})
+        text = f"[{tag}] {ctx.hostname}: {len(events)} alerts — {', '.join(names)}"
+    if ctx.subject_prefix:
+        text = f"{ctx.subject_prefix} {text}"
+    return header_safe(text, limit=250)
+
+
+def status_line(event: AlertEvent, ctx: RenderContext) -> str:
+    """"firing for 12 min, since 14:03 CET" — what happened, for how long, since when."""
+    since = ctx.clock(event.since, event.at)
+    took = human_duration(event.at - event.since)
+    if event.kind == "resolved":
+        return f"resolved at {ctx.clock(event.at)} after {took}, since {since}"
+    if event.kind in ("flapping", "flap-ended"):
+        change = getattr(event, "percent_change", None)
+        rate = f" ({format_value(change)} % state change)" if change is not None else ""
+        if event.kind == "flapping":
+            return f"flapping for {took}, since {since}{rate}"
+        return f"settled at {ctx.clock(event.at)} after {took}, since {since}{rate}"
+    if event.kind == "reminder":
+        return f"still firing: for {took}, since {since}"
+    if event.kind == "escalated":
+        before = getattr(event, "previous_severity", None)
+        raised = f"; raised from {header_safe(before, 30)} to {header_safe(event.severity, 30)}" if before else ""
+        return f"firing for {took}, since {since}{raised}"
+    return f"{header_safe(event.kind, 30)} for {took}, since {since}"
+
+
+@dataclass(frozen=True)
+class AlertView:
+    """One alert as templates see it: every string already made one line and safe to show."""
+
+    event: AlertEvent
+    kind: str
+    state: str
+    rule: str
+    metric: str
+    severity: str
+    description: str
+    labels: tuple[tuple[str, str], ...]
+    labels_text: str
+    condition: str
+    value: str
+    threshold: str
+    clear: str | None
+    comparison: str
+    unit: str
+    since: str
+    at: str
+    duration: str
+    status: str
+    colour: str
+    incident: str
+    resource: str | None
+    processes: tuple[ProcessRow, ...]
+    disk: dict[str, str] | None
+    chart_src: str | None = None  # "cid:…" of the chart image, when there is one
+    chart_note: str = ""  # why there is no chart
+
+
+def alert_view(event: AlertEvent, ctx: RenderContext) -> AlertView:
+    metric = event.rule.metric
+    unit = ctx.unit(metric)
+    resource = resource_of(metric)
+    processes: tuple[ProcessRow, ...] = ()
+    disk = None
+    try:
+        if resource in ("cpu", "memory"):
+            rows = ctx.extra.get("top_processes", {}).get(resource, ())
+            processes = tuple(ProcessRow(header_safe(r[0], 60), int(r[1]), float(r[2]), int(r[3])) for r in rows)
+        mount = mount_of(event.labels)
+        if resource == "disk" and mount in ctx.extra.get("disk", {}):
+            disk = disk_view(header_safe(mount), ctx.extra["disk"][mount])
+    except (AttributeError, TypeError, ValueError, IndexError) as exc:
+        # Context is a nicety; a malformed one must not cost the alert.
+        log.warning("context for %s left out: %s", header_safe(event.rule.name), header_safe(exc))
+    clear = event.rule.clear
+    colour = COLOURS.get(event.kind) or SEVERITY_COLOURS.get(event.severity.lower(), "#2874a6")
+    return AlertView(
+        event=event,
+        kind=event.kind,
+        state=KIND_WORDS.get(event.kind, header_safe(event.kind.upper(), 30)),
+        rule=header_safe(event.rule.name),
+        metric=header_safe(metric),
+        severity=header_safe(event.severity, 30),
+        description=header_safe(event.rule.description, 500),
+        labels=tuple((header_safe(k, 60), header_safe(v, 120)) for k, v in event.labels),
+        labels_text=format_labels(event.labels),
+        condition=header_safe(condition(event), 300),
+        value=format_quantity(event.value, unit),
+        threshold=format_quantity(event.threshold, unit) if event.comparison != "absent" else "",
+        clear=format_quantity(clear, unit) if clear is not None else None,
+        comparison=event.comparison,
+        unit=unit,
+        since=ctx.clock(event.since, event.at),
+        at=ctx.clock(event.at),
+        duration=human_duration(event.at - event.since),
+        status=status_line(event, ctx),
+        colour=colour,
+        incident=header_safe(event.incident, 120),
+        resource=resource,
+        processes=processes,
+        disk=disk,
+    )
+
+
+def disk_view(mount: str, usage: Mapping[str, Any]) -> dict[str, str]:
+    """The disk context formatted for people: sizes in binary units, growth per hour, time to full."""
+    growth = usage.get("growth_per_hour")
+    full_in = usage.get("full_in_hours")
+    view = {
+        "mount": mount,
+        "total": format_bytes(usage.get("total")),
+        "used": format_bytes(usage.get("used")),
+        "free": format_bytes(usage.get("free")),
+        "percent": f"{format_value(usage.get('percent'))} %",
+        "growth": "unknown" if growth is None else f"{'+' if growth >= 0 else '−'}{format_bytes(abs(growth))}/h",
+        "full_in": "",
+    }
+    if full_in is not None:
+        view["full_in"] = f"full in ~{human_duration(full_in * 3600)}"
+    return view
+
+
+def urgency(view: AlertView) -> int:
+    """How loudly an alert should colour a grouped mail: open critical first, recoveries last."""
+    if view.kind in ("resolved", "flap-ended"):
+        return 0
+    return {"critical": 3, "error": 3, "warning": 2}.get(view.severity.lower(), 1)
+
+
+def chart_spec(event: AlertEvent, view: AlertView, ctx: RenderContext) -> Any:
+    """The chart of one alert: the last 30–60 minutes of its series, thresholds, firing interval."""
+    from alertmail.render.chart import ChartSpec
+
+    points = [(float(t), float(v)) for t, v in ctx.history(event.rule.metric, event.labels) if t <= event.at]
+    if not points:
+        return None
+    threshold = event.threshold if event.comparison != "absent" else None
+    clear = event.rule.clear
+    axis = {"percent": "%", "count": "", "load": "load"}.get(view.unit, view.unit)
+    if view.unit in ("bytes", "bytes/s"):
+        # Plot bytes in the binary unit that suits them, not as 5e10.
+        divisor, name = byte_scale([v for _, v in points] + [x for x in (threshold, clear) if x is not None])
+        points = [(t, v / divisor) for t, v in points]
+        threshold = threshold / divisor if threshold is not None else None
+        clear = clear / divisor if clear is not None else None
+        axis = name if view.unit == "bytes" else f"{name}/s"
+    first = min(t for t, _ in points)
+    title = f"{view.metric}  {view.labels_text}".strip()
+    return ChartSpec(
+        title=title if len(title) <= 90 else title[:89] + "…",
+        points=tuple(points),
+        timezone=ctx.timezone,
+        unit=axis,
+        threshold=threshold,
+        clear=clear,
+        shade_from=event.since,
+        shade_to=event.at,
+        end=event.at,
+        window=min(max(event.at - first, 1800.0), 3600.0),
+    )

@@ -16,6 +16,7 @@ import random
 import signal
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from alertmail.config.load import Config
@@ -24,7 +25,7 @@ from alertmail.model import Sample
 from alertmail.notify import heartbeat
 from alertmail.probes.history import History
 from alertmail.rules.engine import RuleEngine
-from alertmail.rules.model import Rule
+from alertmail.rules.model import AlertEvent, Rule
 
 log = logging.getLogger("alertmail.agent")
 
@@ -207,7 +208,7 @@ class Agent:
             cfg.hostname, len(self.probes), len(cfg.rules), " -> ".join(cfg.mail["route"]),
         )
 
-    def _mail_context(self, events: list) -> dict:
+    def _mail_context(self, events: Sequence[AlertEvent]) -> dict[str, Any]:
         """Top processes and disk growth for the mail; runs with the rendering, off the event loop."""
         from alertmail.render.context import collect_context
 

@@ -6,6 +6,7 @@ third-party plugin goes through; nothing here imports them by name at import tim
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import logging
@@ -100,7 +101,7 @@ def _candidates(plugin_dirs: Iterable[Path]) -> Iterable[tuple[str, str, Callabl
 
     for path in BUNDLED_PLUGINS:
         short = path.rsplit(".", 1)[-1]
-        yield short, "bundled", (lambda p=path: importlib.import_module(p)), __version__, path
+        yield short, "bundled", functools.partial(importlib.import_module, path), __version__, path
 
     from importlib.metadata import entry_points
 
@@ -115,7 +116,7 @@ def _candidates(plugin_dirs: Iterable[Path]) -> Iterable[tuple[str, str, Callabl
         for file in sorted(folder.glob("*.py")):
             if file.name.startswith("_"):
                 continue
-            yield file.stem, "file", (lambda f=file: _import_file(f)), None, str(file)
+            yield file.stem, "file", functools.partial(_import_file, file), None, str(file)
 
 
 def load_plugins(plugin_dirs: Iterable[Path | str] = (), *, blocked: Iterable[str] = ()) -> Plugins:

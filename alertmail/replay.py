@@ -48,7 +48,7 @@ class CollectedMail:
 
     @property
     def message(self) -> EmailMessage:
-        return email.message_from_bytes(self.data, policy=email.policy.default)  # type: ignore[return-value]
+        return email.message_from_bytes(self.data, policy=email.policy.default)
 
     @property
     def at(self) -> float:
@@ -180,7 +180,8 @@ def html_with_data_uris(message: EmailMessage) -> str | None:
     for sub in message.walk():
         cid = sub.get("Content-ID")
         if cid and sub.get_content_maintype() == "image":
-            data = sub.get_payload(decode=True) or b""
+            data = sub.get_payload(decode=True)
+            data = data if isinstance(data, bytes) else b""
             images[str(cid).strip("<>")] = f"data:{sub.get_content_type()};base64,{base64.b64encode(data).decode()}"
     html = part.get_content()
     return _CID.sub(lambda m: m.group(1) + images.get(m.group(2), f"cid:{m.group(2)}"), html)

@@ -74,10 +74,11 @@ def parse_address(value: Any, default_port: int | None = None) -> tuple[str, int
             raise ValueError(f"unbalanced bracket in {value!r}")
         host, rest = text[1:end], text[end + 1 :]
     elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-        rest = ":" + port
+        host, _, tail = text.partition(":")
+        rest = ":" + tail
     else:
         host, rest = text, ""
+    port: int
     if rest:
         if not rest.startswith(":") or not rest[1:].isdigit():
             raise ValueError(f"expected \"host:port\", got {value!r}")

@@ -13,6 +13,7 @@ sender through the queue and writes the message to badmail.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import logging
 import os
@@ -199,7 +200,7 @@ class Delivery:
                     continue  # gone, busy, or rescheduled (a newer heap item stands for it)
                 task = asyncio.create_task(self._attempt(entry), name=f"deliver-{msg_id}")
                 self._in_flight[msg_id] = task
-                task.add_done_callback(lambda _t, msg_id=msg_id: self._finished(msg_id))
+                task.add_done_callback(functools.partial(self._finished, msg_id))
             wait = next_scan - now
             if self._due and len(self._in_flight) < self.concurrency:
                 wait = min(wait, self._due[0][0] - now)
@@ -209,7 +210,7 @@ class Delivery:
             except TimeoutError:
                 pass
 
-    def _finished(self, msg_id: str) -> None:
+    def _finished(self, msg_id: str, _task: object = None) -> None:
         self._in_flight.pop(msg_id, None)
         self._wake.set()
 

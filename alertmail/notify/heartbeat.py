@@ -61,7 +61,7 @@ class Summary:
     silenced: int  # events held back by silences
     mails: dict[str, int]  # kind ("alert", "digest") -> mails queued
     mail_ids: list[str]  # queue ids of those mails
-    queue: Mapping[str, Any]
+    queue: dict[str, Any]
     silences: list[str]  # descriptions of silences in force at the end
 
     @property

@@ -54,8 +54,11 @@ _TIME = re.compile(r"^([01]?\d|2[0-4]):([0-5]\d)$")
 class Silenceable(Protocol):
     """What a silence looks at: an AlertEvent has all of it."""
 
-    labels: Labels
-    severity: str
+    @property
+    def labels(self) -> Labels: ...
+
+    @property
+    def severity(self) -> str: ...
 
     @property
     def rule(self) -> Any: ...

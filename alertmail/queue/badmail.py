@@ -108,7 +108,7 @@ class Badmail:
 
     def items(self) -> list[BadmailItem]:
         """Every message in badmail, oldest first."""
-        out = []
+        out: list[BadmailItem] = []
         if not self.folder.is_dir():
             return out
         for path in self.folder.glob("*.bad"):
@@ -117,12 +117,12 @@ class Badmail:
                 continue
             try:
                 stat = path.stat()
+            except OSError:  # resent or deleted meanwhile
+                continue
+            try:
                 reason = (self.folder / f"{msg_id}.bdr").read_text(errors="replace").split("\n", 1)[0]
             except OSError:
                 reason = "(no reason file)"
-                stat = os.stat(path) if path.exists() else None
-                if stat is None:
-                    continue
             out.append(BadmailItem(msg_id, stat.st_mtime, stat.st_size, reason))
         return sorted(out, key=lambda i: (i.time, i.id))
 

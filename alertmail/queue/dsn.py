@@ -131,7 +131,7 @@ def build_dsn(
     per_message["Reporting-MTA"] = f"dns; {host}"
     per_message["X-Alertmail-Queue-ID"] = entry.id
     per_message["Arrival-Date"] = rfc_date(entry.created)
-    blocks = [per_message]
+    blocks: list[Message | str] = [per_message]
     for rcpt, state in recipients:
         block = Message()
         block["Final-Recipient"] = f"rfc822; {clean(rcpt)}"

@@ -372,7 +372,7 @@ class Queue:
 
     def take_requests(self) -> list[tuple[str, str]]:
         """The pending requests as (action, id), removed from the folder (blocking, cheap)."""
-        out = []
+        out: list[tuple[str, str]] = []
         try:
             names = os.listdir(self.folder / "control")
         except FileNotFoundError:

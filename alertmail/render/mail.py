@@ -130,7 +130,7 @@ def render_alert(events: Sequence[AlertEvent], ctx: RenderContext) -> EmailMessa
     msg.set_content(text)
     if html is not None:
         msg.add_alternative(html, subtype="html")
-        related = msg.get_payload()[-1]
+        *_, related = msg.iter_parts()  # the HTML part add_alternative made
         for n, (cid, png) in enumerate(images, 1):
             related.add_related(png, "image", "png", cid=cid, disposition="inline", filename=f"chart-{n}.png")
     return msg

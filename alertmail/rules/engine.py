@@ -304,7 +304,7 @@ class RuleEngine:
         restored = 0
         for entry in snapshot.get("series", ()):
             c = by_name.get(entry.get("rule"))
-            labels = freeze_labels([tuple(pair) for pair in entry.get("labels", ())])
+            labels = freeze_labels(tuple((str(k), str(v)) for k, v in entry.get("labels", ())))
             if c is None or not labels_match(c.matchers, labels):
                 continue
             s = _Series(c, labels)
@@ -353,9 +353,10 @@ class RuleEngine:
             return  # an absent-only rule, or a probe with no reading: seen, nothing to compare
         if s.window is not None:
             s.window.add(sample.timestamp, value)
-            value = s.window.value(c.rule.agg)
-            if value is None:
+            aggregated = s.window.value(c.rule.agg)
+            if aggregated is None:
                 return
+            value = aggregated
         s.value = value
         self._evaluate(c, s, value, now, out)
 

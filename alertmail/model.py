@@ -10,7 +10,12 @@ from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from alertmail.config.load import Config
     from alertmail.config.schema import Option
+    from alertmail.delivery.delivery import Delivery
+    from alertmail.queue.spool import Queue
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -165,18 +170,18 @@ class Transport(Protocol):
 class TransportContext:
     """What a transport may know about the agent it runs in."""
 
-    state_dir: Any  # pathlib.Path
+    state_dir: Path
     hostname: str
-    config_path: Any = None  # pathlib.Path of the config file, for relative paths
+    config_path: Path | None = None  # of the config file, for relative paths
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceContext:
     """What the agent hands a service when it starts it."""
 
-    config: Any  # alertmail.config.Config
+    config: Config
     options: Mapping[str, Any]  # the service's checked config table
-    queue: Any  # alertmail.queue.Queue: ``await queue.put(data, envelope)``
-    state_dir: Any  # pathlib.Path
+    queue: Queue  # ``await queue.put(data, envelope)``
+    state_dir: Path
     hostname: str
-    delivery: Any = None  # alertmail.delivery.Delivery: ``delivery.observers`` sees every attempt
+    delivery: Delivery | None = None  # ``delivery.observers`` sees every attempt

@@ -18,7 +18,7 @@ import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alertmail.config.core import AGENT, MAIL
 from alertmail.config.schema import Checker, ConfigError, Option, Section, did_you_mean
@@ -28,6 +28,9 @@ from alertmail.notify.notifier import SECTION as NOTIFY
 from alertmail.notify.silences import SECTION as SILENCES
 from alertmail.probes.runner import COMMON_KEYS, PROBE_OPTIONS, configure_probe
 from alertmail.rules.config import SECTION as RULES
+
+if TYPE_CHECKING:
+    from alertmail.loader import Plugins
 
 # In the order their problems are reported; rules last, as they read [mail].
 SECTIONS: tuple[Section, ...] = (AGENT, MAIL, NOTIFY, HEARTBEAT, SILENCES, QUEUE, RULES)
@@ -98,7 +101,7 @@ def _section_tables(check: Checker, raw: Mapping[str, Any], section: Section) ->
     return [check.table(f"{section.name}[{i}]", item, section.options) for i, item in enumerate(value)]
 
 
-def _check_probes(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Any) -> None:
+def _check_probes(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Plugins) -> None:
     """``[probes.NAME]`` tables: the common keys plus the probe's own options, then its ``configure``."""
     for name, probe, table in _plugin_tables(check, raw, "probes", plugins.probes, "probe",
                                              lambda probe: {**PROBE_OPTIONS, **(getattr(probe, "options", None) or {})}):
@@ -113,7 +116,7 @@ def _check_probes(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: 
             check.error(keypath, message)
 
 
-def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Any) -> None:
+def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Plugins) -> None:
     """``[transports.NAME]`` tables against their classes' options, and every name in ``[mail].route``."""
     def options_of(cls: Any) -> Mapping[str, Option]:
         return getattr(cls, "options", {})
@@ -127,7 +130,7 @@ def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugi
             cfg.transports[name] = check.table(f"transports.{name}", {}, options_of(plugins.transports[name]))
 
 
-def load_config(path: Path | str, plugins: Any = None) -> Config:
+def load_config(path: Path | str, plugins: Plugins | None = None) -> Config:
     """Read and validate ``path``; raise ConfigError listing every problem.
 
     ``plugins`` (a ``loader.Plugins``) supplies the option schemas of transports and

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from alertmail.config.schema import Option, Section
 from alertmail.fsutil import write_atomic
@@ -56,6 +56,12 @@ SECTION = Section("notify", NOTIFY_OPTIONS, check=check_storm)
 
 
 _DOMAIN_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
+
+
+class MailSink(Protocol):
+    """Where the notifier puts its mails: the durable queue, or a replay's list in memory."""
+
+    async def put(self, data: bytes, envelope: Envelope, *, route: list[str] | None = None, origin: str = "agent") -> str: ...
 
 
 @dataclass
@@ -138,7 +144,7 @@ class Notifier:
         hostname: str,
         timezone: str,
         route: list[str],
-        queue: Any,
+        queue: MailSink,
         state_dir: Path,
         hook: Any = None,
         history: Callable[[str, Any], Sequence[tuple[float, float]]] | None = None,

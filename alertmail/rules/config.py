@@ -50,7 +50,7 @@ def check_address(value: Any) -> str | None:
     return None
 
 
-def rules_from_config(raw: Any, check: Any, *, default_to: Iterable[str]) -> list[Rule]:
+def rules_from_config(raw: Any, check: Checker, *, default_to: Iterable[str]) -> list[Rule]:
     """Build rules from the ``[[rules]]`` array; problems go to ``check`` (a config.Checker).
 
     Every problem is reported, each with its key path and fix; rules with problems are

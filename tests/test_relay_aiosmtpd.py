@@ -25,6 +25,7 @@ import aiosmtpd
 import pytest
 from aiosmtpd.smtp import SMTP, _AuthMechAttr
 from alertmail.plugins.relay import server as relay_server
+from alertmail.plugins.relay.listener import RelayServer
 from alertmail.plugins.relay.policy import RelayPolicy, parse_networks
 from alertmail.plugins.relay.users import Users, hash_password
 
@@ -86,7 +87,7 @@ def test_fast_path_sets_what_aiosmtpd_init_sets(monkeypatch, secure):
     )
 
     async def build() -> tuple[relay_server.RelaySMTP, relay_server.RelaySMTP]:
-        server = relay_server.RelayServer(policy, queue=None, w3c=None, tls=tls)
+        server = RelayServer(policy, queue=None, w3c=None, tls=tls)
         monkeypatch.setattr(relay_server, "_FAST_INIT", True)
         fast = server._session()
         monkeypatch.setattr(relay_server, "_FAST_INIT", False)

@@ -72,15 +72,15 @@ class RelayService:
     options: ClassVar[dict[str, Option]] = OPTIONS
 
     def __init__(self) -> None:
-        self.server: Any = None  # relay_smtp.RelayServer
-        self.pickup: Any = None  # relay_pickup.PickupWatcher
+        self.server: Any = None  # listener.RelayServer
+        self.pickup: Any = None  # watcher.PickupWatcher
         self.w3c: Any = None
         self._flusher: asyncio.Task[None] | None = None
         self._stop_timeout = 20.0
 
     async def start(self, context: ServiceContext) -> None:
+        from alertmail.plugins.relay.listener import RelayServer, tls_context
         from alertmail.plugins.relay.policy import RelayPolicy, parse_networks
-        from alertmail.plugins.relay.server import RelayServer, tls_context
         from alertmail.plugins.relay.users import Users, UsersFileError
         from alertmail.plugins.relay.w3c import W3CLog
         from alertmail.plugins.relay.watcher import PickupWatcher

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,14 @@ from tests.peers import SmtpSink, free_port, need
 REPO = Path(__file__).resolve().parent.parent
 # The installed entry point's code, run by this interpreter (works without the venv's bin/ on PATH).
 ALERTMAIL = [sys.executable, "-c", "import sys; from alertmail.cli import main; sys.argv[0] = 'alertmail'; main()"]
+# The same, with every relay session built by aiosmtpd's own SMTP.__init__ (the path taken
+# on an aiosmtpd release the relay's fast path was not checked against). The fast path is
+# made uncallable, so a session that still took it would fail instead of passing unseen.
+ALERTMAIL_AIOSMTPD_INIT = [
+    sys.executable, "-c",
+    "import sys; from alertmail.plugins.relay import server; server._FAST_INIT = False; "
+    "server.RelaySMTP._init_fast = None; from alertmail.cli import main; sys.argv[0] = 'alertmail'; main()",
+]
 
 
 def private_folder(prefix: str) -> Path:
@@ -79,6 +88,7 @@ class RelayProcess:
 
     config: Path
     port: int
+    command: list[str] = field(default_factory=lambda: list(ALERTMAIL))
     proc: subprocess.Popen | None = None
     log: Path = field(init=False)
 
@@ -92,7 +102,7 @@ class RelayProcess:
     def start(self, timeout: float = 20.0) -> RelayProcess:
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen(
-                [*ALERTMAIL, "relay", "-c", str(self.config)],
+                [*self.command, "relay", "-c", str(self.config)],
                 stdout=subprocess.DEVNULL, stderr=err, cwd=self.config.parent,
                 env={**os.environ, "PYTHONPATH": str(REPO)},
             )
@@ -126,8 +136,26 @@ class RelayProcess:
         self.stop(signal.SIGKILL)
 
 
-def start_relay(folder: Path, sink: SmtpSink, relay: dict[str, Any] | None = None) -> RelayProcess:
+def start_relay(
+    folder: Path, sink: SmtpSink, relay: dict[str, Any] | None = None, *, command: list[str] | None = None,
+) -> RelayProcess:
     """A running relay on 127.0.0.1 (``relay["also_listen"]`` adds addresses) delivering to ``sink``."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    return RelayProcess(relay_config(folder, sink, port, relay), port).start()
+    return RelayProcess(relay_config(folder, sink, port, relay), port, command or list(ALERTMAIL)).start()
+
+
+def message_id() -> str:
+    return f"<{uuid.uuid4().hex}@client.test>"
+
+
+def received(sink: SmtpSink, mid: str, timeout: float = 15.0):
+    """The sink's copies of the message with Message-ID ``mid`` (waits until one arrives)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if sink.proc is None or sink.proc.poll() is not None:
+            raise RuntimeError(f"smtp-sink is gone: {sink.proc.stderr.read().decode() if sink.proc else ''}")
+        found = [m for m in sink.messages() if m.message["Message-ID"] == mid]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,9 @@ from tests.relay_peers import (
     ALERTMAIL,
     REPO,
     RelayProcess,
+    message_id,
     private_folder,
+    received,
     self_signed,
     start_relay,
 )
@@ -57,10 +58,6 @@ def relay(tmp_path_factory, sink):
     assert process.stop() == 0
 
 
-def message_id() -> str:
-    return f"<{uuid.uuid4().hex}@client.test>"
-
-
 def send(relay: RelayProcess, *args: str, mid: str | None = None, source: str = "127.0.0.1") -> str:
     """swaks to the relay; the whole transcript."""
     head = ["--header", f"Message-Id: {mid}"] if mid else []
@@ -69,18 +66,6 @@ def send(relay: RelayProcess, *args: str, mid: str | None = None, source: str = 
         "--helo", "client.test", *head, *args, timeout=20,
     )
     return result.stdout + result.stderr
-
-
-def received(sink: SmtpSink, mid: str, timeout: float = 15.0):
-    """The sink's copies of the message with Message-ID ``mid`` (waits until one arrives)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if sink.proc is None or sink.proc.poll() is not None:
-            raise RuntimeError(f"smtp-sink is gone: {sink.proc.stderr.read().decode() if sink.proc else ''}")
-        found = [m for m in sink.messages() if m.message["Message-ID"] == mid]
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.1)
 
 
 def test_allowed_client_relays_through_the_smart_host(relay, sink):

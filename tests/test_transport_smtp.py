@@ -261,7 +261,7 @@ def test_idle_session_is_closed_after_idle_timeout(tmp_path):
 
 @pytest.mark.parametrize("probe_after", [0.0, 60.0], ids=["rset-probe", "no-probe"])
 def test_a_session_the_server_dropped_is_replaced(tmp_path, monkeypatch, probe_after):
-    monkeypatch.setattr("alertmail.plugins.transports.smtpclient.PROBE_AFTER", probe_after)
+    monkeypatch.setattr("alertmail.plugins.transports.smtppool.PROBE_AFTER", probe_after)
     handler = Recorder()
     port = free_port()
 

@@ -1,7 +1,7 @@
 """The relay's rules as pure functions: who may relay, what an address or a message may hold.
 
-No I/O here and no aiosmtpd: the listener (relay_smtp.py) applies these, and the unit
-tests check them directly.
+No I/O here and no aiosmtpd: the session (server.py) and its handler (handler.py) apply
+these, and the unit tests check them directly.
 """
 
 from __future__ import annotations

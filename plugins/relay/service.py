@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import click
 
-from alertmail import AlertmailError, Option, ServiceContext, hookimpl
+from alertmail import AlertmailError, Option, ServiceContext, config_option, hookimpl
 
 log = logging.getLogger("alertmail.relay")
 
@@ -72,15 +72,15 @@ class RelayService:
     options: ClassVar[dict[str, Option]] = OPTIONS
 
     def __init__(self) -> None:
-        self.server: Any = None  # relay_smtp.RelayServer
-        self.pickup: Any = None  # relay_pickup.PickupWatcher
+        self.server: Any = None  # listener.RelayServer
+        self.pickup: Any = None  # watcher.PickupWatcher
         self.w3c: Any = None
         self._flusher: asyncio.Task[None] | None = None
         self._stop_timeout = 20.0
 
     async def start(self, context: ServiceContext) -> None:
+        from alertmail.plugins.relay.listener import RelayServer, tls_context
         from alertmail.plugins.relay.policy import RelayPolicy, parse_networks
-        from alertmail.plugins.relay.server import RelayServer, tls_context
         from alertmail.plugins.relay.users import Users, UsersFileError
         from alertmail.plugins.relay.w3c import W3CLog
         from alertmail.plugins.relay.watcher import PickupWatcher
@@ -214,10 +214,9 @@ async def serve(cfg: Any, plugins: Any, services: Sequence[type], *, ready: Call
 
 
 @click.group("relay", invoke_without_command=True)
-@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="configuration file (default: config.toml, or $ALERTMAIL_CONFIG)")
+@config_option
 @click.pass_context
-def relay_command(ctx: click.Context, config_path: Path | None) -> None:
+def relay_command(ctx: click.Context, config_path: Path) -> None:
     """Run the SMTP relay alone: listener, pickup folder, queue and delivery.
 
     Runs until SIGTERM or SIGINT; then it stops accepting, lets transactions in
@@ -227,7 +226,7 @@ def relay_command(ctx: click.Context, config_path: Path | None) -> None:
         return
     from alertmail import ExitCode, QueueLocked, load_or_exit, setup_logging
 
-    cfg, plugins = load_or_exit(_config_path(config_path))
+    cfg, plugins = load_or_exit(config_path)
     setup_logging(cfg.agent["log_level"])
     if not cfg.sections.get("relay", {}).get("enabled"):
         log.info("[relay].enabled is false: `alertmail run` would not start it; running it as asked")
@@ -254,12 +253,11 @@ def relay_command(ctx: click.Context, config_path: Path | None) -> None:
 
 @relay_command.command("passwd")
 @click.argument("user")
-@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="configuration file naming [relay].users_file")
+@config_option
 @click.option("--file", "users_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="users file to write (default: [relay].users_file of the config)")
 @click.option("--password-stdin", is_flag=True, help="read the password from the first line of standard input")
-def passwd_command(user: str, config_path: Path | None, users_file: Path | None, password_stdin: bool) -> None:
+def passwd_command(user: str, config_path: Path, users_file: Path | None, password_stdin: bool) -> None:
     """Add USER to the relay's users file, or set a new password (scrypt hash)."""
     from alertmail.plugins.relay.users import UsersFileError, set_password
 
@@ -268,7 +266,7 @@ def passwd_command(user: str, config_path: Path | None, users_file: Path | None,
     if users_file is None:
         from alertmail import load_or_exit
 
-        cfg, _ = load_or_exit(_config_path(config_path))
+        cfg, _ = load_or_exit(config_path)
         users_file = cfg.sections.get("relay", {}).get("users_file")
         if users_file is None:
             click.echo(f"{cfg.path}: relay.users_file is not set; set it or pass --file", err=True)
@@ -302,14 +300,6 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
             raise RelayConfigError("relay.event_loop = \"uvloop\": uvloop is not installed (pip install uvloop)") from None
         return None
     return uvloop.new_event_loop
-
-
-def _config_path(config_path: Path | None) -> Path:
-    import os
-
-    from alertmail import DEFAULT_CONFIG
-
-    return config_path or Path(os.environ.get("ALERTMAIL_CONFIG", DEFAULT_CONFIG))
 
 
 @hookimpl

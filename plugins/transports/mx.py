@@ -44,12 +44,12 @@ from typing import Any, ClassVar
 from alertmail.plugins.transports.smtpclient import (
     TIMEOUT_OPTIONS,
     Endpoint,
-    SessionPool,
     SessionSettings,
     Timeouts,
     helo_name,
     is_ip,
 )
+from alertmail.plugins.transports.smtppool import SessionPool
 
 from alertmail import (
     AlertmailError,

@@ -1,0 +1,86 @@
+"""The relay's aiosmtpd handler: relay policy at EHLO, MAIL and RCPT; the queue at DATA.
+
+What is decided here needs no aiosmtpd: the session (``server.RelaySMTP``) calls these
+hooks with its own session and envelope, and a message is durable in the queue before
+the client hears the final 250.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from alertmail.plugins.relay.policy import RelayPolicy, has_bare_newline, received_header
+
+from alertmail import Envelope, QueueWriteError
+
+if TYPE_CHECKING:
+    from alertmail.plugins.relay.listener import RelayServer
+    from alertmail.plugins.relay.server import RelaySMTP
+
+log = logging.getLogger("alertmail.relay")
+
+# Longest wait for the queue to make a message durable before answering 451.
+PUT_TIMEOUT = 60.0
+
+
+class RelayHandler:
+    """aiosmtpd hooks: policy at EHLO/MAIL/RCPT, and queueing at DATA."""
+
+    def __init__(self, policy: RelayPolicy, queue: Any, server: RelayServer) -> None:
+        self.policy = policy
+        self.queue = queue
+        self.server = server
+
+    async def handle_EHLO(self, smtp: RelaySMTP, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        keywords = [r[4:] for r in responses[1:] if r[4:] != "HELP"]
+        if not self.policy.users:
+            keywords = [k for k in keywords if not k.startswith("AUTH")]
+        keywords += ["PIPELINING", "ENHANCEDSTATUSCODES"]
+        lines = [responses[0][4:], *keywords]
+        return [f"250-{k}" for k in lines[:-1]] + [f"250 {lines[-1]}"]
+
+    async def handle_MAIL(self, smtp: RelaySMTP, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        if self.server.stopping:
+            smtp.close_after_reply = True
+            return f"421 4.3.2 {self.policy.hostname} service shutting down"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, smtp: RelaySMTP, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.policy.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        if not (session.authenticated or smtp.client_allowed or self.policy.local(address)):
+            return f"554 5.7.1 <{address}>: Relay access denied"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, smtp: RelaySMTP, session: Any, envelope: Any) -> str:
+        content: bytes = envelope.original_content
+        if has_bare_newline(content):
+            return "554 5.6.0 Bare CR or LF in message data; lines must end with CRLF"
+        sender = "" if envelope.mail_from == "<>" else envelope.mail_from
+        txid = secrets.token_hex(6)
+        trace = received_header(
+            helo=session.host_name or "", ip=smtp.client_ip, hostname=self.policy.hostname,
+            protocol=smtp.protocol_name(), txid=txid, recipients=envelope.rcpt_tos,
+        )
+        put = self.queue.put(
+            trace + content, Envelope(sender, tuple(envelope.rcpt_tos)),
+            route=list(self.policy.route) if self.policy.route else None, origin="relay",
+        )
+        try:
+            # shield: a put that outlives the timeout still completes (at worst a duplicate, never a loss)
+            msg_id = await asyncio.wait_for(asyncio.shield(put), PUT_TIMEOUT)
+        except QueueWriteError as exc:
+            log.error("relay: cannot queue a message from %s: %s", smtp.client_ip, exc)
+            return "452 4.3.1 Insufficient system storage"
+        except TimeoutError:
+            log.error("relay: the queue took longer than %ss; answered 451", PUT_TIMEOUT)
+            return "451 4.3.0 Queue busy, try again later"
+        return f"250 2.0.0 OK queued as {msg_id}"

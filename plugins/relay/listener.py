@@ -1,0 +1,91 @@
+"""The relay's listening sockets and live sessions: start, addresses, a graceful stop.
+
+Imported only when the relay starts (aiosmtpd is not loaded by an idle agent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from alertmail.plugins.relay.handler import RelayHandler
+from alertmail.plugins.relay.policy import RelayPolicy
+from alertmail.plugins.relay.server import RelaySMTP
+from alertmail.plugins.relay.w3c import W3CLog
+
+log = logging.getLogger("alertmail.relay")
+
+
+@dataclass
+class RelayServer:
+    """The listening sockets and the live sessions."""
+
+    policy: RelayPolicy
+    queue: Any
+    w3c: W3CLog
+    tls: ssl.SSLContext | None = None
+    connections: set[RelaySMTP] = field(default_factory=set)
+    stopping: bool = False
+    _servers: list[asyncio.AbstractServer] = field(default_factory=list)
+
+    def _session(self) -> RelaySMTP:
+        return RelaySMTP(
+            RelayHandler(self.policy, self.queue, self),
+            self,
+            hostname=self.policy.hostname,  # no getfqdn() per connection
+            ident="ESMTP",
+            data_size_limit=self.policy.max_size,
+            enable_SMTPUTF8=False,  # delivery does not promise SMTPUTF8 end to end
+            tls_context=self.tls,
+            require_starttls=self.policy.require_tls,
+            auth_require_tls=True,
+            auth_exclude_mechanism=() if self.policy.users else ("PLAIN", "LOGIN"),
+            timeout=self.policy.timeout,
+            loop=asyncio.get_running_loop(),
+        )
+
+    async def start(self, listen: Iterable[tuple[str, int]]) -> None:
+        loop = asyncio.get_running_loop()
+        for host, port in listen:
+            server = await loop.create_server(self._session, host, port, reuse_address=True, backlog=512)
+            self._servers.append(server)
+            log.info("relay: listening on %s", ", ".join(_format(s.getsockname()) for s in server.sockets))
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [s.getsockname()[:2] for server in self._servers for s in server.sockets]
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop accepting; let transactions in flight finish (up to ``timeout``); close the rest."""
+        self.stopping = True
+        for server in self._servers:
+            server.close()
+        deadline = time.monotonic() + timeout
+        while any(c.in_transaction() for c in self.connections) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self.connections):
+            if session.transport is not None:
+                if not session.in_transaction():
+                    session.transport.write(f"421 4.3.2 {self.policy.hostname} service shutting down\r\n".encode())
+                session.transport.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+
+
+def _format(sockname: tuple[Any, ...]) -> str:
+    host, port = sockname[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server context for STARTTLS: TLS 1.2 or later, no client certificates asked."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context

@@ -1,0 +1,268 @@
+"""One SMTP session: connect, greeting, EHLO, TLS and AUTH as configured; one mail transaction on it.
+
+``open_session`` raises ``SessionError`` when no session could be had; ``transact``
+never raises for a delivery problem and maps every reply as ``smtpclient`` says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from alertmail.plugins.transports.smtpclient import (
+    Endpoint,
+    SessionError,
+    SessionSettings,
+    Timeouts,
+    failure_status,
+    one_line,
+    reply_status,
+)
+
+from alertmail import RecipientStatus, Status
+
+if TYPE_CHECKING:
+    import aiosmtplib
+
+# Postfix's smtp_rset_timeout: a live server answers RSET at once.
+PROBE_TIMEOUT = 20.0
+QUIT_TIMEOUT = 5.0
+
+
+async def _addresses(endpoint: Endpoint, timeout: float) -> list[str]:
+    if endpoint.address:
+        return [endpoint.address]
+    loop = asyncio.get_running_loop()
+    infos = await asyncio.wait_for(loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM), timeout)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+async def _connect_socket(address: str, port: int, timeout: float) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (address, port)), timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass
+class Session:
+    """One open SMTP connection to one endpoint."""
+
+    client: aiosmtplib.SMTP
+    endpoint: Endpoint
+    remote: str
+    timer: asyncio.TimerHandle | None = None
+    reused: bool = False
+    idle_since: float = 0.0
+
+    @property
+    def alive(self) -> bool:
+        return self.client.is_connected
+
+    async def quit(self) -> None:
+        """QUIT politely, briefly; then drop the connection whatever happened."""
+        try:
+            if self.client.is_connected:
+                await self.client.quit(timeout=QUIT_TIMEOUT)
+        except Exception:
+            pass
+        finally:
+            self.client.close()
+
+
+async def open_session(endpoint: Endpoint, settings: SessionSettings, log: logging.Logger) -> Session:
+    """Connect, read the greeting, EHLO, TLS and AUTH as configured; SessionError on failure."""
+    import aiosmtplib
+
+    timeouts = settings.timeouts
+    remote = str(endpoint)
+    try:
+        addresses = await _addresses(endpoint, timeouts.connect)
+    except (OSError, TimeoutError) as exc:
+        raise SessionError(
+            RecipientStatus(Status.TEMPORARY, 0, f"cannot resolve {endpoint.host}: {exc}", "4.4.3", remote)
+        ) from exc
+    sock, last_error, connected = None, None, None
+    for address in addresses:
+        try:
+            sock = await _connect_socket(address, endpoint.port, timeouts.connect)
+            connected = address
+            remote = str(Endpoint(endpoint.host, endpoint.port, address))
+            break
+        except (OSError, TimeoutError) as exc:
+            last_error = exc
+            log.debug("connect to %s:%s failed: %s", address, endpoint.port, exc)
+    if sock is None:
+        raise SessionError(failure_status(last_error or OSError("no address"), remote))
+
+    implicit = settings.tls == "implicit"
+    client = aiosmtplib.SMTP(
+        hostname=endpoint.host,
+        sock=sock,
+        local_hostname=settings.helo,
+        timeout=timeouts.command,
+        use_tls=implicit,
+        start_tls=False,
+        tls_context=settings.tls_context() if implicit else None,
+    )
+    try:
+        # The connect timeout bounded the TCP handshake; the greeting has its own (RFC 5321: 5 min).
+        await client.connect(timeout=timeouts.command)
+        await _hello(client, timeouts.command)
+        if settings.tls == "starttls":
+            if not client.supports_extension("starttls"):
+                raise SessionError(
+                    RecipientStatus(Status.TEMPORARY, 0, f"{remote} does not offer STARTTLS (tls = \"starttls\")", "4.7.0", remote)
+                )
+            await client.starttls(tls_context=settings.tls_context(), timeout=timeouts.command)
+            await _hello(client, timeouts.command)
+        elif settings.tls == "opportunistic" and client.supports_extension("starttls"):
+            try:
+                await client.starttls(tls_context=settings.tls_context(), timeout=timeouts.command)
+                await _hello(client, timeouts.command)
+            except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
+                if not client.is_connected:
+                    # The handshake broke the connection: plain text on a new one beats no delivery.
+                    log.info("STARTTLS with %s failed (%s); retrying without TLS", remote, exc)
+                    client.close()
+                    plain = SessionSettings(settings.helo, timeouts, tls="none")
+                    return await open_session(Endpoint(endpoint.host, endpoint.port, connected), plain, log)
+                log.info("%s refused STARTTLS (%s); continuing without TLS", remote, exc)
+        if settings.username:
+            try:
+                password = settings.password() if settings.password else None
+            except (LookupError, OSError) as exc:
+                raise SessionError(
+                    RecipientStatus(Status.TEMPORARY, 0, f"cannot read the password: {exc}", "4.7.8", remote)
+                ) from None
+            try:
+                await client.login(settings.username, password or "", timeout=timeouts.command)
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                # As Postfix's smtp_sasl_auth_soft_bounce: a refused login is a setup problem, not the mail's.
+                raise SessionError(
+                    RecipientStatus(Status.TEMPORARY, exc.code, f"authentication as {settings.username} failed: {one_line(exc.message)}", "4.7.8", remote)
+                ) from None
+    except SessionError:
+        client.close()
+        raise
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        client.close()
+        raise SessionError(failure_status(exc, remote)) from exc
+    except BaseException:
+        client.close()
+        raise
+    log.debug("session open with %s (tls=%s)", remote, "yes" if client.get_transport_info("sslcontext") else "no")
+    return Session(client, endpoint, remote)
+
+
+async def _hello(client: aiosmtplib.SMTP, timeout: float) -> None:
+    """EHLO, or HELO from a server that does not know EHLO."""
+    import aiosmtplib
+
+    try:
+        await client.ehlo(timeout=timeout)
+    except aiosmtplib.SMTPHeloError as exc:
+        if exc.code not in (500, 502) or not client.is_connected:
+            raise
+        await client.helo(timeout=timeout)
+
+
+@dataclass
+class Transaction:
+    """The outcome of one MAIL/RCPT/DATA exchange on one session."""
+
+    statuses: dict[str, RecipientStatus] = field(default_factory=dict)
+    retry: list[str] = field(default_factory=list)  # no final answer: try the next endpoint
+    data_started: bool = False  # past this point a lost session may still have delivered
+
+
+async def transact(session: Session, sender: str, recipients: Sequence[str], data: bytes, timeouts: Timeouts) -> Transaction:
+    """One mail transaction; never raises for a delivery problem."""
+    import aiosmtplib
+
+    client, remote = session.client, session.remote
+    done = Transaction()
+    accepted: list[str] = []
+
+    def lost(exc: BaseException) -> Transaction:
+        status = failure_status(exc, remote)
+        for rcpt in recipients:
+            if rcpt not in done.statuses or rcpt in accepted:
+                done.statuses[rcpt] = status
+                done.retry.append(rcpt)
+        client.close()
+        return done
+
+    def broken(exc: aiosmtplib.SMTPResponseException) -> bool:
+        # 421 means "closing the channel": the next endpoint may do better.
+        return exc.code == 421 or not client.is_connected
+
+    options, encoding = [], "ascii"
+    if client.supports_extension("size"):
+        options.append(f"SIZE={len(data)}")
+    if client.supports_extension("8bitmime") and not data.isascii():
+        options.append("BODY=8BITMIME")
+    if not all(a.isascii() for a in (sender, *recipients)):
+        if not client.supports_extension("smtputf8"):
+            status = RecipientStatus(Status.PERMANENT, 0, f"{remote} does not support SMTPUTF8, needed for these addresses", "5.6.7", remote)
+            return Transaction({r: status for r in recipients})
+        options.append("SMTPUTF8")
+        encoding = "utf-8"
+    try:
+        try:
+            await client.mail(sender, options=options, encoding=encoding, timeout=timeouts.command)
+        except ValueError:
+            status = RecipientStatus(Status.PERMANENT, 0, f"bad sender address {sender!r}", "5.1.7", remote)
+            return Transaction({r: status for r in recipients})
+        except aiosmtplib.SMTPResponseException as exc:
+            if broken(exc):
+                return lost(exc)
+            status = reply_status(exc.code, exc.message, remote)
+            await _reset(client)
+            return Transaction({r: status for r in recipients})
+        for rcpt in recipients:
+            try:
+                await client.rcpt(rcpt, encoding=encoding, timeout=timeouts.command)
+                accepted.append(rcpt)
+            except ValueError:
+                done.statuses[rcpt] = RecipientStatus(Status.PERMANENT, 0, f"bad recipient address {rcpt!r}", "5.1.3", remote)
+            except aiosmtplib.SMTPResponseException as exc:
+                if broken(exc):
+                    return lost(exc)
+                done.statuses[rcpt] = reply_status(exc.code, exc.message, remote)
+        if not accepted:
+            await _reset(client)
+            return done
+        done.data_started = True
+        try:
+            reply = await client.data(data, timeout=timeouts.data)
+        except aiosmtplib.SMTPResponseException as exc:
+            if broken(exc):
+                return lost(exc)
+            status = reply_status(exc.code, exc.message, remote)
+            await _reset(client)
+        else:
+            status = reply_status(reply.code, reply.message, remote)
+        for rcpt in accepted:
+            done.statuses[rcpt] = status
+        return done
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        return lost(exc)
+
+
+async def _reset(client: aiosmtplib.SMTP) -> None:
+    """RSET after a refused transaction; a server that fails it is closed, not reused."""
+    try:
+        await client.rset(timeout=PROBE_TIMEOUT)
+    except Exception:
+        client.close()

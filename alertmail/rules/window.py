@@ -115,7 +115,11 @@ class Window:
         if agg == "last":
             return buckets[-1].last
         if agg == "avg":
-            return self.total / self.count
+            # The running sum keeps the rounding of values that left the window: after a
+            # large one, a window of zeros could average -2e-12 and fire a `below = 0` rule.
+            # A mean never lies outside its values.
+            mean = self.total / self.count
+            return min(max(mean, min(b.low for b in buckets)), max(b.high for b in buckets))
         if agg == "min":
             return min(b.low for b in buckets)
         if agg == "max":

@@ -61,7 +61,7 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = [
+__all__ = [  # noqa: RUF022  grouped by what a plugin does with them
     # plugins and hooks
     "hookimpl",
     "Probe",

@@ -15,8 +15,8 @@ import logging
 import random
 import signal
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from alertmail.config.load import Config
@@ -41,12 +41,28 @@ def self_rules(cfg: Config) -> list[Rule]:
     # A single failed or slow run is logged; a mail needs it to persist, and the
     # recovery waits for a quiet spell, so a hiccup does not become two mails.
     return [
-        Rule(name="agent-probe-failed", metric="agent.probe_failed", above=0.5, for_=30.0, keep_firing_for=300.0,
-             severity="warning", to=to, flapping=False,
-             description="a probe raised an error or returned bad data; see the agent's log"),
-        Rule(name="agent-probe-overrun", metric="agent.probe_overrun", above=0.5, for_=60.0, keep_firing_for=300.0,
-             severity="warning", to=to, flapping=False,
-             description="a probe keeps taking longer than its timeout; its interval may be too short"),
+        Rule(
+            name="agent-probe-failed",
+            metric="agent.probe_failed",
+            above=0.5,
+            for_=30.0,
+            keep_firing_for=300.0,
+            severity="warning",
+            to=to,
+            flapping=False,
+            description="a probe raised an error or returned bad data; see the agent's log",
+        ),
+        Rule(
+            name="agent-probe-overrun",
+            metric="agent.probe_overrun",
+            above=0.5,
+            for_=60.0,
+            keep_firing_for=300.0,
+            severity="warning",
+            to=to,
+            flapping=False,
+            description="a probe keeps taking longer than its timeout; its interval may be too short",
+        ),
     ]
 
 
@@ -56,6 +72,8 @@ class Agent:
         self.plugins = plugins
         self.state_dir = Path(cfg.state_dir)
         self.rules = [*cfg.rules, *self_rules(cfg)]
+        # The loop keeps only weak references to tasks: one nobody holds may vanish mid-run.
+        self._observing: set[asyncio.Task[None]] = set()
         self.engine = RuleEngine(self.rules)
         self.history = History()
         self._history_swept = 0.0  # when the tick last dropped idle series from the history
@@ -205,7 +223,10 @@ class Agent:
         self._start_scheduler()
         log.info(
             "watching %s with %d probes and %d rules; mail goes %s",
-            cfg.hostname, len(self.probes), len(cfg.rules), " -> ".join(cfg.mail["route"]),
+            cfg.hostname,
+            len(self.probes),
+            len(cfg.rules),
+            " -> ".join(cfg.mail["route"]),
         )
 
     def _mail_context(self, events: Sequence[AlertEvent]) -> dict[str, Any]:
@@ -220,8 +241,9 @@ class Agent:
 
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self._schedule_probes()
-        self.scheduler.add_job(self.tick, "interval", seconds=self.cfg.agent["resolution"], id="tick",
-                               coalesce=True, max_instances=1)
+        self.scheduler.add_job(
+            self.tick, "interval", seconds=self.cfg.agent["resolution"], id="tick", coalesce=True, max_instances=1
+        )
         heartbeat.schedule(self.scheduler, self)
         self.scheduler.add_listener(self._job_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         self.scheduler.start()
@@ -244,9 +266,17 @@ class Agent:
         for job_id, names in self._groups.items():
             interval = self.probes[names[0]][1]
             self.scheduler.add_job(
-                self.run_probes, "interval", args=(names,), id=job_id, name=", ".join(names),
-                seconds=interval, jitter=min(interval * 0.1, 5.0), coalesce=True, max_instances=1,
-                misfire_grace_time=max(1, int(interval)), next_run_time=_soon(interval),
+                self.run_probes,
+                "interval",
+                args=(names,),
+                id=job_id,
+                name=", ".join(names),
+                seconds=interval,
+                jitter=min(interval * 0.1, 5.0),
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=max(1, int(interval)),
+                next_run_time=_soon(interval),
             )
 
     async def run_probes(self, names: list[str]) -> None:
@@ -307,7 +337,9 @@ class Agent:
             for name in names:
                 self.missed[name] = self.missed.get(name, 0) + 1
                 samples.append(Sample("agent.probe_missed", float(self.missed[name]), {"probe": name}, now))
-        asyncio.ensure_future(self.observe(samples, now))
+        task = asyncio.ensure_future(self.observe(samples, now))
+        self._observing.add(task)
+        task.add_done_callback(self._observing.discard)
 
     async def stop(self) -> None:
         scheduler = getattr(self, "scheduler", None)
@@ -359,4 +391,4 @@ def _soon(interval: float):
     """First run within a few seconds, spread so probes do not all start at once."""
     import datetime as dt
 
-    return dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=random.uniform(0.1, min(2.0, interval)))
+    return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=random.uniform(0.1, min(2.0, interval)))

@@ -133,7 +133,7 @@ class DeliveryResult:
 
     @classmethod
     def all(cls, recipients: Iterable[str], status: RecipientStatus) -> DeliveryResult:
-        return cls({rcpt: status for rcpt in recipients})
+        return cls(dict.fromkeys(recipients, status))
 
     def with_status(self, status: Status) -> list[str]:
         return [r for r, s in self.recipients.items() if s.status is status]

@@ -88,8 +88,11 @@ class Replay:
     @property
     def events(self) -> list[dict[str, Any]]:
         """The alert events the rules produced, each once (not its release or digest line)."""
-        return [line for line in self.timeline
-                if "mail" not in line and (line["fate"] == "notified" or line["fate"].startswith("silenced"))]
+        return [
+            line
+            for line in self.timeline
+            if "mail" not in line and (line["fate"] == "notified" or line["fate"].startswith("silenced"))
+        ]
 
 
 async def replay(
@@ -129,12 +132,22 @@ async def replay(
         history = History()
         collector = MailCollector()
         notifier = Notifier(
-            sender=sender, hostname=hostname, timezone=timezone, route=["replay"], queue=collector,
-            state_dir=folder, history=history.get, group_wait=group_wait, subject_prefix=subject_prefix,
-            silences=silences if silences is not None else SilenceSet(), max_mails_per_hour=max_mails_per_hour,
-            digest_interval=digest_interval, rules=rules,
+            sender=sender,
+            hostname=hostname,
+            timezone=timezone,
+            route=["replay"],
+            queue=collector,
+            state_dir=folder,
+            history=history.get,
+            group_wait=group_wait,
+            subject_prefix=subject_prefix,
+            silences=silences if silences is not None else SilenceSet(),
+            max_mails_per_hour=max_mails_per_hour,
+            digest_interval=digest_interval,
+            rules=rules,
             # A replay is a short-lived command: draw charts in this process, loading matplotlib once.
-            render_options={"charts": "in-process" if charts else "off"}, durable=False,
+            render_options={"charts": "in-process" if charts else "off"},
+            durable=False,
         )
 
         async def step(now: float) -> None:
@@ -202,10 +215,10 @@ def write_mail_files(mails: Sequence[CollectedMail], folder: Path) -> list[Path]
         if page is None:
             body = msg.get_body(preferencelist=("plain",))
             text = body.get_content() if body is not None else ""
-            page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html_mod.escape(mail.subject)}</title>"
-                    f"</head><body><pre>{html_mod.escape(text)}</pre></body></html>")
+            page = (
+                f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html_mod.escape(mail.subject)}</title>'
+                f"</head><body><pre>{html_mod.escape(text)}</pre></body></html>"
+            )
         stem.with_suffix(".html").write_text(page, encoding="utf-8")
         written += [stem.with_suffix(".eml"), stem.with_suffix(".html")]
     return written
-
-

@@ -15,13 +15,13 @@ _ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\\\"]+@[A-Za-z0-9.-]+$|^[^@\s<>]+@\[[0-
 def parse_duration(value: Any) -> float:
     """Seconds from 30, "30s", "5m", "2h", "1d", "1h30m"; "0" is zero."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration like \"30s\", \"5m\", \"2h\", \"1d\"")
+        raise ValueError('expected a duration like "30s", "5m", "2h", "1d"')
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
         return float(value)
     if not isinstance(value, str):
-        raise ValueError(f"expected a duration like \"30s\", \"5m\", \"2h\", \"1d\", got {value!r}")
+        raise ValueError(f'expected a duration like "30s", "5m", "2h", "1d", got {value!r}')
     text = value.strip().lower()
     if text == "0":
         return 0.0
@@ -32,7 +32,7 @@ def parse_duration(value: Any) -> float:
         total += float(match.group(1)) * DURATION_UNITS[match.group(2)]
         pos = match.end()
     if pos != len(text) or not text:
-        raise ValueError(f"expected a duration like \"30s\", \"5m\", \"2h\", \"1d\", got {value!r}")
+        raise ValueError(f'expected a duration like "30s", "5m", "2h", "1d", got {value!r}')
     return total
 
 
@@ -41,7 +41,7 @@ def format_duration(seconds: float) -> str:
 
     A negative span (a clock that stepped back, a stamp from the future) reads "0s".
     """
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     if seconds == 0:
         return "0s"
     parts = []
@@ -60,13 +60,13 @@ def parse_size(value: Any) -> int:
         match = _SIZE.match(value)
         if match:
             return int(float(match.group(1)) * SIZE_UNITS[(match.group(2) or "").upper()])
-    raise ValueError(f"expected a size like \"10MB\" or a number of bytes, got {value!r}")
+    raise ValueError(f'expected a size like "10MB" or a number of bytes, got {value!r}')
 
 
 def parse_address(value: Any, default_port: int | None = None) -> tuple[str, int]:
     """("host", port) from "host:port", "[10.0.0.1]:25", "[::1]:2525" or "host"."""
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected \"host:port\", got {value!r}")
+        raise ValueError(f'expected "host:port", got {value!r}')
     text = value.strip()
     if text.startswith("["):
         end = text.find("]")
@@ -81,12 +81,12 @@ def parse_address(value: Any, default_port: int | None = None) -> tuple[str, int
     port: int
     if rest:
         if not rest.startswith(":") or not rest[1:].isdigit():
-            raise ValueError(f"expected \"host:port\", got {value!r}")
+            raise ValueError(f'expected "host:port", got {value!r}')
         port = int(rest[1:])
     elif default_port is not None:
         port = default_port
     else:
-        raise ValueError(f"expected \"host:port\" with a port, got {value!r}")
+        raise ValueError(f'expected "host:port" with a port, got {value!r}')
     if not 0 < port < 65536:
         raise ValueError(f"port {port} out of range 1-65535")
     return host, port

@@ -39,7 +39,11 @@ def measure(proc: subprocess.Popen, seconds: float, settle: float) -> tuple[floa
     while time.monotonic() < deadline:
         time.sleep(min(step, max(0.0, deadline - time.monotonic())))
         peak = max(peak, p.memory_info().rss)
-        print(f"\r  {seconds - (deadline - time.monotonic()):5.0f}/{seconds:.0f} s  rss {p.memory_info().rss / 1e6:5.1f} MB", end="", file=sys.stderr)
+        print(
+            f"\r  {seconds - (deadline - time.monotonic()):5.0f}/{seconds:.0f} s  rss {p.memory_info().rss / 1e6:5.1f} MB",
+            end="",
+            file=sys.stderr,
+        )
     print(file=sys.stderr)
     end = p.cpu_times()
     cpu = (end.user + end.system) - (start.user + start.system)
@@ -59,8 +63,13 @@ def main() -> int:
     try:
         shutil.copy(ROOT / "config.toml", folder / "config.toml")
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-        agent = subprocess.Popen([sys.executable, "-m", "alertmail", "run", "--config", "config.toml"],
-                                 cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "alertmail", "run", "--config", "config.toml"],
+            cwd=folder,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(100000)"], env=env)
         try:
             print(f"measuring for {seconds:.0f} s after {settle:.0f} s of settling ...", file=sys.stderr)

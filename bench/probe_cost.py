@@ -65,7 +65,8 @@ def schedule(probes: dict, label: str, minutes: float = 10, default_interval: fl
         runs = 0
         for tick in range(int(minutes * 60 / default_interval)):
             due = {
-                name: probe for name, probe in probes.items()
+                name: probe
+                for name, probe in probes.items()
                 if tick % max(1, round((getattr(probe, "interval", None) or default_interval) / default_interval)) == 0
             }
             results = await asyncio.gather(*(run_probe(p, 5.0) for p in due.values()))
@@ -76,8 +77,10 @@ def schedule(probes: dict, label: str, minutes: float = 10, default_interval: fl
     start = time.process_time()
     runs = asyncio.run(play())
     used = time.process_time() - start
-    print(f"\n{minutes:g} min of the default schedule, {label}: {runs} probe runs, {used:.3f} CPU s "
-          f"= {100 * used / (minutes * 60):.3f} % of one core")
+    print(
+        f"\n{minutes:g} min of the default schedule, {label}: {runs} probe runs, {used:.3f} CPU s "
+        f"= {100 * used / (minutes * 60):.3f} % of one core"
+    )
 
 
 if __name__ == "__main__":

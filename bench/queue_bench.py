@@ -76,11 +76,10 @@ async def bare_client(port: int, messages: list[bytes]) -> float:
 
 
 async def through_queue(port: int, messages: list[bytes], folder: Path, concurrency: int) -> dict[str, float]:
-    from alertmail.plugins.transports.smtp import SmtpTransport
-
     from alertmail.config.schema import Checker
     from alertmail.delivery.delivery import Delivery, RetryPolicy
     from alertmail.model import Envelope, TransportContext
+    from alertmail.plugins.transports.smtp import SmtpTransport
     from alertmail.queue.spool import Queue
 
     check = Checker(folder)
@@ -88,8 +87,15 @@ async def through_queue(port: int, messages: list[bytes], folder: Path, concurre
     smtp = SmtpTransport(options, TransportContext(state_dir=folder, hostname="bench.example.test"))
     queue = Queue(folder / "queue")
     await queue.start()
-    delivery = Delivery(queue, {"smtp": smtp}, policy=RetryPolicy(), state_dir=folder,
-                        hostname="bench.example.test", default_route=["smtp"], concurrency=concurrency)
+    delivery = Delivery(
+        queue,
+        {"smtp": smtp},
+        policy=RetryPolicy(),
+        state_dir=folder,
+        hostname="bench.example.test",
+        default_route=["smtp"],
+        concurrency=concurrency,
+    )
     await delivery.start()
     envelope = Envelope("alerts@example.test", ("ops@example.test",))
     start = time.perf_counter()
@@ -125,11 +131,15 @@ def main() -> None:
     print(f"{n} messages of {size:.0f} bytes to smtp-sink on 127.0.0.1, queue in {folder.parent}")
     print(f"bare aiosmtplib, one reused connection:   {n / bare:8.0f} msg/s  ({bare:.2f} s)")
     print(f"queue: durable puts (acknowledged):       {n / queued['put']:8.0f} msg/s  ({queued['put']:.2f} s)")
-    print(f"queue + delivery, end to end (durable):   {n / queued['elapsed']:8.0f} msg/s  ({queued['elapsed']:.2f} s,"
-          f" {args.concurrency} workers)")
+    print(
+        f"queue + delivery, end to end (durable):   {n / queued['elapsed']:8.0f} msg/s  ({queued['elapsed']:.2f} s,"
+        f" {args.concurrency} workers)"
+    )
     print(f"ratio end to end / bare client:           {bare / queued['elapsed']:8.2f}")
-    print(f"fsyncs per message: {queued['fsyncs'] / n:.3f} ({queued['fsyncs']:.0f} fsyncs,"
-          f" {queued['commits']:.0f} commit rounds, {n / queued['commits']:.1f} messages per round)")
+    print(
+        f"fsyncs per message: {queued['fsyncs'] / n:.3f} ({queued['fsyncs']:.0f} fsyncs,"
+        f" {queued['commits']:.0f} commit rounds, {n / queued['commits']:.1f} messages per round)"
+    )
 
 
 if __name__ == "__main__":

@@ -98,8 +98,19 @@ class Result:
 def smtp_source(port: int, args: argparse.Namespace, reused: bool) -> tuple[float, bool, str]:
     """Run smtp-source against 127.0.0.1:``port``; (seconds, ok, its error output)."""
     command = [
-        need("smtp-source"), "-s", str(args.sessions), "-m", str(args.messages), "-l", str(args.size),
-        "-f", "load@bench.test", "-t", "sink@example.test", "-M", "bench.test",
+        need("smtp-source"),
+        "-s",
+        str(args.sessions),
+        "-m",
+        str(args.messages),
+        "-l",
+        str(args.size),
+        "-f",
+        "load@bench.test",
+        "-t",
+        "sink@example.test",
+        "-M",
+        "bench.test",
     ]
     if reused:
         command.append("-d")
@@ -138,7 +149,9 @@ def run_relay(folder: Path, sink_port: int, args: argparse.Namespace, event_loop
         port = free_port()
         options = {"greet_pause": "0s", "max_commands": 1000, "pickup": False, "event_loop": event_loop}
         sink = SimpleNamespace(host="127.0.0.1", port=sink_port)
-        config = relay_config(work, sink, port, options, agent={"log_level": args.log_level}, queue={"concurrency": args.concurrency})
+        config = relay_config(
+            work, sink, port, options, agent={"log_level": args.log_level}, queue={"concurrency": args.concurrency}
+        )
         relay = RelayProcess(config, port).start()
         try:
             process = psutil.Process(relay.proc.pid)
@@ -179,7 +192,8 @@ def run_postfix(folder: Path, sink_port: int, args: argparse.Namespace) -> list[
     config_dir.mkdir()
     folder.chmod(0o755)  # Postfix's daemons run as "postfix" and must reach their folders
     port = free_port()
-    (config_dir / "main.cf").write_text(textwrap.dedent(f"""\
+    (config_dir / "main.cf").write_text(
+        textwrap.dedent(f"""\
         compatibility_level = 3.6
         queue_directory = {config_dir}/spool
         data_directory = {config_dir}/data
@@ -198,7 +212,8 @@ def run_postfix(folder: Path, sink_port: int, args: argparse.Namespace) -> list[
         alias_database =
         maillog_file = {config_dir}/maillog
         maillog_file_prefixes = {config_dir}
-        """))
+        """)
+    )
     (config_dir / "master.cf").write_text(POSTFIX_SERVICES.format(listen=f"127.0.0.1:{port}"))
     (config_dir / "spool").mkdir()
     (config_dir / "data").mkdir()
@@ -235,13 +250,16 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
             f"smtp-source -s {args.sessions} -m {args.messages} -l {args.size} [-d]; accepted messages per second;"
             f" relay [queue].concurrency = {args.concurrency}"
         ),
-        f"{'target':<14} {'connections':<12} {'msg/s':>8} {'vs postfix':>11} {'seconds':>8} {'queue empty after':>18} {'CPU ms/msg':>11}",
+        f"{'target':<14} {'connections':<12} {'msg/s':>8} {'vs postfix':>11} {'seconds':>8}"
+        f" {'queue empty after':>18} {'CPU ms/msg':>11}",
     ]
     for r in results:
         ratio = f"{r.rate / postfix[r.reused]:.2f}x" if postfix.get(r.reused) and r.ok else "-"
         drained = "-" if r.target == "aiosmtpd" else (f"{r.drained:.1f}s" if r.drained is not None else "not empty")
         rate = f"{r.rate:8.0f}" if r.ok else "  failed"
-        lines.append(f"{r.target:<14} {'reused' if r.reused else 'new each':<12} {rate} {ratio:>11} {r.seconds:8.1f} {drained:>18} {f'{r.cpu_ms:.2f}' if r.cpu_ms else '-':>11}")
+        cpu = f"{r.cpu_ms:.2f}" if r.cpu_ms else "-"
+        connections = "reused" if r.reused else "new each"
+        lines.append(f"{r.target:<14} {connections:<12} {rate} {ratio:>11} {r.seconds:8.1f} {drained:>18} {cpu:>11}")
     return "\n".join(lines)
 
 
@@ -250,11 +268,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-s", "--sessions", type=int, default=10)
     parser.add_argument("-m", "--messages", type=int, default=20000)
     parser.add_argument("-l", "--size", type=int, default=2048, help="message size in bytes")
-    parser.add_argument("--targets", default="relay,relay-asyncio,aiosmtpd,postfix",
-                        help="relay (uvloop when installed), relay-asyncio, aiosmtpd, postfix")
-    parser.add_argument("--concurrency", type=int, default=2,
-                        help="the relay's [queue].concurrency: deliveries at once; 1-2 suit one smart host on loopback "
-                             "(8, the default of the config, costs this relay about 1.5x the CPU per message here)")
+    parser.add_argument(
+        "--targets",
+        default="relay,relay-asyncio,aiosmtpd,postfix",
+        help="relay (uvloop when installed), relay-asyncio, aiosmtpd, postfix",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=2,
+        help="the relay's [queue].concurrency: deliveries at once; 1-2 suit one smart host on loopback "
+        "(8, the default of the config, costs this relay about 1.5x the CPU per message here)",
+    )
     parser.add_argument("--log-level", default="warning", help="the relay's [agent].log_level (info logs every delivery)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 5 sessions, 500 messages")
     parser.add_argument("--timeout", type=float, default=900.0, help="longest one smtp-source run or queue drain may take")

@@ -66,10 +66,14 @@ def main() -> None:
         times.append(time.perf_counter() - started)
         cpu.append(cpu_seconds() - used)
     print(f"mode {args.mode}, {args.alerts} alert(s) per mail, mail {size / 1024:.0f} KiB")
-    print(f"RSS: bare interpreter {bare:.1f} MiB, agent imports + renderer {idle:.1f} MiB, "
-          f"after the first mail {after_first:.1f} MiB (+{after_first - idle:.1f}), after {args.runs} more {rss_mib():.1f} MiB")
-    print(f"time per mail: first {first * 1000:.0f} ms, median of {args.runs} {statistics.median(times) * 1000:.0f} ms, "
-          f"max {max(times) * 1000:.0f} ms; CPU (with the chart process) median {statistics.median(cpu) * 1000:.0f} ms")
+    print(
+        f"RSS: bare interpreter {bare:.1f} MiB, agent imports + renderer {idle:.1f} MiB, "
+        f"after the first mail {after_first:.1f} MiB (+{after_first - idle:.1f}), after {args.runs} more {rss_mib():.1f} MiB"
+    )
+    print(
+        f"time per mail: first {first * 1000:.0f} ms, median of {args.runs} {statistics.median(times) * 1000:.0f} ms, "
+        f"max {max(times) * 1000:.0f} ms; CPU (with the chart process) median {statistics.median(cpu) * 1000:.0f} ms"
+    )
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 

@@ -30,14 +30,14 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=200)
     args = parser.parse_args()
 
-    import alertmail.config.load  # noqa: F401
-    import alertmail.render.mail  # noqa: F401
-    import alertmail.rules.engine  # noqa: F401
+    import alertmail.config.load
+    import alertmail.render.mail
+    import alertmail.rules.engine
 
     before = rss_mb()
-    import alertmail.notify.heartbeat  # noqa: F401
-    import alertmail.notify.runtime_silences  # noqa: F401
-    import alertmail.notify.silences  # noqa: F401
+    import alertmail.notify.heartbeat
+    import alertmail.notify.runtime_silences
+    import alertmail.notify.silences
     import alertmail.notify.storm  # noqa: F401
 
     after = rss_mb()
@@ -49,13 +49,18 @@ def main() -> None:
     t0 = 1795698000.0
     rules = [Rule(name=f"r{i}", metric=f"m{i}", above=90, to=("ops@example.test",)) for i in range(args.series)]
     steps = int(args.hours * 360)
-    samples = [Sample(f"m{i}", 95.0 if (k // 360) % 4 == 0 else 50.0, {"i": str(i)}, t0 + 10 * k)
-               for k in range(steps) for i in range(args.series)]
+    samples = [
+        Sample(f"m{i}", 95.0 if (k // 360) % 4 == 0 else 50.0, {"i": str(i)}, t0 + 10 * k)
+        for k in range(steps)
+        for i in range(args.series)
+    ]
     start = time.perf_counter()
     day = asyncio.run(replay(samples, rules, group_wait=30.0))
     took = time.perf_counter() - start
-    print(f"replay: {len(samples)} samples over {args.hours:g} h (tick 1s, group_wait 30s): {took:.2f} s, "
-          f"{len(samples) / took:,.0f} samples/s; {len(day.events)} events, {len(day.mails)} mails")
+    print(
+        f"replay: {len(samples)} samples over {args.hours:g} h (tick 1s, group_wait 30s): {took:.2f} s, "
+        f"{len(samples) / took:,.0f} samples/s; {len(day.events)} events, {len(day.mails)} mails"
+    )
 
     disk = Rule(name="disk-full", metric="disk.used_percent", above=90, to=("ops@example.test",))
     burst = [Sample("disk.used_percent", 95.0, {"mount": f"/srv/vol{i:04d}"}, t0 + 3 * i) for i in range(args.burst)]
@@ -66,8 +71,10 @@ def main() -> None:
     most = max(sum(1 for u in times if t - 3600 < u <= t) for t in times)
     text = "\n".join(m.message.get_body(("plain",)).get_content() for m in storm.mails)
     listed = sum(1 for i in range(args.burst) if f"/srv/vol{i:04d}" in text)
-    print(f"storm: {args.burst} alerts in {3 * args.burst / 60:g} min, cap 10/h, digest 15m: {len(storm.mails)} mails "
-          f"(most in any hour {most}), {listed}/{args.burst} events listed, {took:.2f} s")
+    print(
+        f"storm: {args.burst} alerts in {3 * args.burst / 60:g} min, cap 10/h, digest 15m: {len(storm.mails)} mails "
+        f"(most in any hour {most}), {listed}/{args.burst} events listed, {took:.2f} s"
+    )
     print(f"RSS: silences + storm + heartbeat modules add {after - before:.2f} MB ({before:.1f} -> {after:.1f} MB)")
 
 

@@ -24,10 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from alertmail.plugins.transports.smtp import SmtpTransport  # noqa: E402
+from tests.peers import free_port, need, wait_port  # noqa: E402
 
 from alertmail.model import Envelope, TransportContext  # noqa: E402
-from tests.peers import free_port, need, wait_port  # noqa: E402
+from alertmail.plugins.transports.smtp import SmtpTransport  # noqa: E402
 
 MESSAGE = b"From: a@host.test\r\nTo: b@example.test\r\nSubject: bench\r\n\r\n" + b"x" * 2000 + b"\r\n"
 

@@ -178,9 +178,17 @@ class Dnsmasq:
         conf.write_text("")
         self.port = self.port or free_port(self.host, socket.SOCK_DGRAM)
         args = [
-            binary, "--keep-in-foreground", "-C", str(conf), "--no-resolv", "--no-hosts",
-            f"--listen-address={self.host}", "--bind-interfaces", f"--port={self.port}",
-            "--local=/test/", f"--pid-file={self.folder / 'dnsmasq.pid'}",
+            binary,
+            "--keep-in-foreground",
+            "-C",
+            str(conf),
+            "--no-resolv",
+            "--no-hosts",
+            f"--listen-address={self.host}",
+            "--bind-interfaces",
+            f"--port={self.port}",
+            "--local=/test/",
+            f"--pid-file={self.folder / 'dnsmasq.pid'}",
         ]
         if os.geteuid() == 0:
             args.append("--user=root")

@@ -30,7 +30,8 @@ ALERTMAIL = [sys.executable, "-c", "import sys; from alertmail.cli import main; 
 # on an aiosmtpd release the relay's fast path was not checked against). The fast path is
 # made uncallable, so a session that still took it would fail instead of passing unseen.
 ALERTMAIL_AIOSMTPD_INIT = [
-    sys.executable, "-c",
+    sys.executable,
+    "-c",
     "import sys; from alertmail.plugins.relay import server; server._FAST_INIT = False; "
     "server.RelaySMTP._init_fast = None; from alertmail.cli import main; sys.argv[0] = 'alertmail'; main()",
 ]
@@ -48,8 +49,13 @@ def private_folder(prefix: str) -> Path:
 
 
 def relay_config(
-    folder: Path, sink: SmtpSink, port: int, relay: dict[str, Any] | None = None, *,
-    agent: dict[str, Any] | None = None, queue: dict[str, Any] | None = None,
+    folder: Path,
+    sink: SmtpSink,
+    port: int,
+    relay: dict[str, Any] | None = None,
+    *,
+    agent: dict[str, Any] | None = None,
+    queue: dict[str, Any] | None = None,
 ) -> Path:
     """Write a config for a relay on 127.0.0.1:``port`` that delivers to ``sink``."""
     config: dict[str, Any] = {
@@ -75,9 +81,27 @@ def self_signed(folder: Path, name: str = "relay.test") -> tuple[Path, Path]:
     """A throwaway certificate and key made with openssl (EC P-256: fast to make)."""
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        [need("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={name}"],
-        check=True, capture_output=True, timeout=30,
+        [
+            need("openssl"),
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={name}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     return cert, key
 
@@ -103,7 +127,9 @@ class RelayProcess:
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen(
                 [*self.command, "relay", "-c", str(self.config)],
-                stdout=subprocess.DEVNULL, stderr=err, cwd=self.config.parent,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                cwd=self.config.parent,
                 env={**os.environ, "PYTHONPATH": str(REPO)},
             )
         deadline = time.monotonic() + timeout
@@ -137,7 +163,11 @@ class RelayProcess:
 
 
 def start_relay(
-    folder: Path, sink: SmtpSink, relay: dict[str, Any] | None = None, *, command: list[str] | None = None,
+    folder: Path,
+    sink: SmtpSink,
+    relay: dict[str, Any] | None = None,
+    *,
+    command: list[str] | None = None,
 ) -> RelayProcess:
     """A running relay on 127.0.0.1 (``relay["also_listen"]`` adds addresses) delivering to ``sink``."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-PLUGIN = '''
+PLUGIN = """
 from pathlib import Path
 from alertmail import hookimpl, Sample
 
@@ -32,7 +32,7 @@ class Gauge:
 @hookimpl
 def register_probes(register):
     register(Gauge())
-'''
+"""
 
 
 def write_config(folder: Path, extra: str = "") -> Path:
@@ -40,7 +40,8 @@ def write_config(folder: Path, extra: str = "") -> Path:
     (folder / "plugins.d" / "gauge.py").write_text(PLUGIN)
     (folder / "plugins.d" / "value.txt").write_text("10")
     config = folder / "config.toml"
-    config.write_text(textwrap.dedent(f"""
+    config.write_text(
+        textwrap.dedent(f"""
         [agent]
         state_dir = "var"
         interval = "1s"
@@ -66,7 +67,8 @@ def write_config(folder: Path, extra: str = "") -> Path:
         repeat = "3s"
         severity = "critical"
         {extra}
-    """))
+    """)
+    )
     return config
 
 
@@ -91,7 +93,9 @@ def wait_for(predicate, timeout: float = 90.0, what: str = "condition"):
 def start_agent(config: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "alertmail", "run", "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=config.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=config.parent,
     )
 
 
@@ -155,7 +159,7 @@ def test_firing_reminder_and_threaded_recovery_land_in_pickup(tmp_path):
 
 
 def test_agent_refuses_to_start_on_a_bad_config(tmp_path):
-    config = write_config(tmp_path, extra='above_x = 3')
+    config = write_config(tmp_path, extra="above_x = 3")
     proc = start_agent(config)
     proc.wait(30)
     err = proc.stderr.read().decode()
@@ -166,7 +170,8 @@ def test_agent_refuses_to_start_on_a_bad_config(tmp_path):
 
 def test_check_reports_every_mistake_with_its_key_path(tmp_path):
     config = tmp_path / "config.toml"
-    config.write_text(textwrap.dedent("""
+    config.write_text(
+        textwrap.dedent("""
         [agent]
         intervall = "10s"
         timezone = "Mars/Olympus"
@@ -186,9 +191,11 @@ def test_check_reports_every_mistake_with_its_key_path(tmp_path):
         metric = "disk.used_percent"
         above = "ninety"
         for = "soon"
-    """))
-    result = subprocess.run([sys.executable, "-m", "alertmail", "check", "--config", str(config)],
-                            capture_output=True, text=True, timeout=60)
+    """)
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "alertmail", "check", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 78
     err = result.stderr
     for expected in (
@@ -208,22 +215,28 @@ def test_check_reports_every_mistake_with_its_key_path(tmp_path):
 
 def test_check_accepts_the_default_config():
     root = Path(__file__).resolve().parent.parent
-    result = subprocess.run([sys.executable, "-m", "alertmail", "check", "--config", str(root / "config.toml")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "alertmail", "check", "--config", str(root / "config.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
 
 
 def test_init_writes_a_config_that_check_accepts(tmp_path):
     out = tmp_path / "config.toml"
-    result = subprocess.run([sys.executable, "-m", "alertmail", "init", "-o", str(out)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "alertmail", "init", "-o", str(out)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     import tomllib
 
     data = tomllib.loads(out.read_text())
     assert any(r["labels"].get("mount") == "/" for r in data["rules"] if "labels" in r)
-    result = subprocess.run([sys.executable, "-m", "alertmail", "check", "--config", str(out)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "alertmail", "check", "--config", str(out)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -234,10 +247,17 @@ def test_non_editable_install_lists_bundled_plugins(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(root)], capture_output=True, text=True, timeout=600)
     assert pip.returncode == 0, pip.stderr
-    site = subprocess.run([str(venv / "bin" / "python"), "-c", "import importlib.util as u; print(u.find_spec('plugins'))"],
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    site = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import importlib.util as u; print(u.find_spec('plugins'))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert site.stdout.strip() == "None", "no top-level package called plugins may be installed"
-    listed = subprocess.run([str(venv / "bin" / "alertmail"), "plugins"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    listed = subprocess.run(
+        [str(venv / "bin" / "alertmail"), "plugins"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert listed.returncode == 0, listed.stdout + listed.stderr
     for name in ("system", "pickup"):
         assert f"\n{name} " in listed.stdout
@@ -246,7 +266,7 @@ def test_non_editable_install_lists_bundled_plugins(tmp_path):
 
 def test_alert_waiting_for_its_group_survives_kill_9(tmp_path):
     config = write_config(tmp_path)
-    config.write_text(config.read_text().replace('group_wait = "0s"', 'group_wait = "6s"').replace('repeat = "3s"', ''))
+    config.write_text(config.read_text().replace('group_wait = "0s"', 'group_wait = "6s"').replace('repeat = "3s"', ""))
     value = tmp_path / "plugins.d" / "value.txt"
     proc = start_agent(config)
     try:
@@ -267,7 +287,7 @@ def test_alert_waiting_for_its_group_survives_kill_9(tmp_path):
 
 def test_restart_neither_repeats_the_firing_mail_nor_forgets_the_recovery(tmp_path):
     config = write_config(tmp_path)
-    config.write_text(config.read_text().replace('repeat = "3s"', ''))
+    config.write_text(config.read_text().replace('repeat = "3s"', ""))
     value = tmp_path / "plugins.d" / "value.txt"
     proc = start_agent(config)
     try:

@@ -23,8 +23,16 @@ CORE = REPO / "alertmail"
 PLUGINS = REPO / "plugins"
 
 # Modules every stage may use: values, units, errors, files, the config vocabulary.
-BASE = {"alertmail", "alertmail.errors", "alertmail.units", "alertmail.exitcodes", "alertmail.fsutil",
-        "alertmail.model", "alertmail.hookspecs", "alertmail.config.schema"}
+BASE = {
+    "alertmail",
+    "alertmail.errors",
+    "alertmail.units",
+    "alertmail.exitcodes",
+    "alertmail.fsutil",
+    "alertmail.model",
+    "alertmail.hookspecs",
+    "alertmail.config.schema",
+}
 # Stage -> the stages it may import (at any depth, lazy imports included). Upstream stages
 # know nothing of those after them; config.load, the agent, replay and the CLI compose them.
 ALLOWED: dict[str, set[str]] = {
@@ -64,7 +72,8 @@ def all_modules() -> dict[str, Path]:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _walk(nodes: list[ast.AST], module_level: bool, runs: bool) -> Iterator[tuple[ast.AST, bool, bool]]:
@@ -167,8 +176,11 @@ def test_no_circle_even_through_imports_deferred_into_functions(graph):
 
 
 def test_the_core_never_imports_the_bundled_plugins(graph):
-    bad = [f"{e.source}:{e.line} imports {e.target}" for e in graph
-           if not e.source.startswith("alertmail.plugins") and e.target.startswith("alertmail.plugins")]
+    bad = [
+        f"{e.source}:{e.line} imports {e.target}"
+        for e in graph
+        if not e.source.startswith("alertmail.plugins") and e.target.startswith("alertmail.plugins")
+    ]
     assert bad == []
 
 
@@ -196,14 +208,23 @@ def test_every_public_name_resolves():
 
 def test_the_checker_finds_a_circle_and_tells_lazy_and_typing_imports_apart(tmp_path):
     """The rules above can fail: a circle of two modules is found; each kind of import is told apart."""
-    edges = [Import("alertmail.a", "alertmail.b", 1, True), Import("alertmail.b", "alertmail.a", 1, True),
-             Import("alertmail.c", "alertmail.a", 1, False), Import("alertmail.a", "alertmail.c", 1, True)]
+    edges = [
+        Import("alertmail.a", "alertmail.b", 1, True),
+        Import("alertmail.b", "alertmail.a", 1, True),
+        Import("alertmail.c", "alertmail.a", 1, False),
+        Import("alertmail.a", "alertmail.c", 1, True),
+    ]
     assert cycles([e for e in edges if e.module_level]) == [["alertmail.a", "alertmail.b"]]
     plugin = tmp_path / "p.py"
-    plugin.write_text("from typing import TYPE_CHECKING\nfrom alertmail.queue.spool import Queue\nfrom alertmail import hookimpl\n"
-                      "if TYPE_CHECKING:\n    from alertmail.model import Sample\n\n"
-                      "def f():\n    from alertmail.plugins.relay import policy\n")
+    plugin.write_text(
+        "from typing import TYPE_CHECKING\nfrom alertmail.queue.spool import Queue\nfrom alertmail import hookimpl\n"
+        "if TYPE_CHECKING:\n    from alertmail.model import Sample\n\n"
+        "def f():\n    from alertmail.plugins.relay import policy\n"
+    )
     found = imports_of("alertmail.plugins.p", plugin, {"alertmail.plugins.relay.policy": plugin})
     assert [(i.target, i.module_level, i.runs) for i in found] == [
-        ("alertmail.queue.spool", True, True), ("alertmail", True, True), ("alertmail.model", False, False),
-        ("alertmail.plugins.relay.policy", False, True)]
+        ("alertmail.queue.spool", True, True),
+        ("alertmail", True, True),
+        ("alertmail.model", False, False),
+        ("alertmail.plugins.relay.policy", False, True),
+    ]

@@ -27,8 +27,12 @@ RUNS = {
     "rule_engine.py": ["--series", "50", "--ticks", "5"],
     "transport_smtp.py": ["100", "1"],
 }
-NEEDS = {"queue_bench.py": ["smtp-sink"], "relay_bench.py": ["smtp-sink", "smtp-source", "postfix"],
-         "relay_crash.py": ["smtp-sink"], "transport_smtp.py": ["smtp-sink"]}
+NEEDS = {
+    "queue_bench.py": ["smtp-sink"],
+    "relay_bench.py": ["smtp-sink", "smtp-source", "postfix"],
+    "relay_crash.py": ["smtp-sink"],
+    "transport_smtp.py": ["smtp-sink"],
+}
 
 
 def test_every_benchmark_script_has_a_smoke_run():
@@ -39,7 +43,8 @@ def test_every_benchmark_script_has_a_smoke_run():
 def test_benchmark_script_runs_and_prints_figures(script):
     for binary in NEEDS.get(script, []):
         need(binary)
-    result = subprocess.run([sys.executable, str(BENCH / script), *RUNS[script]],
-                            capture_output=True, text=True, timeout=240, cwd=BENCH.parent)
+    result = subprocess.run(
+        [sys.executable, str(BENCH / script), *RUNS[script]], capture_output=True, text=True, timeout=240, cwd=BENCH.parent
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert any(ch.isdigit() for ch in result.stdout), result.stdout

@@ -37,15 +37,21 @@ def test_format_duration_reads_a_negative_span_as_zero(seconds):
     assert format_duration(seconds) == "0s"
 
 
-@pytest.mark.parametrize(("text", "size"), [("10MB", 10_000_000), ("512KiB", 524288), ("100", 100), (2048, 2048), ("1.5 GB", 1_500_000_000)])
+@pytest.mark.parametrize(
+    ("text", "size"), [("10MB", 10_000_000), ("512KiB", 524288), ("100", 100), (2048, 2048), ("1.5 GB", 1_500_000_000)]
+)
 def test_sizes_parse_to_bytes(text, size):
     assert parse_size(text) == size
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("smtp.example.com:587", ("smtp.example.com", 587)), ("[10.10.10.1]:25", ("10.10.10.1", 25)),
-     ("[::1]:2525", ("::1", 2525)), ("[10.10.10.1]", ("10.10.10.1", 25))],
+    [
+        ("smtp.example.com:587", ("smtp.example.com", 587)),
+        ("[10.10.10.1]:25", ("10.10.10.1", 25)),
+        ("[::1]:2525", ("::1", 2525)),
+        ("[10.10.10.1]", ("10.10.10.1", 25)),
+    ],
 )
 def test_addresses_parse_with_brackets_and_ports(text, expected):
     assert parse_address(text, default_port=25) == expected
@@ -62,7 +68,9 @@ def test_plain_mail_addresses_are_valid(address):
     assert valid_address(address)
 
 
-@pytest.mark.parametrize("address", ["ops@example.com\n", "a\r\nBcc: x@y@z", "<ops@example.com>", "ops", "a b@c.d", "ops@exa mple.com"])
+@pytest.mark.parametrize(
+    "address", ["ops@example.com\n", "a\r\nBcc: x@y@z", "<ops@example.com>", "ops", "a b@c.d", "ops@exa mple.com"]
+)
 def test_addresses_that_could_break_a_header_are_invalid(address):
     assert not valid_address(address)
 
@@ -74,10 +82,15 @@ def write(tmp_path, text):
 
 
 def test_minimal_config_gets_defaults_and_paths_relative_to_the_file(tmp_path):
-    cfg = load_config(write(tmp_path, """
+    cfg = load_config(
+        write(
+            tmp_path,
+            """
         [mail]
         to = ["ops@example.com"]
-    """))
+    """,
+        )
+    )
     assert cfg.state_dir == tmp_path / "var"
     assert cfg.agent["interval"] == 10
     assert cfg.mail["route"] == ["pickup"]
@@ -87,10 +100,15 @@ def test_minimal_config_gets_defaults_and_paths_relative_to_the_file(tmp_path):
 
 def test_unknown_section_gets_a_did_you_mean(tmp_path):
     with pytest.raises(ConfigError) as err:
-        load_config(write(tmp_path, """
+        load_config(
+            write(
+                tmp_path,
+                """
             [mial]
             to = ["ops@example.com"]
-        """))
+        """,
+            )
+        )
     assert any("mial: unknown section; did you mean [mail]?" in p for p in err.value.problems)
 
 
@@ -102,10 +120,15 @@ def test_broken_toml_names_the_file_and_the_place(tmp_path):
 
 def test_inline_secret_is_refused_without_echoing_it(tmp_path):
     with pytest.raises(ConfigError) as err:
-        load_config(write(tmp_path, """
+        load_config(
+            write(
+                tmp_path,
+                """
             [transports.pickup]
             api_key = "s3cr3t-value"
-        """))
+        """,
+            )
+        )
     text = str(err.value)
     assert "transports.pickup.api_key: secrets are never written inline" in text
     assert "s3cr3t-value" not in text
@@ -113,8 +136,13 @@ def test_inline_secret_is_refused_without_echoing_it(tmp_path):
 
 def test_unknown_probe_table_is_reported(tmp_path):
     with pytest.raises(ConfigError) as err:
-        load_config(write(tmp_path, """
+        load_config(
+            write(
+                tmp_path,
+                """
             [probes.nosuchprobe]
             interval = "5s"
-        """))
+        """,
+            )
+        )
     assert any(p.startswith("probes.nosuchprobe: no such probe") for p in err.value.problems)

@@ -45,8 +45,15 @@ def smtp_transport(address: str, state_dir: Path, **extra: object):
     """The bundled smtp transport pointed at a loopback server, plain text, short timeouts."""
     from alertmail.plugins.transports.smtp import SmtpTransport
 
-    table = {"servers": [address], "tls": "none", "connect_timeout": "2s", "command_timeout": "5s",
-             "data_timeout": "5s", "idle_timeout": "0", **extra}
+    table = {
+        "servers": [address],
+        "tls": "none",
+        "connect_timeout": "2s",
+        "command_timeout": "5s",
+        "data_timeout": "5s",
+        "idle_timeout": "0",
+        **extra,
+    }
     check = Checker(state_dir)
     options = check.table("transports.smtp", table, SmtpTransport.options)
     assert not check.problems, check.problems
@@ -64,8 +71,15 @@ async def delivering(state_dir: Path, transports: dict, *, policy: RetryPolicy =
     """A started queue and delivery over ``transports``; stopped (and transports closed) on exit."""
     queue = Queue(state_dir / "queue")
     await queue.start()
-    delivery = Delivery(queue, transports, policy=policy, state_dir=state_dir, hostname="agent.example.test",
-                        default_route=list(default_route), concurrency=4)
+    delivery = Delivery(
+        queue,
+        transports,
+        policy=policy,
+        state_dir=state_dir,
+        hostname="agent.example.test",
+        default_route=list(default_route),
+        concurrency=4,
+    )
     await delivery.start()
     try:
         yield queue, delivery
@@ -94,7 +108,8 @@ def pickup_messages(folder: Path) -> list[EmailMessage]:
         return []
     return [
         email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
-        for p in sorted(folder.iterdir()) if not p.name.startswith(".")
+        for p in sorted(folder.iterdir())
+        if not p.name.startswith(".")
     ]
 
 
@@ -331,10 +346,10 @@ def test_badmail_resend_puts_the_message_back_and_it_is_delivered(tmp_path, sink
             async with delivering(tmp_path, {"smtp": smtp_transport(sink.address, tmp_path)}) as (queue, _):
                 await queue.put(data, Envelope("", ("ops@example.test",)))
                 badmail = Badmail(tmp_path / "badmail")
-                [item] = await eventually(lambda: badmail.items())
+                [item] = await eventually(badmail.items)
                 sink.restart([])
                 queue.request("resend", item.id)  # as `alertmail badmail resend` does with a running agent
-                await eventually(lambda: sink.messages())
+                await eventually(sink.messages)
                 await eventually(lambda: len(queue) == 0)
                 assert badmail.items() == []
                 [got] = sink.messages()
@@ -367,7 +382,10 @@ def test_retry_request_makes_a_running_delivery_try_again_now(tmp_path, sink_dir
 def test_restart_resumes_delivery_of_queued_messages(tmp_path, sink_dir):
     sink = SmtpSink(sink_dir)
     sink.port = free_port()
-    transports = lambda: {"smtp": smtp_transport(f"127.0.0.1:{sink.port}", tmp_path)}
+
+    def transports():
+        return {"smtp": smtp_transport(f"127.0.0.1:{sink.port}", tmp_path)}
+
     datas = [alert(f"alert {i}") for i in range(3)]
 
     async def before() -> None:

@@ -18,8 +18,14 @@ NOW = 1_800_000_000.0
 
 
 def entry(**states: RecipientState) -> Entry:
-    return Entry(id="0190aabbccdd11223344", created=NOW - 3600, sender="alerts@example.test",
-                 recipients={f"{k}@example.test": v for k, v in states.items()}, attempts=3, last_try=NOW)
+    return Entry(
+        id="0190aabbccdd11223344",
+        created=NOW - 3600,
+        sender="alerts@example.test",
+        recipients={f"{k}@example.test": v for k, v in states.items()},
+        attempts=3,
+        last_try=NOW,
+    )
 
 
 def parse(report) -> email.message.EmailMessage:
@@ -53,8 +59,17 @@ def test_failure_dsn_is_a_delivery_status_report_with_per_recipient_fields():
 
 def test_delay_dsn_says_until_when_it_is_retried():
     busy = RecipientState("pending", 451, "try later", "4.2.0", "mx.example.test:25", "smtp", NOW)
-    report = parse(build_dsn(entry(busy=busy), ORIGINAL, [("busy@example.test", busy)], action="delayed",
-                             hostname="h", now=NOW, will_retry_until=NOW + 86400))
+    report = parse(
+        build_dsn(
+            entry(busy=busy),
+            ORIGINAL,
+            [("busy@example.test", busy)],
+            action="delayed",
+            hostname="h",
+            now=NOW,
+            will_retry_until=NOW + 86400,
+        )
+    )
     [_, rcpt] = [dict(b.items()) for b in list(report.iter_parts())[1].get_payload()]
     assert rcpt["Action"] == "delayed"
     assert rcpt["Status"] == "4.2.0"
@@ -113,13 +128,16 @@ def test_badmail_envelope_lines_round_trip_as_iis_pickup_reads_them():
     assert split_envelope(with_envelope(envelope, ORIGINAL)) == (envelope, ORIGINAL)
     assert split_envelope(ORIGINAL) == (None, ORIGINAL)
     assert split_envelope(b"x-sender: <>\nX-Receiver: <c@example.test>\nSubject: s\n\n") == (
-        Envelope("", ("c@example.test",)), b"Subject: s\n\n",
+        Envelope("", ("c@example.test",)),
+        b"Subject: s\n\n",
     )
 
 
 def test_badmail_reason_names_recipients_replies_attempts_and_times(tmp_path):
-    e = entry(gone=RecipientState("failed", 550, "no such user", "5.1.1", "mx:25", "smtp", NOW),
-              ok=RecipientState("delivered", 250, "ok", "2.0.0", "mx:25", "smtp", NOW))
+    e = entry(
+        gone=RecipientState("failed", 550, "no such user", "5.1.1", "mx:25", "smtp", NOW),
+        ok=RecipientState("delivered", 250, "ok", "2.0.0", "mx:25", "smtp", NOW),
+    )
     Badmail(tmp_path).write(e, ORIGINAL, reason="Failed: permanent failure", dsn="queued as x", now=NOW)
     bad = (tmp_path / f"{e.id}.bad").read_bytes()
     assert bad == b"X-Sender: alerts@example.test\r\nX-Receiver: gone@example.test\r\n" + ORIGINAL
@@ -137,7 +155,7 @@ def test_retry_schedule_repeats_its_last_interval_and_can_differ_per_route():
     policy = RetryPolicy.from_config({"retry": [900.0, 1800.0, 3600.0, 14400.0], "route_retry": {"mx": ["1m", "5m"]}})
     assert [policy.next_delay(n, ["smtp"]) for n in range(1, 7)] == [900, 1800, 3600, 14400, 14400, 14400]
     assert [policy.next_delay(n, ["mx", "smtp"]) for n in range(1, 4)] == [60, 300, 300]
-    with pytest.raises(ValueError, match="queue.route_retry.mx"):
+    with pytest.raises(ValueError, match=r"queue\.route_retry\.mx"):
         RetryPolicy.from_config({"route_retry": {"mx": "5m"}})
 
 

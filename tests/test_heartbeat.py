@@ -31,8 +31,18 @@ START = END - DAY
 
 
 def event(kind: str, rule: Rule, t: float, incident: str, labels: tuple = (("mount", "/"),)) -> AlertEvent:
-    return AlertEvent(kind=kind, rule=rule, labels=labels, value=95.0, threshold=90.0, comparison=">",
-                      severity="warning", since=t, at=t, incident=incident)
+    return AlertEvent(
+        kind=kind,
+        rule=rule,
+        labels=labels,
+        value=95.0,
+        threshold=90.0,
+        comparison=">",
+        severity="warning",
+        since=t,
+        at=t,
+        incident=incident,
+    )
 
 
 def test_summary_counts_events_and_firing_time_within_the_period_only():
@@ -70,16 +80,30 @@ def test_heartbeat_mail_summarises_alerts_silences_and_the_queue(tmp_path):
         try:
             silences = SilenceSet([], tmp_path)
             RuntimeSilences(tmp_path).add(duration=DAY, rule="load-*", comment="kernel update", now=END - 600)
-            notifier = Notifier(sender="alertmail@test.example", hostname="web01", timezone="Europe/Berlin",
-                                route=["pickup"], queue=queue, state_dir=tmp_path, silences=silences,
-                                render_options={"charts": "off"})
-            for now[0], ev in ((START + 3600, event("firing", DISK, START + 3600, "d1")),
-                               (START + 3600 + 754, event("resolved", DISK, START + 3600 + 754, "d1")),
-                               (END - 300, event("firing", LOAD, END - 300, "l1"))):  # the last is silenced
+            notifier = Notifier(
+                sender="alertmail@test.example",
+                hostname="web01",
+                timezone="Europe/Berlin",
+                route=["pickup"],
+                queue=queue,
+                state_dir=tmp_path,
+                silences=silences,
+                render_options={"charts": "off"},
+            )
+            for now[0], ev in (
+                (START + 3600, event("firing", DISK, START + 3600, "d1")),
+                (START + 3600 + 754, event("resolved", DISK, START + 3600 + 754, "d1")),
+                (END - 300, event("firing", LOAD, END - 300, "l1")),
+            ):  # the last is silenced
                 await notifier.notify([ev], now[0])
             now[0] = END
-            heartbeat = Heartbeat(options={"every": DAY, "to": []}, notifier=notifier, queue=queue,
-                                  badmail_folder=tmp_path / "badmail", default_to=[OPS])
+            heartbeat = Heartbeat(
+                options={"every": DAY, "to": []},
+                notifier=notifier,
+                queue=queue,
+                badmail_folder=tmp_path / "badmail",
+                default_to=[OPS],
+            )
             msg_id = await heartbeat.send(END)
             return queue, msg_id
         finally:
@@ -128,7 +152,8 @@ def test_queue_figures_count_deferred_messages_and_badmail_in_the_period(tmp_pat
 
 def write_config(folder: Path, heartbeat: str) -> Path:
     path = folder / "config.toml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         [agent]
         state_dir = "var"
         timezone = "Europe/Berlin"
@@ -137,7 +162,9 @@ def write_config(folder: Path, heartbeat: str) -> Path:
         to = ["ops@test.example"]
 
         [heartbeat]
-    """) + textwrap.dedent(heartbeat))
+    """)
+        + textwrap.dedent(heartbeat)
+    )
     return path
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from alertmail.loader import PluginError, load_plugins
 
-GOOD = '''
+GOOD = """
 from alertmail import hookimpl, Sample
 __version__ = "2.5"
 
@@ -25,7 +25,7 @@ class Queue:
 @hookimpl
 def register_probes(register):
     register(Queue())
-'''
+"""
 
 
 def plugin_dir(tmp_path: Path, **files: str) -> Path:
@@ -59,37 +59,47 @@ def test_a_plugin_that_fails_to_import_is_reported_and_the_others_still_load(tmp
 
 
 def test_a_plugin_whose_register_hook_raises_is_reported_by_name(tmp_path):
-    folder = plugin_dir(tmp_path, raising='''
+    folder = plugin_dir(
+        tmp_path,
+        raising="""
         from alertmail import hookimpl
         @hookimpl
         def register_probes(register):
             raise RuntimeError("cannot open device")
-    ''', myqueue=GOOD)
+    """,
+        myqueue=GOOD,
+    )
     plugins = load_plugins([folder])
     assert "cannot open device" in plugins.infos["raising"].error
     assert "myqueue" in plugins.probes
 
 
 def test_a_misspelt_hook_name_fails_loudly(tmp_path):
-    folder = plugin_dir(tmp_path, typo='''
+    folder = plugin_dir(
+        tmp_path,
+        typo="""
         from alertmail import hookimpl
         @hookimpl
         def register_probe(register):
             pass
-    ''')
+    """,
+    )
     with pytest.raises(PluginError, match="register_probe"):
         load_plugins([folder])
 
 
 def test_a_probe_without_collect_is_refused(tmp_path):
-    folder = plugin_dir(tmp_path, nocollect='''
+    folder = plugin_dir(
+        tmp_path,
+        nocollect="""
         from alertmail import hookimpl
         class P:
             name = "p"
         @hookimpl
         def register_probes(register):
             register(P())
-    ''')
+    """,
+    )
     plugins = load_plugins([folder])
     assert "collect" in plugins.infos["nocollect"].error
     assert "p" not in plugins.probes
@@ -105,11 +115,18 @@ def test_entry_point_plugin_is_listed_by_the_plugins_command(tmp_path):
     site = tmp_path / "site"
     (site / "alertmail_example-1.3.dist-info").mkdir(parents=True)
     (site / "alertmail_example.py").write_text(GOOD)
-    (site / "alertmail_example-1.3.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: alertmail-example\nVersion: 1.3\n")
+    (site / "alertmail_example-1.3.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: alertmail-example\nVersion: 1.3\n"
+    )
     (site / "alertmail_example-1.3.dist-info" / "entry_points.txt").write_text("[alertmail]\nexample = alertmail_example\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-m", "alertmail", "plugins", "--json", "--config", str(tmp_path / "none.toml")],
-                            capture_output=True, text=True, env=env, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "alertmail", "plugins", "--json", "--config", str(tmp_path / "none.toml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["example"]["source"] == "entry point"

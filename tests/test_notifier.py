@@ -14,13 +14,30 @@ T0 = 1_800_000_000.0
 
 
 def event(kind: str, at: float) -> AlertEvent:
-    return AlertEvent(kind=kind, rule=RULE, labels=(("mount", "/data"),), value=95.0 if kind == "firing" else 50.0,
-                      threshold=90.0, comparison=">", severity="warning", since=T0, at=at, incident="disk-full-data")
+    return AlertEvent(
+        kind=kind,
+        rule=RULE,
+        labels=(("mount", "/data"),),
+        value=95.0 if kind == "firing" else 50.0,
+        threshold=90.0,
+        comparison=">",
+        severity="warning",
+        since=T0,
+        at=at,
+        incident="disk-full-data",
+    )
 
 
 def notifier_for(state_dir, collector: MailCollector) -> Notifier:
-    return Notifier(sender="alertmail@test.example", hostname="web01", timezone="UTC", route=["pickup"],
-                    queue=collector, state_dir=state_dir, render_options={"charts": "off"})
+    return Notifier(
+        sender="alertmail@test.example",
+        hostname="web01",
+        timezone="UTC",
+        route=["pickup"],
+        queue=collector,
+        state_dir=state_dir,
+        render_options={"charts": "off"},
+    )
 
 
 def test_recovery_after_a_restart_replies_to_the_first_mail_even_with_an_incidents_file_of_an_earlier_version(tmp_path):

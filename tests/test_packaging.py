@@ -17,8 +17,12 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
     out = tmp_path_factory.mktemp("wheel")
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)],
-                           capture_output=True, text=True, timeout=600)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert built.returncode == 0, built.stderr
     (path,) = out.glob("alertmail-*.whl")
     return zipfile.ZipFile(path)
@@ -32,7 +36,7 @@ def source_dir(package: str) -> Path:
     """Where a package's files are in the repository (``alertmail.plugins`` is ``plugins/``)."""
     mapping = setuptools_table()["package-dir"]
     prefix = max((p for p in mapping if package == p or package.startswith(p + ".")), key=len)
-    return ROOT / mapping[prefix] / package[len(prefix):].lstrip(".").replace(".", "/")
+    return ROOT / mapping[prefix] / package[len(prefix) :].lstrip(".").replace(".", "/")
 
 
 def test_every_declared_package_data_file_is_in_the_wheel(wheel):

@@ -13,10 +13,10 @@ from collections import namedtuple
 
 import psutil
 import pytest
-from alertmail.plugins.probes import system
-from alertmail.plugins.probes.process import ProcessProbe, parse_watch
 
 from alertmail import Sample
+from alertmail.plugins.probes import system
+from alertmail.plugins.probes.process import ProcessProbe, parse_watch
 from alertmail.probes.runner import configure_probe
 
 Part = namedtuple("Part", "device mountpoint fstype opts")
@@ -253,10 +253,13 @@ def test_process_user_filter_excludes_other_users(marker):
     try:
         time.sleep(0.2)
         me = psutil.Process().username()
-        probe = configured(ProcessProbe(), watch=[
-            {"name": "mine", "cmdline": f"*{marker}*", "user": me},
-            {"name": "theirs", "cmdline": f"*{marker}*", "user": me + "-nobody"},
-        ])
+        probe = configured(
+            ProcessProbe(),
+            watch=[
+                {"name": "mine", "cmdline": f"*{marker}*", "user": me},
+                {"name": "theirs", "cmdline": f"*{marker}*", "user": me + "-nobody"},
+            ],
+        )
         samples = probe.collect()
         assert by_metric(samples, "process.count", name="mine")[0].value == 1
         assert by_metric(samples, "process.count", name="theirs")[0].value == 0
@@ -267,13 +270,15 @@ def test_process_user_filter_excludes_other_users(marker):
 
 def test_watch_errors_name_each_entry_and_key():
     with pytest.raises(ValueError) as err:
-        parse_watch([
-            {"name": "a", "match": "x"},
-            {"name": "a", "cmdline": "y"},
-            {"nam": "b", "match": "z"},
-            {"name": "c"},
-            "nginx",
-        ])
+        parse_watch(
+            [
+                {"name": "a", "match": "x"},
+                {"name": "a", "cmdline": "y"},
+                {"nam": "b", "match": "z"},
+                {"name": "c"},
+                "nginx",
+            ]
+        )
     lines = str(err.value).splitlines()
     assert "watch[1].name: 'a' is used twice; each watch needs its own name" in lines
     assert "watch[2].nam: unknown key; did you mean 'name'?" in lines
@@ -304,7 +309,9 @@ def test_metric_catalogue_documents_every_bundled_metric_with_its_unit():
     from alertmail.loader import load_plugins
 
     doc = (Path(__file__).parent.parent / "docs" / "metrics.md").read_text()
-    rows = {line.split("|")[1].strip().strip("`"): line.split("|")[2].strip() for line in doc.splitlines() if line.startswith("| `")}
+    rows = {
+        line.split("|")[1].strip().strip("`"): line.split("|")[2].strip() for line in doc.splitlines() if line.startswith("| `")
+    }
     for probe, info in catalogue(load_plugins().probes):
         if probe in {p.name for p in system.PROBES} | {"process"}:
             assert rows.get(info.name) == info.unit, f"docs/metrics.md: {info.name} ({info.unit}) missing or stale"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import json
+import os
 import textwrap
 import threading
 import time
@@ -177,7 +177,8 @@ def test_format_value_speaks_in_units_people_read():
 def write_config(tmp_path, extra: str = "") -> str:
     (tmp_path / "plugins.d").mkdir(exist_ok=True)
     config = tmp_path / "config.toml"
-    config.write_text(textwrap.dedent("""
+    config.write_text(
+        textwrap.dedent("""
         [agent]
         state_dir = "var"
         plugin_dirs = ["plugins.d"]
@@ -193,7 +194,9 @@ def write_config(tmp_path, extra: str = "") -> str:
         metric = "disk.used_percent"
         labels = { mount = "/" }
         above = 99.9
-    """) + textwrap.dedent(extra))
+    """)
+        + textwrap.dedent(extra)
+    )
     return str(config)
 
 
@@ -227,7 +230,8 @@ def test_probe_command_json_parses_with_units_and_states(tmp_path):
 
 def test_probe_list_prints_the_catalogue_without_collecting(tmp_path):
     (tmp_path / "plugins.d").mkdir()
-    (tmp_path / "plugins.d" / "never.py").write_text(textwrap.dedent("""
+    (tmp_path / "plugins.d" / "never.py").write_text(
+        textwrap.dedent("""
         from alertmail import MetricInfo, hookimpl
 
         class Never:
@@ -240,19 +244,28 @@ def test_probe_list_prints_the_catalogue_without_collecting(tmp_path):
         @hookimpl
         def register_probes(register):
             register(Never())
-    """))
+    """)
+    )
     config = tmp_path / "config.toml"
     config.write_text('[agent]\nplugin_dirs = ["plugins.d"]\n')
     result = CliRunner().invoke(cli, ["probe", "--list", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert all(m in result.stdout for m in bundled_metrics() | {"never.value"})
     listed = json.loads(CliRunner().invoke(cli, ["probe", "--list", "--json", "--config", str(config)]).stdout)
-    assert {"probe": "never", "metric": "never.value", "unit": "count", "kind": "gauge", "labels": [], "description": "must not be collected"} in listed
+    assert {
+        "probe": "never",
+        "metric": "never.value",
+        "unit": "count",
+        "kind": "gauge",
+        "labels": [],
+        "description": "must not be collected",
+    } in listed
 
 
 def test_probe_command_exits_75_naming_a_failing_plugin_probe(tmp_path):
     config = write_config(tmp_path)
-    (tmp_path / "plugins.d" / "broken.py").write_text(textwrap.dedent("""
+    (tmp_path / "plugins.d" / "broken.py").write_text(
+        textwrap.dedent("""
         from alertmail import Probe, hookimpl
 
         def collect():
@@ -261,7 +274,8 @@ def test_probe_command_exits_75_naming_a_failing_plugin_probe(tmp_path):
         @hookimpl
         def register_probes(register):
             register(Probe("broken", collect))
-    """))
+    """)
+    )
     result = CliRunner().invoke(cli, ["probe", "--config", config])
     assert result.exit_code == 75
     assert "probe broken: OSError: no such sensor" in result.stdout
@@ -277,7 +291,9 @@ def test_probe_command_exits_78_on_a_bad_watch_table(tmp_path):
 
 
 def test_probe_command_skips_disabled_probes(tmp_path):
-    result = CliRunner().invoke(cli, ["probe", "--json", "--config", write_config(tmp_path, "\n[probes.processes]\nenabled = false\n")])
+    result = CliRunner().invoke(
+        cli, ["probe", "--json", "--config", write_config(tmp_path, "\n[probes.processes]\nenabled = false\n")]
+    )
     assert result.exit_code == 0, result.output
     assert "processes" not in {p["name"] for p in json.loads(result.stdout)["probes"]}
 
@@ -287,7 +303,8 @@ def test_a_probe_stuck_for_good_does_not_keep_the_command_from_exiting(tmp_path)
     import sys
 
     config = write_config(tmp_path, '\n[probes.stuck]\ntimeout = "0.5s"\n')
-    (tmp_path / "plugins.d" / "stuck.py").write_text(textwrap.dedent("""
+    (tmp_path / "plugins.d" / "stuck.py").write_text(
+        textwrap.dedent("""
         import time
         from alertmail import Probe, hookimpl
 
@@ -297,10 +314,14 @@ def test_a_probe_stuck_for_good_does_not_keep_the_command_from_exiting(tmp_path)
         @hookimpl
         def register_probes(register):
             register(Probe("stuck", collect))
-    """))
+    """)
+    )
     done = subprocess.run(
         [sys.executable, "-c", "from alertmail.cli import main; main()", "probe", "--config", config],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 75, done.stderr
     assert "probe stuck: timed out after 0.5s" in done.stdout
@@ -321,8 +342,11 @@ def test_configure_problems_keep_their_key_paths_under_the_probe_table():
     ]
 
 
-@pytest.mark.skipif("FAKETIME" in os.environ, reason="libfaketime shifts the deadline of a timed thread wait, "
-                    "so the idle timeout never comes under it; nothing here reads the date")
+@pytest.mark.skipif(
+    "FAKETIME" in os.environ,
+    reason="libfaketime shifts the deadline of a timed thread wait, "
+    "so the idle timeout never comes under it; nothing here reads the date",
+)
 def test_idle_worker_thread_ends_and_the_probe_still_runs_later(monkeypatch):
     from alertmail.probes import runner as probing
 
@@ -357,7 +381,8 @@ def test_a_stuck_probe_runs_again_once_it_comes_back():
 
 def test_probe_command_reports_a_crashing_configure_and_runs_the_rest(tmp_path):
     config = write_config(tmp_path)
-    (tmp_path / "plugins.d" / "fragile.py").write_text(textwrap.dedent("""
+    (tmp_path / "plugins.d" / "fragile.py").write_text(
+        textwrap.dedent("""
         from alertmail import hookimpl
 
         class Fragile:
@@ -372,7 +397,8 @@ def test_probe_command_reports_a_crashing_configure_and_runs_the_rest(tmp_path):
         @hookimpl
         def register_probes(register):
             register(Fragile())
-    """))
+    """)
+    )
     result = CliRunner().invoke(cli, ["probe", "--config", config])
     assert result.exit_code == 75
     assert "probe fragile: configure failed: KeyError: 'sensor'" in result.stdout

@@ -158,15 +158,19 @@ def test_a_second_process_cannot_own_the_same_queue(tmp_path):
         await queue.start()
         child = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-c", textwrap.dedent(f"""
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(f"""
                 import asyncio
                 from pathlib import Path
                 from alertmail.queue.spool import Queue, QueueLocked
                 try:
-                    asyncio.run(Queue(Path({str(tmp_path / 'queue')!r})).start())
+                    asyncio.run(Queue(Path({str(tmp_path / "queue")!r})).start())
                 except QueueLocked:
                     raise SystemExit(3)
-            """)],
+            """),
+            ],
             timeout=30,
             check=False,
         )
@@ -185,7 +189,7 @@ def test_put_that_cannot_be_written_raises_and_leaves_nothing(tmp_path):
         from alertmail.queue.spool import Queue, QueueWriteError
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         async def main():
-            queue = Queue(Path({str(tmp_path / 'queue')!r}))
+            queue = Queue(Path({str(tmp_path / "queue")!r}))
             await queue.start()
             resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
             small = await queue.put(b"Subject: small\\r\\n\\r\\nok\\r\\n", Envelope("a@x.test", ("b@x.test",)))
@@ -309,10 +313,9 @@ def test_queue_delete_and_retry_act_directly_when_no_agent_runs(tmp_path):
 
 
 def test_queue_retry_is_handed_to_the_running_agent(tmp_path):
-    from alertmail.plugins.transports.pickup import PickupTransport
-
     from alertmail.delivery.delivery import Delivery, RetryPolicy
     from alertmail.model import TransportContext
+    from alertmail.plugins.transports.pickup import PickupTransport
 
     config = write_config(tmp_path)
     folder = tmp_path / "var" / "queue"
@@ -323,8 +326,14 @@ def test_queue_retry_is_handed_to_the_running_agent(tmp_path):
         queue = Queue(folder)
         await queue.start()
         pickup = PickupTransport({"directory": out_folder}, TransportContext(state_dir=tmp_path / "var", hostname="h"))
-        delivery = Delivery(queue, {"pickup": pickup}, policy=RetryPolicy(scan_interval=0.1), state_dir=tmp_path / "var",
-                            hostname="h", default_route=["pickup"])
+        delivery = Delivery(
+            queue,
+            {"pickup": pickup},
+            policy=RetryPolicy(scan_interval=0.1),
+            state_dir=tmp_path / "var",
+            hostname="h",
+            default_route=["pickup"],
+        )
         await delivery.start()
         try:
             await asyncio.sleep(0.3)
@@ -371,8 +380,12 @@ def test_badmail_list_and_resend_without_a_running_agent(tmp_path):
 
     config = write_config(tmp_path)
     bad = tmp_path / "var" / "badmail"
-    entry = Entry(id="0190aabbccdd11223344", created=1.0, sender="alerts@example.test",
-                  recipients={"ops@example.test": RecipientState("failed", 550, "no")})
+    entry = Entry(
+        id="0190aabbccdd11223344",
+        created=1.0,
+        sender="alerts@example.test",
+        recipients={"ops@example.test": RecipientState("failed", 550, "no")},
+    )
     Badmail(bad).write(entry, DATA, reason="Failed: permanent failure", dsn="not sent")
     out = invoke("badmail", "list", "-c", config)
     assert entry.id in out.output and "Failed: permanent failure" in out.output

@@ -86,8 +86,10 @@ def test_kill_9_mid_stream_loses_no_acknowledged_message(tmp_path, sink_dir):
                 count = len(queue)
                 try:
                     await eventually(lambda: len(queue) == 0, timeout=30)
-                except AssertionError:
-                    raise AssertionError(f"sink exit {sink.proc.poll()}: {sink.proc.stderr.read1(2000) if sink.proc.poll() is not None else ''}")
+                except AssertionError as exc:
+                    raise AssertionError(
+                        f"sink exit {sink.proc.poll()}: {sink.proc.stderr.read1(2000) if sink.proc.poll() is not None else ''}"
+                    ) from exc
                 return count
 
         resumed = asyncio.run(recover())
@@ -102,6 +104,8 @@ def test_kill_9_mid_stream_loses_no_acknowledged_message(tmp_path, sink_dir):
     # Only messages in flight at the kill may go out twice (at-least-once); there were at most 8.
     assert len(ids) - len(set(ids)) <= 8
     assert resumed > 0 and delivered_before > 0, (resumed, delivered_before)
-    print(f"acknowledged {len(acknowledged)}, delivered before the kill {delivered_before}, "
-          f"resumed {resumed}, temp files left by the kill {sum(n.startswith('.') for n in left)}, "
-          f"duplicates {len(ids) - len(set(ids))}")
+    print(
+        f"acknowledged {len(acknowledged)}, delivered before the kill {delivered_before}, "
+        f"resumed {resumed}, temp files left by the kill {sum(n.startswith('.') for n in left)}, "
+        f"duplicates {len(ids) - len(set(ids))}"
+    )

@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
 from alertmail.plugins.relay.policy import (
     RelayPolicy,
     address_problem,
@@ -73,8 +74,13 @@ def test_replies_get_an_enhanced_status_code_except_greeting_and_ehlo(reply, com
 
 def test_received_header_is_one_safe_trace_field():
     header = received_header(
-        helo="evil\tname (x)", ip="::1", hostname="relay.test", protocol="ESMTPSA", txid="abc",
-        recipients=["bob@example.test"], now=0,
+        helo="evil\tname (x)",
+        ip="::1",
+        hostname="relay.test",
+        protocol="ESMTPSA",
+        txid="abc",
+        recipients=["bob@example.test"],
+        now=0,
     ).decode()
     assert header.startswith("Received: from evil_name__x_ ([IPv6:::1])\r\n\tby relay.test (alertmail) with ESMTPSA id abc")
     assert "for <bob@example.test>; Thu, 01 Jan 1970 00:00:00 +0000\r\n" in header
@@ -161,15 +167,26 @@ def test_w3c_values_never_contain_spaces_or_line_breaks():
 def test_w3c_log_writes_directives_and_rolls_over_by_utc_date(tmp_path):
     log = W3CLog(tmp_path, "alertmail 1.0")
     day1 = time.mktime((2026, 3, 1, 23, 59, 0, 0, 0, 0)) - time.timezone
-    common = {"client_ip": "127.0.0.1", "username": None, "server_ip": "127.0.0.1", "server_port": 2525,
-              "status": 250, "sent": 10, "received": 20, "taken_ms": 3}
+    common = {
+        "client_ip": "127.0.0.1",
+        "username": None,
+        "server_ip": "127.0.0.1",
+        "server_port": 2525,
+        "status": 250,
+        "sent": 10,
+        "received": 20,
+        "taken_ms": 3,
+    }
     log.record(method="EHLO", query="client name", now=day1, **common)
     log.record(method="QUIT", query="", now=day1 + 120, **common)
     log.close()
     first = (tmp_path / "relay20260301.log").read_text().splitlines()
     second = (tmp_path / "relay20260302.log").read_text().splitlines()
     assert first[:2] == ["#Software: alertmail 1.0", "#Version: 1.0"] and first[2].startswith("#Date: 2026-03-01 23:59")
-    assert first[3] == "#Fields: date time c-ip cs-username s-ip s-port cs-method cs-uri-query sc-status sc-bytes cs-bytes time-taken"
+    assert (
+        first[3]
+        == "#Fields: date time c-ip cs-username s-ip s-port cs-method cs-uri-query sc-status sc-bytes cs-bytes time-taken"
+    )
     assert first[4] == "2026-03-01 23:59:00 127.0.0.1 - 127.0.0.1 2525 EHLO client+name 250 10 20 3"
     assert second[0].startswith("#Software") and second[4].startswith("2026-03-02 00:01:00 ") and " QUIT - 250 " in second[4]
 

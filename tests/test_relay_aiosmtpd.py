@@ -24,11 +24,11 @@ from typing import Any
 import aiosmtpd
 import pytest
 from aiosmtpd.smtp import SMTP, _AuthMechAttr
+
 from alertmail.plugins.relay import server as relay_server
 from alertmail.plugins.relay.listener import RelayServer
 from alertmail.plugins.relay.policy import RelayPolicy, parse_networks
 from alertmail.plugins.relay.users import Users, hash_password
-
 from tests.peers import SmtpSink
 from tests.relay_peers import (
     ALERTMAIL,
@@ -43,9 +43,24 @@ from tests.relay_peers import (
 
 # What SMTP.__init__ takes; _init_fast is written against exactly these.
 AIOSMTPD_INIT_PARAMETERS = (
-    "self", "handler", "data_size_limit", "enable_SMTPUTF8", "decode_data", "hostname", "ident", "tls_context",
-    "require_starttls", "timeout", "auth_required", "auth_require_tls", "auth_exclude_mechanism", "auth_callback",
-    "command_call_limit", "authenticator", "proxy_protocol_timeout", "loop",
+    "self",
+    "handler",
+    "data_size_limit",
+    "enable_SMTPUTF8",
+    "decode_data",
+    "hostname",
+    "ident",
+    "tls_context",
+    "require_starttls",
+    "timeout",
+    "auth_required",
+    "auth_require_tls",
+    "auth_exclude_mechanism",
+    "auth_callback",
+    "command_call_limit",
+    "authenticator",
+    "proxy_protocol_timeout",
+    "loop",
 )
 PASSWORD = "correct horse battery"
 
@@ -82,8 +97,12 @@ def test_fast_path_sets_what_aiosmtpd_init_sets(monkeypatch, secure):
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH) if secure else None
     users = Users({"alice": hash_password(PASSWORD, n=2**10)}) if secure else None
     policy = RelayPolicy(
-        hostname="relay.test", allow=parse_networks(["127.0.0.1/32"]), users=users, require_tls=secure,
-        max_size=20_000, timeout=42.0,
+        hostname="relay.test",
+        allow=parse_networks(["127.0.0.1/32"]),
+        users=users,
+        require_tls=secure,
+        max_size=20_000,
+        timeout=42.0,
     )
 
     async def build() -> tuple[relay_server.RelaySMTP, relay_server.RelaySMTP]:
@@ -142,12 +161,21 @@ def relays(tmp_path_factory, sink):
     users = folder / "relay-users"
     subprocess.run(
         [*ALERTMAIL, "relay", "passwd", "alice", "--file", str(users), "--password-stdin"],
-        input=PASSWORD + "\n", text=True, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        input=PASSWORD + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     options = {
-        "tls_cert": str(cert), "tls_key": str(key), "users_file": str(users),
+        "tls_cert": str(cert),
+        "tls_key": str(key),
+        "users_file": str(users),
         "allow": ["127.0.0.1/32"],  # 127.0.0.2 plays a client from elsewhere
-        "max_size": "20KB", "max_recipients": 3, "max_commands": 5, "local_domains": ["local.test"],
+        "max_size": "20KB",
+        "max_recipients": 3,
+        "max_commands": 5,
+        "local_domains": ["local.test"],
     }
     started = {}
     try:

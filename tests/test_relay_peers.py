@@ -45,13 +45,22 @@ def relay(tmp_path_factory, sink):
     users = folder / "relay-users"
     subprocess.run(
         [*ALERTMAIL, "relay", "passwd", "alice", "--file", str(users), "--password-stdin"],
-        input=PASSWORD + "\n", text=True, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        input=PASSWORD + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     options = {
-        "tls_cert": str(cert), "tls_key": str(key), "users_file": str(users),
+        "tls_cert": str(cert),
+        "tls_key": str(key),
+        "users_file": str(users),
         "allow": ["127.0.0.1/32", "::1"],  # 127.0.0.2 plays a client from elsewhere
         "also_listen": [f"[::1]:{free_port('::1')}"],
-        "max_size": "20KB", "max_recipients": 3, "max_commands": 5, "local_domains": ["local.test"],
+        "max_size": "20KB",
+        "max_recipients": 3,
+        "max_commands": 5,
+        "local_domains": ["local.test"],
     }
     process = start_relay(folder, sink, options)
     yield process
@@ -62,8 +71,17 @@ def send(relay: RelayProcess, *args: str, mid: str | None = None, source: str = 
     """swaks to the relay; the whole transcript."""
     head = ["--header", f"Message-Id: {mid}"] if mid else []
     result = swaks(
-        "--server", f"127.0.0.1:{relay.port}", "--local-interface", source, "--from", "app@client.test",
-        "--helo", "client.test", *head, *args, timeout=20,
+        "--server",
+        f"127.0.0.1:{relay.port}",
+        "--local-interface",
+        source,
+        "--from",
+        "app@client.test",
+        "--helo",
+        "client.test",
+        *head,
+        *args,
+        timeout=20,
     )
     return result.stdout + result.stderr
 
@@ -120,8 +138,18 @@ def test_client_outside_allow_may_send_to_a_local_domain(relay, sink):
 def test_auth_over_starttls_lets_an_outside_client_relay(relay, sink):
     mid = message_id()
     out = send(
-        relay, "--to", "bob@example.test", "--tls", "--auth", "PLAIN", "--auth-user", "alice",
-        "--auth-password", PASSWORD, mid=mid, source="127.0.0.2",
+        relay,
+        "--to",
+        "bob@example.test",
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "alice",
+        "--auth-password",
+        PASSWORD,
+        mid=mid,
+        source="127.0.0.2",
     )
     assert "235 2.7.0 Authentication successful" in out and "250 2.0.0 OK queued as" in out, out
     (copy,) = received(sink, mid)
@@ -133,7 +161,9 @@ def test_auth_login_with_smtplib_over_starttls(relay):
 
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    with smtplib.SMTP("127.0.0.1", relay.port, local_hostname="client.test", timeout=10, source_address=("127.0.0.2", 0)) as client:
+    with smtplib.SMTP(
+        "127.0.0.1", relay.port, local_hostname="client.test", timeout=10, source_address=("127.0.0.2", 0)
+    ) as client:
         client.starttls(context=context)
         client.ehlo()
         assert client.esmtp_features["auth"].split() == ["LOGIN", "PLAIN"]
@@ -279,10 +309,14 @@ def drop(folder: Path, name: str, data: bytes) -> None:
 def test_pickup_file_is_delivered_and_removed(relay, sink):
     mid = message_id()
     pickup = relay.state_dir / "pickup"
-    drop(pickup, "alert.eml", (
-        f"X-Sender: app@client.test\r\nX-Receiver: ops@example.test\r\n"
-        f"From: app@client.test\r\nTo: someone-else@example.test\r\nMessage-Id: {mid}\r\nSubject: pickup\r\n\r\nbody\r\n"
-    ).encode())
+    drop(
+        pickup,
+        "alert.eml",
+        (
+            f"X-Sender: app@client.test\r\nX-Receiver: ops@example.test\r\n"
+            f"From: app@client.test\r\nTo: someone-else@example.test\r\nMessage-Id: {mid}\r\nSubject: pickup\r\n\r\nbody\r\n"
+        ).encode(),
+    )
     (copy,) = received(sink, mid)
     assert copy.recipients == ["ops@example.test"] and copy.sender == "app@client.test"
     assert "(alertmail pickup)" in copy.message.get_all("Received")[-1]
@@ -292,9 +326,13 @@ def test_pickup_file_is_delivered_and_removed(relay, sink):
 
 def test_pickup_file_without_envelope_lines_uses_the_headers(relay, sink):
     mid = message_id()
-    drop(relay.state_dir / "pickup", "plain.eml", (
-        f"From: App <app@client.test>\nTo: a@example.test\nBcc: hidden@example.test\nMessage-Id: {mid}\nSubject: s\n\nbody\n"
-    ).encode())
+    drop(
+        relay.state_dir / "pickup",
+        "plain.eml",
+        (
+            f"From: App <app@client.test>\nTo: a@example.test\nBcc: hidden@example.test\nMessage-Id: {mid}\nSubject: s\n\nbody\n"
+        ).encode(),
+    )
     (copy,) = received(sink, mid)
     assert sorted(copy.recipients) == ["a@example.test", "hidden@example.test"]
     assert "Bcc" not in copy.message
@@ -378,9 +416,12 @@ def test_queue_write_failure_answers_452_and_keeps_nothing(tmp_path, sink):
 def test_acknowledged_messages_survive_kill_9_under_load():
     """bench/relay_crash.py: kill -9 under load, restart; every 250 reaches the sink."""
     result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "relay_crash.py"), "--messages", "300", "--clients", "6",
-         "--kill-after", "120"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)}, check=False,
+        [sys.executable, str(REPO / "bench" / "relay_crash.py"), "--messages", "300", "--clients", "6", "--kill-after", "120"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "missing 0" in result.stdout

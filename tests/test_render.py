@@ -27,15 +27,39 @@ REPO = Path(__file__).resolve().parents[1]
 # 2025-01-15 13:03 UTC is 14:03 CET in Berlin (winter time).
 SINCE = dt.datetime(2025, 1, 15, 13, 3, tzinfo=dt.UTC).timestamp()
 AT = SINCE + 12 * 60
-DISK_RULE = Rule(name="disk-root-full", metric="disk.used_percent", above=90, clear=85, severity="critical",
-                 description="Root filesystem nearly full.")
+DISK_RULE = Rule(
+    name="disk-root-full",
+    metric="disk.used_percent",
+    above=90,
+    clear=85,
+    severity="critical",
+    description="Root filesystem nearly full.",
+)
 CPU_RULE = Rule(name="cpu-busy", metric="cpu.percent", above=90, severity="warning")
 
 
-def event(rule: Rule = DISK_RULE, *, kind: str = "firing", labels=(("mount", "/"),), value: float = 93.4,
-          since: float = SINCE, at: float = AT, severity: str | None = None) -> AlertEvent:
-    return AlertEvent(kind=kind, rule=rule, labels=tuple(labels), value=value, threshold=rule.above,
-                      comparison=">", severity=severity or rule.severity, since=since, at=at, incident="i-1")
+def event(
+    rule: Rule = DISK_RULE,
+    *,
+    kind: str = "firing",
+    labels=(("mount", "/"),),
+    value: float = 93.4,
+    since: float = SINCE,
+    at: float = AT,
+    severity: str | None = None,
+) -> AlertEvent:
+    return AlertEvent(
+        kind=kind,
+        rule=rule,
+        labels=tuple(labels),
+        value=value,
+        threshold=rule.above,
+        comparison=">",
+        severity=severity or rule.severity,
+        since=since,
+        at=at,
+        incident="i-1",
+    )
 
 
 def rising(metric, labels):
@@ -134,8 +158,10 @@ def test_default_renders_charts_in_a_child_process_and_keeps_matplotlib_out():
 
 
 def test_importing_the_renderer_loads_neither_jinja2_nor_matplotlib():
-    code = ("import sys, alertmail.render.mail, alertmail.render.chart, alertmail.render.context;"
-            "print(sorted(m for m in ('jinja2', 'matplotlib', 'numpy') if m in sys.modules))")
+    code = (
+        "import sys, alertmail.render.mail, alertmail.render.chart, alertmail.render.context;"
+        "print(sorted(m for m in ('jinja2', 'matplotlib', 'numpy') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
@@ -152,7 +178,7 @@ def test_a_chart_that_cannot_be_drawn_leaves_the_mail_intact(caplog):
 
 def test_chart_skips_samples_that_are_not_numbers():
     def broken(metric, labels):
-        return rising(metric, labels) + [(AT - 30, math.nan), (AT - 20, math.inf)]
+        return [*rising(metric, labels), (AT - 30, math.nan), (AT - 20, math.inf)]
 
     msg = reparse(render_alert([event()], context(history=broken, charts="in-process")))
     assert png_size(images(msg)[0].get_content()) == (640, 240)
@@ -178,11 +204,14 @@ def test_series_without_history_gets_a_note_instead_of_a_chart():
 
 
 def test_hostile_labels_and_names_reach_no_header_and_inject_no_html():
-    rule = Rule(name="disk\r\nBcc: evil@x", metric="disk.used_percent", above=90,
-                description='<img src=x onerror="alert(1)">')
+    rule = Rule(name="disk\r\nBcc: evil@x", metric="disk.used_percent", above=90, description='<img src=x onerror="alert(1)">')
     labels = (("mount", "/\r\nBcc: evil@x"), ("owner", "<script>alert(1)</script>"))
-    ctx = context(extra={"top_processes": {"cpu": [("<script>x</script>", 1, 99.0, 1)]},
-                         "disk": {"/\r\nBcc: evil@x": {"total": 1, "used": 1, "free": 0, "percent": 100.0}}})
+    ctx = context(
+        extra={
+            "top_processes": {"cpu": [("<script>x</script>", 1, 99.0, 1)]},
+            "disk": {"/\r\nBcc: evil@x": {"total": 1, "used": 1, "free": 0, "percent": 100.0}},
+        }
+    )
     raw = render_alert([event(rule, labels=labels)], ctx).as_bytes()
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert msg["Bcc"] is None
@@ -208,20 +237,24 @@ def test_a_start_on_another_day_shows_the_day():
     assert "resolved at 14:15 CET after 1 d, since Tue 14 Jan 14:03 CET" in text_of(msg)
 
 
-@pytest.mark.parametrize("kind, extra, status", [
-    ("reminder", {}, "still firing: for 12 min, since 14:03 CET"),
-    ("escalated", {"previous_severity": "warning"}, "firing for 12 min, since 14:03 CET; raised from warning to critical"),
-    ("flapping", {"percent_change": 34.5}, "flapping for 12 min, since 14:03 CET (34.5 % state change)"),
-    ("flap-ended", {}, "settled at 14:15 CET after 12 min, since 14:03 CET"),
-])
+@pytest.mark.parametrize(
+    "kind, extra, status",
+    [
+        ("reminder", {}, "still firing: for 12 min, since 14:03 CET"),
+        ("escalated", {"previous_severity": "warning"}, "firing for 12 min, since 14:03 CET; raised from warning to critical"),
+        ("flapping", {"percent_change": 34.5}, "flapping for 12 min, since 14:03 CET (34.5 % state change)"),
+        ("flap-ended", {}, "settled at 14:15 CET after 12 min, since 14:03 CET"),
+    ],
+)
 def test_each_kind_of_event_says_what_happened(kind, extra, status):
     ev = dataclasses.replace(event(kind=kind), **extra)
     msg = reparse(render_alert([ev], context()))
     assert status in text_of(msg) and status in html_of(msg)
 
 
-@pytest.mark.parametrize("seconds, words",
-                         [(45, "45 s"), (720, "12 min"), (7500, "2 h 5 min"), (7200, "2 h"), (93600, "1 d 2 h")])
+@pytest.mark.parametrize(
+    "seconds, words", [(45, "45 s"), (720, "12 min"), (7500, "2 h 5 min"), (7200, "2 h"), (93600, "1 d 2 h")]
+)
 def test_durations_read_as_people_say_them(seconds, words):
     assert human_duration(seconds) == words
 
@@ -258,14 +291,22 @@ def test_cpu_alert_shows_top_processes_by_cpu():
     msg = reparse(render_alert([event(CPU_RULE, labels=())], ctx))
     html = html_of(msg)
     assert "Top processes by CPU" in html
-    assert [m for m in re.findall(r"worker-\d", html)] == [f"worker-{n}" for n in range(5)]
+    assert list(re.findall(r"worker-\d", html)) == [f"worker-{n}" for n in range(5)]
     assert "90.0 %" in html and "1.0 MiB" in html
     assert "worker-0" in text_of(msg)
 
 
 def test_disk_alert_shows_size_free_growth_and_time_to_full():
-    disk = {"/": {"total": 50 * 2**30, "used": 46 * 2**30, "free": 4 * 2**30, "percent": 92.0,
-                  "growth_per_hour": 2**30, "full_in_hours": 4.0}}
+    disk = {
+        "/": {
+            "total": 50 * 2**30,
+            "used": 46 * 2**30,
+            "free": 4 * 2**30,
+            "percent": 92.0,
+            "growth_per_hour": 2**30,
+            "full_in_hours": 4.0,
+        }
+    }
     msg = reparse(render_alert([event()], context(extra={"disk": disk})))
     html = html_of(msg)
     for shown in ("Disk /", "50.0 GiB", "46.0 GiB (92 %)", "4.0 GiB", "+1.0 GiB/h", "full in ~4 h"):
@@ -298,9 +339,18 @@ def test_user_templates_replace_or_extend_the_builtin_ones(tmp_path):
 
 
 def test_metrics_map_to_the_resource_whose_context_helps():
-    assert [resource_of(m) for m in ("cpu.percent", "load.1", "memory.used_percent", "swap.used_bytes",
-                                     "disk.free_bytes", "diskio.busy_percent", "net.rx_bytes_per_s")] == [
-        "cpu", "cpu", "memory", "memory", "disk", None, None]
+    assert [
+        resource_of(m)
+        for m in (
+            "cpu.percent",
+            "load.1",
+            "memory.used_percent",
+            "swap.used_bytes",
+            "disk.free_bytes",
+            "diskio.busy_percent",
+            "net.rx_bytes_per_s",
+        )
+    ] == ["cpu", "cpu", "memory", "memory", "disk", None, None]
 
 
 def test_growth_is_the_least_squares_slope():
@@ -333,8 +383,19 @@ def test_a_flap_that_settles_ok_is_announced_as_a_recovery():
     from alertmail.rules.model import AlertEvent, Rule
 
     rule = Rule(name="disk-busy", metric="disk.busy_percent", above=90, clear=80, severity="warning", to=("ops@example.com",))
-    event = AlertEvent(kind="flap-ended", rule=rule, labels=(), value=50.0, threshold=90.0, comparison=">",
-                       severity="warning", since=1000.0, at=1600.0, incident="abc", state="ok")
+    event = AlertEvent(
+        kind="flap-ended",
+        rule=rule,
+        labels=(),
+        value=50.0,
+        threshold=90.0,
+        comparison=">",
+        severity="warning",
+        since=1000.0,
+        at=1600.0,
+        incident="abc",
+        state="ok",
+    )
     text = subject([event], RenderContext(hostname="web01"))
     assert text.startswith("[RESOLVED] web01: disk-busy")
     assert "50, back below 80" in text

@@ -30,12 +30,19 @@ PROBE = (
 
 def sample_mail() -> EmailMessage:
     """A grouped mail of a disk and a CPU alert with their charts and context, as the agent sends it."""
-    disk = Rule(name="disk-root-full", metric="disk.used_percent", above=90, clear=85, severity="critical",
-                description="Root filesystem nearly full: rotate /var/log or grow the volume.")
+    disk = Rule(
+        name="disk-root-full",
+        metric="disk.used_percent",
+        above=90,
+        clear=85,
+        severity="critical",
+        description="Root filesystem nearly full: rotate /var/log or grow the volume.",
+    )
     cpu = Rule(name="cpu-busy", metric="cpu.percent", above=85, clear=70, severity="warning")
     events = [
-        AlertEvent("firing", disk, (("device", "/dev/sda1"), ("mount", "/")), 93.4, 90, ">", "critical",
-                   AT - 12 * 60, AT, "disk-1"),
+        AlertEvent(
+            "firing", disk, (("device", "/dev/sda1"), ("mount", "/")), 93.4, 90, ">", "critical", AT - 12 * 60, AT, "disk-1"
+        ),
         AlertEvent("firing", cpu, (), 97.2, 85, ">", "warning", AT - 5 * 60, AT, "cpu-1"),
     ]
 
@@ -53,8 +60,16 @@ def sample_mail() -> EmailMessage:
     ]
     extra = {
         "top_processes": {"cpu": processes, "memory": sorted(processes, key=lambda p: -p.rss)},
-        "disk": {"/": {"total": 50 * 2**30, "used": 46.7 * 2**30, "free": 3.3 * 2**30, "percent": 93.4,
-                       "growth_per_hour": 1.1 * 2**30, "full_in_hours": 3.0}},
+        "disk": {
+            "/": {
+                "total": 50 * 2**30,
+                "used": 46.7 * 2**30,
+                "free": 3.3 * 2**30,
+                "percent": 93.4,
+                "growth_per_hour": 1.1 * 2**30,
+                "full_in_hours": 3.0,
+            }
+        },
     }
     ctx = RenderContext(hostname="web01", timezone="Europe/Berlin", history=history, extra=extra, charts="in-process")
     return render_alert(events, ctx)
@@ -72,16 +87,23 @@ def inline_images(msg: EmailMessage) -> str:
 
 def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
     binary = need("chromium")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+    ]
     return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=90)
 
 
 def screenshot(html: Path, out: Path, size: str = "760,1380") -> None:
     with tempfile.TemporaryDirectory() as profile:
-        done = chromium(f"--screenshot={out}", f"--window-size={size}", "--hide-scrollbars", html.as_uri(),
-                        profile=Path(profile))
+        done = chromium(f"--screenshot={out}", f"--window-size={size}", "--hide-scrollbars", html.as_uri(), profile=Path(profile))
     assert out.exists(), done.stderr[-2000:]
 
 

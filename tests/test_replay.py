@@ -6,6 +6,7 @@ import asyncio
 import base64
 import email
 import email.policy
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -67,7 +68,7 @@ def test_bad_line_in_samples_file_is_named_with_its_number(tmp_path):
 def test_flapping_series_yields_one_flapping_mail_instead_of_one_per_change():
     samples = read_samples(DATA / "flapping.csv")
     result = asyncio.run(replay(samples, [CPU]))
-    changes = sum(1 for a, b in zip(samples, samples[1:]) if (a.value > 90) != (b.value > 90))
+    changes = sum(1 for a, b in itertools.pairwise(samples) if (a.value > 90) != (b.value > 90))
     assert changes >= 40
     assert kinds(result).count("flapping") == 1
     assert len(result.mails) <= 5
@@ -128,7 +129,8 @@ def test_html_file_inlines_cid_images_as_data_uris(tmp_path):
 
 
 def test_replay_command_prints_timeline_and_mails_and_renders_them(tmp_path):
-    (tmp_path / "config.toml").write_text(textwrap.dedent("""
+    (tmp_path / "config.toml").write_text(
+        textwrap.dedent("""
         [agent]
         timezone = "Europe/Berlin"
         hostname = "web01"
@@ -151,10 +153,14 @@ def test_replay_command_prints_timeline_and_mails_and_renders_them(tmp_path):
         days = ["sat"]
         start = "03:00"
         end = "04:00"
-    """))
+    """)
+    )
     out = subprocess.run(
         [sys.executable, "-m", "alertmail", "replay", "--samples", str(DATA / "maintenance.csv"), "--render", "mails"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -166,7 +172,11 @@ def test_replay_command_prints_timeline_and_mails_and_renders_them(tmp_path):
     assert any(line.startswith("mail   1  2026-11-28 02:40:00 CET  to ops@test.example") for line in lines)
     assert any(line.startswith("mail   2  2026-11-28 03:10:00 CET  to ops@test.example") for line in lines)
     assert sorted(p.name for p in (tmp_path / "mails").iterdir()) == [
-        "001-firing.eml", "001-firing.html", "002-resolved.eml", "002-resolved.html"]
+        "001-firing.eml",
+        "001-firing.html",
+        "002-resolved.eml",
+        "002-resolved.html",
+    ]
     html = (tmp_path / "mails" / "001-firing.html").read_text()
     assert "cid:" not in html and "<html" in html.lower()
     assert "data:image/png;base64," in html  # the chart, inlined
@@ -187,6 +197,7 @@ def test_record_runs_each_probe_at_its_interval_and_writes_replayable_samples(tm
         def run():
             calls[name] += 1
             return [Sample(f"test.{name}", float(calls[name]), {"probe": name})]
+
         return run
 
     probes = {"fast": Probe("fast", collect("fast")), "slow": Probe("slow", collect("slow"))}
@@ -203,7 +214,10 @@ def test_record_runs_each_probe_at_its_interval_and_writes_replayable_samples(tm
 def test_probe_record_command_writes_the_bundled_probes_samples(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "alertmail", "probe", "--record", "rec.csv", "--for", "1s"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     samples = read_samples(tmp_path / "rec.csv")

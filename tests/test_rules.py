@@ -179,8 +179,15 @@ def test_label_matchers_take_exact_values_and_globs():
 
 def test_each_label_set_is_its_own_alert():
     engine = RuleEngine([Rule("r", "disk", labels={"mount": "/*"}, above=90)])
-    events = engine.observe([Sample("disk", 95, {"mount": "/"}, 0), Sample("disk", 50, {"mount": "/home"}, 0),
-                             Sample("disk", 99, {"mount": "/var"}, 0), Sample("disk", 99, {"mount": "tmpfs"}, 0)], 0)
+    events = engine.observe(
+        [
+            Sample("disk", 95, {"mount": "/"}, 0),
+            Sample("disk", 50, {"mount": "/home"}, 0),
+            Sample("disk", 99, {"mount": "/var"}, 0),
+            Sample("disk", 99, {"mount": "tmpfs"}, 0),
+        ],
+        0,
+    )
     assert sorted(dict(e.labels)["mount"] for e in events) == ["/", "/var"]
     assert len({e.incident for e in events}) == 2
 
@@ -219,8 +226,9 @@ def test_rate_needs_two_samples():
 
 def test_rate_rule_fires_on_fast_growth():
     engine = RuleEngine([Rule("r", "errors", above=5, over=30, agg="rate")])
-    events = run(engine, [(t, t * 1) for t in range(0, 60, 10)] + [(t, 60 + (t - 60) * 10) for t in range(60, 120, 10)],
-                 metric="errors")
+    events = run(
+        engine, [(t, t * 1) for t in range(0, 60, 10)] + [(t, 60 + (t - 60) * 10) for t in range(60, 120, 10)], metric="errors"
+    )
     assert kinds(events)[0][1] == "firing"
     assert events[0].value > 5
 
@@ -245,8 +253,12 @@ def test_window_starts_afresh_when_the_clock_jumps_back_past_it():
 
 def test_absent_series_fires_and_resolves_when_samples_return():
     engine = RuleEngine([Rule("proc", "proc.count", labels={"name": "nginx"}, absent=60)])
-    events = run(engine, [(0, 1), (30, 1), (60, None), (89, None), (90, None), (120, None), (130, 1)],
-                 metric="proc.count", labels={"name": "nginx"})
+    events = run(
+        engine,
+        [(0, 1), (30, 1), (60, None), (89, None), (90, None), (120, None), (130, 1)],
+        metric="proc.count",
+        labels={"name": "nginx"},
+    )
     assert kinds(events) == [(90, "firing"), (130, "resolved")]
     firing, resolved = events
     assert firing.comparison == "absent" and firing.since == 30 and firing.labels == (("name", "nginx"),)

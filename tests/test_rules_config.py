@@ -61,8 +61,15 @@ def test_a_good_rules_array_builds_rules_with_every_field():
     assert problems == []
     disk, net, nginx = rules
     assert disk == Rule(
-        name="disk-root-full", metric="disk.used_percent", labels={"mount": "/"}, above=90.0, clear=85.0,
-        for_=120.0, repeat=14400.0, keep_firing_for=30.0, severity="critical",
+        name="disk-root-full",
+        metric="disk.used_percent",
+        labels={"mount": "/"},
+        above=90.0,
+        clear=85.0,
+        for_=120.0,
+        repeat=14400.0,
+        keep_firing_for=30.0,
+        severity="critical",
         to=("storage@example.com", "storage2@example.com"),
     )
     assert (net.levels, net.over, net.agg, net.to) == (((10, "warning"), (100, "critical")), 300.0, "rate", ("ops@example.com",))
@@ -143,17 +150,17 @@ def test_default_recipients_are_left_to_the_mail_section():
         ("above = 90\ncritical = 80", "critical", "must be higher than above = 90"),
         ("below = 10\ncritical = 20", "critical", "must be lower than below = 10"),
         ("above = 90\nwarning = 80", "warning", "remove `warning`"),
-        ("clear = 3\nabsent = \"1m\"", "clear", "needs a threshold"),
-        ("above = 1\nagg = \"avg\"", "over", "agg = \"avg\" needs a window"),
-        ("above = 1\nagg = \"median\"", "agg", "expected one of"),
-        ("above = 1\ncritical = 5\nseverity = \"page\"", "severity", "remove `severity`"),
-        ("above = 1\nseverity = \"very bad\"", "severity", "use a word"),
-        ("above = 1\nname = \"a\\nb\"", "name", "goes into subjects"),
+        ('clear = 3\nabsent = "1m"', "clear", "needs a threshold"),
+        ('above = 1\nagg = "avg"', "over", 'agg = "avg" needs a window'),
+        ('above = 1\nagg = "median"', "agg", "expected one of"),
+        ('above = 1\ncritical = 5\nseverity = "page"', "severity", "remove `severity`"),
+        ('above = 1\nseverity = "very bad"', "severity", "use a word"),
+        ('above = 1\nname = "a\\nb"', "name", "goes into subjects"),
         ("", "", "no threshold; add above = N"),
     ],
 )
 def test_rule_level_mistakes_name_the_key_and_the_fix(body, keypath, fix):
-    text = "[[rules]]\nmetric = \"m\"\n" + body + ("" if "name =" in body else '\nname = "r"')
+    text = '[[rules]]\nmetric = "m"\n' + body + ("" if "name =" in body else '\nname = "r"')
     rules, problems = check_rules(text)
     where = f"rules[0].{keypath}" if keypath else "rules[0]"
     assert rules == []
@@ -166,7 +173,9 @@ def test_rules_must_be_an_array_of_tables():
     assert check.problems == ["rules: expected an array of tables: [[rules]]"]
 
 
-@pytest.mark.parametrize("address", ["ops@example.com", "first.last+tag@sub.example.org", "a+b@[127.0.0.1]", "alertmail@localhost"])
+@pytest.mark.parametrize(
+    "address", ["ops@example.com", "first.last+tag@sub.example.org", "a+b@[127.0.0.1]", "alertmail@localhost"]
+)
 def test_usual_addresses_pass(address):
     assert check_address(address) is None
 

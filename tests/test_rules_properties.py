@@ -28,12 +28,12 @@ def rules(draw) -> Rule:
     below = draw(st.booleans())
     clear = draw(st.sampled_from([60.0, 70.0, 80.0]))
     critical = draw(st.sampled_from([None, 95.0]))
-    kwargs = dict(
-        for_=draw(st.sampled_from([0.0, 5.0, 20.0, 60.0])),
-        keep_firing_for=draw(st.sampled_from([0.0, 10.0, 30.0])),
-        repeat=draw(st.sampled_from([0.0, 15.0, 50.0])),
-        flapping=draw(st.booleans()),
-    )
+    kwargs = {
+        "for_": draw(st.sampled_from([0.0, 5.0, 20.0, 60.0])),
+        "keep_firing_for": draw(st.sampled_from([0.0, 10.0, 30.0])),
+        "repeat": draw(st.sampled_from([0.0, 15.0, 50.0])),
+        "flapping": draw(st.booleans()),
+    }
     if below:  # the mirror image: the same levels reflected around 50
         return Rule("r", "m", below=20.0, clear=100 - clear, critical=None if critical is None else 5.0, **kwargs)
     return Rule("r", "m", above=80.0, clear=clear, critical=critical, **kwargs)
@@ -183,8 +183,20 @@ def test_absent_fires_only_after_silence_and_resolves_on_the_next_sample(absent,
 @PROPERTY
 @given(st.lists(st.tuples(st.floats(0, 5), st.floats(-1e6, 1e6)), min_size=1, max_size=400), st.sampled_from([1.0, 10.0, 60.0]))
 # A large value that left the window used to leave its rounding in the running sum: avg -2.4e-12 over zeros.
-@example(points=[(0.0, 0.0), (1.0, 0.0), (1.0, 0.0), (1.0, 0.0), (1.0, 1.0), (1.0, 65535.48123698863), (3.0, 0.0),
-                 (5.0, 0.0), (3.0, 0.0)], span=10.0)
+@example(
+    points=[
+        (0.0, 0.0),
+        (1.0, 0.0),
+        (1.0, 0.0),
+        (1.0, 0.0),
+        (1.0, 1.0),
+        (1.0, 65535.48123698863),
+        (3.0, 0.0),
+        (5.0, 0.0),
+        (3.0, 0.0),
+    ],
+    span=10.0,
+)
 def test_window_memory_stays_bounded_and_min_max_bracket_the_window(points, span):
     window = Window(span)
     t = 0.0

@@ -104,14 +104,16 @@ def test_recipient_under_the_cap_still_gets_separate_mails_while_another_is_fold
 
 def test_cap_too_small_for_its_digests_is_a_config_error(tmp_path):
     path = tmp_path / "config.toml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         [mail]
         to = ["ops@test.example"]
 
         [notify]
         max_mails_per_hour = 4
         digest_interval = "15m"
-    """))
+    """)
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert "notify.max_mails_per_hour: max_mails_per_hour = 4 leaves no room" in str(info.value)
@@ -132,13 +134,30 @@ def test_notify_does_not_wait_for_a_flush_that_is_still_queueing(tmp_path):
             return f"m{len(self.mails)}"
 
     def firing(name: str, t: float) -> AlertEvent:
-        return AlertEvent(kind="firing", rule=DISK, labels=(("mount", name),), value=95.0, threshold=90.0,
-                          comparison=">", severity="warning", since=t, at=t, incident=name)
+        return AlertEvent(
+            kind="firing",
+            rule=DISK,
+            labels=(("mount", name),),
+            value=95.0,
+            threshold=90.0,
+            comparison=">",
+            severity="warning",
+            since=t,
+            at=t,
+            incident=name,
+        )
 
     async def run() -> SlowQueue:
         queue = SlowQueue()
-        notifier = Notifier(sender="alertmail@test.example", hostname="web01", timezone="UTC", route=["pickup"],
-                            queue=queue, state_dir=tmp_path, render_options={"charts": "off"})
+        notifier = Notifier(
+            sender="alertmail@test.example",
+            hostname="web01",
+            timezone="UTC",
+            route=["pickup"],
+            queue=queue,
+            state_dir=tmp_path,
+            render_options={"charts": "off"},
+        )
         first = asyncio.create_task(notifier.notify([firing("/a", 0.0)], 0.0))
         while not notifier._lock.locked():
             await asyncio.sleep(0)

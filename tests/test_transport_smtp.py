@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from alertmail.plugins.transports.smtp import SmtpTransport
 
 from alertmail.config.schema import Checker
 from alertmail.model import Envelope, Status, TransportContext
+from alertmail.plugins.transports.smtp import SmtpTransport
 from tests.certs import TlsFiles, make_tls_files
 from tests.peers import SmtpSink, free_port
 
@@ -67,8 +67,14 @@ class Recorder:
 
     async def handle_DATA(self, server, session, envelope):
         self.messages.append(
-            (session.peer, envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content,
-             session.ssl is not None, session.auth_data if session.authenticated else None)
+            (
+                session.peer,
+                envelope.mail_from,
+                list(envelope.rcpt_tos),
+                envelope.original_content,
+                session.ssl is not None,
+                session.auth_data if session.authenticated else None,
+            )
         )
         return "250 2.0.0 Queued as 42"
 
@@ -116,7 +122,9 @@ def accept_alerts(server, session, envelope, mechanism, auth_data):
 
 def test_message_arrives_unchanged_with_its_envelope(tmp_path):
     with SmtpSink(tmp_path / "sink") as sink:
-        [result] = run(send_all(transport(tmp_path, servers=[sink.address], tls="none"), recipients=["a@example.test", "b@example.test"]))
+        [result] = run(
+            send_all(transport(tmp_path, servers=[sink.address], tls="none"), recipients=["a@example.test", "b@example.test"])
+        )
         [got] = sink.wait_for(1, 10)
     assert result.delivered == ["a@example.test", "b@example.test"]
     status = result.recipients["a@example.test"]
@@ -182,7 +190,9 @@ def test_5xx_at_rcpt_is_permanent(tmp_path):
 
 def test_5xx_at_mail_from_applies_to_every_recipient(tmp_path):
     with SmtpSink(tmp_path / "sink", options=["-f", "mail"]) as sink:
-        [result] = run(send_all(transport(tmp_path, servers=[sink.address], tls="none"), recipients=["a@example.test", "b@example.test"]))
+        [result] = run(
+            send_all(transport(tmp_path, servers=[sink.address], tls="none"), recipients=["a@example.test", "b@example.test"])
+        )
     assert result.permanent == ["a@example.test", "b@example.test"]
 
 
@@ -200,8 +210,12 @@ def test_connection_dropped_at_data_is_temporary(tmp_path):
 def test_only_the_refused_recipient_fails(tmp_path):
     handler = Recorder(refuse={"gone@example.test"})
     with Server(handler) as server:
-        [result] = run(send_all(transport(tmp_path, servers=[server.address], tls="none"),
-                                recipients=["ops@example.test", "gone@example.test", "dev@example.test"]))
+        [result] = run(
+            send_all(
+                transport(tmp_path, servers=[server.address], tls="none"),
+                recipients=["ops@example.test", "gone@example.test", "dev@example.test"],
+            )
+        )
     assert result.delivered == ["ops@example.test", "dev@example.test"]
     gone = result.recipients["gone@example.test"]
     assert (gone.status, gone.code, gone.enhanced, gone.message) == (Status.PERMANENT, 550, "5.1.1", "No such user here")
@@ -213,7 +227,9 @@ def test_only_the_refused_recipient_fails(tmp_path):
 def test_no_data_is_sent_when_every_recipient_is_refused(tmp_path):
     handler = Recorder(refuse={"a@example.test", "b@example.test"})
     with Server(handler) as server:
-        [result] = run(send_all(transport(tmp_path, servers=[server.address], tls="none"), recipients=["a@example.test", "b@example.test"]))
+        [result] = run(
+            send_all(transport(tmp_path, servers=[server.address], tls="none"), recipients=["a@example.test", "b@example.test"])
+        )
     assert result.permanent == ["a@example.test", "b@example.test"]
     assert handler.messages == []
 
@@ -312,9 +328,21 @@ def test_auth_over_starttls_with_password_from_env_never_logs_it(tmp_path, tls, 
     monkeypatch.setenv("TEST_SMTP_PASSWORD", "s3cret-Pa55")
     handler = Recorder()
     caplog.set_level(logging.DEBUG)
-    with Server(handler, tls_context=tls.server_context(), require_starttls=True, authenticator=accept_alerts, auth_required=True) as server:
-        [result] = run(send_all(transport(tmp_path, servers=[server.address], tls="starttls", ca_file=str(tls.ca),
-                                          username="alerts", password_env="TEST_SMTP_PASSWORD")))
+    with Server(
+        handler, tls_context=tls.server_context(), require_starttls=True, authenticator=accept_alerts, auth_required=True
+    ) as server:
+        [result] = run(
+            send_all(
+                transport(
+                    tmp_path,
+                    servers=[server.address],
+                    tls="starttls",
+                    ca_file=str(tls.ca),
+                    username="alerts",
+                    password_env="TEST_SMTP_PASSWORD",
+                )
+            )
+        )
     assert result.delivered == ["ops@example.test"]
     [(_, _, _, _, over_tls, login)] = handler.messages
     assert over_tls and login == b"alerts"
@@ -330,7 +358,11 @@ def test_wrong_password_is_temporary_and_named(tmp_path, tls):
     secret.write_text("wrong\n")
     handler = Recorder()
     with Server(handler, tls_context=tls.server_context(), authenticator=accept_alerts, auth_required=True) as server:
-        [result] = run(send_all(transport(tmp_path, servers=[server.address], ca_file=str(tls.ca), username="alerts", password_file=str(secret))))
+        [result] = run(
+            send_all(
+                transport(tmp_path, servers=[server.address], ca_file=str(tls.ca), username="alerts", password_file=str(secret))
+            )
+        )
     status = result.recipients["ops@example.test"]
     assert (status.status, status.enhanced) == (Status.TEMPORARY, "4.7.8")
     assert handler.messages == []
@@ -372,7 +404,10 @@ def test_starttls_required_but_not_offered_is_temporary_not_plain(tmp_path):
 
 def test_tls_failure_on_the_first_server_fails_over_to_the_second(tmp_path, tls):
     rogue, good = Recorder(), Recorder()
-    with Server(rogue, tls_context=tls.server_context(rogue=True)) as first, Server(good, tls_context=tls.server_context()) as second:
+    with (
+        Server(rogue, tls_context=tls.server_context(rogue=True)) as first,
+        Server(good, tls_context=tls.server_context()) as second,
+    ):
         [result] = run(send_all(transport(tmp_path, servers=[first.address, second.address], ca_file=str(tls.ca))))
     assert result.recipients["ops@example.test"].remote == second.address
     assert (len(rogue.messages), len(good.messages)) == (0, 1)
@@ -416,6 +451,7 @@ def test_replies_map_to_status_enhanced_code_and_one_line_text(code, text, statu
 
 def test_session_failures_are_never_permanent():
     import aiosmtplib
+
     from alertmail.plugins.transports.smtpclient import failure_status
 
     greeting = failure_status(aiosmtplib.SMTPConnectResponseError(554, "5.7.1 go away"), "r")
@@ -435,7 +471,7 @@ def test_auth_without_tls_is_refused_at_start(tmp_path, monkeypatch):
 
 def test_missing_password_variable_is_refused_at_start(tmp_path, monkeypatch):
     monkeypatch.delenv("TEST_SMTP_PASSWORD", raising=False)
-    with pytest.raises(ValueError, match="transports.smtp.password_env: .*TEST_SMTP_PASSWORD"):
+    with pytest.raises(ValueError, match=r"transports\.smtp\.password_env: .*TEST_SMTP_PASSWORD"):
         transport(tmp_path, servers=["127.0.0.1:25"], username="alerts", password_env="TEST_SMTP_PASSWORD")
     with pytest.raises(ValueError, match="no password"):
         transport(tmp_path, servers=["127.0.0.1:25"], username="alerts")

@@ -100,7 +100,14 @@ def plugins_command(config_path: Path, as_json: bool) -> None:
     from alertmail.cli.table import format_table
 
     rows = [
-        [i.name, i.source, i.version or "-", ", ".join(i.probes) or "-", ", ".join(i.transports + i.services) or "-", i.error or "ok"]
+        [
+            i.name,
+            i.source,
+            i.version or "-",
+            ", ".join(i.probes) or "-",
+            ", ".join(i.transports + i.services) or "-",
+            i.error or "ok",
+        ]
         for i in infos
     ]
     click.echo(format_table(["plugin", "source", "version", "probes", "transports/services", "status"], rows))

@@ -11,7 +11,21 @@ from typing import Any
 
 import tomli_w
 
-PSEUDO_FS = {"tmpfs", "devtmpfs", "overlay", "squashfs", "proc", "sysfs", "cgroup", "cgroup2", "devpts", "autofs", "nsfs", "tracefs", "fuse.lxcfs"}
+PSEUDO_FS = {
+    "tmpfs",
+    "devtmpfs",
+    "overlay",
+    "squashfs",
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "devpts",
+    "autofs",
+    "nsfs",
+    "tracefs",
+    "fuse.lxcfs",
+}
 
 
 def _mounts() -> list[str]:
@@ -51,28 +65,68 @@ def starter_config() -> str:
         f"# alertmail configuration for {host}, written by `alertmail init`.\n"
         "# Check it with `alertmail check`, try the probes with `alertmail probe`,\n"
         "# then run `alertmail run`. Durations: 30s, 5m, 2h, 1d.\n",
-        _block("Where queue/, pickup/, badmail/ and logs/ live (relative to this file),\n"
-               "how often probes run, and the timezone used in mails.",
-               {"agent": {"state_dir": "var", "interval": "10s", "plugin_dirs": ["plugins.d"], "timezone": "UTC"}}),
-        _block("Who gets the mail and how it leaves: an ordered chain of transports.\n"
-               "\"pickup\" writes .eml files into var/pickup; add [transports.smtp] or\n"
-               "[transports.mx] and put them in the route to send real mail.",
-               {"mail": {"from": f"alertmail@{host if '.' in host else 'localhost'}", "to": ["root@localhost"], "route": ["pickup"]}}),
+        _block(
+            "Where queue/, pickup/, badmail/ and logs/ live (relative to this file),\n"
+            "how often probes run, and the timezone used in mails.",
+            {"agent": {"state_dir": "var", "interval": "10s", "plugin_dirs": ["plugins.d"], "timezone": "UTC"}},
+        ),
+        _block(
+            "Who gets the mail and how it leaves: an ordered chain of transports.\n"
+            '"pickup" writes .eml files into var/pickup; add [transports.smtp] or\n'
+            "[transports.mx] and put them in the route to send real mail.",
+            {
+                "mail": {
+                    "from": f"alertmail@{host if '.' in host else 'localhost'}",
+                    "to": ["root@localhost"],
+                    "route": ["pickup"],
+                }
+            },
+        ),
         _block("Alerts firing together within group_wait go out as one mail.", {"notify": {"group_wait": "30s"}}),
     ]
     rules: list[dict[str, Any]] = [
         {"name": "cpu-busy", "metric": "cpu.percent", "above": 90, "clear": 75, "for": "5m", "severity": "warning"},
         {"name": "memory-low", "metric": "memory.used_percent", "above": 90, "clear": 85, "for": "2m", "severity": "critical"},
         {"name": "swap-heavy", "metric": "swap.used_percent", "above": 50, "clear": 40, "for": "10m", "severity": "warning"},
-        {"name": "load-high", "metric": "load.5_per_core", "above": 2.0, "clear": 1.5, "for": "10m", "severity": "warning",
-         "description": f"5-minute load per core ({cores} cores)"},
+        {
+            "name": "load-high",
+            "metric": "load.5_per_core",
+            "above": 2.0,
+            "clear": 1.5,
+            "for": "10m",
+            "severity": "warning",
+            "description": f"5-minute load per core ({cores} cores)",
+        },
     ]
     for mount in _mounts():
-        rules.append({"name": f"disk-{_slug(mount)}-full", "metric": "disk.used_percent", "labels": {"mount": mount},
-                      "above": 90, "clear": 85, "for": "2m", "repeat": "4h", "severity": "critical"})
+        rules.append(
+            {
+                "name": f"disk-{_slug(mount)}-full",
+                "metric": "disk.used_percent",
+                "labels": {"mount": mount},
+                "above": 90,
+                "clear": 85,
+                "for": "2m",
+                "repeat": "4h",
+                "severity": "critical",
+            }
+        )
     for nic in _interfaces():
-        rules.append({"name": f"net-{_slug(nic)}-errors", "metric": "net.recv_errors_per_s", "labels": {"interface": nic},
-                      "above": 1, "for": "5m", "severity": "warning"})
-    parts.append(_block("Threshold rules. above/below: the threshold; clear: the recovery threshold;\n"
-                        "for: how long it must hold; repeat: reminder while firing.", {"rules": rules}))
+        rules.append(
+            {
+                "name": f"net-{_slug(nic)}-errors",
+                "metric": "net.recv_errors_per_s",
+                "labels": {"interface": nic},
+                "above": 1,
+                "for": "5m",
+                "severity": "warning",
+            }
+        )
+    parts.append(
+        _block(
+            "Threshold rules. above/below: the threshold; clear: the recovery threshold;\n"
+            "for: how long it must hold; repeat: reminder while firing.",
+            {"rules": rules},
+        )
+    )
     return "\n".join(parts)

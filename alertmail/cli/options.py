@@ -57,5 +57,3 @@ def load_or_exit(config_path: Path):
         click.echo(f"plugin error: {exc}", err=True)
         sys.exit(ExitCode.CONFIG)
     return cfg, plugins
-
-

@@ -68,8 +68,13 @@ def _state_rows(states: Iterable[Any]) -> list[dict[str, Any]]:
     """``RuleEngine.states()`` rows (AlertStatus) as plain data."""
     return [
         {
-            "rule": item.rule.name, "metric": item.rule.metric, "labels": dict(item.labels), "state": item.state.value,
-            "value": item.value, "severity": item.severity, "note": item.note,
+            "rule": item.rule.name,
+            "metric": item.rule.metric,
+            "labels": dict(item.labels),
+            "state": item.state.value,
+            "value": item.value,
+            "severity": item.severity,
+            "note": item.note,
         }
         for item in states
     ]
@@ -94,7 +99,9 @@ def _load(ctx: click.Context, config_path: Path) -> tuple[Any, Any]:
     """(config, plugins); without a config file at the default place, the plugins alone."""
     from alertmail.cli.options import load_or_exit
 
-    explicit = ctx.get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT or "ALERTMAIL_CONFIG" in os.environ
+    explicit = (
+        ctx.get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT or "ALERTMAIL_CONFIG" in os.environ
+    )
     if explicit or config_path.exists():
         return load_or_exit(config_path)
     from alertmail.loader import load_plugins
@@ -107,12 +114,17 @@ def _load(ctx: click.Context, config_path: Path) -> tuple[Any, Any]:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.option("--list", "as_list", is_flag=True, help="list the metrics every probe emits, without collecting")
-@click.option("--record", "record_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="run the probes at their intervals and append the samples to this CSV (for `alertmail replay`)")
+@click.option(
+    "--record",
+    "record_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="run the probes at their intervals and append the samples to this CSV (for `alertmail replay`)",
+)
 @click.option("--for", "record_for", default="10m", show_default=True, metavar="DURATION", help="how long --record runs")
 @click.pass_context
-def probe_command(ctx: click.Context, config_path: Path, as_json: bool, as_list: bool,
-                  record_path: Path | None, record_for: str) -> None:
+def probe_command(
+    ctx: click.Context, config_path: Path, as_json: bool, as_list: bool, record_path: Path | None, record_for: str
+) -> None:
     """Run every probe once; print the values, each probe's duration and the rules' states."""
 
     from alertmail.cli.table import format_table
@@ -125,9 +137,29 @@ def probe_command(ctx: click.Context, config_path: Path, as_json: bool, as_list:
     if as_list:
         entries = catalogue(probes)
         if as_json:
-            click.echo(json.dumps([{"probe": p, "metric": m.name, "unit": m.unit, "kind": m.kind, "labels": list(m.labels), "description": m.description} for p, m in entries], indent=2))
+            click.echo(
+                json.dumps(
+                    [
+                        {
+                            "probe": p,
+                            "metric": m.name,
+                            "unit": m.unit,
+                            "kind": m.kind,
+                            "labels": list(m.labels),
+                            "description": m.description,
+                        }
+                        for p, m in entries
+                    ],
+                    indent=2,
+                )
+            )
         else:
-            click.echo(format_table(["metric", "unit", "kind", "labels", "probe", "description"], [[m.name, m.unit, m.kind, ",".join(m.labels) or "-", p, m.description] for p, m in entries]))
+            click.echo(
+                format_table(
+                    ["metric", "unit", "kind", "labels", "probe", "description"],
+                    [[m.name, m.unit, m.kind, ",".join(m.labels) or "-", p, m.description] for p, m in entries],
+                )
+            )
         return
 
     settings = {name: probe_settings(cfg, name, probe) for name, probe in probes.items()}
@@ -170,9 +202,21 @@ def probe_command(ctx: click.Context, config_path: Path, as_json: bool, as_list:
         doc = {
             "probes": [
                 {
-                    "name": run.name, "duration": run.duration, "error": run.error, "timed_out": run.timed_out,
+                    "name": run.name,
+                    "duration": run.duration,
+                    "error": run.error,
+                    "timed_out": run.timed_out,
                     "second_run": run.name in warmed,
-                    "samples": [{"metric": s.metric, "labels": s.label_dict(), "value": s.value, "unit": units.get((run.name, s.metric), ""), "timestamp": s.timestamp} for s in run.samples],
+                    "samples": [
+                        {
+                            "metric": s.metric,
+                            "labels": s.label_dict(),
+                            "value": s.value,
+                            "unit": units.get((run.name, s.metric), ""),
+                            "timestamp": s.timestamp,
+                        }
+                        for s in run.samples
+                    ],
                 }
                 for run in runs
             ],
@@ -183,27 +227,41 @@ def probe_command(ctx: click.Context, config_path: Path, as_json: bool, as_list:
     else:
         rows = [
             [run.name, s.metric, _labels_text(s.labels) or "-", format_value(s.value, units.get((run.name, s.metric), ""))]
-            for run in runs for s in run.samples
+            for run in runs
+            for s in run.samples
         ]
         click.echo(format_table(["probe", "metric", "labels", "value"], rows, align_right=(3,)))
         if warmed:
-            click.echo(f"\n({', '.join(warmed)}: values from a second run {WARMUP:g}s after the first; rates and CPU percent need two readings)")
+            click.echo(
+                f"\n({', '.join(warmed)}: values from a second run {WARMUP:g}s after the first;"
+                " rates and CPU percent need two readings)"
+            )
         click.echo()
-        click.echo(format_table(
-            ["probe", "samples", "duration", "status"],
-            [[run.name, len(run.samples), f"{run.duration * 1000:.2f} ms", _printable(run.error or "ok")] for run in runs],
-            align_right=(1, 2),
-        ))
+        click.echo(
+            format_table(
+                ["probe", "samples", "duration", "status"],
+                [[run.name, len(run.samples), f"{run.duration * 1000:.2f} ms", _printable(run.error or "ok")] for run in runs],
+                align_right=(1, 2),
+            )
+        )
         if cfg is not None:
             click.echo()
             if states:
-                click.echo(format_table(
-                    ["rule", "labels", "state", "value", "note"],
-                    [
-                        [r["rule"], _labels_text(sorted(r["labels"].items())) or "-", r["state"], "-" if r["value"] is None else format_value(r["value"], metric_units.get(r["metric"], "")), r["note"]]
-                        for r in states
-                    ],
-                ))
+                click.echo(
+                    format_table(
+                        ["rule", "labels", "state", "value", "note"],
+                        [
+                            [
+                                r["rule"],
+                                _labels_text(sorted(r["labels"].items())) or "-",
+                                r["state"],
+                                "-" if r["value"] is None else format_value(r["value"], metric_units.get(r["metric"], "")),
+                                r["note"],
+                            ]
+                            for r in states
+                        ],
+                    )
+                )
             else:
                 click.echo("no rule matched any sample" if cfg.rules else "no rules configured")
     if failed:

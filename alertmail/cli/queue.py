@@ -263,8 +263,9 @@ def send_test(config_path: Path, to: tuple[str, ...], route: str | None) -> None
             click.echo(f"cannot set up the transports: {exc}", err=True)
             sys.exit(ExitCode.CONFIG)
         try:
-            return await send_through_route(transports, chain, data, Envelope(cfg.mail["from"], to),
-                                            timeout=min(policy.send_timeout, 120.0))
+            return await send_through_route(
+                transports, chain, data, Envelope(cfg.mail["from"], to), timeout=min(policy.send_timeout, 120.0)
+            )
         finally:
             for transport in transports.values():
                 close = getattr(transport, "close", None)
@@ -275,8 +276,15 @@ def send_test(config_path: Path, to: tuple[str, ...], route: str | None) -> None
                         click.echo(f"closing {transport.name}: {exc}", err=True)
 
     results = asyncio.run(send())
-    rows = [[rcpt, status.status.value, name, _short(" ".join(x for x in (str(status.code or ""), status.enhanced, status.message) if x), 70)]
-            for rcpt, (name, status) in results.items()]
+    rows = [
+        [
+            rcpt,
+            status.status.value,
+            name,
+            _short(" ".join(x for x in (str(status.code or ""), status.enhanced, status.message) if x), 70),
+        ]
+        for rcpt, (name, status) in results.items()
+    ]
     click.echo(format_table(["recipient", "result", "transport", "reply"], rows))
     statuses = {status.status for _, status in results.values()}
     if Status.PERMANENT in statuses:

@@ -1,6 +1,5 @@
 """``alertmail replay``: recorded samples through the rules, the timeline and the mails."""
 
-
 from __future__ import annotations
 
 import asyncio
@@ -66,16 +65,30 @@ def _timeline_lines(result: Replay, timezone: str) -> list[str]:
 
 @click.command("replay")
 @config_option
-@click.option("--samples", "samples_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CSV of timestamp,metric,labels,value (as `alertmail probe --record` writes)")
-@click.option("--rules", "rules_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="TOML file with [[rules]] to try instead of the config's")
-@click.option("--render", "render_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="write each mail as NNN-kind.eml and NNN-kind.html into this folder")
+@click.option(
+    "--samples",
+    "samples_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV of timestamp,metric,labels,value (as `alertmail probe --record` writes)",
+)
+@click.option(
+    "--rules",
+    "rules_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML file with [[rules]] to try instead of the config's",
+)
+@click.option(
+    "--render",
+    "render_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="write each mail as NNN-kind.eml and NNN-kind.html into this folder",
+)
 @click.option("--tick", default="1s", show_default=True, help="step of the recorded clock between samples")
 @click.pass_context
-def replay_command(ctx: click.Context, config_path: Path, samples_path: Path, rules_path: Path | None,
-                   render_dir: Path | None, tick: str) -> None:
+def replay_command(
+    ctx: click.Context, config_path: Path, samples_path: Path, rules_path: Path | None, render_dir: Path | None, tick: str
+) -> None:
     """Run recorded samples through the rules; print the alert timeline and the mails that would go out."""
     from alertmail.cli.options import load_or_exit
     from alertmail.config.schema import ConfigError
@@ -106,22 +119,27 @@ def replay_command(ctx: click.Context, config_path: Path, samples_path: Path, ru
         raise SystemExit(ExitCode.USAGE)
     notify = cfg.sections.get("notify", {}) if cfg else {}
     timezone = cfg.agent["timezone"] if cfg else "UTC"
-    result = asyncio.run(replay(
-        samples, rules,
-        silences=SilenceSet(from_config(cfg).config_silences) if cfg else None,
-        group_wait=notify.get("group_wait") or 0.0,
-        max_mails_per_hour=notify.get("max_mails_per_hour") or 0,
-        digest_interval=notify.get("digest_interval") or 900.0,
-        sender=cfg.mail["from"] if cfg else "alertmail@localhost",
-        hostname=cfg.hostname if cfg else "replay",
-        timezone=timezone,
-        subject_prefix=(cfg.mail.get("subject_prefix") or "") if cfg else "",
-        tick=step,
-        charts=render_dir is not None,
-    ))
+    result = asyncio.run(
+        replay(
+            samples,
+            rules,
+            silences=SilenceSet(from_config(cfg).config_silences) if cfg else None,
+            group_wait=notify.get("group_wait") or 0.0,
+            max_mails_per_hour=notify.get("max_mails_per_hour") or 0,
+            digest_interval=notify.get("digest_interval") or 900.0,
+            sender=cfg.mail["from"] if cfg else "alertmail@localhost",
+            hostname=cfg.hostname if cfg else "replay",
+            timezone=timezone,
+            subject_prefix=(cfg.mail.get("subject_prefix") or "") if cfg else "",
+            tick=step,
+            charts=render_dir is not None,
+        )
+    )
     first, last = samples[0].timestamp, samples[-1].timestamp
-    click.echo(f"{len(samples)} samples over {format_duration(last - first)}, {len(rules)} rules, "
-               f"{len(result.events)} alert events, {len(result.mails)} mails")
+    click.echo(
+        f"{len(samples)} samples over {format_duration(last - first)}, {len(rules)} rules, "
+        f"{len(result.events)} alert events, {len(result.mails)} mails"
+    )
     click.echo()
     for line in _timeline_lines(result, timezone):
         click.echo(line)
@@ -151,10 +169,16 @@ def record_to_file(path: Path, probes: dict[str, Any], settings: dict[str, Any],
     writer = SampleWriter(path)
     click.echo(f"recording {', '.join(probes)} into {path} for {format_duration(duration)} (Ctrl-C stops early)", err=True)
     try:
-        asyncio.run(record(
-            probes, {n: settings[n].interval for n in probes}, {n: settings[n].timeout for n in probes},
-            writer, duration, echo=lambda text: click.echo(f"warning: {text}", err=True),
-        ))
+        asyncio.run(
+            record(
+                probes,
+                {n: settings[n].interval for n in probes},
+                {n: settings[n].timeout for n in probes},
+                writer,
+                duration,
+                echo=lambda text: click.echo(f"warning: {text}", err=True),
+            )
+        )
     except KeyboardInterrupt:
         pass
     finally:

@@ -33,13 +33,14 @@ def silence_command() -> None:
 
 @silence_command.command("add")
 @config_option
-@click.option("--rule", "rule", default=None, help="rule name or glob, e.g. \"disk-*\"")
+@click.option("--rule", "rule", default=None, help='rule name or glob, e.g. "disk-*"')
 @click.option("--labels", "labels", multiple=True, metavar="K=V[,K=V]", help="label matchers, exact or glob; repeatable")
 @click.option("--severity", "severity", multiple=True, help="only this severity; repeatable")
-@click.option("--for", "duration", required=True, metavar="DURATION", help="how long, e.g. \"2h\", \"30m\", \"1d\"")
+@click.option("--for", "duration", required=True, metavar="DURATION", help='how long, e.g. "2h", "30m", "1d"')
 @click.option("--comment", default="", help="why; shown in `silence list` and the heartbeat")
-def silence_add(config_path: Path, rule: str | None, labels: Sequence[str], severity: Sequence[str], duration: str,
-                comment: str) -> None:
+def silence_add(
+    config_path: Path, rule: str | None, labels: Sequence[str], severity: Sequence[str], duration: str, comment: str
+) -> None:
     """Silence matching alerts from now for --for; prints the new silence's id."""
     import getpass
     import time
@@ -68,7 +69,12 @@ def silence_add(config_path: Path, rule: str | None, labels: Sequence[str], seve
     except Exception:
         author = ""
     silence = RuntimeSilences(cfg.state_dir).add(
-        duration=seconds, rule=rule, labels=matchers, severity=tuple(severity), comment=comment, author=author,
+        duration=seconds,
+        rule=rule,
+        labels=matchers,
+        severity=tuple(severity),
+        comment=comment,
+        author=author,
         now=time.time(),
     )
     click.echo(f"{silence.id}  {silence.describe_matchers()}  {silence.schedule.describe(cfg.agent['timezone'])}")
@@ -101,8 +107,15 @@ def silence_list(config_path: Path, as_json: bool) -> None:
         click.echo(f"alertmail: {exc}", err=True)
         raise SystemExit(ExitCode.CONFIG) from None
     rows = [
-        {"id": s.id, "source": s.source, "active": s.schedule.active(now), "matchers": s.describe_matchers(),
-         "schedule": s.schedule.describe(tz), "comment": s.comment, "author": s.author}
+        {
+            "id": s.id,
+            "source": s.source,
+            "active": s.schedule.active(now),
+            "matchers": s.describe_matchers(),
+            "schedule": s.schedule.describe(tz),
+            "comment": s.comment,
+            "author": s.author,
+        }
         for s in silences
     ]
     if as_json:
@@ -110,10 +123,15 @@ def silence_list(config_path: Path, as_json: bool) -> None:
     elif not rows:
         click.echo("no silences")
     else:
-        click.echo(format_table(
-            ["id", "source", "now", "matchers", "schedule", "comment"],
-            [[r["id"], r["source"], "active" if r["active"] else "-", r["matchers"], r["schedule"], r["comment"]] for r in rows],
-        ))
+        click.echo(
+            format_table(
+                ["id", "source", "now", "matchers", "schedule", "comment"],
+                [
+                    [r["id"], r["source"], "active" if r["active"] else "-", r["matchers"], r["schedule"], r["comment"]]
+                    for r in rows
+                ],
+            )
+        )
 
 
 @silence_command.command("remove")

@@ -10,8 +10,11 @@ from alertmail.units import valid_address
 AGENT_OPTIONS: dict[str, Option] = {
     "state_dir": Option("path", "var", help="folder for pickup/, queue/, badmail/, logs/"),
     "interval": Option("duration", 10.0, help="default probe interval"),
-    "resolution": Option("duration", 5.0, help="how often time-driven checks run: reminders, group and digest "
-                         "flushes, absent series, silence changes"),
+    "resolution": Option(
+        "duration",
+        5.0,
+        help="how often time-driven checks run: reminders, group and digest flushes, absent series, silence changes",
+    ),
     "plugin_dirs": Option("list", [], help="folders of single-file plugins"),
     "timezone": Option("str", "UTC", help="IANA timezone for times in mails"),
     "hostname": Option("str", None, help="host name shown in mails; default: this machine's"),
@@ -26,14 +29,18 @@ MAIL_OPTIONS: dict[str, Option] = {
     "route": Option("list", ["pickup"], help="ordered chain of transports"),
     "subject_prefix": Option("str", "", help="text put before every subject"),
     "templates": Option("path", None, help="folder of templates overriding alert.txt.j2 / alert.html.j2"),
-    "charts": Option("str", "subprocess", choices=("subprocess", "in-process", "off"),
-                     help="where charts are drawn; subprocess keeps matplotlib out of the agent's memory"),
+    "charts": Option(
+        "str",
+        "subprocess",
+        choices=("subprocess", "in-process", "off"),
+        help="where charts are drawn; subprocess keeps matplotlib out of the agent's memory",
+    ),
 }
 
 
 def _check_agent(agent: dict[str, Any], check: Checker, config: Any) -> None:
     if agent.get("resolution") is not None and not 0.1 <= agent["resolution"] <= 60:
-        check.error("agent.resolution", "must lie between 100ms and 60s, e.g. \"5s\"")
+        check.error("agent.resolution", 'must lie between 100ms and 60s, e.g. "5s"')
     tz = agent.get("timezone")
     if tz:
         try:
@@ -41,7 +48,7 @@ def _check_agent(agent: dict[str, Any], check: Checker, config: Any) -> None:
 
             zoneinfo.ZoneInfo(tz)
         except Exception:
-            check.error("agent.timezone", f"unknown IANA timezone {tz!r}; use a name like \"Europe/Berlin\" or \"UTC\"")
+            check.error("agent.timezone", f'unknown IANA timezone {tz!r}; use a name like "Europe/Berlin" or "UTC"')
 
 
 def _check_mail(mail: dict[str, Any], check: Checker, config: Any) -> None:

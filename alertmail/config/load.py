@@ -75,8 +75,14 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(path, [f"cannot read: {exc.strerror}"]) from None
 
 
-def _plugin_tables(check: Checker, raw: Mapping[str, Any], section: str, registry: Mapping[str, Any], kind: str,
-                   options_of: Callable[[Any], Mapping[str, Option]]) -> Iterator[tuple[str, Any, dict[str, Any]]]:
+def _plugin_tables(
+    check: Checker,
+    raw: Mapping[str, Any],
+    section: str,
+    registry: Mapping[str, Any],
+    kind: str,
+    options_of: Callable[[Any], Mapping[str, Option]],
+) -> Iterator[tuple[str, Any, dict[str, Any]]]:
     """(name, plugin object, checked table) for each [SECTION.NAME] table naming an installed plugin."""
     tables = raw.get(section, {})
     if not isinstance(tables, dict):
@@ -103,8 +109,9 @@ def _section_tables(check: Checker, raw: Mapping[str, Any], section: Section) ->
 
 def _check_probes(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Plugins) -> None:
     """``[probes.NAME]`` tables: the common keys plus the probe's own options, then its ``configure``."""
-    for name, probe, table in _plugin_tables(check, raw, "probes", plugins.probes, "probe",
-                                             lambda probe: {**PROBE_OPTIONS, **(getattr(probe, "options", None) or {})}):
+    for name, probe, table in _plugin_tables(
+        check, raw, "probes", plugins.probes, "probe", lambda probe: {**PROBE_OPTIONS, **(getattr(probe, "options", None) or {})}
+    ):
         cfg.probes[name] = table
         # Options a schema cannot express (e.g. the process probe's watch list) are the probe's to check.
         try:
@@ -118,6 +125,7 @@ def _check_probes(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: 
 
 def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Plugins) -> None:
     """``[transports.NAME]`` tables against their classes' options, and every name in ``[mail].route``."""
+
     def options_of(cls: Any) -> Mapping[str, Option]:
         return getattr(cls, "options", {})
 
@@ -125,7 +133,9 @@ def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugi
         cfg.transports[name] = table
     for i, name in enumerate(cfg.mail.get("route") or []):
         if name not in plugins.transports:
-            check.error(f"mail.route[{i}]", f"no transport named {name!r}; {did_you_mean(name, plugins.transports, listing='installed')}")
+            check.error(
+                f"mail.route[{i}]", f"no transport named {name!r}; {did_you_mean(name, plugins.transports, listing='installed')}"
+            )
         elif name not in cfg.transports:
             cfg.transports[name] = check.table(f"transports.{name}", {}, options_of(plugins.transports[name]))
 

@@ -75,11 +75,11 @@ def _convert(option: Option, value: Any, base: Path) -> Any:
             raise ValueError(f"expected a list of strings, got {value!r}")
     elif kind == "durations":
         if not isinstance(value, list) or not value:
-            raise ValueError(f"expected a non-empty list of durations like [\"15m\", \"1h\"], got {value!r}")
+            raise ValueError(f'expected a non-empty list of durations like ["15m", "1h"], got {value!r}')
         value = [parse_duration(v) for v in value]
     elif kind == "table":
         if not isinstance(value, dict) or not all(isinstance(v, str | int | float) for v in value.values()):
-            raise ValueError(f"expected a table of strings like {{ mount = \"/\" }}, got {value!r}")
+            raise ValueError(f'expected a table of strings like {{ mount = "/" }}, got {value!r}')
         value = {str(k): str(v) for k, v in value.items()}
     elif kind == "any":
         pass
@@ -123,7 +123,10 @@ class Checker:
         for key, value in raw.items():
             where = f"{keypath}.{key}" if keypath else key
             if key in SECRET_KEYS or key.endswith(("_password", "_secret", "_token")):
-                self.error(where, f"secrets are never written inline; use {key}_env (an environment variable) or {key}_file (a file) instead")
+                self.error(
+                    where,
+                    f"secrets are never written inline; use {key}_env (an environment variable) or {key}_file (a file) instead",
+                )
                 continue
             option = options.get(key)
             if option is None:

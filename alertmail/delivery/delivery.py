@@ -33,10 +33,12 @@ log = logging.getLogger("alertmail.delivery.delivery")
 
 QUEUE_OPTIONS: dict[str, Option] = {
     "retry": Option("durations", [900.0, 1800.0, 3600.0, 14400.0], help="waits between attempts; the last repeats"),
-    "delay_notice": Option("duration", 43200.0, help="tell the sender a message is delayed after this long; \"0\" = off"),
+    "delay_notice": Option("duration", 43200.0, help='tell the sender a message is delayed after this long; "0" = off'),
     "expire": Option("duration", 172800.0, help="give up (DSN and badmail) after this long"),
     "concurrency": Option("int", 8, help="messages delivered at the same time"),
-    "route_retry": Option("any", {}, help="retry schedules per route, keyed by the route's first transport: { mx = [\"5m\", \"1h\"] }"),
+    "route_retry": Option(
+        "any", {}, help='retry schedules per route, keyed by the route\'s first transport: { mx = ["5m", "1h"] }'
+    ),
     "send_timeout": Option("duration", 600.0, help="longest one transport may take for one message"),
     "scan_interval": Option("duration", 5.0, help="how often requests from the command line are picked up"),
 }
@@ -64,7 +66,7 @@ class RetryPolicy:
         routes: dict[str, tuple[float, ...]] = {}
         for name, values in (section.get("route_retry") or {}).items():
             if not isinstance(values, list) or not values:
-                raise ValueError(f"queue.route_retry.{name}: expected a list of durations like [\"5m\", \"1h\"]")
+                raise ValueError(f'queue.route_retry.{name}: expected a list of durations like ["5m", "1h"]')
             routes[str(name)] = tuple(parse_duration(v) for v in values)
         defaults = cls()
         return cls(
@@ -311,7 +313,10 @@ class Delivery:
         heapq.heappush(self._due, (entry.next_try, entry.id))
         log.info(
             "message %s: %d recipient(s) deferred (%s); next try in %s",
-            entry.id, len(entry.pending), entry.last_error or "no reply", format_duration(entry.next_try - now),
+            entry.id,
+            len(entry.pending),
+            entry.last_error or "no reply",
+            format_duration(entry.next_try - now),
         )
 
     async def _give_up(self, entry: Entry, data: bytes, recipients: list[str], reason: str, now: float) -> None:
@@ -319,13 +324,17 @@ class Delivery:
 
         log.warning(
             "message %s: giving up on %s (%s: %s)",
-            entry.id, ", ".join(f"<{r}>" for r in recipients), reason, entry.recipients[recipients[-1]].reply or "no reply",
+            entry.id,
+            ", ".join(f"<{r}>" for r in recipients),
+            reason,
+            entry.recipients[recipients[-1]].reply or "no reply",
         )
         if is_delivery_report(data, entry.sender):
             dsn_note = "not sent: the message is itself a delivery report or has an empty sender"
         else:
-            report = build_dsn(entry, data, [(r, entry.recipients[r]) for r in recipients],
-                               action="failed", hostname=self.hostname, now=now)
+            report = build_dsn(
+                entry, data, [(r, entry.recipients[r]) for r in recipients], action="failed", hostname=self.hostname, now=now
+            )
             dsn_note = await self._queue_report(entry, report)
         for rcpt in recipients:
             entry.recipients[rcpt].reported = True
@@ -340,8 +349,15 @@ class Delivery:
 
         if is_delivery_report(data, entry.sender):
             return
-        report = build_dsn(entry, data, [(r, entry.recipients[r]) for r in entry.pending], action="delayed",
-                           hostname=self.hostname, now=now, will_retry_until=entry.created + self.policy.expire)
+        report = build_dsn(
+            entry,
+            data,
+            [(r, entry.recipients[r]) for r in entry.pending],
+            action="delayed",
+            hostname=self.hostname,
+            now=now,
+            will_retry_until=entry.created + self.policy.expire,
+        )
         note = await self._queue_report(entry, report)
         log.info("message %s: delay notice to <%s> %s", entry.id, entry.sender, note)
 

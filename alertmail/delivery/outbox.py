@@ -44,8 +44,13 @@ class Outbox:
         context = TransportContext(state_dir=self.state_dir, hostname=cfg.hostname, config_path=cfg.path)
         self.transports = build_transports(cfg, self.plugins, context)
         self.delivery = Delivery(
-            self.queue, self.transports, policy=RetryPolicy.from_config(options), state_dir=self.state_dir,
-            hostname=cfg.hostname, default_route=cfg.mail["route"], concurrency=options.get("concurrency") or 8,
+            self.queue,
+            self.transports,
+            policy=RetryPolicy.from_config(options),
+            state_dir=self.state_dir,
+            hostname=cfg.hostname,
+            default_route=cfg.mail["route"],
+            concurrency=options.get("concurrency") or 8,
         )
         await self.delivery.start()
 
@@ -57,9 +62,16 @@ class Outbox:
             if only_enabled and not options.get("enabled"):
                 continue
             service = cls()
-            await service.start(ServiceContext(config=self.cfg, options=options, queue=self.queue,
-                                               state_dir=self.state_dir, hostname=self.cfg.hostname,
-                                               delivery=self.delivery))
+            await service.start(
+                ServiceContext(
+                    config=self.cfg,
+                    options=options,
+                    queue=self.queue,
+                    state_dir=self.state_dir,
+                    hostname=self.cfg.hostname,
+                    delivery=self.delivery,
+                )
+            )
             self.services.append(service)
             started.append(service)
             log.info("service %s started", getattr(cls, "name", cls.__name__))

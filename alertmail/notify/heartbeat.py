@@ -28,7 +28,9 @@ from alertmail.units import format_duration
 log = logging.getLogger("alertmail.notify.heartbeat")
 
 HEARTBEAT_OPTIONS: dict[str, Option] = {
-    "every": Option("duration", None, help="send a heartbeat this often: \"1d\" (daily at `at`) or \"7d\" (weekly on `day`); unset = off"),
+    "every": Option(
+        "duration", None, help='send a heartbeat this often: "1d" (daily at `at`) or "7d" (weekly on `day`); unset = off'
+    ),
     "at": Option("str", "08:00", help="time of day of a daily or weekly heartbeat, in [agent].timezone"),
     "day": Option("str", "mon", help="day of a weekly heartbeat", choices=("mon", "tue", "wed", "thu", "fri", "sat", "sun")),
     "to": Option("list", [], help="recipients; default: [mail].to"),
@@ -72,8 +74,14 @@ class Summary:
 _ENDS = ("resolved",)
 
 
-def summarise(lines: Iterable[Mapping[str, Any]], start: float, end: float, *,
-              queue: Mapping[str, Any] | None = None, silences: Sequence[str] = ()) -> Summary:
+def summarise(
+    lines: Iterable[Mapping[str, Any]],
+    start: float,
+    end: float,
+    *,
+    queue: Mapping[str, Any] | None = None,
+    silences: Sequence[str] = (),
+) -> Summary:
     """Fold journal lines (which may begin before ``start``) into the summary of [start, end)."""
     rules: dict[str, RuleSummary] = {}
     opened: dict[str, tuple[str, float]] = {}  # incident -> (rule, firing since)
@@ -185,8 +193,9 @@ def render_heartbeat(summary: Summary, *, hostname: str, timezone: str, subject_
     lines += ["", f"Mails: alert mails queued in the period: {mails}"]
     outcomes = q.get("mail_outcomes")
     if outcomes and summary.mails:
-        lines.append(f"       of these: {outcomes['delivered']} delivered, {outcomes['waiting']} waiting, "
-                     f"{outcomes['failed']} given up")
+        lines.append(
+            f"       of these: {outcomes['delivered']} delivered, {outcomes['waiting']} waiting, {outcomes['failed']} given up"
+        )
     if q:
         lines.append(
             f"Queue: {q.get('queued', 0)} waiting ({q.get('deferred', 0)} deferred"
@@ -215,8 +224,12 @@ def trigger_args(options: Mapping[str, Any], timezone: str) -> tuple[str, dict[s
     if every == DAY:
         return "cron", {"hour": int(hour), "minute": int(minute or 0), "timezone": timezone}
     if every == WEEK:
-        return "cron", {"day_of_week": options.get("day") or "mon", "hour": int(hour), "minute": int(minute or 0),
-                        "timezone": timezone}
+        return "cron", {
+            "day_of_week": options.get("day") or "mon",
+            "hour": int(hour),
+            "minute": int(minute or 0),
+            "timezone": timezone,
+        }
     return "interval", {"seconds": every}
 
 
@@ -227,9 +240,9 @@ def check_config(options: Mapping[str, Any], check: Checker, config: Any = None)
     at = str(options.get("at") or "")
     hour, _, minute = at.partition(":")
     if not (hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60 and len(minute) == 2):
-        check.error("heartbeat.at", f"expected a time like \"08:00\", got {at!r}")
+        check.error("heartbeat.at", f'expected a time like "08:00", got {at!r}')
     if options["every"] < 60:
-        check.error("heartbeat.every", "a heartbeat more often than every minute is noise; use \"1d\" or \"7d\"")
+        check.error("heartbeat.every", 'a heartbeat more often than every minute is noise; use "1d" or "7d"')
 
 
 SECTION = Section("heartbeat", HEARTBEAT_OPTIONS, check=check_config)
@@ -238,8 +251,9 @@ SECTION = Section("heartbeat", HEARTBEAT_OPTIONS, check=check_config)
 class Heartbeat:
     """Builds and queues the heartbeat mail from the notifier's journal and the queue's state."""
 
-    def __init__(self, *, options: Mapping[str, Any], notifier: Any, queue: Any, badmail_folder: Path | None,
-                 default_to: Sequence[str]) -> None:
+    def __init__(
+        self, *, options: Mapping[str, Any], notifier: Any, queue: Any, badmail_folder: Path | None, default_to: Sequence[str]
+    ) -> None:
         self.every = float(options["every"])
         self.to = list(options.get("to") or default_to)
         self.notifier = notifier
@@ -253,10 +267,14 @@ class Heartbeat:
         lines = n.journal.read(since=start - 4 * self.every)
         n.silences.refresh(now)
         summary = summarise(
-            lines, start, now,
+            lines,
+            start,
+            now,
             queue=queue_figures(self.queue, self.badmail_folder, start, now),
-            silences=[f"{s.id}: {s.describe_matchers()}; {s.schedule.describe(n.timezone)}"
-                      + (f" — {s.comment}" if s.comment else "") for s in n.silences.active(now)],
+            silences=[
+                f"{s.id}: {s.describe_matchers()}; {s.schedule.describe(n.timezone)}" + (f" — {s.comment}" if s.comment else "")
+                for s in n.silences.active(now)
+            ],
         )
         summary.queue["mail_outcomes"] = mail_outcomes(summary.mail_ids, self.queue, self.badmail_folder)
         return render_heartbeat(summary, hostname=n.hostname, timezone=n.timezone, subject_prefix=n.subject_prefix)
@@ -281,8 +299,9 @@ class Heartbeat:
         msg["Message-ID"] = email.utils.make_msgid(idstring="heartbeat", domain=n.domain)
         msg["Auto-Submitted"] = "auto-generated"
         msg["X-Alertmail-Kind"] = "heartbeat"
-        msg_id = await self.queue.put(msg.as_bytes(policy=email.policy.SMTP), Envelope(n.sender, tuple(self.to)),
-                                      route=n.route, origin="agent")
+        msg_id = await self.queue.put(
+            msg.as_bytes(policy=email.policy.SMTP), Envelope(n.sender, tuple(self.to)), route=n.route, origin="agent"
+        )
         n.journal.mail(str(msg["Subject"]), self.to, "heartbeat", now, msg_id)
         log.info("heartbeat %s queued for %s", msg_id, ", ".join(self.to))
         return msg_id
@@ -295,11 +314,24 @@ def schedule(scheduler: Any, agent: Any) -> Heartbeat | None:
     options = agent.cfg.sections.get("heartbeat") or {}
     if not options.get("every"):
         return None
-    heartbeat = Heartbeat(options=options, notifier=agent.notifier, queue=agent.queue,
-                          badmail_folder=agent.state_dir / "badmail", default_to=agent.cfg.mail["to"])
+    heartbeat = Heartbeat(
+        options=options,
+        notifier=agent.notifier,
+        queue=agent.queue,
+        badmail_folder=agent.state_dir / "badmail",
+        default_to=agent.cfg.mail["to"],
+    )
     trigger, kwargs = trigger_args(options, agent.cfg.agent["timezone"])
     # A heartbeat late by a stalled loop is still worth sending: an hour of grace, and never two at once.
-    scheduler.add_job(heartbeat.send, trigger, id="heartbeat", name="heartbeat", coalesce=True, max_instances=1,
-                      misfire_grace_time=3600, **kwargs)
+    scheduler.add_job(
+        heartbeat.send,
+        trigger,
+        id="heartbeat",
+        name="heartbeat",
+        coalesce=True,
+        max_instances=1,
+        misfire_grace_time=3600,
+        **kwargs,
+    )
     log.info("heartbeat to %s every %s", ", ".join(heartbeat.to) or "nobody", format_duration(heartbeat.every))
     return heartbeat

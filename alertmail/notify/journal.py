@@ -40,11 +40,21 @@ class Journal:
 
     def record(self, event: Any, fate: str, now: float) -> None:
         """One alert event (an AlertEvent) and what became of it."""
-        self._append({
-            "t": now, "kind": event.kind, "rule": event.rule.name, "labels": dict(event.labels),
-            "value": event.value, "severity": event.severity, "incident": event.incident,
-            "since": event.since, "at": event.at, "state": getattr(event, "state", ""), "fate": fate,
-        })
+        self._append(
+            {
+                "t": now,
+                "kind": event.kind,
+                "rule": event.rule.name,
+                "labels": dict(event.labels),
+                "value": event.value,
+                "severity": event.severity,
+                "incident": event.incident,
+                "since": event.since,
+                "at": event.at,
+                "state": getattr(event, "state", ""),
+                "fate": fate,
+            }
+        )
 
     def mail(self, subject: str, recipients: Sequence[str], kind: str, now: float, msg_id: str = "") -> None:
         """One mail handed to the queue (``msg_id``: its queue id, to tell later whether it was delivered)."""
@@ -66,5 +76,3 @@ class Journal:
             except FileNotFoundError:
                 continue
         return out
-
-

@@ -49,8 +49,12 @@ log = logging.getLogger("alertmail.notify.notifier")
 
 NOTIFY_OPTIONS: dict[str, Option] = {
     "group_wait": Option("duration", 30.0, help="alerts firing within this time for the same recipients go out as one mail"),
-    "max_mails_per_hour": Option("int", 10, help="storm cap: most mails one recipient gets in any hour, digests included; 0 = no cap"),
-    "digest_interval": Option("duration", 900.0, help="storm mode: events beyond the cap are folded into one digest mail this often"),
+    "max_mails_per_hour": Option(
+        "int", 10, help="storm cap: most mails one recipient gets in any hour, digests included; 0 = no cap"
+    ),
+    "digest_interval": Option(
+        "duration", 900.0, help="storm mode: events beyond the cap are folded into one digest mail this often"
+    ),
 }
 SECTION = Section("notify", NOTIFY_OPTIONS, check=check_storm)
 
@@ -88,24 +92,51 @@ def closes(event: AlertEvent) -> bool:
 def _event_to_json(event: AlertEvent) -> dict[str, Any]:
     rule = event.rule
     return {
-        "kind": event.kind, "labels": [list(p) for p in event.labels], "value": event.value,
-        "threshold": event.threshold, "comparison": event.comparison, "severity": event.severity,
-        "since": event.since, "at": event.at, "incident": event.incident, "fired_at": event.fired_at,
-        "state": event.state, "percent_change": event.percent_change,
-        "rule": {"name": rule.name, "metric": rule.metric, "to": list(rule.to), "description": rule.description,
-                 "severity": rule.severity},
+        "kind": event.kind,
+        "labels": [list(p) for p in event.labels],
+        "value": event.value,
+        "threshold": event.threshold,
+        "comparison": event.comparison,
+        "severity": event.severity,
+        "since": event.since,
+        "at": event.at,
+        "incident": event.incident,
+        "fired_at": event.fired_at,
+        "state": event.state,
+        "percent_change": event.percent_change,
+        "rule": {
+            "name": rule.name,
+            "metric": rule.metric,
+            "to": list(rule.to),
+            "description": rule.description,
+            "severity": rule.severity,
+        },
     }
 
 
 def _event_from_json(raw: dict[str, Any], rules: dict[str, Rule]) -> AlertEvent:
     r = raw["rule"]
     # The rule as configured now when it still exists; else enough of it to render the mail.
-    rule = rules.get(r["name"]) or Rule(name=r["name"], metric=r["metric"], to=tuple(r["to"]),
-                                        description=r.get("description", ""), severity=r.get("severity", "warning"))
+    rule = rules.get(r["name"]) or Rule(
+        name=r["name"],
+        metric=r["metric"],
+        to=tuple(r["to"]),
+        description=r.get("description", ""),
+        severity=r.get("severity", "warning"),
+    )
     return AlertEvent(
-        kind=raw["kind"], rule=rule, labels=tuple((str(k), str(v)) for k, v in raw["labels"]), value=raw["value"],
-        threshold=raw["threshold"], comparison=raw["comparison"], severity=raw["severity"], since=raw["since"],
-        at=raw["at"], incident=raw["incident"], fired_at=raw.get("fired_at"), state=raw.get("state", ""),
+        kind=raw["kind"],
+        rule=rule,
+        labels=tuple((str(k), str(v)) for k, v in raw["labels"]),
+        value=raw["value"],
+        threshold=raw["threshold"],
+        comparison=raw["comparison"],
+        severity=raw["severity"],
+        since=raw["since"],
+        at=raw["at"],
+        incident=raw["incident"],
+        fired_at=raw.get("fired_at"),
+        state=raw.get("state", ""),
         percent_change=raw.get("percent_change"),
     )
 
@@ -216,9 +247,7 @@ class Notifier:
     def _load_held(self) -> dict[str, Held]:
         try:
             raw = json.loads(self.held_file.read_text())
-            return {
-                k: Held(_event_from_json(v["event"], self.rules), v["silence"], v["announced"]) for k, v in raw.items()
-            }
+            return {k: Held(_event_from_json(v["event"], self.rules), v["silence"], v["announced"]) for k, v in raw.items()}
         except FileNotFoundError:
             return {}
         except (ValueError, TypeError, KeyError) as exc:
@@ -226,8 +255,9 @@ class Notifier:
             return {}
 
     def _save_held(self) -> None:
-        data = {k: {"event": _event_to_json(h.event), "silence": h.silence, "announced": h.announced}
-                for k, h in self.held.items()}
+        data = {
+            k: {"event": _event_to_json(h.event), "silence": h.silence, "announced": h.announced} for k, h in self.held.items()
+        }
         try:
             write_atomic(self.held_file, json.dumps(data, separators=(",", ":")).encode(), sync=self.durable)
         except OSError as exc:

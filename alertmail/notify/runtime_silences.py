@@ -33,12 +33,12 @@ _HEADER = (
 
 
 def _utc(timestamp: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(int(timestamp), dt.timezone.utc)
+    return dt.datetime.fromtimestamp(int(timestamp), dt.UTC)
 
 
 def _epoch(value: Any) -> float:
     if isinstance(value, dt.datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).timestamp()
+        return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).timestamp()
     raise ValueError(f"expected a date-time like 2026-11-26T14:00:00Z, got {value!r}")
 
 
@@ -217,4 +217,3 @@ def from_config(cfg: Any) -> SilenceSet:
     tables = cfg.sections.get("silences") or []
     built = [silence_from_table(t, index=i, default_tz=tz) for i, t in enumerate(tables)]
     return SilenceSet(built, cfg.state_dir)
-

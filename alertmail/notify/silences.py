@@ -35,14 +35,14 @@ from alertmail.config.schema import Checker, Option, Section
 from alertmail.model import Labels
 
 SILENCE_OPTIONS: dict[str, Option] = {
-    "rule": Option("str", "*", help="rule name or glob, e.g. \"disk-*\"; default: every rule"),
-    "labels": Option("table", {}, help="label matchers: exact values or globs, e.g. { mount = \"/backup*\" }"),
-    "severity": Option("list", [], help="severities to silence, e.g. [\"warning\"]; default: all"),
-    "days": Option("list", [], help="weekly window: days like [\"sat\", \"sun\"]; default: every day"),
-    "start": Option("str", None, help="weekly window: start time \"HH:MM\""),
-    "end": Option("str", None, help="weekly window: end time \"HH:MM\" (before start: the window ends the next day)"),
-    "cron": Option("str", None, help="cron expression for the start of each window, e.g. \"0 2 * * 6\""),
-    "duration": Option("duration", None, help="with cron: how long each window lasts, e.g. \"2h\""),
+    "rule": Option("str", "*", help='rule name or glob, e.g. "disk-*"; default: every rule'),
+    "labels": Option("table", {}, help='label matchers: exact values or globs, e.g. { mount = "/backup*" }'),
+    "severity": Option("list", [], help='severities to silence, e.g. ["warning"]; default: all'),
+    "days": Option("list", [], help='weekly window: days like ["sat", "sun"]; default: every day'),
+    "start": Option("str", None, help='weekly window: start time "HH:MM"'),
+    "end": Option("str", None, help='weekly window: end time "HH:MM" (before start: the window ends the next day)'),
+    "cron": Option("str", None, help='cron expression for the start of each window, e.g. "0 2 * * 6"'),
+    "duration": Option("duration", None, help='with cron: how long each window lasts, e.g. "2h"'),
     "timezone": Option("str", None, help="IANA timezone of the schedule; default: [agent].timezone"),
     "comment": Option("str", "", help="why: shown in `alertmail silence list` and the heartbeat"),
 }
@@ -89,7 +89,7 @@ class Span:
 def _minutes(text: str) -> int:
     match = _TIME.match(text.strip()) if isinstance(text, str) else None
     if not match or (match.group(1) == "24" and match.group(2) != "00"):
-        raise ValueError(f"expected a time like \"02:00\" (00:00 to 24:00), got {text!r}")
+        raise ValueError(f'expected a time like "02:00" (00:00 to 24:00), got {text!r}')
     return int(match.group(1)) * 60 + int(match.group(2))
 
 
@@ -175,7 +175,7 @@ class Cron:
     def describe(self, tz: str = "UTC") -> str:
         from alertmail.units import format_duration
 
-        return f"cron \"{self.expression}\" for {format_duration(self.duration)} {self.timezone}"
+        return f'cron "{self.expression}" for {format_duration(self.duration)} {self.timezone}'
 
 
 Schedule = Span | Weekly | Cron
@@ -232,7 +232,7 @@ def silence_from_table(table: Mapping[str, Any], *, index: int, default_tz: str)
     try:
         zoneinfo.ZoneInfo(tz)
     except Exception:
-        problems.append(f"timezone: unknown IANA timezone {tz!r}; use a name like \"Europe/Berlin\" or \"UTC\"")
+        problems.append(f'timezone: unknown IANA timezone {tz!r}; use a name like "Europe/Berlin" or "UTC"')
         tz = "UTC"
     weekly = any(table.get(k) for k in ("days", "start", "end"))
     cron = table.get("cron")
@@ -241,12 +241,12 @@ def silence_from_table(table: Mapping[str, Any], *, index: int, default_tz: str)
         problems.append("cron: give either a weekly window (days/start/end) or cron with duration, not both")
     elif cron:
         if not table.get("duration"):
-            problems.append("duration: a cron window needs a length; add duration = \"2h\"")
+            problems.append('duration: a cron window needs a length; add duration = "2h"')
         else:
             try:
                 schedule = Cron(str(cron), float(table["duration"]), tz)
             except ValueError as exc:
-                problems.append(f"cron: {exc}; write five fields like \"0 2 * * sat\"")
+                problems.append(f'cron: {exc}; write five fields like "0 2 * * sat"')
     elif weekly:
         if table.get("duration"):
             problems.append("duration: only for cron windows; a weekly window ends at `end`")
@@ -258,7 +258,7 @@ def silence_from_table(table: Mapping[str, Any], *, index: int, default_tz: str)
         start = end = 0
         for key in ("start", "end"):
             if table.get(key) is None:
-                problems.append(f"{key}: missing; a weekly window needs start and end like \"02:00\"")
+                problems.append(f'{key}: missing; a weekly window needs start and end like "02:00"')
                 continue
             try:
                 value = _minutes(table[key])

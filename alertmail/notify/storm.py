@@ -155,26 +155,29 @@ def render_digest(events: Sequence[AlertEvent], backlog_since: float, guard: Sto
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     table = [" ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
     table += [" ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    text = "\n".join([
-        f"DIGEST: {len(events)} alert events on {ctx.hostname} ({counts})",
-        "",
-        why,
-        "",
-        *table,
-        "",
-        f"-- alertmail on {ctx.hostname}",
-    ]) + "\n"
-    cells = "".join(
-        "<tr>" + "".join(f"<td style=\"padding:2px 8px\">{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    text = (
+        "\n".join(
+            [
+                f"DIGEST: {len(events)} alert events on {ctx.hostname} ({counts})",
+                "",
+                why,
+                "",
+                *table,
+                "",
+                f"-- alertmail on {ctx.hostname}",
+            ]
+        )
+        + "\n"
     )
-    heads = "".join(f"<th style=\"text-align:left;padding:2px 8px\">{h}</th>" for h in header)
+    cells = "".join("<tr>" + "".join(f'<td style="padding:2px 8px">{html.escape(c)}</td>' for c in row) + "</tr>" for row in rows)
+    heads = "".join(f'<th style="text-align:left;padding:2px 8px">{h}</th>' for h in header)
     body = (
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head>"
-        "<body style=\"font-family:sans-serif\">"
+        '<!DOCTYPE html><html><head><meta charset="utf-8"></head>'
+        '<body style="font-family:sans-serif">'
         f"<h2>{len(events)} alert events on {html.escape(ctx.hostname)}</h2>"
         f"<p>{html.escape(why)}</p><p>{html.escape(counts)}</p>"
-        f"<table style=\"border-collapse:collapse;font-size:90%\"><tr>{heads}</tr>{cells}</table>"
-        f"<p style=\"color:#777\">alertmail on {html.escape(ctx.hostname)}</p></body></html>"
+        f'<table style="border-collapse:collapse;font-size:90%"><tr>{heads}</tr>{cells}</table>'
+        f'<p style="color:#777">alertmail on {html.escape(ctx.hostname)}</p></body></html>'
     )
     msg = EmailMessage()
     msg["Subject"] = header_safe(subject, limit=250)
@@ -191,7 +194,7 @@ def check_config(notify: dict[str, Any], check: Checker, config: Any = None) -> 
     if cap < 0:
         check.error("notify.max_mails_per_hour", "cannot be negative; use 0 for no cap")
     elif interval <= 0:
-        check.error("notify.digest_interval", "must be longer than 0s, e.g. \"15m\"")
+        check.error("notify.digest_interval", 'must be longer than 0s, e.g. "15m"')
     else:
         problem = StormGuard(cap, interval).problem()
         if problem:

@@ -177,12 +177,16 @@ async def run_probe(probe: Any, timeout: float) -> ProbeRun:
     busy_since = worker.busy_since if worker is not None else None
     if busy_since is not None:
         since = time.monotonic() - busy_since
-        return ProbeRun(name, error=f"probe {name}: the previous run is still busy after {since:.1f}s; not started again", timed_out=True)
+        return ProbeRun(
+            name, error=f"probe {name}: the previous run is still busy after {since:.1f}s; not started again", timed_out=True
+        )
     start = time.perf_counter()
     try:
         result, spent = await asyncio.wait_for(_collect(probe), timeout)
     except TimeoutError:
-        return ProbeRun(name, duration=time.perf_counter() - start, error=f"probe {name}: timed out after {timeout:g}s", timed_out=True)
+        return ProbeRun(
+            name, duration=time.perf_counter() - start, error=f"probe {name}: timed out after {timeout:g}s", timed_out=True
+        )
     except Exception as exc:  # a probe's bug is reported, never a crash of the agent
         return ProbeRun(name, duration=time.perf_counter() - start, error=f"probe {name}: {type(exc).__name__}: {exc}")
     duration = time.perf_counter() - start if spent is None else spent
@@ -192,6 +196,7 @@ async def run_probe(probe: Any, timeout: float) -> ProbeRun:
 
 async def run_all_once(probes: Mapping[str, Any], timeout: float | Mapping[str, float]) -> list[ProbeRun]:
     """Run every probe once, concurrently; ``timeout`` is one for all or one per probe name."""
+
     def limit(name: str) -> float:
         return timeout[name] if isinstance(timeout, Mapping) else timeout
 
@@ -219,7 +224,9 @@ def probe_settings(cfg: Any, name: str, probe: Any) -> ProbeSettings:
         base = cfg.path.resolve().parent if cfg is not None else Path.cwd()
         table = Checker(base).table(f"probes.{name}", {}, {**PROBE_OPTIONS, **(getattr(probe, "options", None) or {})})
     agent = cfg.agent if cfg is not None else {}
-    interval = table.get("interval") or getattr(probe, "interval", None) or agent.get("interval") or AGENT_OPTIONS["interval"].default
+    interval = (
+        table.get("interval") or getattr(probe, "interval", None) or agent.get("interval") or AGENT_OPTIONS["interval"].default
+    )
     timeout = table.get("timeout") or agent.get("probe_timeout") or interval
     options = {k: v for k, v in table.items() if k not in COMMON_KEYS}
     return ProbeSettings(table.get("enabled", True) is not False, float(interval), float(min(timeout, interval)), options)
@@ -243,6 +250,7 @@ def configure_probe(name: str, probe: Any, options: Mapping[str, Any]) -> list[s
     except ValueError as exc:
         return [
             f"probes.{name}.{line}" if _KEYPATH.match(line) else f"probes.{name}: {line}"
-            for line in str(exc).splitlines() if line
+            for line in str(exc).splitlines()
+            if line
         ]
     return []

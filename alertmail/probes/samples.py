@@ -11,7 +11,6 @@ The format, one sample a line, with a header line::
 written as ``%25``, ``%3B`` and ``%3D``.
 """
 
-
 from __future__ import annotations
 
 import asyncio
@@ -46,7 +45,7 @@ def parse_labels(text: str) -> dict[str, str]:
     for part in filter(None, (p.strip() for p in text.split(";"))):
         key, sep, value = part.partition("=")
         if not sep or not key:
-            raise ValueError(f"expected labels like \"mount=/;device=sda1\", got {text!r}")
+            raise ValueError(f'expected labels like "mount=/;device=sda1", got {text!r}')
         out[unquote(key)] = unquote(value)
     return out
 
@@ -62,7 +61,7 @@ def parse_timestamp(text: str) -> float:
     except ValueError:
         raise ValueError(f"expected ISO 8601 (2026-11-26T14:03:00+01:00) or epoch seconds, got {text!r}") from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     return when.timestamp()
 
 
@@ -92,7 +91,7 @@ class SampleWriter:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         new = not self.path.exists() or self.path.stat().st_size == 0
-        self._fh = open(self.path, "a", newline="", encoding="utf-8")
+        self._fh = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115  open as long as the writer; close() ends it
         self._csv = csv.writer(self._fh, lineterminator="\n")
         if new:
             self._csv.writerow(HEADER)
@@ -100,7 +99,7 @@ class SampleWriter:
 
     def write(self, samples: Iterable[Sample]) -> None:
         for s in samples:
-            stamp = dt.datetime.fromtimestamp(s.timestamp, dt.timezone.utc).isoformat(timespec="milliseconds")
+            stamp = dt.datetime.fromtimestamp(s.timestamp, dt.UTC).isoformat(timespec="milliseconds")
             self._csv.writerow((stamp.replace("+00:00", "Z"), s.metric, format_labels(s.labels), repr(s.value)))
             self.count += 1
         self._fh.flush()  # an interrupted recording keeps what it has
@@ -112,13 +111,20 @@ class SampleWriter:
 # -- recording -----------------------------------------------------------------------------
 
 
-async def record(probes: dict[str, Any], intervals: dict[str, float], timeouts: dict[str, float],
-                 writer: SampleWriter, duration: float, *, echo: Any = None) -> int:
+async def record(
+    probes: dict[str, Any],
+    intervals: dict[str, float],
+    timeouts: dict[str, float],
+    writer: SampleWriter,
+    duration: float,
+    *,
+    echo: Any = None,
+) -> int:
     """Run each probe at its own interval for ``duration`` seconds, appending samples; the count written."""
     from alertmail.probes.runner import run_probe
 
     start = time.monotonic()
-    next_run = {name: start for name in probes}
+    next_run = dict.fromkeys(probes, start)
     while True:
         now = time.monotonic()
         if now - start >= duration:
@@ -136,5 +142,3 @@ async def record(probes: dict[str, Any], intervals: dict[str, float], timeouts: 
             break
         await asyncio.sleep(max(0.0, min(wait, remaining)))
     return writer.count
-
-

@@ -6,7 +6,6 @@ then the message as it was queued, so copying it into ``pickup/`` sends it again
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path

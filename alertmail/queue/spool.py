@@ -245,7 +245,7 @@ class Queue:
                     await asyncio.to_thread(self._commit, [(e, d) for e, d, _ in batch])
                 except OSError as exc:
                     error = QueueWriteError(exc.errno or errno.EIO, f"cannot queue message: {exc.strerror or exc}")
-                except Exception as exc:  # noqa: BLE001  any failure fails the round's puts, never the commit loop
+                except Exception as exc:
                     error = QueueWriteError(errno.EIO, f"cannot queue message: {exc}")
                 self.stats.commits += 1
                 self._committing = False

@@ -88,7 +88,7 @@ def render_png(spec: ChartSpec) -> bytes:
     if points:
         xs = [when(t) for t, _ in points]
         ys = [v for _, v in points]
-        ax.fill_between(xs, ys, min(ys + [0.0]), color=FILL, linewidth=0)
+        ax.fill_between(xs, ys, min([*ys, 0.0]), color=FILL, linewidth=0)
         ax.plot(xs, ys, color=LINE, linewidth=1.6)
         ax.plot(xs[-1:], ys[-1:], "o", color=LINE, markersize=4)
     else:

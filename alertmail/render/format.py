@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 
@@ -19,7 +20,7 @@ def header_safe(text: object, limit: int = 200) -> str:
 def format_value(value: float | None) -> str:
     if value is None:
         return "no data"
-    if value != value:  # NaN
+    if math.isnan(value):
         return "NaN"
     if abs(value) >= 1e6 or (abs(value) < 0.01 and value != 0):
         return f"{value:.3g}"
@@ -68,7 +69,7 @@ def format_labels(labels: Labels) -> str:
 
 def human_duration(seconds: float) -> str:
     """45 -> "45 s", 720 -> "12 min", 7500 -> "2 h 5 min", 93600 -> "1 d 2 h"."""
-    seconds = max(int(round(seconds)), 0)
+    seconds = max(round(seconds), 0)
     if seconds < 60:
         return f"{seconds} s"
     minutes = seconds // 60

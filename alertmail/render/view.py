@@ -66,7 +66,7 @@ class RenderContext:
         return dt.datetime.fromtimestamp(timestamp, zoneinfo.ZoneInfo(self.timezone))
 
     def clock(self, timestamp: float, reference: float | None = None) -> str:
-        """"14:03 CET"; with the day when it is not the day of ``reference``."""
+        """ "14:03 CET"; with the day when it is not the day of ``reference``."""
         when = self.local_time(timestamp)
         ref = self.local_time(reference if reference is not None else timestamp)
         if when.date() == ref.date():
@@ -122,7 +122,7 @@ def subject(events: Sequence[AlertEvent], ctx: RenderContext) -> str:
 
 
 def status_line(event: AlertEvent, ctx: RenderContext) -> str:
-    """"firing for 12 min, since 14:03 CET" — what happened, for how long, since when."""
+    """ "firing for 12 min, since 14:03 CET" — what happened, for how long, since when."""
     since = ctx.clock(event.since, event.at)
     took = human_duration(event.at - event.since)
     if event.kind == "resolved":

@@ -11,9 +11,9 @@ from alertmail.rules.model import Rule
 from alertmail.units import valid_address
 
 RULE_OPTIONS: dict[str, Option] = {
-    "name": Option("str", required=True, help="a unique name like \"disk-root-full\""),
-    "metric": Option("str", required=True, help="the metric to watch, e.g. \"disk.used_percent\""),
-    "labels": Option("table", {}, help="label matchers: exact values or globs, e.g. { mount = \"/\" }"),
+    "name": Option("str", required=True, help='a unique name like "disk-root-full"'),
+    "metric": Option("str", required=True, help='the metric to watch, e.g. "disk.used_percent"'),
+    "labels": Option("table", {}, help='label matchers: exact values or globs, e.g. { mount = "/" }'),
     "above": Option("number", help="fire when the value is above this"),
     "below": Option("number", help="fire when the value is below this"),
     "warning": Option("number", help="warning level (the threshold when above/below is not given)"),
@@ -42,7 +42,7 @@ def check_address(value: Any) -> str | None:
     also goes into the SMTP envelope.
     """
     if not isinstance(value, str) or not value.strip():
-        return f"expected an address like \"ops@example.com\", got {value!r}"
+        return f'expected an address like "ops@example.com", got {value!r}'
     if "\r" in value or "\n" in value:
         return f"line breaks are not allowed in an address; got {value!r}"
     if not valid_address(value):
@@ -79,16 +79,16 @@ def rules_from_config(raw: Any, check: Checker, *, default_to: Iterable[str]) ->
                 names[name] = i
         metric = values.get("metric")
         if isinstance(metric, str) and not metric.strip():
-            check.error(f"{where}.metric", "empty; name a metric, e.g. \"disk.used_percent\" (see `alertmail probe --list`)")
+            check.error(f"{where}.metric", 'empty; name a metric, e.g. "disk.used_percent" (see `alertmail probe --list`)')
         severity = values.get("severity")
         if isinstance(severity, str) and not _SEVERITY.fullmatch(severity):
-            check.error(f"{where}.severity", f"use a word like \"warning\" or \"critical\"; got {severity!r}")
+            check.error(f"{where}.severity", f'use a word like "warning" or "critical"; got {severity!r}')
         elif "severity" in item and "critical" in item:
             check.error(f"{where}.severity", "with a `critical` level the severity is the level crossed; remove `severity`")
         if "to" in item:
             to = values.get("to")
             if to is not None and not to:
-                check.error(f"{where}.to", "empty; list recipients like [\"ops@example.com\"], or remove `to` to use [mail].to")
+                check.error(f"{where}.to", 'empty; list recipients like ["ops@example.com"], or remove `to` to use [mail].to')
             for k, address in enumerate(to or []):
                 reason = check_address(address)
                 if reason:
@@ -96,7 +96,7 @@ def rules_from_config(raw: Any, check: Checker, *, default_to: Iterable[str]) ->
         else:
             to = default_to  # checked with [mail]
             if not default_to:
-                check.error(f"{where}.to", "no recipients; add to = [\"ops@example.com\"] here or in [mail]")
+                check.error(f"{where}.to", 'no recipients; add to = ["ops@example.com"] here or in [mail]')
         # Threshold checks need every threshold key converted; else they would only echo that mistake.
         failed = {key for key in item if key in RULE_OPTIONS and key not in values}
         rule = Rule(

@@ -68,10 +68,19 @@ _NO_MATCH_CAP = 4096
 class _Incident:
     """One open incident: what was mailed, at which level, and when last."""
 
-    __slots__ = ("id", "since", "fired_at", "level", "severity", "threshold", "notified_at", "absent")
+    __slots__ = ("absent", "fired_at", "id", "level", "notified_at", "severity", "since", "threshold")
 
-    def __init__(self, id: str, since: float, fired_at: float, level: int, severity: str,
-                 threshold: float | None, notified_at: float, absent: bool = False) -> None:
+    def __init__(
+        self,
+        id: str,
+        since: float,
+        fired_at: float,
+        level: int,
+        severity: str,
+        threshold: float | None,
+        notified_at: float,
+        absent: bool = False,
+    ) -> None:
         self.id = id
         self.since = since
         self.fired_at = fired_at
@@ -92,7 +101,7 @@ class _Incident:
 class _Compiled:
     """A rule with its thresholds turned into "above" form (values times ``sign``)."""
 
-    __slots__ = ("rule", "index", "sign", "edge", "clear_edge", "levels", "matchers")
+    __slots__ = ("clear_edge", "edge", "index", "levels", "matchers", "rule", "sign")
 
     def __init__(self, rule: Rule, index: int) -> None:
         self.rule = rule
@@ -115,8 +124,20 @@ class _Compiled:
 class _Series:
     """The state of one rule for one label set."""
 
-    __slots__ = ("compiled", "labels", "state", "since", "value", "last_seen", "clear_since",
-                 "window", "flap", "flapping", "incident", "absent")
+    __slots__ = (
+        "absent",
+        "clear_since",
+        "compiled",
+        "flap",
+        "flapping",
+        "incident",
+        "labels",
+        "last_seen",
+        "since",
+        "state",
+        "value",
+        "window",
+    )
 
     def __init__(self, compiled: _Compiled, labels: Labels) -> None:
         rule = compiled.rule
@@ -142,8 +163,14 @@ class RuleEngine:
     healthy series is remembered (its window too) once its samples stop.
     """
 
-    def __init__(self, rules: Iterable[Rule], *, flap_start: float = START_PERCENT,
-                 flap_stop: float = STOP_PERCENT, forget_after: float = FORGET_AFTER) -> None:
+    def __init__(
+        self,
+        rules: Iterable[Rule],
+        *,
+        flap_start: float = START_PERCENT,
+        flap_stop: float = STOP_PERCENT,
+        forget_after: float = FORGET_AFTER,
+    ) -> None:
         if not 0 <= flap_stop <= flap_start <= 100:
             raise ValueError(f"need 0 <= flap_stop <= flap_start <= 100, got {flap_stop} and {flap_start}")
         self.rules = list(rules)
@@ -225,8 +252,13 @@ class RuleEngine:
                         out.append(self._event("firing", c, s.labels, s.absent, None, now, "firing"))
                 else:
                     self._remind(c, s.labels, s.absent, None, now, out)
-            elif (s.state is State.OK and s.incident is None and not s.flapping and s.last_seen is not None
-                  and now - s.last_seen >= max(self.forget_after, rule.over)):
+            elif (
+                s.state is State.OK
+                and s.incident is None
+                and not s.flapping
+                and s.last_seen is not None
+                and now - s.last_seen >= max(self.forget_after, rule.over)
+            ):
                 forget.append(key)
         for key in forget:
             del self._series[key]
@@ -259,12 +291,25 @@ class RuleEngine:
                 rows.append(AlertStatus(rule, (), State.OK, None, None, note="no matching series"))
             for s in sorted(by_rule.get(c.index, ()), key=lambda s: s.labels):
                 if s.absent is not None:
-                    rows.append(AlertStatus(rule, s.labels, State.FIRING, s.value, s.absent.since, s.absent.severity, s.absent.id, "absent"))
+                    rows.append(
+                        AlertStatus(
+                            rule, s.labels, State.FIRING, s.value, s.absent.since, s.absent.severity, s.absent.id, "absent"
+                        )
+                    )
                     continue
                 state = State.FLAPPING if s.flapping else s.state
                 incident = s.incident
-                rows.append(AlertStatus(rule, s.labels, state, s.value, s.since,
-                                        incident.severity if incident else None, incident.id if incident else None))
+                rows.append(
+                    AlertStatus(
+                        rule,
+                        s.labels,
+                        state,
+                        s.value,
+                        s.since,
+                        incident.severity if incident else None,
+                        incident.id if incident else None,
+                    )
+                )
         return rows
 
     def snapshot(self) -> dict[str, Any]:
@@ -277,18 +322,20 @@ class RuleEngine:
             quiet = s.flap is None or s.flap.percent() == 0
             if s.state is State.OK and s.incident is None and s.absent is None and not s.flapping and quiet:
                 continue
-            series.append({
-                "rule": s.compiled.rule.name,
-                "labels": [list(pair) for pair in s.labels],
-                "state": s.state.value,
-                "since": s.since,
-                "clear_since": s.clear_since,
-                "value": s.value,
-                "flapping": s.flapping,
-                "history": [s.flap.bits, s.flap.count] if s.flap is not None else None,
-                "incident": s.incident.to_json() if s.incident else None,
-                "absent": s.absent.to_json() if s.absent else None,
-            })
+            series.append(
+                {
+                    "rule": s.compiled.rule.name,
+                    "labels": [list(pair) for pair in s.labels],
+                    "state": s.state.value,
+                    "since": s.since,
+                    "clear_since": s.clear_since,
+                    "value": s.value,
+                    "flapping": s.flapping,
+                    "history": [s.flap.bits, s.flap.count] if s.flap is not None else None,
+                    "incident": s.incident.to_json() if s.incident else None,
+                    "absent": s.absent.to_json() if s.absent else None,
+                }
+            )
         rules = [{"rule": self._compiled[i].rule.name, "incident": inc.to_json()} for i, inc in self._rule_absent.items()]
         return {"version": 1, "series": series, "absent_rules": rules}
 
@@ -387,8 +434,9 @@ class RuleEngine:
                     transition = "escalate"
         self._settle(c, s, transition, level, value, now, out)
 
-    def _settle(self, c: _Compiled, s: _Series, transition: str | None, level: int, value: float | None,
-                now: float, out: list[AlertEvent]) -> None:
+    def _settle(
+        self, c: _Compiled, s: _Series, transition: str | None, level: int, value: float | None, now: float, out: list[AlertEvent]
+    ) -> None:
         """Turn a transition into events, or into silence while the series flaps."""
         flap = s.flap
         if flap is not None:
@@ -409,8 +457,11 @@ class RuleEngine:
                     if percent < self.flap_stop:
                         s.flapping = False
                         firing = s.state is State.FIRING
-                        out.append(self._event("flap-ended", c, s.labels, incident, value, now,
-                                               "firing" if firing else "ok", percent=percent))
+                        out.append(
+                            self._event(
+                                "flap-ended", c, s.labels, incident, value, now, "firing" if firing else "ok", percent=percent
+                            )
+                        )
                         if firing:
                             incident.notified_at = now
                         else:
@@ -448,15 +499,26 @@ class RuleEngine:
             incident.level = level
             _, incident.threshold, incident.severity = c.levels[level]
 
-    def _remind(self, c: _Compiled, labels: Labels, incident: _Incident, value: float | None, now: float,
-                out: list[AlertEvent]) -> None:
+    def _remind(
+        self, c: _Compiled, labels: Labels, incident: _Incident, value: float | None, now: float, out: list[AlertEvent]
+    ) -> None:
         if c.rule.repeat > 0 and now - incident.notified_at >= c.rule.repeat:
             incident.notified_at = now
             out.append(self._event("reminder", c, labels, incident, value, now, "firing"))
 
     @staticmethod
-    def _event(kind: str, c: _Compiled, labels: Labels, incident: _Incident, value: float | None, now: float,
-               state: str, *, previous: str | None = None, percent: float | None = None) -> AlertEvent:
+    def _event(
+        kind: str,
+        c: _Compiled,
+        labels: Labels,
+        incident: _Incident,
+        value: float | None,
+        now: float,
+        state: str,
+        *,
+        previous: str | None = None,
+        percent: float | None = None,
+    ) -> AlertEvent:
         return AlertEvent(
             kind=kind,
             rule=c.rule,

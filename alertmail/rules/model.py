@@ -111,7 +111,9 @@ class Rule:
             out.append(("below", "a rule watches one direction; keep `above` or `below` (or write two rules)"))
         first_key = "above" if self.above is not None else "below" if self.below is not None else None
         if first_key and self.warning is not None:
-            out.append(("warning", f"`{first_key}` already sets the first level; remove `warning` (use `critical` for a second level)"))
+            out.append(
+                ("warning", f"`{first_key}` already sets the first level; remove `warning` (use `critical` for a second level)")
+            )
         if first_key and self.critical is not None:
             first = self.above if self.above is not None else self.below
             if first_key == "above" and self.critical <= first:  # type: ignore[operator]
@@ -123,21 +125,39 @@ class Rule:
                 out.append(("critical", "must differ from `warning`; their order sets the direction (critical higher = above)"))
             elif (self.warning is None) != (self.critical is None):
                 key = "warning" if self.warning is not None else "critical"
-                out.append((key, f"one level cannot tell the direction; write above = N or below = N instead of `{key}` alone, or give both warning and critical"))
+                out.append(
+                    (
+                        key,
+                        f"one level cannot tell the direction; write above = N or below = N instead of `{key}` alone,"
+                        " or give both warning and critical",
+                    )
+                )
             elif self.warning is None and not self.absent:
-                out.append(("", "no threshold; add above = N or below = N (or warning and critical levels), or absent = \"5m\""))
+                out.append(("", 'no threshold; add above = N or below = N (or warning and critical levels), or absent = "5m"'))
         if self.clear is not None:
             direction, threshold = self.direction, self.threshold
             if threshold is None:
                 out.append(("clear", "a recovery level needs a threshold; add above or below, or remove `clear`"))
             elif direction > 0 and self.clear > threshold:
-                out.append(("clear", f"must be at or below the threshold {threshold:g} in an `above` rule (recovery comes when the value falls to it); got {self.clear:g}"))
+                out.append(
+                    (
+                        "clear",
+                        f"must be at or below the threshold {threshold:g} in an `above` rule"
+                        f" (recovery comes when the value falls to it); got {self.clear:g}",
+                    )
+                )
             elif direction < 0 and self.clear < threshold:
-                out.append(("clear", f"must be at or above the threshold {threshold:g} in a `below` rule (recovery comes when the value rises to it); got {self.clear:g}"))
+                out.append(
+                    (
+                        "clear",
+                        f"must be at or above the threshold {threshold:g} in a `below` rule"
+                        f" (recovery comes when the value rises to it); got {self.clear:g}",
+                    )
+                )
         if self.agg not in ("avg", "min", "max", "last", "rate"):
             out.append(("agg", f"expected one of 'avg', 'min', 'max', 'last', 'rate', got {self.agg!r}"))
         elif self.agg != "last" and not self.over:
-            out.append(("over", f"agg = \"{self.agg}\" needs a window; add over = \"5m\" (or use agg = \"last\")"))
+            out.append(("over", f'agg = "{self.agg}" needs a window; add over = "5m" (or use agg = "last")'))
         return out
 
 
@@ -186,4 +206,3 @@ def incident_id(rule: str, labels: Labels, fired_at: float, kind: str = "") -> s
     import hashlib  # only when an incident starts: the idle agent does without it
 
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-

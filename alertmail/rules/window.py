@@ -19,7 +19,7 @@ AGGREGATES = ("avg", "min", "max", "last", "rate")
 
 
 class _Bucket:
-    __slots__ = ("start", "first_ts", "last_ts", "count", "total", "low", "high", "last", "increase", "first_delta")
+    __slots__ = ("count", "first_delta", "first_ts", "high", "increase", "last", "last_ts", "low", "start", "total")
 
     def reset(self, start: float, ts: float, value: float, delta: float) -> _Bucket:
         self.start = start
@@ -33,7 +33,7 @@ class _Bucket:
 class Window:
     """The samples of one series over the last ``span`` seconds, aggregated on demand."""
 
-    __slots__ = ("span", "width", "buckets", "previous", "count", "total", "increase", "_spare", "_evicted")
+    __slots__ = ("_evicted", "_spare", "buckets", "count", "increase", "previous", "span", "total", "width")
 
     def __init__(self, span: float, buckets: int = WINDOW_BUCKETS) -> None:
         if span <= 0:
@@ -77,10 +77,8 @@ class Window:
             b = buckets[-1]
             b.count += 1
             b.total += value
-            if value < b.low:
-                b.low = value
-            if value > b.high:
-                b.high = value
+            b.low = min(b.low, value)
+            b.high = max(b.high, value)
             if ts >= b.last_ts:
                 b.last_ts = ts
                 b.last = value

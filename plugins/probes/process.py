@@ -57,14 +57,14 @@ class Watch:
 def parse_watch(value: Any) -> list[Watch]:
     """The ``watch`` option as Watch entries; ValueError naming every bad entry and key."""
     if not isinstance(value, list):
-        raise ValueError(f"watch: expected a list of tables like [{{ name = \"nginx\", match = \"nginx\" }}], got {value!r}")
+        raise ValueError(f'watch: expected a list of tables like [{{ name = "nginx", match = "nginx" }}], got {value!r}')
     problems: list[str] = []
     watches: list[Watch] = []
     names: set[str] = set()
     for i, entry in enumerate(value):
         where = f"watch[{i}]"
         if not isinstance(entry, dict):
-            problems.append(f"{where}: expected a table like {{ name = \"nginx\", match = \"nginx\" }}, got {entry!r}")
+            problems.append(f'{where}: expected a table like {{ name = "nginx", match = "nginx" }}, got {entry!r}')
             continue
         bad = False
         for key, item in entry.items():
@@ -76,15 +76,15 @@ def parse_watch(value: Any) -> list[Watch]:
                 bad = True
         name = entry.get("name")
         if "name" not in entry:
-            problems.append(f"{where}.name: missing; the label value of this group, e.g. name = \"nginx\"")
+            problems.append(f'{where}.name: missing; the label value of this group, e.g. name = "nginx"')
             bad = True
         elif name in names:
             problems.append(f"{where}.name: {name!r} is used twice; each watch needs its own name")
             bad = True
         if not any(k in entry for k in ("match", "cmdline")):
-            problems.append(f"{where}: needs match = \"NAME-GLOB\" (process name) or cmdline = \"GLOB\" (command line)")
+            problems.append(f'{where}: needs match = "NAME-GLOB" (process name) or cmdline = "GLOB" (command line)')
             bad = True
-        if not bad:
+        if not bad and isinstance(name, str):
             names.add(name)
             watches.append(Watch(name, entry.get("match"), entry.get("cmdline"), entry.get("user")))
     if problems:
@@ -103,13 +103,20 @@ class ProcessProbe:
     metrics: ClassVar[tuple[MetricInfo, ...]] = (
         MetricInfo("process.count", "count", "matching processes (0 when none runs)", ("name",)),
         MetricInfo(
-            "process.cpu_percent", "percent",
-            "CPU used by the matching processes together (100 = one core; can exceed 100)", ("name",),
+            "process.cpu_percent",
+            "percent",
+            "CPU used by the matching processes together (100 = one core; can exceed 100)",
+            ("name",),
         ),
-        MetricInfo("process.rss_bytes", "bytes", "resident memory of the matching processes together (shared pages counted in each)", ("name",)),
+        MetricInfo(
+            "process.rss_bytes",
+            "bytes",
+            "resident memory of the matching processes together (shared pages counted in each)",
+            ("name",),
+        ),
     )
     options: ClassVar[dict[str, Option]] = {
-        "watch": Option("any", [], help="list of { name = \"LABEL\", match = \"NAME-GLOB\" | cmdline = \"GLOB\", user = \"USER\" }"),
+        "watch": Option("any", [], help='list of { name = "LABEL", match = "NAME-GLOB" | cmdline = "GLOB", user = "USER" }'),
     }
 
     def __init__(self) -> None:
@@ -209,7 +216,7 @@ class ProcessProbe:
             labels = {"name": name}
             out.append(Sample("process.count", count[name], labels, wall))
             out.append(Sample("process.rss_bytes", rss[name], labels, wall))
-            if usable:
+            if usable and span:
                 out.append(Sample("process.cpu_percent", cpu[name] / span * 100.0, labels, wall))
         if span is None or usable:
             self._cpu, self._seen, self._at = cpu_now, seen, now

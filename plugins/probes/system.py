@@ -16,7 +16,7 @@ import fnmatch
 import os
 import time
 from collections.abc import Hashable, Iterable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import psutil
 
@@ -27,14 +27,41 @@ from alertmail import MetricInfo, Option, Sample, hookimpl
 MIN_SPAN = 0.2
 
 PSEUDO_FSTYPES = (
-    "autofs", "binfmt_misc", "bpf", "cgroup", "cgroup2", "configfs", "debugfs", "devpts",
-    "devtmpfs", "efivarfs", "fuse.gvfsd-fuse", "fuse.lxcfs", "fuse.portal", "fusectl",
-    "hugetlbfs", "mqueue", "nsfs", "overlay", "proc", "pstore", "ramfs", "rpc_pipefs",
-    "securityfs", "squashfs", "sysfs", "tmpfs", "tracefs", "aufs",
+    "autofs",
+    "binfmt_misc",
+    "bpf",
+    "cgroup",
+    "cgroup2",
+    "configfs",
+    "debugfs",
+    "devpts",
+    "devtmpfs",
+    "efivarfs",
+    "fuse.gvfsd-fuse",
+    "fuse.lxcfs",
+    "fuse.portal",
+    "fusectl",
+    "hugetlbfs",
+    "mqueue",
+    "nsfs",
+    "overlay",
+    "proc",
+    "pstore",
+    "ramfs",
+    "rpc_pipefs",
+    "securityfs",
+    "squashfs",
+    "sysfs",
+    "tmpfs",
+    "tracefs",
+    "aufs",
 )
 
 
-class CounterRates:
+K = TypeVar("K", bound=Hashable)
+
+
+class CounterRates(Generic[K]):
     """Per-second rates of ever-growing counters between two readings.
 
     The first reading only sets the baseline. A counter that went down (a reset, a
@@ -42,10 +69,10 @@ class CounterRates:
     """
 
     def __init__(self) -> None:
-        self._last: dict[Hashable, float] = {}
+        self._last: dict[K, float] = {}
         self._at: float | None = None
 
-    def update(self, counters: Mapping[Hashable, float], now: float) -> dict[Hashable, float] | None:
+    def update(self, counters: Mapping[K, float], now: float) -> dict[K, float] | None:
         """Rates since the last reading, or None when there is no usable baseline yet."""
         if self._at is None:
             self._last, self._at = dict(counters), now
@@ -53,7 +80,7 @@ class CounterRates:
         span = now - self._at
         if span < MIN_SPAN:
             return None
-        rates = {}
+        rates: dict[K, float] = {}
         for key, value in counters.items():
             previous = self._last.get(key)
             if previous is not None and value >= previous:
@@ -206,7 +233,7 @@ class SwapProbe(SystemProbe):
     )
 
     def __init__(self) -> None:
-        self._rates = CounterRates()
+        self._rates: CounterRates[str] = CounterRates()
 
     def configure(self, options: Mapping[str, Any]) -> None:
         self.collect()
@@ -229,9 +256,7 @@ class SwapProbe(SystemProbe):
 # Disks
 
 
-def real_partitions(
-    partitions: Iterable[Any], *, exclude_fstypes: Iterable[str], exclude_mounts: Iterable[str]
-) -> list[Any]:
+def real_partitions(partitions: Iterable[Any], *, exclude_fstypes: Iterable[str], exclude_mounts: Iterable[str]) -> list[Any]:
     """The mounts worth watching: no pseudo filesystem, no loop device (snaps), no file bind mount."""
     skip_types = set(exclude_fstypes)
     skip_mounts = list(exclude_mounts)
@@ -260,7 +285,7 @@ class DiskProbe(SystemProbe):
     )
     options: ClassVar[dict[str, Option]] = {
         "exclude_fstypes": Option("list", list(PSEUDO_FSTYPES), help="filesystem types not to report"),
-        "exclude_mounts": Option("list", [], help="mount point globs not to report, e.g. [\"/boot/*\"]"),
+        "exclude_mounts": Option("list", [], help='mount point globs not to report, e.g. ["/boot/*"]'),
     }
 
     def __init__(self) -> None:
@@ -318,12 +343,17 @@ class DiskIOProbe(SystemProbe):
         "exclude": Option("list", ["loop*", "ram*", "zram*", "sr*", "fd*"], help="disk name globs not to report"),
         "partitions": Option("bool", False, help="also report partitions (sda1), not only whole disks"),
     }
-    counters: ClassVar[dict[str, str]] = {"read_bytes": "read_bytes_per_s", "write_bytes": "write_bytes_per_s", "read_count": "reads_per_s", "write_count": "writes_per_s"}
+    counters: ClassVar[dict[str, str]] = {
+        "read_bytes": "read_bytes_per_s",
+        "write_bytes": "write_bytes_per_s",
+        "read_count": "reads_per_s",
+        "write_count": "writes_per_s",
+    }
 
     def __init__(self) -> None:
         self.exclude: list[str] = list(self.options["exclude"].default)
         self.partitions = False
-        self._rates = CounterRates()
+        self._rates: CounterRates[tuple[str, str]] = CounterRates()
 
     def configure(self, options: Mapping[str, Any]) -> None:
         self.exclude = list(options.get("exclude", self.exclude))
@@ -332,7 +362,7 @@ class DiskIOProbe(SystemProbe):
 
     def collect(self) -> list[Sample]:
         disks = psutil.disk_io_counters(perdisk=True, nowrap=True) or {}
-        readings: dict[Hashable, float] = {}
+        readings: dict[tuple[str, str], float] = {}
         for disk, io in disks.items():
             if _matches(disk, self.exclude) or (not self.partitions and _is_partition(disk)):
                 continue
@@ -359,10 +389,14 @@ class DiskIOProbe(SystemProbe):
 
 
 NET_COUNTERS = {
-    "bytes_recv": "recv_bytes_per_s", "bytes_sent": "sent_bytes_per_s",
-    "packets_recv": "recv_packets_per_s", "packets_sent": "sent_packets_per_s",
-    "errin": "recv_errors_per_s", "errout": "sent_errors_per_s",
-    "dropin": "recv_drops_per_s", "dropout": "sent_drops_per_s",
+    "bytes_recv": "recv_bytes_per_s",
+    "bytes_sent": "sent_bytes_per_s",
+    "packets_recv": "recv_packets_per_s",
+    "packets_sent": "sent_packets_per_s",
+    "errin": "recv_errors_per_s",
+    "errout": "sent_errors_per_s",
+    "dropin": "recv_drops_per_s",
+    "dropout": "sent_drops_per_s",
 }
 _NET_TEXT = {
     "recv_bytes_per_s": ("bytes/s", "bytes received"),
@@ -383,13 +417,13 @@ class NetworkProbe(SystemProbe):
     metrics = tuple(MetricInfo(f"net.{m}", unit, text, ("interface",), "rate") for m, (unit, text) in _NET_TEXT.items())
     options: ClassVar[dict[str, Option]] = {
         "loopback": Option("bool", False, help="also report the loopback interface"),
-        "exclude": Option("list", [], help="interface name globs not to report, e.g. [\"veth*\"]"),
+        "exclude": Option("list", [], help='interface name globs not to report, e.g. ["veth*"]'),
     }
 
     def __init__(self) -> None:
         self.loopback = False
         self.exclude: list[str] = []
-        self._rates = CounterRates()
+        self._rates: CounterRates[tuple[str, str]] = CounterRates()
 
     def configure(self, options: Mapping[str, Any]) -> None:
         self.loopback = bool(options.get("loopback", False))
@@ -398,7 +432,7 @@ class NetworkProbe(SystemProbe):
 
     def collect(self) -> list[Sample]:
         nics = psutil.net_io_counters(pernic=True, nowrap=True) or {}
-        readings: dict[Hashable, float] = {}
+        readings: dict[tuple[str, str], float] = {}
         for nic, io in nics.items():
             if (not self.loopback and nic in ("lo", "lo0")) or _matches(nic, self.exclude):
                 continue
@@ -421,9 +455,7 @@ class NetworkProbe(SystemProbe):
 class LoadProbe(SystemProbe):
     name = "load"
     description = "load averages"
-    metrics = tuple(
-        MetricInfo(f"load.{n}", "load", f"{n}-minute load average") for n in (1, 5, 15)
-    ) + tuple(
+    metrics = tuple(MetricInfo(f"load.{n}", "load", f"{n}-minute load average") for n in (1, 5, 15)) + tuple(
         MetricInfo(f"load.{n}_per_core", "load", f"{n}-minute load average divided by the logical CPU count") for n in (1, 5, 15)
     )
 
@@ -448,12 +480,17 @@ class ProcessesProbe(SystemProbe):
     # each); zombies and runaway forks are not a matter of seconds.
     interval = 60.0
     statuses = (
-        psutil.STATUS_RUNNING, psutil.STATUS_SLEEPING, psutil.STATUS_DISK_SLEEP,
-        psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE,
+        psutil.STATUS_RUNNING,
+        psutil.STATUS_SLEEPING,
+        psutil.STATUS_DISK_SLEEP,
+        psutil.STATUS_STOPPED,
+        psutil.STATUS_ZOMBIE,
     )
     metrics = (
         MetricInfo("processes.total", "count", "processes on the machine"),
-        MetricInfo("processes.by_status", "count", f"processes in one state ({', '.join(statuses)} always reported)", ("status",)),
+        MetricInfo(
+            "processes.by_status", "count", f"processes in one state ({', '.join(statuses)} always reported)", ("status",)
+        ),
     )
 
     def collect(self) -> list[Sample]:
@@ -482,4 +519,3 @@ PROBES = (CpuProbe, MemoryProbe, SwapProbe, DiskProbe, DiskIOProbe, NetworkProbe
 def register_probes(register):
     for probe in PROBES:
         register(probe())
-

@@ -12,9 +12,8 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from alertmail.plugins.relay.policy import RelayPolicy, has_bare_newline, received_header
-
 from alertmail import Envelope, QueueWriteError
+from alertmail.plugins.relay.policy import RelayPolicy, has_bare_newline, received_header
 
 if TYPE_CHECKING:
     from alertmail.plugins.relay.listener import RelayServer
@@ -67,12 +66,18 @@ class RelayHandler:
         sender = "" if envelope.mail_from == "<>" else envelope.mail_from
         txid = secrets.token_hex(6)
         trace = received_header(
-            helo=session.host_name or "", ip=smtp.client_ip, hostname=self.policy.hostname,
-            protocol=smtp.protocol_name(), txid=txid, recipients=envelope.rcpt_tos,
+            helo=session.host_name or "",
+            ip=smtp.client_ip,
+            hostname=self.policy.hostname,
+            protocol=smtp.protocol_name(),
+            txid=txid,
+            recipients=envelope.rcpt_tos,
         )
         put = self.queue.put(
-            trace + content, Envelope(sender, tuple(envelope.rcpt_tos)),
-            route=list(self.policy.route) if self.policy.route else None, origin="relay",
+            trace + content,
+            Envelope(sender, tuple(envelope.rcpt_tos)),
+            route=list(self.policy.route) if self.policy.route else None,
+            origin="relay",
         )
         try:
             # shield: a put that outlives the timeout still completes (at worst a duplicate, never a loss)

@@ -11,7 +11,7 @@ import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from alertmail.plugins.relay.handler import RelayHandler
 from alertmail.plugins.relay.policy import RelayPolicy
@@ -31,7 +31,7 @@ class RelayServer:
     tls: ssl.SSLContext | None = None
     connections: set[RelaySMTP] = field(default_factory=set)
     stopping: bool = False
-    _servers: list[asyncio.AbstractServer] = field(default_factory=list)
+    _servers: list[asyncio.Server] = field(default_factory=list)
 
     def _session(self) -> RelaySMTP:
         return RelaySMTP(
@@ -71,7 +71,9 @@ class RelayServer:
         for session in list(self.connections):
             if session.transport is not None:
                 if not session.in_transaction():
-                    session.transport.write(f"421 4.3.2 {self.policy.hostname} service shutting down\r\n".encode())
+                    cast(asyncio.WriteTransport, session.transport).write(
+                        f"421 4.3.2 {self.policy.hostname} service shutting down\r\n".encode()
+                    )
                 session.transport.close()
         for server in self._servers:
             await server.wait_closed()

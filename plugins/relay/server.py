@@ -37,9 +37,9 @@ from aiosmtpd.smtp import (
     _AuthMechAttr,
     login_always_fail,
 )
-from alertmail.plugins.relay.policy import address_problem, with_enhanced_code
 
 from alertmail import AlertmailError
+from alertmail.plugins.relay.policy import address_problem, with_enhanced_code
 
 if TYPE_CHECKING:
     from alertmail.plugins.relay.handler import RelayHandler
@@ -54,7 +54,9 @@ FAST_INIT_VERSIONS = frozenset({"1.4.4", "1.4.5", "1.4.6"})
 _FAST_INIT = aiosmtpd.__version__ in FAST_INIT_VERSIONS
 # Commands that move no mail; with the error replies they count against max_commands.
 JUNK = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP", "HELO", "EHLO"})
-_SIMPLE_PATH = re.compile(r"^\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(\s.*|)$")
+_SIMPLE_PATH = re.compile(
+    r"^\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(\s.*|)$"
+)
 
 
 class CommandRefused(AlertmailError):
@@ -98,9 +100,19 @@ class RelaySMTP(SMTP):
     _method_names: ClassVar[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None] = None
 
     def _init_fast(
-        self, handler: RelayHandler, *, hostname: str, ident: str, data_size_limit: int, enable_SMTPUTF8: bool,
-        tls_context: ssl.SSLContext | None, require_starttls: bool, auth_require_tls: bool,
-        auth_exclude_mechanism: Iterable[str], timeout: float, loop: asyncio.AbstractEventLoop,
+        self,
+        handler: RelayHandler,
+        *,
+        hostname: str,
+        ident: str,
+        data_size_limit: int,
+        enable_SMTPUTF8: bool,
+        tls_context: ssl.SSLContext | None,
+        require_starttls: bool,
+        auth_require_tls: bool,
+        auth_exclude_mechanism: Iterable[str],
+        timeout: float,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
         cls = type(self)
         if cls._method_names is None:
@@ -113,8 +125,10 @@ class RelaySMTP(SMTP):
         self.__ident__ = ident
         self.loop = loop
         asyncio.StreamReaderProtocol.__init__(
-            self, asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
-            client_connected_cb=self._cb_client_connected, loop=loop,
+            self,
+            asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
+            client_connected_cb=self._cb_client_connected,
+            loop=loop,
         )
         self.event_handler = handler
         self.data_size_limit = data_size_limit
@@ -176,7 +190,7 @@ class RelaySMTP(SMTP):
                 self._current[3] += len(line)
             return line
 
-        reader.readuntil = readuntil  # type: ignore[method-assign]
+        reader.readuntil = readuntil  # type: ignore[method-assign,assignment]
 
     async def _handle_client(self) -> None:
         pause = 0.0 if self.client_allowed else self.policy.greet_pause
@@ -319,8 +333,13 @@ class RelaySMTP(SMTP):
         self.server.w3c.record(
             client_ip=self.client_ip,
             username=login.decode("utf-8", "replace") if isinstance(login, bytes) else login,
-            server_ip=self.local_ip, server_port=self.local_port, method=verb, query=current[1],
-            status=code, sent=current[4], received=current[3],
+            server_ip=self.local_ip,
+            server_port=self.local_port,
+            method=verb,
+            query=current[1],
+            status=code,
+            sent=current[4],
+            received=current[3],
             taken_ms=int((time.monotonic() - current[2]) * 1000),
         )
 

@@ -38,7 +38,7 @@ log = logging.getLogger("alertmail.relay")
 
 OPTIONS: dict[str, Option] = {
     "enabled": Option("bool", False, help="start the relay with `alertmail run`"),
-    "listen": Option("list", ["127.0.0.1:2525"], help="addresses to listen on: \"127.0.0.1:2525\", \"[::1]:2525\""),
+    "listen": Option("list", ["127.0.0.1:2525"], help='addresses to listen on: "127.0.0.1:2525", "[::1]:2525"'),
     "hostname": Option("str", None, help="name in the banner, EHLO and Received; default [agent].hostname"),
     "allow": Option("list", ["127.0.0.0/8", "::1"], help="IPs and CIDR networks that may relay without AUTH"),
     "users_file": Option("path", None, help="user:hash lines (`alertmail relay passwd USER`); AUTH over TLS only"),
@@ -54,8 +54,12 @@ OPTIONS: dict[str, Option] = {
     "pickup_interval": Option("duration", 1.0, help="how often the pickup folder is scanned"),
     "greet_pause": Option("duration", 1.0, help="wait before the banner for clients outside `allow`; who talks first is dropped"),
     "timeout": Option("duration", 300.0, help="idle time before a session is closed"),
-    "event_loop": Option("str", "auto", choices=("auto", "asyncio", "uvloop"),
-                         help="for `alertmail relay`: auto = uvloop when installed (about twice the rate)"),
+    "event_loop": Option(
+        "str",
+        "auto",
+        choices=("auto", "asyncio", "uvloop"),
+        help="for `alertmail relay`: auto = uvloop when installed (about twice the rate)",
+    ),
     "stop_timeout": Option("duration", 20.0, help="on shutdown, how long transactions in flight may take to finish"),
 }
 
@@ -79,13 +83,12 @@ class RelayService:
         self._stop_timeout = 20.0
 
     async def start(self, context: ServiceContext) -> None:
+        from alertmail import Badmail, __version__, parse_address
         from alertmail.plugins.relay.listener import RelayServer, tls_context
         from alertmail.plugins.relay.policy import RelayPolicy, parse_networks
         from alertmail.plugins.relay.users import Users, UsersFileError
         from alertmail.plugins.relay.w3c import W3CLog
         from alertmail.plugins.relay.watcher import PickupWatcher
-
-        from alertmail import Badmail, __version__, parse_address
 
         opts = context.options
         state_dir = Path(context.state_dir)
@@ -115,10 +118,16 @@ class RelayService:
         # aiosmtpd logs every command line at INFO (AUTH PLAIN data included): keep it quiet.
         logging.getLogger("mail.log").setLevel(logging.ERROR)
         policy = RelayPolicy(
-            hostname=hostname, allow=allow, users=users,
+            hostname=hostname,
+            allow=allow,
+            users=users,
             local_domains=frozenset(d.lower().rstrip(".") for d in opts["local_domains"]),
-            max_size=opts["max_size"], max_recipients=opts["max_recipients"], max_commands=opts["max_commands"],
-            require_tls=bool(opts["require_tls"]), greet_pause=opts["greet_pause"], route=tuple(route),
+            max_size=opts["max_size"],
+            max_recipients=opts["max_recipients"],
+            max_commands=opts["max_commands"],
+            require_tls=bool(opts["require_tls"]),
+            greet_pause=opts["greet_pause"],
+            route=tuple(route),
             timeout=opts["timeout"],
         )
         self._stop_timeout = opts["stop_timeout"]
@@ -135,8 +144,13 @@ class RelayService:
             self._delivery.observers.append(self._log_attempt)
         if opts["pickup"]:
             self.pickup = PickupWatcher(
-                state_dir / "pickup", context.queue, Badmail(state_dir / "badmail"), hostname,
-                interval=opts["pickup_interval"], max_size=opts["max_size"], route=route,
+                state_dir / "pickup",
+                context.queue,
+                Badmail(state_dir / "badmail"),
+                hostname,
+                interval=opts["pickup_interval"],
+                max_size=opts["max_size"],
+                route=route,
             )
             await self.pickup.start()
 
@@ -144,9 +158,16 @@ class RelayService:
         """One W3C line per recipient of each delivery attempt, as IIS logs its outbound sessions."""
         for rcpt, status in result.recipients.items():
             self.w3c.record(
-                client_ip=status.remote or "-", username=transport, server_ip="-", server_port=0,
-                method="DELIVER", query=f"id={entry.id}&to={rcpt}&status={status.status.value}",
-                status=status.code, sent=size, received=0, taken_ms=int(seconds * 1000),
+                client_ip=status.remote or "-",
+                username=transport,
+                server_ip="-",
+                server_port=0,
+                method="DELIVER",
+                query=f"id={entry.id}&to={rcpt}&status={status.status.value}",
+                status=status.code,
+                sent=size,
+                received=0,
+                taken_ms=int(seconds * 1000),
             )
 
     async def _flush_log(self) -> None:
@@ -178,7 +199,7 @@ class RelayService:
 def check_route(cfg: Any, route: Sequence[str], state_dir: Path) -> None:
     """Every transport of the relay's route is configured, and none leads back into pickup/."""
     if not route:
-        raise RelayConfigError("relay.route: empty; name at least one transport, e.g. [\"mx\"]")
+        raise RelayConfigError('relay.route: empty; name at least one transport, e.g. ["mx"]')
     transports = getattr(cfg, "transports", {}) or {}
     for name in route:
         if name not in transports:
@@ -254,14 +275,18 @@ def relay_command(ctx: click.Context, config_path: Path) -> None:
 @relay_command.command("passwd")
 @click.argument("user")
 @config_option
-@click.option("--file", "users_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="users file to write (default: [relay].users_file of the config)")
+@click.option(
+    "--file",
+    "users_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="users file to write (default: [relay].users_file of the config)",
+)
 @click.option("--password-stdin", is_flag=True, help="read the password from the first line of standard input")
 def passwd_command(user: str, config_path: Path, users_file: Path | None, password_stdin: bool) -> None:
     """Add USER to the relay's users file, or set a new password (scrypt hash)."""
-    from alertmail.plugins.relay.users import UsersFileError, set_password
-
     from alertmail import ExitCode
+    from alertmail.plugins.relay.users import UsersFileError, set_password
 
     if users_file is None:
         from alertmail import load_or_exit
@@ -297,7 +322,7 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
         import uvloop
     except ImportError:
         if choice == "uvloop":
-            raise RelayConfigError("relay.event_loop = \"uvloop\": uvloop is not installed (pip install uvloop)") from None
+            raise RelayConfigError('relay.event_loop = "uvloop": uvloop is not installed (pip install uvloop)') from None
         return None
     return uvloop.new_event_loop
 

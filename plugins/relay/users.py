@@ -47,8 +47,13 @@ def check_password(password: bytes, stored: str) -> bool:
             return False
         expected = base64.b64decode(key, validate=True)
         derived = hashlib.scrypt(
-            password, salt=base64.b64decode(salt, validate=True), n=int(n), r=int(r), p=int(p),
-            dklen=len(expected), maxmem=MAXMEM,
+            password,
+            salt=base64.b64decode(salt, validate=True),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(expected),
+            maxmem=MAXMEM,
         )
     except (ValueError, TypeError):
         return False

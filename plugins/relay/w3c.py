@@ -13,8 +13,18 @@ import time
 from pathlib import Path
 
 FIELDS = (
-    "date", "time", "c-ip", "cs-username", "s-ip", "s-port", "cs-method",
-    "cs-uri-query", "sc-status", "sc-bytes", "cs-bytes", "time-taken",
+    "date",
+    "time",
+    "c-ip",
+    "cs-username",
+    "s-ip",
+    "s-port",
+    "cs-method",
+    "cs-uri-query",
+    "sc-status",
+    "sc-bytes",
+    "cs-bytes",
+    "time-taken",
 )
 # Lines are buffered in memory and written at most this often (and at close).
 FLUSH_INTERVAL = 1.0

@@ -37,7 +37,9 @@ log = logging.getLogger("alertmail.relay.pickup")
 # Files taken into the queue at once: concurrent puts share one commit round.
 BATCH = 64
 _HEADER_NAME = re.compile(rb"^[!-9;-~]+[ \t]*:")
-_ADDRESS = re.compile(r"^[^\s<>()\[\],;:\\\"@]+(?:\.[^\s<>()\[\],;:\\\"@]+)*@[A-Za-z0-9.\-\[\]:]+$|^\"[^\"\r\n]*\"@[A-Za-z0-9.\-]+$")
+_ADDRESS = re.compile(
+    r"^[^\s<>()\[\],;:\\\"@]+(?:\.[^\s<>()\[\],;:\\\"@]+)*@[A-Za-z0-9.\-\[\]:]+$|^\"[^\"\r\n]*\"@[A-Za-z0-9.\-]+$"
+)
 _LINE_END = re.compile(rb"\r?\n")
 
 
@@ -75,7 +77,7 @@ def _header_fields(head: bytes) -> list[bytes]:
             fields.append(line + b"\r\n")
         else:
             shown = line[:40].decode("ascii", "backslashreplace")
-            raise PickupError(f"header line {number} is not \"Name: value\": {shown!r}")
+            raise PickupError(f'header line {number} is not "Name: value": {shown!r}')
     return fields
 
 
@@ -183,7 +185,9 @@ class PickupWatcher:
         except PickupError as exc:
             await asyncio.to_thread(self._reject, path, data, str(exc))
             return True
-        trace = f"Received: by {self.hostname} (alertmail pickup) id {secrets.token_hex(6)}; {format_datetime(datetime.now(UTC))}\r\n"
+        trace = (
+            f"Received: by {self.hostname} (alertmail pickup) id {secrets.token_hex(6)}; {format_datetime(datetime.now(UTC))}\r\n"
+        )
         try:
             msg_id = await self.queue.put(trace.encode() + message, envelope, route=self.route, origin="pickup")
         except QueueWriteError as exc:

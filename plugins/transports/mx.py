@@ -41,16 +41,6 @@ from collections.abc import AsyncGenerator, Sequence
 from email.message import EmailMessage
 from typing import Any, ClassVar
 
-from alertmail.plugins.transports.smtpclient import (
-    TIMEOUT_OPTIONS,
-    Endpoint,
-    SessionSettings,
-    Timeouts,
-    helo_name,
-    is_ip,
-)
-from alertmail.plugins.transports.smtppool import SessionPool
-
 from alertmail import (
     AlertmailError,
     DeliveryResult,
@@ -63,6 +53,15 @@ from alertmail import (
     message_bytes,
     parse_address,
 )
+from alertmail.plugins.transports.smtpclient import (
+    TIMEOUT_OPTIONS,
+    Endpoint,
+    SessionSettings,
+    Timeouts,
+    helo_name,
+    is_ip,
+)
+from alertmail.plugins.transports.smtppool import SessionPool
 
 log = logging.getLogger("alertmail.transport.mx")
 
@@ -101,13 +100,23 @@ class MxTransport:
 
     name: ClassVar[str] = "mx"
     options: ClassVar[dict[str, Option]] = {
-        "mode": Option("str", "mx", help="mx (direct), mx-then-smarthost, or smarthost (always)", choices=("mx", "mx-then-smarthost", "smarthost")),
+        "mode": Option(
+            "str",
+            "mx",
+            help="mx (direct), mx-then-smarthost, or smarthost (always)",
+            choices=("mx", "mx-then-smarthost", "smarthost"),
+        ),
         "smart_host": Option("str", None, help='"[10.10.10.1]:25" (an address: no DNS) or "relay.example.com:25"'),
         "port": Option("int", 25, help="port of the MX hosts"),
         "resolver": Option("str", None, help='DNS server as "127.0.0.1:5353"; default: the system resolver'),
         "dns_timeout": Option("duration", 10.0, help="longest one DNS lookup may take, retries included"),
         "helo": Option("str", None, help="name given in EHLO; default: the agent's host name"),
-        "tls": Option("str", "opportunistic", help="opportunistic (STARTTLS when offered, unverified) or none", choices=("opportunistic", "none")),
+        "tls": Option(
+            "str",
+            "opportunistic",
+            help="opportunistic (STARTTLS when offered, unverified) or none",
+            choices=("opportunistic", "none"),
+        ),
         **TIMEOUT_OPTIONS,
     }
 
@@ -124,7 +133,9 @@ class MxTransport:
             except ValueError as exc:
                 raise ValueError(f"transports.mx.resolver: {exc}") from None
             if not is_ip(self.resolver_address[0]):
-                raise ValueError(f"transports.mx.resolver: expected an IP address like \"127.0.0.1:5353\", got {options['resolver']!r}")
+                raise ValueError(
+                    f'transports.mx.resolver: expected an IP address like "127.0.0.1:5353", got {options["resolver"]!r}'
+                )
         self.smart_host: tuple[str, int, bool] | None = None
         text = options.get("smart_host")
         if text:
@@ -160,7 +171,9 @@ class MxTransport:
                     results[rcpt] = _permanent(553, f"bad recipient address {rcpt!r}", "5.1.3")
                 else:
                     domains.setdefault(domain.lower(), []).append(rcpt)
-            found = await asyncio.gather(*(self._direct(d, rs, envelope.sender, data) for d, rs in domains.items()), return_exceptions=True)
+            found = await asyncio.gather(
+                *(self._direct(d, rs, envelope.sender, data) for d, rs in domains.items()), return_exceptions=True
+            )
             for (domain, rcpts), outcome in zip(domains.items(), found):
                 if isinstance(outcome, BaseException):
                     # One domain's defect must not cost the others their (perhaps done) delivery.
@@ -177,9 +190,9 @@ class MxTransport:
     async def _direct(self, domain: str, recipients: list[str], sender: str, data: bytes) -> dict[str, RecipientStatus]:
         literal = _literal(domain)
         try:
-            hosts = [(literal, [literal])] if literal else await self._mx_hosts(domain)
+            hosts: list[tuple[str, list[str] | None]] = [(literal, [literal])] if literal else await self._mx_hosts(domain)
         except RouteError as exc:
-            return {r: exc.status for r in recipients}
+            return dict.fromkeys(recipients, exc.status)
         failures: list[RecipientStatus] = []
         found = await self.pool.deliver(self._mx_endpoints(hosts, failures), sender, recipients, data)
         fallback = failures[-1] if failures else _temporary(f"no address found for any mail server of {domain}")
@@ -259,9 +272,7 @@ class MxTransport:
 
         resolver = self._get_resolver()
         try:
-            return await asyncio.wait_for(
-                resolver.resolve(name.rstrip(".") + ".", rdtype, search=False), self.dns_timeout + 1.0
-            )
+            return await asyncio.wait_for(resolver.resolve(name.rstrip(".") + ".", rdtype, search=False), self.dns_timeout + 1.0)
         except dns.resolver.NoAnswer:
             return None
         except dns.resolver.NXDOMAIN:
@@ -269,7 +280,9 @@ class MxTransport:
         except (dns.exception.Timeout, TimeoutError):
             raise RouteError(_temporary(f"DNS lookup of {name} {rdtype} timed out")) from None
         except dns.resolver.NoNameservers as exc:
-            raise RouteError(_temporary(f"DNS lookup of {name} {rdtype} failed: no name server answered ({_first_line(exc)})")) from None
+            raise RouteError(
+                _temporary(f"DNS lookup of {name} {rdtype} failed: no name server answered ({_first_line(exc)})")
+            ) from None
         except (dns.name.LabelTooLong, dns.name.EmptyLabel, dns.name.NameTooLong) as exc:
             raise RouteError(_permanent(553, f"bad domain {name!r}: {exc}", "5.1.2")) from None
         except dns.exception.DNSException as exc:

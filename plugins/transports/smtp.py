@@ -23,16 +23,6 @@ from collections.abc import AsyncGenerator
 from email.message import EmailMessage
 from typing import ClassVar
 
-from alertmail.plugins.transports.smtpclient import (
-    TIMEOUT_OPTIONS,
-    Endpoint,
-    SessionSettings,
-    Timeouts,
-    helo_name,
-    is_ip,
-)
-from alertmail.plugins.transports.smtppool import SessionPool
-
 from alertmail import (
     DeliveryResult,
     Envelope,
@@ -45,6 +35,15 @@ from alertmail import (
     parse_address,
     resolve_secret,
 )
+from alertmail.plugins.transports.smtpclient import (
+    TIMEOUT_OPTIONS,
+    Endpoint,
+    SessionSettings,
+    Timeouts,
+    helo_name,
+    is_ip,
+)
+from alertmail.plugins.transports.smtppool import SessionPool
 
 log = logging.getLogger("alertmail.transport.smtp")
 # A server written without a port gets the one its TLS mode usually listens on.
@@ -56,8 +55,15 @@ class SmtpTransport:
 
     name: ClassVar[str] = "smtp"
     options: ClassVar[dict[str, Option]] = {
-        "servers": Option("list", None, required=True, help='servers tried in order, e.g. ["smtp1.example.com:587", "[10.0.0.5]:25"]'),
-        "tls": Option("str", "starttls", help="starttls (required, verified), implicit (port 465) or none", choices=("starttls", "implicit", "none")),
+        "servers": Option(
+            "list", None, required=True, help='servers tried in order, e.g. ["smtp1.example.com:587", "[10.0.0.5]:25"]'
+        ),
+        "tls": Option(
+            "str",
+            "starttls",
+            help="starttls (required, verified), implicit (port 465) or none",
+            choices=("starttls", "implicit", "none"),
+        ),
         "tls_verify": Option("bool", True, help="check the server certificate and name"),
         "ca_file": Option("path", None, help="PEM file of CA certificates to trust instead of the system's"),
         "username": Option("str", None, help="log in with AUTH as this user"),

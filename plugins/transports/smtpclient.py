@@ -27,12 +27,8 @@ from alertmail import AlertmailError, Option, RecipientStatus, Status
 # one for the whole DATA phase, so three knobs cover it (see TIMEOUT_OPTIONS).
 TIMEOUT_OPTIONS: dict[str, Option] = {
     "connect_timeout": Option("duration", 30.0, help="TCP connect to one address"),
-    "command_timeout": Option(
-        "duration", 300.0, help="greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT, RSET (RFC 5321: 5 min)"
-    ),
-    "data_timeout": Option(
-        "duration", 600.0, help="DATA up to the reply to the final dot (RFC 5321: 10 min for the dot)"
-    ),
+    "command_timeout": Option("duration", 300.0, help="greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT, RSET (RFC 5321: 5 min)"),
+    "data_timeout": Option("duration", 600.0, help="DATA up to the reply to the final dot (RFC 5321: 10 min for the dot)"),
     "idle_timeout": Option("duration", 30.0, help="keep an idle session open this long for the next message; 0 = close"),
 }
 
@@ -112,7 +108,7 @@ def helo_name(name: str, key: str) -> str:
     """``name`` checked for the EHLO line (ASCII, no spaces or controls); ValueError naming ``key``."""
     name = name.strip()
     if not name or not name.isascii() or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in name):
-        raise ValueError(f"{key}: {name!r} cannot be sent in EHLO; use a plain host name like \"web01.example.com\"")
+        raise ValueError(f'{key}: {name!r} cannot be sent in EHLO; use a plain host name like "web01.example.com"')
     return name
 
 

@@ -14,10 +14,9 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Sequence
 
+from alertmail import RecipientStatus
 from alertmail.plugins.transports.smtpclient import Endpoint, SessionError, SessionSettings, failure_status
 from alertmail.plugins.transports.smtpsession import PROBE_TIMEOUT, Session, open_session, transact
-
-from alertmail import RecipientStatus
 
 # A session idle for less than this is used without an RSET probe: in a burst the
 # extra round trip costs a fifth of the throughput, and a session found dead at MAIL
@@ -79,7 +78,7 @@ class SessionPool:
             except SessionError as exc:
                 self._down[endpoint] = time.monotonic() + DOWN_FOR
                 self.log.info("%s: %s; trying the next server if any", endpoint, exc.status.message)
-                results.update({r: exc.status for r in recipients})
+                results.update(dict.fromkeys(recipients, exc.status))
                 return recipients
             try:
                 outcome = await transact(session, sender, recipients, data, self.settings.timeouts)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from alertmail import RecipientStatus, Status
 from alertmail.plugins.transports.smtpclient import (
     Endpoint,
     SessionError,
@@ -23,8 +24,6 @@ from alertmail.plugins.transports.smtpclient import (
     one_line,
     reply_status,
 )
-
-from alertmail import RecipientStatus, Status
 
 if TYPE_CHECKING:
     import aiosmtplib
@@ -122,7 +121,7 @@ async def open_session(endpoint: Endpoint, settings: SessionSettings, log: loggi
         if settings.tls == "starttls":
             if not client.supports_extension("starttls"):
                 raise SessionError(
-                    RecipientStatus(Status.TEMPORARY, 0, f"{remote} does not offer STARTTLS (tls = \"starttls\")", "4.7.0", remote)
+                    RecipientStatus(Status.TEMPORARY, 0, f'{remote} does not offer STARTTLS (tls = "starttls")', "4.7.0", remote)
                 )
             await client.starttls(tls_context=settings.tls_context(), timeout=timeouts.command)
             await _hello(client, timeouts.command)
@@ -150,7 +149,13 @@ async def open_session(endpoint: Endpoint, settings: SessionSettings, log: loggi
             except aiosmtplib.SMTPAuthenticationError as exc:
                 # As Postfix's smtp_sasl_auth_soft_bounce: a refused login is a setup problem, not the mail's.
                 raise SessionError(
-                    RecipientStatus(Status.TEMPORARY, exc.code, f"authentication as {settings.username} failed: {one_line(exc.message)}", "4.7.8", remote)
+                    RecipientStatus(
+                        Status.TEMPORARY,
+                        exc.code,
+                        f"authentication as {settings.username} failed: {one_line(exc.message)}",
+                        "4.7.8",
+                        remote,
+                    )
                 ) from None
     except SessionError:
         client.close()
@@ -214,8 +219,10 @@ async def transact(session: Session, sender: str, recipients: Sequence[str], dat
         options.append("BODY=8BITMIME")
     if not all(a.isascii() for a in (sender, *recipients)):
         if not client.supports_extension("smtputf8"):
-            status = RecipientStatus(Status.PERMANENT, 0, f"{remote} does not support SMTPUTF8, needed for these addresses", "5.6.7", remote)
-            return Transaction({r: status for r in recipients})
+            status = RecipientStatus(
+                Status.PERMANENT, 0, f"{remote} does not support SMTPUTF8, needed for these addresses", "5.6.7", remote
+            )
+            return Transaction(dict.fromkeys(recipients, status))
         options.append("SMTPUTF8")
         encoding = "utf-8"
     try:
@@ -223,13 +230,13 @@ async def transact(session: Session, sender: str, recipients: Sequence[str], dat
             await client.mail(sender, options=options, encoding=encoding, timeout=timeouts.command)
         except ValueError:
             status = RecipientStatus(Status.PERMANENT, 0, f"bad sender address {sender!r}", "5.1.7", remote)
-            return Transaction({r: status for r in recipients})
+            return Transaction(dict.fromkeys(recipients, status))
         except aiosmtplib.SMTPResponseException as exc:
             if broken(exc):
                 return lost(exc)
             status = reply_status(exc.code, exc.message, remote)
             await _reset(client)
-            return Transaction({r: status for r in recipients})
+            return Transaction(dict.fromkeys(recipients, status))
         for rcpt in recipients:
             try:
                 await client.rcpt(rcpt, encoding=encoding, timeout=timeouts.command)

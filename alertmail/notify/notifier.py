@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from alertmail.config.schema import Option, Section
 from alertmail.fsutil import write_atomic
 from alertmail.model import Envelope, message_bytes
+from alertmail.notify.incidents import Held, Incident, closes, event_from_json, event_to_json
 from alertmail.notify.journal import Journal
 from alertmail.notify.runtime_silences import SilenceSet
 from alertmail.notify.storm import StormGuard, render_digest
@@ -66,88 +67,6 @@ class MailSink(Protocol):
     """Where the notifier puts its mails: the durable queue, or a replay's list in memory."""
 
     async def put(self, data: bytes, envelope: Envelope, *, route: list[str] | None = None, origin: str = "agent") -> str: ...
-
-
-@dataclass
-class Incident:
-    """What is remembered of one incident between its mails."""
-
-    root: str  # Message-ID of the first mail about it
-    to: list[str]
-    rule: str
-
-    @classmethod
-    def from_json(cls, data: Any) -> Incident:
-        if isinstance(data, dict):
-            # Files written by earlier versions also carry "references", which nothing read.
-            data = {k: v for k, v in data.items() if k != "references"}
-        return cls(**data)
-
-
-def closes(event: AlertEvent) -> bool:
-    """Does this event end its incident?"""
-    return event.kind == "resolved" or (event.kind == "flap-ended" and event.state == "ok")
-
-
-def _event_to_json(event: AlertEvent) -> dict[str, Any]:
-    rule = event.rule
-    return {
-        "kind": event.kind,
-        "labels": [list(p) for p in event.labels],
-        "value": event.value,
-        "threshold": event.threshold,
-        "comparison": event.comparison,
-        "severity": event.severity,
-        "since": event.since,
-        "at": event.at,
-        "incident": event.incident,
-        "fired_at": event.fired_at,
-        "state": event.state,
-        "percent_change": event.percent_change,
-        "rule": {
-            "name": rule.name,
-            "metric": rule.metric,
-            "to": list(rule.to),
-            "description": rule.description,
-            "severity": rule.severity,
-        },
-    }
-
-
-def _event_from_json(raw: dict[str, Any], rules: dict[str, Rule]) -> AlertEvent:
-    r = raw["rule"]
-    # The rule as configured now when it still exists; else enough of it to render the mail.
-    rule = rules.get(r["name"]) or Rule(
-        name=r["name"],
-        metric=r["metric"],
-        to=tuple(r["to"]),
-        description=r.get("description", ""),
-        severity=r.get("severity", "warning"),
-    )
-    return AlertEvent(
-        kind=raw["kind"],
-        rule=rule,
-        labels=tuple((str(k), str(v)) for k, v in raw["labels"]),
-        value=raw["value"],
-        threshold=raw["threshold"],
-        comparison=raw["comparison"],
-        severity=raw["severity"],
-        since=raw["since"],
-        at=raw["at"],
-        incident=raw["incident"],
-        fired_at=raw.get("fired_at"),
-        state=raw.get("state", ""),
-        percent_change=raw.get("percent_change"),
-    )
-
-
-@dataclass
-class Held:
-    """The newest event of an incident kept back by a silence."""
-
-    event: AlertEvent
-    silence: str  # id of the silence that holds it
-    announced: bool  # its incident was mailed before the silence caught it
 
 
 @dataclass
@@ -247,7 +166,7 @@ class Notifier:
     def _load_held(self) -> dict[str, Held]:
         try:
             raw = json.loads(self.held_file.read_text())
-            return {k: Held(_event_from_json(v["event"], self.rules), v["silence"], v["announced"]) for k, v in raw.items()}
+            return {k: Held(event_from_json(v["event"], self.rules), v["silence"], v["announced"]) for k, v in raw.items()}
         except FileNotFoundError:
             return {}
         except (ValueError, TypeError, KeyError) as exc:
@@ -256,7 +175,7 @@ class Notifier:
 
     def _save_held(self) -> None:
         data = {
-            k: {"event": _event_to_json(h.event), "silence": h.silence, "announced": h.announced} for k, h in self.held.items()
+            k: {"event": event_to_json(h.event), "silence": h.silence, "announced": h.announced} for k, h in self.held.items()
         }
         try:
             write_atomic(self.held_file, json.dumps(data, separators=(",", ":")).encode(), sync=self.durable)

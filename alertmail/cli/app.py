@@ -135,17 +135,50 @@ def run(config_path: Path) -> None:
 
 
 @cli.command()
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG, show_default=True)
+@click.option(
+    "--output",
+    "-o",
+    default=None,
+    metavar="FILE",
+    help="where to write; - for standard output  [default: config.toml; standard output with --systemd]",
+)
 @click.option("--force", is_flag=True, help="overwrite an existing file")
-def init(output: Path, force: bool) -> None:
-    """Write a starter config with rules for this machine's mounts, interfaces and CPUs."""
-    from alertmail.cli.init import starter_config
+@click.option("--systemd", is_flag=True, help="write a systemd unit that runs this alertmail, instead of a config")
+@click.option(
+    "--config",
+    "-c",
+    "unit_config",
+    default=None,
+    metavar="FILE",
+    help="with --systemd: the config the unit runs  [default: /etc/alertmail/config.toml]",
+)
+def init(output: str | None, force: bool, systemd: bool, unit_config: str | None) -> None:
+    """Write a starter config with rules for this machine's mounts, interfaces and CPUs (or, with --systemd, a unit)."""
+    if systemd:
+        from alertmail.cli import systemd as unit_module
 
-    if output.exists() and not force:
-        click.echo(f"{output} exists; use --force to overwrite it", err=True)
+        config = str(Path(unit_config).resolve()) if unit_config else unit_module.DEFAULT_CONFIG
+        text = unit_module.unit(unit_module.this_command(), config)
+        target = output or "-"
+    else:
+        from alertmail.cli.init import starter_config
+
+        text = starter_config()
+        target = output or DEFAULT_CONFIG
+    if target == "-":
+        click.echo(text, nl=False)
+        return
+    path = Path(target)
+    if path.exists() and not force:
+        click.echo(f"{path} exists; use --force to overwrite it", err=True)
         sys.exit(ExitCode.USAGE)
-    output.write_text(starter_config())
-    click.echo(f"wrote {output}; check it with: alertmail check --config {output}")
+    path.write_text(text)
+    hint = (
+        f"install it with: cp {path} /etc/systemd/system/ && systemctl daemon-reload"
+        if systemd
+        else f"check it with: alertmail check --config {path}"
+    )
+    click.echo(f"wrote {path}; {hint}")
 
 
 def main() -> None:

@@ -111,3 +111,42 @@ def test_watchdog_pings_at_half_the_interval_and_only_when_meant_for_this_proces
     if environ.get("WATCHDOG_PID") == "1" and os.getpid() == 1:
         pytest.skip("this process is pid 1")
     assert ServiceManager(environ).watchdog_interval == interval
+
+
+def run_agent_briefly(tmp_path: Path, extra: str, stderr, env: dict[str, str]) -> None:
+    """Start ``alertmail run`` until it says it is watching, then stop it with SIGTERM."""
+    import signal
+    import time
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'[agent]\nstate_dir = "var"\ninterval = "1s"\n{extra}\n[mail]\nroute = ["pickup"]\n')
+    proc = subprocess.Popen([*ALERTMAIL, "run", "--config", str(config)], stderr=stderr, env={**os.environ, **env})
+    log = Path(stderr.name)
+    deadline = time.monotonic() + 30
+    while "watching" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def test_json_log_format_writes_one_object_a_line(tmp_path):
+    import json
+
+    with open(tmp_path / "stderr", "w+") as stderr:
+        run_agent_briefly(tmp_path, 'log_format = "json"', stderr, {})
+    lines = [json.loads(line) for line in (tmp_path / "stderr").read_text().splitlines()]
+    watching = next(line for line in lines if "watching" in line["message"])
+    assert watching["level"] == "info" and watching["logger"] == "alertmail.agent"
+    assert watching["time"].endswith("+00:00") and "T" in watching["time"]
+
+
+def test_under_the_journal_lines_carry_a_priority_and_no_time_of_their_own(tmp_path):
+    import re
+
+    with open(tmp_path / "stderr", "w+") as stderr:
+        st = os.fstat(stderr.fileno())
+        run_agent_briefly(tmp_path, "", stderr, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    lines = (tmp_path / "stderr").read_text().splitlines()
+    assert lines and all(re.match(r"<[2-7]>\S+: ", line) for line in lines), lines[:3]
+    assert any(line.startswith("<6>alertmail.agent: watching") for line in lines)
+    assert not any(re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", line) for line in lines)

@@ -122,7 +122,7 @@ def run(config_path: Path) -> None:
     import asyncio
 
     cfg, plugins = load_or_exit(config_path)
-    setup_logging(cfg.agent["log_level"])
+    setup_logging(cfg.agent["log_level"], cfg.agent["log_format"])
     for info in plugins.errors:
         logging.getLogger("alertmail.plugins").error("plugin %s (%s) not loaded: %s", info.name, info.source, info.error)
     from alertmail.agent import Agent

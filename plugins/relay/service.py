@@ -248,7 +248,7 @@ def relay_command(ctx: click.Context, config_path: Path) -> None:
     from alertmail import ExitCode, QueueLocked, load_or_exit, setup_logging
 
     cfg, plugins = load_or_exit(config_path)
-    setup_logging(cfg.agent["log_level"])
+    setup_logging(cfg.agent["log_level"], cfg.agent["log_format"])
     if not cfg.sections.get("relay", {}).get("enabled"):
         log.info("[relay].enabled is false: `alertmail run` would not start it; running it as asked")
 

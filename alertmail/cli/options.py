@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TextIO
 
 import click
 
@@ -55,13 +56,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-def under_journal(stream: object = None) -> bool:
+def under_journal(stream: TextIO | None = None) -> bool:
     """Is ``stream`` (standard error by default) connected to the journal, as ``JOURNAL_STREAM`` says?"""
     expected = os.environ.get("JOURNAL_STREAM", "")
     if not expected:
         return False
     try:
-        st = os.fstat((stream or sys.stderr).fileno())  # type: ignore[attr-defined]
+        st = os.fstat((stream or sys.stderr).fileno())
     except (OSError, ValueError, AttributeError):
         return False
     return expected == f"{st.st_dev}:{st.st_ino}"

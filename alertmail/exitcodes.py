@@ -10,3 +10,14 @@ class ExitCode(enum.IntEnum):
     UNAVAILABLE = 69  # a permanent delivery failure (send-test)
     TEMPFAIL = 75
     CONFIG = 78
+
+
+# The one table, shown by `alertmail --help` and in the README.
+EXIT_CODE_MEANINGS = {
+    ExitCode.OK: "ok",
+    ExitCode.USAGE: "usage: an unknown command or option, a bad argument",
+    ExitCode.NOINPUT: "no such message in the queue or in badmail",
+    ExitCode.UNAVAILABLE: "send-test: a recipient was refused for good",
+    ExitCode.TEMPFAIL: "temporary failure: try again (a server down, the queue in use)",
+    ExitCode.CONFIG: "configuration error: every problem is printed with file, key path and fix",
+}

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from alertmail.cli.options import DEFAULT_CONFIG, config_option, load_or_exit, setup_logging
-from alertmail.exitcodes import ExitCode
+from alertmail.exitcodes import EXIT_CODE_MEANINGS, ExitCode
 
 # Commands that live next to the code they drive, imported only when they are run:
 # `alertmail run` then loads neither the replay nor the queue tooling.
@@ -21,6 +22,11 @@ LAZY_COMMANDS: dict[str, str] = {
     "replay": "alertmail.cli.replay:replay_command",
     "silence": "alertmail.cli.silence:silence_command",
 }
+
+
+EXIT_CODES = "\b\nExit codes, the same for every command:\n" + "\n".join(
+    f"  {code.value:>2}  {text}" for code, text in EXIT_CODE_MEANINGS.items()
+)
 
 
 class AlertmailGroup(click.Group):
@@ -56,8 +62,27 @@ class AlertmailGroup(click.Group):
         self._add_plugin_commands()
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
 
+    # click exits 2 on a usage error; alertmail's table says 64 (sysexits EX_USAGE) for every command.
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            exc.exit_code = ExitCode.USAGE
+            raise
 
-@click.group(cls=AlertmailGroup, context_settings={"help_option_names": ["-h", "--help"]})
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            exc.exit_code = ExitCode.USAGE
+            raise
+
+
+@click.group(
+    cls=AlertmailGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=EXIT_CODES,
+)
 @click.version_option(package_name="alertmail")
 def cli() -> None:
     """Watch this machine and mail people when it needs them."""

@@ -29,6 +29,12 @@ EXIT_CODES = "\b\nExit codes, the same for every command:\n" + "\n".join(
 )
 
 
+class UsageError(click.UsageError):
+    """A usage error that exits 64, as the exit-code table says."""
+
+    exit_code = ExitCode.USAGE
+
+
 class AlertmailGroup(click.Group):
     """Imports built-in commands on first use and adds plugin commands (``register_commands``) lazily."""
 
@@ -67,15 +73,15 @@ class AlertmailGroup(click.Group):
         try:
             return super().make_context(*args, **kwargs)
         except click.UsageError as exc:
-            exc.exit_code = ExitCode.USAGE
-            raise
+            raise UsageError(exc.format_message(), exc.ctx) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except click.UsageError as exc:
-            exc.exit_code = ExitCode.USAGE
+        except UsageError:
             raise
+        except click.UsageError as exc:
+            raise UsageError(exc.format_message(), exc.ctx) from None
 
 
 @click.group(

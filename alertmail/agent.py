@@ -295,9 +295,9 @@ class Agent:
         try:
             cfg = load_config(self.cfg.path, self.plugins)
         except ConfigError as exc:
-            for problem in exc.problems:
-                log.error("%s: %s", exc.path, problem)
-            log.error("reload refused: %d problem(s) in %s; the running configuration stays", len(exc.problems), exc.path)
+            for line in exc.lines():
+                log.error("%s", line)
+            log.error("reload refused: %d problem(s) in %s; the running configuration stays", exc.count, exc.path)
             return False
         fixed = ["queue", *(getattr(s, "section", "") for s in self.plugins.services)]
         restart_needed = cfg.transports != self.cfg.transports or any(

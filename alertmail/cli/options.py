@@ -99,7 +99,7 @@ def load_or_exit(config_path: Path):
         cfg = load_config(config_path, plugins)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
-        click.echo(f"{len(exc.problems)} problem(s) in {exc.path}; nothing was started.", err=True)
+        click.echo(f"{exc.count} problem(s) in {exc.path}; nothing was started.", err=True)
         sys.exit(ExitCode.CONFIG)
     except PluginError as exc:
         click.echo(f"plugin error: {exc}", err=True)

@@ -13,6 +13,7 @@ plugin declares.
 
 from __future__ import annotations
 
+import glob
 import socket
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 # In the order their problems are reported; rules last, as they read [mail].
 SECTIONS: tuple[Section, ...] = (AGENT, MAIL, NOTIFY, HEARTBEAT, SILENCES, QUEUE, RULES)
 PLUGIN_SECTIONS = ("transports", "probes")
+# include = ["conf.d/*.toml"]: more [[rules]] and [[silences]], one file per team or service.
+INCLUDE = "include"
 
 
 @dataclass
@@ -140,6 +143,65 @@ def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugi
             cfg.transports[name] = check.table(f"transports.{name}", {}, options_of(plugins.transports[name]))
 
 
+def included_files(check: Checker, raw: Mapping[str, Any]) -> list[Path]:
+    """The files ``include`` names, in order; a pattern may match none, a plain path must exist."""
+    value = raw.get(INCLUDE, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        check.error(INCLUDE, f'expected a list of file patterns like ["conf.d/*.toml"], got {value!r}')
+        return []
+    files: list[Path] = []
+    for i, pattern in enumerate(value):
+        where = Path(pattern).expanduser()
+        where = where if where.is_absolute() else check.base / where
+        matches = sorted(Path(m) for m in glob.glob(str(where)))
+        if not matches and not glob.has_magic(pattern):
+            check.error(f"{INCLUDE}[{i}]", f"no such file {where}; fix the path or remove it")
+        files += [m for m in matches if m.is_file() and m not in files]
+    return files
+
+
+def _rule_names(table: Mapping[str, Any]) -> list[str | None]:
+    """The name of each [[rules]] table, None where it has none (reported by the rules' own check)."""
+    rules = table.get(RULES.name)
+    rules = rules if isinstance(rules, list) else []
+    return [r.get("name") if isinstance(r, dict) and isinstance(r.get("name"), str) else None for r in rules]
+
+
+def _load_included(check: Checker, raw: Mapping[str, Any], cfg: Config) -> list[tuple[Path, str]]:
+    """Add the rules and silences of every included file to ``cfg``; their problems, each with its file."""
+    sections = [s for s in SECTIONS if s.includable]
+    allowed = ", ".join(f"[[{s.name}]]" for s in sections)
+    origin = dict.fromkeys(_rule_names(raw), cfg.path)
+    elsewhere: list[tuple[Path, str]] = []
+    for file in included_files(check, raw):
+        try:
+            table = read_toml(file)
+        except ConfigError as exc:
+            elsewhere += [(file, p) for p in exc.problems]
+            continue
+        fcheck = Checker(file.resolve().parent)
+        for key in table:
+            if key not in {s.name for s in sections}:
+                fcheck.error(key, f"an included file holds only {allowed}; move [{key}] to {cfg.path}")
+        for section in sections:
+            if section.name not in table:
+                continue
+            if section.build is not None:
+                value = section.build(table[section.name], fcheck, cfg)
+            else:
+                value = _section_tables(fcheck, table, section)
+                if section.check is not None:
+                    section.check(value, fcheck, cfg)
+            cfg.sections[section.name] = [*cfg.sections.get(section.name, []), *value]
+        for i, name in enumerate(_rule_names(table)):
+            if name is not None and origin.setdefault(name, file) != file:
+                fcheck.error(f"rules[{i}].name", f"{name!r} is also a rule in {origin[name]}; give each rule its own name")
+        elsewhere += [(file, p) for p in fcheck.problems]
+    return elsewhere
+
+
 def load_config(path: Path | str, plugins: Plugins | None = None) -> Config:
     """Read and validate ``path``; raise ConfigError listing every problem.
 
@@ -157,7 +219,7 @@ def load_config(path: Path | str, plugins: Plugins | None = None) -> Config:
         plugins = load_plugins(cfg.plugin_dirs, blocked=cfg.agent.get("disable_plugins") or ())
 
     services = {s.section: s for s in plugins.services if getattr(s, "section", None)}
-    known = {s.name for s in SECTIONS} | set(PLUGIN_SECTIONS) | set(services)
+    known = {s.name for s in SECTIONS} | set(PLUGIN_SECTIONS) | set(services) | {INCLUDE}
     for key in raw:
         if key not in known:
             check.error(key, f"unknown section; {did_you_mean(key, known, fmt='[{}]', listing='known sections')}")
@@ -170,7 +232,8 @@ def load_config(path: Path | str, plugins: Plugins | None = None) -> Config:
             cfg.sections[section.name] = section.build(raw.get(section.name), check, cfg)
         elif section.check is not None:
             section.check(cfg.sections[section.name], check, cfg)
+    elsewhere = _load_included(check, raw, cfg)
     cfg.rules = cfg.sections.pop(RULES.name)
-    if check.problems:
-        raise ConfigError(path, check.problems)
+    if check.problems or elsewhere:
+        raise ConfigError(path, check.problems, elsewhere)
     return cfg

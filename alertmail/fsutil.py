@@ -1,10 +1,27 @@
-"""Durable file writes: temp file, fsync, rename into place, fsync the folder."""
+"""Durable file writes (temp file, fsync, rename into place, fsync the folder) and file locks.
+
+The lock is ``flock`` where there is ``fcntl`` (every Unix); it is imported when a lock is
+taken, so what never locks (``alertmail check``, ``probe``, ``replay``) runs without it.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 from pathlib import Path
+
+
+def lock(fd: int, *, wait: bool = True) -> bool:
+    """Lock the open file ``fd`` for this process; False when ``wait`` is off and another holds it."""
+    try:
+        import fcntl
+    except ImportError:
+        raise OSError("file locking needs fcntl; alertmail runs its queue on Unix only") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def fsync_dir(folder: Path | str) -> None:

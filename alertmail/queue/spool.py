@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import logging
 import os
 import threading
@@ -33,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alertmail.errors import AlertmailError
-from alertmail.fsutil import fsync_dir, write_atomic
+from alertmail.fsutil import fsync_dir, lock, write_atomic
 from alertmail.model import Envelope
 from alertmail.queue.entry import Entry, RecipientState, new_id, valid_id
 
@@ -118,8 +117,11 @@ class Queue:
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o640)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            locked = lock(fd, wait=False)
+        except OSError:
+            os.close(fd)
+            raise
+        if not locked:
             os.close(fd)
             return False
         self._lock_fd = fd

@@ -12,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from alertmail.config.load import Config
+from alertmail.exitcodes import ExitCode
 from alertmail.fsutil import write_atomic
 from alertmail.model import Sample
 from alertmail.notify import heartbeat
@@ -28,6 +31,12 @@ from alertmail.rules.engine import RuleEngine
 from alertmail.rules.model import AlertEvent, Rule
 
 log = logging.getLogger("alertmail.agent")
+
+# `alertmail run` exits within this many seconds of SIGTERM or SIGINT, whatever the queue and
+# transports are doing (README "Stopping", docs/queue.md). The orderly stop aims to be done
+# STOP_MARGIN earlier; a watchdog ends the process at STOP_BOUND - STOP_MARGIN / 2.
+STOP_BOUND = 10.0
+STOP_MARGIN = 2.0
 
 # How often the tick drops the chart history of series that stopped reporting: each sweep walks every series.
 HISTORY_SWEEP = 60.0
@@ -341,31 +350,78 @@ class Agent:
         self._observing.add(task)
         task.add_done_callback(self._observing.discard)
 
-    async def stop(self) -> None:
+    async def stop(self, bound: float = STOP_BOUND - STOP_MARGIN) -> None:
+        """Stop within ``bound`` seconds, losing nothing accepted.
+
+        Order: probes and ticks; services (no new mail); delivery (attempts in flight
+        finish or are cut short and retried after the restart); then what the notifier
+        still holds is queued, durable, for the next start to deliver; then the queue
+        is closed. Nothing is delivered during the stop: a mail flushed at shutdown
+        waits in the queue rather than racing the transports' close.
+        """
+        deadline = time.monotonic() + bound
+
+        def left(reserve: float, most: float | None = None) -> float:
+            """The budget of a step: what remains after keeping ``reserve`` for the steps after it."""
+            budget = deadline - time.monotonic() - reserve
+            return max(min(budget, most) if most is not None else budget, 0.1)
+
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         outbox = getattr(self, "outbox", None)
         if outbox is not None:
-            await outbox.stop_services()
+            await outbox.stop_services(left(5.0, most=2.0))
+            await outbox.stop_delivery(left(3.0))
         if hasattr(self, "notifier"):
-            try:
-                await asyncio.wait_for(self._mail_queue.join(), 60)
-            except TimeoutError:
-                log.error("mails still being rendered after 60 s; stopping without them")
-            self._mailer_task.cancel()
-            await self.notifier.flush(force=True)
-            self._save_state()
+            await self._queue_what_is_held(left(1.0))
         if outbox is not None:
-            await outbox.close()
+            await outbox.close(left(0.0))
 
-    def request_stop(self) -> None:
+    async def _queue_what_is_held(self, budget: float) -> None:
+        """Hand the last events to the notifier and queue every mail it holds, within ``budget``.
+
+        Rule states are saved only when everything made it into the queue; otherwise
+        the next start raises the same alerts again (a mail repeated, never lost).
+        """
+        deadline = time.monotonic() + budget
+        try:
+            await asyncio.wait_for(self._mail_queue.join(), max(deadline - time.monotonic(), 0.1))
+        except TimeoutError:
+            log.error("mails still being rendered when the stop bound came; they are raised again at the next start")
+            self._mailer_task.cancel()
+            return
+        self._mailer_task.cancel()
+        try:
+            await asyncio.wait_for(self.notifier.flush(force=True), max(deadline - time.monotonic(), 0.1))
+        except TimeoutError:
+            log.error("held mails not queued within the stop bound; they are raised again at the next start")
+            return
+        if self.notifier.settled:
+            self._save_state()
+
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        """First signal: stop within STOP_BOUND. Second one: exit at once (accepted mail is on disk already)."""
+        if self._stop.is_set():
+            log.warning(
+                "%s again: exiting now; queued mail stays queued, held alerts are raised again at the next start",
+                signal.Signals(signum).name,
+            )
+            _exit_now(128 + signum)
         self._stop.set()
+        # A thread, not the event loop: it fires even when the loop is stuck in a blocking call.
+        watchdog = threading.Timer(STOP_BOUND - STOP_MARGIN / 2, self._stop_overdue)
+        watchdog.daemon = True
+        watchdog.start()
+
+    def _stop_overdue(self) -> None:
+        log.error("still stopping after %g s; exiting now (queued mail stays queued)", STOP_BOUND - STOP_MARGIN / 2)
+        _exit_now(ExitCode.TEMPFAIL)
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(sig, self.request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
         try:
@@ -373,6 +429,16 @@ class Agent:
             log.info("stopping")
         finally:
             await self.stop()
+
+
+def _exit_now(code: int) -> None:
+    """Leave the process at once: every accepted message is durable at any instant, by design."""
+    for handler in logging.getLogger().handlers:
+        try:
+            handler.flush()
+        except Exception:
+            pass
+    os._exit(code)
 
 
 def render_options(cfg: Config, plugins: Any) -> dict[str, Any]:

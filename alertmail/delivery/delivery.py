@@ -127,6 +127,20 @@ async def send_through_route(
     return results
 
 
+async def _finish(task: asyncio.Task[None], timeout: float) -> None:
+    """Wait up to ``timeout`` for ``task`` to end on its own, then cancel it and wait once more, briefly.
+
+    Never waits longer than ``timeout`` + 1 s: a task that ignores its cancel is left behind.
+    """
+    if not task.done():
+        await asyncio.wait([task], timeout=timeout)
+    if not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=1.0)
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        log.error("%s ended with an error", task.get_name(), exc_info=task.exception())
+
+
 class Delivery:
     """The worker pool: delivers due messages, retries, gives up with a DSN and badmail."""
 
@@ -158,6 +172,7 @@ class Delivery:
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         """Resume every queued message and start taking new ones."""
@@ -166,21 +181,29 @@ class Delivery:
         self.queue.add_listener(self._queued)
         self._dispatcher = asyncio.create_task(self._dispatch(), name="delivery")
 
-    async def stop(self) -> None:
-        """Stop taking messages; let attempts in flight finish (bounded), then return."""
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            try:
-                await self._dispatcher
-            except asyncio.CancelledError:
-                pass
-            self._dispatcher = None
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop taking messages; let attempts in flight finish within ``timeout``, then return.
+
+        An attempt cut short stays queued and is tried again after the restart (at-least-once).
+        The dispatcher is told to stop by a flag, not only by a cancel: a cancel that arrives
+        as its wait ends is swallowed by ``asyncio.wait_for`` on Python 3.11, and the
+        dispatcher then ran on while stop() waited for it forever.
+        """
+        deadline = time.monotonic() + max(timeout, 0.0)
+        self._stopping = True
+        self._wake.set()
+        dispatcher, self._dispatcher = self._dispatcher, None
+        if dispatcher is not None:
+            await _finish(dispatcher, max(deadline - time.monotonic(), 0.0))
         tasks = list(self._in_flight.values())
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+            _, pending = await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0.0))
+            if pending:
+                log.warning("stopping: %d delivery attempt(s) cut short; they are retried after the restart", len(pending))
             for task in pending:
-                task.cancel()  # retried after the restart: at-least-once
-            await asyncio.gather(*pending, return_exceptions=True)
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
 
     def _queued(self, entry: Entry) -> None:
         heapq.heappush(self._due, (entry.next_try, entry.id))
@@ -190,12 +213,12 @@ class Delivery:
 
     async def _dispatch(self) -> None:
         next_scan = 0.0
-        while True:
+        while not self._stopping:
             now = time.time()
             if now >= next_scan:
                 await self._take_requests(now)
                 next_scan = now + self.policy.scan_interval
-            while self._due and len(self._in_flight) < self.concurrency and self._due[0][0] <= now:
+            while not self._stopping and self._due and len(self._in_flight) < self.concurrency and self._due[0][0] <= now:
                 when, msg_id = heapq.heappop(self._due)
                 entry = self.queue.get(msg_id)
                 if entry is None or msg_id in self._in_flight or entry.next_try != when:
@@ -207,6 +230,8 @@ class Delivery:
             if self._due and len(self._in_flight) < self.concurrency:
                 wait = min(wait, self._due[0][0] - now)
             self._wake.clear()
+            if self._stopping:
+                return
             try:
                 await asyncio.wait_for(self._wake.wait(), max(wait, 0.0))
             except TimeoutError:

@@ -3,13 +3,15 @@
 Both ``alertmail run`` (the agent) and ``alertmail relay`` (the relay alone) start
 mail handling through here, so they open, feed and close the queue the same way.
 Stop order: services (no new mail; transactions in flight finish and are queued),
-then delivery (attempts in flight finish), then transports, then the queue.
+then delivery (attempts in flight finish), then transports, then the queue. The agent
+stops services and delivery first, queues what its notifier still holds, then closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ log = logging.getLogger("alertmail.delivery.outbox")
 
 STATE_FOLDERS = ("pickup", "queue", "badmail", "logs")
 SERVICE_STOP_TIMEOUT = 120.0
+STOP_TIMEOUT = 30.0  # how long delivery attempts in flight may take to finish, without a stop bound
 
 
 class Outbox:
@@ -77,24 +80,40 @@ class Outbox:
             log.info("service %s started", getattr(cls, "name", cls.__name__))
         return started
 
-    async def stop_services(self) -> None:
+    async def stop_services(self, timeout: float = SERVICE_STOP_TIMEOUT) -> None:
+        """Stop the services, newest first, all within ``timeout``."""
+        deadline = time.monotonic() + timeout
         while self.services:
             service = self.services.pop()
             try:
-                await asyncio.wait_for(service.stop(), SERVICE_STOP_TIMEOUT)
+                await asyncio.wait_for(service.stop(), max(deadline - time.monotonic(), 0.1))
             except Exception:
                 log.exception("service %s did not stop cleanly", getattr(service, "name", service))
 
-    async def close(self) -> None:
-        """Stop services, then delivery, transports and the queue; whatever was opened."""
-        await self.stop_services()
+    async def stop_delivery(self, timeout: float = STOP_TIMEOUT) -> None:
+        """No new delivery attempts; those in flight finish within ``timeout`` or are retried after the restart."""
         if hasattr(self, "delivery"):
-            await self.delivery.stop()
+            await self.delivery.stop(timeout)
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop services, then delivery, transports and the queue; whatever was opened.
+
+        With ``timeout`` every step shares that budget (the agent's stop bound); without it
+        each step has its own default. The queue is closed last, whatever the budget left:
+        a commit round under way always finishes, so nothing accepted is lost.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left(default: float) -> float:
+            return default if deadline is None else max(min(default, deadline - time.monotonic()), 0.1)
+
+        await self.stop_services(left(SERVICE_STOP_TIMEOUT))
+        await self.stop_delivery(left(STOP_TIMEOUT))
         for transport in getattr(self, "transports", {}).values():
             close = getattr(transport, "close", None)
             if close is not None:
                 try:
-                    await asyncio.wait_for(close(), 10)
+                    await asyncio.wait_for(close(), left(10.0))
                 except Exception:
                     log.debug("closing transport %s failed", getattr(transport, "name", "?"), exc_info=True)
         if hasattr(self, "queue"):

@@ -28,7 +28,8 @@ from alertmail.model import Sample
 from alertmail.notify import heartbeat
 from alertmail.probes.history import History
 from alertmail.rules.engine import RuleEngine
-from alertmail.rules.model import AlertEvent, Rule
+from alertmail.rules.model import AlertEvent, Rule, State
+from alertmail.sdnotify import ServiceManager
 
 log = logging.getLogger("alertmail.agent")
 
@@ -91,6 +92,8 @@ class Agent:
         self._groups: dict[str, list[str]] = {}  # scheduler job id -> probes sharing that interval
         self._stop = asyncio.Event()
         self._state_file = self.state_dir / "rules-state.json"
+        self.manager = ServiceManager()  # systemd's notify socket, when there is one
+        self._status = ""
 
     # -- probes ------------------------------------------------------------
     def _configure_probes(self) -> dict[str, tuple[Any, float, float]]:
@@ -147,6 +150,25 @@ class Agent:
             # Probes report series that end (a process exits, a disk is unmounted); without this they stay forever.
             self.history.forget_idle(now)
             self._history_swept = now
+        self._report_status(now)
+
+    def status_line(self, now: float | None = None) -> str:
+        """One line for the service manager: alerts firing, the queue's depth."""
+        firing = sum(1 for s in self.engine.states(now) if s.state in (State.FIRING, State.FLAPPING))
+        queue = getattr(self, "queue", None)
+        waiting = len(queue) if queue is not None else 0
+        return f"{firing} alert(s) firing, {len(self.rules)} rules; {waiting} message(s) in the queue"
+
+    def _report_status(self, now: float | None = None) -> None:
+        if self.manager.enabled and (status := self.status_line(now)) != self._status:
+            self._status = status
+            self.manager.status(status)
+
+    async def _watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 from the event loop itself: a loop that hangs stops pinging and gets restarted."""
+        while True:
+            self.manager.watchdog()
+            await asyncio.sleep(interval)
 
     def _hand_over(self, events: list, now: float) -> None:
         """Pass events to the mailer task; probes and ticks never wait for a mail to be rendered.
@@ -298,6 +320,14 @@ class Agent:
 
     def reload(self) -> bool:
         """Re-read the config (SIGHUP). A config with any problem is refused whole and the running one stays."""
+        self.manager.reloading()
+        try:
+            return self._reload()
+        finally:
+            self._status = self.status_line()
+            self.manager.ready(self._status)
+
+    def _reload(self) -> bool:
         from alertmail.config.load import load_config
         from alertmail.config.schema import ConfigError
 
@@ -424,11 +454,18 @@ class Agent:
             loop.add_signal_handler(sig, self.request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
+        self._status = self.status_line()
+        self.manager.ready(self._status)
+        pinging = asyncio.create_task(self._watchdog(self.manager.watchdog_interval)) if self.manager.watchdog_interval else None
         try:
             await self._stop.wait()
             log.info("stopping")
+            self.manager.stopping("stopping: queueing what is held, closing the queue")
         finally:
             await self.stop()
+            if pinging is not None:
+                pinging.cancel()
+            self.manager.close()
 
 
 def _exit_now(code: int) -> None:

@@ -150,3 +150,41 @@ def test_under_the_journal_lines_carry_a_priority_and_no_time_of_their_own(tmp_p
     assert lines and all(re.match(r"<[2-7]>\S+: ", line) for line in lines), lines[:3]
     assert any(line.startswith("<6>alertmail.agent: watching") for line in lines)
     assert not any(re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", line) for line in lines)
+
+
+def test_agent_tells_systemd_ready_reloading_stopping_and_pings_the_watchdog(tmp_path, notify_socket):
+    import signal
+    import time
+
+    path, sock = notify_socket
+    config = tmp_path / "config.toml"
+    config.write_text('[agent]\nstate_dir = "var"\ninterval = "1s"\n[mail]\nroute = ["pickup"]\n')
+    env = {**os.environ, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"}
+    proc = subprocess.Popen([*ALERTMAIL, "run", "--config", str(config)], env=env, stderr=subprocess.DEVNULL)
+    seen: list[str] = []
+
+    def until(prefix: str) -> str:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            seen.append(sock.recv(4096).decode())
+            if seen[-1].startswith(prefix):
+                return seen[-1]
+        raise AssertionError(f"no {prefix} in {seen}")
+
+    try:
+        ready = until("READY=1")
+        assert "STATUS=0 alert(s) firing, " in ready and "0 message(s) in the queue" in ready
+        until("WATCHDOG=1")
+        started = time.monotonic()
+        until("WATCHDOG=1")
+        assert time.monotonic() - started < 0.9  # half of WATCHDOG_USEC, from the event loop
+        proc.send_signal(signal.SIGHUP)
+        reloading = until("RELOADING=1")
+        assert reloading.split("\n")[1].startswith("MONOTONIC_USEC=")
+        until("READY=1")
+        proc.send_signal(signal.SIGTERM)
+        until("STOPPING=1")
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -43,6 +43,10 @@ STOP_MARGIN = 2.0
 HISTORY_SWEEP = 60.0
 
 
+# [agent] keys a reload cannot apply: the queue's folder and its lock, the plugins loaded, how logs are written.
+RESTART_KEYS = ("state_dir", "plugin_dirs", "disable_plugins", "log_format")
+
+
 def self_rules(cfg: Config) -> list[Rule]:
     """Rules on the agent's own health, mailed to [mail].to."""
     to = tuple(cfg.mail["to"])
@@ -83,7 +87,7 @@ class Agent:
         self.state_dir = Path(cfg.state_dir)
         self.rules = [*cfg.rules, *self_rules(cfg)]
         # The loop keeps only weak references to tasks: one nobody holds may vanish mid-run.
-        self._observing: set[asyncio.Task[None]] = set()
+        self._observing: set[asyncio.Task[Any]] = set()
         self.engine = RuleEngine(self.rules)
         self.history = History()
         self._history_swept = 0.0  # when the tick last dropped idle series from the history
@@ -93,6 +97,7 @@ class Agent:
         self._stop = asyncio.Event()
         self._state_file = self.state_dir / "rules-state.json"
         self.manager = ServiceManager()  # systemd's notify socket, when there is one
+        self._reloading = asyncio.Lock()  # two SIGHUPs in a row apply one after the other
         self._status = ""
 
     # -- probes ------------------------------------------------------------
@@ -318,16 +323,24 @@ class Agent:
                 runs.append(self.run_probe(name, probe, timeout))
         await asyncio.gather(*runs)
 
-    def reload(self) -> bool:
-        """Re-read the config (SIGHUP). A config with any problem is refused whole and the running one stays."""
-        self.manager.reloading()
-        try:
-            return self._reload()
-        finally:
-            self._status = self.status_line()
-            self.manager.ready(self._status)
+    def request_reload(self) -> None:
+        """SIGHUP: reload in a task of the event loop (transports and services start and stop asynchronously)."""
+        task = asyncio.ensure_future(self.reload())
+        self._observing.add(task)
+        task.add_done_callback(self._observing.discard)
 
-    def _reload(self) -> bool:
+    async def reload(self) -> bool:
+        """Re-read the config and apply all of it, or none: a config with any problem, or one that
+        changes a key only a restart can change, is refused whole and the running one stays."""
+        self.manager.reloading()
+        async with self._reloading:
+            try:
+                return await self._reload()
+            finally:
+                self._status = self.status_line()
+                self.manager.ready(self._status)
+
+    async def _reload(self) -> bool:
         from alertmail.config.load import load_config
         from alertmail.config.schema import ConfigError
 
@@ -338,10 +351,20 @@ class Agent:
                 log.error("%s", line)
             log.error("reload refused: %d problem(s) in %s; the running configuration stays", exc.count, exc.path)
             return False
-        fixed = ["queue", *(getattr(s, "section", "") for s in self.plugins.services)]
-        restart_needed = cfg.transports != self.cfg.transports or any(
-            cfg.sections.get(k) != self.cfg.sections.get(k) for k in fixed
-        )
+        fixed = [f"agent.{key}" for key in RESTART_KEYS if cfg.agent.get(key) != self.cfg.agent.get(key)]
+        if fixed:
+            log.error(
+                "reload refused: %s can change only at a restart; the running configuration stays "
+                "(restart, or put %s back as it was and reload)",
+                ", ".join(fixed),
+                "it" if len(fixed) == 1 else "them",
+            )
+            return False
+        try:
+            transports = self.outbox.build_transports(cfg)
+        except Exception as exc:  # e.g. a password_env variable that is not set
+            log.error("reload refused: a transport cannot be built (%s); the running configuration stays", exc)
+            return False
         snapshot = self.engine.snapshot()
         self.cfg = cfg
         self.rules = [*cfg.rules, *self_rules(cfg)]
@@ -351,12 +374,14 @@ class Agent:
         n.sender, n.route, n.timezone = cfg.mail["from"], cfg.mail["route"], cfg.agent["timezone"]
         n.subject_prefix = cfg.mail.get("subject_prefix") or ""
         n.group_wait = cfg.sections.get("notify", {}).get("group_wait") or 0.0
+        n.render_options = render_options(cfg, self.plugins)
         n.configure_noise(cfg, self.rules)
+        logging.getLogger().setLevel(getattr(logging, cfg.agent["log_level"].upper(), logging.INFO))
+        self.scheduler.reschedule_job("tick", trigger="interval", seconds=cfg.agent["resolution"])
         heartbeat.schedule(self.scheduler, self)
         self._schedule_probes()
+        await self.outbox.reconfigure(cfg, transports)
         log.info("configuration reloaded: %d rules, %d probes", len(cfg.rules), len(self.probes))
-        if restart_needed:
-            log.warning("changes to transports, [queue] and services take effect at the next restart")
         return True
 
     def _job_skipped(self, event: Any) -> None:
@@ -452,7 +477,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         await self.start()
         self._status = self.status_line()
         self.manager.ready(self._status)

@@ -258,7 +258,7 @@ def send_test(config_path: Path, to: tuple[str, ...], route: str | None) -> None
 
     async def send() -> dict:
         try:
-            transports = build_transports(cfg, plugins, context)
+            transports = build_transports(cfg.transports, plugins, context)
         except (ValueError, LookupError, OSError) as exc:
             click.echo(f"cannot set up the transports: {exc}", err=True)
             sys.exit(ExitCode.CONFIG)

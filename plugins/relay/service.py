@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,7 +34,7 @@ from typing import Any, ClassVar
 
 import click
 
-from alertmail import AlertmailError, Option, ServiceContext, config_option, hookimpl
+from alertmail import AlertmailError, Checker, Option, ServiceContext, config_option, hookimpl, parse_address
 
 log = logging.getLogger("alertmail.relay")
 
@@ -68,12 +70,80 @@ class RelayConfigError(AlertmailError, ValueError):
     """The [relay] table cannot work as written (the message names the key and the fix)."""
 
 
+# Least value of the numeric options (the schema checks only their kind).
+MINIMUMS: dict[str, tuple[float, str]] = {
+    "max_size": (1, "at least 1 byte"),
+    "max_recipients": (1, "at least 1"),
+    "max_commands": (1, "at least 1"),
+    "pickup_interval": (0.001, "more than 0"),
+    "greet_pause": (0, "0 or more"),
+    "timeout": (0.001, "more than 0"),
+    "stop_timeout": (0, "0 or more"),
+}
+
+
+def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:
+    """What ``alertmail run`` would stumble on in ``[relay]``, reported by ``alertmail check``.
+
+    Checked when the config has a ``[relay]`` table (without one the relay does not run).
+    """
+    if "relay" not in (getattr(cfg, "raw", None) or {}):
+        return
+    from alertmail.plugins.relay.policy import parse_networks
+
+    for option, (least, words) in MINIMUMS.items():
+        value = opts.get(option)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < least:
+            check.error(f"relay.{option}", f"must be {words}, got {value!r}")
+    for i, item in enumerate(opts.get("listen") or []):
+        try:
+            parse_address(item)
+        except ValueError as exc:
+            hint = ' (IPv6 goes in brackets: "[::1]:2525")' if item.count(":") > 1 and not item.startswith("[") else ""
+            check.error(f"relay.listen[{i}]", f"{exc}{hint}")
+    for i, item in enumerate(opts.get("allow") or []):
+        try:
+            parse_networks([item])
+        except ValueError as exc:
+            check.error(f"relay.allow[{i}]", str(exc))
+    cert, key = opts.get("tls_cert"), opts.get("tls_key")
+    for name, path in (("tls_cert", cert), ("tls_key", key)):
+        if path is not None and not os.access(path, os.R_OK):
+            check.error(
+                f"relay.{name}", f"cannot read {path}: {'no such file' if not Path(path).exists() else 'permission denied'}"
+            )
+    if bool(cert) != bool(key):
+        check.error(f"relay.{'tls_key' if cert else 'tls_cert'}", "tls_cert and tls_key go together; set both")
+    elif cert and key and os.access(cert, os.R_OK) and os.access(key, os.R_OK):
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
+        except (ssl.SSLError, OSError) as exc:
+            check.error("relay.tls_cert", f"cannot load {cert} with {key}: {exc}")
+    if opts.get("require_tls") and not (cert and key):
+        check.error("relay.require_tls", "needs relay.tls_cert and relay.tls_key")
+    if opts.get("users_file"):
+        from alertmail.plugins.relay.users import Users, UsersFileError
+
+        if not (cert and key):
+            check.error("relay.users_file", "AUTH is offered only over TLS; set tls_cert and tls_key")
+        try:
+            Users.load(opts["users_file"])
+        except (OSError, UsersFileError) as exc:
+            check.error("relay.users_file", str(exc))
+    try:
+        check_route(cfg, list(opts.get("route") or []), Path(cfg.state_dir))
+    except RelayConfigError as exc:
+        keypath, _, message = str(exc).partition(": ")
+        check.error(keypath, message)
+
+
 class RelayService:
     """The SMTP listener and the pickup watcher, started with the agent when ``[relay].enabled``."""
 
     name: ClassVar[str] = "relay"
     section: ClassVar[str] = "relay"
     options: ClassVar[dict[str, Option]] = OPTIONS
+    check = staticmethod(check_options)
 
     def __init__(self) -> None:
         self.server: Any = None  # listener.RelayServer
@@ -83,7 +153,7 @@ class RelayService:
         self._stop_timeout = 20.0
 
     async def start(self, context: ServiceContext) -> None:
-        from alertmail import Badmail, __version__, parse_address
+        from alertmail import Badmail, __version__
         from alertmail.plugins.relay.listener import RelayServer, tls_context
         from alertmail.plugins.relay.policy import RelayPolicy, parse_networks
         from alertmail.plugins.relay.users import Users, UsersFileError

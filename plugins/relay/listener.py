@@ -6,6 +6,7 @@ Imported only when the relay starts (aiosmtpd is not loaded by an idle agent).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import ssl
 import time
@@ -34,6 +35,53 @@ class RelayServer:
     connections: set[RelaySMTP] = field(default_factory=set)
     stopping: bool = False
     _servers: list[asyncio.Server] = field(default_factory=list)
+    # sessions per client IP, and the times of recent failed AUTH per client IP (as Postfix's anvil)
+    _per_client: collections.Counter[str] = field(default_factory=collections.Counter)
+    _auth_failures: dict[str, collections.deque[float]] = field(default_factory=dict)
+
+    def admit(self, session: RelaySMTP) -> str | None:
+        """Count a new session in; the reason it is refused when a cap is reached (then it is not counted)."""
+        policy = self.policy
+        if len(self.connections) >= policy.max_connections:
+            return "too many connections"
+        if not session.client_allowed and self._per_client[session.client_ip] >= policy.max_connections_per_client:
+            return f"too many connections from {session.client_ip}"
+        self.connections.add(session)
+        self._per_client[session.client_ip] += 1
+        return None
+
+    def release(self, session: RelaySMTP) -> None:
+        if session in self.connections:
+            self.connections.discard(session)
+            self._per_client[session.client_ip] -= 1
+            if self._per_client[session.client_ip] <= 0:
+                del self._per_client[session.client_ip]
+
+    def _recent_failures(self, ip: str, now: float) -> collections.deque[float] | None:
+        failures = self._auth_failures.get(ip)
+        if failures is not None:
+            while failures and failures[0] <= now - self.policy.rate_window:
+                failures.popleft()
+            if not failures:
+                del self._auth_failures[ip]
+                return None
+        return failures
+
+    def auth_blocked(self, ip: str) -> bool:
+        """True while ``ip`` has failed AUTH max_auth_failures times within rate_window."""
+        failures = self._recent_failures(ip, time.monotonic())
+        return failures is not None and len(failures) >= self.policy.max_auth_failures
+
+    def auth_failed(self, ip: str) -> bool:
+        """Count a failed AUTH from ``ip``; True when it has now reached the limit."""
+        now = time.monotonic()
+        failures = self._recent_failures(ip, now)
+        if failures is None:
+            if len(self._auth_failures) >= 100_000:  # bounded memory under a spread-out attack
+                self._auth_failures.pop(next(iter(self._auth_failures)))
+            failures = self._auth_failures[ip] = collections.deque()
+        failures.append(now)
+        return len(failures) >= self.policy.max_auth_failures
 
     def _session(self) -> RelaySMTP:
         return RelaySMTP(

@@ -60,6 +60,10 @@ class RelayPolicy:
     max_size: int = 10_000_000
     max_recipients: int = 100
     max_commands: int = 100
+    max_connections: int = 300
+    max_connections_per_client: int = 50
+    max_auth_failures: int = 10
+    rate_window: float = 60.0
     require_tls: bool = False
     greet_pause: float = 0.0
     route: tuple[str, ...] | None = None

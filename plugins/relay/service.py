@@ -234,6 +234,7 @@ class RelayService:
                 hostname,
                 interval=opts["pickup_interval"],
                 max_size=opts["max_size"],
+                max_recipients=opts["max_recipients"],
                 route=route,
             )
             await self.pickup.start()

@@ -8,7 +8,8 @@ once, each naming the file, the key path and the fix::
 Each component declares its own section next to its code; ``SECTIONS`` lists them in
 the order they are checked. Tables named by plugins (``[transports.NAME]``,
 ``[probes.NAME]``, a service's ``[relay]``) are checked against the options the
-plugin declares.
+plugin declares; a service may also declare ``check(options, checker, config)`` for
+what its keys alone cannot say.
 """
 
 from __future__ import annotations
@@ -227,6 +228,15 @@ def load_config(path: Path | str, plugins: Plugins | None = None) -> Config:
     _check_probes(check, raw, cfg, plugins)
     for name, service in services.items():
         cfg.sections[name] = check.table(name, raw.get(name, {}), getattr(service, "options", {}))
+    for name, service in services.items():
+        # What keys alone cannot say (networks, files, one key against another) is the service's
+        # to check, as for a Section: check(options, checker, config), after every table is read.
+        service_check = getattr(service, "check", None)
+        if service_check is not None:
+            try:
+                service_check(cfg.sections[name], check, cfg)
+            except Exception as exc:  # a bug in a plugin's check(), not in the config
+                check.error(name, f"the service failed to check its options: {type(exc).__name__}: {exc}")
     for section in SECTIONS:
         if section.build is not None:
             cfg.sections[section.name] = section.build(raw.get(section.name), check, cfg)

@@ -7,7 +7,7 @@ taken, so what never locks (``alertmail check``, ``probe``, ``replay``) runs wit
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -34,14 +34,15 @@ def fsync_dir(folder: Path | str) -> None:
 
 def write_atomic(
     path: Path | str,
-    data: bytes,
+    data: bytes | Iterable[bytes],
     *,
     mode: int = 0o640,
     sync: bool = True,
     sync_folder: bool = True,
     fsynced: Callable[[], None] | None = None,
 ) -> Path:
-    """Write ``data`` to ``path`` so a reader sees the whole file or none of it.
+    """Write ``data`` (bytes, or pieces of them, for what should not sit in memory whole) to ``path``
+    so a reader sees the whole file or none of it.
 
     The temp name starts with a dot, so folder watchers skip it. With ``sync`` the
     data (and, with ``sync_folder``, the rename) are on disk when this returns;
@@ -53,9 +54,10 @@ def write_atomic(
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            for piece in [data] if isinstance(data, bytes | bytearray | memoryview) else data:
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(fd, view) :]
             if sync:
                 os.fsync(fd)
                 if fsynced is not None:

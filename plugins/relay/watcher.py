@@ -39,7 +39,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
-from alertmail import AlertmailError, Badmail, Envelope, QueueWriteError, fsync_dir, split_envelope, write_atomic
+from alertmail import AlertmailError, Badmail, Envelope, QueueWriteError, split_envelope
 
 log = logging.getLogger("alertmail.relay.pickup")
 
@@ -278,27 +278,9 @@ class PickupWatcher:
     def _reject_stream(self, path: Path, fd: int, st: os.stat_result, reason: str) -> None:
         """Badmail for a file too large to hold in memory: copied from ``fd`` in pieces (blocking)."""
         text = f"pickup file {shown(path.name)!r} is not a message alertmail can send: {reason}"
-        msg_id = self.badmail.reject(b"", reason=text, origin="pickup")
-        folder = self.badmail.folder
-        bad = folder / f"{msg_id}.bad"
-        tmp = folder / f".{msg_id}.bad.{secrets.token_hex(4)}.tmp"
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-        try:
-            try:
-                _write_all(out, bad.read_bytes())  # the X-Sender line Badmail writes first
-                os.lseek(fd, 0, os.SEEK_SET)
-                while chunk := os.read(fd, COPY_CHUNK):
-                    _write_all(out, chunk)
-                os.fsync(out)
-            finally:
-                os.close(out)
-            os.replace(tmp, bad)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        bdr = folder / f"{msg_id}.bdr"
-        write_atomic(bdr, bdr.read_bytes().replace(b" (0 bytes, from pickup)", f" ({st.st_size} bytes, from pickup)".encode(), 1))
-        fsync_dir(folder)
+        os.lseek(fd, 0, os.SEEK_SET)
+        with os.fdopen(os.dup(fd), "rb", buffering=0) as source:
+            msg_id = self.badmail.reject(source, reason=text, origin="pickup")
         _unlink_same(path, st)
         log.warning("pickup: %s moved to badmail as %s: %s", shown(path.name), msg_id, reason)
 
@@ -309,12 +291,6 @@ def _read_up_to(fd: int, limit: int) -> bytes:
         parts.append(chunk)
         size += len(chunk)
     return b"".join(parts)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _unlink_same(path: Path, st: os.stat_result) -> None:

@@ -269,7 +269,7 @@ def test_grouped_mail_lists_all_events_and_caps_the_charts():
     assert len(images(msg)) == 3
     assert "Details and charts for the first 3 of 200 alerts" in html
     assert "Details for the first 3 of 200 alerts; all are listed above." in text
-    assert msg["Subject"] == "[CRITICAL] web01: 200 alerts — disk-root-full"
+    assert msg["Subject"] == "[CRITICAL] web01: 200 firing — disk-root-full"
 
 
 def test_a_notice_from_the_notifier_stands_above_the_alerts_escaped():
@@ -399,3 +399,39 @@ def test_a_flap_that_settles_ok_is_announced_as_a_recovery():
     text = subject([event], RenderContext(hostname="web01"))
     assert text.startswith("[RESOLVED] web01: disk-busy")
     assert "50, back below 80" in text
+
+
+# -- the worst news leads ------------------------------------------------------------------
+
+MEM_RULE = Rule(name="a-mem", metric="memory.used_percent", above=90, severity="warning")
+CPU_CRIT = Rule(name="b-cpu", metric="cpu.percent", above=95, severity="critical")
+
+
+def test_grouped_subject_follows_the_worst_news_and_counts_firing_and_resolved():
+    recovery = event(MEM_RULE, kind="resolved", labels=(), value=50.0)
+    new_critical = event(CPU_CRIT, labels=(), value=99.0)
+    ctx = RenderContext(hostname="vm")
+    assert subject([recovery, new_critical], ctx) == "[CRITICAL] vm: 1 firing, 1 resolved — b-cpu, a-mem"
+
+
+def test_critical_leads_warning_and_a_group_of_recoveries_is_resolved():
+    warning = event(MEM_RULE, labels=(), value=95.0)
+    critical = event(CPU_CRIT, labels=(), value=99.0)
+    ctx = RenderContext(hostname="vm")
+    assert subject([warning, critical], ctx) == "[CRITICAL] vm: 2 firing — b-cpu, a-mem"
+    gone = [event(MEM_RULE, kind="resolved", labels=()), event(CPU_CRIT, kind="resolved", labels=())]
+    assert subject(gone, ctx) == "[RESOLVED] vm: 2 resolved — a-mem, b-cpu"
+
+
+def test_sections_of_a_grouped_mail_follow_the_worst_news():
+    recovery = event(MEM_RULE, kind="resolved", labels=(), value=50.0)
+    warning = event(DISK_RULE, labels=(("mount", "/"),), severity="warning")
+    critical = event(CPU_CRIT, labels=(), value=99.0)
+    msg = reparse(render_alert([recovery, warning, critical], context()))
+    text, html = text_of(msg), html_of(msg)
+    for body in (text, html):
+        cpu, disk, mem = body.index("b-cpu"), body.index("disk-root-full"), body.index("a-mem")
+        assert cpu < disk < mem, body
+    sections = [line.split(":")[0] for line in text.splitlines() if line.endswith(" on web01") and ": " in line]
+    assert sections == ["FIRING", "FIRING", "RESOLVED"]
+    assert "2 firing, 1 resolved on web01" in html

@@ -43,7 +43,7 @@ from alertmail.notify.storm import StormGuard, render_digest
 from alertmail.notify.storm import check_config as check_storm
 from alertmail.render.format import header_safe
 from alertmail.render.mail import render_alert
-from alertmail.render.view import RenderContext
+from alertmail.render.view import RenderContext, worst_first
 from alertmail.rules.model import AlertEvent, Rule
 
 log = logging.getLogger("alertmail.notify.notifier")
@@ -354,6 +354,7 @@ class Notifier:
         msg["Auto-Submitted"] = "auto-generated"
 
     def _compose(self, events: list[AlertEvent], to: list[str], incident_to: list[str], now: float) -> Outgoing:
+        events = worst_first(events)  # renderers (plugins too) get the worst news first
         msg = self._render(events)
         message_id = email.utils.make_msgid(idstring=events[0].incident[:16], domain=self.domain)
         roots = self._track(events, incident_to, message_id)

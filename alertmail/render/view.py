@@ -99,8 +99,38 @@ def condition(event: AlertEvent) -> str:
     return f"{metric} {format_value(event.value)} {event.comparison} {format_value(event.threshold)}"
 
 
+SEVERITY_RANK = {"critical": 3, "error": 3, "warning": 2}
+# Among open alerts of one severity: news before what the reader already knows.
+KIND_RANK = {"firing": 0, "escalated": 0, "flapping": 1, "flap-ended": 2, "reminder": 3}
+
+
+def news_rank(event: AlertEvent) -> tuple[int, int, int]:
+    """Sort key, worst news first: open before recovered, critical before warning, new before known."""
+    if recovers(event):
+        return (1, 0, 0)
+    return (0, -SEVERITY_RANK.get(event.severity.lower(), 1), KIND_RANK.get(event.kind, 0))
+
+
+def worst_first(events: Sequence[AlertEvent]) -> list[AlertEvent]:
+    """The events in the order a mail shows them: the worst news leads (stable within a rank)."""
+    return sorted(events, key=news_rank)
+
+
+def tally(events: Sequence[AlertEvent]) -> str:
+    """`2 firing, 1 flapping, 1 resolved`: how many alerts are open, flapping and over."""
+    counts = {"firing": 0, "flapping": 0, "resolved": 0}
+    for event in events:
+        counts["resolved" if recovers(event) else "flapping" if event.kind == "flapping" else "firing"] += 1
+    return ", ".join(f"{n} {word}" for word, n in counts.items() if n)
+
+
 def subject(events: Sequence[AlertEvent], ctx: RenderContext) -> str:
-    """`[CRITICAL] web01: disk-root-full — disk.used_percent 93.4 > 90 (for 2m)`."""
+    """`[CRITICAL] web01: disk-root-full — disk.used_percent 93.4 > 90 (for 2m)`.
+
+    A grouped mail is tagged by its worst news and counts what is open and what is over:
+    `[CRITICAL] web01: 1 firing, 1 resolved — b-cpu, a-mem` (rules worst first).
+    """
+    events = worst_first(events)
     first = events[0]
     if recovers(first):
         tag = "RESOLVED"
@@ -114,8 +144,8 @@ def subject(events: Sequence[AlertEvent], ctx: RenderContext) -> str:
         if first.kind == "reminder":
             text = f"[{tag}] {ctx.hostname}: {first.rule.name} still firing — {condition(first)}{duration}"
     else:
-        names = sorted({e.rule.name for e in events})
-        text = f"[{tag}] {ctx.hostname}: {len(events)} alerts — {', '.join(names)}"
+        names = list(dict.fromkeys(e.rule.name for e in events))
+        text = f"[{tag}] {ctx.hostname}: {tally(events)} — {', '.join(names)}"
     if ctx.subject_prefix:
         text = f"{ctx.subject_prefix} {text}"
     return header_safe(text, limit=250)

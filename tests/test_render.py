@@ -435,3 +435,30 @@ def test_sections_of_a_grouped_mail_follow_the_worst_news():
     sections = [line.split(":")[0] for line in text.splitlines() if line.endswith(" on web01") and ": " in line]
     assert sections == ["FIRING", "FIRING", "RESOLVED"]
     assert "2 firing, 1 resolved on web01" in html
+
+
+# -- numbers and words that are true ---------------------------------------------------------
+
+
+def test_thresholds_print_as_configured_and_values_with_the_digits_they_need():
+    from alertmail.render.format import format_value
+
+    tiny = Rule(name="err-rate", metric="http.error_ratio", above=0.01, severity="warning")
+    ev = event(tiny, labels=(), value=0.012)
+    msg = reparse(render_alert([ev], context()))
+    assert msg["Subject"] == "[WARNING] web01: err-rate — http.error_ratio 0.012 > 0.01 (for 12m)"
+    assert "threshold   > 0.01" in text_of(msg) and "&gt; 0.01" in html_of(msg)
+    # A value just over the line is never printed as the line itself.
+    assert "disk.used_percent 90.04 > 90" in subject([event(value=90.04)], context())
+    assert "cpu.percent 89.97, back below 90" in subject([event(CPU_RULE, kind="resolved", labels=(), value=89.97)], context())
+    assert format_value(93.4123) == "93.4" and format_value(0.25) == "0.25" and format_value(1234.56) == "1234.6"
+    assert format_value(0.0004567) == "0.000457" and format_value(0) == "0"
+
+
+def test_a_flapping_mail_that_starts_on_a_recovery_makes_no_false_comparison():
+    flap = dataclasses.replace(event(CPU_RULE, kind="flapping", labels=(), value=50.0), threshold=90.0, percent_change=24.2)
+    text = subject([flap], context())
+    assert "50 > 90" not in text
+    assert text == "[FLAPPING] web01: cpu-busy — cpu.percent 50, not above 90 (for 12m)"
+    body = text_of(reparse(render_alert([flap], context())))
+    assert "condition   cpu.percent 50, not above 90" in body

@@ -126,7 +126,7 @@ def _row(event: AlertEvent, ctx: RenderContext) -> tuple[str, str, str, str, str
         event.kind,
         header_safe(event.rule.name, 80),
         format_labels(event.labels) or "-",
-        format_value(event.value),
+        format_value(event.value, event.threshold),
         event.severity,
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from alertmail.render.format import (
     format_bytes,
     format_labels,
     format_quantity,
+    format_threshold,
     format_value,
     guess_unit,
     header_safe,
@@ -95,8 +97,23 @@ def condition(event: AlertEvent) -> str:
     if recovers(event) and event.comparison in (">", "<"):
         line = event.rule.clear if event.rule.clear is not None else event.threshold
         side = "below" if event.comparison == ">" else "above"
-        return f"{metric} {format_value(event.value)}, back {side} {format_value(line)}"
-    return f"{metric} {format_value(event.value)} {event.comparison} {format_value(event.threshold)}"
+        return f"{metric} {format_value(event.value, line)}, back {side} {format_threshold(line)}"
+    value, threshold = format_value(event.value, event.threshold), format_threshold(event.threshold)
+    if not beyond(event):
+        # A flapping or settling alert caught on its good side: say where it is, claim no crossing.
+        return f"{metric} {value}, not {'above' if event.comparison == '>' else 'below'} {threshold}"
+    return f"{metric} {value} {event.comparison} {threshold}"
+
+
+def beyond(event: AlertEvent) -> bool:
+    """Whether the event's value is past its threshold, as its comparison says (True when unknown)."""
+    if event.value is None or event.threshold is None or math.isnan(event.value):
+        return True
+    if event.comparison == ">":
+        return event.value > event.threshold
+    if event.comparison == "<":
+        return event.value < event.threshold
+    return True
 
 
 SEVERITY_RANK = {"critical": 3, "error": 3, "warning": 2}
@@ -233,9 +250,9 @@ def alert_view(event: AlertEvent, ctx: RenderContext) -> AlertView:
         labels=tuple((header_safe(k, 60), header_safe(v, 120)) for k, v in event.labels),
         labels_text=format_labels(event.labels),
         condition=header_safe(condition(event), 300),
-        value=format_quantity(event.value, unit),
-        threshold=format_quantity(event.threshold, unit) if event.comparison != "absent" else "",
-        clear=format_quantity(clear, unit) if clear is not None else None,
+        value=format_quantity(event.value, unit, against=event.threshold),
+        threshold=format_quantity(event.threshold, unit, exact=True) if event.comparison != "absent" else "",
+        clear=format_quantity(clear, unit, exact=True) if clear is not None else None,
         comparison=event.comparison,
         unit=unit,
         since=ctx.clock(event.since, event.at),

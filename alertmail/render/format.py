@@ -103,18 +103,19 @@ def format_labels(labels: Labels) -> str:
 
 
 def human_duration(seconds: float) -> str:
-    """45 -> "45 s", 720 -> "12 min", 7500 -> "2 h 5 min", 93600 -> "1 d 2 h"."""
+    """A span rounded for people, written as the config writes durations: 45 -> "45s", 720 -> "12m",
+    7500 -> "2h5m", 93600 -> "1d2h"."""
     seconds = max(round(seconds), 0)
     if seconds < 60:
-        return f"{seconds} s"
+        return f"{seconds}s"
     minutes = seconds // 60
     if minutes < 60:
-        return f"{minutes} min"
+        return f"{minutes}m"
     hours, minutes = divmod(minutes, 60)
     if hours < 24:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
     days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
+    return f"{days}d{hours}h" if hours else f"{days}d"
 
 
 def guess_unit(metric: str) -> str:

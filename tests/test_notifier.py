@@ -121,3 +121,16 @@ def test_group_wait_is_counted_per_set_of_recipients(tmp_path):
         assert [m.envelope.recipients for m in collector.mails] == [("ops@test.example",), ("dev@test.example",)]
 
     asyncio.run(run())
+
+
+def test_a_new_critical_grouped_with_a_recovery_is_mailed_as_critical(tmp_path):
+    collector = MailCollector()
+    mem = Rule(name="a-mem", metric="memory.used_percent", above=90, severity="warning", to=("ops@test.example",))
+    cpu = Rule(name="b-cpu", metric="cpu.percent", above=95, severity="critical", to=("ops@test.example",))
+    recovery = AlertEvent("resolved", mem, (), 50.0, 90.0, ">", "warning", T0 - 600, T0, "a-mem")
+    critical = AlertEvent("firing", cpu, (), 99.0, 95.0, ">", "critical", T0, T0, "b-cpu")
+    asyncio.run(notifier_for(tmp_path, collector).notify([recovery, critical], T0))
+    (mail,) = collector.mails
+    assert mail.message["Subject"] == "[CRITICAL] web01: 1 firing, 1 resolved — b-cpu, a-mem"
+    body = mail.message.get_body(("plain",)).get_content()
+    assert body.index("FIRING: b-cpu") < body.index("RESOLVED: a-mem")

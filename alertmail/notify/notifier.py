@@ -43,13 +43,17 @@ from alertmail.notify.storm import StormGuard, render_digest
 from alertmail.notify.storm import check_config as check_storm
 from alertmail.render.format import header_safe
 from alertmail.render.mail import render_alert
-from alertmail.render.view import RenderContext
+from alertmail.render.view import RenderContext, worst_first
 from alertmail.rules.model import AlertEvent, Rule
 
 log = logging.getLogger("alertmail.notify.notifier")
 
 NOTIFY_OPTIONS: dict[str, Option] = {
-    "group_wait": Option("duration", 30.0, help="alerts firing within this time for the same recipients go out as one mail"),
+    "group_wait": Option(
+        "duration",
+        30.0,
+        help="the first alert for a set of recipients goes out at once; what follows within this time is batched into one mail",
+    ),
     "max_mails_per_hour": Option(
         "int", 10, help="storm cap: most mails one recipient gets in any hour, digests included; 0 = no cap"
     ),
@@ -131,6 +135,7 @@ class Notifier:
         self.journal = Journal(self.state_dir / "logs" / "alerts.jsonl")
         self._waiting: dict[tuple[str, ...], list[AlertEvent]] = {}
         self._flush_at: dict[tuple[str, ...], float] = {}
+        self._last_mail: dict[tuple[str, ...], float] = {}  # when each set of recipients last got a mail
         self._unsent: list[Outgoing] = []
         self._lock = asyncio.Lock()
         self.durable = durable  # fsync the state files (off for replays, whose state is thrown away)
@@ -226,7 +231,14 @@ class Notifier:
 
     # -- the flow ----------------------------------------------------------
     async def notify(self, events: Sequence[AlertEvent], now: float | None = None) -> None:
-        """Take events; mail them now or after ``group_wait``, grouped by recipients."""
+        """Take events; mail them now or after ``group_wait``, grouped by recipients.
+
+        ``group_wait`` works on the leading edge: an event for recipients who have no mail
+        waiting and got none within the last ``group_wait`` is mailed at once (by the flush
+        at the end of this call); events that follow within ``group_wait`` of that mail are
+        batched into the next one, sent when that ``group_wait`` ends. (Alertmanager's terms:
+        ``group_wait`` 0 for a new group, ``group_interval`` = our ``group_wait`` after it.)
+        """
         now = time.time() if now is None else now
         self.silences.refresh(now)
         self._enqueue(self._release(now), now)
@@ -259,8 +271,17 @@ class Notifier:
             if event.kind == "reminder" and any(w.incident == event.incident for w in waiting):
                 continue  # a reminder of a mail that has not gone out yet says nothing new
             waiting.append(event)
-            # A firing opens the window; later events join the mail it will become.
-            self._flush_at.setdefault(rcpts, now + self.group_wait)
+            if rcpts not in self._flush_at:
+                self._flush_at[rcpts] = self._due(rcpts, now)
+
+    def _due(self, rcpts: tuple[str, ...], now: float) -> float:
+        """When a new group for ``rcpts`` goes out: at once (the leading edge) unless they had a
+        mail within the last ``group_wait``; then one ``group_wait`` after that mail, and what
+        arrives meanwhile joins it. Never later than ``group_wait`` from now (a clock set back)."""
+        last = self._last_mail.get(rcpts)
+        if last is None:
+            return now
+        return min(max(now, last + self.group_wait), now + self.group_wait)
 
     async def flush(self, now: float | None = None, *, force: bool = False) -> None:
         """Send every group whose wait is over (all of them with ``force``), then retry unsent mails.
@@ -288,8 +309,11 @@ class Notifier:
                     # Rendering (charts) takes a while: off the event loop, which must keep serving.
                     self._unsent.append(await asyncio.to_thread(self._compose, events, free, list(rcpts), now))
                     self.storm.sent(free, now)
+                    self._last_mail[rcpts] = now
                 else:
                     self._track(events, list(rcpts), "")
+            for rcpts in [r for r, at in self._last_mail.items() if at + self.group_wait <= now or at > now]:
+                del self._last_mail[rcpts]  # quiet for a group_wait: their next alert leads again
             for rcpt, backlog in self.storm.due(now, force=force):
                 self._unsent.append(await asyncio.to_thread(self._compose_digest, backlog.events, backlog.since, rcpt, now))
             self._save()
@@ -354,6 +378,7 @@ class Notifier:
         msg["Auto-Submitted"] = "auto-generated"
 
     def _compose(self, events: list[AlertEvent], to: list[str], incident_to: list[str], now: float) -> Outgoing:
+        events = worst_first(events)  # renderers (plugins too) get the worst news first
         msg = self._render(events)
         message_id = email.utils.make_msgid(idstring=events[0].incident[:16], domain=self.domain)
         roots = self._track(events, incident_to, message_id)

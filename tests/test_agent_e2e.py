@@ -141,7 +141,8 @@ def test_firing_reminder_and_threaded_recovery_land_in_pickup(tmp_path):
         assert mail["Auto-Submitted"] == "auto-generated"
         assert mail["X-Sender"] == "alertmail@test.example"
         assert sorted(mail.get_all("X-Receiver")) == ["oncall@test.example", "ops@test.example"]
-        assert mail["To"] == "ops@test.example, oncall@test.example"
+        assert [a.addr_spec for a in mail["To"].addresses] == ["ops@test.example", "oncall@test.example"]
+        assert mail["To"] == "ops <ops@test.example>, oncall <oncall@test.example>"
         assert mail["Bcc"] is None, "a hostile label must not become a header"
         for name, value in mail.items():
             assert "\r" not in str(value) and "\n" not in str(value), f"{name} carries a line break"

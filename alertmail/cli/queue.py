@@ -300,9 +300,11 @@ def build_test_message(cfg, to: tuple[str, ...], route: list[str]) -> bytes:
     from email.message import EmailMessage
     from email.utils import format_datetime, make_msgid
 
+    from alertmail.render.format import mailboxes
+
     msg = EmailMessage()
-    msg["From"] = cfg.mail["from"]
-    msg["To"] = ", ".join(to)
+    msg["From"] = mailboxes([cfg.mail["from"]], f"alertmail on {cfg.hostname}")
+    msg["To"] = mailboxes(to)
     msg["Subject"] = f"{cfg.mail.get('subject_prefix') or ''}[alertmail] test message from {cfg.hostname}".strip()
     msg["Date"] = format_datetime(datetime.now().astimezone())
     msg["Message-ID"] = make_msgid("test", domain=cfg.hostname)

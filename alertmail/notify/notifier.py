@@ -41,7 +41,7 @@ from alertmail.notify.journal import Journal
 from alertmail.notify.runtime_silences import SilenceSet
 from alertmail.notify.storm import StormGuard, render_digest
 from alertmail.notify.storm import check_config as check_storm
-from alertmail.render.format import header_safe
+from alertmail.render.format import header_safe, mailboxes
 from alertmail.render.mail import render_alert
 from alertmail.render.view import RenderContext, worst_first
 from alertmail.rules.model import AlertEvent, Rule
@@ -371,8 +371,8 @@ class Notifier:
     def _headers(self, msg: EmailMessage, to: list[str], message_id: str, now: float) -> None:
         for header in ("From", "To", "Date", "Message-ID", "In-Reply-To", "References", "Auto-Submitted"):
             del msg[header]
-        msg["From"] = self.sender
-        msg["To"] = ", ".join(to)
+        msg["From"] = mailboxes([self.sender], f"alertmail on {self.hostname}")
+        msg["To"] = mailboxes(to)
         msg["Date"] = email.utils.formatdate(now, usegmt=True)
         msg["Message-ID"] = message_id
         msg["Auto-Submitted"] = "auto-generated"

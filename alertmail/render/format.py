@@ -17,6 +17,16 @@ def header_safe(text: object, limit: int = 200) -> str:
     return clean if len(clean) <= limit else clean[: limit - 1] + "…"
 
 
+def mailboxes(addresses: Sequence[str], name: str | None = None) -> str:
+    """An address header's value, each as ``name <address>`` (the name defaults to the local part).
+
+    Receivers' spam filters count a bare address on an HTML mail with images against it.
+    """
+    import email.utils
+
+    return ", ".join(email.utils.formataddr((header_safe(name or a.rpartition("@")[0]), a)) for a in addresses)
+
+
 def format_value(value: float | None, against: float | None = None) -> str:
     """A measured value for people: one decimal from 1 up (93.4), three significant digits below (0.0123).
 

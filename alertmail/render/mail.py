@@ -28,6 +28,7 @@ from alertmail.render.view import (
     alert_view,
     chart_spec,
     condition,
+    recovers,
     subject,
     tally,
     urgency,
@@ -132,6 +133,8 @@ def render_alert(events: Sequence[AlertEvent], ctx: RenderContext) -> EmailMessa
         "alert_count": len(views),
         "max_charts": detailed,
         "notice": str(ctx.extra.get("notice", "")),
+        "rules": list(dict.fromkeys(v.rule for v in views)),
+        "still_open": any(not recovers(e) for e in events),
         "extra": ctx.extra,
     }
     text = render_template(TEXT_TEMPLATE, variables, ctx) or text_body(events, ctx)

@@ -1,0 +1,275 @@
+"""DKIM: [mail.dkim] checks, keygen, signing once at queue time, and independent verifiers.
+
+The verifiers are not dkimpy (which signs): Perl's Mail::DKIM (RSA; Debian 12's release
+predates its Ed25519 support) and the Node.js ``mailauth`` library (RSA and Ed25519),
+each reading the public keys as TXT records from a real DNS server (dnsmasq) on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import os
+import subprocess
+import sys
+import textwrap
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+from click.testing import CliRunner
+
+from alertmail.cli.app import cli
+from alertmail.config.load import load_config
+from alertmail.delivery.delivery import Delivery, RetryPolicy
+from alertmail.delivery.dkim import Signer, generate_ed25519, generate_rsa, txt_strings, txt_value
+from alertmail.delivery.outbox import signing
+from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status
+from alertmail.queue.spool import Queue
+
+NODE_PEERS = Path(os.environ.get("ALERTMAIL_NODE_PEERS", "/opt/alertmail-peers"))
+DOMAIN = "example.test"
+
+
+# -- keys and config ---------------------------------------------------------------------
+
+
+def write_key(folder: Path, name: str, data: bytes, mode: int = 0o600) -> Path:
+    path = folder / name
+    path.write_bytes(data)
+    path.chmod(mode)
+    return path
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> dict[str, object]:
+    """One RSA and one Ed25519 key for the module: files (mode 0600) and their p= values."""
+    folder = tmp_path_factory.mktemp("keys")
+    rsa_private, rsa_public = generate_rsa(2048)
+    ed_private, ed_public = generate_ed25519()
+    return {
+        "folder": folder,
+        "rsa": write_key(folder, "sel.key", rsa_private),
+        "ed25519": write_key(folder, "ed.key", ed_private),
+        "rsa_public": rsa_public,
+        "ed25519_public": ed_public,
+    }
+
+
+def write_config(tmp_path: Path, dkim: str) -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        textwrap.dedent("""
+        [agent]
+        state_dir = "var"
+
+        [mail]
+        from = "alerts@example.test"
+        to = ["ops@example.test"]
+        """)
+        + textwrap.dedent(dkim)
+    )
+    return config
+
+
+def check(config: Path):
+    return CliRunner().invoke(cli, ["check", "--config", str(config)])
+
+
+def test_config_with_dkim_passes_check_and_builds_the_signer(tmp_path, keys):
+    config = write_config(
+        tmp_path,
+        f"""
+        [mail.dkim]
+        domain = "example.test"
+        selector = "sel"
+        key_file = "{keys["rsa"]}"
+        ed25519_selector = "ed"
+        ed25519_key_file = "{keys["ed25519"]}"
+        """,
+    )
+    result = check(config)
+    assert result.exit_code == 0, result.output
+    cfg = load_config(config)
+    assert "dkim" not in cfg.mail  # the nested table is its own section
+    args = signing(cfg)
+    assert args["sign_origins"] == {"agent", "dsn"}
+    assert isinstance(args["sign"], Signer) and args["sign"].ed25519_selector == "ed"
+
+
+def test_without_dkim_nothing_is_signed_and_dkimpy_is_never_loaded(tmp_path):
+    config = write_config(tmp_path, "")
+    code = textwrap.dedent(f"""
+        import sys
+        from alertmail.config.load import load_config
+        from alertmail.delivery.outbox import signing
+        import alertmail.agent
+        cfg = load_config({str(config)!r})
+        assert signing(cfg) == {{}}
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("dkim", "nacl", "cryptography")))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        (
+            'domain = "example.test"\nselector = "sel"\nkey_file = "missing.key"',
+            ["mail.dkim.key_file:", "does not exist", "alertmail dkim keygen"],
+        ),
+        ('domain = "example.test"\nkey_file = "{rsa}"', ["mail.dkim.selector: missing"]),
+        (
+            'domain = "example.test"\nselector = "sel"\nkey_file = "{ed25519}"',
+            ["mail.dkim.key_file:", "not a PEM RSA private key"],
+        ),
+        (
+            'domain = "example.test"\nselector = "sel"\nkey_file = "{rsa}"\ned25519_key_file = "{rsa}"\ned25519_selector = "ed"',
+            ["mail.dkim.ed25519_key_file:", "not an Ed25519 one"],
+        ),
+        (
+            'domain = "example.test"\nselector = "sel"\nkey_file = "{rsa}"\ned25519_key_file = "{ed25519}"',
+            ["set both or neither"],
+        ),
+        (
+            'domain = "example.test"\nselector = "sel"\nkey_file = "{rsa}"\nkeyfile = "x"',
+            ["mail.dkim.keyfile: unknown key", "key_file"],
+        ),
+    ],
+)
+def test_check_names_the_key_path_and_the_fix(tmp_path, keys, table, expected):
+    config = write_config(tmp_path, "[mail.dkim]\n" + table.format(rsa=keys["rsa"], ed25519=keys["ed25519"]) + "\n")
+    result = check(config)
+    assert result.exit_code == 78, result.output
+    for text in expected:
+        assert text in result.output
+
+
+def test_a_key_readable_by_others_is_refused_at_check_time(tmp_path, keys):
+    open_key = write_key(tmp_path, "open.key", keys["rsa"].read_bytes(), mode=0o644)  # type: ignore[union-attr]
+    config = write_config(
+        tmp_path,
+        f"""
+        [mail.dkim]
+        domain = "example.test"
+        selector = "sel"
+        key_file = "{open_key}"
+        """,
+    )
+    result = check(config)
+    assert result.exit_code == 78, result.output
+    assert f"mail.dkim.key_file: {open_key} is readable by group or others (mode 0644)" in result.output
+    assert f"chmod 600 {open_key}" in result.output
+    open_key.chmod(0o600)
+    assert check(config).exit_code == 0
+
+
+def test_txt_strings_are_at_most_255_bytes():
+    value = txt_value("rsa", "A" * 600)
+    parts = txt_strings(value)
+    assert "".join(parts) == value and [len(p) for p in parts] == [255, 255, len(value) - 510]
+
+
+# -- signing ---------------------------------------------------------------------------------
+
+
+def alert_mail(subject: str = "[firing] disk / is 97% full on web-1") -> bytes:
+    """An alert-shaped mail: text and HTML, threading headers, non-ASCII in the subject."""
+    msg = EmailMessage()
+    msg["From"] = "Alertmail <alerts@example.test>"
+    msg["To"] = "ops@example.test"
+    msg["Cc"] = "oncall@example.test"
+    msg["Subject"] = subject + " — Größe"
+    msg["Date"] = format_datetime(__import__("datetime").datetime(2026, 11, 30, 9, 0, tzinfo=__import__("datetime").UTC))
+    msg["Message-ID"] = make_msgid(domain="example.test")
+    msg["In-Reply-To"] = "<incident-1@example.test>"
+    msg["References"] = "<incident-1@example.test>"
+    msg["Auto-Submitted"] = "auto-generated"
+    msg.set_content("The disk / is 97% full (threshold 90%).\n\n" + "detail line\n" * 40)
+    msg.add_alternative("<p>The disk <b>/</b> is 97% full.</p>\n", subtype="html")
+    return msg.as_bytes(policy=email.policy.SMTP)
+
+
+def signer(keys) -> Signer:
+    return Signer(
+        domain=DOMAIN,
+        selector="sel",
+        rsa_key=keys["rsa"].read_bytes(),
+        ed25519_selector="ed",
+        ed25519_key=keys["ed25519"].read_bytes().strip(),
+    )
+
+
+def test_signature_headers(keys):
+    original = alert_mail()
+    signed = signer(keys)(original)
+    msg = email.message_from_bytes(signed, policy=email.policy.default)
+    sigs = [" ".join(str(s).split()) for s in msg.get_all("DKIM-Signature")]
+    assert len(sigs) == 2
+    assert "a=rsa-sha256" in sigs[0] and "s=sel" in sigs[0] and "d=example.test" in sigs[0]
+    assert "a=ed25519-sha256" in sigs[1] and "s=ed" in sigs[1]
+    for sig in sigs:
+        assert "c=relaxed/relaxed" in sig
+        assert "h=from : from : to : cc : subject : date : message-id : in-reply-to : references :" in sig
+        assert "auto-submitted" in sig
+    assert signed.endswith(original)  # the signatures go on top; the message is untouched
+
+
+class FlakyTransport:
+    """Answers 4xx to the first attempt and 250 after; keeps the bytes of every attempt."""
+
+    name = "flaky"
+    options: ClassVar[dict] = {}
+
+    def __init__(self) -> None:
+        self.attempts: list[bytes] = []
+
+    async def send(self, message: bytes, envelope: Envelope) -> DeliveryResult:
+        self.attempts.append(bytes(message))
+        status = Status.TEMPORARY if len(self.attempts) == 1 else Status.DELIVERED
+        return DeliveryResult.all(envelope.recipients, RecipientStatus(status, 451 if len(self.attempts) == 1 else 250))
+
+
+def test_signed_once_when_queued_so_a_retry_sends_the_same_bytes(tmp_path, keys):
+    calls: list[bytes] = []
+    sign = signer(keys)
+
+    def counting(data: bytes) -> bytes:
+        calls.append(data)
+        return sign(data)
+
+    async def main() -> list[bytes]:
+        queue = Queue(tmp_path / "queue", fsync=False, sign=counting, sign_origins={"agent", "dsn"})
+        await queue.start()
+        transport = FlakyTransport()
+        policy = RetryPolicy(intervals=(0.2,), delay_notice=0.0, expire=60.0, send_timeout=5.0, scan_interval=0.05)
+        delivery = Delivery(
+            queue, {"flaky": transport}, policy=policy, state_dir=tmp_path, hostname="h", default_route=["flaky"], concurrency=1
+        )
+        await delivery.start()
+        try:
+            await queue.put(alert_mail(), Envelope("alerts@example.test", ("ops@example.test",)), origin="agent")
+            await queue.put(
+                b"From: x@example.net\r\nSubject: relayed\r\n\r\nhi\r\n", Envelope("x@example.net", ("a@b.test",)), origin="relay"
+            )
+            for _ in range(200):
+                if len(transport.attempts) >= 3:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await delivery.stop()
+            await queue.close()
+        return transport.attempts
+
+    attempts = asyncio.run(main())
+    assert len(calls) == 1  # the relay's message was not the agent's to sign
+    agent_attempts = [a for a in attempts if b"Subject: relayed" not in a]
+    assert len(agent_attempts) == 2, attempts
+    first, retry = agent_attempts
+    assert first == retry and first.startswith(b"DKIM-Signature: v=1; a=rsa-sha256")
+    relayed = next(a for a in attempts if b"Subject: relayed" in a)
+    assert b"DKIM-Signature" not in relayed

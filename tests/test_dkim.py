@@ -11,6 +11,7 @@ import asyncio
 import email
 import email.policy
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -165,6 +166,39 @@ def test_a_key_readable_by_others_is_refused_at_check_time(tmp_path, keys):
     assert f"mail.dkim.key_file: {open_key} is readable by group or others (mode 0644)" in result.output
     assert f"chmod 600 {open_key}" in result.output
     open_key.chmod(0o600)
+    assert check(config).exit_code == 0
+
+
+def test_keygen_writes_a_private_key_and_prints_the_record(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["dkim", "keygen", "--domain", "Example.test", "--selector", "s1", "-o", str(tmp_path / "k")])
+    assert result.exit_code == 0, result.output
+    key = tmp_path / "k" / "s1.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert key.read_bytes().startswith(b"-----BEGIN RSA PRIVATE KEY-----")
+    record = result.stdout.strip()
+    assert record.startswith('s1._domainkey.example.test IN TXT "v=DKIM1; k=rsa; p=MII')
+    strings = record.split(" IN TXT ", 1)[1].strip('"').split('" "')
+    assert len(strings) == 2 and all(len(s.encode()) <= 255 for s in strings)
+    # The key it wrote passes the check; a second run never overwrites it.
+    again = runner.invoke(cli, ["dkim", "keygen", "--domain", "example.test", "--selector", "s1", "-o", str(tmp_path / "k")])
+    assert again.exit_code == 73 and "exists" in again.output
+    ed = runner.invoke(
+        cli, ["dkim", "keygen", "--domain", "example.test", "--selector", "e1", "--ed25519", "-o", str(tmp_path / "k")]
+    )
+    assert ed.exit_code == 0, ed.output
+    assert ed.stdout.startswith('e1._domainkey.example.test IN TXT "v=DKIM1; k=ed25519; p=')
+    config = write_config(
+        tmp_path,
+        f"""
+        [mail.dkim]
+        domain = "example.test"
+        selector = "s1"
+        key_file = "{key}"
+        ed25519_selector = "e1"
+        ed25519_key_file = "{tmp_path / "k" / "e1.key"}"
+        """,
+    )
     assert check(config).exit_code == 0
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -30,6 +32,7 @@ from alertmail.delivery.dkim import Signer, generate_ed25519, generate_rsa, txt_
 from alertmail.delivery.outbox import signing
 from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status
 from alertmail.queue.spool import Queue
+from tests.peers import Dnsmasq
 
 NODE_PEERS = Path(os.environ.get("ALERTMAIL_NODE_PEERS", "/opt/alertmail-peers"))
 DOMAIN = "example.test"
@@ -307,3 +310,154 @@ def test_signed_once_when_queued_so_a_retry_sends_the_same_bytes(tmp_path, keys)
     assert first == retry and first.startswith(b"DKIM-Signature: v=1; a=rsa-sha256")
     relayed = next(a for a in attempts if b"Subject: relayed" in a)
     assert b"DKIM-Signature" not in relayed
+
+
+# -- independent verifiers -----------------------------------------------------------------------
+
+PERL_VERIFIER = r"""
+use strict;
+use warnings;
+use Mail::DKIM::Verifier;
+use Net::DNS::Resolver;
+my ($port, $file) = @ARGV;
+Mail::DKIM::DNS::resolver(Net::DNS::Resolver->new(
+    nameservers => ['127.0.0.1'], port => $port, recurse => 0, udp_timeout => 3, tcp_timeout => 3, retry => 1));
+my $dkim = Mail::DKIM::Verifier->new();
+open(my $fh, '<', $file) or die "$file: $!";
+binmode $fh;
+while (my $line = <$fh>) {
+    $line =~ s/\015?\012$//;
+    $dkim->PRINT("$line\015\012");
+}
+$dkim->CLOSE;
+foreach my $sig ($dkim->signatures) {
+    my $detail = $sig->result_detail ne $sig->result ? " (" . $sig->result_detail . ")" : "";
+    printf "%s s=%s %s%s\n", $sig->algorithm, $sig->selector, $sig->result, $detail;
+}
+printf "overall %s\n", $dkim->result;
+"""
+
+NODE_VERIFIER = r"""
+const fs = require('fs');
+const dns = require('dns');
+const { dkimVerify } = require('mailauth/lib/dkim/verify');
+const [port, file] = process.argv.slice(2);
+const resolver = new dns.promises.Resolver({ timeout: 3000, tries: 1 });
+resolver.setServers([`127.0.0.1:${port}`]);
+dkimVerify(fs.readFileSync(file), { resolver: (name, type) => resolver.resolve(name, type) }).then((out) => {
+  for (const r of out.results) {
+    console.log(`${r.algo} s=${r.selector} ${r.status.result}${r.status.comment ? ' (' + r.status.comment + ')' : ''}`);
+  }
+}).catch((err) => { console.error(err); process.exit(2); });
+"""
+
+
+def _need_verifiers() -> None:
+    problems = []
+    if shutil.which("perl") is None or subprocess.run(["perl", "-MMail::DKIM::Verifier", "-e1"], capture_output=True).returncode:
+        problems.append("Perl's Mail::DKIM (Debian: libmail-dkim-perl)")
+    if shutil.which("node") is None or not (NODE_PEERS / "node_modules" / "mailauth").is_dir():
+        problems.append(f"Node.js mailauth in {NODE_PEERS} (npm install --prefix {NODE_PEERS} mailauth)")
+    if problems:
+        message = f"not installed: {', '.join(problems)}; .ci/peers installs them"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def dkim_dns(tmp_path_factory, keys):
+    """dnsmasq on 127.0.0.1 answering sel._domainkey and ed._domainkey of example.test with the keys' records."""
+    records = []
+    for selector, key_type, public in (("sel", "rsa", keys["rsa_public"]), ("ed", "ed25519", keys["ed25519_public"])):
+        # One argv item each: no shell, so no quotes (dnsmasq would keep them); a comma starts the next string.
+        strings = ",".join(txt_strings(txt_value(key_type, str(public))))
+        records.append(f"txt-record={selector}._domainkey.{DOMAIN},{strings}")
+    with Dnsmasq(tmp_path_factory.mktemp("dns"), records=records) as server:
+        answer = server.resolver().resolve(f"sel._domainkey.{DOMAIN}", "TXT")
+        assert b"".join(answer[0].strings) == txt_value("rsa", str(keys["rsa_public"])).encode()
+        yield server
+
+
+def verify(dns: Dnsmasq, data: bytes, folder: Path) -> dict[str, str]:
+    """The verdicts of both verifiers on ``data``: {"perl rsa-sha256": "pass", "node ed25519-sha256": "pass", ...}."""
+    message = folder / "message.eml"
+    message.write_bytes(data)
+    (folder / "verify.pl").write_text(PERL_VERIFIER)
+    (folder / "verify.js").write_text(NODE_VERIFIER)
+    verdicts: dict[str, str] = {}
+    runs = {
+        "perl": ["perl", str(folder / "verify.pl"), str(dns.port), str(message)],
+        "node": ["node", str(folder / "verify.js"), str(dns.port), str(message)],
+    }
+    for name, argv in runs.items():
+        env = {**os.environ, "NODE_PATH": str(NODE_PEERS / "node_modules")}
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+        assert out.returncode == 0, out.stderr
+        print(f"{name}:\n{out.stdout}", end="")
+        for line in out.stdout.splitlines():
+            algorithm, _, rest = line.partition(" ")
+            if algorithm != "overall":
+                verdicts[f"{name} {algorithm}"] = rest.split(" ", 2)[1]
+    return verdicts
+
+
+@pytest.mark.peers
+def test_rsa_and_ed25519_signatures_verify_independently(tmp_path, keys, dkim_dns):
+    _need_verifiers()
+    signed = signer(keys)(alert_mail())
+    verdicts = verify(dkim_dns, signed, tmp_path)
+    assert verdicts["perl rsa-sha256"] == "pass"
+    assert verdicts["node rsa-sha256"] == "pass"
+    assert verdicts["node ed25519-sha256"] == "pass"
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        pytest.param(lambda b: b.replace(b"97% full (threshold", b"17% full (threshold"), id="body"),
+        pytest.param(lambda b: b.replace(b"Subject: [firing]", b"Subject: [resolved]"), id="subject"),
+        pytest.param(lambda b: b"From: boss@example.test\r\n" + b, id="second-from"),
+    ],
+)
+def test_a_message_altered_after_signing_fails(tmp_path, keys, dkim_dns, tamper):
+    _need_verifiers()
+    signed = signer(keys)(alert_mail())
+    altered = tamper(signed)
+    assert altered != signed
+    verdicts = verify(dkim_dns, altered, tmp_path)
+    assert verdicts["perl rsa-sha256"] == "fail"
+    assert verdicts["node rsa-sha256"] in ("fail", "neutral")
+    assert verdicts["node ed25519-sha256"] in ("fail", "neutral")
+    assert "pass" not in verdicts.values()
+
+
+@pytest.mark.peers
+def test_oversigning_is_what_stops_a_second_from(tmp_path, keys, dkim_dns, monkeypatch):
+    """The control for the "second-from" case: with From signed once, a From added on top still verifies."""
+    _need_verifiers()
+    import alertmail.delivery.dkim as dkim_module
+
+    monkeypatch.setattr(dkim_module, "SIGNED_HEADERS", dkim_module.SIGNED_HEADERS[1:])
+    forged = b"From: boss@example.test\r\n" + signer(keys)(alert_mail())
+    assert verify(dkim_dns, forged, tmp_path)["perl rsa-sha256"] == "pass"
+
+
+@pytest.mark.peers
+def test_what_the_queue_holds_verifies(tmp_path, keys, dkim_dns):
+    """The bytes stored in the spool (what every attempt sends) carry signatures that verify."""
+    _need_verifiers()
+
+    async def main() -> bytes:
+        queue = Queue(tmp_path / "queue", fsync=False, sign=signer(keys))
+        await queue.start()
+        try:
+            msg_id = await queue.put(alert_mail(), Envelope("alerts@example.test", ("ops@example.test",)), origin="agent")
+            return await queue.read(msg_id)
+        finally:
+            await queue.close()
+
+    verdicts = verify(dkim_dns, asyncio.run(main()), tmp_path)
+    verdicts.pop("perl ed25519-sha256")  # Debian 12's Mail::DKIM predates Ed25519: "invalid (unsupported algorithm)"
+    assert set(verdicts.values()) == {"pass"}, json.dumps(verdicts)

@@ -13,6 +13,7 @@ import email.policy
 import json
 import os
 import shutil
+import smtplib
 import stat
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from alertmail.delivery.dkim import Signer, generate_ed25519, generate_rsa, txt_
 from alertmail.delivery.outbox import signing
 from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status
 from alertmail.queue.spool import Queue
-from tests.peers import Dnsmasq
+from tests.peers import Dnsmasq, Received
 
 NODE_PEERS = Path(os.environ.get("ALERTMAIL_NODE_PEERS", "/opt/alertmail-peers"))
 DOMAIN = "example.test"
@@ -461,3 +462,43 @@ def test_what_the_queue_holds_verifies(tmp_path, keys, dkim_dns):
     verdicts = verify(dkim_dns, asyncio.run(main()), tmp_path)
     verdicts.pop("perl ed25519-sha256")  # Debian 12's Mail::DKIM predates Ed25519: "invalid (unsupported algorithm)"
     assert set(verdicts.values()) == {"pass"}, json.dumps(verdicts)
+
+
+@pytest.mark.peers
+def test_relay_signs_mail_from_allow_clients_only(tmp_path, keys, dkim_dns):
+    """``[relay] dkim = true``: mail from an ``allow`` client leaves signed; a local-domain message from elsewhere does not."""
+    _need_verifiers()
+    from tests.peers import SmtpSink, free_port
+    from tests.relay_peers import ALERTMAIL, RelayProcess, relay_config
+
+    with SmtpSink(tmp_path / "sink") as sink:
+        port = free_port()
+        (tmp_path / "relay").mkdir()
+        config = relay_config(
+            tmp_path / "relay",
+            sink,
+            port,
+            {"dkim": True, "allow": ["127.0.0.1/32"], "local_domains": ["local.test"], "also_listen": [f"127.0.0.2:{port}"]},
+        )
+        with open(config, "a") as fh:
+            fh.write(f'\n[mail.dkim]\ndomain = "{DOMAIN}"\nselector = "sel"\nkey_file = "{keys["rsa"]}"\n')
+        relay = RelayProcess(config, port, list(ALERTMAIL)).start()
+        try:
+            for client, subject in (("127.0.0.1", "from an allow client"), ("127.0.0.2", "from elsewhere")):
+                msg = EmailMessage()
+                msg["From"] = "app@example.test"
+                msg["To"] = "bob@local.test"
+                msg["Subject"] = subject
+                msg["Message-ID"] = make_msgid(domain="example.test")
+                msg.set_content("relayed body\n")
+                with smtplib.SMTP(client, port, source_address=(client, 0), timeout=10) as smtp:
+                    smtp.send_message(msg)
+            got = sink.wait_for(2)
+            assert len(got) == 2, [m.message["Subject"] for m in got]
+        finally:
+            assert relay.stop() == 0, relay.output()
+        dumps = {Received.parse(p.read_bytes()).message["Subject"]: p.read_bytes() for p in sink.folder.iterdir()}
+    signed, unsigned = dumps["from an allow client"], dumps["from elsewhere"]
+    assert b"DKIM-Signature" not in unsigned
+    verdicts = verify(dkim_dns, signed, tmp_path)
+    assert verdicts["perl rsa-sha256"] == "pass" and verdicts["node rsa-sha256"] == "pass"

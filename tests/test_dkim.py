@@ -105,6 +105,34 @@ def test_config_with_dkim_passes_check_and_builds_the_signer(tmp_path, keys):
     assert isinstance(args["sign"], Signer) and args["sign"].ed25519_selector == "ed"
 
 
+def test_the_outbox_opens_a_queue_that_signs_the_agents_mail(tmp_path, keys):
+    from alertmail.delivery.outbox import Outbox
+    from alertmail.loader import load_plugins
+
+    config = write_config(
+        tmp_path,
+        f"""
+        [mail.dkim]
+        domain = "example.test"
+        selector = "sel"
+        key_file = "{keys["rsa"]}"
+        """,
+    )
+    cfg = load_config(config)
+
+    async def main() -> bytes:
+        outbox = Outbox(cfg, load_plugins([]))
+        await outbox.open()
+        try:
+            await outbox.delivery.stop()  # keep it queued: only the stored bytes matter here
+            msg_id = await outbox.queue.put(alert_mail(), Envelope("alerts@example.test", ("ops@example.test",)))
+            return await outbox.queue.read(msg_id)
+        finally:
+            await outbox.close()
+
+    assert asyncio.run(main()).startswith(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.test;")
+
+
 def test_without_dkim_nothing_is_signed_and_dkimpy_is_never_loaded(tmp_path):
     config = write_config(tmp_path, "")
     code = textwrap.dedent(f"""

@@ -105,7 +105,7 @@ def test_config_with_dkim_passes_check_and_builds_the_signer(tmp_path, keys):
     assert isinstance(args["sign"], Signer) and args["sign"].ed25519_selector == "ed"
 
 
-def test_the_outbox_opens_a_queue_that_signs_the_agents_mail(tmp_path, keys):
+def test_the_outbox_opens_a_queue_that_signs_the_agents_mail_and_a_reload_changes_the_keys(tmp_path, keys):
     from alertmail.delivery.outbox import Outbox
     from alertmail.loader import load_plugins
 
@@ -120,17 +120,26 @@ def test_the_outbox_opens_a_queue_that_signs_the_agents_mail(tmp_path, keys):
     )
     cfg = load_config(config)
 
-    async def main() -> bytes:
+    with open(config, "a") as fh:  # the same config plus an Ed25519 key, for a reload
+        fh.write(f'ed25519_selector = "ed"\ned25519_key_file = "{keys["ed25519"]}"\n')
+    reloaded = load_config(config)
+
+    async def main() -> tuple[bytes, bytes]:
         outbox = Outbox(cfg, load_plugins([]))
         await outbox.open()
         try:
             await outbox.delivery.stop()  # keep it queued: only the stored bytes matter here
-            msg_id = await outbox.queue.put(alert_mail(), Envelope("alerts@example.test", ("ops@example.test",)))
-            return await outbox.queue.read(msg_id)
+            envelope = Envelope("alerts@example.test", ("ops@example.test",))
+            first = await outbox.queue.read(await outbox.queue.put(alert_mail(), envelope))
+            await outbox.reconfigure(reloaded, outbox.build_transports(reloaded))
+            second = await outbox.queue.read(await outbox.queue.put(alert_mail(), envelope))
+            return first, second
         finally:
             await outbox.close()
 
-    assert asyncio.run(main()).startswith(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.test;")
+    first, second = asyncio.run(main())
+    assert first.startswith(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.test;")
+    assert first.count(b"DKIM-Signature:") == 1 and second.count(b"DKIM-Signature:") == 2  # a reload takes the new key
 
 
 def test_without_dkim_nothing_is_signed_and_dkimpy_is_never_loaded(tmp_path):

@@ -99,7 +99,13 @@ class Outbox:
         transport that cannot be built refuses the reload whole).
         """
         from alertmail.delivery.delivery import RetryPolicy
+        from alertmail.delivery.dkim import DkimKeyError
 
+        try:  # [mail.dkim]: a new key or selector signs from now on (load_config checked the keys just before)
+            sign = signing(cfg)
+            self.queue.sign, self.queue.sign_origins = sign.get("sign"), frozenset(sign.get("sign_origins", ()))
+        except DkimKeyError as exc:
+            log.error("dkim: %s; signing goes on with the keys read before", exc)
         old, self.cfg = self.cfg, cfg
         changed = {n for n in set(transports) | set(self.transports) if transports.get(n) is not self.transports.get(n)}
         retired = [t for n, t in self.transports.items() if transports.get(n) is not t]

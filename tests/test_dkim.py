@@ -243,6 +243,14 @@ def test_keygen_writes_a_private_key_and_prints_the_record(tmp_path):
     assert check(config).exit_code == 0
 
 
+def test_public_key_is_the_p_value_to_publish(keys):
+    from alertmail.delivery.dkim import public_key
+
+    options = {"domain": DOMAIN, "selector": "sel", "key_file": keys["rsa"]}
+    assert public_key(options) == keys["rsa_public"]
+    assert public_key({"domain": None, "selector": None, "key_file": None}) is None
+
+
 def test_txt_strings_are_at_most_255_bytes():
     value = txt_value("rsa", "A" * 600)
     parts = txt_strings(value)

@@ -262,6 +262,17 @@ def generate_ed25519() -> tuple[bytes, str]:
     return base64.b64encode(seed) + b"\n", base64.b64encode(public).decode()
 
 
+def public_key(options: Any) -> str | None:
+    """The p= value the RSA key of ``[mail.dkim]`` needs published (to compare with DNS), or None when unset."""
+    if not configured(options) or not options.get("key_file"):
+        return None
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(load_rsa_key(Path(options["key_file"])), password=None)
+    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(public).decode()
+
+
 def txt_value(key_type: str, public: str) -> str:
     """The TXT record's text: ``v=DKIM1; k=rsa; p=...``."""
     return f"v=DKIM1; k={key_type}; p={public}"

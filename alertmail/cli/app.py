@@ -21,6 +21,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "send-test": "alertmail.cli.queue:send_test",
     "replay": "alertmail.cli.replay:replay_command",
     "silence": "alertmail.cli.silence:silence_command",
+    "dkim": "alertmail.cli.dkim:dkim_group",
 }
 
 

@@ -253,6 +253,16 @@ def send_test(config_path: Path, to: tuple[str, ...], route: str | None) -> None
                 click.echo("\n".join(f"{cfg.path}: {p}" for p in check.problems), err=True)
                 sys.exit(ExitCode.CONFIG)
     data = build_test_message(cfg, to, chain)
+    if cfg.sections.get("mail.dkim"):
+        from alertmail.delivery.dkim import DkimKeyError, Signer
+
+        try:
+            signer = Signer.from_options(cfg.sections["mail.dkim"])
+        except DkimKeyError as exc:
+            click.echo(f"{cfg.path}: mail.dkim: {exc}", err=True)
+            sys.exit(ExitCode.CONFIG)
+        if signer is not None:
+            data = signer(data)  # signed as the agent signs what it queues
     policy = RetryPolicy.from_config(cfg.sections.get("queue", {}))
     context = TransportContext(state_dir=cfg.state_dir, hostname=cfg.hostname, config_path=cfg.path)
 

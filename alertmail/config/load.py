@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from alertmail.config.core import AGENT, MAIL
 from alertmail.config.schema import Checker, ConfigError, Option, Section, did_you_mean
 from alertmail.delivery.delivery import SECTION as QUEUE
+from alertmail.delivery.dkim import SECTION as DKIM
 from alertmail.notify.heartbeat import SECTION as HEARTBEAT
 from alertmail.notify.notifier import SECTION as NOTIFY
 from alertmail.notify.silences import SECTION as SILENCES
@@ -34,8 +35,9 @@ from alertmail.rules.config import SECTION as RULES
 if TYPE_CHECKING:
     from alertmail.loader import Plugins
 
-# In the order their problems are reported; rules last, as they read [mail].
-SECTIONS: tuple[Section, ...] = (AGENT, MAIL, NOTIFY, HEARTBEAT, SILENCES, QUEUE, RULES)
+# In the order their problems are reported; rules last, as they read [mail]. A dotted name
+# ("mail.dkim") is a table nested in another section, owned by its own component.
+SECTIONS: tuple[Section, ...] = (AGENT, MAIL, DKIM, NOTIFY, HEARTBEAT, SILENCES, QUEUE, RULES)
 PLUGIN_SECTIONS = ("transports", "probes")
 # include = ["conf.d/*.toml"]: more [[rules]] and [[silences]], one file per team or service.
 INCLUDE = "include"
@@ -101,9 +103,18 @@ def _plugin_tables(
 
 
 def _section_tables(check: Checker, raw: Mapping[str, Any], section: Section) -> Any:
-    """The checked table of ``section`` (a list of them for an array of tables)."""
+    """The checked table of ``section`` (a list of them for an array of tables).
+
+    A nested section ("mail.dkim") is read from inside its parent's table, and the
+    parent is checked without the tables nested sections own.
+    """
     if not section.array:
-        return check.table(section.name, raw.get(section.name, {}), section.options)
+        parent, _, child = section.name.rpartition(".")
+        table = raw.get(parent, {}).get(child, {}) if parent and isinstance(raw.get(parent), dict) else raw.get(section.name, {})
+        nested = {s.name.rpartition(".")[2] for s in SECTIONS if s.name.rpartition(".")[0] == section.name}
+        if nested and isinstance(table, dict):
+            table = {k: v for k, v in table.items() if k not in nested}
+        return check.table(section.name, table, section.options)
     value = raw.get(section.name, [])
     if not isinstance(value, list):
         check.error(section.name, f"expected an array of tables: [[{section.name}]]")
@@ -220,7 +231,7 @@ def load_config(path: Path | str, plugins: Plugins | None = None) -> Config:
         plugins = load_plugins(cfg.plugin_dirs, blocked=cfg.agent.get("disable_plugins") or ())
 
     services = {s.section: s for s in plugins.services if getattr(s, "section", None)}
-    known = {s.name for s in SECTIONS} | set(PLUGIN_SECTIONS) | set(services) | {INCLUDE}
+    known = {s.name for s in SECTIONS if "." not in s.name} | set(PLUGIN_SECTIONS) | set(services) | {INCLUDE}
     for key in raw:
         if key not in known:
             check.error(key, f"unknown section; {did_you_mean(key, known, fmt='[{}]', listing='known sections')}")

@@ -34,6 +34,19 @@ async def _close_transport(transport: Any, timeout: float) -> None:
             log.debug("closing transport %s failed", getattr(transport, "name", "?"), exc_info=True)
 
 
+def signing(cfg: Any) -> dict[str, Any]:
+    """The Queue's DKIM arguments for ``[mail.dkim]``: the agent's own mail and DSNs, the relay's with ``[relay] dkim``."""
+    from alertmail.delivery.dkim import Signer
+
+    signer = Signer.from_options(cfg.sections.get("mail.dkim"))
+    if signer is None:
+        return {}
+    origins = {"agent", "dsn"}
+    if (cfg.sections.get("relay") or {}).get("dkim"):
+        origins.add("relay")  # mail from [relay] allow clients; AUTH and local-domain mail carry other origins
+    return {"sign": signer, "sign_origins": origins}
+
+
 class Outbox:
     """Queue + transports + delivery for ``cfg.state_dir``; ``open()`` starts them, ``close()`` stops them."""
 
@@ -55,7 +68,7 @@ class Outbox:
         for sub in STATE_FOLDERS:
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         options = cfg.sections.get("queue", {})
-        self.queue = Queue(self.state_dir / "queue")
+        self.queue = Queue(self.state_dir / "queue", **signing(cfg))
         await self.queue.start()
         context = TransportContext(state_dir=self.state_dir, hostname=cfg.hostname, config_path=cfg.path)
         self.transports = build_transports(cfg.transports, self.plugins, context)
@@ -86,7 +99,13 @@ class Outbox:
         transport that cannot be built refuses the reload whole).
         """
         from alertmail.delivery.delivery import RetryPolicy
+        from alertmail.delivery.dkim import DkimKeyError
 
+        try:  # [mail.dkim]: a new key or selector signs from now on (load_config checked the keys just before)
+            sign = signing(cfg)
+            self.queue.sign, self.queue.sign_origins = sign.get("sign"), frozenset(sign.get("sign_origins", ()))
+        except DkimKeyError as exc:
+            log.error("dkim: %s; signing goes on with the keys read before", exc)
         old, self.cfg = self.cfg, cfg
         changed = {n for n in set(transports) | set(self.transports) if transports.get(n) is not self.transports.get(n)}
         retired = [t for n, t in self.transports.items() if transports.get(n) is not t]

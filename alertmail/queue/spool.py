@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,10 +69,21 @@ class QueueStats:
 class Queue:
     """The spool folder: ``put`` makes a message durable; delivery reads, updates and removes entries."""
 
-    def __init__(self, folder: Path, *, fsync: bool = True, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        fsync: bool = True,
+        clock: Callable[[], float] = time.time,
+        sign: Callable[[bytes], bytes] | None = None,
+        sign_origins: Collection[str] = ("agent",),
+    ) -> None:
         self.folder = Path(folder)
         self.fsync = fsync
         self.clock = clock  # stamps ``created`` and the first ``next_try``; tests pass their own
+        # DKIM: what these origins put is signed once, before it is made durable, so retries send the same bytes.
+        self.sign = sign
+        self.sign_origins = frozenset(sign_origins)
         self.stats = QueueStats()
         self._entries: dict[str, Entry] = {}
         self._live: dict[str, set[str]] = {}  # segment -> ids not yet finished
@@ -215,6 +226,8 @@ class Queue:
         for address in (envelope.sender, *envelope.recipients):
             if "\r" in address or "\n" in address:
                 raise ValueError(f"CR or LF in envelope address {address!r}")
+        if self.sign is not None and origin in self.sign_origins:
+            data = await asyncio.to_thread(self.sign, bytes(data))
         now = self.clock()
         entry = Entry(
             id=new_id(),

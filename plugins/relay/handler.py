@@ -81,7 +81,8 @@ class RelayHandler:
             trace + content,
             Envelope(sender, tuple(envelope.rcpt_tos)),
             route=list(self.policy.route) if self.policy.route else None,
-            origin="relay",
+            # "relay" is mail from [relay] allow clients: the only relayed mail [relay] dkim signs.
+            origin="relay" if smtp.client_allowed else "relay-auth" if session.authenticated else "relay-local",
         )
         try:
             # shield: a put that outlives the timeout still completes (at worst a duplicate, never a loss)

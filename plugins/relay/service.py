@@ -58,6 +58,7 @@ OPTIONS: dict[str, Option] = {
     "rate_window": Option("duration", 60.0, help="the time unit of max_auth_failures (as Postfix's anvil_rate_time_unit)"),
     "route": Option("list", ["mx"], help="transports relayed and picked-up mail leaves through"),
     "local_domains": Option("list", [], help="recipient domains any client may send to, without relay rights"),
+    "dkim": Option("bool", False, help="sign mail from `allow` clients with the [mail.dkim] keys (not AUTH or local mail)"),
     "pickup": Option("bool", True, help="take files dropped into STATE_DIR/pickup"),
     "pickup_interval": Option("duration", 1.0, help="how often the pickup folder is scanned"),
     "greet_pause": Option("duration", 1.0, help="wait before the banner for clients outside `allow`; who talks first is dropped"),

@@ -73,3 +73,45 @@ def test_who_hands_the_mail_to_the_receiver():
     assert who_sends(["mx"], {"mx": {"mode": "mx-then-smarthost"}}) == DIRECT
     assert who_sends(["mx"], {"mx": {"mode": "smarthost"}}) == SMART_HOST
     assert who_sends(["pickup"], {}) == LOCAL_MTA
+
+
+def test_check_deliverability_reads_the_config_and_asks_the_given_dns_server(tmp_path, dns):
+    import json
+    import re
+    import subprocess
+    import sys
+
+    alertmail = [sys.executable, "-m", "alertmail"]
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    made = subprocess.run(
+        [*alertmail, "dkim", "keygen", "--domain", "own.test", "--selector", "s1", "-o", str(keys)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    # The TXT record as published: its quoted strings, joined by dnsmasq's commas.
+    strings = re.findall(r'"([^"]*)"', made.stdout)
+    config = tmp_path / "config.toml"
+    base = '[agent]\nstate_dir = "var"\n[mail]\nfrom = "alertmail@own.test"\nroute = ["mx"]\n'
+    config.write_text(base)
+    with Dnsmasq(tmp_path / "dns", [f"txt-record=s1._domainkey.own.test,{','.join(strings)}"]) as own:
+        unsigned = subprocess.run(
+            [*alertmail, "check", "-c", str(config), "--deliverability", "--resolver", own.address],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert unsigned.returncode == 0, unsigned.stderr
+        assert "LIKELY REFUSED" in unsigned.stdout and "this host, directly" in unsigned.stdout
+        config.write_text(base + f'[mail.dkim]\ndomain = "own.test"\nselector = "s1"\nkey_file = "{keys / "s1.key"}"\n')
+        signed = subprocess.run(
+            [*alertmail, "check", "-c", str(config), "--deliverability", "--resolver", own.address, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert signed.returncode == 0, signed.stderr
+        report = json.loads(signed.stdout)
+        assert not report["likely_refused"] and {f["check"]: f["state"] for f in report["findings"]}["DKIM"] == "pass"

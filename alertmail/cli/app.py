@@ -97,12 +97,58 @@ def cli() -> None:
 
 @cli.command()
 @config_option
-def check(config_path: Path) -> None:
+@click.option(
+    "--deliverability",
+    is_flag=True,
+    help="also look up the sender domain's SPF, DKIM and DMARC and say what receivers will make of the mail",
+)
+@click.option(
+    "--resolver", metavar="HOST:PORT", default=None, help="with --deliverability: ask this DNS server instead of the system's"
+)
+@click.option("--json", "as_json", is_flag=True, help="with --deliverability: print the assessment as JSON")
+def check(config_path: Path, deliverability: bool, resolver: str | None, as_json: bool) -> None:
     """Validate the configuration; exit 0 when it is good, 78 when not."""
     cfg, plugins = load_or_exit(config_path)
     for info in plugins.errors:
         click.echo(f"warning: plugin {info.name} ({info.source}): {info.error}", err=True)
-    click.echo(f"{config_path}: ok ({len(cfg.rules)} rules, route {' -> '.join(cfg.mail['route'])})")
+    click.echo(
+        f"{config_path}: ok ({len(cfg.rules)} rules, route {' -> '.join(cfg.mail['route'])})", err=deliverability and as_json
+    )
+    if deliverability:
+        _deliverability(cfg, resolver, as_json)
+
+
+def _deliverability(cfg: Any, resolver_address: str | None, as_json: bool) -> None:
+    import json
+
+    import dns.resolver
+
+    from alertmail.cli import deliverability
+    from alertmail.delivery import dkim
+    from alertmail.units import parse_address
+
+    if resolver_address:
+        host, port = parse_address(resolver_address, 53)
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers, resolver.port = [host], port
+    else:
+        resolver = dns.resolver.Resolver()
+    resolver.lifetime = 10.0
+    options = cfg.sections.get("mail.dkim") or {}
+    signing = options if dkim.configured(options) else None
+    try:
+        report = deliverability.check(
+            cfg.mail["from"],
+            cfg.mail["route"],
+            cfg.transports,
+            signing,
+            resolver,
+            public_key=dkim.public_key(options) if signing else None,
+        )
+    except LookupError as exc:
+        click.echo(f"cannot look up the sender domain's records: {exc}", err=True)
+        sys.exit(ExitCode.TEMPFAIL)
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else "\n".join(report.lines()))
 
 
 @cli.command("plugins")

@@ -136,7 +136,7 @@ def test_two_agents_through_one_authenticating_relay_reach_the_smart_host_once_e
                 log.close()
             assert relay.stop() == 0
         messages = [m.message for m in sink.messages()]
-    firing = Counter(str(m["From"]) for m in messages if "gauge-high" in str(m["Subject"]))
+    firing = Counter(m["From"].addresses[0].addr_spec for m in messages if "gauge-high" in str(m["Subject"]))
     assert firing == {"alertmail@web01.test": 1, "alertmail@db01.test": 1}, [str(m["Subject"]) for m in messages]
     for message in messages:
         trace = " ".join(message.get_all("Received"))

@@ -82,6 +82,7 @@ class Agent:
         self._groups: dict[str, list[str]] = {}  # scheduler job id -> probes sharing that interval
         self._stop = asyncio.Event()
         self._state_file = self.state_dir / "rules-state.json"
+        self.exporter: Any = None  # serves /metrics when [exporter] listen is set
 
     # -- probes ------------------------------------------------------------
     def _configure_probes(self) -> dict[str, tuple[Any, float, float]]:
@@ -126,6 +127,8 @@ class Agent:
     async def observe(self, samples: list[Sample], now: float) -> None:
         watched = [s for s in samples if any(rule.matches(s) for rule in self.rules)]
         self.history.add(watched)
+        if self.exporter is not None:
+            self.exporter.observe(samples)
         events = self.engine.observe(samples, now)
         if events:
             self._hand_over(events, now)
@@ -221,6 +224,10 @@ class Agent:
         self._mailer_task = asyncio.create_task(self._mailer(), name="mailer")
         await self.outbox.start_services(self.plugins.services)
         self._start_scheduler()
+        if cfg.sections.get("exporter", {}).get("listen"):
+            from alertmail.exporter import start_exporter
+
+            self.exporter = await start_exporter(self)
         log.info(
             "watching %s with %d probes and %d rules; mail goes %s",
             cfg.hostname,
@@ -299,7 +306,7 @@ class Agent:
                 log.error("%s: %s", exc.path, problem)
             log.error("reload refused: %d problem(s) in %s; the running configuration stays", len(exc.problems), exc.path)
             return False
-        fixed = ["queue", *(getattr(s, "section", "") for s in self.plugins.services)]
+        fixed = ["queue", "exporter", *(getattr(s, "section", "") for s in self.plugins.services)]
         restart_needed = cfg.transports != self.cfg.transports or any(
             cfg.sections.get(k) != self.cfg.sections.get(k) for k in fixed
         )
@@ -317,7 +324,7 @@ class Agent:
         self._schedule_probes()
         log.info("configuration reloaded: %d rules, %d probes", len(cfg.rules), len(self.probes))
         if restart_needed:
-            log.warning("changes to transports, [queue] and services take effect at the next restart")
+            log.warning("changes to transports, [queue], [exporter] and services take effect at the next restart")
         return True
 
     def _job_skipped(self, event: Any) -> None:
@@ -345,6 +352,8 @@ class Agent:
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             scheduler.shutdown(wait=False)
+        if self.exporter is not None:
+            await self.exporter.stop()
         outbox = getattr(self, "outbox", None)
         if outbox is not None:
             await outbox.stop_services()

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from alertmail.config.core import AGENT, MAIL
 from alertmail.config.schema import Checker, ConfigError, Option, Section, did_you_mean
 from alertmail.delivery.delivery import SECTION as QUEUE
+from alertmail.exporter import SECTION as EXPORTER
 from alertmail.notify.heartbeat import SECTION as HEARTBEAT
 from alertmail.notify.notifier import SECTION as NOTIFY
 from alertmail.notify.silences import SECTION as SILENCES
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from alertmail.loader import Plugins
 
 # In the order their problems are reported; rules last, as they read [mail].
-SECTIONS: tuple[Section, ...] = (AGENT, MAIL, NOTIFY, HEARTBEAT, SILENCES, QUEUE, RULES)
+SECTIONS: tuple[Section, ...] = (AGENT, MAIL, NOTIFY, HEARTBEAT, SILENCES, QUEUE, EXPORTER, RULES)
 PLUGIN_SECTIONS = ("transports", "probes")
 
 

@@ -1,0 +1,219 @@
+"""What ``/metrics`` shows, as prometheus_client metric families built at each scrape.
+
+* every probe sample (the newest of each series) under a Prometheus name:
+  ``disk.used_percent`` becomes ``alertmail_disk_used_percent``, ``*_per_s`` becomes
+  ``*_per_second``, the unit is appended when the name lacks it, a counter ends in
+  ``_total``; HELP and TYPE come from the probe's ``MetricInfo``;
+* rule states as ``alertmail_alert{rule, severity, state, <labels>} 1`` for every
+  pending, firing or flapping alert, the way Prometheus exposes ``ALERTS``;
+* the agent's own figures: probe runs, failures and overruns, queue depth, delivery
+  attempts by transport and outcome, mails queued, events held by silences or folded
+  into digests, and the process's memory and CPU.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+
+from alertmail.model import DeliveryResult, Envelope, Labels, MetricInfo, Sample
+
+PREFIX = "alertmail_"
+# Unit of a MetricInfo -> the suffix a Prometheus name carries (Prometheus naming conventions).
+UNIT_SUFFIX = {
+    "percent": "percent",
+    "bytes": "bytes",
+    "bytes/s": "bytes_per_second",
+    "ops/s": "per_second",
+    "seconds": "seconds",
+    "s": "seconds",
+}
+# The agent's own samples, which no probe declares.
+AGENT_METRICS = {
+    "agent.probe_seconds": MetricInfo("agent.probe_seconds", "seconds", "how long the last run of the probe took", ("probe",)),
+    "agent.probe_failed": MetricInfo(
+        "agent.probe_failed", "", "1 when the last run of the probe raised or returned bad data", ("probe",)
+    ),
+    "agent.probe_overrun": MetricInfo(
+        "agent.probe_overrun", "", "1 when the last run of the probe took longer than its timeout", ("probe",)
+    ),
+    "agent.probe_missed": MetricInfo(
+        "agent.probe_missed", "", "runs of the probe that missed their time since the agent started", ("probe",)
+    ),
+}
+ALERT_LABELS = ("rule", "severity", "state")
+_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def label_name(name: str) -> str:
+    """A valid Prometheus label name; names starting with ``__`` are reserved for Prometheus."""
+    name = _INVALID.sub("_", name) or "_"
+    if name[0].isdigit():
+        name = "_" + name
+    return "x" + name if name.startswith("__") else name
+
+
+def metric_name(info: MetricInfo) -> tuple[str, str]:
+    """(Prometheus name, unit) of a metric; the unit is "" when the name carries none."""
+    name = _INVALID.sub("_", info.name)
+    name = re.sub(r"_per_s$", "_per_second", name)
+    unit = UNIT_SUFFIX.get(info.unit, "")
+    if unit and not name.endswith("_" + unit):
+        name = f"{name}_{unit}"
+    if info.kind == "counter":
+        name = name.removesuffix("_total") + "_total"
+    elif name.endswith("_total"):
+        name = name[: -len("_total")]  # _total is for counters only (and _count for histograms)
+    return PREFIX + name, unit
+
+
+def _labels(labels: Labels, reserved: Iterable[str] = ()) -> dict[str, str]:
+    """Sample labels with valid names; one that clashes with a name of ours becomes ``exported_NAME``."""
+    taken = set(reserved)
+    out: dict[str, str] = {}
+    for key, value in labels:
+        key = label_name(key)
+        if key in taken:
+            key = "exported_" + key
+        out[key] = value
+    return out
+
+
+class AgentCollector:
+    """A prometheus_client collector over the agent's state, read at each scrape (on the event loop)."""
+
+    def __init__(
+        self,
+        infos: Mapping[str, MetricInfo],
+        *,
+        states: Callable[[], list[Any]],
+        queue: Any = None,
+        counts: Mapping[str, int] | None = None,
+        stale_after: float = 60.0,
+    ) -> None:
+        self.infos = {**AGENT_METRICS, **infos}
+        self.states = states
+        self.queue = queue
+        self.counts = counts if counts is not None else {}
+        self.stale_after = stale_after
+        self.latest: dict[tuple[str, Labels], Sample] = {}
+        self.runs: Counter[tuple[str, str]] = Counter()  # (probe, "runs" | "failures" | "overruns")
+        self.deliveries: Counter[tuple[str, str]] = Counter()  # (transport, outcome), one per recipient
+        self.process = ProcessCollector(registry=None)
+
+    # -- fed by the agent --------------------------------------------------
+    def observe(self, samples: Iterable[Sample]) -> None:
+        for sample in samples:
+            self.latest[sample.series] = sample
+            if sample.metric == "agent.probe_seconds":
+                self.runs[(sample.label_dict().get("probe", ""), "runs")] += 1
+            elif sample.metric in ("agent.probe_failed", "agent.probe_overrun") and sample.value > 0:
+                kind = "failures" if sample.metric == "agent.probe_failed" else "overruns"
+                self.runs[(sample.label_dict().get("probe", ""), kind)] += 1
+
+    def delivered(
+        self, entry: Any, transport: str, envelope: Envelope, result: DeliveryResult, seconds: float, size: int
+    ) -> None:
+        """A ``Delivery`` observer: counts each recipient's outcome of each transport's attempt."""
+        for status in result.recipients.values():
+            self.deliveries[(transport, status.status.value)] += 1
+
+    # -- read by prometheus_client -----------------------------------------
+    def describe(self) -> list[Metric]:
+        return []  # the families depend on what probes report; nothing to check up front
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._samples(time.time())
+        yield self._alerts()
+        yield from self._own()
+        yield from self.process.collect()
+
+    def _samples(self, now: float) -> Iterator[Metric]:
+        for series in [s for s, sample in self.latest.items() if now - sample.timestamp > self.stale_after]:
+            del self.latest[series]  # a process that exited, a disk unmounted: not a value any more
+        by_metric: dict[str, list[Sample]] = {}
+        for sample in self.latest.values():
+            by_metric.setdefault(sample.metric, []).append(sample)
+        seen: set[str] = set()
+        for metric in sorted(by_metric):
+            info = self.infos.get(metric) or MetricInfo(metric, "", "")
+            name, unit = metric_name(info)
+            if name in seen:
+                continue  # two alertmail names mapped to one Prometheus name: the first wins
+            seen.add(name)
+            help_text = info.description or f"{metric} (no description)"
+            family: Metric
+            if info.kind == "counter":
+                family = CounterMetricFamily(name, help_text, unit=unit)
+            else:
+                family = GaugeMetricFamily(name, help_text, unit=unit)
+            for sample in sorted(by_metric[metric], key=lambda s: s.labels):
+                family.add_sample(
+                    family.name + ("_total" if info.kind == "counter" else ""), _labels(sample.labels), sample.value
+                )
+            yield family
+
+    def _alerts(self) -> Metric:
+        family = GaugeMetricFamily(
+            PREFIX + "alert", "1 for each alert that is pending, firing or flapping (as Prometheus exposes ALERTS)"
+        )
+        for status in self.states():
+            state = status.state.value
+            if state == "ok":
+                continue
+            labels = {
+                "rule": status.rule.name,
+                "severity": status.severity or status.rule.severity,
+                "state": state,
+                **_labels(status.labels, ALERT_LABELS),
+            }
+            family.add_sample(family.name, labels, 1.0)
+        return family
+
+    def _own(self) -> Iterator[Metric]:
+        for kind, help_text in (
+            ("runs", "runs of each probe"),
+            ("failures", "runs of each probe that raised or returned bad data"),
+            ("overruns", "runs of each probe that took longer than its timeout, or were skipped as the last one still ran"),
+        ):
+            counter = CounterMetricFamily(f"{PREFIX}agent_probe_{kind}", help_text, labels=("probe",))
+            for (probe, k), n in sorted(self.runs.items()):
+                if k == kind:
+                    counter.add_metric((probe,), n)
+            yield counter
+        if self.queue is not None:
+            depth = GaugeMetricFamily(
+                f"{PREFIX}agent_queue_messages",
+                "messages in the queue: new (not tried yet) or deferred (tried, waiting for the next try)",
+                labels=("state",),
+            )
+            waiting = Counter("deferred" if entry.attempts else "new" for entry in self.queue.entries())
+            for state in ("new", "deferred"):
+                depth.add_metric((state,), waiting[state])
+            yield depth
+        deliveries = CounterMetricFamily(
+            f"{PREFIX}agent_deliveries",
+            "recipients tried by each transport, by outcome: delivered, temporary (retried) or permanent (badmail)",
+            labels=("transport", "outcome"),
+        )
+        for (transport, outcome), n in sorted(self.deliveries.items()):
+            deliveries.add_metric((transport, outcome), n)
+        yield deliveries
+        mails = CounterMetricFamily(f"{PREFIX}agent_mails", "alert mails and digests queued", labels=("kind",))
+        for kind in ("alert", "digest"):
+            mails.add_metric((kind,), self.counts.get(kind, 0))
+        yield mails
+        yield CounterMetricFamily(
+            f"{PREFIX}agent_events_silenced", "alert events held back by a silence", value=self.counts.get("silenced", 0)
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}agent_events_folded",
+            "alert events folded into a digest by the storm cap, once for each recipient",
+            value=self.counts.get("folded", 0),
+        )

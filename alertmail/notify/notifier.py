@@ -46,6 +46,7 @@ from alertmail.render.format import header_safe
 from alertmail.render.mail import render_alert
 from alertmail.render.view import RenderContext
 from alertmail.rules.model import AlertEvent, Rule
+from alertmail.rules.wire import ALERTS_HEADER, encode_alerts
 
 log = logging.getLogger("alertmail.notify.notifier")
 
@@ -369,6 +370,7 @@ class Notifier:
         msg["X-Alertmail-Incident"] = " ".join(sorted({e.incident for e in events}))
         kinds = sorted({e.kind for e in events})
         msg["X-Alertmail-Kind"] = ",".join(kinds)
+        msg[ALERTS_HEADER] = encode_alerts(events)  # the facts, for transports such as alertmanager
         return Outgoing(message_bytes(msg), Envelope(self.sender, tuple(to)), str(msg["Subject"]))
 
     def _compose_digest(self, events: list[AlertEvent], since: float, rcpt: str, now: float) -> Outgoing:
@@ -381,6 +383,7 @@ class Notifier:
         self._headers(msg, [rcpt], message_id, now)
         msg["X-Alertmail-Kind"] = "digest"
         msg["X-Alertmail-Digest"] = str(len(events))
+        msg[ALERTS_HEADER] = encode_alerts(events)
         for event in events:
             self.journal.record(event, f"digest:{rcpt}", now)
         return Outgoing(message_bytes(msg), Envelope(self.sender, (rcpt,)), str(msg["Subject"]), "digest")

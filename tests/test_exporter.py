@@ -54,7 +54,7 @@ def test_exporter_is_off_by_default_and_its_address_is_checked(tmp_path):
     assert any(p.startswith("exporter.listen: ") for p in caught.value.problems), caught.value.problems
 
 
-def test_agent_without_exporter_does_not_import_prometheus_client(tmp_path):
+def test_agent_without_exporter_does_not_import_it(tmp_path):
     config = agent_config(tmp_path, "")
     code = (
         "import asyncio, sys\n"
@@ -67,7 +67,7 @@ def test_agent_without_exporter_does_not_import_prometheus_client(tmp_path):
         "    await agent.start()\n"
         "    await agent.stop()\n"
         "asyncio.run(main())\n"
-        "print('prometheus_client' in sys.modules)\n"
+        "print(any(m.startswith('alertmail.exporter.') for m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
@@ -84,7 +84,7 @@ def test_prometheus_scrapes_probe_values_and_firing_alerts(tmp_path):
     try:
         url = f"http://{HOST}:{port}/metrics"
         delivered = 'alertmail_agent_deliveries_total{outcome="delivered",transport="pickup"} 1.0'
-        text = wait_for(lambda: (lambda t: t if delivered in t else None)(_scrape(url)), timeout=30, what="a mail delivered")
+        text = wait_for(lambda: _scrape(url, delivered), timeout=30, what="a mail delivered")
         # The Prometheus text format passes promtool's checks (names, HELP, TYPE, conventions).
         check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
         assert check.returncode == 0, check.stdout + check.stderr
@@ -123,9 +123,34 @@ def test_prometheus_scrapes_probe_values_and_firing_alerts(tmp_path):
     assert agent.returncode == 0, log
 
 
-def _scrape(url: str) -> str:
+def _scrape(url: str, needle: str) -> str | None:
+    """The text on /metrics once it holds ``needle``."""
     try:
-        return http_get(url)[2].decode()
+        text = http_get(url)[2].decode()
     except OSError:
         time.sleep(0.2)
-        return ""
+        return None
+    return text if needle in text else None
+
+
+def test_both_formats_read_back_with_the_client_library_parsers():
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics
+    from prometheus_client.parser import text_string_to_metric_families as text
+
+    from alertmail.exporter.exposition import Family, openmetrics_format, text_format
+
+    gauge = Family("alertmail_disk_used_percent", "gauge", 'space in use, "quoted" \\ and\nnew line', "percent")
+    gauge.add({"mount": '/we"ird\\path\nx'}, 93.5)
+    gauge.add({"mount": "/"}, float("nan"))
+    counter = Family("alertmail_agent_mails", "counter", "mails queued")
+    counter.add({"kind": "alert"}, 3)
+    for parse, encoded in ((text, text_format), (openmetrics, openmetrics_format)):
+        families = {f.name: f for f in parse(encoded([gauge, counter]).decode())}
+        disk = families["alertmail_disk_used_percent"]
+        assert disk.documentation == gauge.help
+        values = {s.labels["mount"]: s.value for s in disk.samples}
+        assert values['/we"ird\\path\nx'] == 93.5
+        mails = families.get("alertmail_agent_mails") or families["alertmail_agent_mails_total"]
+        assert mails.type == "counter" and mails.samples[0].name == "alertmail_agent_mails_total" and mails.samples[0].value == 3
+    assert openmetrics_format([gauge]).endswith(b"# EOF\n")
+    assert b"# UNIT alertmail_disk_used_percent percent" in openmetrics_format([gauge])

@@ -1,8 +1,8 @@
 """The Prometheus exporter: the agent's samples, rule states and own figures on ``/metrics``.
 
 Off unless ``[exporter] listen`` is set. This module holds only the section and the
-wiring, so the agent without an exporter never imports prometheus_client; the
-figures are gathered by ``collector`` and served by ``server``.
+wiring, so the agent without an exporter imports nothing more; the figures are
+gathered by ``collector``, written out by ``exposition`` and served by ``server``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What ``/metrics`` shows, as prometheus_client metric families built at each scrape.
+"""What ``/metrics`` shows, as metric families built at each scrape.
 
 * every probe sample (the newest of each series) under a Prometheus name:
   ``disk.used_percent`` becomes ``alertmail_disk_used_percent``, ``*_per_s`` becomes
@@ -19,9 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.process_collector import ProcessCollector
-
+from alertmail.exporter.exposition import Family
 from alertmail.model import DeliveryResult, Envelope, Labels, MetricInfo, Sample
 
 PREFIX = "alertmail_"
@@ -86,7 +84,7 @@ def _labels(labels: Labels, reserved: Iterable[str] = ()) -> dict[str, str]:
 
 
 class AgentCollector:
-    """A prometheus_client collector over the agent's state, read at each scrape (on the event loop)."""
+    """The agent's state as metric families, read at each scrape (on the event loop)."""
 
     def __init__(
         self,
@@ -105,7 +103,6 @@ class AgentCollector:
         self.latest: dict[tuple[str, Labels], Sample] = {}
         self.runs: Counter[tuple[str, str]] = Counter()  # (probe, "runs" | "failures" | "overruns")
         self.deliveries: Counter[tuple[str, str]] = Counter()  # (transport, outcome), one per recipient
-        self.process = ProcessCollector(registry=None)
 
     # -- fed by the agent --------------------------------------------------
     def observe(self, samples: Iterable[Sample]) -> None:
@@ -124,17 +121,11 @@ class AgentCollector:
         for status in result.recipients.values():
             self.deliveries[(transport, status.status.value)] += 1
 
-    # -- read by prometheus_client -----------------------------------------
-    def describe(self) -> list[Metric]:
-        return []  # the families depend on what probes report; nothing to check up front
+    # -- read at each scrape ------------------------------------------------
+    def collect(self) -> list[Family]:
+        return [*self._samples(time.time()), self._alerts(), *self._own(), *_process()]
 
-    def collect(self) -> Iterator[Metric]:
-        yield from self._samples(time.time())
-        yield self._alerts()
-        yield from self._own()
-        yield from self.process.collect()
-
-    def _samples(self, now: float) -> Iterator[Metric]:
+    def _samples(self, now: float) -> Iterator[Family]:
         for series in [s for s, sample in self.latest.items() if now - sample.timestamp > self.stale_after]:
             del self.latest[series]  # a process that exited, a disk unmounted: not a value any more
         by_metric: dict[str, list[Sample]] = {}
@@ -147,21 +138,15 @@ class AgentCollector:
             if name in seen:
                 continue  # two alertmail names mapped to one Prometheus name: the first wins
             seen.add(name)
-            help_text = info.description or f"{metric} (no description)"
-            family: Metric
-            if info.kind == "counter":
-                family = CounterMetricFamily(name, help_text, unit=unit)
-            else:
-                family = GaugeMetricFamily(name, help_text, unit=unit)
+            kind = "counter" if info.kind == "counter" else "gauge"
+            family = Family(name.removesuffix("_total"), kind, info.description or f"{metric} (no description)", unit)
             for sample in sorted(by_metric[metric], key=lambda s: s.labels):
-                family.add_sample(
-                    family.name + ("_total" if info.kind == "counter" else ""), _labels(sample.labels), sample.value
-                )
+                family.add(_labels(sample.labels), sample.value)
             yield family
 
-    def _alerts(self) -> Metric:
-        family = GaugeMetricFamily(
-            PREFIX + "alert", "1 for each alert that is pending, firing or flapping (as Prometheus exposes ALERTS)"
+    def _alerts(self) -> Family:
+        family = Family(
+            PREFIX + "alert", "gauge", "1 for each alert that is pending, firing or flapping (as Prometheus exposes ALERTS)"
         )
         for status in self.states():
             state = status.state.value
@@ -173,47 +158,72 @@ class AgentCollector:
                 "state": state,
                 **_labels(status.labels, ALERT_LABELS),
             }
-            family.add_sample(family.name, labels, 1.0)
+            family.add(labels, 1.0)
         return family
 
-    def _own(self) -> Iterator[Metric]:
+    def _own(self) -> Iterator[Family]:
         for kind, help_text in (
             ("runs", "runs of each probe"),
             ("failures", "runs of each probe that raised or returned bad data"),
             ("overruns", "runs of each probe that took longer than its timeout, or were skipped as the last one still ran"),
         ):
-            counter = CounterMetricFamily(f"{PREFIX}agent_probe_{kind}", help_text, labels=("probe",))
+            counter = Family(f"{PREFIX}agent_probe_{kind}", "counter", help_text)
             for (probe, k), n in sorted(self.runs.items()):
                 if k == kind:
-                    counter.add_metric((probe,), n)
+                    counter.add({"probe": probe}, n)
             yield counter
         if self.queue is not None:
-            depth = GaugeMetricFamily(
+            depth = Family(
                 f"{PREFIX}agent_queue_messages",
+                "gauge",
                 "messages in the queue: new (not tried yet) or deferred (tried, waiting for the next try)",
-                labels=("state",),
             )
             waiting = Counter("deferred" if entry.attempts else "new" for entry in self.queue.entries())
             for state in ("new", "deferred"):
-                depth.add_metric((state,), waiting[state])
+                depth.add({"state": state}, waiting[state])
             yield depth
-        deliveries = CounterMetricFamily(
+        deliveries = Family(
             f"{PREFIX}agent_deliveries",
+            "counter",
             "recipients tried by each transport, by outcome: delivered, temporary (retried) or permanent (badmail)",
-            labels=("transport", "outcome"),
         )
         for (transport, outcome), n in sorted(self.deliveries.items()):
-            deliveries.add_metric((transport, outcome), n)
+            deliveries.add({"transport": transport, "outcome": outcome}, n)
         yield deliveries
-        mails = CounterMetricFamily(f"{PREFIX}agent_mails", "alert mails and digests queued", labels=("kind",))
+        mails = Family(f"{PREFIX}agent_mails", "counter", "alert mails and digests queued")
         for kind in ("alert", "digest"):
-            mails.add_metric((kind,), self.counts.get(kind, 0))
+            mails.add({"kind": kind}, self.counts.get(kind, 0))
         yield mails
-        yield CounterMetricFamily(
-            f"{PREFIX}agent_events_silenced", "alert events held back by a silence", value=self.counts.get("silenced", 0)
-        )
-        yield CounterMetricFamily(
+        silenced = Family(f"{PREFIX}agent_events_silenced", "counter", "alert events held back by a silence")
+        silenced.add({}, self.counts.get("silenced", 0))
+        yield silenced
+        folded = Family(
             f"{PREFIX}agent_events_folded",
+            "counter",
             "alert events folded into a digest by the storm cap, once for each recipient",
-            value=self.counts.get("folded", 0),
         )
+        folded.add({}, self.counts.get("folded", 0))
+        yield folded
+
+
+def _process() -> list[Family]:
+    """The process figures client libraries export under these names, so the usual dashboards work."""
+    import psutil  # the system probes have it loaded already
+
+    process = psutil.Process()
+    with process.oneshot():
+        memory, cpu, started = process.memory_info(), process.cpu_times(), process.create_time()
+        fds = process.num_fds() if hasattr(process, "num_fds") else None
+    figures = [
+        Family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", "bytes"),
+        Family("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", "bytes"),
+        Family("process_cpu_seconds", "counter", "Total user and system CPU time spent in seconds.", "seconds"),
+        Family("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.", "seconds"),
+    ]
+    for family, value in zip(figures, (memory.rss, memory.vms, cpu.user + cpu.system, started), strict=True):
+        family.add({}, value)
+    if fds is not None:
+        open_fds = Family("process_open_fds", "gauge", "Number of open file descriptors.")
+        open_fds.add({}, fds)
+        figures.append(open_fds)
+    return figures

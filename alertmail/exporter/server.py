@@ -11,9 +11,7 @@ import asyncio
 import logging
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
-
+from alertmail.exporter.exposition import encode, negotiate
 from alertmail.units import parse_address
 
 log = logging.getLogger("alertmail.exporter")
@@ -28,8 +26,6 @@ class MetricsServer:
     def __init__(self, listen: str, collector: Any) -> None:
         self.host, self.port = parse_address(listen)
         self.collector = collector
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(collector)
         self._server: asyncio.Server | None = None
 
     def observe(self, samples: Any) -> None:
@@ -52,8 +48,8 @@ class MetricsServer:
 
     def render(self, accept: str) -> tuple[bytes, str]:
         """The exposition in the format ``accept`` asks for, and its content type."""
-        encoder, content_type = choose_encoder(accept)
-        return encoder(self.registry), content_type
+        content_type = negotiate(accept)
+        return encode(self.collector.collect(), content_type), content_type
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -71,15 +71,21 @@ def test_alert_becomes_an_api_v2_alert(tmp_path):
     assert payload[0]["endsAt"] == "1970-01-01T00:33:20.000Z"
 
 
+def test_instance_is_the_host_that_saw_the_alert_also_through_a_relay(tmp_path):
+    am = transport(tmp_path, ["http://127.0.0.1:9"])
+    [(_, body, _)] = am._converted(alerts_in_event(event("firing"), host="db7.test"))
+    assert body["labels"]["instance"] == "db7.test" and "on db7.test:" in body["annotations"]["summary"]
+
+
 def test_escalation_ends_the_alert_at_the_old_severity(tmp_path):
     am = transport(tmp_path, ["http://127.0.0.1:9"])
     converted = am._converted(alerts_in_event(event("escalated", severity="critical", previous_severity="warning")))
     assert [(c[1]["labels"]["severity"], c[2]) for c in converted] == [("critical", True), ("warning", False)]
 
 
-def alerts_in_event(e: AlertEvent) -> dict:
+def alerts_in_event(e: AlertEvent, host: str = "") -> dict:
     msg = email.message.EmailMessage()
-    msg[ALERTS_HEADER] = encode_alerts([e])
+    msg[ALERTS_HEADER] = encode_alerts([e], host)
     return alerts_in(msg.as_bytes())[0]
 
 

@@ -370,7 +370,7 @@ class Notifier:
         msg["X-Alertmail-Incident"] = " ".join(sorted({e.incident for e in events}))
         kinds = sorted({e.kind for e in events})
         msg["X-Alertmail-Kind"] = ",".join(kinds)
-        msg[ALERTS_HEADER] = encode_alerts(events)  # the facts, for transports such as alertmanager
+        msg[ALERTS_HEADER] = encode_alerts(events, self.hostname)  # the facts, for transports such as alertmanager
         return Outgoing(message_bytes(msg), Envelope(self.sender, tuple(to)), str(msg["Subject"]))
 
     def _compose_digest(self, events: list[AlertEvent], since: float, rcpt: str, now: float) -> Outgoing:
@@ -383,7 +383,7 @@ class Notifier:
         self._headers(msg, [rcpt], message_id, now)
         msg["X-Alertmail-Kind"] = "digest"
         msg["X-Alertmail-Digest"] = str(len(events))
-        msg[ALERTS_HEADER] = encode_alerts(events)
+        msg[ALERTS_HEADER] = encode_alerts(events, self.hostname)
         for event in events:
             self.journal.record(event, f"digest:{rcpt}", now)
         return Outgoing(message_bytes(msg), Envelope(self.sender, (rcpt,)), str(msg["Subject"]), "digest")

@@ -5,7 +5,8 @@ hands alerts to another system (Alertmanager) reads the facts, not the prose. Th
 is JSON, zlib-compressed and base64-encoded in words of 64 characters: pure ASCII that
 mail headers fold and unfold without change, whatever a probe put into its labels.
 
-The JSON is an object ``{"v": 1, "alerts": [...]}``; each alert has ``rule``,
+The JSON is an object ``{"v": 1, "host": ..., "alerts": [...]}`` (``host``: the
+agent's hostname, which a relay passing the mail on keeps); each alert has ``rule``,
 ``kind`` (firing, escalated, reminder, resolved, flapping, flap-ended), ``state``,
 ``labels`` (an object), ``severity``, ``previous_severity``, ``value``, ``threshold``,
 ``comparison``, ``since``, ``at``, ``fired_at`` (Unix times), ``incident`` and
@@ -46,22 +47,23 @@ def event_fields(event: AlertEvent) -> dict[str, Any]:
     }
 
 
-def encode_alerts(events: Iterable[AlertEvent]) -> str:
-    """The header value for ``events``."""
-    payload = json.dumps({"v": VERSION, "alerts": [event_fields(e) for e in events]}, separators=(",", ":"))
+def encode_alerts(events: Iterable[AlertEvent], hostname: str = "") -> str:
+    """The header value for ``events`` seen on ``hostname``."""
+    payload = json.dumps({"v": VERSION, "host": hostname, "alerts": [event_fields(e) for e in events]}, separators=(",", ":"))
     text = base64.b64encode(zlib.compress(payload.encode("utf-8", "surrogatepass"))).decode("ascii")
     return " ".join(text[i : i + _WORD] for i in range(0, len(text), _WORD))
 
 
 def decode_alerts(value: str) -> list[dict[str, Any]]:
-    """The alerts of a header value; ValueError when it is not one."""
+    """The alerts of a header value, each with the ``host`` it was seen on; ValueError when it is not one."""
     try:
         payload = json.loads(zlib.decompress(base64.b64decode("".join(str(value).split()), validate=True)))
     except (ValueError, zlib.error) as exc:
         raise ValueError(f"{ALERTS_HEADER} is not readable: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("v") != VERSION or not isinstance(payload.get("alerts"), list):
         raise ValueError(f"{ALERTS_HEADER}: expected version {VERSION} with a list of alerts")
-    return [a for a in payload["alerts"] if isinstance(a, dict)]
+    host = str(payload.get("host") or "")
+    return [{**a, "host": host} for a in payload["alerts"] if isinstance(a, dict)]
 
 
 def alerts_in(message: bytes) -> list[dict[str, Any]] | None:

@@ -7,7 +7,7 @@ cluster, as Alertmanager asks of its clients). It is a transport like smtp: the
 durable queue holds the message and retries it while no Alertmanager answers, a
 4xx answer sends it to badmail with the reply.
 
-* an alert's labels: ``alertname`` (the rule), ``instance`` (the host), ``severity``,
+* an alert's labels: ``alertname`` (the rule), ``instance`` (the host that saw it), ``severity``,
   the series' labels, then ``[transports.alertmanager].labels``; annotations
   ``summary``, ``description``, ``value``; ``startsAt`` when it fired, ``endsAt``
   when it resolved;
@@ -112,7 +112,9 @@ class AlertmanagerTransport:
     def _converted(self, alert: dict[str, Any]) -> list[tuple[str, dict[str, Any], bool]]:
         """(key, Alertmanager alert without endsAt, active) for one alertmail alert; two on an escalation."""
         rule = str(alert.get("rule", ""))
-        labels = {"alertname": rule, "instance": self.hostname, "severity": str(alert.get("severity") or "warning")}
+        # The host the alert was seen on, also when a central relay passes the mail on to this transport.
+        instance = str(alert.get("host") or self.hostname)
+        labels = {"alertname": rule, "instance": instance, "severity": str(alert.get("severity") or "warning")}
         for key, value in (alert.get("labels") or {}).items():
             key = label_name(key)
             labels["exported_" + key if key in OWN_LABELS else key] = str(value)
@@ -122,9 +124,9 @@ class AlertmanagerTransport:
         active = not (kind == "resolved" or (kind == "flap-ended" and state == "ok"))
         value, comparison = alert.get("value"), alert.get("comparison")
         if comparison == "absent" or value is None:
-            summary = f"{rule} on {self.hostname}: no samples"
+            summary = f"{rule} on {instance}: no samples"
         else:
-            summary = f"{rule} on {self.hostname}: {_number(value)} {comparison} {_number(alert.get('threshold'))}"
+            summary = f"{rule} on {instance}: {_number(value)} {comparison} {_number(alert.get('threshold'))}"
         if kind == "flapping" or state == "flapping":
             summary += " (flapping)"
         at = float(alert.get("at") or time.time())
@@ -134,7 +136,7 @@ class AlertmanagerTransport:
             "startsAt": rfc3339(float(alert.get("fired_at") or alert.get("since") or at)),
         }
         if self.generator_url:
-            body["generatorURL"] = self.generator_url.replace("{rule}", rule).replace("{instance}", self.hostname)
+            body["generatorURL"] = self.generator_url.replace("{rule}", rule).replace("{instance}", instance)
         out = [(json.dumps(sorted(labels.items())), body, active)]
         previous = alert.get("previous_severity")
         if kind == "escalated" and previous and previous != labels["severity"]:

@@ -30,8 +30,6 @@ import logging
 import math
 import re
 import time
-import urllib.error
-import urllib.request
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, ClassVar
@@ -97,8 +95,7 @@ class AlertmanagerTransport:
         self.generator_url = options.get("generator_url")
         self.hostname = context.hostname
         self.state_file = Path(context.state_dir) / "alertmanager.json"
-        # Proxies from the environment are not used: Alertmanager is on the operator's own network.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._opener: Any = None  # built at the first request: urllib (and ssl) cost an agent without this transport memory
         self.known: dict[str, dict[str, Any]] = self._load()
         self._resender: asyncio.Task[None] | None = None
         if self.resend and any(k["active"] for k in self.known.values()):
@@ -207,6 +204,12 @@ class AlertmanagerTransport:
 
     def _post_one(self, url: str, body: bytes) -> tuple[bool, bool, str]:
         """(accepted, permanent failure, reply text)."""
+        import urllib.error
+        import urllib.request
+
+        if self._opener is None:
+            # Proxies from the environment are not used: Alertmanager is on the operator's own network.
+            self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
         try:
             with self._opener.open(request, timeout=self.timeout) as response:

@@ -6,6 +6,8 @@ import asyncio
 import email
 import email.policy
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -182,3 +184,10 @@ def test_a_4xx_answer_sends_the_message_to_badmail_with_the_reply(tmp_path):
         assert "404" in reason and "/no-such-prefix/api/v2/alerts" in reason, reason
         assert am.alerts() == []
     assert agent.returncode == 0, log
+
+
+def test_loading_the_transport_leaves_urllib_for_its_first_request():
+    # Every agent loads the bundled plugins; urllib.request (with ssl and http.client) would cost 1.4 MB of RSS.
+    code = "import sys, alertmail.plugins.transports.alertmanager; print('urllib.request' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr

@@ -109,7 +109,10 @@ class AgentCollector:
         for sample in samples:
             self.latest[sample.series] = sample
             if sample.metric == "agent.probe_seconds":
-                self.runs[(sample.label_dict().get("probe", ""), "runs")] += 1
+                probe = sample.label_dict().get("probe", "")
+                self.runs[(probe, "runs")] += 1
+                for kind in ("failures", "overruns"):  # a series at 0 from the first run on, as counters should be
+                    self.runs.setdefault((probe, kind), 0)
             elif sample.metric in ("agent.probe_failed", "agent.probe_overrun") and sample.value > 0:
                 kind = "failures" if sample.metric == "agent.probe_failed" else "overruns"
                 self.runs[(sample.label_dict().get("probe", ""), kind)] += 1

@@ -16,6 +16,10 @@ durable queue holds the message and retries it while no Alertmanager answers, a
 * while an alert fires, it is sent again every ``resend`` with ``endsAt`` 4 × that
   ahead, as Prometheus does, so Alertmanager neither resolves it on its own
   (``resolve_timeout``) nor keeps it for long after the agent is gone;
+* times are sent on Alertmanager's clock: the ``Date`` of its answers tells how far this
+  host's clock is off, and a request sent with times off by more than ``CLOCK_SLACK``
+  is sent again, corrected (a host a minute ahead would otherwise resolve its alerts a
+  minute late, or keep them active forever if it is a year ahead);
 * what was handed over is remembered in ``STATE_DIR/alertmanager.json`` per alert,
   with the time of its event: an older event retried from the queue after a newer
   one went through (a firing mail delivered after its recovery) is not sent again.
@@ -51,11 +55,22 @@ log = logging.getLogger("alertmail.transports.alertmanager")
 
 OWN_LABELS = ("alertname", "instance", "severity")
 FORGET_AFTER = 86400.0  # how long a resolved alert is remembered, against late older events
+CLOCK_SLACK = 5.0  # clock differences below this are left alone (Date has whole seconds)
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
 
 def rfc3339(when: float) -> str:
     return dt.datetime.fromtimestamp(when, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def date_of(headers: Any) -> float | None:
+    """The time in an HTTP answer's Date header, if it has a readable one."""
+    import email.utils
+
+    try:
+        return email.utils.parsedate_to_datetime(headers.get("Date")).timestamp()
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 def label_name(name: str) -> str:
@@ -98,6 +113,7 @@ class AlertmanagerTransport:
         self._opener: Any = None  # built at the first request: urllib (and ssl) cost an agent without this transport memory
         self.known: dict[str, dict[str, Any]] = self._load()
         self._resender: asyncio.Task[None] | None = None
+        self.skew: float | None = None  # Alertmanager's clock minus ours, once an answer told it
         if self.resend and any(k["active"] for k in self.known.values()):
             try:
                 self._start_resending()
@@ -130,7 +146,7 @@ class AlertmanagerTransport:
         body: dict[str, Any] = {
             "labels": labels,
             "annotations": {"summary": summary, "description": str(alert.get("description") or summary), "value": _number(value)},
-            "startsAt": rfc3339(float(alert.get("fired_at") or alert.get("since") or at)),
+            "startsAt": float(alert.get("fired_at") or alert.get("since") or at),  # made RFC 3339 when sent
         }
         if self.generator_url:
             body["generatorURL"] = self.generator_url.replace("{rule}", rule).replace("{instance}", instance)
@@ -157,9 +173,9 @@ class AlertmanagerTransport:
 
     def _timed(self, body: dict[str, Any], active: bool, when: float) -> dict[str, Any]:
         if not active:
-            return {**body, "endsAt": rfc3339(when)}
+            return {**body, "endsAt": when}
         if self.resend:
-            return {**body, "endsAt": rfc3339(when + 4 * self.resend)}
+            return {**body, "endsAt": when + 4 * self.resend}
         return body
 
     # -- the transport ---------------------------------------------------------------
@@ -188,22 +204,48 @@ class AlertmanagerTransport:
         return DeliveryResult.all(envelope.recipients, status)
 
     async def _post(self, payload: list[dict[str, Any]]) -> RecipientStatus:
-        """One POST to every URL; delivered when any member of the cluster took it."""
-        body = json.dumps(payload).encode()
-        answers = await asyncio.gather(*(asyncio.to_thread(self._post_one, url, body) for url in self.urls))
-        accepted = [url for url, (ok, _, _) in zip(self.urls, answers, strict=True) if ok]
-        failed = [f"{url}: {text}" for url, (ok, _, text) in zip(self.urls, answers, strict=True) if not ok]
+        """One POST to every URL (two when the answers show our clock is off); delivered when any member took it."""
+        answers = await self._post_all(payload)
+        if self._clock_moved(answers):
+            answers = await self._post_all(payload)
+        accepted = [url for url, (ok, _, _, _) in zip(self.urls, answers, strict=True) if ok]
+        failed = [f"{url}: {text}" for url, (ok, _, text, _) in zip(self.urls, answers, strict=True) if not ok]
         if accepted:
             note = f"; not taken by {'; '.join(failed)}" if failed else ""
             return RecipientStatus(
                 Status.DELIVERED, 250, f"{len(payload)} alert(s) taken by {', '.join(accepted)}{note}", "2.0.0"
             )
-        if all(permanent for _, permanent, _ in answers):
+        if all(permanent for _, permanent, _, _ in answers):
             return RecipientStatus(Status.PERMANENT, 554, "; ".join(failed), "5.6.0")
         return RecipientStatus(Status.TEMPORARY, 451, "; ".join(failed), "4.4.1")
 
-    def _post_one(self, url: str, body: bytes) -> tuple[bool, bool, str]:
-        """(accepted, permanent failure, reply text)."""
+    async def _post_all(self, payload: list[dict[str, Any]]) -> list[tuple[bool, bool, str, float | None]]:
+        skew = self.skew or 0.0
+        timed = [
+            {**alert, **{key: rfc3339(alert[key] + skew) for key in ("startsAt", "endsAt") if key in alert}} for alert in payload
+        ]
+        body = json.dumps(timed).encode()
+        return list(await asyncio.gather(*(asyncio.to_thread(self._post_one, url, body) for url in self.urls)))
+
+    def _clock_moved(self, answers: list[tuple[bool, bool, str, float | None]]) -> bool:
+        """Take Alertmanager's clock from the Date of its answers; True when the times just sent were off by it."""
+        dates = [date for *_, date in answers if date is not None]
+        if not dates:
+            return False
+        measured = dates[0] - time.time()
+        skew = measured if abs(measured) >= CLOCK_SLACK else 0.0
+        moved = abs(skew - (self.skew or 0.0)) >= CLOCK_SLACK
+        self.skew = skew
+        if moved:
+            log.warning(
+                "this host's clock is %+.0f s off Alertmanager's (%s); alert times are sent on Alertmanager's clock",
+                -skew,
+                self.urls[0],
+            )
+        return moved
+
+    def _post_one(self, url: str, body: bytes) -> tuple[bool, bool, str, float | None]:
+        """(accepted, permanent failure, reply text, Alertmanager's time from the answer's Date)."""
         import urllib.error
         import urllib.request
 
@@ -213,15 +255,15 @@ class AlertmanagerTransport:
         request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
-                return True, False, f"{response.status} {response.reason}"
+                return True, False, f"{response.status} {response.reason}", date_of(response.headers)
         except urllib.error.HTTPError as exc:
             reply = exc.read(500).decode("utf-8", "replace").strip()
             text = f"{exc.code} {exc.reason}" + (f": {reply}" if reply else "")
             permanent = 400 <= exc.code < 500 and exc.code not in (408, 429)
-            return False, permanent, text
+            return False, permanent, text, date_of(exc.headers)
         except (OSError, ValueError) as exc:  # refused, unreachable, timed out, a malformed URL
             reason = getattr(exc, "reason", exc)
-            return False, isinstance(exc, ValueError), f"{type(reason).__name__}: {reason}"
+            return False, isinstance(exc, ValueError), f"{type(reason).__name__}: {reason}", None
 
     # -- sending again while firing -----------------------------------------------------
 

@@ -193,3 +193,20 @@ def test_loading_the_transport_leaves_urllib_for_its_first_request():
     code = "import sys, alertmail.plugins.transports.alertmanager; print('urllib.request' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.peers
+def test_a_cluster_member_that_was_down_gets_the_firing_alert_with_the_next_resend(tmp_path):
+    with Alertmanager(tmp_path / "am1") as am1:
+        am2 = Alertmanager(tmp_path / "am2")
+        config = am_config(tmp_path, [am1.url, am2.url])
+        (config.parent / "plugins.d" / "value.txt").write_text("93.5")
+        agent = start_agent(config)
+        try:
+            wait_for(lambda: "gauge-high" in amtool_alerts(am1), timeout=30, what="the alert at the member that is up")
+            with am2:
+                wait_for(lambda: "gauge-high" in amtool_alerts(am2), timeout=30, what="the alert re-sent to the member back up")
+        finally:
+            log = stop_agent(agent)
+    assert agent.returncode == 0, log
+    assert "via alertmanager" in log and "deferred" not in log, "one member taking it is a delivery"

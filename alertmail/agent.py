@@ -99,6 +99,7 @@ class Agent:
         self.manager = ServiceManager()  # systemd's notify socket, when there is one
         self._reloading = asyncio.Lock()  # two SIGHUPs in a row apply one after the other
         self._status = ""
+        self.exporter: Any = None  # serves /metrics when [exporter] listen is set
 
     # -- probes ------------------------------------------------------------
     def _configure_probes(self) -> dict[str, tuple[Any, float, float]]:
@@ -143,6 +144,8 @@ class Agent:
     async def observe(self, samples: list[Sample], now: float) -> None:
         watched = [s for s in samples if any(rule.matches(s) for rule in self.rules)]
         self.history.add(watched)
+        if self.exporter is not None:
+            self.exporter.observe(samples)
         events = self.engine.observe(samples, now)
         if events:
             self._hand_over(events, now)
@@ -257,6 +260,10 @@ class Agent:
         self._mailer_task = asyncio.create_task(self._mailer(), name="mailer")
         await self.outbox.start_services(self.plugins.services)
         self._start_scheduler()
+        if cfg.sections.get("exporter", {}).get("listen"):
+            from alertmail.exporter import start_exporter
+
+            self.exporter = await start_exporter(self)
         log.info(
             "watching %s with %d probes and %d rules; mail goes %s",
             cfg.hostname,
@@ -365,6 +372,7 @@ class Agent:
         except Exception as exc:  # e.g. a password_env variable that is not set
             log.error("reload refused: a transport cannot be built (%s); the running configuration stays", exc)
             return False
+        exporter_changed = cfg.sections.get("exporter") != self.cfg.sections.get("exporter")
         snapshot = self.engine.snapshot()
         self.cfg = cfg
         self.rules = [*cfg.rules, *self_rules(cfg)]
@@ -381,8 +389,23 @@ class Agent:
         heartbeat.schedule(self.scheduler, self)
         self._schedule_probes()
         await self.outbox.reconfigure(cfg, transports)
+        if exporter_changed:
+            await self._restart_exporter()
         log.info("configuration reloaded: %d rules, %d probes", len(cfg.rules), len(self.probes))
         return True
+
+    async def _restart_exporter(self) -> None:
+        """After a reload, serve /metrics as ``[exporter]`` says now: stopped, started, or at its new address."""
+        if self.exporter is not None:
+            await self.exporter.stop()
+            self.exporter = None
+        if self.cfg.sections.get("exporter", {}).get("listen"):
+            from alertmail.exporter import start_exporter
+
+            try:
+                self.exporter = await start_exporter(self)
+            except OSError as exc:  # the address is taken: the agent goes on without /metrics
+                log.error("exporter: cannot listen on %s: %s", self.cfg.sections["exporter"]["listen"], exc)
 
     def _job_skipped(self, event: Any) -> None:
         """A skipped run is never silent: an overlap is an overrun sample, a missed run a logged counter."""
@@ -424,6 +447,8 @@ class Agent:
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             scheduler.shutdown(wait=False)
+        if self.exporter is not None:
+            await self.exporter.stop()
         outbox = getattr(self, "outbox", None)
         if outbox is not None:
             await outbox.stop_services(left(5.0, most=2.0))

@@ -26,6 +26,7 @@ from alertmail.config.core import AGENT, MAIL
 from alertmail.config.schema import Checker, ConfigError, Option, Section, did_you_mean
 from alertmail.delivery.delivery import SECTION as QUEUE
 from alertmail.delivery.dkim import SECTION as DKIM
+from alertmail.exporter import SECTION as EXPORTER
 from alertmail.notify.heartbeat import SECTION as HEARTBEAT
 from alertmail.notify.notifier import SECTION as NOTIFY
 from alertmail.notify.silences import SECTION as SILENCES
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 # In the order their problems are reported; rules last, as they read [mail]. A dotted name
 # ("mail.dkim") is a table nested in another section, owned by its own component.
-SECTIONS: tuple[Section, ...] = (AGENT, MAIL, DKIM, NOTIFY, HEARTBEAT, SILENCES, QUEUE, RULES)
+SECTIONS: tuple[Section, ...] = (AGENT, MAIL, DKIM, NOTIFY, HEARTBEAT, SILENCES, QUEUE, EXPORTER, RULES)
 PLUGIN_SECTIONS = ("transports", "probes")
 # include = ["conf.d/*.toml"]: more [[rules]] and [[silences]], one file per team or service.
 INCLUDE = "include"

@@ -27,6 +27,7 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from email.message import EmailMessage
@@ -45,6 +46,7 @@ from alertmail.render.format import header_safe, mailboxes
 from alertmail.render.mail import render_alert
 from alertmail.render.view import RenderContext, worst_first
 from alertmail.rules.model import AlertEvent, Rule
+from alertmail.rules.wire import ALERTS_HEADER, encode_alerts
 
 log = logging.getLogger("alertmail.notify.notifier")
 
@@ -140,6 +142,7 @@ class Notifier:
         self._lock = asyncio.Lock()
         self.durable = durable  # fsync the state files (off for replays, whose state is thrown away)
         self._dirty: set[str] = set()  # state files to write at the end of this flush
+        self.counts: Counter[str] = Counter()  # mails queued by kind, events "silenced" and "folded"; for /metrics
 
     def configure_noise(self, cfg: Any, rules: Sequence[Rule] = ()) -> None:
         """Take ``[notify]`` storm settings and ``[[silences]]`` from a config (at start and on reload)."""
@@ -253,6 +256,7 @@ class Notifier:
                 log.info("silenced by %s: %s %s %s", silence, event.kind, event.rule.name, dict(event.labels))
                 self.journal.record(event, f"silenced:{silence}", now)
                 self._hold(event, silence)
+                self.counts["silenced"] += 1
                 continue
             if event.incident in self.held:
                 self.held.pop(event.incident)  # a later event of it goes out normally
@@ -305,6 +309,7 @@ class Notifier:
                     if rcpt not in free:
                         log.info("storm cap reached for %s: %d event(s) folded into the next digest", rcpt, len(events))
                         self.storm.fold(rcpt, events, now)
+                        self.counts["folded"] += len(events)
                 if free:
                     # Rendering (charts) takes a while: off the event loop, which must keep serving.
                     self._unsent.append(await asyncio.to_thread(self._compose, events, free, list(rcpts), now))
@@ -325,6 +330,7 @@ class Notifier:
                     log.error("cannot queue %r yet (%s); kept in memory, retrying", out.subject, exc)
                     return
                 self._unsent.pop(0)
+                self.counts[out.kind] += 1
                 self.journal.mail(out.subject, out.envelope.recipients, out.kind, now, str(msg_id))
                 log.info("queued %s for %s: %s", msg_id, ", ".join(out.envelope.recipients), out.subject)
 
@@ -389,6 +395,7 @@ class Notifier:
         msg["X-Alertmail-Incident"] = " ".join(sorted({e.incident for e in events}))
         kinds = sorted({e.kind for e in events})
         msg["X-Alertmail-Kind"] = ",".join(kinds)
+        msg[ALERTS_HEADER] = encode_alerts(events, self.hostname)  # the facts, for transports such as alertmanager
         return Outgoing(message_bytes(msg), Envelope(self.sender, tuple(to)), str(msg["Subject"]))
 
     def _compose_digest(self, events: list[AlertEvent], since: float, rcpt: str, now: float) -> Outgoing:
@@ -401,6 +408,7 @@ class Notifier:
         self._headers(msg, [rcpt], message_id, now)
         msg["X-Alertmail-Kind"] = "digest"
         msg["X-Alertmail-Digest"] = str(len(events))
+        msg[ALERTS_HEADER] = encode_alerts(events, self.hostname)
         for event in events:
             self.journal.record(event, f"digest:{rcpt}", now)
         return Outgoing(message_bytes(msg), Envelope(self.sender, (rcpt,)), str(msg["Subject"]), "digest")

@@ -223,3 +223,21 @@ def test_a_route_naming_a_missing_transport_holds_the_message_uncounted_until_a_
 
     attempts, again, sent = asyncio.run(run())
     assert attempts == 0 and again == 1 and sent == [Envelope("a@example.test", ("b@example.test",))]
+
+
+def test_the_exporter_moves_to_its_new_address_on_reload(tmp_path):
+    import urllib.request
+
+    first, second = free_port(), free_port()
+    exporter = '\n[exporter]\nlisten = "127.0.0.1:{}"\n'
+    agent = Agent(tmp_path, config_text('"pickup"', extra=exporter.format(first)))
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{first}/metrics", timeout=5) as answer:
+            assert answer.status == 200
+        agent.reload(config_text('"pickup"', extra=exporter.format(second)))
+        with urllib.request.urlopen(f"http://127.0.0.1:{second}/metrics", timeout=5) as answer:
+            assert b"alertmail_" in answer.read()
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{first}/metrics", timeout=2)
+    finally:
+        agent.stop()

@@ -128,7 +128,7 @@ def held_back(folder: Path) -> list:
     return [e for e in queue.entries() if b"held-back" in queue.read_message(e.id).split(b"\r\n\r\n", 1)[0]]
 
 
-def wait_for(predicate, timeout: float = 40.0, what: str = "condition"):
+def wait_for(predicate, timeout: float = 90.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = predicate()

@@ -255,6 +255,7 @@ class Agent:
             context_for=self._mail_context,
             render_options=render_options(cfg, self.plugins),
         )
+        self.notifier.also_route = list(cfg.mail.get("also_route") or [])
         self.notifier.configure_noise(cfg, self.rules)  # [[silences]] and the storm cap
         self._mail_queue: asyncio.Queue = asyncio.Queue()
         self._mailer_task = asyncio.create_task(self._mailer(), name="mailer")
@@ -380,6 +381,7 @@ class Agent:
         self.engine.restore(snapshot)
         n = self.notifier
         n.sender, n.route, n.timezone = cfg.mail["from"], cfg.mail["route"], cfg.agent["timezone"]
+        n.also_route = list(cfg.mail.get("also_route") or [])
         n.subject_prefix = cfg.mail.get("subject_prefix") or ""
         n.group_wait = cfg.sections.get("notify", {}).get("group_wait") or 0.0
         n.render_options = render_options(cfg, self.plugins)

@@ -134,3 +134,36 @@ def test_a_new_critical_grouped_with_a_recovery_is_mailed_as_critical(tmp_path):
     assert mail.message["Subject"] == "[CRITICAL] web01: 1 firing, 1 resolved — b-cpu, a-mem"
     body = mail.message.get_body(("plain",)).get_content()
     assert body.index("FIRING: b-cpu") < body.index("RESOLVED: a-mem")
+
+
+def test_also_route_queues_each_mail_once_more_on_its_own_route(tmp_path):
+    from alertmail.queue.spool import Queue
+
+    async def run() -> list[tuple[list[str] | None, bytes]]:
+        queue = Queue(tmp_path / "queue", fsync=False)
+        await queue.start()
+        try:
+            notifier = notifier_for(tmp_path, MailCollector())
+            notifier.queue = queue
+            notifier.also_route = ["alertmanager"]
+            await notifier.notify([event("firing", T0)], T0)
+            return [(e.route, queue.read_message(e.id)) for e in queue.entries()]
+        finally:
+            await queue.close()
+
+    (first_route, first), (second_route, second) = asyncio.run(run())
+    assert (first_route, second_route) == (["pickup"], ["alertmanager"]) and first == second
+
+
+def test_also_route_names_are_checked_like_the_route(tmp_path):
+    import pytest
+
+    from alertmail.config.load import load_config
+    from alertmail.config.schema import ConfigError
+
+    config = tmp_path / "config.toml"
+    config.write_text('[mail]\nroute = ["pickup"]\nalso_route = ["alertmanagr"]\n')
+    with pytest.raises(
+        ConfigError, match=r"mail\.also_route\[0\]: no transport named 'alertmanagr'; did you mean 'alertmanager'\?"
+    ):
+        load_config(config)

@@ -32,7 +32,15 @@ AGENT_OPTIONS: dict[str, Option] = {
 MAIL_OPTIONS: dict[str, Option] = {
     "from": Option("str", "alertmail@localhost", help="From address of alert mails"),
     "to": Option("list", [], help="default recipients"),
-    "route": Option("list", ["pickup"], help="ordered chain of transports"),
+    "route": Option(
+        "list", ["pickup"], help="ordered chain of transports: the next one takes what the one before could not deliver"
+    ),
+    "also_route": Option(
+        "list",
+        [],
+        help="a second chain each alert mail is also queued on, as its own message with its own "
+        'retries: route = ["smtp"] and also_route = ["alertmanager"] send to both',
+    ),
     "subject_prefix": Option("str", "", help="text put before every subject"),
     "templates": Option("path", None, help="folder of templates overriding alert.txt.j2 / alert.html.j2"),
     "charts": Option(

@@ -147,13 +147,15 @@ def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugi
 
     for name, _, table in _plugin_tables(check, raw, "transports", plugins.transports, "transport", options_of):
         cfg.transports[name] = table
-    for i, name in enumerate(cfg.mail.get("route") or []):
-        if name not in plugins.transports:
-            check.error(
-                f"mail.route[{i}]", f"no transport named {name!r}; {did_you_mean(name, plugins.transports, listing='installed')}"
-            )
-        elif name not in cfg.transports:
-            cfg.transports[name] = check.table(f"transports.{name}", {}, options_of(plugins.transports[name]))
+    for key in ("route", "also_route"):
+        for i, name in enumerate(cfg.mail.get(key) or []):
+            if name not in plugins.transports:
+                check.error(
+                    f"mail.{key}[{i}]",
+                    f"no transport named {name!r}; {did_you_mean(name, plugins.transports, listing='installed')}",
+                )
+            elif name not in cfg.transports:
+                cfg.transports[name] = check.table(f"transports.{name}", {}, options_of(plugins.transports[name]))
 
 
 def included_files(check: Checker, raw: Mapping[str, Any]) -> list[Path]:

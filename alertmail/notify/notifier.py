@@ -83,6 +83,7 @@ class Outgoing:
     envelope: Envelope
     subject: str
     kind: str = "alert"  # or "digest"
+    routes: list[list[str]] | None = None  # the routes it still has to be queued on; None: not begun
 
 
 class Notifier:
@@ -118,6 +119,7 @@ class Notifier:
         self.hostname = hostname
         self.timezone = timezone
         self.route = route
+        self.also_route: list[str] = []  # a second route every mail is also queued on ([mail].also_route)
         self.queue = queue
         self.hook = hook
         self.history = history
@@ -324,11 +326,19 @@ class Notifier:
             self._save()
             while self._unsent:
                 out = self._unsent[0]
+                if out.routes is None:  # one queued message per route, each with its own retries
+                    out.routes = [self.route, *([self.also_route] if self.also_route else [])]
                 try:
-                    msg_id = await self.queue.put(out.data, out.envelope, route=self.route, origin="agent")
+                    msg_id = await self.queue.put(out.data, out.envelope, route=out.routes[0], origin="agent")
                 except OSError as exc:
                     log.error("cannot queue %r yet (%s); kept in memory, retrying", out.subject, exc)
                     return
+                out.routes.pop(0)
+                if out.routes:
+                    log.info(
+                        "queued %s on %s; also queued on %s next", msg_id, " -> ".join(self.route), " -> ".join(out.routes[0])
+                    )
+                    continue
                 self._unsent.pop(0)
                 self.counts[out.kind] += 1
                 self.journal.mail(out.subject, out.envelope.recipients, out.kind, now, str(msg_id))

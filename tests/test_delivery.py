@@ -378,6 +378,26 @@ def test_retry_request_makes_a_running_delivery_try_again_now(tmp_path, sink_dir
     run(main())
 
 
+def test_a_manual_retry_that_fails_is_not_an_attempt_and_moves_no_backoff_on(tmp_path):
+    dead = free_port()  # nothing listens: every try fails temporarily
+    steps = RetryPolicy(intervals=(900.0, 1800.0, 3600.0), delay_notice=0.0, expire=86400.0, send_timeout=5.0, scan_interval=0.1)
+
+    async def main() -> None:
+        transports = {"smtp": smtp_transport(f"127.0.0.1:{dead}", tmp_path, connect_timeout=1.0)}
+        async with delivering(tmp_path, transports, policy=steps) as (queue, _):
+            msg_id = await queue.put(alert(), Envelope("alerts@example.test", ("ops@example.test",)))
+            await eventually(lambda: queue.get(msg_id).attempts == 1)
+            for _ in range(3):
+                tried = queue.get(msg_id).last_try
+                queue.request("retry", msg_id)
+                await eventually(lambda tried=tried: queue.get(msg_id).last_try > tried)
+            entry = queue.get(msg_id)
+            assert entry.attempts == 1  # three manual retries, none counted
+            assert 800 < entry.next_try - entry.last_try < 1000  # still the first step of 15 minutes
+
+    run(main())
+
+
 @pytest.mark.peers
 def test_restart_resumes_delivery_of_queued_messages(tmp_path, sink_dir):
     sink = SmtpSink(sink_dir)

@@ -176,6 +176,8 @@ class Delivery:
         # Messages whose route names a transport the config does not have: a configuration
         # problem, not a delivery failure. They wait, uncounted, until a reload supplies it.
         self.held: dict[str, str] = {}  # id -> the missing transport
+        # Asked for by `alertmail queue retry`: a manual retry is not an attempt and moves no backoff on.
+        self._manual: set[str] = set()
 
     async def start(self) -> None:
         """Resume every queued message and start taking new ones."""
@@ -296,6 +298,7 @@ class Delivery:
                 continue
             if action == "retry":
                 for target in touched:
+                    self._manual.add(target)
                     heapq.heappush(self._due, (now, target))
             log.info("%s requested for %s: %d message(s)", action, msg_id, len(touched))
 
@@ -345,7 +348,10 @@ class Delivery:
             for rcpt in result.delivered:
                 log.info("message %s delivered to <%s> via %s", entry.id, rcpt, name)
         now = time.time()
-        entry.attempts += 1
+        if entry.id in self._manual:
+            self._manual.discard(entry.id)
+        else:
+            entry.attempts += 1
         entry.last_try = now
         errors = [s.reply for s in entry.recipients.values() if s.status != "delivered" and s.reply]
         entry.last_error = errors[-1] if errors else ""

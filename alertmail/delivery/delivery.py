@@ -26,7 +26,7 @@ from typing import Any
 from alertmail.config.schema import Option, Section
 from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status, Transport, TransportContext
 from alertmail.queue.entry import Entry
-from alertmail.queue.spool import Queue, QueueWriteError
+from alertmail.queue.spool import Queue, QueueCorrupt, QueueWriteError
 from alertmail.units import format_duration, parse_duration
 
 log = logging.getLogger("alertmail.delivery.delivery")
@@ -288,6 +288,9 @@ class Delivery:
             data = await self.queue.read(entry.id)
         except FileNotFoundError:
             return  # deleted meanwhile
+        except QueueCorrupt as exc:
+            await self.queue.quarantine(entry.id, str(exc))  # never delivered; its bytes are kept
+            return
         route = entry.route or self.default_route
         remaining = entry.pending
         for index, name in enumerate(route):

@@ -247,3 +247,41 @@ def test_the_agent_delivers_a_damaged_queue_without_the_damaged_message(tmp_path
     assert not any(b"message number 2" in d for d in delivered), "the truncated message must not go out"
     assert "damaged" in log and ids[2] in log, log
     assert (folder / "x.seg").is_dir()
+
+
+def test_delivery_sets_aside_a_message_damaged_after_the_start_and_never_sends_it(tmp_path):
+    """The real delivery loop and pickup transport: the damaged message is set aside, the others go out."""
+    from alertmail.delivery.delivery import Delivery, RetryPolicy
+    from tests.test_delivery import pickup_transport
+
+    state_dir = tmp_path / "state"
+    folder = state_dir / "queue"
+    ids = run(fill(folder))
+    out = tmp_path / "out"
+    out.mkdir()
+
+    async def main() -> None:
+        queue = Queue(folder)
+        await queue.start()
+        seg = segment(folder)
+        raw = bytearray(seg.read_bytes())
+        raw[raw.index(b"message number 1") + 40] ^= 0x04
+        seg.write_bytes(bytes(raw))
+        transports = {"pickup": pickup_transport(state_dir, out)}
+        delivery = Delivery(queue, transports, policy=RetryPolicy(), state_dir=state_dir, hostname="h", default_route=["pickup"])
+        await delivery.start()
+        try:
+            deadline = time.monotonic() + 10
+            while len(queue) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        finally:
+            await delivery.stop()
+            await queue.close()
+
+    run(main())
+    sent = [p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")]
+    assert len(sent) == 2
+    assert not any(b"message number 1" in d for d in sent), "a message that fails verification is never delivered"
+    kept = folder / "corrupt" / f"{ids[1]}.msg"
+    assert kept.is_file() and b"message number 1" in kept.read_bytes()
+    assert "checksum" in (folder / "corrupt" / f"{ids[1]}.msg.txt").read_text()

@@ -231,3 +231,8 @@ def toml_text(config: dict) -> bytes:
 @given(configs())
 def test_random_toml_never_gives_a_traceback(tmp_path, config):
     run_check(tmp_path, toml_text(config))
+
+
+@pytest.mark.parametrize("value", ['["5m", nan]', '"soon"', '["5m", "later"]', "[]", '{ every = "5m" }'])
+def test_route_retry_is_checked_as_run_reads_it(tmp_path, value):
+    assert_problem(write(tmp_path, GOOD + f"\n[queue]\nroute_retry = {{ mx = {value} }}\n"), "queue.route_retry")

@@ -42,7 +42,7 @@ QUEUE_OPTIONS: dict[str, Option] = {
     "send_timeout": Option("duration", 600.0, help="longest one transport may take for one message"),
     "scan_interval": Option("duration", 5.0, help="how often requests from the command line are picked up"),
 }
-SECTION = Section("queue", QUEUE_OPTIONS)
+
 
 STOP_TIMEOUT = 30.0  # how long stop() lets attempts in flight finish
 # A zero interval ("0") would retry a dead server in a busy loop.
@@ -82,6 +82,24 @@ class RetryPolicy:
         """The wait after the ``attempts``-th failed attempt (1-based); the last interval repeats."""
         intervals = self.route_intervals.get(route[0], self.intervals) if route else self.intervals
         return max(intervals[min(max(attempts, 1), len(intervals)) - 1], MIN_RETRY)
+
+
+def _check_queue(table: Mapping[str, Any], check: Any, config: Any) -> None:
+    """What keys alone cannot say: ``route_retry`` is read as the delivery reads it at start."""
+    routes = table.get("route_retry")
+    if routes is None:
+        return
+    if not isinstance(routes, dict):
+        check.error("queue.route_retry", f'expected a table like {{ mx = ["5m", "1h"] }}, got {routes!r}')
+        return
+    for name, values in routes.items():
+        try:
+            RetryPolicy.from_config({"route_retry": {name: values}})
+        except ValueError as exc:
+            check.error(f"queue.route_retry.{name}", str(exc).removeprefix(f"queue.route_retry.{name}: "))
+
+
+SECTION = Section("queue", QUEUE_OPTIONS, check=_check_queue)
 
 
 def build_transports(cfg: Any, plugins: Any, context: TransportContext) -> dict[str, Transport]:

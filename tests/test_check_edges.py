@@ -236,3 +236,15 @@ def test_random_toml_never_gives_a_traceback(tmp_path, config):
 @pytest.mark.parametrize("value", ['["5m", nan]', '"soon"', '["5m", "later"]', "[]", '{ every = "5m" }'])
 def test_route_retry_is_checked_as_run_reads_it(tmp_path, value):
     assert_problem(write(tmp_path, GOOD + f"\n[queue]\nroute_retry = {{ mx = {value} }}\n"), "queue.route_retry")
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ("[transports.mx]\nport = 70000\n", "transports.mx.port:"),
+        ('[transports.smtp]\nservers = ["a.example:99999"]\n', "transports.smtp.servers[0]:"),
+        ('[transports.mx]\nmode = "smarthost"\n', "transports.mx"),
+    ],
+)
+def test_transports_are_built_as_run_builds_them(tmp_path, table, expected):
+    assert_problem(write(tmp_path, GOOD + "\n" + table), expected)

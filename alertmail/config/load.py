@@ -160,15 +160,43 @@ def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugi
     def options_of(cls: Any) -> Mapping[str, Option]:
         return getattr(cls, "options", {})
 
+    clean: list[str] = []
     for name, _, table in _plugin_tables(check, raw, "transports", plugins.transports, "transport", options_of):
+        before = len(check.problems)
         cfg.transports[name] = table
+        if len(check.problems) == before:
+            clean.append(name)
     for i, name in enumerate(cfg.mail.get("route") or []):
         if name not in plugins.transports:
             check.error(
                 f"mail.route[{i}]", f"no transport named {name!r}; {did_you_mean(name, plugins.transports, listing='installed')}"
             )
         elif name not in cfg.transports:
+            before = len(check.problems)
             cfg.transports[name] = check.table(f"transports.{name}", {}, options_of(plugins.transports[name]))
+            if len(check.problems) == before:
+                clean.append(name)
+    # Built once here as the agent builds them at start, so what a constructor refuses is a config problem.
+    for name in clean:
+        _build_transport(check, cfg, name, plugins.transports[name])
+
+
+def _build_transport(check: Checker, cfg: Config, name: str, cls: Any) -> None:
+    from alertmail.model import TransportContext
+
+    state_dir = cfg.agent.get("state_dir")
+    context = TransportContext(
+        state_dir=Path(state_dir or "."), hostname=cfg.agent.get("hostname") or "localhost", config_path=cfg.path
+    )
+    try:
+        cls(dict(cfg.transports[name]), context)
+    except ValueError as exc:
+        keypath, _, message = str(exc).partition(": ")
+        if not keypath.startswith(f"transports.{name}") or not message:
+            keypath, message = f"transports.{name}", str(exc)
+        check.error(keypath, message)
+    except Exception as exc:  # a bug in a plugin's constructor, not in the config; run would stop on it too
+        check.error(f"transports.{name}", f"the transport failed to take its options: {type(exc).__name__}: {exc}")
 
 
 def _check_folders(check: Checker, cfg: Config) -> None:

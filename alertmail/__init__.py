@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from alertmail.delivery.outbox import Outbox
     from alertmail.queue.badmail import Badmail, split_envelope
     from alertmail.queue.spool import QueueLocked, QueueWriteError
+    from alertmail.rules.wire import alerts_in
 
 # name -> module, imported on first access (PEP 562).
 _LAZY = {
@@ -45,6 +46,7 @@ _LAZY = {
     "QueueLocked": "alertmail.queue.spool",
     "QueueWriteError": "alertmail.queue.spool",
     "Outbox": "alertmail.delivery.outbox",
+    "alerts_in": "alertmail.rules.wire",
     "DEFAULT_CONFIG": "alertmail.cli.options",
     "config_option": "alertmail.cli.options",
     "load_or_exit": "alertmail.cli.options",
@@ -81,6 +83,7 @@ __all__ = [  # noqa: RUF022  grouped by what a plugin does with them
     "QueueLocked",
     "Badmail",
     "split_envelope",
+    "alerts_in",
     # configuration
     "Option",
     "Checker",

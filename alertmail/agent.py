@@ -28,7 +28,8 @@ from alertmail.model import Sample
 from alertmail.notify import heartbeat
 from alertmail.probes.history import History
 from alertmail.rules.engine import RuleEngine
-from alertmail.rules.model import AlertEvent, Rule
+from alertmail.rules.model import AlertEvent, Rule, State
+from alertmail.sdnotify import ServiceManager
 
 log = logging.getLogger("alertmail.agent")
 
@@ -40,6 +41,10 @@ STOP_MARGIN = 2.0
 
 # How often the tick drops the chart history of series that stopped reporting: each sweep walks every series.
 HISTORY_SWEEP = 60.0
+
+
+# [agent] keys a reload cannot apply: the queue's folder and its lock, the plugins loaded, how logs are written.
+RESTART_KEYS = ("state_dir", "plugin_dirs", "disable_plugins", "log_format")
 
 
 def self_rules(cfg: Config) -> list[Rule]:
@@ -82,7 +87,7 @@ class Agent:
         self.state_dir = Path(cfg.state_dir)
         self.rules = [*cfg.rules, *self_rules(cfg)]
         # The loop keeps only weak references to tasks: one nobody holds may vanish mid-run.
-        self._observing: set[asyncio.Task[None]] = set()
+        self._observing: set[asyncio.Task[Any]] = set()
         self.engine = RuleEngine(self.rules)
         self.history = History()
         self._history_swept = 0.0  # when the tick last dropped idle series from the history
@@ -91,6 +96,10 @@ class Agent:
         self._groups: dict[str, list[str]] = {}  # scheduler job id -> probes sharing that interval
         self._stop = asyncio.Event()
         self._state_file = self.state_dir / "rules-state.json"
+        self.manager = ServiceManager()  # systemd's notify socket, when there is one
+        self._reloading = asyncio.Lock()  # two SIGHUPs in a row apply one after the other
+        self._status = ""
+        self.exporter: Any = None  # serves /metrics when [exporter] listen is set
 
     # -- probes ------------------------------------------------------------
     def _configure_probes(self) -> dict[str, tuple[Any, float, float]]:
@@ -135,6 +144,8 @@ class Agent:
     async def observe(self, samples: list[Sample], now: float) -> None:
         watched = [s for s in samples if any(rule.matches(s) for rule in self.rules)]
         self.history.add(watched)
+        if self.exporter is not None:
+            self.exporter.observe(samples)
         events = self.engine.observe(samples, now)
         if events:
             self._hand_over(events, now)
@@ -147,6 +158,25 @@ class Agent:
             # Probes report series that end (a process exits, a disk is unmounted); without this they stay forever.
             self.history.forget_idle(now)
             self._history_swept = now
+        self._report_status(now)
+
+    def status_line(self, now: float | None = None) -> str:
+        """One line for the service manager: alerts firing, the queue's depth."""
+        firing = sum(1 for s in self.engine.states(now) if s.state in (State.FIRING, State.FLAPPING))
+        queue = getattr(self, "queue", None)
+        waiting = len(queue) if queue is not None else 0
+        return f"{firing} alert(s) firing, {len(self.rules)} rules; {waiting} message(s) in the queue"
+
+    def _report_status(self, now: float | None = None) -> None:
+        if self.manager.enabled and (status := self.status_line(now)) != self._status:
+            self._status = status
+            self.manager.status(status)
+
+    async def _watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 from the event loop itself: a loop that hangs stops pinging and gets restarted."""
+        while True:
+            self.manager.watchdog()
+            await asyncio.sleep(interval)
 
     def _hand_over(self, events: list, now: float) -> None:
         """Pass events to the mailer task; probes and ticks never wait for a mail to be rendered.
@@ -230,6 +260,10 @@ class Agent:
         self._mailer_task = asyncio.create_task(self._mailer(), name="mailer")
         await self.outbox.start_services(self.plugins.services)
         self._start_scheduler()
+        if cfg.sections.get("exporter", {}).get("listen"):
+            from alertmail.exporter import start_exporter
+
+            self.exporter = await start_exporter(self)
         log.info(
             "watching %s with %d probes and %d rules; mail goes %s",
             cfg.hostname,
@@ -296,22 +330,49 @@ class Agent:
                 runs.append(self.run_probe(name, probe, timeout))
         await asyncio.gather(*runs)
 
-    def reload(self) -> bool:
-        """Re-read the config (SIGHUP). A config with any problem is refused whole and the running one stays."""
+    def request_reload(self) -> None:
+        """SIGHUP: reload in a task of the event loop (transports and services start and stop asynchronously)."""
+        task = asyncio.ensure_future(self.reload())
+        self._observing.add(task)
+        task.add_done_callback(self._observing.discard)
+
+    async def reload(self) -> bool:
+        """Re-read the config and apply all of it, or none: a config with any problem, or one that
+        changes a key only a restart can change, is refused whole and the running one stays."""
+        self.manager.reloading()
+        async with self._reloading:
+            try:
+                return await self._reload()
+            finally:
+                self._status = self.status_line()
+                self.manager.ready(self._status)
+
+    async def _reload(self) -> bool:
         from alertmail.config.load import load_config
         from alertmail.config.schema import ConfigError
 
         try:
             cfg = load_config(self.cfg.path, self.plugins)
         except ConfigError as exc:
-            for problem in exc.problems:
-                log.error("%s: %s", exc.path, problem)
-            log.error("reload refused: %d problem(s) in %s; the running configuration stays", len(exc.problems), exc.path)
+            for line in exc.lines():
+                log.error("%s", line)
+            log.error("reload refused: %d problem(s) in %s; the running configuration stays", exc.count, exc.path)
             return False
-        fixed = ["queue", *(getattr(s, "section", "") for s in self.plugins.services)]
-        restart_needed = cfg.transports != self.cfg.transports or any(
-            cfg.sections.get(k) != self.cfg.sections.get(k) for k in fixed
-        )
+        fixed = [f"agent.{key}" for key in RESTART_KEYS if cfg.agent.get(key) != self.cfg.agent.get(key)]
+        if fixed:
+            log.error(
+                "reload refused: %s can change only at a restart; the running configuration stays "
+                "(restart, or put %s back as it was and reload)",
+                ", ".join(fixed),
+                "it" if len(fixed) == 1 else "them",
+            )
+            return False
+        try:
+            transports = self.outbox.build_transports(cfg)
+        except Exception as exc:  # e.g. a password_env variable that is not set
+            log.error("reload refused: a transport cannot be built (%s); the running configuration stays", exc)
+            return False
+        exporter_changed = cfg.sections.get("exporter") != self.cfg.sections.get("exporter")
         snapshot = self.engine.snapshot()
         self.cfg = cfg
         self.rules = [*cfg.rules, *self_rules(cfg)]
@@ -321,13 +382,30 @@ class Agent:
         n.sender, n.route, n.timezone = cfg.mail["from"], cfg.mail["route"], cfg.agent["timezone"]
         n.subject_prefix = cfg.mail.get("subject_prefix") or ""
         n.group_wait = cfg.sections.get("notify", {}).get("group_wait") or 0.0
+        n.render_options = render_options(cfg, self.plugins)
         n.configure_noise(cfg, self.rules)
+        logging.getLogger().setLevel(getattr(logging, cfg.agent["log_level"].upper(), logging.INFO))
+        self.scheduler.reschedule_job("tick", trigger="interval", seconds=cfg.agent["resolution"])
         heartbeat.schedule(self.scheduler, self)
         self._schedule_probes()
+        await self.outbox.reconfigure(cfg, transports)
+        if exporter_changed:
+            await self._restart_exporter()
         log.info("configuration reloaded: %d rules, %d probes", len(cfg.rules), len(self.probes))
-        if restart_needed:
-            log.warning("changes to transports, [queue] and services take effect at the next restart")
         return True
+
+    async def _restart_exporter(self) -> None:
+        """After a reload, serve /metrics as ``[exporter]`` says now: stopped, started, or at its new address."""
+        if self.exporter is not None:
+            await self.exporter.stop()
+            self.exporter = None
+        if self.cfg.sections.get("exporter", {}).get("listen"):
+            from alertmail.exporter import start_exporter
+
+            try:
+                self.exporter = await start_exporter(self)
+            except OSError as exc:  # the address is taken: the agent goes on without /metrics
+                log.error("exporter: cannot listen on %s: %s", self.cfg.sections["exporter"]["listen"], exc)
 
     def _job_skipped(self, event: Any) -> None:
         """A skipped run is never silent: an overlap is an overrun sample, a missed run a logged counter."""
@@ -369,6 +447,8 @@ class Agent:
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             scheduler.shutdown(wait=False)
+        if self.exporter is not None:
+            await self.exporter.stop()
         outbox = getattr(self, "outbox", None)
         if outbox is not None:
             await outbox.stop_services(left(5.0, most=2.0))
@@ -422,13 +502,20 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         await self.start()
+        self._status = self.status_line()
+        self.manager.ready(self._status)
+        pinging = asyncio.create_task(self._watchdog(self.manager.watchdog_interval)) if self.manager.watchdog_interval else None
         try:
             await self._stop.wait()
             log.info("stopping")
+            self.manager.stopping("stopping: queueing what is held, closing the queue")
         finally:
             await self.stop()
+            if pinging is not None:
+                pinging.cancel()
+            self.manager.close()
 
 
 def _exit_now(code: int) -> None:

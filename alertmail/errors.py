@@ -10,6 +10,7 @@ callers may catch either (the shape aiosmtplib and httpx use)::
     ├── SampleFileError        probes.samples  a recorded-samples CSV that cannot be read (ValueError)
     ├── QueueWriteError        queue.spool     a message could not be made durable (OSError)
     ├── QueueLocked            queue.spool     another process owns the queue folder (RuntimeError)
+    ├── DkimKeyError           delivery.dkim   a DKIM private key that cannot be used (ValueError)
     └── raised by the bundled plugins:
         ├── RouteError         transports.mx          no way to the recipient's domain
         ├── SessionError       transports.smtpclient  one SMTP session failed

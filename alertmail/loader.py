@@ -33,6 +33,7 @@ BUNDLED_PLUGINS: tuple[str, ...] = (
     "alertmail.plugins.transports.pickup",
     "alertmail.plugins.transports.smtp",
     "alertmail.plugins.transports.mx",
+    "alertmail.plugins.transports.alertmanager",
     "alertmail.plugins.relay",
 )
 

@@ -8,6 +8,7 @@ sleeps (the same interpreter, measured in the same run).
 
     python bench/agent_idle.py --seconds 600
     python bench/agent_idle.py --quick          # 30 s smoke run
+    python bench/agent_idle.py --exporter       # also the agent with [exporter] on, scraped every 15 s
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -50,11 +53,39 @@ def measure(proc: subprocess.Popen, seconds: float, settle: float) -> tuple[floa
     return rss_start / 1e6, cpu, peak / 1e6
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def scrape_every(url: str, seconds: float, stop: threading.Event) -> None:
+    """Scrape like a Prometheus with the default 15 s interval, so the figure includes serving /metrics."""
+    while not stop.wait(seconds):
+        try:
+            urllib.request.urlopen(url, timeout=5).read()
+        except OSError as exc:
+            print(f"scrape failed: {exc}", file=sys.stderr)
+
+
+def start_agent(folder: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "alertmail", "run", "--config", "config.toml"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--quick", action="store_true", help="30 s smoke run")
     parser.add_argument("--settle", type=float, default=15.0, help="seconds to wait before measuring")
+    parser.add_argument("--exporter", action="store_true", help="also measure the agent with [exporter] listen on loopback")
     args = parser.parse_args()
     seconds = 30.0 if args.quick else args.seconds
     settle = 5.0 if args.quick else args.settle
@@ -63,32 +94,49 @@ def main() -> int:
     try:
         shutil.copy(ROOT / "config.toml", folder / "config.toml")
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "alertmail", "run", "--config", "config.toml"],
-            cwd=folder,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        agents = {"alertmail run (default)": start_agent(folder, env)}
+        stop_scraping = threading.Event()
+        if args.exporter:
+            other = folder / "exporter"
+            other.mkdir()
+            port = free_port()
+            config = (ROOT / "config.toml").read_text() + f'\n[exporter]\nlisten = "127.0.0.1:{port}"\n'
+            (other / "config.toml").write_text(config)
+            agents["with [exporter], scraped"] = start_agent(other, env)
+            url = f"http://127.0.0.1:{port}/metrics"
+            threading.Thread(target=scrape_every, args=(url, 15.0, stop_scraping), daemon=True).start()
         bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(100000)"], env=env)
+        figures = {}
         try:
             print(f"measuring for {seconds:.0f} s after {settle:.0f} s of settling ...", file=sys.stderr)
-            a_rss, a_cpu, a_peak = measure(agent, seconds, settle)
+            measured = {}
+            threads = [
+                threading.Thread(target=lambda n=name, p=proc: measured.__setitem__(n, measure(p, seconds, settle)))
+                for name, proc in agents.items()
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            figures = {name: measured[name] for name in agents}
             b = psutil.Process(bare.pid)
             b_rss = b.memory_info().rss / 1e6
-            if agent.poll() is not None:
-                print(f"the agent exited with {agent.returncode}", file=sys.stderr)
-                return 1
+            for name, proc in agents.items():
+                if proc.poll() is not None:
+                    print(f"{name}: the agent exited with {proc.returncode}", file=sys.stderr)
+                    return 1
         finally:
-            for proc in (agent, bare):
+            stop_scraping.set()
+            for proc in (*agents.values(), bare):
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
-    share = a_cpu / seconds * 100
     print(f"{'process':<28} {'RSS MB':>8} {'peak MB':>8} {'CPU s':>8} {'% of a core':>12}")
-    print(f"{'alertmail run (default)':<28} {a_rss:8.1f} {a_peak:8.1f} {a_cpu:8.2f} {share:11.3f}%")
+    for name, (rss, cpu, peak) in figures.items():
+        print(f"{name:<28} {rss:8.1f} {peak:8.1f} {cpu:8.2f} {cpu / seconds * 100:11.3f}%")
+    a_rss = figures["alertmail run (default)"][0]
     print(f"{'bare python (sleeping)':<28} {b_rss:8.1f} {'':>8} {'':>8} {'':>12}")
     print(f"agent RSS over bare interpreter: +{a_rss - b_rss:.1f} MB ({a_rss / b_rss:.2f}x); window {seconds:.0f} s")
     return 0

@@ -88,6 +88,11 @@ class SmtpSink:
             stderr=subprocess.PIPE,
         )
         wait_port(self.host, self.port)
+        # Something else may answer on the port (another test run took it meanwhile): then ours has exited.
+        time.sleep(0.05)
+        if self.proc.poll() is not None:
+            error = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+            raise RuntimeError(f"smtp-sink on {addr} exited at start: {error.strip()}")
         return self
 
     def stop(self) -> None:

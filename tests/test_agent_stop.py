@@ -1,7 +1,8 @@
 """`alertmail run` stops within its bound on SIGTERM, whatever the queue and transports do.
 
-Each case is a real agent process: a rule that fires at once, a mail held for its group
-(``group_wait``) and flushed into the queue at shutdown. The flushed mail must be in the
+Each case is a real agent process: a rule that fires at once (its mail leads its group and
+goes out at once), a second one that fires 3 s later, inside ``group_wait``: its mail is
+held for the group and flushed into the queue at shutdown. The flushed mail must be in the
 queue after the exit and delivered by the next start, over pickup, smtp and mx alike.
 """
 
@@ -39,7 +40,18 @@ def register_probes(register):
 """
 
 
-def write_config(folder: Path, *, route: str, to: str, transports: str = "", group_wait: str = "1m") -> Path:
+HELD_BACK = """
+[[rules]]
+name = "held-back"
+metric = "test.gauge"
+above = -1
+for = "3s"
+"""
+
+
+def write_config(
+    folder: Path, *, route: str, to: str, transports: str = "", group_wait: str = "1m", held_back: bool = True
+) -> Path:
     (folder / "plugins.d").mkdir(exist_ok=True)
     (folder / "plugins.d" / "gauge.py").write_text(PLUGIN)
     config = folder / "config.toml"
@@ -67,6 +79,7 @@ def write_config(folder: Path, *, route: str, to: str, transports: str = "", gro
         metric = "test.gauge"
         above = -1
         """)
+        + (HELD_BACK if held_back else "")
         + textwrap.dedent(transports)
     )
     return config
@@ -108,6 +121,13 @@ def queued(folder: Path) -> list:
     return queue.entries()
 
 
+def held_back(folder: Path) -> list:
+    """The queued mails of the rule that fired inside the group: the mail held at shutdown."""
+    queue = Queue(folder / "var" / "queue")
+    queue.load()
+    return [e for e in queue.entries() if b"held-back" in queue.read_message(e.id).split(b"\r\n\r\n", 1)[0]]
+
+
 def wait_for(predicate, timeout: float = 40.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -127,7 +147,7 @@ def stop_then_deliver(tmp_path: Path, config: Path, delivered, *, before_restart
     assert took < STOP_BOUND, f"exit took {took:.1f} s\n{log}"
     assert proc.returncode == 0, log
     assert "stopping" in log and "queued" in log, log
-    entries = queued(tmp_path)
+    entries = held_back(tmp_path)
     assert len(entries) == 1, f"the mail flushed at shutdown must be in the queue\n{log}"
     msg_id = entries[0].id
     before_restart()
@@ -146,7 +166,9 @@ def stop_then_deliver(tmp_path: Path, config: Path, delivered, *, before_restart
 def test_stop_flushes_into_the_queue_pickup(tmp_path):
     config = write_config(tmp_path, route="pickup", to="ops@test.example")
     pickup = tmp_path / "var" / "pickup"
-    stop_then_deliver(tmp_path, config, lambda: pickup.is_dir() and any(p.suffix == ".eml" for p in pickup.iterdir()))
+    stop_then_deliver(
+        tmp_path, config, lambda: pickup.is_dir() and any(b"held-back" in p.read_bytes() for p in pickup.glob("*.eml"))
+    )
 
 
 def test_stop_flushes_into_the_queue_smtp_down(tmp_path):
@@ -160,10 +182,10 @@ def test_stop_flushes_into_the_queue_smtp_down(tmp_path):
     config = write_config(tmp_path, route="smtp", to="ops@test.example", transports=transports)
     sink = SmtpSink(tmp_path / "sink", port=port)
     try:
-        stop_then_deliver(tmp_path, config, sink.messages, before_restart=sink.start)
+        stop_then_deliver(tmp_path, config, lambda: held_in(sink), before_restart=sink.start)
     finally:
         sink.stop()
-    [received] = sink.messages()
+    [received] = held_in(sink)
     assert received.recipients == ["ops@test.example"]
 
 
@@ -189,12 +211,16 @@ def test_stop_flushes_into_the_queue_mx_nxdomain(tmp_path):
         sink.start()
 
     try:
-        stop_then_deliver(tmp_path, config, sink.messages, before_restart=dns_comes_back)
+        stop_then_deliver(tmp_path, config, lambda: held_in(sink), before_restart=dns_comes_back)
     finally:
         sink.stop()
         dns.stop()
-    [received] = sink.messages()
+    [received] = held_in(sink)
     assert received.recipients == ["ops@gone.test"]
+
+
+def held_in(sink: SmtpSink) -> list:
+    return [m for m in sink.messages() if "held-back" in str(m.message["Subject"])]
 
 
 class Silent:
@@ -234,7 +260,7 @@ def hung_server_config(tmp_path: Path, port: int) -> Path:
     servers = ["127.0.0.1:{port}"]
     tls = "none"
     """  # the default timeouts: 30 s to connect, 5 min for the greeting
-    return write_config(tmp_path, route="smtp", to="ops@test.example", transports=transports, group_wait="0s")
+    return write_config(tmp_path, route="smtp", to="ops@test.example", transports=transports, group_wait="0s", held_back=False)
 
 
 def test_stop_within_the_bound_while_a_transport_hangs(tmp_path):

@@ -42,6 +42,7 @@ ALLOWED: dict[str, set[str]] = {
     "queue": set(),
     "delivery": {"queue"},
     "notify": {"rules", "render", "queue"},
+    "exporter": set(),
 }
 
 

@@ -17,7 +17,7 @@ from tests.peers import need
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 RUNS = {
-    "agent_idle.py": ["--seconds", "4", "--settle", "3"],
+    "agent_idle.py": ["--seconds", "4", "--settle", "3", "--exporter"],
     "probe_cost.py": ["2"],
     "queue_bench.py": ["-n", "100"],
     "relay_bench.py": ["--quick"],

@@ -11,7 +11,9 @@ import pytest
 from alertmail.plugins.relay.policy import (
     RelayPolicy,
     address_problem,
+    data_problem,
     has_bare_newline,
+    has_routing,
     parse_networks,
     received_header,
     with_enhanced_code,
@@ -227,3 +229,57 @@ def test_pickup_takes_a_file_written_in_place_only_once_it_is_stable(tmp_path):
     os.utime(growing, ns=(now + 10**8, now + 10**8))
     assert watcher._ready(now + 2 * 10**8) == [old]  # it changed since the last scan: still being written
     assert watcher._ready(now + 4 * 10**8) == [growing, old]  # unchanged for one scan: taken
+
+
+@pytest.mark.parametrize(
+    "address, routed",
+    [
+        ("user@local.example", False),
+        ("first.last+tag@local.example", False),
+        ("user%evil.example@local.example", True),
+        ('"user@evil.example"@local.example', True),
+        ("evil.example!user@local.example", True),
+        ("@hop.example:user@local.example", True),
+    ],
+)
+def test_sender_specified_routing_is_recognised(address, routed):
+    assert has_routing(address) is routed
+
+
+@pytest.mark.parametrize(
+    "data, problem",
+    [
+        (b"Subject: a\r\n\r\nbody\r\n", None),
+        (b"Subject: a\r\n\r\nbe\x00fore\r\n", "NUL byte in message data"),
+        (b"Subject: a\r\n\r\nline\n", "Bare CR or LF in message data; lines must end with CRLF"),
+    ],
+)
+def test_message_data_problems_are_named(data, problem):
+    assert data_problem(data) == problem
+
+
+def test_w3c_log_that_cannot_be_written_never_raises_and_recovers(tmp_path, capsys, caplog):
+    folder = tmp_path / "logs"
+    folder.write_text("a file where the folder should be")  # mkdir and open fail, as on a full or read-only disk
+    log = W3CLog(folder, "alertmail 1.0")
+    common = {
+        "client_ip": "127.0.0.1",
+        "username": None,
+        "server_ip": "127.0.0.1",
+        "server_port": 2525,
+        "sent": 1,
+        "received": 1,
+        "taken_ms": 0,
+    }
+    for _ in range(3):
+        log.record(method="MAIL", query="FROM:<a@b>", status=250, **common)
+        log.flush()
+    assert capsys.readouterr().err.count("w3c: ") == 3  # the lines went to stderr
+    assert sum("cannot write the W3C log" in r.getMessage() for r in caplog.records) == 1  # one warning, not three
+    folder.unlink()
+    log.record(method="RCPT", query="TO:<c@d>", status=250, **common)
+    log.close()
+    (written,) = folder.glob("relay*.log")
+    lines = written.read_text().splitlines()
+    assert lines[0].startswith("#Software") and lines[-1].endswith("RCPT TO:<c@d> 250 1 1 0")
+    assert any("is written again" in r.getMessage() for r in caplog.records)

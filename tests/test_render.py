@@ -225,25 +225,25 @@ def test_hostile_labels_and_names_reach_no_header_and_inject_no_html():
 
 def test_times_are_shown_in_the_configured_timezone_with_the_duration():
     msg = reparse(render_alert([event()], context(timezone="Europe/Berlin")))
-    assert "firing for 12 min, since 14:03 CET" in text_of(msg)
-    assert "firing for 12 min, since 14:03 CET" in html_of(msg)
+    assert "firing for 12m, since 14:03 CET" in text_of(msg)
+    assert "firing for 12m, since 14:03 CET" in html_of(msg)
     utc = reparse(render_alert([event()], context(timezone="UTC")))
-    assert "firing for 12 min, since 13:03 UTC" in text_of(utc)
+    assert "firing for 12m, since 13:03 UTC" in text_of(utc)
 
 
 def test_a_start_on_another_day_shows_the_day():
     ev = event(since=SINCE - 86400, kind="resolved")
     msg = reparse(render_alert([ev], context()))
-    assert "resolved at 14:15 CET after 1 d, since Tue 14 Jan 14:03 CET" in text_of(msg)
+    assert "resolved at 14:15 CET after 1d, since Tue 14 Jan 14:03 CET" in text_of(msg)
 
 
 @pytest.mark.parametrize(
     "kind, extra, status",
     [
-        ("reminder", {}, "still firing: for 12 min, since 14:03 CET"),
-        ("escalated", {"previous_severity": "warning"}, "firing for 12 min, since 14:03 CET; raised from warning to critical"),
-        ("flapping", {"percent_change": 34.5}, "flapping for 12 min, since 14:03 CET (34.5 % state change)"),
-        ("flap-ended", {}, "settled at 14:15 CET after 12 min, since 14:03 CET"),
+        ("reminder", {}, "still firing: for 12m, since 14:03 CET"),
+        ("escalated", {"previous_severity": "warning"}, "firing for 12m, since 14:03 CET; raised from warning to critical"),
+        ("flapping", {"percent_change": 34.5}, "flapping for 12m, since 14:03 CET (34.5 % state change)"),
+        ("flap-ended", {}, "settled at 14:15 CET after 12m, since 14:03 CET"),
     ],
 )
 def test_each_kind_of_event_says_what_happened(kind, extra, status):
@@ -252,10 +252,8 @@ def test_each_kind_of_event_says_what_happened(kind, extra, status):
     assert status in text_of(msg) and status in html_of(msg)
 
 
-@pytest.mark.parametrize(
-    "seconds, words", [(45, "45 s"), (720, "12 min"), (7500, "2 h 5 min"), (7200, "2 h"), (93600, "1 d 2 h")]
-)
-def test_durations_read_as_people_say_them(seconds, words):
+@pytest.mark.parametrize("seconds, words", [(45, "45s"), (720, "12m"), (7500, "2h5m"), (7200, "2h"), (93600, "1d2h")])
+def test_durations_read_as_the_config_writes_them(seconds, words):
     assert human_duration(seconds) == words
 
 
@@ -269,7 +267,7 @@ def test_grouped_mail_lists_all_events_and_caps_the_charts():
     assert len(images(msg)) == 3
     assert "Details and charts for the first 3 of 200 alerts" in html
     assert "Details for the first 3 of 200 alerts; all are listed above." in text
-    assert msg["Subject"] == "[CRITICAL] web01: 200 alerts — disk-root-full"
+    assert msg["Subject"] == "[CRITICAL] web01: 200 firing — disk-root-full"
 
 
 def test_a_notice_from_the_notifier_stands_above_the_alerts_escaped():
@@ -309,7 +307,7 @@ def test_disk_alert_shows_size_free_growth_and_time_to_full():
     }
     msg = reparse(render_alert([event()], context(extra={"disk": disk})))
     html = html_of(msg)
-    for shown in ("Disk /", "50.0 GiB", "46.0 GiB (92 %)", "4.0 GiB", "+1.0 GiB/h", "full in ~4 h"):
+    for shown in ("Disk /", "50.0 GiB", "46.0 GiB (92 %)", "4.0 GiB", "+1.0 GiB/h", "full in ~4h"):
         assert shown in html
 
 
@@ -332,7 +330,7 @@ def test_user_templates_replace_or_extend_the_builtin_ones(tmp_path):
     )
     ctx = context(templates_dir=tmp_path, extra={"oncall": "<ops>"}, charts="in-process")
     msg = reparse(render_alert([event()], ctx))
-    assert text_of(msg) == "FIRING disk-root-full: firing for 12 min, since 14:03 CET\n"
+    assert text_of(msg) == "FIRING disk-root-full: firing for 12m, since 14:03 CET\n"
     html = html_of(msg)
     assert "Call &lt;ops&gt;" in html and "Sent by alertmail" not in html
     assert len(images(msg)) == 1 and "cid:" in html
@@ -399,3 +397,75 @@ def test_a_flap_that_settles_ok_is_announced_as_a_recovery():
     text = subject([event], RenderContext(hostname="web01"))
     assert text.startswith("[RESOLVED] web01: disk-busy")
     assert "50, back below 80" in text
+
+
+# -- the worst news leads ------------------------------------------------------------------
+
+MEM_RULE = Rule(name="a-mem", metric="memory.used_percent", above=90, severity="warning")
+CPU_CRIT = Rule(name="b-cpu", metric="cpu.percent", above=95, severity="critical")
+
+
+def test_grouped_subject_follows_the_worst_news_and_counts_firing_and_resolved():
+    recovery = event(MEM_RULE, kind="resolved", labels=(), value=50.0)
+    new_critical = event(CPU_CRIT, labels=(), value=99.0)
+    ctx = RenderContext(hostname="vm")
+    assert subject([recovery, new_critical], ctx) == "[CRITICAL] vm: 1 firing, 1 resolved — b-cpu, a-mem"
+
+
+def test_critical_leads_warning_and_a_group_of_recoveries_is_resolved():
+    warning = event(MEM_RULE, labels=(), value=95.0)
+    critical = event(CPU_CRIT, labels=(), value=99.0)
+    ctx = RenderContext(hostname="vm")
+    assert subject([warning, critical], ctx) == "[CRITICAL] vm: 2 firing — b-cpu, a-mem"
+    gone = [event(MEM_RULE, kind="resolved", labels=()), event(CPU_CRIT, kind="resolved", labels=())]
+    assert subject(gone, ctx) == "[RESOLVED] vm: 2 resolved — a-mem, b-cpu"
+
+
+def test_sections_of_a_grouped_mail_follow_the_worst_news():
+    recovery = event(MEM_RULE, kind="resolved", labels=(), value=50.0)
+    warning = event(DISK_RULE, labels=(("mount", "/"),), severity="warning")
+    critical = event(CPU_CRIT, labels=(), value=99.0)
+    msg = reparse(render_alert([recovery, warning, critical], context()))
+    text, html = text_of(msg), html_of(msg)
+    for body in (text, html):
+        cpu, disk, mem = body.index("b-cpu"), body.index("disk-root-full"), body.index("a-mem")
+        assert cpu < disk < mem, body
+    sections = [line.split(":")[0] for line in text.splitlines() if line.endswith(" on web01") and ": " in line]
+    assert sections == ["FIRING", "FIRING", "RESOLVED"]
+    assert "2 firing, 1 resolved on web01" in html
+
+
+# -- numbers and words that are true ---------------------------------------------------------
+
+
+def test_thresholds_print_as_configured_and_values_with_the_digits_they_need():
+    from alertmail.render.format import format_value
+
+    tiny = Rule(name="err-rate", metric="http.error_ratio", above=0.01, severity="warning")
+    ev = event(tiny, labels=(), value=0.012)
+    msg = reparse(render_alert([ev], context()))
+    assert msg["Subject"] == "[WARNING] web01: err-rate — http.error_ratio 0.012 > 0.01 (for 12m)"
+    assert "threshold   > 0.01" in text_of(msg) and "&gt; 0.01" in html_of(msg)
+    # A value just over the line is never printed as the line itself.
+    assert "disk.used_percent 90.04 > 90" in subject([event(value=90.04)], context())
+    assert "cpu.percent 89.97, back below 90" in subject([event(CPU_RULE, kind="resolved", labels=(), value=89.97)], context())
+    assert format_value(93.4123) == "93.4" and format_value(0.25) == "0.25" and format_value(1234.56) == "1234.6"
+    assert format_value(0.0004567) == "0.000457" and format_value(0) == "0"
+
+
+def test_a_flapping_mail_that_starts_on_a_recovery_makes_no_false_comparison():
+    flap = dataclasses.replace(event(CPU_RULE, kind="flapping", labels=(), value=50.0), threshold=90.0, percent_change=24.2)
+    text = subject([flap], context())
+    assert "50 > 90" not in text
+    assert text == "[FLAPPING] web01: cpu-busy — cpu.percent 50, not above 90 (for 12m)"
+    body = text_of(reparse(render_alert([flap], context())))
+    assert "condition   cpu.percent 50, not above 90" in body
+
+
+def test_durations_in_mails_are_written_as_the_config_accepts_them():
+    from alertmail.units import parse_duration
+
+    for seconds in (45, 720, 7500, 7200, 93600):
+        assert parse_duration(human_duration(seconds)) == seconds
+    body = text_of(reparse(render_alert([event()], context())))
+    assert "firing for 12m, since 14:03 CET" in body and "12 min" not in body

@@ -118,7 +118,7 @@ def test_alert_mail_shows_its_charts_and_tables_in_chromium(tmp_path):
     images = re.search(r'data-images="([^"]*)"', dom.stdout)
     assert images, "the page's load handler did not run"
     assert images.group(1).split() == ["true:640x240", "true:640x240"]
-    assert "Top processes by CPU" in dom.stdout and "full in ~3 h" in dom.stdout
+    assert "Top processes by CPU" in dom.stdout and "full in ~3h" in dom.stdout
 
     shot = tmp_path / "shot.png"
     screenshot(page, shot, "760,1200")

@@ -78,12 +78,15 @@ def test_flapping_series_yields_one_flapping_mail_instead_of_one_per_change():
     assert [str(m.message["X-Alertmail-Kind"]) for m in after] == ["flap-ended"]
 
 
-def test_group_wait_folds_the_first_changes_into_one_mail():
+def test_group_wait_mails_the_first_change_at_once_and_folds_the_next_ones_into_one_mail():
     samples = read_samples(DATA / "flapping.csv")
     result = asyncio.run(replay(samples, [CPU], group_wait=30.0))
-    first = result.mails[0]
-    assert first.at == samples[11].timestamp + 30  # the first crossing, plus group_wait
-    assert "firing" in str(first.message["X-Alertmail-Kind"])
+    first, second = result.mails[:2]
+    assert first.at == samples[11].timestamp  # the first crossing: nothing was waiting, so at once
+    assert str(first.message["X-Alertmail-Kind"]) == "firing"
+    assert second.at == samples[11].timestamp + 30  # the changes of the next 30 s, one group_wait later
+    assert str(second.message["X-Alertmail-Kind"]) == "firing,flapping,resolved"  # by 13:02:20 it flaps
+    assert int(second.message["X-Alertmail-Incident"].count(" ")) == 1  # two incidents in one mail
 
 
 def maintenance_window() -> SilenceSet:

@@ -292,7 +292,7 @@ def flappy(start: int = 0, n: int = 40):
 def test_flapping_series_yields_one_flapping_event():
     engine = RuleEngine([Rule("r", "m", above=90, repeat=20)])
     events = run(engine, flappy())
-    # The history starts ok, so the first firing is a change: 6 %, 12 %, 18 %, then 23 % at the fourth.
+    # The history starts ok, so the first firing is a change: 6 %, 12 %, 18 %, then 24 % at the fourth.
     assert [e.kind for e in events] == ["firing", "resolved", "firing", "flapping"]
     assert events[-1].percent_change > 20
 
@@ -336,8 +336,8 @@ def test_percent_state_change_weights_recent_changes_more():
     for i in range(21):
         newest.record(i == 20)
         oldest.record(i >= 1)
-    assert newest.percent() == pytest.approx(1.2 * 100 / 20)
-    assert oldest.percent() == pytest.approx(0.8 * 100 / 20)
+    assert newest.percent() == pytest.approx(1.25 * 100 / 20)  # Nagios: 0.75 for the oldest change, 1.25 the newest
+    assert oldest.percent() == pytest.approx(0.75 * 100 / 20)
     assert FlapHistory().percent() == 0
 
 
@@ -432,3 +432,122 @@ def test_states_show_flapping_and_absent_alerts():
     rows = {r.rule.name: r for r in engine.states(100)}
     assert rows["flappy"].state is State.FLAPPING and rows["flappy"].incident
     assert (rows["gone"].state, rows["gone"].note, rows["gone"].since) == (State.FIRING, "absent", 0)
+
+
+# -- flapping as Nagios Core's flapping.c computes it --------------------------------
+
+NAGIOS_HISTORY = 21  # MAX_STATE_HISTORY_ENTRIES
+
+
+class NagiosFlap:
+    """check_for_service_flapping() of Nagios Core's base/flapping.c, line for line, for one service.
+
+    The state history is a ring of 21 states, all OK at the start; a SOFT non-OK state is
+    not recorded (nor checked); every other result is recorded, then the curved change
+    over the ring (weights 0.75 for the oldest change up to 1.25 for the newest) is
+    compared: >= high starts flapping, <= low stops it, in between nothing changes.
+    """
+
+    def __init__(self, low: float = 5.0, high: float = 20.0) -> None:
+        self.history = [0] * NAGIOS_HISTORY  # STATE_OK
+        self.index = 0
+        self.low, self.high = low, high
+        self.is_flapping = False
+        self.percent = 0.0
+
+    def check(self, state: int, soft: bool = False) -> None:
+        if soft and state != 0:
+            return
+        self.history[self.index] = state
+        self.index = (self.index + 1) % NAGIOS_HISTORY
+        low_curve, high_curve = 0.75, 1.25
+        curved_changes = 0.0
+        y = self.index
+        last = self.history[y]
+        for x in range(1, NAGIOS_HISTORY):
+            y = (y + 1) % NAGIOS_HISTORY
+            if last != self.history[y]:
+                curved_changes += ((x - 1) * (high_curve - low_curve)) / (NAGIOS_HISTORY - 2) + low_curve
+            last = self.history[y]
+        self.percent = curved_changes * 100.0 / (NAGIOS_HISTORY - 1)
+        if self.low < self.percent < self.high:
+            return
+        self.is_flapping = self.percent >= self.high
+
+
+def test_percent_state_change_matches_nagios_for_every_history():
+    import random
+
+    rng = random.Random(13)
+    for _ in range(300):
+        ours, nagios = FlapHistory(), NagiosFlap()
+        for _ in range(rng.randrange(1, 60)):
+            firing = rng.random() < 0.5
+            ours.record(firing)
+            nagios.check(2 if firing else 0)
+            assert ours.percent() == nagios.percent
+
+
+def nagios_flaps(points, for_: float = 0.0) -> list[tuple[float, bool]]:
+    """Where the reference starts and stops flapping for (time, value) points of an above = 90 rule."""
+    nagios, out, since = NagiosFlap(), [], None
+    hard = 0
+    for t, v in points:
+        bad = v > 90
+        if not bad:
+            since = None
+            soft = False  # a recovery, soft or hard, is recorded
+            hard = 0
+        else:
+            since = t if since is None else since
+            soft = hard == 0 and t - since < for_  # still pending: a SOFT problem state
+            if not soft:
+                hard = 2
+        was = nagios.is_flapping
+        nagios.check(2 if bad else 0, soft=soft)
+        if nagios.is_flapping != was:
+            out.append((t, nagios.is_flapping))
+    return out
+
+
+def engine_flaps(events) -> list[tuple[float, bool]]:
+    return [(e.at, e.kind == "flapping") for e in events if e.kind in ("flapping", "flap-ended")]
+
+
+def test_a_series_reaching_exactly_twenty_percent_flaps_as_in_nagios():
+    # 15 evaluations changing at the 1st, 2nd, 4th and 15th: weights 0.75 + (5, 6, 8, 19) / 38 sum to 4.0 = 20.0 %.
+    values = [95, 50, 50, 95] + [95] * 10 + [50]
+    points = [(10.0 * i, v) for i, v in enumerate(values)]
+    reference = nagios_flaps(points)
+    assert reference == [(140.0, True)]
+    events = run(RuleEngine([Rule("r", "m", above=90)]), points)
+    assert engine_flaps(events) == reference
+    assert events[-1].kind == "flapping" and events[-1].percent_change == 20.0
+
+
+def test_pending_evaluations_are_not_recorded_as_nagios_skips_soft_states():
+    rule = Rule("r", "m", above=90, for_=15)
+    # Short bursts stay pending (SOFT in Nagios: not recorded); recorded as ok they would push
+    # the real changes back to lighter weights, and the series would not be seen flapping.
+    values = [95, 95, 95, 50, 50, 95, 95, 50, 95, 95, 50, 95, 50, 50] + [95] * 6 + [50]
+    points = [(10.0 * i, v) for i, v in enumerate(values)]
+    reference = nagios_flaps(points, for_=15)
+    assert reference == [(200.0, True)]
+    assert engine_flaps(run(RuleEngine([rule]), points)) == reference
+
+
+@pytest.mark.parametrize("for_", [0.0, 15.0, 35.0])
+def test_random_series_flap_where_nagios_flaps(for_):
+    import random
+
+    rng = random.Random(7)
+    for _ in range(200):
+        p = rng.choice([0.1, 0.3, 0.5])
+        values, bad = [], False
+        for _ in range(rng.randrange(10, 120)):
+            if rng.random() < p:
+                bad = not bad
+            values.append(95 if bad else 50)
+        points = [(10.0 * i, v) for i, v in enumerate(values)]
+        events = run(RuleEngine([Rule("r", "m", above=90, for_=for_)]), points)
+        assert engine_flaps(events) == nagios_flaps(points, for_=for_), values

@@ -171,3 +171,21 @@ def test_notify_does_not_wait_for_a_flush_that_is_still_queueing(tmp_path):
 
     queue = asyncio.run(run())
     assert len(queue.mails) == 2
+
+
+def test_digest_subject_and_rows_follow_the_worst_news():
+    from alertmail.notify.storm import render_digest
+    from alertmail.render.view import RenderContext
+    from alertmail.rules.model import AlertEvent
+
+    mem = Rule(name="a-mem", metric="memory.used_percent", above=90, severity="warning", to=(OPS,))
+    cpu = Rule(name="b-cpu", metric="cpu.percent", above=95, severity="critical", to=(OPS,))
+
+    def ev(kind: str, rule: Rule, t: float) -> AlertEvent:
+        return AlertEvent(kind, rule, (), 50.0 if kind == "resolved" else 99.0, rule.above, ">", rule.severity, 0.0, t, rule.name)
+
+    events = [ev("resolved", mem, 10.0), ev("firing", mem, 20.0), ev("firing", cpu, 30.0)]
+    msg = render_digest(events, 10.0, StormGuard(10, 900.0), RenderContext(hostname="vm"))
+    assert msg["Subject"] == "[DIGEST] [CRITICAL] vm: 3 alert events folded: 2 firing, 1 resolved — b-cpu, a-mem"
+    rows = [line.split()[3:5] for line in msg.get_body(("plain",)).get_content().splitlines() if line.startswith("1970")]
+    assert rows == [["firing", "b-cpu"], ["firing", "a-mem"], ["resolved", "a-mem"]]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from alertmail.cli.options import DEFAULT_CONFIG, config_option, load_or_exit, setup_logging
-from alertmail.exitcodes import ExitCode
+from alertmail.exitcodes import EXIT_CODE_MEANINGS, ExitCode
 
 # Commands that live next to the code they drive, imported only when they are run:
 # `alertmail run` then loads neither the replay nor the queue tooling.
@@ -20,7 +21,19 @@ LAZY_COMMANDS: dict[str, str] = {
     "send-test": "alertmail.cli.queue:send_test",
     "replay": "alertmail.cli.replay:replay_command",
     "silence": "alertmail.cli.silence:silence_command",
+    "dkim": "alertmail.cli.dkim:dkim_group",
 }
+
+
+EXIT_CODES = "\b\nExit codes, the same for every command:\n" + "\n".join(
+    f"  {code.value:>2}  {text}" for code, text in EXIT_CODE_MEANINGS.items()
+)
+
+
+class UsageError(click.UsageError):
+    """A usage error that exits 64, as the exit-code table says."""
+
+    exit_code = ExitCode.USAGE
 
 
 class AlertmailGroup(click.Group):
@@ -56,8 +69,27 @@ class AlertmailGroup(click.Group):
         self._add_plugin_commands()
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
 
+    # click exits 2 on a usage error; alertmail's table says 64 (sysexits EX_USAGE) for every command.
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            raise UsageError(exc.format_message(), exc.ctx) from None
 
-@click.group(cls=AlertmailGroup, context_settings={"help_option_names": ["-h", "--help"]})
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError:
+            raise
+        except click.UsageError as exc:
+            raise UsageError(exc.format_message(), exc.ctx) from None
+
+
+@click.group(
+    cls=AlertmailGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=EXIT_CODES,
+)
 @click.version_option(package_name="alertmail")
 def cli() -> None:
     """Watch this machine and mail people when it needs them."""
@@ -65,7 +97,16 @@ def cli() -> None:
 
 @cli.command()
 @config_option
-def check(config_path: Path) -> None:
+@click.option(
+    "--deliverability",
+    is_flag=True,
+    help="also look up the sender domain's SPF, DKIM and DMARC and say what receivers will make of the mail",
+)
+@click.option(
+    "--resolver", metavar="HOST:PORT", default=None, help="with --deliverability: ask this DNS server instead of the system's"
+)
+@click.option("--json", "as_json", is_flag=True, help="with --deliverability: print the assessment as JSON")
+def check(config_path: Path, deliverability: bool, resolver: str | None, as_json: bool) -> None:
     """Validate the configuration; exit 0 when it is good, 78 when not."""
     cfg, plugins = load_or_exit(config_path)
     if plugins.errors:
@@ -74,7 +115,44 @@ def check(config_path: Path) -> None:
             click.echo(f"{config_path}: plugin {info.name} ({info.source}, {info.location}): {info.error}", err=True)
         click.echo(f"{len(plugins.errors)} problem(s) in {config_path}: plugins that do not load", err=True)
         sys.exit(ExitCode.CONFIG)
-    click.echo(f"{config_path}: ok ({len(cfg.rules)} rules, route {' -> '.join(cfg.mail['route'])})")
+    click.echo(
+        f"{config_path}: ok ({len(cfg.rules)} rules, route {' -> '.join(cfg.mail['route'])})", err=deliverability and as_json
+    )
+    if deliverability:
+        _deliverability(cfg, resolver, as_json)
+
+
+def _deliverability(cfg: Any, resolver_address: str | None, as_json: bool) -> None:
+    import json
+
+    import dns.resolver
+
+    from alertmail.cli import deliverability
+    from alertmail.delivery import dkim
+    from alertmail.units import parse_address
+
+    if resolver_address:
+        host, port = parse_address(resolver_address, 53)
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers, resolver.port = [host], port
+    else:
+        resolver = dns.resolver.Resolver()
+    resolver.lifetime = 10.0
+    options = cfg.sections.get("mail.dkim") or {}
+    signing = options if dkim.configured(options) else None
+    try:
+        report = deliverability.check(
+            cfg.mail["from"],
+            cfg.mail["route"],
+            cfg.transports,
+            signing,
+            resolver,
+            public_key=dkim.public_key(options) if signing else None,
+        )
+    except LookupError as exc:
+        click.echo(f"cannot look up the sender domain's records: {exc}", err=True)
+        sys.exit(ExitCode.TEMPFAIL)
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else "\n".join(report.lines()))
 
 
 @cli.command("plugins")
@@ -126,7 +204,7 @@ def run(config_path: Path) -> None:
     import asyncio
 
     cfg, plugins = load_or_exit(config_path)
-    setup_logging(cfg.agent["log_level"])
+    setup_logging(cfg.agent["log_level"], cfg.agent["log_format"])
     for info in plugins.errors:
         logging.getLogger("alertmail.plugins").error("plugin %s (%s) not loaded: %s", info.name, info.source, info.error)
     from alertmail.agent import Agent
@@ -139,17 +217,50 @@ def run(config_path: Path) -> None:
 
 
 @cli.command()
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG, show_default=True)
+@click.option(
+    "--output",
+    "-o",
+    default=None,
+    metavar="FILE",
+    help="where to write; - for standard output  [default: config.toml; standard output with --systemd]",
+)
 @click.option("--force", is_flag=True, help="overwrite an existing file")
-def init(output: Path, force: bool) -> None:
-    """Write a starter config with rules for this machine's mounts, interfaces and CPUs."""
-    from alertmail.cli.init import starter_config
+@click.option("--systemd", is_flag=True, help="write a systemd unit that runs this alertmail, instead of a config")
+@click.option(
+    "--config",
+    "-c",
+    "unit_config",
+    default=None,
+    metavar="FILE",
+    help="with --systemd: the config the unit runs  [default: /etc/alertmail/config.toml]",
+)
+def init(output: str | None, force: bool, systemd: bool, unit_config: str | None) -> None:
+    """Write a starter config with rules for this machine's mounts, interfaces and CPUs (or, with --systemd, a unit)."""
+    if systemd:
+        from alertmail.cli import systemd as unit_module
 
-    if output.exists() and not force:
-        click.echo(f"{output} exists; use --force to overwrite it", err=True)
+        config = str(Path(unit_config).resolve()) if unit_config else unit_module.DEFAULT_CONFIG
+        text = unit_module.unit(unit_module.this_command(), config)
+        target = output or "-"
+    else:
+        from alertmail.cli.init import starter_config
+
+        text = starter_config()
+        target = output or DEFAULT_CONFIG
+    if target == "-":
+        click.echo(text, nl=False)
+        return
+    path = Path(target)
+    if path.exists() and not force:
+        click.echo(f"{path} exists; use --force to overwrite it", err=True)
         sys.exit(ExitCode.USAGE)
-    output.write_text(starter_config())
-    click.echo(f"wrote {output}; check it with: alertmail check --config {output}")
+    path.write_text(text)
+    hint = (
+        f"install it with: cp {path} /etc/systemd/system/ && systemctl daemon-reload"
+        if systemd
+        else f"check it with: alertmail check --config {path}"
+    )
+    click.echo(f"wrote {path}; {hint}")
 
 
 def main() -> None:

@@ -83,7 +83,10 @@ def starter_config() -> str:
                 }
             },
         ),
-        _block("Alerts firing together within group_wait go out as one mail.", {"notify": {"group_wait": "30s"}}),
+        _block(
+            "The first alert goes out at once; alerts that follow within group_wait come as one mail.",
+            {"notify": {"group_wait": "30s"}},
+        ),
     ]
     rules: list[dict[str, Any]] = [
         {"name": "cpu-busy", "metric": "cpu.percent", "above": 90, "clear": 75, "for": "5m", "severity": "warning"},

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TextIO
 
 import click
 
@@ -24,12 +25,59 @@ config_option = click.option(
 )
 
 
-def setup_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+# syslog priorities, as journald reads them from a "<N>" line prefix.
+PRIORITIES = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+
+class JournalFormatter(logging.Formatter):
+    """``<priority>logger: message``: journald stamps the time itself and reads the priority."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = PRIORITIES.get(record.levelno, 6)
+        text = f"{record.name}: {super().format(record)}"
+        return "\n".join(f"<{priority}>{line}" for line in text.splitlines())
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, for log shippers: time (ISO 8601, UTC), level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime as dt
+        import json
+
+        line = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def under_journal(stream: TextIO | None = None) -> bool:
+    """Is ``stream`` (standard error by default) connected to the journal, as ``JOURNAL_STREAM`` says?"""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    if not expected:
+        return False
+    try:
+        st = os.fstat((stream or sys.stderr).fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return expected == f"{st.st_dev}:{st.st_ino}"
+
+
+def setup_logging(level: str = "info", fmt: str = "text") -> None:
+    """Log to standard error: plain text with times, journald's form under systemd, or JSON lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    elif under_journal():
+        handler.setFormatter(JournalFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
     # APScheduler logs every job run at INFO; the agent logs what matters itself.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
@@ -64,7 +112,7 @@ def load_or_exit(config_path: Path):
         cfg = load_config(config_path, plugins)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
-        click.echo(f"{len(exc.problems)} problem(s) in {exc.path}; nothing was started.", err=True)
+        click.echo(f"{exc.count} problem(s) in {exc.path}; nothing was started.", err=True)
         sys.exit(ExitCode.CONFIG)
     except PluginError as exc:
         click.echo(f"plugin error: {exc}", err=True)

@@ -280,12 +280,22 @@ def send_test(config_path: Path, to: tuple[str, ...], route: str | None) -> None
                 click.echo("\n".join(f"{cfg.path}: {p}" for p in check.problems), err=True)
                 sys.exit(ExitCode.CONFIG)
     data = build_test_message(cfg, to, chain)
+    if cfg.sections.get("mail.dkim"):
+        from alertmail.delivery.dkim import DkimKeyError, Signer
+
+        try:
+            signer = Signer.from_options(cfg.sections["mail.dkim"])
+        except DkimKeyError as exc:
+            click.echo(f"{cfg.path}: mail.dkim: {exc}", err=True)
+            sys.exit(ExitCode.CONFIG)
+        if signer is not None:
+            data = signer(data)  # signed as the agent signs what it queues
     policy = RetryPolicy.from_config(cfg.sections.get("queue", {}))
     context = TransportContext(state_dir=cfg.state_dir, hostname=cfg.hostname, config_path=cfg.path)
 
     async def send() -> dict:
         try:
-            transports = build_transports(cfg, plugins, context)
+            transports = build_transports(cfg.transports, plugins, context)
         except (ValueError, LookupError, OSError) as exc:
             click.echo(f"cannot set up the transports: {exc}", err=True)
             sys.exit(ExitCode.CONFIG)
@@ -327,9 +337,11 @@ def build_test_message(cfg, to: tuple[str, ...], route: list[str]) -> bytes:
     from email.message import EmailMessage
     from email.utils import format_datetime, make_msgid
 
+    from alertmail.render.format import mailboxes
+
     msg = EmailMessage()
-    msg["From"] = cfg.mail["from"]
-    msg["To"] = ", ".join(to)
+    msg["From"] = mailboxes([cfg.mail["from"]], f"alertmail on {cfg.hostname}")
+    msg["To"] = mailboxes(to)
     msg["Subject"] = f"{cfg.mail.get('subject_prefix') or ''}[alertmail] test message from {cfg.hostname}".strip()
     msg["Date"] = format_datetime(datetime.now().astimezone())
     msg["Message-ID"] = make_msgid("test", domain=cfg.hostname)

@@ -21,6 +21,12 @@ AGENT_OPTIONS: dict[str, Option] = {
     "probe_timeout": Option("duration", None, help="longest a probe may run; default: its interval"),
     "disable_plugins": Option("list", [], help="plugin names not to load"),
     "log_level": Option("str", "info", choices=("debug", "info", "warning", "error")),
+    "log_format": Option(
+        "str",
+        "text",
+        choices=("text", "json"),
+        help="text (with times; journald's form under systemd) or json, one object a line",
+    ),
 }
 
 MAIL_OPTIONS: dict[str, Option] = {

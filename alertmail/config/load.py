@@ -8,11 +8,13 @@ once, each naming the file, the key path and the fix::
 Each component declares its own section next to its code; ``SECTIONS`` lists them in
 the order they are checked. Tables named by plugins (``[transports.NAME]``,
 ``[probes.NAME]``, a service's ``[relay]``) are checked against the options the
-plugin declares.
+plugin declares; a service may also declare ``check(options, checker, config)`` for
+what its keys alone cannot say.
 """
 
 from __future__ import annotations
 
+import glob
 import socket
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -23,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from alertmail.config.core import AGENT, MAIL
 from alertmail.config.schema import Checker, ConfigError, Option, Section, did_you_mean
 from alertmail.delivery.delivery import SECTION as QUEUE
+from alertmail.delivery.dkim import SECTION as DKIM
+from alertmail.exporter import SECTION as EXPORTER
 from alertmail.notify.heartbeat import SECTION as HEARTBEAT
 from alertmail.notify.notifier import SECTION as NOTIFY
 from alertmail.notify.silences import SECTION as SILENCES
@@ -32,9 +36,12 @@ from alertmail.rules.config import SECTION as RULES
 if TYPE_CHECKING:
     from alertmail.loader import Plugins
 
-# In the order their problems are reported; rules last, as they read [mail].
-SECTIONS: tuple[Section, ...] = (AGENT, MAIL, NOTIFY, HEARTBEAT, SILENCES, QUEUE, RULES)
+# In the order their problems are reported; rules last, as they read [mail]. A dotted name
+# ("mail.dkim") is a table nested in another section, owned by its own component.
+SECTIONS: tuple[Section, ...] = (AGENT, MAIL, DKIM, NOTIFY, HEARTBEAT, SILENCES, QUEUE, EXPORTER, RULES)
 PLUGIN_SECTIONS = ("transports", "probes")
+# include = ["conf.d/*.toml"]: more [[rules]] and [[silences]], one file per team or service.
+INCLUDE = "include"
 
 
 @dataclass
@@ -128,9 +135,18 @@ def _plugin_tables(
 
 
 def _section_tables(check: Checker, raw: Mapping[str, Any], section: Section) -> Any:
-    """The checked table of ``section`` (a list of them for an array of tables)."""
+    """The checked table of ``section`` (a list of them for an array of tables).
+
+    A nested section ("mail.dkim") is read from inside its parent's table, and the
+    parent is checked without the tables nested sections own.
+    """
     if not section.array:
-        return check.table(section.name, raw.get(section.name, {}), section.options)
+        parent, _, child = section.name.rpartition(".")
+        table = raw.get(parent, {}).get(child, {}) if parent and isinstance(raw.get(parent), dict) else raw.get(section.name, {})
+        nested = {s.name.rpartition(".")[2] for s in SECTIONS if s.name.rpartition(".")[0] == section.name}
+        if nested and isinstance(table, dict):
+            table = {k: v for k, v in table.items() if k not in nested}
+        return check.table(section.name, table, section.options)
     value = raw.get(section.name, [])
     if not isinstance(value, list):
         check.error(section.name, f"expected an array of tables: [[{section.name}]]")
@@ -240,6 +256,65 @@ def template_problems(folder: Path) -> list[str]:
     return problems
 
 
+def included_files(check: Checker, raw: Mapping[str, Any]) -> list[Path]:
+    """The files ``include`` names, in order; a pattern may match none, a plain path must exist."""
+    value = raw.get(INCLUDE, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        check.error(INCLUDE, f'expected a list of file patterns like ["conf.d/*.toml"], got {value!r}')
+        return []
+    files: list[Path] = []
+    for i, pattern in enumerate(value):
+        where = Path(pattern).expanduser()
+        where = where if where.is_absolute() else check.base / where
+        matches = sorted(Path(m) for m in glob.glob(str(where)))
+        if not matches and not glob.has_magic(pattern):
+            check.error(f"{INCLUDE}[{i}]", f"no such file {where}; fix the path or remove it")
+        files += [m for m in matches if m.is_file() and m not in files]
+    return files
+
+
+def _rule_names(table: Mapping[str, Any]) -> list[str | None]:
+    """The name of each [[rules]] table, None where it has none (reported by the rules' own check)."""
+    rules = table.get(RULES.name)
+    rules = rules if isinstance(rules, list) else []
+    return [r.get("name") if isinstance(r, dict) and isinstance(r.get("name"), str) else None for r in rules]
+
+
+def _load_included(check: Checker, raw: Mapping[str, Any], cfg: Config) -> list[tuple[Path, str]]:
+    """Add the rules and silences of every included file to ``cfg``; their problems, each with its file."""
+    sections = [s for s in SECTIONS if s.includable]
+    allowed = ", ".join(f"[[{s.name}]]" for s in sections)
+    origin = dict.fromkeys(_rule_names(raw), cfg.path)
+    elsewhere: list[tuple[Path, str]] = []
+    for file in included_files(check, raw):
+        try:
+            table = read_toml(file)
+        except ConfigError as exc:
+            elsewhere += [(file, p) for p in exc.problems]
+            continue
+        fcheck = Checker(file.resolve().parent)
+        for key in table:
+            if key not in {s.name for s in sections}:
+                fcheck.error(key, f"an included file holds only {allowed}; move [{key}] to {cfg.path}")
+        for section in sections:
+            if section.name not in table:
+                continue
+            if section.build is not None:
+                value = section.build(table[section.name], fcheck, cfg)
+            else:
+                value = _section_tables(fcheck, table, section)
+                if section.check is not None:
+                    section.check(value, fcheck, cfg)
+            cfg.sections[section.name] = [*cfg.sections.get(section.name, []), *value]
+        for i, name in enumerate(_rule_names(table)):
+            if name is not None and origin.setdefault(name, file) != file:
+                fcheck.error(f"rules[{i}].name", f"{name!r} is also a rule in {origin[name]}; give each rule its own name")
+        elsewhere += [(file, p) for p in fcheck.problems]
+    return elsewhere
+
+
 def load_config(path: Path | str, plugins: Plugins | None = None) -> Config:
     """Read and validate ``path``; raise ConfigError listing every problem.
 
@@ -257,7 +332,7 @@ def load_config(path: Path | str, plugins: Plugins | None = None) -> Config:
         plugins = load_plugins(cfg.plugin_dirs, blocked=cfg.agent.get("disable_plugins") or ())
 
     services = {s.section: s for s in plugins.services if getattr(s, "section", None)}
-    known = {s.name for s in SECTIONS} | set(PLUGIN_SECTIONS) | set(services)
+    known = {s.name for s in SECTIONS if "." not in s.name} | set(PLUGIN_SECTIONS) | set(services) | {INCLUDE}
     for key in raw:
         if key not in known:
             check.error(key, f"unknown section; {did_you_mean(key, known, fmt='[{}]', listing='known sections')}")
@@ -265,13 +340,23 @@ def load_config(path: Path | str, plugins: Plugins | None = None) -> Config:
     _check_probes(check, raw, cfg, plugins)
     for name, service in services.items():
         cfg.sections[name] = check.table(name, raw.get(name, {}), getattr(service, "options", {}))
+    for name, service in services.items():
+        # What keys alone cannot say (networks, files, one key against another) is the service's
+        # to check, as for a Section: check(options, checker, config), after every table is read.
+        service_check = getattr(service, "check", None)
+        if service_check is not None:
+            try:
+                service_check(cfg.sections[name], check, cfg)
+            except Exception as exc:  # a bug in a plugin's check(), not in the config
+                check.error(name, f"the service failed to check its options: {type(exc).__name__}: {exc}")
     for section in SECTIONS:
         if section.build is not None:
             cfg.sections[section.name] = section.build(raw.get(section.name), check, cfg)
         elif section.check is not None:
             section.check(cfg.sections[section.name], check, cfg)
+    elsewhere = _load_included(check, raw, cfg)
     cfg.rules = cfg.sections.pop(RULES.name)
     _check_folders(check, cfg)
-    if check.problems:
-        raise ConfigError(path, check.problems)
+    if check.problems or elsewhere:
+        raise ConfigError(path, check.problems, elsewhere)
     return cfg

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,13 +97,22 @@ def _convert(option: Option, value: Any, base: Path) -> Any:
 
 @dataclass
 class ConfigError(AlertmailError):
-    """Every mistake found in one config file."""
+    """Every mistake found in one config file and the files it includes."""
 
     path: Path
     problems: list[str]
+    elsewhere: list[tuple[Path, str]] = field(default_factory=list)  # (included file, problem)
+
+    @property
+    def count(self) -> int:
+        return len(self.problems) + len(self.elsewhere)
+
+    def lines(self) -> list[str]:
+        """Each problem with the file it is in."""
+        return [f"{self.path}: {p}" for p in self.problems] + [f"{path}: {p}" for path, p in self.elsewhere]
 
     def __str__(self) -> str:
-        return "\n".join(f"{self.path}: {p}" for p in self.problems)
+        return "\n".join(self.lines())
 
 
 class Checker:
@@ -185,3 +194,4 @@ class Section:
     array: bool = False
     check: Callable[[Any, Checker, Any], None] | None = None
     build: Callable[[Any, Checker, Any], Any] | None = None
+    includable: bool = False  # may also come from the files ``include`` names (an array section)

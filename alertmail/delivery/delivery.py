@@ -102,10 +102,10 @@ def _check_queue(table: Mapping[str, Any], check: Any, config: Any) -> None:
 SECTION = Section("queue", QUEUE_OPTIONS, check=_check_queue)
 
 
-def build_transports(cfg: Any, plugins: Any, context: TransportContext) -> dict[str, Transport]:
-    """One transport instance per ``[transports.NAME]`` table (route members included)."""
+def build_transports(tables: Mapping[str, Mapping[str, Any]], plugins: Any, context: TransportContext) -> dict[str, Transport]:
+    """One transport instance per checked ``[transports.NAME]`` table (route members included)."""
     out: dict[str, Transport] = {}
-    for name, options in cfg.transports.items():
+    for name, options in tables.items():
         cls = plugins.transports[name]
         out[name] = cls(dict(options), context)
     return out
@@ -191,6 +191,9 @@ class Delivery:
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._stopping = False
+        # Messages whose route names a transport the config does not have: a configuration
+        # problem, not a delivery failure. They wait, uncounted, until a reload supplies it.
+        self.held: dict[str, str] = {}  # id -> the missing transport
 
     async def start(self) -> None:
         """Resume every queued message and start taking new ones."""
@@ -222,6 +225,35 @@ class Delivery:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
+
+    def reconfigure(
+        self,
+        transports: dict[str, Transport],
+        *,
+        policy: RetryPolicy,
+        default_route: list[str],
+        concurrency: int,
+        changed: set[str],
+        route_changed: bool = False,
+    ) -> int:
+        """Take a reloaded config: messages held for a missing transport, or waiting for one that
+        changed, are tried at once. Returns how many were."""
+        self.transports = transports
+        self.policy = policy
+        self.default_route = list(default_route)
+        self.concurrency = max(1, concurrency)
+        now = time.time()
+        again = 0
+        for entry in self.queue.entries():
+            route = entry.route or self.default_route
+            held = self.held.pop(entry.id, None)
+            retry = changed & set(route) or (route_changed and not entry.route)
+            if held is not None or (entry.id not in self._in_flight and retry):
+                entry.next_try = now
+                heapq.heappush(self._due, (now, entry.id))
+                again += 1
+        self._wake.set()
+        return again
 
     def _queued(self, entry: Entry) -> None:
         heapq.heappush(self._due, (entry.next_try, entry.id))
@@ -314,6 +346,9 @@ class Delivery:
         for index, name in enumerate(route):
             if not remaining:
                 break
+            if name not in self.transports:
+                await self._hold(entry, name, delivered=index > 0)
+                return
             envelope = Envelope(entry.sender, tuple(remaining))
             started = time.monotonic()
             result = await send_via(self.transports.get(name), name, data, envelope, self.policy.send_timeout)
@@ -336,6 +371,20 @@ class Delivery:
         errors = [s.reply for s in entry.recipients.values() if s.status != "delivered" and s.reply]
         entry.last_error = errors[-1] if errors else ""
         await self.settle(entry, data, now)
+
+    async def _hold(self, entry: Entry, transport: str, *, delivered: bool) -> None:
+        """Keep ``entry`` until a reload configures ``transport``; no attempt is counted, no backoff grows."""
+        if delivered:
+            await self.queue.update(entry)  # what earlier transports of the route delivered stays delivered
+        if self.held.get(entry.id) != transport:
+            log.error(
+                "message %s held: its route names transport %r, which the config does not have; "
+                "add [transports.%s] (or fix the route) and reload: it goes at once",
+                entry.id,
+                transport,
+                transport,
+            )
+        self.held[entry.id] = transport
 
     async def settle(self, entry: Entry, data: bytes, now: float) -> None:
         """After an attempt: expire, report failures, schedule the next try or remove."""

@@ -25,6 +25,28 @@ SERVICE_STOP_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0  # how long delivery attempts in flight may take to finish, without a stop bound
 
 
+async def _close_transport(transport: Any, timeout: float) -> None:
+    close = getattr(transport, "close", None)
+    if close is not None:
+        try:
+            await asyncio.wait_for(close(), timeout)
+        except Exception:
+            log.debug("closing transport %s failed", getattr(transport, "name", "?"), exc_info=True)
+
+
+def signing(cfg: Any) -> dict[str, Any]:
+    """The Queue's DKIM arguments for ``[mail.dkim]``: the agent's own mail and DSNs, the relay's with ``[relay] dkim``."""
+    from alertmail.delivery.dkim import Signer
+
+    signer = Signer.from_options(cfg.sections.get("mail.dkim"))
+    if signer is None:
+        return {}
+    origins = {"agent", "dsn"}
+    if (cfg.sections.get("relay") or {}).get("dkim"):
+        origins.add("relay")  # mail from [relay] allow clients; AUTH and local-domain mail carry other origins
+    return {"sign": signer, "sign_origins": origins}
+
+
 class Outbox:
     """Queue + transports + delivery for ``cfg.state_dir``; ``open()`` starts them, ``close()`` stops them."""
 
@@ -33,6 +55,10 @@ class Outbox:
         self.plugins = plugins
         self.state_dir = Path(cfg.state_dir)
         self.services: list[Any] = []
+        self.transports: dict[str, Any] = {}
+        self._retired: list[Any] = []  # transports replaced by a reload, closed once attempts had time to end
+        self._closing: list[asyncio.TimerHandle] = []
+        self._closing_tasks: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         from alertmail.delivery.delivery import Delivery, RetryPolicy, build_transports
@@ -42,10 +68,10 @@ class Outbox:
         for sub in STATE_FOLDERS:
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         options = cfg.sections.get("queue", {})
-        self.queue = Queue(self.state_dir / "queue")
+        self.queue = Queue(self.state_dir / "queue", **signing(cfg))
         await self.queue.start()
         context = TransportContext(state_dir=self.state_dir, hostname=cfg.hostname, config_path=cfg.path)
-        self.transports = build_transports(cfg, self.plugins, context)
+        self.transports = build_transports(cfg.transports, self.plugins, context)
         self.delivery = Delivery(
             self.queue,
             self.transports,
@@ -56,6 +82,80 @@ class Outbox:
             concurrency=options.get("concurrency") or 8,
         )
         await self.delivery.start()
+
+    def build_transports(self, cfg: Any) -> dict[str, Any]:
+        """The transports ``cfg`` asks for: unchanged tables keep their running instance (and its sessions)."""
+        from alertmail.delivery.delivery import build_transports
+
+        context = TransportContext(state_dir=self.state_dir, hostname=cfg.hostname, config_path=cfg.path)
+        kept = {n: t for n, t in self.transports.items() if self.cfg.transports.get(n) == cfg.transports.get(n)}
+        fresh = build_transports({n: t for n, t in cfg.transports.items() if n not in kept}, self.plugins, context)
+        return {name: kept.get(name) or fresh[name] for name in cfg.transports}
+
+    async def reconfigure(self, cfg: Any, transports: dict[str, Any]) -> None:
+        """Apply a reloaded config: transports, [queue] settings and route, services whose table changed.
+
+        ``transports`` comes from ``build_transports`` (built before anything is applied, so a
+        transport that cannot be built refuses the reload whole).
+        """
+        from alertmail.delivery.delivery import RetryPolicy
+        from alertmail.delivery.dkim import DkimKeyError
+
+        try:  # [mail.dkim]: a new key or selector signs from now on (load_config checked the keys just before)
+            sign = signing(cfg)
+            self.queue.sign, self.queue.sign_origins = sign.get("sign"), frozenset(sign.get("sign_origins", ()))
+        except DkimKeyError as exc:
+            log.error("dkim: %s; signing goes on with the keys read before", exc)
+        old, self.cfg = self.cfg, cfg
+        changed = {n for n in set(transports) | set(self.transports) if transports.get(n) is not self.transports.get(n)}
+        retired = [t for n, t in self.transports.items() if transports.get(n) is not t]
+        self.transports = transports
+        options = cfg.sections.get("queue", {})
+        again = self.delivery.reconfigure(
+            transports,
+            policy=RetryPolicy.from_config(options),
+            default_route=cfg.mail["route"],
+            concurrency=options.get("concurrency") or 8,
+            changed=changed,
+            route_changed=old.mail["route"] != cfg.mail["route"],
+        )
+        if changed or again:
+            log.info("transports changed: %s; %d waiting message(s) tried again now", ", ".join(sorted(changed)) or "none", again)
+        # Attempts in flight keep their reference and finish; the old instances close later, or at close().
+        self._retired += retired
+        for transport in retired:
+            self._closing.append(asyncio.get_running_loop().call_later(STOP_TIMEOUT, self._close_retired, transport))
+        for cls in self.plugins.services:
+            section = getattr(cls, "section", "")
+            if old.sections.get(section) == cfg.sections.get(section):
+                continue
+            await self._restart_service(cls, old)
+
+    async def _restart_service(self, cls: type, old: Any) -> None:
+        """Stop a service and start it on its new table; if it cannot start, on its old one again."""
+        name, section = getattr(cls, "name", cls.__name__), getattr(cls, "section", "")
+        service: Any
+        for service in [s for s in self.services if type(s) is cls]:
+            self.services.remove(service)
+            await asyncio.wait_for(service.stop(), SERVICE_STOP_TIMEOUT)
+        try:
+            await self.start_services([cls])
+        except Exception as exc:
+            log.error("service %s cannot start with its new [%s] (%s); it runs on the previous table", name, section, exc)
+            new, self.cfg = self.cfg, old
+            try:
+                await self.start_services([cls])
+            finally:
+                self.cfg = new
+            return
+        log.info("service %s restarted with its new [%s]", name, section)
+
+    def _close_retired(self, transport: Any) -> None:
+        if transport in self._retired:
+            self._retired.remove(transport)
+            task = asyncio.ensure_future(_close_transport(transport, 10.0))
+            self._closing_tasks.add(task)
+            task.add_done_callback(self._closing_tasks.discard)
 
     async def start_services(self, classes: Iterable[type], *, only_enabled: bool = True) -> list[Any]:
         """Build and start each service class whose config table says ``enabled`` (or all of them)."""
@@ -109,12 +209,9 @@ class Outbox:
 
         await self.stop_services(left(SERVICE_STOP_TIMEOUT))
         await self.stop_delivery(left(STOP_TIMEOUT))
-        for transport in getattr(self, "transports", {}).values():
-            close = getattr(transport, "close", None)
-            if close is not None:
-                try:
-                    await asyncio.wait_for(close(), left(10.0))
-                except Exception:
-                    log.debug("closing transport %s failed", getattr(transport, "name", "?"), exc_info=True)
+        for handle in self._closing:
+            handle.cancel()
+        for transport in [*self._retired, *self.transports.values()]:
+            await _close_transport(transport, left(10.0))
         if hasattr(self, "queue"):
             await self.queue.close()

@@ -286,6 +286,7 @@ class Heartbeat:
         import time
 
         from alertmail.model import Envelope
+        from alertmail.render.format import mailboxes
 
         now = time.time() if now is None else now
         if not self.to:
@@ -293,8 +294,8 @@ class Heartbeat:
             return None
         n = self.notifier
         msg = self.compose(now)
-        msg["From"] = n.sender
-        msg["To"] = ", ".join(self.to)
+        msg["From"] = mailboxes([n.sender], f"alertmail on {n.hostname}")
+        msg["To"] = mailboxes(self.to)
         msg["Date"] = email.utils.formatdate(now, localtime=False)
         msg["Message-ID"] = email.utils.make_msgid(idstring="heartbeat", domain=n.domain)
         msg["Auto-Submitted"] = "auto-generated"

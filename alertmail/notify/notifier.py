@@ -27,6 +27,7 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from email.message import EmailMessage
@@ -41,15 +42,20 @@ from alertmail.notify.journal import Journal
 from alertmail.notify.runtime_silences import SilenceSet
 from alertmail.notify.storm import StormGuard, render_digest
 from alertmail.notify.storm import check_config as check_storm
-from alertmail.render.format import header_safe
+from alertmail.render.format import header_safe, mailboxes
 from alertmail.render.mail import render_alert
-from alertmail.render.view import RenderContext
+from alertmail.render.view import RenderContext, worst_first
 from alertmail.rules.model import AlertEvent, Rule
+from alertmail.rules.wire import ALERTS_HEADER, encode_alerts
 
 log = logging.getLogger("alertmail.notify.notifier")
 
 NOTIFY_OPTIONS: dict[str, Option] = {
-    "group_wait": Option("duration", 30.0, help="alerts firing within this time for the same recipients go out as one mail"),
+    "group_wait": Option(
+        "duration",
+        30.0,
+        help="the first alert for a set of recipients goes out at once; what follows within this time is batched into one mail",
+    ),
     "max_mails_per_hour": Option(
         "int", 10, help="storm cap: most mails one recipient gets in any hour, digests included; 0 = no cap"
     ),
@@ -131,10 +137,12 @@ class Notifier:
         self.journal = Journal(self.state_dir / "logs" / "alerts.jsonl")
         self._waiting: dict[tuple[str, ...], list[AlertEvent]] = {}
         self._flush_at: dict[tuple[str, ...], float] = {}
+        self._last_mail: dict[tuple[str, ...], float] = {}  # when each set of recipients last got a mail
         self._unsent: list[Outgoing] = []
         self._lock = asyncio.Lock()
         self.durable = durable  # fsync the state files (off for replays, whose state is thrown away)
         self._dirty: set[str] = set()  # state files to write at the end of this flush
+        self.counts: Counter[str] = Counter()  # mails queued by kind, events "silenced" and "folded"; for /metrics
 
     def configure_noise(self, cfg: Any, rules: Sequence[Rule] = ()) -> None:
         """Take ``[notify]`` storm settings and ``[[silences]]`` from a config (at start and on reload)."""
@@ -226,7 +234,14 @@ class Notifier:
 
     # -- the flow ----------------------------------------------------------
     async def notify(self, events: Sequence[AlertEvent], now: float | None = None) -> None:
-        """Take events; mail them now or after ``group_wait``, grouped by recipients."""
+        """Take events; mail them now or after ``group_wait``, grouped by recipients.
+
+        ``group_wait`` works on the leading edge: an event for recipients who have no mail
+        waiting and got none within the last ``group_wait`` is mailed at once (by the flush
+        at the end of this call); events that follow within ``group_wait`` of that mail are
+        batched into the next one, sent when that ``group_wait`` ends. (Alertmanager's terms:
+        ``group_wait`` 0 for a new group, ``group_interval`` = our ``group_wait`` after it.)
+        """
         now = time.time() if now is None else now
         self.silences.refresh(now)
         self._enqueue(self._release(now), now)
@@ -241,6 +256,7 @@ class Notifier:
                 log.info("silenced by %s: %s %s %s", silence, event.kind, event.rule.name, dict(event.labels))
                 self.journal.record(event, f"silenced:{silence}", now)
                 self._hold(event, silence)
+                self.counts["silenced"] += 1
                 continue
             if event.incident in self.held:
                 self.held.pop(event.incident)  # a later event of it goes out normally
@@ -259,8 +275,17 @@ class Notifier:
             if event.kind == "reminder" and any(w.incident == event.incident for w in waiting):
                 continue  # a reminder of a mail that has not gone out yet says nothing new
             waiting.append(event)
-            # A firing opens the window; later events join the mail it will become.
-            self._flush_at.setdefault(rcpts, now + self.group_wait)
+            if rcpts not in self._flush_at:
+                self._flush_at[rcpts] = self._due(rcpts, now)
+
+    def _due(self, rcpts: tuple[str, ...], now: float) -> float:
+        """When a new group for ``rcpts`` goes out: at once (the leading edge) unless they had a
+        mail within the last ``group_wait``; then one ``group_wait`` after that mail, and what
+        arrives meanwhile joins it. Never later than ``group_wait`` from now (a clock set back)."""
+        last = self._last_mail.get(rcpts)
+        if last is None:
+            return now
+        return min(max(now, last + self.group_wait), now + self.group_wait)
 
     async def flush(self, now: float | None = None, *, force: bool = False) -> None:
         """Send every group whose wait is over (all of them with ``force``), then retry unsent mails.
@@ -284,12 +309,16 @@ class Notifier:
                     if rcpt not in free:
                         log.info("storm cap reached for %s: %d event(s) folded into the next digest", rcpt, len(events))
                         self.storm.fold(rcpt, events, now)
+                        self.counts["folded"] += len(events)
                 if free:
                     # Rendering (charts) takes a while: off the event loop, which must keep serving.
                     self._unsent.append(await asyncio.to_thread(self._compose, events, free, list(rcpts), now))
                     self.storm.sent(free, now)
+                    self._last_mail[rcpts] = now
                 else:
                     self._track(events, list(rcpts), "")
+            for rcpts in [r for r, at in self._last_mail.items() if at + self.group_wait <= now or at > now]:
+                del self._last_mail[rcpts]  # quiet for a group_wait: their next alert leads again
             for rcpt, backlog in self.storm.due(now, force=force):
                 self._unsent.append(await asyncio.to_thread(self._compose_digest, backlog.events, backlog.since, rcpt, now))
             self._save()
@@ -301,6 +330,7 @@ class Notifier:
                     log.error("cannot queue %r yet (%s); kept in memory, retrying", out.subject, exc)
                     return
                 self._unsent.pop(0)
+                self.counts[out.kind] += 1
                 self.journal.mail(out.subject, out.envelope.recipients, out.kind, now, str(msg_id))
                 log.info("queued %s for %s: %s", msg_id, ", ".join(out.envelope.recipients), out.subject)
 
@@ -347,13 +377,14 @@ class Notifier:
     def _headers(self, msg: EmailMessage, to: list[str], message_id: str, now: float) -> None:
         for header in ("From", "To", "Date", "Message-ID", "In-Reply-To", "References", "Auto-Submitted"):
             del msg[header]
-        msg["From"] = self.sender
-        msg["To"] = ", ".join(to)
+        msg["From"] = mailboxes([self.sender], f"alertmail on {self.hostname}")
+        msg["To"] = mailboxes(to)
         msg["Date"] = email.utils.formatdate(now, usegmt=True)
         msg["Message-ID"] = message_id
         msg["Auto-Submitted"] = "auto-generated"
 
     def _compose(self, events: list[AlertEvent], to: list[str], incident_to: list[str], now: float) -> Outgoing:
+        events = worst_first(events)  # renderers (plugins too) get the worst news first
         msg = self._render(events)
         message_id = email.utils.make_msgid(idstring=events[0].incident[:16], domain=self.domain)
         roots = self._track(events, incident_to, message_id)
@@ -364,6 +395,7 @@ class Notifier:
         msg["X-Alertmail-Incident"] = " ".join(sorted({e.incident for e in events}))
         kinds = sorted({e.kind for e in events})
         msg["X-Alertmail-Kind"] = ",".join(kinds)
+        msg[ALERTS_HEADER] = encode_alerts(events, self.hostname)  # the facts, for transports such as alertmanager
         return Outgoing(message_bytes(msg), Envelope(self.sender, tuple(to)), str(msg["Subject"]))
 
     def _compose_digest(self, events: list[AlertEvent], since: float, rcpt: str, now: float) -> Outgoing:
@@ -376,6 +408,7 @@ class Notifier:
         self._headers(msg, [rcpt], message_id, now)
         msg["X-Alertmail-Kind"] = "digest"
         msg["X-Alertmail-Digest"] = str(len(events))
+        msg[ALERTS_HEADER] = encode_alerts(events, self.hostname)
         for event in events:
             self.journal.record(event, f"digest:{rcpt}", now)
         return Outgoing(message_bytes(msg), Envelope(self.sender, (rcpt,)), str(msg["Subject"]), "digest")

@@ -9,7 +9,6 @@ file's, re-reading the file when it changes.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import logging
 import os
 import tomllib
@@ -18,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alertmail.fsutil import write_atomic
+from alertmail.fsutil import lock, write_atomic
 from alertmail.notify.silences import Silence, Silenceable, Span, silence_from_table
 
 # The name log readers know: these lines are about silences, wherever their code lives.
@@ -87,7 +86,7 @@ class RuntimeSilences:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o640)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            lock(fd)
             yield
         finally:
             os.close(fd)

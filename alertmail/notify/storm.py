@@ -24,7 +24,7 @@ from typing import Any
 
 from alertmail.config.schema import Checker
 from alertmail.render.format import format_labels, format_value, header_safe
-from alertmail.render.view import RenderContext
+from alertmail.render.view import RenderContext, recovers, tally, worst_first
 from alertmail.rules.model import AlertEvent
 from alertmail.units import format_duration
 
@@ -126,7 +126,7 @@ def _row(event: AlertEvent, ctx: RenderContext) -> tuple[str, str, str, str, str
         event.kind,
         header_safe(event.rule.name, 80),
         format_labels(event.labels) or "-",
-        format_value(event.value),
+        format_value(event.value, event.threshold),
         event.severity,
     )
 
@@ -135,12 +135,16 @@ def render_digest(events: Sequence[AlertEvent], backlog_since: float, guard: Sto
     """One mail listing every folded event (time, kind, rule, labels, value, severity), text and HTML."""
     import html
 
-    rules = sorted({e.rule.name for e in events})
+    events = worst_first(events)  # the worst news leads: open before recovered, critical before warning
+    rules = list(dict.fromkeys(e.rule.name for e in events))
     kinds: dict[str, int] = {}
     for event in events:
         kinds[event.kind] = kinds.get(event.kind, 0) + 1
-    counts = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
-    subject = f"[DIGEST] {ctx.hostname}: {len(events)} alert events folded — {', '.join(rules)}"
+    counts = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+    first = events[0]
+    tag = "RESOLVED" if recovers(first) else "FLAPPING" if first.kind == "flapping" else first.severity.upper()
+    folded = f"{len(events)} alert events folded: {tally(events)}"
+    subject = f"[DIGEST] [{header_safe(tag, 30)}] {ctx.hostname}: {folded} — {', '.join(rules)}"
     if ctx.subject_prefix:
         subject = f"{ctx.subject_prefix} {subject}"
     why = (

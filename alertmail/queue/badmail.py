@@ -6,9 +6,13 @@ then the message as it was queued, so copying it into ``pickup/`` sends it again
 
 from __future__ import annotations
 
+import functools
+import itertools
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from alertmail.fsutil import write_atomic
 from alertmail.model import Envelope
@@ -16,6 +20,7 @@ from alertmail.queue.entry import Entry, new_id, valid_id
 from alertmail.units import format_duration
 
 ENVELOPE_HEADERS = (b"x-sender:", b"x-receiver:")
+COPY_PIECE = 1 << 20
 
 
 def stamp(when: float) -> str:
@@ -76,11 +81,23 @@ class Badmail:
         write_atomic(self.folder / f"{entry.id}.bad", with_envelope(Envelope(entry.sender, tuple(failed)), data))
         return write_atomic(self.folder / f"{entry.id}.bdr", self.describe(entry, reason=reason, dsn=dsn, now=now).encode())
 
-    def reject(self, data: bytes, *, reason: str, origin: str, now: float | None = None) -> str:
-        """File ``data``, which never became a queued message (no envelope), with ``reason``; its id (blocking)."""
+    def reject(self, data: bytes | BinaryIO, *, reason: str, origin: str, now: float | None = None) -> str:
+        """File ``data``, which never became a queued message (no envelope), with ``reason``; its id (blocking).
+
+        ``data`` may be an open binary file: it is copied from where it stands in pieces,
+        so a file of any size costs no more memory than one piece.
+        """
         now = time.time() if now is None else now
-        entry = Entry(id=new_id(), created=now, sender="", recipients={}, origin=origin, size=len(data))
-        self.write(entry, data, reason=reason, dsn="none (no envelope to send one to)", now=now)
+        if isinstance(data, bytes):
+            size, pieces = len(data), iter([data])
+        else:
+            size = os.fstat(data.fileno()).st_size - data.tell()
+            pieces = iter(functools.partial(data.read, COPY_PIECE), b"")
+        entry = Entry(id=new_id(), created=now, sender="", recipients={}, origin=origin, size=size)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.folder / f"{entry.id}.bad", itertools.chain([with_envelope(Envelope("", ()), b"")], pieces))
+        description = self.describe(entry, reason=reason, dsn="none (no envelope to send one to)", now=now)
+        write_atomic(self.folder / f"{entry.id}.bdr", description.encode())
         return entry.id
 
     @staticmethod

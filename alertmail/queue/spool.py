@@ -31,17 +31,16 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from alertmail.errors import AlertmailError
-from alertmail.fsutil import fsync_dir, write_atomic
+from alertmail.fsutil import fsync_dir, lock, write_atomic
 from alertmail.model import Envelope
 from alertmail.queue import segment as records
 from alertmail.queue.entry import Entry, RecipientState, new_id, valid_id
@@ -83,10 +82,21 @@ class QueueStats:
 class Queue:
     """The spool folder: ``put`` makes a message durable; delivery reads, updates and removes entries."""
 
-    def __init__(self, folder: Path, *, fsync: bool = True, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        fsync: bool = True,
+        clock: Callable[[], float] = time.time,
+        sign: Callable[[bytes], bytes] | None = None,
+        sign_origins: Collection[str] = ("agent",),
+    ) -> None:
         self.folder = Path(folder)
         self.fsync = fsync
         self.clock = clock  # stamps ``created`` and the first ``next_try``; tests pass their own
+        # DKIM: what these origins put is signed once, before it is made durable, so retries send the same bytes.
+        self.sign = sign
+        self.sign_origins = frozenset(sign_origins)
         self.stats = QueueStats()
         self._entries: dict[str, Entry] = {}
         self._live: dict[str, set[str]] = {}  # segment -> ids not yet finished
@@ -133,8 +143,11 @@ class Queue:
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o640)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            locked = lock(fd, wait=False)
+        except OSError:
+            os.close(fd)
+            raise
+        if not locked:
             os.close(fd)
             return False
         self._lock_fd = fd
@@ -302,6 +315,8 @@ class Queue:
         for address in (envelope.sender, *envelope.recipients):
             if "\r" in address or "\n" in address:
                 raise ValueError(f"CR or LF in envelope address {address!r}")
+        if self.sign is not None and origin in self.sign_origins:
+            data = await asyncio.to_thread(self.sign, bytes(data))
         now = self.clock()
         entry = Entry(
             id=new_id(),

@@ -17,14 +17,54 @@ def header_safe(text: object, limit: int = 200) -> str:
     return clean if len(clean) <= limit else clean[: limit - 1] + "…"
 
 
-def format_value(value: float | None) -> str:
+def mailboxes(addresses: Sequence[str], name: str | None = None) -> str:
+    """An address header's value, each as ``name <address>`` (the name defaults to the local part).
+
+    Receivers' spam filters count a bare address on an HTML mail with images against it.
+    """
+    import email.utils
+
+    return ", ".join(email.utils.formataddr((header_safe(name or a.rpartition("@")[0]), a)) for a in addresses)
+
+
+def format_value(value: float | None, against: float | None = None) -> str:
+    """A measured value for people: one decimal from 1 up (93.4), three significant digits below (0.0123).
+
+    With ``against`` (the threshold it is compared with), as many more digits as it takes
+    to stay on its own side of that line: 90.04 against 90 reads "90.04", never "90".
+    """
     if value is None:
         return "no data"
     if math.isnan(value):
         return "NaN"
-    if abs(value) >= 1e6 or (abs(value) < 0.01 and value != 0):
-        return f"{value:.3g}"
-    return f"{value:.1f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e6 or math.isinf(value):
+        text = f"{value:.3g}"
+    elif abs(value) >= 1:
+        text = f"{value:.1f}".rstrip("0").rstrip(".")
+    else:
+        text = f"{value:.3g}"
+    if against is None or not math.isfinite(against) or not math.isfinite(value) or value == against:
+        return text
+    digits = 3
+    while digits < 17 and not _same_side(float(text), value, against):
+        digits += 1
+        text = f"{value:.{digits}g}"
+    return text
+
+
+def _same_side(shown: float, value: float, against: float) -> bool:
+    return shown != against and (shown > against) == (value > against)
+
+
+def format_threshold(value: float | None) -> str:
+    """A configured number as it was written: above = 0.01 reads "0.01", above = 90 reads "90"."""
+    if value is None:
+        return "no data"
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    return f"{value:.15g}"
 
 
 def format_bytes(value: float | None) -> str:
@@ -39,17 +79,22 @@ def format_bytes(value: float | None) -> str:
     return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
 
 
-def format_quantity(value: float | None, unit: str) -> str:
-    """A value with its unit as probes declare it: "93.4 %", "1.5 GiB", "2.0 MiB/s", "3.2"."""
+def format_quantity(value: float | None, unit: str, *, against: float | None = None, exact: bool = False) -> str:
+    """A value with its unit as probes declare it: "93.4 %", "1.5 GiB", "2.0 MiB/s", "3.2".
+
+    ``exact`` prints a configured threshold as written; ``against`` is the threshold a
+    measured value is compared with (see ``format_value``).
+    """
+    number = format_threshold(value) if exact else format_value(value, against)
     if value is None or unit in ("", "1", "count", "load"):
-        return format_value(value)
+        return number
     if unit in ("percent", "%"):
-        return f"{format_value(value)} %"
+        return f"{number} %"
     if unit in ("bytes", "B"):
         return format_bytes(value)
     if unit == "bytes/s":
         return f"{format_bytes(value)}/s"
-    return f"{format_value(value)} {unit}"
+    return f"{number} {unit}"
 
 
 def byte_scale(values: Sequence[float]) -> tuple[float, str]:
@@ -68,18 +113,19 @@ def format_labels(labels: Labels) -> str:
 
 
 def human_duration(seconds: float) -> str:
-    """45 -> "45 s", 720 -> "12 min", 7500 -> "2 h 5 min", 93600 -> "1 d 2 h"."""
+    """A span rounded for people, written as the config writes durations: 45 -> "45s", 720 -> "12m",
+    7500 -> "2h5m", 93600 -> "1d2h"."""
     seconds = max(round(seconds), 0)
     if seconds < 60:
-        return f"{seconds} s"
+        return f"{seconds}s"
     minutes = seconds // 60
     if minutes < 60:
-        return f"{minutes} min"
+        return f"{minutes}m"
     hours, minutes = divmod(minutes, 60)
     if hours < 24:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
     days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
+    return f"{days}d{hours}h" if hours else f"{days}d"
 
 
 def guess_unit(metric: str) -> str:

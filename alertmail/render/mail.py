@@ -21,7 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from alertmail.render.format import format_bytes, format_labels, format_value, header_safe, human_duration
-from alertmail.render.view import KIND_WORDS, AlertView, RenderContext, alert_view, chart_spec, condition, subject, urgency
+from alertmail.render.view import (
+    KIND_WORDS,
+    AlertView,
+    RenderContext,
+    alert_view,
+    chart_spec,
+    condition,
+    recovers,
+    subject,
+    tally,
+    urgency,
+    worst_first,
+)
 from alertmail.rules.model import AlertEvent
 from alertmail.units import format_duration
 
@@ -35,7 +47,7 @@ HTML_TEMPLATE = "alert.html.j2"
 def text_body(events: Sequence[AlertEvent], ctx: RenderContext) -> str:
     """The plain-text body without templates: the last resort when even the built-in template fails."""
     lines: list[str] = []
-    for event in events:
+    for event in worst_first(events):
         since = ctx.local_time(event.since)
         state = KIND_WORDS.get(event.kind, event.kind.upper())
         lines += [
@@ -102,6 +114,7 @@ def render_alert(events: Sequence[AlertEvent], ctx: RenderContext) -> EmailMessa
     """The message for one or more events: Subject and body (text, HTML, charts); no envelope headers."""
     if not events:
         raise ValueError("render_alert needs at least one event")
+    events = worst_first(events)  # the worst news leads: open before recovered, critical before warning
     views = [alert_view(e, ctx) for e in events]
     detailed = max(ctx.max_charts, 0)
     shown, images = with_charts(events[:detailed], views[:detailed], ctx)
@@ -113,13 +126,15 @@ def render_alert(events: Sequence[AlertEvent], ctx: RenderContext) -> EmailMessa
         "hostname": host,
         "timezone": ctx.timezone,
         "generated_at": ctx.clock(max(e.at for e in events)),
-        "headline": f"{first.state} · {first.rule} on {host}" if len(views) == 1 else f"{len(views)} alerts on {host}",
+        "headline": f"{first.state} · {first.rule} on {host}" if len(views) == 1 else f"{tally(events)} on {host}",
         "colour": max(views, key=urgency).colour,
         "alerts": views,
         "detailed": shown,
         "alert_count": len(views),
         "max_charts": detailed,
         "notice": str(ctx.extra.get("notice", "")),
+        "rules": list(dict.fromkeys(v.rule for v in views)),
+        "still_open": any(not recovers(e) for e in events),
         "extra": ctx.extra,
     }
     text = render_template(TEXT_TEMPLATE, variables, ctx) or text_body(events, ctx)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from alertmail.render.format import (
     format_bytes,
     format_labels,
     format_quantity,
+    format_threshold,
     format_value,
     guess_unit,
     header_safe,
@@ -95,12 +97,57 @@ def condition(event: AlertEvent) -> str:
     if recovers(event) and event.comparison in (">", "<"):
         line = event.rule.clear if event.rule.clear is not None else event.threshold
         side = "below" if event.comparison == ">" else "above"
-        return f"{metric} {format_value(event.value)}, back {side} {format_value(line)}"
-    return f"{metric} {format_value(event.value)} {event.comparison} {format_value(event.threshold)}"
+        return f"{metric} {format_value(event.value, line)}, back {side} {format_threshold(line)}"
+    value, threshold = format_value(event.value, event.threshold), format_threshold(event.threshold)
+    if not beyond(event):
+        # A flapping or settling alert caught on its good side: say where it is, claim no crossing.
+        return f"{metric} {value}, not {'above' if event.comparison == '>' else 'below'} {threshold}"
+    return f"{metric} {value} {event.comparison} {threshold}"
+
+
+def beyond(event: AlertEvent) -> bool:
+    """Whether the event's value is past its threshold, as its comparison says (True when unknown)."""
+    if event.value is None or event.threshold is None or math.isnan(event.value):
+        return True
+    if event.comparison == ">":
+        return event.value > event.threshold
+    if event.comparison == "<":
+        return event.value < event.threshold
+    return True
+
+
+SEVERITY_RANK = {"critical": 3, "error": 3, "warning": 2}
+# Among open alerts of one severity: news before what the reader already knows.
+KIND_RANK = {"firing": 0, "escalated": 0, "flapping": 1, "flap-ended": 2, "reminder": 3}
+
+
+def news_rank(event: AlertEvent) -> tuple[int, int, int]:
+    """Sort key, worst news first: open before recovered, critical before warning, new before known."""
+    if recovers(event):
+        return (1, 0, 0)
+    return (0, -SEVERITY_RANK.get(event.severity.lower(), 1), KIND_RANK.get(event.kind, 0))
+
+
+def worst_first(events: Sequence[AlertEvent]) -> list[AlertEvent]:
+    """The events in the order a mail shows them: the worst news leads (stable within a rank)."""
+    return sorted(events, key=news_rank)
+
+
+def tally(events: Sequence[AlertEvent]) -> str:
+    """`2 firing, 1 flapping, 1 resolved`: how many alerts are open, flapping and over."""
+    counts = {"firing": 0, "flapping": 0, "resolved": 0}
+    for event in events:
+        counts["resolved" if recovers(event) else "flapping" if event.kind == "flapping" else "firing"] += 1
+    return ", ".join(f"{n} {word}" for word, n in counts.items() if n)
 
 
 def subject(events: Sequence[AlertEvent], ctx: RenderContext) -> str:
-    """`[CRITICAL] web01: disk-root-full — disk.used_percent 93.4 > 90 (for 2m)`."""
+    """`[CRITICAL] web01: disk-root-full — disk.used_percent 93.4 > 90 (for 2m)`.
+
+    A grouped mail is tagged by its worst news and counts what is open and what is over:
+    `[CRITICAL] web01: 1 firing, 1 resolved — b-cpu, a-mem` (rules worst first).
+    """
+    events = worst_first(events)
     first = events[0]
     if recovers(first):
         tag = "RESOLVED"
@@ -114,8 +161,8 @@ def subject(events: Sequence[AlertEvent], ctx: RenderContext) -> str:
         if first.kind == "reminder":
             text = f"[{tag}] {ctx.hostname}: {first.rule.name} still firing — {condition(first)}{duration}"
     else:
-        names = sorted({e.rule.name for e in events})
-        text = f"[{tag}] {ctx.hostname}: {len(events)} alerts — {', '.join(names)}"
+        names = list(dict.fromkeys(e.rule.name for e in events))
+        text = f"[{tag}] {ctx.hostname}: {tally(events)} — {', '.join(names)}"
     if ctx.subject_prefix:
         text = f"{ctx.subject_prefix} {text}"
     return header_safe(text, limit=250)
@@ -203,9 +250,9 @@ def alert_view(event: AlertEvent, ctx: RenderContext) -> AlertView:
         labels=tuple((header_safe(k, 60), header_safe(v, 120)) for k, v in event.labels),
         labels_text=format_labels(event.labels),
         condition=header_safe(condition(event), 300),
-        value=format_quantity(event.value, unit),
-        threshold=format_quantity(event.threshold, unit) if event.comparison != "absent" else "",
-        clear=format_quantity(clear, unit) if clear is not None else None,
+        value=format_quantity(event.value, unit, against=event.threshold),
+        threshold=format_quantity(event.threshold, unit, exact=True) if event.comparison != "absent" else "",
+        clear=format_quantity(clear, unit, exact=True) if clear is not None else None,
         comparison=event.comparison,
         unit=unit,
         since=ctx.clock(event.since, event.at),

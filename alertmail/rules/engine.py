@@ -30,11 +30,12 @@ Semantics, in the order a sample meets them:
   ``"absent"``) and resolves on its next sample; a rule that has matched no series at
   all since the engine's first ``now`` fires the same way with empty labels. The
   threshold alert of a silent series keeps its state until samples return.
-* **Flapping.** Each evaluation records "firing or not" (see ``alertmail.rules.flapping``).
-  When a firing/recovery change pushes the weighted percent change above the start
-  threshold, that change is replaced by one ``flapping`` event, then nothing is sent
-  (no resolved, firing, escalated or reminder) until the percent drops below the stop
-  threshold: then one ``flap-ended`` event whose ``state`` is ``"firing"`` (the
+* **Flapping.** Each evaluation records "firing or not" (see ``alertmail.rules.flapping``,
+  Nagios Core's algorithm), except while pending: Nagios leaves soft states out. When a
+  firing/recovery change brings the weighted percent change to the start threshold
+  (``>=``), that change is replaced by one ``flapping`` event, then nothing is sent
+  (no resolved, firing, escalated or reminder) until the percent falls to the stop
+  threshold (``<=``): then one ``flap-ended`` event whose ``state`` is ``"firing"`` (the
   incident goes on: reminders, then resolved) or ``"ok"`` (the incident is over).
 * **Incidents.** Firing opens an incident whose id is a hash of rule name, labels and
   firing time; every later event of it (escalated, reminder, flapping, flap-ended,
@@ -158,8 +159,8 @@ class _Series:
 class RuleEngine:
     """Evaluates samples against rules; returns AlertEvents for state changes.
 
-    ``flap_start``/``flap_stop`` are the percent state change above which a series
-    starts flapping and below which it stops; ``forget_after`` is how long a quiet,
+    ``flap_start``/``flap_stop`` are the percent state change from which a series
+    starts flapping (``>=``) and at or below which it stops (Nagios's thresholds); ``forget_after`` is how long a quiet,
     healthy series is remembered (its window too) once its samples stop.
     """
 
@@ -440,10 +441,12 @@ class RuleEngine:
         """Turn a transition into events, or into silence while the series flaps."""
         flap = s.flap
         if flap is not None:
-            flap.record(s.state is State.FIRING)
+            if s.state is not State.PENDING:
+                # As Nagios records hard states and recoveries, never a soft problem state.
+                flap.record(s.state is State.FIRING)
             if s.flapping or transition in ("fire", "resolve"):
                 percent = flap.percent()
-                if not s.flapping and percent > self.flap_start:
+                if not s.flapping and percent >= self.flap_start:
                     s.flapping = True
                     if s.incident is None:
                         s.incident = self._open(c, s, level, now)
@@ -454,7 +457,7 @@ class RuleEngine:
                     assert incident is not None
                     if transition == "escalate":
                         self._raise_level(c, incident, level)
-                    if percent < self.flap_stop:
+                    if percent <= self.flap_stop:
                         s.flapping = False
                         firing = s.state is State.FIRING
                         out.append(

@@ -13,7 +13,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from alertmail import Envelope, QueueWriteError
-from alertmail.plugins.relay.policy import RelayPolicy, has_bare_newline, received_header
+from alertmail.plugins.relay.policy import RelayPolicy, data_problem, has_routing, received_header
 
 if TYPE_CHECKING:
     from alertmail.plugins.relay.listener import RelayServer
@@ -53,16 +53,20 @@ class RelayHandler:
     async def handle_RCPT(self, smtp: RelaySMTP, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self.policy.max_recipients:
             return "452 4.5.3 Too many recipients"
-        if not (session.authenticated or smtp.client_allowed or self.policy.local(address)):
+        trusted = session.authenticated or smtp.client_allowed
+        if not (trusted or self.policy.local(address)):
             return f"554 5.7.1 <{address}>: Relay access denied"
+        if not trusted and has_routing(address):
+            return f"553 5.7.1 <{address}>: Sender-specified routing is not allowed"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, smtp: RelaySMTP, session: Any, envelope: Any) -> str:
         content: bytes = envelope.original_content
-        if has_bare_newline(content):
-            return "554 5.6.0 Bare CR or LF in message data; lines must end with CRLF"
+        problem = data_problem(content)
+        if problem:
+            return f"554 5.6.0 {problem}"
         sender = "" if envelope.mail_from == "<>" else envelope.mail_from
         txid = secrets.token_hex(6)
         trace = received_header(
@@ -77,7 +81,8 @@ class RelayHandler:
             trace + content,
             Envelope(sender, tuple(envelope.rcpt_tos)),
             route=list(self.policy.route) if self.policy.route else None,
-            origin="relay",
+            # "relay" is mail from [relay] allow clients: the only relayed mail [relay] dkim signs.
+            origin="relay" if smtp.client_allowed else "relay-auth" if session.authenticated else "relay-local",
         )
         try:
             # shield: a put that outlives the timeout still completes (at worst a duplicate, never a loss)

@@ -6,6 +6,7 @@ Imported only when the relay starts (aiosmtpd is not loaded by an idle agent).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import ssl
 import time
@@ -19,6 +20,8 @@ from alertmail.plugins.relay.server import RelaySMTP
 from alertmail.plugins.relay.w3c import W3CLog
 
 log = logging.getLogger("alertmail.relay")
+# OpenSSL's cipher string for TLS 1.2 (set_ciphers does not touch the TLS 1.3 suites).
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
 
 
 @dataclass
@@ -32,6 +35,53 @@ class RelayServer:
     connections: set[RelaySMTP] = field(default_factory=set)
     stopping: bool = False
     _servers: list[asyncio.Server] = field(default_factory=list)
+    # sessions per client IP, and the times of recent failed AUTH per client IP (as Postfix's anvil)
+    _per_client: collections.Counter[str] = field(default_factory=collections.Counter)
+    _auth_failures: dict[str, collections.deque[float]] = field(default_factory=dict)
+
+    def admit(self, session: RelaySMTP) -> str | None:
+        """Count a new session in; the reason it is refused when a cap is reached (then it is not counted)."""
+        policy = self.policy
+        if len(self.connections) >= policy.max_connections:
+            return "too many connections"
+        if not session.client_allowed and self._per_client[session.client_ip] >= policy.max_connections_per_client:
+            return f"too many connections from {session.client_ip}"
+        self.connections.add(session)
+        self._per_client[session.client_ip] += 1
+        return None
+
+    def release(self, session: RelaySMTP) -> None:
+        if session in self.connections:
+            self.connections.discard(session)
+            self._per_client[session.client_ip] -= 1
+            if self._per_client[session.client_ip] <= 0:
+                del self._per_client[session.client_ip]
+
+    def _recent_failures(self, ip: str, now: float) -> collections.deque[float] | None:
+        failures = self._auth_failures.get(ip)
+        if failures is not None:
+            while failures and failures[0] <= now - self.policy.rate_window:
+                failures.popleft()
+            if not failures:
+                del self._auth_failures[ip]
+                return None
+        return failures
+
+    def auth_blocked(self, ip: str) -> bool:
+        """True while ``ip`` has failed AUTH max_auth_failures times within rate_window."""
+        failures = self._recent_failures(ip, time.monotonic())
+        return failures is not None and len(failures) >= self.policy.max_auth_failures
+
+    def auth_failed(self, ip: str) -> bool:
+        """Count a failed AUTH from ``ip``; True when it has now reached the limit."""
+        now = time.monotonic()
+        failures = self._recent_failures(ip, now)
+        if failures is None:
+            if len(self._auth_failures) >= 100_000:  # bounded memory under a spread-out attack
+                self._auth_failures.pop(next(iter(self._auth_failures)))
+            failures = self._auth_failures[ip] = collections.deque()
+        failures.append(now)
+        return len(failures) >= self.policy.max_auth_failures
 
     def _session(self) -> RelaySMTP:
         return RelaySMTP(
@@ -86,8 +136,13 @@ def _format(sockname: tuple[Any, ...]) -> str:
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
-    """A server context for STARTTLS: TLS 1.2 or later, no client certificates asked."""
+    """A server context for STARTTLS: TLS 1.2 or later, AEAD suites only, no client certificates asked.
+
+    TLS 1.2 offers ECDHE with AES-GCM or ChaCha20-Poly1305 (no CBC suites, whose MAC-then-encrypt
+    invited padding oracles); TLS 1.3 suites are all AEAD and are left as OpenSSL offers them.
+    """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
     context.load_cert_chain(cert, key)
     return context

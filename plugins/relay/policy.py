@@ -41,6 +41,10 @@ _ENHANCED_BY_CODE = {
 }
 _ENHANCED_250 = {"MAIL": "2.1.0", "RCPT": "2.1.5", "DATA": "2.0.0"}
 _BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_BAD_DATA = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
+# Characters that route mail onwards when they appear in a local part (user%host@relay,
+# host!user@relay, "user@host"@relay) or a leading source route (@hop:user@relay).
+_ROUTING = re.compile(r"[%!@:]")
 _HELO_UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 _ADDRESS_UNSAFE = re.compile(r"[^!-~]|[()<>;\\\"]")
 
@@ -56,6 +60,10 @@ class RelayPolicy:
     max_size: int = 10_000_000
     max_recipients: int = 100
     max_commands: int = 100
+    max_connections: int = 300
+    max_connections_per_client: int = 50
+    max_auth_failures: int = 10
+    rate_window: float = 60.0
     require_tls: bool = False
     greet_pause: float = 0.0
     route: tuple[str, ...] | None = None
@@ -73,6 +81,16 @@ class RelayPolicy:
 
     def local(self, address: str) -> bool:
         return address.rpartition("@")[2].lower().rstrip(".") in self.local_domains
+
+
+def has_routing(address: str) -> bool:
+    """True when ``address`` asks the next hop to route it further (sender-specified routing).
+
+    ``user%other@local``, ``"user@other"@local``, ``other!user@local`` and ``@hop:user@local``
+    would leave through a local domain towards another; Postfix refuses them from clients
+    that may not relay (``allow_untrusted_routing = no``), and so does the relay.
+    """
+    return address.startswith("@") or bool(_ROUTING.search(address.rpartition("@")[0]))
 
 
 def parse_networks(items: Iterable[str]) -> tuple[IPNetwork, ...]:
@@ -110,6 +128,16 @@ def address_problem(command: str, arg: str) -> str | None:
 def has_bare_newline(data: bytes) -> bool:
     """True when ``data`` holds a CR or LF that is not part of a CRLF pair."""
     return _BARE_NEWLINE.search(data) is not None
+
+
+def data_problem(data: bytes) -> str | None:
+    """Why message data is refused (a bare CR or LF, a NUL byte), or None when it may pass on."""
+    found = _BAD_DATA.search(data)
+    if found is None:
+        return None
+    if found.group() == b"\x00":
+        return "NUL byte in message data"
+    return "Bare CR or LF in message data; lines must end with CRLF"
 
 
 def with_enhanced_code(reply: str, command: str) -> str:

@@ -86,6 +86,7 @@ class RelaySMTP(SMTP):
         self.local_ip, self.local_port = "", 0
         self.close_after_reply = False
         self._junk = 0
+        self._refused: str | None = None  # why the session is refused at once (a connection cap)
         self._secret_input = False
         self._credentials: LoginPassword | None = None
         # the command being answered: [verb, query, started, bytes in, bytes out]
@@ -170,10 +171,10 @@ class RelaySMTP(SMTP):
             sock = transport.get_extra_info("sockname") or ("", 0)
             self.client_ip, self.local_ip, self.local_port = str(peer[0]), str(sock[0]), sock[1]
             self.client_allowed = self.policy.allowed(self.client_ip)
-            self.server.connections.add(self)
+            self._refused = self.server.admit(self)
 
     def connection_lost(self, error: Exception | None) -> None:
-        self.server.connections.discard(self)
+        self.server.release(self)
         super().connection_lost(error)
 
     def _cb_client_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -193,6 +194,11 @@ class RelaySMTP(SMTP):
         reader.readuntil = readuntil  # type: ignore[method-assign,assignment]
 
     async def _handle_client(self) -> None:
+        if self._refused is not None:
+            self._current = ["CONNECT", self._refused, time.monotonic(), 0, 0]
+            self.close_after_reply = True
+            await self.push(f"421 4.7.0 {self.policy.hostname} Error: {self._refused}; try again later")
+            return
         pause = 0.0 if self.client_allowed else self.policy.greet_pause
         if pause > 0:
             # An early talker sends before the greeting: a spam engine that does not wait.
@@ -380,8 +386,18 @@ class RelaySMTP(SMTP):
         if credentials is None or self.policy.users is None:
             return parsed  # the client's answer could not be parsed; already answered
         login = credentials.login.decode("utf-8", "replace")
+        limited = not self.client_allowed
+        if limited and self.server.auth_blocked(self.client_ip):
+            return self._auth_refused()  # no password is checked while the client is over the limit
         ok = await asyncio.get_running_loop().run_in_executor(None, self.policy.users.verify, login, credentials.password)
         if not ok:
             log.warning("relay: failed AUTH from %s for user %r", self.client_ip, login)
+            if limited and self.server.auth_failed(self.client_ip):
+                log.warning("relay: %s reached max_auth_failures; AUTH refused for a while", self.client_ip)
+                return self._auth_refused()
             return AuthResult(success=False, handled=False)  # smtp_AUTH answers 535 5.7.8
         return AuthResult(success=True, auth_data=LoginPassword(credentials.login, b""))
+
+    def _auth_refused(self) -> AuthResult:
+        self.close_after_reply = True
+        return AuthResult(success=False, handled=False, message="421 4.7.0 Error: too many failed AUTH attempts; try again later")

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,7 +34,7 @@ from typing import Any, ClassVar
 
 import click
 
-from alertmail import AlertmailError, Option, ServiceContext, config_option, hookimpl
+from alertmail import AlertmailError, Checker, Option, ServiceContext, config_option, hookimpl, parse_address
 
 log = logging.getLogger("alertmail.relay")
 
@@ -48,8 +50,15 @@ OPTIONS: dict[str, Option] = {
     "max_size": Option("size", 10_000_000, help="largest message accepted (announced as SIZE)"),
     "max_recipients": Option("int", 100, help="recipients per message; more get 452"),
     "max_commands": Option("int", 100, help="commands per session that move no mail (NOOP, RSET, errors ...) before 421"),
+    "max_connections": Option("int", 300, help="sessions at once, all clients together; more get 421 4.7.0"),
+    "max_connections_per_client": Option(
+        "int", 50, help="sessions at once from one IP address outside `allow`; more get 421 4.7.0"
+    ),
+    "max_auth_failures": Option("int", 10, help="failed AUTH per IP address outside `allow` within rate_window; then 421 4.7.0"),
+    "rate_window": Option("duration", 60.0, help="the time unit of max_auth_failures (as Postfix's anvil_rate_time_unit)"),
     "route": Option("list", ["mx"], help="transports relayed and picked-up mail leaves through"),
     "local_domains": Option("list", [], help="recipient domains any client may send to, without relay rights"),
+    "dkim": Option("bool", False, help="sign mail from `allow` clients with the [mail.dkim] keys (not AUTH or local mail)"),
     "pickup": Option("bool", True, help="take files dropped into STATE_DIR/pickup"),
     "pickup_interval": Option("duration", 1.0, help="how often the pickup folder is scanned"),
     "greet_pause": Option("duration", 1.0, help="wait before the banner for clients outside `allow`; who talks first is dropped"),
@@ -68,12 +77,84 @@ class RelayConfigError(AlertmailError, ValueError):
     """The [relay] table cannot work as written (the message names the key and the fix)."""
 
 
+# Least value of the numeric options (the schema checks only their kind).
+MINIMUMS: dict[str, tuple[float, str]] = {
+    "max_size": (1, "at least 1 byte"),
+    "max_recipients": (1, "at least 1"),
+    "max_commands": (1, "at least 1"),
+    "max_connections": (1, "at least 1"),
+    "max_connections_per_client": (1, "at least 1"),
+    "max_auth_failures": (1, "at least 1"),
+    "rate_window": (0.001, "more than 0"),
+    "pickup_interval": (0.001, "more than 0"),
+    "greet_pause": (0, "0 or more"),
+    "timeout": (0.001, "more than 0"),
+    "stop_timeout": (0, "0 or more"),
+}
+
+
+def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:
+    """What ``alertmail run`` would stumble on in ``[relay]``, reported by ``alertmail check``.
+
+    Checked when the config has a ``[relay]`` table (without one the relay does not run).
+    """
+    if "relay" not in (getattr(cfg, "raw", None) or {}):
+        return
+    from alertmail.plugins.relay.policy import parse_networks
+
+    for option, (least, words) in MINIMUMS.items():
+        value = opts.get(option)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < least:
+            check.error(f"relay.{option}", f"must be {words}, got {value!r}")
+    for i, item in enumerate(opts.get("listen") or []):
+        try:
+            parse_address(item)
+        except ValueError as exc:
+            hint = ' (IPv6 goes in brackets: "[::1]:2525")' if item.count(":") > 1 and not item.startswith("[") else ""
+            check.error(f"relay.listen[{i}]", f"{exc}{hint}")
+    for i, item in enumerate(opts.get("allow") or []):
+        try:
+            parse_networks([item])
+        except ValueError as exc:
+            check.error(f"relay.allow[{i}]", str(exc))
+    cert, key = opts.get("tls_cert"), opts.get("tls_key")
+    for name, path in (("tls_cert", cert), ("tls_key", key)):
+        if path is not None and not os.access(path, os.R_OK):
+            check.error(
+                f"relay.{name}", f"cannot read {path}: {'no such file' if not Path(path).exists() else 'permission denied'}"
+            )
+    if bool(cert) != bool(key):
+        check.error(f"relay.{'tls_key' if cert else 'tls_cert'}", "tls_cert and tls_key go together; set both")
+    elif cert and key and os.access(cert, os.R_OK) and os.access(key, os.R_OK):
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
+        except (ssl.SSLError, OSError) as exc:
+            check.error("relay.tls_cert", f"cannot load {cert} with {key}: {exc}")
+    if opts.get("require_tls") and not (cert and key):
+        check.error("relay.require_tls", "needs relay.tls_cert and relay.tls_key")
+    if opts.get("users_file"):
+        from alertmail.plugins.relay.users import Users, UsersFileError
+
+        if not (cert and key):
+            check.error("relay.users_file", "AUTH is offered only over TLS; set tls_cert and tls_key")
+        try:
+            Users.load(opts["users_file"])
+        except (OSError, UsersFileError) as exc:
+            check.error("relay.users_file", str(exc))
+    try:
+        check_route(cfg, list(opts.get("route") or []), Path(cfg.state_dir))
+    except RelayConfigError as exc:
+        keypath, _, message = str(exc).partition(": ")
+        check.error(keypath, message)
+
+
 class RelayService:
     """The SMTP listener and the pickup watcher, started with the agent when ``[relay].enabled``."""
 
     name: ClassVar[str] = "relay"
     section: ClassVar[str] = "relay"
     options: ClassVar[dict[str, Option]] = OPTIONS
+    check = staticmethod(check_options)
 
     def __init__(self) -> None:
         self.server: Any = None  # listener.RelayServer
@@ -83,7 +164,7 @@ class RelayService:
         self._stop_timeout = 20.0
 
     async def start(self, context: ServiceContext) -> None:
-        from alertmail import Badmail, __version__, parse_address
+        from alertmail import Badmail, __version__
         from alertmail.plugins.relay.listener import RelayServer, tls_context
         from alertmail.plugins.relay.policy import RelayPolicy, parse_networks
         from alertmail.plugins.relay.users import Users, UsersFileError
@@ -125,6 +206,10 @@ class RelayService:
             max_size=opts["max_size"],
             max_recipients=opts["max_recipients"],
             max_commands=opts["max_commands"],
+            max_connections=opts["max_connections"],
+            max_connections_per_client=opts["max_connections_per_client"],
+            max_auth_failures=opts["max_auth_failures"],
+            rate_window=opts["rate_window"],
             require_tls=bool(opts["require_tls"]),
             greet_pause=opts["greet_pause"],
             route=tuple(route),
@@ -150,6 +235,7 @@ class RelayService:
                 hostname,
                 interval=opts["pickup_interval"],
                 max_size=opts["max_size"],
+                max_recipients=opts["max_recipients"],
                 route=route,
             )
             await self.pickup.start()
@@ -248,7 +334,7 @@ def relay_command(ctx: click.Context, config_path: Path) -> None:
     from alertmail import ExitCode, QueueLocked, load_or_exit, setup_logging
 
     cfg, plugins = load_or_exit(config_path)
-    setup_logging(cfg.agent["log_level"])
+    setup_logging(cfg.agent["log_level"], cfg.agent["log_format"])
     if not cfg.sections.get("relay", {}).get("enabled"):
         log.info("[relay].enabled is false: `alertmail run` would not start it; running it as asked")
 

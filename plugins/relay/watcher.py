@@ -12,6 +12,14 @@ taken (writers write such a name, then rename it into place, as alertmail's own
 pickup transport does). For writers that write in place, a file is taken only once
 its size and modification time have stayed the same for one scan interval, or it was
 last modified at least one interval ago.
+
+What is taken, and how (the folder may be writable by others than the relay's user):
+only regular files with a single link, opened with ``O_NOFOLLOW`` and checked with
+``fstat`` on the open file before anything is read. A symbolic link, a FIFO, a folder,
+a socket or a hard link (which could point at ``/etc/shadow``) is left in place and
+reported once with the reason. A file over ``max_size`` is never read into memory: it is
+copied to ``badmail/`` in pieces. More recipients than ``max_recipients`` send the file
+to badmail. File names reach the log with control characters escaped.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +50,28 @@ _ADDRESS = re.compile(
     r"^[^\s<>()\[\],;:\\\"@]+(?:\.[^\s<>()\[\],;:\\\"@]+)*@[A-Za-z0-9.\-\[\]:]+$|^\"[^\"\r\n]*\"@[A-Za-z0-9.\-]+$"
 )
 _LINE_END = re.compile(rb"\r?\n")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Pieces in which an oversize file is copied to badmail.
+COPY_CHUNK = 1 << 20
+
+
+def shown(name: str) -> str:
+    """A file name for the log: control characters as ``\\xNN`` (a newline cannot start a forged line)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", name)
+
+
+def refusal(st: os.stat_result) -> str | None:
+    """Why a pickup entry is never taken (left in place), or None for a regular file with one link."""
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, socket or device)"
+    if st.st_nlink > 1:
+        return f"a hard link ({st.st_nlink} names for one file; it may be another user's file)"
+    return None
 
 
 class PickupError(AlertmailError, ValueError):
@@ -106,7 +137,10 @@ class PickupWatcher:
     interval: float = 1.0
     max_size: int = 10_000_000
     route: list[str] | None = None
+    max_recipients: int = 100
     _seen: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # entries left in place, by name, with what they were when reported (reported once each)
+    _reported: dict[str, tuple[int, int, str]] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -152,38 +186,58 @@ class PickupWatcher:
             entries = list(os.scandir(self.folder))
         except FileNotFoundError:
             return []
+        reported: dict[str, tuple[int, int, str]] = {}
         for item in entries:
             if item.name.startswith(".") or item.name.endswith(".tmp"):
                 continue
             try:
-                if not item.is_file(follow_symlinks=False):
-                    continue
-                stat = item.stat(follow_symlinks=False)
+                stat_ = item.stat(follow_symlinks=False)
             except OSError:
                 continue
-            key = (stat.st_size, stat.st_mtime_ns)
-            if self._seen.get(item.name) == key or now_ns - stat.st_mtime_ns >= settle_ns:
+            reason = refusal(stat_)
+            if reason is not None:
+                key3 = (stat_.st_dev, stat_.st_ino, reason)
+                if self._reported.get(item.name) != key3:
+                    log.warning("pickup: %s is left in place, never taken: it is %s", shown(item.name), reason)
+                reported[item.name] = key3
+                continue
+            key = (stat_.st_size, stat_.st_mtime_ns)
+            if self._seen.get(item.name) == key or now_ns - stat_.st_mtime_ns >= settle_ns:
                 ready.append(Path(item.path))
             else:
                 seen[item.name] = key
+        self._reported = reported
         self._seen = seen
         return sorted(ready)
 
     async def take(self, path: Path) -> bool:
         """Queue one file, then remove it; a bad one goes to badmail. True when it left pickup."""
         try:
-            data = await asyncio.to_thread(path.read_bytes)
+            opened = await asyncio.to_thread(self._open, path)
         except FileNotFoundError:
             return False  # taken by someone else meanwhile
         except OSError as exc:
-            log.error("pickup: cannot read %s: %s", path, exc)
+            log.error("pickup: cannot read %s: %s", shown(path.name), exc.strerror or exc)
             return False
+        if opened is None:
+            return False  # not a regular file with one link: reported by the scan, left in place
+        fd, st = opened
         try:
-            if len(data) > self.max_size:
-                raise PickupError(f"larger than max_size ({len(data)} > {self.max_size} bytes)")
+            if st.st_size > self.max_size:
+                reason = f"larger than max_size ({st.st_size} > {self.max_size} bytes)"
+                await asyncio.to_thread(self._reject_stream, path, fd, st, reason)
+                return True
+            data = await asyncio.to_thread(_read_up_to, fd, self.max_size + 1)
+        finally:
+            os.close(fd)
+        try:
+            if len(data) > self.max_size:  # grew since fstat
+                raise PickupError(f"larger than max_size (over {self.max_size} bytes)")
             envelope, message = parse_pickup(data)
+            if len(envelope.recipients) > self.max_recipients:
+                raise PickupError(f"too many recipients ({len(envelope.recipients)} > max_recipients {self.max_recipients})")
         except PickupError as exc:
-            await asyncio.to_thread(self._reject, path, data, str(exc))
+            await asyncio.to_thread(self._reject, path, st, data, str(exc))
             return True
         trace = (
             f"Received: by {self.hostname} (alertmail pickup) id {secrets.token_hex(6)}; {format_datetime(datetime.now(UTC))}\r\n"
@@ -191,15 +245,59 @@ class PickupWatcher:
         try:
             msg_id = await self.queue.put(trace.encode() + message, envelope, route=self.route, origin="pickup")
         except QueueWriteError as exc:
-            log.error("pickup: cannot queue %s, left in place: %s", path.name, exc)
+            log.error("pickup: cannot queue %s, left in place: %s", shown(path.name), exc)
             return False
-        await asyncio.to_thread(path.unlink, missing_ok=True)
-        log.info("pickup: %s queued as %s", path.name, msg_id)
+        await asyncio.to_thread(_unlink_same, path, st)
+        log.info("pickup: %s queued as %s", shown(path.name), msg_id)
         return True
 
-    def _reject(self, path: Path, data: bytes, reason: str) -> None:
+    def _open(self, path: Path) -> tuple[int, os.stat_result] | None:
+        """The file opened for reading, with its fstat; None (closed) when it is not to be taken (blocking).
+
+        O_NOFOLLOW refuses a symlink put in place since the scan; O_NONBLOCK keeps a FIFO
+        from blocking the open; fstat describes the very file that will be read.
+        """
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        if refusal(st) is not None:
+            os.close(fd)
+            return None
+        return fd, st
+
+    def _reject(self, path: Path, st: os.stat_result, data: bytes, reason: str) -> None:
         """Move a file that is not a message to badmail with the reason (blocking)."""
-        text = f"pickup file {path.name!r} is not a message alertmail can send: {reason}"
+        text = f"pickup file {shown(path.name)!r} is not a message alertmail can send: {reason}"
         msg_id = self.badmail.reject(data, reason=text, origin="pickup")
+        _unlink_same(path, st)
+        log.warning("pickup: %s moved to badmail as %s: %s", shown(path.name), msg_id, reason)
+
+    def _reject_stream(self, path: Path, fd: int, st: os.stat_result, reason: str) -> None:
+        """Badmail for a file too large to hold in memory: copied from ``fd`` in pieces (blocking)."""
+        text = f"pickup file {shown(path.name)!r} is not a message alertmail can send: {reason}"
+        os.lseek(fd, 0, os.SEEK_SET)
+        with os.fdopen(os.dup(fd), "rb", buffering=0) as source:
+            msg_id = self.badmail.reject(source, reason=text, origin="pickup")
+        _unlink_same(path, st)
+        log.warning("pickup: %s moved to badmail as %s: %s", shown(path.name), msg_id, reason)
+
+
+def _read_up_to(fd: int, limit: int) -> bytes:
+    parts, size = [], 0
+    while size < limit and (chunk := os.read(fd, min(COPY_CHUNK, limit - size))):
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
+def _unlink_same(path: Path, st: os.stat_result) -> None:
+    """Remove ``path`` when it is still the file that was read (not one renamed into its place)."""
+    try:
+        now = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
         path.unlink(missing_ok=True)
-        log.warning("pickup: %s moved to badmail as %s: %s", path.name, msg_id, reason)

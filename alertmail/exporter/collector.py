@@ -1,0 +1,232 @@
+"""What ``/metrics`` shows, as metric families built at each scrape.
+
+* every probe sample (the newest of each series) under a Prometheus name:
+  ``disk.used_percent`` becomes ``alertmail_disk_used_percent``, ``*_per_s`` becomes
+  ``*_per_second``, the unit is appended when the name lacks it, a counter ends in
+  ``_total``; HELP and TYPE come from the probe's ``MetricInfo``;
+* rule states as ``alertmail_alert{rule, severity, state, <labels>} 1`` for every
+  pending, firing or flapping alert, the way Prometheus exposes ``ALERTS``;
+* the agent's own figures: probe runs, failures and overruns, queue depth, delivery
+  attempts by transport and outcome, mails queued, events held by silences or folded
+  into digests, and the process's memory and CPU.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from alertmail.exporter.exposition import Family
+from alertmail.model import DeliveryResult, Envelope, Labels, MetricInfo, Sample
+
+PREFIX = "alertmail_"
+# Unit of a MetricInfo -> the suffix a Prometheus name carries (Prometheus naming conventions).
+UNIT_SUFFIX = {
+    "percent": "percent",
+    "bytes": "bytes",
+    "bytes/s": "bytes_per_second",
+    "ops/s": "per_second",
+    "seconds": "seconds",
+    "s": "seconds",
+}
+# The agent's own samples, which no probe declares.
+AGENT_METRICS = {
+    "agent.probe_seconds": MetricInfo("agent.probe_seconds", "seconds", "how long the last run of the probe took", ("probe",)),
+    "agent.probe_failed": MetricInfo(
+        "agent.probe_failed", "", "1 when the last run of the probe raised or returned bad data", ("probe",)
+    ),
+    "agent.probe_overrun": MetricInfo(
+        "agent.probe_overrun", "", "1 when the last run of the probe took longer than its timeout", ("probe",)
+    ),
+    "agent.probe_missed": MetricInfo(
+        "agent.probe_missed", "", "runs of the probe that missed their time since the agent started", ("probe",)
+    ),
+}
+ALERT_LABELS = ("rule", "severity", "state")
+_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def label_name(name: str) -> str:
+    """A valid Prometheus label name; names starting with ``__`` are reserved for Prometheus."""
+    name = _INVALID.sub("_", name) or "_"
+    if name[0].isdigit():
+        name = "_" + name
+    return "x" + name if name.startswith("__") else name
+
+
+def metric_name(info: MetricInfo) -> tuple[str, str]:
+    """(Prometheus name, unit) of a metric; the unit is "" when the name carries none."""
+    name = _INVALID.sub("_", info.name)
+    name = re.sub(r"_per_s$", "_per_second", name)
+    unit = UNIT_SUFFIX.get(info.unit, "")
+    if unit and not name.endswith("_" + unit):
+        name = f"{name}_{unit}"
+    if info.kind == "counter":
+        name = name.removesuffix("_total") + "_total"
+    elif name.endswith("_total"):
+        name = name[: -len("_total")]  # _total is for counters only (and _count for histograms)
+    return PREFIX + name, unit
+
+
+def _labels(labels: Labels, reserved: Iterable[str] = ()) -> dict[str, str]:
+    """Sample labels with valid names; one that clashes with a name of ours becomes ``exported_NAME``."""
+    taken = set(reserved)
+    out: dict[str, str] = {}
+    for key, value in labels:
+        key = label_name(key)
+        if key in taken:
+            key = "exported_" + key
+        out[key] = value
+    return out
+
+
+class AgentCollector:
+    """The agent's state as metric families, read at each scrape (on the event loop)."""
+
+    def __init__(
+        self,
+        infos: Mapping[str, MetricInfo],
+        *,
+        states: Callable[[], list[Any]],
+        queue: Any = None,
+        counts: Mapping[str, int] | None = None,
+        stale_after: float = 60.0,
+    ) -> None:
+        self.infos = {**AGENT_METRICS, **infos}
+        self.states = states
+        self.queue = queue
+        self.counts = counts if counts is not None else {}
+        self.stale_after = stale_after
+        self.latest: dict[tuple[str, Labels], Sample] = {}
+        self.runs: Counter[tuple[str, str]] = Counter()  # (probe, "runs" | "failures" | "overruns")
+        self.deliveries: Counter[tuple[str, str]] = Counter()  # (transport, outcome), one per recipient
+
+    # -- fed by the agent --------------------------------------------------
+    def observe(self, samples: Iterable[Sample]) -> None:
+        for sample in samples:
+            self.latest[sample.series] = sample
+            if sample.metric == "agent.probe_seconds":
+                probe = sample.label_dict().get("probe", "")
+                self.runs[(probe, "runs")] += 1
+                for kind in ("failures", "overruns"):  # a series at 0 from the first run on, as counters should be
+                    self.runs.setdefault((probe, kind), 0)
+            elif sample.metric in ("agent.probe_failed", "agent.probe_overrun") and sample.value > 0:
+                kind = "failures" if sample.metric == "agent.probe_failed" else "overruns"
+                self.runs[(sample.label_dict().get("probe", ""), kind)] += 1
+
+    def delivered(
+        self, entry: Any, transport: str, envelope: Envelope, result: DeliveryResult, seconds: float, size: int
+    ) -> None:
+        """A ``Delivery`` observer: counts each recipient's outcome of each transport's attempt."""
+        for status in result.recipients.values():
+            self.deliveries[(transport, status.status.value)] += 1
+
+    # -- read at each scrape ------------------------------------------------
+    def collect(self) -> list[Family]:
+        return [*self._samples(time.time()), self._alerts(), *self._own(), *_process()]
+
+    def _samples(self, now: float) -> Iterator[Family]:
+        for series in [s for s, sample in self.latest.items() if now - sample.timestamp > self.stale_after]:
+            del self.latest[series]  # a process that exited, a disk unmounted: not a value any more
+        by_metric: dict[str, list[Sample]] = {}
+        for sample in self.latest.values():
+            by_metric.setdefault(sample.metric, []).append(sample)
+        seen: set[str] = set()
+        for metric in sorted(by_metric):
+            info = self.infos.get(metric) or MetricInfo(metric, "", "")
+            name, unit = metric_name(info)
+            if name in seen:
+                continue  # two alertmail names mapped to one Prometheus name: the first wins
+            seen.add(name)
+            kind = "counter" if info.kind == "counter" else "gauge"
+            family = Family(name.removesuffix("_total"), kind, info.description or f"{metric} (no description)", unit)
+            for sample in sorted(by_metric[metric], key=lambda s: s.labels):
+                family.add(_labels(sample.labels), sample.value)
+            yield family
+
+    def _alerts(self) -> Family:
+        family = Family(
+            PREFIX + "alert", "gauge", "1 for each alert that is pending, firing or flapping (as Prometheus exposes ALERTS)"
+        )
+        for status in self.states():
+            state = status.state.value
+            if state == "ok":
+                continue
+            labels = {
+                "rule": status.rule.name,
+                "severity": status.severity or status.rule.severity,
+                "state": state,
+                **_labels(status.labels, ALERT_LABELS),
+            }
+            family.add(labels, 1.0)
+        return family
+
+    def _own(self) -> Iterator[Family]:
+        for kind, help_text in (
+            ("runs", "runs of each probe"),
+            ("failures", "runs of each probe that raised or returned bad data"),
+            ("overruns", "runs of each probe that took longer than its timeout, or were skipped as the last one still ran"),
+        ):
+            counter = Family(f"{PREFIX}agent_probe_{kind}", "counter", help_text)
+            for (probe, k), n in sorted(self.runs.items()):
+                if k == kind:
+                    counter.add({"probe": probe}, n)
+            yield counter
+        if self.queue is not None:
+            depth = Family(
+                f"{PREFIX}agent_queue_messages",
+                "gauge",
+                "messages in the queue: new (not tried yet) or deferred (tried, waiting for the next try)",
+            )
+            waiting = Counter("deferred" if entry.attempts else "new" for entry in self.queue.entries())
+            for state in ("new", "deferred"):
+                depth.add({"state": state}, waiting[state])
+            yield depth
+        deliveries = Family(
+            f"{PREFIX}agent_deliveries",
+            "counter",
+            "recipients tried by each transport, by outcome: delivered, temporary (retried) or permanent (badmail)",
+        )
+        for (transport, outcome), n in sorted(self.deliveries.items()):
+            deliveries.add({"transport": transport, "outcome": outcome}, n)
+        yield deliveries
+        mails = Family(f"{PREFIX}agent_mails", "counter", "alert mails and digests queued")
+        for kind in ("alert", "digest"):
+            mails.add({"kind": kind}, self.counts.get(kind, 0))
+        yield mails
+        silenced = Family(f"{PREFIX}agent_events_silenced", "counter", "alert events held back by a silence")
+        silenced.add({}, self.counts.get("silenced", 0))
+        yield silenced
+        folded = Family(
+            f"{PREFIX}agent_events_folded",
+            "counter",
+            "alert events folded into a digest by the storm cap, once for each recipient",
+        )
+        folded.add({}, self.counts.get("folded", 0))
+        yield folded
+
+
+def _process() -> list[Family]:
+    """The process figures client libraries export under these names, so the usual dashboards work."""
+    import psutil  # the system probes have it loaded already
+
+    process = psutil.Process()
+    with process.oneshot():
+        memory, cpu, started = process.memory_info(), process.cpu_times(), process.create_time()
+        fds = process.num_fds() if hasattr(process, "num_fds") else None
+    figures = [
+        Family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", "bytes"),
+        Family("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", "bytes"),
+        Family("process_cpu_seconds", "counter", "Total user and system CPU time spent in seconds.", "seconds"),
+        Family("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.", "seconds"),
+    ]
+    for family, value in zip(figures, (memory.rss, memory.vms, cpu.user + cpu.system, started), strict=True):
+        family.add({}, value)
+    if fds is not None:
+        open_fds = Family("process_open_fds", "gauge", "Number of open file descriptors.")
+        open_fds.add({}, fds)
+        figures.append(open_fds)
+    return figures

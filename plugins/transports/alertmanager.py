@@ -1,0 +1,313 @@
+"""The alertmanager transport: alert mails become Alertmanager alerts (API v2).
+
+The notifier writes the events of each alert mail (and digest) into its
+``X-Alertmail-Alerts`` header; this transport reads them with ``alerts_in`` and
+POSTs them to ``/api/v2/alerts`` of every URL in ``urls`` (all members of an HA
+cluster, as Alertmanager asks of its clients). It is a transport like smtp: the
+durable queue holds the message and retries it while no Alertmanager answers, a
+4xx answer sends it to badmail with the reply.
+
+* an alert's labels: ``alertname`` (the rule), ``instance`` (the host that saw it), ``severity``,
+  the series' labels, then ``[transports.alertmanager].labels``; annotations
+  ``summary``, ``description``, ``value``; ``startsAt`` when it fired, ``endsAt``
+  when it resolved;
+* a mail that carries no alerts (a DSN, the heartbeat, relayed mail) has nothing
+  for Alertmanager: it counts as delivered, with a reply saying so;
+* while an alert fires, it is sent again every ``resend`` with ``endsAt`` 4 × that
+  ahead, as Prometheus does, so Alertmanager neither resolves it on its own
+  (``resolve_timeout``) nor keeps it for long after the agent is gone;
+* times are sent on Alertmanager's clock: the ``Date`` of its answers tells how far this
+  host's clock is off, and a request sent with times off by more than ``CLOCK_SLACK``
+  is sent again, corrected (a host a minute ahead would otherwise resolve its alerts a
+  minute late, or keep them active forever if it is a year ahead);
+* what was handed over is remembered in ``STATE_DIR/alertmanager.json`` per alert,
+  with the time of its event: an older event retried from the queue after a newer
+  one went through (a firing mail delivered after its recovery) is not sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import math
+import re
+import time
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, ClassVar
+
+from alertmail import (
+    DeliveryResult,
+    Envelope,
+    Option,
+    RecipientStatus,
+    Status,
+    TransportContext,
+    alerts_in,
+    hookimpl,
+    message_bytes,
+    write_atomic,
+)
+
+log = logging.getLogger("alertmail.transports.alertmanager")
+
+OWN_LABELS = ("alertname", "instance", "severity")
+FORGET_AFTER = 86400.0  # how long a resolved alert is remembered, against late older events
+CLOCK_SLACK = 5.0  # clock differences below this are left alone (Date has whole seconds)
+_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def rfc3339(when: float) -> str:
+    return dt.datetime.fromtimestamp(when, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def date_of(headers: Any) -> float | None:
+    """The time in an HTTP answer's Date header, if it has a readable one."""
+    import email.utils
+
+    try:
+        return email.utils.parsedate_to_datetime(headers.get("Date")).timestamp()
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def label_name(name: str) -> str:
+    name = _INVALID.sub("_", str(name)) or "_"
+    return "_" + name if name[0].isdigit() else name
+
+
+def _number(value: Any) -> str:
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return "-"
+    return f"{value:g}"
+
+
+class AlertmanagerTransport:
+    """Hands the alerts of each message to every Alertmanager in ``urls``."""
+
+    name: ClassVar[str] = "alertmanager"
+    options: ClassVar[dict[str, Option]] = {
+        "urls": Option(
+            "list", None, required=True, help='Alertmanager base URLs, every member of a cluster: ["http://am1:9093", ...]'
+        ),
+        "timeout": Option("duration", 10.0, help="longest one request may take"),
+        "resend": Option(
+            "duration",
+            60.0,
+            help="send firing alerts again this often (endsAt 4 x this ahead); 0 = off: resolve_timeout ends them",
+        ),
+        "labels": Option("table", {}, help='labels added to every alert, e.g. { env = "prod" }'),
+        "generator_url": Option("str", None, help="link in each alert; {rule} and {instance} are replaced"),
+    }
+
+    def __init__(self, options: dict[str, Any], context: TransportContext) -> None:
+        self.urls = [url.rstrip("/") + "/api/v2/alerts" for url in options["urls"]]
+        self.timeout = float(options.get("timeout") or 10.0)
+        self.resend = float(options.get("resend") or 0.0)
+        self.extra = dict(options.get("labels") or {})
+        self.generator_url = options.get("generator_url")
+        self.hostname = context.hostname
+        self.state_file = Path(context.state_dir) / "alertmanager.json"
+        self._opener: Any = None  # built at the first request: urllib (and ssl) cost an agent without this transport memory
+        self.known: dict[str, dict[str, Any]] = self._load()
+        self._resender: asyncio.Task[None] | None = None
+        self.skew: float | None = None  # Alertmanager's clock minus ours, once an answer told it
+        if self.resend and any(k["active"] for k in self.known.values()):
+            try:
+                self._start_resending()
+            except RuntimeError:  # built outside the event loop (a command that only looks)
+                pass
+
+    # -- from alertmail's alerts to Alertmanager's ----------------------------------
+
+    def _converted(self, alert: dict[str, Any]) -> list[tuple[str, dict[str, Any], bool]]:
+        """(key, Alertmanager alert without endsAt, active) for one alertmail alert; two on an escalation."""
+        rule = str(alert.get("rule", ""))
+        # The host the alert was seen on, also when a central relay passes the mail on to this transport.
+        instance = str(alert.get("host") or self.hostname)
+        labels = {"alertname": rule, "instance": instance, "severity": str(alert.get("severity") or "warning")}
+        for key, value in (alert.get("labels") or {}).items():
+            key = label_name(key)
+            labels["exported_" + key if key in OWN_LABELS else key] = str(value)
+        for key, value in self.extra.items():
+            labels.setdefault(label_name(key), str(value))
+        kind, state = alert.get("kind"), alert.get("state")
+        active = not (kind == "resolved" or (kind == "flap-ended" and state == "ok"))
+        value, comparison = alert.get("value"), alert.get("comparison")
+        if comparison == "absent" or value is None:
+            summary = f"{rule} on {instance}: no samples"
+        else:
+            summary = f"{rule} on {instance}: {_number(value)} {comparison} {_number(alert.get('threshold'))}"
+        if kind == "flapping" or state == "flapping":
+            summary += " (flapping)"
+        at = float(alert.get("at") or time.time())
+        body: dict[str, Any] = {
+            "labels": labels,
+            "annotations": {"summary": summary, "description": str(alert.get("description") or summary), "value": _number(value)},
+            "startsAt": float(alert.get("fired_at") or alert.get("since") or at),  # made RFC 3339 when sent
+        }
+        if self.generator_url:
+            body["generatorURL"] = self.generator_url.replace("{rule}", rule).replace("{instance}", instance)
+        out = [(json.dumps(sorted(labels.items())), body, active)]
+        previous = alert.get("previous_severity")
+        if kind == "escalated" and previous and previous != labels["severity"]:
+            # The severity is a label: the alert at the old level is another alert, which ends now.
+            old = {**body, "labels": {**labels, "severity": str(previous)}}
+            out.append((json.dumps(sorted(old["labels"].items())), old, False))
+        return out
+
+    def _payload(self, alerts: list[dict[str, Any]], now: float) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        """The alerts to POST and the records to keep once Alertmanager has them; events older than a kept one are left out."""
+        payload, records = [], {}
+        for alert in alerts:
+            at = float(alert.get("at") or now)
+            for key, body, active in self._converted(alert):
+                known = self.known.get(key)
+                if known is not None and known["at"] > at:
+                    continue
+                records[key] = {"at": at, "active": active, "alert": body}
+                payload.append(self._timed(body, active, at if not active else now))
+        return payload, records
+
+    def _timed(self, body: dict[str, Any], active: bool, when: float) -> dict[str, Any]:
+        if not active:
+            return {**body, "endsAt": when}
+        if self.resend:
+            return {**body, "endsAt": when + 4 * self.resend}
+        return body
+
+    # -- the transport ---------------------------------------------------------------
+
+    async def send(self, message: EmailMessage | bytes, envelope: Envelope) -> DeliveryResult:
+        try:
+            alerts = alerts_in(message_bytes(message))
+        except ValueError as exc:
+            return DeliveryResult.all(envelope.recipients, RecipientStatus(Status.PERMANENT, 554, str(exc), "5.6.0"))
+        if alerts is None:
+            log.info("a message without alerts (a DSN, the heartbeat, relayed mail): nothing for Alertmanager")
+            done = RecipientStatus(Status.DELIVERED, 250, "carries no alerts: nothing to hand to Alertmanager", "2.0.0")
+            return DeliveryResult.all(envelope.recipients, done)
+        now = time.time()
+        payload, records = self._payload(alerts, now)
+        if not payload:
+            done = RecipientStatus(Status.DELIVERED, 250, "Alertmanager has newer events of these alerts already", "2.0.0")
+            return DeliveryResult.all(envelope.recipients, done)
+        status = await self._post(payload)
+        if status.status is not Status.PERMANENT:
+            # Kept even when nobody answered: the next message or re-send brings Alertmanager the newest state.
+            self.known.update(records)
+            self._save(now)
+            if self.resend and any(r["active"] for r in records.values()):
+                self._start_resending()
+        return DeliveryResult.all(envelope.recipients, status)
+
+    async def _post(self, payload: list[dict[str, Any]]) -> RecipientStatus:
+        """One POST to every URL (two when the answers show our clock is off); delivered when any member took it."""
+        answers = await self._post_all(payload)
+        if self._clock_moved(answers):
+            answers = await self._post_all(payload)
+        accepted = [url for url, (ok, _, _, _) in zip(self.urls, answers, strict=True) if ok]
+        failed = [f"{url}: {text}" for url, (ok, _, text, _) in zip(self.urls, answers, strict=True) if not ok]
+        if accepted:
+            note = f"; not taken by {'; '.join(failed)}" if failed else ""
+            return RecipientStatus(
+                Status.DELIVERED, 250, f"{len(payload)} alert(s) taken by {', '.join(accepted)}{note}", "2.0.0"
+            )
+        if all(permanent for _, permanent, _, _ in answers):
+            return RecipientStatus(Status.PERMANENT, 554, "; ".join(failed), "5.6.0")
+        return RecipientStatus(Status.TEMPORARY, 451, "; ".join(failed), "4.4.1")
+
+    async def _post_all(self, payload: list[dict[str, Any]]) -> list[tuple[bool, bool, str, float | None]]:
+        skew = self.skew or 0.0
+        timed = [
+            {**alert, **{key: rfc3339(alert[key] + skew) for key in ("startsAt", "endsAt") if key in alert}} for alert in payload
+        ]
+        body = json.dumps(timed).encode()
+        return list(await asyncio.gather(*(asyncio.to_thread(self._post_one, url, body) for url in self.urls)))
+
+    def _clock_moved(self, answers: list[tuple[bool, bool, str, float | None]]) -> bool:
+        """Take Alertmanager's clock from the Date of its answers; True when the times just sent were off by it."""
+        dates = [date for *_, date in answers if date is not None]
+        if not dates:
+            return False
+        measured = dates[0] - time.time()
+        skew = measured if abs(measured) >= CLOCK_SLACK else 0.0
+        moved = abs(skew - (self.skew or 0.0)) >= CLOCK_SLACK
+        self.skew = skew
+        if moved:
+            log.warning(
+                "this host's clock is %+.0f s off Alertmanager's (%s); alert times are sent on Alertmanager's clock",
+                -skew,
+                self.urls[0],
+            )
+        return moved
+
+    def _post_one(self, url: str, body: bytes) -> tuple[bool, bool, str, float | None]:
+        """(accepted, permanent failure, reply text, Alertmanager's time from the answer's Date)."""
+        import urllib.error
+        import urllib.request
+
+        if self._opener is None:
+            # Proxies from the environment are not used: Alertmanager is on the operator's own network.
+            self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+        try:
+            with self._opener.open(request, timeout=self.timeout) as response:
+                return True, False, f"{response.status} {response.reason}", date_of(response.headers)
+        except urllib.error.HTTPError as exc:
+            reply = exc.read(500).decode("utf-8", "replace").strip()
+            text = f"{exc.code} {exc.reason}" + (f": {reply}" if reply else "")
+            permanent = 400 <= exc.code < 500 and exc.code not in (408, 429)
+            return False, permanent, text, date_of(exc.headers)
+        except (OSError, ValueError) as exc:  # refused, unreachable, timed out, a malformed URL
+            reason = getattr(exc, "reason", exc)
+            return False, isinstance(exc, ValueError), f"{type(reason).__name__}: {reason}", None
+
+    # -- sending again while firing -----------------------------------------------------
+
+    def _start_resending(self) -> None:
+        if self._resender is None or self._resender.done():
+            self._resender = asyncio.get_running_loop().create_task(self._resend_loop(), name="alertmanager resend")
+
+    async def _resend_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.resend)
+            now = time.time()
+            active = [self._timed(k["alert"], True, now) for k in self.known.values() if k["active"]]
+            if not active:
+                return
+            status = await self._post(active)
+            if status.status is not Status.DELIVERED:
+                log.warning("re-sending %d firing alert(s) to Alertmanager: %s", len(active), status.message)
+
+    async def close(self) -> None:
+        if self._resender is not None:
+            self._resender.cancel()
+            await asyncio.gather(self._resender, return_exceptions=True)
+
+    # -- what was handed over ---------------------------------------------------------
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.error("%s is unreadable (%s); firing alerts are sent again with their next event", self.state_file, exc)
+            return {}
+        return {k: v for k, v in data.items() if isinstance(v, dict) and {"at", "active", "alert"} <= v.keys()}
+
+    def _save(self, now: float) -> None:
+        for key in [k for k, v in self.known.items() if not v["active"] and now - v["at"] > FORGET_AFTER]:
+            del self.known[key]
+        try:
+            write_atomic(self.state_file, json.dumps(self.known, separators=(",", ":")).encode())
+        except OSError as exc:
+            log.error("cannot save %s: %s", self.state_file, exc)
+
+
+@hookimpl
+def register_transports(register):
+    register(AlertmanagerTransport)

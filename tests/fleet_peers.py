@@ -1,0 +1,216 @@
+"""Real Prometheus and Alertmanager for the fleet tests, each on a free loopback port.
+
+Both run from the Debian packages (prometheus, prometheus-alertmanager) with their own
+storage in a temporary folder, never as the system's services; stopped on exit.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.peers import free_port, need
+
+HOST = "127.0.0.1"
+# Straight to loopback, whatever proxy the environment names.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    with _OPENER.open(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as response:
+        return response.status, dict(response.headers), response.read()
+
+
+def wait_ready(url: str, proc: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            if http_get(url, timeout=1)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not ready at {url} after {timeout}s")
+
+
+@dataclass
+class Prometheus:
+    """A Prometheus that scrapes ``targets`` (host:port) every second."""
+
+    folder: Path
+    targets: list[str]
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> Prometheus:
+        binary = need("prometheus")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config = self.folder / "prometheus.yml"
+        config.write_text(
+            textwrap.dedent(f"""
+            global:
+              scrape_interval: 1s
+              evaluation_interval: 1s
+            scrape_configs:
+              - job_name: alertmail
+                scrape_interval: 1s
+                static_configs:
+                  - targets: {json.dumps(self.targets)}
+            """)
+        )
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.folder / 'data'}",
+                f"--web.listen-address={HOST}:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        wait_ready(f"{self.url}/-/ready", self.proc, "prometheus")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def query(self, promql: str) -> list[dict]:
+        """The result vector of an instant query through the HTTP API."""
+        _, _, body = http_get(f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}")
+        answer = json.loads(body)
+        assert answer["status"] == "success", answer
+        return answer["data"]["result"]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+
+    def __enter__(self) -> Prometheus:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@dataclass
+class Alertmanager:
+    """A single Alertmanager (clustering off) with a receiver that sends nothing."""
+
+    folder: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> Alertmanager:
+        binary = need("prometheus-alertmanager")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config = self.folder / "alertmanager.yml"
+        config.write_text("route:\n  receiver: quiet\nreceivers:\n  - name: quiet\n")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.path={self.folder / 'data'}",
+                f"--web.listen-address={HOST}:{self.port}",
+                "--cluster.listen-address=",
+                "--log.level=warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        wait_ready(f"{self.url}/-/ready", self.proc, "alertmanager")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def amtool(self, *args: str) -> str:
+        """amtool's output for ``args`` against this Alertmanager."""
+        result = subprocess.run(
+            [need("amtool"), f"--alertmanager.url={self.url}", *args], capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def alerts(self) -> list[dict]:
+        """The active alerts, as the API v2 lists them."""
+        return json.loads(http_get(f"{self.url}/api/v2/alerts")[2])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+
+    def __enter__(self) -> Alertmanager:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+PLUGIN = """
+from pathlib import Path
+from alertmail import MetricInfo, Sample, hookimpl
+
+VALUE = Path(__file__).with_name("value.txt")
+
+class Gauge:
+    name = "gauge"
+    interval = 0.5
+    metrics = (MetricInfo("test.level", "percent", "a level the test sets", ("mount",)),)
+
+    def collect(self):
+        yield Sample("test.level", float(VALUE.read_text()), {"mount": "/data"})
+
+@hookimpl
+def register_probes(register):
+    register(Gauge())
+"""
+
+
+def agent_config(folder: Path, extra: str, route: str = '["pickup"]') -> Path:
+    """A config whose only probe is a gauge read from ``plugins.d/value.txt`` and a rule firing above 50."""
+    (folder / "plugins.d").mkdir(parents=True)
+    (folder / "plugins.d" / "gauge.py").write_text(PLUGIN)
+    (folder / "plugins.d" / "value.txt").write_text("10")
+    config = folder / "config.toml"
+    config.write_text(
+        textwrap.dedent(f"""
+        [agent]
+        state_dir = "var"
+        interval = "1s"
+        resolution = "1s"
+        plugin_dirs = ["plugins.d"]
+        hostname = "web1.test"
+
+        [mail]
+        from = "alertmail@test.example"
+        to = ["ops@test.example"]
+        route = {route}
+
+        [notify]
+        group_wait = "0s"
+        max_mails_per_hour = 0
+
+        [[rules]]
+        name = "gauge-high"
+        metric = "test.level"
+        above = 50
+        severity = "critical"
+        description = "the test gauge is high"
+        """)
+        + extra
+        + "\n"
+    )
+    return config

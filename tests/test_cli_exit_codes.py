@@ -1,0 +1,35 @@
+"""One exit-code table for every command: what --help and the README say is what the commands do."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alertmail.exitcodes import EXIT_CODE_MEANINGS, ExitCode
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+ALERTMAIL = [sys.executable, "-m", "alertmail"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--bogus"], ["nosuchcommand"], ["queue", "show", "--nope"], ["silence", "add", "--for"], ["init", "--force", "x"]],
+)
+def test_a_usage_error_exits_64_whatever_the_command(args, tmp_path):
+    done = subprocess.run([*ALERTMAIL, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert "Error:" in done.stderr
+
+
+def test_help_and_readme_list_every_exit_code_with_the_same_meaning():
+    done = subprocess.run([*ALERTMAIL, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    readme = {int(code): text for code, text in re.findall(r"^\| (\d+) \| (.+) \|$", README.read_text(), re.M)}
+    assert set(readme) == {int(c) for c in ExitCode}
+    for code, text in EXIT_CODE_MEANINGS.items():
+        assert re.search(rf"^\s+{int(code)}\s+{re.escape(text)}$", done.stdout, re.M), text
+        assert readme[int(code)].replace("`", "") == text

@@ -1,0 +1,243 @@
+"""SIGHUP applies the whole new config, or none of it; a configuration problem holds mail, it does not punish it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from alertmail.delivery.delivery import Delivery, RetryPolicy
+from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status
+from alertmail.queue.spool import Queue
+from tests.peers import SmtpSink, free_port
+from tests.relay_peers import ALERTMAIL, REPO, private_folder
+
+PROBE = """
+from pathlib import Path
+from alertmail import hookimpl, Sample
+
+VALUE = Path(__file__).with_name("value.txt")
+
+class Gauge:
+    name = "gauge"
+    interval = 0.5
+
+    def collect(self):
+        yield Sample("test.gauge", float(VALUE.read_text()))
+
+@hookimpl
+def register_probes(register):
+    register(Gauge())
+"""
+
+
+def config_text(route: str, transports: str = "", extra: str = "") -> str:
+    return (
+        textwrap.dedent(f"""
+        [agent]
+        state_dir = "var"
+        interval = "1s"
+        resolution = "1s"
+        plugin_dirs = ["plugins.d"]
+
+        [mail]
+        from = "alertmail@web01.test"
+        to = ["ops@example.test"]
+        route = [{route}]
+
+        [notify]
+        group_wait = "0s"
+        max_mails_per_hour = 0
+
+        [[rules]]
+        name = "gauge-high"
+        metric = "test.gauge"
+        above = 50
+        repeat = "2s"
+        """)
+        + textwrap.dedent(transports)
+        + textwrap.dedent(extra)
+    )
+
+
+class Agent:
+    def __init__(self, folder: Path, text: str) -> None:
+        (folder / "plugins.d").mkdir(parents=True, exist_ok=True)
+        (folder / "plugins.d" / "gauge.py").write_text(PROBE)
+        (folder / "plugins.d" / "value.txt").write_text("10")
+        self.folder, self.config, self.log = folder, folder / "config.toml", folder / "stderr"
+        self.config.write_text(text)
+        with open(self.log, "w") as err:
+            self.proc = subprocess.Popen(
+                [*ALERTMAIL, "run", "--config", str(self.config)],
+                cwd=folder,
+                stderr=err,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+        self.wait_for("watching")
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, text: str, count: int = 1, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.output().count(text) < count:
+            assert self.proc.poll() is None, self.output()
+            assert time.monotonic() < deadline, f"no {text!r} in:\n{self.output()}"
+            time.sleep(0.1)
+
+    def reload(self, text: str) -> None:
+        count = self.output().count("configuration reloaded") + self.output().count("reload refused")
+        self.config.write_text(text)
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while self.output().count("configuration reloaded") + self.output().count("reload refused") <= count:
+            assert time.monotonic() < deadline, self.output()
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+
+
+@pytest.fixture
+def sink():
+    with SmtpSink(private_folder("reload-sink-") / "dump") as sink:
+        yield sink
+
+
+def test_changing_the_route_and_adding_a_transport_applies_at_once(tmp_path, sink):
+    agent = Agent(tmp_path, config_text('"pickup"'))
+    try:
+        smtp = f'\n[transports.smtp]\nservers = ["{sink.host}:{sink.port}"]\ntls = "none"\n'
+        agent.reload(config_text('"smtp"', smtp))
+        assert "configuration reloaded" in agent.output()
+        (tmp_path / "plugins.d" / "value.txt").write_text("93")
+        deadline = time.monotonic() + 30
+        while not sink.messages():
+            assert time.monotonic() < deadline, agent.output()
+            time.sleep(0.2)
+        assert "no transport named" not in agent.output() and "next restart" not in agent.output()
+        assert not list((tmp_path / "var" / "pickup").glob("*.eml"))
+    finally:
+        agent.stop()
+
+
+def test_a_deferred_message_goes_at_once_when_its_transport_is_fixed(tmp_path, sink):
+    dead = free_port()
+    broken = f'\n[transports.smtp]\nservers = ["127.0.0.1:{dead}"]\ntls = "none"\nconnect_timeout = "1s"\n'
+    agent = Agent(tmp_path, config_text('"smtp"', broken))
+    try:
+        (tmp_path / "plugins.d" / "value.txt").write_text("93")
+        agent.wait_for("next try in 15m")  # the first retry is a quarter of an hour away
+        fixed = f'\n[transports.smtp]\nservers = ["{sink.host}:{sink.port}"]\ntls = "none"\n'
+        agent.reload(config_text('"smtp"', fixed))
+        deadline = time.monotonic() + 15
+        while not sink.messages():
+            assert time.monotonic() < deadline, agent.output()
+            time.sleep(0.2)
+        assert "tried again now" in agent.output()
+    finally:
+        agent.stop()
+
+
+def test_a_key_only_a_restart_can_change_refuses_the_whole_reload(tmp_path):
+    text = config_text('"pickup"')
+    agent = Agent(tmp_path, text)
+    try:
+        changed = text.replace('state_dir = "var"', 'state_dir = "elsewhere"').replace("above = 50", "above = 5")
+        agent.reload(changed)
+        assert "reload refused: agent.state_dir can change only at a restart" in agent.output()
+        (tmp_path / "plugins.d" / "value.txt").write_text("20")  # above the new threshold, not the running one
+        time.sleep(3)
+        assert not list((tmp_path / "var" / "pickup").glob("*.eml")) and not (tmp_path / "elsewhere").exists()
+    finally:
+        agent.stop()
+
+
+def test_the_relay_binds_its_new_address_on_reload(tmp_path, sink):
+    first, second = free_port(), free_port()
+    relay = (
+        '\n[transports.pickup]\ndirectory = "outbox"\n'  # not the relay's own pickup folder: that would loop
+        '\n[relay]\nenabled = true\nlisten = ["127.0.0.1:{}"]\nhostname = "relay.test"\ngreet_pause = "0s"\nroute = ["pickup"]\n'
+    )
+    agent = Agent(tmp_path, config_text('"pickup"', extra=relay.format(first)))
+    try:
+        agent.wait_for(f"listening on 127.0.0.1:{first}")
+        agent.reload(config_text('"pickup"', extra=relay.format(second)))
+        agent.wait_for(f"listening on 127.0.0.1:{second}")
+        with socket.create_connection(("127.0.0.1", second), timeout=5) as conn:
+            assert conn.recv(100).startswith(b"220 ")
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", first), timeout=2):
+            pass
+    finally:
+        agent.stop()
+
+
+class Recorder:
+    """A transport that delivers everything and remembers what it was given."""
+
+    name = "later"
+
+    def __init__(self) -> None:
+        self.sent: list[Envelope] = []
+
+    async def send(self, message, envelope):
+        self.sent.append(envelope)
+        return DeliveryResult.all(envelope.recipients, RecipientStatus(Status.DELIVERED, 250, "ok"))
+
+
+def test_a_route_naming_a_missing_transport_holds_the_message_uncounted_until_a_reload_supplies_it(tmp_path):
+    async def run() -> tuple[int, int, list[Envelope]]:
+        queue = Queue(tmp_path / "queue", fsync=False)
+        await queue.start()
+        delivery = Delivery(
+            queue, {}, policy=RetryPolicy.from_config({}), state_dir=tmp_path, hostname="h", default_route=["later"]
+        )
+        await delivery.start()
+        try:
+            msg_id = await queue.put(b"Subject: x\r\n\r\nx\r\n", Envelope("a@example.test", ("b@example.test",)))
+            while msg_id not in delivery.held:
+                await asyncio.sleep(0.01)
+            entry = queue.get(msg_id)
+            assert entry is not None
+            attempts = entry.attempts
+            recorder = Recorder()
+            again = delivery.reconfigure(
+                {"later": recorder}, policy=RetryPolicy.from_config({}), default_route=["later"], concurrency=2, changed={"later"}
+            )
+            while not recorder.sent:
+                await asyncio.sleep(0.01)
+            return attempts, again, recorder.sent
+        finally:
+            await delivery.stop()
+            await queue.close()
+
+    attempts, again, sent = asyncio.run(run())
+    assert attempts == 0 and again == 1 and sent == [Envelope("a@example.test", ("b@example.test",))]
+
+
+def test_the_exporter_moves_to_its_new_address_on_reload(tmp_path):
+    import urllib.request
+
+    first, second = free_port(), free_port()
+    exporter = '\n[exporter]\nlisten = "127.0.0.1:{}"\n'
+    agent = Agent(tmp_path, config_text('"pickup"', extra=exporter.format(first)))
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{first}/metrics", timeout=5) as answer:
+            assert answer.status == 200
+        agent.reload(config_text('"pickup"', extra=exporter.format(second)))
+        with urllib.request.urlopen(f"http://127.0.0.1:{second}/metrics", timeout=5) as answer:
+            assert b"alertmail_" in answer.read()
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{first}/metrics", timeout=2)
+    finally:
+        agent.stop()

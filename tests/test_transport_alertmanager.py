@@ -1,0 +1,212 @@
+"""The alertmanager transport against real Alertmanagers on loopback, through the agent and its durable queue."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from alertmail.model import Envelope, Status, TransportContext
+from alertmail.rules.model import AlertEvent, Rule
+from alertmail.rules.wire import ALERTS_HEADER, alerts_in, encode_alerts
+from tests.fleet_peers import Alertmanager, agent_config
+from tests.test_agent_e2e import start_agent, stop_agent, wait_for
+
+RULE = Rule("disk-full", "disk.used_percent", above=90, severity="critical", description="the disk is nearly full")
+
+
+def event(kind: str, labels=(("mount", "/data"),), **more) -> AlertEvent:
+    fields = {"value": 95.0, "threshold": 90.0, "comparison": ">", "severity": "critical", "since": 1000.0, "at": 1010.0}
+    fields.update(incident="abc", fired_at=1005.0, state="firing" if kind != "resolved" else "ok")
+    fields.update(more)
+    return AlertEvent(kind=kind, rule=RULE, labels=labels, **fields)
+
+
+def test_alert_header_survives_folding_whatever_the_labels_hold():
+    hostile = (("mount", "/data\r\nBcc: evil@example.com " + "é" * 200),)
+    msg = email.message.EmailMessage()
+    msg["Subject"] = "x"
+    msg[ALERTS_HEADER] = encode_alerts([event("firing", hostile)] * 20)
+    msg.set_content("text")
+    data = msg.as_bytes(policy=email.policy.SMTP)
+    assert max(len(line) for line in data.split(b"\r\n")) <= 78
+    alerts = alerts_in(data)
+    assert len(alerts) == 20 and alerts[0]["labels"] == dict(hostile)
+    assert alerts[0]["rule"] == "disk-full" and alerts[0]["fired_at"] == 1005.0
+
+
+def test_mail_without_alerts_carries_none():
+    assert alerts_in(b"From: a@b\r\nSubject: delivery report\r\n\r\nbody\r\n") is None
+
+
+def transport(tmp_path, urls, **options):
+    from alertmail.plugins.transports.alertmanager import AlertmanagerTransport
+
+    table = {"urls": urls, "timeout": 5.0, "resend": 0.0, "labels": {}, "generator_url": None, **options}
+    return AlertmanagerTransport(table, TransportContext(state_dir=tmp_path, hostname="web1.test"))
+
+
+def test_alert_becomes_an_api_v2_alert(tmp_path):
+    am = transport(
+        tmp_path, ["http://127.0.0.1:9"], labels={"env": "prod", "severity": "ignored"}, generator_url="http://grafana/{rule}"
+    )
+    [(_, body, active)] = am._converted(json.loads(json.dumps(alerts_in_event(event("firing")))))
+    assert active
+    assert body["labels"] == {
+        "alertname": "disk-full",
+        "instance": "web1.test",
+        "severity": "critical",
+        "mount": "/data",
+        "env": "prod",
+    }
+    assert body["annotations"]["summary"] == "disk-full on web1.test: 95 > 90"
+    assert body["annotations"]["description"] == "the disk is nearly full"
+    assert body["startsAt"] == 1005.0  # made RFC 3339 on Alertmanager's clock when sent
+    assert body["generatorURL"] == "http://grafana/disk-full"
+    payload, _ = am._payload([alerts_in_event(event("resolved", at=2000.0))], now=3000.0)
+    assert payload[0]["endsAt"] == 2000.0
+
+
+def test_instance_is_the_host_that_saw_the_alert_also_through_a_relay(tmp_path):
+    am = transport(tmp_path, ["http://127.0.0.1:9"])
+    [(_, body, _)] = am._converted(alerts_in_event(event("firing"), host="db7.test"))
+    assert body["labels"]["instance"] == "db7.test" and "on db7.test:" in body["annotations"]["summary"]
+
+
+def test_escalation_ends_the_alert_at_the_old_severity(tmp_path):
+    am = transport(tmp_path, ["http://127.0.0.1:9"])
+    converted = am._converted(alerts_in_event(event("escalated", severity="critical", previous_severity="warning")))
+    assert [(c[1]["labels"]["severity"], c[2]) for c in converted] == [("critical", True), ("warning", False)]
+
+
+def alerts_in_event(e: AlertEvent, host: str = "") -> dict:
+    msg = email.message.EmailMessage()
+    msg[ALERTS_HEADER] = encode_alerts([e], host)
+    return alerts_in(msg.as_bytes())[0]
+
+
+def test_mail_without_alerts_is_delivered_as_nothing_to_do(tmp_path):
+    am = transport(tmp_path, ["http://127.0.0.1:9"])
+    result = asyncio.run(am.send(b"From: a@b\r\nSubject: heartbeat\r\n\r\nstill watching\r\n", Envelope("a@b", ("ops@x",))))
+    status = result.recipients["ops@x"]
+    assert status.status is Status.DELIVERED and "no alerts" in status.message
+
+
+def am_config(tmp_path, urls, extra=""):
+    table = f"""
+[queue]
+retry = ["1s"]
+
+[transports.alertmanager]
+urls = {json.dumps(urls)}
+resend = "1s"
+labels = {{ env = "test" }}
+generator_url = "http://grafana.test/d/{{rule}}"
+{extra}
+"""
+    return agent_config(tmp_path / "agent", table, route='["alertmanager"]')
+
+
+def amtool_alerts(am: Alertmanager) -> str:
+    return am.amtool("alert", "query", "-o", "extended", "alertname=gauge-high")
+
+
+@pytest.mark.peers
+def test_firing_alert_reaches_every_alertmanager_stays_while_firing_and_resolves(tmp_path):
+    # Under .ci/next-year the agent's clock is a year ahead of Alertmanager's (Go ignores libfaketime):
+    # the alert still resolves only because its times are sent on Alertmanager's clock.
+    with Alertmanager(tmp_path / "am1") as am1, Alertmanager(tmp_path / "am2") as am2:
+        config = am_config(tmp_path, [am1.url, am2.url])
+        value = config.parent / "plugins.d" / "value.txt"
+        value.write_text("93.5")
+        agent = start_agent(config)
+        try:
+            for am in (am1, am2):
+                listed = wait_for(
+                    lambda am=am: "gauge-high" in amtool_alerts(am) and amtool_alerts(am), timeout=30, what="the alert"
+                )
+                for label in (
+                    'alertname="gauge-high"',
+                    'instance="web1.test"',
+                    'severity="critical"',
+                    'mount="/data"',
+                    'env="test"',
+                ):
+                    assert label in listed, listed
+            print("amtool alert query -o extended:\n" + listed)
+            [alert] = am1.alerts()
+            assert alert["annotations"]["summary"] == "gauge-high on web1.test: 93.5 > 50"
+            assert alert["generatorURL"] == "http://grafana.test/d/gauge-high"
+            # Firing on and on: re-sent every second with endsAt 4 s ahead, so Alertmanager keeps it.
+            time.sleep(8)
+            assert "gauge-high" in amtool_alerts(am1)
+            value.write_text("12")
+            for am in (am1, am2):
+                wait_for(lambda am=am: "gauge-high" not in amtool_alerts(am), timeout=30, what="the alert resolved")
+        finally:
+            log = stop_agent(agent)
+        assert agent.returncode == 0, log
+
+
+@pytest.mark.peers
+def test_alertmanager_down_the_alert_waits_in_the_queue_and_arrives_when_it_starts(tmp_path):
+    am = Alertmanager(tmp_path / "am")
+    config = am_config(tmp_path, [am.url])
+    (config.parent / "plugins.d" / "value.txt").write_text("93.5")
+    agent = start_agent(config)
+    try:
+        queue = config.parent / "var" / "queue"
+        wait_for(lambda: any(b'"attempts":2' in p.read_bytes() for p in queue.rglob("*.json")), timeout=30, what="retries")
+        with am:
+            wait_for(lambda: "gauge-high" in amtool_alerts(am), timeout=30, what="the queued alert delivered")
+    finally:
+        log = stop_agent(agent)
+    assert agent.returncode == 0, log
+    assert "deferred" in log and "ConnectionRefusedError" in log, log
+
+
+@pytest.mark.peers
+def test_a_4xx_answer_sends_the_message_to_badmail_with_the_reply(tmp_path):
+    with Alertmanager(tmp_path / "am") as am:
+        config = am_config(tmp_path, [am.url + "/no-such-prefix"])
+        (config.parent / "plugins.d" / "value.txt").write_text("93.5")
+        agent = start_agent(config)
+        try:
+            badmail = config.parent / "var" / "badmail"
+            reasons = wait_for(lambda: list(badmail.glob("*.bdr")), timeout=30, what="a badmail reason")
+        finally:
+            log = stop_agent(agent)
+        reason = reasons[0].read_text()
+        assert "404" in reason and "/no-such-prefix/api/v2/alerts" in reason, reason
+        assert am.alerts() == []
+    assert agent.returncode == 0, log
+
+
+def test_loading_the_transport_leaves_urllib_for_its_first_request():
+    # Every agent loads the bundled plugins; urllib.request (with ssl and http.client) would cost 1.4 MB of RSS.
+    code = "import sys, alertmail.plugins.transports.alertmanager; print('urllib.request' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.peers
+def test_a_cluster_member_that_was_down_gets_the_firing_alert_with_the_next_resend(tmp_path):
+    with Alertmanager(tmp_path / "am1") as am1:
+        am2 = Alertmanager(tmp_path / "am2")
+        config = am_config(tmp_path, [am1.url, am2.url])
+        (config.parent / "plugins.d" / "value.txt").write_text("93.5")
+        agent = start_agent(config)
+        try:
+            wait_for(lambda: "gauge-high" in amtool_alerts(am1), timeout=30, what="the alert at the member that is up")
+            with am2:
+                wait_for(lambda: "gauge-high" in amtool_alerts(am2), timeout=30, what="the alert re-sent to the member back up")
+        finally:
+            log = stop_agent(agent)
+    assert agent.returncode == 0, log
+    assert "via alertmanager" in log and "deferred" not in log, "one member taking it is a delivery"

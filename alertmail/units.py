@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -17,9 +18,15 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError('expected a duration like "30s", "5m", "2h", "1d"')
     if isinstance(value, int | float):
-        if value < 0:
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+        if not math.isfinite(seconds):
+            raise ValueError(f'expected a finite duration like "30s", "5m", "2h", "1d", got {value!r}')
+        if seconds < 0:
             raise ValueError("a duration cannot be negative")
-        return float(value)
+        return seconds
     if not isinstance(value, str):
         raise ValueError(f'expected a duration like "30s", "5m", "2h", "1d", got {value!r}')
     text = value.strip().lower()
@@ -33,6 +40,8 @@ def parse_duration(value: Any) -> float:
         pos = match.end()
     if pos != len(text) or not text:
         raise ValueError(f'expected a duration like "30s", "5m", "2h", "1d", got {value!r}')
+    if not math.isfinite(total):
+        raise ValueError(f"duration too long: {value!r}")
     return total
 
 
@@ -59,7 +68,9 @@ def parse_size(value: Any) -> int:
     if isinstance(value, str):
         match = _SIZE.match(value)
         if match:
-            return int(float(match.group(1)) * SIZE_UNITS[(match.group(2) or "").upper()])
+            size = float(match.group(1)) * SIZE_UNITS[(match.group(2) or "").upper()]
+            if math.isfinite(size):
+                return int(size)
     raise ValueError(f'expected a size like "10MB" or a number of bytes, got {value!r}')
 
 

@@ -109,8 +109,12 @@ def cli() -> None:
 def check(config_path: Path, deliverability: bool, resolver: str | None, as_json: bool) -> None:
     """Validate the configuration; exit 0 when it is good, 78 when not."""
     cfg, plugins = load_or_exit(config_path)
-    for info in plugins.errors:
-        click.echo(f"warning: plugin {info.name} ({info.source}): {info.error}", err=True)
+    if plugins.errors:
+        # `alertmail plugins` exits 78 on these too: the two commands agree.
+        for info in plugins.errors:
+            click.echo(f"{config_path}: plugin {info.name} ({info.source}, {info.location}): {info.error}", err=True)
+        click.echo(f"{len(plugins.errors)} problem(s) in {config_path}: plugins that do not load", err=True)
+        sys.exit(ExitCode.CONFIG)
     click.echo(
         f"{config_path}: ok ({len(cfg.rules)} rules, route {' -> '.join(cfg.mail['route'])})", err=deliverability and as_json
     )
@@ -156,6 +160,7 @@ def _deliverability(cfg: Any, resolver_address: str | None, as_json: bool) -> No
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def plugins_command(config_path: Path, as_json: bool) -> None:
     """List loaded plugins with their source, version, probes and transports."""
+    from alertmail.cli.options import plugin_dirs_of
     from alertmail.config.load import read_toml
     from alertmail.config.schema import ConfigError
     from alertmail.loader import load_plugins
@@ -163,8 +168,7 @@ def plugins_command(config_path: Path, as_json: bool) -> None:
     dirs: list[Path] = []
     if config_path.exists():
         try:
-            agent = read_toml(config_path).get("agent", {})
-            dirs = [config_path.resolve().parent / d for d in agent.get("plugin_dirs", [])]
+            dirs = plugin_dirs_of(read_toml(config_path), config_path)
         except ConfigError as exc:
             click.echo(str(exc), err=True)
     plugins = load_plugins(dirs)

@@ -67,8 +67,9 @@ def starter_config() -> str:
         "# then run `alertmail run`. Durations: 30s, 5m, 2h, 1d.\n",
         _block(
             "Where queue/, pickup/, badmail/ and logs/ live (relative to this file),\n"
-            "how often probes run, and the timezone used in mails.",
-            {"agent": {"state_dir": "var", "interval": "10s", "plugin_dirs": ["plugins.d"], "timezone": "UTC"}},
+            "how often probes run, and the timezone used in mails. Single-file plugins:\n"
+            'plugin_dirs = ["plugins.d"] (the folder must exist).',
+            {"agent": {"state_dir": "var", "interval": "10s", "timezone": "UTC"}},
         ),
         _block(
             "Who gets the mail and how it leaves: an ordered chain of transports.\n"

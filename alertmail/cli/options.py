@@ -82,6 +82,24 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
+def _agent(raw: dict) -> dict:
+    agent = raw.get("agent")
+    return agent if isinstance(agent, dict) else {}
+
+
+def _strings(value: object) -> list[str]:
+    """The strings of a list (or the one string) from a config not yet checked; the check reports the rest."""
+    if isinstance(value, str):
+        return [value]
+    return [v for v in value if isinstance(v, str) and "\0" not in v] if isinstance(value, list) else []
+
+
+def plugin_dirs_of(raw: dict, config_path: Path) -> list[Path]:
+    """[agent].plugin_dirs of an unchecked config, relative to its file: plugins load before the check."""
+    base = config_path.resolve().parent
+    return [base / d for d in _strings(_agent(raw).get("plugin_dirs"))]
+
+
 def load_or_exit(config_path: Path):
     """The validated config and plugins, or exit 78 printing every problem."""
     from alertmail.config.load import load_config, read_toml
@@ -90,12 +108,7 @@ def load_or_exit(config_path: Path):
 
     try:
         raw = read_toml(config_path)
-        agent = raw.get("agent", {}) if isinstance(raw.get("agent"), dict) else {}
-        dirs = agent.get("plugin_dirs", [])
-        dirs = [dirs] if isinstance(dirs, str) else [d for d in dirs if isinstance(d, str)] if isinstance(dirs, list) else []
-        base = config_path.resolve().parent
-        blocked = agent.get("disable_plugins", [])
-        plugins = load_plugins([base / d for d in dirs], blocked=blocked if isinstance(blocked, list) else ())
+        plugins = load_plugins(plugin_dirs_of(raw, config_path), blocked=_strings(_agent(raw).get("disable_plugins")))
         cfg = load_config(config_path, plugins)
     except ConfigError as exc:
         click.echo(str(exc), err=True)

@@ -64,7 +64,8 @@ def queue_group() -> None:
 
 @queue_group.command("list")
 @config_option
-def queue_list(config_path: Path) -> None:
+@click.option("--corrupt", "show_corrupt", is_flag=True, help="what is damaged: set aside in queue/corrupt/ or found in place")
+def queue_list(config_path: Path, show_corrupt: bool) -> None:
     """One line per queued message: id, age, recipients, attempts, next try, last error."""
     from alertmail.cli.table import format_table
     from alertmail.queue.spool import Queue
@@ -72,7 +73,13 @@ def queue_list(config_path: Path) -> None:
     _, state_dir = _folders(config_path)
     queue = Queue(state_dir / "queue")
     queue.load()
+    if show_corrupt:
+        _list_corrupt(queue)
+        return
     entries = queue.entries()
+    damaged = queue.corrupt()
+    if damaged:
+        click.echo(f"{len(damaged)} damaged file(s) set aside or found; see: alertmail queue list --corrupt", err=True)
     if not entries:
         click.echo("the queue is empty")
         return
@@ -85,6 +92,26 @@ def queue_list(config_path: Path) -> None:
         rows.append([e.id, _age(now - e.created), rcpts, e.attempts, next_try, _short(e.last_error) or "-"])
     click.echo(format_table(["id", "age", "recipients", "attempts", "next try", "last error"], rows, align_right=(1, 3)))
     click.echo(f"{len(entries)} message(s)")
+
+
+def _list_corrupt(queue) -> None:
+    """One line per damaged file: where it is, its size, what was wrong."""
+    from alertmail.cli.table import format_table
+
+    items = queue.corrupt()
+    if not items:
+        click.echo("nothing damaged")
+        return
+    rows = []
+    for path, reasons in items:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0
+        where = "in place (set aside at the next start)" if path.parent == queue.folder else "corrupt/"
+        rows.append([path.name, size, where, _short(reasons, 100)])
+    click.echo(format_table(["file", "bytes", "where", "damage"], rows, align_right=(1,)))
+    click.echo(f"{len(items)} damaged file(s); set-aside bytes are in {queue.folder / 'corrupt'}, never deleted")
 
 
 @queue_group.command("show")

@@ -71,15 +71,46 @@ class Config:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    """The parsed file, or ConfigError saying what is wrong with it (never another exception)."""
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            data = fh.read()
     except FileNotFoundError:
         raise ConfigError(path, ["file not found; create one with `alertmail init` or pass --config"]) from None
+    except IsADirectoryError:
+        raise ConfigError(path, ["is a folder; --config names the TOML file"]) from None
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read: {exc.strerror or exc}"]) from None
+    return parse_toml(path, data)
+
+
+def parse_toml(path: Path, data: bytes) -> dict[str, Any]:
+    """``data`` parsed as TOML; ConfigError for what is not UTF-8 TOML."""
+    for bom, name in (
+        (b"\xff\xfe\x00\x00", "UTF-32"),
+        (b"\x00\x00\xfe\xff", "UTF-32"),
+        (b"\xff\xfe", "UTF-16"),
+        (b"\xfe\xff", "UTF-16"),
+    ):
+        if data.startswith(bom):
+            raise ConfigError(path, [f"the file is encoded as {name}; TOML is UTF-8: save it as UTF-8"])
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]  # a UTF-8 byte order mark, as some editors write: harmless
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        byte = data[exc.start]
+        raise ConfigError(
+            path, [f"not UTF-8: byte 0x{byte:02X} at line {line}, column {column}; TOML is UTF-8: save the file as UTF-8"]
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
-    except OSError as exc:
-        raise ConfigError(path, [f"cannot read: {exc.strerror}"]) from None
+    except RecursionError:
+        raise ConfigError(path, ["not valid TOML: arrays or tables nested too deep"]) from None
 
 
 def _plugin_tables(
@@ -145,8 +176,12 @@ def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugi
     def options_of(cls: Any) -> Mapping[str, Option]:
         return getattr(cls, "options", {})
 
+    clean: list[str] = []
     for name, _, table in _plugin_tables(check, raw, "transports", plugins.transports, "transport", options_of):
+        before = len(check.problems)
         cfg.transports[name] = table
+        if len(check.problems) == before:
+            clean.append(name)
     for key in ("route", "also_route"):
         for i, name in enumerate(cfg.mail.get(key) or []):
             if name not in plugins.transports:
@@ -155,7 +190,72 @@ def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugi
                     f"no transport named {name!r}; {did_you_mean(name, plugins.transports, listing='installed')}",
                 )
             elif name not in cfg.transports:
+                before = len(check.problems)
                 cfg.transports[name] = check.table(f"transports.{name}", {}, options_of(plugins.transports[name]))
+                if len(check.problems) == before:
+                    clean.append(name)
+    # Built once here as the agent builds them at start, so what a constructor refuses is a config problem.
+    for name in clean:
+        _build_transport(check, cfg, name, plugins.transports[name])
+
+
+def _build_transport(check: Checker, cfg: Config, name: str, cls: Any) -> None:
+    from alertmail.model import TransportContext
+
+    state_dir = cfg.agent.get("state_dir")
+    context = TransportContext(
+        state_dir=Path(state_dir or "."), hostname=cfg.agent.get("hostname") or "localhost", config_path=cfg.path
+    )
+    try:
+        cls(dict(cfg.transports[name]), context)
+    except ValueError as exc:
+        keypath, _, message = str(exc).partition(": ")
+        if not keypath.startswith(f"transports.{name}") or not message:
+            keypath, message = f"transports.{name}", str(exc)
+        check.error(keypath, message)
+    except Exception as exc:  # a bug in a plugin's constructor, not in the config; run would stop on it too
+        check.error(f"transports.{name}", f"the transport failed to take its options: {type(exc).__name__}: {exc}")
+
+
+def _check_folders(check: Checker, cfg: Config) -> None:
+    """What the agent would trip over on disk: state_dir, plugin folders, the templates folder and its templates."""
+    from alertmail.delivery.outbox import STATE_FOLDERS
+
+    state_dir = cfg.agent.get("state_dir")
+    if isinstance(state_dir, Path):
+        for folder in (state_dir, *(state_dir / sub for sub in STATE_FOLDERS)):
+            if folder.exists() and not folder.is_dir():
+                check.error("agent.state_dir", f"{folder} is not a folder; the agent keeps its queue, pickup and logs there")
+                break
+    for i, folder in enumerate(cfg.agent.get("plugin_dirs") or []):
+        path = Path(folder) if Path(folder).is_absolute() else cfg.path.parent / folder
+        if not path.is_dir():
+            check.error(f"agent.plugin_dirs[{i}]", f"no such folder: {path}")
+    templates = cfg.mail.get("templates")
+    if isinstance(templates, Path):
+        if not templates.is_dir():
+            check.error("mail.templates", f"no such folder: {templates}")
+        else:
+            for problem in template_problems(templates):
+                check.error("mail.templates", problem)
+
+
+def template_problems(folder: Path) -> list[str]:
+    """Every user template in ``folder`` compiled as the agent compiles it; what does not compile."""
+    import jinja2
+
+    from alertmail.render.mail import _environment  # the agent's own: same filters, same syntax
+
+    env = _environment(str(folder))
+    problems = []
+    for file in sorted(folder.glob("*.j2")):
+        try:
+            env.get_template(file.name)
+        except jinja2.TemplateSyntaxError as exc:
+            problems.append(f"{file.name} line {exc.lineno}: {exc.message}")
+        except (jinja2.TemplateError, UnicodeDecodeError, OSError) as exc:
+            problems.append(f"{file.name}: {type(exc).__name__}: {exc}")
+    return problems
 
 
 def included_files(check: Checker, raw: Mapping[str, Any]) -> list[Path]:
@@ -258,6 +358,7 @@ def load_config(path: Path | str, plugins: Plugins | None = None) -> Config:
             section.check(cfg.sections[section.name], check, cfg)
     elsewhere = _load_included(check, raw, cfg)
     cfg.rules = cfg.sections.pop(RULES.name)
+    _check_folders(check, cfg)
     if check.problems or elsewhere:
         raise ConfigError(path, check.problems, elsewhere)
     return cfg

@@ -64,6 +64,8 @@ def _convert(option: Option, value: Any, base: Path) -> Any:
     elif kind == "path":
         if not isinstance(value, str) or not value:
             raise ValueError(f"expected a path, got {value!r}")
+        if "\0" in value:
+            raise ValueError(f"a path cannot hold a NUL character: {value!r}")
         path = Path(value).expanduser()
         value = path if path.is_absolute() else base / path
     elif kind == "address":

@@ -26,7 +26,7 @@ from typing import Any
 from alertmail.config.schema import Option, Section
 from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status, Transport, TransportContext
 from alertmail.queue.entry import Entry
-from alertmail.queue.spool import Queue, QueueWriteError
+from alertmail.queue.spool import Queue, QueueCorrupt, QueueWriteError
 from alertmail.units import format_duration, parse_duration
 
 log = logging.getLogger("alertmail.delivery.delivery")
@@ -42,7 +42,7 @@ QUEUE_OPTIONS: dict[str, Option] = {
     "send_timeout": Option("duration", 600.0, help="longest one transport may take for one message"),
     "scan_interval": Option("duration", 5.0, help="how often requests from the command line are picked up"),
 }
-SECTION = Section("queue", QUEUE_OPTIONS)
+
 
 STOP_TIMEOUT = 30.0  # how long stop() lets attempts in flight finish
 # A zero interval ("0") would retry a dead server in a busy loop.
@@ -82,6 +82,24 @@ class RetryPolicy:
         """The wait after the ``attempts``-th failed attempt (1-based); the last interval repeats."""
         intervals = self.route_intervals.get(route[0], self.intervals) if route else self.intervals
         return max(intervals[min(max(attempts, 1), len(intervals)) - 1], MIN_RETRY)
+
+
+def _check_queue(table: Mapping[str, Any], check: Any, config: Any) -> None:
+    """What keys alone cannot say: ``route_retry`` is read as the delivery reads it at start."""
+    routes = table.get("route_retry")
+    if routes is None:
+        return
+    if not isinstance(routes, dict):
+        check.error("queue.route_retry", f'expected a table like {{ mx = ["5m", "1h"] }}, got {routes!r}')
+        return
+    for name, values in routes.items():
+        try:
+            RetryPolicy.from_config({"route_retry": {name: values}})
+        except ValueError as exc:
+            check.error(f"queue.route_retry.{name}", str(exc).removeprefix(f"queue.route_retry.{name}: "))
+
+
+SECTION = Section("queue", QUEUE_OPTIONS, check=_check_queue)
 
 
 def build_transports(tables: Mapping[str, Mapping[str, Any]], plugins: Any, context: TransportContext) -> dict[str, Transport]:
@@ -323,6 +341,9 @@ class Delivery:
             data = await self.queue.read(entry.id)
         except FileNotFoundError:
             return  # deleted meanwhile
+        except QueueCorrupt as exc:
+            await self.queue.quarantine(entry.id, str(exc))  # never delivered; its bytes are kept
+            return
         route = entry.route or self.default_route
         remaining = entry.pending
         for index, name in enumerate(route):

@@ -70,6 +70,7 @@ class Entry:
     delay_notified: bool = False
     segment: str = ""  # the segment holding the message; set when it is read back
     offset: int = 0  # where its bytes start in the segment
+    crc: int | None = None  # zlib.crc32 of the message bytes; None in segments written before checksums
 
     @property
     def envelope(self) -> Envelope:

@@ -2,16 +2,24 @@
 
 Layout of ``state_dir/queue``::
 
-    <seg>.seg       one commit round: for each message, a line of JSON metadata (with
-                    its id and size) and then the message bytes. Written once (temp
-                    file, fsync, rename, folder fsync) and never changed.
+    <seg>.seg       one commit round: for each message a record that carries its lengths
+                    and checksums (``alertmail.queue.segment``): a header line, a line of
+                    JSON metadata, the message bytes. Written once (temp file, fsync,
+                    rename, folder fsync) and never changed.
     <seg>.done      ids of that segment's messages that are finished (appended; no
                     fsync: a crash that loses a line means one more delivery, never less).
     <id>.json       a message's metadata after delivery attempts (rewritten atomically,
                     fsynced); it supersedes the metadata line in the segment.
     .<name>.tmp     a file being written; a crash leaves it behind and start() drops it.
     control/        requests from the command line to a running agent (retry, delete, resend).
+    corrupt/        damaged bytes set aside, never deleted: ``<seg>.seg`` a damaged segment
+                    (its intact messages were written into a new one), ``<id>.msg`` a message
+                    found damaged when read for delivery; ``.txt`` next to each says what was wrong.
     lock            held (flock) by the one process that owns the queue.
+
+Every record is verified when the queue loads and the message again when it is read for
+delivery: a message that fails is never delivered. Files that are not the queue's own
+(a folder named ``x.seg``, ``notes.seg``) are skipped with a warning, never fatal.
 
 A message counts as queued once its segment is renamed into place and the folder is
 fsynced; only then does ``put()`` return. Concurrent ``put()`` calls form one commit
@@ -34,6 +42,7 @@ from pathlib import Path
 from alertmail.errors import AlertmailError
 from alertmail.fsutil import fsync_dir, lock, write_atomic
 from alertmail.model import Envelope
+from alertmail.queue import segment as records
 from alertmail.queue.entry import Entry, RecipientState, new_id, valid_id
 
 log = logging.getLogger("alertmail.queue.spool")
@@ -46,6 +55,10 @@ REQUESTS = ("retry", "delete", "resend")
 
 class QueueWriteError(AlertmailError, OSError):
     """A message could not be made durable (disk full, permissions); nothing half-written remains."""
+
+
+class QueueCorrupt(AlertmailError, ValueError):
+    """A queued message's bytes do not match their checksum or length: it is never delivered."""
 
 
 class QueueLocked(AlertmailError, RuntimeError):
@@ -93,6 +106,8 @@ class Queue:
         self._committing = False  # a round is being written
         self._lock_fd: int | None = None
         self._listeners: list[Callable[[Entry], None]] = []
+        # What load() found damaged, by segment, for recover() to set aside and `queue list --corrupt` to show.
+        self.damaged: dict[str, records.Scan] = {}
 
     # -- life cycle ---------------------------------------------------------
 
@@ -144,60 +159,134 @@ class Queue:
             self._lock_fd = None
 
     def recover(self) -> None:
-        """Drop temp files and leftovers of finished messages, then load (blocking: run in a thread)."""
+        """Drop temp files and leftovers of finished messages, set damage aside, then load (blocking: run in a thread)."""
         for name in os.listdir(self.folder):
             if name.startswith("."):
-                log.info("queue: dropping %s, left half-written by a crash", name)
-                (self.folder / name).unlink(missing_ok=True)
+                path = self.folder / name
+                if path.is_file() and not path.is_symlink():
+                    log.info("queue: dropping %s, left half-written by a crash", name)
+                    path.unlink(missing_ok=True)
+                else:
+                    log.warning("queue: skipping %s: not a file the queue writes", name)
         self.load()
+        for segment in list(self.damaged):
+            self._set_aside(segment)
         for name in os.listdir(self.folder):
             stem, _, suffix = name.partition(".")
             orphan = (suffix == "done" and stem not in self._live) or (suffix == "json" and stem not in self._entries)
-            if orphan:
+            if orphan and valid_id(stem) and (self.folder / name).is_file():
                 (self.folder / name).unlink(missing_ok=True)
         for segment, live in list(self._live.items()):
             if not live:  # every message finished, the segment's removal was cut short
                 self._retire_segment(segment)
 
     def load(self) -> None:
-        """Read every unfinished entry from the folder (blocking); the command line uses it without the lock."""
-        self._entries, self._live = {}, {}
+        """Read every unfinished entry from the folder (blocking); the command line uses it without the lock.
+
+        Only records that verify are loaded; what does not is noted in ``damaged``.
+        """
+        self._entries, self._live, self.damaged = {}, {}, {}
         if not self.folder.is_dir():
             return
         names = set(os.listdir(self.folder))
         for name in sorted(names):
-            if name.endswith(".seg") and not name.startswith("."):
-                segment = name[:-4]
-                done = self._done_ids(segment) if f"{segment}.done" in names else set()
-                live = self._live.setdefault(segment, set())
-                for entry in self._read_segment(segment):
-                    if entry.id in done:
-                        continue
-                    if f"{entry.id}.json" in names:
-                        entry = self._with_state(entry)
-                    self._entries[entry.id] = entry
-                    live.add(entry.id)
+            if not name.endswith(".seg") or name.startswith("."):
+                continue
+            segment = name[:-4]
+            path = self.folder / name
+            if not valid_id(segment) or not path.is_file() or path.is_symlink():
+                log.warning("queue: skipping stray %s: not a segment the queue wrote", path)
+                continue
+            try:
+                scan = records.scan(path)
+            except OSError as exc:
+                log.warning("queue: skipping %s: %s", path, exc)
+                continue
+            if scan.damage:
+                self.damaged[segment] = scan
+            done = self._done_ids(segment) if f"{segment}.done" in names else set()
+            live = self._live.setdefault(segment, set())
+            for entry in scan.entries:
+                if entry.id in done or entry.id in self._entries:
+                    continue  # finished, or already read from the segment that replaced a damaged one
+                entry.segment = segment
+                if f"{entry.id}.json" in names:
+                    entry = self._with_state(entry)
+                self._entries[entry.id] = entry
+                live.add(entry.id)
 
     def _done_ids(self, segment: str) -> set[str]:
         try:
             return set((self.folder / f"{segment}.done").read_text().split())
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             return set()
 
-    def _read_segment(self, segment: str) -> list[Entry]:
-        """The entries of one segment, each with its offset; a damaged record ends the reading."""
-        out: list[Entry] = []
-        try:
-            with open(self.folder / f"{segment}.seg", "rb") as fh:
-                while line := fh.readline():
-                    entry = Entry.from_json(line)
-                    entry.segment, entry.offset = segment, fh.tell()
-                    fh.seek(entry.size, os.SEEK_CUR)
-                    out.append(entry)
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            log.error("queue: segment %s is damaged after %d message(s): %s", segment, len(out), exc)
+    def _set_aside(self, segment: str) -> None:
+        """Copy the intact messages of a damaged segment into a new one, then move the damaged one to corrupt/.
+
+        Durable in that order: a crash in between leaves both, and the next load reads each
+        message once (the first segment read wins); nothing is ever deleted.
+        """
+        scan = self.damaged[segment]
+        path = self.folder / f"{segment}.seg"
+        live = [self._entries[i] for i in sorted(self._live.get(segment, ())) if self._entries[i].segment == segment]
+        for damage in scan.damage:
+            log.error("queue: segment %s is damaged, %s", segment, damage.describe())
+        if live:
+            raw = path.read_bytes()
+            batch = []
+            for entry in live:
+                data = raw[entry.offset : entry.offset + entry.size]
+                original = Entry.from_json(entry.to_json())
+                batch.append((original, data))
+            self._commit(batch)
+            replacement = batch[0][0].segment
+            self._live.pop(segment, None)
+            for original, _ in batch:
+                entry = self._entries[original.id]
+                entry.segment, entry.offset = replacement, original.offset
+                self._live.setdefault(replacement, set()).add(entry.id)
+        kept = self._move_to_corrupt(path, f"{segment}.seg", [d.describe() for d in scan.damage])
+        (self.folder / f"{segment}.done").unlink(missing_ok=True)
+        self._live.pop(segment, None)
+        log.error(
+            "queue: %d intact message(s) of segment %s recovered; its bytes are kept in %s",
+            len(live),
+            segment,
+            kept,
+        )
+        del self.damaged[segment]
+
+    def _move_to_corrupt(self, path: Path, name: str, reasons: list[str]) -> Path:
+        """Move ``path`` into corrupt/ (never over an earlier one), with a note of what was wrong."""
+        corrupt = self.folder / "corrupt"
+        corrupt.mkdir(exist_ok=True)
+        target = corrupt / name
+        while target.exists():
+            target = corrupt / f"{target.stem}-{os.urandom(2).hex()}{target.suffix}"
+        os.rename(path, target)
+        note = f"set aside {time.strftime('%Y-%m-%d %H:%M:%S %z')} from {path}\n" + "".join(f"{r}\n" for r in reasons)
+        write_atomic(target.with_suffix(target.suffix + ".txt"), note.encode(), sync=self.fsync)
+        if self.fsync:
+            fsync_dir(corrupt)
+            self._fsync_folder()
+        return target
+
+    def corrupt(self) -> list[tuple[Path, str]]:
+        """What is set aside in corrupt/ and what load() found damaged in place: (file, reasons)."""
+        out: list[tuple[Path, str]] = []
+        for segment, scan in sorted(self.damaged.items()):
+            out.append((self.folder / f"{segment}.seg", "; ".join(d.describe() for d in scan.damage)))
+        corrupt = self.folder / "corrupt"
+        if corrupt.is_dir():
+            for path in sorted(corrupt.iterdir()):
+                if path.suffix == ".txt":
+                    continue
+                try:
+                    note = path.with_suffix(path.suffix + ".txt").read_text(errors="replace").strip()
+                except OSError:
+                    note = ""
+                out.append((path, "; ".join(note.splitlines()[1:]) or "(no note)"))
         return out
 
     def _with_state(self, entry: Entry) -> Entry:
@@ -209,7 +298,7 @@ class Queue:
         except (OSError, ValueError, TypeError, KeyError) as exc:
             log.error("queue: state of %s is unreadable (%s); starting it over", entry.id, exc)
             return entry
-        state.segment, state.offset, state.size = entry.segment, entry.offset, entry.size
+        state.segment, state.offset, state.size, state.crc = entry.segment, entry.offset, entry.size, entry.crc
         return state
 
     # -- writing ------------------------------------------------------------
@@ -285,10 +374,11 @@ class Queue:
         parts: list[bytes] = []
         position = 0
         for entry, data in batch:
-            header = entry.to_json() + b"\n"
-            entry.segment, entry.offset = segment, position + len(header)
-            parts += (header, data)
-            position += len(header) + len(data)
+            entry.segment = ""
+            record, data_start = records.encode(entry, data)
+            entry.segment, entry.offset = segment, position + data_start
+            parts.append(record)
+            position += len(record)
         path = self.folder / f"{segment}.seg"
         self._write_file(path, b"".join(parts))
         if self.fsync:
@@ -323,13 +413,39 @@ class Queue:
         return len(self._entries)
 
     def read_message(self, msg_id: str) -> bytes:
-        """The message bytes of a queued entry (blocking)."""
+        """The message bytes of a queued entry, verified (blocking); QueueCorrupt when they do not match."""
         entry = self._entries.get(msg_id)
         if entry is None:
             raise FileNotFoundError(f"no message {msg_id} in {self.folder}")
         with open(self.folder / f"{entry.segment}.seg", "rb") as fh:
             fh.seek(entry.offset)
-            return fh.read(entry.size)
+            data = fh.read(entry.size)
+        if not records.data_ok(entry, data):
+            raise QueueCorrupt(f"message {msg_id} in segment {entry.segment} is damaged (length or checksum)")
+        return data
+
+    async def quarantine(self, msg_id: str, reason: str) -> Path | None:
+        """Take a message that failed verification out of the queue; its bytes go to corrupt/ first."""
+        entry = self._entries.get(msg_id)
+        if entry is None:
+            return None
+
+        def copy() -> Path:
+            with open(self.folder / f"{entry.segment}.seg", "rb") as fh:
+                fh.seek(entry.offset)
+                data = fh.read(entry.size)
+            corrupt = self.folder / "corrupt"
+            corrupt.mkdir(exist_ok=True)
+            target = corrupt / f"{msg_id}.msg"
+            write_atomic(target, data, sync=self.fsync)
+            note = f"set aside {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n{reason}\nmetadata: {entry.to_json().decode()}\n"
+            write_atomic(corrupt / f"{msg_id}.msg.txt", note.encode(), sync=self.fsync)
+            return target
+
+        target = await asyncio.to_thread(copy)
+        log.error("queue: message %s is damaged (%s); not delivered, its bytes are kept in %s", msg_id, reason, target)
+        await self.remove(msg_id)
+        return target
 
     async def read(self, msg_id: str) -> bytes:
         return await asyncio.to_thread(self.read_message, msg_id)

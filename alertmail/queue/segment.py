@@ -1,0 +1,189 @@
+"""The bytes of a segment: records that carry their lengths and checksums, and reading them back.
+
+A record (since checksums)::
+
+    %AMQ2 <meta length> <data length> <crc32 of meta, 8 hex>\\n
+    <meta: the entry as one line of JSON, with "crc": the crc32 of the data>\\n
+    <data: the message>
+
+Segments written before checksums hold records of a JSON line and the message bytes
+(``{"id":...,"size":N,...}\\n`` then N bytes); they are still read, with a length check
+only, so a queue written before the upgrade delivers.
+
+Reading never trusts what it cannot verify: a record whose header, lengths or checksums
+do not hold is damage, and reading goes on at the next record that does verify.
+zlib.crc32 is the checksum: the threat is a torn or truncated write and flipped bits, not
+an attacker (who could rewrite a checksum as easily); it costs about 1.6 µs for an
+alert-sized mail (blake2b: 4.5 µs), next to the two fsyncs of a commit round.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alertmail.queue.entry import Entry, valid_id
+
+MAGIC = b"%AMQ2 "
+OLD_START = b'{"id":"'
+HEADER_MAX = 64  # a header line is far shorter; a longer one is damage
+OLD_LINE_MAX = 1 << 20  # the JSON line of an old record (many recipients) stays well below this
+
+
+class DamagedRecord(ValueError):
+    """A record that does not verify."""
+
+
+@dataclass
+class Damage:
+    """A stretch of a segment that holds no verified record."""
+
+    start: int
+    end: int
+    reason: str
+    ids: list[str] = field(default_factory=list)  # messages known to be lost in it (from a readable header)
+
+    def describe(self) -> str:
+        lost = f"; message {', '.join(self.ids)} not delivered" if self.ids else ""
+        return f"bytes {self.start}-{self.end}: {self.reason}{lost}"
+
+
+@dataclass
+class Scan:
+    """What a segment holds: the verified entries and the damaged stretches."""
+
+    entries: list[Entry] = field(default_factory=list)
+    damage: list[Damage] = field(default_factory=list)
+    size: int = 0
+
+
+def encode(entry: Entry, data: bytes) -> tuple[bytes, int]:
+    """The record for ``entry`` (its ``crc`` is set here) and where its data starts within it."""
+    entry.crc = zlib.crc32(data)
+    meta = entry.to_json()
+    header = MAGIC + f"{len(meta)} {len(data)} {zlib.crc32(meta):08x}\n".encode()
+    head = header + meta + b"\n"
+    return head + data, len(head)
+
+
+def data_ok(entry: Entry, data: bytes) -> bool:
+    """True when ``data`` is the whole message ``entry`` describes, unchanged."""
+    if len(data) != entry.size:
+        return False
+    return entry.crc is None or zlib.crc32(data) == entry.crc
+
+
+def scan(path: Path) -> Scan:
+    """Every verified entry of the segment at ``path`` (with offset), and its damage (blocking)."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return Scan(damage=[Damage(0, 0, "empty segment")])
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return _scan(mm, size)
+
+
+def _scan(mm: mmap.mmap, size: int) -> Scan:
+    out = Scan(size=size)
+    # Old records carry no checksum: they are taken only from a segment with no new record
+    # at all, so a message quoting an old record is never mistaken for one.
+    old = mm.find(MAGIC) < 0
+    pos = 0
+    while pos < size:
+        try:
+            entry, end = _record(mm, pos, size, old)
+        except DamagedRecord as exc:
+            ids = [str(exc.args[1])] if len(exc.args) > 1 else []
+            nxt = _next_record(mm, pos + 1, size, old)
+            if out.damage and out.damage[-1].end == pos:  # one stretch, however many false starts
+                out.damage[-1].end = nxt
+                out.damage[-1].ids += ids
+            else:
+                out.damage.append(Damage(pos, nxt, str(exc.args[0]), ids))
+            pos = nxt
+            continue
+        out.entries.append(entry)
+        pos = end
+    return out
+
+
+def _next_record(mm: mmap.mmap, start: int, size: int, old: bool) -> int:
+    """Where the next record that verifies begins (``size`` when none does)."""
+    pos = start
+    marker = OLD_START if old else MAGIC
+    while pos < size:
+        at = mm.find(marker, pos)
+        if at < 0:
+            return size
+        try:
+            _record(mm, at, size, old)
+            return at
+        except DamagedRecord:
+            pos = at + 1
+    return size
+
+
+def _record(mm: mmap.mmap, pos: int, size: int, old: bool) -> tuple[Entry, int]:
+    """The entry of the record at ``pos`` and where the record ends; DamagedRecord when it does not verify."""
+    if mm[pos : pos + len(MAGIC)] == MAGIC:
+        return _new_record(mm, pos, size)
+    if old and mm[pos : pos + len(OLD_START)] == OLD_START:
+        return _old_record(mm, pos, size)
+    raise DamagedRecord("no record starts here")
+
+
+def _new_record(mm: mmap.mmap, pos: int, size: int) -> tuple[Entry, int]:
+    eol = mm.find(b"\n", pos, min(pos + HEADER_MAX, size))
+    if eol < 0:
+        raise DamagedRecord("record header cut short or unreadable")
+    try:
+        meta_len_text, data_len_text, meta_crc_text = mm[pos + len(MAGIC) : eol].decode("ascii").split(" ")
+        meta_len, data_len, meta_crc = int(meta_len_text), int(data_len_text), int(meta_crc_text, 16)
+    except ValueError:
+        raise DamagedRecord("record header unreadable") from None
+    if meta_len < 0 or data_len < 0:
+        raise DamagedRecord("record header unreadable")
+    meta_start = eol + 1
+    data_start = meta_start + meta_len + 1
+    end = data_start + data_len
+    if data_start > size:
+        raise DamagedRecord("metadata cut short")
+    meta = mm[meta_start : meta_start + meta_len]
+    if zlib.crc32(meta) != meta_crc or mm[data_start - 1 : data_start] != b"\n":
+        raise DamagedRecord("metadata checksum mismatch")
+    entry = _entry(meta)
+    if entry.size != data_len or entry.crc is None:
+        raise DamagedRecord("metadata disagrees with the record header")
+    if end > size:
+        raise DamagedRecord(f"message truncated ({size - data_start} of {data_len} bytes)", entry.id)
+    if zlib.crc32(memoryview(mm)[data_start:end]) != entry.crc:
+        raise DamagedRecord("message checksum mismatch", entry.id)
+    entry.offset = data_start
+    return entry, end
+
+
+def _old_record(mm: mmap.mmap, pos: int, size: int) -> tuple[Entry, int]:
+    eol = mm.find(b"\n", pos, min(pos + OLD_LINE_MAX, size))
+    if eol < 0:
+        raise DamagedRecord("record metadata cut short or unreadable")
+    entry = _entry(mm[pos:eol])
+    entry.crc = None  # written before checksums: only the length can be checked
+    start = eol + 1
+    end = start + entry.size
+    if end > size:
+        raise DamagedRecord(f"message truncated ({size - start} of {entry.size} bytes)", entry.id)
+    entry.offset = start
+    return entry, end
+
+
+def _entry(meta: bytes) -> Entry:
+    try:
+        entry = Entry.from_json(meta)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise DamagedRecord(f"metadata unreadable ({type(exc).__name__})") from None
+    if not valid_id(str(entry.id)) or not isinstance(entry.size, int) or entry.size < 0:
+        raise DamagedRecord("metadata unreadable (id or size)")
+    return entry

@@ -396,6 +396,11 @@ class Agent:
         log.info("configuration reloaded: %d rules, %d probes", len(cfg.rules), len(self.probes))
         return True
 
+    def _take_requests_now(self) -> None:
+        outbox = getattr(self, "outbox", None)
+        if outbox is not None and hasattr(outbox, "delivery"):
+            outbox.delivery.take_requests_now()
+
     async def _restart_exporter(self) -> None:
         """After a reload, serve /metrics as ``[exporter]`` says now: stopped, started, or at its new address."""
         if self.exporter is not None:
@@ -505,6 +510,8 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        # `alertmail queue retry` and `badmail resend` leave a request, then wake delivery with SIGUSR1.
+        loop.add_signal_handler(signal.SIGUSR1, self._take_requests_now)
         await self.start()
         self._status = self.status_line()
         self.manager.ready(self._status)

@@ -339,7 +339,7 @@ def test_queue_retry_is_handed_to_the_running_agent(tmp_path):
             await asyncio.sleep(0.3)
             assert len(queue) == 1  # not due for an hour
             out = await asyncio.to_thread(invoke, "queue", "retry", msg_id, "-c", config)
-            assert "handed to the running agent" in out.output
+            assert f"{msg_id}: delivered" in out.output  # the command waits for the outcome and says it
             for _ in range(100):
                 if not len(queue):
                     break

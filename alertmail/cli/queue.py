@@ -8,6 +8,7 @@ within [queue].scan_interval (5 s by default). With no agent running they act on
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,8 +47,16 @@ def _check_id(msg_id: str) -> str:
 
 
 def _hand_over(queue, action: str, msg_id: str) -> bool:
-    """Leave a request for the running agent; True once it was taken within REQUEST_WAIT."""
+    """Leave a request for the running agent and wake it; True once it was taken within REQUEST_WAIT."""
+    import signal
+
     path = queue.request(action, msg_id)
+    owner = queue.owner()  # written by the lock's holder when it took the lock: the running agent
+    if owner is not None and owner != os.getpid():
+        try:
+            os.kill(owner, signal.SIGUSR1)  # take it now, not at the next scan of the control folder
+        except OSError:
+            pass  # another user's agent, or gone: it still finds the request at its next scan
     deadline = time.monotonic() + REQUEST_WAIT
     while path.exists():
         if time.monotonic() > deadline:
@@ -153,12 +162,21 @@ def queue_show(config_path: Path, msg_id: str) -> None:
 @config_option
 @click.argument("msg_id", required=False)
 @click.option("--all", "retry_all", is_flag=True, help="every queued message")
-def queue_retry(config_path: Path, msg_id: str | None, retry_all: bool) -> None:
-    """Try a message (or --all) again now, without waiting for its next scheduled try."""
+@click.option("--no-wait", is_flag=True, help="hand the retry to the agent and return, without waiting for the outcome")
+@click.option("--wait", "wait_for", default="60s", show_default=True, metavar="DURATION", help="longest to wait for the outcome")
+def queue_retry(config_path: Path, msg_id: str | None, retry_all: bool, no_wait: bool, wait_for: str) -> None:
+    """Try a message (or --all) again now and say what became of it: delivered, deferred (with the
+    reply) or given up. A manual retry is not an attempt: it moves no backoff on."""
+    from alertmail.units import parse_duration
+
     if bool(msg_id) == retry_all:
         click.echo("name one message id, or --all", err=True)
         sys.exit(ExitCode.USAGE)
-    _act(config_path, "retry", "all" if retry_all else _check_id(msg_id or ""))
+    try:
+        wait = 0.0 if no_wait else parse_duration(wait_for)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--wait") from None
+    _act(config_path, "retry", "all" if retry_all else _check_id(msg_id or ""), wait=wait)
 
 
 @queue_group.command("delete")
@@ -169,19 +187,22 @@ def queue_delete(config_path: Path, msg_id: str) -> None:
     _act(config_path, "delete", _check_id(msg_id))
 
 
-def _act(config_path: Path, action: str, msg_id: str) -> None:
+def _act(config_path: Path, action: str, msg_id: str, *, wait: float = 0.0) -> None:
     from alertmail.queue.spool import Queue
 
     _, state_dir = _folders(config_path)
     queue = Queue(state_dir / "queue")
     if not queue.acquire_lock():
-        if msg_id != "all":
-            queue.load()
-            if queue.get(msg_id) is None:
-                click.echo(f"no message {msg_id} in {queue.folder}", err=True)
-                sys.exit(ExitCode.NOINPUT)
+        queue.load()
+        if msg_id != "all" and queue.get(msg_id) is None:
+            click.echo(f"no message {msg_id} in {queue.folder}", err=True)
+            sys.exit(ExitCode.NOINPUT)
+        before = {e.id: e.last_try for e in queue.entries() if msg_id in ("all", e.id)}
         if _hand_over(queue, action, msg_id):
-            click.echo(f"{action}: handed to the running agent")
+            if wait and action == "retry":
+                _report_outcomes(queue, before, state_dir / "badmail", wait)
+            else:
+                click.echo(f"{action}: handed to the running agent")
         return
     try:
         queue.load()
@@ -191,8 +212,38 @@ def _act(config_path: Path, action: str, msg_id: str) -> None:
     if not touched:
         click.echo("the queue is empty" if msg_id == "all" else f"no message {msg_id} in {queue.folder}", err=True)
         sys.exit(ExitCode.NOINPUT if msg_id != "all" else ExitCode.OK)
-    done = "deleted" if action == "delete" else "due now; the agent tries it when it starts"
+    done = "deleted" if action == "delete" else "due now; no agent running: it goes when the agent starts"
     click.echo(f"{len(touched)} message(s) {done}")
+
+
+def _report_outcomes(queue, before: dict[str, float], badmail: Path, wait: float) -> None:
+    """Wait up to ``wait`` seconds for each retried message's try to end; print what became of each."""
+    deadline = time.monotonic() + wait
+    pending = dict(before)
+    while pending:
+        queue.load()
+        for msg_id, last_try in list(pending.items()):
+            entry = queue.get(msg_id)
+            if entry is None:
+                given_up = (badmail / f"{msg_id}.bdr").exists()
+                reason = (badmail / f"{msg_id}.bdr").read_text(errors="replace").split("\n", 1)[0] if given_up else ""
+                click.echo(f"{msg_id}: given up (badmail): {reason}" if given_up else f"{msg_id}: delivered")
+            elif entry.last_try > last_try:
+                if entry.pending:
+                    click.echo(
+                        f"{msg_id}: deferred: {entry.last_error or 'no reply'}; next try in {_age(entry.next_try - time.time())}"
+                    )
+                else:
+                    continue  # tried, settling: removed or updated in a moment
+            else:
+                continue
+            del pending[msg_id]
+        if pending and time.monotonic() < deadline:
+            time.sleep(0.2)
+        elif pending:
+            for msg_id in pending:
+                click.echo(f"{msg_id}: still being tried after {_age(wait)}; see: alertmail queue show {msg_id}")
+            return
 
 
 @click.group("badmail")

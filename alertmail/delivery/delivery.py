@@ -196,6 +196,7 @@ class Delivery:
         self.held: dict[str, str] = {}  # id -> the missing transport
         # Asked for by `alertmail queue retry`: a manual retry is not an attempt and moves no backoff on.
         self._manual: set[str] = set()
+        self._scan_now = False  # the command line left a request and said so (SIGUSR1)
 
     async def start(self) -> None:
         """Resume every queued message and start taking new ones."""
@@ -267,7 +268,8 @@ class Delivery:
         next_scan = 0.0
         while not self._stopping:
             now = time.time()
-            if now >= next_scan:
+            if now >= next_scan or self._scan_now:
+                self._scan_now = False
                 await self._take_requests(now)
                 next_scan = now + self.policy.scan_interval
             while not self._stopping and self._due and len(self._in_flight) < self.concurrency and self._due[0][0] <= now:
@@ -288,6 +290,12 @@ class Delivery:
                 await asyncio.wait_for(self._wake.wait(), max(wait, 0.0))
             except TimeoutError:
                 pass
+
+    def take_requests_now(self) -> None:
+        """Look for command-line requests at once, not at the next scan (SIGUSR1 from ``alertmail queue``)."""
+        self._scan_now = True
+        self._control_stamp = None
+        self._wake.set()
 
     def _finished(self, msg_id: str, _task: object = None) -> None:
         self._in_flight.pop(msg_id, None)

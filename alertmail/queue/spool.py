@@ -150,8 +150,19 @@ class Queue:
         if not locked:
             os.close(fd)
             return False
+        # The owner's pid, so the command line can wake it (SIGUSR1) when it leaves a request.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
         return True
+
+    def owner(self) -> int | None:
+        """The pid of the process that holds the folder's lock, as it wrote it; None when unknown."""
+        try:
+            text = (self.folder / "lock").read_text().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
 
     def release_lock(self) -> None:
         if self._lock_fd is not None:

@@ -311,6 +311,8 @@ async def serve(cfg: Any, plugins: Any, services: Sequence[type], *, ready: Call
         loop.add_signal_handler(sig, stop.set)
     try:
         await outbox.open()
+        # `alertmail queue retry` and `badmail resend` leave a request, then wake delivery with SIGUSR1.
+        loop.add_signal_handler(signal.SIGUSR1, outbox.delivery.take_requests_now)
         started = await outbox.start_services(services, only_enabled=False)
         if ready is not None:
             ready(started)

@@ -1,0 +1,49 @@
+"""`alertmail queue retry` against a running agent: woken at once, the outcome printed, no backoff moved on."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from alertmail.queue.spool import Queue
+from tests.peers import SmtpSink, free_port
+from tests.relay_peers import ALERTMAIL, private_folder
+from tests.test_reload import Agent, config_text
+
+
+def test_retry_wakes_the_agent_and_says_what_became_of_the_message(tmp_path):
+    port = free_port()
+    smtp = f'\n[transports.smtp]\nservers = ["127.0.0.1:{port}"]\ntls = "none"\nconnect_timeout = "1s"\n'
+    agent = Agent(tmp_path, config_text('"smtp"', smtp))
+    sink = SmtpSink(private_folder("retry-sink-") / "dump", port=port)
+    try:
+        (tmp_path / "plugins.d" / "value.txt").write_text("93")
+        agent.wait_for("next try in 15m")
+        queue = Queue(tmp_path / "var" / "queue")
+        queue.load()
+        [entry] = queue.entries()
+
+        def retry() -> tuple[str, float]:
+            started = time.monotonic()
+            done = subprocess.run(
+                [*ALERTMAIL, "queue", "retry", entry.id, "-c", str(agent.config)],
+                capture_output=True,
+                text=True,
+                timeout=90,
+                cwd=tmp_path,
+            )
+            assert done.returncode == 0, done.stderr
+            return done.stdout, time.monotonic() - started
+
+        out, took = retry()
+        assert f"{entry.id}: deferred: " in out and "next try in 15m" in out, out
+        assert took < 4.0  # woken by SIGUSR1, not at the next 5 s scan of the control folder
+        queue.load()
+        assert queue.get(entry.id).attempts == 1  # the manual retry counted nothing
+        sink.start()
+        out, _ = retry()
+        assert f"{entry.id}: delivered" in out, out
+        assert len(sink.messages()) == 1
+    finally:
+        sink.stop()
+        agent.stop()

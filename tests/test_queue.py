@@ -398,3 +398,45 @@ def test_badmail_list_and_resend_without_a_running_agent(tmp_path):
     assert queue.get(new_id).envelope == Envelope("alerts@example.test", ("ops@example.test",))
     assert queue.read_message(new_id) == DATA
     assert invoke("badmail", "resend", entry.id, "-c", config).exit_code == 66
+
+
+def test_queue_and_badmail_commands_answer_in_json_with_iso_times_and_whole_replies(tmp_path):
+    import datetime as dt
+    import json
+
+    from alertmail.queue.badmail import Badmail
+    from alertmail.queue.entry import Entry, RecipientState
+
+    config = write_config(tmp_path)
+    [msg_id] = run(queued(tmp_path / "var" / "queue"))
+    listed = json.loads(invoke("queue", "list", "-c", config, "--json").output)
+    assert [e["id"] for e in listed] == [msg_id] and listed[0]["last_error"] == "451 4.2.0 mailbox busy"
+    assert dt.datetime.fromisoformat(listed[0]["next_try"]).tzinfo is not None
+    shown = json.loads(invoke("queue", "show", msg_id, "-c", config, "--json").output)
+    assert shown["attempts"] == 2 and "Subject:" in shown["headers"]
+
+    reply = "550 5.1.1 <ops@example.test>: Recipient address rejected: User unknown in virtual mailbox table"
+    entry = Entry(id="0" * 11 + "1" * 8, created=1.8e9, sender="alerts@example.test", recipients={}, size=10)
+    entry.recipients["ops@example.test"] = RecipientState(status="failed", code=550, message=reply[4:], enhanced="")
+    Badmail(tmp_path / "var" / "badmail").write(entry, b"Subject: x\r\n\r\nx\r\n", reason="permanent failure", dsn="sent")
+    table = invoke("badmail", "list", "-c", config).output
+    assert "User unknown in virtual mailbox table" in table  # the remote reply, whole, not only the reason
+    [item] = json.loads(invoke("badmail", "list", "-c", config, "--json").output)
+    assert item["reason"] == "permanent failure" and "User unknown in virtual mailbox table" in item["replies"][0]
+
+
+def test_queue_show_decodes_encoded_subjects_and_badmail_help_has_no_markup(tmp_path):
+    config = write_config(tmp_path)
+    data = b"Subject: =?utf-8?q?Festplatte_/_zu_97=C2=A0%_voll?=\r\nFrom: a@example.test\r\n\r\nx\r\n"
+
+    async def put() -> str:
+        queue = Queue(tmp_path / "var" / "queue")
+        await queue.start()
+        try:
+            return await queue.put(data, ENV)
+        finally:
+            await queue.close()
+
+    msg_id = run(put())
+    assert "Subject: Festplatte / zu 97\u00a0% voll" in invoke("queue", "show", msg_id, "-c", config).output
+    assert "``" not in invoke("badmail", "--help").output

@@ -32,9 +32,43 @@ def _age(seconds: float) -> str:
     return format_duration(max(seconds, 0))
 
 
-def _short(text: str, width: int = 60) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+def iso(timestamp: float | None) -> str | None:
+    """A time for JSON output: ISO 8601 in UTC."""
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds") if timestamp else None
+
+
+def _entry_json(entry) -> dict:
+    return {
+        "id": entry.id,
+        "queued": iso(entry.created),
+        "origin": entry.origin,
+        "sender": entry.sender,
+        "size": entry.size,
+        "route": entry.route,
+        "attempts": entry.attempts,
+        "last_try": iso(entry.last_try),
+        "next_try": iso(entry.next_try),
+        "last_error": entry.last_error,
+        "recipients": {
+            rcpt: {"status": s.status, "reply": s.reply, "transport": s.transport, "remote": s.remote, "time": iso(s.time)}
+            for rcpt, s in entry.recipients.items()
+        },
+    }
+
+
+def decoded_headers(head: str) -> str:
+    """Header lines with encoded words (=?utf-8?...?=) decoded, as people read them."""
+    import email.header
+
+    out = []
+    for line in head.splitlines():
+        try:
+            out.append(str(email.header.make_header(email.header.decode_header(line))) if "=?" in line else line)
+        except (ValueError, LookupError):
+            out.append(line)
+    return "\n".join(out)
 
 
 def _check_id(msg_id: str) -> str:
@@ -74,7 +108,8 @@ def queue_group() -> None:
 @queue_group.command("list")
 @config_option
 @click.option("--corrupt", "show_corrupt", is_flag=True, help="what is damaged: set aside in queue/corrupt/ or found in place")
-def queue_list(config_path: Path, show_corrupt: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print JSON (times in ISO 8601)")
+def queue_list(config_path: Path, show_corrupt: bool, as_json: bool) -> None:
     """One line per queued message: id, age, recipients, attempts, next try, last error."""
     from alertmail.cli.table import format_table
     from alertmail.queue.spool import Queue
@@ -86,6 +121,11 @@ def queue_list(config_path: Path, show_corrupt: bool) -> None:
         _list_corrupt(queue)
         return
     entries = queue.entries()
+    if as_json:
+        import json
+
+        click.echo(json.dumps([_entry_json(e) for e in entries], indent=2))
+        return
     damaged = queue.corrupt()
     if damaged:
         click.echo(f"{len(damaged)} damaged file(s) set aside or found; see: alertmail queue list --corrupt", err=True)
@@ -98,7 +138,7 @@ def queue_list(config_path: Path, show_corrupt: bool) -> None:
         pending = e.pending
         rcpts = pending[0] + (f" +{len(pending) - 1}" if len(pending) > 1 else "") if pending else "-"
         next_try = "now" if e.next_try <= now else f"in {_age(e.next_try - now)}"
-        rows.append([e.id, _age(now - e.created), rcpts, e.attempts, next_try, _short(e.last_error) or "-"])
+        rows.append([e.id, _age(now - e.created), rcpts, e.attempts, next_try, e.last_error or "-"])
     click.echo(format_table(["id", "age", "recipients", "attempts", "next try", "last error"], rows, align_right=(1, 3)))
     click.echo(f"{len(entries)} message(s)")
 
@@ -118,7 +158,7 @@ def _list_corrupt(queue) -> None:
         except OSError:
             size = 0
         where = "in place (set aside at the next start)" if path.parent == queue.folder else "corrupt/"
-        rows.append([path.name, size, where, _short(reasons, 100)])
+        rows.append([path.name, size, where, reasons])
     click.echo(format_table(["file", "bytes", "where", "damage"], rows, align_right=(1,)))
     click.echo(f"{len(items)} damaged file(s); set-aside bytes are in {queue.folder / 'corrupt'}, never deleted")
 
@@ -126,7 +166,8 @@ def _list_corrupt(queue) -> None:
 @queue_group.command("show")
 @config_option
 @click.argument("msg_id")
-def queue_show(config_path: Path, msg_id: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print JSON (times in ISO 8601), the headers included")
+def queue_show(config_path: Path, msg_id: str, as_json: bool) -> None:
     """Everything about one queued message: envelope, recipients' states, headers."""
     from alertmail.queue.badmail import stamp
     from alertmail.queue.dsn import original_headers
@@ -140,6 +181,15 @@ def queue_show(config_path: Path, msg_id: str) -> None:
     if entry is None:
         click.echo(f"no message {msg_id} in {queue.folder}", err=True)
         sys.exit(ExitCode.NOINPUT)
+    if as_json:
+        import json
+
+        try:
+            headers = decoded_headers(original_headers(queue.read_message(entry.id)))
+        except OSError as exc:
+            headers = f"(cannot read the message: {exc})"
+        click.echo(json.dumps({**_entry_json(entry), "headers": headers}, indent=2))
+        return
     click.echo(f"id:         {entry.id}")
     click.echo(f"queued:     {stamp(entry.created)} ({_age(time.time() - entry.created)} ago, from {entry.origin})")
     click.echo(f"sender:     <{entry.sender}>")
@@ -153,7 +203,7 @@ def queue_show(config_path: Path, msg_id: str) -> None:
         via = f" (via {state.transport})" if state.transport else ""
         click.echo(f"  <{rcpt}> {state.status}{reply}{via}")
     try:
-        click.echo("\n" + original_headers(queue.read_message(entry.id)).rstrip())
+        click.echo("\n" + decoded_headers(original_headers(queue.read_message(entry.id))).rstrip())
     except OSError as exc:
         click.echo(f"cannot read the message: {exc}", err=True)
 
@@ -248,22 +298,31 @@ def _report_outcomes(queue, before: dict[str, float], badmail: Path, wait: float
 
 @click.group("badmail")
 def badmail_group() -> None:
-    """Messages given up on: ``<id>.bad`` (the message) and ``<id>.bdr`` (why)."""
+    """Messages given up on: <id>.bad (the message) and <id>.bdr (why)."""
 
 
 @badmail_group.command("list")
 @config_option
-def badmail_list(config_path: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print JSON (times in ISO 8601)")
+def badmail_list(config_path: Path, as_json: bool) -> None:
     """One line per message in badmail: id, when, size, reason."""
     from alertmail.cli.table import format_table
     from alertmail.queue.badmail import Badmail, stamp
 
     _, state_dir = _folders(config_path)
     items = Badmail(state_dir / "badmail").items()
+    if as_json:
+        import json
+
+        listed = [
+            {"id": i.id, "given_up": iso(i.time), "size": i.size, "reason": i.reason, "replies": list(i.replies)} for i in items
+        ]
+        click.echo(json.dumps(listed, indent=2))
+        return
     if not items:
         click.echo("badmail is empty")
         return
-    rows = [[i.id, stamp(i.time), i.size, _short(i.reason)] for i in items]
+    rows = [[i.id, stamp(i.time), i.size, "; ".join([i.reason, *i.replies])] for i in items]
     click.echo(format_table(["id", "given up", "bytes", "reason"], rows, align_right=(2,)))
     click.echo(f"{len(items)} message(s); the reasons are in {state_dir / 'badmail'}/<id>.bdr")
 
@@ -306,7 +365,8 @@ def badmail_resend(config_path: Path, msg_id: str) -> None:
 @config_option
 @click.option("--to", "to", multiple=True, required=True, help="recipient address (repeat for more)")
 @click.option("--route", help="comma-separated transports to use instead of [mail].route")
-def send_test(config_path: Path, to: tuple[str, ...], route: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print JSON: each recipient's result, transport and reply")
+def send_test(config_path: Path, to: tuple[str, ...], route: str | None, as_json: bool) -> None:
     """Send one test alert through the route now and report what happened to each recipient.
 
     Exit status: 0 all delivered, 75 a temporary failure, 69 a permanent failure.
@@ -369,11 +429,18 @@ def send_test(config_path: Path, to: tuple[str, ...], route: str | None) -> None
             rcpt,
             status.status.value,
             name,
-            _short(" ".join(x for x in (str(status.code or ""), status.enhanced, status.message) if x), 70),
+            " ".join(x for x in (str(status.code or ""), status.enhanced, status.message) if x),
         ]
         for rcpt, (name, status) in results.items()
     ]
-    click.echo(format_table(["recipient", "result", "transport", "reply"], rows))
+    if as_json:
+        import json
+
+        click.echo(
+            json.dumps([dict(zip(("recipient", "result", "transport", "reply"), row, strict=True)) for row in rows], indent=2)
+        )
+    else:
+        click.echo(format_table(["recipient", "result", "transport", "reply"], rows))
     statuses = {status.status for _, status in results.values()}
     if Status.PERMANENT in statuses:
         sys.exit(ExitCode.UNAVAILABLE)

@@ -65,6 +65,7 @@ class BadmailItem:
     time: float
     size: int
     reason: str  # the first line of the .bdr
+    replies: tuple[str, ...] = ()  # each failed recipient's last reply, as the .bdr lists them
 
 
 class Badmail:
@@ -136,10 +137,13 @@ class Badmail:
             except OSError:  # resent or deleted meanwhile
                 continue
             try:
-                reason = (self.folder / f"{msg_id}.bdr").read_text(errors="replace").split("\n", 1)[0]
+                text = (self.folder / f"{msg_id}.bdr").read_text(errors="replace")
             except OSError:
-                reason = "(no reason file)"
-            out.append(BadmailItem(msg_id, stat.st_mtime, stat.st_size, reason))
+                text = "(no reason file)"
+            reason, _, rest = text.partition("\n")
+            _, _, listed = rest.partition("\nRecipients:\n")
+            replies = tuple(line.strip() for line in listed.splitlines() if line.strip().startswith("<"))
+            out.append(BadmailItem(msg_id, stat.st_mtime, stat.st_size, reason, replies))
         return sorted(out, key=lambda i: (i.time, i.id))
 
     def read(self, msg_id: str) -> tuple[Envelope | None, bytes]:

@@ -33,3 +33,24 @@ def test_help_and_readme_list_every_exit_code_with_the_same_meaning():
     for code, text in EXIT_CODE_MEANINGS.items():
         assert re.search(rf"^\s+{int(code)}\s+{re.escape(text)}$", done.stdout, re.M), text
         assert readme[int(code)].replace("`", "") == text
+
+
+def test_check_json_lists_the_problems_or_the_summary(tmp_path):
+    import json
+
+    good = tmp_path / "good.toml"
+    good.write_text('[agent]\nstate_dir = "var"\n[mail]\nroute = ["pickup"]\n')
+    done = subprocess.run([*ALERTMAIL, "check", "-c", str(good), "--json"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and json.loads(done.stdout) == {
+        "config": str(good),
+        "ok": True,
+        "problems": [],
+        "rules": 0,
+        "route": ["pickup"],
+    }
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[agent]\ninterval = "ninety"\n[mail]\nroute = ["smpt"]\n')
+    done = subprocess.run([*ALERTMAIL, "check", "-c", str(bad), "--json"], capture_output=True, text=True, timeout=60)
+    report = json.loads(done.stdout)
+    assert done.returncode == ExitCode.CONFIG and report["ok"] is False
+    assert any("agent.interval" in p for p in report["problems"]) and any("did you mean 'smtp'" in p for p in report["problems"])

@@ -226,3 +226,21 @@ def test_probe_record_command_writes_the_bundled_probes_samples(tmp_path):
     samples = read_samples(tmp_path / "rec.csv")
     assert {"memory.used_percent", "load.1"} <= {s.metric for s in samples}
     assert "samples written to rec.csv" in out.stderr
+
+
+def test_probe_record_shows_progress_and_its_hint_keeps_the_config_it_was_given(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "config.toml"
+    config.write_text('[agent]\nstate_dir = "var"\n[mail]\nroute = ["pickup"]\n[probes.load]\ninterval = "1s"\n')
+    out = tmp_path / "rec.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "alertmail", "probe", "-c", str(config), "--record", str(out), "--for", "3s"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "recording:   0%" in done.stderr and "samples" in done.stderr
+    assert f"alertmail replay -c {config} --samples {out}" in done.stderr

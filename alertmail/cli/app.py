@@ -105,9 +105,12 @@ def cli() -> None:
 @click.option(
     "--resolver", metavar="HOST:PORT", default=None, help="with --deliverability: ask this DNS server instead of the system's"
 )
-@click.option("--json", "as_json", is_flag=True, help="with --deliverability: print the assessment as JSON")
+@click.option("--json", "as_json", is_flag=True, help="print JSON: the problems, or the summary (and the assessment)")
 def check(config_path: Path, deliverability: bool, resolver: str | None, as_json: bool) -> None:
     """Validate the configuration; exit 0 when it is good, 78 when not."""
+    if as_json and not deliverability:
+        _check_json(config_path)
+        return
     cfg, plugins = load_or_exit(config_path)
     if plugins.errors:
         # `alertmail plugins` exits 78 on these too: the two commands agree.
@@ -120,6 +123,29 @@ def check(config_path: Path, deliverability: bool, resolver: str | None, as_json
     )
     if deliverability:
         _deliverability(cfg, resolver, as_json)
+
+
+def _check_json(config_path: Path) -> None:
+    """``check --json``: {"ok": true, rules, route} or {"ok": false, "problems": [...]} (exit 78)."""
+    import json
+
+    from alertmail.cli.options import load
+    from alertmail.config.schema import ConfigError
+    from alertmail.loader import PluginError
+
+    report: dict[str, Any] = {"config": str(config_path)}
+    try:
+        cfg, plugins = load(config_path)
+    except ConfigError as exc:
+        report.update(ok=False, problems=exc.lines())
+    except PluginError as exc:
+        report.update(ok=False, problems=[f"plugin error: {exc}"])
+    else:
+        problems = [f"{config_path}: plugin {i.name} ({i.source}, {i.location}): {i.error}" for i in plugins.errors]
+        report.update(ok=not problems, problems=problems, rules=len(cfg.rules), route=cfg.mail["route"])
+    click.echo(json.dumps(report, indent=2))
+    if not report["ok"]:
+        sys.exit(ExitCode.CONFIG)
 
 
 def _deliverability(cfg: Any, resolver_address: str | None, as_json: bool) -> None:

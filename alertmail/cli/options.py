@@ -100,16 +100,23 @@ def plugin_dirs_of(raw: dict, config_path: Path) -> list[Path]:
     return [base / d for d in _strings(_agent(raw).get("plugin_dirs"))]
 
 
+def load(config_path: Path):
+    """The validated config and plugins; ConfigError or PluginError when there is a problem."""
+    from alertmail.config.load import load_config, read_toml
+    from alertmail.loader import load_plugins
+
+    raw = read_toml(config_path)
+    plugins = load_plugins(plugin_dirs_of(raw, config_path), blocked=_strings(_agent(raw).get("disable_plugins")))
+    return load_config(config_path, plugins), plugins
+
+
 def load_or_exit(config_path: Path):
     """The validated config and plugins, or exit 78 printing every problem."""
-    from alertmail.config.load import load_config, read_toml
     from alertmail.config.schema import ConfigError
-    from alertmail.loader import PluginError, load_plugins
+    from alertmail.loader import PluginError
 
     try:
-        raw = read_toml(config_path)
-        plugins = load_plugins(plugin_dirs_of(raw, config_path), blocked=_strings(_agent(raw).get("disable_plugins")))
-        cfg = load_config(config_path, plugins)
+        cfg, plugins = load(config_path)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         click.echo(f"{exc.count} problem(s) in {exc.path}; nothing was started.", err=True)

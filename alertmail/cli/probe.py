@@ -180,7 +180,8 @@ def probe_command(
     if record_path is not None:
         from alertmail.cli.replay import record_to_file
 
-        record_to_file(record_path, active, settings, record_for)
+        explicit = ctx.get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT
+        record_to_file(record_path, active, settings, record_for, config_path if explicit else None)
         return
 
     runs, warmed = asyncio.run(_one_pass(active, {n: settings[n].timeout for n in active}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sys
 import zoneinfo
 from collections.abc import Sequence
 from pathlib import Path
@@ -154,7 +155,30 @@ def replay_command(
         click.echo(f"\nwrote {len(written)} files to {render_dir}")
 
 
-def record_to_file(path: Path, probes: dict[str, Any], settings: dict[str, Any], duration_text: str) -> None:
+class Progress:
+    """One line on standard error, rewritten in place on a terminal (a line every 10% into a file)."""
+
+    def __init__(self, duration: float) -> None:
+        self.duration = max(duration, 0.001)
+        self.tty = sys.stderr.isatty()
+        self.shown = -1
+
+    def update(self, elapsed: float, count: int) -> None:
+        percent = min(int(100 * elapsed / self.duration), 100)
+        if not self.tty and percent // 10 == self.shown // 10:
+            return
+        self.shown = percent
+        line = f"recording: {percent:3d}%  {format_duration(elapsed)} of {format_duration(self.duration)}, {count} samples"
+        click.echo(f"\r{line}" if self.tty else line, err=True, nl=not self.tty)
+
+    def done(self) -> None:
+        if self.tty and self.shown >= 0:
+            click.echo(err=True)
+
+
+def record_to_file(
+    path: Path, probes: dict[str, Any], settings: dict[str, Any], duration_text: str, config_path: Path | None = None
+) -> None:
     """``alertmail probe --record FILE --for DURATION``: the probes (configured already) at their intervals."""
     from alertmail.exitcodes import ExitCode
     from alertmail.units import parse_duration
@@ -167,6 +191,7 @@ def record_to_file(path: Path, probes: dict[str, Any], settings: dict[str, Any],
         click.echo("no probe is enabled; nothing to record", err=True)
         raise SystemExit(ExitCode.USAGE)
     writer = SampleWriter(path)
+    shown = Progress(duration)
     click.echo(f"recording {', '.join(probes)} into {path} for {format_duration(duration)} (Ctrl-C stops early)", err=True)
     try:
         asyncio.run(
@@ -177,10 +202,13 @@ def record_to_file(path: Path, probes: dict[str, Any], settings: dict[str, Any],
                 writer,
                 duration,
                 echo=lambda text: click.echo(f"warning: {text}", err=True),
+                progress=shown.update,
             )
         )
     except KeyboardInterrupt:
         pass
     finally:
         writer.close()
-    click.echo(f"{writer.count} samples written to {path}; try them with: alertmail replay --samples {path}", err=True)
+        shown.done()
+    config = f" -c {config_path}" if config_path is not None else ""
+    click.echo(f"{writer.count} samples written to {path}; try them with: alertmail replay{config} --samples {path}", err=True)

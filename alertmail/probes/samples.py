@@ -119,8 +119,12 @@ async def record(
     duration: float,
     *,
     echo: Any = None,
+    progress: Any = None,
 ) -> int:
-    """Run each probe at its own interval for ``duration`` seconds, appending samples; the count written."""
+    """Run each probe at its own interval for ``duration`` seconds, appending samples; the count written.
+
+    ``progress(elapsed, count)`` is called after each round of runs (the command shows it).
+    """
     from alertmail.probes.runner import run_probe
 
     start = time.monotonic()
@@ -136,6 +140,8 @@ async def record(
             next_run[name] = max(next_run[name] + intervals[name], time.monotonic())
             if run.error and echo is not None:
                 echo(run.error)
+        if progress is not None:
+            progress(time.monotonic() - start, writer.count)
         wait = min(next_run.values()) - time.monotonic()
         remaining = duration - (time.monotonic() - start)
         if remaining <= 0:

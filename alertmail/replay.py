@@ -1,23 +1,12 @@
-"""Try rules before trusting them: replay recorded samples, record real ones.
+"""Try rules before trusting them: recorded samples through the rules and the notifier.
 
-``alertmail replay --samples FILE.csv`` runs recorded samples through the rules and
-the notifier (grouping, silences, storm cap) on the recorded clock, and prints the
-timeline of alert events (with what became of each) and the mails that would have
-been sent. No mail leaves: the notifier's queue is a list in memory. ``--render DIR``
-writes each mail as ``.eml`` and its HTML part as ``.html`` (charts inlined as
-``data:`` URIs so a browser opens it as is).
-
-``alertmail probe --record FILE --for 10m`` writes real samples in the same format.
-
-The CSV format, one sample a line, with a header line::
-
-    timestamp,metric,labels,value
-    2026-11-26T14:03:00+01:00,disk.used_percent,mount=/;device=sda1,93.4
-    1795698180,cpu.percent,,12.5
-
-``timestamp`` is ISO 8601 (no offset means UTC) or epoch seconds; ``labels`` is
-``k=v`` pairs joined by ``;``, with ``%``, ``;`` and ``=`` inside a key or value
-written as ``%25``, ``%3B`` and ``%3D``.
+``alertmail replay --samples FILE.csv`` runs recorded samples (the format is in
+``alertmail.probes.samples``; ``alertmail probe --record`` writes them) through the rules
+and the notifier (grouping, silences, storm cap) on the recorded clock. The result is the
+timeline of alert events, with what became of each, and the mails that would have been
+sent. No mail leaves: the notifier's queue is a list in memory. ``--render DIR`` writes
+each mail as ``.eml`` and its HTML part as ``.html`` (charts inlined as ``data:`` URIs so a
+browser opens it as is).
 """
 
 from __future__ import annotations

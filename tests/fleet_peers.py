@@ -15,6 +15,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.gauge import install_gauge
 from tests.peers import free_port, need
 
 HOST = "127.0.0.1"
@@ -159,31 +160,9 @@ class Alertmanager:
         self.stop()
 
 
-PLUGIN = """
-from pathlib import Path
-from alertmail import MetricInfo, Sample, hookimpl
-
-VALUE = Path(__file__).with_name("value.txt")
-
-class Gauge:
-    name = "gauge"
-    interval = 0.5
-    metrics = (MetricInfo("test.level", "percent", "a level the test sets", ("mount",)),)
-
-    def collect(self):
-        yield Sample("test.level", float(VALUE.read_text()), {"mount": "/data"})
-
-@hookimpl
-def register_probes(register):
-    register(Gauge())
-"""
-
-
 def agent_config(folder: Path, extra: str, route: str = '["pickup"]') -> Path:
     """A config whose only probe is a gauge read from ``plugins.d/value.txt`` and a rule firing above 50."""
-    (folder / "plugins.d").mkdir(parents=True)
-    (folder / "plugins.d" / "gauge.py").write_text(PLUGIN)
-    (folder / "plugins.d" / "value.txt").write_text("10")
+    install_gauge(folder, metric="test.level", labels={"mount": "/data"}, unit="percent", description="a level the test sets")
     config = folder / "config.toml"
     config.write_text(
         textwrap.dedent(f"""

@@ -175,6 +175,21 @@ def start_relay(
     return RelayProcess(relay_config(folder, sink, port, relay), port, command or list(ALERTMAIL)).start()
 
 
+def users_file(folder: Path, users: dict[str, str]) -> Path:
+    """A relay users file made by `alertmail relay passwd`, as an operator makes it."""
+    path = folder / "relay-users"
+    for user, password in users.items():
+        subprocess.run(
+            [*ALERTMAIL, "relay", "passwd", user, "--file", str(path), "--password-stdin"],
+            input=password + "\n",
+            text=True,
+            check=True,
+            capture_output=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    return path
+
+
 def message_id() -> str:
     return f"<{uuid.uuid4().hex}@client.test>"
 

@@ -18,34 +18,16 @@ from pathlib import Path
 import pytest
 
 from tests.certs import make_tls_files
+from tests.gauge import install_gauge
 from tests.peers import SmtpSink
-from tests.relay_peers import ALERTMAIL, REPO, private_folder, start_relay
+from tests.relay_peers import ALERTMAIL, REPO, private_folder, start_relay, users_file
 
 pytestmark = pytest.mark.peers
 PASSWORD = "fleet horse battery"
-PROBE = """
-from pathlib import Path
-from alertmail import hookimpl, Sample
-
-VALUE = Path(__file__).with_name("value.txt")
-
-class Gauge:
-    name = "gauge"
-    interval = 0.5
-
-    def collect(self):
-        yield Sample("test.gauge", float(VALUE.read_text()))
-
-@hookimpl
-def register_probes(register):
-    register(Gauge())
-"""
 
 
 def agent_config(folder: Path, host: str, relay_port: int, ca: Path) -> Path:
-    (folder / "plugins.d").mkdir(parents=True)
-    (folder / "plugins.d" / "gauge.py").write_text(PROBE)
-    (folder / "plugins.d" / "value.txt").write_text("10")
+    install_gauge(folder)
     config = folder / "config.toml"
     config.write_text(
         textwrap.dedent(f"""
@@ -86,16 +68,7 @@ def agent_config(folder: Path, host: str, relay_port: int, ca: Path) -> Path:
 
 def test_two_agents_through_one_authenticating_relay_reach_the_smart_host_once_each(tmp_path):
     tls = make_tls_files(tmp_path / "tls")
-    users = tmp_path / "relay-users"
-    for host in ("web01.test", "db01.test"):
-        subprocess.run(
-            [*ALERTMAIL, "relay", "passwd", host, "--file", str(users), "--password-stdin"],
-            input=PASSWORD + "\n",
-            text=True,
-            check=True,
-            capture_output=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
+    users = users_file(tmp_path, dict.fromkeys(("web01.test", "db01.test"), PASSWORD))
     with SmtpSink(private_folder("fleet-sink-") / "dump") as sink:
         relay = start_relay(
             tmp_path / "relay",

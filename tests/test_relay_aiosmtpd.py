@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 import re
 import smtplib
 import socket
 import ssl
-import subprocess
 import weakref
 from typing import Any
 
@@ -33,12 +31,12 @@ from tests.peers import SmtpSink
 from tests.relay_peers import (
     ALERTMAIL,
     ALERTMAIL_AIOSMTPD_INIT,
-    REPO,
     message_id,
     private_folder,
     received,
     self_signed,
     start_relay,
+    users_file,
 )
 
 # What SMTP.__init__ takes; _init_fast is written against exactly these.
@@ -158,15 +156,7 @@ def relays(tmp_path_factory, sink):
     """The same relay twice: sessions built by the fast path, and by aiosmtpd's __init__."""
     folder = tmp_path_factory.mktemp("relay-init")
     cert, key = self_signed(folder)
-    users = folder / "relay-users"
-    subprocess.run(
-        [*ALERTMAIL, "relay", "passwd", "alice", "--file", str(users), "--password-stdin"],
-        input=PASSWORD + "\n",
-        text=True,
-        check=True,
-        capture_output=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    users = users_file(folder, {"alice": PASSWORD})
     options = {
         "tls_cert": str(cert),
         "tls_key": str(key),

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import base64
-import os
 import smtplib
 import socket
 import ssl
-import subprocess
 import time
 
 import pytest
 
 from tests.peers import SmtpSink
-from tests.relay_peers import ALERTMAIL, REPO, private_folder, self_signed, start_relay
+from tests.relay_peers import private_folder, self_signed, start_relay, users_file
 
 pytestmark = pytest.mark.peers
 
@@ -30,15 +28,7 @@ def sink():
 def relay(tmp_path, sink):
     """127.0.0.1 may relay; 127.0.0.2 and .3 play outside clients; small caps."""
     cert, key = self_signed(tmp_path)
-    users = tmp_path / "relay-users"
-    subprocess.run(
-        [*ALERTMAIL, "relay", "passwd", "alice", "--file", str(users), "--password-stdin"],
-        input=PASSWORD + "\n",
-        text=True,
-        check=True,
-        capture_output=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    users = users_file(tmp_path, {"alice": PASSWORD})
     options = {
         "tls_cert": str(cert),
         "tls_key": str(key),

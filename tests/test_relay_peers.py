@@ -16,7 +16,6 @@ import pytest
 
 from tests.peers import SmtpSink, free_port, swaks
 from tests.relay_peers import (
-    ALERTMAIL,
     REPO,
     RelayProcess,
     message_id,
@@ -24,6 +23,7 @@ from tests.relay_peers import (
     received,
     self_signed,
     start_relay,
+    users_file,
 )
 
 pytestmark = pytest.mark.peers
@@ -42,15 +42,7 @@ def relay(tmp_path_factory, sink):
     """A relay with STARTTLS, one user (alice), small limits and a fast pickup scan."""
     folder = tmp_path_factory.mktemp("relay")
     cert, key = self_signed(folder)
-    users = folder / "relay-users"
-    subprocess.run(
-        [*ALERTMAIL, "relay", "passwd", "alice", "--file", str(users), "--password-stdin"],
-        input=PASSWORD + "\n",
-        text=True,
-        check=True,
-        capture_output=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    users = users_file(folder, {"alice": PASSWORD})
     options = {
         "tls_cert": str(cert),
         "tls_key": str(key),

@@ -16,26 +16,9 @@ import pytest
 from alertmail.delivery.delivery import Delivery, RetryPolicy
 from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status
 from alertmail.queue.spool import Queue
+from tests.gauge import install_gauge
 from tests.peers import SmtpSink, free_port
 from tests.relay_peers import ALERTMAIL, REPO, private_folder
-
-PROBE = """
-from pathlib import Path
-from alertmail import hookimpl, Sample
-
-VALUE = Path(__file__).with_name("value.txt")
-
-class Gauge:
-    name = "gauge"
-    interval = 0.5
-
-    def collect(self):
-        yield Sample("test.gauge", float(VALUE.read_text()))
-
-@hookimpl
-def register_probes(register):
-    register(Gauge())
-"""
 
 
 def config_text(route: str, transports: str = "", extra: str = "") -> str:
@@ -69,9 +52,7 @@ def config_text(route: str, transports: str = "", extra: str = "") -> str:
 
 class Agent:
     def __init__(self, folder: Path, text: str) -> None:
-        (folder / "plugins.d").mkdir(parents=True, exist_ok=True)
-        (folder / "plugins.d" / "gauge.py").write_text(PROBE)
-        (folder / "plugins.d" / "value.txt").write_text("10")
+        install_gauge(folder)
         self.folder, self.config, self.log = folder, folder / "config.toml", folder / "stderr"
         self.config.write_text(text)
         with open(self.log, "w") as err:

@@ -17,7 +17,7 @@ from alertmail.exitcodes import EXIT_CODE_MEANINGS, ExitCode
 LAZY_COMMANDS: dict[str, str] = {
     "probe": "alertmail.cli.probe:probe_command",
     "queue": "alertmail.cli.queue:queue_group",
-    "badmail": "alertmail.cli.queue:badmail_group",
+    "badmail": "alertmail.cli.badmail:badmail_group",
     "send-test": "alertmail.cli.queue:send_test",
     "replay": "alertmail.cli.replay:replay_command",
     "silence": "alertmail.cli.silence:silence_command",

@@ -21,7 +21,7 @@ from alertmail.exitcodes import ExitCode
 REQUEST_WAIT = 5.0  # how long the command waits for a running agent to take a request
 
 
-def _folders(config_path: Path) -> tuple[object, Path]:
+def state_folders(config_path: Path) -> tuple[object, Path]:
     cfg, _ = load_or_exit(config_path)
     return cfg, Path(cfg.state_dir)
 
@@ -71,7 +71,7 @@ def decoded_headers(head: str) -> str:
     return "\n".join(out)
 
 
-def _check_id(msg_id: str) -> str:
+def check_id(msg_id: str) -> str:
     from alertmail.queue.entry import valid_id
 
     if not valid_id(msg_id):
@@ -80,7 +80,7 @@ def _check_id(msg_id: str) -> str:
     return msg_id
 
 
-def _hand_over(queue, action: str, msg_id: str) -> bool:
+def hand_over(queue, action: str, msg_id: str) -> bool:
     """Leave a request for the running agent and wake it; True once it was taken within REQUEST_WAIT."""
     import signal
 
@@ -114,7 +114,7 @@ def queue_list(config_path: Path, show_corrupt: bool, as_json: bool) -> None:
     from alertmail.cli.table import format_table
     from alertmail.queue.spool import Queue
 
-    _, state_dir = _folders(config_path)
+    _, state_dir = state_folders(config_path)
     queue = Queue(state_dir / "queue")
     queue.load()
     if show_corrupt:
@@ -173,9 +173,9 @@ def queue_show(config_path: Path, msg_id: str, as_json: bool) -> None:
     from alertmail.queue.dsn import original_headers
     from alertmail.queue.spool import Queue
 
-    _, state_dir = _folders(config_path)
+    _, state_dir = state_folders(config_path)
     queue = Queue(state_dir / "queue")
-    _check_id(msg_id)
+    check_id(msg_id)
     queue.load()
     entry = queue.get(msg_id)
     if entry is None:
@@ -226,7 +226,7 @@ def queue_retry(config_path: Path, msg_id: str | None, retry_all: bool, no_wait:
         wait = 0.0 if no_wait else parse_duration(wait_for)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--wait") from None
-    _act(config_path, "retry", "all" if retry_all else _check_id(msg_id or ""), wait=wait)
+    _act(config_path, "retry", "all" if retry_all else check_id(msg_id or ""), wait=wait)
 
 
 @queue_group.command("delete")
@@ -234,13 +234,13 @@ def queue_retry(config_path: Path, msg_id: str | None, retry_all: bool, no_wait:
 @click.argument("msg_id")
 def queue_delete(config_path: Path, msg_id: str) -> None:
     """Remove a message from the queue without delivering it (no DSN, no badmail)."""
-    _act(config_path, "delete", _check_id(msg_id))
+    _act(config_path, "delete", check_id(msg_id))
 
 
 def _act(config_path: Path, action: str, msg_id: str, *, wait: float = 0.0) -> None:
     from alertmail.queue.spool import Queue
 
-    _, state_dir = _folders(config_path)
+    _, state_dir = state_folders(config_path)
     queue = Queue(state_dir / "queue")
     if not queue.acquire_lock():
         queue.load()
@@ -248,7 +248,7 @@ def _act(config_path: Path, action: str, msg_id: str, *, wait: float = 0.0) -> N
             click.echo(f"no message {msg_id} in {queue.folder}", err=True)
             sys.exit(ExitCode.NOINPUT)
         before = {e.id: e.last_try for e in queue.entries() if msg_id in ("all", e.id)}
-        if _hand_over(queue, action, msg_id):
+        if hand_over(queue, action, msg_id):
             if wait and action == "retry":
                 _report_outcomes(queue, before, state_dir / "badmail", wait)
             else:
@@ -294,71 +294,6 @@ def _report_outcomes(queue, before: dict[str, float], badmail: Path, wait: float
             for msg_id in pending:
                 click.echo(f"{msg_id}: still being tried after {_age(wait)}; see: alertmail queue show {msg_id}")
             return
-
-
-@click.group("badmail")
-def badmail_group() -> None:
-    """Messages given up on: <id>.bad (the message) and <id>.bdr (why)."""
-
-
-@badmail_group.command("list")
-@config_option
-@click.option("--json", "as_json", is_flag=True, help="print JSON (times in ISO 8601)")
-def badmail_list(config_path: Path, as_json: bool) -> None:
-    """One line per message in badmail: id, when, size, reason."""
-    from alertmail.cli.table import format_table
-    from alertmail.queue.badmail import Badmail, stamp
-
-    _, state_dir = _folders(config_path)
-    items = Badmail(state_dir / "badmail").items()
-    if as_json:
-        import json
-
-        listed = [
-            {"id": i.id, "given_up": iso(i.time), "size": i.size, "reason": i.reason, "replies": list(i.replies)} for i in items
-        ]
-        click.echo(json.dumps(listed, indent=2))
-        return
-    if not items:
-        click.echo("badmail is empty")
-        return
-    rows = [[i.id, stamp(i.time), i.size, "; ".join([i.reason, *i.replies])] for i in items]
-    click.echo(format_table(["id", "given up", "bytes", "reason"], rows, align_right=(2,)))
-    click.echo(f"{len(items)} message(s); the reasons are in {state_dir / 'badmail'}/<id>.bdr")
-
-
-@badmail_group.command("resend")
-@config_option
-@click.argument("msg_id")
-def badmail_resend(config_path: Path, msg_id: str) -> None:
-    """Put a message from badmail back into the queue (to the recipients that failed)."""
-    from alertmail.queue.badmail import Badmail
-    from alertmail.queue.spool import Queue, QueueLocked
-
-    _, state_dir = _folders(config_path)
-    badmail = Badmail(state_dir / "badmail")
-    if not (badmail.folder / f"{_check_id(msg_id)}.bad").exists():
-        click.echo(f"no message {msg_id} in {badmail.folder}", err=True)
-        sys.exit(ExitCode.NOINPUT)
-    queue = Queue(state_dir / "queue")
-
-    async def resend() -> str:
-        await queue.start()
-        try:
-            return await badmail.resend(msg_id, queue)
-        finally:
-            await queue.close()
-
-    try:
-        new_id = asyncio.run(resend())
-    except QueueLocked:
-        if _hand_over(queue, "resend", msg_id):
-            click.echo(f"{msg_id}: handed to the running agent, which queues it again")
-        return
-    except (OSError, ValueError) as exc:
-        click.echo(f"cannot resend {msg_id}: {exc}", err=True)
-        sys.exit(ExitCode.TEMPFAIL)
-    click.echo(f"{msg_id}: queued again as {new_id}; it goes out when the agent runs")
 
 
 @click.command("send-test")

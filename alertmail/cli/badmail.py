@@ -1,0 +1,78 @@
+"""``alertmail badmail``: what was given up on, with its reason, and putting it back."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from alertmail.cli.options import config_option
+from alertmail.cli.queue import check_id, hand_over, iso, state_folders
+from alertmail.exitcodes import ExitCode
+
+
+@click.group("badmail")
+def badmail_group() -> None:
+    """Messages given up on: <id>.bad (the message) and <id>.bdr (why)."""
+
+
+@badmail_group.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="print JSON (times in ISO 8601)")
+def badmail_list(config_path: Path, as_json: bool) -> None:
+    """One line per message in badmail: id, when, size, reason."""
+    from alertmail.cli.table import format_table
+    from alertmail.queue.badmail import Badmail, stamp
+
+    _, state_dir = state_folders(config_path)
+    items = Badmail(state_dir / "badmail").items()
+    if as_json:
+        import json
+
+        listed = [
+            {"id": i.id, "given_up": iso(i.time), "size": i.size, "reason": i.reason, "replies": list(i.replies)} for i in items
+        ]
+        click.echo(json.dumps(listed, indent=2))
+        return
+    if not items:
+        click.echo("badmail is empty")
+        return
+    rows = [[i.id, stamp(i.time), i.size, "; ".join([i.reason, *i.replies])] for i in items]
+    click.echo(format_table(["id", "given up", "bytes", "reason"], rows, align_right=(2,)))
+    click.echo(f"{len(items)} message(s); the reasons are in {state_dir / 'badmail'}/<id>.bdr")
+
+
+@badmail_group.command("resend")
+@config_option
+@click.argument("msg_id")
+def badmail_resend(config_path: Path, msg_id: str) -> None:
+    """Put a message from badmail back into the queue (to the recipients that failed)."""
+    from alertmail.queue.badmail import Badmail
+    from alertmail.queue.spool import Queue, QueueLocked
+
+    _, state_dir = state_folders(config_path)
+    badmail = Badmail(state_dir / "badmail")
+    if not (badmail.folder / f"{check_id(msg_id)}.bad").exists():
+        click.echo(f"no message {msg_id} in {badmail.folder}", err=True)
+        sys.exit(ExitCode.NOINPUT)
+    queue = Queue(state_dir / "queue")
+
+    async def resend() -> str:
+        await queue.start()
+        try:
+            return await badmail.resend(msg_id, queue)
+        finally:
+            await queue.close()
+
+    try:
+        new_id = asyncio.run(resend())
+    except QueueLocked:
+        if hand_over(queue, "resend", msg_id):
+            click.echo(f"{msg_id}: handed to the running agent, which queues it again")
+        return
+    except (OSError, ValueError) as exc:
+        click.echo(f"cannot resend {msg_id}: {exc}", err=True)
+        sys.exit(ExitCode.TEMPFAIL)
+    click.echo(f"{msg_id}: queued again as {new_id}; it goes out when the agent runs")

@@ -47,3 +47,34 @@ def test_retry_wakes_the_agent_and_says_what_became_of_the_message(tmp_path):
     finally:
         sink.stop()
         agent.stop()
+
+
+def test_badmail_resend_to_a_running_agent_says_what_became_of_the_message(tmp_path):
+    from alertmail.queue.badmail import Badmail
+
+    port = free_port()
+    smtp = f'\n[transports.smtp]\nservers = ["127.0.0.1:{port}"]\ntls = "none"\nconnect_timeout = "1s"\n'
+    sink = SmtpSink(private_folder("resend-sink-") / "dump", port=port, options=["-f", "rcpt"]).start()  # 5xx: given up
+    agent = Agent(tmp_path, config_text('"smtp"', smtp))
+    try:
+        (tmp_path / "plugins.d" / "value.txt").write_text("93")
+        badmail = Badmail(tmp_path / "var" / "badmail")
+        deadline = time.monotonic() + 30
+        while not [i for i in badmail.items() if "gauge-high" in badmail.read(i.id)[1].decode(errors="replace")]:
+            assert time.monotonic() < deadline, agent.output()
+            time.sleep(0.2)
+        item = next(i for i in badmail.items() if "gauge-high" in badmail.read(i.id)[1].decode(errors="replace"))
+        sink.restart(options=[])
+        done = subprocess.run(
+            [*ALERTMAIL, "badmail", "resend", item.id, "-c", str(agent.config)],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"{item.id}: queued again" in done.stdout and "delivered" in done.stdout, done.stdout
+        assert any("gauge-high" in str(m.message["Subject"]) for m in sink.messages())
+    finally:
+        agent.stop()
+        sink.stop()

@@ -7,6 +7,7 @@ import base64
 import email
 import email.policy
 import itertools
+import json
 import subprocess
 import sys
 import textwrap
@@ -183,6 +184,22 @@ def test_replay_command_prints_timeline_and_mails_and_renders_them(tmp_path):
     html = (tmp_path / "mails" / "001-firing.html").read_text()
     assert "cid:" not in html and "<html" in html.lower()
     assert "data:image/png;base64," in html  # the chart, inlined
+    as_json = subprocess.run(
+        [sys.executable, "-m", "alertmail", "replay", "--samples", str(DATA / "maintenance.csv"), "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    report = json.loads(as_json.stdout)
+    assert report["samples"] == 480 and [m["at"] for m in report["mails"]] == [
+        "2026-11-28T01:40:00+00:00",
+        "2026-11-28T02:10:00+00:00",
+    ]
+    assert [(e["kind"], e["fate"], e["t"]) for e in report["timeline"] if "kind" in e and "rule" in e][:2] == [
+        ("firing", "notified", "2026-11-28T01:40:00+00:00"),
+        ("resolved", "notified", "2026-11-28T02:10:00+00:00"),
+    ]
     eml = email.message_from_bytes((tmp_path / "mails" / "001-firing.eml").read_bytes(), policy=email.policy.default)
     assert "disk-busy" in eml["Subject"]
 

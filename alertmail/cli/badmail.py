@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from alertmail.cli.options import config_option
-from alertmail.cli.queue import check_id, hand_over, iso, state_folders
+from alertmail.cli.queue import check_id, hand_over, iso, report_outcomes, state_folders
 from alertmail.exitcodes import ExitCode
 
 
@@ -47,10 +47,14 @@ def badmail_list(config_path: Path, as_json: bool) -> None:
 @badmail_group.command("resend")
 @config_option
 @click.argument("msg_id")
-def badmail_resend(config_path: Path, msg_id: str) -> None:
-    """Put a message from badmail back into the queue (to the recipients that failed)."""
+@click.option("--no-wait", is_flag=True, help="hand it to the agent and return, without waiting for the outcome")
+@click.option("--wait", "wait_for", default="60s", show_default=True, metavar="DURATION", help="longest to wait for the outcome")
+def badmail_resend(config_path: Path, msg_id: str, no_wait: bool, wait_for: str) -> None:
+    """Put a message from badmail back into the queue (to the recipients that failed); with an agent
+    running, wait for its first try and say what became of it."""
     from alertmail.queue.badmail import Badmail
     from alertmail.queue.spool import Queue, QueueLocked
+    from alertmail.units import parse_duration
 
     _, state_dir = state_folders(config_path)
     badmail = Badmail(state_dir / "badmail")
@@ -69,8 +73,27 @@ def badmail_resend(config_path: Path, msg_id: str) -> None:
     try:
         new_id = asyncio.run(resend())
     except QueueLocked:
-        if hand_over(queue, "resend", msg_id):
+        try:
+            wait = 0.0 if no_wait else parse_duration(wait_for)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--wait") from None
+        _, data = badmail.read(msg_id)
+        queue.load()
+        known = {e.id for e in queue.entries()}
+        if not hand_over(queue, "resend", msg_id):
+            return
+        if not wait:
             click.echo(f"{msg_id}: handed to the running agent, which queues it again")
+            return
+        queue.load()
+        again = [e.id for e in queue.entries() if e.id not in known and e.origin == "resend" and queue.read_message(e.id) == data]
+        if again:
+            click.echo(f"{msg_id}: queued again as {again[0]}")
+            report_outcomes(queue, {again[0]: 0.0}, badmail.folder, wait)
+        elif any(badmail.read(i.id)[1] == data for i in badmail.items()):
+            click.echo(f"{msg_id}: queued again and given up at once; see: alertmail badmail list")
+        else:
+            click.echo(f"{msg_id}: queued again and delivered")
         return
     except (OSError, ValueError) as exc:
         click.echo(f"cannot resend {msg_id}: {exc}", err=True)

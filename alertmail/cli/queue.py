@@ -250,7 +250,7 @@ def _act(config_path: Path, action: str, msg_id: str, *, wait: float = 0.0) -> N
         before = {e.id: e.last_try for e in queue.entries() if msg_id in ("all", e.id)}
         if hand_over(queue, action, msg_id):
             if wait and action == "retry":
-                _report_outcomes(queue, before, state_dir / "badmail", wait)
+                report_outcomes(queue, before, state_dir / "badmail", wait)
             else:
                 click.echo(f"{action}: handed to the running agent")
         return
@@ -266,7 +266,7 @@ def _act(config_path: Path, action: str, msg_id: str, *, wait: float = 0.0) -> N
     click.echo(f"{len(touched)} message(s) {done}")
 
 
-def _report_outcomes(queue, before: dict[str, float], badmail: Path, wait: float) -> None:
+def report_outcomes(queue, before: dict[str, float], badmail: Path, wait: float) -> None:
     """Wait up to ``wait`` seconds for each retried message's try to end; print what became of each."""
     deadline = time.monotonic() + wait
     pending = dict(before)

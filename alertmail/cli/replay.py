@@ -35,6 +35,23 @@ def _rules_file(path: Path, default_to: Sequence[str]) -> list[Any]:
     return rules
 
 
+def _print_json(result: Replay, samples: int, rules: int, render_dir: Path | None) -> None:
+    """The replay for scripts: the timeline lines as the journal writes them, and the mails."""
+    import json
+
+    from alertmail.cli.queue import iso
+
+    files = [str(p) for p in write_mail_files(result.mails, render_dir)] if render_dir is not None else []
+    report = {
+        "samples": samples,
+        "rules": rules,
+        "timeline": [{**line, "t": iso(line.get("t"))} for line in result.timeline],
+        "mails": [{"id": m.id, "at": iso(m.at), "to": list(m.envelope.recipients), "subject": m.subject} for m in result.mails],
+        "files": files,
+    }
+    click.echo(json.dumps(report, indent=2, default=str))
+
+
 def _timeline_lines(result: Replay, timezone: str) -> list[str]:
     """One row per alert event and per release; a digest is noted on the rows of the events it carries."""
     from alertmail.cli.table import format_table
@@ -86,9 +103,16 @@ def _timeline_lines(result: Replay, timezone: str) -> list[str]:
     help="write each mail as NNN-kind.eml and NNN-kind.html into this folder",
 )
 @click.option("--tick", default="1s", show_default=True, help="step of the recorded clock between samples")
+@click.option("--json", "as_json", is_flag=True, help="print JSON: the timeline and the mails (times in ISO 8601)")
 @click.pass_context
 def replay_command(
-    ctx: click.Context, config_path: Path, samples_path: Path, rules_path: Path | None, render_dir: Path | None, tick: str
+    ctx: click.Context,
+    config_path: Path,
+    samples_path: Path,
+    rules_path: Path | None,
+    render_dir: Path | None,
+    tick: str,
+    as_json: bool,
 ) -> None:
     """Run recorded samples through the rules; print the alert timeline and the mails that would go out."""
     from alertmail.cli.options import load_or_exit
@@ -137,6 +161,9 @@ def replay_command(
         )
     )
     first, last = samples[0].timestamp, samples[-1].timestamp
+    if as_json:
+        _print_json(result, len(samples), len(rules), render_dir)
+        return
     click.echo(
         f"{len(samples)} samples over {format_duration(last - first)}, {len(rules)} rules, "
         f"{len(result.events)} alert events, {len(result.mails)} mails"

@@ -30,6 +30,7 @@ from alertmail.probes.history import History
 from alertmail.rules.engine import RuleEngine
 from alertmail.rules.model import AlertEvent, Rule, State
 from alertmail.sdnotify import ServiceManager
+from alertmail.units import format_duration
 
 log = logging.getLogger("alertmail.agent")
 
@@ -42,6 +43,9 @@ STOP_MARGIN = 2.0
 # How often the tick drops the chart history of series that stopped reporting: each sweep walks every series.
 HISTORY_SWEEP = 60.0
 
+
+# A rule that matched no series for this many probe intervals is reported (once): likely a misspelt metric.
+SILENT_AFTER = 10
 
 # [agent] keys a reload cannot apply: the queue's folder and its lock, the plugins loaded, how logs are written.
 RESTART_KEYS = ("state_dir", "plugin_dirs", "disable_plugins", "log_format")
@@ -91,6 +95,9 @@ class Agent:
         self.engine = RuleEngine(self.rules)
         self.history = History()
         self._history_swept = 0.0  # when the tick last dropped idle series from the history
+        # Rules that have not yet matched a sample; warned about once, after SILENT_AFTER intervals.
+        self._silent_rules = {rule.name for rule in cfg.rules}
+        self._started = time.time()
         self.probes: dict[str, Any] = {}
         self.missed: dict[str, int] = {}
         self._groups: dict[str, list[str]] = {}  # scheduler job id -> probes sharing that interval
@@ -142,7 +149,12 @@ class Agent:
         await self.observe([*result.samples, *health], now)
 
     async def observe(self, samples: list[Sample], now: float) -> None:
-        watched = [s for s in samples if any(rule.matches(s) for rule in self.rules)]
+        watched = []
+        for sample in samples:
+            hits = [rule.name for rule in self.rules if rule.matches(sample)]
+            if hits:
+                watched.append(sample)
+                self._silent_rules.difference_update(hits)
         self.history.add(watched)
         if self.exporter is not None:
             self.exporter.observe(samples)
@@ -159,6 +171,19 @@ class Agent:
             self.history.forget_idle(now)
             self._history_swept = now
         self._report_status(now)
+        self._warn_silent_rules(now)
+
+    def _warn_silent_rules(self, now: float) -> None:
+        """Once per rule: one that has matched no series for 10 probe intervals is likely misspelt."""
+        if not self._silent_rules or now - self._started < SILENT_AFTER * self.cfg.agent["interval"]:
+            return
+        for name in sorted(self._silent_rules):
+            log.warning(
+                "rule %s has matched no series for %s; check its metric and labels (alertmail probe shows what the probes emit)",
+                name,
+                format_duration(now - self._started),
+            )
+        self._silent_rules.clear()
 
     def status_line(self, now: float | None = None) -> str:
         """One line for the service manager: alerts firing, the queue's depth."""
@@ -265,6 +290,8 @@ class Agent:
             from alertmail.exporter import start_exporter
 
             self.exporter = await start_exporter(self)
+        for warning in cfg.warnings:
+            log.warning("%s", warning)
         log.info(
             "watching %s with %d probes and %d rules; mail goes %s",
             cfg.hostname,
@@ -393,6 +420,12 @@ class Agent:
         await self.outbox.reconfigure(cfg, transports)
         if exporter_changed:
             await self._restart_exporter()
+        for warning in cfg.warnings:
+            log.warning("%s", warning)
+        self._silent_rules = {rule.name for rule in cfg.rules} - {
+            s.rule.name for s in self.engine.states() if s.value is not None
+        }
+        self._started = time.time()
         log.info("configuration reloaded: %d rules, %d probes", len(cfg.rules), len(self.probes))
         return True
 

@@ -222,3 +222,15 @@ def test_the_exporter_moves_to_its_new_address_on_reload(tmp_path):
             urllib.request.urlopen(f"http://127.0.0.1:{first}/metrics", timeout=2)
     finally:
         agent.stop()
+
+
+def test_run_warns_once_about_a_rule_that_matches_no_series(tmp_path):
+    typo = '\n[[rules]]\nname = "typo"\nmetric = "test.gauges"\nabove = 1\n'
+    agent = Agent(tmp_path, config_text('"pickup"', extra=typo))
+    try:
+        assert "rules[1].metric: no loaded probe declares 'test.gauges'" in agent.output()  # said at start too
+        agent.wait_for("rule typo has matched no series", timeout=40)  # after 10 probe intervals (1 s here)
+        time.sleep(2)
+        assert agent.output().count("has matched no series") == 1  # once, and not for gauge-high, which matches
+    finally:
+        agent.stop()

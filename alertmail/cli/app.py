@@ -118,6 +118,8 @@ def check(config_path: Path, deliverability: bool, resolver: str | None, as_json
             click.echo(f"{config_path}: plugin {info.name} ({info.source}, {info.location}): {info.error}", err=True)
         click.echo(f"{len(plugins.errors)} problem(s) in {config_path}: plugins that do not load", err=True)
         sys.exit(ExitCode.CONFIG)
+    for warning in cfg.warnings:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(
         f"{config_path}: ok ({len(cfg.rules)} rules, route {' -> '.join(cfg.mail['route'])})", err=deliverability and as_json
     )
@@ -142,7 +144,7 @@ def _check_json(config_path: Path) -> None:
         report.update(ok=False, problems=[f"plugin error: {exc}"])
     else:
         problems = [f"{config_path}: plugin {i.name} ({i.source}, {i.location}): {i.error}" for i in plugins.errors]
-        report.update(ok=not problems, problems=problems, rules=len(cfg.rules), route=cfg.mail["route"])
+        report.update(ok=not problems, problems=problems, warnings=cfg.warnings, rules=len(cfg.rules), route=cfg.mail["route"])
     click.echo(json.dumps(report, indent=2))
     if not report["ok"]:
         sys.exit(ExitCode.CONFIG)

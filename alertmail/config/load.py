@@ -56,6 +56,7 @@ class Config:
     probes: dict[str, dict[str, Any]] = field(default_factory=dict)
     sections: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # not wrong, but likely not meant: check prints them, run logs them
 
     @property
     def state_dir(self) -> Path:
@@ -284,7 +285,26 @@ def _rule_names(table: Mapping[str, Any]) -> list[str | None]:
     return [r.get("name") if isinstance(r, dict) and isinstance(r.get("name"), str) else None for r in rules]
 
 
-def _load_included(check: Checker, raw: Mapping[str, Any], cfg: Config) -> list[tuple[Path, str]]:
+# Metrics the agent itself emits (probe failures, overruns): rules on them need no probe.
+AGENT_METRICS = "agent."
+
+
+def _check_rule_metrics(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Plugins, where: str = "") -> None:
+    """A rule on a metric no loaded probe declares would likely never fire: a warning naming the rule and
+    the closest declared name. (Not an error yet: a probe may emit metrics it does not declare.)"""
+    declared = {info.name for probe in plugins.probes.values() for info in (getattr(probe, "metrics", None) or ())}
+    undeclaring = sorted(name for name, probe in plugins.probes.items() if not getattr(probe, "metrics", None))
+    rules = raw.get(RULES.name)
+    for i, item in enumerate(rules if isinstance(rules, list) else []):
+        metric = item.get("metric") if isinstance(item, dict) else None
+        if not isinstance(metric, str) or metric in declared or metric.startswith(AGENT_METRICS):
+            continue
+        hint = did_you_mean(metric, declared, listing="declared") if declared else "no probe declares any metric"
+        maybe = f"; it may come from {', '.join(undeclaring)}, which declare no metrics" if undeclaring else ""
+        cfg.warnings.append(f"{where or cfg.path}: rules[{i}].metric: no loaded probe declares {metric!r} ({hint}){maybe}")
+
+
+def _load_included(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Plugins) -> list[tuple[Path, str]]:
     """Add the rules and silences of every included file to ``cfg``; their problems, each with its file."""
     sections = [s for s in SECTIONS if s.includable]
     allowed = ", ".join(f"[[{s.name}]]" for s in sections)
@@ -310,6 +330,7 @@ def _load_included(check: Checker, raw: Mapping[str, Any], cfg: Config) -> list[
                 if section.check is not None:
                     section.check(value, fcheck, cfg)
             cfg.sections[section.name] = [*cfg.sections.get(section.name, []), *value]
+        _check_rule_metrics(fcheck, table, cfg, plugins, where=str(file))
         for i, name in enumerate(_rule_names(table)):
             if name is not None and origin.setdefault(name, file) != file:
                 fcheck.error(f"rules[{i}].name", f"{name!r} is also a rule in {origin[name]}; give each rule its own name")
@@ -356,7 +377,8 @@ def load_config(path: Path | str, plugins: Plugins | None = None) -> Config:
             cfg.sections[section.name] = section.build(raw.get(section.name), check, cfg)
         elif section.check is not None:
             section.check(cfg.sections[section.name], check, cfg)
-    elsewhere = _load_included(check, raw, cfg)
+    elsewhere = _load_included(check, raw, cfg, plugins)
+    _check_rule_metrics(check, raw, cfg, plugins)
     cfg.rules = cfg.sections.pop(RULES.name)
     _check_folders(check, cfg)
     if check.problems or elsewhere:

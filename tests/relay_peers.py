@@ -190,6 +190,27 @@ def users_file(folder: Path, users: dict[str, str]) -> Path:
     return path
 
 
+def swaks_to(port: int, *args: str, mid: str | None = None, source: str = "127.0.0.1") -> str:
+    """swaks to a relay on 127.0.0.1:``port`` from ``source``; the whole transcript."""
+    from tests.peers import swaks
+
+    head = ["--header", f"Message-Id: {mid}"] if mid else []
+    result = swaks(
+        "--server",
+        f"127.0.0.1:{port}",
+        "--local-interface",
+        source,
+        "--from",
+        "app@client.test",
+        "--helo",
+        "client.test",
+        *head,
+        *args,
+        timeout=20,
+    )
+    return result.stdout + result.stderr
+
+
 def message_id() -> str:
     return f"<{uuid.uuid4().hex}@client.test>"
 

@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from tests.peers import SmtpSink, need, swaks
-from tests.relay_peers import message_id, private_folder, received, self_signed, start_relay
+from tests.peers import SmtpSink, need
+from tests.relay_peers import message_id, private_folder, received, self_signed, start_relay, swaks_to
 
 pytestmark = pytest.mark.peers
 
@@ -40,21 +40,7 @@ def relay(tmp_path_factory, sink):
 
 
 def send(port: int, *args: str, source: str = "127.0.0.1", mid: str | None = None) -> str:
-    head = ["--header", f"Message-Id: {mid}"] if mid else []
-    result = swaks(
-        "--server",
-        f"127.0.0.1:{port}",
-        "--local-interface",
-        source,
-        "--from",
-        "app@client.test",
-        "--helo",
-        "client.test",
-        *head,
-        *args,
-        timeout=20,
-    )
-    return result.stdout + result.stderr
+    return swaks_to(port, *args, mid=mid, source=source)
 
 
 def transaction(port: int, data: bytes, source: str = "127.0.0.1") -> list[bytes]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import SmtpSink, free_port, swaks
+from tests.peers import SmtpSink, free_port
 from tests.relay_peers import (
     REPO,
     RelayProcess,
@@ -23,6 +23,7 @@ from tests.relay_peers import (
     received,
     self_signed,
     start_relay,
+    swaks_to,
     users_file,
 )
 
@@ -61,21 +62,7 @@ def relay(tmp_path_factory, sink):
 
 def send(relay: RelayProcess, *args: str, mid: str | None = None, source: str = "127.0.0.1") -> str:
     """swaks to the relay; the whole transcript."""
-    head = ["--header", f"Message-Id: {mid}"] if mid else []
-    result = swaks(
-        "--server",
-        f"127.0.0.1:{relay.port}",
-        "--local-interface",
-        source,
-        "--from",
-        "app@client.test",
-        "--helo",
-        "client.test",
-        *head,
-        *args,
-        timeout=20,
-    )
-    return result.stdout + result.stderr
+    return swaks_to(relay.port, *args, mid=mid, source=source)
 
 
 def test_allowed_client_relays_through_the_smart_host(relay, sink):

@@ -54,6 +54,7 @@ async def start_exporter(agent: Any) -> Any:
         states=lambda: agent.engine.states(),  # noqa: PLW0108  a reload replaces the engine
         queue=agent.queue,
         counts=getattr(agent.notifier, "counts", None),
+        services=lambda: agent.outbox.services,
         stale_after=stale_after,
     )
     agent.outbox.delivery.observers.append(collector.delivered)

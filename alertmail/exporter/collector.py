@@ -93,8 +93,10 @@ class AgentCollector:
         states: Callable[[], list[Any]],
         queue: Any = None,
         counts: Mapping[str, int] | None = None,
+        services: Callable[[], list[Any]] = list,
         stale_after: float = 60.0,
     ) -> None:
+        self.services = services  # running services; those with counters() are shown as alertmail_<name>_<key>
         self.infos = {**AGENT_METRICS, **infos}
         self.states = states
         self.queue = queue
@@ -207,6 +209,16 @@ class AgentCollector:
         )
         folded.add({}, self.counts.get("folded", 0))
         yield folded
+        for service in self.services():
+            counters = getattr(service, "counters", None)
+            if counters is None:
+                continue
+            for key, (help_text, value) in counters().items():
+                family = Family(
+                    f"{PREFIX}{label_name(str(getattr(service, 'name', 'service')))}_{label_name(key)}", "counter", help_text
+                )
+                family.add({}, value)
+                yield family
 
 
 def _process() -> list[Family]:

@@ -38,14 +38,19 @@ class RelayServer:
     # sessions per client IP, and the times of recent failed AUTH per client IP (as Postfix's anvil)
     _per_client: collections.Counter[str] = field(default_factory=collections.Counter)
     _auth_failures: dict[str, collections.deque[float]] = field(default_factory=dict)
+    # sessions, sessions_refused, accepted, refused: what /metrics shows of the relay
+    counts: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def admit(self, session: RelaySMTP) -> str | None:
         """Count a new session in; the reason it is refused when a cap is reached (then it is not counted)."""
         policy = self.policy
         if len(self.connections) >= policy.max_connections:
+            self.counts["sessions_refused"] += 1
             return "too many connections"
         if not session.client_allowed and self._per_client[session.client_ip] >= policy.max_connections_per_client:
+            self.counts["sessions_refused"] += 1
             return f"too many connections from {session.client_ip}"
+        self.counts["sessions"] += 1
         self.connections.add(session)
         self._per_client[session.client_ip] += 1
         return None

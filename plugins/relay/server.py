@@ -332,6 +332,10 @@ class RelaySMTP(SMTP):
         self._current = None
         verb = current[0]
         if verb == "DATA" and code == 250:
+            self.server.counts["accepted"] += 1
+        elif verb in ("MAIL", "RCPT", "DATA") and code >= 400:
+            self.server.counts["refused"] += 1
+        if verb == "DATA" and code == 250:
             self._junk = 0
         elif code >= 400 or verb in JUNK:
             self._junk += 1

@@ -267,6 +267,16 @@ class RelayService:
         """Where the listener listens (ports resolved), for tests and the log."""
         return self.server.addresses if self.server else []
 
+    def counters(self) -> dict[str, tuple[str, float]]:
+        """What /metrics shows of the relay: name -> (help, value); counters since the service started."""
+        counts = self.server.counts if self.server is not None else {}
+        return {
+            "sessions": ("SMTP sessions admitted", counts.get("sessions", 0)),
+            "sessions_refused": ("SMTP connections refused by the connection caps (421)", counts.get("sessions_refused", 0)),
+            "accepted": ("messages accepted (250 to DATA) and queued", counts.get("accepted", 0)),
+            "refused": ("MAIL, RCPT and DATA commands answered 4xx or 5xx", counts.get("refused", 0)),
+        }
+
     async def stop(self) -> None:
         """Stop accepting, let transactions in flight finish, stop the pickup watcher."""
         delivery = getattr(self, "_delivery", None)

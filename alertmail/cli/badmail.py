@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -85,12 +86,19 @@ def badmail_resend(config_path: Path, msg_id: str, no_wait: bool, wait_for: str)
         if not wait:
             click.echo(f"{msg_id}: handed to the running agent, which queues it again")
             return
+        # The agent removes <id>.bad once the message is durable in the queue again.
+        deadline = time.monotonic() + wait
+        while (badmail.folder / f"{msg_id}.bad").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if (badmail.folder / f"{msg_id}.bad").exists():
+            click.echo(f"{msg_id}: handed to the running agent, not queued again yet; see: alertmail queue list")
+            return
         queue.load()
         again = [e.id for e in queue.entries() if e.id not in known and e.origin == "resend" and queue.read_message(e.id) == data]
         if again:
             click.echo(f"{msg_id}: queued again as {again[0]}")
             report_outcomes(queue, {again[0]: 0.0}, badmail.folder, wait)
-        elif any(badmail.read(i.id)[1] == data for i in badmail.items()):
+        elif any(i.id != msg_id and badmail.read(i.id)[1] == data for i in badmail.items()):
             click.echo(f"{msg_id}: queued again and given up at once; see: alertmail badmail list")
         else:
             click.echo(f"{msg_id}: queued again and delivered")

@@ -57,7 +57,6 @@ class Outbox:
         self.services: list[Any] = []
         self.transports: dict[str, Any] = {}
         self._retired: list[Any] = []  # transports replaced by a reload, closed once attempts had time to end
-        self._closing: list[asyncio.TimerHandle] = []
         self._closing_tasks: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
@@ -124,7 +123,7 @@ class Outbox:
         # Attempts in flight keep their reference and finish; the old instances close later, or at close().
         self._retired += retired
         for transport in retired:
-            self._closing.append(asyncio.get_running_loop().call_later(STOP_TIMEOUT, self._close_retired, transport))
+            asyncio.get_running_loop().call_later(STOP_TIMEOUT, self._close_retired, transport)
         for cls in self.plugins.services:
             section = getattr(cls, "section", "")
             if old.sections.get(section) == cfg.sections.get(section):
@@ -209,9 +208,8 @@ class Outbox:
 
         await self.stop_services(left(SERVICE_STOP_TIMEOUT))
         await self.stop_delivery(left(STOP_TIMEOUT))
-        for handle in self._closing:
-            handle.cancel()
-        for transport in [*self._retired, *self.transports.values()]:
+        retired, self._retired = self._retired, []  # a close timer still pending finds nothing left to close
+        for transport in [*retired, *self.transports.values()]:
             await _close_transport(transport, left(10.0))
         if hasattr(self, "queue"):
             await self.queue.close()

@@ -333,12 +333,11 @@ class RelaySMTP(SMTP):
         verb = current[0]
         if verb == "DATA" and code == 250:
             self.server.counts["accepted"] += 1
-        elif verb in ("MAIL", "RCPT", "DATA") and code >= 400:
-            self.server.counts["refused"] += 1
-        if verb == "DATA" and code == 250:
             self._junk = 0
         elif code >= 400 or verb in JUNK:
             self._junk += 1
+            if code >= 400 and verb in ("MAIL", "RCPT", "DATA"):
+                self.server.counts["refused"] += 1
         login = getattr(self.session.auth_data, "login", None) if self.session else None
         self.server.w3c.record(
             client_ip=self.client_ip,

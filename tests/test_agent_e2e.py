@@ -14,31 +14,14 @@ from pathlib import Path
 
 import pytest
 
-PLUGIN = """
-from pathlib import Path
-from alertmail import hookimpl, Sample
+from tests.gauge import install_gauge
 
-VALUE = Path(__file__).with_name("value.txt")
-
-class Gauge:
-    name = "gauge"
-    interval = 0.5
-
-    def collect(self):
-        value = float(VALUE.read_text())
-        # A hostile label: a probe may return anything; no header may carry it raw.
-        yield Sample("test.gauge", value, {"mount": "/data\\r\\nBcc: evil@example.com"})
-
-@hookimpl
-def register_probes(register):
-    register(Gauge())
-"""
+# A hostile label: a probe may return anything; no header may carry it raw.
+HOSTILE = {"mount": "/data\r\nBcc: evil@example.com"}
 
 
 def write_config(folder: Path, extra: str = "") -> Path:
-    (folder / "plugins.d").mkdir()
-    (folder / "plugins.d" / "gauge.py").write_text(PLUGIN)
-    (folder / "plugins.d" / "value.txt").write_text("10")
+    install_gauge(folder, labels=HOSTILE)
     config = folder / "config.toml"
     config.write_text(
         textwrap.dedent(f"""

@@ -20,25 +20,10 @@ from pathlib import Path
 import pytest
 
 from alertmail.queue.spool import Queue
+from tests.gauge import install_gauge
 from tests.peers import Dnsmasq, SmtpSink, free_port
 
 STOP_BOUND = 10.0  # documented in README.md ("Stopping") and docs/queue.md
-
-PLUGIN = """
-from alertmail import hookimpl, Sample
-
-class Gauge:
-    name = "gauge"
-    interval = 0.5
-
-    def collect(self):
-        yield Sample("test.gauge", 10.0, {})
-
-@hookimpl
-def register_probes(register):
-    register(Gauge())
-"""
-
 
 HELD_BACK = """
 [[rules]]
@@ -52,8 +37,7 @@ for = "3s"
 def write_config(
     folder: Path, *, route: str, to: str, transports: str = "", group_wait: str = "1m", held_back: bool = True
 ) -> Path:
-    (folder / "plugins.d").mkdir(exist_ok=True)
-    (folder / "plugins.d" / "gauge.py").write_text(PLUGIN)
+    install_gauge(folder)  # 10: above -1, so both rules fire
     config = folder / "config.toml"
     config.write_text(
         textwrap.dedent(f"""

@@ -463,11 +463,10 @@ def test_unreadable_run_time_file_keeps_the_silences_read_before(tmp_path, caplo
 
 def write_agent_config(folder: Path) -> Path:
     """An agent whose one probe reads its value from a file (the end-to-end tests' gauge plugin)."""
-    from tests.test_agent_e2e import PLUGIN
+    from tests.gauge import install_gauge
+    from tests.test_agent_e2e import HOSTILE
 
-    (folder / "plugins.d").mkdir()
-    (folder / "plugins.d" / "gauge.py").write_text(PLUGIN)
-    (folder / "plugins.d" / "value.txt").write_text("10")
+    install_gauge(folder, labels=HOSTILE)
     config = folder / "config.toml"
     config.write_text(
         textwrap.dedent("""

@@ -422,9 +422,7 @@ class Agent:
             await self._restart_exporter()
         for warning in cfg.warnings:
             log.warning("%s", warning)
-        self._silent_rules = {rule.name for rule in cfg.rules} - {
-            s.rule.name for s in self.engine.states() if s.value is not None
-        }
+        self._silent_rules = {rule.name for rule in cfg.rules} - self.engine.seen_rules()
         self._started = time.time()
         log.info("configuration reloaded: %d rules, %d probes", len(cfg.rules), len(self.probes))
         return True

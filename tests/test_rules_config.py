@@ -153,6 +153,9 @@ def test_default_recipients_are_left_to_the_mail_section():
         ('clear = 3\nabsent = "1m"', "clear", "needs a threshold"),
         ('above = 1\nagg = "avg"', "over", 'agg = "avg" needs a window'),
         ('above = 1\nagg = "median"', "agg", "expected one of"),
+        ('above = 1\nover = "5m"\nagg = "rate"\nmin_coverage = 0', "min_coverage", "above 0 and at most 1"),
+        ('above = 1\nover = "5m"\nagg = "rate"\nmin_coverage = 1.5', "min_coverage", "above 0 and at most 1"),
+        ("above = 1\nmin_coverage = 0.8", "min_coverage", 'add over = "5m"'),
         ('above = 1\ncritical = 5\nseverity = "page"', "severity", "remove `severity`"),
         ('above = 1\nseverity = "very bad"', "severity", "use a word"),
         ('above = 1\nname = "a\\nb"', "name", "goes into subjects"),
@@ -165,6 +168,13 @@ def test_rule_level_mistakes_name_the_key_and_the_fix(body, keypath, fix):
     where = f"rules[0].{keypath}" if keypath else "rules[0]"
     assert rules == []
     assert fix in problem_for(problems, where)
+
+
+def test_min_coverage_is_read_as_a_fraction_of_the_window():
+    rules, problems = check_rules('[[rules]]\nname = "r"\nmetric = "m"\nabove = 1\nover = "5m"\nagg = "rate"\nmin_coverage = 1\n')
+    assert problems == [] and rules[0].min_coverage == 1.0
+    rules, _ = check_rules('[[rules]]\nname = "r"\nmetric = "m"\nabove = 1\nover = "5m"\nagg = "rate"\n')
+    assert rules[0].min_coverage == 0.5
 
 
 def test_rules_must_be_an_array_of_tables():

@@ -24,15 +24,21 @@ RULE_OPTIONS: dict[str, Option] = {
     "keep_firing_for": Option("duration", 0.0, help="stay firing this long after the condition clears"),
     "over": Option("duration", 0.0, help="window to aggregate over"),
     "agg": Option("str", "last", choices=("avg", "min", "max", "last", "rate")),
+    "min_coverage": Option(
+        "number", 0.5, help="with `over`: decide once the samples span this fraction of the window (0 < x <= 1)"
+    ),
     "absent": Option("duration", 0.0, help="fire when no sample arrives for this long"),
     "severity": Option("str", "warning", help="severity shown in the subject"),
     "to": Option("list", None, help="recipients; default: [mail].to"),
     "description": Option("str", "", help="a line of text put into the mail"),
     "flapping": Option("bool", True, help="detect flapping (Nagios percent state change)"),
+    "undeclared": Option(
+        "bool", False, help="accept a metric no loaded probe declares (replayed samples, a plugin that declares none)"
+    ),
 }
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+-]*")
 _SEVERITY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
-_THRESHOLD_KEYS = {"above", "below", "warning", "critical", "clear", "over", "agg", "absent"}
+_THRESHOLD_KEYS = {"above", "below", "warning", "critical", "clear", "over", "agg", "absent", "min_coverage"}
 
 
 def check_address(value: Any) -> str | None:
@@ -118,7 +124,11 @@ def rules_from_config(raw: Any, check: Checker, *, default_to: Iterable[str]) ->
             to=tuple(to or ()),
             description=values.get("description") or "",
             flapping=values.get("flapping", True),
+            min_coverage=values.get("min_coverage", 0.5),
+            undeclared=values.get("undeclared", False),
         )
+        if "min_coverage" in item and "min_coverage" in values and not rule.over:
+            check.error(f"{where}.min_coverage", 'applies to a window; add over = "5m", or remove `min_coverage`')
         if not failed & _THRESHOLD_KEYS:
             for key, message in rule.problems():
                 check.error(f"{where}.{key}" if key else where, message)

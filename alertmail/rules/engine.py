@@ -10,8 +10,13 @@ builds rules from ``[[rules]]``.
 Semantics, in the order a sample meets them:
 
 * **Value.** The sample's value, or with ``over`` the ``agg`` of the series' window
-  (avg/min/max/last, or ``rate``: per-second increase of a counter, resets counted
-  as a restart from zero); see ``alertmail.rules.window`` for the memory bound.
+  (t - over, t], t the newest sample's timestamp (avg/min/max/last, or ``rate``:
+  per-second increase of a counter, resets counted as a restart from zero); see
+  ``alertmail.rules.window`` for the memory bound. A window decides only once its
+  samples span ``min_coverage`` (default half) of ``over``; until then the sample
+  changes no state (as after a gap as long as the window).
+* **NaN.** A NaN sample (a probe with no reading) counts as seen (absent stays quiet)
+  but is not compared and does not enter the window: the state stays as it was.
 * **Levels.** ``above = X`` (or ``below``) fires at X with the rule's ``severity``;
   adding ``critical = Y`` makes X the warning level and Y the critical one; or give
   ``warning`` and ``critical`` alone, the direction following from their order. An
@@ -149,7 +154,7 @@ class _Series:
         self.value: float | None = None  # the last evaluated value (the aggregate with `over`)
         self.last_seen: float | None = None  # None after a restore: counts from the engine's start
         self.clear_since: float | None = None
-        self.window = Window(rule.over) if rule.over and rule.agg != "last" else None
+        self.window = Window(rule.over, min_coverage=rule.min_coverage) if rule.over else None
         self.flap = FlapHistory() if rule.flapping and compiled.sign else None
         self.flapping = False
         self.incident: _Incident | None = None  # the mailed threshold incident
@@ -312,6 +317,10 @@ class RuleEngine:
                     )
                 )
         return rows
+
+    def seen_rules(self) -> set[str]:
+        """Names of the rules that have matched a series (a window still filling counts)."""
+        return {c.rule.name for c in self._compiled if self._seen[c.index]}
 
     def snapshot(self) -> dict[str, Any]:
         """Every series that is not plainly ok (pending, firing, flapping, absent, recent changes), JSON-serialisable.

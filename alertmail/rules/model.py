@@ -59,6 +59,8 @@ class Rule:
     to: tuple[str, ...] = ()
     description: str = ""
     flapping: bool = True
+    min_coverage: float = 0.5  # with `over`: the fraction of the window samples must span before it decides
+    undeclared: bool = False  # the metric comes from something no probe declares it for (replayed samples, a plugin)
 
     def __hash__(self) -> int:
         # `labels` is a dict, so the generated hash would fail; names are unique anyway.
@@ -158,6 +160,9 @@ class Rule:
             out.append(("agg", f"expected one of 'avg', 'min', 'max', 'last', 'rate', got {self.agg!r}"))
         elif self.agg != "last" and not self.over:
             out.append(("over", f'agg = "{self.agg}" needs a window; add over = "5m" (or use agg = "last")'))
+        if not 0 < self.min_coverage <= 1:
+            fix = f"a fraction of the window, above 0 and at most 1 (0.5 = half of `over`); got {self.min_coverage:g}"
+            out.append(("min_coverage", fix))
         return out
 
 

@@ -7,7 +7,12 @@ first and last), so a series never holds more than ``WINDOW_BUCKETS + 1`` bucket
 however fast it reports. The price is that the oldest bucket may reach up to one
 bucket width past the window's start.
 
-Time is the samples' own: the window ends at the newest sample's timestamp.
+Time is the samples' own: at the newest sample's timestamp t the window is (t - span, t].
+
+Coverage: a window decides only once its samples span at least ``min_coverage`` of it,
+counted from the first sample after the series began (or came back from a gap at
+least as long as the window, which leaves nothing in it). Until then ``value`` says
+None ("not enough to say"): a fresh or restarted series does not fire on two samples.
 """
 
 from __future__ import annotations
@@ -33,12 +38,28 @@ class _Bucket:
 class Window:
     """The samples of one series over the last ``span`` seconds, aggregated on demand."""
 
-    __slots__ = ("_evicted", "_spare", "buckets", "count", "increase", "previous", "span", "total", "width")
+    __slots__ = (
+        "_evicted",
+        "_spare",
+        "buckets",
+        "count",
+        "increase",
+        "min_coverage",
+        "previous",
+        "since",
+        "span",
+        "total",
+        "width",
+    )
 
-    def __init__(self, span: float, buckets: int = WINDOW_BUCKETS) -> None:
+    def __init__(self, span: float, buckets: int = WINDOW_BUCKETS, *, min_coverage: float = 0.0) -> None:
         if span <= 0:
             raise ValueError("a window needs a positive span")
+        if not 0 <= min_coverage <= 1:
+            raise ValueError(f"min_coverage is a fraction of the window, 0 to 1; got {min_coverage}")
         self.span = float(span)
+        self.min_coverage = float(min_coverage)
+        self.since: float | None = None  # the first sample of the series' current unbroken run
         self.width = self.span / buckets
         self.buckets: list[_Bucket] = []
         self.previous: float | None = None  # last value seen, for counter deltas across evictions
@@ -68,6 +89,11 @@ class Window:
             self.buckets.clear()
             self.count, self.total, self.increase = 0, 0.0, 0.0
             delta = 0.0
+        if not self.buckets or ts - self.buckets[-1].last_ts >= self.span or self.since is None:
+            # A gap as long as the window leaves nothing of before in it: coverage starts again.
+            self.since = ts
+        elif ts < self.since:
+            self.since = ts
         self.count += 1
         self.total += value
         self.increase += delta
@@ -105,10 +131,18 @@ class Window:
                 self.total = math.fsum(b.total for b in buckets)
                 self.increase = math.fsum(b.increase for b in buckets)
 
+    @property
+    def covered(self) -> float:
+        """Seconds of the window the samples span, counted from the start of the series' unbroken run."""
+        if not self.buckets or self.since is None:
+            return 0.0
+        return min(self.buckets[-1].last_ts - self.since, self.span)
+
     def value(self, agg: str) -> float | None:
-        """The aggregate over the window; None when there is not enough to say (rate of one sample)."""
+        """The aggregate over the window; None when there is not enough to say: the samples span
+        less than ``min_coverage`` of the window, or a rate has a single sample."""
         buckets = self.buckets
-        if not buckets:
+        if not buckets or self.covered < self.min_coverage * self.span:
             return None
         if agg == "last":
             return buckets[-1].last

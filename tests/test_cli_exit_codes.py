@@ -55,14 +55,3 @@ def test_check_json_lists_the_problems_or_the_summary(tmp_path):
     report = json.loads(done.stdout)
     assert done.returncode == ExitCode.CONFIG and report["ok"] is False
     assert any("agent.interval" in p for p in report["problems"]) and any("did you mean 'smtp'" in p for p in report["problems"])
-
-
-def test_check_warns_about_a_rule_on_a_metric_no_probe_declares(tmp_path):
-    config = tmp_path / "config.toml"
-    config.write_text(
-        '[agent]\nstate_dir = "var"\n[mail]\nroute = ["pickup"]\n'
-        'to = ["ops@example.test"]\n[[rules]]\nname = "disk"\nmetric = "disk.use_percent"\nabove = 90\n'
-    )
-    done = subprocess.run([*ALERTMAIL, "check", "-c", str(config)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0
-    assert "rules[0].metric: no loaded probe declares 'disk.use_percent' (did you mean 'disk.used_percent'?)" in done.stderr

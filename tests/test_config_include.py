@@ -35,7 +35,7 @@ above = 90
 TEAM_A = """\
 [[rules]]
 name = "web-load"
-metric = "load.1m"
+metric = "load.1"
 above = 8
 to = ["web@example.test"]
 

@@ -176,7 +176,7 @@ def write_config(folder: Path, silences: str = "", notify: str = 'group_wait = "
 
         [[rules]]
         name = "load-high"
-        metric = "load.1m"
+        metric = "load.1"
         above = 8
     """).format(notify=notify)
         + textwrap.dedent(silences)

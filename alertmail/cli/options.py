@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
@@ -100,23 +101,26 @@ def plugin_dirs_of(raw: dict, config_path: Path) -> list[Path]:
     return [base / d for d in _strings(_agent(raw).get("plugin_dirs"))]
 
 
-def load(config_path: Path):
-    """The validated config and plugins; ConfigError or PluginError when there is a problem."""
+def load(config_path: Path, also_declared: Iterable[str] = ()):
+    """The validated config and plugins; ConfigError or PluginError when there is a problem.
+
+    ``also_declared``: metrics that count as declared besides the probes' (those of replayed samples).
+    """
     from alertmail.config.load import load_config, read_toml
     from alertmail.loader import load_plugins
 
     raw = read_toml(config_path)
     plugins = load_plugins(plugin_dirs_of(raw, config_path), blocked=_strings(_agent(raw).get("disable_plugins")))
-    return load_config(config_path, plugins), plugins
+    return load_config(config_path, plugins, also_declared=also_declared), plugins
 
 
-def load_or_exit(config_path: Path):
+def load_or_exit(config_path: Path, also_declared: Iterable[str] = ()):
     """The validated config and plugins, or exit 78 printing every problem."""
     from alertmail.config.schema import ConfigError
     from alertmail.loader import PluginError
 
     try:
-        cfg, plugins = load(config_path)
+        cfg, plugins = load(config_path, also_declared)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         click.echo(f"{exc.count} problem(s) in {exc.path}; nothing was started.", err=True)

@@ -123,14 +123,19 @@ def replay_command(
 
     explicit = ctx.get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT
     cfg = None
-    if explicit or config_path.exists():
-        cfg, _ = load_or_exit(config_path)
-    elif rules_path is None:
+    if not (explicit or config_path.exists()) and rules_path is None:
         click.echo(f"no {config_path}: pass --config or --rules", err=True)
         raise SystemExit(ExitCode.USAGE)
     try:
         step = parse_duration(tick)
         samples = read_samples(samples_path)
+    except ValueError as exc:
+        click.echo(f"alertmail: {exc}", err=True)
+        raise SystemExit(ExitCode.USAGE) from None
+    if explicit or config_path.exists():
+        # The recording is the source here: a rule on a metric it holds is not a rule on nothing.
+        cfg, _ = load_or_exit(config_path, also_declared={s.metric for s in samples})
+    try:
         default_to = (cfg.mail["to"] if cfg else None) or ["root@localhost"]
         rules = _rules_file(rules_path, default_to) if rules_path else cfg.rules  # type: ignore[union-attr]
     except ConfigError as exc:

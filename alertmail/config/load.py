@@ -17,7 +17,7 @@ from __future__ import annotations
 import glob
 import socket
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -285,26 +285,71 @@ def _rule_names(table: Mapping[str, Any]) -> list[str | None]:
     return [r.get("name") if isinstance(r, dict) and isinstance(r.get("name"), str) else None for r in rules]
 
 
-# Metrics the agent itself emits (probe failures, overruns): rules on them need no probe.
-AGENT_METRICS = "agent."
+def _declared_metrics(plugins: Plugins, also: Iterable[str] = ()) -> dict[str, list[str]]:
+    """metric -> the loaded probes that declare it ("agent" for the agent's own samples, "samples" for ``also``)."""
+    from alertmail.exporter.collector import AGENT_METRICS
+
+    declared: dict[str, list[str]] = {name: ["samples"] for name in also}
+    for name in AGENT_METRICS:
+        declared.setdefault(name, []).append("agent")
+    for name, probe in plugins.probes.items():
+        for info in getattr(probe, "metrics", None) or ():
+            declared.setdefault(info.name, []).append(name)
+    return declared
 
 
-def _check_rule_metrics(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Plugins, where: str = "") -> None:
-    """A rule on a metric no loaded probe declares would likely never fire: a warning naming the rule and
-    the closest declared name. (Not an error yet: a probe may emit metrics it does not declare.)"""
-    declared = {info.name for probe in plugins.probes.values() for info in (getattr(probe, "metrics", None) or ())}
+def _check_rule_metrics(
+    check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Plugins, declared: Mapping[str, list[str]], where: str = ""
+) -> None:
+    """A rule on a metric no loaded probe declares would never fire: refused, with the closest declared
+    name. Where a loaded probe declares no metrics the metric may still come from it: a warning.
+    ``undeclared = true`` in a rule says the metric comes from elsewhere (replayed samples, such a probe)."""
+    import difflib
+
     undeclaring = sorted(name for name, probe in plugins.probes.items() if not getattr(probe, "metrics", None))
     rules = raw.get(RULES.name)
     for i, item in enumerate(rules if isinstance(rules, list) else []):
         metric = item.get("metric") if isinstance(item, dict) else None
-        if not isinstance(metric, str) or metric in declared or metric.startswith(AGENT_METRICS):
+        if not isinstance(metric, str) or not metric.strip():
+            continue  # the rule's own check reports it
+        label = f"{where or cfg.path}: rules[{i}]"
+        name = item.get("name")
+        rule = f" {name!r}" if isinstance(name, str) else ""
+        if metric in declared:
+            if "samples" in declared[metric]:
+                continue
+            probes = [p for p in declared[metric] if p != "agent"]
+            off = [p for p in probes if (cfg.probes.get(p) or {}).get("enabled", True) is False]
+            if probes and off == probes:
+                tables = ", ".join(f"[probes.{p}]" for p in off)
+                cfg.warnings.append(
+                    f"{label}.metric: {metric!r} of rule{rule} comes only from {', '.join(off)}, disabled by"
+                    f" enabled = false in {tables}; the rule cannot fire until that probe runs"
+                )
+            if item.get("undeclared") is True:
+                by = ", ".join(declared[metric])
+                cfg.warnings.append(f"{label}.undeclared: {metric!r} of rule{rule} is declared by {by}; remove `undeclared`")
             continue
-        hint = did_you_mean(metric, declared, listing="declared") if declared else "no probe declares any metric"
-        maybe = f"; it may come from {', '.join(undeclaring)}, which declare no metrics" if undeclaring else ""
-        cfg.warnings.append(f"{where or cfg.path}: rules[{i}].metric: no loaded probe declares {metric!r} ({hint}){maybe}")
+        if item.get("undeclared") is True:
+            continue
+        close = difflib.get_close_matches(metric, sorted(declared), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "`alertmail probe --list` shows every declared metric"
+        if undeclaring:
+            cfg.warnings.append(
+                f"{label}.metric: no loaded probe declares {metric!r} of rule{rule} ({hint}); it may come from"
+                f" {', '.join(undeclaring)}, which declare no metrics: if it does, add undeclared = true to the rule"
+            )
+            continue
+        check.error(
+            f"rules[{i}].metric",
+            f"no loaded probe declares {metric!r}, so the rule{rule} would never fire; {hint}"
+            " (for a metric that replayed samples or a probe declaring no metrics provide, add undeclared = true)",
+        )
 
 
-def _load_included(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Plugins) -> list[tuple[Path, str]]:
+def _load_included(
+    check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Plugins, declared: Mapping[str, list[str]]
+) -> list[tuple[Path, str]]:
     """Add the rules and silences of every included file to ``cfg``; their problems, each with its file."""
     sections = [s for s in SECTIONS if s.includable]
     allowed = ", ".join(f"[[{s.name}]]" for s in sections)
@@ -330,7 +375,7 @@ def _load_included(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins:
                 if section.check is not None:
                     section.check(value, fcheck, cfg)
             cfg.sections[section.name] = [*cfg.sections.get(section.name, []), *value]
-        _check_rule_metrics(fcheck, table, cfg, plugins, where=str(file))
+        _check_rule_metrics(fcheck, table, cfg, plugins, declared, where=str(file))
         for i, name in enumerate(_rule_names(table)):
             if name is not None and origin.setdefault(name, file) != file:
                 fcheck.error(f"rules[{i}].name", f"{name!r} is also a rule in {origin[name]}; give each rule its own name")
@@ -338,11 +383,12 @@ def _load_included(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins:
     return elsewhere
 
 
-def load_config(path: Path | str, plugins: Plugins | None = None) -> Config:
+def load_config(path: Path | str, plugins: Plugins | None = None, *, also_declared: Iterable[str] = ()) -> Config:
     """Read and validate ``path``; raise ConfigError listing every problem.
 
     ``plugins`` (a ``loader.Plugins``) supplies the option schemas of transports and
     services; when it is None they are loaded from the config's own plugin_dirs.
+    ``also_declared`` names metrics that count as declared besides the probes' (a replay's samples).
     """
     path = Path(path)
     raw = read_toml(path)
@@ -377,8 +423,9 @@ def load_config(path: Path | str, plugins: Plugins | None = None) -> Config:
             cfg.sections[section.name] = section.build(raw.get(section.name), check, cfg)
         elif section.check is not None:
             section.check(cfg.sections[section.name], check, cfg)
-    elsewhere = _load_included(check, raw, cfg, plugins)
-    _check_rule_metrics(check, raw, cfg, plugins)
+    declared = _declared_metrics(plugins, also_declared)
+    elsewhere = _load_included(check, raw, cfg, plugins, declared)
+    _check_rule_metrics(check, raw, cfg, plugins, declared)
     cfg.rules = cfg.sections.pop(RULES.name)
     _check_folders(check, cfg)
     if check.problems or elsewhere:

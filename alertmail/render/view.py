@@ -94,6 +94,9 @@ def condition(event: AlertEvent) -> str:
     metric = event.rule.metric
     if event.comparison == "absent":
         return f"{metric} reporting again" if recovers(event) else f"{metric} absent"
+    if recovers(event) and event.reason:
+        # Not the value's doing (a reload moved the line): say so, claim no crossing.
+        return f"{metric} {format_value(event.value, event.threshold)}, {event.reason}"
     if recovers(event) and event.comparison in (">", "<"):
         line = event.rule.clear if event.rule.clear is not None else event.threshold
         side = "below" if event.comparison == ">" else "above"

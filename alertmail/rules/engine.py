@@ -74,7 +74,7 @@ _NO_MATCH_CAP = 4096
 class _Incident:
     """One open incident: what was mailed, at which level, and when last."""
 
-    __slots__ = ("absent", "fired_at", "id", "level", "notified_at", "severity", "since", "threshold")
+    __slots__ = ("absent", "clear", "fired_at", "id", "level", "notified_at", "severity", "since", "threshold")
 
     def __init__(
         self,
@@ -86,6 +86,7 @@ class _Incident:
         threshold: float | None,
         notified_at: float,
         absent: bool = False,
+        clear: float | None = None,
     ) -> None:
         self.id = id
         self.since = since
@@ -95,6 +96,7 @@ class _Incident:
         self.threshold = threshold
         self.notified_at = notified_at
         self.absent = absent
+        self.clear = clear  # the recovery line when it fired: a reload that moves it is told apart from a recovery
 
     def to_json(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -485,7 +487,9 @@ class RuleEngine:
             out.append(self._event("firing", c, s.labels, s.incident, value, now, "firing"))
         elif transition == "resolve":
             if incident is not None:
-                out.append(self._event("resolved", c, s.labels, incident, value, now, "ok"))
+                out.append(
+                    self._event("resolved", c, s.labels, incident, value, now, "ok", reason=self._reason(c, incident, value))
+                )
                 s.incident = None
         elif transition == "escalate":
             assert incident is not None
@@ -500,7 +504,20 @@ class RuleEngine:
         level = max(level, 0)
         _, threshold, severity = c.levels[level]
         since = s.since if s.since is not None else now
-        return _Incident(incident_id(c.rule.name, s.labels, now), since, now, level, severity, threshold, now)
+        return _Incident(
+            incident_id(c.rule.name, s.labels, now), since, now, level, severity, threshold, now, clear=c.rule.clear_level
+        )
+
+    @staticmethod
+    def _reason(c: _Compiled, incident: _Incident, value: float | None) -> str:
+        """Why a recovery came, when the value did not: the recovery line moved since the incident fired."""
+        old, new = incident.clear, c.rule.clear_level
+        if old is None or new is None or old == new or not c.sign:
+            return ""
+        if value is not None and c.sign * value <= c.sign * old:
+            return ""  # it would have recovered on the old line too
+        side = "below" if c.sign > 0 else "above"
+        return f"resolved by a configuration change: the rule now recovers {side} {new:.15g} (it was {old:.15g})"
 
     def _open_absent(self, c: _Compiled, labels: Labels, since: float, now: float) -> _Incident:
         return _Incident(incident_id(c.rule.name, labels, now, "absent"), since, now, 0, c.rule.severity, None, now, True)
@@ -530,6 +547,7 @@ class RuleEngine:
         *,
         previous: str | None = None,
         percent: float | None = None,
+        reason: str = "",
     ) -> AlertEvent:
         return AlertEvent(
             kind=kind,
@@ -546,4 +564,5 @@ class RuleEngine:
             previous_severity=previous,
             state=state,
             percent_change=percent,
+            reason=reason,
         )

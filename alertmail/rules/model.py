@@ -184,6 +184,7 @@ class AlertEvent:
     previous_severity: str | None = None  # set on "escalated"
     state: str = ""  # the alert's state after the event; "firing" or "ok" on "flap-ended"
     percent_change: float | None = None  # on "flapping" and "flap-ended"
+    reason: str = ""  # why it happened when not the value: "resolved by a configuration change: ..."
 
     @property
     def duration(self) -> float:

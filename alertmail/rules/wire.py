@@ -9,8 +9,9 @@ The JSON is an object ``{"v": 1, "host": ..., "alerts": [...]}`` (``host``: the
 agent's hostname, which a relay passing the mail on keeps); each alert has ``rule``,
 ``kind`` (firing, escalated, reminder, resolved, flapping, flap-ended), ``state``,
 ``labels`` (an object), ``severity``, ``previous_severity``, ``value``, ``threshold``,
-``comparison``, ``since``, ``at``, ``fired_at`` (Unix times), ``incident`` and
-``description``.
+``comparison``, ``since``, ``at``, ``fired_at`` (Unix times), ``incident``,
+``description`` and ``reason`` (why it happened when the value does not say: a recovery
+caused by a configuration change; empty otherwise).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def event_fields(event: AlertEvent) -> dict[str, Any]:
         "fired_at": event.fired_at,
         "incident": event.incident,
         "description": event.rule.description,
+        "reason": event.reason,
     }
 
 

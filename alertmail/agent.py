@@ -42,6 +42,8 @@ STOP_MARGIN = 2.0
 
 # How often the tick drops the chart history of series that stopped reporting: each sweep walks every series.
 HISTORY_SWEEP = 60.0
+# How often the chart history is written to state_dir (and at stop): a crash loses at most this much of the charts.
+HISTORY_SAVE = 60.0
 
 
 # A rule that matched no series for this many probe intervals is reported (once): likely a misspelt metric.
@@ -95,6 +97,9 @@ class Agent:
         self.engine = RuleEngine(self.rules)
         self.history = History()
         self._history_swept = 0.0  # when the tick last dropped idle series from the history
+        self._history_file = self.state_dir / "history.json"
+        self._history_saved = time.monotonic()  # when the history was last written (monotonic clock)
+        self._history_saving: asyncio.Task[None] | None = None
         # Rules that have not yet matched a sample; warned about once, after SILENT_AFTER intervals.
         self._silent_rules = {rule.name for rule in cfg.rules}
         self._started = time.time()
@@ -170,6 +175,13 @@ class Agent:
             # Probes report series that end (a process exits, a disk is unmounted); without this they stay forever.
             self.history.forget_idle(now)
             self._history_swept = now
+        if time.monotonic() - self._history_saved >= HISTORY_SAVE and (
+            self._history_saving is None or self._history_saving.done()
+        ):
+            self._history_saved = time.monotonic()
+            # Copied here, between samples; encoded and written off the event loop.
+            series = self.history.copy()
+            self._history_saving = asyncio.create_task(asyncio.to_thread(self._save_history, series))
         self._report_status(now)
         self._warn_silent_rules(now)
 
@@ -236,6 +248,30 @@ class Agent:
                 self._mail_queue.task_done()
 
     # -- state across restarts ---------------------------------------------
+    def _watched(self, metric: str, labels: Any) -> bool:
+        return any(rule.matches(Sample(metric, 0.0, labels, 0.0)) for rule in self.rules)
+
+    def _load_history(self) -> None:
+        count = self.history.load(self._history_file, time.time(), keep=self._watched)
+        if count:
+            log.info("chart history: %d points of %d series taken back from %s", count, len(self.history), self._history_file)
+
+    def _save_history(self, series: list | None = None) -> None:
+        try:
+            self.history.save(self._history_file, series)
+        except OSError as exc:
+            log.error("cannot save the chart history to %s: %s", self._history_file, exc)
+
+    async def _save_history_at_stop(self, budget: float) -> None:
+        """The last save, after a periodic one still writing (else that older copy could land last)."""
+        if self._history_saving is not None and not self._history_saving.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._history_saving), budget)
+            except TimeoutError:
+                log.error("chart history: the periodic save did not finish; the next start has the one before")
+                return
+        self._save_history()
+
     def _restore_state(self) -> None:
         try:
             snapshot = json.loads(self._state_file.read_text())
@@ -265,6 +301,7 @@ class Agent:
         await self.outbox.open()
         self.queue = self.outbox.queue
         self._restore_state()
+        self._load_history()
         notify = cfg.sections.get("notify", {})
         self.notifier = Notifier(
             sender=cfg.mail["from"],
@@ -485,6 +522,7 @@ class Agent:
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             scheduler.shutdown(wait=False)
+            await self._save_history_at_stop(left(6.0, most=1.0))
         if self.exporter is not None:
             await self.exporter.stop()
         outbox = getattr(self, "outbox", None)

@@ -1,13 +1,20 @@
-"""Chart history stays bounded: series that stop reporting are dropped, by History and by the agent's tick."""
+"""Chart history stays bounded (series that stop reporting are dropped, by History and by the agent's tick)
+and survives a restart."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
+import re
+import time
+
+import pytest
 
 from alertmail.agent import HISTORY_SWEEP, Agent
 from alertmail.config.load import Config
 from alertmail.model import Sample, freeze_labels
-from alertmail.probes.history import History
+from alertmail.probes.history import History, decode, encode
 from alertmail.rules.model import Rule
 
 T0 = 1_800_000_000.0
@@ -58,3 +65,89 @@ def test_the_agent_tick_drops_history_of_series_that_stopped_reporting(tmp_path)
     assert sizes[0] == sizes[WINDOW] == 10_001
     assert sizes[WINDOW + HISTORY_SWEEP] == 1
     assert agent.history.get(METRIC, LIVE)
+
+
+# -- across restarts ---------------------------------------------------------------
+
+
+def test_saved_history_comes_back_without_points_older_than_the_window_or_from_the_future(tmp_path):
+    path = tmp_path / "history.json"
+    history = History(window=WINDOW)
+    history.add([Sample(METRIC, float(i), LIVE, T0 + 60 * i) for i in range(90)])  # 89 minutes: the first 29 fall out
+    history.add([Sample("m.nan", math.nan, {}, T0 + 5000)])
+    history.save(path)
+    now = T0 + 60 * 89 + 600  # ten minutes later: ten more minutes fall out
+    back = History(window=WINDOW)
+    assert back.load(path, now) == 51 + 1
+    points = back.get(METRIC, LIVE)
+    assert points[0] == (T0 + 60 * 39, 39.0) and points[-1] == (T0 + 60 * 89, 89.0)
+    assert math.isnan(back.get("m.nan", ())[0][1])
+    clock_back = History(window=WINDOW)
+    assert clock_back.load(path, T0 + 60 * 50) == 22  # minutes 29 to 50: points after "now" are not history
+    assert clock_back.get(METRIC, LIVE)[-1] == (T0 + 60 * 50, 50.0)
+
+
+def test_loading_keeps_only_series_a_rule_still_watches_and_merges_points_that_came_first(tmp_path):
+    path = tmp_path / "history.json"
+    history = History(window=WINDOW)
+    history.add([Sample(METRIC, 1.0, LIVE, T0), Sample("gone.metric", 1.0, {}, T0)])
+    history.save(path)
+    back = History(window=WINDOW)
+    back.add([Sample(METRIC, 2.0, LIVE, T0 + 30)])
+    assert back.load(path, T0 + 60, keep=lambda metric, labels: metric == METRIC) == 1
+    assert back.get(METRIC, LIVE) == [(T0, 1.0), (T0 + 30, 2.0)] and back.get("gone.metric", ()) == []
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"{not json", b"\xff\xfe", b"[]", b'{"version": 7, "series": []}', b'{"version": 1, "series": [{"metric": 3}]}'],
+)
+def test_a_damaged_history_file_is_ignored_with_a_warning(tmp_path, caplog, data):
+    path = tmp_path / "history.json"
+    path.write_bytes(data)
+    history = History(window=WINDOW)
+    with caplog.at_level(logging.WARNING, logger="alertmail.history"):
+        assert history.load(path, T0) == 0
+    assert len(history) == 0
+    assert f"chart history {path} is damaged" in caplog.text and "charts start empty" in caplog.text
+
+
+def test_the_saved_file_is_bounded_keeping_the_newest_points_of_every_series():
+    series = [(METRIC, freeze_labels({"pid": str(p)}), [(T0 + t, 1.0) for t in range(700)]) for p in range(1000)]
+    saved = decode(encode(series, max_points=10_000))
+    assert sum(len(points) for _, _, points in saved) == 10_000 and len(saved) == 1000
+    assert all(points[0][0] == T0 + 690 and points[-1][0] == T0 + 699 for _, _, points in saved)
+    # More series than points to share: the ones that reported last are kept.
+    series[7][2].append((T0 + 5000, 2.0))
+    saved = decode(encode(series, max_points=3))
+    assert (dict(saved[0][1])["pid"], saved[0][2][-1]) == ("7", (T0 + 5000, 2.0))
+    assert len(saved) == 3
+
+
+def test_a_restarted_agent_has_the_chart_history_from_before_the_restart(tmp_path):
+    from tests.test_reload import Agent as Process
+    from tests.test_reload import config_text
+
+    saved = tmp_path / "var" / "history.json"
+    first = Process(tmp_path, config_text('"pickup"'))
+    try:
+        time.sleep(3)  # the gauge reports every 0.5 s
+    finally:
+        first.stop()
+    stopped = time.time()
+    before = [t for t, _ in dict_of(saved)[("test.gauge", ())]]
+    assert len(before) >= 3 and max(before) < stopped
+
+    second = Process(tmp_path, config_text('"pickup"'))
+    try:
+        # The gauge's series and those of the agent's own rules (probe failures, overruns).
+        assert re.search(rf"chart history: \d+ points of \d+ series taken back from {re.escape(str(saved))}", second.output())
+        time.sleep(2)
+    finally:
+        second.stop()
+    after = [t for t, _ in dict_of(saved)[("test.gauge", ())]]
+    assert set(before) <= set(after) and max(after) > stopped  # the old points, then the new ones: no gap
+
+
+def dict_of(path):
+    return {(metric, labels): points for metric, labels, points in decode(path.read_bytes())}

@@ -1,17 +1,36 @@
-"""Recent samples of the series that rules watch, for charts in alert mails.
+"""Recent samples of the series that rules watch, for charts in alert mails, kept across restarts.
 
 Bounded: at most ``window`` seconds and ``max_points`` points per series, and only
 series some rule matches are kept, so memory does not grow with what probes emit.
 A series that stops reporting is dropped by ``forget_idle`` once its newest point is
 older than the window; the agent calls it from its tick.
+
+``save`` writes the history to one JSON file atomically (at most ``MAX_SAVED_POINTS``
+points, the newest of each series kept first); ``load`` reads it back at start, dropping
+points older than the window (or from the future: a clock set back), and ignores a file
+it cannot read with a warning. The agent saves now and then and at stop, so a restart
+leaves no gap in the charts.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
-from alertmail.model import Labels, Sample
+from alertmail.fsutil import write_atomic
+from alertmail.model import Labels, Sample, freeze_labels
+
+log = logging.getLogger("alertmail.history")
+
+FORMAT_VERSION = 1
+# About 25 bytes a point in the file: a few MB at most, written in well under a second.
+MAX_SAVED_POINTS = 100_000
+
+Points = list[tuple[float, float]]
 
 
 class History:
@@ -41,3 +60,97 @@ class History:
 
     def __len__(self) -> int:
         return len(self._series)
+
+    # -- across restarts -----------------------------------------------------
+
+    def copy(self) -> list[tuple[str, Labels, Points]]:
+        """Every series and its points, copied: safe to encode in another thread while samples keep coming."""
+        return [(metric, labels, list(points)) for (metric, labels), points in self._series.items() if points]
+
+    def save(self, path: Path, series: list[tuple[str, Labels, Points]] | None = None) -> None:
+        """Write the history (or ``series``, a ``copy()``) to ``path`` atomically; OSError when it cannot."""
+        write_atomic(path, encode(self.copy() if series is None else series))
+
+    def load(self, path: Path, now: float, keep: Callable[[str, Labels], bool] = lambda metric, labels: True) -> int:
+        """Take back the points saved in ``path`` that are within the window before ``now``, for series
+        ``keep`` accepts; how many points. A missing file is no history; an unreadable one, a warning."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            log.warning("chart history %s cannot be read (%s); charts start empty", path, exc.strerror or exc)
+            return 0
+        try:
+            saved = decode(data)
+        except ValueError as exc:
+            log.warning("chart history %s is damaged (%s); ignored, charts start empty", path, exc)
+            return 0
+        horizon = now - self.window
+        count = 0
+        for metric, labels, points in saved:
+            if not keep(metric, labels):
+                continue
+            fresh = [(t, v) for t, v in points if horizon <= t <= now]
+            if not fresh:
+                continue
+            target = self._series.setdefault((metric, labels), deque(maxlen=self.max_points))
+            merged = sorted({*fresh, *target})  # points that arrived before the load stay, in time order
+            target.clear()
+            target.extend(merged)
+            count += len(fresh)
+        return count
+
+
+def encode(series: list[tuple[str, Labels, Points]], max_points: int = MAX_SAVED_POINTS) -> bytes:
+    """The saved form: ``{"version": 1, "series": [{"metric", "labels", "points": [[t, v], ...]}]}``.
+
+    Over ``max_points`` in all, every series keeps its newest points, an equal share each;
+    when there are more series than points to share, those that reported last are kept.
+    """
+    total = sum(len(points) for _, _, points in series)
+    if total > max_points:
+        series = sorted(series, key=lambda s: s[2][-1][0], reverse=True)
+        share = max(max_points // max(len(series), 1), 1)
+        kept, room = [], max_points
+        for metric, labels, points in series:
+            if room <= 0:
+                break
+            take = min(len(points), share, room)
+            kept.append((metric, labels, points[-take:]))
+            room -= take
+        series = kept
+    out = {
+        "version": FORMAT_VERSION,
+        "series": [
+            {
+                "metric": metric,
+                "labels": [list(pair) for pair in labels],
+                "points": [[round(t, 3), v if math.isfinite(v) else None] for t, v in points],
+            }
+            for metric, labels, points in series
+        ],
+    }
+    return json.dumps(out, separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode(data: bytes) -> list[tuple[str, Labels, Points]]:
+    """The series of a saved history; ValueError saying what is wrong with it."""
+    try:
+        raw = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("version") != FORMAT_VERSION or not isinstance(raw.get("series"), list):
+        raise ValueError(f"expected a version {FORMAT_VERSION} history object")
+    out = []
+    for i, entry in enumerate(raw["series"]):
+        try:
+            metric, labels, points = entry["metric"], entry["labels"], entry["points"]
+            if not isinstance(metric, str) or not isinstance(labels, list) or not isinstance(points, list):
+                raise TypeError
+            frozen = freeze_labels(tuple((str(k), str(v)) for k, v in labels))
+            values = [(float(t), math.nan if v is None else float(v)) for t, v in points]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"series {i} is not a metric, its labels and [time, value] points") from None
+        out.append((metric, frozen, values))
+    return out

@@ -255,6 +255,14 @@ class Agent:
         count = self.history.load(self._history_file, time.time(), keep=self._watched)
         if count:
             log.info("chart history: %d points of %d series taken back from %s", count, len(self.history), self._history_file)
+            self._prime_windows()
+
+    def _prime_windows(self) -> None:
+        """`over` windows of a new engine start from the chart history, not empty: no wait for coverage
+        after a restart or a reload."""
+        self.engine.prime(
+            Sample(metric, value, labels, t) for metric, labels, points in self.history.copy() for t, value in points
+        )
 
     def _save_history(self, series: list | None = None) -> None:
         try:
@@ -443,6 +451,7 @@ class Agent:
         self.rules = [*cfg.rules, *self_rules(cfg)]
         self.engine = RuleEngine(self.rules)
         self.engine.restore(snapshot)
+        self._prime_windows()
         n = self.notifier
         n.sender, n.route, n.timezone = cfg.mail["from"], cfg.mail["route"], cfg.agent["timezone"]
         n.also_route = list(cfg.mail.get("also_route") or [])

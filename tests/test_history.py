@@ -15,6 +15,7 @@ from alertmail.agent import HISTORY_SWEEP, Agent
 from alertmail.config.load import Config
 from alertmail.model import Sample, freeze_labels
 from alertmail.probes.history import History, decode, encode
+from alertmail.rules.engine import RuleEngine
 from alertmail.rules.model import Rule
 
 T0 = 1_800_000_000.0
@@ -151,3 +152,38 @@ def test_a_restarted_agent_has_the_chart_history_from_before_the_restart(tmp_pat
 
 def dict_of(path):
     return {(metric, labels): points for metric, labels, points in decode(path.read_bytes())}
+
+
+def test_over_windows_start_from_the_saved_history_after_a_restart(tmp_path):
+    rule = Rule(name="errors-fast", metric="app.errors", above=5, over=300, agg="rate", to=("ops@example.test",))
+    cfg = Config(path=tmp_path / "config.toml", agent={"state_dir": tmp_path}, mail={"to": []}, rules=[rule])
+    now = time.time()
+    before = Agent(cfg, plugins=None)
+
+    async def run() -> None:
+        before._mail_queue = asyncio.Queue()  # start() makes it; the events are handed over to it
+        for i in range(20):
+            await before.observe([Sample("app.errors", 100.0 * i, {}, now - 250 + 10 * i)], now - 250 + 10 * i)
+
+    asyncio.run(run())
+    before._save_history()
+
+    after = Agent(cfg, plugins=None)
+    after._load_history()
+    assert after.engine.states(now)[0].state.value == "ok"  # priming decides nothing by itself
+    # The window holds 190 s from before the restart: the first live sample decides at once.
+    events = after.engine.observe([Sample("app.errors", 2000.0 + 100.0, {}, now)], now)
+    assert [e.kind for e in events] == ["firing"] and events[0].value > 5
+
+    cold = RuleEngine([rule])
+    assert cold.observe([Sample("app.errors", 2100.0, {}, now)], now) == []  # what a restart used to mean
+
+
+def test_priming_fills_only_windows_and_skips_nan():
+    engine = RuleEngine([Rule("avg", "m", above=50, over=60, agg="avg"), Rule("plain", "m", above=50)])
+    assert engine.prime([Sample("m", 90.0, {}, T0 + t) for t in range(0, 60, 10)] + [Sample("m", math.nan, {}, T0 + 61)]) == 6
+    assert [(s.rule.name, s.value, s.state.value) for s in engine.states(T0 + 61)] == [
+        ("avg", None, "ok"),
+        ("plain", None, "ok"),
+    ]
+    assert [e.rule.name for e in engine.observe([Sample("m", 10.0, {}, T0 + 62)], T0 + 62)] == ["avg"]

@@ -282,6 +282,28 @@ class RuleEngine:
                 self._remind(c, (), incident, None, now, out)
         return out
 
+    def prime(self, samples: Iterable[Sample]) -> int:
+        """Fill the windows of ``over`` rules with samples from before a restart (the saved chart history):
+        no state changes, no events. How many samples went into windows.
+
+        Without it every window would start empty and wait for its coverage again after a restart.
+        """
+        count = 0
+        for sample in sorted(samples, key=lambda sample: sample.timestamp):
+            if math.isnan(sample.value):
+                continue
+            for c in self._by_metric.get(sample.metric, ()):
+                if not c.rule.over or not labels_match(c.matchers, sample.labels):
+                    continue
+                s = self._series.get((c.index, sample.labels))
+                if s is None:
+                    s = self._series[(c.index, sample.labels)] = _Series(c, sample.labels)
+                assert s.window is not None
+                s.window.add(sample.timestamp, sample.value)
+                self._seen[c.index] = True  # the series' own absent alert covers it, as for a restored one
+                count += 1
+        return count
+
     # -- reading -----------------------------------------------------------
 
     def states(self, now: float | None = None) -> list[AlertStatus]:
@@ -327,7 +349,7 @@ class RuleEngine:
     def snapshot(self) -> dict[str, Any]:
         """Every series that is not plainly ok (pending, firing, flapping, absent, recent changes), JSON-serialisable.
 
-        Windows are not kept: an `over` rule refills its window after a restart.
+        Windows are not kept here: the agent refills them from the saved chart history (``prime``).
         """
         series = []
         for s in self._series.values():

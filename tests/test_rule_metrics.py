@@ -48,6 +48,13 @@ def test_check_refuses_a_misspelt_metric_in_an_included_file_naming_that_file(tm
     assert "did you mean 'load.1'?" in done.stderr
 
 
+def test_the_agents_own_metrics_are_the_ones_the_exporter_describes():
+    from alertmail.config.load import AGENT_METRICS
+    from alertmail.exporter.collector import AGENT_METRICS as DESCRIBED
+
+    assert set(AGENT_METRICS) == set(DESCRIBED)
+
+
 def test_the_agents_own_metrics_need_no_probe_and_a_typo_in_one_is_caught(tmp_path):
     done = check(tmp_path, HEAD + rule("slow-probe", "agent.probe_seconds"))
     assert done.returncode == 0 and "warning" not in done.stderr, done.stderr

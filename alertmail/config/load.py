@@ -285,10 +285,12 @@ def _rule_names(table: Mapping[str, Any]) -> list[str | None]:
     return [r.get("name") if isinstance(r, dict) and isinstance(r.get("name"), str) else None for r in rules]
 
 
+# The samples the agent itself emits about its probes (the exporter describes them too): rules on them need no probe.
+AGENT_METRICS = ("agent.probe_failed", "agent.probe_overrun", "agent.probe_seconds", "agent.probe_missed")
+
+
 def _declared_metrics(plugins: Plugins, also: Iterable[str] = ()) -> dict[str, list[str]]:
     """metric -> the loaded probes that declare it ("agent" for the agent's own samples, "samples" for ``also``)."""
-    from alertmail.exporter.collector import AGENT_METRICS
-
     declared: dict[str, list[str]] = {name: ["samples"] for name in also}
     for name in AGENT_METRICS:
         declared.setdefault(name, []).append("agent")

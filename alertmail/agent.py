@@ -26,7 +26,7 @@ from alertmail.exitcodes import ExitCode
 from alertmail.fsutil import write_atomic
 from alertmail.model import Sample
 from alertmail.notify import heartbeat
-from alertmail.probes.history import History
+from alertmail.probes.history import MAX_SAVED_POINTS, History
 from alertmail.rules.engine import RuleEngine
 from alertmail.rules.model import AlertEvent, Rule, State
 from alertmail.sdnotify import ServiceManager
@@ -180,7 +180,7 @@ class Agent:
         ):
             self._history_saved = time.monotonic()
             # Copied here, between samples; encoded and written off the event loop.
-            series = self.history.copy()
+            series = self.history.copy(MAX_SAVED_POINTS)
             self._history_saving = asyncio.create_task(asyncio.to_thread(self._save_history, series))
         self._report_status(now)
         self._warn_silent_rules(now)

@@ -14,11 +14,12 @@ leaves no gap in the charts.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from alertmail.fsutil import write_atomic
@@ -63,13 +64,14 @@ class History:
 
     # -- across restarts -----------------------------------------------------
 
-    def copy(self) -> list[tuple[str, Labels, Points]]:
-        """Every series and its points, copied: safe to encode in another thread while samples keep coming."""
-        return [(metric, labels, list(points)) for (metric, labels), points in self._series.items() if points]
+    def copy(self, max_points: int | None = None) -> list[tuple[str, Labels, Points]]:
+        """Every series and its points (at most ``max_points``, as ``bounded`` keeps them), copied:
+        safe to encode in another thread while samples keep coming."""
+        return bounded(((metric, labels, points) for (metric, labels), points in self._series.items()), max_points)
 
     def save(self, path: Path, series: list[tuple[str, Labels, Points]] | None = None) -> None:
         """Write the history (or ``series``, a ``copy()``) to ``path`` atomically; OSError when it cannot."""
-        write_atomic(path, encode(self.copy() if series is None else series))
+        write_atomic(path, encode(self.copy(MAX_SAVED_POINTS) if series is None else series))
 
     def load(self, path: Path, now: float, keep: Callable[[str, Labels], bool] = lambda metric, labels: True) -> int:
         """Take back the points saved in ``path`` that are within the window before ``now``, for series
@@ -102,24 +104,34 @@ class History:
         return count
 
 
-def encode(series: list[tuple[str, Labels, Points]], max_points: int = MAX_SAVED_POINTS) -> bytes:
-    """The saved form: ``{"version": 1, "series": [{"metric", "labels", "points": [[t, v], ...]}]}``.
+def bounded(
+    series: Iterable[tuple[str, Labels, Sequence[tuple[float, float]]]], max_points: int | None
+) -> list[tuple[str, Labels, Points]]:
+    """The series as lists, at most ``max_points`` points in all (None: no bound).
 
-    Over ``max_points`` in all, every series keeps its newest points, an equal share each;
-    when there are more series than points to share, those that reported last are kept.
+    Over the bound every series keeps its newest points, an equal share each; when there
+    are more series than points to share, those that reported last are kept.
     """
+    series = [s for s in series if s[2]]
     total = sum(len(points) for _, _, points in series)
-    if total > max_points:
-        series = sorted(series, key=lambda s: s[2][-1][0], reverse=True)
-        share = max(max_points // max(len(series), 1), 1)
-        kept, room = [], max_points
-        for metric, labels, points in series:
-            if room <= 0:
-                break
-            take = min(len(points), share, room)
-            kept.append((metric, labels, points[-take:]))
-            room -= take
-        series = kept
+    if max_points is None or total <= max_points:
+        return [(metric, labels, list(points)) for metric, labels, points in series]
+    series.sort(key=lambda s: s[2][-1][0], reverse=True)
+    share = max(max_points // len(series), 1)
+    kept, room = [], max_points
+    for metric, labels, points in series:
+        if room <= 0:
+            break
+        take = min(len(points), share, room)
+        kept.append((metric, labels, list(itertools.islice(points, len(points) - take, None))))
+        room -= take
+    return kept
+
+
+def encode(series: Iterable[tuple[str, Labels, Sequence[tuple[float, float]]]], max_points: int = MAX_SAVED_POINTS) -> bytes:
+    """The saved form, ``{"version": 1, "series": [{"metric", "labels", "points": [[t, v], ...]}]}``,
+    of at most ``max_points`` points (see ``bounded``)."""
+    series = bounded(series, max_points)
     out = {
         "version": FORMAT_VERSION,
         "series": [

@@ -141,3 +141,22 @@ def test_reload_refuses_such_a_rule_and_keeps_the_running_configuration(tmp_path
             time.sleep(0.2)
     finally:
         agent.stop()
+
+
+def window(over: str) -> str:
+    return f'over = "{over}"\nagg = "avg"\n'
+
+
+def test_a_window_no_longer_than_the_probe_interval_is_refused_and_a_tight_one_warned_about(tmp_path):
+    done = check(tmp_path, HEAD + rule("cpu-10s", "cpu.percent", window("10s")))  # the cpu probe runs every 10 s
+    assert done.returncode == ExitCode.CONFIG
+    assert (
+        "rules[0].over: 10s is not longer than the probe interval (10s, cpu): the window holds two samples only by chance,"
+        " so the rule 'cpu-10s' seldom or never decides; make over at least 20s" in done.stderr
+    )
+    done = check(tmp_path, HEAD + rule("cpu-15s", "cpu.percent", window("15s")) + rule("cpu-20s", "cpu.percent", window("20s")))
+    assert done.returncode == 0, done.stderr
+    assert "rules[0].over: 15s holds two samples of cpu only when they come on time (interval 10s)" in done.stderr
+    assert "rules[1]" not in done.stderr
+    faster = HEAD + '[probes.cpu]\ninterval = "2s"\n' + rule("cpu-10s", "cpu.percent", window("10s"))
+    assert check(tmp_path, faster).returncode == 0

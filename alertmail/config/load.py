@@ -328,6 +328,7 @@ def _check_rule_metrics(
                     f"{label}.metric: {metric!r} of rule{rule} comes only from {', '.join(off)}, disabled by"
                     f" enabled = false in {tables}; the rule cannot fire until that probe runs"
                 )
+            _check_window(check, cfg, plugins, item, i, label, rule, [p for p in probes if p not in off])
             if item.get("undeclared") is True:
                 by = ", ".join(declared[metric])
                 cfg.warnings.append(f"{label}.undeclared: {metric!r} of rule{rule} is declared by {by}; remove `undeclared`")
@@ -346,6 +347,36 @@ def _check_rule_metrics(
             f"rules[{i}].metric",
             f"no loaded probe declares {metric!r}, so the rule{rule} would never fire; {hint}"
             " (for a metric that replayed samples or a probe declaring no metrics provide, add undeclared = true)",
+        )
+
+
+def _check_window(
+    check: Checker, cfg: Config, plugins: Plugins, item: Mapping[str, Any], i: int, label: str, rule: str, probes: list[str]
+) -> None:
+    """An ``over`` window no longer than the probe's interval never holds two samples: the rule never decides."""
+    from alertmail.probes.runner import probe_settings
+    from alertmail.units import format_duration, parse_duration
+
+    if not probes or "over" not in item:
+        return
+    try:
+        over = parse_duration(item["over"])
+    except ValueError:
+        return  # reported with the rule's keys
+    if not over:
+        return
+    interval = max(probe_settings(cfg, name, plugins.probes[name]).interval for name in probes)
+    fix = f"make over at least {format_duration(2 * interval)}, twice the probe interval of {format_duration(interval)}"
+    if over <= interval:
+        check.error(
+            f"rules[{i}].over",
+            f"{format_duration(over)} is not longer than the probe interval ({format_duration(interval)}, {', '.join(probes)}):"
+            f" the window holds two samples only by chance, so the rule{rule} seldom or never decides; {fix}",
+        )
+    elif over < 2 * interval:
+        cfg.warnings.append(
+            f"{label}.over: {format_duration(over)} holds two samples of {', '.join(probes)} only when they come on time"
+            f" (interval {format_duration(interval)}); a late one leaves the rule{rule} undecided; {fix}"
         )
 
 

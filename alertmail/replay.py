@@ -134,7 +134,7 @@ async def replay(
             max_mails_per_hour=max_mails_per_hour,
             digest_interval=digest_interval,
             rules=rules,
-            # A replay is a short-lived command: draw charts in this process, loading matplotlib once.
+            # A replay is a short-lived command: draw charts in this process.
             render_options={"charts": "in-process" if charts else "off"},
             durable=False,
         )

@@ -174,7 +174,7 @@ def with_charts(
     if wanted:
         from alertmail.render.chart import render_pngs
 
-        pngs = render_pngs(wanted, isolated=ctx.charts != "in-process", timeout=ctx.chart_timeout)
+        pngs = render_pngs(wanted, isolated=ctx.charts == "subprocess", timeout=ctx.chart_timeout)
     drawn = iter(pngs)
     shown: list[AlertView] = []
     images: list[tuple[str, bytes]] = []

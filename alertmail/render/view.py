@@ -61,7 +61,7 @@ class RenderContext:
     templates_dir: Path | None = None  # user templates overriding alert.txt.j2 / alert.html.j2
     units: Mapping[str, str] = field(default_factory=dict)  # metric -> unit, from the probes
     max_charts: int = 10  # alerts shown in detail with a chart; the rest only in the summary table
-    charts: str = "subprocess"  # "subprocess" (keeps matplotlib out of the agent), "in-process", "off"
+    charts: str = "in-process"  # "in-process" (Pillow, loaded with the first chart), "subprocess" (a child per mail), "off"
     chart_timeout: float = 30.0
 
     def local_time(self, timestamp: float) -> dt.datetime:

@@ -20,6 +20,7 @@ import io
 import itertools
 import math
 import os
+import threading
 import unicodedata
 import zoneinfo
 from collections.abc import Sequence
@@ -60,6 +61,9 @@ SYSTEM_FONTS = (
     "/System/Library/Fonts/Supplemental/Arial.ttf",
     "C:/Windows/Fonts/arial.ttf",
 )
+
+# One chart at a time: the cached FreeType faces are not meant to be used by two threads at once.
+_DRAWING = threading.Lock()
 
 TIME_STEPS = (15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600)
 
@@ -141,6 +145,11 @@ def time_ticks(start: float, end: float, zone: zoneinfo.ZoneInfo, most: int) -> 
 
 def draw(spec: ChartSpec, start: float, end: float, low: float, high: float) -> bytes:
     """The PNG of ``spec`` with the time axis from ``start`` to ``end`` and the value axis from ``low`` to ``high``."""
+    with _DRAWING:
+        return _draw(spec, start, end, low, high)
+
+
+def _draw(spec: ChartSpec, start: float, end: float, low: float, high: float) -> bytes:
     from PIL import Image, ImageDraw
 
     _pillow()

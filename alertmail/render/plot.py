@@ -163,8 +163,12 @@ def _draw(spec: ChartSpec, start: float, end: float, low: float, high: float) ->
     zone = zoneinfo.ZoneInfo(spec.timezone)
     pad = px(16)
 
-    points = [(t, v) for t, v in spec.points if start <= t <= end and math.isfinite(v)]
-    points.sort()
+    points = sorted((t, v) for t, v in spec.points if start <= t <= end and math.isfinite(v))
+    older = max(((t, v) for t, v in spec.points if t < start and math.isfinite(v)), default=None)
+    if older is not None and points:
+        # The line comes in from the left edge, as it does from older samples, not from the first one shown.
+        (t0, v0), (t1, v1) = older, points[0]
+        points.insert(0, (start, min(max(v0 + (v1 - v0) * (start - t0) / (t1 - t0), low), high)))
     shade = _shade(spec, start, end)
     legend = _legend_items(spec, shade is not None)
 

@@ -27,6 +27,7 @@ from alertmail.render.view import (
     RenderContext,
     alert_view,
     chart_spec,
+    chart_words,
     condition,
     recovers,
     subject,
@@ -178,7 +179,7 @@ def with_charts(
     drawn = iter(pngs)
     shown: list[AlertView] = []
     images: list[tuple[str, bytes]] = []
-    for view, spec, note in zip(views, specs, notes, strict=True):
+    for event, view, spec, note in zip(events, views, specs, notes, strict=True):
         png = next(drawn) if spec is not None else None
         if png is None:
             shown.append(replace(view, chart_note=note or "the chart could not be drawn (see the agent's log)"))
@@ -186,5 +187,6 @@ def with_charts(
         # A fixed domain: make_msgid's default asks DNS for this host's name.
         cid = make_msgid("chart", domain="alertmail.invalid")
         images.append((cid, png))
-        shown.append(replace(view, chart_src=f"cid:{cid[1:-1]}"))
+        alt, caption = chart_words(event, view, ctx, spec)
+        shown.append(replace(view, chart_src=f"cid:{cid[1:-1]}", chart_alt=alt, chart_caption=caption))
     return shown, images

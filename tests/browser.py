@@ -127,7 +127,7 @@ def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
 
 # The outer page's script: once the frame has loaded, its document's size, the images' state,
 # and every element that reaches past the frame's right edge, as JSON in <body data-layout>.
-MEASURE = """<script>
+MEASURE = r"""<script>
 const frame = document.getElementById('mail');
 function measure() {
   const doc = frame.contentDocument, root = doc.documentElement, width = frame.clientWidth;
@@ -221,7 +221,13 @@ def measure(mail_html: str, width: int, *, folder: Path, dark: bool = False) -> 
     assert found, f"the measuring script did not run: {done.stderr[-2000:]}"
     data = json.loads(html_mod.unescape(found.group(1)))
     return Layout(
-        data["frame"], data["scrollWidth"], data["height"], data["images"], data["links"], data["overflowing"], data["lowContrast"]
+        data["frame"],
+        data["scrollWidth"],
+        data["height"],
+        data["images"],
+        data["links"],
+        data["overflowing"],
+        data["lowContrast"],
     )
 
 

@@ -171,7 +171,8 @@ function lowContrast(doc) {
     const ratio = (l1 + 0.05) / (l2 + 0.05);
     const size = parseFloat(style.fontSize), bold = parseInt(style.fontWeight) >= 700;
     const needed = size >= 24 || (bold && size >= 18.66) ? 3 : 4.5;
-    if (ratio < needed) found.push(ratio.toFixed(2) + ' ' + style.color + ' on ' + (back ? 'rgb(' + back.join(', ') + ')' : 'the canvas') + ': ' + text.slice(0, 40));
+    const under = back ? 'rgb(' + back.join(', ') + ')' : 'the canvas';
+    if (ratio < needed) found.push(ratio.toFixed(2) + ' ' + style.color + ' on ' + under + ': ' + text.slice(0, 40));
   }
   return found;
 }

@@ -52,7 +52,7 @@ def test_every_text_stands_out_from_its_background_in_light_and_dark_mode(dark, 
 class Styles(HTMLParser):
     """Each element's inline style, with the styles of the elements around it."""
 
-    VOID = {"meta", "img", "br", "hr", "link", "input"}
+    VOID = frozenset({"meta", "img", "br", "hr", "link", "input"})
 
     def __init__(self) -> None:
         super().__init__()
@@ -145,7 +145,7 @@ def test_a_rule_without_a_runbook_shows_no_runbook_line():
 
 def test_chart_alt_text_says_metric_labels_span_threshold_and_value():
     msg = render_alert([event()], context(charts="in-process"))
-    [alt] = [a for tag, a in _img_alts(html_of(msg))]
+    [alt] = [a for tag, a in _alts(html_of(msg))]
     assert alt == (
         "Chart of disk.used_percent on web01 (mount=/), 13:15 CET to 14:15 CET (1h): 93.4 % now, "
         "threshold above 90 %, clears below 85 %; shaded: while it fired (since 14:03 CET)"
@@ -155,19 +155,17 @@ def test_chart_alt_text_says_metric_labels_span_threshold_and_value():
 def test_a_recovery_chart_says_its_value_at_the_end_and_when_it_fired():
     resolved = AlertEvent("resolved", DISK, (("mount", "/"),), 83.0, 90, ">", "critical", AT - 1800, AT, "i")
     msg = render_alert([resolved], context(charts="in-process", history=lambda m, labels: [(AT - 600, 95.0), (AT, 83.0)]))
-    [alt] = [a for _, a in _img_alts(html_of(msg))]
+    [alt] = [a for _, a in _alts(html_of(msg))]
     assert "10m): 83 % at the end" in alt and "while it fired (" in alt and " to " in alt
 
 
-def _img_alts(html: str) -> list[tuple[str, str]]:
-    class Alts(HTMLParser):
-        found: list[tuple[str, str]] = []
+def _alts(html: str) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
 
+    class Alts(HTMLParser):
         def handle_starttag(self, tag, attrs):
             if tag == "img":
-                self.found.append((tag, dict(attrs).get("alt") or ""))
+                found.append((tag, dict(attrs).get("alt") or ""))
 
-    parser = Alts()
-    parser.found = []
-    parser.feed(html)
-    return parser.found
+    Alts().feed(html)
+    return found

@@ -18,7 +18,7 @@ import email.utils
 import itertools
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -98,6 +98,7 @@ async def replay(
     subject_prefix: str = "",
     tick: float = 1.0,
     charts: bool = False,
+    render_options: Mapping[str, Any] | None = None,
     state_dir: Path | None = None,
 ) -> Replay:
     """Run ``samples`` (sorted by time) through ``rules`` and a notifier on the recorded clock.
@@ -106,7 +107,8 @@ async def replay(
     the agent does, so reminders, absent series, group waits, digests and the ends of
     silences happen at their times. After the last sample, what still waits (groups,
     digests) is flushed at its due time. ``state_dir`` (default: a temporary folder)
-    receives the notifier's incident files and journal.
+    receives the notifier's incident files and journal. ``render_options`` are the agent's
+    (``[mail].templates``, the probes' units); ``charts`` says whether to draw charts.
     """
     from alertmail.notify.notifier import Notifier
     from alertmail.notify.runtime_silences import SilenceSet
@@ -135,7 +137,7 @@ async def replay(
             digest_interval=digest_interval,
             rules=rules,
             # A replay is a short-lived command: draw charts in this process, loading matplotlib once.
-            render_options={"charts": "in-process" if charts else "off"},
+            render_options={**(render_options or {}), "charts": "in-process" if charts else "off"},
             durable=False,
         )
 

@@ -65,10 +65,16 @@ EXTRA = {
 def history(metric: str, labels) -> list[tuple[float, float]]:
     """An hour of samples as an agent keeps them: a disk filling, a CPU that got busy, memory that recovered."""
     if metric.startswith("disk"):
-        return [(AT - 3600 + i * 60, 71 + 20 * (i / 60) ** 3 + 0.8 * math.sin(i / 2)) for i in range(61)]
+        # Filling faster and faster: crosses 90 % at 13:51 CET, when the alert fired, 93.4 % at 14:03.
+        def used(i: int) -> float:
+            return 72 + 18 * (i / 48) ** 2.2 + 0.5 * math.sin(i / 2) * (1 - i / 48) if i <= 48 else 90 + 3.4 * (i - 48) / 12
+
+        return [(AT - 3600 + i * 60, used(i)) for i in range(61)]
     if metric.startswith("memory"):
-        return [(AT - 3600 + i * 30, 80 + 14 * math.exp(-(((i - 70) / 25) ** 2)) + math.sin(i / 3)) for i in range(121)]
-    return [(AT - 3600 + i * 30, (96 + 2 * math.sin(i) if i > 108 else 28 + 9 * abs(math.sin(i / 5)))) for i in range(121)]
+        # Above 90 from 13:32 to 14:01 CET, then back down: resolved at 14:02.
+        ago = [(60 - i / 2, AT - 3600 + i * 30) for i in range(119)]
+        return [(t, 82 + 4 * math.sin(m / 2.5) if m > 31 else 93 + 1.5 * math.sin(m) if m > 1.5 else 83.1) for m, t in ago]
+    return [(AT - 3600 + i * 30, (96 + 2 * math.sin(i) if i >= 110 else 28 + 9 * abs(math.sin(i / 5)))) for i in range(121)]
 
 
 def context(charts: str = "in-process") -> RenderContext:

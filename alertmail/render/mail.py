@@ -185,9 +185,7 @@ def sample_variables() -> list[tuple[str, dict[str, Any]]]:
         "disk": {"/": {"total": 50 << 30, "used": 47 << 30, "free": 3 << 30, "percent": 94.0, "growth_per_hour": 1 << 30}},
     }
     ctx = RenderContext(hostname="web01", timezone="Europe/Berlin", charts="off", extra=extra)
-    single, _ = mail_variables(
-        [AlertEvent("firing", disk, labels, 93.4, 90, ">", "critical", at - 720, at, "i-disk")], ctx
-    )
+    single, _ = mail_variables([AlertEvent("firing", disk, labels, 93.4, 90, ">", "critical", at - 720, at, "i-disk")], ctx)
     chart = {"chart_src": "cid:chart.1@alertmail.invalid", "chart_alt": "Chart of disk.used_percent", "chart_caption": "1h"}
     single["alerts"] = single["detailed"] = [replace(single["alerts"][0], chart_note="", **chart)]
     grouped, _ = mail_variables(

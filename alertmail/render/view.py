@@ -333,8 +333,8 @@ def chart_spec(event: AlertEvent, view: AlertView, ctx: RenderContext) -> Any:
 def chart_words(event: AlertEvent, view: AlertView, ctx: RenderContext, spec: Any) -> tuple[str, str]:
     """The chart's alt text and caption: what it plots, where, over which span, against which lines.
 
-    Alt text: ``disk.used_percent on web01 (mount=/), 13:03 to 14:03 CET (1h): 93.4 % now,
-    threshold above 90 %, clears below 85 %; the shaded part is since it fired at 13:51``.
+    Alt text: ``Chart of disk.used_percent on web01 (mount=/), 13:03 CET to 14:03 CET (1h): 93.4 % now,
+    threshold above 90 %, clears below 85 %; shaded: while it fired (since 13:51 CET)``.
     """
     times = [t for t, _ in spec.points]
     end = spec.end if spec.end is not None else max(times)

@@ -137,9 +137,10 @@ async def replay(
             digest_interval=digest_interval,
             rules=rules,
             # A replay is a short-lived command: draw charts in this process, loading matplotlib once.
-            render_options={**(render_options or {}), "charts": "in-process" if charts else "off"},
+            render_options={"charts": "in-process" if charts else "off"},
             durable=False,
         )
+        notifier.render_options = {**(render_options or {}), **notifier.render_options}  # the replay picks its charts
 
         async def step(now: float) -> None:
             events = engine.tick(now)

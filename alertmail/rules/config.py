@@ -28,8 +28,8 @@ RULE_OPTIONS: dict[str, Option] = {
     "severity": Option("str", "warning", help="severity shown in the subject"),
     "to": Option("list", None, help="recipients; default: [mail].to"),
     "description": Option("str", "", help="a line of text put into the mail"),
-    "flapping": Option("bool", True, help="detect flapping (Nagios percent state change)"),
     "runbook": Option("str", "", help="http(s) URL of what to do about this alert; linked from its mail"),
+    "flapping": Option("bool", True, help="detect flapping (Nagios percent state change)"),
 }
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+-]*")
 _SEVERITY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
@@ -142,8 +142,8 @@ def rules_from_config(raw: Any, check: Checker, *, default_to: Iterable[str]) ->
             severity=values.get("severity") or "warning",
             to=tuple(to or ()),
             description=values.get("description") or "",
-            flapping=values.get("flapping", True),
             runbook=values.get("runbook") or "",
+            flapping=values.get("flapping", True),
         )
         if not failed & _THRESHOLD_KEYS:
             for key, message in rule.problems():

@@ -58,8 +58,8 @@ class Rule:
     severity: str = "warning"
     to: tuple[str, ...] = ()
     description: str = ""
-    flapping: bool = True
     runbook: str = ""  # an http(s) URL: what to do about this alert, linked from its mail
+    flapping: bool = True
 
     def __hash__(self) -> int:
         # `labels` is a dict, so the generated hash would fail; names are unique anyway.

@@ -115,6 +115,7 @@ def replay_command(
     as_json: bool,
 ) -> None:
     """Run recorded samples through the rules; print the alert timeline and the mails that would go out."""
+    from alertmail.agent import render_options
     from alertmail.cli.options import load_or_exit
     from alertmail.config.schema import ConfigError
     from alertmail.exitcodes import ExitCode
@@ -122,9 +123,9 @@ def replay_command(
     from alertmail.units import parse_duration
 
     explicit = ctx.get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT
-    cfg = None
+    cfg = plugins = None
     if explicit or config_path.exists():
-        cfg, _ = load_or_exit(config_path)
+        cfg, plugins = load_or_exit(config_path)
     elif rules_path is None:
         click.echo(f"no {config_path}: pass --config or --rules", err=True)
         raise SystemExit(ExitCode.USAGE)
@@ -158,6 +159,7 @@ def replay_command(
             subject_prefix=(cfg.mail.get("subject_prefix") or "") if cfg else "",
             tick=step,
             charts=render_dir is not None,
+            render_options=render_options(cfg, plugins) if cfg else None,
         )
     )
     first, last = samples[0].timestamp, samples[-1].timestamp

@@ -58,6 +58,7 @@ class Rule:
     severity: str = "warning"
     to: tuple[str, ...] = ()
     description: str = ""
+    runbook: str = ""  # an http(s) URL: what to do about this alert, linked from its mail
     flapping: bool = True
 
     def __hash__(self) -> int:

@@ -46,11 +46,12 @@ MUTED = (0x55, 0x55, 0x55)
 WHITE = (0xFF, 0xFF, 0xFF)
 KEY_COLOURS = (LINE, FILL, THRESHOLD, CLEAR, FIRING, GRID, AXIS, INK, MUTED, WHITE)
 
-# Font sizes in pixels: ticks at 30 px read as about 9 px when a phone shows the chart 390 px wide.
-TITLE_SIZE = 34
-TICK_SIZE = 30
-LEGEND_SIZE = 28
-LABEL_SIZE = 26
+# Font sizes in pixels: ticks at 36 px read as about 10 px when a phone shows the chart in a
+# 390 px wide mail (340 px of chart), and as 18 px in the 640 px box of a wider screen.
+TITLE_SIZE = 38
+TICK_SIZE = 36
+LEGEND_SIZE = 32
+LABEL_SIZE = 28
 
 # A font with wide coverage where the system has one; Pillow's bundled one (ASCII only) otherwise.
 SYSTEM_FONTS = (
@@ -177,10 +178,10 @@ def _draw(spec: ChartSpec, start: float, end: float, low: float, high: float) ->
     legend_width = sum(px(56) + legend_font.getlength(text) + px(28) for _, text in legend)
     title_width = title_font.getlength(title)
     one_row = title_width + px(40) + legend_width <= width - 2 * pad
-    top = pad + px(44) + (0 if one_row or not legend else px(40)) + px(14)
-    bottom = height - pad - px(34) - px(42)
+    top = pad + px(50) + (0 if one_row or not legend else px(46)) + px(14)
+    bottom = height - pad - px(36) - px(50)
 
-    value_ticks = nice_ticks(low, high, max(2, int((bottom - top) / px(62)) + 1))
+    value_ticks = nice_ticks(low, high, max(2, int((bottom - top) / px(50)) + 1))
     tick_labels = [compact(v) for v in value_ticks]
     label_room = max((tick_font.getlength(s) for s in tick_labels), default=0)
     unit = printable(spec.unit, label_font)
@@ -214,7 +215,7 @@ def _draw(spec: ChartSpec, start: float, end: float, low: float, high: float) ->
         if len(xy) > 1:
             pen.polygon([(xy[0][0], bottom * s), *xy, (xy[-1][0], bottom * s)], fill=FILL)
 
-    time_tick_list, time_format = time_ticks(start, end, zone, max(2, int((right - left) / px(190))))
+    time_tick_list, time_format = time_ticks(start, end, zone, max(2, int((right - left) / px(220))))
     for v in value_ticks:
         pen.line([(left * s, y_of(v) * s), (right * s, y_of(v) * s)], fill=GRID, width=px(2) * s)
     for t in time_tick_list:
@@ -252,7 +253,7 @@ def _draw(spec: ChartSpec, start: float, end: float, low: float, high: float) ->
     ink.text((pad, pad), fit_text(title, title_font, available), font=title_font, fill=INK)
     if legend:
         x = width - pad - legend_width if one_row else pad
-        y = pad + px(22) if one_row else pad + px(44) + px(20)
+        y = pad + px(25) if one_row else pad + px(50) + px(23)
         _draw_legend(ink, legend, x, y, legend_font, px)
     for v, text in zip(value_ticks, tick_labels):
         ink.text((left - px(14), y_of(v)), text, font=tick_font, fill=MUTED, anchor="rm")

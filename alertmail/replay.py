@@ -18,7 +18,7 @@ import email.utils
 import itertools
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -98,6 +98,7 @@ async def replay(
     subject_prefix: str = "",
     tick: float = 1.0,
     charts: bool = False,
+    render_options: Mapping[str, Any] | None = None,
     state_dir: Path | None = None,
 ) -> Replay:
     """Run ``samples`` (sorted by time) through ``rules`` and a notifier on the recorded clock.
@@ -106,7 +107,8 @@ async def replay(
     the agent does, so reminders, absent series, group waits, digests and the ends of
     silences happen at their times. After the last sample, what still waits (groups,
     digests) is flushed at its due time. ``state_dir`` (default: a temporary folder)
-    receives the notifier's incident files and journal.
+    receives the notifier's incident files and journal. ``render_options`` are the agent's
+    (``[mail].templates``, the probes' units); ``charts`` says whether to draw charts.
     """
     from alertmail.notify.notifier import Notifier
     from alertmail.notify.runtime_silences import SilenceSet
@@ -134,10 +136,11 @@ async def replay(
             max_mails_per_hour=max_mails_per_hour,
             digest_interval=digest_interval,
             rules=rules,
-            # A replay is a short-lived command: draw charts in this process, loading matplotlib once.
+            # A replay is a short-lived command: draw charts in this process.
             render_options={"charts": "in-process" if charts else "off"},
             durable=False,
         )
+        notifier.render_options = {**(render_options or {}), **notifier.render_options}  # the replay picks its charts
 
         async def step(now: float) -> None:
             events = engine.tick(now)

@@ -117,15 +117,19 @@ async def _build(folder: Path) -> dict[str, bytes]:
         entry, mails["single alert"], [(OPS, entry.recipients[OPS])], action="failed", hostname="web01.example.com", now=T0 + 60
     )
     mails["delivery-status report"] = dsn.as_bytes(policy=email.policy.SMTP)
-    mails["send-test"] = _send_test()
+    mails["send-test"] = await _send_test()
     return mails
 
 
-def _send_test() -> bytes:
-    from alertmail.cli.queue import build_test_message
+async def _send_test() -> bytes:
+    from alertmail.cli.send_test import EXAMPLE_RULE, build_mail
 
-    cfg = types.SimpleNamespace(mail={"from": SENDER, "subject_prefix": ""}, hostname="web01.example.com")
-    return build_test_message(cfg, (OPS,), ["smtp"])
+    cfg = types.SimpleNamespace(
+        mail={"from": SENDER, "subject_prefix": "", "charts": "in-process", "templates": None},
+        agent={"timezone": "UTC"},
+        hostname="web01.example.com",
+    )
+    return await build_mail(cfg, types.SimpleNamespace(probes={}), EXAMPLE_RULE, (OPS,), ["smtp"])
 
 
 def build_all(folder: Path) -> dict[str, bytes]:

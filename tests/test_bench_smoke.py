@@ -17,6 +17,7 @@ from tests.peers import need
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 RUNS = {
+    "alert_latency.py": ["--crossings", "2", "--modes", "in-process"],
     "agent_idle.py": ["--seconds", "4", "--settle", "3", "--exporter"],
     "probe_cost.py": ["2"],
     "queue_bench.py": ["-n", "100"],
@@ -28,6 +29,7 @@ RUNS = {
     "transport_smtp.py": ["100", "1"],
 }
 NEEDS = {
+    "alert_latency.py": ["smtp-sink"],
     "queue_bench.py": ["smtp-sink"],
     "relay_bench.py": ["smtp-sink", "smtp-source", "postfix"],
     "relay_crash.py": ["smtp-sink"],

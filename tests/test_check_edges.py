@@ -248,3 +248,39 @@ def test_route_retry_is_checked_as_run_reads_it(tmp_path, value):
 )
 def test_transports_are_built_as_run_builds_them(tmp_path, table, expected):
     assert_problem(write(tmp_path, GOOD + "\n" + table), expected)
+
+
+def test_a_template_naming_a_variable_that_does_not_exist_is_a_problem_with_its_line(tmp_path):
+    (tmp_path / "tpl").mkdir()
+    (tmp_path / "tpl" / "alert.txt.j2").write_text("{{ subject }}\n{% for a in alerts %}{{ a.rulle }}{% endfor %}\n")
+    (tmp_path / "tpl" / "alert.html.j2").write_text(
+        '{% extends "builtin/alert.html.j2" %}{% block footer %}\n\n{{ extra.oncall }}{% endblock %}'
+    )
+    config = write(tmp_path, GOOD + 'templates = "tpl"\n')
+    assert_problem(config, "mail.templates: alert.txt.j2 line 2: fails on a sample", "has no attribute 'rulle'")
+    assert_problem(config, "mail.templates: alert.html.j2 line 3: fails on a sample", "'oncall'", "docs/templates.md")
+
+
+def test_every_variable_docs_templates_md_names_exists_and_every_one_there_is_is_named(tmp_path):
+    """docs/templates.md against the code: a template using each documented variable passes `check`."""
+    import dataclasses
+    import re
+
+    from alertmail.render.mail import sample_variables
+    from alertmail.render.view import AlertView
+
+    doc = (Path(__file__).parents[1] / "docs" / "templates.md").read_text()
+    top = re.findall(r"^\| `(\w+)` \|", doc.split("### Top level")[1].split("###")[0], re.M)
+    alert = re.findall(r"^\| `a\.(\w+)` \|", doc, re.M)
+    [(_, variables), *_] = sample_variables()
+    assert sorted(top) == sorted(variables)
+    assert sorted(alert) == sorted(f.name for f in dataclasses.fields(AlertView))
+    (tmp_path / "tpl").mkdir()
+    (tmp_path / "tpl" / "alert.txt.j2").write_text(
+        " ".join(f"{{{{ {name} }}}}" for name in top)
+        + "\n{% for a in alerts %}"
+        + " ".join(f"{{{{ a.{name} }}}}" for name in alert)
+        + "{% for p in a.processes %}{{ p.name }} {{ p.pid }} {{ p.cpu_percent }} {{ p.rss|bytes }}{% endfor %}\n{% endfor %}"
+    )
+    result = check(write(tmp_path, GOOD + 'templates = "tpl"\n'))
+    assert result.exit_code == 0, result.output

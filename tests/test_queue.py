@@ -360,7 +360,7 @@ def test_send_test_reports_each_recipient_and_exits_by_the_worst_result(tmp_path
     assert out.exit_code == 0, out.output
     assert "ops@example.test  delivered  pickup" in out.output
     [written] = (tmp_path / "out").glob("*.eml")
-    assert b"test message from" in written.read_bytes()
+    assert b"Subject: [TEST] [WARNING] " in written.read_bytes()  # an alert of the example rule, marked as a test
 
     with SmtpSink(sink_dir, options=["-f", "rcpt"]) as sink:
         (tmp_path / "smtp.toml").write_text(

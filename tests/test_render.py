@@ -131,13 +131,13 @@ def test_html_references_the_chart_by_its_content_id():
     assert image.get_content_disposition() == "inline"
 
 
-def test_chart_is_a_png_of_640_by_240_that_decodes():
+def test_chart_is_a_png_that_decodes():
     msg = reparse(render_alert([event()], context(charts="in-process")))
     data = images(msg)[0].get_content()
-    assert png_size(data) == (640, 240)
+    assert png_size(data) == (1280, 480)
     import io
 
-    from PIL import Image  # matplotlib depends on Pillow, so it is there wherever charts are drawn
+    from PIL import Image
 
     picture = Image.open(io.BytesIO(data))
     picture.load()
@@ -145,22 +145,21 @@ def test_chart_is_a_png_of_640_by_240_that_decodes():
     assert colours is not None and len(colours) > 20  # lines, shading and text, not a blank canvas
 
 
-def test_default_renders_charts_in_a_child_process_and_keeps_matplotlib_out():
-    # A fresh interpreter: the agent's process must not grow by matplotlib's ~50 MB.
+def test_subprocess_charts_are_drawn_in_a_child_and_keep_pillow_out():
     code = (
         "import sys, tests.test_render as t; from alertmail.render.mail import render_alert;"
         "msg = render_alert([t.event()], t.context(charts='subprocess'));"
-        "imgs = t.images(msg); print(len(imgs), t.png_size(imgs[0].get_content()), 'matplotlib' in sys.modules)"
+        "imgs = t.images(msg); print(len(imgs), t.png_size(imgs[0].get_content()), 'PIL' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[0] == "1 (640, 240) False"
+    assert done.stdout.split("\n")[0] == "1 (1280, 480) False"
 
 
-def test_importing_the_renderer_loads_neither_jinja2_nor_matplotlib():
+def test_importing_the_renderer_loads_neither_jinja2_nor_the_imaging_library():
     code = (
-        "import sys, alertmail.render.mail, alertmail.render.chart, alertmail.render.context;"
-        "print(sorted(m for m in ('jinja2', 'matplotlib', 'numpy') if m in sys.modules))"
+        "import sys, alertmail.render.mail, alertmail.render.chart, alertmail.render.plot, alertmail.render.context;"
+        "print(sorted(m for m in ('jinja2', 'PIL', 'matplotlib', 'numpy') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -181,7 +180,7 @@ def test_chart_skips_samples_that_are_not_numbers():
         return [*rising(metric, labels), (AT - 30, math.nan), (AT - 20, math.inf)]
 
     msg = reparse(render_alert([event()], context(history=broken, charts="in-process")))
-    assert png_size(images(msg)[0].get_content()) == (640, 240)
+    assert png_size(images(msg)[0].get_content()) == (1280, 480)
 
 
 def test_malformed_context_or_failing_history_costs_only_the_extras(caplog):

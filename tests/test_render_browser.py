@@ -117,7 +117,7 @@ def test_alert_mail_shows_its_charts_and_tables_in_chromium(tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     images = re.search(r'data-images="([^"]*)"', dom.stdout)
     assert images, "the page's load handler did not run"
-    assert images.group(1).split() == ["true:640x240", "true:640x240"]
+    assert images.group(1).split() == ["true:1280x480", "true:1280x480"]  # 2x pixel density
     assert "Top processes by CPU" in dom.stdout and "full in ~3h" in dom.stdout
 
     shot = tmp_path / "shot.png"

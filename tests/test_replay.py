@@ -261,3 +261,29 @@ def test_probe_record_shows_progress_and_its_hint_keeps_the_config_it_was_given(
     assert done.returncode == 0, done.stderr
     assert "recording:   0%" in done.stderr and "samples" in done.stderr
     assert f"alertmail replay -c {config} --samples {out}" in done.stderr
+
+
+def test_replay_render_uses_the_configured_templates_folder(tmp_path):
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "alert.txt.j2").write_text("ours: {{ alerts[0].rule }} {{ alerts[0].state }}\n")
+    (templates / "alert.html.j2").write_text(
+        '{% extends "builtin/alert.html.j2" %}{% block footer %}<tr><td>our footer</td></tr>{% endblock %}'
+    )
+    (tmp_path / "config.toml").write_text(
+        '[agent]\nhostname = "web01"\n[mail]\nto = ["ops@test.example"]\ntemplates = "templates"\n'
+        '[[rules]]\nname = "disk-busy"\nmetric = "disk.busy_percent"\nabove = 90\nlabels = { device = "sdb" }\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "alertmail", "replay", "--samples", str(DATA / "maintenance.csv"), "--render", "mails"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    eml = email.message_from_bytes((tmp_path / "mails" / "001-firing.eml").read_bytes(), policy=email.policy.default)
+    assert eml.get_body(("plain",)).get_content().splitlines() == ["ours: disk-busy FIRING"]
+    html = (tmp_path / "mails" / "001-firing.html").read_text()
+    assert "our footer" in html and "You get this mail because" not in html
+    assert "data:image/png;base64," in html  # the built-in part of it still has its chart

@@ -18,7 +18,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "probe": "alertmail.cli.probe:probe_command",
     "queue": "alertmail.cli.queue:queue_group",
     "badmail": "alertmail.cli.badmail:badmail_group",
-    "send-test": "alertmail.cli.queue:send_test",
+    "send-test": "alertmail.cli.send_test:send_test",
     "replay": "alertmail.cli.replay:replay_command",
     "silence": "alertmail.cli.silence:silence_command",
     "dkim": "alertmail.cli.dkim:dkim_group",

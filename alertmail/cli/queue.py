@@ -1,4 +1,4 @@
-"""Commands for the queue and badmail folders, and ``send-test``.
+"""Commands for the queue and badmail folders.
 
 While an agent runs it owns the queue (a lock file); then ``retry``, ``delete`` and
 ``badmail resend`` leave a request in ``queue/control/`` that the agent carries out
@@ -7,7 +7,6 @@ within [queue].scan_interval (5 s by default). With no agent running they act on
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import time
@@ -294,113 +293,3 @@ def report_outcomes(queue, before: dict[str, float], badmail: Path, wait: float)
             for msg_id in pending:
                 click.echo(f"{msg_id}: still being tried after {_age(wait)}; see: alertmail queue show {msg_id}")
             return
-
-
-@click.command("send-test")
-@config_option
-@click.option("--to", "to", multiple=True, required=True, help="recipient address (repeat for more)")
-@click.option("--route", help="comma-separated transports to use instead of [mail].route")
-@click.option("--json", "as_json", is_flag=True, help="print JSON: each recipient's result, transport and reply")
-def send_test(config_path: Path, to: tuple[str, ...], route: str | None, as_json: bool) -> None:
-    """Send one test alert through the route now and report what happened to each recipient.
-
-    Exit status: 0 all delivered, 75 a temporary failure, 69 a permanent failure.
-    """
-    from alertmail.cli.table import format_table
-    from alertmail.delivery.delivery import RetryPolicy, build_transports, send_through_route
-    from alertmail.model import Envelope, Status, TransportContext
-
-    cfg, plugins = load_or_exit(config_path)
-    chain = [t.strip() for t in route.split(",") if t.strip()] if route else list(cfg.mail["route"])
-    unknown = [t for t in chain if t not in plugins.transports]
-    if unknown:
-        click.echo(f"no transport named {', '.join(unknown)}; installed: {', '.join(sorted(plugins.transports))}", err=True)
-        sys.exit(ExitCode.USAGE)
-    for name in chain:
-        if name not in cfg.transports:
-            from alertmail.config.schema import Checker
-
-            check = Checker(cfg.path.resolve().parent)
-            cfg.transports[name] = check.table(f"transports.{name}", {}, getattr(plugins.transports[name], "options", {}))
-            if check.problems:
-                click.echo("\n".join(f"{cfg.path}: {p}" for p in check.problems), err=True)
-                sys.exit(ExitCode.CONFIG)
-    data = build_test_message(cfg, to, chain)
-    if cfg.sections.get("mail.dkim"):
-        from alertmail.delivery.dkim import DkimKeyError, Signer
-
-        try:
-            signer = Signer.from_options(cfg.sections["mail.dkim"])
-        except DkimKeyError as exc:
-            click.echo(f"{cfg.path}: mail.dkim: {exc}", err=True)
-            sys.exit(ExitCode.CONFIG)
-        if signer is not None:
-            data = signer(data)  # signed as the agent signs what it queues
-    policy = RetryPolicy.from_config(cfg.sections.get("queue", {}))
-    context = TransportContext(state_dir=cfg.state_dir, hostname=cfg.hostname, config_path=cfg.path)
-
-    async def send() -> dict:
-        try:
-            transports = build_transports(cfg.transports, plugins, context)
-        except (ValueError, LookupError, OSError) as exc:
-            click.echo(f"cannot set up the transports: {exc}", err=True)
-            sys.exit(ExitCode.CONFIG)
-        try:
-            return await send_through_route(
-                transports, chain, data, Envelope(cfg.mail["from"], to), timeout=min(policy.send_timeout, 120.0)
-            )
-        finally:
-            for transport in transports.values():
-                close = getattr(transport, "close", None)
-                if close is not None:
-                    try:
-                        await asyncio.wait_for(close(), 10)
-                    except (OSError, TimeoutError, RuntimeError) as exc:  # the result is already known
-                        click.echo(f"closing {transport.name}: {exc}", err=True)
-
-    results = asyncio.run(send())
-    rows = [
-        [
-            rcpt,
-            status.status.value,
-            name,
-            " ".join(x for x in (str(status.code or ""), status.enhanced, status.message) if x),
-        ]
-        for rcpt, (name, status) in results.items()
-    ]
-    if as_json:
-        import json
-
-        click.echo(
-            json.dumps([dict(zip(("recipient", "result", "transport", "reply"), row, strict=True)) for row in rows], indent=2)
-        )
-    else:
-        click.echo(format_table(["recipient", "result", "transport", "reply"], rows))
-    statuses = {status.status for _, status in results.values()}
-    if Status.PERMANENT in statuses:
-        sys.exit(ExitCode.UNAVAILABLE)
-    if Status.TEMPORARY in statuses:
-        sys.exit(ExitCode.TEMPFAIL)
-
-
-def build_test_message(cfg, to: tuple[str, ...], route: list[str]) -> bytes:
-    """A small alert-shaped test mail (the real renderer is not needed to test the route)."""
-    import email.policy
-    from datetime import datetime
-    from email.message import EmailMessage
-    from email.utils import format_datetime, make_msgid
-
-    from alertmail.render.format import mailboxes
-
-    msg = EmailMessage()
-    msg["From"] = mailboxes([cfg.mail["from"]], f"alertmail on {cfg.hostname}")
-    msg["To"] = mailboxes(to)
-    msg["Subject"] = f"{cfg.mail.get('subject_prefix') or ''}[alertmail] test message from {cfg.hostname}".strip()
-    msg["Date"] = format_datetime(datetime.now().astimezone())
-    msg["Message-ID"] = make_msgid("test", domain=cfg.hostname)
-    msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(
-        f"This is a test message from alertmail on {cfg.hostname}.\n\n"
-        f"It went through the route {' -> '.join(route)}. If you read this, alerts can reach you.\n"
-    )
-    return msg.as_bytes(policy=email.policy.SMTP)

@@ -115,6 +115,7 @@ def replay_command(
     as_json: bool,
 ) -> None:
     """Run recorded samples through the rules; print the alert timeline and the mails that would go out."""
+    from alertmail.agent import render_options
     from alertmail.cli.options import load_or_exit
     from alertmail.config.schema import ConfigError
     from alertmail.exitcodes import ExitCode
@@ -122,7 +123,7 @@ def replay_command(
     from alertmail.units import parse_duration
 
     explicit = ctx.get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT
-    cfg = None
+    cfg = plugins = None
     if not (explicit or config_path.exists()) and rules_path is None:
         click.echo(f"no {config_path}: pass --config or --rules", err=True)
         raise SystemExit(ExitCode.USAGE)
@@ -134,7 +135,7 @@ def replay_command(
         raise SystemExit(ExitCode.USAGE) from None
     if explicit or config_path.exists():
         # The recording is the source here: a rule on a metric it holds is not a rule on nothing.
-        cfg, _ = load_or_exit(config_path, also_declared={s.metric for s in samples})
+        cfg, plugins = load_or_exit(config_path, also_declared={s.metric for s in samples})
     try:
         default_to = (cfg.mail["to"] if cfg else None) or ["root@localhost"]
         rules = _rules_file(rules_path, default_to) if rules_path else cfg.rules  # type: ignore[union-attr]
@@ -163,6 +164,7 @@ def replay_command(
             subject_prefix=(cfg.mail.get("subject_prefix") or "") if cfg else "",
             tick=step,
             charts=render_dir is not None,
+            render_options=render_options(cfg, plugins) if cfg else None,
         )
     )
     first, last = samples[0].timestamp, samples[-1].timestamp

@@ -45,9 +45,9 @@ MAIL_OPTIONS: dict[str, Option] = {
     "templates": Option("path", None, help="folder of templates overriding alert.txt.j2 / alert.html.j2"),
     "charts": Option(
         "str",
-        "subprocess",
-        choices=("subprocess", "in-process", "off"),
-        help="where charts are drawn; subprocess keeps matplotlib out of the agent's memory",
+        "in-process",
+        choices=("in-process", "subprocess", "off"),
+        help="where charts are drawn: in-process (Pillow, loaded with the first alert), subprocess (a child per mail), off",
     ),
 }
 

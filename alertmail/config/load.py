@@ -242,21 +242,10 @@ def _check_folders(check: Checker, cfg: Config) -> None:
 
 
 def template_problems(folder: Path) -> list[str]:
-    """Every user template in ``folder`` compiled as the agent compiles it; what does not compile."""
-    import jinja2
+    """The templates in ``folder`` compiled as the agent compiles them and rendered against sample mails."""
+    from alertmail.render.mail import template_problems as problems
 
-    from alertmail.render.mail import _environment  # the agent's own: same filters, same syntax
-
-    env = _environment(str(folder))
-    problems = []
-    for file in sorted(folder.glob("*.j2")):
-        try:
-            env.get_template(file.name)
-        except jinja2.TemplateSyntaxError as exc:
-            problems.append(f"{file.name} line {exc.lineno}: {exc.message}")
-        except (jinja2.TemplateError, UnicodeDecodeError, OSError) as exc:
-            problems.append(f"{file.name}: {type(exc).__name__}: {exc}")
-    return problems
+    return problems(folder)
 
 
 def included_files(check: Checker, raw: Mapping[str, Any]) -> list[Path]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from email.message import EmailMessage
@@ -27,6 +28,7 @@ from alertmail.render.view import (
     RenderContext,
     alert_view,
     chart_spec,
+    chart_words,
     condition,
     recovers,
     subject,
@@ -110,10 +112,10 @@ def render_template(name: str, variables: Mapping[str, Any], ctx: RenderContext)
         return None
 
 
-def render_alert(events: Sequence[AlertEvent], ctx: RenderContext) -> EmailMessage:
-    """The message for one or more events: Subject and body (text, HTML, charts); no envelope headers."""
+def mail_variables(events: Sequence[AlertEvent], ctx: RenderContext) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+    """What templates see (docs/templates.md), and the charts as (Content-ID, PNG) pairs."""
     if not events:
-        raise ValueError("render_alert needs at least one event")
+        raise ValueError("a mail needs at least one event")
     events = worst_first(events)  # the worst news leads: open before recovered, critical before warning
     views = [alert_view(e, ctx) for e in events]
     detailed = max(ctx.max_charts, 0)
@@ -137,6 +139,14 @@ def render_alert(events: Sequence[AlertEvent], ctx: RenderContext) -> EmailMessa
         "still_open": any(not recovers(e) for e in events),
         "extra": ctx.extra,
     }
+    return variables, images
+
+
+def render_alert(events: Sequence[AlertEvent], ctx: RenderContext) -> EmailMessage:
+    """The message for one or more events: Subject and body (text, HTML, charts); no envelope headers."""
+    if not events:
+        raise ValueError("render_alert needs at least one event")
+    variables, images = mail_variables(events, ctx)
     text = render_template(TEXT_TEMPLATE, variables, ctx) or text_body(events, ctx)
     html = render_template(HTML_TEMPLATE, variables, ctx)
 
@@ -149,6 +159,86 @@ def render_alert(events: Sequence[AlertEvent], ctx: RenderContext) -> EmailMessa
         for n, (cid, png) in enumerate(images, 1):
             related.add_related(png, "image", "png", cid=cid, disposition="inline", filename=f"chart-{n}.png")
     return msg
+
+
+def sample_variables() -> list[tuple[str, dict[str, Any]]]:
+    """Made-up mails that take every branch of the built-in templates: (what it is, its variables)."""
+    from alertmail.render.context import ProcessRow
+    from alertmail.rules.model import Rule
+
+    at = 1_768_482_180.0
+    disk = Rule(
+        name="disk-root-full",
+        metric="disk.used_percent",
+        above=90,
+        clear=85,
+        severity="critical",
+        description="Root filesystem nearly full.",
+        runbook="https://wiki.example.com/runbooks/disk-full",
+    )
+    cpu = Rule(name="cpu-busy", metric="cpu.percent", above=85, severity="warning", repeat=3600)
+    gone = Rule(name="backup-absent", metric="backup.age_seconds", absent=3600)
+    labels = (("device", "/dev/sda1"), ("mount", "/"))
+    rows = [ProcessRow("postgres", 1022, 22.5, 1 << 30), ProcessRow("nginx", 871, 2.4, 24 << 20)]
+    extra = {
+        "top_processes": {"cpu": rows, "memory": rows},
+        "disk": {"/": {"total": 50 << 30, "used": 47 << 30, "free": 3 << 30, "percent": 94.0, "growth_per_hour": 1 << 30}},
+    }
+    ctx = RenderContext(hostname="web01", timezone="Europe/Berlin", charts="off", extra=extra)
+    single, _ = mail_variables([AlertEvent("firing", disk, labels, 93.4, 90, ">", "critical", at - 720, at, "i-disk")], ctx)
+    chart = {"chart_src": "cid:chart.1@alertmail.invalid", "chart_alt": "Chart of disk.used_percent", "chart_caption": "1h"}
+    single["alerts"] = single["detailed"] = [replace(single["alerts"][0], chart_note="", **chart)]
+    grouped, _ = mail_variables(
+        [
+            AlertEvent("reminder", cpu, (), 97.2, 85, ">", "warning", at - 7200, at, "i-cpu"),
+            AlertEvent("resolved", disk, labels, 80.2, 90, ">", "critical", at - 1800, at, "i-disk"),
+            AlertEvent("firing", gone, (), None, None, "absent", "warning", at - 3600, at, "i-backup"),
+        ],
+        replace(ctx, max_charts=2, extra={**extra, "notice": "Too many alerts this hour: this digest folds them."}),
+    )
+    return [("single alert", single), ("grouped mail", grouped)]
+
+
+def template_problems(folder: Path) -> list[str]:
+    """Every template in ``folder`` compiled as the agent compiles it, and the agent's two rendered
+    against sample mails (a misspelt variable is an error there): what fails, with file and line."""
+    import jinja2
+
+    env = _environment(str(folder))
+    problems = []
+    for file in sorted(folder.glob("*.j2")):
+        try:
+            template = env.get_template(file.name)
+        except jinja2.TemplateSyntaxError as exc:
+            problems.append(f"{file.name} line {exc.lineno}: {exc.message}")
+            continue
+        except (jinja2.TemplateError, UnicodeDecodeError, OSError) as exc:
+            problems.append(f"{file.name}: {type(exc).__name__}: {exc}")
+            continue
+        if file.name not in (TEXT_TEMPLATE, HTML_TEMPLATE):
+            continue  # a file the two include or extend: rendered through them
+        for what, variables in sample_variables():
+            try:
+                template.render(variables)
+            except Exception as exc:  # anything a template can raise while rendering
+                line = _template_line(exc, folder)
+                said = re.sub(r"'[\w.]*AlertView object'", "an alert", header_safe(exc, 300)).replace("'dict object'", "the dict")
+                problems.append(
+                    f"{file.name}{line}: fails on a sample {what}: {type(exc).__name__}: {said} "
+                    "(the variables are listed in docs/templates.md)"
+                )
+                break
+    return problems
+
+
+def _template_line(exc: BaseException, folder: Path) -> str:
+    """ " line 4" (of a template in ``folder``) from a rendering error's traceback, else ""."""
+    import traceback
+
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if frame.filename.startswith(str(folder)) and frame.lineno:
+            return f" line {frame.lineno}"
+    return ""
 
 
 def with_charts(
@@ -174,11 +264,11 @@ def with_charts(
     if wanted:
         from alertmail.render.chart import render_pngs
 
-        pngs = render_pngs(wanted, isolated=ctx.charts != "in-process", timeout=ctx.chart_timeout)
+        pngs = render_pngs(wanted, isolated=ctx.charts == "subprocess", timeout=ctx.chart_timeout)
     drawn = iter(pngs)
     shown: list[AlertView] = []
     images: list[tuple[str, bytes]] = []
-    for view, spec, note in zip(views, specs, notes, strict=True):
+    for event, view, spec, note in zip(events, views, specs, notes, strict=True):
         png = next(drawn) if spec is not None else None
         if png is None:
             shown.append(replace(view, chart_note=note or "the chart could not be drawn (see the agent's log)"))
@@ -186,5 +276,6 @@ def with_charts(
         # A fixed domain: make_msgid's default asks DNS for this host's name.
         cid = make_msgid("chart", domain="alertmail.invalid")
         images.append((cid, png))
-        shown.append(replace(view, chart_src=f"cid:{cid[1:-1]}"))
+        alt, caption = chart_words(event, view, ctx, spec)
+        shown.append(replace(view, chart_src=f"cid:{cid[1:-1]}", chart_alt=alt, chart_caption=caption))
     return shown, images

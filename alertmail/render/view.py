@@ -43,7 +43,8 @@ KIND_WORDS = {
 }
 # Accent colours of the HTML mail, by kind first and severity second.
 COLOURS = {"resolved": "#1e8449", "flap-ended": "#1e8449", "flapping": "#7d3c98"}
-SEVERITY_COLOURS = {"critical": "#c0392b", "error": "#c0392b", "warning": "#d68910", "info": "#2874a6"}
+# Each carries white text in the badges at 4.5:1 or more (WCAG AA), so a state reads in any mail client.
+SEVERITY_COLOURS = {"critical": "#c0392b", "error": "#c0392b", "warning": "#a85d00", "info": "#2874a6"}
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class RenderContext:
     templates_dir: Path | None = None  # user templates overriding alert.txt.j2 / alert.html.j2
     units: Mapping[str, str] = field(default_factory=dict)  # metric -> unit, from the probes
     max_charts: int = 10  # alerts shown in detail with a chart; the rest only in the summary table
-    charts: str = "subprocess"  # "subprocess" (keeps matplotlib out of the agent), "in-process", "off"
+    charts: str = "in-process"  # "in-process" (Pillow, loaded with the first chart), "subprocess" (a child per mail), "off"
     chart_timeout: float = 30.0
 
     def local_time(self, timestamp: float) -> dt.datetime:
@@ -220,7 +221,10 @@ class AlertView:
     resource: str | None
     processes: tuple[ProcessRow, ...]
     disk: dict[str, str] | None
+    runbook: str = ""  # the rule's runbook URL (http or https), or empty
     chart_src: str | None = None  # "cid:…" of the chart image, when there is one
+    chart_alt: str = ""  # what the chart shows, in words: its alt text
+    chart_caption: str = ""  # the line under the chart: its span and lines
     chart_note: str = ""  # why there is no chart
 
 
@@ -267,6 +271,7 @@ def alert_view(event: AlertEvent, ctx: RenderContext) -> AlertView:
         resource=resource,
         processes=processes,
         disk=disk,
+        runbook=header_safe(event.rule.runbook, 2000),
     )
 
 
@@ -326,3 +331,30 @@ def chart_spec(event: AlertEvent, view: AlertView, ctx: RenderContext) -> Any:
         end=event.at,
         window=min(max(event.at - first, 1800.0), 3600.0),
     )
+
+
+def chart_words(event: AlertEvent, view: AlertView, ctx: RenderContext, spec: Any) -> tuple[str, str]:
+    """The chart's alt text and caption: what it plots, where, over which span, against which lines.
+
+    Alt text: ``Chart of disk.used_percent on web01 (mount=/), 13:03 CET to 14:03 CET (1h): 93.4 % now,
+    threshold above 90 %, clears below 85 %; shaded: while it fired (since 13:51 CET)``.
+    """
+    times = [t for t, _ in spec.points]
+    end = spec.end if spec.end is not None else max(times)
+    start = max(min(times), end - spec.window) if times else end - spec.window
+    span = f"{ctx.clock(start, end)} to {ctx.clock(end)} ({human_duration(end - start)})"
+    where = f"{view.metric} on {header_safe(ctx.hostname)}" + (f" ({view.labels_text})" if view.labels else "")
+    side = {">": "above", "<": "below"}.get(view.comparison, "")
+    lines = []
+    if view.threshold:
+        lines.append(f"threshold {side} {view.threshold}".replace("  ", " "))
+    if view.clear:
+        lines.append(f"clears {'below' if side == 'above' else 'above' if side else 'at'} {view.clear}")
+    shaded = ""
+    if spec.shade_from is not None:
+        held = f"{view.since} to {view.at}" if recovers(event) else f"since {view.since}"
+        shaded = f"shaded: while it fired ({held})"
+    alt = f"Chart of {where}, {span}: {view.value} {'at the end' if recovers(event) else 'now'}"
+    alt += "".join(f", {line}" for line in lines) + (f"; {shaded}" if shaded else "")
+    caption = f"{view.metric}, {span}" + "".join(f" · {line}" for line in lines) + (f" · {shaded}" if shaded else "")
+    return header_safe(alt, 500), header_safe(caption, 500)

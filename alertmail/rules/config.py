@@ -31,6 +31,7 @@ RULE_OPTIONS: dict[str, Option] = {
     "severity": Option("str", "warning", help="severity shown in the subject"),
     "to": Option("list", None, help="recipients; default: [mail].to"),
     "description": Option("str", "", help="a line of text put into the mail"),
+    "runbook": Option("str", "", help="http(s) URL of what to do about this alert; linked from its mail"),
     "flapping": Option("bool", True, help="detect flapping (Nagios percent state change)"),
     "undeclared": Option(
         "bool", False, help="accept a metric no loaded probe declares (replayed samples, a plugin that declares none)"
@@ -53,6 +54,25 @@ def check_address(value: Any) -> str | None:
         return f"line breaks are not allowed in an address; got {value!r}"
     if not valid_address(value):
         return f"not a valid mail address: {value!r}; write it as user@example.com"
+    return None
+
+
+def check_runbook(value: str) -> str | None:
+    """Why ``value`` is not a usable runbook link (an absolute http or https URL), or None when it is."""
+    from urllib.parse import urlsplit
+
+    fix = 'write it as an absolute link like "https://wiki.example.com/runbooks/disk-full"'
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        return f"spaces and control characters are not allowed in a URL (encode a space as %20); got {value!r}; {fix}"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        return f"not a URL ({exc}): {value!r}; {fix}"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"expected an http or https URL, got {value!r}; {fix}"
+    if not parts.hostname:
+        return f"no host in {value!r}; {fix}"
     return None
 
 
@@ -91,6 +111,11 @@ def rules_from_config(raw: Any, check: Checker, *, default_to: Iterable[str]) ->
             check.error(f"{where}.severity", f'use a word like "warning" or "critical"; got {severity!r}')
         elif "severity" in item and "critical" in item:
             check.error(f"{where}.severity", "with a `critical` level the severity is the level crossed; remove `severity`")
+        runbook = values.get("runbook")
+        if isinstance(runbook, str) and runbook:
+            reason = check_runbook(runbook)
+            if reason:
+                check.error(f"{where}.runbook", reason)
         if "to" in item:
             to = values.get("to")
             if to is not None and not to:
@@ -123,6 +148,7 @@ def rules_from_config(raw: Any, check: Checker, *, default_to: Iterable[str]) ->
             severity=values.get("severity") or "warning",
             to=tuple(to or ()),
             description=values.get("description") or "",
+            runbook=values.get("runbook") or "",
             flapping=values.get("flapping", True),
             min_coverage=values.get("min_coverage", 0.5),
             undeclared=values.get("undeclared", False),

@@ -58,6 +58,7 @@ class Rule:
     severity: str = "warning"
     to: tuple[str, ...] = ()
     description: str = ""
+    runbook: str = ""  # an http(s) URL: what to do about this alert, linked from its mail
     flapping: bool = True
     min_coverage: float = 0.5  # with `over`: the fraction of the window samples must span before it decides
     undeclared: bool = False  # the metric comes from something no probe declares it for (replayed samples, a plugin)

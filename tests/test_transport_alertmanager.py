@@ -71,6 +71,17 @@ def test_alert_becomes_an_api_v2_alert(tmp_path):
     assert body["generatorURL"] == "http://grafana/disk-full"
     payload, _ = am._payload([alerts_in_event(event("resolved", at=2000.0))], now=3000.0)
     assert payload[0]["endsAt"] == 2000.0
+    assert "runbook_url" not in body["annotations"]  # the rule has none
+
+
+def test_a_rules_runbook_becomes_the_runbook_url_annotation(tmp_path):
+    import dataclasses
+
+    with_runbook = dataclasses.replace(RULE, runbook="https://wiki.example.com/runbooks/disk")
+    am = transport(tmp_path, ["http://127.0.0.1:9"])
+    firing = dataclasses.replace(event("firing"), rule=with_runbook)
+    [(_, body, _)] = am._converted(json.loads(json.dumps(alerts_in_event(firing))))
+    assert body["annotations"]["runbook_url"] == "https://wiki.example.com/runbooks/disk"
 
 
 def test_instance_is_the_host_that_saw_the_alert_also_through_a_relay(tmp_path):

@@ -50,12 +50,14 @@ def event_to_json(event: AlertEvent) -> dict[str, Any]:
         "fired_at": event.fired_at,
         "state": event.state,
         "percent_change": event.percent_change,
+        "reason": event.reason,
         "rule": {
             "name": rule.name,
             "metric": rule.metric,
             "to": list(rule.to),
             "description": rule.description,
             "severity": rule.severity,
+            "runbook": rule.runbook,
         },
     }
 
@@ -69,6 +71,7 @@ def event_from_json(raw: dict[str, Any], rules: dict[str, Rule]) -> AlertEvent:
         to=tuple(r["to"]),
         description=r.get("description", ""),
         severity=r.get("severity", "warning"),
+        runbook=r.get("runbook", ""),
     )
     return AlertEvent(
         kind=raw["kind"],
@@ -84,6 +87,7 @@ def event_from_json(raw: dict[str, Any], rules: dict[str, Rule]) -> AlertEvent:
         fired_at=raw.get("fired_at"),
         state=raw.get("state", ""),
         percent_change=raw.get("percent_change"),
+        reason=raw.get("reason", ""),
     )
 
 

@@ -10,8 +10,9 @@ agent's hostname, which a relay passing the mail on keeps); each alert has ``rul
 ``kind`` (firing, escalated, reminder, resolved, flapping, flap-ended), ``state``,
 ``labels`` (an object), ``severity``, ``previous_severity``, ``value``, ``threshold``,
 ``comparison``, ``since``, ``at``, ``fired_at`` (Unix times), ``incident``,
-``description`` and ``reason`` (why it happened when the value does not say: a recovery
-caused by a configuration change; empty otherwise).
+``description``, ``runbook`` (the rule's URL, empty when it has none) and ``reason`` (why
+it happened when the value does not say: a recovery caused by a configuration change;
+empty otherwise).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def event_fields(event: AlertEvent) -> dict[str, Any]:
         "incident": event.incident,
         "description": event.rule.description,
         "reason": event.reason,
+        "runbook": event.rule.runbook,
     }
 
 

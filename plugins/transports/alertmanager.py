@@ -9,8 +9,8 @@ durable queue holds the message and retries it while no Alertmanager answers, a
 
 * an alert's labels: ``alertname`` (the rule), ``instance`` (the host that saw it), ``severity``,
   the series' labels, then ``[transports.alertmanager].labels``; annotations
-  ``summary``, ``description``, ``value``; ``startsAt`` when it fired, ``endsAt``
-  when it resolved;
+  ``summary``, ``description``, ``value``, and ``runbook_url`` when the rule has a
+  ``runbook``; ``startsAt`` when it fired, ``endsAt`` when it resolved;
 * a mail that carries no alerts (a DSN, the heartbeat, relayed mail) has nothing
   for Alertmanager: it counts as delivered, with a reply saying so;
 * while an alert fires, it is sent again every ``resend`` with ``endsAt`` 4 × that
@@ -148,6 +148,8 @@ class AlertmanagerTransport:
             "annotations": {"summary": summary, "description": str(alert.get("description") or summary), "value": _number(value)},
             "startsAt": float(alert.get("fired_at") or alert.get("since") or at),  # made RFC 3339 when sent
         }
+        if alert.get("runbook"):
+            body["annotations"]["runbook_url"] = str(alert["runbook"])
         if self.generator_url:
             body["generatorURL"] = self.generator_url.replace("{rule}", rule).replace("{instance}", instance)
         out = [(json.dumps(sorted(labels.items())), body, active)]

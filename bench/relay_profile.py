@@ -173,11 +173,11 @@ async def load(port: int, args: argparse.Namespace) -> None:
 async def run_relay(folder: Path, sink_port: int, args: argparse.Namespace, profiler: cProfile.Profile | None) -> dict:
     from types import SimpleNamespace
 
-    from alertmail import Outbox, load_or_exit, setup_logging
-    from alertmail.plugins.relay.service import RelayService
-
     from tests.peers import free_port
     from tests.relay_peers import relay_config
+
+    from alertmail import Outbox, load_or_exit, setup_logging
+    from alertmail.plugins.relay.service import RelayService
 
     port = free_port()
     options = {"greet_pause": "0s", "max_commands": 1000, "pickup": False}
@@ -223,7 +223,6 @@ class Handler:
 
 async def run_sink(args: argparse.Namespace, profiler: cProfile.Profile | None) -> dict:
     from aiosmtpd.smtp import SMTP
-
     from tests.peers import free_port
 
     namespace: dict[str, Any] = {}
@@ -329,7 +328,9 @@ def report(results: list[dict], args: argparse.Namespace, label: str = "") -> st
         )
     if relay and sink:
         lines.append(f"  relay / bare sink: {relay['cpu_us'] / sink['cpu_us']:.2f}x the CPU per message")
-    lines.append(f"  {'stage (under cProfile; share, est. µs without it)':<52} " + " ".join(f"{r['target']:>20}" for r in results))
+    lines.append(
+        f"  {'stage (under cProfile; share, est. µs without it)':<52} " + " ".join(f"{r['target']:>20}" for r in results)
+    )
     for stage in STAGES:
         cells = []
         for r in results:
@@ -363,7 +364,10 @@ def compare(base: list[dict], mine: list[dict], args: argparse.Namespace, ref: s
     sinks = [r["cpu_us"] for r in (*base, *mine) if r["target"] == "sink"]
     if sinks:
         floor = sorted(sinks)[len(sinks) // 2]
-        lines.append(f"  bare aiosmtpd sink (median of this run): {floor:.0f} µs/msg; relay/sink {b['cpu_us'] / floor:.2f}x -> {m['cpu_us'] / floor:.2f}x")
+        lines.append(
+            f"  bare aiosmtpd sink (median of this run): {floor:.0f} µs/msg;"
+            f" relay/sink {b['cpu_us'] / floor:.2f}x -> {m['cpu_us'] / floor:.2f}x"
+        )
     return "\n".join(lines)
 
 

@@ -43,7 +43,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -332,7 +332,7 @@ class Queue:
 
     # -- writing ------------------------------------------------------------
 
-    async def put(self, data: bytes, envelope: Envelope, *, route: list[str] | None = None, origin: str = "agent") -> str:
+    async def put(self, data: bytes, envelope: Envelope, *, route: Sequence[str] | None = None, origin: str = "agent") -> str:
         """Queue ``data`` for ``envelope``; return its id once it is durable.
 
         Raises QueueWriteError when it cannot be made durable; then nothing of it remains.

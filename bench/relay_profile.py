@@ -208,10 +208,11 @@ async def run_relay(folder: Path, sink_port: int, args: argparse.Namespace, prof
             profiler.disable()
         seconds = time.perf_counter() - started
         cpu, main = time.process_time() - cpu, time.thread_time() - main
+        rounds = outbox.queue.stats.commits
     finally:
         asyncio.to_thread = clock._original  # type: ignore[assignment]
         await outbox.close()
-    return {"cpu": cpu, "main": main, "seconds": seconds, "threads": dict(clock.seconds)}
+    return {"cpu": cpu, "main": main, "seconds": seconds, "threads": dict(clock.seconds), "rounds": rounds}
 
 
 BARE_SINK = """
@@ -288,6 +289,7 @@ def measure(target: str, args: argparse.Namespace) -> dict:
         "main_us": plain["main"] * 1e6 / n,
         "threads_us": (plain["cpu"] - plain["main"]) * 1e6 / n,
         "thread_funcs": {k: v * 1e6 / n for k, v in plain["threads"].items()},
+        "per_round": n / plain["rounds"] if plain.get("rounds") else 0.0,
         "profiled_us": stages,
         "top": profiled["top"],
     }
@@ -326,6 +328,9 @@ def report(results: list[dict], args: argparse.Namespace, label: str = "") -> st
             f"  {r['target']:<6} {r['rate']:7.0f} msg/s   CPU {r['cpu_us']:7.0f} µs/msg"
             f" (main thread {r['main_us']:.0f}, other threads {r['threads_us']:.0f})"
         )
+        if r["thread_funcs"]:
+            funcs = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["thread_funcs"].items()))
+            lines.append(f"         in threads: {funcs}; {r['per_round']:.1f} messages per commit round")
     if relay and sink:
         lines.append(f"  relay / bare sink: {relay['cpu_us'] / sink['cpu_us']:.2f}x the CPU per message")
     lines.append(

@@ -127,8 +127,11 @@ async def send_via(transport: Transport | None, name: str, data: bytes, envelope
         log.exception("transport %s failed", name)
         failure = RecipientStatus(Status.TEMPORARY, 451, f"{name}: {type(exc).__name__}: {exc}", "4.3.0")
         return DeliveryResult.all(envelope.recipients, failure)
+    got = result.recipients
+    if all(r in got for r in envelope.recipients):
+        return DeliveryResult({r: got[r] for r in envelope.recipients})
     missing = RecipientStatus(Status.TEMPORARY, 451, f"{name} gave no result for this recipient", "4.3.0")
-    return DeliveryResult({r: result.recipients.get(r, missing) for r in envelope.recipients})
+    return DeliveryResult({r: got.get(r, missing) for r in envelope.recipients})
 
 
 async def send_through_route(

@@ -41,7 +41,7 @@ class RecipientState:
     reported: bool = False  # a DSN about its failure has gone out (or was not due)
 
     def record(self, result: RecipientStatus, transport: str, when: float) -> None:
-        self.status = {Status.DELIVERED: "delivered", Status.PERMANENT: "failed"}.get(result.status, "pending")
+        self.status = _STATE_OF.get(result.status, "pending")
         self.code, self.message, self.enhanced, self.remote = result.code, result.message, result.enhanced, result.remote
         self.transport, self.time = transport, when
 
@@ -105,6 +105,7 @@ class Entry:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+_STATE_OF = {Status.DELIVERED: "delivered", Status.PERMANENT: "failed"}
 _ENTRY_FIELDS = tuple(f.name for f in fields(Entry))
 _STATE_FIELDS = tuple(f.name for f in fields(RecipientState))
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode

@@ -38,6 +38,7 @@ batch is deleted without a ``.done`` line for each.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -553,13 +554,17 @@ class Queue:
         for msg_id, segment, _ in batch:
             if segment not in ended:
                 lines.setdefault(segment, []).append(msg_id)
+        folder = f"{self.folder}{os.sep}"  # plain strings: a Path per file costs more than its unlink here
         for segment in ended:
-            self._retire_segment(segment)
+            for suffix in (".seg", ".done"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{folder}{segment}{suffix}")
         for segment, ids in lines.items():
             self._mark_done(segment, ids)
         # The mark comes first: a crash between leaves a stale state file, never a live message without its state.
         for msg_id, _, _ in batch:
-            (self.folder / f"{msg_id}.json").unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{folder}{msg_id}.json")
 
     def _retire(self, msg_id: str, segment: str, last: bool) -> None:
         # No fsync: if a crash undoes this the message is delivered again (at-least-once).
@@ -571,7 +576,7 @@ class Queue:
         (self.folder / f"{msg_id}.json").unlink(missing_ok=True)
 
     def _mark_done(self, segment: str, ids: list[str]) -> None:
-        fd = os.open(self.folder / f"{segment}.done", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fd = os.open(f"{self.folder}{os.sep}{segment}.done", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
             os.write(fd, "".join(f"{i}\n" for i in ids).encode())
         finally:

@@ -146,6 +146,11 @@ def has_bare_newline(data: bytes) -> bool:
 
 def data_problem(data: bytes) -> str | None:
     """Why message data is refused (a bare CR or LF, a NUL byte), or None when it may pass on."""
+    # Every CR and every LF belongs to a CRLF exactly when the three counts agree; counting
+    # bytes is several times faster than the regular expression, which names the first problem.
+    pairs = data.count(b"\r\n")
+    if data.count(b"\r") == pairs and data.count(b"\n") == pairs and b"\x00" not in data:
+        return None
     found = _BAD_DATA.search(data)
     if found is None:
         return None

@@ -292,7 +292,8 @@ class Delivery:
             if self._stopping:
                 return
             try:
-                await asyncio.wait_for(self._wake.wait(), max(wait, 0.0))
+                async with asyncio.timeout(max(wait, 0.0)):  # not wait_for: no task per wake-up
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 

@@ -361,8 +361,8 @@ class Queue:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((entry, bytes(data), done))
         self._wakeup.set()
-        # Shielded: a caller that gives up waiting does not undo a commit under way.
-        await asyncio.shield(done)
+        # A caller that gives up waiting cancels only ``done``: the round still commits and registers the entry.
+        await done
         return entry.id
 
     async def _commit_loop(self) -> None:

@@ -354,24 +354,42 @@ def report(results: list[dict], args: argparse.Namespace, label: str = "") -> st
     return "\n".join(lines)
 
 
-def compare(base: list[dict], mine: list[dict], args: argparse.Namespace, ref: str) -> str:
-    lines = [f"relay, µs of CPU per message: {ref} -> this tree (cProfile stages as shares of the plain run's CPU)"]
-    b = next(r for r in base if r["target"] == "relay")
-    m = next(r for r in mine if r["target"] == "relay")
+def compare(base: list[list[dict]], mine: list[list[dict]], ref: str) -> str:
+    """The relay's figures of both trees, each the median over the rounds: plain CPU, and each stage."""
+
+    def median(values: list[float]) -> float:
+        values = sorted(values)
+        return values[len(values) // 2]
+
+    def relay(runs: list[list[dict]]) -> list[dict]:
+        return [r for results in runs for r in results if r["target"] == "relay"]
 
     def est(r: dict, stage: str) -> float:
         total = sum(r["profiled_us"].values())
         return r["profiled_us"].get(stage, 0.0) / total * r["cpu_us"] if total else 0.0
 
+    b, m = relay(base), relay(mine)
+    lines = [
+        f"relay, µs of CPU per message, median of {len(b)} round(s): {ref} -> this tree",
+        f"  {'stage':<40} {'under cProfile':>18} {'est. without it':>18}",
+    ]
     for stage in STAGES:
-        lines.append(f"  {stage:<45} {est(b, stage):7.0f} -> {est(m, stage):7.0f}")
-    lines.append(f"  {'all (plain run, process CPU)':<45} {b['cpu_us']:7.0f} -> {m['cpu_us']:7.0f}")
-    sinks = [r["cpu_us"] for r in (*base, *mine) if r["target"] == "sink"]
+        before, after = (median([r["profiled_us"].get(stage, 0.0) for r in rs]) for rs in (b, m))
+        raw = f"{before:6.0f} -> {after:6.0f}"
+        scaled = f"{median([est(r, stage) for r in b]):6.0f} -> {median([est(r, stage) for r in m]):6.0f}"
+        lines.append(f"  {stage:<40} {raw:>18} {scaled:>18}")
+    plain = f"{median([r['cpu_us'] for r in b]):6.0f} -> {median([r['cpu_us'] for r in m]):6.0f}"
+    lines.append(f"  {'all, plain run (process CPU)':<40} {'':>18} {plain:>18}")
+    main_thread = f"{median([r['main_us'] for r in b]):6.0f} -> {median([r['main_us'] for r in m]):6.0f}"
+    lines.append(f"  {'  of which main thread':<40} {'':>18} {main_thread:>18}")
+    rate = f"{median([r['rate'] for r in b]):6.0f} -> {median([r['rate'] for r in m]):6.0f}"
+    lines.append(f"  {'msg/s (plain run)':<40} {'':>18} {rate:>18}")
+    sinks = [r["cpu_us"] for results in (*base, *mine) for r in results if r["target"] == "sink"]
     if sinks:
-        floor = sorted(sinks)[len(sinks) // 2]
+        floor = median(sinks)
         lines.append(
-            f"  bare aiosmtpd sink (median of this run): {floor:.0f} µs/msg;"
-            f" relay/sink {b['cpu_us'] / floor:.2f}x -> {m['cpu_us'] / floor:.2f}x"
+            f"  bare aiosmtpd sink, median of its {len(sinks)} runs: {floor:.0f} µs/msg;"
+            f" relay/sink {median([r['cpu_us'] for r in b]) / floor:.2f}x -> {median([r['cpu_us'] for r in m]) / floor:.2f}x"
         )
     return "\n".join(lines)
 
@@ -424,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.rounds):
             print(report(runs["base"][i], args, f"[{args.against}, round {i + 1}] "))
             print(report(runs["mine"][i], args, f"[this tree, round {i + 1}] "))
-            print(compare(runs["base"][i], runs["mine"][i], args, args.against))
+        print(compare(runs["base"], runs["mine"], args.against))
         return 0
 
     code = (args.code or HERE).resolve()

@@ -620,6 +620,7 @@ class Queue:
             entry = self._entries[target]
             if action == "delete":
                 del self._entries[target]
+                self._drop_fresh(target)
                 live = self._live.get(entry.segment, set())
                 live.discard(target)
                 self._retire(target, entry.segment, not live)

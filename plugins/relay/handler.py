@@ -88,8 +88,8 @@ class RelayHandler:
             recipients=envelope.rcpt_tos,
         )
         try:
-            # A put that outlives the timeout still completes once its commit round has begun (the
-            # queue shields it): at worst a duplicate, never a loss.
+            # A put that outlives the timeout is still committed once the queue holds it (the client,
+            # told 451, may send it again): at worst a duplicate, never a loss.
             async with asyncio.timeout(PUT_TIMEOUT):
                 msg_id = await self.queue.put(
                     trace + content,

@@ -498,3 +498,15 @@ def test_addresses_go_on_mail_and_rcpt_lines_as_aiosmtplib_quotes_them(address):
     if path is not None:  # taken without the RFC 5322 parse: the same line
         assert path == quote_address(address)
     assert (path is None) == (address not in ("ops@example.test", "a.b+tag@mx-1.example.test", ""))
+
+
+def test_reply_text_is_put_on_one_line_with_single_spaces_where_lines_broke():
+    import itertools
+    import re
+
+    from alertmail.plugins.transports.smtpclient import one_line
+
+    for parts in itertools.product(["ok", " ", "\r", "\n", "\t", "5.1.1"], repeat=5):
+        text = "".join(parts)
+        assert one_line(text) == re.sub(r"\s*[\r\n]+\s*", " ", text).strip(), repr(text)
+    assert one_line("") == "" and one_line(None) == ""  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ RUNS = {
     "queue_bench.py": ["-n", "100"],
     "relay_bench.py": ["--quick"],
     "relay_crash.py": ["--messages", "200", "--clients", "4", "--kill-after", "60"],
+    "relay_profile.py": ["-m", "100", "-s", "2", "--top", "5"],
     "render_mail.py": ["off", "--runs", "2"],
     "replay_storm.py": ["--hours", "1", "--burst", "50"],
     "rule_engine.py": ["--series", "50", "--ticks", "5"],
@@ -33,6 +34,7 @@ NEEDS = {
     "queue_bench.py": ["smtp-sink"],
     "relay_bench.py": ["smtp-sink", "smtp-source", "postfix"],
     "relay_crash.py": ["smtp-sink"],
+    "relay_profile.py": ["smtp-sink", "smtp-source"],
     "transport_smtp.py": ["smtp-sink"],
 }
 

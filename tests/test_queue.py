@@ -440,3 +440,73 @@ def test_queue_show_decodes_encoded_subjects_and_badmail_help_has_no_markup(tmp_
     msg_id = run(put())
     assert "Subject: Festplatte / zu 97\u00a0% voll" in invoke("queue", "show", msg_id, "-c", config).output
     assert "``" not in invoke("badmail", "--help").output
+
+
+def test_first_delivery_sends_the_bytes_accepted_and_later_reads_are_verified_on_disk(tmp_path):
+    """The first read gives the bytes whose checksum was written; a later one reads the segment and checks it."""
+    from alertmail.queue.spool import QueueCorrupt
+
+    async def main() -> None:
+        queue = Queue(tmp_path / "queue")
+        await queue.start()
+        try:
+            msg_id = await queue.put(DATA, ENV)
+            [seg] = (tmp_path / "queue").glob("*.seg")
+            raw = bytearray(seg.read_bytes())
+            raw[raw.index(b"disk full")] ^= 0x20
+            seg.write_bytes(bytes(raw))
+            assert await queue.read(msg_id) == DATA
+            with pytest.raises(QueueCorrupt):
+                await queue.read(msg_id)
+        finally:
+            await queue.close()
+
+    run(main())
+
+
+def test_messages_finished_together_are_marked_and_stay_finished(tmp_path):
+    async def main() -> list[str]:
+        queue = Queue(tmp_path / "queue")
+        await queue.start()
+        first = await asyncio.gather(*(queue.put(DATA + bytes([65 + i]), ENV) for i in range(4)))
+        second = await queue.put(DATA, ENV)
+        await asyncio.gather(queue.remove(first[0]), queue.remove(first[2]), queue.remove(second))
+        await queue.close()
+        return first
+
+    first = run(main())
+    names = sorted(p.suffix for p in (tmp_path / "queue").iterdir() if p.is_file())
+    assert names == ["", ".done", ".seg"]  # lock, and the first round's segment with its two marks
+
+    async def again() -> list[str]:
+        queue = Queue(tmp_path / "queue")
+        await queue.start()
+        ids = [e.id for e in queue.entries()]
+        await queue.close()
+        return ids
+
+    assert run(again()) == [first[1], first[3]]
+
+
+@pytest.mark.parametrize("route", [None, ["smtp", "pickup"]])
+def test_entry_metadata_is_the_json_of_every_field_and_reads_back_whole(route):
+    import json
+    from dataclasses import asdict
+
+    entry = Entry(
+        id="0192aabbccdd11223344",
+        created=1.5,
+        sender="a@x.test",
+        recipients={
+            "b@x.test": RecipientState(),
+            "c\u00e9@x.test": RecipientState("failed", 550, "no\r\n", "5.1.1", "r", "mx", 2.0, True),
+        },
+        route=route,
+        origin="relay",
+        size=12,
+        attempts=3,
+        crc=123,
+    )
+    raw = entry.to_json()
+    assert raw == json.dumps(asdict(entry), separators=(",", ":"), ensure_ascii=True).encode()
+    assert Entry.from_json(raw) == entry

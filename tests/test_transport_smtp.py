@@ -484,3 +484,29 @@ def test_config_requires_servers_and_refuses_inline_password(tmp_path):
     assert "transports.smtp.servers: missing" in text
     assert "transports.smtp.password: secrets are never written inline" in text
     assert "transports.smtp.tls: expected one of" in text
+
+
+@pytest.mark.parametrize(
+    "address", ["ops@example.test", "a.b+tag@mx-1.example.test", "x_y=z@[127.0.0.1]", "", "a@b@c", "a..b@x", "é@x.test", "<a@b>"]
+)
+def test_addresses_go_on_mail_and_rcpt_lines_as_aiosmtplib_quotes_them(address):
+    from aiosmtplib.email import quote_address
+
+    from alertmail.plugins.transports.smtpsession import simple_path
+
+    path = simple_path(address)
+    if path is not None:  # taken without the RFC 5322 parse: the same line
+        assert path == quote_address(address)
+    assert (path is None) == (address not in ("ops@example.test", "a.b+tag@mx-1.example.test", ""))
+
+
+def test_reply_text_is_put_on_one_line_with_single_spaces_where_lines_broke():
+    import itertools
+    import re
+
+    from alertmail.plugins.transports.smtpclient import one_line
+
+    for parts in itertools.product(["ok", " ", "\r", "\n", "\t", "5.1.1"], repeat=5):
+        text = "".join(parts)
+        assert one_line(text) == re.sub(r"\s*[\r\n]+\s*", " ", text).strip(), repr(text)
+    assert one_line("") == "" and one_line(None) == ""  # type: ignore[arg-type]

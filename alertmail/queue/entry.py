@@ -10,7 +10,7 @@ import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from alertmail.model import Envelope, RecipientStatus, Status
@@ -41,7 +41,7 @@ class RecipientState:
     reported: bool = False  # a DSN about its failure has gone out (or was not due)
 
     def record(self, result: RecipientStatus, transport: str, when: float) -> None:
-        self.status = {Status.DELIVERED: "delivered", Status.PERMANENT: "failed"}.get(result.status, "pending")
+        self.status = _STATE_OF.get(result.status, "pending")
         self.code, self.message, self.enhanced, self.remote = result.code, result.message, result.enhanced, result.remote
         self.transport, self.time = transport, when
 
@@ -89,7 +89,10 @@ class Entry:
         return [r for r, s in self.recipients.items() if s.status == "delivered"]
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=True).encode()
+        # The same JSON as dataclasses.asdict would give, built without its deep copy (a third of a put's CPU).
+        data = {name: getattr(self, name) for name in _ENTRY_FIELDS}
+        data["recipients"] = {r: {name: getattr(s, name) for name in _STATE_FIELDS} for r, s in self.recipients.items()}
+        return _ENCODE(data).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Entry:
@@ -100,3 +103,9 @@ class Entry:
         }
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_STATE_OF = {Status.DELIVERED: "delivered", Status.PERMANENT: "failed"}
+_ENTRY_FIELDS = tuple(f.name for f in fields(Entry))
+_STATE_FIELDS = tuple(f.name for f in fields(RecipientState))
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode

@@ -25,17 +25,26 @@ A message counts as queued once its segment is renamed into place and the folder
 fsynced; only then does ``put()`` return. Concurrent ``put()`` calls form one commit
 round and share one segment, so two fsyncs make a whole round durable (group commit).
 A segment is deleted when all its messages are finished.
+
+What a commit round wrote is also kept in memory (up to ``FRESH_MAX`` bytes) until the
+message is first read for delivery: the bytes delivered are the very bytes whose
+checksum went to disk, without a read and a thread hop per message. A message read
+again (a retry, after a restart, from the command line) comes from its segment,
+verified. Finished messages are marked in batches: what several delivery workers
+finish at once costs one thread hop, and a segment whose messages all finished in the
+batch is deleted without a ``.done`` line for each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +58,8 @@ log = logging.getLogger("alertmail.queue.spool")
 
 # More puts than this wait for the next commit round; keeps one round's size bounded.
 BATCH_MAX = 1024
+# Bytes of freshly committed messages kept for their first delivery (oldest dropped first).
+FRESH_MAX = 16 << 20
 # What the command line can ask a running agent to do; "resend" takes a badmail id.
 REQUESTS = ("retry", "delete", "resend")
 
@@ -106,6 +117,12 @@ class Queue:
         self._committing = False  # a round is being written
         self._lock_fd: int | None = None
         self._listeners: list[Callable[[Entry], None]] = []
+        self._fresh: dict[str, bytes] = {}  # id -> bytes just committed, not read for delivery yet
+        self._fresh_bytes = 0
+        # Finished messages waiting to be marked (id, segment, last of its segment) and who waits for it.
+        self._retiring: list[tuple[str, str, bool]] = []
+        self._retired: asyncio.Future[None] | None = None
+        self._retirer: asyncio.Task[None] | None = None
         # What load() found damaged, by segment, for recover() to set aside and `queue list --corrupt` to show.
         self.damaged: dict[str, records.Scan] = {}
 
@@ -125,6 +142,8 @@ class Queue:
 
     async def close(self) -> None:
         """Finish the commit round in progress, then let go of the folder."""
+        if self._retirer is not None:
+            await asyncio.wait([self._retirer])
         if self._committer is not None:
             while self._pending or self._committing:
                 await asyncio.sleep(0.005)
@@ -314,7 +333,7 @@ class Queue:
 
     # -- writing ------------------------------------------------------------
 
-    async def put(self, data: bytes, envelope: Envelope, *, route: list[str] | None = None, origin: str = "agent") -> str:
+    async def put(self, data: bytes, envelope: Envelope, *, route: Sequence[str] | None = None, origin: str = "agent") -> str:
         """Queue ``data`` for ``envelope``; return its id once it is durable.
 
         Raises QueueWriteError when it cannot be made durable; then nothing of it remains.
@@ -342,8 +361,8 @@ class Queue:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((entry, bytes(data), done))
         self._wakeup.set()
-        # Shielded: a caller that gives up waiting does not undo a commit under way.
-        await asyncio.shield(done)
+        # A caller that gives up waiting cancels only ``done``: the round still commits and registers the entry.
+        await done
         return entry.id
 
     async def _commit_loop(self) -> None:
@@ -364,11 +383,12 @@ class Queue:
                     error = QueueWriteError(errno.EIO, f"cannot queue message: {exc}")
                 self.stats.commits += 1
                 self._committing = False
-                for entry, _, done in batch:
+                for entry, data, done in batch:
                     if error is None:
                         # Registered here, not in put(): a cancelled caller's message is still delivered.
                         self._entries[entry.id] = entry
                         self._live.setdefault(entry.segment, set()).add(entry.id)
+                        self._keep_fresh(entry.id, data)
                         self.stats.puts += 1
                         for listener in self._listeners:
                             listener(entry)
@@ -378,6 +398,19 @@ class Queue:
                         done.set_result(None)
                     else:
                         done.set_exception(error)
+
+    def _keep_fresh(self, msg_id: str, data: bytes) -> None:
+        fresh = self._fresh
+        fresh[msg_id] = data
+        self._fresh_bytes += len(data)
+        while self._fresh_bytes > FRESH_MAX and fresh:
+            self._fresh_bytes -= len(fresh.pop(next(iter(fresh))))
+
+    def _drop_fresh(self, msg_id: str) -> bytes | None:
+        data = self._fresh.pop(msg_id, None)
+        if data is not None:
+            self._fresh_bytes -= len(data)
+        return data
 
     def _commit(self, batch: list[tuple[Entry, bytes]]) -> None:
         """Write one segment for the round, fsync it, rename it, fsync the folder (blocking)."""
@@ -459,6 +492,10 @@ class Queue:
         return target
 
     async def read(self, msg_id: str) -> bytes:
+        """The message bytes: those just committed on their first read, else read back verified (QueueCorrupt)."""
+        data = self._drop_fresh(msg_id)
+        if data is not None and msg_id in self._entries:
+            return data
         return await asyncio.to_thread(self.read_message, msg_id)
 
     async def update(self, entry: Entry) -> None:
@@ -481,9 +518,53 @@ class Queue:
         entry = self._entries.pop(msg_id, None)
         if entry is None:
             return
+        self._drop_fresh(msg_id)
         live = self._live.get(entry.segment, set())
         live.discard(msg_id)
-        await asyncio.to_thread(self._retire, msg_id, entry.segment, not live)
+        last = not live
+        if last:
+            self._live.pop(entry.segment, None)
+        self._retiring.append((msg_id, entry.segment, last))
+        if self._retired is None:
+            self._retired = asyncio.get_running_loop().create_future()
+        retired = self._retired
+        if self._retirer is None or self._retirer.done():
+            self._retirer = asyncio.create_task(self._retire_loop(), name="queue-retire")
+        # Shielded: a caller that gives up waiting does not undo the mark under way.
+        await asyncio.shield(retired)
+
+    async def _retire_loop(self) -> None:
+        """Mark what is finished, a batch per thread hop; removals that arrive meanwhile form the next batch."""
+        while self._retiring:
+            batch, self._retiring = self._retiring, []
+            retired, self._retired = self._retired, None
+            try:
+                await asyncio.to_thread(self._retire_batch, batch)
+            except OSError as exc:
+                # Not marked: the message goes out once more after a restart (at-least-once), never less.
+                log.warning("queue: cannot mark %d finished message(s): %s", len(batch), exc)
+            finally:
+                if retired is not None and not retired.done():
+                    retired.set_result(None)
+
+    def _retire_batch(self, batch: list[tuple[str, str, bool]]) -> None:
+        """Mark finished messages: a segment whose last message finished goes; others get ``.done`` lines (blocking)."""
+        ended = {segment for _, segment, last in batch if last}
+        lines: dict[str, list[str]] = {}
+        for msg_id, segment, _ in batch:
+            if segment not in ended:
+                lines.setdefault(segment, []).append(msg_id)
+        folder = f"{self.folder}{os.sep}"  # plain strings: a Path per file costs more than its unlink here
+        for segment in ended:
+            for suffix in (".seg", ".done"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{folder}{segment}{suffix}")
+        for segment, ids in lines.items():
+            self._mark_done(segment, ids)
+        # The mark comes first: a crash between leaves a stale state file, never a live message without its state.
+        for msg_id, _, _ in batch:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{folder}{msg_id}.json")
 
     def _retire(self, msg_id: str, segment: str, last: bool) -> None:
         # No fsync: if a crash undoes this the message is delivered again (at-least-once).
@@ -491,10 +572,15 @@ class Queue:
             self._live.pop(segment, None)
             self._retire_segment(segment)
         else:
-            with open(self.folder / f"{segment}.done", "a") as fh:
-                fh.write(msg_id + "\n")
-        # The mark comes first: a crash between leaves a stale state file, never a live message without its state.
+            self._mark_done(segment, [msg_id])
         (self.folder / f"{msg_id}.json").unlink(missing_ok=True)
+
+    def _mark_done(self, segment: str, ids: list[str]) -> None:
+        fd = os.open(f"{self.folder}{os.sep}{segment}.done", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            os.write(fd, "".join(f"{i}\n" for i in ids).encode())
+        finally:
+            os.close(fd)
 
     def _retire_segment(self, segment: str) -> None:
         (self.folder / f"{segment}.seg").unlink(missing_ok=True)
@@ -534,6 +620,7 @@ class Queue:
             entry = self._entries[target]
             if action == "delete":
                 del self._entries[target]
+                self._drop_fresh(target)
                 live = self._live.get(entry.segment, set())
                 live.discard(target)
                 self._retire(target, entry.segment, not live)

@@ -32,9 +32,19 @@ class RelayHandler:
         self.policy = policy
         self.queue = queue
         self.server = server
+        self._ehlo: dict[tuple[str, ...], list[str]] = {}  # aiosmtpd's EHLO lines -> the relay's (a few variants)
 
     async def handle_EHLO(self, smtp: RelaySMTP, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
+        key = tuple(responses)
+        lines = self._ehlo.get(key)
+        if lines is None:
+            if len(self._ehlo) >= 64:
+                self._ehlo.clear()
+            lines = self._ehlo[key] = self._ehlo_lines(responses)
+        return list(lines)
+
+    def _ehlo_lines(self, responses: list[str]) -> list[str]:
         keywords = [r[4:] for r in responses[1:] if r[4:] != "HELP"]
         if not self.policy.users:
             keywords = [k for k in keywords if not k.startswith("AUTH")]
@@ -77,16 +87,17 @@ class RelayHandler:
             txid=txid,
             recipients=envelope.rcpt_tos,
         )
-        put = self.queue.put(
-            trace + content,
-            Envelope(sender, tuple(envelope.rcpt_tos)),
-            route=list(self.policy.route) if self.policy.route else None,
-            # "relay" is mail from [relay] allow clients: the only relayed mail [relay] dkim signs.
-            origin="relay" if smtp.client_allowed else "relay-auth" if session.authenticated else "relay-local",
-        )
         try:
-            # shield: a put that outlives the timeout still completes (at worst a duplicate, never a loss)
-            msg_id = await asyncio.wait_for(asyncio.shield(put), PUT_TIMEOUT)
+            # A put that outlives the timeout is still committed once the queue holds it (the client,
+            # told 451, may send it again): at worst a duplicate, never a loss.
+            async with asyncio.timeout(PUT_TIMEOUT):
+                msg_id = await self.queue.put(
+                    trace + content,
+                    Envelope(sender, tuple(envelope.rcpt_tos)),
+                    route=self.policy.route or None,
+                    # "relay" is mail from [relay] allow clients: the only relayed mail [relay] dkim signs.
+                    origin="relay" if smtp.client_allowed else "relay-auth" if session.authenticated else "relay-local",
+                )
         except QueueWriteError as exc:
             log.error("relay: cannot queue a message from %s: %s", smtp.client_ip, exc)
             return "452 4.3.1 Insufficient system storage"

@@ -10,7 +10,7 @@ import ipaddress
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -40,6 +40,10 @@ _ENHANCED_BY_CODE = {
     555: "5.5.4",
 }
 _ENHANCED_250 = {"MAIL": "2.1.0", "RCPT": "2.1.5", "DATA": "2.0.0"}
+# Entries kept by the small caches below (client IPs, replies, the Received date) before they start over.
+CACHE_MAX = 4096
+_with_enhanced: dict[tuple[str, str], str] = {}
+_date: list = [None, ""]  # the second and its RFC 5322 date, for Received
 _BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _BAD_DATA = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
 # Characters that route mail onwards when they appear in a local part (user%host@relay,
@@ -68,9 +72,19 @@ class RelayPolicy:
     greet_pause: float = 0.0
     route: tuple[str, ...] | None = None
     timeout: float = 300.0
+    # What allowed() answered, per client IP: parsing an address costs more than a whole EHLO.
+    _allowed: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def allowed(self, ip: str) -> bool:
         """True when ``ip`` may relay without AUTH."""
+        known = self._allowed.get(ip)
+        if known is None:
+            if len(self._allowed) >= CACHE_MAX:
+                self._allowed.clear()
+            known = self._allowed[ip] = self._allowed_uncached(ip)
+        return known
+
+    def _allowed_uncached(self, ip: str) -> bool:
         try:
             addr = ipaddress.ip_address(ip.split("%", 1)[0])
         except ValueError:
@@ -132,6 +146,11 @@ def has_bare_newline(data: bytes) -> bool:
 
 def data_problem(data: bytes) -> str | None:
     """Why message data is refused (a bare CR or LF, a NUL byte), or None when it may pass on."""
+    # Every CR and every LF belongs to a CRLF exactly when the three counts agree; counting
+    # bytes is several times faster than the regular expression, which names the first problem.
+    pairs = data.count(b"\r\n")
+    if data.count(b"\r") == pairs and data.count(b"\n") == pairs and b"\x00" not in data:
+        return None
     found = _BAD_DATA.search(data)
     if found is None:
         return None
@@ -142,6 +161,17 @@ def data_problem(data: bytes) -> str | None:
 
 def with_enhanced_code(reply: str, command: str) -> str:
     """``reply`` with an RFC 3463 status code after the reply code when it has none."""
+    # The same few replies come back for every message; the answer for each is kept.
+    key = (reply, command)
+    known = _with_enhanced.get(key)
+    if known is None:
+        if len(_with_enhanced) >= CACHE_MAX:
+            _with_enhanced.clear()
+        known = _with_enhanced[key] = _with_enhanced_code(reply, command)
+    return known
+
+
+def _with_enhanced_code(reply: str, command: str) -> str:
     if len(reply) < 4 or not reply[:3].isdigit() or _ENHANCED.match(reply):
         return reply
     code = int(reply[:3])
@@ -160,5 +190,12 @@ def received_header(
     line = f"Received: from {helo} ([{literal}])\r\n\tby {hostname} (alertmail) with {protocol} id {txid}"
     if len(recipients) == 1 and not _ADDRESS_UNSAFE.search(recipients[0]):
         line += f"\r\n\tfor <{recipients[0]}>"
-    when = datetime.fromtimestamp(time.time() if now is None else now, UTC)
-    return f"{line}; {format_datetime(when)}\r\n".encode("ascii", "replace")
+    return f"{line}; {_rfc5322_date(time.time() if now is None else now)}\r\n".encode("ascii", "replace")
+
+
+def _rfc5322_date(now: float) -> str:
+    """``now`` as an RFC 5322 date in UTC, formatted once per second."""
+    second = int(now)
+    if _date[0] != second:
+        _date[:] = [second, format_datetime(datetime.fromtimestamp(second, UTC))]
+    return str(_date[1])

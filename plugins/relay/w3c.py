@@ -43,9 +43,12 @@ _ESCAPES = {c: f"%{c:02X}" for c in range(0x21)} | {0x20: "+", 0x7F: "%7F", ord(
 
 def w3c_value(value: object) -> str:
     """One field value: ``-`` when empty, spaces as ``+``, control characters as ``%XX``."""
-    text = "" if value is None else str(value)
+    text = value if type(value) is str else "" if value is None else str(value)
     if not text:
         return "-"
+    # Most values (addresses, verbs, IPs) hold nothing to escape: printable, no space, no "%".
+    if text.isprintable() and " " not in text and "%" not in text:
+        return text
     return text.translate(_ESCAPES)
 
 
@@ -92,38 +95,22 @@ class W3CLog:
     ) -> None:
         """Add one line; the values are escaped here, whatever they contain. Never raises."""
         try:
-            self._record(client_ip, username, server_ip, server_port, method, query, status, sent, received, taken_ms, now)
+            second = int(time.time() if now is None else now)
+            if second != self._second:
+                stamp = time.gmtime(second)
+                day = time.strftime("%Y%m%d", stamp)
+                if day != self._day:
+                    self._roll(day, stamp)
+                self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", stamp)
+            # Numbers need no escaping; only the strings go through w3c_value.
+            self._pending.append(
+                f"{self._stamp} {w3c_value(client_ip)} {w3c_value(username)} {w3c_value(server_ip)} {server_port} "
+                f"{w3c_value(method)} {w3c_value(query)} {status} {sent} {received} {taken_ms}\n"
+            )
+            if len(self._pending) >= 512 or time.monotonic() - self._last_flush >= FLUSH_INTERVAL:
+                self.flush()
         except Exception:  # the log must never change a reply
             log.exception("relay: a W3C log record failed")
-
-    def _record(
-        self,
-        client_ip: str,
-        username: str | None,
-        server_ip: str,
-        server_port: int,
-        method: str,
-        query: str,
-        status: int,
-        sent: int,
-        received: int,
-        taken_ms: int,
-        now: float | None,
-    ) -> None:
-        second = int(time.time() if now is None else now)
-        if second != self._second:
-            stamp = time.gmtime(second)
-            day = time.strftime("%Y%m%d", stamp)
-            if day != self._day:
-                self._roll(day, stamp)
-            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", stamp)
-        # Numbers need no escaping; only the strings go through w3c_value.
-        self._pending.append(
-            f"{self._stamp} {w3c_value(client_ip)} {w3c_value(username)} {w3c_value(server_ip)} {server_port} "
-            f"{w3c_value(method)} {w3c_value(query)} {status} {sent} {received} {taken_ms}\n"
-        )
-        if len(self._pending) >= 512 or time.monotonic() - self._last_flush >= FLUSH_INTERVAL:
-            self.flush()
 
     def _roll(self, day: str, stamp: time.struct_time) -> None:
         self.flush()

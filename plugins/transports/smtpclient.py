@@ -114,7 +114,11 @@ def helo_name(name: str, key: str) -> str:
 
 def one_line(text: str) -> str:
     """A server's reply text on one line, as statuses and logs carry it."""
-    return _LINE_BREAKS.sub(" ", text or "").strip()
+    if not text:
+        return ""
+    if "\r" not in text and "\n" not in text:  # most replies: nothing to join
+        return text.strip()
+    return _LINE_BREAKS.sub(" ", text).strip()
 
 
 class SessionError(AlertmailError):

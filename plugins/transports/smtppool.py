@@ -106,9 +106,7 @@ class SessionPool:
     async def _session(self, endpoint: Endpoint, *, fresh: bool = False) -> Session:
         idle = self._idle.get(endpoint, [])
         while idle and not fresh:
-            session = idle.pop()
-            if session.timer:
-                session.timer.cancel()
+            session = idle.pop()  # its idle timer stays armed: _expire leaves a session in use alone
             if not session.alive:
                 session.client.close()
                 continue
@@ -134,12 +132,18 @@ class SessionPool:
             return
         session.idle_since = time.monotonic()
         self._idle.setdefault(session.endpoint, []).append(session)
-        loop = asyncio.get_running_loop()
-        session.timer = loop.call_later(self.idle_timeout, self._expire, session)
+        if session.timer is None:
+            # One timer per session, not one per message: at expiry it looks at when the session went idle.
+            session.timer = asyncio.get_running_loop().call_later(self.idle_timeout, self._expire, session)
 
     def _expire(self, session: Session) -> None:
+        session.timer = None
         idle = self._idle.get(session.endpoint, [])
         if session in idle:
+            left = session.idle_since + self.idle_timeout - time.monotonic()
+            if left > 0:
+                session.timer = asyncio.get_running_loop().call_later(left, self._expire, session)
+                return
             idle.remove(session)
             self._quit_later(session)
         if not idle:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import ssl
 from collections.abc import Sequence
@@ -28,6 +29,10 @@ from alertmail.plugins.transports.smtpclient import (
 if TYPE_CHECKING:
     import aiosmtplib
 
+# An address aiosmtplib's quote_address would send unchanged in angle brackets: a dot-atom
+# local part and a domain of letters, digits and hyphens. These skip its RFC 5322 parse
+# (a tenth of a delivery's CPU); any other address goes through it as before.
+_SIMPLE_ADDRESS = re.compile(r"[A-Za-z0-9_+=-]+(?:\.[A-Za-z0-9_+=-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 # Postfix's smtp_rset_timeout: a live server answers RSET at once.
 PROBE_TIMEOUT = 20.0
 QUIT_TIMEOUT = 5.0
@@ -166,7 +171,8 @@ async def open_session(endpoint: Endpoint, settings: SessionSettings, log: loggi
     except BaseException:
         client.close()
         raise
-    log.debug("session open with %s (tls=%s)", remote, "yes" if client.get_transport_info("sslcontext") else "no")
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("session open with %s (tls=%s)", remote, "yes" if client.get_transport_info("sslcontext") else "no")
     return Session(client, endpoint, remote)
 
 
@@ -227,7 +233,7 @@ async def transact(session: Session, sender: str, recipients: Sequence[str], dat
         encoding = "utf-8"
     try:
         try:
-            await client.mail(sender, options=options, encoding=encoding, timeout=timeouts.command)
+            await _mail(client, sender, options, encoding, timeouts.command)
         except ValueError:
             status = RecipientStatus(Status.PERMANENT, 0, f"bad sender address {sender!r}", "5.1.7", remote)
             return Transaction(dict.fromkeys(recipients, status))
@@ -239,7 +245,7 @@ async def transact(session: Session, sender: str, recipients: Sequence[str], dat
             return Transaction(dict.fromkeys(recipients, status))
         for rcpt in recipients:
             try:
-                await client.rcpt(rcpt, encoding=encoding, timeout=timeouts.command)
+                await _rcpt(client, rcpt, encoding, timeouts.command)
                 accepted.append(rcpt)
             except ValueError:
                 done.statuses[rcpt] = RecipientStatus(Status.PERMANENT, 0, f"bad recipient address {rcpt!r}", "5.1.3", remote)
@@ -265,6 +271,41 @@ async def transact(session: Session, sender: str, recipients: Sequence[str], dat
         return done
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
         return lost(exc)
+
+
+def simple_path(address: str) -> str | None:
+    """``<address>`` when it needs no parsing to go on a MAIL or RCPT line (the empty sender too), else None."""
+    if not address:
+        return "<>"
+    return f"<{address}>" if _SIMPLE_ADDRESS.fullmatch(address) else None
+
+
+async def _mail(client: aiosmtplib.SMTP, sender: str, options: list[str], encoding: str, timeout: float) -> None:
+    """MAIL FROM, as ``client.mail`` sends it; SMTPSenderRefused unless 250."""
+    import aiosmtplib
+
+    path = simple_path(sender)
+    if path is None:
+        await client.mail(sender, options=options, encoding=encoding, timeout=timeout)
+        return
+    reply = await client.execute_command(
+        b"MAIL", b"FROM:" + path.encode(encoding), *(o.encode("ascii") for o in options), timeout=timeout
+    )
+    if reply.code != 250:
+        raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
+
+
+async def _rcpt(client: aiosmtplib.SMTP, recipient: str, encoding: str, timeout: float) -> None:
+    """RCPT TO, as ``client.rcpt`` sends it; SMTPRecipientRefused unless 250 or 251."""
+    import aiosmtplib
+
+    path = simple_path(recipient) if recipient else None
+    if path is None:
+        await client.rcpt(recipient, encoding=encoding, timeout=timeout)
+        return
+    reply = await client.execute_command(b"RCPT", b"TO:" + path.encode(encoding), timeout=timeout)
+    if reply.code not in (250, 251):
+        raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
 
 
 async def _reset(client: aiosmtplib.SMTP) -> None:

@@ -148,6 +148,8 @@ def run_relay(folder: Path, sink_port: int, args: argparse.Namespace, event_loop
         work.mkdir(parents=True)
         port = free_port()
         options = {"greet_pause": "0s", "max_commands": 1000, "pickup": False, "event_loop": event_loop}
+        if args.workers is not None:
+            options["workers"] = args.workers if args.workers == "auto" else int(args.workers)
         sink = SimpleNamespace(host="127.0.0.1", port=sink_port)
         config = relay_config(
             work, sink, port, options, agent={"log_level": args.log_level}, queue={"concurrency": args.concurrency}
@@ -280,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the relay's [queue].concurrency: deliveries at once; 1-2 suit one smart host on loopback "
         "(8, the default of the config, costs this relay about 1.5x the CPU per message here)",
     )
+    parser.add_argument("--workers", default=None, help="the relay's [relay].workers (default: the config's default)")
     parser.add_argument("--log-level", default="warning", help="the relay's [agent].log_level (info logs every delivery)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 5 sessions, 500 messages")
     parser.add_argument("--timeout", type=float, default=900.0, help="longest one smtp-source run or queue drain may take")

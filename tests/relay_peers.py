@@ -142,6 +142,13 @@ class RelayProcess:
             time.sleep(0.05)
         return self
 
+    def pids(self) -> list[int]:
+        """The relay's process and its receiving processes."""
+        import psutil
+
+        assert self.proc is not None
+        return [self.proc.pid, *(child.pid for child in psutil.Process(self.proc.pid).children())]
+
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 

@@ -376,14 +376,17 @@ def test_queue_write_failure_answers_452_and_keeps_nothing(tmp_path, sink):
     import resource
 
     relay = start_relay(tmp_path / "relay", sink)
+    writers = relay.pids()  # the agent's process and the receiving processes, which commit what they receive
     limits = resource.prlimit(relay.proc.pid, resource.RLIMIT_FSIZE)
-    resource.prlimit(relay.proc.pid, resource.RLIMIT_FSIZE, (64_000, limits[1]))
+    for pid in writers:
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (64_000, limits[1]))
     try:
         mid = message_id()
         out = send(relay, "--to", "bob@example.test", "--body", ("x" * 70 + "\n") * 1400, mid=mid)
         assert "452 4.3.1" in out, out
     finally:
-        resource.prlimit(relay.proc.pid, resource.RLIMIT_FSIZE, limits)
+        for pid in writers:
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, limits)
     queue = relay.state_dir / "queue"
     assert not [p for p in queue.iterdir() if p.suffix == ".seg" or p.name.endswith(".tmp")], "nothing half-written is kept"
     after = message_id()

@@ -33,6 +33,12 @@ again (a retry, after a restart, from the command line) comes from its segment,
 verified. Finished messages are marked in batches: what several delivery workers
 finish at once costs one thread hop, and a segment whose messages all finished in the
 batch is deleted without a ``.done`` line for each.
+
+Other processes may add segments to a queue they do not own (the relay's receiving
+processes): a ``SharedWriter`` commits rounds exactly as ``put()`` does, in its own
+process, and tells the owner each new segment's name; the owner ``adopt()``s it, and
+``adopt_new()`` finds any segment whose news was lost (its writer was killed between the
+rename and the telling). Only the owner reads, updates and removes entries.
 """
 
 from __future__ import annotations
@@ -116,6 +122,9 @@ class Queue:
         self._committer: asyncio.Task[None] | None = None
         self._committing = False  # a round is being written
         self._lock_fd: int | None = None
+        self._writer_only = False  # a SharedWriter's queue: commits rounds, keeps no entries
+        self._shared = False  # other processes write segments here (shared_writer() was asked for)
+        self._ended: set[str] = set()  # with _shared: segments removed since adopt_new() last listed the folder
         self._listeners: list[Callable[[Entry], None]] = []
         self._fresh: dict[str, bytes] = {}  # id -> bytes just committed, not read for delivery yet
         self._fresh_bytes = 0
@@ -386,9 +395,10 @@ class Queue:
                 for entry, data, done in batch:
                     if error is None:
                         # Registered here, not in put(): a cancelled caller's message is still delivered.
-                        self._entries[entry.id] = entry
-                        self._live.setdefault(entry.segment, set()).add(entry.id)
-                        self._keep_fresh(entry.id, data)
+                        if not self._writer_only:
+                            self._entries[entry.id] = entry
+                            self._live.setdefault(entry.segment, set()).add(entry.id)
+                            self._keep_fresh(entry.id, data)
                         self.stats.puts += 1
                         for listener in self._listeners:
                             listener(entry)
@@ -523,7 +533,7 @@ class Queue:
         live.discard(msg_id)
         last = not live
         if last:
-            self._live.pop(entry.segment, None)
+            self._segment_ends(entry.segment)
         self._retiring.append((msg_id, entry.segment, last))
         if self._retired is None:
             self._retired = asyncio.get_running_loop().create_future()
@@ -569,7 +579,7 @@ class Queue:
     def _retire(self, msg_id: str, segment: str, last: bool) -> None:
         # No fsync: if a crash undoes this the message is delivered again (at-least-once).
         if last:
-            self._live.pop(segment, None)
+            self._segment_ends(segment)
             self._retire_segment(segment)
         else:
             self._mark_done(segment, [msg_id])
@@ -582,9 +592,63 @@ class Queue:
         finally:
             os.close(fd)
 
+    def _segment_ends(self, segment: str) -> None:
+        """``segment`` has no live message left; it is about to be deleted."""
+        if self._shared:  # before it leaves _live: adopt_new() must never see it unknown while its file remains
+            self._ended.add(segment)
+        self._live.pop(segment, None)
+
     def _retire_segment(self, segment: str) -> None:
+        if self._shared:
+            self._ended.add(segment)
         (self.folder / f"{segment}.seg").unlink(missing_ok=True)
         (self.folder / f"{segment}.done").unlink(missing_ok=True)
+
+    # -- segments written by other processes ----------------------------------
+
+    def shared_writer(self) -> SharedWriter:
+        """What another process needs to add messages to this queue (picklable)."""
+        self._shared = True
+        return SharedWriter(self.folder, self.fsync, self.sign, tuple(self.sign_origins))
+
+    def adopt(self, segment: str) -> int:
+        """Take in a segment another process committed to the folder; the number of messages it adds.
+
+        A segment already known, retired, or not (or no longer) in the folder adds nothing.
+        """
+        if not valid_id(segment) or segment in self._live or segment in self._ended:
+            return 0
+        path = self.folder / f"{segment}.seg"
+        try:
+            scan = records.scan(path)
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            log.warning("queue: cannot read new segment %s yet: %s", path, exc)
+            return 0
+        live = self._live.setdefault(segment, set())
+        added = []
+        for entry in scan.entries:
+            if entry.id in self._entries:
+                continue
+            entry.segment = segment
+            self._entries[entry.id] = entry
+            live.add(entry.id)
+            added.append(entry)
+        if scan.damage:
+            self.damaged[segment] = scan
+            self._set_aside(segment)
+        for entry in added:
+            self.stats.puts += 1
+            for listener in self._listeners:
+                listener(self._entries.get(entry.id, entry))
+        return len(added)
+
+    def adopt_new(self) -> int:
+        """Adopt every segment in the folder the queue does not know yet (blocking, a folder listing)."""
+        names = {name[:-4] for name in os.listdir(self.folder) if name.endswith(".seg") and not name.startswith(".")}
+        self._ended &= names
+        return sum(self.adopt(segment) for segment in sorted(names - self._live.keys() - self._ended))
 
     # -- requests from the command line -------------------------------------
 
@@ -628,3 +692,34 @@ class Queue:
                 entry.next_try = now
                 self.write_state(entry)
         return targets
+
+
+@dataclass(frozen=True)
+class SharedWriter:
+    """Commits messages to a queue folder another process owns (``Queue.shared_writer()``).
+
+    Durable as ``Queue.put()`` (group commit, the same segments); it keeps no entries. After
+    each round ``on_segment(name)`` is called, before the puts of the round return, so the
+    owner can be told to ``adopt()`` it.
+    """
+
+    folder: Path
+    fsync: bool = True
+    sign: Callable[[bytes], bytes] | None = None
+    sign_origins: tuple[str, ...] = ("agent",)
+
+    def open(self, on_segment: Callable[[str], None]) -> Queue:
+        """A queue whose ``put()`` and ``close()`` work (the commit loop runs on the current event loop)."""
+        queue = Queue(self.folder, fsync=self.fsync, sign=self.sign, sign_origins=self.sign_origins)
+        queue._writer_only = True
+        told: list[str] = []
+
+        def committed(entry: Entry) -> None:
+            if not told or told[-1] != entry.segment:
+                told[:] = [entry.segment]
+                on_segment(entry.segment)
+
+        queue.add_listener(committed)
+        queue._wakeup = asyncio.Event()
+        queue._committer = asyncio.create_task(queue._commit_loop(), name="queue-commit")
+        return queue

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Iterable
@@ -22,6 +24,8 @@ from alertmail.plugins.relay.w3c import W3CLog
 log = logging.getLogger("alertmail.relay")
 # OpenSSL's cipher string for TLS 1.2 (set_ciphers does not touch the TLS 1.3 suites).
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
+# Connections waiting to be accepted, per listening socket.
+BACKLOG = 512
 
 
 @dataclass
@@ -107,9 +111,15 @@ class RelayServer:
     async def start(self, listen: Iterable[tuple[str, int]]) -> None:
         loop = asyncio.get_running_loop()
         for host, port in listen:
-            server = await loop.create_server(self._session, host, port, reuse_address=True, backlog=512)
+            server = await loop.create_server(self._session, host, port, reuse_address=True, backlog=BACKLOG)
             self._servers.append(server)
             log.info("relay: listening on %s", ", ".join(_format(s.getsockname()) for s in server.sockets))
+
+    async def start_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        """Accept on sockets already bound and listening (a receiving process inherits them)."""
+        loop = asyncio.get_running_loop()
+        for sock in sockets:
+            self._servers.append(await loop.create_server(self._session, sock=sock, backlog=BACKLOG))
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -133,6 +143,42 @@ class RelayServer:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+
+
+def bind(listen: Iterable[tuple[str, int]]) -> list[socket.socket]:
+    """Listening sockets for ``listen`` (each name's every address), inheritable by the receiving processes.
+
+    A port still held by receiving processes of a relay that was just killed is tried
+    again for a few seconds: they close it as soon as they notice.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for host, port in listen:
+            for family, kind, proto, _, address in socket.getaddrinfo(
+                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            ):
+                sock = socket.socket(family, kind, proto)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                for attempt in range(50):
+                    try:
+                        sock.bind(address)
+                        break
+                    except OSError as exc:
+                        if exc.errno != errno.EADDRINUSE or attempt == 49:
+                            raise
+                        time.sleep(0.1)
+                sock.listen(BACKLOG)
+                sock.setblocking(False)
+                sock.set_inheritable(True)
+                log.info("relay: listening on %s", _format(sock.getsockname()))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def _format(sockname: tuple[Any, ...]) -> str:

@@ -15,9 +15,12 @@ queue before the client hears 250, then delivered through ``[relay].route``.
     require_tls = false
     max_size = "10MB"
     route = ["mx"]                        # how relayed mail leaves; needs [transports.mx]
+    workers = "auto"                      # receiving processes: one per core; 0 = in the agent's process
 
-This module is what the plugin loader imports, so it stays light: aiosmtpd and the
-listener are imported only when the service starts.
+The agent's process delivers; ``workers`` processes receive (``receivers.py``), each
+committing to the same queue folder, so a busy relay uses every core. This module is
+what the plugin loader imports, so it stays light: aiosmtpd and the listener are
+imported only when the service starts.
 """
 
 from __future__ import annotations
@@ -67,7 +70,12 @@ OPTIONS: dict[str, Option] = {
         "str",
         "auto",
         choices=("auto", "asyncio", "uvloop"),
-        help="for `alertmail relay`: auto = uvloop when installed (about twice the rate)",
+        help="for the receiving processes and `alertmail relay`: auto = uvloop when installed (about twice the rate)",
+    ),
+    "workers": Option(
+        "any",
+        "auto",
+        help='receiving processes: "auto" = one per core; 0 = receive in the agent\'s own process',
     ),
     "stop_timeout": Option("duration", 20.0, help="on shutdown, how long transactions in flight may take to finish"),
 }
@@ -106,6 +114,11 @@ def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:
         value = opts.get(option)
         if isinstance(value, int | float) and not isinstance(value, bool) and value < least:
             check.error(f"relay.{option}", f"must be {words}, got {value!r}")
+    if "workers" in opts:
+        try:
+            worker_count(opts["workers"])
+        except RelayConfigError as exc:
+            check.error("relay.workers", str(exc).partition(": ")[2])
     for i, item in enumerate(opts.get("listen") or []):
         try:
             parse_address(item)
@@ -157,7 +170,8 @@ class RelayService:
     check = staticmethod(check_options)
 
     def __init__(self) -> None:
-        self.server: Any = None  # listener.RelayServer
+        self.server: Any = None  # listener.RelayServer, when the agent's process receives (workers = 0)
+        self.receivers: Any = None  # receivers.Receivers, the receiving processes
         self.pickup: Any = None  # watcher.PickupWatcher
         self.w3c: Any = None
         self._flusher: asyncio.Task[None] | None = None
@@ -217,12 +231,16 @@ class RelayService:
         )
         self._stop_timeout = opts["stop_timeout"]
         self.w3c = W3CLog(state_dir / "logs", f"alertmail {__version__}")
-        self.server = RelayServer(policy, context.queue, self.w3c, tls)
-        try:
-            await self.server.start(listen)
-        except OSError:
-            await self.server.stop(0)
-            raise
+        workers = worker_count(opts.get("workers", "auto"))
+        if workers:
+            await self._start_receivers(context, workers, listen, policy)
+        else:
+            self.server = RelayServer(policy, context.queue, self.w3c, tls)
+            try:
+                await self.server.start(listen)
+            except OSError:
+                await self.server.stop(0)
+                raise
         self._flusher = asyncio.create_task(self._flush_log(), name="relay-log-flush")
         if context.delivery is not None:
             self._delivery = context.delivery
@@ -239,6 +257,41 @@ class RelayService:
                 route=route,
             )
             await self.pickup.start()
+
+    async def _start_receivers(self, context: ServiceContext, workers: int, listen: list[tuple[str, int]], policy: Any) -> None:
+        """Bind the listening sockets here, and receive on them in ``workers`` processes of their own."""
+        from alertmail import __version__
+        from alertmail.plugins.relay.listener import bind
+        from alertmail.plugins.relay.receiver import Spec
+        from alertmail.plugins.relay.receivers import Receivers
+
+        opts = context.options
+        sockets = await asyncio.to_thread(bind, listen)
+        agent = getattr(context.config, "agent", {}) or {}
+        spec = Spec(
+            index=0,
+            fds=tuple(sock.fileno() for sock in sockets),
+            policy=policy,
+            anvil=-1,
+            slots=-1,
+            processes=workers,
+            tls_cert=str(opts["tls_cert"]) if opts.get("tls_cert") else None,
+            tls_key=str(opts["tls_key"]) if opts.get("tls_key") else None,
+            writer=context.queue.shared_writer(),
+            logs=Path(context.state_dir) / "logs",
+            software=f"alertmail {__version__}",
+            log_level=agent.get("log_level", "info"),
+            log_format=agent.get("log_format", "text"),
+            event_loop=opts.get("event_loop") or "auto",
+            stop_timeout=self._stop_timeout,
+        )
+        self.receivers = Receivers(workers, sockets, context.queue, spec)
+        try:
+            await self.receivers.start()
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
 
     def _log_attempt(self, entry: Any, transport: str, envelope: Any, result: Any, seconds: float, size: int) -> None:
         """One W3C line per recipient of each delivery attempt, as IIS logs its outbound sessions."""
@@ -265,11 +318,13 @@ class RelayService:
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """Where the listener listens (ports resolved), for tests and the log."""
+        if self.receivers is not None:
+            return list(self.receivers.addresses)
         return self.server.addresses if self.server else []
 
     def counters(self) -> dict[str, tuple[str, float]]:
         """What /metrics shows of the relay: name -> (help, value); counters since the service started."""
-        counts = self.server.counts if self.server is not None else {}
+        counts = self.receivers.counts if self.receivers is not None else self.server.counts if self.server is not None else {}
         return {
             "sessions": ("SMTP sessions admitted", counts.get("sessions", 0)),
             "sessions_refused": ("SMTP connections refused by the connection caps (421)", counts.get("sessions_refused", 0)),
@@ -282,6 +337,8 @@ class RelayService:
         delivery = getattr(self, "_delivery", None)
         if delivery is not None and self._log_attempt in delivery.observers:
             delivery.observers.remove(self._log_attempt)
+        if self.receivers is not None:
+            await self.receivers.stop(self._stop_timeout)
         if self.server is not None:
             await self.server.stop(self._stop_timeout)
         if self.pickup is not None:
@@ -290,6 +347,17 @@ class RelayService:
             self._flusher.cancel()
         if self.w3c is not None:
             self.w3c.close()
+
+
+def worker_count(value: Any) -> int:
+    """``[relay].workers`` as a number of receiving processes ("auto": one per core)."""
+    if value == "auto":
+        from alertmail.plugins.relay.receivers import default_count
+
+        return default_count()
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 256:
+        return value
+    raise RelayConfigError(f'relay.workers: expected "auto" or a number of processes from 0 to 256, got {value!r}')
 
 
 def check_route(cfg: Any, route: Sequence[str], state_dir: Path) -> None:

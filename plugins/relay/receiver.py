@@ -1,0 +1,222 @@
+"""One receiving process of the relay: SMTP sessions on sockets it inherits, committed to the shared queue.
+
+Started by ``receivers.Receivers`` as ``python -m alertmail.plugins.relay.receiver``; never
+by hand. What it needs comes pickled on standard input (a ``Spec``, made and checked by
+the agent); what it tells the agent goes out on standard output, one line each:
+
+    ready                       the listener is accepting
+    segment <name>              a commit round is durable in the queue folder: adopt it
+    counts <json>               the session and message counters so far (once a second)
+
+Every message is durable in the queue before its 250, as in one process: the commit
+happens here, and the agent's delivery takes the segment from the folder. SIGTERM stops
+it gracefully (transactions in flight finish); it also stops when the agent is gone,
+so a ``kill -9`` of the agent leaves no receiver behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alertmail import setup_logging
+
+log = logging.getLogger("alertmail.relay")
+
+# How often the counters go to the agent, and how often the log buffer reaches its file.
+REPORT_INTERVAL = 1.0
+# Longest wait for the agent's count of a client's sessions or failed AUTH; then this process decides alone.
+ANVIL_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a receiving process is told by the agent (pickled on its standard input)."""
+
+    index: int
+    fds: tuple[int, ...]  # listening sockets, inherited
+    policy: Any  # policy.RelayPolicy
+    tls_cert: str | None
+    tls_key: str | None
+    writer: Any  # the queue's SharedWriter
+    anvil: int  # a socket to the agent, which counts sessions per client and failed AUTH for all processes
+    slots: int  # shared memory: one 8-byte session count per process, summed for max_connections
+    processes: int
+    logs: Path
+    software: str
+    log_level: str
+    log_format: str
+    event_loop: str
+    stop_timeout: float
+
+
+class SharedLimits:
+    """The connection caps and the AUTH-failure limit counted across every receiving process.
+
+    The total of sessions is read from the shared slots (one per process, written only by
+    its owner, so no lock is needed); what is counted per client goes to the agent and back
+    (``receivers.Anvil``), only for clients outside ``allow``, to whom the caps apply.
+    """
+
+    def __init__(self, spec: Spec) -> None:
+        import mmap
+
+        self.index = spec.index
+        self._map = mmap.mmap(spec.slots, 8 * spec.processes)
+        self.slots = memoryview(self._map).cast("q")
+        self.anvil = socket.socket(fileno=spec.anvil)
+        self.anvil.setblocking(True)
+        self.anvil.settimeout(ANVIL_TIMEOUT)
+        self._buffer = b""
+
+    def total(self) -> int:
+        return sum(self.slots)
+
+    def set_mine(self, sessions: int) -> None:
+        self.slots[self.index] = sessions
+
+    def ask(self, question: str) -> bool | None:
+        """The agent's yes or no; None when it does not answer in time (the caller decides alone)."""
+        try:
+            self.anvil.sendall(question.encode() + b"\n")
+            while b"\n" not in self._buffer:
+                chunk = self.anvil.recv(64)
+                if not chunk:
+                    return None
+                self._buffer += chunk
+        except OSError:
+            self._buffer = b""
+            return None
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line == b"yes"
+
+    def tell(self, news: str) -> None:
+        try:
+            self.anvil.sendall(news.encode() + b"\n")
+        except OSError:
+            pass
+
+
+def shared_server(base: type) -> type:
+    """``listener.RelayServer`` whose caps count the sessions of every receiving process."""
+
+    class SharedRelayServer(base):
+        limits: SharedLimits
+
+        def admit(self, session: Any) -> str | None:
+            policy, limits = self.policy, self.limits
+            if limits.total() >= policy.max_connections:
+                self.counts["sessions_refused"] += 1
+                return "too many connections"
+            if not session.client_allowed and limits.ask(f"admit {session.client_ip}") is False:
+                self.counts["sessions_refused"] += 1
+                return f"too many connections from {session.client_ip}"
+            self.counts["sessions"] += 1
+            self.connections.add(session)
+            limits.set_mine(len(self.connections))
+            return None
+
+        def release(self, session: Any) -> None:
+            if session in self.connections:
+                self.connections.discard(session)
+                self.limits.set_mine(len(self.connections))
+                if not session.client_allowed:
+                    self.limits.tell(f"release {session.client_ip}")
+
+        def auth_blocked(self, ip: str) -> bool:
+            return self.limits.ask(f"blocked {ip}") is True
+
+        def auth_failed(self, ip: str) -> bool:
+            return self.limits.ask(f"failed {ip}") is True
+
+    return SharedRelayServer
+
+
+def _die_with_parent() -> None:
+    """Ask Linux for SIGTERM when the agent dies (whatever kills it); elsewhere the watch below does it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        except (OSError, AttributeError):
+            pass
+
+
+class Receiver:
+    """The listener of one receiving process and what it reports."""
+
+    def __init__(self, spec: Spec, parent: int) -> None:
+        self.spec = spec
+        self.parent = parent
+        self.out = sys.stdout.buffer
+
+    def tell(self, line: str) -> None:
+        try:
+            self.out.write(line.encode() + b"\n")
+            self.out.flush()
+        except (OSError, ValueError):
+            pass  # the agent is gone; the parent watch stops this process
+
+    async def run(self) -> None:
+        from alertmail.plugins.relay.listener import RelayServer, tls_context
+        from alertmail.plugins.relay.w3c import W3CLog
+
+        spec = self.spec
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        queue = spec.writer.open(lambda segment: self.tell(f"segment {segment}"))
+        w3c = W3CLog(spec.logs, spec.software)
+        tls = tls_context(spec.tls_cert, spec.tls_key) if spec.tls_cert and spec.tls_key else None
+        server = shared_server(RelayServer)(spec.policy, queue, w3c, tls)
+        server.limits = SharedLimits(spec)
+        sockets = [socket.socket(fileno=fd) for fd in spec.fds]
+        await server.start_sockets(sockets)
+        self.tell("ready")
+        try:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), REPORT_INTERVAL)
+                except TimeoutError:
+                    pass
+                if os.getppid() != self.parent:
+                    log.warning("relay: receiving process %d: the agent is gone; stopping", spec.index)
+                    break
+                self.tell("counts " + json.dumps(dict(server.counts)))
+                w3c.flush()
+        finally:
+            await server.stop(spec.stop_timeout)
+            await queue.close()
+            self.tell("counts " + json.dumps(dict(server.counts)))
+            w3c.close()
+
+
+def main() -> None:
+    parent = os.getppid()
+    _die_with_parent()
+    # Ctrl-C in a terminal reaches the whole process group: the agent stops this process itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    spec: Spec = pickle.load(sys.stdin.buffer)
+    setup_logging(spec.log_level, spec.log_format)
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
+    from alertmail.plugins.relay.service import loop_factory
+
+    if os.getppid() != parent:
+        return
+    with asyncio.Runner(loop_factory=loop_factory(spec.event_loop)) as runner:
+        runner.run(Receiver(spec, parent).run())
+
+
+if __name__ == "__main__":
+    main()

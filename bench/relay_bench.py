@@ -1,22 +1,26 @@
 """Accepted messages per second: the relay next to a bare aiosmtpd sink and a local Postfix.
 
-All three take the same load from Postfix's ``smtp-source`` in one run, one after the
-other, so the ratios compare like with like on a shared, noisy machine:
+All take the same load from Postfix's ``smtp-source`` in one run, one after the other,
+so the ratios compare like with like on a shared, noisy machine:
 
-- relay:    ``alertmail relay`` (durable group-committed queue), delivering to an
-            smtp-sink through the mx transport in smart-host mode meanwhile; on
-            uvloop when it is installed, and again on asyncio's own loop;
+- relay:    ``alertmail relay`` with its default settings (durable group-committed
+            queue; ``[relay].workers`` receiving processes, the main one delivering to
+            an smtp-sink through the mx transport in smart-host mode meanwhile);
+- run:      ``alertmail run`` with ``[relay] enabled`` and the same settings (the agent's
+            probes and rules run as well);
 - aiosmtpd: a bare aiosmtpd server whose handler only answers 250 (stores nothing);
 - postfix:  Postfix with its own config folder on a loopback port, relaying to the
             same smtp-sink (its queue is durable: fsync before 250), stopped afterwards.
 
 Each target gets both load shapes: a new connection per message, and reused
-connections (``smtp-source -d``). After the load, the time until the relay's and
-Postfix's queues are empty (everything delivered to the sink) is shown too.
+connections (``smtp-source -d``). Shown for each: the rate and its ratio to Postfix and
+to the bare sink, the time until the queue is empty after the load (everything
+delivered to the sink), and the CPU the relay spent per message (all its processes).
 
     python bench/relay_bench.py                    # 10 sessions, 20 000 messages of 2 KB
     python bench/relay_bench.py --quick            # a smoke run: 5 sessions, 500 messages
-    python bench/relay_bench.py -s 10 -m 5000 --targets relay,postfix
+    python bench/relay_bench.py -m 5000 --targets relay,postfix --workers 0,1,auto   # side by side
+    python bench/relay_bench.py --targets relay-asyncio,relay-uvloop,run   # receiving event loop
 """
 
 from __future__ import annotations
@@ -140,29 +144,50 @@ def wait_empty(count_files, timeout: float) -> float | None:
     return time.perf_counter() - started
 
 
-def run_relay(folder: Path, sink_port: int, args: argparse.Namespace, event_loop: str) -> list[Result]:
-    name = "relay" if event_loop == "auto" else f"relay-{event_loop}"
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of process ``pid`` and its living children (the receiving processes)."""
+    total = 0.0
+    try:
+        process = psutil.Process(pid)
+        for proc in [process, *process.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+    except psutil.NoSuchProcess:
+        pass
+    return total
+
+
+def run_relay(
+    folder: Path, sink_port: int, args: argparse.Namespace, mode: str, workers: str | None, event_loop: str
+) -> list[Result]:
+    """``alertmail relay`` (mode "relay") or ``alertmail run`` with [relay] enabled (mode "run")."""
+    name = mode + (f"-w{workers}" if workers is not None else "") + ("" if event_loop == "auto" else f"-{event_loop}")
     results = []
     for reused in (False, True):
         work = folder / f"{name}-{'reused' if reused else 'new'}"
         work.mkdir(parents=True)
         port = free_port()
-        options = {"greet_pause": "0s", "max_commands": 1000, "pickup": False, "event_loop": event_loop}
-        if args.workers is not None:
-            options["workers"] = args.workers if args.workers == "auto" else int(args.workers)
+        options: dict = {"greet_pause": "0s", "max_commands": 1000, "pickup": False, "event_loop": event_loop}
+        if workers is not None:
+            options["workers"] = workers if workers == "auto" else int(workers)
         sink = SimpleNamespace(host="127.0.0.1", port=sink_port)
-        config = relay_config(
-            work, sink, port, options, agent={"log_level": args.log_level}, queue={"concurrency": args.concurrency}
-        )
-        relay = RelayProcess(config, port).start()
+        queue = {"concurrency": args.concurrency} if args.concurrency else {}
+        config = relay_config(work, sink, port, options, agent={"log_level": args.log_level}, queue=queue)
+        relay = RelayProcess(config, port, subcommand=mode).start()
         try:
-            process = psutil.Process(relay.proc.pid)
-            before = sum(process.cpu_times()[:2])
+            assert relay.proc is not None
+            before = cpu_seconds(relay.proc.pid)
             seconds, ok, error = smtp_source(port, args, reused)
-            queue = relay.state_dir / "queue"
+            queue_folder = relay.state_dir / "queue"
             # A commit round's segment file goes once every message in it is finished.
-            drained = wait_empty(lambda queue=queue: sum(1 for p in queue.iterdir() if p.suffix == ".seg"), args.timeout)
-            cpu = sum(process.cpu_times()[:2]) - before
+            drained = wait_empty(
+                lambda q=queue_folder: sum(1 for p in q.iterdir() if p.suffix == ".seg"),
+                args.timeout,
+            )
+            cpu = cpu_seconds(relay.proc.pid) - before
         finally:
             relay.stop()
         if not ok:
@@ -247,22 +272,37 @@ def run_postfix(folder: Path, sink_port: int, args: argparse.Namespace) -> list[
 
 def table(results: list[Result], args: argparse.Namespace) -> str:
     postfix = {r.reused: r.rate for r in results if r.target == "postfix" and r.ok}
+    bare = {r.reused: r.rate for r in results if r.target == "aiosmtpd" and r.ok}
+    concurrency = args.concurrency or "default"
     lines = [
         (
             f"smtp-source -s {args.sessions} -m {args.messages} -l {args.size} [-d]; accepted messages per second;"
-            f" relay [queue].concurrency = {args.concurrency}"
+            f" {cores()} cores; relay [queue].concurrency = {concurrency}"
         ),
-        f"{'target':<14} {'connections':<12} {'msg/s':>8} {'vs postfix':>11} {'seconds':>8}"
-        f" {'queue empty after':>18} {'CPU ms/msg':>11}",
+        f"{'target':<16} {'connections':<12} {'msg/s':>7} {'vs postfix':>10} {'vs aiosmtpd':>11} {'seconds':>8}"
+        f" {'queue empty after':>17} {'CPU ms/msg':>10}",
     ]
+
+    def ratio(rate: float, base: dict[bool, float], r: Result) -> str:
+        return f"{rate / base[r.reused]:.2f}x" if base.get(r.reused) and r.ok else "-"
+
     for r in results:
-        ratio = f"{r.rate / postfix[r.reused]:.2f}x" if postfix.get(r.reused) and r.ok else "-"
         drained = "-" if r.target == "aiosmtpd" else (f"{r.drained:.1f}s" if r.drained is not None else "not empty")
-        rate = f"{r.rate:8.0f}" if r.ok else "  failed"
+        rate = f"{r.rate:7.0f}" if r.ok else " failed"
         cpu = f"{r.cpu_ms:.2f}" if r.cpu_ms else "-"
         connections = "reused" if r.reused else "new each"
-        lines.append(f"{r.target:<14} {connections:<12} {rate} {ratio:>11} {r.seconds:8.1f} {drained:>18} {cpu:>11}")
+        lines.append(
+            f"{r.target:<16} {connections:<12} {rate} {ratio(r.rate, postfix, r):>10} {ratio(r.rate, bare, r):>11}"
+            f" {r.seconds:8.1f} {drained:>17} {cpu:>10}"
+        )
     return "\n".join(lines)
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,17 +312,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-l", "--size", type=int, default=2048, help="message size in bytes")
     parser.add_argument(
         "--targets",
-        default="relay,relay-asyncio,aiosmtpd,postfix",
-        help="relay (uvloop when installed), relay-asyncio, aiosmtpd, postfix",
+        default="relay,run,aiosmtpd,postfix",
+        help="relay (`alertmail relay`), run (`alertmail run` with [relay] enabled), each with -asyncio or -uvloop"
+        " to choose the receiving event loop; aiosmtpd, postfix",
     )
     parser.add_argument(
         "--concurrency",
         type=int,
-        default=2,
-        help="the relay's [queue].concurrency: deliveries at once; 1-2 suit one smart host on loopback "
-        "(8, the default of the config, costs this relay about 1.5x the CPU per message here)",
+        default=None,
+        help="the relay's [queue].concurrency: deliveries at once (default: the config's default)",
     )
-    parser.add_argument("--workers", default=None, help="the relay's [relay].workers (default: the config's default)")
+    parser.add_argument(
+        "--workers",
+        default=None,
+        help='[relay].workers, or several to compare side by side: "0,1,auto" (default: the config\'s default)',
+    )
     parser.add_argument("--log-level", default="warning", help="the relay's [agent].log_level (info logs every delivery)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 5 sessions, 500 messages")
     parser.add_argument("--timeout", type=float, default=900.0, help="longest one smtp-source run or queue drain may take")
@@ -294,10 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     sink = start_sink(folder)
     results: list[Result] = []
     try:
-        if "relay" in targets:
-            results += run_relay(folder, sink.port, args, "auto")
-        if "relay-asyncio" in targets:
-            results += run_relay(folder, sink.port, args, "asyncio")
+        for target in targets:
+            mode, _, loop = target.partition("-")
+            if mode in ("relay", "run"):
+                for workers in args.workers.split(",") if args.workers else [None]:
+                    results += run_relay(folder, sink.port, args, mode, workers, loop or "auto")
         if "aiosmtpd" in targets:
             results += run_aiosmtpd(args)
         if "postfix" in targets:

@@ -10,6 +10,7 @@ import atexit
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -108,13 +109,15 @@ def self_signed(folder: Path, name: str = "relay.test") -> tuple[Path, Path]:
 
 @dataclass
 class RelayProcess:
-    """``alertmail relay -c CONFIG`` in its own process, its stderr in a file."""
+    """``alertmail relay -c CONFIG`` (or ``alertmail run``) in its own process, its stderr in a file."""
 
     config: Path
     port: int
     command: list[str] = field(default_factory=lambda: list(ALERTMAIL))
+    subcommand: str = "relay"
     proc: subprocess.Popen | None = None
     log: Path = field(init=False)
+    _seen: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.log = self.config.parent / "relay.stderr"
@@ -124,9 +127,10 @@ class RelayProcess:
         return self.config.parent / "var"
 
     def start(self, timeout: float = 20.0) -> RelayProcess:
+        self._seen = len(self.output())  # a restart looks for its own "listening" line, not the last start's
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen(
-                [*self.command, "relay", "-c", str(self.config)],
+                [*self.command, self.subcommand, "-c", str(self.config)],
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 cwd=self.config.parent,
@@ -134,13 +138,22 @@ class RelayProcess:
             )
         deadline = time.monotonic() + timeout
         mark = f"relay listening on 127.0.0.1:{self.port}"
-        while mark not in self.output():
+        while not self._ready(mark):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"relay exited with {self.proc.returncode}:\n{self.output()}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"relay did not start:\n{self.output()}")
             time.sleep(0.05)
         return self
+
+    def _ready(self, mark: str) -> bool:
+        if self.subcommand == "relay":
+            return mark in self.output()[self._seen :]
+        try:  # `alertmail run` says nothing when the relay listens: its banner says it
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as conn:
+                return conn.recv(4).startswith(b"220")
+        except OSError:
+            return False
 
     def pids(self) -> list[int]:
         """The relay's process and its receiving processes."""

@@ -396,9 +396,20 @@ def test_queue_write_failure_answers_452_and_keeps_nothing(tmp_path, sink):
 
 
 def test_acknowledged_messages_survive_kill_9_under_load():
-    """bench/relay_crash.py: kill -9 under load, restart; every 250 reaches the sink."""
+    """bench/relay_crash.py: kill -9 each receiving process, then the agent, under load; every 250 reaches the sink."""
     result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "relay_crash.py"), "--messages", "300", "--clients", "6", "--kill-after", "120"],
+        [
+            sys.executable,
+            str(REPO / "bench" / "relay_crash.py"),
+            "--messages",
+            "400",
+            "--clients",
+            "6",
+            "--kill-after",
+            "100",
+            "--kill-every",
+            "80",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -407,3 +418,5 @@ def test_acknowledged_messages_survive_kill_9_under_load():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "missing 0" in result.stdout
+    assert result.stdout.count("killed -9 receiving process") == 2 and "killed -9 the agent" in result.stdout, result.stdout
+    assert "receiving processes started again by the agent: 2" in result.stdout, result.stdout

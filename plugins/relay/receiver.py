@@ -55,7 +55,7 @@ class Spec:
     software: str
     log_level: str
     log_format: str
-    event_loop: str
+    event_loop: str  # "uvloop" or "asyncio", as the agent resolved [relay].event_loop
     stop_timeout: float
 
 
@@ -203,18 +203,23 @@ class Receiver:
 
 
 def main() -> None:
-    parent = os.getppid()
+    # The agent's pid comes as the argument: asked here, a parent that died while this process
+    # was starting would read as the process that adopted it.
+    parent = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else os.getppid()
     _die_with_parent()
+    if os.getppid() != parent:
+        return
     # Ctrl-C in a terminal reaches the whole process group: the agent stops this process itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     spec: Spec = pickle.load(sys.stdin.buffer)
     setup_logging(spec.log_level, spec.log_format)
     logging.getLogger("mail.log").setLevel(logging.ERROR)
-    from alertmail.plugins.relay.service import loop_factory
+    factory = None
+    if spec.event_loop == "uvloop":  # the agent checked that it is installed
+        import uvloop
 
-    if os.getppid() != parent:
-        return
-    with asyncio.Runner(loop_factory=loop_factory(spec.event_loop)) as runner:
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(Receiver(spec, parent).run())
 
 

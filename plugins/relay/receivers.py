@@ -152,6 +152,7 @@ class Receivers:
                 sys.executable,
                 "-m",
                 "alertmail.plugins.relay.receiver",
+                str(os.getpid()),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 pass_fds=(*spec.fds, spec.anvil, spec.slots),
@@ -310,8 +311,14 @@ def describe(code: int | None) -> str:
 
 
 def default_count() -> int:
-    """``workers = "auto"``: one receiving process per core this process may run on."""
+    """``workers = "auto"``: a receiving process per core this process may run on but one, the delivering one's.
+
+    At least one. More receiving processes than that commit rounds of their own side by
+    side, whose fsyncs wait for each other in the file system's journal: on two cores two
+    receiving processes accepted less than one (docs/relay.md has the figures).
+    """
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)

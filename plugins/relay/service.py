@@ -15,7 +15,7 @@ queue before the client hears 250, then delivered through ``[relay].route``.
     require_tls = false
     max_size = "10MB"
     route = ["mx"]                        # how relayed mail leaves; needs [transports.mx]
-    workers = "auto"                      # receiving processes: one per core; 0 = in the agent's process
+    workers = "auto"                      # receiving processes: cores - 1 (at least 1); 0 = in the agent's process
 
 The agent's process delivers; ``workers`` processes receive (``receivers.py``), each
 committing to the same queue folder, so a busy relay uses every core. This module is
@@ -75,7 +75,7 @@ OPTIONS: dict[str, Option] = {
     "workers": Option(
         "any",
         "auto",
-        help='receiving processes: "auto" = one per core; 0 = receive in the agent\'s own process',
+        help='receiving processes: "auto" = one per core but one (at least 1); 0 = receive in the agent\'s own process',
     ),
     "stop_timeout": Option("duration", 20.0, help="on shutdown, how long transactions in flight may take to finish"),
 }
@@ -282,7 +282,7 @@ class RelayService:
             software=f"alertmail {__version__}",
             log_level=agent.get("log_level", "info"),
             log_format=agent.get("log_format", "text"),
-            event_loop=opts.get("event_loop") or "auto",
+            event_loop="uvloop" if loop_factory(opts.get("event_loop") or "auto") else "asyncio",
             stop_timeout=self._stop_timeout,
         )
         self.receivers = Receivers(workers, sockets, context.queue, spec)
@@ -350,7 +350,7 @@ class RelayService:
 
 
 def worker_count(value: Any) -> int:
-    """``[relay].workers`` as a number of receiving processes ("auto": one per core)."""
+    """``[relay].workers`` as a number of receiving processes ("auto": one per core but one, at least 1)."""
     if value == "auto":
         from alertmail.plugins.relay.receivers import default_count
 

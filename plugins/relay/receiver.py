@@ -6,7 +6,9 @@ the agent); what it tells the agent goes out on standard output, one line each:
 
     ready                       the listener is accepting
     segment <name>              a commit round is durable in the queue folder: adopt it
-    counts <json>               the session and message counters so far (once a second)
+
+Its counters (what /metrics shows) and its number of open sessions are kept in memory
+shared with the agent and the other receiving processes (``Slots``).
 
 Every message is durable in the queue before its 250, as in one process: the commit
 happens here, and the agent's delivery takes the segment from the folder. SIGTERM stops
@@ -17,7 +19,6 @@ so a ``kill -9`` of the agent leaves no receiver behind.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import pickle
@@ -49,7 +50,7 @@ class Spec:
     tls_key: str | None
     writer: Any  # the queue's SharedWriter
     anvil: int  # a socket to the agent, which counts sessions per client and failed AUTH for all processes
-    slots: int  # shared memory: one 8-byte session count per process, summed for max_connections
+    slots: int  # shared memory: per process its open sessions and its counters (Slots)
     processes: int
     logs: Path
     software: str
@@ -59,30 +60,79 @@ class Spec:
     stop_timeout: float
 
 
+# What /metrics shows of the relay, kept per process after its number of open sessions.
+COUNTERS = ("sessions", "sessions_refused", "accepted", "refused")
+STRIDE = 1 + len(COUNTERS)
+
+
+class Slots:
+    """Memory shared by the agent and the receiving processes: per process, 8-byte integers.
+
+    ``[open sessions, sessions, sessions_refused, accepted, refused]``; each process
+    writes only its own, so no lock is needed. A process started again in the place of
+    one that died goes on from its counters: they never go back.
+    """
+
+    def __init__(self, fd: int, processes: int) -> None:
+        import mmap
+
+        self.processes = processes
+        self._map = mmap.mmap(fd, 8 * STRIDE * processes)
+        self.view = memoryview(self._map).cast("q")
+
+    @staticmethod
+    def size(processes: int) -> int:
+        return 8 * STRIDE * processes
+
+    def sessions(self) -> int:
+        return sum(self.view[i * STRIDE] for i in range(self.processes))
+
+    def total(self, counter: str) -> int:
+        at = 1 + COUNTERS.index(counter)
+        return sum(self.view[i * STRIDE + at] for i in range(self.processes))
+
+    def counters(self, index: int) -> SlotCounters:
+        return SlotCounters(self.view, index * STRIDE + 1)
+
+
+class SlotCounters:
+    """A process's counters in the shared slots, used as ``RelayServer.counts`` is (``counts["accepted"] += 1``)."""
+
+    def __init__(self, view: memoryview, start: int) -> None:
+        self._view = view
+        self._start = start
+
+    def __getitem__(self, key: str) -> int:
+        return int(self._view[self._start + COUNTERS.index(key)])
+
+    def __setitem__(self, key: str, value: int) -> None:
+        self._view[self._start + COUNTERS.index(key)] = value
+
+    def get(self, key: str, default: int = 0) -> int:
+        return self[key] if key in COUNTERS else default
+
+
 class SharedLimits:
     """The connection caps and the AUTH-failure limit counted across every receiving process.
 
-    The total of sessions is read from the shared slots (one per process, written only by
-    its owner, so no lock is needed); what is counted per client goes to the agent and back
+    The total of sessions is read from the shared ``Slots``; what is counted per client goes to the agent and back
     (``receivers.Anvil``), only for clients outside ``allow``, to whom the caps apply.
     """
 
     def __init__(self, spec: Spec) -> None:
-        import mmap
 
         self.index = spec.index
-        self._map = mmap.mmap(spec.slots, 8 * spec.processes)
-        self.slots = memoryview(self._map).cast("q")
+        self.slots = Slots(spec.slots, spec.processes)
         self.anvil = socket.socket(fileno=spec.anvil)
         self.anvil.setblocking(True)
         self.anvil.settimeout(ANVIL_TIMEOUT)
         self._buffer = b""
 
     def total(self) -> int:
-        return sum(self.slots)
+        return self.slots.sessions()
 
     def set_mine(self, sessions: int) -> None:
-        self.slots[self.index] = sessions
+        self.slots.view[self.index * STRIDE] = sessions
 
     def ask(self, question: str) -> bool | None:
         """The agent's yes or no; None when it does not answer in time (the caller decides alone)."""
@@ -181,6 +231,7 @@ class Receiver:
         tls = tls_context(spec.tls_cert, spec.tls_key) if spec.tls_cert and spec.tls_key else None
         server = shared_server(RelayServer)(spec.policy, queue, w3c, tls)
         server.limits = SharedLimits(spec)
+        server.counts = server.limits.slots.counters(spec.index)
         sockets = [socket.socket(fileno=fd) for fd in spec.fds]
         await server.start_sockets(sockets)
         self.tell("ready")
@@ -193,12 +244,10 @@ class Receiver:
                 if os.getppid() != self.parent:
                     log.warning("relay: receiving process %d: the agent is gone; stopping", spec.index)
                     break
-                self.tell("counts " + json.dumps(dict(server.counts)))
                 w3c.flush()
         finally:
             await server.stop(spec.stop_timeout)
             await queue.close()
-            self.tell("counts " + json.dumps(dict(server.counts)))
             w3c.close()
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import os
 import pickle
@@ -25,7 +24,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from alertmail.plugins.relay.receiver import Spec
+from alertmail import AlertmailError
+from alertmail.plugins.relay.receiver import COUNTERS, STRIDE, Slots, Spec
 
 log = logging.getLogger("alertmail.relay")
 
@@ -88,7 +88,7 @@ class Anvil:
         self.sessions.pop(index, None)
 
 
-class ReceiverFailed(RuntimeError):
+class ReceiverFailed(AlertmailError, OSError):
     """A receiving process could not start (the first start of the relay fails with it)."""
 
 
@@ -106,12 +106,11 @@ class Receivers:
         self._tasks: list[asyncio.Task[None]] = []
         self._anvils: dict[int, asyncio.Task[None]] = {}
         self._stopping = False
-        self._counts: dict[int, collections.Counter[str]] = {}  # per process index, since it started
-        self._finished: collections.Counter[str] = collections.Counter()  # of processes that ended
         self.anvil = Anvil(spec.policy)
-        # One 8-byte session count per process, summed by each for the cap of all sessions together.
-        self._slots_fd = os.memfd_create("alertmail-relay-sessions") if hasattr(os, "memfd_create") else _temp_fd()
-        os.ftruncate(self._slots_fd, 8 * count)
+        # Per process its open sessions (summed for max_connections) and its counters (for /metrics).
+        self._slots_fd = os.memfd_create("alertmail-relay-slots") if hasattr(os, "memfd_create") else _temp_fd()
+        os.ftruncate(self._slots_fd, Slots.size(count))
+        self.slots = Slots(self._slots_fd, count)
 
     @property
     def pids(self) -> list[int]:
@@ -119,10 +118,7 @@ class Receivers:
 
     @property
     def counts(self) -> collections.Counter[str]:
-        total = collections.Counter(self._finished)
-        for counts in self._counts.values():
-            total.update(counts)
-        return total
+        return collections.Counter({name: self.slots.total(name) for name in COUNTERS})
 
     async def start(self) -> None:
         """Start every process and wait until each accepts; ReceiverFailed when one cannot."""
@@ -197,7 +193,6 @@ class Receivers:
             else:
                 await self._follow(index, process, ready)
                 code = await process.wait()
-                self._finished.update(self._counts.pop(index, {}))
                 self._ended(index)
                 if self._stopping:
                     return
@@ -232,9 +227,6 @@ class Receivers:
             word, _, rest = line.decode("utf-8", "replace").rstrip("\n").partition(" ")
             if word == "segment":
                 self.queue.adopt(rest)
-            elif word == "counts":
-                with contextlib.suppress(ValueError):
-                    self._counts[index] = collections.Counter(json.loads(rest))
             elif word == "ready":
                 said_ready = True
                 if not ready.done():
@@ -287,7 +279,7 @@ class Receivers:
     def _ended(self, index: int) -> None:
         """Process ``index`` is gone: so are its sessions."""
         self.anvil.forget(index)
-        os.pwrite(self._slots_fd, bytes(8), 8 * index)
+        self.slots.view[index * STRIDE] = 0
         task = self._anvils.pop(index, None)
         if task is not None:
             task.cancel()

@@ -33,8 +33,8 @@ from alertmail import setup_logging
 
 log = logging.getLogger("alertmail.relay")
 
-# How often the counters go to the agent, and how often the log buffer reaches its file.
-REPORT_INTERVAL = 1.0
+# How often the log buffer reaches its file and the agent is looked for.
+WATCH_INTERVAL = 1.0
 # Longest wait for the agent's count of a client's sessions or failed AUTH; then this process decides alone.
 ANVIL_TIMEOUT = 2.0
 
@@ -238,7 +238,7 @@ class Receiver:
         try:
             while not stop.is_set():
                 try:
-                    await asyncio.wait_for(stop.wait(), REPORT_INTERVAL)
+                    await asyncio.wait_for(stop.wait(), WATCH_INTERVAL)
                 except TimeoutError:
                     pass
                 if os.getppid() != self.parent:

@@ -82,3 +82,23 @@ def test_a_writer_keeps_no_entries_and_the_owner_keeps_its_lock(tmp_path):
         await owner.close()
 
     run(main())
+
+
+def test_a_segment_being_deleted_is_not_taken_again_by_a_listing(tmp_path):
+    async def main() -> None:
+        owner = Queue(tmp_path / "queue")
+        await owner.start()
+        writer = owner.shared_writer().open(lambda segment: None)
+        await writer.put(b"Subject: x\r\n\r\nbody\r\n", Envelope("a@x.test", ("b@y.test",)))
+        await writer.close()
+        assert owner.adopt_new() == 1
+        (entry,) = owner.entries()
+        removal = asyncio.create_task(owner.remove(entry.id))
+        await asyncio.sleep(0)  # finished in memory; its file is deleted by a thread a moment later
+        assert (tmp_path / "queue" / f"{entry.segment}.seg").exists()
+        assert owner.adopt_new() == 0
+        await removal
+        assert owner.adopt_new() == 0 and len(owner) == 0
+        await owner.close()
+
+    run(main())

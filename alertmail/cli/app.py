@@ -235,10 +235,11 @@ def run(config_path: Path) -> None:
     setup_logging(cfg.agent["log_level"], cfg.agent["log_format"])
     for info in plugins.errors:
         logging.getLogger("alertmail.plugins").error("plugin %s (%s) not loaded: %s", info.name, info.source, info.error)
-    from alertmail.agent import Agent
+    from alertmail.agent import Agent, loop_factory
 
     try:
-        asyncio.run(Agent(cfg, plugins).run_forever())
+        with asyncio.Runner(loop_factory=loop_factory(cfg, plugins)) as runner:
+            runner.run(Agent(cfg, plugins).run_forever())
     except OSError as exc:
         click.echo(f"alertmail: {exc}", err=True)
         sys.exit(ExitCode.TEMPFAIL)

@@ -21,6 +21,13 @@ AGENT_OPTIONS: dict[str, Option] = {
     "probe_timeout": Option("duration", None, help="longest a probe may run; default: its interval"),
     "disable_plugins": Option("list", [], help="plugin names not to load"),
     "log_level": Option("str", "info", choices=("debug", "info", "warning", "error")),
+    "event_loop": Option(
+        "str",
+        "auto",
+        choices=("auto", "asyncio", "uvloop"),
+        help="the agent's event loop: auto = uvloop when installed and a service (the relay) is enabled, "
+        "asyncio otherwise (the idle agent stays small)",
+    ),
     "log_format": Option(
         "str",
         "text",

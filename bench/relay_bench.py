@@ -15,7 +15,8 @@ so the ratios compare like with like on a shared, noisy machine:
 Each target gets both load shapes: a new connection per message, and reused
 connections (``smtp-source -d``). Shown for each: the rate and its ratio to Postfix and
 to the bare sink, the time until the queue is empty after the load (everything
-delivered to the sink), and the CPU the relay spent per message (all its processes).
+delivered to the sink), when the last message reached the sink counted from the start
+of the load, and the CPU the relay spent per message (all its processes).
 
     python bench/relay_bench.py                    # 10 sessions, 20 000 messages of 2 KB
     python bench/relay_bench.py --quick            # a smoke run: 5 sessions, 500 messages
@@ -280,7 +281,7 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
             f" {cores()} cores; relay [queue].concurrency = {concurrency}"
         ),
         f"{'target':<16} {'connections':<12} {'msg/s':>7} {'vs postfix':>10} {'vs aiosmtpd':>11} {'seconds':>8}"
-        f" {'queue empty after':>17} {'CPU ms/msg':>10}",
+        f" {'queue empty after':>17} {'all delivered at':>16} {'CPU ms/msg':>10}",
     ]
 
     def ratio(rate: float, base: dict[bool, float], r: Result) -> str:
@@ -288,12 +289,14 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
 
     for r in results:
         drained = "-" if r.target == "aiosmtpd" else (f"{r.drained:.1f}s" if r.drained is not None else "not empty")
+        # From the first message sent to the last one at the sink: what a sender waits for.
+        done = f"{r.seconds + r.drained:.1f}s" if r.target != "aiosmtpd" and r.drained is not None else "-"
         rate = f"{r.rate:7.0f}" if r.ok else " failed"
         cpu = f"{r.cpu_ms:.2f}" if r.cpu_ms else "-"
         connections = "reused" if r.reused else "new each"
         lines.append(
             f"{r.target:<16} {connections:<12} {rate} {ratio(r.rate, postfix, r):>10} {ratio(r.rate, bare, r):>11}"
-            f" {r.seconds:8.1f} {drained:>17} {cpu:>10}"
+            f" {r.seconds:8.1f} {drained:>17} {done:>16} {cpu:>10}"
         )
     return "\n".join(lines)
 

@@ -24,6 +24,7 @@ from typing import Any
 from alertmail.config.load import Config
 from alertmail.exitcodes import ExitCode
 from alertmail.fsutil import write_atomic
+from alertmail.memory import release_free_memory
 from alertmail.model import Sample
 from alertmail.notify import heartbeat
 from alertmail.probes.history import MAX_SAVED_POINTS, History
@@ -175,6 +176,7 @@ class Agent:
             # Probes report series that end (a process exits, a disk is unmounted); without this they stay forever.
             self.history.forget_idle(now)
             self._history_swept = now
+            release_free_memory()  # what start-up, a reload or the first mail left behind
         if time.monotonic() - self._history_saved >= HISTORY_SAVE and (
             self._history_saving is None or self._history_saving.done()
         ):

@@ -4,7 +4,9 @@
 Starts the agent on a copy of the repository's config.toml in a temporary folder,
 lets it run for --seconds (default 600, the figure the README quotes), and prints
 its RSS and the CPU seconds it used, next to a bare Python interpreter that only
-sleeps (the same interpreter, measured in the same run).
+sleeps and one that has imported only the libraries the agent runs on (asyncio,
+APScheduler, click, psutil, pluggy, ...): the same interpreter, measured in the same run.
+The difference between that one and the agent is alertmail's own share.
 
     python bench/agent_idle.py --seconds 600
     python bench/agent_idle.py --quick          # 30 s smoke run
@@ -28,6 +30,14 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# What `alertmail run` cannot do without, whatever alertmail's own code does: the event loop
+# (which imports ssl), the scheduler (which imports importlib.metadata and multiprocessing),
+# the command line, the probes' psutil, the plugin manager, the config and state formats.
+DEPENDENCIES = (
+    "import asyncio, apscheduler.schedulers.asyncio, apscheduler.triggers.interval, click, psutil, pluggy,"
+    " logging, dataclasses, tomllib, json, zoneinfo, email.message, time; time.sleep(100000)"
+)
 
 
 def measure(proc: subprocess.Popen, seconds: float, settle: float) -> tuple[float, float, float]:
@@ -106,6 +116,7 @@ def main() -> int:
             url = f"http://127.0.0.1:{port}/metrics"
             threading.Thread(target=scrape_every, args=(url, 15.0, stop_scraping), daemon=True).start()
         bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(100000)"], env=env)
+        floor = subprocess.Popen([sys.executable, "-c", DEPENDENCIES], env=env)
         figures = {}
         try:
             print(f"measuring for {seconds:.0f} s after {settle:.0f} s of settling ...", file=sys.stderr)
@@ -119,15 +130,15 @@ def main() -> int:
             for thread in threads:
                 thread.join()
             figures = {name: measured[name] for name in agents}
-            b = psutil.Process(bare.pid)
-            b_rss = b.memory_info().rss / 1e6
+            b_rss = psutil.Process(bare.pid).memory_info().rss / 1e6
+            f_rss = psutil.Process(floor.pid).memory_info().rss / 1e6
             for name, proc in agents.items():
                 if proc.poll() is not None:
                     print(f"{name}: the agent exited with {proc.returncode}", file=sys.stderr)
                     return 1
         finally:
             stop_scraping.set()
-            for proc in (*agents.values(), bare):
+            for proc in (*agents.values(), bare, floor):
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
     finally:
@@ -138,7 +149,9 @@ def main() -> int:
         print(f"{name:<28} {rss:8.1f} {peak:8.1f} {cpu:8.2f} {cpu / seconds * 100:11.3f}%")
     a_rss = figures["alertmail run (default)"][0]
     print(f"{'bare python (sleeping)':<28} {b_rss:8.1f} {'':>8} {'':>8} {'':>12}")
+    print(f"{'its dependencies only':<28} {f_rss:8.1f} {'':>8} {'':>8} {'':>12}")
     print(f"agent RSS over bare interpreter: +{a_rss - b_rss:.1f} MB ({a_rss / b_rss:.2f}x); window {seconds:.0f} s")
+    print(f"agent RSS over its dependencies: +{a_rss - f_rss:.1f} MB ({a_rss / f_rss:.2f}x)")
     return 0
 
 

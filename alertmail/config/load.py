@@ -295,8 +295,6 @@ def _check_rule_metrics(
     """A rule on a metric no loaded probe declares would never fire: refused, with the closest declared
     name. Where a loaded probe declares no metrics the metric may still come from it: a warning.
     ``undeclared = true`` in a rule says the metric comes from elsewhere (replayed samples, such a probe)."""
-    import difflib
-
     undeclaring = sorted(name for name, probe in plugins.probes.items() if not getattr(probe, "metrics", None))
     rules = raw.get(RULES.name)
     for i, item in enumerate(rules if isinstance(rules, list) else []):
@@ -324,6 +322,8 @@ def _check_rule_metrics(
             continue
         if item.get("undeclared") is True:
             continue
+        import difflib  # only for a rule in error: the agent that runs never loads it
+
         close = difflib.get_close_matches(metric, sorted(declared), n=1)
         hint = f"did you mean {close[0]!r}?" if close else "`alertmail probe --list` shows every declared metric"
         if undeclaring:

@@ -7,7 +7,6 @@ composes them. This module imports nothing of alertmail but ``units`` and ``erro
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +33,8 @@ class Option:
 
 def did_you_mean(name: str, known: Iterable[str], *, fmt: str = "{!r}", listing: str = "known") -> str:
     """The fix for an unknown name: the closest known one, or the list of them."""
+    import difflib  # only on a mistake: the agent that runs never loads it
+
     known = sorted(known)
     hint = difflib.get_close_matches(name, known, n=1)
     if hint:

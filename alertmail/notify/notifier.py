@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from alertmail.config.schema import Option, Section
 from alertmail.fsutil import write_atomic
@@ -42,11 +42,11 @@ from alertmail.notify.journal import Journal
 from alertmail.notify.runtime_silences import SilenceSet
 from alertmail.notify.storm import StormGuard, render_digest
 from alertmail.notify.storm import check_config as check_storm
-from alertmail.render.format import header_safe, mailboxes
-from alertmail.render.mail import render_alert
-from alertmail.render.view import RenderContext, worst_first
 from alertmail.rules.model import AlertEvent, Rule
 from alertmail.rules.wire import ALERTS_HEADER, encode_alerts
+
+if TYPE_CHECKING:
+    from alertmail.render.view import RenderContext
 
 log = logging.getLogger("alertmail.notify.notifier")
 
@@ -385,6 +385,8 @@ class Notifier:
         self._dirty.clear()
 
     def _headers(self, msg: EmailMessage, to: list[str], message_id: str, now: float) -> None:
+        from alertmail.render.format import mailboxes
+
         for header in ("From", "To", "Date", "Message-ID", "In-Reply-To", "References", "Auto-Submitted"):
             del msg[header]
         msg["From"] = mailboxes([self.sender], f"alertmail on {self.hostname}")
@@ -394,6 +396,9 @@ class Notifier:
         msg["Auto-Submitted"] = "auto-generated"
 
     def _compose(self, events: list[AlertEvent], to: list[str], incident_to: list[str], now: float) -> Outgoing:
+        # The rendering code loads with the first mail (in the composing thread), not with the idle agent.
+        from alertmail.render.view import worst_first
+
         events = worst_first(events)  # renderers (plugins too) get the worst news first
         msg = self._render(events)
         message_id = email.utils.make_msgid(idstring=events[0].incident[:16], domain=self.domain)
@@ -424,9 +429,15 @@ class Notifier:
         return Outgoing(message_bytes(msg), Envelope(self.sender, (rcpt,)), str(msg["Subject"]), "digest")
 
     def _context_base(self) -> RenderContext:
+        from alertmail.render.view import RenderContext
+
         return RenderContext(hostname=self.hostname, timezone=self.timezone, subject_prefix=self.subject_prefix)
 
     def _render(self, events: list[AlertEvent]) -> EmailMessage:
+        from alertmail.render.format import header_safe
+        from alertmail.render.mail import render_alert
+        from alertmail.render.view import RenderContext
+
         ctx = RenderContext(
             hostname=self.hostname,
             timezone=self.timezone,

@@ -19,13 +19,15 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alertmail.config.schema import Checker
-from alertmail.render.format import format_labels, format_value, header_safe
-from alertmail.render.view import RenderContext, recovers, tally, worst_first
 from alertmail.rules.model import AlertEvent
+
+if TYPE_CHECKING:
+    from email.message import EmailMessage
+
+    from alertmail.render.view import RenderContext
 from alertmail.units import format_duration
 
 HOUR = 3600.0
@@ -120,6 +122,8 @@ class StormGuard:
 
 
 def _row(event: AlertEvent, ctx: RenderContext) -> tuple[str, str, str, str, str, str]:
+    from alertmail.render.format import format_labels, format_value, header_safe
+
     when = ctx.local_time(event.at)
     return (
         f"{when:%Y-%m-%d %H:%M:%S %Z}",
@@ -133,7 +137,12 @@ def _row(event: AlertEvent, ctx: RenderContext) -> tuple[str, str, str, str, str
 
 def render_digest(events: Sequence[AlertEvent], backlog_since: float, guard: StormGuard, ctx: RenderContext) -> EmailMessage:
     """One mail listing every folded event (time, kind, rule, labels, value, severity), text and HTML."""
+    # The rendering code loads with the first digest, not with the idle agent.
     import html
+    from email.message import EmailMessage
+
+    from alertmail.render.format import header_safe
+    from alertmail.render.view import recovers, tally, worst_first
 
     events = worst_first(events)  # the worst news leads: open before recovered, critical before warning
     rules = list(dict.fromkeys(e.rule.name for e in events))

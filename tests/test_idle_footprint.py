@@ -1,0 +1,107 @@
+"""The idle agent on the default config keeps what only a mail or a command needs unloaded.
+
+`bench/agent_idle.py` measures the footprint (RSS, CPU); this pins its main cause without
+timing: which modules `alertmail run` has imported once it is up and every probe has run.
+The agent runs in a child process whose SIGUSR2 handler writes `sys.modules` and the names
+of the live threads to a file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.relay_peers import REPO
+
+DUMPING_AGENT = """
+import os, signal, sys, threading
+
+path = sys.argv[1]
+
+def dump(signum, frame):
+    with open(path + ".part", "w") as out:
+        out.write(" ".join(sorted(sys.modules)) + "\\n")
+        out.write(" ".join(t.name.replace(" ", "_") for t in threading.enumerate()) + "\\n")
+    os.replace(path + ".part", path)
+
+signal.signal(signal.SIGUSR2, dump)
+from alertmail.cli import main
+sys.argv[:] = ["alertmail", "run", "--config", "config.toml"]
+main()
+"""
+
+# Loaded with the first mail, the first digest, a chart, a command, or a transport or
+# service the default config does not use: never by the agent that only watches.
+NOT_WHILE_IDLE = (
+    "alertmail.render.chart",
+    "alertmail.render.context",
+    "alertmail.render.format",
+    "alertmail.render.mail",
+    "alertmail.render.plot",
+    "alertmail.render.view",
+    "alertmail.exporter.server",
+    "alertmail.plugins.relay.server",
+    "alertmail.plugins.relay.watcher",
+    "alertmail.cli.probe",
+    "alertmail.cli.queue",
+    "alertmail.replay",
+    "jinja2",
+    "markupsafe",
+    "PIL",
+    "aiosmtplib",
+    "aiosmtpd",
+    "dns",
+    "cryptography",
+    "dkim",
+    "difflib",
+    "email.mime",
+    "ctypes.util",
+    "http.server",
+)
+
+
+def _idle_agent_modules(folder: Path) -> set[str]:
+    shutil.copy(REPO / "config.toml", folder / "config.toml")
+    dump = folder / "modules.txt"
+    log = folder / "stderr"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", DUMPING_AGENT, str(dump)],
+            cwd=folder,
+            stderr=err,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "watching" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        probes = int(log.read_text().split(" with ", 1)[1].split(" probes", 1)[0])
+        # Idle means: started, and every probe has run (its worker thread exists).
+        while True:
+            dump.unlink(missing_ok=True)
+            proc.send_signal(signal.SIGUSR2)
+            while not dump.exists():
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.05)
+            modules, threads = dump.read_text().splitlines()
+            if sum(name.startswith("probe_") for name in threads.split()) >= probes:
+                return set(modules.split())
+            assert time.monotonic() < deadline, f"probes that ran: {threads}\n{log.read_text()}"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def test_the_idle_agent_on_the_default_config_loads_no_rendering_transport_or_command_code(tmp_path):
+    modules = _idle_agent_modules(tmp_path)
+    assert "alertmail.agent" in modules and "alertmail.notify.notifier" in modules  # the dump is of a running agent
+    loaded = sorted(m for m in modules if any(m == heavy or m.startswith(heavy + ".") for heavy in NOT_WHILE_IDLE))
+    assert loaded == []

@@ -33,6 +33,13 @@ class Refusing(Recorder):
             responses.insert(-1, "250-PIPELINING")
         return responses
 
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address == "slow@example.test":
+            await asyncio.sleep(1.5)
+        if address == "long@example.test":
+            return "550-5.1.1 No such user here;\r\n550-see the directory\r\n550 5.1.1 for who is"
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         if address in self.refuse_sender:
             return "550 5.7.1 Sender not allowed"
@@ -48,8 +55,9 @@ class Refusing(Recorder):
 class Tap:
     """A TCP relay on loopback that notes, in order, each chunk the client and the server sent."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, *, byte_by_byte: bool = False) -> None:
         self.target_port = target_port
+        self.byte_by_byte = byte_by_byte  # hand the server's replies on one byte per write
         self.chunks: list[tuple[str, bytes]] = []
         self.server: asyncio.Server | None = None
         self.port = 0
@@ -70,8 +78,14 @@ class Tap:
             try:
                 while chunk := await reader.read(65536):
                     self.chunks.append((side, chunk))
-                    writer.write(chunk)
-                    await writer.drain()
+                    if side == "server" and self.byte_by_byte:
+                        for i in range(len(chunk)):
+                            writer.write(chunk[i : i + 1])
+                            await writer.drain()
+                            await asyncio.sleep(0)
+                    else:
+                        writer.write(chunk)
+                        await writer.drain()
             except OSError:
                 pass
             finally:
@@ -93,8 +107,8 @@ class Tap:
         return counts
 
 
-async def deliver(tmp_path: Path, port: int, envelopes: list[Envelope], **options):
-    async with Tap(port) as tap:
+async def deliver(tmp_path: Path, port: int, envelopes: list[Envelope], byte_by_byte: bool = False, **options):
+    async with Tap(port, byte_by_byte=byte_by_byte) as tap:
         t = transport(tmp_path, servers=[f"127.0.0.1:{tap.port}"], **{"tls": "none", **options})
         try:
             results = [await t.send(MESSAGE, envelope) for envelope in envelopes]
@@ -103,19 +117,23 @@ async def deliver(tmp_path: Path, port: int, envelopes: list[Envelope], **option
     return results, tap
 
 
-def both_ways(tmp_path: Path, envelopes: list[Envelope], **handler_options):
+def both_ways(tmp_path: Path, envelopes: list[Envelope], byte_by_byte: bool = False, **handler_options):
     """The results with PIPELINING and without it, and the pipelined run's tap."""
     runs = {}
     for pipelining in (True, False):
         handler = Refusing(pipelining=pipelining, **handler_options)
         with Server(handler) as server:
-            results, tap = asyncio.run(deliver(tmp_path, server.port, envelopes))
+            results, tap = asyncio.run(deliver(tmp_path, server.port, envelopes, byte_by_byte))
         runs[pipelining] = (results, tap, handler)
     return runs
 
 
 def statuses(results):
-    return [{r: (s.status, s.code, s.enhanced, s.message) for r, s in result.recipients.items()} for result in results]
+    """What each recipient got, the server's address (a different port each run) left out."""
+    return [
+        {r: (s.status, s.code, s.enhanced, s.message.replace(s.remote, "SERVER")) for r, s in result.recipients.items()}
+        for result in results
+    ]
 
 
 def test_one_refused_recipient_among_accepted_ones_gives_the_same_results_pipelined(tmp_path):
@@ -129,6 +147,33 @@ def test_one_refused_recipient_among_accepted_ones_gives_the_same_results_pipeli
     assert handler.messages[0][3] == MESSAGE
     assert tap.replies_between_mail_and_data() == [0, 0]
     assert min(plain_tap.replies_between_mail_and_data()) >= 2
+
+
+@pytest.mark.parametrize("byte_by_byte", [False, True], ids=["whole", "one-byte-reads"])
+def test_multiline_refusals_read_in_order_however_the_replies_arrive(tmp_path, byte_by_byte):
+    envelope = Envelope("alertmail@host.test", ("ops@example.test", "long@example.test", "gone@example.test", "dev@example.test"))
+    runs = both_ways(tmp_path, [envelope] * 3, byte_by_byte=byte_by_byte, refuse={"gone@example.test"})
+    (piped, tap, handler), (plain, _, _) = runs[True], runs[False]
+    assert statuses(piped) == statuses(plain)
+    long = piped[2].recipients["long@example.test"]
+    assert (long.code, long.enhanced, long.message) == (550, "5.1.1", "No such user here; see the directory 5.1.1 for who is")
+    assert [r.delivered for r in piped] == [["ops@example.test", "dev@example.test"]] * 3
+    assert len(handler.messages) == 3
+    assert tap.replies_between_mail_and_data() == [0, 0, 0]
+
+
+def test_a_reply_that_does_not_come_in_time_is_a_timeout_as_unpipelined(tmp_path):
+    envelope = Envelope("alertmail@host.test", ("ops@example.test", "slow@example.test"))
+    results = {}
+    for pipelining in (True, False):
+        with Server(Refusing(pipelining=pipelining)) as server:
+            results[pipelining], tap = asyncio.run(deliver(tmp_path, server.port, [envelope], command_timeout=0.5))
+        if pipelining:
+            assert tap.replies_between_mail_and_data() == [0]
+    assert statuses(results[True]) == statuses(results[False])
+    status = results[True][0].recipients["ops@example.test"]
+    assert (status.status, status.enhanced) == (Status.TEMPORARY, "4.4.2")
+    assert "timed out" in status.message
 
 
 def test_a_refused_sender_refuses_every_recipient_as_unpipelined(tmp_path):

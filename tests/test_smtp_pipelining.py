@@ -15,7 +15,7 @@ import pytest
 
 from alertmail.model import Envelope, Status
 from tests.certs import TlsFiles, make_tls_files
-from tests.peers import SmtpSink
+from tests.peers import SmtpSink, free_port
 from tests.test_transport_smtp import MESSAGE, Recorder, Server, transport
 
 
@@ -276,3 +276,36 @@ def test_pipelined_over_starttls_then_the_session_is_reused_and_quit(tmp_path, t
     # The tap sees only ciphertext: count the client's writes. MAIL, 2 RCPT, DATA, body
     # take 5 writes a message unpipelined, 2 pipelined.
     assert writes[False] - writes[True] >= 6
+
+
+def test_a_pipelining_server_that_dropped_the_idle_session_gets_the_next_message_on_a_new_one(tmp_path, monkeypatch):
+    monkeypatch.setattr("alertmail.plugins.transports.smtppool.PROBE_AFTER", 60.0)  # no RSET before reuse
+    handler = Refusing()
+    port = free_port()
+    envelope = Envelope("alertmail@host.test", ("ops@example.test",))
+    server = Server(handler, port=port).__enter__()
+
+    def restart() -> None:
+        nonlocal server
+        server.__exit__()
+        server = Server(handler, port=port).__enter__()
+
+    async def scenario():
+        async with Tap(port) as tap:
+            t = transport(tmp_path, servers=[f"127.0.0.1:{tap.port}"], tls="none")
+            try:
+                first = await t.send(MESSAGE, envelope)
+                await asyncio.to_thread(restart)
+                await asyncio.sleep(0.1)
+                second = await t.send(MESSAGE, envelope)
+            finally:
+                await t.close()
+        return first, second, tap
+
+    try:
+        first, second, tap = asyncio.run(scenario())
+    finally:
+        server.__exit__()
+    assert first.delivered == second.delivered == ["ops@example.test"]
+    assert len({peer for peer, *_ in handler.messages}) == 2
+    assert tap.replies_between_mail_and_data() == [0, 0]

@@ -320,7 +320,10 @@ async def _pipelined(
         client.close()
         return done
 
-    replies = Replies(client)
+    try:
+        replies = Replies(client)
+    except aiosmtplib.SMTPServerDisconnected as exc:  # gone since it was last used: nothing was sent
+        return lost(exc)
     try:
         replies.write(b"".join(lines))
         reply = await replies.next(timeouts.command)

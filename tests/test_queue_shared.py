@@ -6,6 +6,8 @@ import asyncio
 import multiprocessing
 import pickle
 
+import pytest
+
 from alertmail.model import Envelope
 from alertmail.queue.spool import Queue, SharedWriter
 
@@ -99,6 +101,34 @@ def test_a_segment_being_deleted_is_not_taken_again_by_a_listing(tmp_path):
         assert owner.adopt_new() == 0
         await removal
         assert owner.adopt_new() == 0 and len(owner) == 0
+        await owner.close()
+
+    run(main())
+
+
+def test_adopted_messages_are_delivered_from_the_bytes_the_adoption_verified(tmp_path):
+    """The first read of an adopted message needs no second read of its segment; a later read goes to disk."""
+
+    async def main() -> None:
+        owner = Queue(tmp_path / "queue")
+        await owner.start()
+        seen = []
+        owner.add_listener(seen.append)
+        writer = owner.shared_writer()
+        told: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()
+        process = multiprocessing.get_context("spawn").Process(target=write_in_another_process, args=(writer, 3, told))
+        process.start()
+        await asyncio.to_thread(process.join, 60)
+        segment = told.get(timeout=5)
+        assert owner.adopt(segment) == 3
+        path = tmp_path / "queue" / f"{segment}.seg"
+        path.rename(path.with_suffix(".moved"))
+        bodies = sorted([await owner.read(entry.id) for entry in seen])
+        assert bodies == [f"Subject: {i}\r\n\r\nbody\r\n".encode() for i in range(3)]
+        with pytest.raises(FileNotFoundError):  # a second read (a retry) comes from the segment
+            await owner.read(seen[0].id)
+        path.with_suffix(".moved").rename(path)
+        assert await owner.read(seen[0].id) in bodies
         await owner.close()
 
     run(main())

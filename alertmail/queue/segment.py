@@ -58,6 +58,7 @@ class Scan:
     entries: list[Entry] = field(default_factory=list)
     damage: list[Damage] = field(default_factory=list)
     size: int = 0
+    data: dict[str, bytes] = field(default_factory=dict)  # id -> the verified message, when asked for
 
 
 def encode(entry: Entry, data: bytes) -> tuple[bytes, int]:
@@ -76,17 +77,20 @@ def data_ok(entry: Entry, data: bytes) -> bool:
     return entry.crc is None or zlib.crc32(data) == entry.crc
 
 
-def scan(path: Path) -> Scan:
-    """Every verified entry of the segment at ``path`` (with offset), and its damage (blocking)."""
+def scan(path: Path, *, with_data: bool = False) -> Scan:
+    """Every verified entry of the segment at ``path`` (with offset), and its damage (blocking).
+
+    ``with_data`` also keeps each verified message's bytes, as ``read_message`` would return them.
+    """
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size == 0:
             return Scan(damage=[Damage(0, 0, "empty segment")])
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            return _scan(mm, size)
+            return _scan(mm, size, with_data)
 
 
-def _scan(mm: mmap.mmap, size: int) -> Scan:
+def _scan(mm: mmap.mmap, size: int, with_data: bool = False) -> Scan:
     out = Scan(size=size)
     # Old records carry no checksum: they are taken only from a segment with no new record
     # at all, so a message quoting an old record is never mistaken for one.
@@ -106,6 +110,8 @@ def _scan(mm: mmap.mmap, size: int) -> Scan:
             pos = nxt
             continue
         out.entries.append(entry)
+        if with_data:
+            out.data[entry.id] = mm[entry.offset : end]
         pos = end
     return out
 

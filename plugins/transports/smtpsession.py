@@ -2,6 +2,11 @@
 
 ``open_session`` raises ``SessionError`` when no session could be had; ``transact``
 never raises for a delivery problem and maps every reply as ``smtpclient`` says.
+
+With a server that offers PIPELINING (RFC 2920) the transaction's MAIL, RCPTs and
+DATA go in one write and their replies are read back in order: two round trips per
+message instead of three plus one per recipient. The statuses are those the
+command-by-command exchange gives for the same replies.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import logging
 import re
 import socket
 import ssl
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -33,6 +39,11 @@ if TYPE_CHECKING:
 # local part and a domain of letters, digits and hyphens. These skip its RFC 5322 parse
 # (a tenth of a delivery's CPU); any other address goes through it as before.
 _SIMPLE_ADDRESS = re.compile(r"[A-Za-z0-9_+=-]+(?:\.[A-Za-z0-9_+=-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+# aiosmtplib's limits on one reply: a line, and a whole multiline reply.
+MAX_REPLY_LINE = 8192
+MAX_REPLY = MAX_REPLY_LINE * 4
+# What aiosmtplib refuses in a command argument (CR, LF and NUL would inject commands).
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 # Postfix's smtp_rset_timeout: a live server answers RSET at once.
 PROBE_TIMEOUT = 20.0
 QUIT_TIMEOUT = 5.0
@@ -231,6 +242,8 @@ async def transact(session: Session, sender: str, recipients: Sequence[str], dat
             return Transaction(dict.fromkeys(recipients, status))
         options.append("SMTPUTF8")
         encoding = "utf-8"
+    if client.supports_extension("pipelining"):
+        return await _pipelined(session, sender, recipients, data, options, encoding, timeouts)
     try:
         try:
             await _mail(client, sender, options, encoding, timeouts.command)
@@ -271,6 +284,243 @@ async def transact(session: Session, sender: str, recipients: Sequence[str], dat
         return done
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
         return lost(exc)
+
+
+async def _pipelined(
+    session: Session, sender: str, recipients: Sequence[str], data: bytes, options: list[str], encoding: str, timeouts: Timeouts
+) -> Transaction:
+    """``transact`` with MAIL, RCPTs and DATA sent together (RFC 2920), replies read in order."""
+    import aiosmtplib
+
+    client, remote = session.client, session.remote
+    done = Transaction()
+    accepted: list[str] = []
+    try:
+        mail = _command(b"MAIL FROM:", sender, options, encoding)
+    except ValueError:
+        status = RecipientStatus(Status.PERMANENT, 0, f"bad sender address {sender!r}", "5.1.7", remote)
+        return Transaction(dict.fromkeys(recipients, status))
+    lines, sent = [mail], []
+    for rcpt in recipients:
+        try:
+            lines.append(_command(b"RCPT TO:", rcpt, [], encoding))
+            sent.append(rcpt)
+        except ValueError:
+            done.statuses[rcpt] = RecipientStatus(Status.PERMANENT, 0, f"bad recipient address {rcpt!r}", "5.1.3", remote)
+    if not sent:
+        return done
+    lines.append(b"DATA\r\n")
+
+    def lost(exc: BaseException) -> Transaction:
+        status = failure_status(exc, remote)
+        for rcpt in recipients:
+            if rcpt not in done.statuses or rcpt in accepted:
+                done.statuses[rcpt] = status
+                done.retry.append(rcpt)
+        client.close()
+        return done
+
+    try:
+        replies = Replies(client)
+    except aiosmtplib.SMTPServerDisconnected as exc:  # gone since it was last used: nothing was sent
+        return lost(exc)
+    try:
+        replies.write(b"".join(lines))
+        reply = await replies.next(timeouts.command)
+        refused = reply.code != 250
+        if reply.code == 421:
+            return lost(aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender))
+        if refused:
+            # Final for every recipient; the RCPT and DATA replies that follow only say "no transaction".
+            done.statuses.update(dict.fromkeys(recipients, reply_status(reply.code, reply.message, remote)))
+        for rcpt in sent:
+            reply = await replies.next(timeouts.command)
+            if refused:
+                continue
+            if reply.code in (250, 251):
+                accepted.append(rcpt)
+            elif reply.code == 421:
+                return lost(aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, rcpt))
+            else:
+                done.statuses[rcpt] = reply_status(reply.code, reply.message, remote)
+        if accepted:
+            done.data_started = True
+        reply = await replies.next(timeouts.data)
+        if reply.code == 354 and not accepted:
+            # A server that opens DATA with no recipient gets an empty message, which it must refuse (RFC 2920 §3.1).
+            replies.write(b".\r\n")
+            await replies.next(timeouts.data)
+        elif reply.code == 354:
+            replies.write(_dot_stuffed(data))
+            reply = await replies.next(timeouts.data)
+        if accepted:
+            if reply.code == 421:
+                return lost(aiosmtplib.SMTPDataError(reply.code, reply.message))
+            status = reply_status(reply.code, reply.message, remote)
+            for rcpt in accepted:
+                done.statuses[rcpt] = status
+            if reply.code == 250:
+                return done
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        return lost(exc)
+    finally:
+        replies.release()
+    await _reset(client)
+    return done
+
+
+def _command(verb: bytes, address: str, options: list[str], encoding: str) -> bytes:
+    """A MAIL or RCPT line as aiosmtplib would send it; ValueError for an address it would refuse."""
+    import aiosmtplib.email
+
+    path = simple_path(address) if address or verb == b"MAIL FROM:" else None
+    if path is None:
+        path = aiosmtplib.email.quote_address(address)
+    line = b" ".join((verb + path.encode(encoding), *(o.encode("ascii") for o in options)))
+    if _CONTROL.search(line):
+        raise ValueError("an address with a control character")
+    return line + b"\r\n"
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """The message as DATA carries it: CRLF line ends, leading dots doubled, the final dot."""
+    crlf = data.count(b"\r\n")
+    if crlf != data.count(b"\n") or crlf != data.count(b"\r") or not data.endswith(b"\r\n"):
+        from aiosmtplib.protocol import normalize_message_line_endings
+
+        data = normalize_message_line_endings(data)
+    if data.startswith(b".") or b"\n." in data:  # the regular expressions cost a tenth of a delivery's CPU
+        from aiosmtplib.protocol import PERIOD_REGEX
+
+        data = PERIOD_REGEX.sub(b"..", data)
+    return data + b".\r\n"
+
+
+class Replies(asyncio.Protocol):
+    """Takes over a session's connection for one pipelined exchange and queues every reply.
+
+    aiosmtplib's protocol keeps one parsed reply and drops bytes that arrive while it
+    waits to be picked up, so several replies in one read would be lost. While this
+    one reads, a lost connection is passed on to aiosmtplib's protocol as it happens;
+    ``release`` hands the connection back, or closes it if anything is left unread.
+    """
+
+    def __init__(self, client: aiosmtplib.SMTP) -> None:
+        import aiosmtplib
+
+        inner = client.protocol
+        if inner is None or inner.transport is None or inner.transport.is_closing():
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        self.client = client
+        self.inner = inner
+        self.transport: asyncio.Transport = inner.transport  # type: ignore[assignment]
+        self.buffer = b""  # an unfinished line
+        self.lines: list[bytes] = []  # the lines so far of an unfinished multiline reply
+        self.replies: deque[aiosmtplib.SMTPResponse] = deque()
+        self.error: Exception | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.transport.set_protocol(self)
+
+    def write(self, data: bytes) -> None:
+        import aiosmtplib
+
+        if self.error is not None or self.transport.is_closing():
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        self.transport.write(data)
+
+    async def next(self, timeout: float) -> aiosmtplib.SMTPResponse:
+        """The next reply in order; SMTPServerDisconnected, SMTPResponseException or SMTPReadTimeoutError."""
+        if not self.replies and self.error is None:
+            loop = asyncio.get_running_loop()
+            self.waiter = loop.create_future()
+            # A timer, not asyncio.timeout: a tenth of the cost, and this runs twice per message.
+            timer = loop.call_later(timeout, self._time_out)
+            try:
+                while not self.replies and self.error is None:  # a part of a reply wakes it too
+                    await self.waiter
+                    self.waiter = loop.create_future()
+            finally:
+                timer.cancel()
+                self.waiter = None
+        if self.replies:
+            return self.replies.popleft()
+        assert self.error is not None
+        raise self.error
+
+    def release(self) -> None:
+        """Give the connection back to aiosmtplib; close it if a reply or stray bytes are left over."""
+        if self.transport.is_closing():
+            return
+        self.transport.set_protocol(self.inner)
+        if self.replies or self.buffer or self.lines or self.error is not None:
+            self.client.close()
+
+    def _time_out(self) -> None:
+        import aiosmtplib
+
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response"))
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        import aiosmtplib
+
+        if self.error is not None:
+            return
+        *complete, self.buffer = (self.buffer + data).split(b"\n")
+        try:
+            for line in complete:
+                self._line(line)
+        except aiosmtplib.SMTPResponseException as exc:
+            self.error = exc
+        if self.error is None and (len(self.buffer) > MAX_REPLY_LINE or sum(map(len, self.lines)) > MAX_REPLY):
+            self.error = aiosmtplib.SMTPResponseException(-1, "Response too long")
+        self._wake()
+
+    def _line(self, line: bytes) -> None:
+        """One reply line, without its LF: a reply is queued at its last line."""
+        import aiosmtplib
+
+        if len(line) >= MAX_REPLY_LINE:
+            raise aiosmtplib.SMTPResponseException(-1, "Response too long")
+        try:
+            code = int(line[:3])
+        except ValueError:
+            shown = line.decode("utf-8", "ignore")
+            raise aiosmtplib.SMTPResponseException(-1, f"Malformed SMTP response line: {shown}") from None
+        text = line[4:].strip(b" \t\r")
+        if line[3:4] == b"-":
+            self.lines.append(text)
+            return
+        if self.lines:
+            self.lines.append(text)
+            text, self.lines = b"\n".join(self.lines), []
+        self.replies.append(aiosmtplib.SMTPResponse(code, text.decode("utf-8", "surrogateescape")))
+
+    def eof_received(self) -> bool:
+        import aiosmtplib
+
+        self.error = self.error or aiosmtplib.SMTPServerDisconnected("Unexpected EOF received")
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        import aiosmtplib
+
+        if self.error is None:
+            self.error = aiosmtplib.SMTPServerDisconnected("Connection lost")
+            self.error.__cause__ = exc
+        self.inner.connection_lost(exc)
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
 
 
 def simple_path(address: str) -> str | None:

@@ -628,10 +628,8 @@ def loop_factory(cfg: Config, plugins: Any) -> Any:
     choice = cfg.agent.get("event_loop") or "auto"
     if choice == "asyncio":
         return None
-    if choice == "auto":
-        enabled = [s for s in plugins.services if cfg.sections.get(getattr(s, "section", ""), {}).get("enabled")]
-        if not enabled:
-            return None
+    if choice == "auto" and not any(cfg.service_enabled(s) for s in plugins.services):
+        return None
     try:
         import uvloop
     except ImportError:

@@ -70,6 +70,13 @@ class Config:
     def plugin_dirs(self) -> list[Path]:
         return [p if p.is_absolute() else self.path.parent / p for p in map(Path, self.agent["plugin_dirs"])]
 
+    def service_options(self, service: Any) -> dict[str, Any]:
+        """The checked table of a service class (by its ``section``); empty when the config has none."""
+        return self.sections.get(getattr(service, "section", ""), {})
+
+    def service_enabled(self, service: Any) -> bool:
+        return bool(self.service_options(service).get("enabled"))
+
 
 def read_toml(path: Path) -> dict[str, Any]:
     """The parsed file, or ConfigError saying what is wrong with it (never another exception)."""

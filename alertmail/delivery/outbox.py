@@ -160,9 +160,9 @@ class Outbox:
         """Build and start each service class whose config table says ``enabled`` (or all of them)."""
         started = []
         for cls in classes:
-            options = self.cfg.sections.get(getattr(cls, "section", ""), {})
-            if only_enabled and not options.get("enabled"):
+            if only_enabled and not self.cfg.service_enabled(cls):
                 continue
+            options = self.cfg.service_options(cls)
             service = cls()
             await service.start(
                 ServiceContext(

@@ -32,10 +32,12 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 
 # What `alertmail run` cannot do without, whatever alertmail's own code does: the event loop
-# (which imports ssl), the scheduler (which imports importlib.metadata and multiprocessing),
-# the command line, the probes' psutil, the plugin manager, the config and state formats.
+# (imported, as the agent does, without ssl: alertmail.deferssl), the scheduler (which imports
+# importlib.metadata and multiprocessing), the command line, the probes' psutil, the plugin
+# manager, the config and state formats.
 DEPENDENCIES = (
-    "import asyncio, apscheduler.schedulers.asyncio, apscheduler.triggers.interval, click, psutil, pluggy,"
+    "import sys; sys.modules['ssl'] = None; import asyncio; del sys.modules['ssl'];"
+    " import apscheduler.schedulers.asyncio, apscheduler.triggers.interval, click, psutil, pluggy,"
     " logging, dataclasses, tomllib, json, zoneinfo, email.message, time; time.sleep(100000)"
 )
 

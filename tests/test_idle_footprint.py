@@ -62,6 +62,8 @@ NOT_WHILE_IDLE = (
     "email.mime",
     "ctypes.util",
     "http.server",
+    "ssl",  # OpenSSL: 4 MB, loaded by the first TLS session (alertmail.deferssl)
+    "_ssl",
 )
 
 

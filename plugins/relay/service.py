@@ -29,7 +29,6 @@ import asyncio
 import logging
 import os
 import signal
-import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -139,6 +138,8 @@ def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:
     if bool(cert) != bool(key):
         check.error(f"relay.{'tls_key' if cert else 'tls_cert'}", "tls_cert and tls_key go together; set both")
     elif cert and key and os.access(cert, os.R_OK) and os.access(key, os.R_OK):
+        import ssl  # here, not at the top: an agent with the relay off never loads OpenSSL
+
         try:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
         except (ssl.SSLError, OSError) as exc:

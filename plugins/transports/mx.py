@@ -61,7 +61,6 @@ from alertmail.plugins.transports.smtpclient import (
     helo_name,
     is_ip,
 )
-from alertmail.plugins.transports.smtppool import SessionPool
 
 log = logging.getLogger("alertmail.transport.mx")
 
@@ -154,6 +153,8 @@ class MxTransport:
             tls=options.get("tls") or "opportunistic",
         )
         idle = options.get("idle_timeout")
+        from alertmail.plugins.transports.smtppool import SessionPool  # the session code loads with a transport in use
+
         self.pool = SessionPool(settings, idle_timeout=30.0 if idle is None else idle, log=log)
         self._resolver: Any = None
 

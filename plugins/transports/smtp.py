@@ -43,7 +43,6 @@ from alertmail.plugins.transports.smtpclient import (
     helo_name,
     is_ip,
 )
-from alertmail.plugins.transports.smtppool import SessionPool
 
 log = logging.getLogger("alertmail.transport.smtp")
 # A server written without a port gets the one its TLS mode usually listens on.
@@ -105,6 +104,8 @@ class SmtpTransport:
             password=lambda: resolve_secret(options, "password"),
         )
         idle = options.get("idle_timeout")
+        from alertmail.plugins.transports.smtppool import SessionPool  # the session code loads with a transport in use
+
         self.pool = SessionPool(self.settings, idle_timeout=30.0 if idle is None else idle, log=log)
 
     async def send(self, message: EmailMessage | bytes, envelope: Envelope) -> DeliveryResult:

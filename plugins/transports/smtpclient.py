@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alertmail import AlertmailError, Option, RecipientStatus, Status
+
+if TYPE_CHECKING:  # imported where a session needs it: an agent that never speaks TLS never loads OpenSSL
+    import ssl
 
 # RFC 5321 §4.5.3.2 gives a timeout per command; aiosmtplib takes one per call, and
 # one for the whole DATA phase, so three knobs cover it (see TIMEOUT_OPTIONS).
@@ -86,6 +88,8 @@ class SessionSettings:
     def tls_context(self) -> ssl.SSLContext:
         """The client TLS context, built once: verifying unless told not to."""
         if self._context is None:
+            import ssl
+
             verify = self.tls_verify and self.tls != "opportunistic"
             context = ssl.create_default_context(cafile=self.ca_file if verify else None)
             if not verify:
@@ -148,6 +152,8 @@ def failure_status(exc: BaseException, remote: str) -> RecipientStatus:
     Even a 5xx greeting is temporary here: another server, or the same one later, may
     take the mail; only replies inside a transaction are final.
     """
+    import ssl
+
     import aiosmtplib
 
     if isinstance(exc, SessionError):

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import re
 import socket
-import ssl
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -97,6 +96,8 @@ class Session:
 
 async def open_session(endpoint: Endpoint, settings: SessionSettings, log: logging.Logger) -> Session:
     """Connect, read the greeting, EHLO, TLS and AUTH as configured; SessionError on failure."""
+    import ssl
+
     import aiosmtplib
 
     timeouts = settings.timeouts

@@ -9,13 +9,13 @@ of the live threads to a file.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from tests.gauge import install_gauge
 from tests.relay_peers import REPO
 
 DUMPING_AGENT = """
@@ -67,8 +67,13 @@ NOT_WHILE_IDLE = (
 )
 
 
-def _idle_agent_modules(folder: Path) -> set[str]:
-    shutil.copy(REPO / "config.toml", folder / "config.toml")
+def _idle_agent_modules(folder: Path, *, with_file_plugin: bool = False) -> set[str]:
+    config = (REPO / "config.toml").read_text()
+    if with_file_plugin:
+        install_gauge(folder)
+        config = config.replace('# plugin_dirs = ["plugins.d"]', 'plugin_dirs = ["plugins.d"]', 1)
+        assert 'plugin_dirs = ["plugins.d"]' in config
+    (folder / "config.toml").write_text(config)
     dump = folder / "modules.txt"
     log = folder / "stderr"
     with open(log, "w") as err:
@@ -107,3 +112,10 @@ def test_the_idle_agent_on_the_default_config_loads_no_rendering_transport_or_co
     assert "alertmail.agent" in modules and "alertmail.notify.notifier" in modules  # the dump is of a running agent
     loaded = sorted(m for m in modules if any(m == heavy or m.startswith(heavy + ".") for heavy in NOT_WHILE_IDLE))
     assert loaded == []
+
+
+def test_an_agent_with_a_third_party_plugin_has_ssl_loaded_from_the_start(tmp_path):
+    # The plugin may hand asyncio ssl=True without importing ssl; asyncio must then have it.
+    modules = _idle_agent_modules(tmp_path, with_file_plugin=True)
+    assert "alertmail_plugin_gauge" in modules
+    assert "ssl" in modules

@@ -235,6 +235,9 @@ def run(config_path: Path) -> None:
     import asyncio
 
     cfg, plugins = load_or_exit(config_path)
+    if any(info.source != "bundled" for info in plugins.infos.values()):
+        # A plugin of unknown habits may hand asyncio ssl=True without ever importing ssl itself.
+        import ssl  # noqa: F401
     setup_logging(cfg.agent["log_level"], cfg.agent["log_format"])
     for info in plugins.errors:
         logging.getLogger("alertmail.plugins").error("plugin %s (%s) not loaded: %s", info.name, info.source, info.error)

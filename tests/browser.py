@@ -148,7 +148,18 @@ function measure() {
     links: [...doc.links].map(a => a.href),
     overflowing: wide.slice(0, 20),
     lowContrast: lowContrast(doc).slice(0, 20),
+    smallestText: smallestText(doc),
   });
+}
+// The smallest font size any visible text is drawn in, in CSS px.
+function smallestText(doc) {
+  let least = Infinity;
+  for (const e of doc.body.querySelectorAll('*')) {
+    if (![...e.childNodes].some(n => n.nodeType === 3 && n.textContent.trim())) continue;
+    if (!e.getClientRects().length) continue;
+    least = Math.min(least, parseFloat(getComputedStyle(e).fontSize));
+  }
+  return least === Infinity ? 0 : least;
 }
 // Text whose colour does not stand out from the background it is drawn on (WCAG 2 contrast:
 // 4.5:1, 3:1 for large text). The background is the nearest one declared, else the canvas.
@@ -208,6 +219,7 @@ class Layout:
     links: list[str]
     overflowing: list[str]
     low_contrast: list[str]
+    smallest_text: float  # px: the smallest font any visible text uses
 
 
 def measure(mail_html: str, width: int, *, folder: Path, dark: bool = False) -> Layout:
@@ -235,6 +247,7 @@ def measure(mail_html: str, width: int, *, folder: Path, dark: bool = False) -> 
         data["links"],
         data["overflowing"],
         data["lowContrast"],
+        data["smallestText"],
     )
 
 

@@ -414,7 +414,7 @@ class Notifier:
         return Outgoing(message_bytes(msg), Envelope(self.sender, tuple(to)), str(msg["Subject"]))
 
     def _compose_digest(self, events: list[AlertEvent], since: float, rcpt: str, now: float) -> Outgoing:
-        msg = render_digest(events, since, self.storm, self._context_base())
+        msg = render_digest(events, since, self.storm, self._context_base(), self.journal.path)
         message_id = email.utils.make_msgid(idstring="digest", domain=self.domain)
         for event in events:
             known = self.incidents.get(event.incident)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -147,11 +147,23 @@ def render_alert(events: Sequence[AlertEvent], ctx: RenderContext) -> EmailMessa
     if not events:
         raise ValueError("render_alert needs at least one event")
     variables, images = mail_variables(events, ctx)
-    text = render_template(TEXT_TEMPLATE, variables, ctx) or text_body(events, ctx)
-    html = render_template(HTML_TEMPLATE, variables, ctx)
+    return compose("alert", variables, ctx, lambda: text_body(events, ctx), images)
+
+
+def compose(
+    kind: str,
+    variables: Mapping[str, Any],
+    ctx: RenderContext,
+    fallback: Callable[[], str],
+    images: Sequence[tuple[str, bytes]] = (),
+) -> EmailMessage:
+    """A mail from the templates ``KIND.txt.j2`` and ``KIND.html.j2``: the subject, a text part (``fallback()``
+    when even the built-in template fails), the HTML part when it renders, and its inline images."""
+    text = render_template(f"{kind}.txt.j2", variables, ctx) or fallback()
+    html = render_template(f"{kind}.html.j2", variables, ctx)
 
     msg = EmailMessage()
-    msg["Subject"] = variables["subject"]
+    msg["Subject"] = header_safe(variables["subject"], limit=250)
     msg.set_content(text)
     if html is not None:
         msg.add_alternative(html, subtype="html")

@@ -148,3 +148,26 @@ def test_digest_fits_a_390_px_phone_screen(tmp_path):
 def test_digest_text_stands_out_in_dark_mode(tmp_path):
     layout = measure(inline_images(digest(MIXED)), 390, folder=tmp_path, dark=True)
     assert layout.low_contrast == []
+
+
+def test_check_renders_the_digest_and_heartbeat_templates_of_a_user_folder(tmp_path):
+    from alertmail.render.mail import BUILTIN_TEMPLATES, template_problems
+
+    assert template_problems(BUILTIN_TEMPLATES) == []
+    (tmp_path / "digest.txt.j2").write_text("{{ headline }}\n{% for a in rows %}{{ a.rulle }}{% endfor %}\n")
+    (tmp_path / "heartbeat.html.j2").write_text(
+        '{% extends "builtin/heartbeat.html.j2" %}{% block footer %}\n{{ oncall }}{% endblock %}'
+    )
+    problems = template_problems(tmp_path)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("digest.txt.j2 line 2: fails on a sample digest of a long storm:")
+    assert "rulle" in problems[0]
+    assert problems[1].startswith("heartbeat.html.j2 line 2: fails on a sample heartbeat of a busy day:")
+    assert "'oncall' is undefined" in problems[1]
+
+
+def test_a_user_digest_template_is_used_for_the_digest(tmp_path):
+    (tmp_path / "digest.txt.j2").write_text("{{ headline }}\nCall the on-call phone.\n")
+    msg = digest(MIXED, RenderContext(hostname="web01", timezone="Europe/Berlin", templates_dir=tmp_path))
+    assert text_of(msg) == "3 alerts on web01: 2 still firing (1 critical, 1 warning), 1 recovered\nCall the on-call phone.\n"
+    assert '<tr class="am-row">' in html_of(msg)  # the HTML part stays the built-in one

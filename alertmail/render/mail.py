@@ -211,9 +211,65 @@ def sample_variables() -> list[tuple[str, dict[str, Any]]]:
     return [("single alert", single), ("grouped mail", grouped)]
 
 
+def sample_digests() -> list[tuple[str, dict[str, Any]]]:
+    """Made-up digests that take every branch of the built-in digest templates."""
+    from alertmail.render.digest import MAX_ROWS, digest_variables
+    from alertmail.rules.model import Rule
+
+    at = 1_768_482_180.0
+    disk = Rule(name="disk-full", metric="disk.used_percent", above=90, runbook="https://wiki.example.com/runbooks/disk-full")
+    mem = Rule(name="memory-high", metric="memory.used_percent", above=90, severity="critical")
+    events = [
+        AlertEvent("firing", disk, (("mount", f"/srv/vol{i:03d}"),), 91.0 + i % 9, 90, ">", "warning", at - 900, at + i, f"d{i}")
+        for i in range(MAX_ROWS + 5)
+    ]
+    events += [
+        AlertEvent("firing", mem, (), 97.0, 90, ">", "critical", at - 600, at - 600, "m1"),
+        AlertEvent("resolved", mem, (), 80.0, 90, ">", "critical", at - 600, at, "m1"),
+    ]
+    ctx = RenderContext(hostname="web01", timezone="Europe/Berlin")
+    notice = "You had 6 separate alert mails within an hour, so these events were folded into this digest."
+    journal = "/var/lib/alertmail/logs/alerts.jsonl"
+    long = digest_variables(events, ctx, notice=notice, journal=journal, since=at - 900)
+    short = digest_variables(events[-2:], ctx, notice="", journal=journal, since=at - 900)
+    return [("digest of a long storm", long), ("digest of one recovered alert", short)]
+
+
+def sample_heartbeats() -> list[tuple[str, dict[str, Any]]]:
+    """Made-up heartbeats that take every branch of the built-in heartbeat templates."""
+    from alertmail.render.heartbeat import heartbeat_variables, sample_summary
+
+    ctx = RenderContext(hostname="web01", timezone="Europe/Berlin")
+    busy = sample_summary()
+    quiet = replace_fields(busy, rules={}, silences=[], queue={}, mails={}, watching={})
+    return [
+        ("heartbeat of a busy day", heartbeat_variables(busy, ctx)),
+        ("heartbeat of a quiet day", heartbeat_variables(quiet, ctx)),
+    ]
+
+
+def replace_fields(obj: Any, **changes: Any) -> Any:
+    """A copy of a plain object with some attributes changed."""
+    import copy
+
+    out = copy.copy(obj)
+    for name, value in changes.items():
+        setattr(out, name, value)
+    return out
+
+
+# Each mail's templates (``KIND.txt.j2``, ``KIND.html.j2``) and the sample mails ``check`` renders them with.
+SAMPLES: dict[str, Callable[[], list[tuple[str, dict[str, Any]]]]] = {
+    "alert": sample_variables,
+    "digest": sample_digests,
+    "heartbeat": sample_heartbeats,
+}
+
+
 def template_problems(folder: Path) -> list[str]:
-    """Every template in ``folder`` compiled as the agent compiles it, and the agent's two rendered
-    against sample mails (a misspelt variable is an error there): what fails, with file and line."""
+    """Every template in ``folder`` compiled as the agent compiles it, and those of each mail (alert,
+    digest, heartbeat) rendered against sample mails (a misspelt variable is an error there): what
+    fails, with file and line."""
     import jinja2
 
     env = _environment(str(folder))
@@ -227,9 +283,10 @@ def template_problems(folder: Path) -> list[str]:
         except (jinja2.TemplateError, UnicodeDecodeError, OSError) as exc:
             problems.append(f"{file.name}: {type(exc).__name__}: {exc}")
             continue
-        if file.name not in (TEXT_TEMPLATE, HTML_TEMPLATE):
-            continue  # a file the two include or extend: rendered through them
-        for what, variables in sample_variables():
+        samples = SAMPLES.get(file.name.split(".", 1)[0]) if file.name.endswith((".txt.j2", ".html.j2")) else None
+        if samples is None:
+            continue  # a file the mails' templates include or extend: rendered through them
+        for what, variables in samples():
             try:
                 template.render(variables)
             except Exception as exc:  # anything a template can raise while rendering

@@ -151,7 +151,8 @@ def test_digest_text_stands_out_in_dark_mode(tmp_path):
 
 
 def test_check_renders_the_digest_and_heartbeat_templates_of_a_user_folder(tmp_path):
-    from alertmail.render.mail import BUILTIN_TEMPLATES, template_problems
+    from alertmail.render.mail import template_problems
+    from alertmail.render.templating import BUILTIN_TEMPLATES
 
     assert template_problems(BUILTIN_TEMPLATES) == []
     (tmp_path / "digest.txt.j2").write_text("{{ headline }}\n{% for a in rows %}{{ a.rulle }}{% endfor %}\n")

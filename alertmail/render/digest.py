@@ -140,7 +140,7 @@ def render_digest_mail(
     events: Sequence[AlertEvent], ctx: RenderContext, *, notice: str, journal: str, since: float
 ) -> EmailMessage:
     """The digest: Subject, text part and HTML part; no envelope headers."""
-    from alertmail.render.mail import compose
+    from alertmail.render.templating import compose
 
     variables = digest_variables(events, ctx, notice=notice, journal=journal, since=since)
     return compose("digest", variables, ctx, lambda: text_fallback(variables))

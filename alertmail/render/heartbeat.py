@@ -126,7 +126,7 @@ def text_fallback(variables: dict[str, Any]) -> str:
 
 def render_heartbeat_mail(summary: Any, ctx: RenderContext) -> EmailMessage:
     """The heartbeat: Subject, text part and HTML part; no envelope headers."""
-    from alertmail.render.mail import compose
+    from alertmail.render.templating import compose
 
     variables = heartbeat_variables(summary, ctx)
     return compose("heartbeat", variables, ctx, lambda: text_fallback(variables))

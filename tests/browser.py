@@ -101,6 +101,66 @@ def grouped_mail(charts: str = "in-process") -> EmailMessage:
     return render_alert(events, context(charts))
 
 
+def digest_mail(disks: int = 8) -> EmailMessage:
+    """A storm digest as the notifier folds one: ``disks`` disk alerts, a CPU alert still firing and a
+    memory alert that recovered (more than 46 disks: cut to 50 rows and "and N more")."""
+    from alertmail.notify.storm import StormGuard, render_digest
+
+    events = [
+        AlertEvent(
+            "firing",
+            DISK,
+            (("device", f"/dev/sd{chr(97 + i % 4)}1"), ("mount", f"/srv/vol{i:02d}")),
+            90.5 + i % 8,
+            90,
+            ">",
+            "critical",
+            AT - 900 + 10 * i,
+            AT - 900 + 10 * i,
+            f"disk-{i}",
+        )
+        for i in range(disks)
+    ]
+    events += [
+        AlertEvent("firing", CPU, (), 97.2, 85, ">", "warning", AT - 840, AT - 840, "cpu-1"),
+        AlertEvent("firing", MEMORY, (), 93.5, 90, ">", "warning", AT - 1800, AT - 800, "mem-1"),
+        AlertEvent("resolved", MEMORY, (), 83.1, 90, ">", "warning", AT - 1800, AT - 60, "mem-1"),
+        AlertEvent("reminder", CPU, (), 98.0, 85, ">", "warning", AT - 840, AT - 30, "cpu-1"),
+    ]
+    ctx = RenderContext(hostname="web01", timezone="Europe/Berlin")
+    return render_digest(events, AT - 900, StormGuard(10, 900.0), ctx, Path("/var/lib/alertmail/logs/alerts.jsonl"))
+
+
+def heartbeat_mail() -> EmailMessage:
+    """A daily heartbeat: a busy day with one alert still firing, a deferred message and a silence."""
+    from alertmail.notify.heartbeat import RuleSummary, Summary, render_heartbeat
+
+    summary = Summary(
+        start=AT - 86400,
+        end=AT,
+        rules={
+            "disk-root-full": RuleSummary("disk-root-full", {"firing": 1, "reminder": 2}, 720.0, 1, 1),
+            "memory-high": RuleSummary("memory-high", {"firing": 2, "resolved": 2}, 3540.0, 2, 0),
+            "cpu-busy": RuleSummary("cpu-busy", {"firing": 1, "resolved": 1}, 300.0, 1, 0),
+        },
+        silenced=1,
+        mails={"alert": 7, "digest": 1},
+        mail_ids=[],
+        queue={
+            "queued": 1,
+            "deferred": 1,
+            "oldest_seconds": 540.0,
+            "badmail": 0,
+            "accepted_since_start": 31,
+            "last_error": "451 4.7.1 greylisted, try again later",
+            "mail_outcomes": {"delivered": 7, "waiting": 1, "failed": 0},
+        },
+        silences=["7f3a: rule=backup-*; every Sun 02:00–04:00 CET — weekly backup window"],
+        watching={"probes": ["cpu", "disk", "load", "memory", "net"], "intervals": [30.0, 60.0], "rules": 9},
+    )
+    return render_heartbeat(summary, hostname="web01", timezone="Europe/Berlin")
+
+
 def inline_images(msg: EmailMessage) -> str:
     """The HTML part with each cid: image replaced by a data: URI, as a mail client shows it."""
     body = msg.get_body(("html",))
@@ -148,7 +208,18 @@ function measure() {
     links: [...doc.links].map(a => a.href),
     overflowing: wide.slice(0, 20),
     lowContrast: lowContrast(doc).slice(0, 20),
+    smallestText: smallestText(doc),
   });
+}
+// The smallest font size any visible text is drawn in, in CSS px.
+function smallestText(doc) {
+  let least = Infinity;
+  for (const e of doc.body.querySelectorAll('*')) {
+    if (![...e.childNodes].some(n => n.nodeType === 3 && n.textContent.trim())) continue;
+    if (!e.getClientRects().length) continue;
+    least = Math.min(least, parseFloat(getComputedStyle(e).fontSize));
+  }
+  return least === Infinity ? 0 : least;
 }
 // Text whose colour does not stand out from the background it is drawn on (WCAG 2 contrast:
 // 4.5:1, 3:1 for large text). The background is the nearest one declared, else the canvas.
@@ -208,6 +279,7 @@ class Layout:
     links: list[str]
     overflowing: list[str]
     low_contrast: list[str]
+    smallest_text: float  # px: the smallest font any visible text uses
 
 
 def measure(mail_html: str, width: int, *, folder: Path, dark: bool = False) -> Layout:
@@ -235,6 +307,7 @@ def measure(mail_html: str, width: int, *, folder: Path, dark: bool = False) -> 
         data["links"],
         data["overflowing"],
         data["lowContrast"],
+        data["smallestText"],
     )
 
 

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import email
 import email.policy
+import re
 import textwrap
 import types
 import zoneinfo
@@ -111,21 +112,33 @@ def test_heartbeat_mail_summarises_alerts_silences_and_the_queue(tmp_path):
 
     queue, msg_id = asyncio.run(run())
     msg = email.message_from_bytes(queue.read_message(msg_id), policy=email.policy.default)
-    text = msg.get_body(("plain",)).get_content()
+    text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
     assert msg["Subject"] == "[OK] web01: alertmail still watching — 3 alert events, 1 firing now"
     assert msg["To"].addresses[0].addr_spec == OPS and msg["X-Alertmail-Kind"] == "heartbeat"
     assert msg["Auto-Submitted"] == "auto-generated"
-    assert "if it stops coming, the agent or its mail path is down" in text
-    assert "Period: 2026-11-26 08:00 CET to 2026-11-27 08:00 CET" in text
-    assert "Alerts: 3 events, 1 of them held back by silences" in text
+    assert text.splitlines()[:2] == [
+        "Still watching web01: 1 alert firing now",
+        "This mail comes every 1d; if it stops coming, the agent or its mail path is down.",
+    ]
+    facts = dict(line.split(":", 1) for line in text.split("\n\n")[1].splitlines())
+    assert {k: v.strip() for k, v in facts.items()} == {
+        "Period": "2026-11-26 08:00 CET to 2026-11-27 08:00 CET",
+        "Alerts": "3 events, 1 of them held back by silences",
+        "Firing now": "1 (load-high)",
+        "Mails": "2 queued in the period (2 alert): 0 delivered, 2 waiting, 0 given up",  # nothing delivers here
+        "Queue": "2 waiting (0 deferred, oldest 23h); given up (badmail) in the period: 0",
+        "Accepted": "2 messages into the queue since the agent started",
+        "Silences": "1 in force now",
+    }
     disk = next(line for line in text.splitlines() if line.strip().startswith("disk-full"))
     assert disk.split()[1:4] == ["1", "12m34s", "0"]
     load = next(line for line in text.splitlines() if line.strip().startswith("load-high"))
     assert load.split()[1:4] == ["1", "5m", "1"]
-    assert "alert mails queued in the period: 2 alert" in text
-    assert "of these: 0 delivered, 2 waiting, 0 given up" in text  # nothing delivers in this test
-    assert "Queue: 2 waiting (0 deferred, oldest 23h); given up (badmail) in the period: 0" in text
-    assert "Silences in force now: 1" in text and "rule=load-*" in text and "kernel update" in text
+    assert text.index("load-high") < text.index("disk-full")  # what still fires leads
+    assert "rule=load-*" in text and "kernel update" in text
+    html = msg.get_body(("html",)).get_content()
+    assert "Still watching web01: 1 alert firing now" in html and "kernel update" in html
+    assert len(re.findall(r'<tr class="am-row">', html)) == 2
 
 
 def test_queue_figures_count_deferred_messages_and_badmail_in_the_period(tmp_path):

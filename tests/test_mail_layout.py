@@ -30,6 +30,7 @@ def test_mail_fits_a_390_px_phone_screen_without_sideways_scrolling(build, tmp_p
     layout = measure(inline_images(build()), 390, folder=tmp_path)
     assert layout.scroll_width <= 390, f"the mail is {layout.scroll_width} px wide: {layout.overflowing}"
     assert layout.overflowing == []
+    assert layout.smallest_text >= 11, f"text as small as {layout.smallest_text} px"
     assert layout.images, "no chart in the mail"
     for image in layout.images:
         assert image["complete"] and image["natural"][0] > 0, image

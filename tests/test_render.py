@@ -293,6 +293,36 @@ def test_cpu_alert_shows_top_processes_by_cpu():
     assert "worker-0" in text_of(msg)
 
 
+MEMORY_RULE = Rule(name="memory-high", metric="memory.used_percent", above=90, severity="warning")
+
+
+def test_a_recovery_mail_shows_no_top_processes_table():
+    """The table is read when the mail is made: after a recovery it describes a machine that is fine."""
+    rows = [ProcessRow("ffmpeg", 4821, 181.3, 412 * 2**20)]
+    ctx = context(extra={"top_processes": {"cpu": rows, "memory": rows}})
+    msg = reparse(render_alert([event(CPU_RULE, kind="resolved", labels=(), value=40.0)], ctx))
+    for body in (html_of(msg), text_of(msg)):
+        assert "Top processes" not in body and "ffmpeg" not in body
+
+
+def test_a_mixed_mail_shows_top_processes_only_under_the_alert_still_firing():
+    rows = [ProcessRow("ffmpeg", 4821, 181.3, 412 * 2**20)]
+    ctx = context(extra={"top_processes": {"cpu": rows, "memory": rows}})
+    events = [event(CPU_RULE, labels=()), event(MEMORY_RULE, kind="resolved", labels=(), value=80.0)]
+    msg = reparse(render_alert(events, ctx))
+    for body in (html_of(msg), text_of(msg)):
+        assert body.count("Top processes by CPU") == 1 and "Top processes by memory" not in body
+        assert body.count("ffmpeg") == 1
+    text = text_of(msg)
+    assert text.index("ffmpeg") < text.index("RESOLVED: memory-high")  # under the firing CPU alert
+
+
+def test_collect_context_reads_no_processes_for_alerts_that_recovered():
+    resolved = [event(CPU_RULE, kind="resolved", labels=()), event(MEMORY_RULE, kind="resolved", labels=())]
+    assert "top_processes" not in collect_context(resolved, interval=0.05)
+    assert "top_processes" in collect_context([*resolved, event(CPU_RULE, labels=())], interval=0.05)
+
+
 def test_disk_alert_shows_size_free_growth_and_time_to_full():
     disk = {
         "/": {

@@ -13,10 +13,8 @@ notifier handled, with its fate (``notified``, ``silenced:ID``, ``released``,
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import zoneinfo
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -65,6 +63,8 @@ class Summary:
     mail_ids: list[str]  # queue ids of those mails
     queue: dict[str, Any]
     silences: list[str]  # descriptions of silences in force at the end
+    # What the agent watches: "probes" (names), "intervals" (seconds), "rules" (count), "missed" (probe -> runs)
+    watching: dict[str, Any] = field(default_factory=dict)
 
     @property
     def events(self) -> int:
@@ -162,59 +162,16 @@ def queue_figures(queue: Any, badmail_folder: Path | None, start: float, now: fl
 # -- the mail ------------------------------------------------------------------------
 
 
-def render_heartbeat(summary: Summary, *, hostname: str, timezone: str, subject_prefix: str = "") -> EmailMessage:
-    """The "still watching" mail (text only: it is read in a glance or filtered into a folder)."""
-    zone = zoneinfo.ZoneInfo(timezone)
-    fmt = "%Y-%m-%d %H:%M %Z"
-    period = f"{dt.datetime.fromtimestamp(summary.start, zone):{fmt}} to {dt.datetime.fromtimestamp(summary.end, zone):{fmt}}"
-    firing_now = sum(r.open for r in summary.rules.values())
-    subject = f"[OK] {hostname}: alertmail still watching — {summary.events} alert events"
-    if firing_now:
-        subject += f", {firing_now} firing now"
-    if subject_prefix:
-        subject = f"{subject_prefix} {subject}"
-    lines = [
-        f"alertmail on {hostname} is running and watching. This mail comes every "
-        f"{format_duration(summary.end - summary.start)}; if it stops coming, the agent or its mail path is down.",
-        "",
-        f"Period: {period}",
-        "",
-        f"Alerts: {summary.events} events, {summary.silenced} of them held back by silences",
-    ]
-    if summary.rules:
-        lines.append("")
-        lines.append(f"  {'rule':<28} {'fired':>5} {'firing for':>12} {'open':>4}  events")
-        for name in sorted(summary.rules):
-            r = summary.rules[name]
-            kinds = ", ".join(f"{n} {k}" for k, n in sorted(r.events.items())) or "-"
-            lines.append(f"  {name:<28} {r.incidents:>5} {format_duration(r.firing_seconds):>12} {r.open:>4}  {kinds}")
-    mails = ", ".join(f"{n} {k}" for k, n in sorted(summary.mails.items())) or "none"
-    q = summary.queue
-    lines += ["", f"Mails: alert mails queued in the period: {mails}"]
-    outcomes = q.get("mail_outcomes")
-    if outcomes and summary.mails:
-        lines.append(
-            f"       of these: {outcomes['delivered']} delivered, {outcomes['waiting']} waiting, {outcomes['failed']} given up"
-        )
-    if q:
-        lines.append(
-            f"Queue: {q.get('queued', 0)} waiting ({q.get('deferred', 0)} deferred"
-            + (f", oldest {format_duration(q.get('oldest_seconds', 0))}" if q.get("queued") else "")
-            + f"); given up (badmail) in the period: {q.get('badmail', 0)}"
-        )
-        if q.get("accepted_since_start") is not None:
-            lines.append(f"       messages accepted into the queue since the agent started: {q['accepted_since_start']}")
-        if q.get("last_error"):
-            lines.append(f"       last error: {q['last_error']}")
-    lines += ["", "Silences in force now: " + (str(len(summary.silences)) if summary.silences else "none")]
-    lines += [f"  {text}" for text in summary.silences]
-    lines += ["", f"-- alertmail on {hostname}"]
-    from alertmail.render.format import header_safe
+def render_heartbeat(
+    summary: Summary, *, hostname: str, timezone: str, subject_prefix: str = "", templates_dir: Path | None = None
+) -> EmailMessage:
+    """The "still watching" mail in the alert mail's style, text and HTML (``alertmail.render.heartbeat``)."""
+    # The rendering code loads with the first heartbeat, not with the idle agent.
+    from alertmail.render.heartbeat import render_heartbeat_mail
+    from alertmail.render.view import RenderContext
 
-    msg = EmailMessage()
-    msg["Subject"] = header_safe(subject, limit=250)
-    msg.set_content("\n".join(lines) + "\n")
-    return msg
+    ctx = RenderContext(hostname=hostname, timezone=timezone, subject_prefix=subject_prefix, templates_dir=templates_dir)
+    return render_heartbeat_mail(summary, ctx)
 
 
 def trigger_args(options: Mapping[str, Any], timezone: str) -> tuple[str, dict[str, Any]]:
@@ -252,13 +209,21 @@ class Heartbeat:
     """Builds and queues the heartbeat mail from the notifier's journal and the queue's state."""
 
     def __init__(
-        self, *, options: Mapping[str, Any], notifier: Any, queue: Any, badmail_folder: Path | None, default_to: Sequence[str]
+        self,
+        *,
+        options: Mapping[str, Any],
+        notifier: Any,
+        queue: Any,
+        badmail_folder: Path | None,
+        default_to: Sequence[str],
+        watching: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.every = float(options["every"])
         self.to = list(options.get("to") or default_to)
         self.notifier = notifier
         self.queue = queue
         self.badmail_folder = badmail_folder
+        self.watching = watching  # what the agent watches now, for the mail's "watching" line
 
     def compose(self, now: float) -> EmailMessage:
         n = self.notifier
@@ -277,7 +242,18 @@ class Heartbeat:
             ],
         )
         summary.queue["mail_outcomes"] = mail_outcomes(summary.mail_ids, self.queue, self.badmail_folder)
-        return render_heartbeat(summary, hostname=n.hostname, timezone=n.timezone, subject_prefix=n.subject_prefix)
+        if self.watching is not None:
+            try:
+                summary.watching = self.watching()
+            except Exception:  # a nicety: the heartbeat goes without it
+                log.exception("heartbeat: what the agent watches could not be read")
+        return render_heartbeat(
+            summary,
+            hostname=n.hostname,
+            timezone=n.timezone,
+            subject_prefix=n.subject_prefix,
+            templates_dir=n.render_options.get("templates_dir"),
+        )
 
     async def send(self, now: float | None = None) -> str | None:
         """Queue the heartbeat; the queue id, or None when there is nobody to send it to."""
@@ -308,6 +284,16 @@ class Heartbeat:
         return msg_id
 
 
+def watching(agent: Any) -> dict[str, Any]:
+    """What ``agent`` (an alertmail.agent.Agent) watches: its probes, their intervals, its rules, missed runs."""
+    return {
+        "probes": sorted(agent.probes),
+        "intervals": [interval for _, interval, _ in agent.probes.values()],
+        "rules": len(agent.rules),
+        "missed": dict(agent.missed),
+    }
+
+
 def schedule(scheduler: Any, agent: Any) -> Heartbeat | None:
     """Add (or replace) the heartbeat job of ``agent`` (an alertmail.agent.Agent) per its ``[heartbeat]``."""
     if scheduler.get_job("heartbeat"):
@@ -321,6 +307,7 @@ def schedule(scheduler: Any, agent: Any) -> Heartbeat | None:
         queue=agent.queue,
         badmail_folder=agent.state_dir / "badmail",
         default_to=agent.cfg.mail["to"],
+        watching=lambda: watching(agent),
     )
     trigger, kwargs = trigger_args(options, agent.cfg.agent["timezone"])
     # A heartbeat late by a stalled loop is still worth sending: an hour of grace, and never two at once.

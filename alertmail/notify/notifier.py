@@ -414,7 +414,7 @@ class Notifier:
         return Outgoing(message_bytes(msg), Envelope(self.sender, tuple(to)), str(msg["Subject"]))
 
     def _compose_digest(self, events: list[AlertEvent], since: float, rcpt: str, now: float) -> Outgoing:
-        msg = render_digest(events, since, self.storm, self._context_base())
+        msg = render_digest(events, since, self.storm, self._context_base(), self.journal.path)
         message_id = email.utils.make_msgid(idstring="digest", domain=self.domain)
         for event in events:
             known = self.incidents.get(event.incident)
@@ -431,7 +431,9 @@ class Notifier:
     def _context_base(self) -> RenderContext:
         from alertmail.render.view import RenderContext
 
-        return RenderContext(hostname=self.hostname, timezone=self.timezone, subject_prefix=self.subject_prefix)
+        # A digest uses the user's templates and the probes' units as alert mails do; it has no charts.
+        known = {k: v for k, v in self.render_options.items() if k in ("templates_dir", "units")}
+        return RenderContext(hostname=self.hostname, timezone=self.timezone, subject_prefix=self.subject_prefix, **known)
 
     def _render(self, events: list[AlertEvent]) -> EmailMessage:
         from alertmail.render.format import header_safe

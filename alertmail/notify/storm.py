@@ -26,6 +26,7 @@ from alertmail.rules.model import AlertEvent
 
 if TYPE_CHECKING:
     from email.message import EmailMessage
+    from pathlib import Path
 
     from alertmail.render.view import RenderContext
 from alertmail.units import format_duration
@@ -121,82 +122,23 @@ class StormGuard:
 # -- the digest mail -------------------------------------------------------------
 
 
-def _row(event: AlertEvent, ctx: RenderContext) -> tuple[str, str, str, str, str, str]:
-    from alertmail.render.format import format_labels, format_value, header_safe
-
-    when = ctx.local_time(event.at)
-    return (
-        f"{when:%Y-%m-%d %H:%M:%S %Z}",
-        event.kind,
-        header_safe(event.rule.name, 80),
-        format_labels(event.labels) or "-",
-        format_value(event.value, event.threshold),
-        event.severity,
-    )
-
-
-def render_digest(events: Sequence[AlertEvent], backlog_since: float, guard: StormGuard, ctx: RenderContext) -> EmailMessage:
-    """One mail listing every folded event (time, kind, rule, labels, value, severity), text and HTML."""
+def render_digest(
+    events: Sequence[AlertEvent], backlog_since: float, guard: StormGuard, ctx: RenderContext, journal: Path | None = None
+) -> EmailMessage:
+    """One mail in the alert mail's style: how many alerts, how many still firing and recovered, and a
+    table of the folded events, worst first (``alertmail.render.digest``). ``journal``: the file that
+    records every event, named when the table is cut short."""
     # The rendering code loads with the first digest, not with the idle agent.
-    import html
-    from email.message import EmailMessage
+    from alertmail.render.digest import render_digest_mail
 
-    from alertmail.render.format import header_safe
-    from alertmail.render.view import recovers, tally, worst_first
-
-    events = worst_first(events)  # the worst news leads: open before recovered, critical before warning
-    rules = list(dict.fromkeys(e.rule.name for e in events))
-    kinds: dict[str, int] = {}
-    for event in events:
-        kinds[event.kind] = kinds.get(event.kind, 0) + 1
-    counts = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
-    first = events[0]
-    tag = "RESOLVED" if recovers(first) else "FLAPPING" if first.kind == "flapping" else first.severity.upper()
-    folded = f"{len(events)} alert events folded: {tally(events)}"
-    subject = f"[DIGEST] [{header_safe(tag, 30)}] {ctx.hostname}: {folded} — {', '.join(rules)}"
-    if ctx.subject_prefix:
-        subject = f"{ctx.subject_prefix} {subject}"
     why = (
         f"You had {guard.separate_per_hour} separate alert mails within an hour, the most before "
         f"digests start (max_mails_per_hour = {guard.max_per_hour}, a digest at most every "
-        f"{format_duration(guard.digest_interval)}). The {len(events)} events since "
-        f"{ctx.local_time(backlog_since):%H:%M %Z} were folded into this digest instead of "
-        f"being mailed one by one; none was dropped."
+        f"{format_duration(guard.digest_interval)}), so these events were folded into this digest "
+        "instead of being mailed one by one."
     )
-    rows = [_row(e, ctx) for e in events]
-    header = ("time", "kind", "rule", "labels", "value", "severity")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    table = [" ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-    table += [" ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    text = (
-        "\n".join(
-            [
-                f"DIGEST: {len(events)} alert events on {ctx.hostname} ({counts})",
-                "",
-                why,
-                "",
-                *table,
-                "",
-                f"-- alertmail on {ctx.hostname}",
-            ]
-        )
-        + "\n"
-    )
-    cells = "".join("<tr>" + "".join(f'<td style="padding:2px 8px">{html.escape(c)}</td>' for c in row) + "</tr>" for row in rows)
-    heads = "".join(f'<th style="text-align:left;padding:2px 8px">{h}</th>' for h in header)
-    body = (
-        '<!DOCTYPE html><html><head><meta charset="utf-8"></head>'
-        '<body style="font-family:sans-serif">'
-        f"<h2>{len(events)} alert events on {html.escape(ctx.hostname)}</h2>"
-        f"<p>{html.escape(why)}</p><p>{html.escape(counts)}</p>"
-        f'<table style="border-collapse:collapse;font-size:90%"><tr>{heads}</tr>{cells}</table>'
-        f'<p style="color:#777">alertmail on {html.escape(ctx.hostname)}</p></body></html>'
-    )
-    msg = EmailMessage()
-    msg["Subject"] = header_safe(subject, limit=250)
-    msg.set_content(text)
-    msg.add_alternative(body, subtype="html")
-    return msg
+    where = str(journal) if journal is not None else "state_dir/logs/alerts.jsonl"
+    return render_digest_mail(events, ctx, notice=why, journal=where, since=backlog_since)
 
 
 def check_config(notify: dict[str, Any], check: Checker, config: Any = None) -> None:

@@ -11,17 +11,17 @@ so an alert is never lost to its presentation.
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
-from alertmail.render.format import format_bytes, format_labels, format_value, header_safe, human_duration
+from alertmail.render.format import format_labels, header_safe
+from alertmail.render.templating import _environment, compose
 from alertmail.render.view import (
     KIND_WORDS,
     AlertView,
@@ -41,7 +41,6 @@ from alertmail.units import format_duration
 
 log = logging.getLogger(__name__)
 
-BUILTIN_TEMPLATES = Path(__file__).parent / "templates"
 TEXT_TEMPLATE = "alert.txt.j2"
 HTML_TEMPLATE = "alert.html.j2"
 
@@ -67,49 +66,6 @@ def text_body(events: Sequence[AlertEvent], ctx: RenderContext) -> str:
         lines.append("")
     lines.append(f"-- alertmail on {ctx.hostname}")
     return "\n".join(lines) + "\n"
-
-
-@functools.lru_cache(maxsize=8)
-def _environment(user_dir: str | None) -> Any:
-    """A Jinja2 environment: strict (a typo is an error, not an empty string), HTML autoescaped.
-
-    User templates may extend the built-in ones as ``builtin/alert.html.j2``.
-    """
-    import jinja2
-
-    builtin = jinja2.FileSystemLoader(str(BUILTIN_TEMPLATES))
-    loaders: list[Any] = [jinja2.PrefixLoader({"builtin": builtin})]
-    loaders.insert(0, jinja2.FileSystemLoader(user_dir) if user_dir else builtin)
-    env = jinja2.Environment(
-        loader=jinja2.ChoiceLoader(loaders),
-        undefined=jinja2.StrictUndefined,
-        autoescape=jinja2.select_autoescape(("html", "htm", "xml", "html.j2"), default_for_string=True),
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters.update(bytes=format_bytes, duration=human_duration, value=format_value)
-    return env
-
-
-def render_template(name: str, variables: Mapping[str, Any], ctx: RenderContext) -> str | None:
-    """The user's template ``name`` if there is one and it works, else the built-in one; None if both fail."""
-    user_dir = ctx.templates_dir
-    if user_dir is not None and (Path(user_dir) / name).is_file():
-        try:
-            return _environment(str(user_dir)).get_template(name).render(variables)
-        except Exception as exc:  # any failure of a user's template: syntax, undefined name, a raise
-            log.warning(
-                "template %s failed (%s: %s); using the built-in one",
-                Path(user_dir) / name,
-                type(exc).__name__,
-                header_safe(exc, 300),
-            )
-    try:
-        return _environment(None).get_template(name).render(variables)
-    except Exception:
-        log.exception("built-in template %s failed", name)
-        return None
 
 
 def mail_variables(events: Sequence[AlertEvent], ctx: RenderContext) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
@@ -147,18 +103,7 @@ def render_alert(events: Sequence[AlertEvent], ctx: RenderContext) -> EmailMessa
     if not events:
         raise ValueError("render_alert needs at least one event")
     variables, images = mail_variables(events, ctx)
-    text = render_template(TEXT_TEMPLATE, variables, ctx) or text_body(events, ctx)
-    html = render_template(HTML_TEMPLATE, variables, ctx)
-
-    msg = EmailMessage()
-    msg["Subject"] = variables["subject"]
-    msg.set_content(text)
-    if html is not None:
-        msg.add_alternative(html, subtype="html")
-        *_, related = msg.iter_parts()  # the HTML part add_alternative made
-        for n, (cid, png) in enumerate(images, 1):
-            related.add_related(png, "image", "png", cid=cid, disposition="inline", filename=f"chart-{n}.png")
-    return msg
+    return compose("alert", variables, ctx, lambda: text_body(events, ctx), images)
 
 
 def sample_variables() -> list[tuple[str, dict[str, Any]]]:
@@ -199,9 +144,65 @@ def sample_variables() -> list[tuple[str, dict[str, Any]]]:
     return [("single alert", single), ("grouped mail", grouped)]
 
 
+def sample_digests() -> list[tuple[str, dict[str, Any]]]:
+    """Made-up digests that take every branch of the built-in digest templates."""
+    from alertmail.render.digest import MAX_ROWS, digest_variables
+    from alertmail.rules.model import Rule
+
+    at = 1_768_482_180.0
+    disk = Rule(name="disk-full", metric="disk.used_percent", above=90, runbook="https://wiki.example.com/runbooks/disk-full")
+    mem = Rule(name="memory-high", metric="memory.used_percent", above=90, severity="critical")
+    events = [
+        AlertEvent("firing", disk, (("mount", f"/srv/vol{i:03d}"),), 91.0 + i % 9, 90, ">", "warning", at - 900, at + i, f"d{i}")
+        for i in range(MAX_ROWS + 5)
+    ]
+    events += [
+        AlertEvent("firing", mem, (), 97.0, 90, ">", "critical", at - 600, at - 600, "m1"),
+        AlertEvent("resolved", mem, (), 80.0, 90, ">", "critical", at - 600, at, "m1"),
+    ]
+    ctx = RenderContext(hostname="web01", timezone="Europe/Berlin")
+    notice = "You had 6 separate alert mails within an hour, so these events were folded into this digest."
+    journal = "/var/lib/alertmail/logs/alerts.jsonl"
+    long = digest_variables(events, ctx, notice=notice, journal=journal, since=at - 900)
+    short = digest_variables(events[-2:], ctx, notice="", journal=journal, since=at - 900)
+    return [("digest of a long storm", long), ("digest of one recovered alert", short)]
+
+
+def sample_heartbeats() -> list[tuple[str, dict[str, Any]]]:
+    """Made-up heartbeats that take every branch of the built-in heartbeat templates."""
+    from alertmail.render.heartbeat import heartbeat_variables, sample_summary
+
+    ctx = RenderContext(hostname="web01", timezone="Europe/Berlin")
+    busy = sample_summary()
+    quiet = replace_fields(busy, rules={}, silences=[], queue={}, mails={}, watching={})
+    return [
+        ("heartbeat of a busy day", heartbeat_variables(busy, ctx)),
+        ("heartbeat of a quiet day", heartbeat_variables(quiet, ctx)),
+    ]
+
+
+def replace_fields(obj: Any, **changes: Any) -> Any:
+    """A copy of a plain object with some attributes changed."""
+    import copy
+
+    out = copy.copy(obj)
+    for name, value in changes.items():
+        setattr(out, name, value)
+    return out
+
+
+# Each mail's templates (``KIND.txt.j2``, ``KIND.html.j2``) and the sample mails ``check`` renders them with.
+SAMPLES: dict[str, Callable[[], list[tuple[str, dict[str, Any]]]]] = {
+    "alert": sample_variables,
+    "digest": sample_digests,
+    "heartbeat": sample_heartbeats,
+}
+
+
 def template_problems(folder: Path) -> list[str]:
-    """Every template in ``folder`` compiled as the agent compiles it, and the agent's two rendered
-    against sample mails (a misspelt variable is an error there): what fails, with file and line."""
+    """Every template in ``folder`` compiled as the agent compiles it, and those of each mail (alert,
+    digest, heartbeat) rendered against sample mails (a misspelt variable is an error there): what
+    fails, with file and line."""
     import jinja2
 
     env = _environment(str(folder))
@@ -215,9 +216,10 @@ def template_problems(folder: Path) -> list[str]:
         except (jinja2.TemplateError, UnicodeDecodeError, OSError) as exc:
             problems.append(f"{file.name}: {type(exc).__name__}: {exc}")
             continue
-        if file.name not in (TEXT_TEMPLATE, HTML_TEMPLATE):
-            continue  # a file the two include or extend: rendered through them
-        for what, variables in sample_variables():
+        samples = SAMPLES.get(file.name.split(".", 1)[0]) if file.name.endswith((".txt.j2", ".html.j2")) else None
+        if samples is None:
+            continue  # a file the mails' templates include or extend: rendered through them
+        for what, variables in samples():
             try:
                 template.render(variables)
             except Exception as exc:  # anything a template can raise while rendering

@@ -235,7 +235,9 @@ def alert_view(event: AlertEvent, ctx: RenderContext) -> AlertView:
     processes: tuple[ProcessRow, ...] = ()
     disk = None
     try:
-        if resource in ("cpu", "memory"):
+        # The table was read while the mail was made: it shows what loads the machine now, which
+        # explains an open alert and says nothing about one that is over.
+        if resource in ("cpu", "memory") and not recovers(event):
             rows = ctx.extra.get("top_processes", {}).get(resource, ())
             processes = tuple(ProcessRow(header_safe(r[0], 60), int(r[1]), float(r[2]), int(r[3])) for r in rows)
         mount = mount_of(event.labels)

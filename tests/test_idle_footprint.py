@@ -40,6 +40,9 @@ main()
 NOT_WHILE_IDLE = (
     "alertmail.render.chart",
     "alertmail.render.context",
+    "alertmail.render.digest",
+    "alertmail.render.heartbeat",
+    "alertmail.render.templating",
     "alertmail.render.format",
     "alertmail.render.mail",
     "alertmail.render.plot",

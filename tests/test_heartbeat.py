@@ -249,3 +249,57 @@ def test_mail_outcomes_tell_delivered_waiting_and_given_up_apart(tmp_path):
     (tmp_path / "badmail" / "failed1.bad").write_bytes(b"x")
     ids = ["waiting1", "failed1", "gone1", "gone2"]
     assert mail_outcomes(ids, queue, tmp_path / "badmail") == {"delivered": 2, "waiting": 1, "failed": 1}
+
+
+def test_missed_runs_are_counted_since_the_previous_heartbeat_and_a_reload_keeps_that(tmp_path):
+    """The agent counts missed probe runs from its start; each heartbeat tells only the new ones."""
+    cfg = load_config(write_config(tmp_path, 'every = "1d"\n'))
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from alertmail.queue.spool import Queue
+
+    async def run() -> list[str]:
+        queue = Queue(tmp_path / "queue", fsync=False)
+        await queue.start()
+        try:
+            notifier = Notifier(
+                sender="alertmail@test.example",
+                hostname="web01",
+                timezone="Europe/Berlin",
+                route=["pickup"],
+                queue=queue,
+                state_dir=tmp_path,
+                silences=SilenceSet([], tmp_path),
+                render_options={"charts": "off"},
+            )
+            agent = types.SimpleNamespace(
+                cfg=cfg,
+                notifier=notifier,
+                queue=queue,
+                state_dir=tmp_path,
+                probes={"disk": (None, 60.0, 10.0), "cpu": (None, 10.0, 5.0)},
+                rules=[DISK],
+                missed={"disk": 2},
+            )
+            scheduler = BackgroundScheduler(timezone="UTC")
+            ids = [await schedule(scheduler, agent).send(START)]
+            agent.missed.update(disk=5, cpu=1)
+            ids.append(await schedule(scheduler, agent).send(END))  # a reload replaced the heartbeat in between
+            ids.append(await scheduler.get_job("heartbeat").func(END + DAY))  # nothing missed since
+            return [queue.read_message(i).decode() for i in ids]
+        finally:
+            await queue.close()
+
+    def missed(raw: str) -> str | None:
+        msg = email.message_from_string(raw, policy=email.policy.default)
+        text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
+        lines = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Missed runs:")]
+        return lines[0] if lines else None
+
+    first, second, third = (missed(raw) for raw in asyncio.run(run()))
+    assert first == "disk 2 since the agent started: runs the agent was too stalled to start on time"
+    assert (
+        second
+        == "cpu 1, disk 3 since the previous heartbeat (Thu 26 Nov 08:00 CET): runs the agent was too stalled to start on time"
+    )
+    assert third is None

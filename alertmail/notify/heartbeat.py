@@ -224,6 +224,11 @@ class Heartbeat:
         self.queue = queue
         self.badmail_folder = badmail_folder
         self.watching = watching  # what the agent watches now, for the mail's "watching" line
+        # The agent counts missed probe runs from its start; the mail tells those since the previous
+        # heartbeat: the counts it last reported, and when (None: nothing reported since the start).
+        self.missed_reported: dict[str, int] = {}
+        self.missed_since: float | None = None
+        self._missed_now: dict[str, int] = {}
 
     def compose(self, now: float) -> EmailMessage:
         n = self.notifier
@@ -244,7 +249,7 @@ class Heartbeat:
         summary.queue["mail_outcomes"] = mail_outcomes(summary.mail_ids, self.queue, self.badmail_folder)
         if self.watching is not None:
             try:
-                summary.watching = self.watching()
+                summary.watching = self._since_last(self.watching())
             except Exception:  # a nicety: the heartbeat goes without it
                 log.exception("heartbeat: what the agent watches could not be read")
         return render_heartbeat(
@@ -254,6 +259,18 @@ class Heartbeat:
             subject_prefix=n.subject_prefix,
             templates_dir=n.render_options.get("templates_dir"),
         )
+
+    def _since_last(self, watching: dict[str, Any]) -> dict[str, Any]:
+        """``watching`` with its missed runs counted since the previous heartbeat rather than the agent's start."""
+        counts = {str(k): int(v) for k, v in (watching.get("missed") or {}).items()}
+        self._missed_now = counts
+        reported = self.missed_reported
+        since_last = {k: max(0, n - reported.get(k, 0)) for k, n in counts.items()}
+        return {**watching, "missed": {k: n for k, n in since_last.items() if n}, "missed_since": self.missed_since}
+
+    def carry_over(self, previous: Heartbeat) -> None:
+        """Take over what the heartbeat a reload replaces had reported."""
+        self.missed_reported, self.missed_since = previous.missed_reported, previous.missed_since
 
     async def send(self, now: float | None = None) -> str | None:
         """Queue the heartbeat; the queue id, or None when there is nobody to send it to."""
@@ -280,6 +297,8 @@ class Heartbeat:
             msg.as_bytes(policy=email.policy.SMTP), Envelope(n.sender, tuple(self.to)), route=n.route, origin="agent"
         )
         n.journal.mail(str(msg["Subject"]), self.to, "heartbeat", now, msg_id)
+        if self.watching is not None:
+            self.missed_reported, self.missed_since = self._missed_now, now
         log.info("heartbeat %s queued for %s", msg_id, ", ".join(self.to))
         return msg_id
 
@@ -296,7 +315,9 @@ def watching(agent: Any) -> dict[str, Any]:
 
 def schedule(scheduler: Any, agent: Any) -> Heartbeat | None:
     """Add (or replace) the heartbeat job of ``agent`` (an alertmail.agent.Agent) per its ``[heartbeat]``."""
-    if scheduler.get_job("heartbeat"):
+    job = scheduler.get_job("heartbeat")
+    previous = getattr(job.func, "__self__", None) if job else None
+    if job:
         scheduler.remove_job("heartbeat")
     options = agent.cfg.sections.get("heartbeat") or {}
     if not options.get("every"):
@@ -309,6 +330,8 @@ def schedule(scheduler: Any, agent: Any) -> Heartbeat | None:
         default_to=agent.cfg.mail["to"],
         watching=lambda: watching(agent),
     )
+    if isinstance(previous, Heartbeat):  # a reload: the missed runs already reported stay reported
+        heartbeat.carry_over(previous)
     trigger, kwargs = trigger_args(options, agent.cfg.agent["timezone"])
     # A heartbeat late by a stalled loop is still worth sending: an hour of grace, and never two at once.
     scheduler.add_job(

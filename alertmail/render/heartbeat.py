@@ -69,7 +69,9 @@ def heartbeat_variables(summary: Any, ctx: RenderContext) -> dict[str, Any]:
         missed = {header_safe(k, 60): int(v) for k, v in (watching.get("missed") or {}).items() if v}
         if missed:
             runs = ", ".join(f"{k} {n}" for k, n in sorted(missed.items()))
-            facts.append(("missed runs", f"{runs} since the agent started (a probe slower than its interval)"))
+            since = watching.get("missed_since")
+            when = f"since the previous heartbeat ({ctx.clock(since, summary.end)})" if since else "since the agent started"
+            facts.append(("missed runs", f"{runs} {when}: runs the agent was too stalled to start on time"))
     facts.append(("alerts", f"{summary.events} events, {summary.silenced} of them held back by silences"))
     facts.append(("firing now", f"{firing_now} ({', '.join(open_rules)})" if firing_now else "nothing"))
     queued = sum(summary.mails.values())

@@ -14,7 +14,7 @@ import pytest
 from alertmail.plugins.relay.policy import RelayPolicy
 from alertmail.plugins.relay.receivers import Anvil
 from tests.peers import SmtpSink, free_port
-from tests.relay_peers import RelayProcess, message_id, private_folder, received, relay_config, start_relay
+from tests.relay_peers import RelayProcess, message_id, private_folder, received, relay_config, self_signed, start_relay
 
 pytestmark = pytest.mark.peers
 
@@ -117,6 +117,35 @@ def test_alertmail_run_starts_the_receiving_processes_too(tmp_path, sink):
         children = relay.pids()[1:]
         assert relay.stop() == 0
         assert all(gone(pid) for pid in children)
+
+
+@pytest.mark.parametrize(("event_loop", "workers"), [("asyncio", 0), ("auto", 1)])
+def test_alertmail_run_takes_mail_over_starttls_though_it_started_without_openssl(tmp_path, sink, event_loop, workers):
+    """`alertmail run` starts asyncio without ssl (alertmail.deferssl); the relay's TLS must still work,
+    in the agent's own process on asyncio and in a receiving process on the default loop."""
+    import ssl
+
+    (tmp_path / "run").mkdir()
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    options = {"workers": workers, "tls_cert": str(cert), "tls_key": str(key), "require_tls": True}
+    config = relay_config(tmp_path / "run", sink, port, options, agent={"event_loop": event_loop})
+    relay = RelayProcess(config, port, subcommand="run").start()
+    try:
+        mid = message_id()
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False  # the certificate names relay.test; the chain is still verified
+        with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=10) as client:
+            client.ehlo()
+            assert client.mail("app@client.test")[0] == 530  # require_tls: nothing before STARTTLS
+            client.starttls(context=context)
+            client.ehlo()
+            client.mail("app@client.test")
+            client.rcpt("bob@example.test")
+            assert client.data(f"Message-Id: {mid}\r\nSubject: tls\r\n\r\nhello\r\n".encode())[0] == 250
+        assert len(received(sink, mid)) == 1
+    finally:
+        assert relay.stop() == 0
 
 
 def test_connections_per_client_are_capped_across_receiving_processes(tmp_path, sink):

@@ -11,6 +11,8 @@ The difference between that one and the agent is alertmail's own share.
     python bench/agent_idle.py --seconds 600
     python bench/agent_idle.py --quick          # 30 s smoke run
     python bench/agent_idle.py --exporter       # also the agent with [exporter] on, scraped every 15 s
+    python bench/agent_idle.py --after-mail     # also agents that have sent one alert over STARTTLS (chart in
+                                                # process, and in a child: [mail] charts = "subprocess")
 """
 
 from __future__ import annotations
@@ -42,9 +44,13 @@ DEPENDENCIES = (
 )
 
 
-def measure(proc: subprocess.Popen, seconds: float, settle: float) -> tuple[float, float, float]:
-    """(RSS MB after settling, CPU seconds over the window, peak RSS MB)."""
+def measure(
+    proc: subprocess.Popen, seconds: float, settle: float, ready: threading.Event | None = None
+) -> tuple[float, float, float]:
+    """(RSS MB after settling, CPU seconds over the window, peak RSS MB); ``ready``: wait for it first."""
     p = psutil.Process(proc.pid)
+    if ready is not None and not ready.wait(120):
+        raise SystemExit("the agent sent no mail within 120 s")
     time.sleep(settle)
     start = p.cpu_times()
     rss_start = p.memory_info().rss
@@ -82,6 +88,77 @@ def scrape_every(url: str, seconds: float, stop: threading.Event) -> None:
             print(f"scrape failed: {exc}", file=sys.stderr)
 
 
+class MailSink:
+    """An aiosmtpd server on loopback that offers STARTTLS (a throwaway certificate) and counts mails."""
+
+    def __init__(self, folder: Path) -> None:
+        import ssl
+
+        from aiosmtpd.controller import Controller
+
+        self.cert, key = self_signed(folder)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert, key)
+        self.received = threading.Event()
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                sink.received.set()
+                return "250 OK"
+
+        self.port = free_port()
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, tls_context=context)
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made with cryptography (a dependency of the DKIM signing)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "sink.pem", folder / "sink.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+def mailing_config(config: str, sink: MailSink, charts: str = "in-process") -> str:
+    """The shipped config, mailing through ``sink`` over STARTTLS, with a rule that fires at the first sample."""
+    routed = config.replace('route = ["pickup"]', f'route = ["smtp"]\ncharts = "{charts}"', 1)
+    if routed == config:
+        raise SystemExit('config.toml no longer has route = ["pickup"]; update bench/agent_idle.py')
+    return routed + (
+        f'\n[transports.smtp]\nservers = ["127.0.0.1:{sink.port}"]\ntls = "starttls"\nca_file = "{sink.cert}"\n'
+        '\n[[rules]]\nname = "always"\nmetric = "memory.used_percent"\nabove = 0\nseverity = "warning"\n'
+    )
+
+
 def start_agent(folder: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "alertmail", "run", "--config", "config.toml"],
@@ -98,6 +175,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="30 s smoke run")
     parser.add_argument("--settle", type=float, default=15.0, help="seconds to wait before measuring")
     parser.add_argument("--exporter", action="store_true", help="also measure the agent with [exporter] listen on loopback")
+    parser.add_argument(
+        "--after-mail", action="store_true", help="also measure an agent that has sent one alert (STARTTLS, with a chart)"
+    )
     args = parser.parse_args()
     seconds = 30.0 if args.quick else args.seconds
     settle = 5.0 if args.quick else args.settle
@@ -117,14 +197,23 @@ def main() -> int:
             agents["with [exporter], scraped"] = start_agent(other, env)
             url = f"http://127.0.0.1:{port}/metrics"
             threading.Thread(target=scrape_every, args=(url, 15.0, stop_scraping), daemon=True).start()
+        sinks: dict[str, MailSink] = {}
+        if args.after_mail:
+            for name, charts in (("after one alert mail", "in-process"), ('  same, charts = "subprocess"', "subprocess")):
+                other = folder / charts
+                other.mkdir()
+                sinks[name] = MailSink(other)
+                (other / "config.toml").write_text(mailing_config((ROOT / "config.toml").read_text(), sinks[name], charts))
+                agents[name] = start_agent(other, env)
         bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(100000)"], env=env)
         floor = subprocess.Popen([sys.executable, "-c", DEPENDENCIES], env=env)
         figures = {}
         try:
             print(f"measuring for {seconds:.0f} s after {settle:.0f} s of settling ...", file=sys.stderr)
             measured = {}
+            ready = {name: sink.received for name, sink in sinks.items()}
             threads = [
-                threading.Thread(target=lambda n=name, p=proc: measured.__setitem__(n, measure(p, seconds, settle)))
+                threading.Thread(target=lambda n=name, p=proc: measured.__setitem__(n, measure(p, seconds, settle, ready.get(n))))
                 for name, proc in agents.items()
             ]
             for thread in threads:
@@ -140,6 +229,8 @@ def main() -> int:
                     return 1
         finally:
             stop_scraping.set()
+            for sink in sinks.values():
+                sink.stop()
             for proc in (*agents.values(), bare, floor):
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)

@@ -18,7 +18,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 RUNS = {
     "alert_latency.py": ["--crossings", "2", "--modes", "in-process"],
-    "agent_idle.py": ["--seconds", "4", "--settle", "3", "--exporter"],
+    "agent_idle.py": ["--seconds", "4", "--settle", "3", "--exporter", "--after-mail"],
     "probe_cost.py": ["2"],
     "queue_bench.py": ["-n", "100"],
     "relay_bench.py": ["--quick"],

@@ -70,6 +70,20 @@ def test_summary_counts_events_and_firing_time_within_the_period_only():
     assert summary.mails == {"alert": 1, "digest": 1}
 
 
+def web01_notifier(queue, state_dir: Path) -> Notifier:
+    """The notifier of host web01 (Europe/Berlin, mail into the pickup route, no charts)."""
+    return Notifier(
+        sender="alertmail@test.example",
+        hostname="web01",
+        timezone="Europe/Berlin",
+        route=["pickup"],
+        queue=queue,
+        state_dir=state_dir,
+        silences=SilenceSet([], state_dir),
+        render_options={"charts": "off"},
+    )
+
+
 def test_heartbeat_mail_summarises_alerts_silences_and_the_queue(tmp_path):
     async def run():
         from alertmail.queue.spool import Queue
@@ -79,18 +93,8 @@ def test_heartbeat_mail_summarises_alerts_silences_and_the_queue(tmp_path):
         queue = Queue(tmp_path / "queue", fsync=False, clock=lambda: now[0])
         await queue.start()
         try:
-            silences = SilenceSet([], tmp_path)
             RuntimeSilences(tmp_path).add(duration=DAY, rule="load-*", comment="kernel update", now=END - 600)
-            notifier = Notifier(
-                sender="alertmail@test.example",
-                hostname="web01",
-                timezone="Europe/Berlin",
-                route=["pickup"],
-                queue=queue,
-                state_dir=tmp_path,
-                silences=silences,
-                render_options={"charts": "off"},
-            )
+            notifier = web01_notifier(queue, tmp_path)
             for now[0], ev in (
                 (START + 3600, event("firing", DISK, START + 3600, "d1")),
                 (START + 3600 + 754, event("resolved", DISK, START + 3600 + 754, "d1")),
@@ -262,16 +266,7 @@ def test_missed_runs_are_counted_since_the_previous_heartbeat_and_a_reload_keeps
         queue = Queue(tmp_path / "queue", fsync=False)
         await queue.start()
         try:
-            notifier = Notifier(
-                sender="alertmail@test.example",
-                hostname="web01",
-                timezone="Europe/Berlin",
-                route=["pickup"],
-                queue=queue,
-                state_dir=tmp_path,
-                silences=SilenceSet([], tmp_path),
-                render_options={"charts": "off"},
-            )
+            notifier = web01_notifier(queue, tmp_path)
             agent = types.SimpleNamespace(
                 cfg=cfg,
                 notifier=notifier,

@@ -208,6 +208,17 @@ class Transaction:
     retry: list[str] = field(default_factory=list)  # no final answer: try the next endpoint
     data_started: bool = False  # past this point a lost session may still have delivered
 
+    def lost(self, exc: BaseException, session: Session, recipients: Sequence[str], accepted: Sequence[str]) -> Transaction:
+        """The session failed: every recipient without a final answer (or accepted, but not yet
+        past the final dot) gets the failure, to retry on the next endpoint; the session is closed."""
+        status = failure_status(exc, session.remote)
+        for rcpt in recipients:
+            if rcpt not in self.statuses or rcpt in accepted:
+                self.statuses[rcpt] = status
+                self.retry.append(rcpt)
+        session.client.close()
+        return self
+
 
 async def transact(session: Session, sender: str, recipients: Sequence[str], data: bytes, timeouts: Timeouts) -> Transaction:
     """One mail transaction; never raises for a delivery problem."""
@@ -218,13 +229,7 @@ async def transact(session: Session, sender: str, recipients: Sequence[str], dat
     accepted: list[str] = []
 
     def lost(exc: BaseException) -> Transaction:
-        status = failure_status(exc, remote)
-        for rcpt in recipients:
-            if rcpt not in done.statuses or rcpt in accepted:
-                done.statuses[rcpt] = status
-                done.retry.append(rcpt)
-        client.close()
-        return done
+        return done.lost(exc, session, recipients, accepted)
 
     def broken(exc: aiosmtplib.SMTPResponseException) -> bool:
         # 421 means "closing the channel": the next endpoint may do better.
@@ -313,13 +318,7 @@ async def _pipelined(
     lines.append(b"DATA\r\n")
 
     def lost(exc: BaseException) -> Transaction:
-        status = failure_status(exc, remote)
-        for rcpt in recipients:
-            if rcpt not in done.statuses or rcpt in accepted:
-                done.statuses[rcpt] = status
-                done.retry.append(rcpt)
-        client.close()
-        return done
+        return done.lost(exc, session, recipients, accepted)
 
     try:
         replies = Replies(client)

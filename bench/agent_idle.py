@@ -32,6 +32,7 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.certs, for the --after-mail sink's certificate
 
 # What `alertmail run` cannot do without, whatever alertmail's own code does: the event loop
 # (imported, as the agent does, without ssl: alertmail.deferssl), the scheduler (which imports
@@ -95,10 +96,12 @@ class MailSink:
         import ssl
 
         from aiosmtpd.controller import Controller
+        from tests.certs import make_tls_files  # the test CA and a server certificate for 127.0.0.1
 
-        self.cert, key = self_signed(folder)
+        tls = make_tls_files(folder)
+        self.ca = tls.ca
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.cert, key)
+        context.load_cert_chain(tls.cert, tls.key)
         self.received = threading.Event()
         sink = self
 
@@ -115,46 +118,13 @@ class MailSink:
         self.controller.stop()
 
 
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, made with cryptography (a dependency of the DKIM signing)."""
-    import datetime as dt
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = folder / "sink.pem", folder / "sink.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_file, key_file
-
-
 def mailing_config(config: str, sink: MailSink, charts: str = "in-process") -> str:
     """The shipped config, mailing through ``sink`` over STARTTLS, with a rule that fires at the first sample."""
     routed = config.replace('route = ["pickup"]', f'route = ["smtp"]\ncharts = "{charts}"', 1)
     if routed == config:
         raise SystemExit('config.toml no longer has route = ["pickup"]; update bench/agent_idle.py')
     return routed + (
-        f'\n[transports.smtp]\nservers = ["127.0.0.1:{sink.port}"]\ntls = "starttls"\nca_file = "{sink.cert}"\n'
+        f'\n[transports.smtp]\nservers = ["127.0.0.1:{sink.port}"]\ntls = "starttls"\nca_file = "{sink.ca}"\n'
         '\n[[rules]]\nname = "always"\nmetric = "memory.used_percent"\nabove = 0\nseverity = "warning"\n'
     )
 

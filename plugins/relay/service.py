@@ -76,7 +76,9 @@ OPTIONS: dict[str, Option] = {
         "auto",
         help='receiving processes: "auto" = one per core but one (at least 1); 0 = receive in the agent\'s own process',
     ),
-    "stop_timeout": Option("duration", 20.0, help="on shutdown, how long transactions in flight may take to finish"),
+    "stop_timeout": Option(
+        "duration", 5.0, help="on shutdown, how long transactions in flight may take to finish; then their sessions get 421"
+    ),
 }
 
 
@@ -176,7 +178,7 @@ class RelayService:
         self.pickup: Any = None  # watcher.PickupWatcher
         self.w3c: Any = None
         self._flusher: asyncio.Task[None] | None = None
-        self._stop_timeout = 20.0
+        self._stop_timeout = 5.0
 
     async def start(self, context: ServiceContext) -> None:
         from alertmail import Badmail, __version__
@@ -338,16 +340,19 @@ class RelayService:
         delivery = getattr(self, "_delivery", None)
         if delivery is not None and self._log_attempt in delivery.observers:
             delivery.observers.remove(self._log_attempt)
-        if self.receivers is not None:
-            await self.receivers.stop(self._stop_timeout)
-        if self.server is not None:
-            await self.server.stop(self._stop_timeout)
-        if self.pickup is not None:
-            await self.pickup.stop()
-        if self._flusher is not None:
-            self._flusher.cancel()
-        if self.w3c is not None:
-            self.w3c.close()
+        try:
+            if self.receivers is not None:
+                await self.receivers.stop(self._stop_timeout)
+            if self.server is not None:
+                await self.server.stop(self._stop_timeout)
+        finally:
+            # Also when the caller's time ran out (cancelled): the watcher and the log are closed all the same.
+            if self.pickup is not None:
+                await self.pickup.stop()
+            if self._flusher is not None:
+                self._flusher.cancel()
+            if self.w3c is not None:
+                self.w3c.close()
 
 
 def worker_count(value: Any) -> int:

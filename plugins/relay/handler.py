@@ -16,6 +16,7 @@ from alertmail import Envelope, QueueWriteError
 from alertmail.plugins.relay.policy import RelayPolicy, data_problem, has_routing, received_header
 
 if TYPE_CHECKING:
+    from alertmail.plugins.relay.data import MessageData
     from alertmail.plugins.relay.listener import RelayServer
     from alertmail.plugins.relay.server import RelaySMTP
 
@@ -73,7 +74,14 @@ class RelayHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, smtp: RelaySMTP, session: Any, envelope: Any) -> str:
-        content: bytes = envelope.original_content
+        data: MessageData = envelope.original_content
+        if data.error is not None:
+            log.error("relay: cannot keep the data of a message from %s: %s", smtp.client_ip, data.error)
+            return "452 4.3.1 Insufficient system storage"
+        async with data.loaded() as content:
+            return await self._queue(smtp, session, envelope, content)
+
+    async def _queue(self, smtp: RelaySMTP, session: Any, envelope: Any, content: bytes) -> str:
         problem = data_problem(content)
         if problem:
             return f"554 5.6.0 {problem}"

@@ -69,6 +69,9 @@ class RelayHandler:
             return f"554 5.7.1 <{address}>: Relay access denied"
         if not trusted and has_routing(address):
             return f"553 5.7.1 <{address}>: Sender-specified routing is not allowed"
+        if not trusted and not self.policy.known_local(address):
+            # Refused now, not bounced later: a DSN to a forged sender would be backscatter.
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown in local recipient table"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 OK"

@@ -65,7 +65,7 @@ def test_sigterm_with_a_client_parked_in_data_ends_every_process_within_10s(tmp_
         while not all(gone(pid) for pid in pids) and time.monotonic() - started < 30:
             time.sleep(0.05)
         took = time.monotonic() - started
-        assert took <= STOP_BOUND, f"{[p for p in pids if not gone(p)]} still there after {took:.1f}s:\n{relay.output()}"
+        assert took <= STOP_BOUND, f"the last process ended {took:.1f}s after SIGTERM:\n{relay.output()[-2000:]}"
         assert relay.stop() == 0
         parked.settimeout(5)
         # The parked message was never acknowledged: the connection ends without a 250.

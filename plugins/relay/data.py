@@ -19,7 +19,6 @@ import errno
 import os
 import tempfile
 import weakref
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO
 
@@ -36,8 +35,9 @@ _gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] 
 class MessageData:
     """The raw data of one message (dot-stuffed, as received), in memory up to ``memory`` bytes, then in a file."""
 
-    def __init__(self, folder: Path | None, memory: int = MEMORY_BOUND) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path | None = None, *, queue: object = None, memory: int = MEMORY_BOUND) -> None:
+        self.folder = folder  # where the file goes; when None, state_dir/relay-data next to ``queue``'s folder
+        self.queue = queue
         self.memory = memory
         self.size = 0
         self.error: OSError | None = None  # the file could not be written (a full disk): the data is lost
@@ -71,7 +71,7 @@ class MessageData:
         self._buffer = bytearray()
 
     def _open(self) -> IO[bytes]:
-        folder = self.folder
+        folder = self.folder or folder_of(self.queue)
         if folder is not None:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         return tempfile.TemporaryFile(dir=folder, buffering=0)
@@ -91,23 +91,45 @@ class MessageData:
             self._file = None
         self._buffer = bytearray()
 
-    @contextlib.asynccontextmanager
-    async def loaded(self) -> AsyncIterator[bytes]:
-        """The message dot-unstuffed, without its final ``.<CRLF>``; in memory while the block runs.
+    def loaded(self) -> Loaded:
+        """``async with data.loaded() as content``: the message dot-unstuffed, without its final ``.<CRLF>``.
 
         A message that went to a file waits for one of ``LOADING_AT_ONCE`` places first and
         keeps it until the block ends (the queue has made it durable by then).
         """
-        if self._file is None:
-            yield unstuff(bytes(self._buffer))
-            return
+        return Loaded(self)
+
+
+class Loaded:
+    """The context of ``MessageData.loaded()`` (a class: it runs for every message, a generator costs more)."""
+
+    __slots__ = ("data", "gate")
+
+    def __init__(self, data: MessageData) -> None:
+        self.data = data
+        self.gate: asyncio.Semaphore | None = None
+
+    async def __aenter__(self) -> bytes:
+        data = self.data
+        if not data.spilled:
+            return unstuff(bytes(data._buffer))
         loop = asyncio.get_running_loop()
         gate = _gates.get(loop)
         if gate is None:
             gate = _gates[loop] = asyncio.Semaphore(LOADING_AT_ONCE)
-        async with gate:
-            raw = await asyncio.to_thread(self.raw)
-            yield unstuff(raw)
+        await gate.acquire()
+        self.gate = gate
+        try:
+            return unstuff(await asyncio.to_thread(data.raw))
+        except BaseException:
+            self.gate = None
+            gate.release()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.gate is not None:
+            self.gate.release()
+            self.gate = None
 
 
 def _write_all(file: IO[bytes], data: bytes | bytearray) -> None:
@@ -125,13 +147,13 @@ def unstuff(raw: bytes) -> bytes:
     return (b"\r\n" + raw[:-3]).replace(b"\r\n.", b"\r\n")[2:]
 
 
-async def read_data(reader: asyncio.StreamReader, limit: int, folder: Path | None) -> tuple[MessageData | None, int]:
+async def read_data(reader: asyncio.StreamReader, limit: int, queue: object) -> tuple[MessageData | None, int]:
     """The data up to <CRLF>.<CRLF> and the bytes read; None when over ``limit`` (0: no limit).
 
     Read up to each ".<CRLF>" and the two bytes before it checked, so a message takes a
     few reads rather than one per line; past ``limit`` the rest is read and dropped.
     """
-    data: MessageData | None = MessageData(folder)
+    data: MessageData | None = MessageData(queue=queue)
     size = 0
     before = b"\r\n"  # the two bytes before the next part: at first, the end of the DATA line
     try:

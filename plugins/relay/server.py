@@ -39,7 +39,7 @@ from aiosmtpd.smtp import (
 )
 
 from alertmail import AlertmailError
-from alertmail.plugins.relay.data import MessageData, folder_of, read_data
+from alertmail.plugins.relay.data import MessageData, read_data
 from alertmail.plugins.relay.policy import address_problem, with_enhanced_code
 
 if TYPE_CHECKING:
@@ -270,7 +270,7 @@ class RelaySMTP(SMTP):
 
     async def _read_message(self) -> tuple[MessageData | None, int]:
         """The data up to <CRLF>.<CRLF> (spooled past a small bound) and the bytes read; None when over the size limit."""
-        return await read_data(self._reader, self.data_size_limit or 0, folder_of(self.server.queue))
+        return await read_data(self._reader, self.data_size_limit or 0, self.server.queue)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # Plain "<local@domain> params" skips the RFC 5322 parser (a tenth of a session's CPU).

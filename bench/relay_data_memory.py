@@ -166,7 +166,8 @@ def run_relay(code: Path, label: str, args: argparse.Namespace) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="relay-data-memory-"))
     port = free_port()
     next_hop = SimpleNamespace(host="127.0.0.1", port=free_port())  # nothing listens: what is accepted stays queued
-    config = relay_config(folder, next_hop, port, {"workers": 1, "max_size": f"{int(args.size) + 2}MB"})
+    options = {"workers": 1, "max_size": f"{int(args.size) + 2}MB", "max_connections": max(300, args.sessions + 10)}
+    config = relay_config(folder, next_hop, port, options)
     command = [sys.executable, "-c", "import sys; from alertmail.cli import main; sys.argv[0] = 'alertmail'; main()"]
     with open(folder / "relay.stderr", "wb") as err:
         proc = subprocess.Popen(

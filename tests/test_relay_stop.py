@@ -43,16 +43,17 @@ def park_in_data(port: int) -> socket.socket:
     return conn
 
 
-@pytest.mark.parametrize("subcommand", ["relay", "run"])
-def test_sigterm_with_a_client_parked_in_data_ends_every_process_within_10s(tmp_path, subcommand):
+# (`alertmail run` receiving in its own process, workers = 0, always ended within its stop bound.)
+@pytest.mark.parametrize("subcommand, workers", [("relay", 1), ("run", 1), ("relay", 0)])
+def test_sigterm_with_a_client_parked_in_data_ends_every_process_within_10s(tmp_path, subcommand, workers):
     # The next hop refuses connections: what the relay acknowledged stays in its queue.
     next_hop = SimpleNamespace(host="127.0.0.1", port=free_port())
     port = free_port()
-    config = relay_config(tmp_path, next_hop, port, {"workers": 1, "event_loop": "asyncio"})
+    config = relay_config(tmp_path, next_hop, port, {"workers": workers, "event_loop": "asyncio"})
     relay = RelayProcess(config, port, subcommand=subcommand).start()
     try:
         pids = relay.pids()
-        assert len(pids) == 2  # the agent and its receiving process
+        assert len(pids) == 1 + workers  # the agent and its receiving processes
         mid = message_id()
         msg = EmailMessage()
         msg["From"], msg["To"], msg["Subject"], msg["Message-ID"] = "app@client.test", "bob@example.test", "before", mid

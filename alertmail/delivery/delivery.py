@@ -435,7 +435,7 @@ class Delivery:
         )
 
     async def _give_up(self, entry: Entry, data: bytes, recipients: list[str], reason: str, now: float) -> None:
-        from alertmail.queue.dsn import build_dsn, is_delivery_report
+        from alertmail.queue.dsn import build_dsn, no_report_reason
 
         log.warning(
             "message %s: giving up on %s (%s: %s)",
@@ -444,9 +444,8 @@ class Delivery:
             reason,
             entry.recipients[recipients[-1]].reply or "no reply",
         )
-        if is_delivery_report(data, entry.sender):
-            dsn_note = "not sent: the message is itself a delivery report or has an empty sender"
-        else:
+        dsn_note = no_report_reason(entry, data)
+        if dsn_note is None:
             report = build_dsn(
                 entry, data, [(r, entry.recipients[r]) for r in recipients], action="failed", hostname=self.hostname, now=now
             )
@@ -460,9 +459,9 @@ class Delivery:
         await asyncio.to_thread(self.badmail.write, entry, data, reason=title, dsn=dsn_note, now=now)
 
     async def _notify_delay(self, entry: Entry, data: bytes, now: float) -> None:
-        from alertmail.queue.dsn import build_dsn, is_delivery_report
+        from alertmail.queue.dsn import build_dsn, no_report_reason
 
-        if is_delivery_report(data, entry.sender):
+        if no_report_reason(entry, data) is not None:
             return
         report = build_dsn(
             entry,

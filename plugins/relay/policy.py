@@ -61,6 +61,8 @@ class RelayPolicy:
     allow: tuple[IPNetwork, ...] = ()
     users: Users | None = None
     local_domains: frozenset[str] = frozenset()
+    # Addresses of local_domains that exist, lowercased; "@domain" takes every address of the domain.
+    local_recipients: frozenset[str] = frozenset()
     max_size: int = 10_000_000
     max_recipients: int = 100
     max_commands: int = 100
@@ -95,6 +97,16 @@ class RelayPolicy:
 
     def local(self, address: str) -> bool:
         return address.rpartition("@")[2].lower().rstrip(".") in self.local_domains
+
+    def known_local(self, address: str) -> bool:
+        """True when ``address``, in a local domain, is listed in local_recipients (postmaster always is)."""
+        local_part, _, domain = address.lower().rpartition("@")
+        domain = domain.rstrip(".")
+        return (
+            local_part == "postmaster"
+            or f"{local_part}@{domain}" in self.local_recipients
+            or f"@{domain}" in self.local_recipients
+        )
 
 
 def has_routing(address: str) -> bool:

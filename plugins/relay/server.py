@@ -39,6 +39,7 @@ from aiosmtpd.smtp import (
 )
 
 from alertmail import AlertmailError
+from alertmail.plugins.relay.data import MessageData, read_data
 from alertmail.plugins.relay.policy import address_problem, with_enhanced_code
 
 if TYPE_CHECKING:
@@ -236,9 +237,9 @@ class RelaySMTP(SMTP):
             raise CommandRefused("500 5.5.2 Bare CR in command line")
 
     # -- DATA -------------------------------------------------------------------
-    # aiosmtpd reads DATA line by line in Python (about 40 awaits for a 2 KB message).
-    # This reads up to each ".<CRLF>" and checks the two bytes before it, so a
-    # message takes a few reads; what is sent is the same, checked the same way.
+    # aiosmtpd reads DATA line by line in Python (about 40 awaits for a 2 KB message),
+    # all of it in memory. data.read_data reads up to each ".<CRLF>", so a message takes
+    # a few reads, and keeps a small bound of it in memory, the rest in a file.
 
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed():
@@ -258,39 +259,18 @@ class RelaySMTP(SMTP):
             self._set_post_data_state()
             await self.push("552 5.3.4 Error: Too much mail data")
             return
-        self.envelope.content = self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
+        # The handler reads it with data.loaded(): a file past a small bound, not bytes.
+        self.envelope.content = self.envelope.original_content = content  # type: ignore[assignment]
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            content.close()
         self._set_post_data_state()
         await self.push(status)
 
-    async def _read_message(self) -> tuple[bytes | None, int]:
-        """The data up to <CRLF>.<CRLF>, dot-unstuffed, and the bytes read; None when over the size limit."""
-        reader = self._reader
-        limit = self.data_size_limit or 0
-        parts: list[bytes] | None = []
-        size = 0
-        before = b"\r\n"  # the two bytes before the next part: at first, the end of the DATA line
-        while True:
-            try:
-                part = await reader.readuntil(b".\r\n")
-                ended = (before + part)[-5:] == b"\r\n.\r\n"
-            except asyncio.LimitOverrunError as exc:  # no ".<CRLF>" within the reader's limit yet
-                part = await reader.readexactly(exc.consumed)
-                ended = False
-            size += len(part)
-            if parts is not None:
-                if limit and size > limit + 3:
-                    parts = None  # keep reading to the end, keep nothing
-                else:
-                    parts.append(part)
-            if ended:
-                break
-            before = (before + part)[-2:]
-        if parts is None:
-            return None, size
-        data = b"\r\n" + b"".join(parts)[:-3]
-        # Transparency (RFC 5321 section 4.5.2): a line's leading dot was doubled by the client.
-        return data.replace(b"\r\n.", b"\r\n")[2:], size
+    async def _read_message(self) -> tuple[MessageData | None, int]:
+        """The data up to <CRLF>.<CRLF> (spooled past a small bound) and the bytes read; None when over the size limit."""
+        return await read_data(self._reader, self.data_size_limit or 0, self.server.queue)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # Plain "<local@domain> params" skips the RFC 5322 parser (a tenth of a session's CPU).

@@ -30,7 +30,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -60,6 +60,9 @@ OPTIONS: dict[str, Option] = {
     "rate_window": Option("duration", 60.0, help="the time unit of max_auth_failures (as Postfix's anvil_rate_time_unit)"),
     "route": Option("list", ["mx"], help="transports relayed and picked-up mail leaves through"),
     "local_domains": Option("list", [], help="recipient domains any client may send to, without relay rights"),
+    "local_recipients": Option(
+        "list", [], help='the addresses of local_domains that exist ("@domain": all of it); others get 550 5.1.1 at RCPT'
+    ),
     "dkim": Option("bool", False, help="sign mail from `allow` clients with the [mail.dkim] keys (not AUTH or local mail)"),
     "pickup": Option("bool", True, help="take files dropped into STATE_DIR/pickup"),
     "pickup_interval": Option("duration", 1.0, help="how often the pickup folder is scanned"),
@@ -76,7 +79,9 @@ OPTIONS: dict[str, Option] = {
         "auto",
         help='receiving processes: "auto" = one per core but one (at least 1); 0 = receive in the agent\'s own process',
     ),
-    "stop_timeout": Option("duration", 20.0, help="on shutdown, how long transactions in flight may take to finish"),
+    "stop_timeout": Option(
+        "duration", 5.0, help="on shutdown, how long transactions in flight may take to finish; then their sessions get 421"
+    ),
 }
 
 
@@ -155,6 +160,8 @@ def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:
             Users.load(opts["users_file"])
         except (OSError, UsersFileError) as exc:
             check.error("relay.users_file", str(exc))
+    for keypath, message in read_local_recipients(opts)[1]:
+        check.error(keypath, message)
     try:
         check_route(cfg, list(opts.get("route") or []), Path(cfg.state_dir))
     except RelayConfigError as exc:
@@ -176,7 +183,7 @@ class RelayService:
         self.pickup: Any = None  # watcher.PickupWatcher
         self.w3c: Any = None
         self._flusher: asyncio.Task[None] | None = None
-        self._stop_timeout = 20.0
+        self._stop_timeout = 5.0
 
     async def start(self, context: ServiceContext) -> None:
         from alertmail import Badmail, __version__
@@ -211,6 +218,9 @@ class RelayService:
                 users = Users.load(opts["users_file"])
             except (OSError, UsersFileError) as exc:
                 raise RelayConfigError(f"relay.users_file: {exc}") from None
+        local_recipients, problems = read_local_recipients(opts)
+        if problems:
+            raise RelayConfigError(f"{problems[0][0]}: {problems[0][1]}")
         # aiosmtpd logs every command line at INFO (AUTH PLAIN data included): keep it quiet.
         logging.getLogger("mail.log").setLevel(logging.ERROR)
         policy = RelayPolicy(
@@ -218,6 +228,7 @@ class RelayService:
             allow=allow,
             users=users,
             local_domains=frozenset(d.lower().rstrip(".") for d in opts["local_domains"]),
+            local_recipients=local_recipients,
             max_size=opts["max_size"],
             max_recipients=opts["max_recipients"],
             max_commands=opts["max_commands"],
@@ -338,16 +349,19 @@ class RelayService:
         delivery = getattr(self, "_delivery", None)
         if delivery is not None and self._log_attempt in delivery.observers:
             delivery.observers.remove(self._log_attempt)
-        if self.receivers is not None:
-            await self.receivers.stop(self._stop_timeout)
-        if self.server is not None:
-            await self.server.stop(self._stop_timeout)
-        if self.pickup is not None:
-            await self.pickup.stop()
-        if self._flusher is not None:
-            self._flusher.cancel()
-        if self.w3c is not None:
-            self.w3c.close()
+        try:
+            if self.receivers is not None:
+                await self.receivers.stop(self._stop_timeout)
+            if self.server is not None:
+                await self.server.stop(self._stop_timeout)
+        finally:
+            # Also when the caller's time ran out (cancelled): the watcher and the log are closed all the same.
+            if self.pickup is not None:
+                await self.pickup.stop()
+            if self._flusher is not None:
+                self._flusher.cancel()
+            if self.w3c is not None:
+                self.w3c.close()
 
 
 def worker_count(value: Any) -> int:
@@ -359,6 +373,39 @@ def worker_count(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 256:
         return value
     raise RelayConfigError(f'relay.workers: expected "auto" or a number of processes from 0 to 256, got {value!r}')
+
+
+def read_local_recipients(opts: Mapping[str, Any]) -> tuple[frozenset[str], list[tuple[str, str]]]:
+    """``[relay].local_recipients`` lowercased, and what is wrong with it: (key path, message with the fix).
+
+    Each item is an address in one of ``local_domains``, or ``"@domain"`` for all of
+    that domain's addresses; each local domain needs at least one item, so that a
+    config written when any address of a local domain was taken says so at ``check``.
+    """
+    domains = {str(d).lower().rstrip(".") for d in opts.get("local_domains") or []}
+    found: set[str] = set()
+    problems: list[tuple[str, str]] = []
+    for i, item in enumerate(opts.get("local_recipients") or []):
+        local_part, at, domain = str(item).strip().lower().rpartition("@")
+        domain = domain.rstrip(".")
+        if not at or not domain or any(c in str(item) for c in " <>\r\n"):
+            problems.append((f"relay.local_recipients[{i}]", f'expected "user@domain" or "@domain", got {item!r}'))
+        elif domain not in domains:
+            problems.append(
+                (f"relay.local_recipients[{i}]", f"{domain} is not in relay.local_domains; add it there or remove {item!r}")
+            )
+        else:
+            found.add(f"{local_part}@{domain}")
+    listed = {address.rpartition("@")[2] for address in found}
+    for domain in sorted(domains - listed):
+        problems.append(
+            (
+                "relay.local_recipients",
+                f"no address of local domain {domain} is listed, so mail to it from outside `allow` would be refused "
+                f'(but for postmaster); list its addresses, e.g. ["ops@{domain}"], or "@{domain}" to take any of them',
+            )
+        )
+    return frozenset(found), problems
 
 
 def check_route(cfg: Any, route: Sequence[str], state_dir: Path) -> None:

@@ -173,6 +173,32 @@ def test_outside_clients_cannot_take_the_sessions_reserved_for_allow_clients(tmp
         assert relay.stop() == 0
 
 
+def test_with_the_default_caps_six_outside_addresses_leave_fifty_sessions_to_local_programs(tmp_path, sink):
+    relay = start_relay(tmp_path / "relay", sink, {"allow": ["127.0.0.1/32"]})
+
+    async def scenario() -> None:
+        held, refused = [], []
+        for n in range(2, 8):  # 127.0.0.2 .. 127.0.0.7, 50 sessions each (max_connections_per_client)
+            opened, no = await open_sessions(relay.port, [f"127.0.0.{n}"] * 50)
+            held += opened
+            refused += no
+        assert len(held) == 250 and len(refused) == 50, (len(held), len(refused))  # 300 - 50 reserved
+        local, refused_local = await open_sessions(relay.port, ["127.0.0.1"] * 50)
+        assert refused_local == [] and len(local) == 50
+        client = local[0]
+        await client.ehlo()
+        await client.sendmail("app@client.test", ["bob@example.test"], f"Message-Id: {mid}\r\n\r\nstill served\r\n")
+        for client in held + local:
+            client.close()
+
+    mid = message_id()
+    try:
+        asyncio.run(scenario())
+        assert len(received(sink, mid)) == 1
+    finally:
+        assert relay.stop() == 0
+
+
 # -- session lifetime and commands without progress ------------------------------
 
 

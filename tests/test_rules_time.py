@@ -108,12 +108,14 @@ def test_a_series_that_stops_before_a_restart_is_reported_absent_with_its_labels
 
     after = RuleEngine([rule])
     after.restore(snapshot)
-    events = []
-    for t in range(130, 200, 10):  # the agent is back 30 s later; sda reports, sdb does not
+    # The agent is back 70 s later: both last samples are older than `absent`, but no probe has run yet.
+    events = after.tick(T0 + 170)
+    for t in range(175, 260, 10):  # sda reports again, sdb does not
         events += after.observe([Sample("m", 1, {"disk": "sda"}, T0 + t)], T0 + t)
         events += after.tick(T0 + t)
-    assert [(e.kind, dict(e.labels), e.at - T0, e.since - T0) for e in events] == [("firing", {"disk": "sdb"}, 150, 90)]
-    assert events[0].duration == 60
+    # Every series gets `absent` after the start (170 s) to report again; sdb is absent since its last sample.
+    assert [(e.kind, dict(e.labels), e.at - T0, e.since - T0) for e in events] == [("firing", {"disk": "sdb"}, 235, 90)]
+    assert events[0].duration == 145
 
 
 def test_a_rule_narrowed_to_a_series_that_stopped_reports_it_with_labels_not_as_never_seen():
@@ -125,7 +127,7 @@ def test_a_rule_narrowed_to_a_series_that_stopped_reports_it_with_labels_not_as_
     after = RuleEngine([rule])
     after.restore(snapshot)
     events = [e for t in range(100, 200, 1) for e in after.tick(T0 + t)]
-    assert [(e.kind, dict(e.labels), e.at - T0, e.duration) for e in events] == [("firing", {"disk": "sdb"}, 150, 60)]
+    assert [(e.kind, dict(e.labels), e.at - T0, e.duration) for e in events] == [("firing", {"disk": "sdb"}, 160, 70)]
 
 
 def test_a_snapshot_keeps_only_the_last_seen_times_of_rules_that_watch_absent():

@@ -54,7 +54,8 @@ Semantics, in the order a sample meets them:
 firing incident is not mailed again, and its recovery still is. They also carry when
 each series of a rule with ``absent`` was last seen, so a series that stopped while the
 agent was down (or just before it stopped) is reported absent with its labels and the
-time since its last sample, not as a rule with no series since the start.
+time since its last sample, not as a rule with no series since the start. It is reported
+once ``absent`` has passed since the start too: every series gets that long to report again.
 
 **Time.** ``now`` must not jump: the caller reads a clock that only runs forward (the
 agent's wall clock, checked against the monotonic one). When the wall clock is stepped,
@@ -269,7 +270,9 @@ class RuleEngine:
             if rule.absent:
                 last = s.last_seen if s.last_seen is not None else self._started
                 if s.absent is None:
-                    if now - last >= rule.absent:
+                    # A last-seen time restored from before the start: every series gets `absent` after the
+                    # start to report again (no false alarm for one the agent was simply not running to see).
+                    if now - last >= rule.absent and now - self._started >= rule.absent:
                         s.absent = self._open_absent(c, s.labels, last, now)
                         out.append(self._event("firing", c, s.labels, s.absent, None, now, "firing"))
                 else:

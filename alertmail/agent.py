@@ -193,7 +193,7 @@ class Agent:
             if any(rule.absent for rule in self.rules) and hasattr(self, "_mail_queue"):
                 # When each series was last seen, saved (once the notifier is settled) so a crash cannot make
                 # a series that stops while the agent is down go unreported.
-                self._mail_queue.put_nowait(([], now, self.engine.snapshot()))
+                self._mail_queue.put_nowait(([], now, self.engine.snapshot(), self.clock.stepped))
         self._report_status(now)
         self._warn_silent_rules(now)
 
@@ -269,7 +269,7 @@ class Agent:
         the mails are queued, so a crash in between repeats a mail rather than losing it.
         """
         snapshot = self.engine.snapshot() if events else None
-        self._mail_queue.put_nowait((events, now, snapshot))
+        self._mail_queue.put_nowait((events, now, snapshot, self.clock.stepped))
 
     async def _mailer(self) -> None:
         """The one task that talks to the notifier, in the order events happened.
@@ -279,7 +279,10 @@ class Agent:
         """
         latest = None
         while True:
-            events, now, snapshot = await self._mail_queue.get()
+            events, now, snapshot, stepped = await self._mail_queue.get()
+            if self.clock.stepped != stepped:  # the wall clock was stepped since: times as the notifier now counts them
+                moved = self.clock.stepped - stepped
+                events, now = [event.shifted(moved) for event in events], now + moved
             latest = snapshot or latest
             try:
                 if events:

@@ -163,7 +163,7 @@ def test_a_step_back_of_ten_minutes_keeps_probes_for_and_absent_on_time(tmp_path
     assert len(step_lines(log)) == 1, log
 
 
-def test_a_step_forward_of_an_hour_mails_nothing(tmp_path):
+def test_a_step_forward_of_an_hour_mails_nothing_neither_absent_nor_a_reminder(tmp_path):
     config = write_config(
         tmp_path,
         """
@@ -179,14 +179,17 @@ def test_a_step_forward_of_an_hour_mails_nothing(tmp_path):
         repeat = "10m"
         """,
     )
+    (tmp_path / "plugins.d" / "value.txt").write_text("93")
     agent = SteppedAgent(tmp_path, config)
     try:
-        time.sleep(5)
+        wait_for(lambda: pickup_mails(tmp_path), timeout=30, what="the firing mail")
+        time.sleep(2)
         agent.step(3600)
         time.sleep(10)
         mails = pickup_mails(tmp_path)
     finally:
         log = agent.stop()
     assert agent.proc.returncode == 0, log
-    assert kinds(mails) == [], [m["Subject"] for m in mails]
+    # The firing mail of the start, and after the step nothing: no `absent` and its recovery, no reminder.
+    assert kinds(mails) == ["firing"], [m["Subject"] for m in mails]
     assert len(step_lines(log)) == 1 and "wall clock stepped by +3600 s" in step_lines(log)[0], log

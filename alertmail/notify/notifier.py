@@ -356,11 +356,12 @@ class Notifier:
             self._last_mail[rcpts] += delta
         self.storm.shift(delta)
         for rcpts, waiting in self._waiting.items():
-            self._waiting[rcpts] = [_shifted(event, delta) for event in waiting]
+            self._waiting[rcpts] = [event.shifted(delta) for event in waiting]
         for backlog in self.storm.backlog.values():
-            backlog.events[:] = [_shifted(event, delta) for event in backlog.events]
+            backlog.events[:] = [event.shifted(delta) for event in backlog.events]
         for held in self.held.values():
-            held.event = _shifted(held.event, delta)
+            held.event = held.event.shifted(delta)
+            self._dirty.add("held")
 
     @property
     def settled(self) -> bool:
@@ -488,8 +489,3 @@ class Notifier:
         except Exception:
             log.exception("collecting context for the mail failed; sending it without")
             return {}
-
-
-def _shifted(event: AlertEvent, delta: float) -> AlertEvent:
-    fired_at = event.fired_at + delta if event.fired_at is not None else None
-    return replace(event, since=event.since + delta, at=event.at + delta, fired_at=fired_at)

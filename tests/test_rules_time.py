@@ -288,3 +288,72 @@ def test_the_warning_writes_the_step_with_its_sign():
 
     assert describe(-600.2) == "\u2212600 s"
     assert describe(3600) == "+3600 s"
+
+
+# -- the agent: a step noticed at its next clock read moves what it holds -----------------
+
+
+def _agent_with_fake_clocks(tmp_path, rule: Rule, clocks: FakeClocks):
+    from alertmail.agent import Agent
+    from alertmail.clock import WallClock
+    from alertmail.config.load import Config
+
+    cfg = Config(path=tmp_path / "config.toml", agent={"state_dir": tmp_path}, mail={"to": []}, rules=[rule])
+    agent = Agent(cfg, plugins=None)
+    agent.clock = WallClock(wall=lambda: clocks.wall, monotonic=lambda: clocks.mono)
+    agent._mail_queue = asyncio.Queue()  # start() makes it, and the notifier
+    agent.notifier = Notifier(
+        sender="alertmail@test.example",
+        hostname="web01",
+        timezone="UTC",
+        route=["pickup"],
+        queue=MailCollector(),
+        state_dir=tmp_path,
+        render_options={"charts": "off"},
+        durable=False,
+    )
+    return agent
+
+
+def test_the_agent_moves_its_rules_and_charts_by_a_step_it_notices(tmp_path, caplog):
+    clocks = FakeClocks()
+    agent = _agent_with_fake_clocks(tmp_path, Rule("slow", "m", above=50, for_=60, to=("ops@test.example",)), clocks)
+
+    async def main():
+        mailer = asyncio.create_task(agent._mailer())
+        for t in range(0, 100, 10):
+            if t == 30:
+                clocks.wall -= 600  # set back ten minutes, between two probe runs
+            now = agent.now()
+            await agent.observe([Sample("m", 90, {}, now)], now)
+            clocks.advance(10)
+        await agent._mail_queue.join()
+        mailer.cancel()
+
+    with caplog.at_level("WARNING", logger="alertmail.agent"):
+        asyncio.run(main())
+    (mail,) = agent.notifier.queue.mails
+    assert mail.at == pytest.approx(T0 - 600 + 60, abs=1)  # `for` counted 60 s, shown on the stepped clock
+    assert [r.getMessage() for r in caplog.records if "stepped" in r.getMessage()] == [
+        "wall clock stepped by \u2212600 s; alert timers keep counting on the monotonic clock"
+    ]
+    points = agent.history.get("m", ())
+    assert [t - (T0 - 600) for t, _ in points] == list(range(0, 100, 10))  # in order, on the stepped clock
+
+
+def test_events_handed_to_the_mailer_before_a_step_take_the_step_along(tmp_path):
+    clocks = FakeClocks()
+    agent = _agent_with_fake_clocks(tmp_path, Rule("hot", "m", above=50, to=("ops@test.example",)), clocks)
+
+    async def main():
+        now = agent.now()
+        await agent.observe([Sample("m", 90, {}, now)], now)  # firing: handed over, not yet mailed
+        clocks.wall -= 600
+        agent.now()  # the step is noticed before the mailer takes the event
+        mailer = asyncio.create_task(agent._mailer())
+        await agent._mail_queue.join()
+        mailer.cancel()
+
+    asyncio.run(main())
+    (mail,) = agent.notifier.queue.mails
+    assert mail.at == pytest.approx(T0 - 600, abs=1)

@@ -134,7 +134,7 @@ def test_a_step_back_of_ten_minutes_keeps_probes_for_and_absent_on_time(tmp_path
         [[rules]]
         name = "gauge-gone"
         metric = "test.gauge"
-        absent = "6s"
+        absent = "10s"
         """,
     )
     agent = SteppedAgent(tmp_path, config)
@@ -154,13 +154,12 @@ def test_a_step_back_of_ten_minutes_keeps_probes_for_and_absent_on_time(tmp_path
         log = agent.stop()
     assert agent.proc.returncode == 0, log
     assert kinds(mails) == ["firing"], log  # and no `absent`: the probes never stopped
-    assert fired_after < 20, f"fired {fired_after:.0f} s after the value crossed, for = 8s"
+    assert fired_after < 25, f"fired {fired_after:.0f} s after the value crossed, for = 8s\n{log}"
     assert "gauge-high" in mails[0]["Subject"]
     # The mail shows the wall clock after the step.
     date = email.utils.parsedate_to_datetime(str(mails[0]["Date"])).timestamp()
-    assert abs(date - (expected_date - 3)) < 15, (mails[0]["Date"], expected_date)
-    assert step_lines(log) == [line for line in step_lines(log) if "wall clock stepped by \u2212600 s" in line]
-    assert len(step_lines(log)) == 1, log
+    assert abs(date - (expected_date - 3)) < 15, (mails[0]["Date"], expected_date, log)
+    assert len(step_lines(log)) == 1 and "wall clock stepped by \u2212600 s" in step_lines(log)[0], log
 
 
 def test_a_step_forward_of_an_hour_mails_nothing_neither_absent_nor_a_reminder(tmp_path):

@@ -344,6 +344,25 @@ class Notifier:
                 self.journal.mail(out.subject, out.envelope.recipients, out.kind, now, str(msg_id))
                 log.info("queued %s for %s: %s", msg_id, ", ".join(out.envelope.recipients), out.subject)
 
+    def shift(self, delta: float) -> None:
+        """The wall clock was stepped by ``delta`` seconds: move the group waits, the storm cap's hour and
+        digests, and the times of the events waiting, so every wait runs on the monotonic clock and the
+        mails show times of the wall clock after the step."""
+        if not delta:
+            return
+        for rcpts in self._flush_at:
+            self._flush_at[rcpts] += delta
+        for rcpts in self._last_mail:
+            self._last_mail[rcpts] += delta
+        self.storm.shift(delta)
+        for rcpts, waiting in self._waiting.items():
+            self._waiting[rcpts] = [event.shifted(delta) for event in waiting]
+        for backlog in self.storm.backlog.values():
+            backlog.events[:] = [event.shifted(delta) for event in backlog.events]
+        for held in self.held.values():
+            held.event = held.event.shifted(delta)
+            self._dirty.add("held")
+
     @property
     def settled(self) -> bool:
         """True when every event handed over is queued or held on disk: nothing lives only in memory."""

@@ -214,6 +214,12 @@ async def build_mail(cfg: Any, plugins: Any, rule: Rule, to: Sequence[str], chai
 
     prefix = " ".join(p for p in (SUBJECT_TAG, cfg.mail.get("subject_prefix") or "") if p)
     collector = MailCollector()
+    try:  # sealed as the agent seals, so the alertmanager transport takes the test alert
+        from alertmail.rules.wire import alert_key
+
+        key = alert_key(Path(cfg.state_dir))
+    except (OSError, ValueError):
+        key = None
     with tempfile.TemporaryDirectory(prefix="alertmail-send-test-") as folder:
         notifier = Notifier(
             sender=cfg.mail["from"],
@@ -227,6 +233,7 @@ async def build_mail(cfg: Any, plugins: Any, rule: Rule, to: Sequence[str], chai
             context_for=context_for,
             render_options=render_options(cfg, plugins),
             durable=False,
+            seal_key=key,
         )
         await notifier.notify([event], now)
     [mail] = collector.mails

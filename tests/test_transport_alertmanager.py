@@ -14,7 +14,7 @@ import pytest
 
 from alertmail.model import Envelope, Status, TransportContext
 from alertmail.rules.model import AlertEvent, Rule
-from alertmail.rules.wire import ALERTS_HEADER, SEAL_HEADER, alert_key, alerts_in, encode_alerts, seal
+from alertmail.rules.wire import ALERTS_HEADER, SEAL_HEADER, alert_key, alerts_in, encode_alerts, seal, sealed_alerts
 from tests.fleet_peers import Alertmanager, agent_config
 from tests.test_agent_e2e import start_agent, stop_agent, wait_for
 
@@ -266,3 +266,20 @@ def test_a_cluster_member_that_was_down_gets_the_firing_alert_with_the_next_rese
             log = stop_agent(agent)
     assert agent.returncode == 0, log
     assert "via alertmanager" in log and "deferred" not in log, "one member taking it is a delivery"
+
+
+def test_the_sealing_key_is_made_once_private_and_kept(tmp_path):
+    key = alert_key(tmp_path / "state")
+    assert len(key) == 32 and alert_key(tmp_path / "state") == key
+    assert (tmp_path / "state" / "alerts.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_sealed_message_is_taken_only_while_young_and_its_events_are_never_later_than_its_seal(tmp_path):
+    data = sealed(tmp_path, [event("firing", at=4_000_000_000.0)])  # an event dated after its own seal
+    key = alert_key(tmp_path)
+    alerts, why = sealed_alerts(data, [key], time.time())
+    assert why == "" and alerts[0]["sealed_at"] <= time.time()
+    assert sealed_alerts(data, [key], time.time() + 4 * 86400)[0] is None
+    am = transport(tmp_path, ["http://127.0.0.1:9"])
+    _, records = am._payload(alerts, now=time.time())
+    assert all(r["at"] <= time.time() + 10 for r in records.values())  # a far-future time cannot pin the alert

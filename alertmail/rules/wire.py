@@ -194,6 +194,7 @@ def sealed_alerts(
     if now - when > max_age:
         return None, f"sealed {int(now - when)} s ago, longer than {int(max_age)} s (an old message sent again)"
     try:
-        return [alert for value in values for alert in decode_alerts(value)], ""
+        # Each alert carries the time it was sealed: no event of it can be later than that.
+        return [{**alert, "sealed_at": float(when)} for value in values for alert in decode_alerts(value)], ""
     except ValueError as exc:
         return None, str(exc)

@@ -208,6 +208,8 @@ class AlertmanagerTransport:
         payload, records = [], {}
         for alert in alerts:
             at = float(alert.get("at") or now)
+            if "sealed_at" in alert:
+                at = min(at, float(alert["sealed_at"]) + CLOCK_SLACK)  # no event is later than its mail
             for key, body, active in self._converted(alert):
                 known = self.known.get(key)
                 if known is not None and known["at"] > at:

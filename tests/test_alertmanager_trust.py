@@ -16,7 +16,7 @@ import pytest
 from alertmail.rules.model import AlertEvent, Rule
 from alertmail.rules.wire import ALERTS_HEADER, SEAL_HEADER, encode_alerts, seal
 from tests.fleet_peers import Alertmanager, agent_config, http_get
-from tests.peers import free_port
+from tests.peers import free_port, wait_port
 from tests.relay_peers import swaks_to
 from tests.test_agent_e2e import start_agent, stop_agent, wait_for
 
@@ -155,3 +155,39 @@ def test_check_refuses_an_unreadable_key_file(tmp_path):
     )
     assert out.returncode == 78, out
     assert "transports.alertmanager.keys[0]: cannot read" in out.stderr + out.stdout
+
+
+@pytest.mark.peers
+def test_an_agent_whose_key_the_relay_lists_raises_its_alerts_through_the_relay(tmp_path):
+    with Alertmanager(tmp_path / "am") as am:
+        port = free_port()
+        relay = relay_config(tmp_path, am, port)
+        (relay.parent / "plugins.d" / "value.txt").write_text("12")  # the relay's own rule stays quiet
+        # The agent: mails to the relay; its key, copied to the relay host as an operator does.
+        agent_extra = f'\n[transports.smtp]\nservers = ["127.0.0.1:{port}"]\ntls = "none"\n\n[queue]\nretry = ["1s"]\n'
+        web = agent_config(tmp_path / "web01", agent_extra, route='["smtp"]')
+        web.write_text(web.read_text().replace('hostname = "web1.test"', 'hostname = "web01.test"'))
+        (web.parent / "plugins.d" / "value.txt").write_text("93.5")
+        (relay.parent / "fleet.key").write_bytes(alert_key_file(web.parent / "var"))
+        relay_proc = start_agent(relay)
+        web_proc = None
+        try:
+            wait_port("127.0.0.1", port, timeout=30)
+            web_proc = start_agent(web)
+            listed = wait_for(lambda: alertnames(am).get("gauge-high"), timeout=60, what="web01's alert via the relay")
+            assert listed["labels"]["instance"] == "web01.test"
+            (web.parent / "plugins.d" / "value.txt").write_text("12")
+            wait_for(lambda: "gauge-high" not in alertnames(am), timeout=60, what="web01's recovery via the relay")
+        finally:
+            web_log = stop_agent(web_proc) if web_proc is not None else ""
+            log = stop_agent(relay_proc)
+    assert relay_proc.returncode == 0, log
+    assert "not taken as alerts" not in log, log
+    assert web_proc is not None and web_proc.returncode == 0, web_log
+
+
+def alert_key_file(state_dir) -> bytes:
+    """The agent's STATE_DIR/alerts.key, made now as the agent would make it with its first mail."""
+    from alertmail.rules.wire import alert_key
+
+    return alert_key(state_dir).hex().encode() + b"\n"

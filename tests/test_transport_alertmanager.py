@@ -152,6 +152,12 @@ def test_a_resolved_incident_alertmanager_never_had_firing_is_sent_as_firing_for
     am.known.update({key: {**record, "at": 1005.0, "active": True, "told": 1500.0} for key, record in records.items()})
     [alert] = am._payload([alerts_in_event(event("resolved", at=2000.0))], now=3000.0)[0]
     assert alert["endsAt"] == 2000.0 and "missed" not in alert["annotations"]
+    # Kept by a version that did not note when Alertmanager took it: counts as told, a plain recovery.
+    [(key, body, _)] = am._converted(alerts_in_event(event("firing")))
+    (tmp_path / "alertmanager.json").write_text(json.dumps({key: {"at": 1010.0, "active": True, "alert": body}}))
+    am = transport(tmp_path, ["http://127.0.0.1:9"], missed_for=300.0)
+    [alert] = am._payload([alerts_in_event(event("resolved", at=2000.0))], now=3000.0)[0]
+    assert alert["endsAt"] == 2000.0 and "missed" not in alert["annotations"]
 
 
 def am_config(tmp_path, urls, extra=""):

@@ -415,7 +415,11 @@ class AlertmanagerTransport:
         except (OSError, ValueError) as exc:
             log.error("%s is unreadable (%s); firing alerts are sent again with their next event", self.state_file, exc)
             return {}
-        return {k: v for k, v in data.items() if isinstance(v, dict) and {"at", "active", "alert"} <= v.keys()}
+        kept = {k: v for k, v in data.items() if isinstance(v, dict) and {"at", "active", "alert"} <= v.keys()}
+        for record in kept.values():
+            # Kept by a version that did not note it: a firing alert it handed over had been taken.
+            record.setdefault("told", record["at"] if record["active"] else None)
+        return kept
 
     def _save(self, now: float) -> None:
         for key in [k for k, v in self.known.items() if not v["active"] and now - v["at"] > FORGET_AFTER]:

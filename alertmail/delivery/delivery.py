@@ -202,6 +202,7 @@ class Delivery:
         # Asked for by `alertmail queue retry`: a manual retry is not an attempt and moves no backoff on.
         self._manual: set[str] = set()
         self._scan_now = False  # the command line left a request and said so (SIGUSR1)
+        self._connect(transports)
 
     async def start(self) -> None:
         """Resume every queued message and start taking new ones."""
@@ -247,6 +248,7 @@ class Delivery:
         """Take a reloaded config: messages held for a missing transport, or waiting for one that
         changed, are tried at once. Returns how many were."""
         self.transports = transports
+        self._connect(transports)
         self.policy = policy
         self.default_route = list(default_route)
         self.concurrency = max(1, concurrency)
@@ -261,6 +263,31 @@ class Delivery:
                 heapq.heappush(self._due, (now, entry.id))
                 again += 1
         self._wake.set()
+        return again
+
+    # -- a transport whose peer answers again ------------------------------------
+
+    def _connect(self, transports: Mapping[str, Transport]) -> None:
+        """A transport that can tell when its peer answers again (alertmanager) has a ``retry_waiting``
+        attribute: it is given a callable that tries the messages waiting for it at once."""
+        for name, transport in transports.items():
+            if hasattr(transport, "retry_waiting"):
+                transport.retry_waiting = functools.partial(self.retry_waiting_on, name)
+
+    def retry_waiting_on(self, name: str) -> int:
+        """Messages whose route has transport ``name`` and that wait for their next try are due now."""
+        now = time.time()
+        again = 0
+        for entry in self.queue.entries():
+            if entry.id in self._in_flight or entry.id in self.held or entry.next_try <= now:
+                continue
+            if name in (entry.route or self.default_route):
+                entry.next_try = now
+                heapq.heappush(self._due, (now, entry.id))
+                again += 1
+        if again:
+            log.info("%s answers again: %d message(s) waiting for it are tried now", name, again)
+            self._wake.set()
         return again
 
     def _queued(self, entry: Entry) -> None:

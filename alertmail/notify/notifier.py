@@ -43,7 +43,7 @@ from alertmail.notify.runtime_silences import SilenceSet
 from alertmail.notify.storm import StormGuard, render_digest
 from alertmail.notify.storm import check_config as check_storm
 from alertmail.rules.model import AlertEvent, Rule
-from alertmail.rules.wire import ALERTS_HEADER, encode_alerts
+from alertmail.rules.wire import ALERTS_HEADER, SEAL_HEADER, alert_key, encode_alerts, seal
 
 if TYPE_CHECKING:
     from alertmail.render.view import RenderContext
@@ -114,6 +114,7 @@ class Notifier:
         rules: Sequence[Rule] = (),
         render_options: Mapping[str, Any] | None = None,
         durable: bool = True,
+        seal_key: bytes | None = None,
     ) -> None:
         self.sender = sender
         self.hostname = hostname
@@ -137,6 +138,7 @@ class Notifier:
         self.held_file = self.state_dir / "silenced.json"
         self.held: dict[str, Held] = self._load_held()
         self.journal = Journal(self.state_dir / "logs" / "alerts.jsonl")
+        self._seal_key = seal_key  # STATE_DIR/alerts.key, read (or made) with the first mail
         self._waiting: dict[tuple[str, ...], list[AlertEvent]] = {}
         self._flush_at: dict[tuple[str, ...], float] = {}
         self._last_mail: dict[tuple[str, ...], float] = {}  # when each set of recipients last got a mail
@@ -429,7 +431,7 @@ class Notifier:
         msg["X-Alertmail-Incident"] = " ".join(sorted({e.incident for e in events}))
         kinds = sorted({e.kind for e in events})
         msg["X-Alertmail-Kind"] = ",".join(kinds)
-        msg[ALERTS_HEADER] = encode_alerts(events, self.hostname)  # the facts, for transports such as alertmanager
+        self.seal(msg, encode_alerts(events, self.hostname), now)  # the facts, for transports such as alertmanager
         return Outgoing(message_bytes(msg), Envelope(self.sender, tuple(to)), str(msg["Subject"]))
 
     def _compose_digest(self, events: list[AlertEvent], since: float, rcpt: str, now: float) -> Outgoing:
@@ -442,10 +444,24 @@ class Notifier:
         self._headers(msg, [rcpt], message_id, now)
         msg["X-Alertmail-Kind"] = "digest"
         msg["X-Alertmail-Digest"] = str(len(events))
-        msg[ALERTS_HEADER] = encode_alerts(events, self.hostname)
+        self.seal(msg, encode_alerts(events, self.hostname), now)
         for event in events:
             self.journal.record(event, f"digest:{rcpt}", now)
         return Outgoing(message_bytes(msg), Envelope(self.sender, (rcpt,)), str(msg["Subject"]), "digest")
+
+    def seal(self, msg: EmailMessage, alerts: str | None, now: float) -> None:
+        """Put ``alerts`` (the ``X-Alertmail-Alerts`` value; None for mail without alerts) into ``msg`` with the
+        agent's seal: the alertmanager transport takes alerts only from sealed mail, never from what a
+        relayed message's headers claim."""
+        if alerts is not None:
+            msg[ALERTS_HEADER] = alerts
+        try:
+            key = self._seal_key = self._seal_key or alert_key(self.state_dir)
+        except (OSError, ValueError) as exc:
+            key = None
+            log.error("cannot read or make the sealing key (%s): this mail is not taken as an alert by alertmanager", exc)
+        if key is not None:
+            msg[SEAL_HEADER] = seal([alerts] if alerts is not None else [], key, now)
 
     def _context_base(self) -> RenderContext:
         from alertmail.render.view import RenderContext

@@ -448,6 +448,12 @@ def check_route(cfg: Any, route: Sequence[str], state_dir: Path) -> None:
     for name in route:
         if name not in transports:
             raise RelayConfigError(f"relay.route: no [transports.{name}] table; add one (it says how relayed mail leaves)")
+    if route[-1] == "alertmanager":
+        # It takes only alerts an agent sealed; any other relayed mail needs a mail transport after it.
+        raise RelayConfigError(
+            "relay.route: ends with alertmanager, which takes only alerts sealed by a trusted agent, never other mail; "
+            'add a mail transport after it, e.g. ["alertmanager", "smtp"]'
+        )
     if "pickup" in route:
         folder = transports["pickup"].get("directory") or state_dir / "pickup"
         if Path(folder).resolve() == (state_dir / "pickup").resolve():

@@ -61,6 +61,9 @@ class Entry:
     sender: str
     recipients: dict[str, RecipientState]
     route: list[str] | None = None  # None: the configured default route
+    # The config key whose route the message follows ("mail.route", "mail.also_route", "relay.route"),
+    # resolved again at each attempt; "" for a route given as such (``route`` is then kept as it is).
+    route_key: str = ""
     origin: str = "agent"  # "agent", "relay", "pickup", "dsn", "resend"
     size: int = 0
     attempts: int = 0
@@ -71,6 +74,8 @@ class Entry:
     segment: str = ""  # the segment holding the message; set when it is read back
     offset: int = 0  # where its bytes start in the segment
     crc: int | None = None  # zlib.crc32 of the message bytes; None in segments written before checksums
+    held: str = ""  # why no attempt can be made (its route names a transport the config lacks); "" when none
+    held_since: float = 0.0  # when it was first found so
 
     @property
     def envelope(self) -> Envelope:

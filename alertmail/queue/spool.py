@@ -135,6 +135,10 @@ class Queue:
         self._retirer: asyncio.Task[None] | None = None
         # What load() found damaged, by segment, for recover() to set aside and `queue list --corrupt` to show.
         self.damaged: dict[str, records.Scan] = {}
+        # Files load() could not read (permissions, I/O errors): damage too, kept in place for a fix.
+        self.unreadable: dict[str, str] = {}  # file name -> why
+        self.bad_states: dict[str, str] = {}  # id -> why its state file was not taken (set aside by recover())
+        self.lost: dict[str, str] = {}  # id -> what the state file of a message lost in damage says of it
 
     # -- life cycle ---------------------------------------------------------
 
@@ -211,9 +215,18 @@ class Queue:
         self.load()
         for segment in list(self.damaged):
             self._set_aside(segment)
+        for msg_id, reason in [*self.bad_states.items(), *self.lost.items()]:
+            path = self.folder / f"{msg_id}.json"
+            if path.is_file():
+                kept = self._move_to_corrupt(path, path.name, [reason])
+                log.error("queue: state file of message %s set aside in %s: %s", msg_id, kept, reason)
+        for name, reason in self.unreadable.items():
+            log.error("queue: %s is damaged, kept in place: %s", name, reason)
         for name in os.listdir(self.folder):
             stem, _, suffix = name.partition(".")
-            orphan = (suffix == "done" and stem not in self._live) or (suffix == "json" and stem not in self._entries)
+            orphan = (suffix == "done" and stem not in self._live and f"{stem}.seg" not in self.unreadable) or (
+                suffix == "json" and stem not in self._entries
+            )
             if orphan and valid_id(stem) and (self.folder / name).is_file():
                 (self.folder / name).unlink(missing_ok=True)
         for segment, live in list(self._live.items()):
@@ -226,6 +239,7 @@ class Queue:
         Only records that verify are loaded; what does not is noted in ``damaged``.
         """
         self._entries, self._live, self.damaged = {}, {}, {}
+        self.unreadable, self.bad_states, self.lost = {}, {}, {}
         if not self.folder.is_dir():
             return
         names = set(os.listdir(self.folder))
@@ -234,13 +248,17 @@ class Queue:
                 continue
             segment = name[:-4]
             path = self.folder / name
-            if not valid_id(segment) or not path.is_file() or path.is_symlink():
+            if not valid_id(segment):
                 log.warning("queue: skipping stray %s: not a segment the queue wrote", path)
+                continue
+            if not path.is_file() or path.is_symlink():
+                kind = "a symbolic link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
+                self.unreadable[name] = f"named like a segment but {kind}; left as it is"
                 continue
             try:
                 scan = records.scan(path)
             except OSError as exc:
-                log.warning("queue: skipping %s: %s", path, exc)
+                self.unreadable[name] = f"unreadable ({exc.strerror or exc}); its messages wait until it can be read"
                 continue
             if scan.damage:
                 self.damaged[segment] = scan
@@ -254,11 +272,40 @@ class Queue:
                     entry = self._with_state(entry)
                 self._entries[entry.id] = entry
                 live.add(entry.id)
+        for name in sorted(names):
+            stem, _, suffix = name.partition(".")
+            if suffix == "json" and valid_id(stem) and stem not in self._entries and (self.folder / name).is_file():
+                self._orphan_state(stem, names)
+
+    def _orphan_state(self, msg_id: str, names: set[str]) -> None:
+        """A state file whose message was not loaded: left over by a finished message (stale), or
+        the last word on a message lost in damage, which is then named in ``lost``."""
+        try:
+            state, _ = records.read_state((self.folder / f"{msg_id}.json").read_bytes())
+        except OSError as exc:
+            self.bad_states[msg_id] = f"state file of message {msg_id} unreadable ({exc.strerror or exc})"
+            return
+        except records.DamagedRecord as exc:
+            self.bad_states[msg_id] = f"state file of message {msg_id} damaged ({exc.args[0]}); no queued record of it"
+            return
+        segment = str(state.segment)
+        in_damage = segment in self.damaged or f"{segment}.seg" in self.unreadable
+        finished = f"{segment}.seg" not in names or msg_id in self._done_ids(segment)
+        if in_damage or not finished:
+            states = ", ".join(f"<{r}> {s.status}" for r, s in state.recipients.items())
+            self.lost[msg_id] = (
+                f"message {msg_id} not delivered: its record in segment {segment} is damaged or gone; "
+                f"its last state says: {records.known(state)}, {state.attempts} attempt(s); {states}"
+            )
 
     def _done_ids(self, segment: str) -> set[str]:
         try:
             return set((self.folder / f"{segment}.done").read_text().split())
-        except (OSError, UnicodeDecodeError):
+        except FileNotFoundError:
+            return set()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            self.unreadable[f"{segment}.done"] = f"unreadable ({reason}); its finished messages may go out once more"
             return set()
 
     def _set_aside(self, segment: str) -> None:
@@ -317,6 +364,10 @@ class Queue:
         out: list[tuple[Path, str]] = []
         for segment, scan in sorted(self.damaged.items()):
             out.append((self.folder / f"{segment}.seg", "; ".join(d.describe() for d in scan.damage)))
+        for name, reason in sorted(self.unreadable.items()):
+            out.append((self.folder / name, reason))
+        for msg_id, reason in sorted({**self.bad_states, **self.lost}.items()):
+            out.append((self.folder / f"{msg_id}.json", reason))
         corrupt = self.folder / "corrupt"
         if corrupt.is_dir():
             for path in sorted(corrupt.iterdir()):
@@ -330,16 +381,28 @@ class Queue:
         return out
 
     def _with_state(self, entry: Entry) -> Entry:
-        """``entry`` with the metadata its delivery attempts saved."""
+        """``entry`` with the metadata its delivery attempts saved, when that verifies and agrees with
+        the verified record; else ``entry`` as queued (its recipients all tried again: at least once)."""
         try:
-            state = Entry.from_json((self.folder / f"{entry.id}.json").read_bytes())
+            state, _ = records.read_state((self.folder / f"{entry.id}.json").read_bytes())
         except FileNotFoundError:
             return entry
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            log.error("queue: state of %s is unreadable (%s); starting it over", entry.id, exc)
-            return entry
-        state.segment, state.offset, state.size, state.crc = entry.segment, entry.offset, entry.size, entry.crc
-        return state
+        except OSError as exc:
+            reason = f"unreadable ({exc.strerror or exc})"
+        except records.DamagedRecord as exc:
+            reason = str(exc.args[0])
+        else:
+            wrong = _disagreement(state, entry)
+            if not wrong:
+                state.segment, state.offset, state.size, state.crc = entry.segment, entry.offset, entry.size, entry.crc
+                return state
+            reason = f"it disagrees with the message's verified record ({wrong})"
+        self.bad_states[entry.id] = (
+            f"state file of message {entry.id} damaged: {reason}; "
+            "delivery started over from the verified record (recipients already served may get it twice)"
+        )
+        log.error("queue: %s", self.bad_states[entry.id])
+        return entry
 
     # -- writing ------------------------------------------------------------
 
@@ -517,7 +580,7 @@ class Queue:
         if entry.id not in self._entries:
             return  # finished or deleted meanwhile: do not resurrect its state
         try:
-            self._write_file(self.folder / f"{entry.id}.json", entry.to_json())
+            self._write_file(self.folder / f"{entry.id}.json", records.encode_state(entry))
             if self.fsync:
                 self._fsync_folder()
         except OSError as exc:
@@ -696,6 +759,20 @@ class Queue:
                 entry.next_try = now
                 self.write_state(entry)
         return targets
+
+
+def _disagreement(state: Entry, record: Entry) -> str:
+    """What a state file says that its message's verified record does not ("": they agree).
+
+    The envelope, route and origin are fixed when a message is queued; a state file may
+    change only how each recipient stands.
+    """
+    for name in ("id", "sender", "created", "origin", "route", "route_key"):
+        if getattr(state, name) != getattr(record, name):
+            return name
+    if list(state.recipients) != list(record.recipients):
+        return "recipients"
+    return ""
 
 
 @dataclass(frozen=True)

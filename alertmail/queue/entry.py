@@ -10,6 +10,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -25,6 +26,33 @@ def new_id() -> str:
 
 def valid_id(text: str) -> bool:
     return bool(ID_PATTERN.match(text))
+
+
+# The config keys that name a route; a queued message records which one it follows.
+ROUTE_KEYS = ("mail.route", "mail.also_route", "relay.route")
+
+
+def relayed(origin: str) -> bool:
+    """True for mail the relay took in (SMTP or the pickup folder): it follows relay.route."""
+    return origin == "pickup" or origin.startswith("relay")
+
+
+def route_key_for(route: Sequence[str] | None, origin: str, routes: Mapping[str, Sequence[str]]) -> str:
+    """The config key whose route a message queued with ``route`` by ``origin`` follows ("" for none).
+
+    The agent's mail follows [mail].route (or also_route, when it was queued on that one);
+    relayed and picked-up mail follows [relay].route; a message with no route follows
+    [mail].route anyway (the default); any other route is kept as it was given.
+    """
+    if not route:
+        return ""
+    if relayed(origin):
+        return "relay.route"
+    if origin == "agent":
+        for key in ("mail.route", "mail.also_route"):
+            if key in routes and list(routes[key]) == list(route):
+                return key
+    return ""
 
 
 @dataclass

@@ -59,7 +59,7 @@ from alertmail.errors import AlertmailError
 from alertmail.fsutil import fsync_dir, lock, write_atomic
 from alertmail.model import Envelope
 from alertmail.queue import segment as records
-from alertmail.queue.entry import Entry, RecipientState, new_id, valid_id
+from alertmail.queue.entry import Entry, RecipientState, new_id, route_key_for, valid_id
 
 log = logging.getLogger("alertmail.queue.spool")
 
@@ -116,6 +116,8 @@ class Queue:
         self.sign = sign
         self.sign_origins = frozenset(sign_origins)
         self.stats = QueueStats()
+        # The routes the config names, by key ("mail.route": [...]): a put records which one it follows.
+        self.routes: dict[str, list[str]] = {}
         self._entries: dict[str, Entry] = {}
         self._live: dict[str, set[str]] = {}  # segment -> ids not yet finished
         self._pending: list[tuple[Entry, bytes, asyncio.Future[None]]] = []
@@ -406,8 +408,19 @@ class Queue:
 
     # -- writing ------------------------------------------------------------
 
-    async def put(self, data: bytes, envelope: Envelope, *, route: Sequence[str] | None = None, origin: str = "agent") -> str:
+    async def put(
+        self,
+        data: bytes,
+        envelope: Envelope,
+        *,
+        route: Sequence[str] | None = None,
+        origin: str = "agent",
+        route_key: str | None = None,
+    ) -> str:
         """Queue ``data`` for ``envelope``; return its id once it is durable.
+
+        ``route_key`` names the config key whose route it follows at each attempt ("mail.route",
+        "relay.route"); None: worked out from ``route`` and ``origin`` (``entry.route_key_for``).
 
         Raises QueueWriteError when it cannot be made durable; then nothing of it remains.
         """
@@ -427,6 +440,7 @@ class Queue:
             sender=envelope.sender,
             recipients={r: RecipientState() for r in dict.fromkeys(envelope.recipients)},
             route=list(route) if route else None,
+            route_key=route_key_for(route, origin, self.routes) if route_key is None else route_key,
             origin=origin,
             size=len(data),
             next_try=now,

@@ -143,10 +143,10 @@ def test_a_message_lost_whole_is_named_by_its_state_file_which_is_kept(tmp_path,
     assert msg_id in out.output, out.output
 
 
-def test_an_unreadable_segment_counts_as_damage_and_is_kept_in_place(tmp_path, monkeypatch):
+def test_an_unreadable_segment_counts_as_damage_and_is_kept_in_place_with_its_state(tmp_path, monkeypatch):
     config = write_config(tmp_path)
     folder = tmp_path / "var" / "queue"
-    run(fill(folder, 1))
+    msg_id = run(with_state(folder))
     seg = segment(folder)
     real_scan = records.scan
 
@@ -162,7 +162,7 @@ def test_an_unreadable_segment_counts_as_damage_and_is_kept_in_place(tmp_path, m
     assert run(contents(folder)) == {}
     assert seg.is_file(), "kept in place: it delivers once it can be read"
     monkeypatch.setattr(records, "scan", real_scan)
-    assert len(run(contents(folder))) == 1
+    assert run(loaded(folder))[msg_id].attempts == 1, "its state waited with it"
 
 
 def test_a_folder_named_like_a_segment_counts_as_damage(tmp_path):

@@ -141,6 +141,7 @@ class Queue:
         self.unreadable: dict[str, str] = {}  # file name -> why
         self.bad_states: dict[str, str] = {}  # id -> why its state file was not taken (set aside by recover())
         self.lost: dict[str, str] = {}  # id -> what the state file of a message lost in damage says of it
+        self._waiting_states: set[str] = set()  # ids whose state file waits with its unreadable segment
 
     # -- life cycle ---------------------------------------------------------
 
@@ -227,7 +228,7 @@ class Queue:
         for name in os.listdir(self.folder):
             stem, _, suffix = name.partition(".")
             orphan = (suffix == "done" and stem not in self._live and f"{stem}.seg" not in self.unreadable) or (
-                suffix == "json" and stem not in self._entries
+                suffix == "json" and stem not in self._entries and stem not in self._waiting_states
             )
             if orphan and valid_id(stem) and (self.folder / name).is_file():
                 (self.folder / name).unlink(missing_ok=True)
@@ -241,7 +242,7 @@ class Queue:
         Only records that verify are loaded; what does not is noted in ``damaged``.
         """
         self._entries, self._live, self.damaged = {}, {}, {}
-        self.unreadable, self.bad_states, self.lost = {}, {}, {}
+        self.unreadable, self.bad_states, self.lost, self._waiting_states = {}, {}, {}, set()
         if not self.folder.is_dir():
             return
         names = set(os.listdir(self.folder))
@@ -291,9 +292,11 @@ class Queue:
             self.bad_states[msg_id] = f"state file of message {msg_id} damaged ({exc.args[0]}); no queued record of it"
             return
         segment = str(state.segment)
-        in_damage = segment in self.damaged or f"{segment}.seg" in self.unreadable
+        if f"{segment}.seg" in self.unreadable:
+            self._waiting_states.add(msg_id)  # kept for when its segment can be read again
+            return
         finished = f"{segment}.seg" not in names or msg_id in self._done_ids(segment)
-        if in_damage or not finished:
+        if segment in self.damaged or not finished:
             states = ", ".join(f"<{r}> {s.status}" for r, s in state.recipients.items())
             self.lost[msg_id] = (
                 f"message {msg_id} not delivered: its record in segment {segment} is damaged or gone; "

@@ -9,12 +9,17 @@ Layout of ``state_dir/queue``::
     <seg>.done      ids of that segment's messages that are finished (appended; no
                     fsync: a crash that loses a line means one more delivery, never less).
     <id>.json       a message's metadata after delivery attempts (rewritten atomically,
-                    fsynced); it supersedes the metadata line in the segment.
+                    fsynced): a header line with its length and CRC-32, then the JSON. It
+                    supersedes the metadata line in the segment for how each recipient
+                    stands, never for the envelope: one that fails its checksum or disagrees
+                    with the verified record is set aside and the message starts over.
     .<name>.tmp     a file being written; a crash leaves it behind and start() drops it.
     control/        requests from the command line to a running agent (retry, delete, resend).
     corrupt/        damaged bytes set aside, never deleted: ``<seg>.seg`` a damaged segment
                     (its intact messages were written into a new one), ``<id>.msg`` a message
-                    found damaged when read for delivery; ``.txt`` next to each says what was wrong.
+                    found damaged when read for delivery, ``<id>.json`` a damaged state file or
+                    the state of a message lost in damage; ``.txt`` next to each says what was
+                    wrong and names every message lost, with what is known of it.
     lock            held (flock) by the one process that owns the queue.
 
 Every record is verified when the queue loads and the message again when it is read for

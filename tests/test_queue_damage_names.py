@@ -6,6 +6,7 @@ file that cannot be read counts as damage.
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import zlib
 from pathlib import Path
@@ -186,3 +187,18 @@ def test_queue_list_warns_of_a_damaged_state_file_and_a_start_sets_it_aside(tmp_
     assert "damaged" in out.output, out.output
     asyncio.run(loaded(folder))
     assert (folder / "corrupt" / f"{msg_id}.json").is_file()
+
+
+def test_a_segment_finished_while_the_folder_is_read_is_not_damage(tmp_path, monkeypatch):
+    """`queue list` reads a folder the agent keeps changing: a segment or state file removed
+    between the listing and the read is gone, not unreadable."""
+    from alertmail.queue.entry import new_id
+
+    folder = tmp_path / "queue"
+    run(fill(folder, 1))
+    gone = [f"{new_id()}.seg", f"{new_id()}.json"]
+    real = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda path=".": [*real(path), *gone] if Path(path) == folder else real(path))
+    queue = Queue(folder)
+    queue.load()
+    assert len(queue.entries()) == 1 and queue.corrupt() == []

@@ -54,6 +54,7 @@ import contextlib
 import errno
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -259,12 +260,18 @@ class Queue:
             if not valid_id(segment):
                 log.warning("queue: skipping stray %s: not a segment the queue wrote", path)
                 continue
-            if not path.is_file() or path.is_symlink():
-                kind = "a symbolic link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
+            try:
+                mode = path.lstat().st_mode
+            except FileNotFoundError:
+                continue  # finished and removed since the listing
+            if not stat.S_ISREG(mode):
+                kind = "a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
                 self.unreadable[name] = f"named like a segment but {kind}; left as it is"
                 continue
             try:
                 scan = records.scan(path)
+            except FileNotFoundError:
+                continue  # finished and removed since the listing (another process owns the queue)
             except OSError as exc:
                 self.unreadable[name] = f"unreadable ({exc.strerror or exc}); its messages wait until it can be read"
                 continue
@@ -290,6 +297,8 @@ class Queue:
         the last word on a message lost in damage, which is then named in ``lost``."""
         try:
             state, _ = records.read_state((self.folder / f"{msg_id}.json").read_bytes())
+        except FileNotFoundError:
+            return  # removed since the listing
         except OSError as exc:
             self.bad_states[msg_id] = f"state file of message {msg_id} unreadable ({exc.strerror or exc})"
             return

@@ -6,8 +6,8 @@ file that cannot be read counts as damage.
 from __future__ import annotations
 
 import asyncio
-import os
 import logging
+import os
 import zlib
 from pathlib import Path
 

@@ -18,10 +18,13 @@ goes to the smart host) and ``"smarthost"`` (always the smart host). A smart hos
 written ``[10.10.10.1]:25`` is an address and skips DNS; a name is looked up as a
 host (A/AAAA), not as a mail domain.
 
-TLS towards MX hosts is opportunistic, as between MTAs (RFC 7435): STARTTLS when
-offered, certificates not checked, and plain text on a new connection when the
+TLS towards MX hosts is opportunistic by default, as between MTAs (RFC 7435): STARTTLS
+when offered, certificates not checked, and plain text on a new connection when the
 TLS handshake fails, since a cleartext delivery is what opportunistic TLS accepts
-anyway and a broken TLS stack at the far end must not hold mail for days.
+anyway and a broken TLS stack at the far end must not hold mail for days. With
+``tls = "required"`` (or ``smart_host_tls`` for the smart host alone) nothing goes in
+clear text: no STARTTLS, a failed handshake or, with ``tls_verify``, a certificate that
+fails its check is a temporary failure with the reason.
 
     [transports.mx]
     mode = "mx-then-smarthost"
@@ -63,6 +66,7 @@ from alertmail.plugins.transports.smtpclient import (
 )
 
 log = logging.getLogger("alertmail.transport.mx")
+TLS_CHOICES = ("opportunistic", "required", "none")
 
 
 class RouteError(AlertmailError):
@@ -113,9 +117,13 @@ class MxTransport:
         "tls": Option(
             "str",
             "opportunistic",
-            help="opportunistic (STARTTLS when offered, unverified) or none",
-            choices=("opportunistic", "none"),
+            help="opportunistic (STARTTLS when offered, unverified), required (never in clear text) or none",
+            choices=TLS_CHOICES,
         ),
+        "tls_verify": Option("bool", False, help='with tls = "required": check the certificate chain and the host name'),
+        "ca_file": Option("path", None, help="PEM file of CA certificates to trust instead of the system's"),
+        "smart_host_tls": Option("str", None, help="tls for the smart host; default: as tls", choices=TLS_CHOICES),
+        "smart_host_tls_verify": Option("bool", None, help="tls_verify for the smart host; default: as tls_verify"),
         **TIMEOUT_OPTIONS,
     }
 
@@ -147,10 +155,27 @@ class MxTransport:
             self.smart_host = (host, port, is_ip(host))
         elif self.mode != "mx":
             raise ValueError(f'transports.mx: mode = "{self.mode}" needs smart_host, e.g. smart_host = "[10.10.10.1]:25"')
+        tls = options.get("tls") or "opportunistic"
+        verify = bool(options.get("tls_verify"))
+        smart_tls = options.get("smart_host_tls") or tls
+        smart_verify = verify if options.get("smart_host_tls_verify") is None else bool(options["smart_host_tls_verify"])
+        for key, mode, check in (("tls_verify", tls, verify), ("smart_host_tls_verify", smart_tls, smart_verify)):
+            if check and mode != "required":
+                needs = key.replace("_verify", "")
+                raise ValueError(
+                    f'transports.mx.{key}: certificates are checked only when TLS is required; set {needs} = "required"'
+                )
+        # The smart host's own policy travels with its endpoint (see smtpclient.Endpoint).
+        self.smart_host_tls: dict[str, Any] = {"tls": smart_tls, "verify": smart_verify}
+        if smart_tls == "required":
+            self.smart_host_tls["policy"] = 'smart_host_tls = "required"' if options.get("smart_host_tls") else 'tls = "required"'
+        ca_file = options.get("ca_file")
         settings = SessionSettings(
             helo=helo_name(options.get("helo") or context.hostname, "transports.mx.helo"),
             timeouts=Timeouts.from_options(options),
-            tls=options.get("tls") or "opportunistic",
+            tls=tls,
+            tls_verify=verify,
+            ca_file=str(ca_file) if ca_file else None,
         )
         idle = options.get("idle_timeout")
         from alertmail.plugins.transports.smtppool import SessionPool  # the session code loads with a transport in use
@@ -204,12 +229,19 @@ class MxTransport:
         host, port, literal = self.smart_host
         failures: list[RecipientStatus] = []
         hosts = [(host, [host] if literal else None)]
-        found = await self.pool.deliver(self._mx_endpoints(hosts, failures, port), sender, recipients, data)
+        found = await self.pool.deliver(
+            self._mx_endpoints(hosts, failures, port, tls=self.smart_host_tls), sender, recipients, data
+        )
         fallback = failures[-1] if failures else _temporary(f"no address found for smart host {host}")
         return {r: found.get(r, fallback) for r in recipients}
 
     async def _mx_endpoints(
-        self, hosts: list[tuple[str, list[str] | None]], failures: list[RecipientStatus], port: int | None = None
+        self,
+        hosts: list[tuple[str, list[str] | None]],
+        failures: list[RecipientStatus],
+        port: int | None = None,
+        *,
+        tls: dict[str, Any] | None = None,
     ) -> AsyncGenerator[Endpoint, None]:
         """Each host's addresses in turn, looked up only when the hosts before failed."""
         for host, addresses in hosts:
@@ -225,7 +257,7 @@ class MxTransport:
                     failures.append(_temporary(f"mail server {host} has no address record"))
                     continue
             for address in addresses:
-                yield Endpoint(host, port or self.port, address)
+                yield Endpoint(host, port or self.port, address, **(tls or {}))
 
     async def _mx_hosts(self, domain: str) -> list[tuple[str, list[str] | None]]:
         """The domain's mail servers, best first (addresses looked up later), or RouteError."""

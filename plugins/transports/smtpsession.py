@@ -12,6 +12,7 @@ command-by-command exchange gives for the same replies.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import socket
@@ -121,7 +122,9 @@ async def open_session(endpoint: Endpoint, settings: SessionSettings, log: loggi
     if sock is None:
         raise SessionError(failure_status(last_error or OSError("no address"), remote))
 
-    implicit = settings.tls == "implicit"
+    tls = endpoint.tls or settings.tls
+    verify = endpoint.verify
+    implicit = tls == "implicit"
     client = aiosmtplib.SMTP(
         hostname=endpoint.host,
         sock=sock,
@@ -129,30 +132,33 @@ async def open_session(endpoint: Endpoint, settings: SessionSettings, log: loggi
         timeout=timeouts.command,
         use_tls=implicit,
         start_tls=False,
-        tls_context=settings.tls_context() if implicit else None,
+        tls_context=settings.tls_context(verify) if implicit else None,
     )
     try:
         # The connect timeout bounded the TCP handshake; the greeting has its own (RFC 5321: 5 min).
         await client.connect(timeout=timeouts.command)
         await _hello(client, timeouts.command)
-        if settings.tls == "starttls":
+        if tls == "starttls":
             if not client.supports_extension("starttls"):
                 raise SessionError(
                     RecipientStatus(Status.TEMPORARY, 0, f'{remote} does not offer STARTTLS (tls = "starttls")', "4.7.0", remote)
                 )
-            await client.starttls(tls_context=settings.tls_context(), timeout=timeouts.command)
+            await client.starttls(tls_context=settings.tls_context(verify), timeout=timeouts.command)
             await _hello(client, timeouts.command)
-        elif settings.tls == "opportunistic" and client.supports_extension("starttls"):
+        elif tls == "required":
+            await _required_tls(client, endpoint, settings, remote)
+        elif tls == "opportunistic" and client.supports_extension("starttls"):
             try:
-                await client.starttls(tls_context=settings.tls_context(), timeout=timeouts.command)
+                await client.starttls(tls_context=settings.tls_context(False), timeout=timeouts.command)
                 await _hello(client, timeouts.command)
             except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
                 if not client.is_connected:
                     # The handshake broke the connection: plain text on a new one beats no delivery.
                     log.info("STARTTLS with %s failed (%s); retrying without TLS", remote, exc)
                     client.close()
-                    plain = SessionSettings(settings.helo, timeouts, tls="none")
-                    return await open_session(Endpoint(endpoint.host, endpoint.port, connected), plain, log)
+                    plain = await open_session(dataclasses.replace(endpoint, address=connected, tls="none"), settings, log)
+                    plain.endpoint = dataclasses.replace(endpoint, address=connected)
+                    return plain
                 log.info("%s refused STARTTLS (%s); continuing without TLS", remote, exc)
         if settings.username:
             try:
@@ -186,6 +192,41 @@ async def open_session(endpoint: Endpoint, settings: SessionSettings, log: loggi
     if log.isEnabledFor(logging.DEBUG):
         log.debug("session open with %s (tls=%s)", remote, "yes" if client.get_transport_info("sslcontext") else "no")
     return Session(client, endpoint, remote)
+
+
+async def _required_tls(client: aiosmtplib.SMTP, endpoint: Endpoint, settings: SessionSettings, remote: str) -> None:
+    """STARTTLS that must succeed (and verify, where asked): any failure is a SessionError
+    saying which rule asked for TLS, so the mail waits in the queue instead of going in clear."""
+    import ssl
+
+    import aiosmtplib
+
+    verify = settings.tls_verify if endpoint.verify is None else endpoint.verify
+    rule = endpoint.policy or 'tls = "required"'
+    if not client.supports_extension("starttls"):
+        raise SessionError(
+            RecipientStatus(
+                Status.TEMPORARY,
+                0,
+                f"{remote} does not offer STARTTLS; {rule} forbids sending in clear text",
+                "4.7.4",
+                remote,
+            )
+        )
+    try:
+        await client.starttls(tls_context=settings.tls_context(verify), timeout=settings.timeouts.command)
+        await _hello(client, settings.timeouts.command)
+    except (ssl.SSLError, aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        failed = failure_status(exc, remote)
+        if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code:
+            what = f"{remote} refused STARTTLS ({exc.code} {one_line(exc.message)})"
+        elif failed.enhanced == "4.7.5":
+            what = failed.message  # "TLS failure with ...: [SSL: CERTIFICATE_VERIFY_FAILED] ..."
+        else:
+            what = f"STARTTLS with {remote} failed: {failed.message}"
+        raise SessionError(
+            RecipientStatus(Status.TEMPORARY, failed.code, f"{what}; {rule} forbids sending in clear text", "4.7.5", remote)
+        ) from exc
 
 
 async def _hello(client: aiosmtplib.SMTP, timeout: float) -> None:

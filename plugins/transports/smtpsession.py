@@ -2,6 +2,9 @@
 
 ``open_session`` raises ``SessionError`` when no session could be had; ``transact``
 never raises for a delivery problem and maps every reply as ``smtpclient`` says.
+Before MAIL, a message this server cannot take as it is (8-bit data without 8BITMIME, a
+line over 998 octets) is converted to 7-bit MIME, or refused with 5.6.3 when it is
+DKIM-signed (``fit_for_server``).
 
 With a server that offers PIPELINING (RFC 2920) the transaction's MAIL, RCPTs and
 DATA go in one write and their replies are read back in order: two round trips per
@@ -21,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from alertmail import RecipientStatus, Status
+from alertmail import ConversionError, RecipientStatus, Status, fit_for_server
 from alertmail.plugins.transports.smtpclient import (
     Endpoint,
     SessionError,
@@ -276,6 +279,12 @@ async def transact(session: Session, sender: str, recipients: Sequence[str], dat
         # 421 means "closing the channel": the next endpoint may do better.
         return exc.code == 421 or not client.is_connected
 
+    try:
+        # RFC 6152 §3 and RFC 5321 §4.5.3.1.6: converted to 7-bit, or returned, never sent as it is.
+        data = fit_for_server(data, eight_bit=client.supports_extension("8bitmime"))
+    except ConversionError as exc:
+        status = RecipientStatus(Status.PERMANENT, 554, f"not sent to {remote}: {exc}", "5.6.3", remote)
+        return Transaction(dict.fromkeys(recipients, status))
     options, encoding = [], "ascii"
     if client.supports_extension("size"):
         options.append(f"SIZE={len(data)}")

@@ -17,7 +17,7 @@ import threading
 import pytest
 from aiosmtpd.controller import Controller
 
-from alertmail.model import Status
+from alertmail.model import Envelope, Status
 from alertmail.plugins.transports.mtasts import PolicyError, mx_matches, parse_policy, parse_txt
 from tests.certs import make_tls_files
 from tests.peers import Dnsmasq, SmtpSink
@@ -199,6 +199,30 @@ def test_a_policy_that_cannot_be_fetched_safely_is_not_used_and_is_reported(tmp_
     assert result.delivered == [f"ops@{domain}"]
     assert f"MTA-STS policy of {domain} (id " in caplog.text and "cannot be fetched" in caplog.text
     assert not (tmp_path / "mta-sts.json").exists()
+
+
+def test_deliveries_at_the_same_time_share_one_policy_fetch(tmp_path, dns, tls):
+    import asyncio
+
+    from tests.test_transport_smtp import MESSAGE
+
+    port = common_mx_port()
+    with (
+        PolicyServer(tls.server_context()) as policies,
+        Mx("127.0.0.3", port, "mx.sts.test", tls.server_context()) as listed,
+    ):
+        t = mx_transport(tmp_path, dns, tls, policies.port, port)
+
+        async def burst():
+            try:
+                return await asyncio.gather(*(t.send(MESSAGE, Envelope("a@host.test", ("ops@sts.test",))) for _ in range(6)))
+            finally:
+                await t.close()
+
+        results = run(burst())
+    assert all(r.delivered == ["ops@sts.test"] for r in results)
+    assert len(listed.messages) == 6
+    assert len(policies.requests) == 1
 
 
 def test_mta_sts_can_be_turned_off(tmp_path, dns, tls):

@@ -139,9 +139,20 @@ class MtaSts:
     _cache: dict[str, Policy] | None = None
     _failed: dict[tuple[str, str], float] = field(default_factory=dict)
     _context: Any = None
+    _pending: dict[str, asyncio.Future[Policy | None]] = field(default_factory=dict)
 
     async def policy(self, domain: str) -> Policy | None:
-        """The policy to apply to ``domain`` now, or None (deliver as without MTA-STS)."""
+        """The policy to apply to ``domain`` now, or None (deliver as without MTA-STS).
+
+        Deliveries to one domain at the same time share one lookup (and at most one fetch)."""
+        task = self._pending.get(domain)
+        if task is None:
+            task = asyncio.ensure_future(self._policy(domain))
+            self._pending[domain] = task
+            task.add_done_callback(lambda _: self._pending.pop(domain, None))
+        return await asyncio.shield(task)
+
+    async def _policy(self, domain: str) -> Policy | None:
         cache = self._load()
         now = time.time()
         cached = cache.get(domain)

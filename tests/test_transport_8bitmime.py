@@ -200,3 +200,23 @@ def test_a_7bit_message_is_left_byte_for_byte(tmp_path):
     data = Path(__file__).read_bytes()[:900].replace(b"\n", b"\r\n")
     data = b"Subject: x\r\n\r\n" + base64.b64encode(data)[:900] + b"\r\n"
     assert seven_bit(data) is data
+
+
+def test_a_returned_signed_message_is_in_badmail_with_the_reason(tmp_path):
+    from tests.test_delivery import delivering, eventually
+
+    signed = b"DKIM-Signature: v=1; a=rsa-sha256; d=host.test; s=sel; bh=x; b=y\r\n" + EIGHT_BIT
+    handler = Recorder()
+    with no_8bitmime(handler) as server:
+        t = transport(tmp_path, servers=[server.address], tls="none", idle_timeout=0)
+
+        async def main():
+            async with delivering(tmp_path, {"smtp": t}) as (queue, _):
+                msg_id = await queue.put(signed, Envelope("", ("ops@example.test",)))  # <>: no DSN to queue
+                await eventually(lambda: len(queue) == 0 and list((tmp_path / "badmail").glob("*.bdr")))
+                return msg_id
+
+        msg_id = run(main())
+    assert handler.messages == []
+    reason = (tmp_path / "badmail" / f"{msg_id}.bdr").read_text()
+    assert "5.6.3" in reason and "DKIM signature" in reason

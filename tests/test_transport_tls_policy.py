@@ -148,3 +148,33 @@ def test_smart_host_tls_required_keeps_the_mail_from_a_plain_text_smart_host_and
 def test_certificate_checks_need_tls_required(tmp_path):
     with pytest.raises(ValueError, match=r'transports\.mx\.tls_verify: .*tls = "required"'):
         transport(tmp_path, tls_verify=True)
+
+
+def test_the_queue_keeps_the_mail_and_says_why_when_tls_is_required_but_missing(tmp_path):
+    import asyncio
+
+    from alertmail.model import Envelope
+    from tests.peers import free_port
+    from tests.test_delivery import alert, delivering, eventually
+
+    handler = Recorder()
+    port = free_port()
+    server = Controller(handler, hostname="127.0.0.1", port=port, server_hostname="relay.test")
+    server.start()
+    try:
+        t = transport(tmp_path, mode="smarthost", smart_host=f"[127.0.0.1]:{port}", tls="required", idle_timeout=0)
+
+        async def main():
+            async with delivering(tmp_path, {"mx": t}, default_route=("mx",)) as (queue, _):
+                msg_id = await queue.put(alert(), Envelope("alerts@example.test", ("ops@example.test",)))
+                entry = await eventually(lambda: queue.get(msg_id) if queue.get(msg_id).attempts >= 1 else None)
+                await asyncio.sleep(0)
+                return entry
+
+        entry = run(main())
+    finally:
+        server.stop()
+    assert entry.pending == ["ops@example.test"]
+    assert entry.last_error.startswith("4.7.4")
+    assert 'does not offer STARTTLS; tls = "required" forbids sending in clear text' in entry.last_error
+    assert handler.messages == []

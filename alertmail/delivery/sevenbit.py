@@ -32,16 +32,20 @@ class ConversionError(AlertmailError):
 
 def has_long_lines(data: bytes) -> bool:
     """Whether a line of ``data`` is longer than 998 octets (its CR LF or LF not counted)."""
-    if len(data) <= MAX_LINE:
-        return False
-    start, size = 0, len(data)
-    while start < size:  # one find per line: linear, where a regular expression would retry at every byte
-        end = data.find(b"\n", start)
+    pos, size = 0, len(data)
+    while size - pos > MAX_LINE:  # a shorter rest cannot hold a long line
+        # The last LF among the next 999 octets: every line before it is short, so jump past it
+        # (about 1 KB a step, where a regular expression would retry at every byte).
+        newline = data.rfind(b"\n", pos, pos + MAX_LINE + 1)
+        if newline >= 0:
+            pos = newline + 1
+            continue
+        end = data.find(b"\n", pos)
         if end < 0:
             end = size
-        if end - start > MAX_LINE and end - start - (data[end - 1 : end] == b"\r") > MAX_LINE:
+        if end - pos - (end < size and data[end - 1] == 13) > MAX_LINE:
             return True
-        start = end + 1
+        pos = end + 1
     return False
 
 

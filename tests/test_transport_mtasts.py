@@ -270,3 +270,60 @@ def test_policy_body_is_checked():
     ):
         with pytest.raises(PolicyError):
             parse_policy(bad, "1", 0.0)
+
+
+# -- the cache (units: DNS and HTTPS stood in for by functions) ---------------------------
+
+
+def cache_only(path, txt=None):
+    """An MtaSts whose TXT lookup answers ``txt`` (None: no record) and whose fetch always fails."""
+    from types import SimpleNamespace
+
+    from alertmail.plugins.transports.mtasts import MtaSts
+
+    async def query(name, rdtype):
+        return [SimpleNamespace(strings=[txt.encode()])] if txt else None
+
+    async def addresses(host):
+        return []  # the policy host has no address: every fetch fails
+
+    return MtaSts(path, query=query, addresses=addresses)
+
+
+def write_cache(path, fetched: float, max_age: int = 3600):
+    import json
+
+    policy = {"id": "1", "mode": "enforce", "mx": ["mx.sts.test"], "max_age": max_age, "fetched": fetched}
+    path.write_text(json.dumps({"policies": {"sts.test": policy}}))
+
+
+def test_a_cached_policy_applies_without_its_txt_record_until_it_expires(tmp_path):
+    import time
+
+    path = tmp_path / "mta-sts.json"
+    write_cache(path, time.time() - 60)
+    policy = run(cache_only(path).policy("sts.test"))
+    assert policy is not None and policy.mode == "enforce"
+    write_cache(path, time.time() - 7200)  # max_age 3600: expired
+    assert run(cache_only(path).policy("sts.test")) is None
+
+
+def test_a_new_txt_id_with_a_failed_fetch_keeps_the_cached_policy(tmp_path, caplog):
+    import time
+
+    path = tmp_path / "mta-sts.json"
+    write_cache(path, time.time() - 60)
+    with caplog.at_level(logging.WARNING, logger="alertmail.transport.mx"):
+        policy = run(cache_only(path, "v=STSv1; id=2").policy("sts.test"))
+    assert policy is not None and policy.id == "1"
+    assert "keeping the cached policy (mode enforce)" in caplog.text
+
+
+def test_a_damaged_cache_is_set_aside_and_the_cache_starts_empty(tmp_path, caplog):
+    path = tmp_path / "mta-sts.json"
+    path.write_bytes(b'{"policies": {"sts.test": {"id": 1')
+    with caplog.at_level(logging.WARNING, logger="alertmail.transport.mx"):
+        assert run(cache_only(path).policy("sts.test")) is None
+    assert not path.exists()
+    assert (tmp_path / "mta-sts.json.damaged").read_bytes().startswith(b'{"policies"')
+    assert "cannot be read" in caplog.text

@@ -159,6 +159,21 @@ def test_testing_policy_delivers_as_without_a_policy_and_warns(tmp_path, dns, tl
     assert "mail server mx.elsewhere.test is not listed in the MTA-STS policy of testing.test (mode testing)" in caplog.text
 
 
+@pytest.mark.parametrize("offer", ["no STARTTLS", "a certificate nobody signed"])
+def test_testing_policy_reports_what_enforce_would_refuse_and_delivers(tmp_path, dns, tls, caplog, offer):
+    port = common_mx_port()
+    context = None if offer == "no STARTTLS" else tls.server_context(rogue=True)
+    with (
+        PolicyServer(tls.server_context()) as policies,
+        Mx("127.0.0.2", port, "mx.elsewhere.test", context) as elsewhere,
+        caplog.at_level(logging.WARNING, logger="alertmail.transport.mx"),
+    ):
+        [result] = run(send_all(mx_transport(tmp_path, dns, tls, policies.port, port), ["ops@testing.test"]))
+    assert result.delivered == ["ops@testing.test"]
+    assert elsewhere.messages[0][4] is (offer != "no STARTTLS")  # encrypted when TLS was offered
+    assert "the MTA-STS policy of testing.test (mode testing) would refuse" in caplog.text
+
+
 def test_cached_policy_survives_a_restart_and_an_outage_of_the_policy_server(tmp_path, dns, tls):
     port = common_mx_port()
     with PolicyServer(tls.server_context()) as policies:

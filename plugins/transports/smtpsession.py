@@ -151,18 +151,37 @@ async def open_session(endpoint: Endpoint, settings: SessionSettings, log: loggi
         elif tls == "required":
             await _required_tls(client, endpoint, settings, remote)
         elif tls == "opportunistic" and client.supports_extension("starttls"):
+            # verify set on an opportunistic endpoint: an MTA-STS policy in testing mode, which
+            # asks for the check and a report of its failure, not for the mail to wait.
+            check = bool(endpoint.verify)
             try:
-                await client.starttls(tls_context=settings.tls_context(False), timeout=timeouts.command)
+                await client.starttls(tls_context=settings.tls_context(check), timeout=timeouts.command)
                 await _hello(client, timeouts.command)
             except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
                 if not client.is_connected:
-                    # The handshake broke the connection: plain text on a new one beats no delivery.
-                    log.info("STARTTLS with %s failed (%s); retrying without TLS", remote, exc)
                     client.close()
-                    plain = await open_session(dataclasses.replace(endpoint, address=connected, tls="none"), settings, log)
-                    plain.endpoint = dataclasses.replace(endpoint, address=connected)
-                    return plain
+                    if check:
+                        log.warning(
+                            "TLS with %s failed its check (%s): %s would refuse this server; delivering without the check",
+                            remote,
+                            exc,
+                            endpoint.policy or "the policy",
+                        )
+                        retry = dataclasses.replace(endpoint, address=connected, verify=False)
+                    else:
+                        # The handshake broke the connection: plain text on a new one beats no delivery.
+                        log.info("STARTTLS with %s failed (%s); retrying without TLS", remote, exc)
+                        retry = dataclasses.replace(endpoint, address=connected, tls="none")
+                    again = await open_session(retry, settings, log)
+                    again.endpoint = dataclasses.replace(endpoint, address=connected)
+                    return again
                 log.info("%s refused STARTTLS (%s); continuing without TLS", remote, exc)
+        elif tls == "opportunistic" and endpoint.verify:
+            log.warning(
+                "%s does not offer STARTTLS: %s would refuse it; delivering in clear text",
+                remote,
+                endpoint.policy or "the policy",
+            )
         if settings.username:
             try:
                 password = settings.password() if settings.password else None

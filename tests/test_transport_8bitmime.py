@@ -17,7 +17,8 @@ from alertmail.model import Envelope, Status
 from tests.peers import SmtpSink
 from tests.test_transport_smtp import Recorder, Server, run, transport
 
-TEXT = "Disk /srv/données is 95 % full — 3 Go left.\n"
+# "Å" is C3 85 in UTF-8: 0x85 is a line break to str.splitlines, never to SMTP.
+TEXT = "Disk /srv/données is 95 % full — 3 Go left on Åland.\n"
 LONG = "x" * 1500 + " end of a long line\n"
 EIGHT_BIT = (
     "From: alertmail@host.test\r\n"
@@ -220,3 +221,12 @@ def test_a_returned_signed_message_is_in_badmail_with_the_reason(tmp_path):
     assert handler.messages == []
     reason = (tmp_path / "badmail" / f"{msg_id}.bdr").read_text()
     assert "5.6.3" in reason and "DKIM signature" in reason
+
+
+def test_8bit_text_without_any_mime_header_is_labelled_when_converted():
+    out = seven_bit(b"From: a@host.test\r\nSubject: x\r\n\r\n" + TEXT.encode() + b"\xff\r\n")
+    message = parsed(out)
+    assert message.get_content_type() == "text/plain" and message.get_content_charset() == "unknown-8bit"
+    assert message.get_payload(decode=True).replace(b"\r\n", b"\n") == TEXT.encode() + b"\xff\n"
+    out = seven_bit(b"From: a@host.test\r\nSubject: x\r\n\r\n" + TEXT.encode())
+    assert parsed(out).get_content().replace("\r\n", "\n") == TEXT

@@ -110,10 +110,14 @@ def seven_bit(data: bytes) -> bytes:
         body = part.get_payload(decode=True)
         assert isinstance(body, bytes)
         del part["Content-Transfer-Encoding"]
+        if part.get("Content-Type") is None and not body.isascii():
+            # No MIME header: say what the 8-bit text is, or readers would take it for US-ASCII.
+            part["Content-Type"] = f"text/plain; charset={_charset_of(body)}"
         if part.get_content_maintype() == "text":
-            # Line by line, line ends kept as line ends: the text reads the same once decoded.
-            lines = body.decode("latin-1").splitlines()
-            encoded = linesep.join(quoprimime.body_encode(line, maxlinelen=76, eol=linesep) for line in lines)
+            # Line by line (CR LF, LF or CR only: bytes.splitlines), line ends kept as line ends:
+            # the text reads the same once decoded.
+            lines = body.splitlines()
+            encoded = linesep.join(quoprimime.body_encode(line.decode("latin-1"), maxlinelen=76, eol=linesep) for line in lines)
             part.set_payload(encoded + (linesep if body.endswith((b"\n", b"\r")) else ""))
             part["Content-Transfer-Encoding"] = "quoted-printable"
         else:
@@ -129,6 +133,14 @@ def seven_bit(data: bytes) -> bytes:
     if has_long_lines(converted):
         raise ConversionError(f"a header line longer than {MAX_LINE} octets cannot be folded")
     return converted
+
+
+def _charset_of(body: bytes) -> str:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unknown-8bit"  # RFC 1428
+    return "utf-8"
 
 
 def _headers(part: object) -> None:

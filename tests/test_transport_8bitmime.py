@@ -177,18 +177,35 @@ def test_line_length_limit_counts_octets_without_the_line_end():
 
 
 def test_long_header_lines_are_folded_and_8bit_free_text_headers_encoded():
-    data = b"From: a@host.test\r\nSubject: " + " ".join(["word"] * 300).encode() + b"\r\nComments: caf\xc3\xa9\r\n\r\nbody\r\n"
+    data = (
+        b"From: a@host.test\r\nSubject: "
+        + " ".join(["word"] * 300).encode()
+        + b"\r\nComments: caf\xc3\xa9\r\nX-Note: d\xc3\xa9j\xc3\xa0\r\n\r\nbody\r\n"
+    )
     out = seven_bit(data)
     assert out.isascii() and not has_long_lines(out)
     message = parsed(out)
     assert message["Subject"] == " ".join(["word"] * 300)
     assert message["Comments"] == "café"
+    assert message["X-Note"] == "déjà"
+
+
+def test_8bit_display_names_become_encoded_words():
+    out = seven_bit(
+        b"From: J\xc3\xa9r\xc3\xb4me <j@host.test>\r\nTo: ops@host.test, \xc3\x89quipe <team@host.test>\r\n\r\nbody\r\n"
+    )
+    assert out.isascii()
+    message = parsed(out)
+    assert message["From"].addresses[0].display_name == "Jérôme"
+    assert [a.addr_spec for a in message["To"].addresses] == ["ops@host.test", "team@host.test"]
+    assert message["To"].addresses[1].display_name == "Équipe"
 
 
 @pytest.mark.parametrize(
     "data",
     [
-        b"From: J\xc3\xa9r\xc3\xb4me <j@host.test>\r\n\r\nbody\r\n",  # an address header cannot take encoded words here
+        b"From: j\xc3\xa9@host.test\r\n\r\nbody\r\n",  # an address outside ASCII needs SMTPUTF8
+        b"Message-ID: <caf\xc3\xa9@host.test>\r\n\r\nbody\r\n",  # neither free text nor addresses
         b"From: a@host.test\r\nX-Token: " + b"t" * 1200 + b"\r\n\r\nbody\r\n",  # nowhere to fold
     ],
 )

@@ -23,6 +23,8 @@ from alertmail.errors import AlertmailError
 MAX_LINE = 998  # octets, CRLF not counted (RFC 5321 §4.5.3.1.6)
 # Headers of free text (RFC 5322 unstructured), where an encoded word may stand (RFC 2047 §5).
 UNSTRUCTURED = frozenset({"subject", "comments", "keywords", "content-description", "thread-topic"})
+# Headers of addresses, whose display names may be encoded words (RFC 2047 §5 (3)).
+ADDRESS_HEADERS = frozenset({"from", "sender", "reply-to", "to", "cc", "bcc", "resent-from", "resent-to", "resent-cc"})
 _DKIM_SIGNATURE = re.compile(rb"(?:^|\n)DKIM-Signature[ \t]*:", re.IGNORECASE)
 
 
@@ -152,15 +154,28 @@ def _headers(part: object) -> None:
     for index, (name, value) in enumerate(list(headers)):
         if not isinstance(value, str) or value.isascii():
             continue
-        if name.lower() not in UNSTRUCTURED:
-            raise ConversionError(f"the {name} header holds 8-bit text and is not free text that can be encoded")
         raw = value.encode("ascii", "surrogateescape")
         try:
             text, charset = raw.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
             text, charset = raw.decode("latin-1"), "iso-8859-1"
         text = re.sub(r"\r?\n(?=[ \t])", "", text).strip()  # unfold; the generator folds again
-        headers[index] = (name, _encoded_words_class()(text, charset, header_name=name))
+        if name.lower() in ADDRESS_HEADERS:
+            headers[index] = (name, _addresses(name, text, charset))
+        elif name.lower() in UNSTRUCTURED or name.lower().startswith("x-"):  # optional fields are free text
+            headers[index] = (name, _encoded_words_class()(text, charset, header_name=name))
+        else:
+            raise ConversionError(f"the {name} header holds 8-bit text and is neither free text nor addresses")
+
+
+def _addresses(name: str, text: str, charset: str) -> str:
+    """An address header with its 8-bit display names as encoded words; the addresses must be ASCII."""
+    from email.utils import formataddr, getaddresses
+
+    pairs = getaddresses([text])
+    if not pairs or any(not address or not address.isascii() for _, address in pairs):
+        raise ConversionError(f"the {name} header holds an address outside ASCII, which needs SMTPUTF8")
+    return ", ".join(formataddr(pair, charset=charset) for pair in pairs)
 
 
 @functools.cache

@@ -4,9 +4,10 @@ A server that does not announce 8BITMIME takes only 7-bit data (RFC 6152 §3: th
 converts the message or returns it), and no server takes a line longer than 998 octets.
 ``seven_bit(data)`` is ``data`` when it already fits; otherwise every MIME leaf part with
 8-bit bytes or over-long lines is re-encoded (text as quoted-printable, anything else as
-base64), unstructured headers with 8-bit text become RFC 2047 encoded words and long
-header lines are folded at white space. What cannot be made to fit (an 8-bit address
-header, a header line over 998 octets without white space) raises ``ConversionError``.
+base64), 8-bit free-text headers and display names become RFC 2047 encoded words and
+long header lines are folded at white space. What cannot be made to fit (an address
+outside ASCII, 8-bit bytes in another structured header, a header line over 998 octets
+without white space) raises ``ConversionError``.
 
 The content is unchanged; the bytes are not, so a DKIM signature made before the
 conversion no longer verifies. The signer therefore converts before it signs

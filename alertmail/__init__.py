@@ -35,6 +35,7 @@ from alertmail.version import __version__
 if TYPE_CHECKING:
     from alertmail.cli.options import DEFAULT_CONFIG, config_option, load_or_exit, setup_logging
     from alertmail.delivery.outbox import Outbox
+    from alertmail.delivery.sevenbit import ConversionError, fit_for_server
     from alertmail.queue.badmail import Badmail, split_envelope
     from alertmail.queue.spool import QueueLocked, QueueWriteError
     from alertmail.rules.wire import alert_key, alerts_in, read_key, sealed_alerts
@@ -46,6 +47,8 @@ _LAZY = {
     "QueueLocked": "alertmail.queue.spool",
     "QueueWriteError": "alertmail.queue.spool",
     "Outbox": "alertmail.delivery.outbox",
+    "fit_for_server": "alertmail.delivery.sevenbit",
+    "ConversionError": "alertmail.delivery.sevenbit",
     "alerts_in": "alertmail.rules.wire",
     "sealed_alerts": "alertmail.rules.wire",
     "alert_key": "alertmail.rules.wire",
@@ -81,6 +84,8 @@ __all__ = [  # noqa: RUF022  grouped by what a plugin does with them
     "RecipientStatus",
     "DeliveryResult",
     "message_bytes",
+    "fit_for_server",
+    "ConversionError",
     "Outbox",
     "QueueWriteError",
     "QueueLocked",

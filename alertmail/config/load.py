@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alertmail.config.core import AGENT, MAIL
-from alertmail.config.schema import Checker, ConfigError, Option, Section, did_you_mean
+from alertmail.config.schema import Checker, ConfigError, Option, Section, did_you_mean, open_bracket
 from alertmail.delivery.delivery import SECTION as QUEUE
 from alertmail.delivery.dkim import SECTION as DKIM
 from alertmail.exporter import SECTION as EXPORTER
@@ -202,6 +202,14 @@ def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugi
                 cfg.transports[name] = check.table(f"transports.{name}", {}, options_of(plugins.transports[name]))
                 if len(check.problems) == before:
                     clean.append(name)
+    routes = (cfg.sections.get(QUEUE.name) or {}).get("route_retry")
+    for name in routes if isinstance(routes, dict) else ():
+        if name not in plugins.transports:
+            check.error(
+                f"queue.route_retry.{name}",
+                f"no transport named {name!r}, so no route starts with it and this schedule is never used; "
+                f"{did_you_mean(name, plugins.transports, listing='installed')}",
+            )
     # Built once here as the agent builds them at start, so what a constructor refuses is a config problem.
     for name in clean:
         _build_transport(check, cfg, name, plugins.transports[name])
@@ -265,6 +273,11 @@ def included_files(check: Checker, raw: Mapping[str, Any]) -> list[Path]:
         return []
     files: list[Path] = []
     for i, pattern in enumerate(value):
+        if open_bracket(pattern):
+            check.error(
+                f"{INCLUDE}[{i}]", f'the pattern {pattern!r} opens a "[" it never closes, so it matches nothing; close it'
+            )
+            continue
         where = Path(pattern).expanduser()
         where = where if where.is_absolute() else check.base / where
         matches = sorted(Path(m) for m in glob.glob(str(where)))

@@ -289,3 +289,74 @@ def test_check_refuses_a_wrong_value_naming_its_key(tmp_path: Path, keypath: str
     assert result.exit_code == 78, result.output
     assert f"{config}: {keypath}" in result.output, result.output
     assert "Traceback" not in result.output
+
+
+# -- the same, generated from every option each section, transport, probe and service declares:
+# a key added later is covered without being listed here.
+
+
+def _declared() -> list[tuple[str, str, Any, Any]]:
+    """(key path of the table, key, Option, a function putting a value at that key into a config)."""
+    from alertmail.config.load import SECTIONS
+    from alertmail.loader import load_plugins
+    from alertmail.probes.runner import PROBE_OPTIONS
+
+    plugins = load_plugins()
+    out: list[tuple[str, str, Any, Any]] = []
+    for sec in SECTIONS:
+        for key, option in sec.options.items():
+            if sec.name == "rules":
+                out.append(("rules[0]", key, option, lambda k, v: rule(**{k: v})))
+            elif sec.name == "silences":
+                out.append(("silences[0]", key, option, lambda k, v: silence(**{k: v})))
+            elif sec.name == "mail.dkim":
+                out.append(("mail.dkim", key, option, lambda k, v: {"mail": {"dkim": {k: v}}}))
+            else:
+                out.append((sec.name, key, option, lambda k, v, s=sec.name: section(s, **{k: v})))
+    for name, cls in plugins.transports.items():
+        for key, option in getattr(cls, "options", {}).items():
+            out.append((f"transports.{name}", key, option, lambda k, v, n=name: transport(n, **{k: v})))
+    for name, probe_obj in plugins.probes.items():
+        for key, option in {**PROBE_OPTIONS, **(getattr(probe_obj, "options", None) or {})}.items():
+            out.append((f"probes.{name}", key, option, lambda k, v, n=name: probe(n, **{k: v})))
+    for service in plugins.services:
+        if service.section == "relay":
+            for key, option in service.options.items():
+                out.append(("relay", key, option, lambda k, v: relay(**{k: v})))
+    return out
+
+
+def _wrong_values(option: Any) -> list[tuple[str, Any]]:
+    """Values of the option's own kind that are still wrong, whatever the key."""
+    kind = option.kind
+    if kind == "duration":
+        return [("99999999999d", HUGE), ("negative", -1), ("nan", NAN)]
+    if kind == "durations":
+        return [("99999999999d", [HUGE]), ("nan", [NAN]), ("empty", [])]
+    if kind == "int":
+        return [("huge", 10**15)]
+    if kind in ("float", "number"):
+        return [("nan", NAN), ("inf", INF)]
+    if kind == "size":
+        return [("huge", "99999999999GB")]
+    if kind == "path":
+        return [("LF", "a\nb"), ("NUL", "a\0b")]
+    if kind == "str" and not option.choices:
+        return [("NUL", "a\0b")] + ([] if option.multiline else [("CR LF", "a\r\nX-Forged: 1")])
+    if kind == "list" and not option.choices:
+        return [("CR LF item", ["a\r\nX-Forged: 1"]), ("an item twice", ["x.test", "x.test"]), ("empty item", [""])]
+    if kind == "table":
+        return [("LF in a value", {"team": "a\nb"}), ("a label name with a space", {"a b": "x"})]
+    return []
+
+
+GENERATED = [
+    (f"{where}.{key}: {what}", f"{where}.{key}", place(key, value))
+    for where, key, option, place in _declared()
+    for what, value in _wrong_values(option)
+]
+
+
+@pytest.mark.parametrize(("keypath", "override"), [c[1:] for c in GENERATED], ids=[c[0] for c in GENERATED])
+def test_check_refuses_a_wrong_value_of_any_declared_key(tmp_path: Path, keypath: str, override: dict[str, Any]):
+    test_check_refuses_a_wrong_value_naming_its_key(tmp_path, keypath, override)

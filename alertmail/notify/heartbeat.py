@@ -192,6 +192,9 @@ def trigger_args(options: Mapping[str, Any], timezone: str) -> tuple[str, dict[s
 
 def check_config(options: Mapping[str, Any], check: Checker, config: Any = None) -> None:
     """Cross-key checks of ``[heartbeat]``; problems go to ``check`` (a config.Checker)."""
+    for i, address in enumerate(options.get("to") or []):
+        if not valid_address(address):
+            check.error(f"heartbeat.to[{i}]", f"not a valid mail address: {address!r}; write it as user@example.com")
     if not options.get("every"):
         return
     at = str(options.get("at") or "")
@@ -200,9 +203,6 @@ def check_config(options: Mapping[str, Any], check: Checker, config: Any = None)
         check.error("heartbeat.at", f'expected a time like "08:00", got {at!r}')
     if options["every"] < 60:
         check.error("heartbeat.every", 'a heartbeat more often than every minute is noise; use "1d" or "7d"')
-    for i, address in enumerate(options.get("to") or []):
-        if not valid_address(address):
-            check.error(f"heartbeat.to[{i}]", f"not a valid mail address: {address!r}; write it as user@example.com")
 
 
 SECTION = Section("heartbeat", HEARTBEAT_OPTIONS, check=check_config)

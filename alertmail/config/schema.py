@@ -233,9 +233,7 @@ def _check_text(option: Option, value: str) -> None:
 
 
 _HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(
-    rf"(?={{1,253}}$){_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?|\[(?:IPv6:)?[0-9A-Fa-f:.]+\]".replace("{1,253}", ".{1,253}")
-)
+_HOSTNAME = re.compile(r"(?=.{1,253}$)" + _HOST_LABEL + r"(?:\." + _HOST_LABEL + r")*\.?|\[(?:IPv6:)?[0-9A-Fa-f:.]+\]")
 
 
 def valid_hostname(name: str) -> bool:

@@ -36,7 +36,17 @@ from typing import Any, ClassVar
 
 import click
 
-from alertmail import AlertmailError, Checker, Option, ServiceContext, config_option, hookimpl, parse_address
+from alertmail import (
+    AlertmailError,
+    Checker,
+    Option,
+    ServiceContext,
+    config_option,
+    hookimpl,
+    listen_problem,
+    parse_address,
+    valid_hostname,
+)
 
 log = logging.getLogger("alertmail.relay")
 
@@ -118,8 +128,6 @@ def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:
             worker_count(opts["workers"])
         except RelayConfigError as exc:
             check.error("relay.workers", str(exc).partition(": ")[2])
-    from alertmail.config.schema import listen_problem, valid_hostname
-
     for i, item in enumerate(opts.get("listen") or []):
         try:
             problem = listen_problem(item)

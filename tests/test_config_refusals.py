@@ -360,3 +360,27 @@ GENERATED = [
 @pytest.mark.parametrize(("keypath", "override"), [c[1:] for c in GENERATED], ids=[c[0] for c in GENERATED])
 def test_check_refuses_a_wrong_value_of_any_declared_key(tmp_path: Path, keypath: str, override: dict[str, Any]):
     test_check_refuses_a_wrong_value_naming_its_key(tmp_path, keypath, override)
+
+
+def test_a_privileged_port_is_refused_to_a_process_that_may_not_bind_it(tmp_path):
+    """Port 25 without CAP_NET_BIND_SERVICE: `run` could not bind it, so `check` refuses it,
+    in a real process that has lost the capability (setpriv); with it, the same config passes."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv(1) to run check without CAP_NET_BIND_SERVICE")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        tomli_w.dumps(merged(BASE, {**relay(listen=["127.0.0.1:25"]), **section("exporter", listen="127.0.0.1:80")}))
+    )
+    check = [sys.executable, "-m", "alertmail", "check", "--config", str(config)]
+    drop = ["setpriv", "--inh-caps=-net_bind_service", "--bounding-set=-net_bind_service"]
+    refused = subprocess.run([*drop, *check], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 78, refused.stderr
+    assert f"{config}: relay.listen[0]: port 25 is privileged" in refused.stderr
+    assert f"{config}: exporter.listen: port 80 is privileged" in refused.stderr
+    allowed = subprocess.run(check, capture_output=True, text=True, timeout=60)
+    assert allowed.returncode == 0, allowed.stderr

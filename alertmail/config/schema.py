@@ -269,7 +269,30 @@ def listen_problem(value: str) -> str | None:
                 sock.bind(address)
             except OSError as exc:
                 return f"cannot listen on {address[0]}: {exc.strerror or exc}; name an address of this host"
+    if port < _unprivileged_port_start():
+        # The port itself, bound as run binds it: refused without the right to it. In use (by
+        # the running agent, say) is no problem here.
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((address[0], port, *address[2:]))
+            except PermissionError:
+                return (
+                    f"port {port} is privileged and this process may not bind it: run as root or with "
+                    "CAP_NET_BIND_SERVICE (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE), or listen on a port from 1024"
+                )
+            except OSError:
+                pass
     return None
+
+
+def _unprivileged_port_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return 1024
 
 
 @dataclass

@@ -126,6 +126,8 @@ case("agent.timezone", section("agent", timezone=""), "empty")
 case("agent.timezone", section("agent", timezone="../../etc/passwd"), "a path")
 case("agent.plugin_dirs[0]", section("agent", plugin_dirs=[""]), "an empty folder name")
 case("agent.state_dir", section("agent", state_dir="va\nr"), "LF in a path")
+case("agent.state_dir", section("agent", state_dir="/proc/alertmail/var"), "a folder that cannot be made")
+case("agent.state_dir", section("agent", state_dir="/dev/null/var"), "under a file")
 case("agent.log_level", section("agent", log_level="verbose"), "not a level")
 
 # -- [heartbeat] --

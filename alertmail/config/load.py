@@ -15,6 +15,7 @@ what its keys alone cannot say.
 from __future__ import annotations
 
 import glob
+import os
 import socket
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -243,6 +244,10 @@ def _check_folders(check: Checker, cfg: Config) -> None:
             if folder.exists() and not folder.is_dir():
                 check.error("agent.state_dir", f"{folder} is not a folder; the agent keeps its queue, pickup and logs there")
                 break
+        else:
+            problem = _folder_problem(state_dir)
+            if problem:
+                check.error("agent.state_dir", f"{problem}; the agent keeps its queue, pickup and logs there")
     for i, folder in enumerate(cfg.agent.get("plugin_dirs") or []):
         path = Path(folder) if Path(folder).is_absolute() else cfg.path.parent / folder
         if not path.is_dir():
@@ -254,6 +259,30 @@ def _check_folders(check: Checker, cfg: Config) -> None:
         else:
             for problem in template_problems(templates):
                 check.error("mail.templates", problem)
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """Why the agent could not make ``folder`` (if need be) and write in it, or None.
+
+    Tried for real in the folder, or in the nearest one above it that exists, with a
+    throwaway folder removed at once: permissions, read-only and pseudo filesystems
+    (/proc) all answer as they will answer ``run``.
+    """
+    import tempfile
+
+    target = folder
+    while not target.exists():
+        if target.parent == target:
+            break
+        target = target.parent
+    if not target.is_dir():
+        return f"{target} is not a folder, so {folder} cannot be made"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".alertmail-check-", dir=target))
+    except OSError as exc:
+        what = "write in" if target == folder else f"make {folder} in"
+        return f"cannot {what} {target}: {exc.strerror or exc}"
+    return None
 
 
 def template_problems(folder: Path) -> list[str]:

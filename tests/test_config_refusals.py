@@ -234,6 +234,14 @@ case("relay.listen[0]", relay(listen=["192.0.2.1:2525"]), "an address of another
 case("relay.listen[1]", relay(listen=["127.0.0.1:2526", "127.0.0.1:2526"]), "an address twice")
 case("relay.listen[0]", relay(listen=["no-such-host.invalid:2525"]), "a name that does not resolve")
 case("relay.listen[0]", relay(listen=["::1:2525"]), "IPv6 without brackets")
+case(
+    "relay.listen[0]", {**relay(listen=["127.0.0.1:9464"]), **section("exporter", listen="127.0.0.1:9464")}, "the exporter's port"
+)
+case(
+    "relay.listen[0]",
+    {**relay(listen=["0.0.0.0:9464"]), **section("exporter", listen="127.0.0.1:9464")},
+    "all addresses on the exporter's port",
+)
 case("relay.hostname", relay(hostname="mx\r\n250 evil"), "CR LF: forged EHLO lines")
 case("relay.hostname", relay(hostname="mx\0"), "NUL")
 case("relay.hostname", relay(hostname="has space"), "not a host name")

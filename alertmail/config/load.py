@@ -163,6 +163,43 @@ def _section_tables(check: Checker, raw: Mapping[str, Any], section: Section) ->
     return [check.table(f"{section.name}[{i}]", item, section.options) for i, item in enumerate(value)]
 
 
+def _check_listen_overlap(check: Checker, cfg: Config, services: Mapping[str, Any]) -> None:
+    """Two listeners on one port (the exporter and an enabled service, or one address twice
+    across them): the second bind fails at run, so it is refused here."""
+    import ipaddress
+
+    from alertmail.units import parse_address
+
+    listens: list[tuple[str, str]] = []
+    exporter = cfg.sections.get(EXPORTER.name) or {}
+    if isinstance(exporter.get("listen"), str):
+        listens.append(("exporter.listen", exporter["listen"]))
+    for name in services:
+        options = cfg.sections.get(name) or {}
+        value = options.get("listen")
+        if options.get("enabled") and isinstance(value, list):
+            listens += [(f"{name}.listen[{i}]", item) for i, item in enumerate(value) if isinstance(item, str)]
+    taken: list[tuple[str, str, int]] = []  # (key path, host, port)
+    for keypath, value in listens:
+        try:
+            host, port = parse_address(value)
+        except ValueError:
+            continue  # reported with its key
+        try:
+            wildcard = ipaddress.ip_address(host).is_unspecified
+        except ValueError:
+            wildcard = host == ""
+        for other, other_host, other_port in taken:
+            try:
+                other_wildcard = ipaddress.ip_address(other_host).is_unspecified
+            except ValueError:
+                other_wildcard = other_host == ""
+            if port == other_port and (host == other_host or wildcard or other_wildcard):
+                check.error(keypath, f"{value!r} takes the port of {other}; two listeners cannot share one: choose another port")
+                break
+        taken.append((keypath, host, port))
+
+
 def _check_probes(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Plugins) -> None:
     """``[probes.NAME]`` tables: the common keys plus the probe's own options, then its ``configure``."""
     for name, probe, table in _plugin_tables(
@@ -489,6 +526,7 @@ def load_config(path: Path | str, plugins: Plugins | None = None, *, also_declar
                 service_check(cfg.sections[name], check, cfg)
             except Exception as exc:  # a bug in a plugin's check(), not in the config
                 check.error(name, f"the service failed to check its options: {type(exc).__name__}: {exc}")
+    _check_listen_overlap(check, cfg, services)
     for section in SECTIONS:
         if section.build is not None:
             cfg.sections[section.name] = section.build(raw.get(section.name), check, cfg)

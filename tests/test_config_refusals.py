@@ -209,6 +209,7 @@ case("transports.mx.resolver", transport("mx", resolver="not an address"), "not 
 case("transports.mx.dns_timeout", transport("mx", dns_timeout=HUGE), "99999999999d")
 case("transports.mx.dns_timeout", transport("mx", dns_timeout=0), "zero")
 case("transports.pickup.directory", {"transports": {"pickup": {"directory": "var/pick\nup"}}}, "LF in a path")
+case("transports.pickup.directory", {"transports": {"pickup": {"directory": "/proc/alertmail/out"}}}, "cannot be made")
 case("transports.alertmanager.urls", transport("alertmanager", urls=[]), "empty")
 case("transports.alertmanager.urls[0]", transport("alertmanager", urls=["ftp://am.test"]), "not http")
 case("transports.alertmanager.urls[0]", transport("alertmanager", urls=["http://am.test:9093/\r\nX: y"]), "CR LF")

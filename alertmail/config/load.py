@@ -285,6 +285,11 @@ def _check_folders(check: Checker, cfg: Config) -> None:
             problem = _folder_problem(state_dir)
             if problem:
                 check.error("agent.state_dir", f"{problem}; the agent keeps its queue, pickup and logs there")
+    directory = (cfg.transports.get("pickup") or {}).get("directory")
+    if isinstance(directory, Path):
+        problem = _folder_problem(directory)
+        if problem:
+            check.error("transports.pickup.directory", f"{problem}; the pickup transport writes each mail there")
     for i, folder in enumerate(cfg.agent.get("plugin_dirs") or []):
         path = Path(folder) if Path(folder).is_absolute() else cfg.path.parent / folder
         if not path.is_dir():

@@ -11,7 +11,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from alertmail.config.schema import Checker, ConfigError, Option, did_you_mean, resolve_secret
+from alertmail.config.schema import (
+    Checker,
+    ConfigError,
+    Option,
+    did_you_mean,
+    listen_problem,
+    resolve_secret,
+    valid_hostname,
+)
 from alertmail.errors import AlertmailError
 from alertmail.exitcodes import ExitCode
 from alertmail.fsutil import fsync_dir, write_atomic
@@ -101,6 +109,8 @@ __all__ = [  # noqa: RUF022  grouped by what a plugin does with them
     "ConfigError",
     "did_you_mean",
     "resolve_secret",
+    "listen_problem",
+    "valid_hostname",
     "parse_address",
     "parse_duration",
     "parse_size",

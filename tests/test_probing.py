@@ -196,6 +196,10 @@ def write_config(tmp_path, extra: str = "") -> str:
         [probes.process]
         watch = [{ name = "me", match = "python*" }]
 
+        # loopback: the one interface every host (container, network namespace) has
+        [probes.network]
+        loopback = true
+
         [[rules]]
         name = "root-full"
         metric = "disk.used_percent"

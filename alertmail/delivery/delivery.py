@@ -39,22 +39,25 @@ from alertmail.units import format_duration, parse_duration
 
 log = logging.getLogger("alertmail.delivery.delivery")
 
+# A zero interval ("0") would retry a dead server in a busy loop.
+MIN_RETRY = 0.1
+
 QUEUE_OPTIONS: dict[str, Option] = {
-    "retry": Option("durations", [900.0, 1800.0, 3600.0, 14400.0], help="waits between attempts; the last repeats"),
+    "retry": Option(
+        "durations", [900.0, 1800.0, 3600.0, 14400.0], minimum=MIN_RETRY, help="waits between attempts; the last repeats"
+    ),
     "delay_notice": Option("duration", 43200.0, help='tell the sender a message is delayed after this long; "0" = off'),
-    "expire": Option("duration", 172800.0, help="give up (DSN and badmail) after this long"),
-    "concurrency": Option("int", 8, help="messages delivered at the same time"),
+    "expire": Option("duration", 172800.0, minimum=1.0, help="give up (DSN and badmail) after this long"),
+    "concurrency": Option("int", 8, minimum=1, maximum=1000, help="messages delivered at the same time"),
     "route_retry": Option(
         "any", {}, help='retry schedules per route, keyed by the route\'s first transport: { mx = ["5m", "1h"] }'
     ),
-    "send_timeout": Option("duration", 600.0, help="longest one transport may take for one message"),
-    "scan_interval": Option("duration", 5.0, help="how often requests from the command line are picked up"),
+    "send_timeout": Option("duration", 600.0, minimum=0.001, help="longest one transport may take for one message"),
+    "scan_interval": Option("duration", 5.0, minimum=0.01, help="how often requests from the command line are picked up"),
 }
 
 
 STOP_TIMEOUT = 30.0  # how long stop() lets attempts in flight finish
-# A zero interval ("0") would retry a dead server in a busy loop.
-MIN_RETRY = 0.1
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from alertmail.config.schema import Checker, Option, Section
-from alertmail.units import parse_address
+from alertmail.config.schema import Checker, Option, Section, listen_problem
 
 EXPORTER_OPTIONS: dict[str, Option] = {
     "listen": Option(
         "str",
         None,
+        nonempty=True,
         help='address to serve /metrics on, e.g. "127.0.0.1:9464"; off when not set (no authentication: bind with care)',
     ),
     "stale_after": Option(
         "duration",
         None,
+        minimum=1.0,
         help="drop a series from /metrics when no sample came for this long; default: 3 probe intervals, at least 1m",
     ),
 }
@@ -30,9 +31,12 @@ def _check(table: dict[str, Any], check: Checker, config: Any) -> None:
     listen = table.get("listen")
     if isinstance(listen, str):
         try:
-            parse_address(listen)
+            problem = listen_problem(listen)
         except ValueError as exc:
             check.error("exporter.listen", f'{exc}; write it as "127.0.0.1:9464" or "[::1]:9464"')
+        else:
+            if problem:
+                check.error("exporter.listen", problem)
 
 
 SECTION = Section("exporter", EXPORTER_OPTIONS, check=_check)

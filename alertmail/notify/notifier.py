@@ -57,10 +57,14 @@ NOTIFY_OPTIONS: dict[str, Option] = {
         help="the first alert for a set of recipients goes out at once; what follows within this time is batched into one mail",
     ),
     "max_mails_per_hour": Option(
-        "int", 10, help="storm cap: most mails one recipient gets in any hour, digests included; 0 = no cap"
+        "int",
+        10,
+        minimum=0,
+        maximum=1_000_000,
+        help="storm cap: most mails one recipient gets in any hour, digests included; 0 = no cap",
     ),
     "digest_interval": Option(
-        "duration", 900.0, help="storm mode: events beyond the cap are folded into one digest mail this often"
+        "duration", 900.0, minimum=1.0, help="storm mode: events beyond the cap are folded into one digest mail this often"
     ),
 }
 SECTION = Section("notify", NOTIFY_OPTIONS, check=check_storm)

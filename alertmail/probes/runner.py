@@ -29,8 +29,10 @@ from alertmail.model import Sample
 
 PROBE_OPTIONS: dict[str, Option] = {
     "enabled": Option("bool", True, help="run this probe"),
-    "interval": Option("duration", None, help="how often to run it; default: the probe's own, else [agent].interval"),
-    "timeout": Option("duration", None, help="longest one run may take; default: its interval"),
+    "interval": Option(
+        "duration", None, minimum=0.1, help="how often to run it; default: the probe's own, else [agent].interval"
+    ),
+    "timeout": Option("duration", None, minimum=0.001, help="longest one run may take; default: its interval"),
 }
 COMMON_KEYS = tuple(PROBE_OPTIONS)
 # A worker with nothing to do for this long ends; the agent's probes never wait that long.

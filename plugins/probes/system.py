@@ -285,7 +285,7 @@ class DiskProbe(SystemProbe):
     )
     options: ClassVar[dict[str, Option]] = {
         "exclude_fstypes": Option("list", list(PSEUDO_FSTYPES), help="filesystem types not to report"),
-        "exclude_mounts": Option("list", [], help='mount point globs not to report, e.g. ["/boot/*"]'),
+        "exclude_mounts": Option("list", [], glob=True, help='mount point globs not to report, e.g. ["/boot/*"]'),
     }
 
     def __init__(self) -> None:
@@ -340,7 +340,7 @@ class DiskIOProbe(SystemProbe):
         MetricInfo("diskio.busy_percent", "percent", "share of time the disk was busy (Linux, FreeBSD)", ("disk",)),
     )
     options: ClassVar[dict[str, Option]] = {
-        "exclude": Option("list", ["loop*", "ram*", "zram*", "sr*", "fd*"], help="disk name globs not to report"),
+        "exclude": Option("list", ["loop*", "ram*", "zram*", "sr*", "fd*"], glob=True, help="disk name globs not to report"),
         "partitions": Option("bool", False, help="also report partitions (sda1), not only whole disks"),
     }
     counters: ClassVar[dict[str, str]] = {
@@ -417,7 +417,7 @@ class NetworkProbe(SystemProbe):
     metrics = tuple(MetricInfo(f"net.{m}", unit, text, ("interface",), "rate") for m, (unit, text) in _NET_TEXT.items())
     options: ClassVar[dict[str, Option]] = {
         "loopback": Option("bool", False, help="also report the loopback interface"),
-        "exclude": Option("list", [], help='interface name globs not to report, e.g. ["veth*"]'),
+        "exclude": Option("list", [], glob=True, help='interface name globs not to report, e.g. ["veth*"]'),
     }
 
     def __init__(self) -> None:

@@ -114,10 +114,10 @@ class MxTransport:
             choices=("mx", "mx-then-smarthost", "smarthost"),
         ),
         "smart_host": Option("str", None, help='"[10.10.10.1]:25" (an address: no DNS) or "relay.example.com:25"'),
-        "port": Option("int", 25, help="port of the MX hosts"),
+        "port": Option("int", 25, minimum=1, maximum=65535, help="port of the MX hosts"),
         "resolver": Option("str", None, help='DNS server as "127.0.0.1:5353"; default: the system resolver'),
-        "dns_timeout": Option("duration", 10.0, help="longest one DNS lookup may take, retries included"),
-        "helo": Option("str", None, help="name given in EHLO; default: the agent's host name"),
+        "dns_timeout": Option("duration", 10.0, minimum=0.001, help="longest one DNS lookup may take, retries included"),
+        "helo": Option("str", None, nonempty=True, help="name given in EHLO; default: the agent's host name"),
         "tls": Option(
             "str",
             "opportunistic",

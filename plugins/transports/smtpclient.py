@@ -28,9 +28,13 @@ if TYPE_CHECKING:  # imported where a session needs it: an agent that never spea
 # RFC 5321 §4.5.3.2 gives a timeout per command; aiosmtplib takes one per call, and
 # one for the whole DATA phase, so three knobs cover it (see TIMEOUT_OPTIONS).
 TIMEOUT_OPTIONS: dict[str, Option] = {
-    "connect_timeout": Option("duration", 30.0, help="TCP connect to one address"),
-    "command_timeout": Option("duration", 300.0, help="greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT, RSET (RFC 5321: 5 min)"),
-    "data_timeout": Option("duration", 600.0, help="DATA up to the reply to the final dot (RFC 5321: 10 min for the dot)"),
+    "connect_timeout": Option("duration", 30.0, minimum=0.001, help="TCP connect to one address"),
+    "command_timeout": Option(
+        "duration", 300.0, minimum=0.001, help="greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT, RSET (RFC 5321: 5 min)"
+    ),
+    "data_timeout": Option(
+        "duration", 600.0, minimum=0.001, help="DATA up to the reply to the final dot (RFC 5321: 10 min for the dot)"
+    ),
     "idle_timeout": Option("duration", 30.0, help="keep an idle session open this long for the next message; 0 = close"),
 }
 

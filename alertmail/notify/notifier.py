@@ -66,6 +66,8 @@ NOTIFY_OPTIONS: dict[str, Option] = {
 SECTION = Section("notify", NOTIFY_OPTIONS, check=check_storm)
 
 
+# A mail that could not be rendered even as plain text is tried again this much later.
+RENDER_RETRY = 60.0
 _DOMAIN_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
 
 
@@ -314,9 +316,14 @@ class Notifier:
                         self.counts["folded"] += len(events)
                 if free:
                     # Rendering (charts) takes a while: off the event loop, which must keep serving.
-                    self._unsent.append(await asyncio.to_thread(self._compose, events, free, list(rcpts), now))
-                    self.storm.sent(free, now)
-                    self._last_mail[rcpts] = now
+                    mails, unrendered = await asyncio.to_thread(self._compose_apart, events, free, list(rcpts), now)
+                    self._unsent.extend(mails)
+                    if mails:
+                        self.storm.sent(free, now)
+                        self._last_mail[rcpts] = now
+                    if unrendered:  # not mailed, so not settled: the rule states are not saved as notified
+                        self._waiting.setdefault(rcpts, []).extend(unrendered)
+                        self._flush_at[rcpts] = now + RENDER_RETRY
                 else:
                     self._track(events, list(rcpts), "")
             for rcpts in [r for r, at in self._last_mail.items() if at + self.group_wait <= now or at > now]:
@@ -395,14 +402,44 @@ class Notifier:
         msg["Message-ID"] = message_id
         msg["Auto-Submitted"] = "auto-generated"
 
-    def _compose(self, events: list[AlertEvent], to: list[str], incident_to: list[str], now: float) -> Outgoing:
+    def _compose_apart(
+        self, events: list[AlertEvent], to: list[str], incident_to: list[str], now: float
+    ) -> tuple[list[Outgoing], list[AlertEvent]]:
+        """The mails for a group, and the events none could be made for.
+
+        When the group's mail cannot be rendered, each event gets a mail of its own, and
+        one that still fails a plain-text one: one bad alert never holds back the others.
+        """
+        try:
+            return [self._compose(events, to, incident_to, now)], []
+        except Exception:
+            log.exception("rendering the mail of %d alert(s) failed; mailing each on its own", len(events))
+        mails, unrendered = [], []
+        for event in events:
+            if len(events) > 1:
+                try:
+                    mails.append(self._compose([event], to, incident_to, now))
+                    continue
+                except Exception:
+                    log.exception("rendering the mail of %s %s failed", event.rule.name, dict(event.labels))
+            self.journal.record(event, "render-failed", now)
+            try:
+                mails.append(self._compose([event], to, incident_to, now, plain=True))
+            except Exception:
+                log.exception("even a plain mail of %s failed; trying again in %gs", event.rule.name, RENDER_RETRY)
+                unrendered.append(event)
+        return mails, unrendered
+
+    def _compose(
+        self, events: list[AlertEvent], to: list[str], incident_to: list[str], now: float, *, plain: bool = False
+    ) -> Outgoing:
         # The rendering code loads with the first mail (in the composing thread), not with the idle agent.
         from alertmail.render.view import worst_first
 
         events = worst_first(events)  # renderers (plugins too) get the worst news first
-        msg = self._render(events)
+        msg = self._render(events, plain=plain)
         message_id = email.utils.make_msgid(idstring=events[0].incident[:16], domain=self.domain)
-        roots = self._track(events, incident_to, message_id)
+        roots = self._roots(events)
         self._headers(msg, to, message_id, now)
         if roots:
             msg["In-Reply-To"] = roots[0]
@@ -411,7 +448,18 @@ class Notifier:
         kinds = sorted({e.kind for e in events})
         msg["X-Alertmail-Kind"] = ",".join(kinds)
         msg[ALERTS_HEADER] = encode_alerts(events, self.hostname)  # the facts, for transports such as alertmanager
-        return Outgoing(message_bytes(msg), Envelope(self.sender, tuple(to)), str(msg["Subject"]))
+        data = message_bytes(msg)
+        self._track(events, incident_to, message_id)  # only once the mail exists: a failure above opens no incident
+        return Outgoing(data, Envelope(self.sender, tuple(to)), str(msg["Subject"]))
+
+    def _roots(self, events: Sequence[AlertEvent]) -> list[str]:
+        """The Message-IDs of the mails that opened the incidents of ``events``: what a mail about them replies to."""
+        roots: list[str] = []
+        for event in events:
+            known = self.incidents.get(event.incident)
+            if known is not None and known.root and known.root not in roots:
+                roots.append(known.root)
+        return roots
 
     def _compose_digest(self, events: list[AlertEvent], since: float, rcpt: str, now: float) -> Outgoing:
         msg = render_digest(events, since, self.storm, self._context_base(), self.journal.path)
@@ -435,9 +483,9 @@ class Notifier:
         known = {k: v for k, v in self.render_options.items() if k in ("templates_dir", "units")}
         return RenderContext(hostname=self.hostname, timezone=self.timezone, subject_prefix=self.subject_prefix, **known)
 
-    def _render(self, events: list[AlertEvent]) -> EmailMessage:
+    def _render(self, events: list[AlertEvent], *, plain: bool = False) -> EmailMessage:
         from alertmail.render.format import header_safe
-        from alertmail.render.mail import render_alert
+        from alertmail.render.mail import plain_alert, render_alert
         from alertmail.render.view import RenderContext
 
         ctx = RenderContext(
@@ -445,9 +493,11 @@ class Notifier:
             timezone=self.timezone,
             subject_prefix=self.subject_prefix,
             history=self.history or (lambda metric, labels: ()),
-            extra=self._context(events),
+            extra={} if plain else self._context(events),
             **self.render_options,
         )
+        if plain:
+            return plain_alert(events, ctx)
         if self.hook is not None:
             try:
                 custom = self.hook.render_alert(alert=events, context=ctx)

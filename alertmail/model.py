@@ -25,6 +25,7 @@ Labels = tuple[tuple[str, str], ...]
 # paragraph separators, bidirectional overrides, and lone surrogates (the bytes of a
 # name that was not UTF-8, as Python's file system decoding gives them).
 _UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_SEPARATORS = re.compile(r"[^a-zA-Z0-9]+")
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -67,6 +68,17 @@ def freeze_labels(labels: Mapping[str, Any] | Labels | None) -> Labels:
         return ()
     items = labels.items() if isinstance(labels, Mapping) else labels
     return tuple(sorted((label_text(k), label_text(v)) for k, v in items))
+
+
+def reserved_metric(name: str) -> bool:
+    """True for a metric name the agent keeps for its own figures, which no probe may emit.
+
+    ``agent.*`` (probe health, and ``alertmail_agent_*`` on ``/metrics``: queue depth,
+    deliveries, mails) and ``alert`` (``alertmail_alert``, the rule states), in any case
+    and with any separator: a fake of either would be stored by Prometheus as the real one.
+    """
+    flat = _SEPARATORS.sub("_", name).strip("_").lower()
+    return flat.split("_", 1)[0] in ("agent", "alert", "alerts")
 
 
 @dataclass(frozen=True, slots=True, init=False)

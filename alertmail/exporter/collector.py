@@ -141,10 +141,21 @@ class AgentCollector:
 
     # -- read at each scrape ------------------------------------------------
     def collect(self) -> list[Family]:
-        own = [self._alerts(), *self._own(), *_process()]
+        return self.families(*self.gather())
+
+    def gather(self) -> tuple[list[Family], list[Sample]]:
+        """What changes as the agent runs, read at once on the event loop: the agent's own
+        families and the newest sample of each series. Cheap: the costly part is ``families``."""
+        now = time.time()
+        for series in [s for s, sample in self.latest.items() if now - sample.timestamp > self.stale_after]:
+            del self.latest[series]  # a process that exited, a disk unmounted: not a value any more
+        return [self._alerts(), *self._own()], list(self.latest.values())
+
+    def families(self, own: list[Family], samples: list[Sample]) -> list[Family]:
+        """Every family of a scrape from what ``gather`` read; safe off the event loop (samples are immutable)."""
+        own = [*own, *_process()]
         taken = {name for family in own for name in (family.name, family.sample_name)}
-        samples = list(self._samples(time.time(), taken))
-        return [*samples, *own, self._refused()]
+        return [*self._samples(samples, taken), *own, self._refused()]
 
     def _refuse(self, metric: str, name: str) -> None:
         if metric not in self.refused:
@@ -161,11 +172,9 @@ class AgentCollector:
             family.add({"metric": metric}, 1.0)
         return family
 
-    def _samples(self, now: float, taken: AbstractSet[str] = frozenset()) -> Iterator[Family]:
-        for series in [s for s, sample in self.latest.items() if now - sample.timestamp > self.stale_after]:
-            del self.latest[series]  # a process that exited, a disk unmounted: not a value any more
+    def _samples(self, samples: list[Sample], taken: AbstractSet[str]) -> Iterator[Family]:
         by_metric: dict[str, list[Sample]] = {}
-        for sample in self.latest.values():
+        for sample in samples:
             by_metric.setdefault(sample.metric, []).append(sample)
         seen: set[str] = set()
         for metric in sorted(by_metric):

@@ -211,3 +211,14 @@ def test_a_mount_point_that_is_not_utf8_is_mailed_scraped_and_takes_no_other_ale
     for mount in ("mount=/\n", "mount=/mnt/\\xff", "mount=/x\\r\\nBcc: evil@example.com"):
         assert mount in text, text
     assert mails[0]["Bcc"] is None
+
+
+def test_odd_labels_are_recorded_and_replayed_as_the_agent_showed_them(tmp_path):
+    from alertmail.probes.samples import SampleWriter, read_samples
+
+    samples = [Sample("disk.used_percent", 93.5, {"mount": NOT_UTF8, "note": "a;b=c%\r\n"}, T0)]
+    writer = SampleWriter(tmp_path / "rec.csv")
+    writer.write(samples)
+    writer.close()
+    assert read_samples(tmp_path / "rec.csv") == samples
+    assert read_samples(tmp_path / "rec.csv")[0].label_dict() == {"mount": "/mnt/\\xff", "note": "a;b=c%\\r\\n"}

@@ -106,10 +106,12 @@ def test_an_alert_no_mail_can_be_made_for_is_not_marked_notified_and_is_tried_ag
     assert [str(m.message["Subject"]) for m in collector.mails] == ["custom"]
     assert not notifier.settled, "the agent must not save the rule state as if /bad were mailed"
     assert [i.rule for i in notifier.incidents.values()] == ["disk-full"] and len(notifier.incidents) == 1
+    asyncio.run(notifier.notify([event("/new")], T0 + 1))
+    assert len(collector.mails) == 2, "a new alert is not held back by one waiting to be tried again"
     monkeypatch.undo()
     asyncio.run(notifier.flush(T0 + RENDER_RETRY))
-    assert len(collector.mails) == 2 and "mount=/bad" in bodies(collector)
-    assert notifier.settled and len(notifier.incidents) == 2
+    assert len(collector.mails) == 3 and "mount=/bad" in bodies(collector)
+    assert notifier.settled and len(notifier.incidents) == 3
 
 
 def test_a_family_that_cannot_be_written_is_left_out_and_the_scrape_goes_on():

@@ -143,6 +143,7 @@ class Notifier:
         self._flush_at: dict[tuple[str, ...], float] = {}
         self._last_mail: dict[tuple[str, ...], float] = {}  # when each set of recipients last got a mail
         self._unsent: list[Outgoing] = []
+        self._retry: list[tuple[float, list[AlertEvent]]] = []  # events no mail could be made of, and when to try again
         self._lock = asyncio.Lock()
         self.durable = durable  # fsync the state files (off for replays, whose state is thrown away)
         self._dirty: set[str] = set()  # state files to write at the end of this flush
@@ -305,6 +306,9 @@ class Notifier:
         async with self._lock:
             self.silences.refresh(now)
             self._enqueue(self._release(now), now)
+            for events in [events for at, events in self._retry if force or at <= now]:
+                self._enqueue(events, now)
+            self._retry = [(at, events) for at, events in self._retry if not (force or at <= now)]
             for rcpts in [r for r, at in self._flush_at.items() if force or at <= now]:
                 events = self._waiting.pop(rcpts)
                 del self._flush_at[rcpts]
@@ -322,8 +326,7 @@ class Notifier:
                         self.storm.sent(free, now)
                         self._last_mail[rcpts] = now
                     if unrendered:  # not mailed, so not settled: the rule states are not saved as notified
-                        self._waiting.setdefault(rcpts, []).extend(unrendered)
-                        self._flush_at[rcpts] = now + RENDER_RETRY
+                        self._retry.append((now + RENDER_RETRY, unrendered))
                 else:
                     self._track(events, list(rcpts), "")
             for rcpts in [r for r, at in self._last_mail.items() if at + self.group_wait <= now or at > now]:
@@ -354,12 +357,20 @@ class Notifier:
     @property
     def settled(self) -> bool:
         """True when every event handed over is queued or held on disk: nothing lives only in memory."""
-        return not self._waiting and not self._unsent and self.storm.next_due is None
+        return not self._waiting and not self._unsent and not self._retry and self.storm.next_due is None
 
     @property
     def next_flush(self) -> float | None:
         """When the next group or digest is due (None: nothing waits)."""
-        times = [t for t in (min(self._flush_at.values(), default=None), self.storm.next_due) if t is not None]
+        times = [
+            t
+            for t in (
+                min(self._flush_at.values(), default=None),
+                self.storm.next_due,
+                min((at for at, _ in self._retry), default=None),
+            )
+            if t is not None
+        ]
         return min(times, default=None)
 
     def _track(self, events: Sequence[AlertEvent], incident_to: list[str], message_id: str) -> list[str]:

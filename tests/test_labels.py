@@ -224,3 +224,32 @@ def test_odd_labels_are_recorded_and_replayed_as_the_agent_showed_them(tmp_path)
     writer.close()
     assert read_samples(tmp_path / "rec.csv") == samples
     assert read_samples(tmp_path / "rec.csv")[0].label_dict() == {"mount": "/mnt/\\xff", "note": "a;b=c%\\r\\n"}
+
+
+def test_a_process_that_names_itself_with_odd_bytes_is_shown_escaped_in_the_mail(tmp_path):
+    import subprocess
+    import sys
+
+    from alertmail.render.context import top_processes
+
+    code = "import ctypes, time; ctypes.CDLL(None).prctl(15, b'evil\\xff\\nBcc: x', 0, 0, 0); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        rows = wait_for(
+            lambda: [r for r in top_processes(limit=100_000, interval=0.05)["memory"] if r.pid == child.pid and "evil" in r.name],
+            timeout=10,
+            what="the renamed process",
+        )
+    finally:
+        child.kill()
+        child.wait()
+    assert rows[0].name == "evil\\xff\\nBcc: x"
+    cpu = Rule(name="cpu-high", metric="cpu.percent", above=90, to=("ops@test.example",))
+    collector = MailCollector()
+    notifier = notifier_for(tmp_path, collector)
+    notifier.context_for = lambda events: {"top_processes": {"cpu": rows, "memory": rows}}
+    firing = AlertEvent("firing", cpu, (), 95.0, 90.0, ">", "warning", T0, T0, "cpu-high")
+    asyncio.run(notifier.notify([firing], T0))
+    (mail,) = collector.mails
+    assert str(mail.message["Subject"]) != "FIRING: cpu-high on web01", "the full mail, not the plain one"
+    assert "evil\\xff\\nBcc: x" in bodies(collector) and mail.message["Bcc"] is None

@@ -25,6 +25,7 @@ Labels = tuple[tuple[str, str], ...]
 # paragraph separators, bidirectional overrides, and lone surrogates (the bytes of a
 # name that was not UTF-8, as Python's file system decoding gives them).
 _UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_ESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|[nrt])")
 _SEPARATORS = re.compile(r"[^a-zA-Z0-9]+")
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -55,6 +56,25 @@ def label_text(value: Any) -> str:
     if value.isprintable():
         return value
     return _UNSHOWABLE.sub(_escaped, value)
+
+
+def system_name(text: str) -> str:
+    """A label value as the system names the thing again (to open a path): ``label_text`` undone.
+
+    ``/mnt/\\xff`` becomes the file system name with byte 0xff (``/mnt/\\udcff`` in Python),
+    ``\\n`` a line feed. A backslash followed by anything else is kept as it is.
+    """
+    if "\\" not in text:
+        return text
+    return _ESCAPE.sub(_unescaped, text)
+
+
+def _unescaped(match: re.Match[str]) -> str:
+    code = match.group()
+    if code[1] in "nrt":
+        return {"n": "\n", "r": "\r", "t": "\t"}[code[1]]
+    value = int(code[2:], 16)
+    return chr(0xDC00 + value) if code[1] == "x" and value >= 0x80 else chr(value)
 
 
 def without_surrogates(text: str) -> str:

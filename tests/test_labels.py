@@ -253,3 +253,17 @@ def test_a_process_that_names_itself_with_odd_bytes_is_shown_escaped_in_the_mail
     (mail,) = collector.mails
     assert str(mail.message["Subject"]) != "FIRING: cpu-high on web01", "the full mail, not the plain one"
     assert "evil\\xff\\nBcc: x" in bodies(collector) and mail.message["Bcc"] is None
+
+
+def test_a_disk_alert_on_a_mount_point_that_is_not_utf8_still_gets_its_size_in_the_mail(tmp_path):
+    import os
+
+    from alertmail.render.context import collect_context
+
+    folder = os.fsdecode(bytes(tmp_path) + b"/disk-\xff")
+    os.mkdir(folder)
+    sample = Sample("disk.used_percent", 95, {"mount": folder})
+    assert "\\xff" in sample.label_dict()["mount"]
+    firing = AlertEvent("firing", RULE, sample.labels, 95.0, 90.0, ">", "warning", T0, T0, "disk-odd")
+    context = collect_context([firing])
+    assert list(context["disk"]) == [sample.label_dict()["mount"]]

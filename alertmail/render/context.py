@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import psutil
 
-from alertmail.model import Labels, label_text
+from alertmail.model import Labels, label_text, system_name
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def collect_context(
         if resource_of(event.rule.metric) != "disk" or mount is None or mount in disks:
             continue
         try:
-            usage = disk_usage(mount)
+            usage = disk_usage(system_name(mount))  # a mount point that was not UTF-8 is still read
         except (psutil.Error, OSError, TimeoutError) as exc:
             log.warning("disk usage of %r not read: %s", mount, exc)
             continue

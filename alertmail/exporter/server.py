@@ -114,7 +114,7 @@ class MetricsServer:
         since, count = self._refused_logged
         if now - since >= REFUSED_LOG_EVERY:
             log.warning(
-                "exporter: %d connection(s) closed at max_connections = %d since the last report",
+                "%d connection(s) closed at max_connections = %d since the last report",
                 self.refused - count,
                 self.max_connections,
             )

@@ -87,7 +87,12 @@ def freeze_labels(labels: Mapping[str, Any] | Labels | None) -> Labels:
     if not labels:
         return ()
     items = labels.items() if isinstance(labels, Mapping) else labels
-    return tuple(sorted((label_text(k), label_text(v)) for k, v in items))
+    return tuple(sorted((_text(k), _text(v)) for k, v in items))
+
+
+def _text(value: Any) -> str:
+    # The common case first, without a call more: every sample of every probe comes through here.
+    return value if type(value) is str and value.isprintable() else label_text(value)
 
 
 def reserved_metric(name: str) -> bool:
@@ -117,7 +122,7 @@ class Sample:
         labels: Mapping[str, Any] | Labels | None = None,
         timestamp: float | None = None,
     ) -> None:
-        object.__setattr__(self, "metric", label_text(metric))
+        object.__setattr__(self, "metric", _text(metric))
         object.__setattr__(self, "value", float(value))
         object.__setattr__(self, "labels", freeze_labels(labels))
         object.__setattr__(self, "timestamp", time.time() if timestamp is None else float(timestamp))

@@ -228,3 +228,19 @@ def test_a_connection_that_sends_nothing_is_closed_after_idle_timeout_and_the_ca
             await server.stop()
 
     asyncio.run(main())
+
+
+def test_connection_limits_out_of_range_are_refused_by_check_with_the_key_and_the_default(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[mail]\nfrom = "a@example.test"\nto = ["b@example.test"]\nroute = ["pickup"]\n'
+        '[exporter]\nlisten = "127.0.0.1:9464"\nmax_connections = 0\nidle_timeout = "0s"\ncache_for = "2h"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "alertmail", "check", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 78, result.stdout + result.stderr
+    out = result.stdout + result.stderr
+    assert f"{config}: exporter.max_connections: 0 is out of range; give 1 to 10000 (default 32)" in out
+    assert f"{config}: exporter.idle_timeout: 0s is out of range; give more than 0s and at most 1h (default 5s)" in out
+    assert f"{config}: exporter.cache_for: 7200s is out of range; give 0s to 1h (default 1s)" in out

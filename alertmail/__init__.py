@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from alertmail.delivery.outbox import Outbox
     from alertmail.queue.badmail import Badmail, split_envelope
     from alertmail.queue.spool import QueueLocked, QueueWriteError
-    from alertmail.rules.wire import alerts_in
+    from alertmail.rules.wire import alert_key, alerts_in, read_key, sealed_alerts
 
 # name -> module, imported on first access (PEP 562).
 _LAZY = {
@@ -48,6 +48,9 @@ _LAZY = {
     "QueueWriteError": "alertmail.queue.spool",
     "Outbox": "alertmail.delivery.outbox",
     "alerts_in": "alertmail.rules.wire",
+    "sealed_alerts": "alertmail.rules.wire",
+    "alert_key": "alertmail.rules.wire",
+    "read_key": "alertmail.rules.wire",
     "DEFAULT_CONFIG": "alertmail.cli.options",
     "config_option": "alertmail.cli.options",
     "load_or_exit": "alertmail.cli.options",
@@ -86,6 +89,9 @@ __all__ = [  # noqa: RUF022  grouped by what a plugin does with them
     "Badmail",
     "split_envelope",
     "alerts_in",
+    "sealed_alerts",
+    "alert_key",
+    "read_key",
     # configuration
     "Option",
     "Checker",

@@ -24,6 +24,7 @@ RUNS = {
     "queue_bench.py": ["-n", "100"],
     "relay_bench.py": ["--quick"],
     "relay_crash.py": ["--messages", "200", "--clients", "4", "--kill-after", "60"],
+    "relay_data_memory.py": ["--sessions", "3", "--size", "0.5", "--finish"],
     "relay_profile.py": ["-m", "100", "-s", "2", "--top", "5"],
     "render_mail.py": ["off", "--runs", "2"],
     "replay_storm.py": ["--hours", "1", "--burst", "50"],

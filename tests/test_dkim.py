@@ -523,7 +523,13 @@ def test_relay_signs_mail_from_allow_clients_only(tmp_path, keys, dkim_dns):
             tmp_path / "relay",
             sink,
             port,
-            {"dkim": True, "allow": ["127.0.0.1/32"], "local_domains": ["local.test"], "also_listen": [f"127.0.0.2:{port}"]},
+            {
+                "dkim": True,
+                "allow": ["127.0.0.1/32"],
+                "local_domains": ["local.test"],
+                "local_recipients": ["bob@local.test"],
+                "also_listen": [f"127.0.0.2:{port}"],
+            },
         )
         with open(config, "a") as fh:
             fh.write(f'\n[mail.dkim]\ndomain = "{DOMAIN}"\nselector = "sel"\nkey_file = "{keys["rsa"]}"\n')

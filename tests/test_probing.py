@@ -126,7 +126,6 @@ def test_sync_probe_runs_off_the_event_loop():
 @pytest.mark.parametrize(
     "result, message",
     [
-        ([Sample("x", float("nan"))], "x = nan is not a finite number"),
         ([Sample("x", 1), "x=1"], "item 1 is str, not a Sample"),
         (None, "collect() returned None"),
         ("x 1", "collect() returned str"),
@@ -141,8 +140,16 @@ def test_invalid_results_become_an_error_naming_the_probe(result, message):
 
 
 def test_valid_samples_survive_next_to_invalid_ones():
-    run = asyncio.run(run_probe(Probe("mixed", lambda: [Sample("a", 1), Sample("b", float("inf"))]), 2))
-    assert [s.metric for s in run.samples] == ["a"] and "b = inf" in run.error
+    run = asyncio.run(run_probe(Probe("mixed", lambda: [Sample("a", 1), "b=2"]), 2))
+    assert [s.metric for s in run.samples] == ["a"] and "item 1 is str" in run.error
+
+
+def test_nan_and_infinities_are_samples_not_probe_errors():
+    # docs/rules.md "NaN and infinities": NaN is "no reading", +-Inf a reading; neither is bad data.
+    values = [float("nan"), float("inf"), float("-inf")]
+    run = asyncio.run(run_probe(Probe("odd", lambda: [Sample(f"m{i}", v) for i, v in enumerate(values)]), 2))
+    assert run.ok, run.error
+    assert [s.metric for s in run.samples] == ["m0", "m1", "m2"]
 
 
 def test_generator_async_and_async_generator_probes_are_collected():

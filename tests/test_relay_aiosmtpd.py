@@ -166,6 +166,7 @@ def relays(tmp_path_factory, sink):
         "max_recipients": 3,
         "max_commands": 5,
         "local_domains": ["local.test"],
+        "local_recipients": ["postmaster@local.test"],
     }
     started = {}
     try:

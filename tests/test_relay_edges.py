@@ -33,6 +33,7 @@ def relay(tmp_path_factory, sink):
         "tls_key": str(key),
         "allow": ["127.0.0.1/32"],
         "local_domains": ["local.example", "relay.test"],
+        "local_recipients": ["user@local.example", "@relay.test"],
     }
     process = start_relay(folder, sink, options)
     yield process

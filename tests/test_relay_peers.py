@@ -54,6 +54,7 @@ def relay(tmp_path_factory, sink):
         "max_recipients": 3,
         "max_commands": 5,
         "local_domains": ["local.test"],
+        "local_recipients": ["postmaster@local.test"],
     }
     process = start_relay(folder, sink, options)
     yield process

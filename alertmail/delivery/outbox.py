@@ -60,7 +60,7 @@ class Outbox:
         self._closing_tasks: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
-        from alertmail.delivery.delivery import Delivery, RetryPolicy, build_transports
+        from alertmail.delivery.delivery import Delivery, RetryPolicy, build_transports, configured_routes
         from alertmail.queue.spool import Queue
 
         cfg = self.cfg
@@ -68,6 +68,7 @@ class Outbox:
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         options = cfg.sections.get("queue", {})
         self.queue = Queue(self.state_dir / "queue", **signing(cfg))
+        self.queue.routes = configured_routes(cfg)
         await self.queue.start()
         context = TransportContext(state_dir=self.state_dir, hostname=cfg.hostname, config_path=cfg.path)
         self.transports = build_transports(cfg.transports, self.plugins, context)
@@ -79,6 +80,7 @@ class Outbox:
             hostname=cfg.hostname,
             default_route=cfg.mail["route"],
             concurrency=options.get("concurrency") or 8,
+            routes=self.queue.routes,
         )
         await self.delivery.start()
 
@@ -97,7 +99,7 @@ class Outbox:
         ``transports`` comes from ``build_transports`` (built before anything is applied, so a
         transport that cannot be built refuses the reload whole).
         """
-        from alertmail.delivery.delivery import RetryPolicy
+        from alertmail.delivery.delivery import RetryPolicy, configured_routes
         from alertmail.delivery.dkim import DkimKeyError
 
         try:  # [mail.dkim]: a new key or selector signs from now on (load_config checked the keys just before)
@@ -110,6 +112,7 @@ class Outbox:
         retired = [t for n, t in self.transports.items() if transports.get(n) is not t]
         self.transports = transports
         options = cfg.sections.get("queue", {})
+        self.queue.routes = configured_routes(cfg)
         again = self.delivery.reconfigure(
             transports,
             policy=RetryPolicy.from_config(options),
@@ -117,6 +120,7 @@ class Outbox:
             concurrency=options.get("concurrency") or 8,
             changed=changed,
             route_changed=old.mail["route"] != cfg.mail["route"],
+            routes=self.queue.routes,
         )
         if changed or again:
             log.info("transports changed: %s; %d waiting message(s) tried again now", ", ".join(sorted(changed)) or "none", again)

@@ -293,6 +293,7 @@ class Heartbeat:
         msg["Message-ID"] = email.utils.make_msgid(idstring="heartbeat", domain=n.domain)
         msg["Auto-Submitted"] = "auto-generated"
         msg["X-Alertmail-Kind"] = "heartbeat"
+        n.seal(msg, None, now)  # the agent's own mail: nothing for Alertmanager, not mail to pass on
         msg_id = await self.queue.put(
             msg.as_bytes(policy=email.policy.SMTP), Envelope(n.sender, tuple(self.to)), route=n.route, origin="agent"
         )

@@ -43,7 +43,7 @@ from alertmail.notify.runtime_silences import SilenceSet
 from alertmail.notify.storm import StormGuard, render_digest
 from alertmail.notify.storm import check_config as check_storm
 from alertmail.rules.model import AlertEvent, Rule
-from alertmail.rules.wire import ALERTS_HEADER, encode_alerts
+from alertmail.rules.wire import ALERTS_HEADER, SEAL_HEADER, alert_key, encode_alerts, seal
 
 if TYPE_CHECKING:
     from alertmail.render.view import RenderContext
@@ -116,6 +116,7 @@ class Notifier:
         rules: Sequence[Rule] = (),
         render_options: Mapping[str, Any] | None = None,
         durable: bool = True,
+        seal_key: bytes | None = None,
     ) -> None:
         self.sender = sender
         self.hostname = hostname
@@ -139,6 +140,7 @@ class Notifier:
         self.held_file = self.state_dir / "silenced.json"
         self.held: dict[str, Held] = self._load_held()
         self.journal = Journal(self.state_dir / "logs" / "alerts.jsonl")
+        self._seal_key = seal_key  # STATE_DIR/alerts.key, read (or made) with the first mail
         self._waiting: dict[tuple[str, ...], list[AlertEvent]] = {}
         self._flush_at: dict[tuple[str, ...], float] = {}
         self._last_mail: dict[tuple[str, ...], float] = {}  # when each set of recipients last got a mail
@@ -354,6 +356,26 @@ class Notifier:
                 self.journal.mail(out.subject, out.envelope.recipients, out.kind, now, str(msg_id))
                 log.info("queued %s for %s: %s", msg_id, ", ".join(out.envelope.recipients), out.subject)
 
+    def shift(self, delta: float) -> None:
+        """The wall clock was stepped by ``delta`` seconds: move the group waits, the storm cap's hour and
+        digests, and the times of the events waiting, so every wait runs on the monotonic clock and the
+        mails show times of the wall clock after the step."""
+        if not delta:
+            return
+        for rcpts in self._flush_at:
+            self._flush_at[rcpts] += delta
+        for rcpts in self._last_mail:
+            self._last_mail[rcpts] += delta
+        self.storm.shift(delta)
+        for rcpts, waiting in self._waiting.items():
+            self._waiting[rcpts] = [event.shifted(delta) for event in waiting]
+        self._retry = [(at + delta, [event.shifted(delta) for event in events]) for at, events in self._retry]
+        for backlog in self.storm.backlog.values():
+            backlog.events[:] = [event.shifted(delta) for event in backlog.events]
+        for held in self.held.values():
+            held.event = held.event.shifted(delta)
+            self._dirty.add("held")
+
     @property
     def settled(self) -> bool:
         """True when every event handed over is queued or held on disk: nothing lives only in memory."""
@@ -458,7 +480,7 @@ class Notifier:
         msg["X-Alertmail-Incident"] = " ".join(sorted({e.incident for e in events}))
         kinds = sorted({e.kind for e in events})
         msg["X-Alertmail-Kind"] = ",".join(kinds)
-        msg[ALERTS_HEADER] = encode_alerts(events, self.hostname)  # the facts, for transports such as alertmanager
+        self.seal(msg, encode_alerts(events, self.hostname), now)  # the facts, for transports such as alertmanager
         data = message_bytes(msg)
         self._track(events, incident_to, message_id)  # only once the mail exists: a failure above opens no incident
         return Outgoing(data, Envelope(self.sender, tuple(to)), str(msg["Subject"]))
@@ -482,10 +504,24 @@ class Notifier:
         self._headers(msg, [rcpt], message_id, now)
         msg["X-Alertmail-Kind"] = "digest"
         msg["X-Alertmail-Digest"] = str(len(events))
-        msg[ALERTS_HEADER] = encode_alerts(events, self.hostname)
+        self.seal(msg, encode_alerts(events, self.hostname), now)
         for event in events:
             self.journal.record(event, f"digest:{rcpt}", now)
         return Outgoing(message_bytes(msg), Envelope(self.sender, (rcpt,)), str(msg["Subject"]), "digest")
+
+    def seal(self, msg: EmailMessage, alerts: str | None, now: float) -> None:
+        """Put ``alerts`` (the ``X-Alertmail-Alerts`` value; None for mail without alerts) into ``msg`` with the
+        agent's seal: the alertmanager transport takes alerts only from sealed mail, never from what a
+        relayed message's headers claim."""
+        if alerts is not None:
+            msg[ALERTS_HEADER] = alerts
+        try:
+            key = self._seal_key = self._seal_key or alert_key(self.state_dir)
+        except (OSError, ValueError) as exc:
+            key = None
+            log.error("cannot read or make the sealing key (%s): this mail is not taken as an alert by alertmanager", exc)
+        if key is not None:
+            msg[SEAL_HEADER] = seal([alerts] if alerts is not None else [], key, now)
 
     def _context_base(self) -> RenderContext:
         from alertmail.render.view import RenderContext

@@ -4,13 +4,16 @@ A probe's ``collect()`` may be a plain or an ``async`` function. Plain ones run 
 thread of their own so a slow plugin never blocks the event loop; every run is bounded by a
 timeout, and whatever a probe does wrong (raises, hangs, returns junk) comes back as a
 ``ProbeRun`` with an error that names it, never as an exception that stops the others.
+
+A sample whose value is NaN or an infinity is a good sample: NaN says "no reading",
+±Inf a reading beyond every threshold, and the rules treat them as ``docs/rules.md``
+says ("NaN and infinities"), the same in the agent and in ``alertmail replay``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import math
 import queue
 import re
 import threading
@@ -60,8 +63,6 @@ def _validated(name: str, result: Any) -> tuple[list[Sample], str | None]:
     for i, item in enumerate(result):
         if not isinstance(item, Sample):
             bad.append(f"item {i} is {type(item).__name__}, not a Sample")
-        elif not math.isfinite(item.value):
-            bad.append(f"{item.metric} = {item.value} is not a finite number")
         elif not item.metric:
             bad.append(f"item {i} has an empty metric name")
         elif reserved_metric(item.metric):

@@ -67,6 +67,20 @@ def is_delivery_report(data: bytes, sender: str) -> bool:
     return str(headers.get("Auto-Submitted", "no")).strip().lower().startswith("auto-replied")
 
 
+# Origins whose sender nobody vouched for: mail any client may hand the relay for a local domain
+# ("relay-local"). Its sender is forged as often as not, so a DSN to it would be backscatter.
+UNVOUCHED_ORIGINS = frozenset({"relay-local"})
+
+
+def no_report_reason(entry: Entry, data: bytes) -> str | None:
+    """Why no DSN may go to the sender of ``entry`` (for the badmail note), or None when one may."""
+    if entry.origin in UNVOUCHED_ORIGINS:
+        return "not sent: the relay took the message from a client neither allowed nor authenticated (no backscatter)"
+    if is_delivery_report(data, entry.sender):
+        return "not sent: the message is itself a delivery report or has an empty sender"
+    return None
+
+
 def status_code(state: RecipientState, action: str) -> str:
     """The RFC 3463 status for a recipient: the server's enhanced code when it fits the action."""
     wanted = "4" if action == "delayed" else None

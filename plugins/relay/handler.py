@@ -16,6 +16,7 @@ from alertmail import Envelope, QueueWriteError
 from alertmail.plugins.relay.policy import RelayPolicy, data_problem, has_routing, received_header
 
 if TYPE_CHECKING:
+    from alertmail.plugins.relay.data import MessageData
     from alertmail.plugins.relay.listener import RelayServer
     from alertmail.plugins.relay.server import RelaySMTP
 
@@ -68,12 +69,22 @@ class RelayHandler:
             return f"554 5.7.1 <{address}>: Relay access denied"
         if not trusted and has_routing(address):
             return f"553 5.7.1 <{address}>: Sender-specified routing is not allowed"
+        if not trusted and not self.policy.known_local(address):
+            # Refused now, not bounced later: a DSN to a forged sender would be backscatter.
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown in local recipient table"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, smtp: RelaySMTP, session: Any, envelope: Any) -> str:
-        content: bytes = envelope.original_content
+        data: MessageData = envelope.original_content
+        if data.error is not None:
+            log.error("relay: cannot keep the data of a message from %s: %s", smtp.client_ip, data.error)
+            return "452 4.3.1 Insufficient system storage"
+        async with data.loaded() as content:
+            return await self._queue(smtp, session, envelope, content)
+
+    async def _queue(self, smtp: RelaySMTP, session: Any, envelope: Any, content: bytes) -> str:
         problem = data_problem(content)
         if problem:
             return f"554 5.6.0 {problem}"

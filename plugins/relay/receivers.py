@@ -34,6 +34,8 @@ STEADY = 10.0
 MAX_PAUSE = 10.0
 # Longest wait for a new process to say "ready".
 READY_TIMEOUT = 60.0
+# What a receiving process may take beyond stop_timeout to close its queue and exit before it is killed.
+STOP_GRACE = 2.0
 # How often the queue folder is listed for segments whose writer died before naming them.
 RESCAN_INTERVAL = 2.0
 
@@ -41,8 +43,10 @@ RESCAN_INTERVAL = 2.0
 class Anvil:
     """Sessions per client and failed AUTH per client, counted for every receiving process (as Postfix's anvil).
 
-    Only clients outside ``allow`` are counted here (the caps apply to them); the
-    processes ask before they admit such a client and tell when its session ends.
+    Sessions are counted for clients outside ``allow`` only (the caps apply to them):
+    the processes ask before they admit such a client and tell when its session ends.
+    Failed AUTH are counted for every client. A client is an IPv4 address or an IPv6
+    network of ``ipv6_prefix`` bits (``RelayPolicy.client_key``).
     """
 
     def __init__(self, policy: Any) -> None:
@@ -54,6 +58,9 @@ class Anvil:
         """The reply to one request of process ``index`` ("yes"/"no"), or None for news that needs none."""
         word, _, ip = line.partition(" ")
         if word == "admit":
+            # ``ip`` is a client key: an IPv4 address or an IPv6 network (RelayPolicy.client_key)
+            if sum(counts.total() for counts in self.sessions.values()) >= self.policy.outside_connections:
+                return "full"  # the rest of max_connections is reserved for `allow` clients
             total = sum(counts[ip] for counts in self.sessions.values())
             if total >= self.policy.max_connections_per_client:
                 return "no"
@@ -245,7 +252,13 @@ class Receivers:
                 log.info("relay: %d message(s) adopted from segments a receiving process left unnamed", found)
 
     async def stop(self, timeout: float) -> None:
-        """SIGTERM every process; they finish their transactions in flight within ``timeout``, else SIGKILL."""
+        """SIGTERM every process; they finish their transactions in flight within ``timeout``, else SIGKILL.
+
+        Cancelled (the agent's own stop bound came first), it kills what is left at once
+        rather than leave a receiving process behind the agent: a message not yet
+        answered 250 is sent again by its client, and a segment already committed is
+        adopted below or at the next start.
+        """
         self._stopping = True
         # The port stops answering once every process has closed its copy of the sockets too.
         for sock in self.sockets:
@@ -254,27 +267,33 @@ class Receivers:
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout + 5.0
-        for process in self.processes.values():
-            try:
-                await asyncio.wait_for(process.wait(), max(0.1, deadline - time.monotonic()))
-            except TimeoutError:
-                log.error("relay: receiving process %d did not stop in time; killed", process.pid)
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
-        # Each keeper reads its process's last lines (segments to adopt) and returns; then the rescan goes.
-        keepers = self._tasks[:-1]
-        if keepers:
-            await asyncio.wait(keepers, timeout=5.0)
-        for task in [*self._tasks, *self._anvils.values()]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._anvils.values(), return_exceptions=True)
-        self._tasks.clear()
-        # Segments named just before the processes ended are taken now, not at the next start.
-        with contextlib.suppress(OSError):
-            self.queue.adopt_new()
-        os.close(self._slots_fd)
+        deadline = time.monotonic() + timeout + STOP_GRACE
+        try:
+            for process in self.processes.values():
+                try:
+                    await asyncio.wait_for(process.wait(), max(0.1, deadline - time.monotonic()))
+                except TimeoutError:
+                    log.error("relay: receiving process %d did not stop in time; killed", process.pid)
+                    await _kill(process)
+            # Each keeper reads its process's last lines (segments to adopt) and returns; then the rescan goes.
+            keepers = self._tasks[:-1]
+            if keepers:
+                await asyncio.wait(keepers, timeout=STOP_GRACE)
+        except asyncio.CancelledError:
+            for process in self.processes.values():
+                if process.returncode is None:
+                    log.error("relay: receiving process %d was still stopping at the agent's stop bound; killed", process.pid)
+                    await _kill(process)
+            raise
+        finally:
+            for task in [*self._tasks, *self._anvils.values()]:
+                task.cancel()
+            await asyncio.gather(*self._tasks, *self._anvils.values(), return_exceptions=True)
+            self._tasks.clear()
+            # Segments named just before the processes ended are taken now, not at the next start.
+            with contextlib.suppress(OSError):
+                self.queue.adopt_new()
+            os.close(self._slots_fd)
 
     def _ended(self, index: int) -> None:
         """Process ``index`` is gone: so are its sessions."""
@@ -283,6 +302,12 @@ class Receivers:
         task = self._anvils.pop(index, None)
         if task is not None:
             task.cancel()
+
+
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    await process.wait()
 
 
 def _temp_fd() -> int:

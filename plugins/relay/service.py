@@ -30,7 +30,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -51,15 +51,26 @@ OPTIONS: dict[str, Option] = {
     "require_tls": Option("bool", False, help="refuse mail commands before STARTTLS"),
     "max_size": Option("size", 10_000_000, help="largest message accepted (announced as SIZE)"),
     "max_recipients": Option("int", 100, help="recipients per message; more get 452"),
-    "max_commands": Option("int", 100, help="commands per session that move no mail (NOOP, RSET, errors ...) before 421"),
-    "max_connections": Option("int", 300, help="sessions at once, all clients together; more get 421 4.7.0"),
-    "max_connections_per_client": Option(
-        "int", 50, help="sessions at once from one IP address outside `allow`; more get 421 4.7.0"
+    "max_commands": Option(
+        "int", 100, help="commands that move no mail (NOOP, RSET, errors, abandoned MAIL/RCPT) before 421 4.7.0"
     ),
-    "max_auth_failures": Option("int", 10, help="failed AUTH per IP address outside `allow` within rate_window; then 421 4.7.0"),
+    "max_connections": Option("int", 300, help="sessions at once, all clients together; more get 421 4.7.0"),
+    "reserved_connections": Option(
+        "int", None, help="sessions of max_connections only `allow` clients may take; default a sixth of max_connections"
+    ),
+    "max_connections_per_client": Option(
+        "int", 50, help="sessions at once from one client outside `allow` (IPv4 address or IPv6 network); more get 421 4.7.0"
+    ),
+    "ipv6_prefix": Option("int", 64, help="IPv6 clients are counted per network of this many bits (/64: one site)"),
+    "max_session_time": Option("duration", 1800.0, help="longest session; then 421 4.4.2 once its transaction is over"),
+    "max_auth_failures": Option("int", 10, help="failed AUTH per client (`allow` ones too) within rate_window; then 421 4.7.0"),
+    "max_auth_warnings": Option("int", 10, help="failed-AUTH warnings logged per rate_window; the rest are counted in one line"),
     "rate_window": Option("duration", 60.0, help="the time unit of max_auth_failures (as Postfix's anvil_rate_time_unit)"),
     "route": Option("list", ["mx"], help="transports relayed and picked-up mail leaves through"),
     "local_domains": Option("list", [], help="recipient domains any client may send to, without relay rights"),
+    "local_recipients": Option(
+        "list", [], help='the addresses of local_domains that exist ("@domain": all of it); others get 550 5.1.1 at RCPT'
+    ),
     "dkim": Option("bool", False, help="sign mail from `allow` clients with the [mail.dkim] keys (not AUTH or local mail)"),
     "pickup": Option("bool", True, help="take files dropped into STATE_DIR/pickup"),
     "pickup_interval": Option("duration", 1.0, help="how often the pickup folder is scanned"),
@@ -76,7 +87,9 @@ OPTIONS: dict[str, Option] = {
         "auto",
         help='receiving processes: "auto" = one per core but one (at least 1); 0 = receive in the agent\'s own process',
     ),
-    "stop_timeout": Option("duration", 20.0, help="on shutdown, how long transactions in flight may take to finish"),
+    "stop_timeout": Option(
+        "duration", 5.0, help="on shutdown, how long transactions in flight may take to finish; then their sessions get 421"
+    ),
 }
 
 
@@ -91,13 +104,23 @@ MINIMUMS: dict[str, tuple[float, str]] = {
     "max_commands": (1, "at least 1"),
     "max_connections": (1, "at least 1"),
     "max_connections_per_client": (1, "at least 1"),
+    "reserved_connections": (0, "0 or more"),
+    "ipv6_prefix": (1, "between 1 and 128"),
+    "max_session_time": (0.001, "more than 0"),
     "max_auth_failures": (1, "at least 1"),
+    "max_auth_warnings": (0, "0 or more"),
     "rate_window": (0.001, "more than 0"),
     "pickup_interval": (0.001, "more than 0"),
     "greet_pause": (0, "0 or more"),
     "timeout": (0.001, "more than 0"),
     "stop_timeout": (0, "0 or more"),
 }
+
+
+def reserved_connections(opts: Mapping[str, Any]) -> int:
+    """``reserved_connections`` as set, else a sixth of ``max_connections`` (50 of 300)."""
+    reserved = opts.get("reserved_connections")
+    return int(opts["max_connections"]) // 6 if reserved is None else int(reserved)
 
 
 def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:
@@ -113,6 +136,16 @@ def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:
         value = opts.get(option)
         if isinstance(value, int | float) and not isinstance(value, bool) and value < least:
             check.error(f"relay.{option}", f"must be {words}, got {value!r}")
+    prefix = opts.get("ipv6_prefix")
+    if isinstance(prefix, int) and prefix > 128:
+        check.error("relay.ipv6_prefix", f"must be between 1 and 128, got {prefix}")
+    reserved, most = opts.get("reserved_connections"), opts.get("max_connections")
+    if isinstance(reserved, int) and isinstance(most, int) and reserved >= most >= 1:
+        check.error(
+            "relay.reserved_connections",
+            f"must be less than max_connections ({most}), or clients outside `allow` never get a session; "
+            "lower it or raise max_connections",
+        )
     if "workers" in opts:
         try:
             worker_count(opts["workers"])
@@ -155,6 +188,8 @@ def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:
             Users.load(opts["users_file"])
         except (OSError, UsersFileError) as exc:
             check.error("relay.users_file", str(exc))
+    for keypath, message in read_local_recipients(opts)[1]:
+        check.error(keypath, message)
     try:
         check_route(cfg, list(opts.get("route") or []), Path(cfg.state_dir))
     except RelayConfigError as exc:
@@ -176,7 +211,7 @@ class RelayService:
         self.pickup: Any = None  # watcher.PickupWatcher
         self.w3c: Any = None
         self._flusher: asyncio.Task[None] | None = None
-        self._stop_timeout = 20.0
+        self._stop_timeout = 5.0
 
     async def start(self, context: ServiceContext) -> None:
         from alertmail import Badmail, __version__
@@ -211,6 +246,9 @@ class RelayService:
                 users = Users.load(opts["users_file"])
             except (OSError, UsersFileError) as exc:
                 raise RelayConfigError(f"relay.users_file: {exc}") from None
+        local_recipients, problems = read_local_recipients(opts)
+        if problems:
+            raise RelayConfigError(f"{problems[0][0]}: {problems[0][1]}")
         # aiosmtpd logs every command line at INFO (AUTH PLAIN data included): keep it quiet.
         logging.getLogger("mail.log").setLevel(logging.ERROR)
         policy = RelayPolicy(
@@ -218,12 +256,17 @@ class RelayService:
             allow=allow,
             users=users,
             local_domains=frozenset(d.lower().rstrip(".") for d in opts["local_domains"]),
+            local_recipients=local_recipients,
             max_size=opts["max_size"],
             max_recipients=opts["max_recipients"],
             max_commands=opts["max_commands"],
             max_connections=opts["max_connections"],
             max_connections_per_client=opts["max_connections_per_client"],
+            reserved_connections=reserved_connections(opts),
+            ipv6_prefix=opts["ipv6_prefix"],
+            max_session_time=opts["max_session_time"],
             max_auth_failures=opts["max_auth_failures"],
+            max_auth_warnings=opts["max_auth_warnings"],
             rate_window=opts["rate_window"],
             require_tls=bool(opts["require_tls"]),
             greet_pause=opts["greet_pause"],
@@ -338,16 +381,19 @@ class RelayService:
         delivery = getattr(self, "_delivery", None)
         if delivery is not None and self._log_attempt in delivery.observers:
             delivery.observers.remove(self._log_attempt)
-        if self.receivers is not None:
-            await self.receivers.stop(self._stop_timeout)
-        if self.server is not None:
-            await self.server.stop(self._stop_timeout)
-        if self.pickup is not None:
-            await self.pickup.stop()
-        if self._flusher is not None:
-            self._flusher.cancel()
-        if self.w3c is not None:
-            self.w3c.close()
+        try:
+            if self.receivers is not None:
+                await self.receivers.stop(self._stop_timeout)
+            if self.server is not None:
+                await self.server.stop(self._stop_timeout)
+        finally:
+            # Also when the caller's time ran out (cancelled): the watcher and the log are closed all the same.
+            if self.pickup is not None:
+                await self.pickup.stop()
+            if self._flusher is not None:
+                self._flusher.cancel()
+            if self.w3c is not None:
+                self.w3c.close()
 
 
 def worker_count(value: Any) -> int:
@@ -361,6 +407,39 @@ def worker_count(value: Any) -> int:
     raise RelayConfigError(f'relay.workers: expected "auto" or a number of processes from 0 to 256, got {value!r}')
 
 
+def read_local_recipients(opts: Mapping[str, Any]) -> tuple[frozenset[str], list[tuple[str, str]]]:
+    """``[relay].local_recipients`` lowercased, and what is wrong with it: (key path, message with the fix).
+
+    Each item is an address in one of ``local_domains``, or ``"@domain"`` for all of
+    that domain's addresses; each local domain needs at least one item, so that a
+    config written when any address of a local domain was taken says so at ``check``.
+    """
+    domains = {str(d).lower().rstrip(".") for d in opts.get("local_domains") or []}
+    found: set[str] = set()
+    problems: list[tuple[str, str]] = []
+    for i, item in enumerate(opts.get("local_recipients") or []):
+        local_part, at, domain = str(item).strip().lower().rpartition("@")
+        domain = domain.rstrip(".")
+        if not at or not domain or any(c in str(item) for c in " <>\r\n"):
+            problems.append((f"relay.local_recipients[{i}]", f'expected "user@domain" or "@domain", got {item!r}'))
+        elif domain not in domains:
+            problems.append(
+                (f"relay.local_recipients[{i}]", f"{domain} is not in relay.local_domains; add it there or remove {item!r}")
+            )
+        else:
+            found.add(f"{local_part}@{domain}")
+    listed = {address.rpartition("@")[2] for address in found}
+    for domain in sorted(domains - listed):
+        problems.append(
+            (
+                "relay.local_recipients",
+                f"no address of local domain {domain} is listed, so mail to it from outside `allow` would be refused "
+                f'(but for postmaster); list its addresses, e.g. ["ops@{domain}"], or "@{domain}" to take any of them',
+            )
+        )
+    return frozenset(found), problems
+
+
 def check_route(cfg: Any, route: Sequence[str], state_dir: Path) -> None:
     """Every transport of the relay's route is configured, and none leads back into pickup/."""
     if not route:
@@ -369,6 +448,12 @@ def check_route(cfg: Any, route: Sequence[str], state_dir: Path) -> None:
     for name in route:
         if name not in transports:
             raise RelayConfigError(f"relay.route: no [transports.{name}] table; add one (it says how relayed mail leaves)")
+    if route[-1] == "alertmanager":
+        # It takes only alerts an agent sealed; any other relayed mail needs a mail transport after it.
+        raise RelayConfigError(
+            "relay.route: ends with alertmanager, which takes only alerts sealed by a trusted agent, never other mail; "
+            'add a mail transport after it, e.g. ["alertmanager", "smtp"]'
+        )
     if "pickup" in route:
         folder = transports["pickup"].get("directory") or state_dir / "pickup"
         if Path(folder).resolve() == (state_dir / "pickup").resolve():

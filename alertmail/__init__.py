@@ -35,6 +35,7 @@ from alertmail.model import (
     Status,
     Transport,
     TransportContext,
+    label_text,
     message_bytes,
 )
 from alertmail.units import format_duration, parse_address, parse_duration, parse_size
@@ -83,6 +84,7 @@ __all__ = [  # noqa: RUF022  grouped by what a plugin does with them
     "Probe",
     "Sample",
     "MetricInfo",
+    "label_text",
     "Transport",
     "TransportContext",
     "ServiceContext",

@@ -99,7 +99,7 @@ def summarise(
                     mail_ids.append(str(line["id"]))
             continue
         fate = str(line.get("fate", ""))
-        if fate.startswith("digest:"):
+        if fate.startswith("digest:") or fate == "render-failed":
             continue  # the same event was counted when it was notified
         rule, kind, incident = line.get("rule", "?"), line.get("kind", "?"), line.get("incident", "")
         if fate != "released":  # a released event is the mail for one counted before

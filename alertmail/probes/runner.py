@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 from alertmail.config.core import AGENT_OPTIONS
 from alertmail.config.schema import Checker, Option
-from alertmail.model import Sample
+from alertmail.model import Sample, reserved_metric
 
 PROBE_OPTIONS: dict[str, Option] = {
     "enabled": Option("bool", True, help="run this probe"),
@@ -67,6 +67,8 @@ def _validated(name: str, result: Any) -> tuple[list[Sample], str | None]:
             bad.append(f"item {i} is {type(item).__name__}, not a Sample")
         elif not item.metric:
             bad.append(f"item {i} has an empty metric name")
+        elif reserved_metric(item.metric):
+            bad.append(f"{item.metric} is refused: agent.* and alert.* are the agent's own figures; name it after the plugin")
         else:
             good.append(item)
     if not bad:

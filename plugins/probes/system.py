@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import psutil
 
-from alertmail import MetricInfo, Option, Sample, hookimpl
+from alertmail import MetricInfo, Option, Sample, hookimpl, label_text
 
 # Deltas over less than this are mostly rounding (CPU times tick in 10 ms steps),
 # so a run that comes sooner keeps the old baseline and reports nothing yet.
@@ -265,7 +265,8 @@ def real_partitions(partitions: Iterable[Any], *, exclude_fstypes: Iterable[str]
     for part in partitions:
         if part.fstype in skip_types or part.device.startswith("/dev/loop"):
             continue
-        if part.mountpoint in seen or _matches(part.mountpoint, skip_mounts):
+        # A glob matches the mount point as the system names it or as alerts show it (``/mnt/\\xff``).
+        if part.mountpoint in seen or any(_matches(m, skip_mounts) for m in (part.mountpoint, label_text(part.mountpoint))):
             continue
         seen.add(part.mountpoint)
         out.append(part)

@@ -261,3 +261,22 @@ def test_the_host_probes_run_and_load_their_code_only_when_configured(tmp_path):
     assert "logfile" in modules and not {"file", "sensors", "pressure"} & set(modules)
     on, _ = _loaded(tmp_path, "\n[probes.sensors]\n\n[probes.pressure]\n")
     assert on == ["pressure", "sensors"]
+
+
+def test_the_metric_catalogue_documents_every_host_probe_metric_and_option():
+    from alertmail.cli.probe import catalogue
+    from alertmail.loader import load_plugins
+
+    doc = (REPO / "docs" / "metrics.md").read_text()
+    rows = {
+        line.split("|")[1].strip().strip("`"): line.split("|")[2].strip() for line in doc.splitlines() if line.startswith("| `")
+    }
+    probes = {n: p for n, p in load_plugins().probes.items() if n in ("file", "logfile", "sensors", "pressure")}
+    infos = [info for _, info in catalogue(probes)]
+    assert len(infos) == 9
+    for info in infos:
+        assert rows.get(info.name) == info.unit, f"docs/metrics.md: {info.name} ({info.unit}) missing or stale"
+    for name in ("file", "logfile"):
+        section = doc.split(f"### `{name}`")[1].split("\n### ")[0]
+        for key in probes[name].options:
+            assert f"| `{key}` |" in section, (name, key)

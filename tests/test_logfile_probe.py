@@ -217,3 +217,52 @@ def test_check_refuses_a_bad_pattern_and_a_folder_for_a_log_naming_each_key(tmp_
     ]
     for text in expected:
         assert any(line.startswith(f"{config}: {text}") for line in lines), (text, done.stderr)
+
+
+def test_with_a_positions_file_a_restart_counts_the_lines_written_while_stopped(tmp_path):
+    log = tmp_path / "app.log"
+    positions = tmp_path / "var" / "logfile-positions.json"
+    positions.parent.mkdir()
+    log.write_text("ERROR old\n")
+    before = follow(log, positions_file=str(positions))
+    with open(log, "a") as out:
+        out.write("ERROR a\n")
+    assert matches(before) == 1
+    assert positions.exists()
+    with open(log, "a") as out:  # the agent is stopped now
+        out.write("ERROR b\nINFO fine\nERROR c\n")
+    after = follow(log, positions_file=str(positions))
+    assert matches(after) == 2
+    assert matches(after) == 0
+
+
+def test_with_a_positions_file_a_log_rotated_while_stopped_is_read_from_its_start(tmp_path):
+    log = tmp_path / "app.log"
+    positions = tmp_path / "positions.json"
+    log.write_text("ERROR old\n")
+    before = follow(log, positions_file=str(positions))
+    with open(log, "a") as out:
+        out.write("INFO a\n")
+    assert matches(before) == 0
+    logrotate(tmp_path, log, "create")
+    with open(log, "a") as out:
+        out.write("ERROR in the new file\n")
+    assert matches(follow(log, positions_file=str(positions))) == 1
+
+
+def test_without_a_positions_file_or_with_a_damaged_one_a_restart_starts_at_the_end(tmp_path, caplog):
+    log = tmp_path / "app.log"
+    positions = tmp_path / "positions.json"
+    log.write_text("")
+    assert matches(follow(log)) == 0
+    with open(log, "a") as out:
+        out.write("ERROR while stopped\n")
+    assert matches(follow(log)) == 0
+    positions.write_text("{not json")
+    with caplog.at_level("WARNING", logger="alertmail.probes.logfile"):
+        probe = follow(log, positions_file=str(positions))
+    assert "cannot be used" in caplog.text
+    with open(log, "a") as out:
+        out.write("ERROR after the restart\n")
+    assert matches(probe) == 1
+    assert str(log) in positions.read_text()

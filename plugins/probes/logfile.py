@@ -24,14 +24,18 @@ descriptor and by its name:
   NUL bytes a writer without O_APPEND leaves in front are dropped);
 - a file that does not exist yet is read from its start once it appears.
 
-The position lives in the agent's memory: after a restart reading starts at the end again,
-and lines written while the agent was stopped are not counted. Each run reads at most
+With ``positions_file`` set, each log's position is kept there after every run that moved
+it, and a restart reads on from it: lines written while the agent was stopped count at the
+first run. A log replaced meanwhile (rotated) is read from its start. Without it the position
+lives in memory only, and a restart starts at the end again. Each run reads at most
 ``max_read`` bytes per check; a log that grew more is caught up over the next runs.
 """
 
 from __future__ import annotations
 
+import base64
 import errno
+import json
 import logging
 import os
 import re
@@ -40,7 +44,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from alertmail import Option, Sample
+from alertmail import Option, Sample, write_atomic
 from alertmail.plugins.probes.checklist import absolute_path, parse_checks
 
 log = logging.getLogger("alertmail.probes.logfile")
@@ -74,6 +78,33 @@ class Follower:
         st = os.fstat(fd)
         self.fd, self.identity, self.offset = fd, (st.st_dev, st.st_ino), st.st_size
         self.tail = os.pread(fd, min(TAIL, self.offset), self.offset - min(TAIL, self.offset))
+
+    def resume(self, saved: Mapping[str, Any]) -> None:
+        """Open the file at a position kept from an earlier run (``position()``), if it still fits.
+
+        The same file, not shorter, with the same bytes before the position: read on from there.
+        Another file under the name (rotated meanwhile), or one rewritten: read from its start.
+        Raises OSError when it cannot be read.
+        """
+        self.close()
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        st = os.fstat(fd)
+        self.fd, self.identity = fd, (st.st_dev, st.st_ino)
+        tail = base64.b64decode(saved["tail"])
+        offset = int(saved["offset"])
+        if [saved["dev"], saved["ino"]] == list(self.identity) and len(tail) <= offset <= st.st_size:
+            if os.pread(fd, len(tail), offset - len(tail)) == tail:
+                self.offset, self.tail = offset, tail
+
+    def position(self) -> dict[str, Any] | None:
+        """Where reading stands, for ``resume()`` after a restart; None before the file exists."""
+        if self.identity is None:
+            return None
+        dev, ino = self.identity
+        return {"dev": dev, "ino": ino, "offset": self.offset, "tail": base64.b64encode(self.tail).decode()}
 
     def close(self) -> None:
         if self.fd is not None:
@@ -171,15 +202,23 @@ class LogfileProbe:
     options: ClassVar[dict[str, Option]] = {
         "checks": Option("any", [], help=f"list of {{ name, path, pattern }} tables, e.g. [{EXAMPLE}]"),
         "max_read": Option("size", DEFAULT_MAX_READ, help="most bytes read from one log in one run; the rest waits"),
+        "positions_file": Option(
+            "path", None, help="file that keeps each log's position across restarts, e.g. a file in [agent].state_dir"
+        ),
     }
 
     def __init__(self) -> None:
         self.checks: list[LogCheck] = []
         self.max_read = DEFAULT_MAX_READ
+        self.positions_file: str | None = None
+        self._saved: dict[str, Any] = {}  # what the positions file holds now
+        self._save_error = ""
 
     def configure(self, options: Mapping[str, Any]) -> None:
         entries, problems = parse_checks(options.get("checks") or [], CHECK_KEYS, CHECK_KEYS, EXAMPLE)
         max_read = options.get("max_read", DEFAULT_MAX_READ)
+        positions_file = options.get("positions_file")
+        saved = self._load_positions(str(positions_file)) if positions_file else {}
         if not isinstance(max_read, int) or max_read < 4096:
             problems.append(f"max_read: expected at least 4KiB, got {max_read!r}; the default is 16MiB")
         # A reload keeps the position of a log it already follows.
@@ -205,7 +244,10 @@ class LogfileProbe:
                 continue
             follower = Follower(path)
             try:
-                follower.start_at_end()
+                if isinstance(saved.get(path), dict):
+                    follower.resume(saved[path])
+                else:
+                    follower.start_at_end()
             except OSError as exc:
                 problems.append(f"checks[{i}].path: cannot read {path}: {exc.strerror}; {_fix(exc)}")
                 continue
@@ -219,6 +261,42 @@ class LogfileProbe:
             gone.follower.close()
         self.checks = checks
         self.max_read = int(max_read)
+        self.positions_file = str(positions_file) if positions_file else None
+        self._saved = saved
+
+    @staticmethod
+    def _load_positions(path: str) -> dict[str, Any]:
+        """The positions kept by an earlier run; empty (and a warning) when the file is unusable."""
+        try:
+            with open(path, "rb") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("logfile: positions in %s cannot be used (%s); every log is read from its end", path, exc)
+            return {}
+        if not isinstance(data, dict):
+            log.warning("logfile: positions in %s cannot be used; every log is read from its end", path)
+            return {}
+        good = {}
+        for key, entry in data.items():
+            if isinstance(entry, dict) and {"dev", "ino", "offset", "tail"} <= entry.keys():
+                good[key] = entry
+        return good
+
+    def _save_positions(self) -> None:
+        positions = {c.path: c.follower.position() for c in self.checks}
+        positions = {path: entry for path, entry in positions.items() if entry is not None}
+        if positions == self._saved or self.positions_file is None:
+            return
+        try:
+            write_atomic(self.positions_file, json.dumps(positions, indent=1, sort_keys=True).encode(), mode=0o600)
+        except OSError as exc:
+            if str(exc) != self._save_error:
+                log.error("logfile: cannot keep positions in %s: %s", self.positions_file, exc)
+            self._save_error = str(exc)
+            return
+        self._saved, self._save_error = positions, ""
 
     def _count(self, check: LogCheck) -> int | None:
         try:
@@ -248,6 +326,7 @@ class LogfileProbe:
             matches = self._count(check)
             if matches is not None:
                 out.append(Sample("logfile.matches", matches, {"check": check.name}))
+        self._save_positions()
         return out
 
     def detail(self, metric: str, labels: Mapping[str, str]) -> str | None:

@@ -280,3 +280,29 @@ def test_the_metric_catalogue_documents_every_host_probe_metric_and_option():
         section = doc.split(f"### `{name}`")[1].split("\n### ")[0]
         for key in probes[name].options:
             assert f"| `{key}` |" in section, (name, key)
+
+
+def test_init_proposes_a_file_check_that_check_accepts_once_uncommented(tmp_path):
+    import tomllib
+
+    out = tmp_path / "config.toml"
+    done = subprocess.run([sys.executable, "-m", "alertmail", "init", "-o", str(out)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert "file" not in tomllib.loads(text).get("probes", {})  # proposed, not turned on
+    assert "# Files: is the nightly backup there" in text
+    head, marker, example = text.partition("# [probes.file]\n")
+    assert marker
+    example = marker + example
+    backup = tmp_path / "backups" / "db-1.sql.gz"
+    backup.parent.mkdir()
+    backup.write_bytes(b"x")
+    uncommented = "\n".join(line[2:] if line.startswith("# ") else line for line in example.splitlines())
+    out.write_text(head + uncommented.replace("/var/backups/", f"{backup.parent}/"))
+    data = tomllib.loads(out.read_text())
+    assert data["probes"]["file"]["checks"] == [{"name": "db-backup", "path": f"{backup.parent}/db-*.sql.gz"}]
+    assert {r["metric"] for r in data["rules"]} >= {"file.exists", "file.age_seconds"}
+    done = subprocess.run(
+        [sys.executable, "-m", "alertmail", "check", "--config", str(out)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr

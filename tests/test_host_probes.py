@@ -147,12 +147,17 @@ def test_sensor_readings_are_labelled_by_chip_and_label_with_unnamed_and_repeate
     ]
 
 
-def test_a_host_without_sensors_reports_nothing_and_no_error():
+def test_a_host_without_sensors_reports_nothing_and_no_error_and_says_so_once(caplog):
     probe = SensorsProbe()
     probe._temperatures = dict
     probe._fans = dict
-    assert configure_probe("sensors", probe, {}) == []
-    assert probe.collect() == []
+    with caplog.at_level("INFO", logger="alertmail.probes.sensors"):
+        assert configure_probe("sensors", probe, {}) == []
+        assert probe.collect() == []
+        assert configure_probe("sensors", probe, {}) == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "sensors: this host shows no temperature sensor or fan; the sensors probe reports nothing"
+    ]
     probe._temperatures = probe._fans = None  # psutil without sensor support on this system
     assert probe.collect() == []
 
@@ -202,6 +207,7 @@ def test_a_host_without_psi_says_so_once_and_reports_nothing(tmp_path, caplog):
     with caplog.at_level("INFO", logger="alertmail.probes.pressure"):
         assert configure_probe("pressure", probe, {}) == []
         assert probe.collect() == [] and probe.collect() == []
+        assert configure_probe("pressure", probe, {}) == []  # the agent configures again after check, and at a reload
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and "no pressure stall information" in said[0] and str(tmp_path / "pressure") in said[0]
 

@@ -73,8 +73,9 @@ class PressureProbe:
                 why = why or f"{exc.filename}: {exc.strerror}"
                 continue
             readable.append(resource)
+        said = not self.resources  # a reload finds what start found: say it once
         self.resources = tuple(readable)
-        if not readable:
+        if not readable and not said:
             log.info("pressure: this host has no pressure stall information (%s); the pressure probe reports nothing", why)
 
     def collect(self) -> list[Sample]:

@@ -55,10 +55,11 @@ class SensorsProbe:
     def __init__(self) -> None:
         self._temperatures: Callable[[], Mapping[str, list[Any]]] | None = getattr(psutil, "sensors_temperatures", None)
         self._fans: Callable[[], Mapping[str, list[Any]]] | None = getattr(psutil, "sensors_fans", None)
+        self._said = False
 
     def configure(self, options: Mapping[str, Any]) -> None:
-        found = self.collect()
-        if not found:
+        if not self.collect() and not self._said:  # a reload finds what start found: say it once
+            self._said = True
             log.info("sensors: this host shows no temperature sensor or fan; the sensors probe reports nothing")
 
     def collect(self) -> list[Sample]:

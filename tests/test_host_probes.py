@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections import namedtuple
@@ -80,18 +83,49 @@ def test_nothing_matching_reports_zero_and_says_why_in_the_detail(tmp_path):
     assert probe.detail("file.exists", {"check": "file-in-the-way"}) == f"{tmp_path}/plain is not a folder"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder; the permission check needs an ordinary user")
-def test_a_folder_the_agent_may_not_read_is_named_as_the_reason(tmp_path):
-    secret = tmp_path / "secret"
-    secret.mkdir()
-    (secret / "x.gz").write_text("x")
-    secret.chmod(0)
+AS_USER = """
+import json, sys
+from alertmail.plugins.probes.file import FileProbe
+from alertmail.plugins.probes.logfile import LogfileProbe
+from alertmail.probes.runner import configure_probe
+folder = sys.argv[1]
+files = FileProbe()
+configure_probe("file", files, {"checks": [{"name": "s", "path": folder + "/secret/*.gz"}]})
+exists = [s.value for s in files.collect() if s.metric == "file.exists"]
+logs = configure_probe("logfile", LogfileProbe(), {"checks": [{"name": "a", "path": folder + "/app.log", "pattern": "x"}]})
+print(json.dumps({"exists": exists, "detail": files.detail("file.exists", {"check": "s"}), "logfile": logs}))
+"""
+
+
+def test_files_and_logs_the_agents_user_may_not_read_are_named_with_the_reason():
+    folder = Path(tempfile.mkdtemp(prefix="alertmail-perm-"))  # not under tmp_path: an ordinary user must reach it
     try:
-        probe = file_probe({"name": "s", "path": f"{secret}/*.gz"})
-        assert by_metric(probe.collect())[("file.exists", "s")] == 0
-        assert probe.detail("file.exists", {"check": "s"}) == f"cannot read {secret}: Permission denied"
+        folder.chmod(0o755)
+        (folder / "secret").mkdir(mode=0o700)
+        (folder / "secret" / "db.gz").write_text("x")
+        (folder / "app.log").write_text("ERROR\n")
+        (folder / "app.log").chmod(0o600)
+        command = [sys.executable, "-c", AS_USER, str(folder)]
+        if os.geteuid() == 0:  # root reads everything: look as nobody
+            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        else:
+            (folder / "secret").chmod(0)
+            (folder / "app.log").chmod(0)
+        done = subprocess.run(
+            command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd="/", timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        seen = json.loads(done.stdout)
     finally:
-        secret.chmod(0o700)
+        for path in (folder / "secret", folder / "app.log"):
+            path.chmod(0o700)
+        shutil.rmtree(folder)
+    assert seen["exists"] == [0]
+    assert seen["detail"] == f"cannot read {folder}/secret: Permission denied"
+    assert seen["logfile"] == [
+        f"probes.logfile.checks[0].path: cannot read {folder}/app.log: Permission denied;"
+        " run the agent as a user who may read it (for /var/log, a member of group adm)"
+    ]
 
 
 def test_a_file_appearing_and_growing_shows_in_the_next_run(tmp_path):

@@ -4,6 +4,7 @@ and state file in the test's folder."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -266,3 +267,29 @@ def test_without_a_positions_file_or_with_a_damaged_one_a_restart_starts_at_the_
         out.write("ERROR after the restart\n")
     assert matches(probe) == 1
     assert str(log) in positions.read_text()
+
+
+def test_a_named_pipe_for_a_log_is_refused_without_hanging_and_a_folder_later_is_reported(tmp_path):
+    fifo = tmp_path / "app.fifo"
+    os.mkfifo(fifo)
+    problems = configure_probe("logfile", LogfileProbe(), {"checks": [{"name": "app", "path": str(fifo), "pattern": "x"}]})
+    assert problems == [
+        f"probes.logfile.checks[0].path: cannot read {fifo}: not a regular file; name a log file the agent can read"
+    ]
+    log = tmp_path / "app.log"
+    probe = follow(log)
+    log.mkdir()
+    assert probe.collect() == []
+    assert probe.detail("logfile.matches", {"check": "app"}) == f"cannot read {log}: Is a directory"
+    log.rmdir()
+    log.write_text("ERROR a file again\n")
+    assert matches(probe) == 1
+
+
+def test_a_damaged_entry_in_the_positions_file_starts_that_log_at_its_end(tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("ERROR old\n")
+    positions = tmp_path / "positions.json"
+    positions.write_text(json.dumps({str(log): {"dev": 1, "ino": "x", "offset": 0, "tail": "!!"}}))
+    probe = follow(log, positions_file=str(positions))
+    assert matches(probe) == 0

@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import re
+import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -58,6 +59,28 @@ TAIL = 64
 LINE_LIMIT = 1000
 
 
+def open_log(path: str) -> tuple[int, os.stat_result] | None:
+    """A read-only descriptor of the regular file at ``path`` and its stat; None when there is none.
+
+    Raises OSError for anything else at the name: a folder, a pipe (opened without blocking, so
+    a FIFO cannot hang the probe), a device; or one the agent may not open.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd, st
+
+
 class Follower:
     """The lines added to one file since the last read, across rotation and truncation."""
 
@@ -71,13 +94,17 @@ class Follower:
     def start_at_end(self) -> None:
         """Open the file, if there is one, positioned at its end. Raises OSError when it cannot be read."""
         self.close()
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        opened = open_log(self.path)
+        if opened is None:
             return  # read from its start once it appears
-        st = os.fstat(fd)
-        self.fd, self.identity, self.offset = fd, (st.st_dev, st.st_ino), st.st_size
-        self.tail = os.pread(fd, min(TAIL, self.offset), self.offset - min(TAIL, self.offset))
+        fd, st = opened
+        self.fd, self.identity = fd, (st.st_dev, st.st_ino)
+        try:
+            self.tail = os.pread(fd, min(TAIL, st.st_size), st.st_size - min(TAIL, st.st_size))
+        except OSError:
+            self.close()
+            raise
+        self.offset = st.st_size
 
     def resume(self, saved: Mapping[str, Any]) -> None:
         """Open the file at a position kept from an earlier run (``position()``), if it still fits.
@@ -87,16 +114,19 @@ class Follower:
         Raises OSError when it cannot be read.
         """
         self.close()
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        opened = open_log(self.path)
+        if opened is None:
             return
-        st = os.fstat(fd)
+        fd, st = opened
         self.fd, self.identity = fd, (st.st_dev, st.st_ino)
-        tail = base64.b64decode(saved["tail"])
-        offset = int(saved["offset"])
-        if [saved["dev"], saved["ino"]] == list(self.identity) and len(tail) <= offset <= st.st_size:
-            if os.pread(fd, len(tail), offset - len(tail)) == tail:
+        tail, offset = base64.b64decode(saved["tail"]), saved["offset"]
+        if (saved["dev"], saved["ino"]) == self.identity and len(tail) <= offset <= st.st_size:
+            try:
+                same = os.pread(fd, len(tail), offset - len(tail)) == tail
+            except OSError:
+                self.close()
+                raise
+            if same:
                 self.offset, self.tail = offset, tail
 
     def position(self) -> dict[str, Any] | None:
@@ -112,11 +142,10 @@ class Follower:
         self.fd, self.identity, self.offset, self.tail = None, None, 0, b""
 
     def _open_new(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        opened = open_log(self.path)
+        if opened is None:
             return False
-        st = os.fstat(fd)
+        fd, st = opened
         self.close()
         self.fd, self.identity = fd, (st.st_dev, st.st_ino)
         return True
@@ -280,8 +309,12 @@ class LogfileProbe:
             return {}
         good = {}
         for key, entry in data.items():
-            if isinstance(entry, dict) and {"dev", "ino", "offset", "tail"} <= entry.keys():
-                good[key] = entry
+            try:
+                base64.b64decode(entry["tail"], validate=True)
+                if all(isinstance(entry[k], int) and entry[k] >= 0 for k in ("dev", "ino", "offset")):
+                    good[key] = entry
+            except (TypeError, KeyError, ValueError):
+                continue  # that log starts at its end
         return good
 
     def _save_positions(self) -> None:

@@ -63,6 +63,14 @@ def test_a_single_path_and_a_recursive_glob(tmp_path):
     assert values[("file.count", "all")] == 2
 
 
+def test_a_star_skips_names_starting_with_a_dot_as_the_shell_does(tmp_path):
+    (tmp_path / "a.gz").write_text("1")
+    (tmp_path / ".partial.gz").write_text("22")
+    probe = file_probe({"name": "gz", "path": f"{tmp_path}/*.gz"})
+    values = by_metric(probe.collect())
+    assert values[("file.count", "gz")] == 1 and values[("file.size_bytes", "gz")] == 1
+
+
 def test_nothing_matching_reports_zero_and_says_why_in_the_detail(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "plain").write_text("a file, not a folder")

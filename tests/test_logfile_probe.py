@@ -293,3 +293,15 @@ def test_a_damaged_entry_in_the_positions_file_starts_that_log_at_its_end(tmp_pa
     positions.write_text(json.dumps({str(log): {"dev": 1, "ino": "x", "offset": 0, "tail": "!!"}}))
     probe = follow(log, positions_file=str(positions))
     assert matches(probe) == 0
+
+
+def test_a_reload_that_drops_checks_closes_their_logs(tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("")
+    probe = LogfileProbe()
+    twins = [{"name": n, "path": str(log), "pattern": "ERROR"} for n in ("a", "b")]
+    assert configure_probe("logfile", probe, {"checks": twins}) == []
+    followers = [c.follower for c in probe.checks]
+    assert all(f.fd is not None for f in followers)
+    assert configure_probe("logfile", probe, {"checks": []}) == []
+    assert [f.fd for f in followers] == [None, None]  # a rotated-away log no longer held open

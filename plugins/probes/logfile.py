@@ -40,6 +40,7 @@ import logging
 import os
 import re
 import stat
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -242,8 +243,15 @@ class LogfileProbe:
         self.positions_file: str | None = None
         self._saved: dict[str, Any] = {}  # what the positions file holds now
         self._save_error = ""
+        self._lock = threading.Lock()
 
     def configure(self, options: Mapping[str, Any]) -> None:
+        # A reload configures on the agent's loop while a run may be reading in its worker
+        # thread: a descriptor closed here must not be read (or reused) there.
+        with self._lock:
+            self._configure(options)
+
+    def _configure(self, options: Mapping[str, Any]) -> None:
         entries, problems = parse_checks(options.get("checks") or [], CHECK_KEYS, CHECK_KEYS, EXAMPLE)
         max_read = options.get("max_read", DEFAULT_MAX_READ)
         positions_file = options.get("positions_file")
@@ -286,8 +294,10 @@ class LogfileProbe:
             for follower in opened:
                 follower.close()
             raise ValueError("\n".join(problems))
-        for gone in following.values():
-            gone.follower.close()
+        kept = {id(c.follower) for c in checks}
+        for gone in self.checks:
+            if id(gone.follower) not in kept:
+                gone.follower.close()
         self.checks = checks
         self.max_read = int(max_read)
         self.positions_file = str(positions_file) if positions_file else None
@@ -354,6 +364,10 @@ class LogfileProbe:
         return matches
 
     def collect(self) -> list[Sample]:
+        with self._lock:
+            return self._collect()
+
+    def _collect(self) -> list[Sample]:
         out: list[Sample] = []
         for check in self.checks:
             matches = self._count(check)

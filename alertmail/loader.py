@@ -10,6 +10,8 @@ import functools
 import importlib
 import importlib.util
 import logging
+import os
+import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,6 +27,11 @@ from alertmail.errors import AlertmailError
 log = logging.getLogger("alertmail.plugins")
 
 ENTRY_POINT_GROUP = "alertmail"
+
+# Which entry-point plugins load, as datasette's DATASETTE_LOAD_PLUGINS and llm's
+# LLM_LOAD_PLUGINS: unset, every one; set, only those named (comma-separated entry-point
+# or distribution names); empty, none. The bundled plugins and plugin_dirs files always load.
+LOAD_PLUGINS_ENV = "ALERTMAIL_LOAD_PLUGINS"
 
 # Module paths, as in datasette's DEFAULT_PLUGINS.
 BUNDLED_PLUGINS: tuple[str, ...] = (
@@ -96,6 +103,18 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
+def entry_points_allowed() -> set[str] | None:
+    """The entry-point plugins ``ALERTMAIL_LOAD_PLUGINS`` lets load (normalised names); None: all."""
+    value = os.environ.get(LOAD_PLUGINS_ENV)
+    if value is None:
+        return None
+    return {_normalise(name) for name in value.split(",") if name.strip()}
+
+
 def _candidates(plugin_dirs: Iterable[Path]) -> Iterable[tuple[str, str, Callable[[], Any], str | None, str]]:
     """Yield (name, source, load, version, location) for every plugin to try."""
     from alertmail.version import __version__
@@ -106,8 +125,12 @@ def _candidates(plugin_dirs: Iterable[Path]) -> Iterable[tuple[str, str, Callabl
 
     from importlib.metadata import entry_points
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    allowed = entry_points_allowed()
+    for ep in entry_points(group=ENTRY_POINT_GROUP) if allowed != set() else ():
         dist = ep.dist
+        if allowed is not None and not {_normalise(ep.name), _normalise(dist.name if dist else "")} & allowed:
+            log.debug("entry-point plugin %s not loaded: %s does not name it", ep.name, LOAD_PLUGINS_ENV)
+            continue
         yield ep.name, "entry point", ep.load, (dist.version if dist else None), ep.value
 
     for folder in plugin_dirs:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pluggy
 
-from alertmail import hookspecs
+from alertmail import hookspecs, protocols
 from alertmail.errors import AlertmailError
 
 log = logging.getLogger("alertmail.plugins")
@@ -70,9 +70,9 @@ class Plugins:
 
     pm: pluggy.PluginManager
     infos: dict[str, PluginInfo]
-    probes: dict[str, Any] = field(default_factory=dict)
-    transports: dict[str, type] = field(default_factory=dict)
-    services: list[Any] = field(default_factory=list)
+    probes: dict[str, protocols.ProbeProtocol] = field(default_factory=dict)
+    transports: dict[str, type[protocols.Transport]] = field(default_factory=dict)
+    services: list[type[protocols.Service]] = field(default_factory=list)
 
     @property
     def errors(self) -> list[PluginInfo]:
@@ -189,25 +189,28 @@ def _collect(plugins: Plugins) -> None:
                 info.error = f"{hook_name}: {type(exc).__name__}: {exc}"
                 log.error("plugin %s failed in %s: %s", info.name, hook_name, exc)
 
-    def add_probe(info: PluginInfo, probe: Any) -> None:
-        name = getattr(probe, "name", None)
-        if not isinstance(name, str) or not callable(getattr(probe, "collect", None)):
-            raise PluginError(f"plugin {info.name}: a probe needs a str 'name' and a 'collect()' method")
+    def conforming(info: PluginInfo, kind: str, obj: Any) -> None:
+        wrong = protocols.problem(kind, obj)
+        if wrong is not None:
+            raise PluginError(f"plugin {info.name}: {wrong}")
+
+    def add_probe(info: PluginInfo, probe: protocols.ProbeProtocol) -> None:
+        conforming(info, "probe", probe)
+        name = probe.name
         if name in plugins.probes:
             log.warning("plugin %s: probe %r already registered; the later one wins", info.name, name)
         plugins.probes[name] = probe
         info.probes.append(name)
 
-    def add_transport(info: PluginInfo, transport: Any) -> None:
-        name = getattr(transport, "name", None)
-        if not isinstance(name, str) or not callable(getattr(transport, "send", None)):
-            raise PluginError(f"plugin {info.name}: a transport needs a str 'name' and an async 'send()'")
-        plugins.transports[name] = transport
-        info.transports.append(name)
+    def add_transport(info: PluginInfo, transport: type[protocols.Transport]) -> None:
+        conforming(info, "transport", transport)
+        plugins.transports[transport.name] = transport
+        info.transports.append(transport.name)
 
-    def add_service(info: PluginInfo, service: Any) -> None:
+    def add_service(info: PluginInfo, service: type[protocols.Service]) -> None:
+        conforming(info, "service", service)
         plugins.services.append(service)
-        info.services.append(getattr(service, "name", type(service).__name__))
+        info.services.append(service.name)
 
     each("register_probes", add_probe)
     each("register_transports", add_transport)

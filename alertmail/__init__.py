@@ -38,6 +38,7 @@ from alertmail.model import (
     label_text,
     message_bytes,
 )
+from alertmail.protocols import ProbeProtocol, Service  # what a probe and a service provide (Transport: model)
 from alertmail.units import format_duration, parse_address, parse_duration, parse_size
 from alertmail.version import __version__
 
@@ -87,6 +88,8 @@ __all__ = [  # noqa: RUF022  grouped by what a plugin does with them
     "label_text",
     "Transport",
     "TransportContext",
+    "ProbeProtocol",
+    "Service",
     "ServiceContext",
     # mail and its delivery
     "Envelope",

@@ -73,7 +73,7 @@ class Config:
 
     def service_options(self, service: Any) -> dict[str, Any]:
         """The checked table of a service class (by its ``section``); empty when the config has none."""
-        return self.sections.get(getattr(service, "section", ""), {})
+        return self.sections.get(service.section, {})
 
     def service_enabled(self, service: Any) -> bool:
         return bool(self.service_options(service).get("enabled"))
@@ -220,7 +220,7 @@ def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugi
     """``[transports.NAME]`` tables against their classes' options, and every name in ``[mail].route``."""
 
     def options_of(cls: Any) -> Mapping[str, Option]:
-        return getattr(cls, "options", {})
+        return cls.options
 
     clean: list[str] = []
     for name, _, table in _plugin_tables(check, raw, "transports", plugins.transports, "transport", options_of):
@@ -513,7 +513,7 @@ def load_config(path: Path | str, plugins: Plugins | None = None, *, also_declar
 
         plugins = load_plugins(cfg.plugin_dirs, blocked=cfg.agent.get("disable_plugins") or ())
 
-    services = {s.section: s for s in plugins.services if getattr(s, "section", None)}
+    services = {s.section: s for s in plugins.services}
     known = {s.name for s in SECTIONS if "." not in s.name} | set(PLUGIN_SECTIONS) | set(services) | {INCLUDE}
     for key in raw:
         if key not in known:
@@ -521,7 +521,7 @@ def load_config(path: Path | str, plugins: Plugins | None = None, *, also_declar
     _check_transports(check, raw, cfg, plugins)
     _check_probes(check, raw, cfg, plugins)
     for name, service in services.items():
-        cfg.sections[name] = check.table(name, raw.get(name, {}), getattr(service, "options", {}))
+        cfg.sections[name] = check.table(name, raw.get(name, {}), service.options)
     for name, service in services.items():
         # What keys alone cannot say (networks, files, one key against another) is the service's
         # to check, as for a Section: check(options, checker, config), after every table is read.

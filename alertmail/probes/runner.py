@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from alertmail.config.core import AGENT_OPTIONS
 from alertmail.config.schema import Checker, Option
 from alertmail.model import Sample, reserved_metric
+from alertmail.protocols import ProbeProtocol
 
 PROBE_OPTIONS: dict[str, Option] = {
     "enabled": Option("bool", True, help="run this probe"),
@@ -108,11 +109,11 @@ class _Worker:
     _all: ClassVar[dict[int, _Worker]] = {}  # id(probe) -> worker; the worker holds the probe
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, probe: Any) -> None:
+    def __init__(self, probe: ProbeProtocol) -> None:
         self.probe = probe
         self.busy_since: float | None = None
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._serve, name=f"probe {getattr(probe, 'name', '?')}", daemon=True).start()
+        threading.Thread(target=self._serve, name=f"probe {probe.name}", daemon=True).start()
 
     @classmethod
     def of(cls, probe: Any) -> _Worker | None:
@@ -175,9 +176,9 @@ async def _collect(probe: Any) -> tuple[Any, float | None]:
     return result, spent
 
 
-async def run_probe(probe: Any, timeout: float) -> ProbeRun:
+async def run_probe(probe: ProbeProtocol, timeout: float) -> ProbeRun:
     """One run of ``probe`` bounded by ``timeout`` seconds; never raises for the probe's faults."""
-    name = str(getattr(probe, "name", type(probe).__name__))
+    name = probe.name
     worker = _Worker.of(probe)
     busy_since = worker.busy_since if worker is not None else None
     if busy_since is not None:

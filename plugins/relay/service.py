@@ -133,7 +133,7 @@ def reserved_connections(opts: Mapping[str, Any]) -> int:
     return int(opts["max_connections"]) // 6 if reserved is None else int(reserved)
 
 
-def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:
+def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:  # noqa: C901  a list of independent checks, one per key
     """What ``alertmail run`` would stumble on in ``[relay]``, reported by ``alertmail check``.
 
     Checked when the config has a ``[relay]`` table (without one the relay does not run).

@@ -22,6 +22,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "replay": "alertmail.cli.replay:replay_command",
     "silence": "alertmail.cli.silence:silence_command",
     "dkim": "alertmail.cli.dkim:dkim_group",
+    "status": "alertmail.cli.status:status_command",
 }
 
 

@@ -758,11 +758,14 @@ def loop_factory(cfg: Config, plugins: Any) -> Any:
 
 def render_options(cfg: Config, plugins: Any) -> dict[str, Any]:
     """RenderContext fields from the config and the probes' metric descriptions."""
-    units = {}
+    units, label_names = {}, {}
     for probe in plugins.probes.values():
         for info in getattr(probe, "metrics", None) or ():
             units[info.name] = info.unit
-    options: dict[str, Any] = {"units": units, "charts": cfg.mail["charts"]}
+            label_names[info.name] = tuple(info.labels)
+    options: dict[str, Any] = {"units": units, "charts": cfg.mail["charts"], "label_names": label_names}
+    if cfg.path:  # the silence command in each mail names this config: `-c /etc/alertmail/config.toml`
+        options["config_path"] = str(Path(cfg.path).resolve())
     if cfg.mail.get("templates"):
         options["templates_dir"] = cfg.mail["templates"]
     return options

@@ -104,6 +104,22 @@ class ControlServer:
         os.chmod(self.path, 0o660)
         log.info("control socket: %s (alertmail status)", self.path)
 
+    def answer(self) -> dict[str, Any]:
+        """What ``status`` answers now."""
+        return status(self.agent, time.time(), uptime=time.monotonic() - self._started)
+
+    async def page(self) -> bytes:
+        """The status page (the exporter serves it at "/"): the state is read here, on the event loop;
+        charts are drawn and the HTML made in a worker thread."""
+        now = time.time()
+        answer = self.answer()
+        events, silenced, histories = _page_alerts(self.agent, now)
+        ctx = _page_context(self.agent, histories)
+        from alertmail.render.status_page import render_status_page
+
+        html = await asyncio.to_thread(render_status_page, events, silenced, answer, ctx, now)
+        return html.encode()
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -128,7 +144,7 @@ class ControlServer:
                 if request != "status":
                     answer: dict[str, Any] = {"error": f"unknown request {request[:40]!r}; this agent answers: status"}
                 else:
-                    answer = status(self.agent, time.time(), uptime=time.monotonic() - self._started)
+                    answer = self.answer()
                 writer.write(json.dumps(answer, separators=(",", ":")).encode() + b"\n")
                 await writer.drain()
             except (ConnectionError, OSError):
@@ -347,6 +363,65 @@ def status(agent: Any, now: float, *, uptime: float) -> dict[str, Any]:
         "queue": _queue(agent, now),
         "mails": _mails(agent),
     }
+
+
+# -- the page -----------------------------------------------------------
+
+PAGE_CHARTS = 10  # alerts on the status page drawn with a chart; the rest are listed
+
+
+def _page_alerts(agent: Any, now: float) -> tuple[list[Any], dict[str, str], dict[tuple[str, Any], list]]:
+    """Alerts firing and pending as events for the page, the silences holding them, and the history of
+    the first ``PAGE_CHARTS`` (copied here, on the event loop, for the charts drawn in a thread)."""
+    from alertmail.rules.model import AlertEvent, State, incident_id
+
+    notifier = getattr(agent, "notifier", None)
+    silences = notifier.silences if notifier is not None else None
+    events = []
+    silenced: dict[str, str] = {}
+    for row in agent.engine.states(now):
+        if row.state is State.OK:
+            continue
+        severity = row.severity or row.rule.severity
+        incident = row.incident or incident_id(row.rule.name, row.labels, row.since or now, "pending")
+        absent = row.note == "absent"
+        events.append(
+            AlertEvent(
+                kind="pending" if row.state is State.PENDING else "flapping" if row.state is State.FLAPPING else "firing",
+                rule=row.rule,
+                labels=row.labels,
+                value=row.value,
+                threshold=None if absent else _threshold(row.rule, severity),
+                comparison="absent" if absent else row.rule.comparison,
+                severity=severity,
+                since=row.since or now,
+                at=now,
+                incident=incident,
+            )
+        )
+        silence = silences.match(_Alert(row.rule, row.labels, severity), now) if silences else None
+        if silence is not None:
+            silenced[incident] = silence.id
+    from alertmail.render.view import worst_first
+
+    events = sorted(worst_first(events), key=lambda e: e.kind == "pending")  # what fires leads
+    histories = {(e.rule.metric, e.labels): list(agent.history.get(e.rule.metric, e.labels)) for e in events[:PAGE_CHARTS]}
+    return events, silenced, histories
+
+
+def _page_context(agent: Any, histories: dict[tuple[str, Any], list]) -> Any:
+    from alertmail.render.view import RenderContext
+
+    notifier = getattr(agent, "notifier", None)
+    options = dict(getattr(notifier, "render_options", {}) or {})
+    options.pop("templates_dir", None)  # the page is built-in; a user's mail templates do not apply
+    return RenderContext(
+        hostname=agent.cfg.hostname,
+        timezone=agent.cfg.agent.get("timezone") or "UTC",
+        history=lambda metric, labels: histories.get((metric, labels), ()),
+        max_charts=PAGE_CHARTS,
+        **options,
+    )
 
 
 # -- the client ----------------------------------------------------------

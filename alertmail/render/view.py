@@ -361,7 +361,7 @@ def chart_spec(event: AlertEvent, view: AlertView, ctx: RenderContext) -> Any:
         unit=axis,
         threshold=threshold,
         clear=clear,
-        shade_from=event.since,
+        shade_from=event.since if event.kind != "pending" else None,  # a pending alert (status page) has not fired
         shade_to=event.at,
         end=event.at,
         window=min(max(event.at - first, 1800.0), 3600.0),

@@ -59,5 +59,11 @@ async def start_exporter(agent: Any) -> Any:
     )
     agent.outbox.delivery.observers.append(collector.delivered)
     server = MetricsServer(options["listen"], collector)
+
+    async def page() -> bytes | None:  # the control socket's facts, as a page (alertmail.control)
+        control = getattr(agent, "control", None)
+        return await control.page() if control is not None else None
+
+    server.page = page
     await server.start()
     return server

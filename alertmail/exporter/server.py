@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from alertmail.exporter.exposition import encode, negotiate
@@ -18,6 +19,11 @@ log = logging.getLogger("alertmail.exporter")
 
 READ_TIMEOUT = 10.0
 MAX_HEAD = 16384
+# The status page loads nothing (its charts are data: URIs) and runs no script; no framing.
+PAGE_HEADERS = (
+    "Content-Security-Policy: default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'none'\r\n"
+    "X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\nCache-Control: no-store\r\n"
+)
 
 
 class MetricsServer:
@@ -27,6 +33,8 @@ class MetricsServer:
         self.host, self.port = parse_address(listen)
         self.collector = collector
         self._server: asyncio.Server | None = None
+        # The status page at "/" (alertmail.control): async, returns its HTML; None serves a plain pointer to /metrics.
+        self.page: Callable[[], Awaitable[bytes | None]] | None = None
 
     def observe(self, samples: Any) -> None:
         self.collector.observe(samples)
@@ -54,9 +62,10 @@ class MetricsServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-            status, body, content_type = self._answer(head)
+            status, body, content_type = await self._page(head) or self._answer(head)
+            extra = PAGE_HEADERS if content_type.startswith("text/html") else ""
             writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}"
                 "Connection: close\r\n\r\n".encode()
                 + (body if not head.startswith(b"HEAD ") else b"")
             )
@@ -67,6 +76,13 @@ class MetricsServer:
             log.exception("serving a metrics request failed")
         finally:
             writer.close()
+
+    async def _page(self, head: bytes) -> tuple[str, bytes, str] | None:
+        """The status page for GET or HEAD of "/", when there is one."""
+        if self.page is None or not head.startswith((b"GET / ", b"HEAD / ", b"GET /?", b"HEAD /?")):
+            return None
+        body = await self.page()
+        return ("200 OK", body, "text/html; charset=utf-8") if body is not None else None
 
     def _answer(self, head: bytes) -> tuple[str, bytes, str]:
         lines = head.decode("latin-1").split("\r\n")

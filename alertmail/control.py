@@ -130,10 +130,6 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async with self._places:
             try:
-                sock = writer.get_extra_info("socket")
-                if sock is not None and not _peer_allowed(sock):
-                    writer.write(b'{"error": "permission denied"}\n')
-                    return
                 try:
                     line = await asyncio.wait_for(reader.readuntil(b"\n"), READ_TIMEOUT)
                 except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
@@ -141,8 +137,11 @@ class ControlServer:
                 if len(line) > MAX_REQUEST:
                     return
                 request = line.decode("ascii", "replace").strip()
-                if request != "status":
-                    answer: dict[str, Any] = {"error": f"unknown request {request[:40]!r}; this agent answers: status"}
+                sock = writer.get_extra_info("socket")
+                if sock is not None and not _peer_allowed(sock):
+                    answer: dict[str, Any] = {"error": "permission denied: not the agent's user or group"}
+                elif request != "status":
+                    answer = {"error": f"unknown request {request[:40]!r}; this agent answers: status"}
                 else:
                     answer = self.answer()
                 writer.write(json.dumps(answer, separators=(",", ":")).encode() + b"\n")

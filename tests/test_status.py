@@ -219,3 +219,54 @@ def test_a_deep_state_dir_still_gets_a_control_socket(tmp_path):
         assert json.loads(done.stdout)["agent"]["pid"] == running.proc.pid
     finally:
         running.stop()
+
+
+PEER = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    s.connect(sys.argv[1])
+except PermissionError:
+    print("connect refused by the file mode")
+    sys.exit(0)
+s.sendall(b"status\\n")
+data = b""
+while chunk := s.recv(65536):
+    data += chunk
+print(data.decode()[:200])
+"""
+
+
+def test_another_user_is_kept_out_by_the_socket_mode_and_by_the_agent(tmp_path):
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to connect as another user")
+    # A folder every user may enter (pytest's own is private to root), so only the socket's mode guards it.
+    folder = Path(tempfile.mkdtemp(prefix="alertmail-peer-"))
+    try:
+        folder.chmod(0o755)
+        running = RunningAgent(folder, CONFIG, value="10")
+        try:
+            running.wait_for("control socket")
+            sock = folder / "var" / "control.sock"
+            (folder / "var").chmod(0o755)
+
+            def as_nobody() -> str:
+                done = subprocess.run(
+                    ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", PEER, str(sock)],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                return done.stdout + done.stderr
+
+            assert "refused by the file mode" in as_nobody()
+            sock.chmod(0o666)  # widened by hand: the agent still checks who is asking
+            answer = as_nobody()
+            assert "permission denied" in answer and '"agent"' not in answer, answer
+        finally:
+            running.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

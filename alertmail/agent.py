@@ -764,8 +764,9 @@ def render_options(cfg: Config, plugins: Any) -> dict[str, Any]:
             units[info.name] = info.unit
             label_names[info.name] = tuple(info.labels)
     options: dict[str, Any] = {"units": units, "charts": cfg.mail["charts"], "label_names": label_names}
-    if cfg.path:  # the silence command in each mail names this config: `-c /etc/alertmail/config.toml`
-        options["config_path"] = str(Path(cfg.path).resolve())
+    path = getattr(cfg, "path", None)
+    if path:  # the silence command in each mail names this config: `-c /etc/alertmail/config.toml`
+        options["config_path"] = str(Path(path).resolve())
     if cfg.mail.get("templates"):
         options["templates_dir"] = cfg.mail["templates"]
     return options

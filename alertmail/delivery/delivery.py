@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alertmail.clock import WallClock, describe
 from alertmail.config.schema import Option, Section
 from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status, Transport, TransportContext
 from alertmail.queue.entry import Entry, relayed
@@ -39,22 +40,25 @@ from alertmail.units import format_duration, parse_duration
 
 log = logging.getLogger("alertmail.delivery.delivery")
 
+# A zero interval ("0") would retry a dead server in a busy loop.
+MIN_RETRY = 0.1
+
 QUEUE_OPTIONS: dict[str, Option] = {
-    "retry": Option("durations", [900.0, 1800.0, 3600.0, 14400.0], help="waits between attempts; the last repeats"),
+    "retry": Option(
+        "durations", [900.0, 1800.0, 3600.0, 14400.0], minimum=MIN_RETRY, help="waits between attempts; the last repeats"
+    ),
     "delay_notice": Option("duration", 43200.0, help='tell the sender a message is delayed after this long; "0" = off'),
-    "expire": Option("duration", 172800.0, help="give up (DSN and badmail) after this long"),
-    "concurrency": Option("int", 8, help="messages delivered at the same time"),
+    "expire": Option("duration", 172800.0, minimum=1.0, help="give up (DSN and badmail) after this long"),
+    "concurrency": Option("int", 8, minimum=1, maximum=1000, help="messages delivered at the same time"),
     "route_retry": Option(
         "any", {}, help='retry schedules per route, keyed by the route\'s first transport: { mx = ["5m", "1h"] }'
     ),
-    "send_timeout": Option("duration", 600.0, help="longest one transport may take for one message"),
-    "scan_interval": Option("duration", 5.0, help="how often requests from the command line are picked up"),
+    "send_timeout": Option("duration", 600.0, minimum=0.001, help="longest one transport may take for one message"),
+    "scan_interval": Option("duration", 5.0, minimum=0.01, help="how often requests from the command line are picked up"),
 }
 
 
 STOP_TIMEOUT = 30.0  # how long stop() lets attempts in flight finish
-# A zero interval ("0") would retry a dead server in a busy loop.
-MIN_RETRY = 0.1
 
 
 @dataclass(frozen=True)
@@ -280,6 +284,9 @@ class Delivery:
         # Asked for by `alertmail queue retry`: a manual retry is not an attempt and moves no backoff on.
         self._manual: set[str] = set()
         self._scan_now = False  # the command line left a request and said so (SIGUSR1)
+        # Retry times are wall-clock times (they are saved with each message); a step of the
+        # wall clock moves those of the queued messages with it, so a wait keeps its length.
+        self._clock = WallClock()
         self._connect(transports)
 
     async def start(self) -> None:
@@ -383,13 +390,16 @@ class Delivery:
     # -- the dispatcher ------------------------------------------------------
 
     async def _dispatch(self) -> None:
-        next_scan = 0.0
+        next_scan = 0.0  # on the monotonic clock, as the scans' period does not care for the wall clock
         while not self._stopping:
+            step = self._clock.check()
+            if step:
+                self._shift(step)
             now = time.time()
-            if now >= next_scan or self._scan_now:
+            if time.monotonic() >= next_scan or self._scan_now:
                 self._scan_now = False
                 await self._take_requests(now)
-                next_scan = now + self.policy.scan_interval
+                next_scan = time.monotonic() + self.policy.scan_interval
             while not self._stopping and self._due and len(self._in_flight) < self.concurrency and self._due[0][0] <= now:
                 when, msg_id = heapq.heappop(self._due)
                 entry = self.queue.get(msg_id)
@@ -398,7 +408,7 @@ class Delivery:
                 task = asyncio.create_task(self._attempt(entry), name=f"deliver-{msg_id}")
                 self._in_flight[msg_id] = task
                 task.add_done_callback(functools.partial(self._finished, msg_id))
-            wait = next_scan - now
+            wait = next_scan - time.monotonic()
             if self._due and len(self._in_flight) < self.concurrency:
                 wait = min(wait, self._due[0][0] - now)
             self._wake.clear()
@@ -409,6 +419,23 @@ class Delivery:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    def _shift(self, step: float) -> None:
+        """The wall clock was stepped by ``step`` seconds: every queued message's next try moves with it.
+
+        A message deferred for 15 minutes is tried 15 minutes later by the monotonic clock,
+        not 10 minutes late after the clock went back 10 minutes (nor at once after it went
+        forward an hour). Expiry stays counted from the time the message was queued.
+        """
+        log.info("queue: next tries moved by %s with the wall clock", describe(step))
+        due = []
+        for entry in self.queue.entries():
+            if entry.id in self._in_flight:
+                continue  # its attempt sets its next try when it ends
+            entry.next_try += step
+            due.append((entry.next_try, entry.id))
+        heapq.heapify(due)
+        self._due = due
 
     def take_requests_now(self) -> None:
         """Look for command-line requests at once, not at the next scan (SIGUSR1 from ``alertmail queue``)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from alertmail.model import ServiceContext, TransportContext
+from alertmail.protocols import Service, Transport
 
 log = logging.getLogger("alertmail.delivery.outbox")
 
@@ -25,13 +26,13 @@ SERVICE_STOP_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0  # how long delivery attempts in flight may take to finish, without a stop bound
 
 
-async def _close_transport(transport: Any, timeout: float) -> None:
+async def _close_transport(transport: Transport, timeout: float) -> None:
     close = getattr(transport, "close", None)
     if close is not None:
         try:
             await asyncio.wait_for(close(), timeout)
         except Exception:
-            log.debug("closing transport %s failed", getattr(transport, "name", "?"), exc_info=True)
+            log.debug("closing transport %s failed", transport.name, exc_info=True)
 
 
 def signing(cfg: Any) -> dict[str, Any]:
@@ -129,14 +130,13 @@ class Outbox:
         for transport in retired:
             asyncio.get_running_loop().call_later(STOP_TIMEOUT, self._close_retired, transport)
         for cls in self.plugins.services:
-            section = getattr(cls, "section", "")
-            if old.sections.get(section) == cfg.sections.get(section):
+            if old.sections.get(cls.section) == cfg.sections.get(cls.section):
                 continue
             await self._restart_service(cls, old)
 
-    async def _restart_service(self, cls: type, old: Any) -> None:
+    async def _restart_service(self, cls: type[Service], old: Any) -> None:
         """Stop a service and start it on its new table; if it cannot start, on its old one again."""
-        name, section = getattr(cls, "name", cls.__name__), getattr(cls, "section", "")
+        name, section = cls.name, cls.section
         service: Any
         for service in [s for s in self.services if type(s) is cls]:
             self.services.remove(service)
@@ -160,7 +160,7 @@ class Outbox:
             self._closing_tasks.add(task)
             task.add_done_callback(self._closing_tasks.discard)
 
-    async def start_services(self, classes: Iterable[type], *, only_enabled: bool = True) -> list[Any]:
+    async def start_services(self, classes: Iterable[type[Service]], *, only_enabled: bool = True) -> list[Any]:
         """Build and start each service class whose config table says ``enabled`` (or all of them)."""
         started = []
         for cls in classes:
@@ -180,7 +180,7 @@ class Outbox:
             )
             self.services.append(service)
             started.append(service)
-            log.info("service %s started", getattr(cls, "name", cls.__name__))
+            log.info("service %s started", cls.name)
         return started
 
     async def stop_services(self, timeout: float = SERVICE_STOP_TIMEOUT) -> None:
@@ -191,7 +191,7 @@ class Outbox:
             try:
                 await asyncio.wait_for(service.stop(), max(deadline - time.monotonic(), 0.1))
             except Exception:
-                log.exception("service %s did not stop cleanly", getattr(service, "name", service))
+                log.exception("service %s did not stop cleanly", service.name)
 
     async def stop_delivery(self, timeout: float = STOP_TIMEOUT) -> None:
         """No new delivery attempts; those in flight finish within ``timeout`` or are retried after the restart."""

@@ -8,6 +8,8 @@ Runs ``alertmail run`` with a gauge probe plugin that reports ``--series`` serie
 Once every series fires, it asks the agent ``--asks`` times over its control socket
 (``alertmail.control.ask``: connect, request, the whole JSON answer read and parsed) and
 then runs the ``alertmail status --json`` command a few times (which adds Python's start).
+With ``--page``, the ``[exporter]`` is on and the status page (``GET /``, charts of the first
+10 alerts included) is fetched ``--asks`` times too.
 The figure to hold against is 100 ms for the socket answer with 1,000 series firing.
 """
 
@@ -75,6 +77,7 @@ def main() -> int:
     parser.add_argument("--series", type=int, default=1000, help="series firing (default 1000)")
     parser.add_argument("--asks", type=int, default=50, help="status requests over the socket (default 50)")
     parser.add_argument("--commands", type=int, default=3, help="runs of the alertmail status command (default 3)")
+    parser.add_argument("--page", action="store_true", help="also time the status page on the exporter's server")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="status-bench-") as tmp:
@@ -82,7 +85,13 @@ def main() -> int:
         (folder / "plugins.d").mkdir()
         (folder / "plugins.d" / "gauge.py").write_text(GAUGE.format(series=args.series))
         config = folder / "config.toml"
-        config.write_text(textwrap.dedent(CONFIG))
+        text = textwrap.dedent(CONFIG)
+        if args.page:
+            from tests.peers import free_port
+
+            port = free_port()
+            text += f'\n[exporter]\nlisten = "127.0.0.1:{port}"\n'
+        config.write_text(text)
         log = folder / "stderr"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with open(log, "w") as err:
@@ -117,6 +126,19 @@ def main() -> int:
                 f"socket answer ({args.asks} asks): p50 {statistics.median(ms):.1f} ms, "
                 f"p95 {percentile(ms, 0.95):.1f} ms, max {max(ms):.1f} ms"
             )
+            if args.page:
+                import urllib.request
+
+                page_ms = []
+                for _ in range(args.asks):
+                    start = time.perf_counter()
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=60) as reply:
+                        body = reply.read()
+                    page_ms.append((time.perf_counter() - start) * 1000)
+                print(
+                    f"status page ({args.asks} GETs, {len(body) // 1024} KiB): p50 {statistics.median(page_ms):.0f} ms, "
+                    f"p95 {percentile(page_ms, 0.95):.0f} ms"
+                )
             command = []
             for _ in range(args.commands):
                 start = time.perf_counter()

@@ -19,6 +19,7 @@ from alertmail.render.view import RenderContext
 from alertmail.rules.model import AlertEvent
 
 PENDING_COLOUR = "#5f6b7a"
+PAGE_ROWS = 200  # alerts listed on the page; `alertmail status --json` lists every one
 ALL_CLEAR = "#1e8449"
 
 
@@ -120,7 +121,8 @@ def render_status_page(
     host = header_safe(ctx.hostname)
     images: list[tuple[str, bytes]] = []
     if events:
-        variables, images = mail_variables(events, ctx)
+        variables, images = mail_variables(events[:PAGE_ROWS], ctx)  # worst first already: the rest only counted
+        variables["alert_count"] = len(events)
         pending = [e for e in events if e.kind == "pending"]
         firing = len(events) - len(pending)
         variables["alerts"] = [replace(a, colour=PENDING_COLOUR) if a.kind == "pending" else a for a in variables["alerts"]]

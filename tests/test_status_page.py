@@ -129,3 +129,34 @@ if __name__ == "__main__":  # python -m tests.test_status_page docs/status-page.
             screenshot(html, 390, Path(sys.argv[1]))
         finally:
             running.stop()
+
+
+def test_a_thousand_alerts_list_the_first_200_and_count_the_rest():
+    from alertmail.render.status_page import render_status_page
+    from alertmail.render.view import RenderContext
+    from alertmail.rules.model import AlertEvent, Rule
+
+    rule = Rule(name="disk-full", metric="disk.used_percent", above=95, severity="critical")
+    now = 1_768_482_180.0
+    events = [
+        AlertEvent("firing", rule, (("mount", f"/srv/{n}"),), 96.0, 95.0, ">", "critical", now - 60, now, f"i{n}")
+        for n in range(1000)
+    ]
+    answer = {
+        "agent": {
+            "pid": 1,
+            "version": "x",
+            "config": "/etc/alertmail/config.toml",
+            "uptime_seconds": 60.0,
+            "started": "2026-01-15T13:02:00+00:00",
+            "last_reload": None,
+        },
+        "silences": [],
+        "probes": [],
+        "queue": {"depth": 0, "oldest": None, "held": [], "waiting": []},
+        "mails": [],
+    }
+    html = render_status_page(events, {}, answer, RenderContext(hostname="vm", charts="off"), now)
+    assert "1000 firing, 0 pending on vm" in html
+    assert "The first 200 of 1000 alerts" in html
+    assert html.count("/srv/") < 1000

@@ -6,6 +6,7 @@ result always parses with tomllib (a test holds us to that).
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -28,15 +29,30 @@ PSEUDO_FS = {
 }
 
 
+def _device_of(path: str) -> int | None:
+    try:
+        return os.stat(path).st_dev
+    except OSError:
+        return None
+
+
 def _mounts() -> list[str]:
+    """One mount point per filesystem: a bind mount of one already listed (``/run/netns`` of ``/``) is left out."""
     import psutil
 
-    seen = []
-    for part in psutil.disk_partitions(all=False):
-        if part.fstype in PSEUDO_FS or part.mountpoint.startswith(("/snap/", "/proc", "/sys")):
+    seen: list[str] = []
+    devices: set[int] = set()
+    parts = [p for p in psutil.disk_partitions(all=False) if p.fstype not in PSEUDO_FS]
+    # The shortest path first: "/" is the one kept, not a bind mount of it listed before it.
+    for part in sorted(parts, key=lambda p: (len(p.mountpoint), p.mountpoint)):
+        if part.mountpoint.startswith(("/snap/", "/proc", "/sys")) or part.mountpoint in seen:
             continue
-        if part.mountpoint not in seen:
-            seen.append(part.mountpoint)
+        device = _device_of(part.mountpoint)
+        if device is not None and device in devices:
+            continue  # the same filesystem seen again: its usage is the same, a second rule only doubles mails
+        if device is not None:
+            devices.add(device)
+        seen.append(part.mountpoint)
     return seen or ["/"]
 
 

@@ -74,10 +74,18 @@ def _state_rows(states: Iterable[Any]) -> list[dict[str, Any]]:
             "state": item.state.value,
             "value": item.value,
             "severity": item.severity,
+            "since": _iso(item.since),
             "note": item.note,
         }
         for item in states
     ]
+
+
+def _iso(timestamp: float | None) -> str | None:
+    """A time for --json: ISO 8601 in UTC, to the millisecond."""
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="milliseconds") if timestamp else None
 
 
 async def _one_pass(probes: Mapping[str, Any], timeouts: Mapping[str, float]) -> tuple[list[ProbeRun], list[str]]:
@@ -214,7 +222,7 @@ def probe_command(
                             "labels": s.label_dict(),
                             "value": s.value,
                             "unit": units.get((run.name, s.metric), ""),
-                            "timestamp": s.timestamp,
+                            "timestamp": _iso(s.timestamp),
                         }
                         for s in run.samples
                     ],

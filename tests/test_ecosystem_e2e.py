@@ -1,0 +1,64 @@
+"""`alertmail run` end to end with the probes that read other monitoring programs: a rule on
+``nagios.status`` (a real check_smtp) fires and the mail in pickup/ says what the plugin said."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from tests.peers import free_port
+from tests.test_agent_e2e import pickup_mails, start_agent, stop_agent, wait_for
+from tests.test_nagios_probe import plugin
+
+HEAD = """
+[agent]
+state_dir = "var"
+interval = "1s"
+resolution = "1s"
+
+[mail]
+from = "alertmail@test.example"
+to = ["ops@test.example"]
+route = ["pickup"]
+
+[notify]
+group_wait = "0s"
+"""
+
+
+def run_until_mail(folder: Path, config: str) -> tuple[object, str]:
+    path = folder / "config.toml"
+    path.write_text(HEAD + textwrap.dedent(config))
+    proc = start_agent(path)
+    try:
+        mails = wait_for(lambda: pickup_mails(folder), timeout=60, what="an alert mail in pickup/")
+    finally:
+        log = stop_agent(proc)
+    return mails[0], log
+
+
+def test_a_rule_on_nagios_status_fires_and_the_mail_carries_the_plugins_output(tmp_path):
+    closed = free_port()  # nothing listens: check_smtp is CRITICAL, "Connection refused"
+    mail, log = run_until_mail(
+        tmp_path,
+        f"""
+        [probes.nagios]
+        interval = "1s"
+        checks = [
+          {{ name = "smtp", command = ["{plugin("check_smtp")}", "-H", "127.0.0.1", "-p", "{closed}"], timeout = "5s" }},
+        ]
+
+        [[rules]]
+        name = "smtp-down"
+        metric = "nagios.status"
+        labels = {{ check = "smtp" }}
+        above = 1
+        severity = "critical"
+        """,
+    )
+    text = mail.get_body(("plain",)).get_content()
+    assert "smtp-down" in mail["Subject"], log
+    assert "The probe said:" in text
+    assert "CRITICAL: " in text and "Connection refused" in text and str(closed) in text
+    html = mail.get_body(("html",)).get_content()
+    assert "probe said" in html and "Connection refused" in html

@@ -17,7 +17,11 @@ class Says:
     name = "says"
 
     def detail(self, metric, labels):
-        return f"CRITICAL: {labels['check']} refused\x1b[31m\nsecond line\r\nBcc: evil@example.com" if metric == "nagios.status" else None
+        return (
+            f"CRITICAL: {labels['check']} refused\x1b[31m\nsecond line\r\nBcc: evil@example.com"
+            if metric == "nagios.status"
+            else None
+        )
 
 
 class Breaks:

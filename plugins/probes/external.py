@@ -31,6 +31,7 @@ SCRAPE_METRICS = (
     MetricInfo("scrape.up", "count", "1 when the target's last scrape (or the file's read) worked, else 0", ("target",)),
     MetricInfo("scrape.series", "count", "series the target offered on its last scrape", ("target",)),
     MetricInfo("scrape.seconds", "seconds", "how long the target's last scrape took", ("target",)),
+    MetricInfo("scrape.age_seconds", "seconds", "time since a textfile-collector file was last written", ("target",)),
     MetricInfo(
         "scrape.limited",
         "count",
@@ -75,6 +76,11 @@ class Deferred:
 
     def collect(self) -> list[Sample]:
         return self._real().collect()
+
+    def problem(self) -> str | None:
+        """What went wrong on the last run though samples came back (a scrape target over a limit)."""
+        problem = getattr(self._probe, "problem", None)
+        return problem() if callable(problem) else None
 
     def detail(self, metric: str, labels: Mapping[str, str]) -> str | None:
         """What the probe's source said about this series on its last run, for the alert mail."""

@@ -1,5 +1,6 @@
 """`alertmail run` end to end with the probes that read other monitoring programs: a rule on
-``nagios.status`` (a real check_smtp) fires and the mail in pickup/ says what the plugin said."""
+``nagios.status`` (a real check_smtp) fires and the mail in pickup/ says what the plugin said; one on a
+series a real node_exporter serves from a textfile fires and the mail carries the series' labels."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 from tests.peers import free_port
+from tests.scrape_peers import NodeExporter, write_prom
 from tests.test_agent_e2e import pickup_mails, start_agent, stop_agent, wait_for
 from tests.test_nagios_probe import plugin
 
@@ -56,9 +58,37 @@ def test_a_rule_on_nagios_status_fires_and_the_mail_carries_the_plugins_output(t
         severity = "critical"
         """,
     )
-    text = mail.get_body(("plain",)).get_content()
+    text = mail.get_body(("plain",)).get_content().replace("\r\n", "\n")
     assert "smtp-down" in mail["Subject"], log
     assert "The probe said:" in text
     assert "CRITICAL: " in text and "Connection refused" in text and str(closed) in text
     html = mail.get_body(("html",)).get_content()
     assert "probe said" in html and "Connection refused" in html
+
+
+def test_a_rule_on_a_scraped_series_fires_and_the_mail_carries_the_series_labels(tmp_path):
+    with NodeExporter(tmp_path / "textfiles") as exporter:
+        write_prom(
+            exporter.textfiles,
+            "backup.prom",
+            "# HELP backup_age_seconds Seconds since the last good backup.\n# TYPE backup_age_seconds gauge\n"
+            'backup_age_seconds{job="db",site="eu"} 90000\nbackup_age_seconds{job="web",site="eu"} 60\n',
+        )
+        mail, log = run_until_mail(
+            tmp_path,
+            f"""
+            [probes.scrape]
+            interval = "1s"
+            targets = [ {{ name = "node", url = "{exporter.url}" }} ]
+
+            [[rules]]
+            name = "backup-stale"
+            metric = "scrape.backup_age_seconds"
+            above = 86400
+            severity = "warning"
+            """,
+        )
+    text = mail.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert "backup-stale" in mail["Subject"], log
+    assert "labels      job=db, site=eu, target=node" in text
+    assert "job=web" not in text

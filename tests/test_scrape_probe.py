@@ -187,3 +187,18 @@ above = 1000
     assert "nagios check=dummy said:\n    WARNING: WARNING: half broken" in out, out + run.stderr
     assert "scrape.node_load1" in out
     assert "rule load: no sample of scrape.node_lod1 in this run; did you mean 'scrape.node_load1'?" in out
+
+
+def test_metric_catalogue_documents_every_nagios_and_scrape_metric_with_its_unit():
+    from alertmail.cli.probe import catalogue
+    from alertmail.loader import load_plugins
+
+    doc = (REPO / "docs" / "metrics.md").read_text()
+    rows = {
+        line.split("|")[1].strip().strip("`"): line.split("|")[2].strip() for line in doc.splitlines() if line.startswith("| `")
+    }
+    listed = [(p, info) for p, info in catalogue(load_plugins().probes) if p in ("nagios", "scrape")]
+    assert len(listed) >= 8
+    for _, info in listed:
+        name = "scrape.<name>" if info.name == "scrape.*" else info.name
+        assert rows.get(name) == (info.unit or "—"), f"docs/metrics.md: {name} ({info.unit}) missing or stale"

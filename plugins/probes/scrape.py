@@ -32,6 +32,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from http.client import HTTPException
 from typing import Any, ClassVar
 
 from alertmail import Option, Sample, did_you_mean, format_duration, parse_duration
@@ -220,7 +221,7 @@ class ScrapeProbe:
         except TimeoutError:
             out.samples, out.limited = [], True
             out.error = f"no answer within its timeout ({format_duration(target.timeout)})"
-        except (OSError, ValueError) as exc:  # refused, HTTP errors, not the text format
+        except (OSError, ValueError, HTTPException) as exc:  # refused, HTTP errors, cut short, not the text format
             out.samples, out.error = [], f"{type(exc).__name__}: {exc}"
         out.seconds = time.monotonic() - start
         return out

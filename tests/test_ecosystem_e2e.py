@@ -92,3 +92,20 @@ def test_a_rule_on_a_scraped_series_fires_and_the_mail_carries_the_series_labels
     assert "backup-stale" in mail["Subject"], log
     assert "labels      job=db, site=eu, target=node" in text
     assert "job=web" not in text
+
+
+def test_a_scrape_over_its_limit_is_mailed_by_the_agents_self_alert_with_the_reason(tmp_path):
+    big = write_prom(tmp_path / "textfiles", "big.prom", "".join(f"series_{i} {i}\n" for i in range(200)))
+    mail, log = run_until_mail(
+        tmp_path,
+        f"""
+        [probes.scrape]
+        interval = "1s"
+        files = ["{big}"]
+        max_size = 500
+        """,
+    )
+    text = mail.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert "agent-probe-failed" in mail["Subject"], log
+    assert "labels      probe=scrape" in text
+    assert f"target {big}: the file is over max_size (500 bytes): dropped this run" in text

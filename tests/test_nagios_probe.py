@@ -221,3 +221,12 @@ def test_without_its_table_the_nagios_probe_does_not_run_and_its_code_stays_unlo
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert run.stdout.split() == ["False", "False"], run.stderr
     assert "nagios" in load_plugins().probes
+
+
+def test_a_plugin_killed_by_a_signal_is_unknown_naming_the_signal(tmp_path):
+    script = tmp_path / "check_suicide"
+    script.write_text("#!/bin/sh\necho 'OK - about to go'\nkill -9 $$\n")
+    script.chmod(0o755)
+    probe = probe_with({"name": "gone", "command": [str(script)]})
+    assert by_metric(probe.collect(), "nagios.status") == {(("check", "gone"),): 3.0}
+    assert probe.detail("nagios.status", {"check": "gone"}) == "UNKNOWN: killed by signal SIGKILL"

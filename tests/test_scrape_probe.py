@@ -203,3 +203,13 @@ def test_metric_catalogue_documents_every_nagios_and_scrape_metric_with_its_unit
     for _, info in listed:
         name = "scrape.<name>" if info.name == "scrape.*" else info.name
         assert rows.get(name) == (info.unit or "—"), f"docs/metrics.md: {name} ({info.unit}) missing or stale"
+
+
+def test_a_proxy_in_the_agents_environment_is_not_used_for_scrapes(node_exporter, monkeypatch):
+    dead = free_port()  # a proxy that is not there: a scrape through it would fail
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{dead}")
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{dead}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    samples = probe_with(targets=[{"name": "node", "url": node_exporter.url}]).collect()
+    assert one(samples, "scrape.up", target="node") == 1

@@ -254,7 +254,11 @@ def run_check(check: Check, max_output: int) -> Result:
     text = kept["stdout"].decode("utf-8", "replace")
     code = proc.returncode
     if code < 0:
-        return Result(UNKNOWN, f"killed by signal {signal.Signals(-code).name}", seconds=seconds)
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return Result(UNKNOWN, f"killed by signal {name}", seconds=seconds)
     if code > UNKNOWN:
         err = kept["stderr"].decode("utf-8", "replace").strip() or text.strip()
         return Result(UNKNOWN, f"exit status {code} (not a Nagios status): {err[:500] or 'no output'}", seconds=seconds)

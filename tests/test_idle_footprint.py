@@ -54,6 +54,11 @@ NOT_WHILE_IDLE = (
     "alertmail.plugins.probes.nagios",  # [probes.nagios] and [probes.scrape] load their code when configured
     "alertmail.plugins.probes.scrape",
     "prometheus_client",
+    "alertmail.plugins.probes.file",  # the host probes: loaded when a [probes.NAME] table configures one
+    "alertmail.plugins.probes.logfile",
+    "alertmail.plugins.probes.sensors",
+    "alertmail.plugins.probes.pressure",
+    "alertmail.plugins.probes.checklist",
     "alertmail.cli.queue",
     "alertmail.replay",
     "jinja2",

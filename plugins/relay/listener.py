@@ -12,7 +12,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -39,11 +39,17 @@ class RelayServer:
     connections: set[RelaySMTP] = field(default_factory=set)
     stopping: bool = False
     _servers: list[asyncio.Server] = field(default_factory=list)
-    # sessions per client IP, and the times of recent failed AUTH per client IP (as Postfix's anvil)
+    # sessions per client, and the times of recent failed AUTH per client (as Postfix's anvil); a client
+    # is an IPv4 address or an IPv6 network (RelayPolicy.client_key)
     _per_client: collections.Counter[str] = field(default_factory=collections.Counter)
     _auth_failures: dict[str, collections.deque[float]] = field(default_factory=dict)
+    _allowed_sessions: int = 0  # sessions of `allow` clients, in connections
+    auth_log: AuthWarnings = field(init=False)
     # sessions, sessions_refused, accepted, refused: what /metrics shows of the relay
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def __post_init__(self) -> None:
+        self.auth_log = AuthWarnings(self.policy.max_auth_warnings, self.policy.rate_window)
 
     def admit(self, session: RelaySMTP) -> str | None:
         """Count a new session in; the reason it is refused when a cap is reached (then it is not counted)."""
@@ -51,44 +57,52 @@ class RelayServer:
         if len(self.connections) >= policy.max_connections:
             self.counts["sessions_refused"] += 1
             return "too many connections"
-        if not session.client_allowed and self._per_client[session.client_ip] >= policy.max_connections_per_client:
-            self.counts["sessions_refused"] += 1
-            return f"too many connections from {session.client_ip}"
+        if not session.client_allowed:
+            if len(self.connections) - self._allowed_sessions >= policy.outside_connections:
+                self.counts["sessions_refused"] += 1
+                return "too many connections"
+            if self._per_client[session.client_key] >= policy.max_connections_per_client:
+                self.counts["sessions_refused"] += 1
+                return f"too many connections from {session.client_key}"
         self.counts["sessions"] += 1
         self.connections.add(session)
-        self._per_client[session.client_ip] += 1
+        self._per_client[session.client_key] += 1
+        if session.client_allowed:
+            self._allowed_sessions += 1
         return None
 
     def release(self, session: RelaySMTP) -> None:
         if session in self.connections:
             self.connections.discard(session)
-            self._per_client[session.client_ip] -= 1
-            if self._per_client[session.client_ip] <= 0:
-                del self._per_client[session.client_ip]
+            if session.client_allowed:
+                self._allowed_sessions -= 1
+            self._per_client[session.client_key] -= 1
+            if self._per_client[session.client_key] <= 0:
+                del self._per_client[session.client_key]
 
-    def _recent_failures(self, ip: str, now: float) -> collections.deque[float] | None:
-        failures = self._auth_failures.get(ip)
+    def _recent_failures(self, key: str, now: float) -> collections.deque[float] | None:
+        failures = self._auth_failures.get(key)
         if failures is not None:
             while failures and failures[0] <= now - self.policy.rate_window:
                 failures.popleft()
             if not failures:
-                del self._auth_failures[ip]
+                del self._auth_failures[key]
                 return None
         return failures
 
-    def auth_blocked(self, ip: str) -> bool:
-        """True while ``ip`` has failed AUTH max_auth_failures times within rate_window."""
-        failures = self._recent_failures(ip, time.monotonic())
+    def auth_blocked(self, key: str) -> bool:
+        """True while client ``key`` has failed AUTH max_auth_failures times within rate_window."""
+        failures = self._recent_failures(key, time.monotonic())
         return failures is not None and len(failures) >= self.policy.max_auth_failures
 
-    def auth_failed(self, ip: str) -> bool:
-        """Count a failed AUTH from ``ip``; True when it has now reached the limit."""
+    def auth_failed(self, key: str) -> bool:
+        """Count a failed AUTH from client ``key``; True when it has now reached the limit."""
         now = time.monotonic()
-        failures = self._recent_failures(ip, now)
+        failures = self._recent_failures(key, now)
         if failures is None:
             if len(self._auth_failures) >= 100_000:  # bounded memory under a spread-out attack
                 self._auth_failures.pop(next(iter(self._auth_failures)))
-            failures = self._auth_failures[ip] = collections.deque()
+            failures = self._auth_failures[key] = collections.deque()
         failures.append(now)
         return len(failures) >= self.policy.max_auth_failures
 
@@ -143,6 +157,67 @@ class RelayServer:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+
+
+class AuthWarnings:
+    """The warnings about failed AUTH: at most ``limit`` lines per ``window``, the rest counted.
+
+    A guesser (or many) would otherwise write a line per guess without end. Past the
+    limit, failures are only counted; once the window is over, one line gives their
+    number, the number of clients and the clients with the most.
+    """
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self._started = clock()
+        self._written = 0
+        self._skipped: collections.Counter[str] = collections.Counter()
+        self._skipped_total = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def warn(self, client: str, message: str, *args: object) -> None:
+        """Log ``message % args`` about ``client``, or count it when the window's lines are spent."""
+        now = self.clock()
+        if now - self._started >= self.window:
+            self.flush(now)
+        if self._written < self.limit:
+            self._written += 1
+            log.warning(message, *args)
+            return
+        self._skipped_total += 1
+        if client in self._skipped or len(self._skipped) < 10_000:  # bounded under a spread-out attack
+            self._skipped[client] += 1
+        if self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no loop (a unit): the next warning or flush() writes the count
+            self._timer = loop.call_later(max(0.0, self._started + self.window - now), self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self.flush(self.clock())
+
+    def flush(self, now: float | None = None) -> None:
+        """Write the count of what went unlogged, and start a new window."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._skipped_total:
+            top = ", ".join(f"{client} {count}" for client, count in self._skipped.most_common(3))
+            log.warning(
+                "relay: %d more failed AUTH not logged one by one in %.0fs, from %d client(s) (most: %s)",
+                self._skipped_total,
+                self.window,
+                len(self._skipped),
+                top,
+            )
+        self._skipped.clear()
+        self._skipped_total = 0
+        self._written = 0
+        self._started = self.clock() if now is None else now
 
 
 def bind(listen: Iterable[tuple[str, int]]) -> list[socket.socket]:

@@ -68,14 +68,42 @@ class RelayPolicy:
     max_commands: int = 100
     max_connections: int = 300
     max_connections_per_client: int = 50
+    # sessions of max_connections that only `allow` clients may take
+    reserved_connections: int = 50
     max_auth_failures: int = 10
     rate_window: float = 60.0
+    # failed-AUTH warnings written per rate_window (per process); the rest are counted in one line
+    max_auth_warnings: int = 10
+    # IPv6 clients are counted per network of this prefix length (as Postfix's anvil aggregates them)
+    ipv6_prefix: int = 64
+    # longest session, whatever it does; then 421 at the end of the transaction in progress
+    max_session_time: float = 1800.0
     require_tls: bool = False
     greet_pause: float = 0.0
     route: tuple[str, ...] | None = None
     timeout: float = 300.0
     # What allowed() answered, per client IP: parsing an address costs more than a whole EHLO.
     _allowed: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # What client_key() answered, per client IP.
+    _keys: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def outside_connections(self) -> int:
+        """Sessions at once that clients outside ``allow`` may hold, all of them together."""
+        return max(0, self.max_connections - self.reserved_connections)
+
+    def client_key(self, ip: str) -> str:
+        """What the per-client limits count ``ip`` as: an IPv4 address, or its IPv6 network of ``ipv6_prefix`` bits.
+
+        One IPv6 host usually holds a whole /64 and picks any address in it, so counting
+        single IPv6 addresses would cap nothing. An IPv4-mapped address is its IPv4 address.
+        """
+        known = self._keys.get(ip)
+        if known is None:
+            if len(self._keys) >= CACHE_MAX:
+                self._keys.clear()
+            known = self._keys[ip] = client_key(ip, self.ipv6_prefix)
+        return known
 
     def allowed(self, ip: str) -> bool:
         """True when ``ip`` may relay without AUTH."""
@@ -107,6 +135,19 @@ class RelayPolicy:
             or f"{local_part}@{domain}" in self.local_recipients
             or f"@{domain}" in self.local_recipients
         )
+
+
+def client_key(ip: str, ipv6_prefix: int) -> str:
+    """``ip`` as the per-client limits count it: ``192.0.2.7``, ``2001:db8:1:2::/64``."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip.replace(" ", "_") or "unknown"
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    if addr.version == 6 and ipv6_prefix < 128:
+        return str(ipaddress.IPv6Network((addr, ipv6_prefix), strict=False))
+    return str(addr)
 
 
 def has_routing(address: str) -> bool:

@@ -136,6 +136,11 @@ class SharedLimits:
 
     def ask(self, question: str) -> bool | None:
         """The agent's yes or no; None when it does not answer in time (the caller decides alone)."""
+        word = self.answer(question)
+        return None if word is None else word == "yes"
+
+    def answer(self, question: str) -> str | None:
+        """The agent's answer ("yes", "no", "full"); None when it does not answer in time."""
         try:
             self.anvil.sendall(question.encode() + b"\n")
             while b"\n" not in self._buffer:
@@ -147,7 +152,7 @@ class SharedLimits:
             self._buffer = b""
             return None
         line, _, self._buffer = self._buffer.partition(b"\n")
-        return line == b"yes"
+        return line.decode("ascii", "replace")
 
     def tell(self, news: str) -> None:
         try:
@@ -167,9 +172,12 @@ def shared_server(base: type) -> type:
             if limits.total() >= policy.max_connections:
                 self.counts["sessions_refused"] += 1
                 return "too many connections"
-            if not session.client_allowed and limits.ask(f"admit {session.client_ip}") is False:
-                self.counts["sessions_refused"] += 1
-                return f"too many connections from {session.client_ip}"
+            if not session.client_allowed:
+                # the agent counts the sessions of clients outside `allow`: per client, and all together
+                answer = limits.answer(f"admit {session.client_key}")
+                if answer in ("no", "full"):
+                    self.counts["sessions_refused"] += 1
+                    return "too many connections" if answer == "full" else f"too many connections from {session.client_key}"
             self.counts["sessions"] += 1
             self.connections.add(session)
             limits.set_mine(len(self.connections))
@@ -180,7 +188,7 @@ def shared_server(base: type) -> type:
                 self.connections.discard(session)
                 self.limits.set_mine(len(self.connections))
                 if not session.client_allowed:
-                    self.limits.tell(f"release {session.client_ip}")
+                    self.limits.tell(f"release {session.client_key}")
 
         def auth_blocked(self, ip: str) -> bool:
             return self.limits.ask(f"blocked {ip}") is True

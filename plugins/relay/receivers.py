@@ -43,8 +43,10 @@ RESCAN_INTERVAL = 2.0
 class Anvil:
     """Sessions per client and failed AUTH per client, counted for every receiving process (as Postfix's anvil).
 
-    Only clients outside ``allow`` are counted here (the caps apply to them); the
-    processes ask before they admit such a client and tell when its session ends.
+    Sessions are counted for clients outside ``allow`` only (the caps apply to them):
+    the processes ask before they admit such a client and tell when its session ends.
+    Failed AUTH are counted for every client. A client is an IPv4 address or an IPv6
+    network of ``ipv6_prefix`` bits (``RelayPolicy.client_key``).
     """
 
     def __init__(self, policy: Any) -> None:
@@ -56,6 +58,9 @@ class Anvil:
         """The reply to one request of process ``index`` ("yes"/"no"), or None for news that needs none."""
         word, _, ip = line.partition(" ")
         if word == "admit":
+            # ``ip`` is a client key: an IPv4 address or an IPv6 network (RelayPolicy.client_key)
+            if sum(counts.total() for counts in self.sessions.values()) >= self.policy.outside_connections:
+                return "full"  # the rest of max_connections is reserved for `allow` clients
             total = sum(counts[ip] for counts in self.sessions.values())
             if total >= self.policy.max_connections_per_client:
                 return "no"

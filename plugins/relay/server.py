@@ -13,7 +13,7 @@ What aiosmtpd 1.4.6 does and what this module adds:
   Postfix's ``smtpd_forbid_bare_newline``).
 - Addresses with CR, LF or unbalanced angle brackets get ``501 5.1.3`` before aiosmtpd
   parses them (it accepts ``<a@b`` and keeps a CR inside the address).
-- Recipient and junk-command limits, enhanced status codes on every reply (aiosmtpd's
+- Recipient and command limits, a session lifetime, enhanced status codes on every reply (aiosmtpd's
   own replies lack them), the early-talker check, and AUTH checks in a thread (scrypt
   would stall the event loop). The relay policy and the queue are ``handler``'s.
 """
@@ -27,7 +27,7 @@ import re
 import ssl
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import aiosmtpd
 from aiosmtpd.smtp import (
@@ -53,7 +53,8 @@ log = logging.getLogger("alertmail.relay")
 # other release, even a 1.4.x not listed, runs aiosmtpd's own __init__.
 FAST_INIT_VERSIONS = frozenset({"1.4.4", "1.4.5", "1.4.6"})
 _FAST_INIT = aiosmtpd.__version__ in FAST_INIT_VERSIONS
-# Commands that move no mail; with the error replies they count against max_commands.
+# Commands that move no mail; with the error replies, and the MAIL and RCPT of a transaction
+# given up, they count against max_commands.
 JUNK = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP", "HELO", "EHLO"})
 _SIMPLE_PATH = re.compile(
     r"^\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(\s.*|)$"
@@ -83,10 +84,15 @@ class RelaySMTP(SMTP):
         self.server = server
         self.policy = handler.policy
         self.client_ip = ""
+        self.client_key = ""  # what the per-client limits count: the IP, or its IPv6 network
         self.client_allowed = False
         self.local_ip, self.local_port = "", 0
         self.close_after_reply = False
-        self._junk = 0
+        self._junk = 0  # commands that moved no mail since the last accepted message
+        self._pending = 0  # accepted MAIL and RCPT of the transaction in progress
+        self._lifetime: asyncio.TimerHandle | None = None
+        self._expired = False  # max_session_time is over: the session ends with its transaction
+        self._committing = False  # the DATA hook is making a message durable
         self._refused: str | None = None  # why the session is refused at once (a connection cap)
         self._secret_input = False
         self._credentials: LoginPassword | None = None
@@ -171,12 +177,53 @@ class RelaySMTP(SMTP):
             peer = transport.get_extra_info("peername") or ("", 0)
             sock = transport.get_extra_info("sockname") or ("", 0)
             self.client_ip, self.local_ip, self.local_port = str(peer[0]), str(sock[0]), sock[1]
+            self.client_key = self.policy.client_key(self.client_ip)
             self.client_allowed = self.policy.allowed(self.client_ip)
             self._refused = self.server.admit(self)
+            self._lifetime = self.loop.call_later(self.policy.max_session_time, self._lifetime_over)
 
     def connection_lost(self, error: Exception | None) -> None:
         self.server.release(self)
+        if self._lifetime is not None:
+            self._lifetime.cancel()
         super().connection_lost(error)
+
+    # -- lifetime -------------------------------------------------------------
+    # aiosmtpd's timeout is per command: a client that sends a NOOP now and then, or
+    # its message a byte at a time, would keep its session (and its place) for hours.
+
+    def _lifetime_over(self) -> None:
+        """max_session_time is over: end the session now, or when its transaction ends (within ``timeout``)."""
+        self._expired = True
+        if self.transport is None:
+            return
+        if self.in_transaction():
+            self._lifetime = self.loop.call_later(self.policy.timeout, self._end)
+        else:
+            self._end()
+
+    def _end(self) -> None:
+        """Say 421 and close (after the reply, when a message is being made durable)."""
+        self._lifetime = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._committing:
+            return  # push() ends the session once the reply to DATA is out
+        current = self._current or ["-", "", time.monotonic(), 0, 0]
+        current[1] = current[1] or "max_session_time"
+        self._finish(current, 421)
+        reply = f"421 4.4.2 {self.policy.hostname} Error: session longer than max_session_time; closing"
+        cast(asyncio.WriteTransport, self.transport).write(reply.encode() + b"\r\n")
+        self.transport.close()
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        if command != "DATA":
+            return await super()._call_handler_hook(command, *args)
+        self._committing = True
+        try:
+            return await super()._call_handler_hook(command, *args)
+        finally:
+            self._committing = False
 
     def _cb_client_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         super()._cb_client_connected(reader, writer)
@@ -228,7 +275,7 @@ class RelaySMTP(SMTP):
         if not line.endswith(b"\r\n"):
             raise CommandRefused(f"521 5.5.2 {self.policy.hostname} Error: bare <LF> received", close=True)
         if self._junk >= self.policy.max_commands:
-            raise CommandRefused("421 4.7.0 Too many commands without mail, closing", close=True)
+            raise CommandRefused("421 4.7.0 Too many commands without an accepted message, closing", close=True)
         if verb in ("MAIL", "RCPT"):
             problem = address_problem(verb, arg.rstrip("\r\n").strip())
             if problem:
@@ -306,6 +353,8 @@ class RelaySMTP(SMTP):
         await super().push(reply)
         if self.close_after_reply and self.transport is not None:
             self.transport.close()
+        elif self._expired and current is not None and self._current is None and not self.in_transaction():
+            self._end()  # the transaction in progress when max_session_time ran out has ended
 
     def _finish(self, current: list[Any], code: int) -> None:
         """Write the command's log line and count it against the junk limit."""
@@ -313,11 +362,17 @@ class RelaySMTP(SMTP):
         verb = current[0]
         if verb == "DATA" and code == 250:
             self.server.counts["accepted"] += 1
-            self._junk = 0
+            self._junk = self._pending = 0
+        elif verb in ("MAIL", "RCPT") and code < 400:
+            self._pending += 1  # progress only if the transaction ends with an accepted message
         elif code >= 400 or verb in JUNK:
             self._junk += 1
             if code >= 400 and verb in ("MAIL", "RCPT", "DATA"):
                 self.server.counts["refused"] += 1
+        if self._pending and not self.in_transaction():
+            # a transaction given up (RSET, EHLO, refused data): its MAIL and RCPT moved no mail either
+            self._junk += self._pending
+            self._pending = 0
         login = getattr(self.session.auth_data, "login", None) if self.session else None
         self.server.w3c.record(
             client_ip=self.client_ip,
@@ -369,14 +424,16 @@ class RelaySMTP(SMTP):
         if credentials is None or self.policy.users is None:
             return parsed  # the client's answer could not be parsed; already answered
         login = credentials.login.decode("utf-8", "replace")
-        limited = not self.client_allowed
-        if limited and self.server.auth_blocked(self.client_ip):
+        # Every client is limited, `allow` ones too: a local program may be the guesser.
+        key = self.client_key
+        if self.server.auth_blocked(key):
             return self._auth_refused()  # no password is checked while the client is over the limit
         ok = await asyncio.get_running_loop().run_in_executor(None, self.policy.users.verify, login, credentials.password)
         if not ok:
-            log.warning("relay: failed AUTH from %s for user %r", self.client_ip, login)
-            if limited and self.server.auth_failed(self.client_ip):
-                log.warning("relay: %s reached max_auth_failures; AUTH refused for a while", self.client_ip)
+            warn = self.server.auth_log.warn
+            warn(key, "relay: failed AUTH from %s for user %r", self.client_ip, login)
+            if self.server.auth_failed(key):
+                warn(key, "relay: %s reached max_auth_failures; AUTH refused for a while", key)
                 return self._auth_refused()
             return AuthResult(success=False, handled=False)  # smtp_AUTH answers 535 5.7.8
         return AuthResult(success=True, auth_data=LoginPassword(credentials.login, b""))

@@ -36,14 +36,24 @@ from typing import Any, ClassVar
 
 import click
 
-from alertmail import AlertmailError, Checker, Option, ServiceContext, config_option, hookimpl, parse_address
+from alertmail import (
+    AlertmailError,
+    Checker,
+    Option,
+    ServiceContext,
+    config_option,
+    hookimpl,
+    listen_problem,
+    parse_address,
+    valid_hostname,
+)
 
 log = logging.getLogger("alertmail.relay")
 
 OPTIONS: dict[str, Option] = {
     "enabled": Option("bool", False, help="start the relay with `alertmail run`"),
-    "listen": Option("list", ["127.0.0.1:2525"], help='addresses to listen on: "127.0.0.1:2525", "[::1]:2525"'),
-    "hostname": Option("str", None, help="name in the banner, EHLO and Received; default [agent].hostname"),
+    "listen": Option("list", ["127.0.0.1:2525"], nonempty=True, help='addresses to listen on: "127.0.0.1:2525", "[::1]:2525"'),
+    "hostname": Option("str", None, nonempty=True, help="name in the banner, EHLO and Received; default [agent].hostname"),
     "allow": Option("list", ["127.0.0.0/8", "::1"], help="IPs and CIDR networks that may relay without AUTH"),
     "users_file": Option("path", None, help="user:hash lines (`alertmail relay passwd USER`); AUTH over TLS only"),
     "tls_cert": Option("path", None, help="PEM certificate (chain) for STARTTLS"),
@@ -51,14 +61,22 @@ OPTIONS: dict[str, Option] = {
     "require_tls": Option("bool", False, help="refuse mail commands before STARTTLS"),
     "max_size": Option("size", 10_000_000, help="largest message accepted (announced as SIZE)"),
     "max_recipients": Option("int", 100, help="recipients per message; more get 452"),
-    "max_commands": Option("int", 100, help="commands per session that move no mail (NOOP, RSET, errors ...) before 421"),
-    "max_connections": Option("int", 300, help="sessions at once, all clients together; more get 421 4.7.0"),
-    "max_connections_per_client": Option(
-        "int", 50, help="sessions at once from one IP address outside `allow`; more get 421 4.7.0"
+    "max_commands": Option(
+        "int", 100, help="commands that move no mail (NOOP, RSET, errors, abandoned MAIL/RCPT) before 421 4.7.0"
     ),
-    "max_auth_failures": Option("int", 10, help="failed AUTH per IP address outside `allow` within rate_window; then 421 4.7.0"),
+    "max_connections": Option("int", 300, help="sessions at once, all clients together; more get 421 4.7.0"),
+    "reserved_connections": Option(
+        "int", None, help="sessions of max_connections only `allow` clients may take; default a sixth of max_connections"
+    ),
+    "max_connections_per_client": Option(
+        "int", 50, help="sessions at once from one client outside `allow` (IPv4 address or IPv6 network); more get 421 4.7.0"
+    ),
+    "ipv6_prefix": Option("int", 64, help="IPv6 clients are counted per network of this many bits (/64: one site)"),
+    "max_session_time": Option("duration", 1800.0, help="longest session; then 421 4.4.2 once its transaction is over"),
+    "max_auth_failures": Option("int", 10, help="failed AUTH per client (`allow` ones too) within rate_window; then 421 4.7.0"),
+    "max_auth_warnings": Option("int", 10, help="failed-AUTH warnings logged per rate_window; the rest are counted in one line"),
     "rate_window": Option("duration", 60.0, help="the time unit of max_auth_failures (as Postfix's anvil_rate_time_unit)"),
-    "route": Option("list", ["mx"], help="transports relayed and picked-up mail leaves through"),
+    "route": Option("list", ["mx"], nonempty=True, help='transports relayed and picked-up mail leaves through, e.g. ["mx"]'),
     "local_domains": Option("list", [], help="recipient domains any client may send to, without relay rights"),
     "local_recipients": Option(
         "list", [], help='the addresses of local_domains that exist ("@domain": all of it); others get 550 5.1.1 at RCPT'
@@ -96,7 +114,11 @@ MINIMUMS: dict[str, tuple[float, str]] = {
     "max_commands": (1, "at least 1"),
     "max_connections": (1, "at least 1"),
     "max_connections_per_client": (1, "at least 1"),
+    "reserved_connections": (0, "0 or more"),
+    "ipv6_prefix": (1, "between 1 and 128"),
+    "max_session_time": (0.001, "more than 0"),
     "max_auth_failures": (1, "at least 1"),
+    "max_auth_warnings": (0, "0 or more"),
     "rate_window": (0.001, "more than 0"),
     "pickup_interval": (0.001, "more than 0"),
     "greet_pause": (0, "0 or more"),
@@ -105,7 +127,13 @@ MINIMUMS: dict[str, tuple[float, str]] = {
 }
 
 
-def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:
+def reserved_connections(opts: Mapping[str, Any]) -> int:
+    """``reserved_connections`` as set, else a sixth of ``max_connections`` (50 of 300)."""
+    reserved = opts.get("reserved_connections")
+    return int(opts["max_connections"]) // 6 if reserved is None else int(reserved)
+
+
+def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:  # noqa: C901  a list of independent checks, one per key
     """What ``alertmail run`` would stumble on in ``[relay]``, reported by ``alertmail check``.
 
     Checked when the config has a ``[relay]`` table (without one the relay does not run).
@@ -118,6 +146,16 @@ def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:
         value = opts.get(option)
         if isinstance(value, int | float) and not isinstance(value, bool) and value < least:
             check.error(f"relay.{option}", f"must be {words}, got {value!r}")
+    prefix = opts.get("ipv6_prefix")
+    if isinstance(prefix, int) and prefix > 128:
+        check.error("relay.ipv6_prefix", f"must be between 1 and 128, got {prefix}")
+    reserved, most = opts.get("reserved_connections"), opts.get("max_connections")
+    if isinstance(reserved, int) and isinstance(most, int) and reserved >= most >= 1:
+        check.error(
+            "relay.reserved_connections",
+            f"must be less than max_connections ({most}), or clients outside `allow` never get a session; "
+            "lower it or raise max_connections",
+        )
     if "workers" in opts:
         try:
             worker_count(opts["workers"])
@@ -125,10 +163,21 @@ def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:
             check.error("relay.workers", str(exc).partition(": ")[2])
     for i, item in enumerate(opts.get("listen") or []):
         try:
-            parse_address(item)
+            problem = listen_problem(item)
         except ValueError as exc:
             hint = ' (IPv6 goes in brackets: "[::1]:2525")' if item.count(":") > 1 and not item.startswith("[") else ""
             check.error(f"relay.listen[{i}]", f"{exc}{hint}")
+        else:
+            if problem:
+                check.error(f"relay.listen[{i}]", problem)
+    for i, domain in enumerate(opts.get("local_domains") or []):
+        if not valid_hostname(domain) or domain.startswith("["):
+            check.error(f"relay.local_domains[{i}]", f"not a domain: {domain!r}; write it like example.com")
+    hostname = opts.get("hostname")
+    if isinstance(hostname, str) and hostname and not valid_hostname(hostname):
+        check.error(
+            "relay.hostname", f"not a host name: {hostname!r}; it goes into the banner and EHLO: write it like mx.example.com"
+        )
     for i, item in enumerate(opts.get("allow") or []):
         try:
             parse_networks([item])
@@ -234,7 +283,11 @@ class RelayService:
             max_commands=opts["max_commands"],
             max_connections=opts["max_connections"],
             max_connections_per_client=opts["max_connections_per_client"],
+            reserved_connections=reserved_connections(opts),
+            ipv6_prefix=opts["ipv6_prefix"],
+            max_session_time=opts["max_session_time"],
             max_auth_failures=opts["max_auth_failures"],
+            max_auth_warnings=opts["max_auth_warnings"],
             rate_window=opts["rate_window"],
             require_tls=bool(opts["require_tls"]),
             greet_pause=opts["greet_pause"],
@@ -416,6 +469,12 @@ def check_route(cfg: Any, route: Sequence[str], state_dir: Path) -> None:
     for name in route:
         if name not in transports:
             raise RelayConfigError(f"relay.route: no [transports.{name}] table; add one (it says how relayed mail leaves)")
+    if route[-1] == "alertmanager":
+        # It takes only alerts an agent sealed; any other relayed mail needs a mail transport after it.
+        raise RelayConfigError(
+            "relay.route: ends with alertmanager, which takes only alerts sealed by a trusted agent, never other mail; "
+            'add a mail transport after it, e.g. ["alertmanager", "smtp"]'
+        )
     if "pickup" in route:
         folder = transports["pickup"].get("directory") or state_dir / "pickup"
         if Path(folder).resolve() == (state_dir / "pickup").resolve():

@@ -37,6 +37,7 @@ LOAD_PLUGINS_ENV = "ALERTMAIL_LOAD_PLUGINS"
 BUNDLED_PLUGINS: tuple[str, ...] = (
     "alertmail.plugins.probes.system",
     "alertmail.plugins.probes.process",
+    "alertmail.plugins.probes.external",
     "alertmail.plugins.probes.host",
     "alertmail.plugins.transports.pickup",
     "alertmail.plugins.transports.smtp",

@@ -115,7 +115,13 @@ def test_status_json_names_the_agent_its_alerts_silences_probes_queue_and_mails(
     assert silenced.returncode == 0, silenced.stderr
     answer = _wait_status(
         agent,
-        lambda a: a["mails"] and any(x["rule"] == "gauge-high" for x in a["alerts"]) and _gauge(a)["runs"] > 0,
+        # The agent reads silences added from the command line at its next tick: wait for it to hold one.
+        lambda a: (
+            a["mails"]
+            and any(x["rule"] == "gauge-high" for x in a["alerts"])
+            and any(x["rule"] == "gauge-slow" and x["silenced_by"] for x in a["alerts"])
+            and _gauge(a)["runs"] > 0
+        ),
     )
 
     me = answer["agent"]

@@ -35,6 +35,7 @@ BUNDLED_PLUGINS: tuple[str, ...] = (
     "alertmail.plugins.transports.mx",
     "alertmail.plugins.transports.alertmanager",
     "alertmail.plugins.relay",
+    "alertmail.plugins.maildrop",
 )
 
 

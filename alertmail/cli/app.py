@@ -225,6 +225,18 @@ def plugins_command(config_path: Path, as_json: bool) -> None:
         sys.exit(ExitCode.CONFIG)
 
 
+@cli.command(
+    "sendmail",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def sendmail_command(args: tuple[str, ...]) -> None:
+    """Submit a mail as sendmail(8) does (-t, -i, -f, -F, -bp): for cron, mail(1) and every program that mails."""
+    from alertmail.cli.sendmail import main as sendmail
+
+    sys.exit(sendmail(list(args)))
+
+
 @cli.command()
 @config_option
 def run(config_path: Path) -> None:

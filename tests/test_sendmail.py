@@ -24,6 +24,17 @@ SENDMAIL = [sys.executable, "-m", "alertmail", "sendmail"]
 
 
 @pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    """smtp-sink dumping outside pytest's base folder, which other test runs may close to it."""
+    folder = Path(tempfile.mkdtemp(prefix="alertmail-sink-", dir="/var/tmp"))
+    try:
+        with SmtpSink(folder / "sink") as running:
+            yield running
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
 def shared_dir() -> Iterator[Path]:
     """A folder other users can traverse (pytest's own base folder is 0700)."""
     folder = Path(tempfile.mkdtemp(prefix="alertmail-sendmail-", dir="/var/tmp"))
@@ -169,15 +180,15 @@ def test_without_a_config_sendmail_exits_78_and_names_the_file(shared_dir):
 
 
 @pytest.mark.peers
-def test_a_running_agent_is_woken_by_a_submission_and_sends_it_through_the_route(shared_dir, smtp_sink):
-    config = write_config(shared_dir, smtp_sink)
+def test_a_running_agent_is_woken_by_a_submission_and_sends_it_through_the_route(shared_dir, sink):
+    config = write_config(shared_dir, sink)
     agent = start_agent(config)
     try:
         wake_ready(config, agent)
         message = b"To: ops@example.test\nBcc: audit@example.test\nSubject: disk report\n\nall fine\n"
         done = submit(config, ["-t", "-i"], message)
         assert done.returncode == 0, done.stderr
-        received = wait_messages(smtp_sink, 1, agent)
+        received = wait_messages(sink, 1, agent)
     finally:
         log = stop_agent(agent)
     mail = received[0]
@@ -189,8 +200,8 @@ def test_a_running_agent_is_woken_by_a_submission_and_sends_it_through_the_route
 
 
 @pytest.mark.peers
-def test_a_submission_made_while_no_agent_runs_is_durable_and_sent_when_one_starts(shared_dir, smtp_sink):
-    config = write_config(shared_dir, smtp_sink)
+def test_a_submission_made_while_no_agent_runs_is_durable_and_sent_when_one_starts(shared_dir, sink):
+    config = write_config(shared_dir, sink)
     (shared_dir / "var").mkdir()  # the state folder as installed; its maildrop does not exist yet
     done = submit(config, ["-i", "ops@example.test"], b"Subject: while down\n\nqueued before the agent\n")
     assert done.returncode == 0, done.stderr
@@ -198,7 +209,7 @@ def test_a_submission_made_while_no_agent_runs_is_durable_and_sent_when_one_star
     assert len([p for p in maildrop.iterdir() if not p.name.startswith(".")]) == 1
     agent = start_agent(config)
     try:
-        received = wait_messages(smtp_sink, 1, agent)
+        received = wait_messages(sink, 1, agent)
     finally:
         stop_agent(agent)
     assert received[0].message["Subject"] == "while down"
@@ -235,14 +246,14 @@ def as_user(name: str):
 
 
 @pytest.mark.peers
-def test_an_unprivileged_user_can_submit_but_not_list_read_or_remove_another_user_s_mail(shared_dir, smtp_sink, two_users):
+def test_an_unprivileged_user_can_submit_but_not_list_read_or_remove_another_user_s_mail(shared_dir, sink, two_users):
     from alertmail.plugins.maildrop import prepare_folder
 
     alice, mallory = two_users
     # The module runs as a script too, on the standard library alone: as alertmail-sendmail's fast path does.
     python = system_python()
     command = [python, "-I", "-S", sendmail.__file__]
-    config = write_config(shared_dir, smtp_sink)
+    config = write_config(shared_dir, sink)
     maildrop = shared_dir / "var" / "maildrop"
     os.chmod(maildrop.parent.parent, 0o755)
     prepare_folder(maildrop)
@@ -275,7 +286,7 @@ def test_an_unprivileged_user_can_submit_but_not_list_read_or_remove_another_use
     assert done.returncode == 0, done.stderr
     agent = start_agent(config)
     try:
-        received = wait_messages(smtp_sink, 2, agent)
+        received = wait_messages(sink, 2, agent)
     finally:
         stop_agent(agent)
     traces = sorted(" ".join(map(str, m.message.get_all("Received"))).split("from userid ")[1].split(")")[0] for m in received)

@@ -291,3 +291,19 @@ def test_an_unprivileged_user_can_submit_but_not_list_read_or_remove_another_use
         stop_agent(agent)
     traces = sorted(" ".join(map(str, m.message.get_all("Received"))).split("from userid ")[1].split(")")[0] for m in received)
     assert traces == sorted(str(pwd.getpwnam(u).pw_uid) for u in (alice, mallory))
+
+
+def test_init_sendmail_says_how_to_install_it_as_usr_sbin_sendmail_and_what_it_replaces(shared_dir):
+    config = write_config(shared_dir, None)
+    done = subprocess.run(
+        [sys.executable, "-m", "alertmail", "init", "--sendmail", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "alertmail-sendmail /usr/sbin/sendmail" in done.stdout
+    assert "update-alternatives --install /usr/sbin/sendmail mta" in done.stdout
+    assert f"install -d -o alertmail -g alertmail -m 3733 {shared_dir.resolve()}/var/maildrop" in done.stdout
+    if os.path.lexists("/usr/sbin/sendmail"):
+        assert f"It replaces /usr/sbin/sendmail, now {os.path.realpath('/usr/sbin/sendmail')}" in done.stdout

@@ -79,6 +79,7 @@ class MaildropService:
     name: ClassVar[str] = "sendmail"
     section: ClassVar[str] = "sendmail"
     options: ClassVar[dict[str, Option]] = OPTIONS
+    light: ClassVar[bool] = True  # waits on a FIFO: no reason to run the agent on uvloop
 
     def __init__(self) -> None:
         self.folder = Path()

@@ -170,6 +170,14 @@ def test_historic_options_are_accepted_and_an_unknown_one_is_refused_with_64(sha
     assert done.returncode == 64 and b"unknown option -Y" in done.stderr
 
 
+def test_bp_lists_the_queue_as_queue_list_does(shared_dir):
+    config = write_config(shared_dir, None)
+    (shared_dir / "var").mkdir()
+    done = submit(config, ["-bp"], b"")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == b"the queue is empty"
+
+
 def test_without_a_config_sendmail_exits_78_and_names_the_file(shared_dir):
     done = submit(shared_dir / "missing.toml", ["root"], b"Subject: s\n\nb\n")
     assert done.returncode == 78

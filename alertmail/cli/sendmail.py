@@ -430,14 +430,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def list_queue(config: str) -> int:
-    """``-bp`` (mailq): ``alertmail queue list``."""
-    from alertmail.cli.queue import queue_group
-
-    try:
-        queue_group.main(["list", "--config", config], prog_name="alertmail queue", standalone_mode=True)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return EX_OK
+    """``-bp`` (mailq): ``alertmail queue list``, in a Python that has the whole package (this one may not)."""
+    os.execv(sys.executable, [sys.executable, "-m", "alertmail", "queue", "list", "--config", config])
+    return EX_OK  # not reached: execv replaces this process
 
 
 def run() -> None:

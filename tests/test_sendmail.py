@@ -145,6 +145,32 @@ def test_a_line_with_a_single_dot_ends_the_message_unless_i_is_given():
     assert sendmail.read_message(BytesIO(data), ignore_dots=True) == data
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        (Path(__file__).resolve().parent.parent / "config.toml").read_text(),
+        '[agent]\nstate_dir = "/srv/am" # here\nhostname = \'web01\'\n[mail]\nfrom = "Ops <ops@example.test>"\n',
+        '[mail.dkim]\nfrom = "x@y"\n[agent]\nstate_dir = "var"\n[[rules]]\nname = "a"\n',
+        'agent.state_dir = "dotted"\n',
+        'agent = { state_dir = "inline" }\n',
+        '[agent]\nstate_dir = "esc\\\\aped"\n',
+        '[agent]\n"state_dir" = "quoted key"\n',
+        '[agent]\nstate_dir = """multi"""\n',
+    ],
+)
+def test_the_config_is_read_as_tomllib_reads_it_with_or_without_tomllib(tmp_path, text):
+    import tomllib
+
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    raw = tomllib.loads(text)
+    agent, mail = raw.get("agent", {}), raw.get("mail", {})
+    state_dir, domain, hostname = sendmail.read_config(str(path))
+    assert state_dir == os.path.join(str(tmp_path), agent.get("state_dir", "var"))
+    assert hostname == agent.get("hostname", os.uname().nodename)
+    assert domain == (mail["from"].rpartition("@")[2].strip(" >") if "from" in mail else hostname)
+
+
 def test_the_exit_codes_are_alertmail_s_own():
     assert sendmail.EX_USAGE == ExitCode.USAGE
     assert sendmail.EX_CANTCREAT == ExitCode.CANTCREAT
@@ -315,3 +341,9 @@ def test_init_sendmail_says_how_to_install_it_as_usr_sbin_sendmail_and_what_it_r
     assert f"install -d -o alertmail -g alertmail -m 3733 {shared_dir.resolve()}/var/maildrop" in done.stdout
     if os.path.lexists("/usr/sbin/sendmail"):
         assert f"It replaces /usr/sbin/sendmail, now {os.path.realpath('/usr/sbin/sendmail')}" in done.stdout
+
+
+def test_a_plainly_written_config_is_read_without_importing_tomllib():
+    text = (Path(__file__).resolve().parent.parent / "config.toml").read_text()
+    assert sendmail.plain_values(text) is not None
+    assert sendmail.plain_values('agent = { state_dir = "x" }\n') is None

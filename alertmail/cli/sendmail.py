@@ -109,13 +109,56 @@ def parse_args(argv: list[str]) -> Options:
     return opts
 
 
+WANTED = {("agent", "state_dir"), ("agent", "hostname"), ("mail", "from")}
+
+
+def plain_values(text: str) -> dict[str, dict[str, str]] | None:
+    """The WANTED keys of a config written plainly (``[table]`` then ``key = "string"``); None for anything
+    less plain near them (inline tables, dotted keys, escapes, multi-line strings): then tomllib reads it.
+
+    Importing tomllib (with re, typing, datetime) costs more than the rest of a submission.
+    """
+    if '"""' in text or "'''" in text:
+        return None
+    table: str | None = ""
+    out: dict[str, dict[str, str]] = {"agent": {}, "mail": {}}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            name = line.split("]", 1)[0].lstrip("[").strip()
+            table = name if not line.startswith("[[") else None
+            continue
+        key, eq, value = line.partition("=")
+        key = key.strip()
+        if not eq or key[:1] in ("'", '"'):
+            return None
+        if table == "" and key.split(".", 1)[0].strip().strip("\"'") in ("agent", "mail"):
+            return None  # agent = {...} or agent.state_dir = ...
+        if table in ("agent", "mail") and (table, key) in WANTED:
+            value = value.strip()
+            quote = value[:1]
+            end = value.find(quote, 1) if quote in ("'", '"') else -1
+            if end < 0 or (quote == '"' and "\\" in value[:end]):
+                return None
+            rest = value[end + 1 :].strip()
+            if rest and not rest.startswith("#"):
+                return None
+            out[table][key] = value[1:end]
+    return out
+
+
 def read_config(path: str) -> tuple[str, str, str]:
     """The state folder, the mail domain and the host name from the config file (only these keys)."""
-    import tomllib
-
     try:
         with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
+            data = fh.read()
+        raw: dict = plain_values(data.decode("utf-8")) or {}
+        if not raw:
+            import tomllib
+
+            raw = tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise Refused(f"sendmail: {path}: file not found; set ALERTMAIL_CONFIG or pass -C FILE", EX_CONFIG) from None
     except PermissionError:

@@ -347,3 +347,34 @@ def test_a_plainly_written_config_is_read_without_importing_tomllib():
     text = (Path(__file__).resolve().parent.parent / "config.toml").read_text()
     assert sendmail.plain_values(text) is not None
     assert sendmail.plain_values('agent = { state_dir = "x" }\n') is None
+
+
+@pytest.mark.peers
+def test_bs_speaks_smtp_on_stdin_to_swaks_and_the_agent_sends_what_it_took(shared_dir, sink):
+    from tests.peers import swaks
+
+    config = write_config(shared_dir, sink)
+    (shared_dir / "var").mkdir()
+    pipe = f"{sys.executable} -m alertmail sendmail -bs -C {config}"
+    done = swaks(
+        "--pipe",
+        pipe,
+        "--from",
+        "backup@example.test",
+        "--to",
+        "ops@example.test,dba@example.test",
+        "--header",
+        "Subject: over -bs",
+        "--body",
+        ".leading dot\nline two",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "250 2.0.0 queued" in done.stdout
+    agent = start_agent(config)
+    try:
+        [mail] = wait_messages(sink, 1, agent)
+    finally:
+        stop_agent(agent)
+    assert sorted(mail.recipients) == ["dba@example.test", "ops@example.test"]
+    assert mail.message["Subject"] == "over -bs"
+    assert ".leading dot" in mail.message.get_content()

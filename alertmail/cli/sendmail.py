@@ -28,13 +28,13 @@ EX_CONFIG = 78
 
 DEFAULT_CONFIG = "/etc/alertmail/config.toml"
 USAGE = """\
-usage: alertmail sendmail [-t] [-i] [-f sender] [-F name] [-bm|-bp] [-C config] [--] [recipient ...]
+usage: alertmail sendmail [-t] [-i] [-f sender] [-F name] [-bm|-bs|-bp] [-C config] [--] [recipient ...]
 
   -t          recipients from To, Cc and Bcc (added to those named); Bcc is removed
   -i, -oi     a line holding only "." does not end the message
   -f, -r ADDR envelope sender (and From when the message has none)
   -F NAME     full name for a From header that sendmail adds
-  -bm         submit a message (the default); -bp lists the queue
+  -bm         submit a message (the default); -bs SMTP on standard input; -bp lists the queue
   -C FILE     the alertmail config (default: $ALERTMAIL_CONFIG, else /etc/alertmail/config.toml)
   -odi -odb -oem -v -B TYPE -N DSN -R RET -V ID -L TAG -n -U -x ...: accepted, without effect
 
@@ -83,8 +83,8 @@ def parse_args(argv: list[str]) -> Options:
             raise Refused(USAGE, EX_OK)
         flag, glued = arg[1], arg[2:]
         if flag == "b":
-            if glued not in ("m", "p", "i"):
-                raise Refused(f"sendmail: -b{glued} is not supported (only -bm, -bp and -bi)", EX_USAGE)
+            if glued not in ("m", "p", "i", "s"):
+                raise Refused(f"sendmail: -b{glued} is not supported (only -bm, -bs, -bp and -bi)", EX_USAGE)
             opts.mode = glued
         elif flag == "o":
             if glued == "i":
@@ -460,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         if opts.mode == "p":
             return list_queue(config)
         state_dir, domain, hostname = read_config(config)
+        if opts.mode == "s":
+            return smtp_session(opts, os.path.join(state_dir, "maildrop"), domain, hostname)
         now = time.time()
         data = read_message(sys.stdin.buffer, opts.ignore_dots)
         _, _, content = compose(opts, data, domain, hostname, now)
@@ -470,6 +472,77 @@ def main(argv: list[str] | None = None) -> int:
         print(str(exc).rstrip("\n"), file=sys.stdout if exc.code == EX_OK else sys.stderr)
         return exc.code
     return EX_OK
+
+
+def smtp_session(opts: Options, folder: str, domain: str, hostname: str) -> int:
+    """``-bs``: SMTP on standard input and output, each message submitted as a ``-bm`` one would be."""
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+
+    def reply(*lines: str) -> None:
+        stdout.write(b"".join(f"{code_text}\r\n".encode() for code_text in lines))
+        stdout.flush()
+
+    def path_of(argument: str) -> str | None:
+        start, end = argument.find("<"), argument.find(">")
+        return argument[start + 1 : end].strip() if 0 <= start < end else None
+
+    reply(f"220 {hostname} alertmail sendmail ESMTP")
+    sender: str | None = None
+    recipients: list[str] = []
+    while True:
+        line = stdin.readline(4096)
+        if not line:
+            return EX_OK
+        command = line.rstrip(b"\r\n").decode("utf-8", "replace")
+        verb = command[:4].upper()
+        if verb == "EHLO":
+            reply(f"250-{hostname}", "250-8BITMIME", "250 PIPELINING")
+        elif verb == "HELO":
+            reply(f"250 {hostname}")
+        elif command[:10].upper() == "MAIL FROM:":
+            sender = path_of(command[10:])
+            recipients = []
+            reply("250 2.1.0 ok" if sender is not None else "501 5.1.7 MAIL FROM:<address>")
+        elif command[:8].upper() == "RCPT TO:":
+            address = path_of(command[8:])
+            if sender is None:
+                reply("503 5.5.1 MAIL first")
+            elif not address or not valid(qualified(address, domain)):
+                reply("501 5.1.3 RCPT TO:<address>")
+            else:
+                recipients.append(address)
+                reply("250 2.1.5 ok")
+        elif verb == "DATA":
+            if sender is None or not recipients:
+                reply("503 5.5.1 RCPT first")
+                continue
+            reply("354 end with <CRLF>.<CRLF>")
+            lines = []
+            while (text := stdin.readline()) and text.rstrip(b"\r\n") != b".":
+                lines.append(text[1:] if text.startswith(b".") else text)
+            one = Options()
+            one.sender, one.recipients, one.full_name = sender, recipients, opts.full_name
+            sender, recipients = None, []
+            now = time.time()
+            try:
+                _, _, content = compose(one, b"".join(lines), domain, hostname, now)
+                drop(folder, content, now)
+            except Refused as exc:
+                code = "451 4.3.0" if exc.code == EX_TEMPFAIL or exc.code == EX_CANTCREAT else "554 5.6.0"
+                reply(f"{code} {' '.join(str(exc).split())}")
+                continue
+            wake(folder)
+            reply("250 2.0.0 queued")
+        elif verb == "RSET":
+            sender, recipients = None, []
+            reply("250 2.0.0 ok")
+        elif verb == "NOOP":
+            reply("250 2.0.0 ok")
+        elif verb == "QUIT":
+            reply("221 2.0.0 bye")
+            return EX_OK
+        else:
+            reply("500 5.5.2 not understood")
 
 
 def list_queue(config: str) -> int:

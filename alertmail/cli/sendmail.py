@@ -528,7 +528,7 @@ def smtp_session(opts: Options, folder: str, domain: str, hostname: str) -> int:
                 _, _, content = compose(one, b"".join(lines), domain, hostname, now)
                 drop(folder, content, now)
             except Refused as exc:
-                code = "451 4.3.0" if exc.code == EX_TEMPFAIL or exc.code == EX_CANTCREAT else "554 5.6.0"
+                code = "451 4.3.0" if exc.code in (EX_TEMPFAIL, EX_CANTCREAT) else "554 5.6.0"
                 reply(f"{code} {' '.join(str(exc).split())}")
                 continue
             wake(folder)

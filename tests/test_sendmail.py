@@ -336,7 +336,8 @@ def test_init_sendmail_says_how_to_install_it_as_usr_sbin_sendmail_and_what_it_r
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert "alertmail-sendmail /usr/sbin/sendmail" in done.stdout
+    assert "ln -s /usr/local/sbin/alertmail-sendmail /usr/sbin/sendmail" in done.stdout
+    assert f"exec {sys.executable} -I -S {Path(sendmail.__file__).resolve()} -C {config}" in done.stdout
     assert "update-alternatives --install /usr/sbin/sendmail mta" in done.stdout
     assert f"install -d -o alertmail -g alertmail -m 3733 {shared_dir.resolve()}/var/maildrop" in done.stdout
     if os.path.lexists("/usr/sbin/sendmail"):

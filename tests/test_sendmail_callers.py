@@ -32,9 +32,17 @@ def namespace_ready(*binaries: str) -> None:
 
 
 def sendmail_wrapper(folder: Path, config: Path) -> Path:
-    """What `alertmail init --sendmail` installs, with this checkout's Python and config."""
+    """The wrapper `alertmail init --sendmail` tells to install, made by its own printf line, here in ``folder``."""
+    done = subprocess.run(
+        [sys.executable, "-m", "alertmail", "init", "--sendmail", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    [line] = [line.strip() for line in done.stdout.splitlines() if line.strip().startswith("printf ")]
     path = folder / "sendmail"
-    path.write_text(f'#!/bin/sh\nexec {sys.executable} -m alertmail sendmail -C {config} "$@"\n')
+    subprocess.run(["sh", "-c", line.replace("/usr/local/sbin/alertmail-sendmail", str(path))], check=True)
     path.chmod(0o755)
     return path
 

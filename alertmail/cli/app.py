@@ -321,13 +321,13 @@ def init(output: str | None, force: bool, systemd: bool, sendmail: bool, unit_co
 
 def _sendmail_instructions(config_path: str | None) -> None:
     import os
-    import shutil
     import subprocess
 
     from alertmail.cli.init import sendmail_instructions
 
     config = str(Path(config_path).resolve()) if config_path else os.environ.get("ALERTMAIL_CONFIG") or DEFAULT_SYSTEM_CONFIG
-    program = shutil.which("alertmail-sendmail") or str(Path(sys.argv[0]).resolve().parent / "alertmail-sendmail")
+    from alertmail.cli import sendmail as module
+
     state_dir = "/var/lib/alertmail"
     try:
         from alertmail.config.load import read_toml
@@ -346,7 +346,7 @@ def _sendmail_instructions(config_path: str | None) -> None:
                 current += f" from the package {owner.stdout.split(':', 1)[0].strip()}"
         except (OSError, subprocess.TimeoutExpired):
             pass  # not a Debian system
-    click.echo(sendmail_instructions(program, config, state_dir, current), nl=False)
+    click.echo(sendmail_instructions(sys.executable, str(Path(module.__file__).resolve()), config, state_dir, current), nl=False)
 
 
 DEFAULT_SYSTEM_CONFIG = "/etc/alertmail/config.toml"

@@ -5,10 +5,10 @@ standard input), one after the other; a submission is timed from the start of th
 process until it exits, the message durable in its spool. Shown: p50 and p95 of one
 submission and submissions per second.
 
-- alertmail:        the ``alertmail-sendmail`` console script (imports the alertmail package),
-                    with ``alertmail run`` taking the maildrop and delivering to smtp-sink meanwhile;
-- alertmail-script: the same module run as a script, ``python -I -S .../alertmail/cli/sendmail.py``
-                    (standard library only: what a wrapper installed as /usr/sbin/sendmail can run);
+- alertmail:        the wrapper ``alertmail init --sendmail`` installs as /usr/sbin/sendmail
+                    (``/bin/sh`` running ``python -I -S .../alertmail/cli/sendmail.py``: standard library
+                    only), with ``alertmail run`` taking the maildrop and delivering to smtp-sink meanwhile;
+- alertmail-console: the ``alertmail-sendmail`` console script (imports the alertmail package first);
 - postfix:          Postfix's own ``sendmail`` (postdrop into the maildrop) with a private Postfix
                     (``postfix -c DIR``, no listening port) relaying to the same smtp-sink;
 - dma:              DragonFly Mail Agent, queueing then delivering to smtp-sink in the background;
@@ -45,7 +45,7 @@ from tests.peers import free_port, need, wait_port  # noqa: E402
 MESSAGE = b"Subject: nightly backup\nFrom: backup@example.test\n\nAll 42 volumes copied.\n"
 RECIPIENT = "ops@example.test"
 DEBS = Path(os.environ.get("ALERTMAIL_DEBS", "/opt/alertmail-peers/debs"))
-TARGETS = ("alertmail", "alertmail-script", "postfix", "dma", "nullmailer")
+TARGETS = ("alertmail", "alertmail-console", "postfix", "dma", "nullmailer")
 
 
 def submit_loop(command: list[str], n: int) -> list[float]:
@@ -68,8 +68,8 @@ def percentile(values: list[float], p: float) -> float:
 # -- alertmail --------------------------------------------------------------------
 
 
-def run_alertmail(folder: Path, sink_port: int, n: int, script: bool) -> list[float]:
-    work = folder / ("alertmail-script" if script else "alertmail")
+def run_alertmail(folder: Path, sink_port: int, n: int, console: bool) -> list[float]:
+    work = folder / ("alertmail-console" if console else "alertmail")
     work.mkdir()
     config = work / "config.toml"
     config.write_text(
@@ -87,11 +87,15 @@ def run_alertmail(folder: Path, sink_port: int, n: int, script: bool) -> list[fl
             if time.monotonic() > deadline or agent.poll() is not None:
                 raise RuntimeError("the agent did not start")
             time.sleep(0.1)
-        if script:
-            command = [sys.executable, "-I", "-S", str(REPO / "alertmail" / "cli" / "sendmail.py")]
+        if console:
+            command = [str(Path(sys.executable).parent / "alertmail-sendmail"), "-C", str(config)]
         else:
-            command = [str(Path(sys.executable).parent / "alertmail-sendmail")]
-        return submit_loop([*command, "-C", str(config), "-i", RECIPIENT], n)
+            wrapper = work / "sendmail"
+            module = REPO / "alertmail" / "cli" / "sendmail.py"
+            wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -I -S {module} -C {config} "$@"\n')
+            wrapper.chmod(0o755)
+            command = [str(wrapper)]
+        return submit_loop([*command, "-i", RECIPIENT], n)
     finally:
         agent.terminate()
         agent.wait(30)
@@ -214,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         wait_port("127.0.0.1", port)
         for target in args.targets.split(","):
             try:
-                if target in ("alertmail", "alertmail-script"):
-                    times = run_alertmail(folder, port, args.messages, script=target == "alertmail-script")
+                if target in ("alertmail", "alertmail-console"):
+                    times = run_alertmail(folder, port, args.messages, console=target == "alertmail-console")
                 elif target == "postfix":
                     times = run_postfix(folder, port, args.messages)
                 elif target in ("dma", "nullmailer"):

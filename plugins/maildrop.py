@@ -54,6 +54,13 @@ OPTIONS: dict[str, Option] = {
 }
 
 
+def check_options(options: dict[str, Any], check: Any, config: Any) -> None:
+    """What the option kinds alone cannot say: every limit is above zero."""
+    for key, example in (("scan_interval", '"5s"'), ("max_size", '"10MB"'), ("max_recipients", "1000")):
+        if key in options and options[key] <= 0:
+            check.error(f"sendmail.{key}", f"must be more than 0; e.g. {key} = {example}")
+
+
 def prepare_folder(folder: Path) -> None:
     """Make the maildrop and its wake-up FIFO with their modes, as far as this user may (blocking)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -79,6 +86,7 @@ class MaildropService:
     name: ClassVar[str] = "sendmail"
     section: ClassVar[str] = "sendmail"
     options: ClassVar[dict[str, Option]] = OPTIONS
+    check = staticmethod(check_options)
     light: ClassVar[bool] = True  # waits on a FIFO: no reason to run the agent on uvloop
 
     def __init__(self) -> None:

@@ -379,3 +379,16 @@ def test_bs_speaks_smtp_on_stdin_to_swaks_and_the_agent_sends_what_it_took(share
     assert sorted(mail.recipients) == ["dba@example.test", "ops@example.test"]
     assert mail.message["Subject"] == "over -bs"
     assert ".leading dot" in mail.message.get_content()
+
+
+def test_a_scan_interval_of_zero_is_a_config_error_naming_the_key(shared_dir):
+    config = write_config(shared_dir, None).read_text().replace('scan_interval = "1h"', "scan_interval = 0")
+    (shared_dir / "config.toml").write_text(config)
+    done = subprocess.run(
+        [sys.executable, "-m", "alertmail", "check", "--config", str(shared_dir / "config.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 78, done.stderr
+    assert "sendmail.scan_interval: must be more than 0" in done.stderr

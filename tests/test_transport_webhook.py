@@ -152,3 +152,22 @@ def test_an_agent_s_alert_goes_through_the_queue_to_the_webhook_and_a_4xx_to_bad
         finally:
             log = stop_agent(agent)
     assert "400" in reasons[0].read_text() and "bad alert" in reasons[0].read_text(), log
+
+
+def test_alerts_sealed_by_an_agent_whose_key_is_listed_are_taken_and_others_are_not(tmp_path):
+    other = tmp_path / "other-agent"
+    other.mkdir()
+    from alertmail.rules.wire import alert_key
+
+    alert_key(other)  # the other agent's STATE_DIR/alerts.key
+    here = tmp_path / "here"
+    here.mkdir()
+    message = sealed(other, [event("firing")])
+    with Answering(200) as server:
+        listed = asyncio.run(webhook(here, server.url, keys=[str(other / "alerts.key")]).send(message, ENVELOPE))
+        unlisted = asyncio.run(webhook(here, server.url).send(message, ENVELOPE))
+    assert listed.recipients["ops@web1.test"].status is Status.DELIVERED
+    assert unlisted.recipients["ops@web1.test"].status is Status.TEMPORARY
+    assert len(server.got) == 1
+    with pytest.raises(ValueError, match=r"^transports\.webhook\.keys\[0\]: cannot read"):
+        webhook(here, server.url, keys=[str(tmp_path / "missing.key")])

@@ -57,9 +57,13 @@ class ExecTransport:
         "env": Option("table", {}, help='environment variables for the program, e.g. { TEAM = "ops" }'),
         "receiver": Option("str", "alertmail", help="the receiver name in the JSON"),
         "generator_url": Option("str", None, help="link in each alert; {rule} and {instance} are replaced"),
+        "keys": Option("list", [], help="key files of other agents whose sealed alerts are taken too, through a relay"),
     }
 
     def __init__(self, options: dict[str, Any], context: TransportContext) -> None:
+        from alertmail.plugins.transports.webhook import trusted_keys
+
+        self.trusted = trusted_keys("exec", options.get("keys") or [], context.config_path)
         command = list(options.get("command") or [])
         if not command or not command[0]:
             raise ValueError('transports.exec.command: name the program to run, e.g. ["/usr/local/bin/page", "ops"]')
@@ -75,7 +79,7 @@ class ExecTransport:
         from alertmail.plugins.transports.webhook import alerts_of, payload
 
         data = message_bytes(message)
-        alerts, status = alerts_of(data, self.state_dir, envelope)
+        alerts, status = alerts_of(data, self.state_dir, envelope, self.trusted)
         if alerts is not None:
             body = payload(alerts, self.hostname, self.receiver, self.generator_url)
             status = await self._run(json.dumps(body).encode(), self._environment(body, data, envelope))

@@ -33,6 +33,7 @@ from alertmail import (
     alert_key,
     hookimpl,
     message_bytes,
+    read_key,
     resolve_secret,
     sealed_alerts,
 )
@@ -112,10 +113,30 @@ def payload(alerts: list[dict[str, Any]], hostname: str, receiver: str, generato
     }
 
 
-def alerts_of(data: bytes, state_dir: Path, envelope: Envelope) -> tuple[list[dict[str, Any]] | None, RecipientStatus | None]:
-    """The alerts of a queued message this agent sealed; else (None, the status to answer with)."""
+def trusted_keys(transport: str, files: list[Any], config_path: Path | None) -> list[bytes]:
+    """The keys of other agents (their ``STATE_DIR/alerts.key``) whose sealed alerts are taken too, through a relay."""
+    base = Path(config_path).parent if config_path is not None else Path(".")
+    keys = []
+    for i, name in enumerate(files):
+        path = base / Path(str(name)).expanduser()
+        try:
+            keys.append(read_key(path))
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ValueError(
+                f"transports.{transport}.keys[{i}]: cannot read {path} ({reason}); "
+                "copy the agent's STATE_DIR/alerts.key there, or remove the entry"
+            ) from None
+    return keys
+
+
+def alerts_of(
+    data: bytes, state_dir: Path, envelope: Envelope, trusted: list[bytes] | None = None
+) -> tuple[list[dict[str, Any]] | None, RecipientStatus | None]:
+    """The alerts of a queued message this agent (or one whose key is ``trusted``) sealed; else (None, the status)."""
     try:
-        alerts, why = sealed_alerts(data, [key for key in (alert_key(state_dir),) if key], time.time())
+        keys = [key for key in (alert_key(state_dir), *(trusted or [])) if key]
+        alerts, why = sealed_alerts(data, keys, time.time())
     except (OSError, ValueError) as exc:
         return None, RecipientStatus(Status.TEMPORARY, 451, f"cannot read the sealing key: {exc}", "4.3.0")
     if alerts is None:
@@ -141,9 +162,11 @@ class WebhookTransport:
         "ca_file": Option("path", None, help="CA certificates for an https URL; default: the system's"),
         "receiver": Option("str", "alertmail", help="the receiver name in the body"),
         "generator_url": Option("str", None, help="link in each alert; {rule} and {instance} are replaced"),
+        "keys": Option("list", [], help="key files of other agents whose sealed alerts are taken too, through a relay"),
     }
 
     def __init__(self, options: dict[str, Any], context: TransportContext) -> None:
+        self.trusted = trusted_keys("webhook", options.get("keys") or [], context.config_path)
         url = str(options.get("url") or "")
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"transports.webhook.url: expected an http:// or https:// URL, got {url!r}")
@@ -162,7 +185,7 @@ class WebhookTransport:
         self._opener: Any = None  # built at the first request: urllib and ssl load only when used
 
     async def send(self, message: EmailMessage | bytes, envelope: Envelope) -> DeliveryResult:
-        alerts, status = alerts_of(message_bytes(message), self.state_dir, envelope)
+        alerts, status = alerts_of(message_bytes(message), self.state_dir, envelope, self.trusted)
         if alerts is not None:
             body = json.dumps(payload(alerts, self.hostname, self.receiver, self.generator_url)).encode()
             status = await asyncio.to_thread(self._post, body)

@@ -9,6 +9,9 @@ submission and submissions per second.
                     (``/bin/sh`` running ``python -I -S .../alertmail/cli/sendmail.py``: standard library
                     only), with ``alertmail run`` taking the maildrop and delivering to smtp-sink meanwhile;
 - alertmail-console: the ``alertmail-sendmail`` console script (imports the alertmail package first);
+
+For alertmail it also prints how long a submission takes to reach smtp-sink through the
+running agent (woken through ``maildrop/.wake``), 20 submissions one at a time.
 - postfix:          Postfix's own ``sendmail`` (postdrop into the maildrop) with a private Postfix
                     (``postfix -c DIR``, no listening port) relaying to the same smtp-sink;
 - dma:              DragonFly Mail Agent, queueing then delivering to smtp-sink in the background;
@@ -71,6 +74,17 @@ def percentile(values: list[float], p: float) -> float:
 def run_alertmail(folder: Path, sink_port: int, n: int, console: bool) -> list[float]:
     work = folder / ("alertmail-console" if console else "alertmail")
     work.mkdir()
+    # Its own smtp-sink that keeps each message as a file: the delivery latency is counted in files.
+    sink_dir = work / "sink"
+    sink_dir.mkdir()
+    sink_dir.chmod(0o777)
+    work.chmod(0o755)
+    sink_port = free_port()
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    sink = subprocess.Popen(
+        [need("smtp-sink"), *user, "-d", f"{sink_dir}/%H%M%S.", f"127.0.0.1:{sink_port}", "256"], stderr=subprocess.DEVNULL
+    )
+    wait_port("127.0.0.1", sink_port)
     config = work / "config.toml"
     config.write_text(
         '[agent]\nstate_dir = "var"\nhostname = "bench.test"\n'
@@ -95,10 +109,34 @@ def run_alertmail(folder: Path, sink_port: int, n: int, console: bool) -> list[f
             wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -I -S {module} -C {config} "$@"\n')
             wrapper.chmod(0o755)
             command = [str(wrapper)]
-        return submit_loop([*command, "-i", RECIPIENT], n)
+        times = submit_loop([*command, "-i", RECIPIENT], n)
+        if not console:
+            reached(sink_dir, command, n)
+        return times
     finally:
         agent.terminate()
         agent.wait(30)
+        sink.terminate()
+        sink.wait(10)
+
+
+def reached(sink_dir: Path, command: list[str], submitted: int, count: int = 20) -> None:
+    """Print how long a submission takes to reach smtp-sink through the running agent (woken by the FIFO)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(os.listdir(sink_dir)) < submitted:
+        time.sleep(0.01)  # the timed submissions delivered first: no backlog ahead of these
+    latencies = []
+    for _ in range(count):
+        before = len(os.listdir(sink_dir))
+        started = time.perf_counter()
+        subprocess.run([*command, "-i", RECIPIENT], input=MESSAGE, capture_output=True, check=True)
+        while len(os.listdir(sink_dir)) <= before:
+            time.sleep(0.001)
+        latencies.append(time.perf_counter() - started)
+    print(
+        f"alertmail: submission start to smtp-sink through the agent, {count} one at a time: "
+        f"p50 {percentile(latencies, 50) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
+    )
 
 
 # -- Postfix ----------------------------------------------------------------------

@@ -85,6 +85,19 @@ def self_rules(cfg: Config) -> list[Rule]:
             flapping=False,
             description="a probe keeps taking longer than its timeout; its interval may be too short",
         ),
+        Rule(
+            name="agent-queue-held",
+            metric="agent.queue_held",
+            above=0.5,
+            severity="critical",
+            to=to,
+            flapping=False,
+            description=(
+                "queued mail cannot leave: its route names this transport, which the config no longer has; "
+                "`alertmail queue list` shows it; add the transport or change the route and reload, "
+                "or it goes to badmail at [queue].expire"
+            ),
+        ),
     ]
 
 
@@ -113,6 +126,7 @@ class Agent:
         self.manager = ServiceManager()  # systemd's notify socket, when there is one
         self._reloading = asyncio.Lock()  # two SIGHUPs in a row apply one after the other
         self._status = ""
+        self._held: dict[str, int] = {}  # agent.queue_held{transport} last observed
         self.exporter: Any = None  # serves /metrics when [exporter] listen is set
         self.clock = WallClock()  # wall-clock times, checked against the monotonic clock for steps
         self._ticking: asyncio.Task[None] | None = None
@@ -196,6 +210,17 @@ class Agent:
                 self._mail_queue.put_nowait(([], now, self.engine.snapshot(), self.clock.stepped))
         self._report_status(now)
         self._warn_silent_rules(now)
+        await self._observe_held(now)
+
+    async def _observe_held(self, now: float) -> None:
+        """``agent.queue_held{transport}``: queued messages held for a transport the config lacks (on change)."""
+        delivery = getattr(getattr(self, "outbox", None), "delivery", None)
+        held = delivery.held_by_transport() if delivery is not None else {}
+        if held != self._held:
+            gone = {t: 0 for t in self._held if t not in held}
+            self._held = held
+            samples = [Sample("agent.queue_held", float(n), {"transport": t}, now) for t, n in {**gone, **held}.items()]
+            await self.observe(samples, now)
 
     def now(self) -> float:
         """The wall-clock time; a step of the wall clock since the last call is applied first (``on_clock_step``)."""
@@ -397,9 +422,13 @@ class Agent:
 
     def _mail_context(self, events: Sequence[AlertEvent]) -> dict[str, Any]:
         """Top processes and disk growth for the mail; runs with the rendering, off the event loop."""
-        from alertmail.render.context import collect_context
+        from alertmail.render.context import collect_context, probe_details
 
-        return collect_context(events, self.history.get)
+        context = collect_context(events, self.history.get)
+        details = probe_details(events, self.plugins.probes)
+        if details:
+            context["details"] = details
+        return context
 
     def _start_scheduler(self) -> None:
         from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED

@@ -62,6 +62,7 @@ greet_pause = "0s"
 workers = 0
 allow = ["127.0.0.1/32"]
 local_domains = ["ops.test"]
+local_recipients = ["@ops.test"]
 route = {route}
 """
     return agent_config(tmp_path / "agent", extra, route='["alertmanager"]')

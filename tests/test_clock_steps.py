@@ -192,3 +192,45 @@ def test_a_step_forward_of_an_hour_mails_nothing_neither_absent_nor_a_reminder(t
     # The firing mail of the start, and after the step nothing: no `absent` and its recovery, no reminder.
     assert kinds(mails) == ["firing"], [m["Subject"] for m in mails]
     assert len(step_lines(log)) == 1 and "wall clock stepped by +3600 s" in step_lines(log)[0], log
+
+
+def test_a_deferred_message_is_retried_on_time_after_a_step_back(tmp_path):
+    """The queue's retry waits keep their length when the wall clock goes back ten minutes."""
+    from tests.peers import SmtpSink, free_port
+
+    port = free_port()
+    config = write_config(
+        tmp_path,
+        f"""
+        [[rules]]
+        name = "gauge-high"
+        metric = "test.gauge"
+        above = 50
+
+        [queue]
+        retry = ["6s"]
+        scan_interval = "1s"
+
+        [transports.smtp]
+        servers = ["127.0.0.1:{port}"]
+        tls = "none"
+        """,
+    ).read_text()
+    (tmp_path / "config.toml").write_text(config.replace('route = ["pickup"]', 'route = ["smtp"]'))
+    (tmp_path / "plugins.d" / "value.txt").write_text("93")
+    agent = SteppedAgent(tmp_path, tmp_path / "config.toml")
+    try:
+        # Nothing listens yet: the first attempt fails and the message waits 6 s for its next try.
+        # A message's state file is written after its first attempt.
+        wait_for(lambda: list((tmp_path / "var" / "queue").glob("*.json")), timeout=30, what="the first attempt to fail")
+        agent.step(-600)
+        with SmtpSink(tmp_path / "sink", port=port) as sink:
+            began = time.monotonic()
+            got = sink.wait_for(1, timeout=45)
+            waited = time.monotonic() - began
+    finally:
+        log = agent.stop()
+    assert agent.proc.returncode == 0, log
+    assert len(got) == 1 and "gauge-high" in str(got[0].message["Subject"]), log
+    assert waited < 30, f"delivered {waited:.0f} s after the server came up, retry = 6s\\n{log}"
+    assert "next tries moved by \u2212600 s" in log, log

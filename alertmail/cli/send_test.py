@@ -69,7 +69,7 @@ def send_test(config_path: Path, to: tuple[str, ...], rule_name: str | None, rou
             from alertmail.config.schema import Checker
 
             check = Checker(cfg.path.resolve().parent)
-            cfg.transports[name] = check.table(f"transports.{name}", {}, getattr(plugins.transports[name], "options", {}))
+            cfg.transports[name] = check.table(f"transports.{name}", {}, plugins.transports[name].options)
             if check.problems:
                 click.echo("\n".join(f"{cfg.path}: {p}" for p in check.problems), err=True)
                 sys.exit(ExitCode.CONFIG)

@@ -57,15 +57,21 @@ NOTIFY_OPTIONS: dict[str, Option] = {
         help="the first alert for a set of recipients goes out at once; what follows within this time is batched into one mail",
     ),
     "max_mails_per_hour": Option(
-        "int", 10, help="storm cap: most mails one recipient gets in any hour, digests included; 0 = no cap"
+        "int",
+        10,
+        minimum=0,
+        maximum=1_000_000,
+        help="storm cap: most mails one recipient gets in any hour, digests included; 0 = no cap",
     ),
     "digest_interval": Option(
-        "duration", 900.0, help="storm mode: events beyond the cap are folded into one digest mail this often"
+        "duration", 900.0, minimum=1.0, help="storm mode: events beyond the cap are folded into one digest mail this often"
     ),
 }
 SECTION = Section("notify", NOTIFY_OPTIONS, check=check_storm)
 
 
+# A mail that could not be rendered even as plain text is tried again this much later.
+RENDER_RETRY = 60.0
 _DOMAIN_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
 
 
@@ -143,6 +149,7 @@ class Notifier:
         self._flush_at: dict[tuple[str, ...], float] = {}
         self._last_mail: dict[tuple[str, ...], float] = {}  # when each set of recipients last got a mail
         self._unsent: list[Outgoing] = []
+        self._retry: list[tuple[float, list[AlertEvent]]] = []  # events no mail could be made of, and when to try again
         self._lock = asyncio.Lock()
         self.durable = durable  # fsync the state files (off for replays, whose state is thrown away)
         self._dirty: set[str] = set()  # state files to write at the end of this flush
@@ -305,6 +312,9 @@ class Notifier:
         async with self._lock:
             self.silences.refresh(now)
             self._enqueue(self._release(now), now)
+            for events in [events for at, events in self._retry if force or at <= now]:
+                self._enqueue(events, now)
+            self._retry = [(at, events) for at, events in self._retry if not (force or at <= now)]
             for rcpts in [r for r, at in self._flush_at.items() if force or at <= now]:
                 events = self._waiting.pop(rcpts)
                 del self._flush_at[rcpts]
@@ -316,9 +326,13 @@ class Notifier:
                         self.counts["folded"] += len(events)
                 if free:
                     # Rendering (charts) takes a while: off the event loop, which must keep serving.
-                    self._unsent.append(await asyncio.to_thread(self._compose, events, free, list(rcpts), now))
-                    self.storm.sent(free, now)
-                    self._last_mail[rcpts] = now
+                    mails, unrendered = await asyncio.to_thread(self._compose_apart, events, free, list(rcpts), now)
+                    self._unsent.extend(mails)
+                    if mails:
+                        self.storm.sent(free, now)
+                        self._last_mail[rcpts] = now
+                    if unrendered:  # not mailed, so not settled: the rule states are not saved as notified
+                        self._retry.append((now + RENDER_RETRY, unrendered))
                 else:
                     self._track(events, list(rcpts), "")
             for rcpts in [r for r, at in self._last_mail.items() if at + self.group_wait <= now or at > now]:
@@ -359,6 +373,7 @@ class Notifier:
         self.storm.shift(delta)
         for rcpts, waiting in self._waiting.items():
             self._waiting[rcpts] = [event.shifted(delta) for event in waiting]
+        self._retry = [(at + delta, [event.shifted(delta) for event in events]) for at, events in self._retry]
         for backlog in self.storm.backlog.values():
             backlog.events[:] = [event.shifted(delta) for event in backlog.events]
         for held in self.held.values():
@@ -368,12 +383,20 @@ class Notifier:
     @property
     def settled(self) -> bool:
         """True when every event handed over is queued or held on disk: nothing lives only in memory."""
-        return not self._waiting and not self._unsent and self.storm.next_due is None
+        return not self._waiting and not self._unsent and not self._retry and self.storm.next_due is None
 
     @property
     def next_flush(self) -> float | None:
         """When the next group or digest is due (None: nothing waits)."""
-        times = [t for t in (min(self._flush_at.values(), default=None), self.storm.next_due) if t is not None]
+        times = [
+            t
+            for t in (
+                min(self._flush_at.values(), default=None),
+                self.storm.next_due,
+                min((at for at, _ in self._retry), default=None),
+            )
+            if t is not None
+        ]
         return min(times, default=None)
 
     def _track(self, events: Sequence[AlertEvent], incident_to: list[str], message_id: str) -> list[str]:
@@ -416,14 +439,44 @@ class Notifier:
         msg["Message-ID"] = message_id
         msg["Auto-Submitted"] = "auto-generated"
 
-    def _compose(self, events: list[AlertEvent], to: list[str], incident_to: list[str], now: float) -> Outgoing:
+    def _compose_apart(
+        self, events: list[AlertEvent], to: list[str], incident_to: list[str], now: float
+    ) -> tuple[list[Outgoing], list[AlertEvent]]:
+        """The mails for a group, and the events none could be made for.
+
+        When the group's mail cannot be rendered, each event gets a mail of its own, and
+        one that still fails a plain-text one: one bad alert never holds back the others.
+        """
+        try:
+            return [self._compose(events, to, incident_to, now)], []
+        except Exception:
+            log.exception("rendering the mail of %d alert(s) failed; mailing each on its own", len(events))
+        mails, unrendered = [], []
+        for event in events:
+            if len(events) > 1:
+                try:
+                    mails.append(self._compose([event], to, incident_to, now))
+                    continue
+                except Exception:
+                    log.exception("rendering the mail of %s %s failed", event.rule.name, dict(event.labels))
+            self.journal.record(event, "render-failed", now)
+            try:
+                mails.append(self._compose([event], to, incident_to, now, plain=True))
+            except Exception:
+                log.exception("even a plain mail of %s failed; trying again in %gs", event.rule.name, RENDER_RETRY)
+                unrendered.append(event)
+        return mails, unrendered
+
+    def _compose(
+        self, events: list[AlertEvent], to: list[str], incident_to: list[str], now: float, *, plain: bool = False
+    ) -> Outgoing:
         # The rendering code loads with the first mail (in the composing thread), not with the idle agent.
         from alertmail.render.view import worst_first
 
         events = worst_first(events)  # renderers (plugins too) get the worst news first
-        msg = self._render(events)
+        msg = self._render(events, plain=plain)
         message_id = email.utils.make_msgid(idstring=events[0].incident[:16], domain=self.domain)
-        roots = self._track(events, incident_to, message_id)
+        roots = self._roots(events)
         self._headers(msg, to, message_id, now)
         if roots:
             msg["In-Reply-To"] = roots[0]
@@ -432,7 +485,18 @@ class Notifier:
         kinds = sorted({e.kind for e in events})
         msg["X-Alertmail-Kind"] = ",".join(kinds)
         self.seal(msg, encode_alerts(events, self.hostname), now)  # the facts, for transports such as alertmanager
-        return Outgoing(message_bytes(msg), Envelope(self.sender, tuple(to)), str(msg["Subject"]))
+        data = message_bytes(msg)
+        self._track(events, incident_to, message_id)  # only once the mail exists: a failure above opens no incident
+        return Outgoing(data, Envelope(self.sender, tuple(to)), str(msg["Subject"]))
+
+    def _roots(self, events: Sequence[AlertEvent]) -> list[str]:
+        """The Message-IDs of the mails that opened the incidents of ``events``: what a mail about them replies to."""
+        roots: list[str] = []
+        for event in events:
+            known = self.incidents.get(event.incident)
+            if known is not None and known.root and known.root not in roots:
+                roots.append(known.root)
+        return roots
 
     def _compose_digest(self, events: list[AlertEvent], since: float, rcpt: str, now: float) -> Outgoing:
         msg = render_digest(events, since, self.storm, self._context_base(), self.journal.path)
@@ -470,9 +534,9 @@ class Notifier:
         known = {k: v for k, v in self.render_options.items() if k in ("templates_dir", "units")}
         return RenderContext(hostname=self.hostname, timezone=self.timezone, subject_prefix=self.subject_prefix, **known)
 
-    def _render(self, events: list[AlertEvent]) -> EmailMessage:
+    def _render(self, events: list[AlertEvent], *, plain: bool = False) -> EmailMessage:
         from alertmail.render.format import header_safe
-        from alertmail.render.mail import render_alert
+        from alertmail.render.mail import plain_alert, render_alert
         from alertmail.render.view import RenderContext
 
         ctx = RenderContext(
@@ -480,9 +544,11 @@ class Notifier:
             timezone=self.timezone,
             subject_prefix=self.subject_prefix,
             history=self.history or (lambda metric, labels: ()),
-            extra=self._context(events),
+            extra={} if plain else self._context(events),
             **self.render_options,
         )
+        if plain:
+            return plain_alert(events, ctx)
         if self.hook is not None:
             try:
                 custom = self.hook.render_alert(alert=events, context=ctx)

@@ -25,12 +25,15 @@ from typing import Any, ClassVar
 
 from alertmail.config.core import AGENT_OPTIONS
 from alertmail.config.schema import Checker, Option
-from alertmail.model import Sample
+from alertmail.model import Sample, reserved_metric
+from alertmail.protocols import ProbeProtocol
 
 PROBE_OPTIONS: dict[str, Option] = {
     "enabled": Option("bool", True, help="run this probe"),
-    "interval": Option("duration", None, help="how often to run it; default: the probe's own, else [agent].interval"),
-    "timeout": Option("duration", None, help="longest one run may take; default: its interval"),
+    "interval": Option(
+        "duration", None, minimum=0.1, help="how often to run it; default: the probe's own, else [agent].interval"
+    ),
+    "timeout": Option("duration", None, minimum=0.001, help="longest one run may take; default: its interval"),
 }
 COMMON_KEYS = tuple(PROBE_OPTIONS)
 # A worker with nothing to do for this long ends; the agent's probes never wait that long.
@@ -65,6 +68,8 @@ def _validated(name: str, result: Any) -> tuple[list[Sample], str | None]:
             bad.append(f"item {i} is {type(item).__name__}, not a Sample")
         elif not item.metric:
             bad.append(f"item {i} has an empty metric name")
+        elif reserved_metric(item.metric):
+            bad.append(f"{item.metric} is refused: agent.* and alert.* are the agent's own figures; name it after the plugin")
         else:
             good.append(item)
     if not bad:
@@ -104,11 +109,11 @@ class _Worker:
     _all: ClassVar[dict[int, _Worker]] = {}  # id(probe) -> worker; the worker holds the probe
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, probe: Any) -> None:
+    def __init__(self, probe: ProbeProtocol) -> None:
         self.probe = probe
         self.busy_since: float | None = None
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._serve, name=f"probe {getattr(probe, 'name', '?')}", daemon=True).start()
+        threading.Thread(target=self._serve, name=f"probe {probe.name}", daemon=True).start()
 
     @classmethod
     def of(cls, probe: Any) -> _Worker | None:
@@ -171,9 +176,9 @@ async def _collect(probe: Any) -> tuple[Any, float | None]:
     return result, spent
 
 
-async def run_probe(probe: Any, timeout: float) -> ProbeRun:
+async def run_probe(probe: ProbeProtocol, timeout: float) -> ProbeRun:
     """One run of ``probe`` bounded by ``timeout`` seconds; never raises for the probe's faults."""
-    name = str(getattr(probe, "name", type(probe).__name__))
+    name = probe.name
     worker = _Worker.of(probe)
     busy_since = worker.busy_since if worker is not None else None
     if busy_since is not None:
@@ -221,10 +226,14 @@ class ProbeSettings:
 def probe_settings(cfg: Any, name: str, probe: Any) -> ProbeSettings:
     """Settings from ``cfg.probes[name]``, or the defaults when the config has no such table."""
     table = cfg.probes.get(name) if cfg is not None else None
+    agent = cfg.agent if cfg is not None else {}
+    if table is None and getattr(probe, "configured_only", False):
+        # A probe with nothing to do until its table names what to run or read (nagios, scrape): off, unloaded.
+        interval = float(getattr(probe, "interval", None) or agent.get("interval") or AGENT_OPTIONS["interval"].default)
+        return ProbeSettings(False, interval, interval, {})
     if table is None:  # no table: the defaults, filled in by the same checker the config uses
         base = cfg.path.resolve().parent if cfg is not None else Path.cwd()
         table = Checker(base).table(f"probes.{name}", {}, {**PROBE_OPTIONS, **(getattr(probe, "options", None) or {})})
-    agent = cfg.agent if cfg is not None else {}
     interval = (
         table.get("interval") or getattr(probe, "interval", None) or agent.get("interval") or AGENT_OPTIONS["interval"].default
     )

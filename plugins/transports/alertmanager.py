@@ -94,9 +94,13 @@ class AlertmanagerTransport:
     name: ClassVar[str] = "alertmanager"
     options: ClassVar[dict[str, Option]] = {
         "urls": Option(
-            "list", None, required=True, help='Alertmanager base URLs, every member of a cluster: ["http://am1:9093", ...]'
+            "list",
+            None,
+            required=True,
+            nonempty=True,
+            help='Alertmanager base URLs, every member of a cluster: ["http://am1:9093", ...]',
         ),
-        "timeout": Option("duration", 10.0, help="longest one request may take"),
+        "timeout": Option("duration", 10.0, minimum=0.001, help="longest one request may take"),
         "resend": Option(
             "duration",
             60.0,
@@ -117,6 +121,11 @@ class AlertmanagerTransport:
     }
 
     def __init__(self, options: dict[str, Any], context: TransportContext) -> None:
+        for i, url in enumerate(options["urls"]):
+            if not url.lower().startswith(("http://", "https://")):
+                raise ValueError(
+                    f"transports.alertmanager.urls[{i}]: expected an http or https URL like http://am1:9093, got {url!r}"
+                )
         self.urls = [url.rstrip("/") + "/api/v2/alerts" for url in options["urls"]]
         self.timeout = float(options.get("timeout") or 10.0)
         self.resend = float(options.get("resend") or 0.0)

@@ -14,7 +14,7 @@ For alertmail it also prints how long a submission takes to reach smtp-sink thro
 running agent (woken through ``maildrop/.wake``), 20 submissions one at a time.
 - postfix:          Postfix's own ``sendmail`` (postdrop into the maildrop) with a private Postfix
                     (``postfix -c DIR``, no listening port) relaying to the same smtp-sink;
-- dma:              DragonFly Mail Agent, queueing then delivering to smtp-sink in the background;
+- dma:              DragonFly Mail Agent into its spool (``DEFER``: queued only, nothing delivers);
 - nullmailer:       ``nullmailer-inject`` into nullmailer's queue (nullmailer-send does not run).
 
 dma and nullmailer conflict with Postfix as Debian packages; ``.ci/peers`` unpacks them into
@@ -194,7 +194,8 @@ def run_namespaced(folder: Path, sink_port: int, n: int, target: str) -> list[fl
     work = folder / target
     for sub in ("etc/dma", "etc/nullmailer", "spool-upper", "spool-work"):
         (work / sub).mkdir(parents=True)
-    (work / "etc" / "dma" / "dma.conf").write_text(f"SMARTHOST 127.0.0.1\nPORT {sink_port}\nMAILNAME bench.test\n")
+    # DEFER: queued only, as nullmailer's is; dma's background delivery would outlive the run.
+    (work / "etc" / "dma" / "dma.conf").write_text(f"SMARTHOST 127.0.0.1\nPORT {sink_port}\nMAILNAME bench.test\nDEFER\n")
     (work / "etc" / "mailname").write_text("bench.test\n")
     (work / "etc" / "nullmailer" / "remotes").write_text(f"127.0.0.1 smtp --port={sink_port}\n")
     inside = [sys.executable, __file__, "--inside", target, "--work", str(work), "-n", str(n)]

@@ -749,7 +749,8 @@ def loop_factory(cfg: Config, plugins: Any) -> Any:
     choice = cfg.agent.get("event_loop") or "auto"
     if choice == "asyncio":
         return None
-    if choice == "auto" and not any(cfg.service_enabled(s) for s in plugins.services):
+    # A light service (the sendmail maildrop: a FIFO and a folder) does not make the agent busy.
+    if choice == "auto" and not any(cfg.service_enabled(s) and not getattr(s, "light", False) for s in plugins.services):
         return None
     try:
         import uvloop

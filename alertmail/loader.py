@@ -43,7 +43,10 @@ BUNDLED_PLUGINS: tuple[str, ...] = (
     "alertmail.plugins.transports.smtp",
     "alertmail.plugins.transports.mx",
     "alertmail.plugins.transports.alertmanager",
+    "alertmail.plugins.transports.exec",
+    "alertmail.plugins.transports.webhook",
     "alertmail.plugins.relay",
+    "alertmail.plugins.maildrop",
 )
 
 

@@ -29,6 +29,7 @@ RUNS = {
     "render_mail.py": ["off", "--runs", "2"],
     "replay_storm.py": ["--hours", "1", "--burst", "50"],
     "rule_engine.py": ["--series", "50", "--ticks", "5"],
+    "sendmail_bench.py": ["-n", "20"],
     "status_bench.py": ["--series", "20", "--asks", "3", "--commands", "1"],
     "transport_smtp.py": ["100", "1"],
 }
@@ -38,6 +39,7 @@ NEEDS = {
     "relay_bench.py": ["smtp-sink", "smtp-source", "postfix"],
     "relay_crash.py": ["smtp-sink"],
     "relay_profile.py": ["smtp-sink", "smtp-source"],
+    "sendmail_bench.py": ["smtp-sink", "postfix"],
     "transport_smtp.py": ["smtp-sink"],
 }
 

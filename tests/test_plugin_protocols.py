@@ -31,8 +31,8 @@ class Listener:  # no section: no config table could ever enable it
         pass
 
 
-class Webhook:
-    name = "webhook"
+class Pager:
+    name = "pager"
     options = {}
 
     async def send(self, message, envelope):
@@ -46,7 +46,7 @@ def register_services(register):
 
 @hookimpl
 def register_transports(register):
-    register(Webhook())  # an instance where the class is due
+    register(Pager())  # an instance where the class is due
 """
 
 
@@ -59,4 +59,4 @@ def test_a_service_or_transport_that_breaks_its_protocol_is_reported_not_registe
     assert "a service is a class with a str 'name' and 'section'" in error
     assert "listener" not in plugins.infos["broken"].services
     assert all(cls.name != "listener" for cls in plugins.services)
-    assert "webhook" not in plugins.transports
+    assert "pager" not in plugins.transports

@@ -226,6 +226,18 @@ def plugins_command(config_path: Path, as_json: bool) -> None:
         sys.exit(ExitCode.CONFIG)
 
 
+@cli.command(
+    "sendmail",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def sendmail_command(args: tuple[str, ...]) -> None:
+    """Submit a mail as sendmail(8) does (-t, -i, -f, -F, -bp): for cron, mail(1) and every program that mails."""
+    from alertmail.cli.sendmail import main as sendmail
+
+    sys.exit(sendmail(list(args)))
+
+
 @cli.command()
 @config_option
 def run(config_path: Path) -> None:
@@ -268,15 +280,24 @@ def run(config_path: Path) -> None:
 @click.option("--force", is_flag=True, help="overwrite an existing file")
 @click.option("--systemd", is_flag=True, help="write a systemd unit that runs this alertmail, instead of a config")
 @click.option(
+    "--sendmail",
+    "sendmail",
+    is_flag=True,
+    help="say how to install alertmail as the host's /usr/sbin/sendmail, and what it replaces",
+)
+@click.option(
     "--config",
     "-c",
     "unit_config",
     default=None,
     metavar="FILE",
-    help="with --systemd: the config the unit runs  [default: /etc/alertmail/config.toml]",
+    help="with --systemd or --sendmail: the config the unit or sendmail uses  [default: /etc/alertmail/config.toml]",
 )
-def init(output: str | None, force: bool, systemd: bool, unit_config: str | None) -> None:
+def init(output: str | None, force: bool, systemd: bool, sendmail: bool, unit_config: str | None) -> None:
     """Write a starter config with rules for this machine's mounts, interfaces and CPUs (or, with --systemd, a unit)."""
+    if sendmail:
+        _sendmail_instructions(unit_config)
+        return
     if systemd:
         from alertmail.cli import systemd as unit_module
 
@@ -306,6 +327,39 @@ def init(output: str | None, force: bool, systemd: bool, unit_config: str | None
         else f"check it with: alertmail check --config {path}"
     )
     click.echo(f"wrote {path}; {hint}")
+
+
+def _sendmail_instructions(config_path: str | None) -> None:
+    import os
+    import subprocess
+
+    from alertmail.cli.init import sendmail_instructions
+
+    config = str(Path(config_path).resolve()) if config_path else os.environ.get("ALERTMAIL_CONFIG") or DEFAULT_SYSTEM_CONFIG
+    from alertmail.cli import sendmail as module
+
+    state_dir = "/var/lib/alertmail"
+    try:
+        from alertmail.config.load import read_toml
+
+        agent = read_toml(Path(config)).get("agent") or {}
+        state_dir = str((Path(config).parent / str(agent.get("state_dir") or "var")).resolve())
+    except Exception:  # no config yet: the instructions name the usual place
+        pass
+    current = None
+    if os.path.lexists("/usr/sbin/sendmail"):
+        target = os.path.realpath("/usr/sbin/sendmail")
+        current = target
+        try:
+            owner = subprocess.run(["dpkg-query", "-S", target], check=False, capture_output=True, text=True, timeout=10)
+            if owner.returncode == 0:
+                current += f" from the package {owner.stdout.split(':', 1)[0].strip()}"
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # not a Debian system
+    click.echo(sendmail_instructions(sys.executable, str(Path(module.__file__).resolve()), config, state_dir, current), nl=False)
+
+
+DEFAULT_SYSTEM_CONFIG = "/etc/alertmail/config.toml"
 
 
 def main() -> None:

@@ -268,3 +268,60 @@ def starter_config(nagios_plugins: Path = NAGIOS_PLUGINS, node_exporter: tuple[s
     )
     parts.append(_file_check_example())
     return "\n".join(parts)
+
+
+WRAPPER = "/usr/local/sbin/alertmail-sendmail"
+
+
+def sendmail_instructions(python: str, module: str, config: str, state_dir: str, current: str | None) -> str:
+    """How to make alertmail's sendmail the host's /usr/sbin/sendmail, and what it replaces.
+
+    The link points at a two-line wrapper that runs ``module`` (alertmail/cli/sendmail.py) as a
+    script with ``python -I -S``: on the standard library alone, without importing the
+    alertmail package as the ``alertmail-sendmail`` console script must.
+    """
+    program = WRAPPER
+    option = "" if config == "/etc/alertmail/config.toml" else f" -C {config}"
+    if current is None:
+        replaces = "There is no /usr/sbin/sendmail yet: programs that mail (cron, mail) have had nowhere to send it."
+    else:
+        replaces = (
+            f"It replaces /usr/sbin/sendmail, now {current}: cron, mail(1), mdadm, smartd, unattended-upgrades\n"
+            "and logwatch will hand their mail to alertmail's queue instead ([sendmail].route, else [mail].route,\n"
+            "with the queue's retries and badmail). Keep that MTA's daemon only if it still has other work (receiving mail)."
+        )
+    return f"""\
+alertmail sendmail: the host's sendmail(8) for every program that mails.
+
+{replaces}
+
+As root:
+
+  # 1. The maildrop: anyone may drop mail in, only the agent's user can read or list it.
+  install -d -o alertmail -g alertmail -m 3733 {state_dir}/maildrop
+
+  # 2. The config, readable by every user who mails (it holds no secrets: those are *_env / *_file).
+  chmod 644 {config}
+
+  # 3. A wrapper that submits on the standard library alone (python -I -S): a few times faster
+  #    than the alertmail-sendmail console script, which first imports the whole alertmail package.
+  printf '#!/bin/sh\\nexec {python} -I -S {module}{option} "$@"\\n' > {program}
+  chmod 755 {program}
+
+  # 4a. Debian, Ubuntu: keep the MTA package's file aside, so its upgrades do not put it back.
+  dpkg-divert --local --rename --divert /usr/sbin/sendmail.before-alertmail --add /usr/sbin/sendmail
+  ln -s {program} /usr/sbin/sendmail
+  # 4b. Fedora, RHEL, SUSE (sendmail is the "mta" alternative there):
+  update-alternatives --install /usr/sbin/sendmail mta {program} 90
+  # 4c. Anywhere else, a plain symlink (an MTA upgrade may replace it):
+  ln -sf {program} /usr/sbin/sendmail
+
+  # Check: a mail through the configured route.
+  echo "sendmail works" | /usr/sbin/sendmail -i root
+
+The wrapper needs a Python every user may run. Submissions use {config}
+(ALERTMAIL_CONFIG or -C FILE choose another); exit codes are sysexits(3):
+0 submitted, 64 usage or no recipients, 73 maildrop not writable, 75 try again, 78 config.
+Undo: rm /usr/sbin/sendmail && dpkg-divert --rename --remove /usr/sbin/sendmail
+(or: update-alternatives --remove mta {program}).
+"""

@@ -117,15 +117,49 @@ class SmtpSink:
 
     def messages(self) -> list[Received]:
         """Every message received so far, oldest first, with its envelope."""
+        return [Received.parse(data) for data in self.dumps()]
+
+    def dumps(self) -> list[bytes]:
+        """The dump file of every complete transaction so far, oldest first.
+
+        smtp-sink creates the dump file at MAIL FROM and writes it in buffer-sized
+        chunks while DATA comes in; it closes the file (complete, ending with the
+        empty line of its dump format) before it answers the final dot, and removes
+        the file of a transaction cut short. A file the sink still holds open, or that
+        does not end with that empty line yet, is a transaction in progress: it is
+        left for a later call, never read as a message of its own.
+        """
         found = []
+        writing = self._held_open()
         for path in self.folder.iterdir():
-            if path.name.startswith("."):
+            if path.name.startswith(".") or path.name in writing:
                 continue
             try:  # smtp-sink removes the dump of a transaction cut short, at any moment
-                found.append((path.stat().st_mtime, path.name, path.read_bytes()))
+                stamp, data = path.stat().st_mtime, path.read_bytes()
             except FileNotFoundError:
                 continue
-        return [Received.parse(data) for _, _, data in sorted(found)]
+            if data.endswith(b"\n\n") and path.name not in self._held_open():
+                found.append((stamp, path.name, data))
+        return [data for _, _, data in sorted(found)]
+
+    def _held_open(self) -> set[str]:
+        """The names of the dump files the running sink has open for writing."""
+        if self.proc is None or self.proc.poll() is not None:
+            return set()
+        names = set()
+        fds = Path(f"/proc/{self.proc.pid}/fd")
+        try:
+            entries = list(fds.iterdir())
+        except OSError:  # no /proc (or the sink just exited): the dump format check remains
+            return set()
+        for fd in entries:
+            try:
+                target = Path(os.readlink(fd))
+            except OSError:
+                continue
+            if target.parent == self.folder.resolve():
+                names.add(target.name)
+        return names
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list[Received]:
         deadline = time.monotonic() + timeout

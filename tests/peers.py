@@ -54,6 +54,10 @@ def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
             time.sleep(0.05)
 
 
+class PortTaken(RuntimeError):
+    """A peer could not bind its port (another test run holds it)."""
+
+
 @dataclass
 class SmtpSink:
     """Postfix's smtp-sink: a real SMTP server that dumps each message to a file.
@@ -79,7 +83,20 @@ class SmtpSink:
                 if folder == Path(folder.anchor):
                     break
                 os.chmod(folder, os.stat(folder).st_mode | (0o777 if folder == self.folder else 0o711))
-        self.port = self.port or free_port(self.host)
+        # A port we chose may be taken by another test run before smtp-sink binds it: then
+        # ours exits, and we try another. A port the test chose (its config names it) is kept.
+        chosen = not self.port
+        for attempt in range(5 if chosen else 1):
+            if chosen:
+                self.port = free_port(self.host)
+            try:
+                return self._launch(binary)
+            except PortTaken:
+                if attempt == 4 or not chosen:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _launch(self, binary: str) -> SmtpSink:
         user = ["-u", "nobody"] if os.geteuid() == 0 else []
         addr = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         self.proc = subprocess.Popen(
@@ -87,13 +104,40 @@ class SmtpSink:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+        # With the port taken, something else answers on it while ours exits, and mail sent to
+        # the port lands in the other run's sink. A busy machine can let that other listener
+        # answer long before ours even tries to bind, so wait until the listening socket is the
+        # one our process holds, not merely until the port answers.
+        deadline = time.monotonic() + 10.0
+        while not self._listening():
+            if self.proc.poll() is not None:
+                error = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                self.proc = None
+                raise PortTaken(f"smtp-sink on {addr} exited at start: {error.strip()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"smtp-sink does not listen on {addr} after 10s")
+            time.sleep(0.05)
         wait_port(self.host, self.port)
-        # Something else may answer on the port (another test run took it meanwhile): then ours has exited.
-        time.sleep(0.05)
-        if self.proc.poll() is not None:
-            error = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-            raise RuntimeError(f"smtp-sink on {addr} exited at start: {error.strip()}")
         return self
+
+    def _listening(self) -> bool:
+        """Whether our smtp-sink process itself holds the listening socket on our port."""
+        assert self.proc is not None
+        try:
+            inodes = {
+                os.readlink(fd).removeprefix("socket:[").removesuffix("]")
+                for fd in Path(f"/proc/{self.proc.pid}/fd").iterdir()
+                if os.readlink(fd).startswith("socket:[")
+            }
+        except OSError:
+            return False
+        table = Path("/proc/net/tcp6" if ":" in self.host else "/proc/net/tcp")
+        for row in table.read_text().splitlines()[1:]:
+            fields = row.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == self.port and inode in inodes:
+                return True
+        return False
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -117,15 +161,49 @@ class SmtpSink:
 
     def messages(self) -> list[Received]:
         """Every message received so far, oldest first, with its envelope."""
+        return [Received.parse(data) for data in self.dumps()]
+
+    def dumps(self) -> list[bytes]:
+        """The dump file of every complete transaction so far, oldest first.
+
+        smtp-sink creates the dump file at MAIL FROM and writes it in buffer-sized
+        chunks while DATA comes in; it closes the file (complete, ending with the
+        empty line of its dump format) before it answers the final dot, and removes
+        the file of a transaction cut short. A file the sink still holds open, or that
+        does not end with that empty line yet, is a transaction in progress: it is
+        left for a later call, never read as a message of its own.
+        """
         found = []
+        writing = self._held_open()
         for path in self.folder.iterdir():
-            if path.name.startswith("."):
+            if path.name.startswith(".") or path.name in writing:
                 continue
             try:  # smtp-sink removes the dump of a transaction cut short, at any moment
-                found.append((path.stat().st_mtime, path.name, path.read_bytes()))
+                stamp, data = path.stat().st_mtime, path.read_bytes()
             except FileNotFoundError:
                 continue
-        return [Received.parse(data) for _, _, data in sorted(found)]
+            if data.endswith(b"\n\n") and path.name not in self._held_open():
+                found.append((stamp, path.name, data))
+        return [data for _, _, data in sorted(found)]
+
+    def _held_open(self) -> set[str]:
+        """The names of the dump files the running sink has open for writing."""
+        if self.proc is None or self.proc.poll() is not None:
+            return set()
+        names = set()
+        fds = Path(f"/proc/{self.proc.pid}/fd")
+        try:
+            entries = list(fds.iterdir())
+        except OSError:  # no /proc (or the sink just exited): the dump format check remains
+            return set()
+        for fd in entries:
+            try:
+                target = Path(os.readlink(fd))
+            except OSError:
+                continue
+            if target.parent == self.folder.resolve():
+                names.add(target.name)
+        return names
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list[Received]:
         deadline = time.monotonic() + timeout

@@ -1,5 +1,7 @@
 """The test peers themselves work: a message sent with swaks lands in smtp-sink; dnsmasq answers MX."""
 
+import time
+
 from tests.peers import Dnsmasq, swaks
 
 
@@ -29,3 +31,37 @@ def test_dnsmasq_serves_mx_null_mx_and_nxdomain(tmp_path):
             pass
         else:
             raise AssertionError("missing.test should be NXDOMAIN")
+
+
+def test_smtp_sink_counts_a_message_only_once_its_transaction_is_complete(smtp_sink):
+    import smtplib
+
+    with smtplib.SMTP(smtp_sink.host, smtp_sink.port, timeout=10) as smtp:
+        smtp.ehlo()
+        assert smtp.mail("a@x.test")[0] == 250 and smtp.rcpt("b@y.test")[0] == 250
+        assert smtp.docmd("DATA")[0] == 354
+        # More than smtp-sink's write buffer: part of the dump is on disk while DATA goes on.
+        smtp.send(b"Subject: big\r\n\r\n" + b"a line of the body\r\n\r\n" * 2000)
+        deadline = time.monotonic() + 10
+        while not any(p.stat().st_size for p in smtp_sink.folder.iterdir()):
+            assert time.monotonic() < deadline, "smtp-sink wrote nothing of the message"
+            time.sleep(0.05)
+        assert smtp_sink.messages() == []  # half a message is no message
+        smtp.send(b".\r\n")
+        assert smtp.getreply()[0] == 250
+    [got] = smtp_sink.messages()
+    assert got.sender == "a@x.test" and got.message["Subject"] == "big"
+
+
+def test_smtp_sink_on_a_port_another_program_holds_fails_at_start(tmp_path):
+    import socket
+
+    import pytest
+
+    from tests.peers import PortTaken, SmtpSink
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        with pytest.raises(PortTaken):
+            SmtpSink(tmp_path / "sink", port=other.getsockname()[1]).start()

@@ -259,7 +259,9 @@ def test_probe_record_shows_progress_and_its_hint_keeps_the_config_it_was_given(
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert "recording:   0%" in done.stderr and "samples" in done.stderr
+    shown = [int(line.split()[1].rstrip("%")) for line in done.stderr.splitlines() if line.startswith("recording:")]
+    assert shown[0] == 0 and len(shown) >= 2 and shown == sorted(set(shown)), done.stderr
+    assert "samples written to" in done.stderr
     assert f"alertmail replay -c {config} --samples {out}" in done.stderr
 
 
@@ -287,3 +289,42 @@ def test_replay_render_uses_the_configured_templates_folder(tmp_path):
     html = (tmp_path / "mails" / "001-firing.html").read_text()
     assert "our footer" in html and "You get this mail because" not in html
     assert "data:image/png;base64," in html  # the built-in part of it still has its chart
+
+
+def test_probe_record_says_it_started_before_a_slow_first_run_ends(tmp_path):
+    """The first run of the probes takes more than a tenth of the recording: the 0% line still comes, first."""
+    import subprocess
+    import sys
+
+    plugins = tmp_path / "plugins.d"
+    plugins.mkdir()
+    (plugins / "slow.py").write_text(
+        "import time\n"
+        "from alertmail import Sample, hookimpl\n\n"
+        "class Slow:\n"
+        '    name = "slow"\n'
+        "    interval = 1.0\n"
+        "    metrics = ()\n\n"
+        "    def collect(self):\n"
+        "        time.sleep(1.5)\n"
+        '        yield Sample("test.slow", 1.0, {})\n\n'
+        "@hookimpl\n"
+        "def register_probes(register):\n"
+        "    register(Slow())\n"
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[agent]\nstate_dir = "var"\nplugin_dirs = ["plugins.d"]\n[mail]\nroute = ["pickup"]\n'
+        '[probes.slow]\ninterval = "1s"\ntimeout = "5s"\n'
+    )
+    out = tmp_path / "rec.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "alertmail", "probe", "-c", str(config), "--record", str(out), "--for", "3s"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    shown = [line for line in done.stderr.splitlines() if line.startswith("recording:")]
+    assert shown and shown[0].startswith("recording:   0%"), done.stderr

@@ -227,6 +227,10 @@ def record_to_file(
     writer = SampleWriter(path)
     shown = Progress(duration)
     click.echo(f"recording {', '.join(probes)} into {path} for {format_duration(duration)} (Ctrl-C stops early)", err=True)
+    # The 0% line now, not after the first round of probe runs: a slow first run (a busy
+    # machine, a probe near its timeout) took more than a tenth of a short recording, and
+    # the progress then began at 10% or later.
+    shown.update(0.0, 0)
     try:
         asyncio.run(
             record(

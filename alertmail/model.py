@@ -142,7 +142,12 @@ def message_bytes(message: EmailMessage | bytes) -> bytes:
         return message
     import email.policy  # not at start-up: the idle agent never needs it
 
-    return message.as_bytes(policy=email.policy.SMTP)
+    data = message.as_bytes(policy=email.policy.SMTP)
+    # The email package sometimes folds before an encoded word and leaves the line's last
+    # blank in place ("recovered \r\n =?utf-8?b?4oCU?="): unfolded, that reads as two spaces.
+    head, sep, body = data.partition(b"\r\n\r\n")
+    # A line that holds only the field name ("In-Reply-To: ") keeps its blank.
+    return re.sub(rb"(?m)^([ \t][^\r\n]*?\S|[^ \t\r\n:][^\r\n:]*:[^\r\n]*?\S)[ \t]+\r\n(?=[ \t])", rb"\1\r\n", head) + sep + body
 
 
 @dataclass(frozen=True, slots=True)

@@ -328,8 +328,10 @@ def check(
     if results:
         worst = next((r for _, r, _ in results if r != "pass"), "pass")
         seen = "; ".join(f"{a}: {r}" for a, r, _ in results)
-        record = f" ({spf_record[0]!r})" if len(spf_record) == 1 else ""
-        report.findings.append(Finding("SPF", worst, f"{domain}{record} for {seen}"))
+        record = (
+            f"{domain}: {spf_record[0]!r}" if len(spf_record) == 1 else f"{len(spf_record) or 'no'} v=spf1 records at {domain}"
+        )
+        report.findings.append(Finding("SPF", worst, f"{record}; for {seen}"))
     elif not spf_record:  # RFC 7208 §4.5: no record is "none" whoever sends
         report.findings.append(Finding("SPF", "none", f"no v=spf1 record at {domain}: receivers cannot tell who may send for it"))
     elif len(spf_record) > 1:
@@ -362,6 +364,8 @@ def check(
             report.findings.append(
                 Finding("DKIM", sig["result"], f"{sig['algorithm']} d={sig['d']} s={sig['s']}: {sig['detail']}{where}")
             )
+        if not report.signatures:
+            report.findings.append(Finding("DKIM", "none", "the message carries no DKIM signature"))
         dkim_pass_aligned = any(s["result"] == "pass" and s["aligned"] for s in report.signatures)
     dkim_pass = any(s["result"] == "pass" for s in report.signatures)
 
@@ -388,6 +392,8 @@ def check(
         "record_at": record_at,
         "dkim_aligned": dkim_pass_aligned,
         "spf_aligned": spf_aligned,
+        "dkim_mode": adkim,
+        "spf_mode": aspf,
     }
     return assess(report, dkim, spf_record, results, dkim_pass, spf_pass)
 
@@ -440,8 +446,9 @@ def assess(
                     f"(p= of its public key) or set {option} to the key the record belongs to"
                 )
         elif not sig["aligned"]:
+            relaxed = f' (or "{org}", as alignment is relaxed)' if org != domain and report.dmarc.get("dkim_mode") != "s" else ""
             report.fixes.append(
-                f'sign with the From domain: set [mail.dkim] domain = "{domain}" (or "{org}" with relaxed alignment) '
+                f'sign with the From domain: set [mail.dkim] domain = "{domain}"{relaxed} '
                 f"and publish its key, or send from an address at {sig['d']}"
             )
     if dkim is None and not report.signatures:

@@ -73,7 +73,7 @@ def notifier(folder: Path, queue: MailCollector, *, sender: str = SENDER, hostna
 
 
 async def _build(folder: Path, sender: str = SENDER, hostname: str = "web01.example.com") -> dict[str, bytes]:
-    from alertmail.render.format import mail_domain
+    from alertmail.units import mail_domain
 
     mails: dict[str, bytes] = {}
     queue = MailCollector()

@@ -15,8 +15,8 @@ from alertmail.notify.heartbeat import Heartbeat
 from alertmail.queue.dsn import build_dsn
 from alertmail.queue.entry import Entry, RecipientState
 from alertmail.queue.spool import Queue
-from alertmail.render.format import mail_domain
 from alertmail.replay import MailCollector
+from alertmail.units import mail_domain
 from tests.mail_kinds import DISK, OPS, T0, event
 
 

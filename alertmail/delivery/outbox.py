@@ -63,7 +63,7 @@ class Outbox:
     async def open(self) -> None:
         from alertmail.delivery.delivery import Delivery, RetryPolicy, build_transports, configured_routes
         from alertmail.queue.spool import Queue
-        from alertmail.render.format import mail_domain
+        from alertmail.units import mail_domain
 
         cfg = self.cfg
         for sub in STATE_FOLDERS:
@@ -116,7 +116,7 @@ class Outbox:
         self.transports = transports
         options = cfg.sections.get("queue", {})
         self.queue.routes = configured_routes(cfg)
-        from alertmail.render.format import mail_domain
+        from alertmail.units import mail_domain
 
         self.delivery.mail_domain = mail_domain(cfg.mail["from"], cfg.hostname)
         again = self.delivery.reconfigure(

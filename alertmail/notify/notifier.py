@@ -135,7 +135,7 @@ class Notifier:
         self.storm = StormGuard(max_mails_per_hour, digest_interval)
         self.rules = {rule.name: rule for rule in rules}
         self.render_options = dict(render_options or {})  # more RenderContext fields: charts, templates_dir, units
-        from alertmail.render.format import mail_domain
+        from alertmail.units import mail_domain
 
         self.domain = mail_domain(sender, hostname)  # Message-IDs: a fully qualified name, never the short host name
         self.state_dir = Path(state_dir)

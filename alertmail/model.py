@@ -146,8 +146,11 @@ def message_bytes(message: EmailMessage | bytes) -> bytes:
     # The email package sometimes folds before an encoded word and leaves the line's last
     # blank in place ("recovered \r\n =?utf-8?b?4oCU?="): unfolded, that reads as two spaces.
     head, sep, body = data.partition(b"\r\n\r\n")
+    # Only before an encoded word: elsewhere (a sealed X- field) every blank is the value's own.
     # A line that holds only the field name ("In-Reply-To: ") keeps its blank.
-    return re.sub(rb"(?m)^([ \t][^\r\n]*?\S|[^ \t\r\n:][^\r\n:]*:[^\r\n]*?\S)[ \t]+\r\n(?=[ \t])", rb"\1\r\n", head) + sep + body
+    return (
+        re.sub(rb"(?m)^([ \t][^\r\n]*?\S|[^ \t\r\n:][^\r\n:]*:[^\r\n]*?\S)[ \t]+\r\n(?=[ \t]+=\?)", rb"\1\r\n", head) + sep + body
+    )
 
 
 @dataclass(frozen=True, slots=True)

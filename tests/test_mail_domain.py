@@ -128,3 +128,31 @@ def test_check_warns_about_a_from_at_localhost_when_mail_leaves_the_host(tmp_pat
         tmp_path, '[mail]\nfrom = "alertmail@example.com"\nroute = ["smtp"]\n[transports.smtp]\nservers = ["[127.0.0.1]:25"]\n'
     )
     assert "mail.from" not in CliRunner().invoke(cli, ["check", "--config", str(own)]).output
+
+
+def test_a_reply_on_a_long_domain_names_the_first_mail_exactly(tmp_path):
+    """In-Reply-To folded right after its name would read " <id>" and not match the Message-ID it answers."""
+    from alertmail.notify.notifier import Notifier
+
+    async def main() -> list[bytes]:
+        collected = MailCollector()
+        n = Notifier(
+            sender="alertmail@monitoring.example-company.com",
+            hostname="vm",
+            timezone="UTC",
+            route=["pickup"],
+            queue=collected,
+            state_dir=tmp_path,
+        )
+        for kind, at, value in (("firing", T0, 93.4), ("resolved", T0 + 600, 50.0)):
+            await n.notify([event(kind, DISK, at, value, "d1")], at)
+            await n.flush(at + 3600, force=True)
+        return [m.data for m in collected.mails]
+
+    first, reply = asyncio.run(main())
+    firing, resolved = parse(first), parse(reply)
+    assert str(firing["Message-ID"]).endswith("@monitoring.example-company.com>")
+    # On the wire each id follows its field name on one line, as parsers that keep a fold's blank need it.
+    assert f"\r\nIn-Reply-To: {firing['Message-ID']}\r\n".encode() in reply
+    assert f"\r\nReferences: {firing['Message-ID']}\r\n".encode() in reply
+    assert f"\r\nMessage-ID: {resolved['Message-ID']}\r\n".encode() in reply

@@ -142,7 +142,17 @@ def message_bytes(message: EmailMessage | bytes) -> bytes:
         return message
     import email.policy  # not at start-up: the idle agent never needs it
 
-    return message.as_bytes(policy=email.policy.SMTP)
+    data = message.as_bytes(policy=email.policy.SMTP)
+    # The email package sometimes folds before an encoded word and leaves the line's last
+    # blank in place ("recovered \r\n =?utf-8?b?4oCU?="): unfolded, that reads as two spaces.
+    head, sep, body = data.partition(b"\r\n\r\n")
+    # Only before an encoded word: elsewhere (a sealed X- field) every blank is the value's own.
+    # A line that holds only the field name ("In-Reply-To: ") keeps its blank.
+    head = re.sub(rb"(?m)^([ \t][^\r\n]*?\S|[^ \t\r\n:][^\r\n:]*:[^\r\n]*?\S)[ \t]+\r\n(?=[ \t]+=\?)", rb"\1\r\n", head)
+    # A field folded right after its name ("In-Reply-To:\r\n <long id>") is unfolded when its value is one
+    # line: readers (Python's among them) would take the fold's blank as part of the Message-ID.
+    head = re.sub(rb"(?m)^([!-9;-~]+:)[ \t]*\r\n[ \t]+(?=[^\s][^\r\n]{0,900}(?:\r\n(?![ \t])|\Z))", rb"\1 ", head)
+    return head + sep + body
 
 
 @dataclass(frozen=True, slots=True)

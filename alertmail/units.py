@@ -114,3 +114,23 @@ def parse_address(value: Any, default_port: int | None = None) -> tuple[str, int
 def valid_address(address: str) -> bool:
     """A bare addr-spec (user@domain) with nothing that could break a header or an SMTP command."""
     return isinstance(address, str) and len(address) <= 254 and bool(_ADDRESS.fullmatch(address))
+
+
+def mail_domain(sender: str, hostname: str) -> str:
+    """The domain on the right of Message-IDs and of the DSN's ``MAILER-DAEMON@``: never a short host name.
+
+    The domain of ``[mail] from`` when it is a fully qualified name (it is the domain the DKIM
+    signature and DMARC align with); else ``[agent] hostname`` when it is fully qualified;
+    else the From domain as it is ("localhost", which ``alertmail check`` flags for mail that
+    leaves the host). No DNS lookup: the agent must not wait on a resolver to write a mail.
+    """
+    import re
+
+    clean = re.compile(r"[^A-Za-z0-9.-]")
+    domain = clean.sub("-", sender.rpartition("@")[2]).strip("-.").lower()
+    if "." in domain:
+        return domain
+    name = clean.sub("-", hostname).strip("-.").lower()
+    if "." in name and not name.startswith("localhost."):
+        return name
+    return domain or "localhost"

@@ -58,10 +58,10 @@ def event(kind: str, rule: Rule, at: float, value: float, incident: str, **kw) -
     )
 
 
-def notifier(folder: Path, queue: MailCollector, **kw) -> Notifier:
+def notifier(folder: Path, queue: MailCollector, *, sender: str = SENDER, hostname: str = "web01.example.com", **kw) -> Notifier:
     return Notifier(
-        sender=SENDER,
-        hostname="web01.example.com",
+        sender=sender,
+        hostname=hostname,
         timezone="Europe/Berlin",
         route=["pickup"],
         queue=queue,
@@ -72,10 +72,12 @@ def notifier(folder: Path, queue: MailCollector, **kw) -> Notifier:
     )
 
 
-async def _build(folder: Path) -> dict[str, bytes]:
+async def _build(folder: Path, sender: str = SENDER, hostname: str = "web01.example.com") -> dict[str, bytes]:
+    from alertmail.units import mail_domain
+
     mails: dict[str, bytes] = {}
     queue = MailCollector()
-    n = notifier(folder / "alerts", queue)
+    n = notifier(folder / "alerts", queue, sender=sender, hostname=hostname)
     steps = [
         ("single alert", [event("firing", DISK, T0, 93.4, "d1")]),
         ("grouped", [event("firing", CPU, T0 + 600, 97.0, "c1"), event("firing", DISK, T0 + 600, 94.0, "d2")]),
@@ -89,7 +91,7 @@ async def _build(folder: Path) -> dict[str, bytes]:
         await n.flush(events[0].at + 3600, force=True)
         mails[kind] = queue.mails[before].data
     storm_queue = MailCollector()
-    storm = notifier(folder / "storm", storm_queue, max_mails_per_hour=1, digest_interval=60.0)
+    storm = notifier(folder / "storm", storm_queue, sender=sender, hostname=hostname, max_mails_per_hour=1, digest_interval=60.0)
     burst = [
         event("firing", Rule(name=f"disk-{i}", metric="disk.used_percent", above=90, to=(OPS,)), T0 + i, 91.0 + i, f"s{i}")
         for i in range(6)
@@ -107,35 +109,41 @@ async def _build(folder: Path) -> dict[str, bytes]:
         msg = heartbeat.compose(T0 + 86400)
     finally:
         await spool.close()
-    msg["From"], msg["To"], msg["Message-ID"] = SENDER, OPS, "<heartbeat.1@web01.example.com>"
+    msg["From"], msg["To"], msg["Message-ID"] = sender, OPS, f"<heartbeat.1@{mail_domain(sender, hostname)}>"
     msg["Date"] = email.utils.formatdate(T0 + 86400)
     mails["heartbeat"] = msg.as_bytes(policy=email.policy.SMTP)
-    entry = Entry(id="0123456789abcdef0123", created=T0, sender=SENDER, recipients={OPS: RecipientState()}, size=100)
+    entry = Entry(id="0123456789abcdef0123", created=T0, sender=sender, recipients={OPS: RecipientState()}, size=100)
     entry.recipients[OPS].status, entry.recipients[OPS].code = "failed", 550
     entry.recipients[OPS].message, entry.recipients[OPS].enhanced = "mailbox unavailable", "5.1.1"
     dsn = build_dsn(
-        entry, mails["single alert"], [(OPS, entry.recipients[OPS])], action="failed", hostname="web01.example.com", now=T0 + 60
+        entry,
+        mails["single alert"],
+        [(OPS, entry.recipients[OPS])],
+        action="failed",
+        hostname=hostname,
+        now=T0 + 60,
+        domain=mail_domain(sender, hostname),
     )
     mails["delivery-status report"] = dsn.as_bytes(policy=email.policy.SMTP)
-    mails["send-test"] = await _send_test()
+    mails["send-test"] = await _send_test(sender, hostname)
     return mails
 
 
-async def _send_test() -> bytes:
+async def _send_test(sender: str = SENDER, hostname: str = "web01.example.com") -> bytes:
     from alertmail.cli.send_test import EXAMPLE_RULE, build_mail
 
     cfg = types.SimpleNamespace(
-        mail={"from": SENDER, "subject_prefix": "", "charts": "in-process", "templates": None},
+        mail={"from": sender, "subject_prefix": "", "charts": "in-process", "templates": None},
         agent={"timezone": "UTC"},
-        hostname="web01.example.com",
+        hostname=hostname,
     )
     return await build_mail(cfg, types.SimpleNamespace(probes={}), EXAMPLE_RULE, (OPS,), ["smtp"])
 
 
-def build_all(folder: Path) -> dict[str, bytes]:
-    """kind -> the message as queued (CRLF line ends)."""
+def build_all(folder: Path, sender: str = SENDER, hostname: str = "web01.example.com") -> dict[str, bytes]:
+    """kind -> the message as queued (CRLF line ends), from ``sender`` on a host named ``hostname``."""
     folder.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(_build(folder))
+    return asyncio.run(_build(folder, sender, hostname))
 
 
 if __name__ == "__main__":

@@ -297,9 +297,34 @@ def test_signature_headers(keys):
     assert "a=ed25519-sha256" in sigs[1] and "s=ed" in sigs[1]
     for sig in sigs:
         assert "c=relaxed/relaxed" in sig
-        assert "h=from : from : to : cc : subject : date : message-id : in-reply-to : references :" in sig
+        oversigned = " : ".join(f"{h} : {h}" for h in ("from", "subject", "reply-to", "sender", "to", "cc", "date", "message-id"))
+        assert f"h={oversigned} : in-reply-to : references :" in sig
         assert "auto-submitted" in sig
     assert signed.endswith(original)  # the signatures go on top; the message is untouched
+
+
+def test_mail_already_signed_with_this_domain_and_selector_is_not_signed_again(keys):
+    """The relay signs its allow clients' mail: an agent's mail that arrives signed by the same key keeps its signatures."""
+    sign = signer(keys)
+    once = sign(alert_mail())
+    assert once.count(b"DKIM-Signature:") == 2
+    assert sign(once) == once
+    other = Signer(domain="other.test", selector="sel", rsa_key=keys["rsa"].read_bytes())
+    assert other(once).count(b"DKIM-Signature:") == 3  # another domain's signer still adds its own
+
+
+def test_keygen_under_umask_000_makes_a_folder_only_its_owner_may_enter(tmp_path):
+    folder = tmp_path / "new" / "dkim"
+    made = subprocess.run(
+        [sys.executable, "-m", "alertmail", "dkim", "keygen", "--domain", "example.test", "--selector", "s1", "-o", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        umask=0,
+    )
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE((folder / "s1.key").stat().st_mode) == 0o600
 
 
 class FlakyTransport:
@@ -465,6 +490,11 @@ def test_rsa_and_ed25519_signatures_verify_independently(tmp_path, keys, dkim_dn
         pytest.param(lambda b: b.replace(b"97% full (threshold", b"17% full (threshold"), id="body"),
         pytest.param(lambda b: b.replace(b"Subject: [firing]", b"Subject: [resolved]"), id="subject"),
         pytest.param(lambda b: b"From: boss@example.test\r\n" + b, id="second-from"),
+        pytest.param(lambda b: b"Subject: [resolved] all clear\r\n" + b, id="second-subject"),
+        pytest.param(lambda b: b"Reply-To: attacker@example.net\r\n" + b, id="added-reply-to"),
+        pytest.param(lambda b: b"Sender: attacker@example.net\r\n" + b, id="added-sender"),
+        pytest.param(lambda b: b"To: more@example.net\r\n" + b, id="second-to"),
+        pytest.param(lambda b: b"Date: Thu, 1 Jan 2026 00:00:00 +0000\r\n" + b, id="second-date"),
     ],
 )
 def test_a_message_altered_after_signing_fails(tmp_path, keys, dkim_dns, tamper):

@@ -96,6 +96,15 @@ def cli() -> None:
     """Watch this machine and mail people when it needs them."""
 
 
+def _ip(value: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise click.BadParameter(f"not an IP address: {value!r}; write it as 203.0.113.7 or 2001:db8::7") from None
+
+
 @cli.command()
 @config_option
 @click.option(
@@ -107,7 +116,15 @@ def cli() -> None:
     "--resolver", metavar="HOST:PORT", default=None, help="with --deliverability: ask this DNS server instead of the system's"
 )
 @click.option("--json", "as_json", is_flag=True, help="print JSON: the problems, or the summary (and the assessment)")
-def check(config_path: Path, deliverability: bool, resolver: str | None, as_json: bool) -> None:
+@click.option(
+    "--sending-address",
+    metavar="ADDRESS",
+    multiple=True,
+    callback=lambda ctx, param, value: tuple(_ip(v) for v in value),
+    help="with --deliverability: an address receivers see the mail come from (the smart host's, or this host's behind NAT);"
+    " SPF is evaluated for it",
+)
+def check(config_path: Path, deliverability: bool, resolver: str | None, as_json: bool, sending_address: tuple[str, ...]) -> None:
     """Validate the configuration; exit 0 when it is good, 78 when not."""
     if as_json and not deliverability:
         _check_json(config_path)
@@ -119,13 +136,15 @@ def check(config_path: Path, deliverability: bool, resolver: str | None, as_json
             click.echo(f"{config_path}: plugin {info.name} ({info.source}, {info.location}): {info.error}", err=True)
         click.echo(f"{len(plugins.errors)} problem(s) in {config_path}: plugins that do not load", err=True)
         sys.exit(ExitCode.CONFIG)
-    for warning in cfg.warnings:
+    from alertmail.cli.deliverability import sender_warning
+
+    for warning in [*cfg.warnings, *sender_warning(str(cfg.path), cfg.mail)]:
         click.echo(f"warning: {warning}", err=True)
     click.echo(
         f"{config_path}: ok ({len(cfg.rules)} rules, route {' -> '.join(cfg.mail['route'])})", err=deliverability and as_json
     )
     if deliverability:
-        _deliverability(cfg, resolver, as_json)
+        _deliverability(cfg, resolver, as_json, sending_address)
 
 
 def _check_json(config_path: Path) -> None:
@@ -145,13 +164,16 @@ def _check_json(config_path: Path) -> None:
         report.update(ok=False, problems=[f"plugin error: {exc}"])
     else:
         problems = [f"{config_path}: plugin {i.name} ({i.source}, {i.location}): {i.error}" for i in plugins.errors]
-        report.update(ok=not problems, problems=problems, warnings=cfg.warnings, rules=len(cfg.rules), route=cfg.mail["route"])
+        from alertmail.cli.deliverability import sender_warning
+
+        warnings = [*cfg.warnings, *sender_warning(str(cfg.path), cfg.mail)]
+        report.update(ok=not problems, problems=problems, warnings=warnings, rules=len(cfg.rules), route=cfg.mail["route"])
     click.echo(json.dumps(report, indent=2))
     if not report["ok"]:
         sys.exit(ExitCode.CONFIG)
 
 
-def _deliverability(cfg: Any, resolver_address: str | None, as_json: bool) -> None:
+def _deliverability(cfg: Any, resolver_address: str | None, as_json: bool, sending_addresses: tuple[str, ...] = ()) -> None:
     import json
 
     import dns.resolver
@@ -176,7 +198,8 @@ def _deliverability(cfg: Any, resolver_address: str | None, as_json: bool) -> No
             cfg.transports,
             signing,
             resolver,
-            public_key=dkim.public_key(options) if signing else None,
+            sending_addresses=list(sending_addresses) or None,
+            helo=cfg.hostname,
         )
     except LookupError as exc:
         click.echo(f"cannot look up the sender domain's records: {exc}", err=True)

@@ -51,7 +51,10 @@ def keygen(domain: str, selector: str, ed25519: bool, folder: Path) -> None:
     else:
         private, public = generate_rsa(2048)
         key_type, key_option, selector_option = "rsa", "key_file", "selector"
-    folder.mkdir(parents=True, exist_ok=True)
+    made = not folder.exists()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if made:
+        os.chmod(folder, 0o700)  # whatever the umask did: the key's folder is the owner's alone
     path = folder / f"{selector}.key"
     try:
         # O_EXCL: never overwrite a key whose record may be published; 0600 from the first byte on.

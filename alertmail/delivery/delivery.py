@@ -256,6 +256,7 @@ class Delivery:
         default_route: list[str],
         concurrency: int = 8,
         routes: Mapping[str, Sequence[str]] | None = None,
+        mail_domain: str | None = None,
     ) -> None:
         from alertmail.queue.badmail import Badmail
 
@@ -264,6 +265,7 @@ class Delivery:
         self.policy = policy
         self.state_dir = Path(state_dir)
         self.hostname = hostname
+        self.mail_domain = mail_domain  # the DSN's MAILER-DAEMON@ and Message-ID domain (the From's, aligned with DKIM)
         self.default_route = list(default_route)
         # The routes the config names, by key ("mail.route", "relay.route"): what a queued message follows.
         self.routes = _routes(routes, self.default_route)
@@ -619,7 +621,13 @@ class Delivery:
         dsn_note = no_report_reason(entry, data)
         if dsn_note is None:
             report = build_dsn(
-                entry, data, [(r, entry.recipients[r]) for r in recipients], action="failed", hostname=self.hostname, now=now
+                entry,
+                data,
+                [(r, entry.recipients[r]) for r in recipients],
+                action="failed",
+                hostname=self.hostname,
+                now=now,
+                domain=self.mail_domain,
             )
             dsn_note = await self._queue_report(entry, report)
         for rcpt in recipients:
@@ -645,6 +653,7 @@ class Delivery:
             [(r, entry.recipients[r]) for r in entry.pending],
             action="delayed",
             hostname=self.hostname,
+            domain=self.mail_domain,
             now=now,
             will_retry_until=entry.created + self.policy.expire,
         )

@@ -28,17 +28,13 @@ from alertmail.errors import AlertmailError
 
 log = logging.getLogger("alertmail.delivery.dkim")
 
-# h=: From twice (oversigned: a second From added on the way breaks the signature),
-# then the headers people read and threads hang on. A header listed but absent is
-# signed as absent, so it cannot be added later either.
+# h=: every header a reader sees or a client threads on is listed twice ("oversigned"):
+# once for the field the message has, once for an absent one, so a second From, or a
+# Subject, Reply-To or Sender added on the way, breaks the signature. A header listed but
+# absent is signed as absent, so it cannot be added later either.
+OVERSIGNED = ("From", "Subject", "Reply-To", "Sender", "To", "Cc", "Date", "Message-ID")
 SIGNED_HEADERS = (
-    "From",
-    "From",
-    "To",
-    "Cc",
-    "Subject",
-    "Date",
-    "Message-ID",
+    *(name for header in OVERSIGNED for name in (header, header)),
     "In-Reply-To",
     "References",
     "MIME-Version",
@@ -226,6 +222,19 @@ class Signer:
             out.append(signature)
         return b"".join(out)
 
+    def signed_by_me(self, data: bytes) -> bool:
+        """Whether ``data`` already carries a DKIM-Signature with this d= and one of these selectors."""
+        head = re.split(rb"\r?\n\r?\n", data, maxsplit=1)[0]
+        selectors = {self.selector.lower(), (self.ed25519_selector or self.selector).lower()}
+        for field_ in re.findall(rb"(?im)^DKIM-Signature:(.*(?:\r?\n[ \t].*)*)", head):
+            tags = {
+                k.strip().lower(): v.strip() for k, _, v in (t.partition(b"=") for t in re.sub(rb"\s+", b"", field_).split(b";"))
+            }
+            domain, selector = tags.get(b"d", b"").decode("ascii", "replace"), tags.get(b"s", b"").decode("ascii", "replace")
+            if domain.lower() == self.domain.lower() and selector.lower() in selectors:
+                return True
+        return False
+
     def __call__(self, data: bytes) -> bytes:
         """``data`` signed; unsigned (with an error logged) when it cannot be: an alert unsigned beats no alert.
 
@@ -233,6 +242,10 @@ class Signer:
         hop without 8BITMIME needs a conversion that would break the signature."""
         from alertmail.delivery.sevenbit import ConversionError, seven_bit
 
+        if self.signed_by_me(data):
+            # Mail another alertmail signed with this domain and selector (the relay's
+            # allow clients): one more signature by the same key adds nothing.
+            return data
         try:
             data = seven_bit(data)
         except ConversionError as exc:

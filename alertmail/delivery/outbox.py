@@ -63,6 +63,7 @@ class Outbox:
     async def open(self) -> None:
         from alertmail.delivery.delivery import Delivery, RetryPolicy, build_transports, configured_routes
         from alertmail.queue.spool import Queue
+        from alertmail.units import mail_domain
 
         cfg = self.cfg
         for sub in STATE_FOLDERS:
@@ -79,6 +80,7 @@ class Outbox:
             policy=RetryPolicy.from_config(options),
             state_dir=self.state_dir,
             hostname=cfg.hostname,
+            mail_domain=mail_domain(cfg.mail["from"], cfg.hostname),
             default_route=cfg.mail["route"],
             concurrency=options.get("concurrency") or 8,
             routes=self.queue.routes,
@@ -114,6 +116,9 @@ class Outbox:
         self.transports = transports
         options = cfg.sections.get("queue", {})
         self.queue.routes = configured_routes(cfg)
+        from alertmail.units import mail_domain
+
+        self.delivery.mail_domain = mail_domain(cfg.mail["from"], cfg.hostname)
         again = self.delivery.reconfigure(
             transports,
             policy=RetryPolicy.from_config(options),

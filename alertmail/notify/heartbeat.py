@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -281,7 +282,7 @@ class Heartbeat:
         import email.utils
         import time
 
-        from alertmail.model import Envelope
+        from alertmail.model import Envelope, message_bytes
         from alertmail.render.format import mailboxes
 
         now = time.time() if now is None else now
@@ -292,14 +293,12 @@ class Heartbeat:
         msg = self.compose(now)
         msg["From"] = mailboxes([n.sender], f"alertmail on {n.hostname}")
         msg["To"] = mailboxes(self.to)
-        msg["Date"] = email.utils.formatdate(now, localtime=False)
+        msg["Date"] = email.utils.format_datetime(datetime.fromtimestamp(now, UTC))  # "+0000": UTC; "-0000" means unknown
         msg["Message-ID"] = email.utils.make_msgid(idstring="heartbeat", domain=n.domain)
         msg["Auto-Submitted"] = "auto-generated"
         msg["X-Alertmail-Kind"] = "heartbeat"
         n.seal(msg, None, now)  # the agent's own mail: nothing for Alertmanager, not mail to pass on
-        msg_id = await self.queue.put(
-            msg.as_bytes(policy=email.policy.SMTP), Envelope(n.sender, tuple(self.to)), route=n.route, origin="agent"
-        )
+        msg_id = await self.queue.put(message_bytes(msg), Envelope(n.sender, tuple(self.to)), route=n.route, origin="agent")
         n.journal.mail(str(msg["Subject"]), self.to, "heartbeat", now, msg_id)
         if self.watching is not None:
             self.missed_reported, self.missed_since = self._missed_now, now

@@ -25,7 +25,6 @@ import asyncio
 import email.utils
 import json
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -72,7 +71,6 @@ SECTION = Section("notify", NOTIFY_OPTIONS, check=check_storm)
 
 # A mail that could not be rendered even as plain text is tried again this much later.
 RENDER_RETRY = 60.0
-_DOMAIN_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
 
 
 class MailSink(Protocol):
@@ -137,7 +135,9 @@ class Notifier:
         self.storm = StormGuard(max_mails_per_hour, digest_interval)
         self.rules = {rule.name: rule for rule in rules}
         self.render_options = dict(render_options or {})  # more RenderContext fields: charts, templates_dir, units
-        self.domain = _DOMAIN_UNSAFE.sub("-", hostname).strip("-.") or "localhost"
+        from alertmail.units import mail_domain
+
+        self.domain = mail_domain(sender, hostname)  # Message-IDs: a fully qualified name, never the short host name
         self.state_dir = Path(state_dir)
         self.incidents_file = self.state_dir / "incidents.json"
         self.incidents: dict[str, Incident] = self._load_incidents()

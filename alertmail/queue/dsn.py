@@ -114,21 +114,26 @@ def build_dsn(
     hostname: str,
     now: float,
     will_retry_until: float | None = None,
+    domain: str | None = None,
 ) -> EmailMessage:
-    """A DSN about ``recipients`` of ``entry`` (``action`` is "failed" or "delayed")."""
+    """A DSN about ``recipients`` of ``entry`` (``action`` is "failed" or "delayed").
+
+    ``domain``: the mail domain of its From (``MAILER-DAEMON@domain``) and Message-ID, the
+    one its DKIM signature aligns with; ``hostname`` (the Reporting-MTA) when None."""
     if action not in ("failed", "delayed"):
         raise ValueError(f"action must be failed or delayed, got {action!r}")
     recipients = list(recipients)
     host = clean(hostname) or "localhost"
     report = EmailMessage(policy=_smtp_policy())
-    report["From"] = f"Mail Delivery System <MAILER-DAEMON@{host}>"
+    mail_domain = clean(domain or "") or host
+    report["From"] = f"Mail Delivery System <MAILER-DAEMON@{mail_domain}>"
     report["To"] = clean(entry.sender)
     if action == "failed":
         report["Subject"] = "Undelivered Mail Returned to Sender"
     else:
         report["Subject"] = "Delayed Mail (still being retried)"
     report["Date"] = rfc_date(now)
-    report["Message-ID"] = make_msgid("dsn", domain=host)
+    report["Message-ID"] = make_msgid("dsn", domain=mail_domain)
     report["Auto-Submitted"] = "auto-replied"
     report["MIME-Version"] = "1.0"
     report.set_type("multipart/report")

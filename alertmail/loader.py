@@ -30,6 +30,7 @@ ENTRY_POINT_GROUP = "alertmail"
 BUNDLED_PLUGINS: tuple[str, ...] = (
     "alertmail.plugins.probes.system",
     "alertmail.plugins.probes.process",
+    "alertmail.plugins.probes.netchecks",
     "alertmail.plugins.transports.pickup",
     "alertmail.plugins.transports.smtp",
     "alertmail.plugins.transports.mx",

@@ -349,9 +349,13 @@ class Agent:
 
     def _mail_context(self, events: Sequence[AlertEvent]) -> dict[str, Any]:
         """Top processes and disk growth for the mail; runs with the rendering, off the event loop."""
-        from alertmail.render.context import collect_context
+        from alertmail.render.context import collect_context, probe_details
 
-        return collect_context(events, self.history.get)
+        context = collect_context(events, self.history.get)
+        details = probe_details(events, self.plugins.probes)
+        if details:
+            context["details"] = details
+        return context
 
     def _start_scheduler(self) -> None:
         from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED

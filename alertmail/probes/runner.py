@@ -220,10 +220,14 @@ class ProbeSettings:
 def probe_settings(cfg: Any, name: str, probe: Any) -> ProbeSettings:
     """Settings from ``cfg.probes[name]``, or the defaults when the config has no such table."""
     table = cfg.probes.get(name) if cfg is not None else None
+    agent = cfg.agent if cfg is not None else {}
+    if table is None and getattr(probe, "configured_only", False):
+        # A probe with nothing to do until its table names what to run or read (nagios, scrape): off, unloaded.
+        interval = float(getattr(probe, "interval", None) or agent.get("interval") or AGENT_OPTIONS["interval"].default)
+        return ProbeSettings(False, interval, interval, {})
     if table is None:  # no table: the defaults, filled in by the same checker the config uses
         base = cfg.path.resolve().parent if cfg is not None else Path.cwd()
         table = Checker(base).table(f"probes.{name}", {}, {**PROBE_OPTIONS, **(getattr(probe, "options", None) or {})})
-    agent = cfg.agent if cfg is not None else {}
     interval = (
         table.get("interval") or getattr(probe, "interval", None) or agent.get("interval") or AGENT_OPTIONS["interval"].default
     )

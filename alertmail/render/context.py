@@ -8,6 +8,9 @@ The notifier calls ``collect_context(events, history)`` and puts the result into
      "disk": {"/var": {"total": bytes, "used": bytes, "free": bytes, "percent": float,
                         "growth_per_hour": bytes or None, "full_in_hours": float or None}}}
 
+``probe_details`` adds ``"details": {series_key(metric, labels): text}``: what a probe's
+source said about the alert's series on its last run (a Nagios plugin's output).
+
 Keys appear only when an event needs them. Collecting blocks for about
 ``interval`` seconds (CPU use is a difference of two readings): call it from a
 worker thread in async code.
@@ -18,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import psutil
@@ -183,3 +186,35 @@ def collect_context(
     if disks:
         context["disk"] = disks
     return context
+
+
+def series_key(metric: str, labels: Labels) -> str:
+    """The key of one series in ``context["details"]``: ``metric{k=v,...}``."""
+    return metric + "{" + ",".join(f"{k}={v}" for k, v in labels) + "}"
+
+
+# The longest detail a probe may put into a mail.
+DETAIL_LIMIT = 4000
+
+
+def probe_details(events: Iterable[Any], probes: Mapping[str, Any]) -> dict[str, str]:
+    """For each alert's series, the text a probe's ``detail(metric, labels)`` gives, if one does.
+
+    A probe opts in by having the method; one that raises is logged and left out.
+    """
+    askers = [p for p in probes.values() if callable(getattr(p, "detail", None))]
+    details: dict[str, str] = {}
+    for event in events:
+        key = series_key(event.rule.metric, event.labels)
+        if key in details:
+            continue
+        for probe in askers:
+            try:
+                text = probe.detail(event.rule.metric, dict(event.labels))
+            except Exception as exc:
+                log.warning("detail of %s from probe %s left out: %s", key, getattr(probe, "name", "?"), exc)
+                continue
+            if text:
+                details[key] = str(text)[:DETAIL_LIMIT]
+                break
+    return details

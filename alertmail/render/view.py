@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from alertmail.model import Labels
-from alertmail.render.context import ProcessRow, mount_of, resource_of
+from alertmail.render.context import ProcessRow, mount_of, resource_of, series_key
 from alertmail.render.format import (
     byte_scale,
     format_bytes,
@@ -226,6 +226,7 @@ class AlertView:
     chart_alt: str = ""  # what the chart shows, in words: its alt text
     chart_caption: str = ""  # the line under the chart: its span and lines
     chart_note: str = ""  # why there is no chart
+    detail: str = ""  # what the probe's source said about this series (a Nagios plugin's output), lines kept
 
 
 def alert_view(event: AlertEvent, ctx: RenderContext) -> AlertView:
@@ -234,12 +235,15 @@ def alert_view(event: AlertEvent, ctx: RenderContext) -> AlertView:
     resource = resource_of(metric)
     processes: tuple[ProcessRow, ...] = ()
     disk = None
+    detail = ""
     try:
         # The table was read while the mail was made: it shows what loads the machine now, which
         # explains an open alert and says nothing about one that is over.
         if resource in ("cpu", "memory") and not recovers(event):
             rows = ctx.extra.get("top_processes", {}).get(resource, ())
             processes = tuple(ProcessRow(header_safe(r[0], 60), int(r[1]), float(r[2]), int(r[3])) for r in rows)
+        detail = ctx.extra.get("details", {}).get(series_key(metric, event.labels), "")
+        detail = "\n".join(header_safe(line, 300) for line in str(detail).splitlines()[:40]).strip()
         mount = mount_of(event.labels)
         if resource == "disk" and mount in ctx.extra.get("disk", {}):
             disk = disk_view(header_safe(mount), ctx.extra["disk"][mount])
@@ -274,6 +278,7 @@ def alert_view(event: AlertEvent, ctx: RenderContext) -> AlertView:
         processes=processes,
         disk=disk,
         runbook=header_safe(event.rule.runbook, 2000),
+        detail=detail,
     )
 
 

@@ -285,6 +285,7 @@ class ServiceProbe:
     runner: ClassVar[str]
     prefixes: ClassVar[tuple[str, ...]] = ()  # the metrics whose alerts get this probe's detail
     interval: float | None = None
+    configured_only = True  # no [probes.NAME] table: nothing to check, the probe does not run
 
     def __init__(self) -> None:
         self.checks: list[dict[str, Any]] = []
@@ -334,8 +335,8 @@ class HttpProbe(ServiceProbe):
     prefixes = ("http.",)
     example = '{ name = "shop", url = "https://shop.example.com/health" }'
     metrics = (
-        MetricInfo("http.up", "bool", "1 when the answer came in time with an expected status (and body); else 0", CHECK),
-        MetricInfo("http.status_code", "code", "HTTP status of the answer (of the last one when redirects are followed)", CHECK),
+        MetricInfo("http.up", "", "1 when the answer came in time with an expected status (and body); else 0", CHECK),
+        MetricInfo("http.status_code", "", "HTTP status of the answer (of the last one when redirects are followed)", CHECK),
         MetricInfo("http.response_seconds", "seconds", "from the start of the connection to the whole answer read", CHECK),
         MetricInfo("http.cert_days_left", "days", "days until the server certificate expires (https; below 0: expired)", CHECK),
     )
@@ -360,10 +361,10 @@ class TcpProbe(ServiceProbe):
     prefixes = ("tcp.", "tls.")
     example = '{ name = "imap", host = "mail.example.com", port = 143, starttls = "imap" }'
     metrics = (
-        MetricInfo("tcp.up", "bool", "1 when the port accepted the connection (and TLS started, with tls or starttls)", CHECK),
+        MetricInfo("tcp.up", "", "1 when the port accepted the connection (and TLS started, with tls or starttls)", CHECK),
         MetricInfo("tcp.connect_seconds", "seconds", "time to open the TCP connection", CHECK),
         MetricInfo("tls.cert_days_left", "days", "days until the server certificate expires (below 0 when expired)", CHECK),
-        MetricInfo("tls.cert_valid", "bool", "1 when the certificate chain is trusted and names the host; else 0", CHECK),
+        MetricInfo("tls.cert_valid", "", "1 when the certificate chain is trusted and names the host; else 0", CHECK),
     )
     options: ClassVar[dict[str, Option]] = {
         "checks": Option(
@@ -386,7 +387,7 @@ class SmtpProbe(ServiceProbe):
     prefixes = ("smtp.",)
     example = '{ name = "mx", host = "mail.example.com", port = 25 }'
     metrics = (
-        MetricInfo("smtp.up", "bool", "1 when the server answered banner, EHLO (STARTTLS) and QUIT as it should; else 0", CHECK),
+        MetricInfo("smtp.up", "", "1 when the server answered banner, EHLO (STARTTLS) and QUIT as it should; else 0", CHECK),
         MetricInfo(
             "smtp.response_seconds",
             "seconds",
@@ -412,9 +413,9 @@ class DnsProbe(ServiceProbe):
     prefixes = ("dns.",)
     example = '{ name = "www", query = "www.example.com", type = "A" }'
     metrics = (
-        MetricInfo("dns.up", "bool", "1 when the server answered with records of the type asked for; else 0", CHECK),
+        MetricInfo("dns.up", "", "1 when the server answered with records of the type asked for; else 0", CHECK),
         MetricInfo("dns.response_seconds", "seconds", "time to the answer", CHECK),
-        MetricInfo("dns.answer_matches", "bool", "1 when every value of expect is in the answer, else 0 (with expect)", CHECK),
+        MetricInfo("dns.answer_matches", "", "1 when every value of expect is in the answer, else 0 (with expect)", CHECK),
     )
     options: ClassVar[dict[str, Option]] = {
         "checks": Option(

@@ -144,3 +144,20 @@ def test_the_detail_belongs_to_the_check_and_to_http_metrics_only():
 def test_a_bad_checks_list_is_refused_with_the_key_path(checks, problem):
     problems = configure_probe("http", HttpProbe(), {"checks": checks})
     assert any(p.startswith(problem) for p in problems), problems
+
+
+def test_the_metric_catalogue_documents_every_service_metric_and_check_key():
+    from pathlib import Path
+
+    from alertmail.plugins.probes.netchecks import PROBES
+
+    doc = (Path(__file__).parent.parent / "docs" / "metrics.md").read_text()
+    rows = {
+        line.split("|")[1].strip().strip("`"): line.split("|")[2].strip() for line in doc.splitlines() if line.startswith("| `")
+    }
+    for probe in PROBES:
+        for info in probe.metrics:
+            assert rows.get(info.name) == (info.unit or "—"), f"docs/metrics.md: {info.name} ({info.unit}) missing or stale"
+        section = doc.split(f"### `{probe.name}` — ", 1)[1].split("\n### ", 1)[0]
+        for key in probe.keys:
+            assert f"| `{key}` |" in section, f"docs/metrics.md: {probe.name} check key {key} missing"

@@ -42,9 +42,10 @@ from typing import Any, ClassVar
 
 from alertmail import MetricInfo, Option, Sample, did_you_mean, hookimpl, parse_duration
 
-# A check's timeout when its entry gives none; the probe's own run is bounded by its
-# [probes.NAME].timeout (default: its interval) as every probe's is.
-DEFAULT_TIMEOUT = 10.0
+# A check's timeout when its entry gives none. The probe's whole run is bounded by its
+# [probes.NAME].timeout (default: its interval, 10 s by default): a check must give up
+# well before that, or a hung server would cost every check of the run its samples.
+DEFAULT_TIMEOUT = 5.0
 # The detail kept for the mail, at most this long.
 DETAIL_CHARS = 500
 

@@ -106,3 +106,19 @@ def test_a_certificate_about_to_expire_is_mailed_with_its_date(tmp_path):
     text = text_of(mails[0])
     assert "certificate-expiring" in mails[0]["Subject"]
     assert f"certificate valid, expires in 3.0 days ({certs.not_after:%Y-%m-%d}" in text
+
+
+def test_the_documented_service_check_examples_pass_check(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    doc = (Path(__file__).parent.parent / "docs" / "metrics.md").read_text()
+    section = doc.split("## Service probes", 1)[1]
+    blocks = re.findall(r"```toml\n(.*?)```", section, re.S)
+    assert len(blocks) >= 3
+    config = write_config(tmp_path, "\n".join(blocks), "")
+    result = subprocess.run(
+        [sys.executable, "-m", "alertmail", "check", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

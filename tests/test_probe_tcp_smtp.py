@@ -193,3 +193,57 @@ def test_smtp_to_a_closed_port_is_down_and_says_connection_refused():
     got = collect(probe, [{"name": "gone", "host": "127.0.0.1", "port": closed_port()}])
     assert got == {("smtp.up",): 0.0}
     assert "connection refused" in probe.detail("smtp.up", {"check": "gone"})
+
+
+# --- the STARTTLS dialogues, as a unit (IMAP and POP3 servers are not among the test peers) ---
+
+
+class Written:
+    """Stands in for a StreamWriter: records what the dialogue sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    async def drain(self) -> None:
+        pass
+
+
+def dialogue(protocol: str, server_lines: list[str]) -> tuple[list[bytes], Exception | None]:
+    from alertmail.plugins.probes.tcp_check import starttls_dialogue
+
+    async def go():
+        reader = asyncio.StreamReader()
+        reader.feed_data("".join(line + "\r\n" for line in server_lines).encode())
+        reader.feed_eof()
+        writer = Written()
+        try:
+            await starttls_dialogue(reader, writer, protocol)
+        except Exception as exc:
+            return writer.sent, exc
+        return writer.sent, None
+
+    return asyncio.run(go())
+
+
+def test_imap_starttls_reads_untagged_lines_until_its_tagged_ok():
+    sent, error = dialogue("imap", ["* OK [CAPABILITY IMAP4rev1 STARTTLS] ready", "* BYE not really", "a1 OK Begin TLS now"])
+    assert (sent, error) == ([b"a1 STARTTLS\r\n"], None)
+
+
+def test_imap_starttls_refused_quotes_the_server():
+    _, error = dialogue("imap", ["* OK ready", "a1 BAD STARTTLS not available"])
+    assert "a1 BAD STARTTLS not available" in str(error)
+
+
+def test_pop3_stls_and_its_refusal():
+    assert dialogue("pop3", ["+OK POP3 ready", "+OK Begin TLS"]) == ([b"STLS\r\n"], None)
+    _, error = dialogue("pop3", ["+OK POP3 ready", "-ERR command not understood"])
+    assert "STLS answered: -ERR command not understood" in str(error)
+
+
+def test_smtp_starttls_reads_a_multiline_ehlo_answer():
+    sent, error = dialogue("smtp", ["220 mx ESMTP", "250-mx", "250-SIZE 1000", "250 STARTTLS", "220 go ahead"])
+    assert (sent, error) == ([b"EHLO alertmail.invalid\r\n", b"STARTTLS\r\n"], None)

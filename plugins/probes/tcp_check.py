@@ -40,8 +40,17 @@ def unverified_context() -> ssl.SSLContext:
 
 
 def days_left_of(ssl_object: Any) -> float | None:
-    """Days until the peer certificate's notAfter (negative when past), read from the DER form."""
-    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    """Days until the peer certificate's notAfter (negative when past).
+
+    A verified certificate's dates come from the ssl module; an unverified one (read only
+    to say when it expired) is parsed from its DER form, the one case that loads cryptography.
+    """
+    if ssl_object is None:
+        return None
+    verified = ssl_object.getpeercert()
+    if verified and "notAfter" in verified:
+        return (ssl.cert_time_to_seconds(verified["notAfter"]) - time.time()) / 86400.0
+    der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return None
     from cryptography import x509

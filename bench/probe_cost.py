@@ -28,7 +28,8 @@ OPTIONS = {"process": {"watch": [{"name": "python", "match": "python*"}, {"name"
 
 def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 20
-    probes = load_plugins().probes
+    # The probes the agent runs without a table of theirs; nagios and scrape are part 3.
+    probes = {n: p for n, p in load_plugins().probes.items() if not getattr(p, "configured_only", False)}
     for name, probe in probes.items():
         configure = getattr(probe, "configure", None)
         if configure:
@@ -50,7 +51,7 @@ def main() -> None:
         total += median
         print(f"{name:<10} {counts[name]:>7} {median:>10.3f} {max(values) * 1000:>8.3f}")
     print(f"{'all':<10} {sum(counts.values()):>7} {total:>10.3f}")
-    defaults = load_plugins().probes  # as config.toml has them: no process watched
+    defaults = {n: p for n, p in load_plugins().probes.items() if not getattr(p, "configured_only", False)}  # no watches
     for probe in defaults.values():
         if getattr(probe, "configure", None):
             probe.configure({})

@@ -161,3 +161,21 @@ def test_the_metric_catalogue_documents_every_service_metric_and_check_key():
         section = doc.split(f"### `{probe.name}` — ", 1)[1].split("\n### ", 1)[0]
         for key in probe.keys:
             assert f"| `{key}` |" in section, f"docs/metrics.md: {probe.name} check key {key} missing"
+
+
+def test_httpx_is_imported_only_when_an_http_check_is_configured():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from alertmail.plugins.probes.netchecks import HttpProbe, TcpProbe\n"
+        "http, tcp = HttpProbe(), TcpProbe()\n"
+        "http.configure({'checks': []})\n"
+        "tcp.configure({'checks': [{'name': 'a', 'host': '127.0.0.1', 'port': 1}]})\n"
+        "print('httpx' in sys.modules, 'alertmail.plugins.probes.tcp_check' in sys.modules)\n"
+        "http.configure({'checks': [{'name': 'a', 'url': 'http://127.0.0.1:1/'}]})\n"
+        "print('httpx' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["False", "True", "True"]

@@ -29,8 +29,8 @@ ENTRY_POINT_GROUP = "alertmail"
 # Module paths, as in datasette's DEFAULT_PLUGINS.
 BUNDLED_PLUGINS: tuple[str, ...] = (
     "alertmail.plugins.probes.system",
-    "alertmail.plugins.probes.process",
     "alertmail.plugins.probes.netchecks",
+    "alertmail.plugins.probes.process",
     "alertmail.plugins.transports.pickup",
     "alertmail.plugins.transports.smtp",
     "alertmail.plugins.transports.mx",

@@ -11,7 +11,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from alertmail.config.schema import Checker, ConfigError, Option, did_you_mean, resolve_secret
+from alertmail.config.schema import (
+    Checker,
+    ConfigError,
+    Option,
+    did_you_mean,
+    listen_problem,
+    resolve_secret,
+    valid_hostname,
+)
 from alertmail.errors import AlertmailError
 from alertmail.exitcodes import ExitCode
 from alertmail.fsutil import fsync_dir, write_atomic
@@ -27,17 +35,20 @@ from alertmail.model import (
     Status,
     Transport,
     TransportContext,
+    label_text,
     message_bytes,
 )
+from alertmail.protocols import ProbeProtocol, Service  # what a probe and a service provide (Transport: model)
 from alertmail.units import format_duration, parse_address, parse_duration, parse_size
 from alertmail.version import __version__
 
 if TYPE_CHECKING:
     from alertmail.cli.options import DEFAULT_CONFIG, config_option, load_or_exit, setup_logging
     from alertmail.delivery.outbox import Outbox
+    from alertmail.delivery.sevenbit import ConversionError, fit_for_server
     from alertmail.queue.badmail import Badmail, split_envelope
     from alertmail.queue.spool import QueueLocked, QueueWriteError
-    from alertmail.rules.wire import alerts_in
+    from alertmail.rules.wire import alert_key, alerts_in, read_key, sealed_alerts
 
 # name -> module, imported on first access (PEP 562).
 _LAZY = {
@@ -46,7 +57,12 @@ _LAZY = {
     "QueueLocked": "alertmail.queue.spool",
     "QueueWriteError": "alertmail.queue.spool",
     "Outbox": "alertmail.delivery.outbox",
+    "fit_for_server": "alertmail.delivery.sevenbit",
+    "ConversionError": "alertmail.delivery.sevenbit",
     "alerts_in": "alertmail.rules.wire",
+    "sealed_alerts": "alertmail.rules.wire",
+    "alert_key": "alertmail.rules.wire",
+    "read_key": "alertmail.rules.wire",
     "DEFAULT_CONFIG": "alertmail.cli.options",
     "config_option": "alertmail.cli.options",
     "load_or_exit": "alertmail.cli.options",
@@ -69,8 +85,11 @@ __all__ = [  # noqa: RUF022  grouped by what a plugin does with them
     "Probe",
     "Sample",
     "MetricInfo",
+    "label_text",
     "Transport",
     "TransportContext",
+    "ProbeProtocol",
+    "Service",
     "ServiceContext",
     # mail and its delivery
     "Envelope",
@@ -78,18 +97,25 @@ __all__ = [  # noqa: RUF022  grouped by what a plugin does with them
     "RecipientStatus",
     "DeliveryResult",
     "message_bytes",
+    "fit_for_server",
+    "ConversionError",
     "Outbox",
     "QueueWriteError",
     "QueueLocked",
     "Badmail",
     "split_envelope",
     "alerts_in",
+    "sealed_alerts",
+    "alert_key",
+    "read_key",
     # configuration
     "Option",
     "Checker",
     "ConfigError",
     "did_you_mean",
     "resolve_secret",
+    "listen_problem",
+    "valid_hostname",
     "parse_address",
     "parse_duration",
     "parse_size",

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from alertmail.clock import WallClock, describe, reschedule
 from alertmail.config.load import Config
 from alertmail.exitcodes import ExitCode
 from alertmail.fsutil import write_atomic
@@ -84,6 +85,19 @@ def self_rules(cfg: Config) -> list[Rule]:
             flapping=False,
             description="a probe keeps taking longer than its timeout; its interval may be too short",
         ),
+        Rule(
+            name="agent-queue-held",
+            metric="agent.queue_held",
+            above=0.5,
+            severity="critical",
+            to=to,
+            flapping=False,
+            description=(
+                "queued mail cannot leave: its route names this transport, which the config no longer has; "
+                "`alertmail queue list` shows it; add the transport or change the route and reload, "
+                "or it goes to badmail at [queue].expire"
+            ),
+        ),
     ]
 
 
@@ -112,7 +126,10 @@ class Agent:
         self.manager = ServiceManager()  # systemd's notify socket, when there is one
         self._reloading = asyncio.Lock()  # two SIGHUPs in a row apply one after the other
         self._status = ""
+        self._held: dict[str, int] = {}  # agent.queue_held{transport} last observed
         self.exporter: Any = None  # serves /metrics when [exporter] listen is set
+        self.clock = WallClock()  # wall-clock times, checked against the monotonic clock for steps
+        self._ticking: asyncio.Task[None] | None = None
 
     # -- probes ------------------------------------------------------------
     def _configure_probes(self) -> dict[str, tuple[Any, float, float]]:
@@ -138,13 +155,16 @@ class Agent:
     async def run_probe(self, name: str, probe: Any, timeout: float) -> None:
         from alertmail.probes.runner import run_probe
 
+        stepped = self.clock.stepped
         try:
             result = await run_probe(probe, timeout)
         except asyncio.CancelledError:
             if self._stop.is_set():
                 return  # the agent is stopping; the run is simply dropped
             raise
-        now = time.time()
+        now = self.now()
+        if self.clock.stepped != stepped:
+            result.samples = _restamped(result.samples, self.clock.stepped - stepped, now)
         health = [
             Sample("agent.probe_failed", 1.0 if result.error and not result.timed_out else 0.0, {"probe": name}, now),
             Sample("agent.probe_overrun", 1.0 if result.timed_out else 0.0, {"probe": name}, now),
@@ -170,7 +190,7 @@ class Agent:
 
     async def tick(self, now: float | None = None) -> None:
         """Time-driven work: reminders, absent series, waits that end; now and then, history of series gone quiet."""
-        now = time.time() if now is None else now
+        now = self.now() if now is None else now
         self._hand_over(self.engine.tick(now), now)
         if now - self._history_swept >= HISTORY_SWEEP:
             # Probes report series that end (a process exits, a disk is unmounted); without this they stay forever.
@@ -184,8 +204,58 @@ class Agent:
             # Copied here, between samples; encoded and written off the event loop.
             series = self.history.copy(MAX_SAVED_POINTS)
             self._history_saving = asyncio.create_task(asyncio.to_thread(self._save_history, series))
+            if any(rule.absent for rule in self.rules) and hasattr(self, "_mail_queue"):
+                # When each series was last seen, saved (once the notifier is settled) so a crash cannot make
+                # a series that stops while the agent is down go unreported.
+                self._mail_queue.put_nowait(([], now, self.engine.snapshot(), self.clock.stepped))
         self._report_status(now)
         self._warn_silent_rules(now)
+        await self._observe_held(now)
+
+    async def _observe_held(self, now: float) -> None:
+        """``agent.queue_held{transport}``: queued messages held for a transport the config lacks (on change)."""
+        delivery = getattr(getattr(self, "outbox", None), "delivery", None)
+        held = delivery.held_by_transport() if delivery is not None else {}
+        if held != self._held:
+            gone = {t: 0 for t in self._held if t not in held}
+            self._held = held
+            samples = [Sample("agent.queue_held", float(n), {"transport": t}, now) for t, n in {**gone, **held}.items()]
+            await self.observe(samples, now)
+
+    def now(self) -> float:
+        """The wall-clock time; a step of the wall clock since the last call is applied first (``on_clock_step``)."""
+        step = self.clock.check()
+        if step:
+            self.on_clock_step(step)
+        return self.clock.now()
+
+    def on_clock_step(self, step: float) -> None:
+        """The wall clock was stepped by ``step`` seconds: every time the agent keeps moves with it, so
+        ``for``, windows, ``absent``, reminders, group waits and digests keep counting on the monotonic clock."""
+        log.warning("wall clock stepped by %s; alert timers keep counting on the monotonic clock", describe(step))
+        self.engine.shift(step)
+        self.history.shift(step)
+        if hasattr(self, "notifier"):
+            self.notifier.shift(step)
+        self._started += step
+        self._history_swept += step
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None and scheduler.running:
+            reschedule(scheduler, step)
+
+    async def _tick_loop(self) -> None:
+        """``tick`` every ``[agent].resolution`` on the event loop's monotonic clock: a step of the wall
+        clock neither stalls nor hurries it, and each tick checks the wall clock for steps."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while True:
+            resolution = self.cfg.agent["resolution"]
+            due = max(due + resolution, loop.time())  # a stalled loop does not make up for lost ticks
+            await asyncio.sleep(due - loop.time())
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("the time-driven checks failed; they run again in %s", format_duration(resolution))
 
     def _warn_silent_rules(self, now: float) -> None:
         """Once per rule: one that has matched no series for 10 probe intervals is likely misspelt."""
@@ -224,7 +294,7 @@ class Agent:
         the mails are queued, so a crash in between repeats a mail rather than losing it.
         """
         snapshot = self.engine.snapshot() if events else None
-        self._mail_queue.put_nowait((events, now, snapshot))
+        self._mail_queue.put_nowait((events, now, snapshot, self.clock.stepped))
 
     async def _mailer(self) -> None:
         """The one task that talks to the notifier, in the order events happened.
@@ -234,7 +304,10 @@ class Agent:
         """
         latest = None
         while True:
-            events, now, snapshot = await self._mail_queue.get()
+            events, now, snapshot, stepped = await self._mail_queue.get()
+            if self.clock.stepped != stepped:  # the wall clock was stepped since: times as the notifier now counts them
+                moved = self.clock.stepped - stepped
+                events, now = [event.shifted(moved) for event in events], now + moved
             latest = snapshot or latest
             try:
                 if events:
@@ -363,9 +436,7 @@ class Agent:
 
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self._schedule_probes()
-        self.scheduler.add_job(
-            self.tick, "interval", seconds=self.cfg.agent["resolution"], id="tick", coalesce=True, max_instances=1
-        )
+        self._ticking = asyncio.create_task(self._tick_loop(), name="tick")
         heartbeat.schedule(self.scheduler, self)
         self.scheduler.add_listener(self._job_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         self.scheduler.start()
@@ -466,7 +537,6 @@ class Agent:
         n.render_options = render_options(cfg, self.plugins)
         n.configure_noise(cfg, self.rules)
         logging.getLogger().setLevel(getattr(logging, cfg.agent["log_level"].upper(), logging.INFO))
-        self.scheduler.reschedule_job("tick", trigger="interval", seconds=cfg.agent["resolution"])
         heartbeat.schedule(self.scheduler, self)
         self._schedule_probes()
         await self.outbox.reconfigure(cfg, transports)
@@ -504,7 +574,7 @@ class Agent:
         names = self._groups.get(str(event.job_id))
         if not names:
             return
-        now = time.time()
+        now = self.now()
         if event.code == EVENT_JOB_MAX_INSTANCES:
             log.warning("probes %s: run skipped, the previous run is still going (overrun)", ", ".join(names))
             samples = [Sample("agent.probe_overrun", 1.0, {"probe": name}, now) for name in names]
@@ -535,6 +605,8 @@ class Agent:
             return max(min(budget, most) if most is not None else budget, 0.1)
 
         scheduler = getattr(self, "scheduler", None)
+        if self._ticking is not None:
+            self._ticking.cancel()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
             await self._save_history_at_stop(left(6.0, most=1.0))
@@ -653,6 +725,15 @@ def render_options(cfg: Config, plugins: Any) -> dict[str, Any]:
     if cfg.mail.get("templates"):
         options["templates_dir"] = cfg.mail["templates"]
     return options
+
+
+def _restamped(samples: list[Sample], step: float, now: float) -> list[Sample]:
+    """Samples of a run the wall clock was stepped during: those stamped before the step move by it
+    (those stamped after it are nearer to ``now`` as they are)."""
+    return [
+        Sample(s.metric, s.value, s.labels, s.timestamp + step) if abs(s.timestamp + step - now) < abs(s.timestamp - now) else s
+        for s in samples
+    ]
 
 
 def _soon(interval: float):

@@ -10,6 +10,8 @@ import functools
 import importlib
 import importlib.util
 import logging
+import os
+import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,18 +21,24 @@ from typing import Any
 
 import pluggy
 
-from alertmail import hookspecs
+from alertmail import hookspecs, protocols
 from alertmail.errors import AlertmailError
 
 log = logging.getLogger("alertmail.plugins")
 
 ENTRY_POINT_GROUP = "alertmail"
 
+# Which entry-point plugins load, as datasette's DATASETTE_LOAD_PLUGINS and llm's
+# LLM_LOAD_PLUGINS: unset, every one; set, only those named (comma-separated entry-point
+# or distribution names); empty, none. The bundled plugins and plugin_dirs files always load.
+LOAD_PLUGINS_ENV = "ALERTMAIL_LOAD_PLUGINS"
+
 # Module paths, as in datasette's DEFAULT_PLUGINS.
 BUNDLED_PLUGINS: tuple[str, ...] = (
     "alertmail.plugins.probes.system",
     "alertmail.plugins.probes.netchecks",
     "alertmail.plugins.probes.process",
+    "alertmail.plugins.probes.host",
     "alertmail.plugins.transports.pickup",
     "alertmail.plugins.transports.smtp",
     "alertmail.plugins.transports.mx",
@@ -64,9 +72,9 @@ class Plugins:
 
     pm: pluggy.PluginManager
     infos: dict[str, PluginInfo]
-    probes: dict[str, Any] = field(default_factory=dict)
-    transports: dict[str, type] = field(default_factory=dict)
-    services: list[Any] = field(default_factory=list)
+    probes: dict[str, protocols.ProbeProtocol] = field(default_factory=dict)
+    transports: dict[str, type[protocols.Transport]] = field(default_factory=dict)
+    services: list[type[protocols.Service]] = field(default_factory=list)
 
     @property
     def errors(self) -> list[PluginInfo]:
@@ -97,6 +105,18 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
+def entry_points_allowed() -> set[str] | None:
+    """The entry-point plugins ``ALERTMAIL_LOAD_PLUGINS`` lets load (normalised names); None: all."""
+    value = os.environ.get(LOAD_PLUGINS_ENV)
+    if value is None:
+        return None
+    return {_normalise(name) for name in value.split(",") if name.strip()}
+
+
 def _candidates(plugin_dirs: Iterable[Path]) -> Iterable[tuple[str, str, Callable[[], Any], str | None, str]]:
     """Yield (name, source, load, version, location) for every plugin to try."""
     from alertmail.version import __version__
@@ -107,8 +127,12 @@ def _candidates(plugin_dirs: Iterable[Path]) -> Iterable[tuple[str, str, Callabl
 
     from importlib.metadata import entry_points
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    allowed = entry_points_allowed()
+    for ep in entry_points(group=ENTRY_POINT_GROUP) if allowed != set() else ():
         dist = ep.dist
+        if allowed is not None and not {_normalise(ep.name), _normalise(dist.name if dist else "")} & allowed:
+            log.debug("entry-point plugin %s not loaded: %s does not name it", ep.name, LOAD_PLUGINS_ENV)
+            continue
         yield ep.name, "entry point", ep.load, (dist.version if dist else None), ep.value
 
     for folder in plugin_dirs:
@@ -167,25 +191,28 @@ def _collect(plugins: Plugins) -> None:
                 info.error = f"{hook_name}: {type(exc).__name__}: {exc}"
                 log.error("plugin %s failed in %s: %s", info.name, hook_name, exc)
 
-    def add_probe(info: PluginInfo, probe: Any) -> None:
-        name = getattr(probe, "name", None)
-        if not isinstance(name, str) or not callable(getattr(probe, "collect", None)):
-            raise PluginError(f"plugin {info.name}: a probe needs a str 'name' and a 'collect()' method")
+    def conforming(info: PluginInfo, kind: str, obj: Any) -> None:
+        wrong = protocols.problem(kind, obj)
+        if wrong is not None:
+            raise PluginError(f"plugin {info.name}: {wrong}")
+
+    def add_probe(info: PluginInfo, probe: protocols.ProbeProtocol) -> None:
+        conforming(info, "probe", probe)
+        name = probe.name
         if name in plugins.probes:
             log.warning("plugin %s: probe %r already registered; the later one wins", info.name, name)
         plugins.probes[name] = probe
         info.probes.append(name)
 
-    def add_transport(info: PluginInfo, transport: Any) -> None:
-        name = getattr(transport, "name", None)
-        if not isinstance(name, str) or not callable(getattr(transport, "send", None)):
-            raise PluginError(f"plugin {info.name}: a transport needs a str 'name' and an async 'send()'")
-        plugins.transports[name] = transport
-        info.transports.append(name)
+    def add_transport(info: PluginInfo, transport: type[protocols.Transport]) -> None:
+        conforming(info, "transport", transport)
+        plugins.transports[transport.name] = transport
+        info.transports.append(transport.name)
 
-    def add_service(info: PluginInfo, service: Any) -> None:
+    def add_service(info: PluginInfo, service: type[protocols.Service]) -> None:
+        conforming(info, "service", service)
         plugins.services.append(service)
-        info.services.append(getattr(service, "name", type(service).__name__))
+        info.services.append(service.name)
 
     each("register_probes", add_probe)
     each("register_transports", add_transport)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,12 +21,89 @@ if TYPE_CHECKING:
 Labels = tuple[tuple[str, str], ...]
 
 
+# What a label may not carry as it is: control characters (CR, LF, NUL, C1), line and
+# paragraph separators, bidirectional overrides, and lone surrogates (the bytes of a
+# name that was not UTF-8, as Python's file system decoding gives them).
+_UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_ESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|[nrt])")
+_SEPARATORS = re.compile(r"[^a-zA-Z0-9]+")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if char in _NAMED:
+        return _NAMED[char]
+    if 0xDC80 <= code <= 0xDCFF:  # one byte that was not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def label_text(value: Any) -> str:
+    """A label name or value as text that is safe everywhere: in a mail, a header, JSON, ``/metrics``.
+
+    Labels are bytes from the outside world (mount points, process names, whatever a
+    plugin returns). Bytes are decoded as UTF-8 with surrogate escapes; what cannot be
+    shown as it is (a byte that is not UTF-8, CR, LF, NUL, other control characters)
+    is written escaped, as Python writes it: byte 0xff is ``\\xff``, a line feed ``\\n``.
+    """
+    if isinstance(value, bytes | bytearray | memoryview):
+        value = bytes(value).decode("utf-8", "surrogateescape")
+    elif not isinstance(value, str):
+        value = str(value)
+    if value.isprintable():
+        return value
+    return _UNSHOWABLE.sub(_escaped, value)
+
+
+def system_name(text: str) -> str:
+    """A label value as the system names the thing again (to open a path): ``label_text`` undone.
+
+    ``/mnt/\\xff`` becomes the file system name with byte 0xff (``/mnt/\\udcff`` in Python),
+    ``\\n`` a line feed. A backslash followed by anything else is kept as it is.
+    """
+    if "\\" not in text:
+        return text
+    return _ESCAPE.sub(_unescaped, text)
+
+
+def _unescaped(match: re.Match[str]) -> str:
+    code = match.group()
+    if code[1] in "nrt":
+        return {"n": "\n", "r": "\r", "t": "\t"}[code[1]]
+    value = int(code[2:], 16)
+    return chr(0xDC00 + value) if code[1] == "x" and value >= 0x80 else chr(value)
+
+
+def without_surrogates(text: str) -> str:
+    """``text`` with every lone surrogate (a byte that was not UTF-8) written as ``\\xff``: encodable as UTF-8."""
+    return _SURROGATES.sub(_escaped, text)
+
+
 def freeze_labels(labels: Mapping[str, Any] | Labels | None) -> Labels:
-    """Labels as a sorted tuple of string pairs: hashable, order-free."""
+    """Labels as a sorted tuple of string pairs: hashable, order-free, every name and value ``label_text``."""
     if not labels:
         return ()
     items = labels.items() if isinstance(labels, Mapping) else labels
-    return tuple(sorted((str(k), str(v)) for k, v in items))
+    return tuple(sorted((_text(k), _text(v)) for k, v in items))
+
+
+def _text(value: Any) -> str:
+    # The common case first, without a call more: every sample of every probe comes through here.
+    return value if type(value) is str and value.isprintable() else label_text(value)
+
+
+def reserved_metric(name: str) -> bool:
+    """True for a metric name the agent keeps for its own figures, which no probe may emit.
+
+    ``agent.*`` (probe health, and ``alertmail_agent_*`` on ``/metrics``: queue depth,
+    deliveries, mails) and ``alert`` (``alertmail_alert``, the rule states), in any case
+    and with any separator: a fake of either would be stored by Prometheus as the real one.
+    """
+    flat = _SEPARATORS.sub("_", name).strip("_").lower()
+    return flat.split("_", 1)[0] in ("agent", "alert", "alerts")
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -44,7 +122,7 @@ class Sample:
         labels: Mapping[str, Any] | Labels | None = None,
         timestamp: float | None = None,
     ) -> None:
-        object.__setattr__(self, "metric", str(metric))
+        object.__setattr__(self, "metric", _text(metric))
         object.__setattr__(self, "value", float(value))
         object.__setattr__(self, "labels", freeze_labels(labels))
         object.__setattr__(self, "timestamp", time.time() if timestamp is None else float(timestamp))

@@ -13,8 +13,14 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*$", re.IGNORECASE)
 _ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\\\"]+@[A-Za-z0-9.-]+$|^[^@\s<>]+@\[[0-9A-Fa-f:.]+\]$")
 
 
+# The longest duration the config takes: ten years. Beyond it timers, dates (year 9999)
+# and thread timeouts overflow; nothing an alerting agent waits for is that long.
+DURATION_MAX = 3650 * 86400.0
+_TOO_LONG = 'longer than the longest duration allowed, "3650d" (ten years); shorten it'
+
+
 def parse_duration(value: Any) -> float:
-    """Seconds from 30, "30s", "5m", "2h", "1d", "1h30m"; "0" is zero."""
+    """Seconds from 30, "30s", "5m", "2h", "1d", "1h30m"; "0" is zero; at most DURATION_MAX."""
     if isinstance(value, bool):
         raise ValueError('expected a duration like "30s", "5m", "2h", "1d"')
     if isinstance(value, int | float):
@@ -26,6 +32,8 @@ def parse_duration(value: Any) -> float:
             raise ValueError(f'expected a finite duration like "30s", "5m", "2h", "1d", got {value!r}')
         if seconds < 0:
             raise ValueError("a duration cannot be negative")
+        if seconds > DURATION_MAX:
+            raise ValueError(f"{value!r} seconds is {_TOO_LONG}")
         return seconds
     if not isinstance(value, str):
         raise ValueError(f'expected a duration like "30s", "5m", "2h", "1d", got {value!r}')
@@ -40,8 +48,8 @@ def parse_duration(value: Any) -> float:
         pos = match.end()
     if pos != len(text) or not text:
         raise ValueError(f'expected a duration like "30s", "5m", "2h", "1d", got {value!r}')
-    if not math.isfinite(total):
-        raise ValueError(f"duration too long: {value!r}")
+    if not math.isfinite(total) or total > DURATION_MAX:
+        raise ValueError(f"{value!r} is {_TOO_LONG}")
     return total
 
 

@@ -27,8 +27,8 @@ class TlsFiles:
         return context
 
 
-def make_tls_files(folder: Path) -> TlsFiles:
-    """Write a CA, a server certificate for 127.0.0.1/127.0.0.2/localhost and a rogue one."""
+def make_tls_files(folder: Path, names: tuple[str, ...] = ()) -> TlsFiles:
+    """Write a CA, a server certificate for 127.0.0.1/127.0.0.2/localhost (and ``names``) and a rogue one."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -50,9 +50,8 @@ def make_tls_files(folder: Path) -> TlsFiles:
         path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return path
 
-    sans = x509.SubjectAlternativeName(
-        [x509.DNSName("localhost"), *(x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "127.0.0.2", "127.0.0.3"))]
-    )
+    addresses = [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "127.0.0.2", "127.0.0.3")]
+    sans = x509.SubjectAlternativeName([x509.DNSName("localhost"), *(x509.DNSName(n) for n in names), *addresses])
 
     def build(subject: str, key, issuer: x509.Name, issuer_key, *, ca: bool) -> x509.Certificate:
         builder = (

@@ -106,17 +106,36 @@ class Prometheus:
 
 @dataclass
 class Alertmanager:
-    """A single Alertmanager (clustering off) with a receiver that sends nothing."""
+    """A single Alertmanager (clustering off) with a receiver that sends nothing, or one that
+    posts every notification to ``webhook`` (a URL on loopback) at once, resolved ones too."""
 
     folder: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    webhook: str | None = None
 
     def start(self) -> Alertmanager:
         binary = need("prometheus-alertmanager")
         self.folder.mkdir(parents=True, exist_ok=True)
         config = self.folder / "alertmanager.yml"
-        config.write_text("route:\n  receiver: quiet\nreceivers:\n  - name: quiet\n")
+        if self.webhook is None:
+            config.write_text("route:\n  receiver: quiet\nreceivers:\n  - name: quiet\n")
+        else:
+            config.write_text(
+                textwrap.dedent(f"""
+                route:
+                  receiver: hook
+                  group_by: [alertname, instance]
+                  group_wait: 1s
+                  group_interval: 1s
+                  repeat_interval: 1h
+                receivers:
+                  - name: hook
+                    webhook_configs:
+                      - url: {json.dumps(self.webhook)}
+                        send_resolved: true
+                """)
+            )
         self.proc = subprocess.Popen(
             [
                 binary,
@@ -193,3 +212,40 @@ def agent_config(folder: Path, extra: str, route: str = '["pickup"]') -> Path:
         + "\n"
     )
     return config
+
+
+class WebhookReceiver:
+    """An HTTP server on 127.0.0.1 (a free port) that keeps every JSON body POSTed to it: Alertmanager's notifications."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        received: list[dict] = []
+        self.received = received
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # the name http.server calls
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        self.url = f"http://{HOST}:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def notifications(self, alertname: str) -> list[tuple[str, dict]]:
+        """(status, alert) of every alert named ``alertname`` in the notifications so far, in order."""
+        return [(a["status"], a) for body in list(self.received) for a in body["alerts"] if a["labels"]["alertname"] == alertname]
+
+    def __enter__(self) -> WebhookReceiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

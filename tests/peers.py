@@ -176,30 +176,40 @@ class Dnsmasq:
     proc: subprocess.Popen | None = None
 
     def start(self) -> Dnsmasq:
+        """Start on ``port``, or on a free one: dnsmasq binds UDP and TCP, and a port free for
+        UDP may be taken for TCP by another test run, so a chosen port is tried up to 5 times."""
         binary = need("dnsmasq")
         assert self.host in LOOPBACK
         self.folder.mkdir(parents=True, exist_ok=True)
         conf = self.folder / "dnsmasq.conf"
         conf.write_text("")
-        self.port = self.port or free_port(self.host, socket.SOCK_DGRAM)
-        args = [
-            binary,
-            "--keep-in-foreground",
-            "-C",
-            str(conf),
-            "--no-resolv",
-            "--no-hosts",
-            f"--listen-address={self.host}",
-            "--bind-interfaces",
-            f"--port={self.port}",
-            "--local=/test/",
-            f"--pid-file={self.folder / 'dnsmasq.pid'}",
-        ]
-        if os.geteuid() == 0:
-            args.append("--user=root")
-        args += [f"--{r}" for r in self.records]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self._wait()
+        chosen = not self.port
+        for attempt in range(5 if chosen else 1):
+            if chosen:
+                self.port = free_port(self.host, socket.SOCK_DGRAM)
+            args = [
+                binary,
+                "--keep-in-foreground",
+                "-C",
+                str(conf),
+                "--no-resolv",
+                "--no-hosts",
+                f"--listen-address={self.host}",
+                "--bind-interfaces",
+                f"--port={self.port}",
+                "--local=/test/",
+                f"--pid-file={self.folder / 'dnsmasq.pid'}",
+            ]
+            if os.geteuid() == 0:
+                args.append("--user=root")
+            args += [f"--{r}" for r in self.records]
+            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                self._wait()
+                return self
+            except RuntimeError as exc:
+                if "Address already in use" not in str(exc) or attempt == (4 if chosen else 0):
+                    raise
         return self
 
     def _wait(self, timeout: float = 10.0) -> None:

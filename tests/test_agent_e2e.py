@@ -296,3 +296,81 @@ def test_restart_neither_repeats_the_firing_mail_nor_forgets_the_recovery(tmp_pa
         stop_agent(proc)
     firing, resolved = pickup_mails(tmp_path)
     assert resolved["In-Reply-To"] == firing["Message-ID"]
+
+
+def _absent_config(folder: Path, disk: str) -> tuple[Path, Path]:
+    value = install_gauge(folder, labels={"disk": disk})
+    config = folder / "config.toml"
+    config.write_text(
+        textwrap.dedent("""
+        [agent]
+        state_dir = "var"
+        resolution = "1s"
+        plugin_dirs = ["plugins.d"]
+
+        [probes.gauge]
+        interval = "1s"
+
+        [mail]
+        from = "alertmail@test.example"
+        to = ["ops@test.example"]
+        route = ["pickup"]
+        charts = "off"
+
+        [notify]
+        group_wait = "0s"
+        max_mails_per_hour = 0
+
+        [[rules]]
+        name = "gauge-gone"
+        metric = "test.gauge"
+        absent = "5s"
+
+        [[rules]]
+        name = "gauge-high"
+        metric = "test.gauge"
+        above = 50
+        """)
+    )
+    return config, value
+
+
+def test_a_probe_reading_nan_is_reporting_and_mails_nothing(tmp_path):
+    # docs/rules.md "NaN and infinities": NaN is "no reading", as in replay: seen (no absent), not compared.
+    config, value = _absent_config(tmp_path, "sda")
+    value.write_text("nan")
+    proc = start_agent(config)
+    try:
+        time.sleep(10)
+        mails = pickup_mails(tmp_path)
+    finally:
+        log = stop_agent(proc)
+    assert proc.returncode == 0, log
+    assert kinds(mails) == [], [m["Subject"] for m in mails]
+    assert [line for line in log.splitlines() if " ERROR " in line and "gauge" in line] == [], log
+
+
+def test_a_series_that_stopped_while_the_agent_was_down_is_reported_absent_with_its_labels(tmp_path):
+    from alertmail.rules.wire import alerts_in
+
+    config, _ = _absent_config(tmp_path, "sda")
+    proc = start_agent(config)
+    try:
+        time.sleep(4)
+    finally:
+        log = stop_agent(proc)
+    assert proc.returncode == 0, log
+    stopped = time.time()
+    _absent_config(tmp_path, "sdb")  # disk sda is gone while the agent is down; sdb reports instead
+    time.sleep(2)
+    proc = start_agent(config)
+    try:
+        mails = wait_for(lambda: pickup_mails(tmp_path), timeout=40, what="the absent mail of disk sda")
+    finally:
+        log = stop_agent(proc)
+    assert kinds(mails) == ["firing"], log
+    (alert,) = alerts_in(bytes(mails[0]))
+    assert (alert["rule"], alert["comparison"], alert["labels"]) == ("gauge-gone", "absent", {"disk": "sda"})
+    # Absent since its last sample before the stop, not since the restart.
+    assert stopped - 3 < alert["since"] <= stopped
+    assert alert["at"] - alert["since"] >= 5

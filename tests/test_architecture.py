@@ -30,6 +30,7 @@ BASE = {
     "alertmail.exitcodes",
     "alertmail.fsutil",
     "alertmail.model",
+    "alertmail.protocols",
     "alertmail.hookspecs",
     "alertmail.config.schema",
 }

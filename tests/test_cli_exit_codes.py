@@ -55,3 +55,29 @@ def test_check_json_lists_the_problems_or_the_summary(tmp_path):
     report = json.loads(done.stdout)
     assert done.returncode == ExitCode.CONFIG and report["ok"] is False
     assert any("agent.interval" in p for p in report["problems"]) and any("did you mean 'smtp'" in p for p in report["problems"])
+
+
+def test_a_second_run_on_a_state_folder_in_use_exits_75_with_one_line(tmp_path):
+    import os
+    import signal
+    import time
+
+    config = tmp_path / "config.toml"
+    config.write_text('[agent]\nstate_dir = "var"\ninterval = "1s"\n[mail]\nroute = ["pickup"]\n')
+    with open(tmp_path / "first.log", "w+") as log:
+        first = subprocess.Popen([*ALERTMAIL, "run", "--config", str(config)], stderr=log)
+        try:
+            deadline = time.monotonic() + 60
+            while "watching" not in Path(log.name).read_text():
+                assert first.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()
+                time.sleep(0.1)
+            second = subprocess.run(
+                [*ALERTMAIL, "run", "--config", str(config)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+            )
+        finally:
+            first.send_signal(signal.SIGTERM)
+            first.wait(30)
+    assert second.returncode == ExitCode.TEMPFAIL, second.stderr
+    lines = second.stderr.splitlines()
+    assert len(lines) == 1, second.stderr
+    assert "in use" in lines[0] and os.fspath(tmp_path / "var") in lines[0]

@@ -51,6 +51,11 @@ NOT_WHILE_IDLE = (
     "alertmail.plugins.relay.server",
     "alertmail.plugins.relay.watcher",
     "alertmail.cli.probe",
+    "alertmail.plugins.probes.file",  # the host probes: loaded when a [probes.NAME] table configures one
+    "alertmail.plugins.probes.logfile",
+    "alertmail.plugins.probes.sensors",
+    "alertmail.plugins.probes.pressure",
+    "alertmail.plugins.probes.checklist",
     "alertmail.cli.queue",
     "alertmail.replay",
     "jinja2",

@@ -120,6 +120,7 @@ def test_entry_point_plugin_is_listed_by_the_plugins_command(tmp_path):
     )
     (site / "alertmail_example-1.3.dist-info" / "entry_points.txt").write_text("[alertmail]\nexample = alertmail_example\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    env.pop("ALERTMAIL_LOAD_PLUGINS", None)  # unset: every installed plugin loads
     result = subprocess.run(
         [sys.executable, "-m", "alertmail", "plugins", "--json", "--config", str(tmp_path / "none.toml")],
         capture_output=True,

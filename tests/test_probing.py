@@ -126,7 +126,6 @@ def test_sync_probe_runs_off_the_event_loop():
 @pytest.mark.parametrize(
     "result, message",
     [
-        ([Sample("x", float("nan"))], "x = nan is not a finite number"),
         ([Sample("x", 1), "x=1"], "item 1 is str, not a Sample"),
         (None, "collect() returned None"),
         ("x 1", "collect() returned str"),
@@ -141,8 +140,16 @@ def test_invalid_results_become_an_error_naming_the_probe(result, message):
 
 
 def test_valid_samples_survive_next_to_invalid_ones():
-    run = asyncio.run(run_probe(Probe("mixed", lambda: [Sample("a", 1), Sample("b", float("inf"))]), 2))
-    assert [s.metric for s in run.samples] == ["a"] and "b = inf" in run.error
+    run = asyncio.run(run_probe(Probe("mixed", lambda: [Sample("a", 1), "b=2"]), 2))
+    assert [s.metric for s in run.samples] == ["a"] and "item 1 is str" in run.error
+
+
+def test_nan_and_infinities_are_samples_not_probe_errors():
+    # docs/rules.md "NaN and infinities": NaN is "no reading", +-Inf a reading; neither is bad data.
+    values = [float("nan"), float("inf"), float("-inf")]
+    run = asyncio.run(run_probe(Probe("odd", lambda: [Sample(f"m{i}", v) for i, v in enumerate(values)]), 2))
+    assert run.ok, run.error
+    assert [s.metric for s in run.samples] == ["m0", "m1", "m2"]
 
 
 def test_generator_async_and_async_generator_probes_are_collected():
@@ -189,6 +196,10 @@ def write_config(tmp_path, extra: str = "") -> str:
         [probes.process]
         watch = [{ name = "me", match = "python*" }]
 
+        # loopback: the one interface every host (container, network namespace) has
+        [probes.network]
+        loopback = true
+
         [[rules]]
         name = "root-full"
         metric = "disk.used_percent"
@@ -200,15 +211,11 @@ def write_config(tmp_path, extra: str = "") -> str:
     return str(config)
 
 
-def bundled_metrics(*, listed: bool = False) -> set[str]:
-    """Every bundled metric; without ``listed``, those of the probes that run without a table of their own
-    (nagios and scrape run only when configured)."""
+def bundled_metrics() -> set[str]:
+    """The metrics of the bundled probes that run without a table of their own (not ``configured_only``)."""
     plugins = load_plugins()
-    return {
-        info.name
-        for name, info in catalogue(plugins.probes)
-        if listed or not getattr(plugins.probes[name], "configured_only", False)
-    }
+    unconfigured = {n: p for n, p in plugins.probes.items() if not getattr(p, "configured_only", False)}
+    return {info.name for _, info in catalogue(unconfigured)}
 
 
 def test_probe_command_prints_every_bundled_metric_durations_and_rule_states(tmp_path):
@@ -256,7 +263,7 @@ def test_probe_list_prints_the_catalogue_without_collecting(tmp_path):
     config.write_text('[agent]\nplugin_dirs = ["plugins.d"]\n')
     result = CliRunner().invoke(cli, ["probe", "--list", "--config", str(config)])
     assert result.exit_code == 0, result.output
-    assert all(m in result.stdout for m in bundled_metrics(listed=True) | {"never.value"})
+    assert all(m in result.stdout for m in bundled_metrics() | {"never.value"})
     listed = json.loads(CliRunner().invoke(cli, ["probe", "--list", "--json", "--config", str(config)]).stdout)
     assert {
         "probe": "never",

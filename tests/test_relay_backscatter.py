@@ -55,12 +55,17 @@ def test_an_allowed_client_is_not_held_to_the_local_recipient_list(relay, sink):
     assert len(received(sink, mid)) == 1
 
 
-def bounce_notes(state_dir: Path, count: int, timeout: float = 20.0) -> list[str]:
-    """The .bdr reasons in badmail/, once ``count`` of them are there."""
+def bounce_notes(state_dir: Path, count: int, timeout: float = 20.0, *, naming: str = "") -> list[str]:
+    """The .bdr reasons in badmail/, once ``count`` of them are there (and one names ``naming``).
+
+    A DSN can fail and be filed before the message it reports on, so a count alone may not
+    yet include the note that is looked for.
+    """
     deadline = time.monotonic() + timeout
     while True:
         notes = [p.read_text() for p in sorted((state_dir / "badmail").glob("*.bdr"))]
-        if len(notes) >= count or time.monotonic() > deadline:
+        found = len(notes) >= count and (not naming or any(naming in n for n in notes))
+        if found or time.monotonic() > deadline:
             return notes
 
 
@@ -75,7 +80,7 @@ def test_no_dsn_goes_to_a_forged_sender_when_the_next_hop_refuses(tmp_path):
             (note,) = bounce_notes(relay.state_dir, 1)
             own = swaks_to(relay.port, "--to", "ops@local.test", "--from", "app@client.test", source="127.0.0.1")
             assert "250 2.0.0 OK queued as" in own, own
-            notes = bounce_notes(relay.state_dir, 2)
+            notes = bounce_notes(relay.state_dir, 2, naming="queued as")
         finally:
             assert relay.stop() == 0
     assert "victim@evil.example" in note and "no backscatter" in note, note

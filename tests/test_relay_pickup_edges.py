@@ -49,7 +49,7 @@ def peak_rss_kb(pid: int) -> int:
     return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1))
 
 
-def test_a_huge_sparse_file_goes_to_badmail_without_being_read_into_memory(relay):
+def test_a_huge_sparse_file_is_moved_to_badmail_whole_never_copied_nor_read_into_memory(relay):
     pickup = relay.state_dir / "pickup"
     pickup.mkdir(parents=True, exist_ok=True)
     time.sleep(0.5)
@@ -57,16 +57,45 @@ def test_a_huge_sparse_file_goes_to_badmail_without_being_read_into_memory(relay
     tmp = pickup / ".huge"
     with open(tmp, "wb") as out:
         out.write(b"To: a@example.test\r\n\r\n")
-        out.truncate(1 << 30)  # 1 GB, sparse
+        out.truncate(256 << 20)  # 256 MB, sparse: a copy would write them all
     os.rename(tmp, pickup / "huge.eml")
+    inode = (pickup / "huge.eml").stat().st_ino
     badmail = relay.state_dir / "badmail"
     wait(lambda: not (pickup / "huge.eml").exists(), 60)
+    wait(lambda: list(badmail.glob("*.bdr")))
     (bad,) = badmail.glob("*.bad")
-    assert bad.stat().st_size >= 1 << 30
+    assert bad.stat().st_ino == inode, "renamed, not copied"
+    assert bad.stat().st_size == 256 << 20 and bad.stat().st_blocks * 512 < 1 << 20, "still sparse: no disk spent"
     (bdr,) = badmail.glob("*.bdr")
-    assert "larger than max_size" in bdr.read_text()
+    reason = bdr.read_text().splitlines()[0]
+    assert "larger than max_size" in reason and "moved here whole" in reason
     growth = peak_rss_kb(relay.proc.pid) - before
     assert growth < 20_000, f"peak RSS grew by {growth} kB"
+
+
+def test_a_refused_pickup_file_on_another_filesystem_leaves_only_a_bounded_excerpt_with_the_reason(tmp_path, monkeypatch):
+    """Where badmail is on another filesystem (rename fails with EXDEV) nothing is copied whole."""
+    import asyncio
+    import errno
+
+    from alertmail import Badmail
+    from alertmail.plugins.relay.watcher import PickupWatcher
+
+    excerpt = 64 << 10  # the documented bound (docs/queue.md)
+    pickup, badmail = tmp_path / "pickup", tmp_path / "badmail"
+    drop(pickup, "big.eml", b"To: a@example.test\r\n\r\n" + b"x" * (3 * excerpt))
+
+    def cross_device(src, dst, *args, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "rename", cross_device)
+    watcher = PickupWatcher(pickup, queue=None, badmail=Badmail(badmail), hostname="h", interval=0.0, max_size=excerpt)
+    assert asyncio.run(watcher.take(pickup / "big.eml"))
+    assert not (pickup / "big.eml").exists()
+    (bad,) = badmail.glob("*.bad")
+    assert bad.stat().st_size <= excerpt + 100
+    reason = next(badmail.glob("*.bdr")).read_text().splitlines()[0]
+    assert f"only its first {excerpt} of {3 * excerpt + 22} bytes are kept" in reason
 
 
 def test_a_recipient_flood_is_refused_by_the_recipient_limit(relay, sink):

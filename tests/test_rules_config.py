@@ -158,7 +158,7 @@ def test_default_recipients_are_left_to_the_mail_section():
         ("above = 1\nmin_coverage = 0.8", "min_coverage", 'add over = "5m"'),
         ('above = 1\ncritical = 5\nseverity = "page"', "severity", "remove `severity`"),
         ('above = 1\nseverity = "very bad"', "severity", "use a word"),
-        ('above = 1\nname = "a\\nb"', "name", "goes into subjects"),
+        ('above = 1\nname = "a\\nb"', "name", "in a subject, a header"),
         ("", "", "no threshold; add above = N"),
     ],
 )

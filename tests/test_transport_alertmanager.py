@@ -14,7 +14,7 @@ import pytest
 
 from alertmail.model import Envelope, Status, TransportContext
 from alertmail.rules.model import AlertEvent, Rule
-from alertmail.rules.wire import ALERTS_HEADER, alerts_in, encode_alerts
+from alertmail.rules.wire import ALERTS_HEADER, SEAL_HEADER, alert_key, alerts_in, encode_alerts, seal, sealed_alerts
 from tests.fleet_peers import Alertmanager, agent_config
 from tests.test_agent_e2e import start_agent, stop_agent, wait_for
 
@@ -54,7 +54,11 @@ def transport(tmp_path, urls, **options):
 
 def test_alert_becomes_an_api_v2_alert(tmp_path):
     am = transport(
-        tmp_path, ["http://127.0.0.1:9"], labels={"env": "prod", "severity": "ignored"}, generator_url="http://grafana/{rule}"
+        tmp_path,
+        ["http://127.0.0.1:9"],
+        labels={"env": "prod", "severity": "ignored"},
+        generator_url="http://grafana/{rule}",
+        missed_for=0.0,
     )
     [(_, body, active)] = am._converted(json.loads(json.dumps(alerts_in_event(event("firing")))))
     assert active
@@ -102,11 +106,58 @@ def alerts_in_event(e: AlertEvent, host: str = "") -> dict:
     return alerts_in(msg.as_bytes())[0]
 
 
-def test_mail_without_alerts_is_delivered_as_nothing_to_do(tmp_path):
+def sealed(tmp_path, events=(), key=None) -> bytes:
+    """A mail as the agent's notifier seals it, with the key of STATE_DIR ``tmp_path`` (or ``key``)."""
+    msg = email.message.EmailMessage()
+    msg["From"] = "alertmail@web1.test"
+    msg["Subject"] = "alert"
+    value = encode_alerts(list(events), "web1.test") if events else None
+    if value is not None:
+        msg[ALERTS_HEADER] = value
+    msg[SEAL_HEADER] = seal([value] if value else [], key or alert_key(tmp_path), time.time())
+    msg.set_content("text")
+    return msg.as_bytes(policy=email.policy.SMTP)
+
+
+def test_the_agents_own_mail_without_alerts_is_delivered_as_nothing_to_do(tmp_path):
     am = transport(tmp_path, ["http://127.0.0.1:9"])
-    result = asyncio.run(am.send(b"From: a@b\r\nSubject: heartbeat\r\n\r\nstill watching\r\n", Envelope("a@b", ("ops@x",))))
+    result = asyncio.run(am.send(sealed(tmp_path), Envelope("a@b", ("ops@x",))))
     status = result.recipients["ops@x"]
     assert status.status is Status.DELIVERED and "no alerts" in status.message
+
+
+def test_mail_the_agent_did_not_seal_is_left_to_the_next_transport_whatever_its_headers_say(tmp_path):
+    am = transport(tmp_path, ["http://127.0.0.1:9"])
+    forged = email.message.EmailMessage()
+    forged["Subject"] = "hello"
+    forged[ALERTS_HEADER] = encode_alerts([event("resolved")], "web1.test")
+    forged.set_content("text")
+    other = sealed(tmp_path, [event("firing")], key=b"k" * 32)  # sealed, but with a key nobody listed
+    # A real sealed mail with one more alerts header slipped in: the seal no longer matches.
+    extra = f"{ALERTS_HEADER}: {encode_alerts([event('resolved')])}\r\n".encode()
+    tampered = sealed(tmp_path, [event("firing")]).replace(b"Subject: alert\r\n", b"Subject: alert\r\n" + extra)
+    assert tampered.count(ALERTS_HEADER.encode()) == 2
+    for data in (b"From: a@b\r\nSubject: hi\r\n\r\nbody\r\n", forged.as_bytes(), other, tampered):
+        status = asyncio.run(am.send(data, Envelope("a@b", ("ops@x",)))).recipients["ops@x"]
+        assert status.status is Status.TEMPORARY and "next transport" in status.message, status
+    assert not am.known  # nothing was taken as an alert
+
+
+def test_a_resolved_incident_alertmanager_never_had_firing_is_sent_as_firing_for_missed_for(tmp_path):
+    am = transport(tmp_path, ["http://127.0.0.1:9"], missed_for=300.0)
+    payload, records = am._payload([alerts_in_event(event("resolved", at=2000.0))], now=3000.0)
+    [alert] = payload
+    assert alert["endsAt"] == 3300.0 and "while Alertmanager could not be reached" in alert["annotations"]["missed"]
+    # Told of it firing before it ended: a plain recovery.
+    am.known.update({key: {**record, "at": 1005.0, "active": True, "told": 1500.0} for key, record in records.items()})
+    [alert] = am._payload([alerts_in_event(event("resolved", at=2000.0))], now=3000.0)[0]
+    assert alert["endsAt"] == 2000.0 and "missed" not in alert["annotations"]
+    # Kept by a version that did not note when Alertmanager took it: counts as told, a plain recovery.
+    [(key, body, _)] = am._converted(alerts_in_event(event("firing")))
+    (tmp_path / "alertmanager.json").write_text(json.dumps({key: {"at": 1010.0, "active": True, "alert": body}}))
+    am = transport(tmp_path, ["http://127.0.0.1:9"], missed_for=300.0)
+    [alert] = am._payload([alerts_in_event(event("resolved", at=2000.0))], now=3000.0)[0]
+    assert alert["endsAt"] == 2000.0 and "missed" not in alert["annotations"]
 
 
 def am_config(tmp_path, urls, extra=""):
@@ -221,3 +272,20 @@ def test_a_cluster_member_that_was_down_gets_the_firing_alert_with_the_next_rese
             log = stop_agent(agent)
     assert agent.returncode == 0, log
     assert "via alertmanager" in log and "deferred" not in log, "one member taking it is a delivery"
+
+
+def test_the_sealing_key_is_made_once_private_and_kept(tmp_path):
+    key = alert_key(tmp_path / "state")
+    assert len(key) == 32 and alert_key(tmp_path / "state") == key
+    assert (tmp_path / "state" / "alerts.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_sealed_message_is_taken_only_while_young_and_its_events_are_never_later_than_its_seal(tmp_path):
+    data = sealed(tmp_path, [event("firing", at=4_000_000_000.0)])  # an event dated after its own seal
+    key = alert_key(tmp_path)
+    alerts, why = sealed_alerts(data, [key], time.time())
+    assert why == "" and alerts[0]["sealed_at"] <= time.time()
+    assert sealed_alerts(data, [key], time.time() + 4 * 86400)[0] is None
+    am = transport(tmp_path, ["http://127.0.0.1:9"])
+    _, records = am._payload(alerts, now=time.time())
+    assert all(r["at"] <= time.time() + 10 for r in records.values())  # a far-future time cannot pin the alert

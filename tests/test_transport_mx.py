@@ -53,6 +53,10 @@ def dns(tmp_path_factory):
 @pytest.fixture
 def mx_port() -> int:
     """One port free on 127.0.0.2 and 127.0.0.3: the MX hosts' port 25."""
+    return common_mx_port()
+
+
+def common_mx_port() -> int:
     for _ in range(20):
         port = free_port("127.0.0.2")
         with socket.socket() as probe:

@@ -242,10 +242,15 @@ def run(config_path: Path) -> None:
     for info in plugins.errors:
         logging.getLogger("alertmail.plugins").error("plugin %s (%s) not loaded: %s", info.name, info.source, info.error)
     from alertmail.agent import Agent, loop_factory
+    from alertmail.queue.spool import QueueLocked
 
     try:
         with asyncio.Runner(loop_factory=loop_factory(cfg, plugins)) as runner:
             runner.run(Agent(cfg, plugins).run_forever())
+    except QueueLocked as exc:
+        # Another agent (or `alertmail relay`) runs on this state_dir: try again once it has stopped.
+        click.echo(f"alertmail: cannot start: {exc}", err=True)
+        sys.exit(ExitCode.TEMPFAIL)
     except OSError as exc:
         click.echo(f"alertmail: {exc}", err=True)
         sys.exit(ExitCode.TEMPFAIL)

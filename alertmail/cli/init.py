@@ -56,6 +56,29 @@ def _block(comment: str, data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n" + tomli_w.dumps(data)
 
 
+def _file_check_example() -> str:
+    """A ``file`` check and its rules, commented out: the path is an example to replace."""
+    example = {
+        "probes": {"file": {"checks": [{"name": "db-backup", "path": "/var/backups/db-*.sql.gz"}]}},
+        "rules": [
+            {"name": "backup-missing", "metric": "file.exists", "labels": {"check": "db-backup"}, "below": 1},
+            {
+                "name": "backup-stale",
+                "metric": "file.age_seconds",
+                "labels": {"check": "db-backup"},
+                "above": 93600,
+                "description": "the newest backup is more than 26 hours old",
+            },
+        ],
+    }
+    head = (
+        "Files: is the nightly backup there, and fresh? Name your file or glob (absolute)\n"
+        "and remove the leading '# ' of the lines below (docs/metrics.md, the file probe).\n"
+    )
+    lines = [f"# {line}" if line else "#" for line in (head + "\n" + tomli_w.dumps(example)).splitlines()]
+    return "\n".join(lines) + "\n"
+
+
 def starter_config() -> str:
     import psutil
 
@@ -133,4 +156,5 @@ def starter_config() -> str:
             {"rules": rules},
         )
     )
+    parts.append(_file_check_example())
     return "\n".join(parts)

@@ -50,6 +50,8 @@ def _entry_json(entry) -> dict:
         "last_try": iso(entry.last_try),
         "next_try": iso(entry.next_try),
         "last_error": entry.last_error,
+        "held": entry.held or None,
+        "held_since": iso(entry.held_since),
         "recipients": {
             rcpt: {"status": s.status, "reply": s.reply, "transport": s.transport, "remote": s.remote, "time": iso(s.time)}
             for rcpt, s in entry.recipients.items()
@@ -131,15 +133,28 @@ def queue_list(config_path: Path, show_corrupt: bool, as_json: bool) -> None:
     if not entries:
         click.echo("the queue is empty")
         return
+    from alertmail.queue.badmail import stamp
+
     now = time.time()
     rows = []
     for e in entries:
         pending = e.pending
         rcpts = pending[0] + (f" +{len(pending) - 1}" if len(pending) > 1 else "") if pending else "-"
-        next_try = "now" if e.next_try <= now else f"in {_age(e.next_try - now)}"
-        rows.append([e.id, _age(now - e.created), rcpts, e.attempts, next_try, e.last_error or "-"])
+        if e.held:
+            next_try = f"held since {stamp(e.held_since)}"
+            error = f"held: {e.held}"
+        else:
+            next_try = "now" if e.next_try <= now else f"in {_age(e.next_try - now)}"
+            error = e.last_error or "-"
+        rows.append([e.id, _age(now - e.created), rcpts, e.attempts, next_try, error])
     click.echo(format_table(["id", "age", "recipients", "attempts", "next try", "last error"], rows, align_right=(1, 3)))
     click.echo(f"{len(entries)} message(s)")
+    held = [e for e in entries if e.held]
+    if held:
+        click.echo(
+            f"{len(held)} message(s) held: their route names a transport the config does not have; "
+            "add it or change the route and reload, or they go to badmail at [queue].expire"
+        )
 
 
 def _list_corrupt(queue) -> None:
@@ -195,7 +210,11 @@ def queue_show(config_path: Path, msg_id: str, as_json: bool) -> None:
     click.echo(f"size:       {entry.size} bytes")
     click.echo(f"route:      {' -> '.join(entry.route) if entry.route else '(the default route)'}")
     click.echo(f"attempts:   {entry.attempts}" + (f", the last at {stamp(entry.last_try)}" if entry.last_try else ""))
-    click.echo(f"next try:   {stamp(entry.next_try)}")
+    if entry.held:
+        click.echo(f"held:       since {stamp(entry.held_since)}: {entry.held}")
+        click.echo(f"gives up:   {stamp(entry.next_try)} (at [queue].expire), unless a reload routes it")
+    else:
+        click.echo(f"next try:   {stamp(entry.next_try)}")
     click.echo("recipients:")
     for rcpt, state in entry.recipients.items():
         reply = f": {state.reply}" if state.reply else ""
@@ -247,9 +266,11 @@ def _act(config_path: Path, action: str, msg_id: str, *, wait: float = 0.0) -> N
             click.echo(f"no message {msg_id} in {queue.folder}", err=True)
             sys.exit(ExitCode.NOINPUT)
         before = {e.id: e.last_try for e in queue.entries() if msg_id in ("all", e.id)}
+        handed = time.time()
         if hand_over(queue, action, msg_id):
             if wait and action == "retry":
-                report_outcomes(queue, before, state_dir / "badmail", wait)
+                if report_outcomes(queue, before, state_dir / "badmail", wait, since=handed):
+                    sys.exit(ExitCode.CONFIG)
             else:
                 click.echo(f"{action}: handed to the running agent")
         return
@@ -265,10 +286,17 @@ def _act(config_path: Path, action: str, msg_id: str, *, wait: float = 0.0) -> N
     click.echo(f"{len(touched)} message(s) {done}")
 
 
-def report_outcomes(queue, before: dict[str, float], badmail: Path, wait: float) -> None:
-    """Wait up to ``wait`` seconds for each retried message's try to end; print what became of each."""
+def report_outcomes(queue, before: dict[str, float], badmail: Path, wait: float, *, since: float = 0.0) -> bool:
+    """Wait up to ``wait`` seconds for each retried message's try to end; print what became of each.
+
+    True when one is held (its route cannot be routed with the config in force): no try
+    can end for it until the config changes.
+    """
+    from alertmail.queue.badmail import stamp
+
     deadline = time.monotonic() + wait
     pending = dict(before)
+    held = False
     while pending:
         queue.load()
         for msg_id, last_try in list(pending.items()):
@@ -277,6 +305,9 @@ def report_outcomes(queue, before: dict[str, float], badmail: Path, wait: float)
                 given_up = (badmail / f"{msg_id}.bdr").exists()
                 reason = (badmail / f"{msg_id}.bdr").read_text(errors="replace").split("\n", 1)[0] if given_up else ""
                 click.echo(f"{msg_id}: given up (badmail): {reason}" if given_up else f"{msg_id}: delivered")
+            elif entry.held and entry.next_try > since + 1:  # held again after the request was taken
+                click.echo(f"{msg_id}: held since {stamp(entry.held_since)}: {entry.held}")
+                held = True
             elif entry.last_try > last_try:
                 if entry.pending:
                     click.echo(
@@ -292,4 +323,5 @@ def report_outcomes(queue, before: dict[str, float], badmail: Path, wait: float)
         elif pending:
             for msg_id in pending:
                 click.echo(f"{msg_id}: still being tried after {_age(wait)}; see: alertmail queue show {msg_id}")
-            return
+            return held
+    return held

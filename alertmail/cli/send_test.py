@@ -69,7 +69,7 @@ def send_test(config_path: Path, to: tuple[str, ...], rule_name: str | None, rou
             from alertmail.config.schema import Checker
 
             check = Checker(cfg.path.resolve().parent)
-            cfg.transports[name] = check.table(f"transports.{name}", {}, getattr(plugins.transports[name], "options", {}))
+            cfg.transports[name] = check.table(f"transports.{name}", {}, plugins.transports[name].options)
             if check.problems:
                 click.echo("\n".join(f"{cfg.path}: {p}" for p in check.problems), err=True)
                 sys.exit(ExitCode.CONFIG)
@@ -214,6 +214,14 @@ async def build_mail(cfg: Any, plugins: Any, rule: Rule, to: Sequence[str], chai
 
     prefix = " ".join(p for p in (SUBJECT_TAG, cfg.mail.get("subject_prefix") or "") if p)
     collector = MailCollector()
+    key = None  # sealed as the agent seals, so the alertmanager transport takes the test alert
+    if getattr(cfg, "state_dir", None) is not None:
+        from alertmail.rules.wire import alert_key
+
+        try:
+            key = alert_key(Path(cfg.state_dir))
+        except (OSError, ValueError):
+            pass
     with tempfile.TemporaryDirectory(prefix="alertmail-send-test-") as folder:
         notifier = Notifier(
             sender=cfg.mail["from"],
@@ -227,6 +235,7 @@ async def build_mail(cfg: Any, plugins: Any, rule: Rule, to: Sequence[str], chai
             context_for=context_for,
             render_options=render_options(cfg, plugins),
             durable=False,
+            seal_key=key,
         )
         await notifier.notify([event], now)
     [mail] = collector.mails

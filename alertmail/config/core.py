@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from alertmail.config.schema import Checker, Option, Section
+from alertmail.config.schema import Checker, Option, Section, valid_hostname
 from alertmail.units import valid_address
 
 AGENT_OPTIONS: dict[str, Option] = {
     "state_dir": Option("path", "var", help="folder for pickup/, queue/, badmail/, logs/"),
-    "interval": Option("duration", 10.0, help="default probe interval"),
+    "interval": Option("duration", 10.0, minimum=0.1, help="default probe interval"),
     "resolution": Option(
         "duration",
         5.0,
         help="how often time-driven checks run: reminders, group and digest flushes, absent series, silence changes",
     ),
     "plugin_dirs": Option("list", [], help="folders of single-file plugins"),
-    "timezone": Option("str", "UTC", help="IANA timezone for times in mails"),
-    "hostname": Option("str", None, help="host name shown in mails; default: this machine's"),
-    "probe_timeout": Option("duration", None, help="longest a probe may run; default: its interval"),
+    "timezone": Option("str", "UTC", nonempty=True, help="IANA timezone for times in mails"),
+    "hostname": Option("str", None, nonempty=True, help="host name shown in mails; default: this machine's"),
+    "probe_timeout": Option("duration", None, minimum=0.001, help="longest a probe may run; default: its interval"),
     "disable_plugins": Option("list", [], help="plugin names not to load"),
     "log_level": Option("str", "info", choices=("debug", "info", "warning", "error")),
     "event_loop": Option(
@@ -38,9 +38,12 @@ AGENT_OPTIONS: dict[str, Option] = {
 
 MAIL_OPTIONS: dict[str, Option] = {
     "from": Option("str", "alertmail@localhost", help="From address of alert mails"),
-    "to": Option("list", [], help="default recipients"),
+    "to": Option("list", [], addresses=True, help="default recipients"),
     "route": Option(
-        "list", ["pickup"], help="ordered chain of transports: the next one takes what the one before could not deliver"
+        "list",
+        ["pickup"],
+        nonempty=True,
+        help="ordered chain of transports: the next one takes what the one before could not deliver",
     ),
     "also_route": Option(
         "list",
@@ -62,6 +65,11 @@ MAIL_OPTIONS: dict[str, Option] = {
 def _check_agent(agent: dict[str, Any], check: Checker, config: Any) -> None:
     if agent.get("resolution") is not None and not 0.1 <= agent["resolution"] <= 60:
         check.error("agent.resolution", 'must lie between 100ms and 60s, e.g. "5s"')
+    hostname = agent.get("hostname")
+    if isinstance(hostname, str) and hostname.strip() and not valid_hostname(hostname):
+        check.error(
+            "agent.hostname", f"not a host name: {hostname!r}; it goes into Message-ID and EHLO: write it like web01.example.com"
+        )
     tz = agent.get("timezone")
     if tz:
         try:

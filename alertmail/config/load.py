@@ -15,6 +15,7 @@ what its keys alone cannot say.
 from __future__ import annotations
 
 import glob
+import os
 import socket
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alertmail.config.core import AGENT, MAIL
-from alertmail.config.schema import Checker, ConfigError, Option, Section, did_you_mean
+from alertmail.config.schema import Checker, ConfigError, Option, Section, did_you_mean, open_bracket
 from alertmail.delivery.delivery import SECTION as QUEUE
 from alertmail.delivery.dkim import SECTION as DKIM
 from alertmail.exporter import SECTION as EXPORTER
@@ -72,7 +73,7 @@ class Config:
 
     def service_options(self, service: Any) -> dict[str, Any]:
         """The checked table of a service class (by its ``section``); empty when the config has none."""
-        return self.sections.get(getattr(service, "section", ""), {})
+        return self.sections.get(service.section, {})
 
     def service_enabled(self, service: Any) -> bool:
         return bool(self.service_options(service).get("enabled"))
@@ -162,6 +163,43 @@ def _section_tables(check: Checker, raw: Mapping[str, Any], section: Section) ->
     return [check.table(f"{section.name}[{i}]", item, section.options) for i, item in enumerate(value)]
 
 
+def _check_listen_overlap(check: Checker, cfg: Config, services: Mapping[str, Any]) -> None:
+    """Two listeners on one port (the exporter and an enabled service, or one address twice
+    across them): the second bind fails at run, so it is refused here."""
+    import ipaddress
+
+    from alertmail.units import parse_address
+
+    listens: list[tuple[str, str]] = []
+    exporter = cfg.sections.get(EXPORTER.name) or {}
+    if isinstance(exporter.get("listen"), str):
+        listens.append(("exporter.listen", exporter["listen"]))
+    for name in services:
+        options = cfg.sections.get(name) or {}
+        value = options.get("listen")
+        if options.get("enabled") and isinstance(value, list):
+            listens += [(f"{name}.listen[{i}]", item) for i, item in enumerate(value) if isinstance(item, str)]
+    taken: list[tuple[str, str, int]] = []  # (key path, host, port)
+    for keypath, value in listens:
+        try:
+            host, port = parse_address(value)
+        except ValueError:
+            continue  # reported with its key
+        try:
+            wildcard = ipaddress.ip_address(host).is_unspecified
+        except ValueError:
+            wildcard = host == ""
+        for other, other_host, other_port in taken:
+            try:
+                other_wildcard = ipaddress.ip_address(other_host).is_unspecified
+            except ValueError:
+                other_wildcard = other_host == ""
+            if port == other_port and (host == other_host or wildcard or other_wildcard):
+                check.error(keypath, f"{value!r} takes the port of {other}; two listeners cannot share one: choose another port")
+                break
+        taken.append((keypath, host, port))
+
+
 def _check_probes(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Plugins) -> None:
     """``[probes.NAME]`` tables: the common keys plus the probe's own options, then its ``configure``."""
     for name, probe, table in _plugin_tables(
@@ -182,7 +220,7 @@ def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugi
     """``[transports.NAME]`` tables against their classes' options, and every name in ``[mail].route``."""
 
     def options_of(cls: Any) -> Mapping[str, Option]:
-        return getattr(cls, "options", {})
+        return cls.options
 
     clean: list[str] = []
     for name, _, table in _plugin_tables(check, raw, "transports", plugins.transports, "transport", options_of):
@@ -202,6 +240,14 @@ def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugi
                 cfg.transports[name] = check.table(f"transports.{name}", {}, options_of(plugins.transports[name]))
                 if len(check.problems) == before:
                     clean.append(name)
+    routes = (cfg.sections.get(QUEUE.name) or {}).get("route_retry")
+    for name in routes if isinstance(routes, dict) else ():
+        if name not in plugins.transports:
+            check.error(
+                f"queue.route_retry.{name}",
+                f"no transport named {name!r}, so no route starts with it and this schedule is never used; "
+                f"{did_you_mean(name, plugins.transports, listing='installed')}",
+            )
     # Built once here as the agent builds them at start, so what a constructor refuses is a config problem.
     for name in clean:
         _build_transport(check, cfg, name, plugins.transports[name])
@@ -235,6 +281,15 @@ def _check_folders(check: Checker, cfg: Config) -> None:
             if folder.exists() and not folder.is_dir():
                 check.error("agent.state_dir", f"{folder} is not a folder; the agent keeps its queue, pickup and logs there")
                 break
+        else:
+            problem = _folder_problem(state_dir)
+            if problem:
+                check.error("agent.state_dir", f"{problem}; the agent keeps its queue, pickup and logs there")
+    directory = (cfg.transports.get("pickup") or {}).get("directory")
+    if isinstance(directory, Path):
+        problem = _folder_problem(directory)
+        if problem:
+            check.error("transports.pickup.directory", f"{problem}; the pickup transport writes each mail there")
     for i, folder in enumerate(cfg.agent.get("plugin_dirs") or []):
         path = Path(folder) if Path(folder).is_absolute() else cfg.path.parent / folder
         if not path.is_dir():
@@ -246,6 +301,30 @@ def _check_folders(check: Checker, cfg: Config) -> None:
         else:
             for problem in template_problems(templates):
                 check.error("mail.templates", problem)
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """Why the agent could not make ``folder`` (if need be) and write in it, or None.
+
+    Tried for real in the folder, or in the nearest one above it that exists, with a
+    throwaway folder removed at once: permissions, read-only and pseudo filesystems
+    (/proc) all answer as they will answer ``run``.
+    """
+    import tempfile
+
+    target = folder
+    while not target.exists():
+        if target.parent == target:
+            break
+        target = target.parent
+    if not target.is_dir():
+        return f"{target} is not a folder, so {folder} cannot be made"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".alertmail-check-", dir=target))
+    except OSError as exc:
+        what = "write in" if target == folder else f"make {folder} in"
+        return f"cannot {what} {target}: {exc.strerror or exc}"
+    return None
 
 
 def template_problems(folder: Path) -> list[str]:
@@ -265,6 +344,11 @@ def included_files(check: Checker, raw: Mapping[str, Any]) -> list[Path]:
         return []
     files: list[Path] = []
     for i, pattern in enumerate(value):
+        if open_bracket(pattern):
+            check.error(
+                f"{INCLUDE}[{i}]", f'the pattern {pattern!r} opens a "[" it never closes, so it matches nothing; close it'
+            )
+            continue
         where = Path(pattern).expanduser()
         where = where if where.is_absolute() else check.base / where
         matches = sorted(Path(m) for m in glob.glob(str(where)))
@@ -429,7 +513,7 @@ def load_config(path: Path | str, plugins: Plugins | None = None, *, also_declar
 
         plugins = load_plugins(cfg.plugin_dirs, blocked=cfg.agent.get("disable_plugins") or ())
 
-    services = {s.section: s for s in plugins.services if getattr(s, "section", None)}
+    services = {s.section: s for s in plugins.services}
     known = {s.name for s in SECTIONS if "." not in s.name} | set(PLUGIN_SECTIONS) | set(services) | {INCLUDE}
     for key in raw:
         if key not in known:
@@ -437,7 +521,7 @@ def load_config(path: Path | str, plugins: Plugins | None = None, *, also_declar
     _check_transports(check, raw, cfg, plugins)
     _check_probes(check, raw, cfg, plugins)
     for name, service in services.items():
-        cfg.sections[name] = check.table(name, raw.get(name, {}), getattr(service, "options", {}))
+        cfg.sections[name] = check.table(name, raw.get(name, {}), service.options)
     for name, service in services.items():
         # What keys alone cannot say (networks, files, one key against another) is the service's
         # to check, as for a Section: check(options, checker, config), after every table is read.
@@ -447,6 +531,7 @@ def load_config(path: Path | str, plugins: Plugins | None = None, *, also_declar
                 service_check(cfg.sections[name], check, cfg)
             except Exception as exc:  # a bug in a plugin's check(), not in the config
                 check.error(name, f"the service failed to check its options: {type(exc).__name__}: {exc}")
+    _check_listen_overlap(check, cfg, services)
     for section in SECTIONS:
         if section.build is not None:
             cfg.sections[section.name] = section.build(raw.get(section.name), check, cfg)

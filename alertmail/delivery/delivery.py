@@ -8,6 +8,14 @@ is made durable before the next step, so a delivered recipient is never sent to 
 
 Giving up (a permanent failure, or the expiry time reached) sends a DSN to the envelope
 sender through the queue and writes the message to badmail.
+
+The route is resolved at each attempt, as Postfix's queue manager resolves the transport:
+a message records the config key it follows (``[mail].route``, ``also_route``,
+``[relay].route``) and takes the route that key names in the config in force, so a
+reload or restart with another route moves what is queued. A message whose route names
+a transport the config does not have is held: no attempt is counted, its state says why
+and since when (``queue list`` shows it), it is tried again at each reload or start, and
+at ``expire`` it goes to badmail, with a DSN, saying why it never left.
 """
 
 from __future__ import annotations
@@ -18,35 +26,39 @@ import heapq
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alertmail.clock import WallClock, describe
 from alertmail.config.schema import Option, Section
 from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status, Transport, TransportContext
-from alertmail.queue.entry import Entry
+from alertmail.queue.entry import Entry, relayed
 from alertmail.queue.spool import Queue, QueueCorrupt, QueueWriteError
 from alertmail.units import format_duration, parse_duration
 
 log = logging.getLogger("alertmail.delivery.delivery")
 
+# A zero interval ("0") would retry a dead server in a busy loop.
+MIN_RETRY = 0.1
+
 QUEUE_OPTIONS: dict[str, Option] = {
-    "retry": Option("durations", [900.0, 1800.0, 3600.0, 14400.0], help="waits between attempts; the last repeats"),
+    "retry": Option(
+        "durations", [900.0, 1800.0, 3600.0, 14400.0], minimum=MIN_RETRY, help="waits between attempts; the last repeats"
+    ),
     "delay_notice": Option("duration", 43200.0, help='tell the sender a message is delayed after this long; "0" = off'),
-    "expire": Option("duration", 172800.0, help="give up (DSN and badmail) after this long"),
-    "concurrency": Option("int", 8, help="messages delivered at the same time"),
+    "expire": Option("duration", 172800.0, minimum=1.0, help="give up (DSN and badmail) after this long"),
+    "concurrency": Option("int", 8, minimum=1, maximum=1000, help="messages delivered at the same time"),
     "route_retry": Option(
         "any", {}, help='retry schedules per route, keyed by the route\'s first transport: { mx = ["5m", "1h"] }'
     ),
-    "send_timeout": Option("duration", 600.0, help="longest one transport may take for one message"),
-    "scan_interval": Option("duration", 5.0, help="how often requests from the command line are picked up"),
+    "send_timeout": Option("duration", 600.0, minimum=0.001, help="longest one transport may take for one message"),
+    "scan_interval": Option("duration", 5.0, minimum=0.01, help="how often requests from the command line are picked up"),
 }
 
 
 STOP_TIMEOUT = 30.0  # how long stop() lets attempts in flight finish
-# A zero interval ("0") would retry a dead server in a busy loop.
-MIN_RETRY = 0.1
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,7 @@ class RetryPolicy:
 
 def _check_queue(table: Mapping[str, Any], check: Any, config: Any) -> None:
     """What keys alone cannot say: ``route_retry`` is read as the delivery reads it at start."""
+    _check_queued(config)
     routes = table.get("route_retry")
     if routes is None:
         return
@@ -150,6 +163,71 @@ async def send_through_route(
     return results
 
 
+def resolve_route(entry: Entry, routes: Mapping[str, Sequence[str]], transports: Collection[str]) -> tuple[list[str], str]:
+    """The route ``entry`` takes under a config whose routes are ``routes`` (by key, "mail.route"
+    among them) and whose transports are ``transports``; and where that route comes from."""
+    key = entry.route_key
+    if key and routes.get(key):
+        return list(routes[key]), key
+    if not entry.route:
+        return list(routes["mail.route"]), "mail.route"
+    if not key and any(name not in transports for name in entry.route):
+        # Queued before messages recorded their route's key: the route in force for its kind.
+        legacy = "relay.route" if relayed(entry.origin) else "mail.route" if entry.origin == "agent" else ""
+        if legacy and routes.get(legacy):
+            return list(routes[legacy]), legacy
+    return list(entry.route), f"{key} as queued; the config has no {key} now" if key else "as queued"
+
+
+def unroutable(entry: Entry, routes: Mapping[str, Sequence[str]], transports: Collection[str]) -> str:
+    """Why ``entry`` cannot be routed under that config ("" when it can)."""
+    route, source = resolve_route(entry, routes, transports)
+    missing = next((name for name in route if name not in transports), None)
+    if missing is None:
+        return ""
+    return f"its route ({source}: {' -> '.join(route)}) names transport {missing!r}, which the config does not have"
+
+
+def _check_queued(config: Any) -> None:
+    """Queued messages this config cannot route: ``check`` says so (a warning), and ``run`` logs it."""
+    from alertmail.queue.spool import Queue
+
+    state_dir = config.agent.get("state_dir")
+    if not isinstance(state_dir, Path) or not (state_dir / "queue").is_dir():
+        return
+    queue = Queue(state_dir / "queue")
+    try:
+        queue.load()
+    except (OSError, ValueError):
+        return
+    routes, names = configured_routes(config), set(config.transports)
+    stuck = [(entry, why) for entry in queue.entries() if (why := unroutable(entry, routes, names))]
+    expire = float((config.sections.get("queue") or {}).get("expire") or RetryPolicy().expire)
+    for entry, why in stuck[:5]:
+        config.warnings.append(
+            f"queue: message {entry.id} (from {entry.origin}) cannot be routed with this config: {why}; "
+            f"it is held, and goes to badmail at expire, {format_duration(max(entry.created + expire - time.time(), 0))} "
+            "from now; add that transport or change the route"
+        )
+    if len(stuck) > 5:
+        config.warnings.append(f"queue: {len(stuck) - 5} more message(s) cannot be routed; see `alertmail queue list`")
+
+
+def _routes(routes: Mapping[str, Sequence[str]] | None, default_route: list[str]) -> dict[str, list[str]]:
+    return {"mail.route": list(default_route), **{k: list(v) for k, v in (routes or {}).items() if v}}
+
+
+def configured_routes(cfg: Any) -> dict[str, list[str]]:
+    """The routes ``cfg`` names, by config key: what queued messages follow."""
+    routes = {"mail.route": list(cfg.mail["route"])}
+    if cfg.mail.get("also_route"):
+        routes["mail.also_route"] = list(cfg.mail["also_route"])
+    relay = cfg.sections.get("relay") or {}
+    if "relay" in (getattr(cfg, "raw", None) or {}) and isinstance(relay, Mapping) and relay.get("route"):
+        routes["relay.route"] = list(relay["route"])  # [relay] written out: its route (or the default)
+    return routes
+
+
 async def _finish(task: asyncio.Task[None], timeout: float) -> None:
     """Wait up to ``timeout`` for ``task`` to end on its own, then cancel it and wait once more, briefly.
 
@@ -177,6 +255,7 @@ class Delivery:
         hostname: str,
         default_route: list[str],
         concurrency: int = 8,
+        routes: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         from alertmail.queue.badmail import Badmail
 
@@ -186,6 +265,8 @@ class Delivery:
         self.state_dir = Path(state_dir)
         self.hostname = hostname
         self.default_route = list(default_route)
+        # The routes the config names, by key ("mail.route", "relay.route"): what a queued message follows.
+        self.routes = _routes(routes, self.default_route)
         self.concurrency = max(1, concurrency)
         self.badmail = Badmail(self.state_dir / "badmail")
         self._control_stamp: int | None = None  # mtime of queue/control when last read
@@ -197,15 +278,23 @@ class Delivery:
         self._dispatcher: asyncio.Task[None] | None = None
         self._stopping = False
         # Messages whose route names a transport the config does not have: a configuration
-        # problem, not a delivery failure. They wait, uncounted, until a reload supplies it.
+        # problem, not a delivery failure. They wait, uncounted, until a reload supplies it
+        # (or a route without it), or go to badmail at expire.
         self.held: dict[str, str] = {}  # id -> the missing transport
         # Asked for by `alertmail queue retry`: a manual retry is not an attempt and moves no backoff on.
         self._manual: set[str] = set()
         self._scan_now = False  # the command line left a request and said so (SIGUSR1)
+        # Retry times are wall-clock times (they are saved with each message); a step of the
+        # wall clock moves those of the queued messages with it, so a wait keeps its length.
+        self._clock = WallClock()
+        self._connect(transports)
 
     async def start(self) -> None:
         """Resume every queued message and start taking new ones."""
+        now = time.time()
         for entry in self.queue.entries():
+            if entry.held:  # held under the config of an earlier run: see whether this one routes it
+                entry.next_try = now
             heapq.heappush(self._due, (entry.next_try, entry.id))
         self.queue.add_listener(self._queued)
         self._dispatcher = asyncio.create_task(self._dispatch(), name="delivery")
@@ -243,24 +332,55 @@ class Delivery:
         concurrency: int,
         changed: set[str],
         route_changed: bool = False,
+        routes: Mapping[str, Sequence[str]] | None = None,
     ) -> int:
-        """Take a reloaded config: messages held for a missing transport, or waiting for one that
-        changed, are tried at once. Returns how many were."""
+        """Take a reloaded config: messages held for a missing transport, waiting for one that
+        changed, or whose route the config changed, are tried at once. Returns how many were."""
+        before = {entry.id: self.route_for(entry)[0] for entry in self.queue.entries()}
         self.transports = transports
+        self._connect(transports)
         self.policy = policy
         self.default_route = list(default_route)
+        self.routes = (
+            _routes(routes, self.default_route) if routes is not None else {**self.routes, "mail.route": self.default_route}
+        )
         self.concurrency = max(1, concurrency)
         now = time.time()
         again = 0
         for entry in self.queue.entries():
-            route = entry.route or self.default_route
+            route = self.route_for(entry)[0]
             held = self.held.pop(entry.id, None)
-            retry = changed & set(route) or (route_changed and not entry.route)
-            if held is not None or (entry.id not in self._in_flight and retry):
+            retry = changed & set(route) or route != before.get(entry.id) or (route_changed and not entry.route)
+            if held is not None or entry.held or (entry.id not in self._in_flight and retry):
                 entry.next_try = now
                 heapq.heappush(self._due, (now, entry.id))
                 again += 1
         self._wake.set()
+        return again
+
+    # -- a transport whose peer answers again ------------------------------------
+
+    def _connect(self, transports: Mapping[str, Transport]) -> None:
+        """A transport that can tell when its peer answers again (alertmanager) has a ``retry_waiting``
+        attribute: it is given a callable that tries the messages waiting for it at once."""
+        for name, transport in transports.items():
+            if hasattr(transport, "retry_waiting"):
+                transport.retry_waiting = functools.partial(self.retry_waiting_on, name)
+
+    def retry_waiting_on(self, name: str) -> int:
+        """Messages whose route has transport ``name`` and that wait for their next try are due now."""
+        now = time.time()
+        again = 0
+        for entry in self.queue.entries():
+            if entry.id in self._in_flight or entry.id in self.held or entry.next_try <= now:
+                continue
+            if name in (entry.route or self.default_route):
+                entry.next_try = now
+                heapq.heappush(self._due, (now, entry.id))
+                again += 1
+        if again:
+            log.info("%s answers again: %d message(s) waiting for it are tried now", name, again)
+            self._wake.set()
         return again
 
     def _queued(self, entry: Entry) -> None:
@@ -270,13 +390,16 @@ class Delivery:
     # -- the dispatcher ------------------------------------------------------
 
     async def _dispatch(self) -> None:
-        next_scan = 0.0
+        next_scan = 0.0  # on the monotonic clock, as the scans' period does not care for the wall clock
         while not self._stopping:
+            step = self._clock.check()
+            if step:
+                self._shift(step)
             now = time.time()
-            if now >= next_scan or self._scan_now:
+            if time.monotonic() >= next_scan or self._scan_now:
                 self._scan_now = False
                 await self._take_requests(now)
-                next_scan = now + self.policy.scan_interval
+                next_scan = time.monotonic() + self.policy.scan_interval
             while not self._stopping and self._due and len(self._in_flight) < self.concurrency and self._due[0][0] <= now:
                 when, msg_id = heapq.heappop(self._due)
                 entry = self.queue.get(msg_id)
@@ -285,7 +408,7 @@ class Delivery:
                 task = asyncio.create_task(self._attempt(entry), name=f"deliver-{msg_id}")
                 self._in_flight[msg_id] = task
                 task.add_done_callback(functools.partial(self._finished, msg_id))
-            wait = next_scan - now
+            wait = next_scan - time.monotonic()
             if self._due and len(self._in_flight) < self.concurrency:
                 wait = min(wait, self._due[0][0] - now)
             self._wake.clear()
@@ -296,6 +419,23 @@ class Delivery:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    def _shift(self, step: float) -> None:
+        """The wall clock was stepped by ``step`` seconds: every queued message's next try moves with it.
+
+        A message deferred for 15 minutes is tried 15 minutes later by the monotonic clock,
+        not 10 minutes late after the clock went back 10 minutes (nor at once after it went
+        forward an hour). Expiry stays counted from the time the message was queued.
+        """
+        log.info("queue: next tries moved by %s with the wall clock", describe(step))
+        due = []
+        for entry in self.queue.entries():
+            if entry.id in self._in_flight:
+                continue  # its attempt sets its next try when it ends
+            entry.next_try += step
+            due.append((entry.next_try, entry.id))
+        heapq.heapify(due)
+        self._due = due
 
     def take_requests_now(self) -> None:
         """Look for command-line requests at once, not at the next scan (SIGUSR1 from ``alertmail queue``)."""
@@ -358,13 +498,16 @@ class Delivery:
         except QueueCorrupt as exc:
             await self.queue.quarantine(entry.id, str(exc))  # never delivered; its bytes are kept
             return
-        route = entry.route or self.default_route
+        route, source = self.route_for(entry)
+        if entry.held and all(name in self.transports for name in route):
+            log.info("message %s no longer held: its route %s is %s", entry.id, source, " -> ".join(route))
+            entry.held, entry.held_since = "", 0.0
         remaining = entry.pending
         for index, name in enumerate(route):
             if not remaining:
                 break
             if name not in self.transports:
-                await self._hold(entry, name, delivered=index > 0)
+                await self._hold(entry, data, route, source, name)
                 return
             envelope = Envelope(entry.sender, tuple(remaining))
             started = time.monotonic()
@@ -392,19 +535,48 @@ class Delivery:
         entry.last_error = errors[-1] if errors else ""
         await self.settle(entry, data, now)
 
-    async def _hold(self, entry: Entry, transport: str, *, delivered: bool) -> None:
-        """Keep ``entry`` until a reload configures ``transport``; no attempt is counted, no backoff grows."""
-        if delivered:
-            await self.queue.update(entry)  # what earlier transports of the route delivered stays delivered
-        if self.held.get(entry.id) != transport:
+    def route_for(self, entry: Entry) -> tuple[list[str], str]:
+        """The route ``entry`` takes now, in the config in force, and the key it comes from."""
+        return resolve_route(entry, self.routes, self.transports)
+
+    def held_by_transport(self) -> dict[str, int]:
+        """How many messages are held, by the transport their route names and the config lacks."""
+        counts: dict[str, int] = {}
+        for transport in self.held.values():
+            counts[transport] = counts.get(transport, 0) + 1
+        return counts
+
+    async def _hold(self, entry: Entry, data: bytes, route: list[str], source: str, transport: str) -> None:
+        """Keep ``entry`` until a reload (or restart) routes it, or until it expires; no attempt is
+        counted, no backoff grows. Its state says why and since when, for ``queue list``."""
+        now = time.time()
+        self._manual.discard(entry.id)
+        reason = f"its route ({source}: {' -> '.join(route)}) names transport {transport!r}, which the config does not have"
+        if entry.held != reason:
             log.error(
-                "message %s held: its route names transport %r, which the config does not have; "
-                "add [transports.%s] (or fix the route) and reload: it goes at once",
+                "message %s held: %s; add [transports.%s] or change the route, and reload: it goes at once; "
+                "else it goes to badmail at expire (%s after it was queued)",
                 entry.id,
+                reason,
                 transport,
-                transport,
+                format_duration(self.policy.expire),
             )
+        if not entry.held:
+            entry.held_since = now
+        entry.held = reason
         self.held[entry.id] = transport
+        if now >= entry.created + self.policy.expire:
+            self.held.pop(entry.id, None)
+            for rcpt in entry.pending:
+                state = entry.recipients[rcpt]
+                state.code, state.enhanced, state.message = 451, "4.3.5", f"held, never sent: {reason}"
+                state.transport, state.time = transport, now
+            entry.last_error = f"held: {reason}"
+            await self.settle(entry, data, now)
+            return
+        entry.next_try = entry.created + self.policy.expire  # or sooner: a reload tries it again
+        await self.queue.update(entry)  # durable: what earlier transports delivered, and why it waits
+        heapq.heappush(self._due, (entry.next_try, entry.id))
 
     async def settle(self, entry: Entry, data: bytes, now: float) -> None:
         """After an attempt: expire, report failures, schedule the next try or remove."""
@@ -456,6 +628,10 @@ class Delivery:
             "expired": f"Expired: not delivered within {format_duration(self.policy.expire)}",
             "failed": "Failed: permanent failure",
         }[reason]
+        if entry.held and reason == "expired":
+            from alertmail.queue.badmail import stamp
+
+            title = f"Expired: held since {stamp(entry.held_since)}, never sent: {entry.held}"
         await asyncio.to_thread(self.badmail.write, entry, data, reason=title, dsn=dsn_note, now=now)
 
     async def _notify_delay(self, entry: Entry, data: bytes, now: float) -> None:

@@ -227,7 +227,16 @@ class Signer:
         return b"".join(out)
 
     def __call__(self, data: bytes) -> bytes:
-        """``data`` signed; unsigned (with an error logged) when it cannot be: an alert unsigned beats no alert."""
+        """``data`` signed; unsigned (with an error logged) when it cannot be: an alert unsigned beats no alert.
+
+        8-bit data and lines over 998 octets are converted first (RFC 6376 §5.3), so no next
+        hop without 8BITMIME needs a conversion that would break the signature."""
+        from alertmail.delivery.sevenbit import ConversionError, seven_bit
+
+        try:
+            data = seven_bit(data)
+        except ConversionError as exc:
+            log.warning("dkim: a message for %s is signed as it is, not as 7-bit: %s", self.domain, exc)
         try:
             return self.signatures(data) + data
         except Exception as exc:  # dkimpy raises DKIMException and, on odd input, plain errors

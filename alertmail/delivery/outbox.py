@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from alertmail.model import ServiceContext, TransportContext
+from alertmail.protocols import Service, Transport
 
 log = logging.getLogger("alertmail.delivery.outbox")
 
@@ -25,13 +26,13 @@ SERVICE_STOP_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0  # how long delivery attempts in flight may take to finish, without a stop bound
 
 
-async def _close_transport(transport: Any, timeout: float) -> None:
+async def _close_transport(transport: Transport, timeout: float) -> None:
     close = getattr(transport, "close", None)
     if close is not None:
         try:
             await asyncio.wait_for(close(), timeout)
         except Exception:
-            log.debug("closing transport %s failed", getattr(transport, "name", "?"), exc_info=True)
+            log.debug("closing transport %s failed", transport.name, exc_info=True)
 
 
 def signing(cfg: Any) -> dict[str, Any]:
@@ -60,7 +61,7 @@ class Outbox:
         self._closing_tasks: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
-        from alertmail.delivery.delivery import Delivery, RetryPolicy, build_transports
+        from alertmail.delivery.delivery import Delivery, RetryPolicy, build_transports, configured_routes
         from alertmail.queue.spool import Queue
 
         cfg = self.cfg
@@ -68,6 +69,7 @@ class Outbox:
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         options = cfg.sections.get("queue", {})
         self.queue = Queue(self.state_dir / "queue", **signing(cfg))
+        self.queue.routes = configured_routes(cfg)
         await self.queue.start()
         context = TransportContext(state_dir=self.state_dir, hostname=cfg.hostname, config_path=cfg.path)
         self.transports = build_transports(cfg.transports, self.plugins, context)
@@ -79,6 +81,7 @@ class Outbox:
             hostname=cfg.hostname,
             default_route=cfg.mail["route"],
             concurrency=options.get("concurrency") or 8,
+            routes=self.queue.routes,
         )
         await self.delivery.start()
 
@@ -97,7 +100,7 @@ class Outbox:
         ``transports`` comes from ``build_transports`` (built before anything is applied, so a
         transport that cannot be built refuses the reload whole).
         """
-        from alertmail.delivery.delivery import RetryPolicy
+        from alertmail.delivery.delivery import RetryPolicy, configured_routes
         from alertmail.delivery.dkim import DkimKeyError
 
         try:  # [mail.dkim]: a new key or selector signs from now on (load_config checked the keys just before)
@@ -110,6 +113,7 @@ class Outbox:
         retired = [t for n, t in self.transports.items() if transports.get(n) is not t]
         self.transports = transports
         options = cfg.sections.get("queue", {})
+        self.queue.routes = configured_routes(cfg)
         again = self.delivery.reconfigure(
             transports,
             policy=RetryPolicy.from_config(options),
@@ -117,6 +121,7 @@ class Outbox:
             concurrency=options.get("concurrency") or 8,
             changed=changed,
             route_changed=old.mail["route"] != cfg.mail["route"],
+            routes=self.queue.routes,
         )
         if changed or again:
             log.info("transports changed: %s; %d waiting message(s) tried again now", ", ".join(sorted(changed)) or "none", again)
@@ -125,14 +130,13 @@ class Outbox:
         for transport in retired:
             asyncio.get_running_loop().call_later(STOP_TIMEOUT, self._close_retired, transport)
         for cls in self.plugins.services:
-            section = getattr(cls, "section", "")
-            if old.sections.get(section) == cfg.sections.get(section):
+            if old.sections.get(cls.section) == cfg.sections.get(cls.section):
                 continue
             await self._restart_service(cls, old)
 
-    async def _restart_service(self, cls: type, old: Any) -> None:
+    async def _restart_service(self, cls: type[Service], old: Any) -> None:
         """Stop a service and start it on its new table; if it cannot start, on its old one again."""
-        name, section = getattr(cls, "name", cls.__name__), getattr(cls, "section", "")
+        name, section = cls.name, cls.section
         service: Any
         for service in [s for s in self.services if type(s) is cls]:
             self.services.remove(service)
@@ -156,7 +160,7 @@ class Outbox:
             self._closing_tasks.add(task)
             task.add_done_callback(self._closing_tasks.discard)
 
-    async def start_services(self, classes: Iterable[type], *, only_enabled: bool = True) -> list[Any]:
+    async def start_services(self, classes: Iterable[type[Service]], *, only_enabled: bool = True) -> list[Any]:
         """Build and start each service class whose config table says ``enabled`` (or all of them)."""
         started = []
         for cls in classes:
@@ -176,7 +180,7 @@ class Outbox:
             )
             self.services.append(service)
             started.append(service)
-            log.info("service %s started", getattr(cls, "name", cls.__name__))
+            log.info("service %s started", cls.name)
         return started
 
     async def stop_services(self, timeout: float = SERVICE_STOP_TIMEOUT) -> None:
@@ -187,7 +191,7 @@ class Outbox:
             try:
                 await asyncio.wait_for(service.stop(), max(deadline - time.monotonic(), 0.1))
             except Exception:
-                log.exception("service %s did not stop cleanly", getattr(service, "name", service))
+                log.exception("service %s did not stop cleanly", service.name)
 
     async def stop_delivery(self, timeout: float = STOP_TIMEOUT) -> None:
         """No new delivery attempts; those in flight finish within ``timeout`` or are retried after the restart."""

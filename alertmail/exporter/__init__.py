@@ -9,30 +9,56 @@ from __future__ import annotations
 
 from typing import Any
 
-from alertmail.config.schema import Checker, Option, Section
-from alertmail.units import parse_address
+from alertmail.config.schema import Checker, Option, Section, listen_problem
 
 EXPORTER_OPTIONS: dict[str, Option] = {
     "listen": Option(
         "str",
         None,
+        nonempty=True,
         help='address to serve /metrics on, e.g. "127.0.0.1:9464"; off when not set (no authentication: bind with care)',
+    ),
+    "max_connections": Option(
+        "int",
+        32,
+        help="most connections served at once; at the cap a new one pushes out the oldest idle one, or is closed",
+    ),
+    "idle_timeout": Option(
+        "duration", 5.0, help="a connection that has not sent its request (or read the answer) within this is closed"
+    ),
+    "cache_for": Option(
+        "duration",
+        1.0,
+        help="scrapes within this of one another share one page; 0: a new page for each scrape (those at once still share)",
     ),
     "stale_after": Option(
         "duration",
         None,
+        minimum=1.0,
         help="drop a series from /metrics when no sample came for this long; default: 3 probe intervals, at least 1m",
     ),
 }
 
 
 def _check(table: dict[str, Any], check: Checker, config: Any) -> None:
+    cap = table.get("max_connections")
+    if isinstance(cap, int) and not 1 <= cap <= 10000:
+        check.error("exporter.max_connections", f"{cap} is out of range; give 1 to 10000 (default 32)")
+    idle = table.get("idle_timeout")
+    if isinstance(idle, int | float) and not 0 < idle <= 3600:
+        check.error("exporter.idle_timeout", f"{idle:g}s is out of range; give more than 0s and at most 1h (default 5s)")
+    cache = table.get("cache_for")
+    if isinstance(cache, int | float) and not 0 <= cache <= 3600:
+        check.error("exporter.cache_for", f"{cache:g}s is out of range; give 0s to 1h (default 1s)")
     listen = table.get("listen")
     if isinstance(listen, str):
         try:
-            parse_address(listen)
+            problem = listen_problem(listen)
         except ValueError as exc:
             check.error("exporter.listen", f'{exc}; write it as "127.0.0.1:9464" or "[::1]:9464"')
+        else:
+            if problem:
+                check.error("exporter.listen", problem)
 
 
 SECTION = Section("exporter", EXPORTER_OPTIONS, check=_check)
@@ -58,6 +84,12 @@ async def start_exporter(agent: Any) -> Any:
         stale_after=stale_after,
     )
     agent.outbox.delivery.observers.append(collector.delivered)
-    server = MetricsServer(options["listen"], collector)
+    server = MetricsServer(
+        options["listen"],
+        collector,
+        max_connections=options["max_connections"],
+        idle_timeout=options["idle_timeout"],
+        cache_for=options["cache_for"],
+    )
     await server.start()
     return server

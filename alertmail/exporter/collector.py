@@ -9,18 +9,26 @@
 * the agent's own figures: probe runs, failures and overruns, queue depth, delivery
   attempts by transport and outcome, mails queued, events held by silences or folded
   into digests, and the process's memory and CPU.
+
+The agent's own names are reserved: a probe metric that would be exported under one of
+them (``agent.*``, ``alert``, a service's ``alertmail_relay_*``) is left out, logged once
+and listed in ``alertmail_agent_metrics_refused``, so Prometheus never stores a fake.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from alertmail.exporter.exposition import Family
-from alertmail.model import DeliveryResult, Envelope, Labels, MetricInfo, Sample
+from alertmail.model import DeliveryResult, Envelope, Labels, MetricInfo, Sample, reserved_metric
+
+log = logging.getLogger("alertmail.exporter")
 
 PREFIX = "alertmail_"
 # Unit of a MetricInfo -> the suffix a Prometheus name carries (Prometheus naming conventions).
@@ -46,6 +54,9 @@ AGENT_METRICS = {
     ),
 }
 ALERT_LABELS = ("rule", "severity", "state")
+# Names the agent's own families have or may have; with those of the running services
+# (alertmail_relay_*), a probe metric that maps onto one of them is left out.
+_RESERVED_NAMES = {f"{PREFIX}alert", f"{PREFIX}agent_metrics_refused"}
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
 
@@ -97,7 +108,8 @@ class AgentCollector:
         stale_after: float = 60.0,
     ) -> None:
         self.services = services  # running services; those with counters() are shown as alertmail_<name>_<key>
-        self.infos = {**AGENT_METRICS, **infos}
+        # A plugin cannot describe the agent's own figures, only its own.
+        self.infos = {**{k: v for k, v in infos.items() if not reserved_metric(k)}, **AGENT_METRICS}
         self.states = states
         self.queue = queue
         self.counts = counts if counts is not None else {}
@@ -105,6 +117,7 @@ class AgentCollector:
         self.latest: dict[tuple[str, Labels], Sample] = {}
         self.runs: Counter[tuple[str, str]] = Counter()  # (probe, "runs" | "failures" | "overruns")
         self.deliveries: Counter[tuple[str, str]] = Counter()  # (transport, outcome), one per recipient
+        self.refused: set[str] = set()  # probe metrics left out because they take a name of the agent's own
 
     # -- fed by the agent --------------------------------------------------
     def observe(self, samples: Iterable[Sample]) -> None:
@@ -128,23 +141,55 @@ class AgentCollector:
 
     # -- read at each scrape ------------------------------------------------
     def collect(self) -> list[Family]:
-        return [*self._samples(time.time()), self._alerts(), *self._own(), *_process()]
+        return self.families(*self.gather())
 
-    def _samples(self, now: float) -> Iterator[Family]:
+    def gather(self) -> tuple[list[Family], list[Sample]]:
+        """What changes as the agent runs, read at once on the event loop: the agent's own
+        families and the newest sample of each series. Cheap: the costly part is ``families``."""
+        now = time.time()
         for series in [s for s, sample in self.latest.items() if now - sample.timestamp > self.stale_after]:
             del self.latest[series]  # a process that exited, a disk unmounted: not a value any more
+        return [self._alerts(), *self._own()], list(self.latest.values())
+
+    def families(self, own: list[Family], samples: list[Sample]) -> list[Family]:
+        """Every family of a scrape from what ``gather`` read; safe off the event loop (samples are immutable)."""
+        own = [*own, *_process()]
+        taken = {name for family in own for name in (family.name, family.sample_name)}
+        return [*self._samples(samples, taken), *own, self._refused()]
+
+    def _refuse(self, metric: str, name: str) -> None:
+        if metric not in self.refused:
+            self.refused.add(metric)
+            log.warning("probe metric %s left out of /metrics: %s is one of the agent's own figures", metric, name)
+
+    def _refused(self) -> Family:
+        family = Family(
+            f"{PREFIX}agent_metrics_refused",
+            "gauge",
+            "1 for each probe metric left out because its name is one of the agent's own (a plugin's fake is never stored)",
+        )
+        for metric in sorted(self.refused):
+            family.add({"metric": metric}, 1.0)
+        return family
+
+    def _samples(self, samples: list[Sample], taken: AbstractSet[str]) -> Iterator[Family]:
         by_metric: dict[str, list[Sample]] = {}
-        for sample in self.latest.values():
+        for sample in samples:
             by_metric.setdefault(sample.metric, []).append(sample)
         seen: set[str] = set()
         for metric in sorted(by_metric):
             info = self.infos.get(metric) or MetricInfo(metric, "", "")
             name, unit = metric_name(info)
+            kind = "counter" if info.kind == "counter" else "gauge"
+            family = Family(name.removesuffix("_total"), kind, info.description or f"{metric} (no description)", unit)
+            if metric not in AGENT_METRICS and (
+                reserved_metric(metric) or {family.name, family.sample_name, name} & (taken | _RESERVED_NAMES)
+            ):
+                self._refuse(metric, name)
+                continue
             if name in seen:
                 continue  # two alertmail names mapped to one Prometheus name: the first wins
             seen.add(name)
-            kind = "counter" if info.kind == "counter" else "gauge"
-            family = Family(name.removesuffix("_total"), kind, info.description or f"{metric} (no description)", unit)
             for sample in sorted(by_metric[metric], key=lambda s: s.labels):
                 family.add(_labels(sample.labels), sample.value)
             yield family

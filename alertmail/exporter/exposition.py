@@ -8,8 +8,14 @@ a few lines of text per family.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from alertmail.model import without_surrogates
+
+log = logging.getLogger("alertmail.exporter")
 
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -42,7 +48,7 @@ def _value(value: float) -> str:
 
 
 def _label_value(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return without_surrogates(text).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 def _labels(labels: dict[str, str]) -> str:
@@ -51,28 +57,45 @@ def _labels(labels: dict[str, str]) -> str:
     return "{" + ",".join(f'{k}="{_label_value(v)}"' for k, v in sorted(labels.items())) + "}"
 
 
+def _help(text: str) -> str:
+    return without_surrogates(text).replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _text_family(family: Family) -> str:
+    name = family.sample_name
+    lines = [f"# HELP {name} {_help(family.help)}", f"# TYPE {name} {family.kind}"]
+    lines.extend(f"{name}{_labels(labels)} {_value(value)}" for labels, value in family.samples)
+    return "\n".join(lines) + "\n"
+
+
+def _openmetrics_family(family: Family) -> str:
+    lines = [f"# TYPE {family.name} {family.kind}"]
+    if family.unit:
+        lines.append(f"# UNIT {family.name} {family.unit}")
+    lines.append(f"# HELP {family.name} {_help(family.help).replace(chr(34), chr(92) + chr(34))}")
+    lines.extend(f"{family.sample_name}{_labels(labels)} {_value(value)}" for labels, value in family.samples)
+    return "\n".join(lines) + "\n"
+
+
+def _join(families: list[Family], write: Callable[[Family], str]) -> list[bytes]:
+    """Each family written out on its own: one that cannot be is left out and logged, never the whole scrape."""
+    out = []
+    for family in families:
+        try:
+            out.append(write(family).encode())
+        except Exception:
+            log.exception("metric family %r left out of this scrape", family.name)
+    return out
+
+
 def text_format(families: list[Family]) -> bytes:
     """The Prometheus text format; a counter's HELP and TYPE name it with ``_total``, as client libraries do."""
-    lines = []
-    for family in families:
-        name = family.sample_name
-        lines.append(f"# HELP {name} {family.help.replace(chr(92), chr(92) * 2).replace(chr(10), chr(92) + 'n')}")
-        lines.append(f"# TYPE {name} {family.kind}")
-        lines.extend(f"{name}{_labels(labels)} {_value(value)}" for labels, value in family.samples)
-    return ("\n".join(lines) + "\n").encode()
+    return b"".join(_join(families, _text_family))
 
 
 def openmetrics_format(families: list[Family]) -> bytes:
     """OpenMetrics 1.0: a counter family is named without ``_total``, its samples with it; ``# EOF`` ends it."""
-    lines = []
-    for family in families:
-        lines.append(f"# TYPE {family.name} {family.kind}")
-        if family.unit:
-            lines.append(f"# UNIT {family.name} {family.unit}")
-        lines.append(f"# HELP {family.name} {_label_value(family.help)}")
-        lines.extend(f"{family.sample_name}{_labels(labels)} {_value(value)}" for labels, value in family.samples)
-    lines.append("# EOF")
-    return ("\n".join(lines) + "\n").encode()
+    return b"".join(_join(families, _openmetrics_family)) + b"# EOF\n"
 
 
 def negotiate(accept: str) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from alertmail.config.schema import Checker, Option, Section
-from alertmail.units import format_duration
+from alertmail.units import format_duration, valid_address
 
 log = logging.getLogger("alertmail.notify.heartbeat")
 
@@ -31,7 +31,7 @@ HEARTBEAT_OPTIONS: dict[str, Option] = {
     ),
     "at": Option("str", "08:00", help="time of day of a daily or weekly heartbeat, in [agent].timezone"),
     "day": Option("str", "mon", help="day of a weekly heartbeat", choices=("mon", "tue", "wed", "thu", "fri", "sat", "sun")),
-    "to": Option("list", [], help="recipients; default: [mail].to"),
+    "to": Option("list", [], addresses=True, help="recipients; default: [mail].to"),
 }
 
 ROTATE_AT = 2 * 1024 * 1024
@@ -99,7 +99,7 @@ def summarise(
                     mail_ids.append(str(line["id"]))
             continue
         fate = str(line.get("fate", ""))
-        if fate.startswith("digest:"):
+        if fate.startswith("digest:") or fate == "render-failed":
             continue  # the same event was counted when it was notified
         rule, kind, incident = line.get("rule", "?"), line.get("kind", "?"), line.get("incident", "")
         if fate != "released":  # a released event is the mail for one counted before
@@ -192,6 +192,9 @@ def trigger_args(options: Mapping[str, Any], timezone: str) -> tuple[str, dict[s
 
 def check_config(options: Mapping[str, Any], check: Checker, config: Any = None) -> None:
     """Cross-key checks of ``[heartbeat]``; problems go to ``check`` (a config.Checker)."""
+    for i, address in enumerate(options.get("to") or []):
+        if not valid_address(address):
+            check.error(f"heartbeat.to[{i}]", f"not a valid mail address: {address!r}; write it as user@example.com")
     if not options.get("every"):
         return
     at = str(options.get("at") or "")
@@ -293,6 +296,7 @@ class Heartbeat:
         msg["Message-ID"] = email.utils.make_msgid(idstring="heartbeat", domain=n.domain)
         msg["Auto-Submitted"] = "auto-generated"
         msg["X-Alertmail-Kind"] = "heartbeat"
+        n.seal(msg, None, now)  # the agent's own mail: nothing for Alertmanager, not mail to pass on
         msg_id = await self.queue.put(
             msg.as_bytes(policy=email.policy.SMTP), Envelope(n.sender, tuple(self.to)), route=n.route, origin="agent"
         )

@@ -1,7 +1,8 @@
 """The alert journal: one JSON line per alert event the notifier handled, and one per mail queued.
 
 ``state_dir/logs/alerts.jsonl`` records each event with its fate (``notified``,
-``silenced:ID``, ``released``, ``digest:RCPT``); the heartbeat summarises it. It rotates
+``silenced:ID``, ``released``, ``digest:RCPT``, ``render-failed`` when only a plain
+mail could be made of it); the heartbeat summarises it. It rotates
 to ``alerts.jsonl.1`` at 2 MB.
 """
 

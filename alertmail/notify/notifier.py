@@ -43,7 +43,7 @@ from alertmail.notify.runtime_silences import SilenceSet
 from alertmail.notify.storm import StormGuard, render_digest
 from alertmail.notify.storm import check_config as check_storm
 from alertmail.rules.model import AlertEvent, Rule
-from alertmail.rules.wire import ALERTS_HEADER, encode_alerts
+from alertmail.rules.wire import ALERTS_HEADER, SEAL_HEADER, alert_key, encode_alerts, seal
 
 if TYPE_CHECKING:
     from alertmail.render.view import RenderContext
@@ -57,15 +57,21 @@ NOTIFY_OPTIONS: dict[str, Option] = {
         help="the first alert for a set of recipients goes out at once; what follows within this time is batched into one mail",
     ),
     "max_mails_per_hour": Option(
-        "int", 10, help="storm cap: most mails one recipient gets in any hour, digests included; 0 = no cap"
+        "int",
+        10,
+        minimum=0,
+        maximum=1_000_000,
+        help="storm cap: most mails one recipient gets in any hour, digests included; 0 = no cap",
     ),
     "digest_interval": Option(
-        "duration", 900.0, help="storm mode: events beyond the cap are folded into one digest mail this often"
+        "duration", 900.0, minimum=1.0, help="storm mode: events beyond the cap are folded into one digest mail this often"
     ),
 }
 SECTION = Section("notify", NOTIFY_OPTIONS, check=check_storm)
 
 
+# A mail that could not be rendered even as plain text is tried again this much later.
+RENDER_RETRY = 60.0
 _DOMAIN_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
 
 
@@ -114,6 +120,7 @@ class Notifier:
         rules: Sequence[Rule] = (),
         render_options: Mapping[str, Any] | None = None,
         durable: bool = True,
+        seal_key: bytes | None = None,
     ) -> None:
         self.sender = sender
         self.hostname = hostname
@@ -137,10 +144,12 @@ class Notifier:
         self.held_file = self.state_dir / "silenced.json"
         self.held: dict[str, Held] = self._load_held()
         self.journal = Journal(self.state_dir / "logs" / "alerts.jsonl")
+        self._seal_key = seal_key  # STATE_DIR/alerts.key, read (or made) with the first mail
         self._waiting: dict[tuple[str, ...], list[AlertEvent]] = {}
         self._flush_at: dict[tuple[str, ...], float] = {}
         self._last_mail: dict[tuple[str, ...], float] = {}  # when each set of recipients last got a mail
         self._unsent: list[Outgoing] = []
+        self._retry: list[tuple[float, list[AlertEvent]]] = []  # events no mail could be made of, and when to try again
         self._lock = asyncio.Lock()
         self.durable = durable  # fsync the state files (off for replays, whose state is thrown away)
         self._dirty: set[str] = set()  # state files to write at the end of this flush
@@ -303,6 +312,9 @@ class Notifier:
         async with self._lock:
             self.silences.refresh(now)
             self._enqueue(self._release(now), now)
+            for events in [events for at, events in self._retry if force or at <= now]:
+                self._enqueue(events, now)
+            self._retry = [(at, events) for at, events in self._retry if not (force or at <= now)]
             for rcpts in [r for r, at in self._flush_at.items() if force or at <= now]:
                 events = self._waiting.pop(rcpts)
                 del self._flush_at[rcpts]
@@ -314,9 +326,13 @@ class Notifier:
                         self.counts["folded"] += len(events)
                 if free:
                     # Rendering (charts) takes a while: off the event loop, which must keep serving.
-                    self._unsent.append(await asyncio.to_thread(self._compose, events, free, list(rcpts), now))
-                    self.storm.sent(free, now)
-                    self._last_mail[rcpts] = now
+                    mails, unrendered = await asyncio.to_thread(self._compose_apart, events, free, list(rcpts), now)
+                    self._unsent.extend(mails)
+                    if mails:
+                        self.storm.sent(free, now)
+                        self._last_mail[rcpts] = now
+                    if unrendered:  # not mailed, so not settled: the rule states are not saved as notified
+                        self._retry.append((now + RENDER_RETRY, unrendered))
                 else:
                     self._track(events, list(rcpts), "")
             for rcpts in [r for r, at in self._last_mail.items() if at + self.group_wait <= now or at > now]:
@@ -344,15 +360,43 @@ class Notifier:
                 self.journal.mail(out.subject, out.envelope.recipients, out.kind, now, str(msg_id))
                 log.info("queued %s for %s: %s", msg_id, ", ".join(out.envelope.recipients), out.subject)
 
+    def shift(self, delta: float) -> None:
+        """The wall clock was stepped by ``delta`` seconds: move the group waits, the storm cap's hour and
+        digests, and the times of the events waiting, so every wait runs on the monotonic clock and the
+        mails show times of the wall clock after the step."""
+        if not delta:
+            return
+        for rcpts in self._flush_at:
+            self._flush_at[rcpts] += delta
+        for rcpts in self._last_mail:
+            self._last_mail[rcpts] += delta
+        self.storm.shift(delta)
+        for rcpts, waiting in self._waiting.items():
+            self._waiting[rcpts] = [event.shifted(delta) for event in waiting]
+        self._retry = [(at + delta, [event.shifted(delta) for event in events]) for at, events in self._retry]
+        for backlog in self.storm.backlog.values():
+            backlog.events[:] = [event.shifted(delta) for event in backlog.events]
+        for held in self.held.values():
+            held.event = held.event.shifted(delta)
+            self._dirty.add("held")
+
     @property
     def settled(self) -> bool:
         """True when every event handed over is queued or held on disk: nothing lives only in memory."""
-        return not self._waiting and not self._unsent and self.storm.next_due is None
+        return not self._waiting and not self._unsent and not self._retry and self.storm.next_due is None
 
     @property
     def next_flush(self) -> float | None:
         """When the next group or digest is due (None: nothing waits)."""
-        times = [t for t in (min(self._flush_at.values(), default=None), self.storm.next_due) if t is not None]
+        times = [
+            t
+            for t in (
+                min(self._flush_at.values(), default=None),
+                self.storm.next_due,
+                min((at for at, _ in self._retry), default=None),
+            )
+            if t is not None
+        ]
         return min(times, default=None)
 
     def _track(self, events: Sequence[AlertEvent], incident_to: list[str], message_id: str) -> list[str]:
@@ -395,14 +439,44 @@ class Notifier:
         msg["Message-ID"] = message_id
         msg["Auto-Submitted"] = "auto-generated"
 
-    def _compose(self, events: list[AlertEvent], to: list[str], incident_to: list[str], now: float) -> Outgoing:
+    def _compose_apart(
+        self, events: list[AlertEvent], to: list[str], incident_to: list[str], now: float
+    ) -> tuple[list[Outgoing], list[AlertEvent]]:
+        """The mails for a group, and the events none could be made for.
+
+        When the group's mail cannot be rendered, each event gets a mail of its own, and
+        one that still fails a plain-text one: one bad alert never holds back the others.
+        """
+        try:
+            return [self._compose(events, to, incident_to, now)], []
+        except Exception:
+            log.exception("rendering the mail of %d alert(s) failed; mailing each on its own", len(events))
+        mails, unrendered = [], []
+        for event in events:
+            if len(events) > 1:
+                try:
+                    mails.append(self._compose([event], to, incident_to, now))
+                    continue
+                except Exception:
+                    log.exception("rendering the mail of %s %s failed", event.rule.name, dict(event.labels))
+            self.journal.record(event, "render-failed", now)
+            try:
+                mails.append(self._compose([event], to, incident_to, now, plain=True))
+            except Exception:
+                log.exception("even a plain mail of %s failed; trying again in %gs", event.rule.name, RENDER_RETRY)
+                unrendered.append(event)
+        return mails, unrendered
+
+    def _compose(
+        self, events: list[AlertEvent], to: list[str], incident_to: list[str], now: float, *, plain: bool = False
+    ) -> Outgoing:
         # The rendering code loads with the first mail (in the composing thread), not with the idle agent.
         from alertmail.render.view import worst_first
 
         events = worst_first(events)  # renderers (plugins too) get the worst news first
-        msg = self._render(events)
+        msg = self._render(events, plain=plain)
         message_id = email.utils.make_msgid(idstring=events[0].incident[:16], domain=self.domain)
-        roots = self._track(events, incident_to, message_id)
+        roots = self._roots(events)
         self._headers(msg, to, message_id, now)
         if roots:
             msg["In-Reply-To"] = roots[0]
@@ -410,8 +484,19 @@ class Notifier:
         msg["X-Alertmail-Incident"] = " ".join(sorted({e.incident for e in events}))
         kinds = sorted({e.kind for e in events})
         msg["X-Alertmail-Kind"] = ",".join(kinds)
-        msg[ALERTS_HEADER] = encode_alerts(events, self.hostname)  # the facts, for transports such as alertmanager
-        return Outgoing(message_bytes(msg), Envelope(self.sender, tuple(to)), str(msg["Subject"]))
+        self.seal(msg, encode_alerts(events, self.hostname), now)  # the facts, for transports such as alertmanager
+        data = message_bytes(msg)
+        self._track(events, incident_to, message_id)  # only once the mail exists: a failure above opens no incident
+        return Outgoing(data, Envelope(self.sender, tuple(to)), str(msg["Subject"]))
+
+    def _roots(self, events: Sequence[AlertEvent]) -> list[str]:
+        """The Message-IDs of the mails that opened the incidents of ``events``: what a mail about them replies to."""
+        roots: list[str] = []
+        for event in events:
+            known = self.incidents.get(event.incident)
+            if known is not None and known.root and known.root not in roots:
+                roots.append(known.root)
+        return roots
 
     def _compose_digest(self, events: list[AlertEvent], since: float, rcpt: str, now: float) -> Outgoing:
         msg = render_digest(events, since, self.storm, self._context_base(), self.journal.path)
@@ -423,10 +508,24 @@ class Notifier:
         self._headers(msg, [rcpt], message_id, now)
         msg["X-Alertmail-Kind"] = "digest"
         msg["X-Alertmail-Digest"] = str(len(events))
-        msg[ALERTS_HEADER] = encode_alerts(events, self.hostname)
+        self.seal(msg, encode_alerts(events, self.hostname), now)
         for event in events:
             self.journal.record(event, f"digest:{rcpt}", now)
         return Outgoing(message_bytes(msg), Envelope(self.sender, (rcpt,)), str(msg["Subject"]), "digest")
+
+    def seal(self, msg: EmailMessage, alerts: str | None, now: float) -> None:
+        """Put ``alerts`` (the ``X-Alertmail-Alerts`` value; None for mail without alerts) into ``msg`` with the
+        agent's seal: the alertmanager transport takes alerts only from sealed mail, never from what a
+        relayed message's headers claim."""
+        if alerts is not None:
+            msg[ALERTS_HEADER] = alerts
+        try:
+            key = self._seal_key = self._seal_key or alert_key(self.state_dir)
+        except (OSError, ValueError) as exc:
+            key = None
+            log.error("cannot read or make the sealing key (%s): this mail is not taken as an alert by alertmanager", exc)
+        if key is not None:
+            msg[SEAL_HEADER] = seal([alerts] if alerts is not None else [], key, now)
 
     def _context_base(self) -> RenderContext:
         from alertmail.render.view import RenderContext
@@ -435,9 +534,9 @@ class Notifier:
         known = {k: v for k, v in self.render_options.items() if k in ("templates_dir", "units")}
         return RenderContext(hostname=self.hostname, timezone=self.timezone, subject_prefix=self.subject_prefix, **known)
 
-    def _render(self, events: list[AlertEvent]) -> EmailMessage:
+    def _render(self, events: list[AlertEvent], *, plain: bool = False) -> EmailMessage:
         from alertmail.render.format import header_safe
-        from alertmail.render.mail import render_alert
+        from alertmail.render.mail import plain_alert, render_alert
         from alertmail.render.view import RenderContext
 
         ctx = RenderContext(
@@ -445,9 +544,11 @@ class Notifier:
             timezone=self.timezone,
             subject_prefix=self.subject_prefix,
             history=self.history or (lambda metric, labels: ()),
-            extra=self._context(events),
+            extra={} if plain else self._context(events),
             **self.render_options,
         )
+        if plain:
+            return plain_alert(events, ctx)
         if self.hook is not None:
             try:
                 custom = self.hook.render_alert(alert=events, context=ctx)

@@ -35,16 +35,16 @@ from alertmail.config.schema import Checker, Option, Section
 from alertmail.model import Labels
 
 SILENCE_OPTIONS: dict[str, Option] = {
-    "rule": Option("str", "*", help='rule name or glob, e.g. "disk-*"; default: every rule'),
-    "labels": Option("table", {}, help='label matchers: exact values or globs, e.g. { mount = "/backup*" }'),
+    "rule": Option("str", "*", nonempty=True, glob=True, help='rule name or glob, e.g. "disk-*"; default: every rule'),
+    "labels": Option("table", {}, glob=True, help='label matchers: exact values or globs, e.g. { mount = "/backup*" }'),
     "severity": Option("list", [], help='severities to silence, e.g. ["warning"]; default: all'),
     "days": Option("list", [], help='weekly window: days like ["sat", "sun"]; default: every day'),
     "start": Option("str", None, help='weekly window: start time "HH:MM"'),
     "end": Option("str", None, help='weekly window: end time "HH:MM" (before start: the window ends the next day)'),
     "cron": Option("str", None, help='cron expression for the start of each window, e.g. "0 2 * * 6"'),
-    "duration": Option("duration", None, help='with cron: how long each window lasts, e.g. "2h"'),
-    "timezone": Option("str", None, help="IANA timezone of the schedule; default: [agent].timezone"),
-    "comment": Option("str", "", help="why: shown in `alertmail silence list` and the heartbeat"),
+    "duration": Option("duration", None, minimum=1.0, help='with cron: how long each window lasts, e.g. "2h"'),
+    "timezone": Option("str", None, nonempty=True, help="IANA timezone of the schedule; default: [agent].timezone"),
+    "comment": Option("str", "", multiline=True, help="why: shown in `alertmail silence list` and the heartbeat"),
 }
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

@@ -114,6 +114,18 @@ class StormGuard:
             self.sent([rcpt], now)
         return out
 
+    def shift(self, delta: float) -> None:
+        """The wall clock was stepped by ``delta`` seconds: move the counted mails and the digests' times by it,
+        so the hour and the digest interval count on the monotonic clock."""
+        for sent in self._sent.values():
+            for i in range(len(sent)):
+                sent[i] += delta
+        for rcpt in self._last_digest:
+            self._last_digest[rcpt] += delta
+        for backlog in self.backlog.values():
+            backlog.since += delta
+            backlog.due += delta
+
     @property
     def next_due(self) -> float | None:
         return min((b.due for b in self.backlog.values()), default=None)

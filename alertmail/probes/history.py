@@ -59,6 +59,14 @@ class History:
         for key in [k for k, v in self._series.items() if not v or v[-1][0] < horizon]:
             del self._series[key]
 
+    def shift(self, delta: float) -> None:
+        """The wall clock was stepped by ``delta`` seconds: move every point's time by it, so the
+        charts stay in order and ``forget_idle`` keeps counting on the same clock as the samples."""
+        if not delta:
+            return
+        for key, points in self._series.items():
+            self._series[key] = deque(((t + delta, v) for t, v in points), maxlen=points.maxlen)
+
     def __len__(self) -> int:
         return len(self._series)
 
@@ -138,12 +146,19 @@ def encode(series: Iterable[tuple[str, Labels, Sequence[tuple[float, float]]]], 
             {
                 "metric": metric,
                 "labels": [list(pair) for pair in labels],
-                "points": [[round(t, 3), v if math.isfinite(v) else None] for t, v in points],
+                "points": [[round(t, 3), _saved_value(v)] for t, v in points],
             }
             for metric, labels, points in series
         ],
     }
     return json.dumps(out, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _saved_value(v: float) -> float | str | None:
+    """JSON has no NaN or infinities: NaN is saved as null, +-Inf as "+Inf" / "-Inf" (Prometheus's spelling)."""
+    if math.isfinite(v):
+        return v
+    return None if math.isnan(v) else ("+Inf" if v > 0 else "-Inf")
 
 
 def decode(data: bytes) -> list[tuple[str, Labels, Points]]:

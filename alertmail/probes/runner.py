@@ -4,13 +4,16 @@ A probe's ``collect()`` may be a plain or an ``async`` function. Plain ones run 
 thread of their own so a slow plugin never blocks the event loop; every run is bounded by a
 timeout, and whatever a probe does wrong (raises, hangs, returns junk) comes back as a
 ``ProbeRun`` with an error that names it, never as an exception that stops the others.
+
+A sample whose value is NaN or an infinity is a good sample: NaN says "no reading",
+±Inf a reading beyond every threshold, and the rules treat them as ``docs/rules.md``
+says ("NaN and infinities"), the same in the agent and in ``alertmail replay``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import math
 import queue
 import re
 import threading
@@ -22,12 +25,15 @@ from typing import Any, ClassVar
 
 from alertmail.config.core import AGENT_OPTIONS
 from alertmail.config.schema import Checker, Option
-from alertmail.model import Sample
+from alertmail.model import Sample, reserved_metric
+from alertmail.protocols import ProbeProtocol
 
 PROBE_OPTIONS: dict[str, Option] = {
     "enabled": Option("bool", True, help="run this probe"),
-    "interval": Option("duration", None, help="how often to run it; default: the probe's own, else [agent].interval"),
-    "timeout": Option("duration", None, help="longest one run may take; default: its interval"),
+    "interval": Option(
+        "duration", None, minimum=0.1, help="how often to run it; default: the probe's own, else [agent].interval"
+    ),
+    "timeout": Option("duration", None, minimum=0.001, help="longest one run may take; default: its interval"),
 }
 COMMON_KEYS = tuple(PROBE_OPTIONS)
 # A worker with nothing to do for this long ends; the agent's probes never wait that long.
@@ -60,10 +66,10 @@ def _validated(name: str, result: Any) -> tuple[list[Sample], str | None]:
     for i, item in enumerate(result):
         if not isinstance(item, Sample):
             bad.append(f"item {i} is {type(item).__name__}, not a Sample")
-        elif not math.isfinite(item.value):
-            bad.append(f"{item.metric} = {item.value} is not a finite number")
         elif not item.metric:
             bad.append(f"item {i} has an empty metric name")
+        elif reserved_metric(item.metric):
+            bad.append(f"{item.metric} is refused: agent.* and alert.* are the agent's own figures; name it after the plugin")
         else:
             good.append(item)
     if not bad:
@@ -103,11 +109,11 @@ class _Worker:
     _all: ClassVar[dict[int, _Worker]] = {}  # id(probe) -> worker; the worker holds the probe
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, probe: Any) -> None:
+    def __init__(self, probe: ProbeProtocol) -> None:
         self.probe = probe
         self.busy_since: float | None = None
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._serve, name=f"probe {getattr(probe, 'name', '?')}", daemon=True).start()
+        threading.Thread(target=self._serve, name=f"probe {probe.name}", daemon=True).start()
 
     @classmethod
     def of(cls, probe: Any) -> _Worker | None:
@@ -170,9 +176,9 @@ async def _collect(probe: Any) -> tuple[Any, float | None]:
     return result, spent
 
 
-async def run_probe(probe: Any, timeout: float) -> ProbeRun:
+async def run_probe(probe: ProbeProtocol, timeout: float) -> ProbeRun:
     """One run of ``probe`` bounded by ``timeout`` seconds; never raises for the probe's faults."""
-    name = str(getattr(probe, "name", type(probe).__name__))
+    name = probe.name
     worker = _Worker.of(probe)
     busy_since = worker.busy_since if worker is not None else None
     if busy_since is not None:

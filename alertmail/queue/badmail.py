@@ -2,10 +2,17 @@
 
 ``<id>.bad`` starts with ``X-Sender:`` / ``X-Receiver:`` lines (the failed recipients),
 then the message as it was queued, so copying it into ``pickup/`` sends it again.
+
+A file refused by the pickup folder is never copied: ``take_file`` renames it into
+badmail whole (no byte written, a sparse file stays sparse); only where it cannot be
+renamed (another filesystem) is a bounded excerpt (``EXCERPT`` bytes) kept instead,
+and the ``.bdr`` says how much of how much.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import itertools
 import os
@@ -14,13 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from alertmail.fsutil import write_atomic
+from alertmail.fsutil import fsync_dir, write_atomic
 from alertmail.model import Envelope
 from alertmail.queue.entry import Entry, new_id, valid_id
 from alertmail.units import format_duration
 
 ENVELOPE_HEADERS = (b"x-sender:", b"x-receiver:")
 COPY_PIECE = 1 << 20
+# What is kept of a refused file that cannot be renamed into badmail.
+EXCERPT = 64 << 10
 
 
 def stamp(when: float) -> str:
@@ -101,6 +110,44 @@ class Badmail:
         write_atomic(self.folder / f"{entry.id}.bdr", description.encode())
         return entry.id
 
+    def take_file(
+        self, path: Path, fd: int, st: os.stat_result, *, reason: str, origin: str, now: float | None = None
+    ) -> tuple[str, str]:
+        """Move the refused file ``path`` (open as ``fd``, ``st`` its fstat) into badmail with ``reason``
+        (blocking); its id, and what became of it ("moved whole" or the excerpt kept).
+
+        Renamed, never copied: badmail costs no disk for it, whatever its size. When it cannot
+        be renamed (another filesystem), its first ``EXCERPT`` bytes are kept and it is removed.
+        A file found swapped for another after the rename is put back and nothing is filed
+        (``FileNotFoundError``): the scan then sees what now stands there.
+        """
+        now = time.time() if now is None else now
+        self.folder.mkdir(parents=True, exist_ok=True)
+        entry = Entry(id=new_id(), created=now, sender="", recipients={}, origin=origin, size=st.st_size)
+        target = self.folder / f"{entry.id}.bad"
+        try:
+            os.rename(path, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            kept = _read_at(fd, EXCERPT)
+            write_atomic(target, with_envelope(Envelope("", ()), kept))
+            fate = f"only its first {len(kept)} of {st.st_size} bytes are kept here (it could not be moved: {exc.strerror})"
+            _unlink_if_same(path, st)
+        else:
+            now_there = os.lstat(target)
+            if (now_there.st_dev, now_there.st_ino) != (st.st_dev, st.st_ino):
+                os.rename(target, path)  # not the file that was read: not ours to file
+                raise FileNotFoundError(errno.ENOENT, "replaced while being moved", str(path))
+            with contextlib.suppress(OSError):  # another user's file keeps its owner; at least not readable by all
+                os.chmod(target, 0o640)
+            fate = f"moved here whole ({st.st_size} bytes, renamed, not copied)"
+            fsync_dir(self.folder)
+            fsync_dir(path.parent)
+        description = self.describe(entry, reason=f"{reason}; {fate}", dsn="none (no envelope to send one to)", now=now)
+        write_atomic(self.folder / f"{entry.id}.bdr", description.encode())
+        return entry.id, fate
+
     @staticmethod
     def describe(entry: Entry, *, reason: str, dsn: str, now: float) -> str:
         """The human-readable reason: recipients, last replies, attempts, times."""
@@ -147,10 +194,12 @@ class Badmail:
         return sorted(out, key=lambda i: (i.time, i.id))
 
     def read(self, msg_id: str) -> tuple[Envelope | None, bytes]:
-        """The envelope and message of ``<id>.bad``."""
+        """The envelope and message of ``<id>.bad`` (a regular file: a symlink is never followed)."""
         if not valid_id(msg_id):
             raise FileNotFoundError(f"no badmail message {msg_id!r}")
-        return split_envelope((self.folder / f"{msg_id}.bad").read_bytes())
+        fd = os.open(self.folder / f"{msg_id}.bad", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
+            return split_envelope(fh.read())
 
     def remove(self, msg_id: str) -> None:
         for suffix in (".bad", ".bdr"):
@@ -166,3 +215,23 @@ class Badmail:
         new_id = await queue.put(data, envelope, origin="resend")
         await asyncio.to_thread(self.remove, msg_id)
         return new_id
+
+
+def _read_at(fd: int, size: int) -> bytes:
+    """Up to ``size`` bytes from the start of the open file ``fd``."""
+    parts: list[bytes] = []
+    got = 0
+    while got < size and (piece := os.pread(fd, min(COPY_PIECE, size - got), got)):
+        parts.append(piece)
+        got += len(piece)
+    return b"".join(parts)
+
+
+def _unlink_if_same(path: Path, st: os.stat_result) -> None:
+    """Remove ``path`` when it is still the file ``st`` describes."""
+    try:
+        now = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+        path.unlink(missing_ok=True)

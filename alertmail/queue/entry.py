@@ -10,6 +10,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -25,6 +26,33 @@ def new_id() -> str:
 
 def valid_id(text: str) -> bool:
     return bool(ID_PATTERN.match(text))
+
+
+# The config keys that name a route; a queued message records which one it follows.
+ROUTE_KEYS = ("mail.route", "mail.also_route", "relay.route")
+
+
+def relayed(origin: str) -> bool:
+    """True for mail the relay took in (SMTP or the pickup folder): it follows relay.route."""
+    return origin == "pickup" or origin.startswith("relay")
+
+
+def route_key_for(route: Sequence[str] | None, origin: str, routes: Mapping[str, Sequence[str]]) -> str:
+    """The config key whose route a message queued with ``route`` by ``origin`` follows ("" for none).
+
+    The agent's mail follows [mail].route (or also_route, when it was queued on that one);
+    relayed and picked-up mail follows [relay].route; a message with no route follows
+    [mail].route anyway (the default); any other route is kept as it was given.
+    """
+    if not route:
+        return ""
+    if relayed(origin):
+        return "relay.route"
+    if origin == "agent":
+        for key in ("mail.route", "mail.also_route"):
+            if key in routes and list(routes[key]) == list(route):
+                return key
+    return ""
 
 
 @dataclass
@@ -61,6 +89,9 @@ class Entry:
     sender: str
     recipients: dict[str, RecipientState]
     route: list[str] | None = None  # None: the configured default route
+    # The config key whose route the message follows ("mail.route", "mail.also_route", "relay.route"),
+    # resolved again at each attempt; "" for a route given as such (``route`` is then kept as it is).
+    route_key: str = ""
     origin: str = "agent"  # "agent", "relay", "pickup", "dsn", "resend"
     size: int = 0
     attempts: int = 0
@@ -71,6 +102,8 @@ class Entry:
     segment: str = ""  # the segment holding the message; set when it is read back
     offset: int = 0  # where its bytes start in the segment
     crc: int | None = None  # zlib.crc32 of the message bytes; None in segments written before checksums
+    held: str = ""  # why no attempt can be made (its route names a transport the config lacks); "" when none
+    held_since: float = 0.0  # when it was first found so
 
     @property
     def envelope(self) -> Envelope:

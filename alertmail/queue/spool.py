@@ -9,12 +9,17 @@ Layout of ``state_dir/queue``::
     <seg>.done      ids of that segment's messages that are finished (appended; no
                     fsync: a crash that loses a line means one more delivery, never less).
     <id>.json       a message's metadata after delivery attempts (rewritten atomically,
-                    fsynced); it supersedes the metadata line in the segment.
+                    fsynced): a header line with its length and CRC-32, then the JSON. It
+                    supersedes the metadata line in the segment for how each recipient
+                    stands, never for the envelope: one that fails its checksum or disagrees
+                    with the verified record is set aside and the message starts over.
     .<name>.tmp     a file being written; a crash leaves it behind and start() drops it.
     control/        requests from the command line to a running agent (retry, delete, resend).
     corrupt/        damaged bytes set aside, never deleted: ``<seg>.seg`` a damaged segment
                     (its intact messages were written into a new one), ``<id>.msg`` a message
-                    found damaged when read for delivery; ``.txt`` next to each says what was wrong.
+                    found damaged when read for delivery, ``<id>.json`` a damaged state file or
+                    the state of a message lost in damage; ``.txt`` next to each says what was
+                    wrong and names every message lost, with what is known of it.
     lock            held (flock) by the one process that owns the queue.
 
 Every record is verified when the queue loads and the message again when it is read for
@@ -49,6 +54,7 @@ import contextlib
 import errno
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -59,7 +65,7 @@ from alertmail.errors import AlertmailError
 from alertmail.fsutil import fsync_dir, lock, write_atomic
 from alertmail.model import Envelope
 from alertmail.queue import segment as records
-from alertmail.queue.entry import Entry, RecipientState, new_id, valid_id
+from alertmail.queue.entry import Entry, RecipientState, new_id, route_key_for, valid_id
 
 log = logging.getLogger("alertmail.queue.spool")
 
@@ -116,6 +122,8 @@ class Queue:
         self.sign = sign
         self.sign_origins = frozenset(sign_origins)
         self.stats = QueueStats()
+        # The routes the config names, by key ("mail.route": [...]): a put records which one it follows.
+        self.routes: dict[str, list[str]] = {}
         self._entries: dict[str, Entry] = {}
         self._live: dict[str, set[str]] = {}  # segment -> ids not yet finished
         self._pending: list[tuple[Entry, bytes, asyncio.Future[None]]] = []
@@ -135,6 +143,11 @@ class Queue:
         self._retirer: asyncio.Task[None] | None = None
         # What load() found damaged, by segment, for recover() to set aside and `queue list --corrupt` to show.
         self.damaged: dict[str, records.Scan] = {}
+        # Files load() could not read (permissions, I/O errors): damage too, kept in place for a fix.
+        self.unreadable: dict[str, str] = {}  # file name -> why
+        self.bad_states: dict[str, str] = {}  # id -> why its state file was not taken (set aside by recover())
+        self.lost: dict[str, str] = {}  # id -> what the state file of a message lost in damage says of it
+        self._waiting_states: set[str] = set()  # ids whose state file waits with its unreadable segment
 
     # -- life cycle ---------------------------------------------------------
 
@@ -211,9 +224,18 @@ class Queue:
         self.load()
         for segment in list(self.damaged):
             self._set_aside(segment)
+        for msg_id, reason in [*self.bad_states.items(), *self.lost.items()]:
+            path = self.folder / f"{msg_id}.json"
+            if path.is_file():
+                kept = self._move_to_corrupt(path, path.name, [reason])
+                log.error("queue: state file of message %s set aside in %s: %s", msg_id, kept, reason)
+        for name, reason in self.unreadable.items():
+            log.error("queue: %s is damaged, kept in place: %s", name, reason)
         for name in os.listdir(self.folder):
             stem, _, suffix = name.partition(".")
-            orphan = (suffix == "done" and stem not in self._live) or (suffix == "json" and stem not in self._entries)
+            orphan = (suffix == "done" and stem not in self._live and f"{stem}.seg" not in self.unreadable) or (
+                suffix == "json" and stem not in self._entries and stem not in self._waiting_states
+            )
             if orphan and valid_id(stem) and (self.folder / name).is_file():
                 (self.folder / name).unlink(missing_ok=True)
         for segment, live in list(self._live.items()):
@@ -226,6 +248,7 @@ class Queue:
         Only records that verify are loaded; what does not is noted in ``damaged``.
         """
         self._entries, self._live, self.damaged = {}, {}, {}
+        self.unreadable, self.bad_states, self.lost, self._waiting_states = {}, {}, {}, set()
         if not self.folder.is_dir():
             return
         names = set(os.listdir(self.folder))
@@ -234,13 +257,23 @@ class Queue:
                 continue
             segment = name[:-4]
             path = self.folder / name
-            if not valid_id(segment) or not path.is_file() or path.is_symlink():
+            if not valid_id(segment):
                 log.warning("queue: skipping stray %s: not a segment the queue wrote", path)
                 continue
             try:
+                mode = path.lstat().st_mode
+            except FileNotFoundError:
+                continue  # finished and removed since the listing
+            if not stat.S_ISREG(mode):
+                kind = "a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+                self.unreadable[name] = f"named like a segment but {kind}; left as it is"
+                continue
+            try:
                 scan = records.scan(path)
+            except FileNotFoundError:
+                continue  # finished and removed since the listing (another process owns the queue)
             except OSError as exc:
-                log.warning("queue: skipping %s: %s", path, exc)
+                self.unreadable[name] = f"unreadable ({exc.strerror or exc}); its messages wait until it can be read"
                 continue
             if scan.damage:
                 self.damaged[segment] = scan
@@ -254,11 +287,44 @@ class Queue:
                     entry = self._with_state(entry)
                 self._entries[entry.id] = entry
                 live.add(entry.id)
+        for name in sorted(names):
+            stem, _, suffix = name.partition(".")
+            if suffix == "json" and valid_id(stem) and stem not in self._entries and (self.folder / name).is_file():
+                self._orphan_state(stem, names)
+
+    def _orphan_state(self, msg_id: str, names: set[str]) -> None:
+        """A state file whose message was not loaded: left over by a finished message (stale), or
+        the last word on a message lost in damage, which is then named in ``lost``."""
+        try:
+            state, _ = records.read_state((self.folder / f"{msg_id}.json").read_bytes())
+        except FileNotFoundError:
+            return  # removed since the listing
+        except OSError as exc:
+            self.bad_states[msg_id] = f"state file of message {msg_id} unreadable ({exc.strerror or exc})"
+            return
+        except records.DamagedRecord as exc:
+            self.bad_states[msg_id] = f"state file of message {msg_id} damaged ({exc.args[0]}); no queued record of it"
+            return
+        segment = str(state.segment)
+        if f"{segment}.seg" in self.unreadable:
+            self._waiting_states.add(msg_id)  # kept for when its segment can be read again
+            return
+        finished = f"{segment}.seg" not in names or msg_id in self._done_ids(segment)
+        if segment in self.damaged or not finished:
+            states = ", ".join(f"<{r}> {s.status}" for r, s in state.recipients.items())
+            self.lost[msg_id] = (
+                f"message {msg_id} not delivered: its record in segment {segment} is damaged or gone; "
+                f"its last state says: {records.known(state)}, {state.attempts} attempt(s); {states}"
+            )
 
     def _done_ids(self, segment: str) -> set[str]:
         try:
             return set((self.folder / f"{segment}.done").read_text().split())
-        except (OSError, UnicodeDecodeError):
+        except FileNotFoundError:
+            return set()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            self.unreadable[f"{segment}.done"] = f"unreadable ({reason}); its finished messages may go out once more"
             return set()
 
     def _set_aside(self, segment: str) -> None:
@@ -317,6 +383,10 @@ class Queue:
         out: list[tuple[Path, str]] = []
         for segment, scan in sorted(self.damaged.items()):
             out.append((self.folder / f"{segment}.seg", "; ".join(d.describe() for d in scan.damage)))
+        for name, reason in sorted(self.unreadable.items()):
+            out.append((self.folder / name, reason))
+        for msg_id, reason in sorted({**self.bad_states, **self.lost}.items()):
+            out.append((self.folder / f"{msg_id}.json", reason))
         corrupt = self.folder / "corrupt"
         if corrupt.is_dir():
             for path in sorted(corrupt.iterdir()):
@@ -330,21 +400,44 @@ class Queue:
         return out
 
     def _with_state(self, entry: Entry) -> Entry:
-        """``entry`` with the metadata its delivery attempts saved."""
+        """``entry`` with the metadata its delivery attempts saved, when that verifies and agrees with
+        the verified record; else ``entry`` as queued (its recipients all tried again: at least once)."""
         try:
-            state = Entry.from_json((self.folder / f"{entry.id}.json").read_bytes())
+            state, _ = records.read_state((self.folder / f"{entry.id}.json").read_bytes())
         except FileNotFoundError:
             return entry
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            log.error("queue: state of %s is unreadable (%s); starting it over", entry.id, exc)
-            return entry
-        state.segment, state.offset, state.size, state.crc = entry.segment, entry.offset, entry.size, entry.crc
-        return state
+        except OSError as exc:
+            reason = f"unreadable ({exc.strerror or exc})"
+        except records.DamagedRecord as exc:
+            reason = str(exc.args[0])
+        else:
+            wrong = _disagreement(state, entry)
+            if not wrong:
+                state.segment, state.offset, state.size, state.crc = entry.segment, entry.offset, entry.size, entry.crc
+                return state
+            reason = f"it disagrees with the message's verified record ({wrong})"
+        self.bad_states[entry.id] = (
+            f"state file of message {entry.id} damaged: {reason}; "
+            "delivery started over from the verified record (recipients already served may get it twice)"
+        )
+        log.error("queue: %s", self.bad_states[entry.id])
+        return entry
 
     # -- writing ------------------------------------------------------------
 
-    async def put(self, data: bytes, envelope: Envelope, *, route: Sequence[str] | None = None, origin: str = "agent") -> str:
+    async def put(
+        self,
+        data: bytes,
+        envelope: Envelope,
+        *,
+        route: Sequence[str] | None = None,
+        origin: str = "agent",
+        route_key: str | None = None,
+    ) -> str:
         """Queue ``data`` for ``envelope``; return its id once it is durable.
+
+        ``route_key`` names the config key whose route it follows at each attempt ("mail.route",
+        "relay.route"); None: worked out from ``route`` and ``origin`` (``entry.route_key_for``).
 
         Raises QueueWriteError when it cannot be made durable; then nothing of it remains.
         """
@@ -364,6 +457,7 @@ class Queue:
             sender=envelope.sender,
             recipients={r: RecipientState() for r in dict.fromkeys(envelope.recipients)},
             route=list(route) if route else None,
+            route_key=route_key_for(route, origin, self.routes) if route_key is None else route_key,
             origin=origin,
             size=len(data),
             next_try=now,
@@ -517,7 +611,7 @@ class Queue:
         if entry.id not in self._entries:
             return  # finished or deleted meanwhile: do not resurrect its state
         try:
-            self._write_file(self.folder / f"{entry.id}.json", entry.to_json())
+            self._write_file(self.folder / f"{entry.id}.json", records.encode_state(entry))
             if self.fsync:
                 self._fsync_folder()
         except OSError as exc:
@@ -696,6 +790,20 @@ class Queue:
                 entry.next_try = now
                 self.write_state(entry)
         return targets
+
+
+def _disagreement(state: Entry, record: Entry) -> str:
+    """What a state file says that its message's verified record does not ("": they agree).
+
+    The envelope, route and origin are fixed when a message is queued; a state file may
+    change only how each recipient stands.
+    """
+    for name in ("id", "sender", "created", "origin", "route", "route_key"):
+        if getattr(state, name) != getattr(record, name):
+            return name
+    if list(state.recipients) != list(record.recipients):
+        return "recipients"
+    return ""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import psutil
 
-from alertmail.model import Labels
+from alertmail.model import Labels, label_text, system_name
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,8 @@ def top_processes(limit: int = 5, interval: float = 0.3) -> dict[str, list[Proce
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
         busy = (times.user + times.system - before) / elapsed * 100
-        rows.append(ProcessRow(proc.info["name"] or "?", pid, round(max(busy, 0.0), 1), rss))
+        # A process names itself: any bytes, shown escaped like a label (b"x\xff\n" reads x\xff\n).
+        rows.append(ProcessRow(label_text(proc.info["name"] or "?"), pid, round(max(busy, 0.0), 1), rss))
     by_cpu = sorted(rows, key=lambda r: (r.cpu_percent, r.rss), reverse=True)[:limit]
     by_memory = sorted(rows, key=lambda r: r.rss, reverse=True)[:limit]
     return {"cpu": by_cpu, "memory": by_memory}
@@ -177,7 +178,7 @@ def collect_context(
         if resource_of(event.rule.metric) != "disk" or mount is None or mount in disks:
             continue
         try:
-            usage = disk_usage(mount)
+            usage = disk_usage(system_name(mount))  # a mount point that was not UTF-8 is still read
         except (psutil.Error, OSError, TimeoutError) as exc:
             log.warning("disk usage of %r not read: %s", mount, exc)
             continue

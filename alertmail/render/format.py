@@ -6,14 +6,15 @@ import math
 import re
 from collections.abc import Sequence
 
-from alertmail.model import Labels
+from alertmail.model import Labels, without_surrogates
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\u0085]+")
 
 
 def header_safe(text: object, limit: int = 200) -> str:
-    """One line of text with every control character (CR, LF, NUL, …) replaced: safe in a header."""
-    clean = _UNSAFE.sub(" ", str(text)).strip()
+    """One line of text with every control character (CR, LF, NUL, …) replaced and every byte that
+    was not UTF-8 shown escaped (``\\xff``): safe in a header."""
+    clean = _UNSAFE.sub(" ", without_surrogates(str(text))).strip()
     return clean if len(clean) <= limit else clean[: limit - 1] + "…"
 
 

@@ -20,6 +20,7 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
+from alertmail.model import without_surrogates
 from alertmail.render.format import format_labels, header_safe
 from alertmail.render.templating import _environment, compose
 from alertmail.render.view import (
@@ -104,6 +105,26 @@ def render_alert(events: Sequence[AlertEvent], ctx: RenderContext) -> EmailMessa
         raise ValueError("render_alert needs at least one event")
     variables, images = mail_variables(events, ctx)
     return compose("alert", variables, ctx, lambda: text_body(events, ctx), images)
+
+
+def plain_alert(events: Sequence[AlertEvent], ctx: RenderContext) -> EmailMessage:
+    """The last resort when a mail of ``events`` cannot be rendered: one text part, every value made encodable."""
+    try:
+        text = text_body(events, ctx)
+    except Exception:
+        log.exception("even the plain text of the mail failed; sending the bare facts")
+        text = "".join(
+            f"{e.kind}: {e.rule.name} {e.rule.metric} {format_labels(e.labels)} value {e.value!r} since {e.since!r}\n"
+            for e in events
+        )
+    first = events[0]
+    more = f" and {len(events) - 1} more" if len(events) > 1 else ""
+    msg = EmailMessage()
+    msg["Subject"] = header_safe(
+        f"{KIND_WORDS.get(first.kind, first.kind.upper())}: {first.rule.name}{more} on {ctx.hostname}", limit=250
+    )
+    msg.set_content(without_surrogates(text))
+    return msg
 
 
 def sample_variables() -> list[tuple[str, dict[str, Any]]]:

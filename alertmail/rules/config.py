@@ -13,7 +13,7 @@ from alertmail.units import valid_address
 RULE_OPTIONS: dict[str, Option] = {
     "name": Option("str", required=True, help='a unique name like "disk-root-full"'),
     "metric": Option("str", required=True, help='the metric to watch, e.g. "disk.used_percent"'),
-    "labels": Option("table", {}, help='label matchers: exact values or globs, e.g. { mount = "/" }'),
+    "labels": Option("table", {}, glob=True, help='label matchers: exact values or globs, e.g. { mount = "/" }'),
     "above": Option("number", help="fire when the value is above this"),
     "below": Option("number", help="fire when the value is below this"),
     "warning": Option("number", help="warning level (the threshold when above/below is not given)"),
@@ -29,8 +29,8 @@ RULE_OPTIONS: dict[str, Option] = {
     ),
     "absent": Option("duration", 0.0, help="fire when no sample arrives for this long"),
     "severity": Option("str", "warning", help="severity shown in the subject"),
-    "to": Option("list", None, help="recipients; default: [mail].to"),
-    "description": Option("str", "", help="a line of text put into the mail"),
+    "to": Option("list", None, addresses=True, help="recipients; default: [mail].to"),
+    "description": Option("str", "", multiline=True, help="a line of text put into the mail"),
     "runbook": Option("str", "", help="http(s) URL of what to do about this alert; linked from its mail"),
     "flapping": Option("bool", True, help="detect flapping (Nagios percent state change)"),
     "undeclared": Option(

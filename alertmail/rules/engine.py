@@ -15,8 +15,12 @@ Semantics, in the order a sample meets them:
   ``alertmail.rules.window`` for the memory bound. A window decides only once its
   samples span ``min_coverage`` (default half) of ``over``; until then the sample
   changes no state (as after a gap as long as the window).
-* **NaN.** A NaN sample (a probe with no reading) counts as seen (absent stays quiet)
-  but is not compared and does not enter the window: the state stays as it was.
+* **NaN and infinities** (one definition for the agent, ``replay`` and windows). A NaN
+  sample (a probe with no reading) counts as seen (absent stays quiet) but is not
+  compared and does not enter the window: the state stays as it was. +Inf and -Inf are
+  values: seen, compared (+Inf is above every threshold, -Inf below every one) and kept
+  in the window, where ``max``/``min``/``last`` carry them, ``avg`` is the infinity it
+  holds (undecided while it holds both), and ``rate`` is undecided while it holds one.
 * **Levels.** ``above = X`` (or ``below``) fires at X with the rule's ``severity``;
   adding ``critical = Y`` makes X the warning level and Y the critical one; or give
   ``warning`` and ``critical`` alone, the direction following from their order. An
@@ -47,7 +51,18 @@ Semantics, in the order a sample meets them:
   resolved) carries the same id, so the notifier can thread them under one Message-ID.
 
 ``snapshot()``/``restore()`` carry open incidents across a restart: a restored
-firing incident is not mailed again, and its recovery still is.
+firing incident is not mailed again, and its recovery still is. They also carry when
+each series of a rule with ``absent`` was last seen, so a series that stopped while the
+agent was down (or just before it stopped) is reported absent with its labels and the
+time since its last sample, not as a rule with no series since the start. It is reported
+once ``absent`` has passed since the start too: every series gets that long to report again.
+
+**Time.** ``now`` must not jump: the caller reads a clock that only runs forward (the
+agent's wall clock, checked against the monotonic one). When the wall clock is stepped,
+the caller passes the step to ``shift()``, which moves every stored time by it: every
+duration (``for``, ``keep_firing_for``, ``repeat``, ``absent``, windows) keeps counting
+from the same instant as before, and the times events report are those of the wall
+clock after the step.
 
 Memory per series is bounded: a few slots, 21 bits of flap history, and with
 ``over`` at most ``WINDOW_BUCKETS + 1`` window buckets. Healthy series that stop
@@ -154,7 +169,7 @@ class _Series:
         self.state = State.OK
         self.since: float | None = None  # when the condition began to hold
         self.value: float | None = None  # the last evaluated value (the aggregate with `over`)
-        self.last_seen: float | None = None  # None after a restore: counts from the engine's start
+        self.last_seen: float | None = None  # None: counts from the engine's start (a series restored without one)
         self.clear_since: float | None = None
         self.window = Window(rule.over, min_coverage=rule.min_coverage) if rule.over else None
         self.flap = FlapHistory() if rule.flapping and compiled.sign else None
@@ -255,7 +270,9 @@ class RuleEngine:
             if rule.absent:
                 last = s.last_seen if s.last_seen is not None else self._started
                 if s.absent is None:
-                    if now - last >= rule.absent:
+                    # A last-seen time restored from before the start: every series gets `absent` after the
+                    # start to report again (no false alarm for one the agent was simply not running to see).
+                    if now - last >= rule.absent and now - self._started >= rule.absent:
                         s.absent = self._open_absent(c, s.labels, last, now)
                         out.append(self._event("firing", c, s.labels, s.absent, None, now, "firing"))
                 else:
@@ -304,6 +321,32 @@ class RuleEngine:
                 count += 1
         return count
 
+    def shift(self, delta: float) -> None:
+        """The wall clock was stepped by ``delta`` seconds: move every stored time by it.
+
+        Durations measured from those times are then what the monotonic clock says, and
+        the times events report (since, fired at) read on the stepped wall clock.
+        """
+        if not delta:
+            return
+        if self._started is not None:
+            self._started += delta
+        incidents = list(self._rule_absent.values())
+        for s in self._series.values():
+            if s.since is not None:
+                s.since += delta
+            if s.last_seen is not None:
+                s.last_seen += delta
+            if s.clear_since is not None:
+                s.clear_since += delta
+            if s.window is not None:
+                s.window.shift(delta)
+            incidents += [i for i in (s.incident, s.absent) if i is not None]
+        for incident in incidents:
+            incident.since += delta
+            incident.fired_at += delta
+            incident.notified_at += delta
+
     # -- reading -----------------------------------------------------------
 
     def states(self, now: float | None = None) -> list[AlertStatus]:
@@ -347,14 +390,16 @@ class RuleEngine:
         return {c.rule.name for c in self._compiled if self._seen[c.index]}
 
     def snapshot(self) -> dict[str, Any]:
-        """Every series that is not plainly ok (pending, firing, flapping, absent, recent changes), JSON-serialisable.
+        """Every series that is not plainly ok (pending, firing, flapping, absent, recent changes), and every
+        series of a rule with ``absent`` (for its last-seen time), JSON-serialisable.
 
         Windows are not kept here: the agent refills them from the saved chart history (``prime``).
         """
         series = []
         for s in self._series.values():
             quiet = s.flap is None or s.flap.percent() == 0
-            if s.state is State.OK and s.incident is None and s.absent is None and not s.flapping and quiet:
+            plain = s.state is State.OK and s.incident is None and s.absent is None and not s.flapping and quiet
+            if plain and not (s.compiled.rule.absent and s.last_seen is not None):
                 continue
             series.append(
                 {
@@ -363,6 +408,7 @@ class RuleEngine:
                     "state": s.state.value,
                     "since": s.since,
                     "clear_since": s.clear_since,
+                    "last_seen": s.last_seen,
                     "value": s.value,
                     "flapping": s.flapping,
                     "history": [s.flap.bits, s.flap.count] if s.flap is not None else None,
@@ -392,6 +438,9 @@ class RuleEngine:
             s.state = State(entry.get("state", "ok"))
             s.since = entry.get("since")
             s.clear_since = entry.get("clear_since")
+            if c.rule.absent and isinstance(entry.get("last_seen"), int | float):
+                # A series that stopped while the agent was down is absent since its last sample, not since the start.
+                s.last_seen = float(entry["last_seen"])
             s.value = entry.get("value")
             if s.flap is not None:
                 s.flapping = bool(entry.get("flapping"))

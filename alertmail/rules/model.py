@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 
 from alertmail.model import Labels, Sample
@@ -191,6 +191,11 @@ class AlertEvent:
     def duration(self) -> float:
         """How long the condition has held (or held, for "resolved")."""
         return self.at - self.since
+
+    def shifted(self, delta: float) -> AlertEvent:
+        """This event with its times moved by ``delta`` seconds (the wall clock was stepped since it happened)."""
+        fired_at = self.fired_at + delta if self.fired_at is not None else None
+        return replace(self, since=self.since + delta, at=self.at + delta, fired_at=fired_at)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,14 @@ Coverage: a window decides only once its samples span at least ``min_coverage`` 
 counted from the first sample after the series began (or came back from a gap at
 least as long as the window, which leaves nothing in it). Until then ``value`` says
 None ("not enough to say"): a fresh or restarted series does not fire on two samples.
+
+Infinities (docs/rules.md, "NaN and infinities"): the caller keeps NaN out; +Inf and -Inf
+are values. ``max``, ``min`` and ``last`` carry them as they are; ``avg`` is +Inf (-Inf)
+while the window holds a +Inf (-Inf) and undecided (None) while it holds both; ``rate`` is
+undecided while the window holds either (a counter has no infinite reading), and an
+infinite sample is not a counter value: the next finite one counts from the last finite
+one. Infinities are counted apart from the running sum, so one that leaves the window
+leaves no trace in the aggregate.
 """
 
 from __future__ import annotations
@@ -24,13 +32,30 @@ AGGREGATES = ("avg", "min", "max", "last", "rate")
 
 
 class _Bucket:
-    __slots__ = ("count", "first_delta", "first_ts", "high", "increase", "last", "last_ts", "low", "start", "total")
+    __slots__ = (
+        "count",
+        "first_delta",
+        "first_ts",
+        "high",
+        "increase",
+        "last",
+        "last_ts",
+        "low",
+        "neg",
+        "pos",
+        "start",
+        "total",
+    )
 
     def reset(self, start: float, ts: float, value: float, delta: float) -> _Bucket:
         self.start = start
         self.first_ts = self.last_ts = ts
         self.count = 1
-        self.total = self.low = self.high = self.last = value
+        self.low = self.high = self.last = value
+        finite = math.isfinite(value)
+        self.total = value if finite else 0.0  # finite values only: an infinity is counted in pos / neg
+        self.pos = int(value == math.inf)
+        self.neg = int(value == -math.inf)
         self.increase = self.first_delta = delta
         return self
 
@@ -45,6 +70,8 @@ class Window:
         "count",
         "increase",
         "min_coverage",
+        "neg",
+        "pos",
         "previous",
         "since",
         "span",
@@ -66,7 +93,9 @@ class Window:
         # Running sums make avg and rate O(1); they are recomputed now and then so
         # subtracting evicted buckets cannot let rounding error pile up.
         self.count = 0
-        self.total = 0.0
+        self.total = 0.0  # of the finite values
+        self.pos = 0  # how many +Inf the window holds
+        self.neg = 0  # how many -Inf
         self.increase = 0.0
         self._spare: _Bucket | None = None  # an evicted bucket, reused to spare an allocation
         self._evicted = 0
@@ -76,33 +105,40 @@ class Window:
 
     def add(self, ts: float, value: float) -> None:
         """Fold one sample in and drop what fell out of the window."""
+        finite = math.isfinite(value)
         # A counter that went down was reset (restart, wrap): it counted `value` since.
-        if self.previous is None:
-            delta = 0.0
+        if self.previous is None or not finite:
+            delta = 0.0  # an infinity is no counter reading: the next finite value counts from the last one
         elif value >= self.previous:
             delta = value - self.previous
         else:
             delta = value
-        self.previous = value
+        if finite:
+            self.previous = value
         if self.buckets and ts < self.buckets[-1].last_ts - self.span:
             # The clock went back further than the window: what it holds is no longer "recent".
             self.buckets.clear()
-            self.count, self.total, self.increase = 0, 0.0, 0.0
+            self.count, self.total, self.increase, self.pos, self.neg = 0, 0.0, 0.0, 0, 0
             delta = 0.0
         if not self.buckets or ts - self.buckets[-1].last_ts >= self.span or self.since is None:
             # A gap as long as the window leaves nothing of before in it: coverage starts again.
             self.since = ts
         elif ts < self.since:
             self.since = ts
+        pos, neg = int(value == math.inf), int(value == -math.inf)
         self.count += 1
-        self.total += value
+        self.total += value if finite else 0.0
+        self.pos += pos
+        self.neg += neg
         self.increase += delta
         buckets = self.buckets
         if buckets and ts < buckets[-1].start + self.width:
             # Same bucket, or a late sample: fold it into the newest bucket.
             b = buckets[-1]
             b.count += 1
-            b.total += value
+            b.total += value if finite else 0.0
+            b.pos += pos
+            b.neg += neg
             b.low = min(b.low, value)
             b.high = max(b.high, value)
             if ts >= b.last_ts:
@@ -121,6 +157,8 @@ class Window:
             for b in buckets[:drop]:
                 self.count -= b.count
                 self.total -= b.total
+                self.pos -= b.pos
+                self.neg -= b.neg
                 self.increase -= b.increase
             self._spare = buckets[drop - 1]
             del buckets[:drop]
@@ -130,6 +168,15 @@ class Window:
                 self.count = sum(b.count for b in buckets)
                 self.total = math.fsum(b.total for b in buckets)
                 self.increase = math.fsum(b.increase for b in buckets)
+
+    def shift(self, delta: float) -> None:
+        """Move every stored time by ``delta`` seconds (the wall clock was stepped); the aggregates stay."""
+        if self.since is not None:
+            self.since += delta
+        for b in self.buckets:
+            b.start += delta
+            b.first_ts += delta
+            b.last_ts += delta
 
     @property
     def covered(self) -> float:
@@ -147,6 +194,9 @@ class Window:
         if agg == "last":
             return buckets[-1].last
         if agg == "avg":
+            if self.pos or self.neg:
+                # +Inf and -Inf together have no mean: undecided, as NaN.
+                return None if self.pos and self.neg else (math.inf if self.pos else -math.inf)
             # The running sum keeps the rounding of values that left the window: after a
             # large one, a window of zeros could average -2e-12 and fire a `below = 0` rule.
             # A mean never lies outside its values.
@@ -157,6 +207,8 @@ class Window:
         if agg == "max":
             return max(b.high for b in buckets)
         if agg == "rate":
+            if self.pos or self.neg:
+                return None  # a counter has no infinite reading
             elapsed = buckets[-1].last_ts - buckets[0].first_ts
             if elapsed <= 0:
                 return None

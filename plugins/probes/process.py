@@ -74,6 +74,9 @@ def parse_watch(value: Any) -> list[Watch]:
             elif not isinstance(item, str) or not item:
                 problems.append(f"{where}.{key}: expected a non-empty string, got {item!r}")
                 bad = True
+            elif any(ord(c) < 32 or ord(c) == 127 for c in item):
+                problems.append(f"{where}.{key}: control characters (line breaks, NUL) are not allowed, got {item!r}")
+                bad = True
         name = entry.get("name")
         if "name" not in entry:
             problems.append(f'{where}.name: missing; the label value of this group, e.g. name = "nginx"')

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import psutil
 
-from alertmail import MetricInfo, Option, Sample, hookimpl
+from alertmail import MetricInfo, Option, Sample, hookimpl, label_text
 
 # Deltas over less than this are mostly rounding (CPU times tick in 10 ms steps),
 # so a run that comes sooner keeps the old baseline and reports nothing yet.
@@ -265,7 +265,8 @@ def real_partitions(partitions: Iterable[Any], *, exclude_fstypes: Iterable[str]
     for part in partitions:
         if part.fstype in skip_types or part.device.startswith("/dev/loop"):
             continue
-        if part.mountpoint in seen or _matches(part.mountpoint, skip_mounts):
+        # A glob matches the mount point as the system names it or as alerts show it (``/mnt/\\xff``).
+        if part.mountpoint in seen or any(_matches(m, skip_mounts) for m in (part.mountpoint, label_text(part.mountpoint))):
             continue
         seen.add(part.mountpoint)
         out.append(part)
@@ -285,7 +286,7 @@ class DiskProbe(SystemProbe):
     )
     options: ClassVar[dict[str, Option]] = {
         "exclude_fstypes": Option("list", list(PSEUDO_FSTYPES), help="filesystem types not to report"),
-        "exclude_mounts": Option("list", [], help='mount point globs not to report, e.g. ["/boot/*"]'),
+        "exclude_mounts": Option("list", [], glob=True, help='mount point globs not to report, e.g. ["/boot/*"]'),
     }
 
     def __init__(self) -> None:
@@ -340,7 +341,7 @@ class DiskIOProbe(SystemProbe):
         MetricInfo("diskio.busy_percent", "percent", "share of time the disk was busy (Linux, FreeBSD)", ("disk",)),
     )
     options: ClassVar[dict[str, Option]] = {
-        "exclude": Option("list", ["loop*", "ram*", "zram*", "sr*", "fd*"], help="disk name globs not to report"),
+        "exclude": Option("list", ["loop*", "ram*", "zram*", "sr*", "fd*"], glob=True, help="disk name globs not to report"),
         "partitions": Option("bool", False, help="also report partitions (sda1), not only whole disks"),
     }
     counters: ClassVar[dict[str, str]] = {
@@ -417,7 +418,7 @@ class NetworkProbe(SystemProbe):
     metrics = tuple(MetricInfo(f"net.{m}", unit, text, ("interface",), "rate") for m, (unit, text) in _NET_TEXT.items())
     options: ClassVar[dict[str, Option]] = {
         "loopback": Option("bool", False, help="also report the loopback interface"),
-        "exclude": Option("list", [], help='interface name globs not to report, e.g. ["veth*"]'),
+        "exclude": Option("list", [], glob=True, help='interface name globs not to report, e.g. ["veth*"]'),
     }
 
     def __init__(self) -> None:

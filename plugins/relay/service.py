@@ -36,14 +36,24 @@ from typing import Any, ClassVar
 
 import click
 
-from alertmail import AlertmailError, Checker, Option, ServiceContext, config_option, hookimpl, parse_address
+from alertmail import (
+    AlertmailError,
+    Checker,
+    Option,
+    ServiceContext,
+    config_option,
+    hookimpl,
+    listen_problem,
+    parse_address,
+    valid_hostname,
+)
 
 log = logging.getLogger("alertmail.relay")
 
 OPTIONS: dict[str, Option] = {
     "enabled": Option("bool", False, help="start the relay with `alertmail run`"),
-    "listen": Option("list", ["127.0.0.1:2525"], help='addresses to listen on: "127.0.0.1:2525", "[::1]:2525"'),
-    "hostname": Option("str", None, help="name in the banner, EHLO and Received; default [agent].hostname"),
+    "listen": Option("list", ["127.0.0.1:2525"], nonempty=True, help='addresses to listen on: "127.0.0.1:2525", "[::1]:2525"'),
+    "hostname": Option("str", None, nonempty=True, help="name in the banner, EHLO and Received; default [agent].hostname"),
     "allow": Option("list", ["127.0.0.0/8", "::1"], help="IPs and CIDR networks that may relay without AUTH"),
     "users_file": Option("path", None, help="user:hash lines (`alertmail relay passwd USER`); AUTH over TLS only"),
     "tls_cert": Option("path", None, help="PEM certificate (chain) for STARTTLS"),
@@ -66,7 +76,7 @@ OPTIONS: dict[str, Option] = {
     "max_auth_failures": Option("int", 10, help="failed AUTH per client (`allow` ones too) within rate_window; then 421 4.7.0"),
     "max_auth_warnings": Option("int", 10, help="failed-AUTH warnings logged per rate_window; the rest are counted in one line"),
     "rate_window": Option("duration", 60.0, help="the time unit of max_auth_failures (as Postfix's anvil_rate_time_unit)"),
-    "route": Option("list", ["mx"], help="transports relayed and picked-up mail leaves through"),
+    "route": Option("list", ["mx"], nonempty=True, help='transports relayed and picked-up mail leaves through, e.g. ["mx"]'),
     "local_domains": Option("list", [], help="recipient domains any client may send to, without relay rights"),
     "local_recipients": Option(
         "list", [], help='the addresses of local_domains that exist ("@domain": all of it); others get 550 5.1.1 at RCPT'
@@ -123,7 +133,7 @@ def reserved_connections(opts: Mapping[str, Any]) -> int:
     return int(opts["max_connections"]) // 6 if reserved is None else int(reserved)
 
 
-def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:
+def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:  # noqa: C901  a list of independent checks, one per key
     """What ``alertmail run`` would stumble on in ``[relay]``, reported by ``alertmail check``.
 
     Checked when the config has a ``[relay]`` table (without one the relay does not run).
@@ -153,10 +163,21 @@ def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:
             check.error("relay.workers", str(exc).partition(": ")[2])
     for i, item in enumerate(opts.get("listen") or []):
         try:
-            parse_address(item)
+            problem = listen_problem(item)
         except ValueError as exc:
             hint = ' (IPv6 goes in brackets: "[::1]:2525")' if item.count(":") > 1 and not item.startswith("[") else ""
             check.error(f"relay.listen[{i}]", f"{exc}{hint}")
+        else:
+            if problem:
+                check.error(f"relay.listen[{i}]", problem)
+    for i, domain in enumerate(opts.get("local_domains") or []):
+        if not valid_hostname(domain) or domain.startswith("["):
+            check.error(f"relay.local_domains[{i}]", f"not a domain: {domain!r}; write it like example.com")
+    hostname = opts.get("hostname")
+    if isinstance(hostname, str) and hostname and not valid_hostname(hostname):
+        check.error(
+            "relay.hostname", f"not a host name: {hostname!r}; it goes into the banner and EHLO: write it like mx.example.com"
+        )
     for i, item in enumerate(opts.get("allow") or []):
         try:
             parse_networks([item])
@@ -448,6 +469,12 @@ def check_route(cfg: Any, route: Sequence[str], state_dir: Path) -> None:
     for name in route:
         if name not in transports:
             raise RelayConfigError(f"relay.route: no [transports.{name}] table; add one (it says how relayed mail leaves)")
+    if route[-1] == "alertmanager":
+        # It takes only alerts an agent sealed; any other relayed mail needs a mail transport after it.
+        raise RelayConfigError(
+            "relay.route: ends with alertmanager, which takes only alerts sealed by a trusted agent, never other mail; "
+            'add a mail transport after it, e.g. ["alertmanager", "smtp"]'
+        )
     if "pickup" in route:
         folder = transports["pickup"].get("directory") or state_dir / "pickup"
         if Path(folder).resolve() == (state_dir / "pickup").resolve():

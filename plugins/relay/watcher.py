@@ -17,9 +17,11 @@ What is taken, and how (the folder may be writable by others than the relay's us
 only regular files with a single link, opened with ``O_NOFOLLOW`` and checked with
 ``fstat`` on the open file before anything is read. A symbolic link, a FIFO, a folder,
 a socket or a hard link (which could point at ``/etc/shadow``) is left in place and
-reported once with the reason. A file over ``max_size`` is never read into memory: it is
-copied to ``badmail/`` in pieces. More recipients than ``max_recipients`` send the file
-to badmail. File names reach the log with control characters escaped.
+reported once with the reason. A file over ``max_size`` is never read into memory. A
+refused file (too large, more recipients than ``max_recipients``, not a message) is
+renamed into ``badmail/`` with the reason, never copied: a sparse 2 GB file costs badmail
+no disk; where it cannot be renamed (another filesystem) only a bounded excerpt is kept.
+File names reach the log with control characters escaped.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ _ADDRESS = re.compile(
 )
 _LINE_END = re.compile(rb"\r?\n")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-# Pieces in which an oversize file is copied to badmail.
+# Pieces in which a file is read.
 COPY_CHUNK = 1 << 20
 
 
@@ -225,20 +227,18 @@ class PickupWatcher:
         try:
             if st.st_size > self.max_size:
                 reason = f"larger than max_size ({st.st_size} > {self.max_size} bytes)"
-                await asyncio.to_thread(self._reject_stream, path, fd, st, reason)
-                return True
+                return await asyncio.to_thread(self._refuse, path, fd, st, reason)
             data = await asyncio.to_thread(_read_up_to, fd, self.max_size + 1)
+            try:
+                if len(data) > self.max_size:  # grew since fstat
+                    raise PickupError(f"larger than max_size (over {self.max_size} bytes)")
+                envelope, message = parse_pickup(data)
+                if len(envelope.recipients) > self.max_recipients:
+                    raise PickupError(f"too many recipients ({len(envelope.recipients)} > max_recipients {self.max_recipients})")
+            except PickupError as exc:
+                return await asyncio.to_thread(self._refuse, path, fd, st, str(exc))
         finally:
             os.close(fd)
-        try:
-            if len(data) > self.max_size:  # grew since fstat
-                raise PickupError(f"larger than max_size (over {self.max_size} bytes)")
-            envelope, message = parse_pickup(data)
-            if len(envelope.recipients) > self.max_recipients:
-                raise PickupError(f"too many recipients ({len(envelope.recipients)} > max_recipients {self.max_recipients})")
-        except PickupError as exc:
-            await asyncio.to_thread(self._reject, path, st, data, str(exc))
-            return True
         trace = (
             f"Received: by {self.hostname} (alertmail pickup) id {secrets.token_hex(6)}; {format_datetime(datetime.now(UTC))}\r\n"
         )
@@ -268,21 +268,18 @@ class PickupWatcher:
             return None
         return fd, st
 
-    def _reject(self, path: Path, st: os.stat_result, data: bytes, reason: str) -> None:
-        """Move a file that is not a message to badmail with the reason (blocking)."""
+    def _refuse(self, path: Path, fd: int, st: os.stat_result, reason: str) -> bool:
+        """Move a file that is not a message into badmail with the reason, renamed, never copied (blocking)."""
         text = f"pickup file {shown(path.name)!r} is not a message alertmail can send: {reason}"
-        msg_id = self.badmail.reject(data, reason=text, origin="pickup")
-        _unlink_same(path, st)
-        log.warning("pickup: %s moved to badmail as %s: %s", shown(path.name), msg_id, reason)
-
-    def _reject_stream(self, path: Path, fd: int, st: os.stat_result, reason: str) -> None:
-        """Badmail for a file too large to hold in memory: copied from ``fd`` in pieces (blocking)."""
-        text = f"pickup file {shown(path.name)!r} is not a message alertmail can send: {reason}"
-        os.lseek(fd, 0, os.SEEK_SET)
-        with os.fdopen(os.dup(fd), "rb", buffering=0) as source:
-            msg_id = self.badmail.reject(source, reason=text, origin="pickup")
-        _unlink_same(path, st)
-        log.warning("pickup: %s moved to badmail as %s: %s", shown(path.name), msg_id, reason)
+        try:
+            msg_id, fate = self.badmail.take_file(path, fd, st, reason=text, origin="pickup")
+        except FileNotFoundError:
+            return False  # gone or replaced meanwhile: the next scan sees what stands there now
+        except OSError as exc:
+            log.error("pickup: cannot move %s to badmail, left in place: %s", shown(path.name), exc.strerror or exc)
+            return False
+        log.warning("pickup: %s refused, in badmail as %s: %s; %s", shown(path.name), msg_id, reason, fate)
+        return True
 
 
 def _read_up_to(fd: int, limit: int) -> bytes:

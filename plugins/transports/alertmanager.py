@@ -45,16 +45,20 @@ from alertmail import (
     RecipientStatus,
     Status,
     TransportContext,
-    alerts_in,
+    alert_key,
+    format_duration,
     hookimpl,
     message_bytes,
+    read_key,
+    sealed_alerts,
     write_atomic,
 )
 
 log = logging.getLogger("alertmail.transports.alertmanager")
 
 OWN_LABELS = ("alertname", "instance", "severity")
-FORGET_AFTER = 86400.0  # how long a resolved alert is remembered, against late older events
+FORGET_AFTER = 3 * 86400.0  # how long a resolved alert is remembered: as long as a sealed message is taken
+PROBE_INTERVAL = 60.0  # how often an unreachable Alertmanager is tried when resend is off
 CLOCK_SLACK = 5.0  # clock differences below this are left alone (Date has whole seconds)
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -90,9 +94,13 @@ class AlertmanagerTransport:
     name: ClassVar[str] = "alertmanager"
     options: ClassVar[dict[str, Option]] = {
         "urls": Option(
-            "list", None, required=True, help='Alertmanager base URLs, every member of a cluster: ["http://am1:9093", ...]'
+            "list",
+            None,
+            required=True,
+            nonempty=True,
+            help='Alertmanager base URLs, every member of a cluster: ["http://am1:9093", ...]',
         ),
-        "timeout": Option("duration", 10.0, help="longest one request may take"),
+        "timeout": Option("duration", 10.0, minimum=0.001, help="longest one request may take"),
         "resend": Option(
             "duration",
             60.0,
@@ -100,16 +108,39 @@ class AlertmanagerTransport:
         ),
         "labels": Option("table", {}, help='labels added to every alert, e.g. { env = "prod" }'),
         "generator_url": Option("str", None, help="link in each alert; {rule} and {instance} are replaced"),
+        "keys": Option(
+            "list",
+            [],
+            help="key files of other agents (their STATE_DIR/alerts.key) whose sealed alerts are taken too, through a relay",
+        ),
+        "missed_for": Option(
+            "duration",
+            300.0,
+            help="an incident that began and ended while no Alertmanager answered is sent as firing this long; 0 = off",
+        ),
     }
 
     def __init__(self, options: dict[str, Any], context: TransportContext) -> None:
+        for i, url in enumerate(options["urls"]):
+            if not url.lower().startswith(("http://", "https://")):
+                raise ValueError(
+                    f"transports.alertmanager.urls[{i}]: expected an http or https URL like http://am1:9093, got {url!r}"
+                )
         self.urls = [url.rstrip("/") + "/api/v2/alerts" for url in options["urls"]]
         self.timeout = float(options.get("timeout") or 10.0)
         self.resend = float(options.get("resend") or 0.0)
         self.extra = dict(options.get("labels") or {})
         self.generator_url = options.get("generator_url")
         self.hostname = context.hostname
-        self.state_file = Path(context.state_dir) / "alertmanager.json"
+        self.state_dir = Path(context.state_dir)
+        self.state_file = self.state_dir / "alertmanager.json"
+        missed_for = options.get("missed_for")
+        self.missed_for = float(300.0 if missed_for is None else missed_for)
+        self.trusted = self._trusted_keys(options.get("keys") or [], context.config_path)
+        self._own_key: bytes | None = None  # STATE_DIR/alerts.key, read at the first message
+        # Set by the delivery: tries at once the queued messages that wait for this transport.
+        self.retry_waiting: Any = None
+        self.down_since: float | None = None  # since when no Alertmanager has answered
         self._opener: Any = None  # built at the first request: urllib (and ssl) cost an agent without this transport memory
         self.known: dict[str, dict[str, Any]] = self._load()
         self._resender: asyncio.Task[None] | None = None
@@ -119,6 +150,27 @@ class AlertmanagerTransport:
                 self._start_resending()
             except RuntimeError:  # built outside the event loop (a command that only looks)
                 pass
+
+    @staticmethod
+    def _trusted_keys(files: list[Any], config_path: Path | None) -> list[bytes]:
+        base = Path(config_path).parent if config_path is not None else Path(".")
+        keys = []
+        for i, name in enumerate(files):
+            path = base / Path(str(name)).expanduser()
+            try:
+                keys.append(read_key(path))
+            except (OSError, ValueError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise ValueError(
+                    f"transports.alertmanager.keys[{i}]: cannot read {path} ({reason}); "
+                    "copy the agent's STATE_DIR/alerts.key there, or remove the entry"
+                ) from None
+        return keys
+
+    def _keys(self) -> list[bytes]:
+        if self._own_key is None:
+            self._own_key = alert_key(self.state_dir)
+        return [key for key in (self._own_key, *self.trusted) if key is not None]
 
     # -- from alertmail's alerts to Alertmanager's ----------------------------------
 
@@ -165,13 +217,34 @@ class AlertmanagerTransport:
         payload, records = [], {}
         for alert in alerts:
             at = float(alert.get("at") or now)
+            if "sealed_at" in alert:
+                at = min(at, float(alert["sealed_at"]) + CLOCK_SLACK)  # no event is later than its mail
             for key, body, active in self._converted(alert):
                 known = self.known.get(key)
                 if known is not None and known["at"] > at:
                     continue
-                records[key] = {"at": at, "active": active, "alert": body}
+                told = known.get("told") if known is not None and known["alert"]["startsAt"] == body["startsAt"] else None
+                records[key] = {"at": at, "active": active, "alert": body, "told": told}
+                if not active and alert.get("kind") == "resolved" and self.missed_for and (told is None or told > at):
+                    payload.append(self._missed(body, at, now))
+                    continue
                 payload.append(self._timed(body, active, at if not active else now))
         return payload, records
+
+    def _missed(self, body: dict[str, Any], ended: float, now: float) -> dict[str, Any]:
+        """An incident Alertmanager never had as firing before it ended (it was unreachable all along): as an alert
+        that fires for ``missed_for``, so its receivers hear of it, with its real times in the annotations.
+
+        Sent only as resolved, Alertmanager would notify nobody: it tells receivers of alerts that fired.
+        """
+        began = float(body["startsAt"])
+        note = (
+            f"fired at {rfc3339(began)} and resolved at {rfc3339(ended)} ({format_duration(max(ended - began, 0))}) "
+            "while Alertmanager could not be reached"
+        )
+        annotations = {**body["annotations"], "missed": note}
+        annotations["summary"] = f"{annotations['summary']} (ended while Alertmanager was unreachable)"
+        return {**body, "annotations": annotations, "endsAt": now + self.missed_for}
 
     def _timed(self, body: dict[str, Any], active: bool, when: float) -> dict[str, Any]:
         if not active:
@@ -183,15 +256,25 @@ class AlertmanagerTransport:
     # -- the transport ---------------------------------------------------------------
 
     async def send(self, message: EmailMessage | bytes, envelope: Envelope) -> DeliveryResult:
+        data = message_bytes(message)
+        now = time.time()
         try:
-            alerts = alerts_in(message_bytes(message))
-        except ValueError as exc:
-            return DeliveryResult.all(envelope.recipients, RecipientStatus(Status.PERMANENT, 554, str(exc), "5.6.0"))
+            alerts, why = sealed_alerts(data, self._keys(), now)
+        except (OSError, ValueError) as exc:  # the own key cannot be read or made
+            failure = RecipientStatus(Status.TEMPORARY, 451, f"cannot read the sealing key: {exc}", "4.3.0")
+            return DeliveryResult.all(envelope.recipients, failure)
         if alerts is None:
-            log.info("a message without alerts (a DSN, the heartbeat, relayed mail): nothing for Alertmanager")
+            # Mail that this agent (or an agent whose key is in `keys`) did not seal: relayed mail, a DSN,
+            # anything an outsider wrote. Never read as alerts, whatever its headers claim; it is mail, for
+            # the next transport of the route.
+            if why != "no alerts":
+                log.warning("a message from <%s> claims alerts but is not taken as alerts: %s", envelope.sender, why)
+            text = f"not an alert of this agent ({why}): left to the route's next transport, as mail"
+            return DeliveryResult.all(envelope.recipients, RecipientStatus(Status.TEMPORARY, 451, text, "4.7.1"))
+        if not alerts:
+            log.info("the agent's own mail without alerts (the heartbeat): nothing for Alertmanager")
             done = RecipientStatus(Status.DELIVERED, 250, "carries no alerts: nothing to hand to Alertmanager", "2.0.0")
             return DeliveryResult.all(envelope.recipients, done)
-        now = time.time()
         payload, records = self._payload(alerts, now)
         if not payload:
             done = RecipientStatus(Status.DELIVERED, 250, "Alertmanager has newer events of these alerts already", "2.0.0")
@@ -199,6 +282,10 @@ class AlertmanagerTransport:
         status = await self._post(payload)
         if status.status is not Status.PERMANENT:
             # Kept even when nobody answered: the next message or re-send brings Alertmanager the newest state.
+            if status.status is Status.DELIVERED:
+                for record in records.values():
+                    if record["active"] and record["told"] is None:
+                        record["told"] = now  # Alertmanager has it firing from now on
             self.known.update(records)
             self._save(now)
             if self.resend and any(r["active"] for r in records.values()):
@@ -212,6 +299,7 @@ class AlertmanagerTransport:
             answers = await self._post_all(payload)
         accepted = [url for url, (ok, _, _, _) in zip(self.urls, answers, strict=True) if ok]
         failed = [f"{url}: {text}" for url, (ok, _, text, _) in zip(self.urls, answers, strict=True) if not ok]
+        self._reachable(bool(accepted), "; ".join(failed))
         if accepted:
             note = f"; not taken by {'; '.join(failed)}" if failed else ""
             return RecipientStatus(
@@ -267,6 +355,35 @@ class AlertmanagerTransport:
             reason = getattr(exc, "reason", exc)
             return False, isinstance(exc, ValueError), f"{type(reason).__name__}: {reason}", None
 
+    # -- an Alertmanager that does not answer -------------------------------------------
+
+    def _reachable(self, answered: bool, failures: str) -> None:
+        """Note whether any Alertmanager took the last request; when one does again after an outage, the
+        messages waiting in the queue for this transport are tried at once, not at their next scheduled try."""
+        now = time.time()
+        if not answered:
+            if self.down_since is None:
+                self.down_since = now
+                log.warning(
+                    "no Alertmanager answers (%s); tried again every %s, and what waits goes as soon as one does",
+                    failures,
+                    format_duration(self.resend or PROBE_INTERVAL),
+                )
+            try:
+                self._start_resending()
+            except RuntimeError:  # no event loop (a one-off send from the command line)
+                pass
+            return
+        if self.down_since is None:
+            return
+        log.info("Alertmanager answers again after %s unreachable", format_duration(max(now - self.down_since, 0.0)))
+        self.down_since = None
+        if self.retry_waiting is not None:
+            try:
+                self.retry_waiting()
+            except Exception:
+                log.exception("trying the messages waiting for Alertmanager failed; they go at their next try")
+
     # -- sending again while firing -----------------------------------------------------
 
     def _start_resending(self) -> None:
@@ -274,15 +391,23 @@ class AlertmanagerTransport:
             self._resender = asyncio.get_running_loop().create_task(self._resend_loop(), name="alertmanager resend")
 
     async def _resend_loop(self) -> None:
+        """Every ``resend``: the firing alerts again; while no Alertmanager answers, a request all the same
+        (an empty one when nothing fires), so its return is seen within one ``resend``."""
         while True:
-            await asyncio.sleep(self.resend)
+            await asyncio.sleep(self.resend or PROBE_INTERVAL)
             now = time.time()
-            active = [self._timed(k["alert"], True, now) for k in self.known.values() if k["active"]]
-            if not active:
+            records = [k for k in self.known.values() if k["active"]] if self.resend else []
+            if not records and self.down_since is None:
                 return
-            status = await self._post(active)
-            if status.status is not Status.DELIVERED:
-                log.warning("re-sending %d firing alert(s) to Alertmanager: %s", len(active), status.message)
+            status = await self._post([self._timed(k["alert"], True, now) for k in records])
+            if status.status is Status.DELIVERED:
+                untold = [record for record in records if record.get("told") is None]
+                for record in untold:
+                    record["told"] = now
+                if untold:
+                    self._save(now)
+            elif records:
+                log.warning("re-sending %d firing alert(s) to Alertmanager: %s", len(records), status.message)
 
     async def close(self) -> None:
         if self._resender is not None:
@@ -299,7 +424,11 @@ class AlertmanagerTransport:
         except (OSError, ValueError) as exc:
             log.error("%s is unreadable (%s); firing alerts are sent again with their next event", self.state_file, exc)
             return {}
-        return {k: v for k, v in data.items() if isinstance(v, dict) and {"at", "active", "alert"} <= v.keys()}
+        kept = {k: v for k, v in data.items() if isinstance(v, dict) and {"at", "active", "alert"} <= v.keys()}
+        for record in kept.values():
+            # Kept by a version that did not note it: a firing alert it handed over had been taken.
+            record.setdefault("told", record["at"] if record["active"] else None)
+        return kept
 
     def _save(self, now: float) -> None:
         for key in [k for k, v in self.known.items() if not v["active"] and now - v["at"] > FORGET_AFTER]:

@@ -18,10 +18,15 @@ goes to the smart host) and ``"smarthost"`` (always the smart host). A smart hos
 written ``[10.10.10.1]:25`` is an address and skips DNS; a name is looked up as a
 host (A/AAAA), not as a mail domain.
 
-TLS towards MX hosts is opportunistic, as between MTAs (RFC 7435): STARTTLS when
-offered, certificates not checked, and plain text on a new connection when the
+TLS towards MX hosts is opportunistic by default, as between MTAs (RFC 7435): STARTTLS
+when offered, certificates not checked, and plain text on a new connection when the
 TLS handshake fails, since a cleartext delivery is what opportunistic TLS accepts
-anyway and a broken TLS stack at the far end must not hold mail for days.
+anyway and a broken TLS stack at the far end must not hold mail for days. With
+``tls = "required"`` (or ``smart_host_tls`` for the smart host alone) nothing goes in
+clear text: no STARTTLS, a failed handshake or, with ``tls_verify``, a certificate that
+fails its check is a temporary failure with the reason. A recipient domain's MTA-STS
+policy (RFC 8461, ``mtasts``) in enforce mode makes TLS required and verified for its
+MX hosts, and rules out the hosts it does not list.
 
     [transports.mx]
     mode = "mx-then-smarthost"
@@ -29,6 +34,7 @@ anyway and a broken TLS stack at the far end must not hold mail for days.
     port = 25
     resolver = "127.0.0.1:5353"       # optional; default: the system resolver
     helo = "web01.example.com"
+    tls = "required"                  # never in clear text; tls_verify = true to check certificates
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import logging
 import random
 from collections.abc import AsyncGenerator, Sequence
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any, ClassVar
 
 from alertmail import (
@@ -63,6 +70,7 @@ from alertmail.plugins.transports.smtpclient import (
 )
 
 log = logging.getLogger("alertmail.transport.mx")
+TLS_CHOICES = ("opportunistic", "required", "none")
 
 
 class RouteError(AlertmailError):
@@ -106,16 +114,23 @@ class MxTransport:
             choices=("mx", "mx-then-smarthost", "smarthost"),
         ),
         "smart_host": Option("str", None, help='"[10.10.10.1]:25" (an address: no DNS) or "relay.example.com:25"'),
-        "port": Option("int", 25, help="port of the MX hosts"),
+        "port": Option("int", 25, minimum=1, maximum=65535, help="port of the MX hosts"),
         "resolver": Option("str", None, help='DNS server as "127.0.0.1:5353"; default: the system resolver'),
-        "dns_timeout": Option("duration", 10.0, help="longest one DNS lookup may take, retries included"),
-        "helo": Option("str", None, help="name given in EHLO; default: the agent's host name"),
+        "dns_timeout": Option("duration", 10.0, minimum=0.001, help="longest one DNS lookup may take, retries included"),
+        "helo": Option("str", None, nonempty=True, help="name given in EHLO; default: the agent's host name"),
         "tls": Option(
             "str",
             "opportunistic",
-            help="opportunistic (STARTTLS when offered, unverified) or none",
-            choices=("opportunistic", "none"),
+            help="opportunistic (STARTTLS when offered, unverified), required (never in clear text) or none",
+            choices=TLS_CHOICES,
         ),
+        "tls_verify": Option("bool", False, help='with tls = "required": check the certificate chain and the host name'),
+        "ca_file": Option("path", None, help="PEM file of CA certificates to trust instead of the system's"),
+        "smart_host_tls": Option("str", None, help="tls for the smart host; default: as tls", choices=TLS_CHOICES),
+        "smart_host_tls_verify": Option("bool", None, help="tls_verify for the smart host; default: as tls_verify"),
+        "mta_sts": Option("bool", True, help="honour the recipient domains' MTA-STS policies (RFC 8461)"),
+        "mta_sts_timeout": Option("duration", 20.0, help="longest an MTA-STS policy fetch over HTTPS may take"),
+        "mta_sts_port": Option("int", 443, help="for tests only: the HTTPS port of mta-sts.<domain> (RFC 8461: 443)"),
         **TIMEOUT_OPTIONS,
     }
 
@@ -147,11 +162,44 @@ class MxTransport:
             self.smart_host = (host, port, is_ip(host))
         elif self.mode != "mx":
             raise ValueError(f'transports.mx: mode = "{self.mode}" needs smart_host, e.g. smart_host = "[10.10.10.1]:25"')
+        tls = options.get("tls") or "opportunistic"
+        verify = bool(options.get("tls_verify"))
+        smart_tls = options.get("smart_host_tls") or tls
+        smart_verify = verify if options.get("smart_host_tls_verify") is None else bool(options["smart_host_tls_verify"])
+        for key, mode, check in (("tls_verify", tls, verify), ("smart_host_tls_verify", smart_tls, smart_verify)):
+            if check and mode != "required":
+                needs = key.replace("_verify", "")
+                raise ValueError(
+                    f'transports.mx.{key}: certificates are checked only when TLS is required; set {needs} = "required"'
+                )
+        # The smart host's own policy travels with its endpoint (see smtpclient.Endpoint).
+        self.smart_host_tls: dict[str, Any] = {"tls": smart_tls, "verify": smart_verify}
+        if smart_tls == "required":
+            self.smart_host_tls["policy"] = 'smart_host_tls = "required"' if options.get("smart_host_tls") else 'tls = "required"'
+        ca_file = options.get("ca_file")
         settings = SessionSettings(
             helo=helo_name(options.get("helo") or context.hostname, "transports.mx.helo"),
             timeouts=Timeouts.from_options(options),
-            tls=options.get("tls") or "opportunistic",
+            tls=tls,
+            tls_verify=verify,
+            ca_file=str(ca_file) if ca_file else None,
         )
+        self.mta_sts: Any = None
+        if options.get("mta_sts", True) and self.mode != "smarthost":
+            from alertmail.plugins.transports.mtasts import MtaSts
+
+            port = options.get("mta_sts_port") or 443
+            if not 0 < port < 65536:
+                raise ValueError(f"transports.mx.mta_sts_port: {port} is out of range 1-65535")
+            self.mta_sts = MtaSts(
+                Path(context.state_dir) / "mta-sts.json",
+                query=self._query,
+                addresses=self._addresses,
+                timeout=options.get("mta_sts_timeout") or 20.0,
+                port=port,
+                ca_file=settings.ca_file,
+                log=log,
+            )
         idle = options.get("idle_timeout")
         from alertmail.plugins.transports.smtppool import SessionPool  # the session code loads with a transport in use
 
@@ -195,21 +243,60 @@ class MxTransport:
         except RouteError as exc:
             return dict.fromkeys(recipients, exc.status)
         failures: list[RecipientStatus] = []
-        found = await self.pool.deliver(self._mx_endpoints(hosts, failures), sender, recipients, data)
+        tls: dict[str, Any] = {}
+        if self.mta_sts is not None and not literal:
+            policy = await self.mta_sts.policy(domain)
+            if policy is not None and policy.mode != "none":
+                hosts = self._apply_policy(domain, policy, hosts, failures)
+                rule = f"the MTA-STS policy of {domain} (mode {policy.mode})"
+                if policy.mode == "enforce":
+                    tls = {"tls": "required", "verify": True, "policy": rule}
+                elif self.pool.settings.tls == "opportunistic":
+                    tls = {"verify": True, "policy": rule}  # testing: check and report, deliver anyway
+        found = await self.pool.deliver(self._mx_endpoints(hosts, failures, tls=tls), sender, recipients, data)
         fallback = failures[-1] if failures else _temporary(f"no address found for any mail server of {domain}")
         return {r: found.get(r, fallback) for r in recipients}
+
+    def _apply_policy(
+        self, domain: str, policy: Any, hosts: list[tuple[str, list[str] | None]], failures: list[RecipientStatus]
+    ) -> list[tuple[str, list[str] | None]]:
+        """The MX hosts an MTA-STS policy allows (RFC 8461 §4.1); in testing mode all, with a warning."""
+        allowed = [h for h in hosts if policy.allows(h[0])]
+        for host, _ in hosts:
+            if policy.allows(host):
+                continue
+            if policy.mode == "enforce":
+                failures.append(
+                    RecipientStatus(
+                        Status.TEMPORARY,
+                        0,
+                        f"mail server {host} is not listed in the MTA-STS policy of {domain} (mode enforce); not used",
+                        "4.7.5",
+                    )
+                )
+                log.warning("%s", failures[-1].message)
+            else:
+                log.warning("mail server %s is not listed in the MTA-STS policy of %s (mode testing); used anyway", host, domain)
+        return allowed if policy.mode == "enforce" else hosts
 
     async def _via_smart_host(self, sender: str, recipients: Sequence[str], data: bytes) -> dict[str, RecipientStatus]:
         assert self.smart_host is not None
         host, port, literal = self.smart_host
         failures: list[RecipientStatus] = []
         hosts = [(host, [host] if literal else None)]
-        found = await self.pool.deliver(self._mx_endpoints(hosts, failures, port), sender, recipients, data)
+        found = await self.pool.deliver(
+            self._mx_endpoints(hosts, failures, port, tls=self.smart_host_tls), sender, recipients, data
+        )
         fallback = failures[-1] if failures else _temporary(f"no address found for smart host {host}")
         return {r: found.get(r, fallback) for r in recipients}
 
     async def _mx_endpoints(
-        self, hosts: list[tuple[str, list[str] | None]], failures: list[RecipientStatus], port: int | None = None
+        self,
+        hosts: list[tuple[str, list[str] | None]],
+        failures: list[RecipientStatus],
+        port: int | None = None,
+        *,
+        tls: dict[str, Any] | None = None,
     ) -> AsyncGenerator[Endpoint, None]:
         """Each host's addresses in turn, looked up only when the hosts before failed."""
         for host, addresses in hosts:
@@ -225,7 +312,7 @@ class MxTransport:
                     failures.append(_temporary(f"mail server {host} has no address record"))
                     continue
             for address in addresses:
-                yield Endpoint(host, port or self.port, address)
+                yield Endpoint(host, port or self.port, address, **(tls or {}))
 
     async def _mx_hosts(self, domain: str) -> list[tuple[str, list[str] | None]]:
         """The domain's mail servers, best first (addresses looked up later), or RouteError."""

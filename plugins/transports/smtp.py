@@ -55,7 +55,11 @@ class SmtpTransport:
     name: ClassVar[str] = "smtp"
     options: ClassVar[dict[str, Option]] = {
         "servers": Option(
-            "list", None, required=True, help='servers tried in order, e.g. ["smtp1.example.com:587", "[10.0.0.5]:25"]'
+            "list",
+            None,
+            required=True,
+            nonempty=True,
+            help='servers tried in order, e.g. ["smtp1.example.com:587", "[10.0.0.5]:25"]',
         ),
         "tls": Option(
             "str",
@@ -69,7 +73,7 @@ class SmtpTransport:
         "password_env": Option("str", None, help="environment variable holding the password"),
         "password_file": Option("path", None, help="file holding the password"),
         "allow_plain_auth": Option("bool", False, help='allow AUTH over a connection without TLS (tls = "none")'),
-        "helo": Option("str", None, help="name given in EHLO; default: the agent's host name"),
+        "helo": Option("str", None, nonempty=True, help="name given in EHLO; default: the agent's host name"),
         **TIMEOUT_OPTIONS,
     }
 

@@ -28,9 +28,13 @@ if TYPE_CHECKING:  # imported where a session needs it: an agent that never spea
 # RFC 5321 §4.5.3.2 gives a timeout per command; aiosmtplib takes one per call, and
 # one for the whole DATA phase, so three knobs cover it (see TIMEOUT_OPTIONS).
 TIMEOUT_OPTIONS: dict[str, Option] = {
-    "connect_timeout": Option("duration", 30.0, help="TCP connect to one address"),
-    "command_timeout": Option("duration", 300.0, help="greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT, RSET (RFC 5321: 5 min)"),
-    "data_timeout": Option("duration", 600.0, help="DATA up to the reply to the final dot (RFC 5321: 10 min for the dot)"),
+    "connect_timeout": Option("duration", 30.0, minimum=0.001, help="TCP connect to one address"),
+    "command_timeout": Option(
+        "duration", 300.0, minimum=0.001, help="greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT, RSET (RFC 5321: 5 min)"
+    ),
+    "data_timeout": Option(
+        "duration", 600.0, minimum=0.001, help="DATA up to the reply to the final dot (RFC 5321: 10 min for the dot)"
+    ),
     "idle_timeout": Option("duration", 30.0, help="keep an idle session open this long for the next message; 0 = close"),
 }
 
@@ -63,6 +67,12 @@ class Endpoint:
     host: str
     port: int
     address: str | None = None
+    # This endpoint's TLS policy where it differs from the transport's (an MTA-STS policy,
+    # the mx transport's smart host); part of the key, so sessions of one policy are
+    # never reused under another. ``policy`` names the rule in failure messages.
+    tls: str | None = None
+    verify: bool | None = None
+    policy: str = ""
 
     def __str__(self) -> str:
         if self.address and self.address != self.host:
@@ -76,28 +86,31 @@ class SessionSettings:
 
     helo: str
     timeouts: Timeouts
-    tls: str = "starttls"  # "starttls" | "implicit" | "none" | "opportunistic"
+    tls: str = "starttls"  # "starttls" | "implicit" | "none" | "opportunistic" | "required"
     tls_verify: bool = True
     ca_file: str | None = None
     username: str | None = None
     # Called at each new session, so a rotated password file is read without a restart;
     # the secret itself is never stored here (nor in any repr or log).
     password: Callable[[], str | None] | None = field(default=None, repr=False)
-    _context: ssl.SSLContext | None = field(default=None, repr=False)
+    _contexts: dict[bool, ssl.SSLContext] = field(default_factory=dict, repr=False)
 
-    def tls_context(self) -> ssl.SSLContext:
-        """The client TLS context, built once: verifying unless told not to."""
-        if self._context is None:
+    def tls_context(self, verify: bool | None = None) -> ssl.SSLContext:
+        """The client TLS context, built once per kind: verifying (chain and name) unless told not
+        to; ``verify`` overrides ``tls_verify`` for one endpoint."""
+        if verify is None:
+            verify = self.tls_verify and self.tls != "opportunistic"
+        context = self._contexts.get(verify)
+        if context is None:
             import ssl
 
-            verify = self.tls_verify and self.tls != "opportunistic"
             context = ssl.create_default_context(cafile=self.ca_file if verify else None)
             if not verify:
                 # Opportunistic TLS between MTAs checks nothing (RFC 7435): it beats plain text.
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
-            self._context = context
-        return self._context
+            self._contexts[verify] = context
+        return context
 
 
 def is_ip(host: str) -> bool:

@@ -2,6 +2,9 @@
 
 ``open_session`` raises ``SessionError`` when no session could be had; ``transact``
 never raises for a delivery problem and maps every reply as ``smtpclient`` says.
+Before MAIL, a message this server cannot take as it is (8-bit data without 8BITMIME, a
+line over 998 octets) is converted to 7-bit MIME, or refused with 5.6.3 when it is
+DKIM-signed (``fit_for_server``).
 
 With a server that offers PIPELINING (RFC 2920) the transaction's MAIL, RCPTs and
 DATA go in one write and their replies are read back in order: two round trips per
@@ -12,6 +15,7 @@ command-by-command exchange gives for the same replies.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import socket
@@ -20,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from alertmail import RecipientStatus, Status
+from alertmail import ConversionError, RecipientStatus, Status, fit_for_server
 from alertmail.plugins.transports.smtpclient import (
     Endpoint,
     SessionError,
@@ -121,7 +125,9 @@ async def open_session(endpoint: Endpoint, settings: SessionSettings, log: loggi
     if sock is None:
         raise SessionError(failure_status(last_error or OSError("no address"), remote))
 
-    implicit = settings.tls == "implicit"
+    tls = endpoint.tls or settings.tls
+    verify = endpoint.verify
+    implicit = tls == "implicit"
     client = aiosmtplib.SMTP(
         hostname=endpoint.host,
         sock=sock,
@@ -129,31 +135,53 @@ async def open_session(endpoint: Endpoint, settings: SessionSettings, log: loggi
         timeout=timeouts.command,
         use_tls=implicit,
         start_tls=False,
-        tls_context=settings.tls_context() if implicit else None,
+        tls_context=settings.tls_context(verify) if implicit else None,
     )
     try:
         # The connect timeout bounded the TCP handshake; the greeting has its own (RFC 5321: 5 min).
         await client.connect(timeout=timeouts.command)
         await _hello(client, timeouts.command)
-        if settings.tls == "starttls":
+        if tls == "starttls":
             if not client.supports_extension("starttls"):
                 raise SessionError(
                     RecipientStatus(Status.TEMPORARY, 0, f'{remote} does not offer STARTTLS (tls = "starttls")', "4.7.0", remote)
                 )
-            await client.starttls(tls_context=settings.tls_context(), timeout=timeouts.command)
+            await client.starttls(tls_context=settings.tls_context(verify), timeout=timeouts.command)
             await _hello(client, timeouts.command)
-        elif settings.tls == "opportunistic" and client.supports_extension("starttls"):
+        elif tls == "required":
+            await _required_tls(client, endpoint, settings, remote)
+        elif tls == "opportunistic" and client.supports_extension("starttls"):
+            # verify set on an opportunistic endpoint: an MTA-STS policy in testing mode, which
+            # asks for the check and a report of its failure, not for the mail to wait.
+            check = bool(endpoint.verify)
             try:
-                await client.starttls(tls_context=settings.tls_context(), timeout=timeouts.command)
+                await client.starttls(tls_context=settings.tls_context(check), timeout=timeouts.command)
                 await _hello(client, timeouts.command)
             except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
                 if not client.is_connected:
-                    # The handshake broke the connection: plain text on a new one beats no delivery.
-                    log.info("STARTTLS with %s failed (%s); retrying without TLS", remote, exc)
                     client.close()
-                    plain = SessionSettings(settings.helo, timeouts, tls="none")
-                    return await open_session(Endpoint(endpoint.host, endpoint.port, connected), plain, log)
+                    if check:
+                        log.warning(
+                            "TLS with %s failed its check (%s): %s would refuse this server; delivering without the check",
+                            remote,
+                            exc,
+                            endpoint.policy or "the policy",
+                        )
+                        retry = dataclasses.replace(endpoint, address=connected, verify=False)
+                    else:
+                        # The handshake broke the connection: plain text on a new one beats no delivery.
+                        log.info("STARTTLS with %s failed (%s); retrying without TLS", remote, exc)
+                        retry = dataclasses.replace(endpoint, address=connected, tls="none")
+                    again = await open_session(retry, settings, log)
+                    again.endpoint = dataclasses.replace(endpoint, address=connected)
+                    return again
                 log.info("%s refused STARTTLS (%s); continuing without TLS", remote, exc)
+        elif tls == "opportunistic" and endpoint.verify:
+            log.warning(
+                "%s does not offer STARTTLS: %s would refuse it; delivering in clear text",
+                remote,
+                endpoint.policy or "the policy",
+            )
         if settings.username:
             try:
                 password = settings.password() if settings.password else None
@@ -186,6 +214,41 @@ async def open_session(endpoint: Endpoint, settings: SessionSettings, log: loggi
     if log.isEnabledFor(logging.DEBUG):
         log.debug("session open with %s (tls=%s)", remote, "yes" if client.get_transport_info("sslcontext") else "no")
     return Session(client, endpoint, remote)
+
+
+async def _required_tls(client: aiosmtplib.SMTP, endpoint: Endpoint, settings: SessionSettings, remote: str) -> None:
+    """STARTTLS that must succeed (and verify, where asked): any failure is a SessionError
+    saying which rule asked for TLS, so the mail waits in the queue instead of going in clear."""
+    import ssl
+
+    import aiosmtplib
+
+    verify = settings.tls_verify if endpoint.verify is None else endpoint.verify
+    rule = endpoint.policy or 'tls = "required"'
+    if not client.supports_extension("starttls"):
+        raise SessionError(
+            RecipientStatus(
+                Status.TEMPORARY,
+                0,
+                f"{remote} does not offer STARTTLS; {rule} forbids sending in clear text",
+                "4.7.4",
+                remote,
+            )
+        )
+    try:
+        await client.starttls(tls_context=settings.tls_context(verify), timeout=settings.timeouts.command)
+        await _hello(client, settings.timeouts.command)
+    except (ssl.SSLError, aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        failed = failure_status(exc, remote)
+        if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code:
+            what = f"{remote} refused STARTTLS ({exc.code} {one_line(exc.message)})"
+        elif failed.enhanced == "4.7.5":
+            what = failed.message  # "TLS failure with ...: [SSL: CERTIFICATE_VERIFY_FAILED] ..."
+        else:
+            what = f"STARTTLS with {remote} failed: {failed.message}"
+        raise SessionError(
+            RecipientStatus(Status.TEMPORARY, failed.code, f"{what}; {rule} forbids sending in clear text", "4.7.5", remote)
+        ) from exc
 
 
 async def _hello(client: aiosmtplib.SMTP, timeout: float) -> None:
@@ -235,6 +298,12 @@ async def transact(session: Session, sender: str, recipients: Sequence[str], dat
         # 421 means "closing the channel": the next endpoint may do better.
         return exc.code == 421 or not client.is_connected
 
+    try:
+        # RFC 6152 §3 and RFC 5321 §4.5.3.1.6: converted to 7-bit, or returned, never sent as it is.
+        data = fit_for_server(data, eight_bit=client.supports_extension("8bitmime"))
+    except ConversionError as exc:
+        status = RecipientStatus(Status.PERMANENT, 554, f"not sent to {remote}: {exc}", "5.6.3", remote)
+        return Transaction(dict.fromkeys(recipients, status))
     options, encoding = [], "ascii"
     if client.supports_extension("size"):
         options.append(f"SIZE={len(data)}")

@@ -130,6 +130,10 @@ class Agent:
         self.exporter: Any = None  # serves /metrics when [exporter] listen is set
         self.clock = WallClock()  # wall-clock times, checked against the monotonic clock for steps
         self._ticking: asyncio.Task[None] | None = None
+        # For `alertmail status` (alertmail/control.py): each probe's last run, the last reload's outcome.
+        self.probe_runs: dict[str, dict[str, Any]] = {}
+        self.last_reload: dict[str, Any] | None = None
+        self.control: Any = None
 
     # -- probes ------------------------------------------------------------
     def _configure_probes(self) -> dict[str, tuple[Any, float, float]]:
@@ -172,6 +176,9 @@ class Agent:
         ]
         if result.error:
             log.error("probe %s: %s", name, result.error)
+        run = self.probe_runs.setdefault(name, {"runs": 0, "failures": 0})
+        run.update(last=now, duration=result.duration, runs=run["runs"] + 1, error=result.error or "")
+        run["failures"] += 1 if result.error else 0
         await self.observe([*result.samples, *health], now)
 
     async def observe(self, samples: list[Sample], now: float) -> None:
@@ -410,6 +417,7 @@ class Agent:
             from alertmail.exporter import start_exporter
 
             self.exporter = await start_exporter(self)
+        await self._start_control()
         for warning in cfg.warnings:
             log.warning("%s", warning)
         log.info(
@@ -491,9 +499,15 @@ class Agent:
         changes a key only a restart can change, is refused whole and the running one stays."""
         self.manager.reloading()
         async with self._reloading:
+            problems = _ErrorsLogged()
+            log.addHandler(problems)
+            ok = False
             try:
-                return await self._reload()
+                ok = await self._reload()
+                return ok
             finally:
+                log.removeHandler(problems)
+                self.last_reload = {"at": _iso(time.time()), "ok": ok, "problems": problems.lines[:20]}
                 self._status = self.status_line()
                 self.manager.ready(self._status)
 
@@ -567,6 +581,18 @@ class Agent:
             except OSError as exc:  # the address is taken: the agent goes on without /metrics
                 log.error("exporter: cannot listen on %s: %s", self.cfg.sections["exporter"]["listen"], exc)
 
+    async def _start_control(self) -> None:
+        """The control socket `alertmail status` asks; the agent runs on without it if it cannot be made."""
+        from alertmail.control import ControlServer
+
+        control = ControlServer(self)
+        try:
+            await control.start()
+        except OSError as exc:
+            log.error("control socket %s cannot be made (%s); alertmail status will not reach this agent", control.path, exc)
+            return
+        self.control = control
+
     def _job_skipped(self, event: Any) -> None:
         """A skipped run is never silent: an overlap is an overrun sample, a missed run a logged counter."""
         from apscheduler.events import EVENT_JOB_MAX_INSTANCES
@@ -612,6 +638,8 @@ class Agent:
             await self._save_history_at_stop(left(6.0, most=1.0))
         if self.exporter is not None:
             await self.exporter.stop()
+        if self.control is not None:
+            await self.control.stop()
         outbox = getattr(self, "outbox", None)
         if outbox is not None:
             await outbox.stop_services(left(5.0, most=2.0))
@@ -683,6 +711,23 @@ class Agent:
             self.manager.close()
 
 
+class _ErrorsLogged(logging.Handler):
+    """Collects the error lines logged during a reload: its outcome for `alertmail status`."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def _iso(timestamp: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
+
+
 def _exit_now(code: int) -> None:
     """Leave the process at once: every accepted message is durable at any instant, by design."""
     for handler in logging.getLogger().handlers:
@@ -717,11 +762,15 @@ def loop_factory(cfg: Config, plugins: Any) -> Any:
 
 def render_options(cfg: Config, plugins: Any) -> dict[str, Any]:
     """RenderContext fields from the config and the probes' metric descriptions."""
-    units = {}
+    units, label_names = {}, {}
     for probe in plugins.probes.values():
         for info in getattr(probe, "metrics", None) or ():
             units[info.name] = info.unit
-    options: dict[str, Any] = {"units": units, "charts": cfg.mail["charts"]}
+            label_names[info.name] = tuple(info.labels)
+    options: dict[str, Any] = {"units": units, "charts": cfg.mail["charts"], "label_names": label_names}
+    path = getattr(cfg, "path", None)
+    if path:  # the silence command in each mail names this config: `-c /etc/alertmail/config.toml`
+        options["config_path"] = str(Path(path).resolve())
     if cfg.mail.get("templates"):
         options["templates_dir"] = cfg.mail["templates"]
     return options

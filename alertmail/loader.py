@@ -38,6 +38,7 @@ BUNDLED_PLUGINS: tuple[str, ...] = (
     "alertmail.plugins.probes.system",
     "alertmail.plugins.probes.netchecks",
     "alertmail.plugins.probes.process",
+    "alertmail.plugins.probes.external",
     "alertmail.plugins.probes.host",
     "alertmail.plugins.transports.pickup",
     "alertmail.plugins.transports.smtp",

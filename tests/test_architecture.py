@@ -29,6 +29,7 @@ BASE = {
     "alertmail.units",
     "alertmail.exitcodes",
     "alertmail.fsutil",
+    "alertmail.clock",
     "alertmail.model",
     "alertmail.protocols",
     "alertmail.hookspecs",

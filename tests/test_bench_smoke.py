@@ -30,6 +30,7 @@ RUNS = {
     "render_mail.py": ["off", "--runs", "2"],
     "replay_storm.py": ["--hours", "1", "--burst", "50"],
     "rule_engine.py": ["--series", "50", "--ticks", "5"],
+    "status_bench.py": ["--series", "20", "--asks", "3", "--commands", "1"],
     "transport_smtp.py": ["100", "1"],
 }
 NEEDS = {

@@ -69,11 +69,12 @@ def test_an_hour_of_samples_spans_the_chart():
     assert right - left > 0.8 * 1280
 
 
-def test_time_axis_is_the_span_of_the_data_between_a_minimum_and_the_window():
+def test_time_axis_is_the_span_of_the_data_up_to_the_window():
     def spec(first: float, window: float = 3600.0) -> ChartSpec:
         return ChartSpec(title="t", points=((AT - first, 1.0), (AT, 2.0)), end=AT, window=window)
 
-    assert time_range(spec(5)) == (AT - MIN_SPAN, AT)
+    assert time_range(spec(5)) == (AT - 5, AT)
+    assert time_range(ChartSpec(title="t", points=((AT, 2.0),), end=AT)) == (AT - MIN_SPAN, AT)
     assert time_range(spec(700)) == (AT - 700, AT)
     assert time_range(spec(7200, window=1800)) == (AT - 1800, AT)  # the line comes in from the left edge
     nan_first = ChartSpec(title="t", points=((AT - 900, math.nan), (AT - 300, 1.0), (AT, 2.0)), end=AT)

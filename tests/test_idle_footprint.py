@@ -51,6 +51,9 @@ NOT_WHILE_IDLE = (
     "alertmail.plugins.relay.server",
     "alertmail.plugins.relay.watcher",
     "alertmail.cli.probe",
+    "alertmail.plugins.probes.nagios",  # [probes.nagios] and [probes.scrape] load their code when configured
+    "alertmail.plugins.probes.scrape",
+    "prometheus_client",
     "alertmail.plugins.probes.file",  # the host probes: loaded when a [probes.NAME] table configures one
     "alertmail.plugins.probes.logfile",
     "alertmail.plugins.probes.sensors",

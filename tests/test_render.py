@@ -106,12 +106,12 @@ def text_of(msg: EmailMessage) -> str:
 
 def test_subject_names_severity_host_rule_condition_and_duration():
     ev = event(at=SINCE + 120)
-    assert subject([ev], context()) == "[CRITICAL] web01: disk-root-full — disk.used_percent 93.4 > 90 (for 2m)"
+    assert subject([ev], context()) == "[CRITICAL] web01: disk-root-full / — disk.used_percent 93.4 > 90 (for 2m)"
 
 
 def test_recovery_subject_says_the_value_is_back_over_the_clear_line():
     ev = event(kind="resolved", value=80.2, at=SINCE + 120)
-    assert subject([ev], context()) == "[RESOLVED] web01: disk-root-full — disk.used_percent 80.2, back below 85 (for 2m)"
+    assert subject([ev], context()) == "[RESOLVED] web01: disk-root-full / — disk.used_percent 80.2, back below 85 (for 2m)"
 
 
 def test_alert_mail_is_text_and_html_alternatives_with_the_chart_related_to_the_html():

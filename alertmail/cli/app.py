@@ -22,6 +22,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "replay": "alertmail.cli.replay:replay_command",
     "silence": "alertmail.cli.silence:silence_command",
     "dkim": "alertmail.cli.dkim:dkim_group",
+    "status": "alertmail.cli.status:status_command",
 }
 
 
@@ -280,7 +281,11 @@ def init(output: str | None, force: bool, systemd: bool, unit_config: str | None
         from alertmail.cli import systemd as unit_module
 
         config = str(Path(unit_config).resolve()) if unit_config else unit_module.DEFAULT_CONFIG
-        text = unit_module.unit(unit_module.this_command(), config)
+        command = unit_module.this_command()
+        sandbox, warnings = unit_module.sandbox_fit(unit_module.paths_to_reach(command, config))
+        for warning in warnings:
+            click.echo(f"warning: {warning}", err=True)
+        text = unit_module.unit(command, config, **sandbox)
         target = output or "-"
     else:
         from alertmail.cli.init import starter_config

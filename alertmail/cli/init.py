@@ -6,7 +6,9 @@ result always parses with tomllib (a test holds us to that).
 
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 from typing import Any
 
 import tomli_w
@@ -28,15 +30,30 @@ PSEUDO_FS = {
 }
 
 
+def _device_of(path: str) -> int | None:
+    try:
+        return os.stat(path).st_dev
+    except OSError:
+        return None
+
+
 def _mounts() -> list[str]:
+    """One mount point per filesystem: a bind mount of one already listed (``/run/netns`` of ``/``) is left out."""
     import psutil
 
-    seen = []
-    for part in psutil.disk_partitions(all=False):
-        if part.fstype in PSEUDO_FS or part.mountpoint.startswith(("/snap/", "/proc", "/sys")):
+    seen: list[str] = []
+    devices: set[int] = set()
+    parts = [p for p in psutil.disk_partitions(all=False) if p.fstype not in PSEUDO_FS]
+    # The shortest path first: "/" is the one kept, not a bind mount of it listed before it.
+    for part in sorted(parts, key=lambda p: (len(p.mountpoint), p.mountpoint)):
+        if part.mountpoint.startswith(("/snap/", "/proc", "/sys")) or part.mountpoint in seen:
             continue
-        if part.mountpoint not in seen:
-            seen.append(part.mountpoint)
+        device = _device_of(part.mountpoint)
+        if device is not None and device in devices:
+            continue  # the same filesystem seen again: its usage is the same, a second rule only doubles mails
+        if device is not None:
+            devices.add(device)
+        seen.append(part.mountpoint)
     return seen or ["/"]
 
 
@@ -54,6 +71,66 @@ def _slug(text: str) -> str:
 def _block(comment: str, data: dict[str, Any]) -> str:
     lines = [f"# {line}" if line else "#" for line in comment.splitlines()]
     return "\n".join(lines) + "\n" + tomli_w.dumps(data)
+
+
+NAGIOS_PLUGINS = Path("/usr/lib/nagios/plugins")
+NODE_EXPORTER = ("127.0.0.1", 9100)
+
+
+def _listens(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+def _serves_metrics(host: str, port: int) -> bool:
+    """True when an HTTP server on host:port answers /metrics with the Prometheus text format."""
+    import http.client
+
+    try:
+        conn = http.client.HTTPConnection(host, port, timeout=1.0)
+        conn.request("GET", "/metrics", headers={"Accept": "text/plain;version=0.0.4"})
+        response = conn.getresponse()
+        head = response.read(65536).decode("utf-8", "replace")
+        conn.close()
+    except (OSError, http.client.HTTPException):
+        return False
+    return response.status == 200 and ("# TYPE " in head or "# HELP " in head)
+
+
+def _nagios_checks(folder: Path) -> list[dict[str, Any]]:
+    """Checks worth proposing among the plugins installed in ``folder``."""
+
+    def have(name: str) -> bool:
+        return os.access(folder / name, os.X_OK)
+
+    checks: list[dict[str, Any]] = []
+    if have("check_procs"):
+        checks.append({"name": "zombies", "command": [str(folder / "check_procs"), "-s", "Z", "-w", "5", "-c", "20"]})
+    if have("check_users"):
+        checks.append({"name": "users", "command": [str(folder / "check_users"), "-w", "5", "-c", "10"]})
+    for name, port, plugin in (("smtp", 25, "check_smtp"), ("ssh", 22, "check_ssh")):
+        if have(plugin) and _listens("127.0.0.1", port):
+            checks.append({"name": name, "command": [str(folder / plugin), "-H", "127.0.0.1"], "timeout": "10s"})
+    return checks
+
+
+def _inline(value: Any) -> str:
+    """One value as inline TOML: a string, a list of them, or a table of them."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_inline(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_inline(v) for v in value) + "]"
+    return tomli_w.dumps({"v": value})[4:].strip()
+
+
+def _checks_table(checks: list[dict[str, Any]]) -> str:
+    """``[probes.nagios]`` with one line per check, as the docs write it."""
+    lines = ["[probes.nagios]", 'interval = "1m"', "checks = ["]
+    lines += [f"  {_inline(check)}," for check in checks]
+    return "\n".join([*lines, "]"]) + "\n"
 
 
 def _file_check_example() -> str:
@@ -79,7 +156,7 @@ def _file_check_example() -> str:
     return "\n".join(lines) + "\n"
 
 
-def starter_config() -> str:
+def starter_config(nagios_plugins: Path = NAGIOS_PLUGINS, node_exporter: tuple[str, int] = NODE_EXPORTER) -> str:
     import psutil
 
     cores = psutil.cpu_count() or 1
@@ -149,6 +226,39 @@ def starter_config() -> str:
                 "severity": "warning",
             }
         )
+    checks = _nagios_checks(nagios_plugins) if nagios_plugins.is_dir() else []
+    if checks:
+        parts.append(
+            _block(
+                f"Nagios plugins found in {nagios_plugins}: each check's exit status is nagios.status{{check}}\n"
+                "(0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN) and its performance data nagios.perfdata{check,label};\n"
+                "the plugin's text goes into the mail. Add any plugin: an argv list, no shell (docs/metrics.md).",
+                {},
+            )
+            + _checks_table(checks)
+        )
+        rules.append(
+            {
+                "name": "nagios-critical",
+                "metric": "nagios.status",
+                "above": 1,
+                "for": "2m",
+                "severity": "critical",
+                "description": "a Nagios check is CRITICAL or UNKNOWN",
+            }
+        )
+    host, port = node_exporter
+    if _serves_metrics(host, port):
+        url = f"http://{host}:{port}/metrics"
+        parts.append(
+            _block(
+                f"A Prometheus exporter answers on {url} (node_exporter's port): every series it offers\n"
+                "is a metric scrape.<name>, e.g. scrape.node_load1, with its labels plus target.\n"
+                "files = [...] reads textfile-collector *.prom files directly (docs/metrics.md).",
+                {"probes": {"scrape": {"interval": "30s", "targets": [{"name": "node", "url": url}]}}},
+            )
+        )
+        rules.append({"name": "exporter-down", "metric": "scrape.up", "below": 1, "for": "2m", "severity": "warning"})
     parts.append(
         _block(
             "Threshold rules. above/below: the threshold; clear: the recovery threshold;\n"

@@ -64,6 +64,43 @@ def _units(probes: Mapping[str, Any]) -> dict[tuple[str, str], str]:
     return {(name, info.name): info.unit for name, info in catalogue(probes)}
 
 
+def _details(probes: Mapping[str, Any], runs: Iterable[ProbeRun]) -> list[dict[str, Any]]:
+    """What each probe's sources said on this run (a Nagios plugin's output), once per text."""
+    out: list[dict[str, Any]] = []
+    for run in runs:
+        detail = getattr(probes.get(run.name), "detail", None)
+        if not callable(detail):
+            continue
+        seen: set[str] = set()
+        for sample in run.samples:
+            try:
+                text = detail(sample.metric, sample.label_dict())
+            except Exception:
+                continue
+            if text and text not in seen:
+                seen.add(text)
+                out.append({"probe": run.name, "labels": sample.label_dict(), "text": text})
+    return out
+
+
+def _unmatched_rules(rules: Iterable[Any], samples: Iterable[Any]) -> list[dict[str, Any]]:
+    """Rules whose metric no probe emitted in this run, each with the closest metric that was emitted.
+
+    The names a scrape target offers are known only once it is scraped: this is where a
+    misspelt one (``scrape.node_lod1``) shows.
+    """
+    import difflib
+
+    emitted = sorted({s.metric for s in samples})
+    out = []
+    for rule in rules:
+        if rule.metric in emitted:
+            continue
+        close = difflib.get_close_matches(rule.metric, emitted, n=1)
+        out.append({"rule": rule.name, "metric": rule.metric, "did_you_mean": close[0] if close else None})
+    return out
+
+
 def _state_rows(states: Iterable[Any]) -> list[dict[str, Any]]:
     """``RuleEngine.states()`` rows (AlertStatus) as plain data."""
     return [
@@ -74,10 +111,18 @@ def _state_rows(states: Iterable[Any]) -> list[dict[str, Any]]:
             "state": item.state.value,
             "value": item.value,
             "severity": item.severity,
+            "since": _iso(item.since),
             "note": item.note,
         }
         for item in states
     ]
+
+
+def _iso(timestamp: float | None) -> str | None:
+    """A time for --json: ISO 8601 in UTC, to the millisecond."""
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="milliseconds") if timestamp else None
 
 
 async def _one_pass(probes: Mapping[str, Any], timeouts: Mapping[str, float]) -> tuple[list[ProbeRun], list[str]]:
@@ -196,6 +241,8 @@ def probe_command(
         engine.observe(samples, now)
         states = _state_rows(engine.states(now))
 
+    said = _details(active, runs)
+    unmatched = _unmatched_rules(cfg.rules if cfg is not None else [], samples)
     units = _units(probes)
     metric_units = {metric: unit for (_, metric), unit in units.items()}
     failed = any(not run.ok for run in runs)
@@ -214,7 +261,7 @@ def probe_command(
                             "labels": s.label_dict(),
                             "value": s.value,
                             "unit": units.get((run.name, s.metric), ""),
-                            "timestamp": s.timestamp,
+                            "timestamp": _iso(s.timestamp),
                         }
                         for s in run.samples
                     ],
@@ -222,6 +269,8 @@ def probe_command(
                 for run in runs
             ],
             "rules": states,
+            "details": said,
+            "unmatched_rules": unmatched,
             "warmup_seconds": WARMUP if warmed else 0.0,
         }
         click.echo(json.dumps(doc, indent=2))
@@ -237,6 +286,9 @@ def probe_command(
                 f"\n({', '.join(warmed)}: values from a second run {WARMUP:g}s after the first;"
                 " rates and CPU percent need two readings)"
             )
+        for item in said:
+            text = "\n    ".join(_printable(line) for line in item["text"].splitlines())
+            click.echo(f"\n{item['probe']} {_labels_text(sorted(item['labels'].items()))} said:\n    {text}")
         click.echo()
         click.echo(
             format_table(
@@ -265,5 +317,8 @@ def probe_command(
                 )
             else:
                 click.echo("no rule matched any sample" if cfg.rules else "no rules configured")
+            for item in unmatched:
+                hint = f"; did you mean {item['did_you_mean']!r}?" if item["did_you_mean"] else ""
+                click.echo(f"rule {item['rule']}: no sample of {item['metric']} in this run{hint}")
     if failed:
         sys.exit(ExitCode.TEMPFAIL)

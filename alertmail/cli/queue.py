@@ -119,7 +119,7 @@ def queue_list(config_path: Path, show_corrupt: bool, as_json: bool) -> None:
     queue = Queue(state_dir / "queue")
     queue.load()
     if show_corrupt:
-        _list_corrupt(queue)
+        _list_corrupt(queue, as_json)
         return
     entries = queue.entries()
     if as_json:
@@ -157,11 +157,16 @@ def queue_list(config_path: Path, show_corrupt: bool, as_json: bool) -> None:
         )
 
 
-def _list_corrupt(queue) -> None:
-    """One line per damaged file: where it is, its size, what was wrong."""
+def _list_corrupt(queue, as_json: bool = False) -> None:
+    """One line per damaged file: where it is, its size, what was wrong (``as_json``: a JSON list)."""
     from alertmail.cli.table import format_table
 
     items = queue.corrupt()
+    if as_json:
+        import json
+
+        click.echo(json.dumps([_corrupt_json(queue, path, reasons) for path, reasons in items], indent=2))
+        return
     if not items:
         click.echo("nothing damaged")
         return
@@ -175,6 +180,22 @@ def _list_corrupt(queue) -> None:
         rows.append([path.name, size, where, reasons])
     click.echo(format_table(["file", "bytes", "where", "damage"], rows, align_right=(1,)))
     click.echo(f"{len(items)} damaged file(s); set-aside bytes are in {queue.folder / 'corrupt'}, never deleted")
+
+
+def _corrupt_json(queue, path: Path, reasons: str) -> dict:
+    try:
+        st = path.stat()
+        size, changed = st.st_size, st.st_mtime
+    except OSError:
+        size, changed = 0, None
+    return {
+        "file": path.name,
+        "path": str(path),
+        "bytes": size,
+        "set_aside": path.parent != queue.folder,  # False: found in place, set aside at the next start
+        "changed": iso(changed),
+        "damage": reasons,
+    }
 
 
 @queue_group.command("show")

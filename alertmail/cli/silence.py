@@ -119,6 +119,12 @@ def silence_list(config_path: Path, as_json: bool) -> None:
         for s in silences
     ]
     if as_json:
+        from alertmail.cli.queue import iso
+
+        for row, s in zip(rows, silences):
+            # A fixed span (a run-time silence) has its start and end; a weekly or cron schedule has neither.
+            row["starts"] = iso(getattr(s.schedule, "starts", None))
+            row["ends"] = iso(getattr(s.schedule, "ends", None))
         click.echo(json.dumps(rows, indent=2))
     elif not rows:
         click.echo("no silences")

@@ -49,8 +49,8 @@ UMask=0027
 ProtectSystem=strict
 # Add the pickup folder of another MTA here when a route writes into it.
 ReadWritePaths=/var/lib/alertmail
-ProtectHome=yes
-PrivateTmp=yes
+ProtectHome={protect_home}
+PrivateTmp={private_tmp}
 PrivateDevices=yes
 NoNewPrivileges=yes
 # Only to bind a relay on port 25 as this user.
@@ -76,9 +76,55 @@ WantedBy=multi-user.target
 SYSUSERS = 'u alertmail - "alertmail agent" /var/lib/alertmail\n'
 
 
-def unit(command: Sequence[str] = (DEFAULT_EXEC,), config: str = DEFAULT_CONFIG) -> str:
-    """The unit text for this ``alertmail`` command and config file."""
-    return UNIT.format(exec=shlex.join(command), config=shlex.quote(config))
+# Folders ProtectHome=yes hides from the service, and those PrivateTmp=yes replaces with empty ones.
+HOME_FOLDERS = ("/home", "/root", "/run/user")
+TMP_FOLDERS = ("/tmp", "/var/tmp")
+
+
+def unit(command: Sequence[str] = (DEFAULT_EXEC,), config: str = DEFAULT_CONFIG, **sandbox: str) -> str:
+    """The unit text for this ``alertmail`` command and config file (``sandbox``: ProtectHome, PrivateTmp)."""
+    fit = {"ProtectHome": "yes", "PrivateTmp": "yes", **sandbox}
+    return UNIT.format(
+        exec=shlex.join(command), config=shlex.quote(config), protect_home=fit["ProtectHome"], private_tmp=fit["PrivateTmp"]
+    )
+
+
+def _under(path: str, folders: Sequence[str]) -> str | None:
+    for folder in folders:
+        if path == folder or path.startswith(folder.rstrip("/") + "/"):
+            return folder
+    return None
+
+
+def sandbox_fit(paths: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """ProtectHome and PrivateTmp settings under which the service can reach ``paths`` (the program,
+    its venv, the config), and a warning for each one the default sandbox would have hidden."""
+    fit: dict[str, str] = {}
+    warnings: list[str] = []
+    for path in dict.fromkeys(paths):
+        if (home := _under(path, HOME_FOLDERS)) and "ProtectHome" not in fit:
+            fit["ProtectHome"] = "read-only"
+            warnings.append(
+                f"{path} is under {home}, which ProtectHome=yes hides from the service: the unit says "
+                "ProtectHome=read-only instead; install alertmail and its config outside home folders "
+                "(e.g. python3 -m venv /opt/alertmail, /etc/alertmail/config.toml) to keep ProtectHome=yes"
+            )
+        if (tmp := _under(path, TMP_FOLDERS)) and "PrivateTmp" not in fit:
+            fit["PrivateTmp"] = "no"
+            warnings.append(
+                f"{path} is under {tmp}, which PrivateTmp=yes replaces with an empty folder for the service: "
+                f"the unit says PrivateTmp=no instead; {tmp} may be cleared at boot, so install alertmail and its "
+                "config elsewhere (e.g. python3 -m venv /opt/alertmail, /etc/alertmail/config.toml)"
+            )
+    return fit, warnings
+
+
+def paths_to_reach(command: Sequence[str], config: str) -> list[str]:
+    """What the service must read to start: the program, the Python environment it runs in, the config."""
+    out = [command[0], sys.prefix, config]
+    if command[0] == sys.executable:
+        out.append(str(Path(sys.executable).resolve()))
+    return [os.path.abspath(p) for p in out]
 
 
 def this_command() -> list[str]:

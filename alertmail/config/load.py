@@ -380,6 +380,17 @@ def _declared_metrics(plugins: Plugins, also: Iterable[str] = ()) -> dict[str, l
     return declared
 
 
+def _declarers(metric: str, declared: Mapping[str, list[str]]) -> list[str] | None:
+    """The probes declaring ``metric``: by its name, or by a family ``prefix.*`` (the scrape probe's
+    ``scrape.*``, whose names come from the scraped targets); None when none does."""
+    if metric in declared:
+        return declared[metric]
+    for name, probes in declared.items():
+        if name.endswith(".*") and metric.startswith(name[:-1]) and len(metric) > len(name) - 1:
+            return probes
+    return None
+
+
 def _check_rule_metrics(
     check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Plugins, declared: Mapping[str, list[str]], where: str = ""
 ) -> None:
@@ -395,20 +406,29 @@ def _check_rule_metrics(
         label = f"{where or cfg.path}: rules[{i}]"
         name = item.get("name")
         rule = f" {name!r}" if isinstance(name, str) else ""
-        if metric in declared:
-            if "samples" in declared[metric]:
+        by_probes = _declarers(metric, declared)
+        if by_probes is not None:
+            if "samples" in by_probes:
                 continue
-            probes = [p for p in declared[metric] if p != "agent"]
+            probes = [p for p in by_probes if p != "agent"]
             off = [p for p in probes if (cfg.probes.get(p) or {}).get("enabled", True) is False]
+            unset = [p for p in probes if p not in cfg.probes and getattr(plugins.probes.get(p), "configured_only", False)]
             if probes and off == probes:
                 tables = ", ".join(f"[probes.{p}]" for p in off)
                 cfg.warnings.append(
                     f"{label}.metric: {metric!r} of rule{rule} comes only from {', '.join(off)}, disabled by"
                     f" enabled = false in {tables}; the rule cannot fire until that probe runs"
                 )
+            elif probes and unset == probes:
+                tables = ", ".join(f"[probes.{p}]" for p in unset)
+                cfg.warnings.append(
+                    f"{label}.metric: {metric!r} of rule{rule} comes only from {', '.join(unset)}, which runs only when"
+                    f" configured; add {tables} with what it should run or read, or the rule cannot fire"
+                )
+                off = unset
             _check_window(check, cfg, plugins, item, i, label, rule, [p for p in probes if p not in off])
             if item.get("undeclared") is True:
-                by = ", ".join(declared[metric])
+                by = ", ".join(by_probes)
                 cfg.warnings.append(f"{label}.undeclared: {metric!r} of rule{rule} is declared by {by}; remove `undeclared`")
             continue
         if item.get("undeclared") is True:

@@ -91,5 +91,11 @@ async def start_exporter(agent: Any) -> Any:
         idle_timeout=options["idle_timeout"],
         cache_for=options["cache_for"],
     )
+
+    async def page() -> bytes | None:  # the control socket's facts, as a page (alertmail.control)
+        control = getattr(agent, "control", None)
+        return await control.page() if control is not None else None
+
+    server.status_page = page
     await server.start()
     return server

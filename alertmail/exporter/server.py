@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from alertmail.exporter.exposition import encode, negotiate
@@ -31,6 +32,11 @@ IDLE_TIMEOUT = 5.0
 CACHE_FOR = 1.0
 # Refused connections are logged at most this often, with their count.
 REFUSED_LOG_EVERY = 60.0
+# The status page loads nothing (its charts are data: URIs) and runs no script; no framing.
+PAGE_HEADERS = (
+    "Content-Security-Policy: default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'none'\r\n"
+    "X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\nCache-Control: no-store\r\n"
+)
 
 
 class MetricsServer:
@@ -57,6 +63,8 @@ class MetricsServer:
         self._rendering: dict[str, asyncio.Task[bytes]] = {}
         self.refused = 0  # connections closed at the cap, since the start
         self._refused_logged = (0.0, 0)
+        # The status page at "/" (alertmail.control): its HTML, or None for a plain pointer to /metrics.
+        self.status_page: Callable[[], Awaitable[bytes | None]] | None = None
 
     def observe(self, samples: Any) -> None:
         self.collector.observe(samples)
@@ -135,8 +143,9 @@ class MetricsServer:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.idle_timeout)
             self._waiting.pop(writer, None)
             status, body, content_type = await self._answer(head)
+            extra = PAGE_HEADERS if content_type.startswith("text/html") else ""
             writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}"
                 "Connection: close\r\n\r\n".encode()
                 + (body if not head.startswith(b"HEAD ") else b"")
             )
@@ -165,5 +174,8 @@ class MetricsServer:
             body, content_type = await self.page(headers.get("accept", ""))
             return "200 OK", body, content_type
         if path == "/":
+            html = await self.status_page() if self.status_page is not None else None
+            if html is not None:
+                return "200 OK", html, "text/html; charset=utf-8"
             return "200 OK", b"alertmail exporter: /metrics\n", text
         return "404 Not Found", b"not found; try /metrics\n", text

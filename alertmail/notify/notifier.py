@@ -531,7 +531,7 @@ class Notifier:
         from alertmail.render.view import RenderContext
 
         # A digest uses the user's templates and the probes' units as alert mails do; it has no charts.
-        known = {k: v for k, v in self.render_options.items() if k in ("templates_dir", "units")}
+        known = {k: v for k, v in self.render_options.items() if k in ("templates_dir", "units", "config_path", "label_names")}
         return RenderContext(hostname=self.hostname, timezone=self.timezone, subject_prefix=self.subject_prefix, **known)
 
     def _render(self, events: list[AlertEvent], *, plain: bool = False) -> EmailMessage:

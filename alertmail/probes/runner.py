@@ -197,6 +197,14 @@ async def run_probe(probe: ProbeProtocol, timeout: float) -> ProbeRun:
         return ProbeRun(name, duration=time.perf_counter() - start, error=f"probe {name}: {type(exc).__name__}: {exc}")
     duration = time.perf_counter() - start if spent is None else spent
     samples, error = _validated(name, result)
+    if error is None and callable(problem := getattr(probe, "problem", None)):
+        # A probe that returned samples may still have met trouble worth a self-alert (a scrape target over a limit).
+        try:
+            said = problem()
+        except Exception as exc:
+            said = f"problem() raised {type(exc).__name__}: {exc}"
+        if said:
+            error = f"probe {name}: {said}"
     return ProbeRun(name, samples, duration, error)
 
 

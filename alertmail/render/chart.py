@@ -1,8 +1,9 @@
 """Charts of a metric around an alert, as PNGs for the HTML mail.
 
-A chart shows the span of data there is (at least ``MIN_SPAN``, at most the spec's
-``window``), so a fresh agent's first alert is a line across the chart, not a dot at the
-right edge of an empty hour. ``alertmail.render.plot`` draws it with Pillow, imported
+A chart shows the span of data there is (at most the spec's ``window``), so a fresh
+agent's first alert is a line across the chart, not a dot at the right edge of an empty
+hour, nor two points at the right edge of two minutes; only a single point gets
+``MIN_SPAN`` around it. ``alertmail.render.plot`` draws it with Pillow, imported
 when the first chart is drawn, so the idle agent does not hold it.
 
 Where a chart is drawn (``[mail].charts``): ``in-process`` (the default: a few tens of
@@ -25,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 
 log = logging.getLogger(__name__)
 
-MIN_SPAN = 120.0  # seconds: the narrowest time axis, for the first samples of a fresh agent
+MIN_SPAN = 120.0  # seconds: the time axis of a chart with a single point
+SHORTEST_SPAN = 1.0  # seconds: the narrowest time axis of two points or more
 WIDTH, HEIGHT = 1280, 480  # pixels: a 640x240 CSS box at 2x pixel density
 
 
@@ -54,12 +56,14 @@ class ChartSpec:
 
 
 def time_range(spec: ChartSpec) -> tuple[float, float]:
-    """The time axis: from the oldest point within ``window`` to ``end``, never narrower than ``MIN_SPAN``."""
+    """The time axis: from the oldest point within ``window`` to ``end``; ``MIN_SPAN`` for a lone point."""
     times = [t for t, v in spec.points if math.isfinite(t) and math.isfinite(v)]
     end = spec.end if spec.end is not None else max(times, default=0.0)
     longest = max(spec.window, 1.0)
     oldest = min((t for t in times if t <= end), default=end)
-    return end - min(max(end - oldest, MIN_SPAN), longest), end
+    covered = end - oldest
+    shortest = SHORTEST_SPAN if covered > 0 else MIN_SPAN
+    return end - min(max(covered, shortest), longest), end
 
 
 def value_range(spec: ChartSpec, start: float, end: float) -> tuple[float, float]:

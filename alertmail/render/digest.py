@@ -21,6 +21,7 @@ from alertmail.render.view import (
     RenderContext,
     alert_view,
     recovers,
+    silence_command,
     worst_first,
 )
 from alertmail.rules.model import AlertEvent
@@ -118,6 +119,7 @@ def digest_variables(
         "more_states": _count(rest_states),
         "journal": header_safe(journal, 500),
         "rules": rules,
+        "silence_command": silence_command(rules, ctx),
         "runbooks": runbooks,
         "still_open": bool(open_alerts),
         "extra": ctx.extra,

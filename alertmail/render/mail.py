@@ -32,6 +32,7 @@ from alertmail.render.view import (
     chart_words,
     condition,
     recovers,
+    silence_command,
     subject,
     tally,
     urgency,
@@ -93,6 +94,7 @@ def mail_variables(events: Sequence[AlertEvent], ctx: RenderContext) -> tuple[di
         "max_charts": detailed,
         "notice": str(ctx.extra.get("notice", "")),
         "rules": list(dict.fromkeys(v.rule for v in views)),
+        "silence_command": silence_command(list(dict.fromkeys(e.rule.name for e in events)), ctx),
         "still_open": any(not recovers(e) for e in events),
         "extra": ctx.extra,
     }

@@ -66,7 +66,7 @@ SYSTEM_FONTS = (
 # One chart at a time: the cached FreeType faces are not meant to be used by two threads at once.
 _DRAWING = threading.Lock()
 
-TIME_STEPS = (15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600)
+TIME_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600)
 
 
 @functools.cache
@@ -257,14 +257,16 @@ def _draw(spec: ChartSpec, start: float, end: float, low: float, high: float) ->
         _draw_legend(ink, legend, x, y, legend_font, px)
     for v, text in zip(value_ticks, tick_labels):
         ink.text((left - px(14), y_of(v)), text, font=tick_font, fill=MUTED, anchor="rm")
-    for t in time_tick_list:
-        ink.text(
-            (x_of(t), bottom + px(14)),
-            dt.datetime.fromtimestamp(t, zone).strftime(time_format),
-            font=tick_font,
-            fill=MUTED,
-            anchor="mt",
-        )
+    free_until = math.inf  # labels go newest first; one that would touch the label to its right is left out
+    for t in reversed(time_tick_list):
+        label = dt.datetime.fromtimestamp(t, zone).strftime(time_format)
+        # Centred on its tick, but kept whole inside the picture: the newest tick sits near the right edge.
+        half = tick_font.getlength(label) / 2
+        x = min(max(x_of(t), half + pad / 2), width - pad / 2 - half)
+        if x + half > free_until - px(24):
+            continue
+        ink.text((x, bottom + px(14)), label, font=tick_font, fill=MUTED, anchor="mt")
+        free_until = x - half
     zone_name = dt.datetime.fromtimestamp(end, zone).strftime("%Z")
     ink.text(((left + right) / 2, height - pad), f"time ({zone_name})", font=label_font, fill=MUTED, anchor="md")
     if unit:

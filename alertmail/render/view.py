@@ -64,6 +64,12 @@ class RenderContext:
     max_charts: int = 10  # alerts shown in detail with a chart; the rest only in the summary table
     charts: str = "in-process"  # "in-process" (Pillow, loaded with the first chart), "subprocess" (a child per mail), "off"
     chart_timeout: float = 30.0
+    # The agent's config file, absolute: the silence command a mail prints names it (`-c PATH`), so it
+    # silences this instance even where the agent runs with --config (systemd) and the reader does not.
+    config_path: str = ""
+    # metric -> its label names as the probe declares them, the one telling series apart first
+    # (disk: mount, device, fstype): a single-alert subject names that label's value.
+    label_names: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     def local_time(self, timestamp: float) -> dt.datetime:
         return dt.datetime.fromtimestamp(timestamp, zoneinfo.ZoneInfo(self.timezone))
@@ -145,6 +151,31 @@ def tally(events: Sequence[AlertEvent]) -> str:
     return ", ".join(f"{n} {word}" for word, n in counts.items() if n)
 
 
+def incident_labels(event: AlertEvent, ctx: RenderContext) -> str:
+    """The label values that tell this incident from the rule's others (`/srv/db`), or "".
+
+    Labels the rule pins to one value are the same for every incident and left out; of
+    the rest, the first the probe declares (a disk's mount, not its device), else all of
+    them by name.
+    """
+    pinned = {k for k, v in event.rule.labels.items() if not any(c in str(v) for c in "*?[")}
+    free = {k: v for k, v in event.labels if k not in pinned and v}
+    if not free:
+        return ""
+    declared = [k for k in ctx.label_names.get(event.rule.metric, ()) if k in free]
+    values = [free[declared[0]]] if declared else [free[k] for k in sorted(free)]
+    return header_safe(" ".join(values), limit=80)
+
+
+def silence_command(rules: Sequence[str], ctx: RenderContext) -> str:
+    """`alertmail silence add -c /etc/alertmail/config.toml --rule disk-full --for 2h --comment "looking into it"`."""
+    import shlex
+
+    config = f" -c {shlex.quote(header_safe(ctx.config_path, 500))}" if ctx.config_path else ""
+    rule = shlex.quote(header_safe(rules[0], 200)) if rules else "'*'"
+    return f'alertmail silence add{config} --rule {rule} --for 2h --comment "looking into it"'
+
+
 def subject(events: Sequence[AlertEvent], ctx: RenderContext) -> str:
     """`[CRITICAL] web01: disk-root-full — disk.used_percent 93.4 > 90 (for 2m)`.
 
@@ -161,9 +192,11 @@ def subject(events: Sequence[AlertEvent], ctx: RenderContext) -> str:
         tag = first.severity.upper()
     if len(events) == 1:
         duration = f" (for {format_duration(first.at - first.since)})" if first.at > first.since else ""
-        text = f"[{tag}] {ctx.hostname}: {first.rule.name} — {condition(first)}{duration}"
+        which = incident_labels(first, ctx)
+        name = f"{first.rule.name} {which}" if which else first.rule.name
+        text = f"[{tag}] {ctx.hostname}: {name} — {condition(first)}{duration}"
         if first.kind == "reminder":
-            text = f"[{tag}] {ctx.hostname}: {first.rule.name} still firing — {condition(first)}{duration}"
+            text = f"[{tag}] {ctx.hostname}: {name} still firing — {condition(first)}{duration}"
     else:
         names = list(dict.fromkeys(e.rule.name for e in events))
         text = f"[{tag}] {ctx.hostname}: {tally(events)} — {', '.join(names)}"
@@ -333,7 +366,7 @@ def chart_spec(event: AlertEvent, view: AlertView, ctx: RenderContext) -> Any:
         unit=axis,
         threshold=threshold,
         clear=clear,
-        shade_from=event.since,
+        shade_from=event.since if event.kind != "pending" else None,  # a pending alert (status page) has not fired
         shade_to=event.at,
         end=event.at,
         window=min(max(event.at - first, 1800.0), 3600.0),

@@ -36,6 +36,7 @@ LOAD_PLUGINS_ENV = "ALERTMAIL_LOAD_PLUGINS"
 # Module paths, as in datasette's DEFAULT_PLUGINS.
 BUNDLED_PLUGINS: tuple[str, ...] = (
     "alertmail.plugins.probes.system",
+    "alertmail.plugins.probes.netchecks",
     "alertmail.plugins.probes.process",
     "alertmail.plugins.probes.external",
     "alertmail.plugins.probes.host",

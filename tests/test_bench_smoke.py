@@ -21,6 +21,7 @@ RUNS = {
     "agent_idle.py": ["--seconds", "4", "--settle", "3", "--exporter", "--after-mail"],
     "exporter_scrape.py": ["--series", "500", "--seconds", "1"],
     "probe_cost.py": ["2"],
+    "probe_cost_http.py": ["--checks", "5", "--interval", "1", "--seconds", "3", "--settle", "2", "--tls"],
     "queue_bench.py": ["-n", "100"],
     "relay_bench.py": ["--quick"],
     "relay_crash.py": ["--messages", "200", "--clients", "4", "--kill-after", "60"],

@@ -162,7 +162,14 @@ def test_status_json_names_the_agent_its_alerts_silences_probes_queue_and_mails(
 
 def test_status_text_says_for_how_long_and_what_silences_it(agent):
     alertmail("silence", "add", "-c", "config.toml", "--rule", "gauge-slow", "--for", "2h", cwd=agent.folder)
-    _wait_status(agent, lambda a: any(x["rule"] == "gauge-high" for x in a["alerts"]))
+    # The agent reads silences added from the command line at its next tick: wait for it to hold one.
+    _wait_status(
+        agent,
+        lambda a: (
+            any(x["rule"] == "gauge-high" for x in a["alerts"])
+            and any(x["rule"] == "gauge-slow" and x["silenced_by"] for x in a["alerts"])
+        ),
+    )
     done = _status(agent)
     assert done.returncode == 0, done.stderr
     text = done.stdout

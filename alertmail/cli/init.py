@@ -156,7 +156,152 @@ def _file_check_example() -> str:
     return "\n".join(lines) + "\n"
 
 
-def starter_config(nagios_plugins: Path = NAGIOS_PLUGINS, node_exporter: tuple[str, int] = NODE_EXPORTER) -> str:
+# Well-known ports worth a check: web servers get an http check, mail servers an smtp one, the rest tcp.
+HTTP_PORTS = {80: "http", 8000: "http", 8008: "http", 8080: "http", 8081: "http", 8888: "http", 443: "https", 8443: "https"}
+SMTP_PORTS = {25: "smtp", 587: "submission"}
+TCP_PORTS = {
+    21: "ftp",
+    22: "ssh",
+    53: "dns",
+    110: "pop3",
+    143: "imap",
+    389: "ldap",
+    465: "smtps",
+    636: "ldaps",
+    993: "imaps",
+    995: "pop3s",
+    1433: "mssql",
+    2049: "nfs",
+    3306: "mysql",
+    5432: "postgresql",
+    5672: "amqp",
+    6379: "redis",
+    9200: "elasticsearch",
+    11211: "memcached",
+    27017: "mongodb",
+}
+_ANY = {"0.0.0.0", "::", ""}
+
+
+def _local(address: str) -> str | None:
+    """The address to check a listener on: loopback as is, "any" as 127.0.0.1; None for other addresses."""
+    import ipaddress
+
+    if address in _ANY:
+        return "::1" if address == "::" else "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(address.split("%", maxsplit=1)[0])
+    except ValueError:
+        return None
+    return str(ip) if ip.is_loopback else None
+
+
+def _is_alertmail(pid: int | None) -> bool:
+    """True for a listener of an alertmail process (its SMTP relay, its own endpoints): no check of itself."""
+    if not pid:
+        return False
+    import psutil
+
+    try:
+        argv = psutil.Process(pid).cmdline()
+    except (psutil.Error, OSError):
+        return False
+    words = [os.path.basename(word) for word in argv[:3]]
+    return bool(words) and (words[0] == "alertmail" or "alertmail" in words[1:2] or argv[1:3] == ["-m", "alertmail"])
+
+
+def _proc_net_listeners() -> list[tuple[str, int]]:
+    """(address, port) of the TCP sockets in LISTEN state, read from /proc/net/tcp and tcp6 (Linux)."""
+    import ipaddress
+
+    out: list[tuple[str, int]] = []
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = Path("/proc/net", name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 4 or fields[3] != "0A":  # 0A: TCP_LISTEN
+                continue
+            hex_address, hex_port = fields[1].split(":")
+            raw = bytes.fromhex(hex_address)
+            # The kernel prints each 32-bit word in host (little-endian) order.
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            out.append((str(ipaddress.ip_address(raw)), int(hex_port, 16)))
+    return out
+
+
+def listeners() -> list[tuple[str, int]]:
+    """(address to check, port) of the TCP services listening on loopback or any address of this host.
+
+    psutil.net_connections where it may read them, else /proc/net/tcp{,6}; alertmail's own
+    listeners are left out when their process is known.
+    """
+    import psutil
+
+    found: list[tuple[str, int, int | None]] = []
+    try:
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr:
+                found.append((conn.laddr.ip, conn.laddr.port, conn.pid))
+    except (psutil.Error, OSError):
+        found = [(address, port, None) for address, port in _proc_net_listeners()]
+    out: list[tuple[str, int]] = []
+    for address, port, pid in found:
+        host = _local(address)
+        if host is not None and (host, port) not in out and not _is_alertmail(pid):
+            out.append((host, port))
+    return sorted(out, key=lambda item: (item[1], item[0]))
+
+
+def _service_checks(found: list[tuple[str, int]]) -> str:
+    """Commented ``http``/``tcp``/``smtp`` checks, with a rule on each probe's ``up``, for the well-known ports in ``found``."""
+    probes: dict[str, list[dict[str, Any]]] = {"http": [], "smtp": [], "tcp": []}
+    seen: set[int] = set()
+    for host, port in found:
+        if port in seen:
+            continue  # the same port on 127.0.0.1 and ::1: one check
+        seen.add(port)
+        where = f"[{host}]" if ":" in host else host
+        if port in HTTP_PORTS:
+            scheme = HTTP_PORTS[port]
+            probes["http"].append({"name": f"{scheme}-{port}", "url": f"{scheme}://{where}:{port}/"})
+        elif port in SMTP_PORTS:
+            probes["smtp"].append({"name": f"{SMTP_PORTS[port]}-{port}", "host": host, "port": port})
+        elif port in TCP_PORTS:
+            probes["tcp"].append({"name": f"{TCP_PORTS[port]}-{port}", "host": host, "port": port})
+    probes = {name: checks for name, checks in probes.items() if checks}
+    if not probes:
+        return ""
+    rules = [
+        {
+            "name": f"{name}-down",
+            "metric": f"{name}.up",
+            "below": 1,
+            "for": "2m",
+            "severity": "critical",
+            "description": f"a service the {name} probe checks does not answer",
+        }
+        for name in probes
+    ]
+    example = {"probes": {name: {"checks": checks} for name, checks in probes.items()}, "rules": rules}
+    head = (
+        "Services listening on this host: is each still answering? Keep the checks you want\n"
+        "and remove the leading '# ' of the lines below (docs/metrics.md, service probes).\n"
+        "http.up wants a status below 400 at the URL: name a page that answers so (or set\n"
+        "expect_status), and for https the host its certificate names.\n"
+    )
+    lines = [f"# {line}" if line else "#" for line in (head + "\n" + tomli_w.dumps(example)).splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+def starter_config(
+    nagios_plugins: Path = NAGIOS_PLUGINS,
+    node_exporter: tuple[str, int] = NODE_EXPORTER,
+    found: list[tuple[str, int]] | None = None,
+) -> str:
+    """The starter config; ``found`` is the listeners to propose checks for (by default, this host's)."""
     import psutil
 
     cores = psutil.cpu_count() or 1
@@ -266,7 +411,10 @@ def starter_config(nagios_plugins: Path = NAGIOS_PLUGINS, node_exporter: tuple[s
             {"rules": rules},
         )
     )
-    parts.append(_file_check_example())
+    services = _service_checks(listeners() if found is None else found)
+    if services:
+        parts.append(services)
+    parts.append(_file_check_example())  # last: its lines, once uncommented, run to the end
     return "\n".join(parts)
 
 

@@ -125,13 +125,23 @@ def _iso(timestamp: float | None) -> str | None:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="milliseconds") if timestamp else None
 
 
+def _needs_two_readings(info: MetricInfo) -> bool:
+    """A rate or a percentage of time (cpu.percent) is a difference of two readings: the first run has none."""
+    return info.kind == "rate" or info.unit == "percent" or info.unit.endswith("/s")
+
+
 async def _one_pass(probes: Mapping[str, Any], timeouts: Mapping[str, float]) -> tuple[list[ProbeRun], list[str]]:
-    """Run every probe; run again after WARMUP those that still miss metrics they declare."""
+    """Run every probe; run again after WARMUP those that still miss a rate or percentage they declare.
+
+    A service check that failed (tcp.up = 0 and no tcp.connect_seconds) misses metrics too,
+    but a second run would only fail again: it runs once.
+    """
     runs = {run.name: run for run in await run_all_once(probes, timeouts)}
     again = {}
     for name, probe in probes.items():
-        declared = {info.name for info in getattr(probe, "metrics", None) or ()}
-        if runs[name].ok and declared - {s.metric for s in runs[name].samples}:
+        emitted = {s.metric for s in runs[name].samples}
+        missing = [info for info in getattr(probe, "metrics", None) or () if info.name not in emitted]
+        if runs[name].ok and any(_needs_two_readings(info) for info in missing):
             again[name] = probe
     if again:
         await asyncio.sleep(WARMUP)

@@ -88,6 +88,23 @@ def _number(value: Any) -> str:
     return f"{value:g}"
 
 
+def trusted_keys(transport: str, files: list[Any], config_path: Path | None) -> list[bytes]:
+    """The keys of other agents (their ``STATE_DIR/alerts.key``) whose sealed alerts are taken too, through a relay."""
+    base = Path(config_path).parent if config_path is not None else Path(".")
+    keys = []
+    for i, name in enumerate(files):
+        path = base / Path(str(name)).expanduser()
+        try:
+            keys.append(read_key(path))
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ValueError(
+                f"transports.{transport}.keys[{i}]: cannot read {path} ({reason}); "
+                "copy the agent's STATE_DIR/alerts.key there, or remove the entry"
+            ) from None
+    return keys
+
+
 class AlertmanagerTransport:
     """Hands the alerts of each message to every Alertmanager in ``urls``."""
 
@@ -136,7 +153,7 @@ class AlertmanagerTransport:
         self.state_file = self.state_dir / "alertmanager.json"
         missed_for = options.get("missed_for")
         self.missed_for = float(300.0 if missed_for is None else missed_for)
-        self.trusted = self._trusted_keys(options.get("keys") or [], context.config_path)
+        self.trusted = trusted_keys("alertmanager", options.get("keys") or [], context.config_path)
         self._own_key: bytes | None = None  # STATE_DIR/alerts.key, read at the first message
         # Set by the delivery: tries at once the queued messages that wait for this transport.
         self.retry_waiting: Any = None
@@ -150,22 +167,6 @@ class AlertmanagerTransport:
                 self._start_resending()
             except RuntimeError:  # built outside the event loop (a command that only looks)
                 pass
-
-    @staticmethod
-    def _trusted_keys(files: list[Any], config_path: Path | None) -> list[bytes]:
-        base = Path(config_path).parent if config_path is not None else Path(".")
-        keys = []
-        for i, name in enumerate(files):
-            path = base / Path(str(name)).expanduser()
-            try:
-                keys.append(read_key(path))
-            except (OSError, ValueError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                raise ValueError(
-                    f"transports.alertmanager.keys[{i}]: cannot read {path} ({reason}); "
-                    "copy the agent's STATE_DIR/alerts.key there, or remove the entry"
-                ) from None
-        return keys
 
     def _keys(self) -> list[bytes]:
         if self._own_key is None:

@@ -61,7 +61,7 @@ class ExecTransport:
     }
 
     def __init__(self, options: dict[str, Any], context: TransportContext) -> None:
-        from alertmail.plugins.transports.webhook import trusted_keys
+        from alertmail.plugins.transports.alertmanager import trusted_keys
 
         self.trusted = trusted_keys("exec", options.get("keys") or [], context.config_path)
         command = list(options.get("command") or [])

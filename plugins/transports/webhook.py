@@ -33,7 +33,6 @@ from alertmail import (
     alert_key,
     hookimpl,
     message_bytes,
-    read_key,
     resolve_secret,
     sealed_alerts,
 )
@@ -113,23 +112,6 @@ def payload(alerts: list[dict[str, Any]], hostname: str, receiver: str, generato
     }
 
 
-def trusted_keys(transport: str, files: list[Any], config_path: Path | None) -> list[bytes]:
-    """The keys of other agents (their ``STATE_DIR/alerts.key``) whose sealed alerts are taken too, through a relay."""
-    base = Path(config_path).parent if config_path is not None else Path(".")
-    keys = []
-    for i, name in enumerate(files):
-        path = base / Path(str(name)).expanduser()
-        try:
-            keys.append(read_key(path))
-        except (OSError, ValueError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise ValueError(
-                f"transports.{transport}.keys[{i}]: cannot read {path} ({reason}); "
-                "copy the agent's STATE_DIR/alerts.key there, or remove the entry"
-            ) from None
-    return keys
-
-
 def alerts_of(
     data: bytes, state_dir: Path, envelope: Envelope, trusted: list[bytes] | None = None
 ) -> tuple[list[dict[str, Any]] | None, RecipientStatus | None]:
@@ -166,6 +148,8 @@ class WebhookTransport:
     }
 
     def __init__(self, options: dict[str, Any], context: TransportContext) -> None:
+        from alertmail.plugins.transports.alertmanager import trusted_keys
+
         self.trusted = trusted_keys("webhook", options.get("keys") or [], context.config_path)
         url = str(options.get("url") or "")
         if not url.startswith(("http://", "https://")):

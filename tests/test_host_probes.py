@@ -140,6 +140,9 @@ def test_a_file_appearing_and_growing_shows_in_the_next_run(tmp_path):
     probe = file_probe({"name": "flag", "path": f"{tmp_path}/flag"})
     assert by_metric(probe.collect())[("file.exists", "flag")] == 0
     (tmp_path / "flag").write_text("12345")
+    # Stamped by this process's clock: the kernel's would differ under a faked clock (.ci/next-year).
+    now = time.time()
+    os.utime(tmp_path / "flag", (now, now))
     values = by_metric(probe.collect())
     assert values[("file.exists", "flag")] == 1 and values[("file.size_bytes", "flag")] == 5
     assert 0 <= values[("file.age_seconds", "flag")] < 60

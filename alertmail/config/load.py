@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alertmail.config.core import AGENT, MAIL
-from alertmail.config.schema import Checker, ConfigError, Option, Section, did_you_mean, open_bracket
+from alertmail.config.core import AGENT, MAIL, AgentSettings, MailSettings
+from alertmail.config.schema import Checker, ConfigError, Option, Section, SettingsT, did_you_mean, open_bracket, options_of
 from alertmail.delivery.delivery import SECTION as QUEUE
 from alertmail.delivery.dkim import SECTION as DKIM
 from alertmail.exporter import SECTION as EXPORTER
@@ -50,8 +50,8 @@ class Config:
     """A validated configuration."""
 
     path: Path
-    agent: dict[str, Any]
-    mail: dict[str, Any]
+    agent: AgentSettings
+    mail: MailSettings
     rules: list[Any] = field(default_factory=list)
     transports: dict[str, dict[str, Any]] = field(default_factory=dict)
     probes: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -61,15 +61,22 @@ class Config:
 
     @property
     def state_dir(self) -> Path:
-        return self.agent["state_dir"]
+        return self.agent.state_dir
 
     @property
     def hostname(self) -> str:
-        return self.agent.get("hostname") or socket.gethostname()
+        return self.agent.hostname or socket.gethostname()
+
+    def section(self, section: Section[SettingsT]) -> SettingsT:
+        """The settings of one section (its declared defaults when the file has no such table)."""
+        value = self.sections.get(section.name)
+        if value is None:
+            value = section.typed({})
+        return value
 
     @property
     def plugin_dirs(self) -> list[Path]:
-        return [p if p.is_absolute() else self.path.parent / p for p in map(Path, self.agent["plugin_dirs"])]
+        return [p if p.is_absolute() else self.path.parent / p for p in map(Path, self.agent.plugin_dirs)]
 
     def service_options(self, service: Any) -> dict[str, Any]:
         """The checked table of a service class (by its ``section``); empty when the config has none."""
@@ -155,12 +162,12 @@ def _section_tables(check: Checker, raw: Mapping[str, Any], section: Section) ->
         nested = {s.name.rpartition(".")[2] for s in SECTIONS if s.name.rpartition(".")[0] == section.name}
         if nested and isinstance(table, dict):
             table = {k: v for k, v in table.items() if k not in nested}
-        return check.table(section.name, table, section.options)
+        return section.typed(check.table(section.name, table, section.options))
     value = raw.get(section.name, [])
     if not isinstance(value, list):
         check.error(section.name, f"expected an array of tables: [[{section.name}]]")
         value = []
-    return [check.table(f"{section.name}[{i}]", item, section.options) for i, item in enumerate(value)]
+    return [section.typed(check.table(f"{section.name}[{i}]", item, section.options)) for i, item in enumerate(value)]
 
 
 def _check_listen_overlap(check: Checker, cfg: Config, services: Mapping[str, Any]) -> None:
@@ -541,7 +548,8 @@ def load_config(path: Path | str, plugins: Plugins | None = None, *, also_declar
     _check_transports(check, raw, cfg, plugins)
     _check_probes(check, raw, cfg, plugins)
     for name, service in services.items():
-        cfg.sections[name] = check.table(name, raw.get(name, {}), service.options)
+        table = check.table(name, raw.get(name, {}), options_of(service.options))
+        cfg.sections[name] = Section(name, service.options).typed(table)
     for name, service in services.items():
         # What keys alone cannot say (networks, files, one key against another) is the service's
         # to check, as for a Section: check(options, checker, config), after every table is read.

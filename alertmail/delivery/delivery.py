@@ -112,7 +112,7 @@ def _check_queue(table: Mapping[str, Any], check: Any, config: Any) -> None:
             check.error(f"queue.route_retry.{name}", str(exc).removeprefix(f"queue.route_retry.{name}: "))
 
 
-SECTION = Section("queue", QUEUE_OPTIONS, check=_check_queue)
+SECTION: Section[Any] = Section("queue", QUEUE_OPTIONS, check=_check_queue)
 
 
 def build_transports(tables: Mapping[str, Mapping[str, Any]], plugins: Any, context: TransportContext) -> dict[str, Transport]:

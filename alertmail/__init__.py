@@ -15,9 +15,11 @@ from alertmail.config.schema import (
     Checker,
     ConfigError,
     Option,
+    Settings,
     did_you_mean,
     listen_problem,
     resolve_secret,
+    setting,
     valid_hostname,
 )
 from alertmail.errors import AlertmailError
@@ -109,6 +111,8 @@ __all__ = [  # noqa: RUF022  grouped by what a plugin does with them
     "alert_key",
     "read_key",
     # configuration
+    "Settings",
+    "setting",
     "Option",
     "Checker",
     "ConfigError",

@@ -24,7 +24,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alertmail.config.core import AGENT, MAIL, AgentSettings, MailSettings
-from alertmail.config.schema import Checker, ConfigError, Option, Section, SettingsT, did_you_mean, open_bracket, options_of
+from alertmail.config.schema import (
+    Checker,
+    ConfigError,
+    Option,
+    Section,
+    SettingsT,
+    did_you_mean,
+    open_bracket,
+    options_of,
+    typed,
+)
 from alertmail.delivery.delivery import SECTION as QUEUE
 from alertmail.delivery.dkim import SECTION as DKIM
 from alertmail.exporter import SECTION as EXPORTER
@@ -210,12 +220,18 @@ def _check_listen_overlap(check: Checker, cfg: Config, services: Mapping[str, An
 def _check_probes(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Plugins) -> None:
     """``[probes.NAME]`` tables: the common keys plus the probe's own options, then its ``configure``."""
     for name, probe, table in _plugin_tables(
-        check, raw, "probes", plugins.probes, "probe", lambda probe: {**PROBE_OPTIONS, **(getattr(probe, "options", None) or {})}
+        check,
+        raw,
+        "probes",
+        plugins.probes,
+        "probe",
+        lambda probe: {**PROBE_OPTIONS, **options_of(getattr(probe, "options", None))},
     ):
         cfg.probes[name] = table
         # Options a schema cannot express (e.g. the process probe's watch list) are the probe's to check.
         try:
-            problems = configure_probe(name, probe, {k: v for k, v in table.items() if k not in COMMON_KEYS})
+            own = {k: v for k, v in table.items() if k not in COMMON_KEYS}
+            problems = configure_probe(name, probe, typed(getattr(probe, "options", None), own))
         except Exception as exc:  # a bug in a plugin's configure(), not in the config
             problems = [f"probes.{name}: the probe failed to take its options: {type(exc).__name__}: {exc}"]
         for problem in problems:
@@ -226,13 +242,13 @@ def _check_probes(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: 
 def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Plugins) -> None:
     """``[transports.NAME]`` tables against their classes' options, and every name in ``[mail].route``."""
 
-    def options_of(cls: Any) -> Mapping[str, Option]:
-        return cls.options
+    def transport_options(cls: Any) -> Mapping[str, Option]:
+        return options_of(cls.options)
 
     clean: list[str] = []
-    for name, _, table in _plugin_tables(check, raw, "transports", plugins.transports, "transport", options_of):
+    for name, cls, table in _plugin_tables(check, raw, "transports", plugins.transports, "transport", transport_options):
         before = len(check.problems)
-        cfg.transports[name] = table
+        cfg.transports[name] = typed(cls.options, table)
         if len(check.problems) == before:
             clean.append(name)
     for key in ("route", "also_route"):
@@ -244,7 +260,8 @@ def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugi
                 )
             elif name not in cfg.transports:
                 before = len(check.problems)
-                cfg.transports[name] = check.table(f"transports.{name}", {}, options_of(plugins.transports[name]))
+                cls = plugins.transports[name]
+                cfg.transports[name] = typed(cls.options, check.table(f"transports.{name}", {}, transport_options(cls)))
                 if len(check.problems) == before:
                     clean.append(name)
     routes = (cfg.sections.get(QUEUE.name) or {}).get("route_retry")
@@ -268,7 +285,8 @@ def _build_transport(check: Checker, cfg: Config, name: str, cls: Any) -> None:
         state_dir=Path(state_dir or "."), hostname=cfg.agent.get("hostname") or "localhost", config_path=cfg.path
     )
     try:
-        cls(dict(cfg.transports[name]), context)
+        options = cfg.transports[name]
+        cls(dict(options) if isinstance(options, dict) else options, context)
     except ValueError as exc:
         keypath, _, message = str(exc).partition(": ")
         if not keypath.startswith(f"transports.{name}") or not message:

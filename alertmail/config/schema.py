@@ -469,6 +469,14 @@ def options_of(declared: Any) -> Mapping[str, Option]:
     return declared or {}
 
 
+def typed(declared: Any, table: Mapping[str, Any]) -> Any:
+    """A checked ``table`` as the ``Settings`` class ``declared`` makes it; a plugin that declares
+    its options as a dict (the older form) gets a dict of its own."""
+    if isinstance(declared, type) and issubclass(declared, Settings):
+        return declared.from_table(table)
+    return dict(table)
+
+
 @dataclass(frozen=True)
 class Section(Generic[SettingsT]):
     """A top-level table of the config file (``array``: an array of tables), owned by one component.
@@ -491,9 +499,6 @@ class Section(Generic[SettingsT]):
     def options(self) -> Mapping[str, Option]:
         return options_of(self.settings)
 
-    def typed(self, table: dict[str, Any]) -> Any:
-        """The checked ``table`` as this section's settings object (the table itself for a dict-declared section)."""
-        settings = self.settings
-        if isinstance(settings, type) and issubclass(settings, Settings):
-            return settings.from_table(table)
-        return table
+    def typed(self, table: Mapping[str, Any]) -> Any:
+        """The checked ``table`` as this section's settings object."""
+        return typed(self.settings, table)

@@ -120,7 +120,7 @@ def build_transports(tables: Mapping[str, Mapping[str, Any]], plugins: Any, cont
     out: dict[str, Transport] = {}
     for name, options in tables.items():
         cls = plugins.transports[name]
-        out[name] = cls(dict(options), context)
+        out[name] = cls(dict(options) if isinstance(options, Mapping) else options, context)
     return out
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from alertmail.config.core import AgentSettings
-from alertmail.config.schema import Checker, Option
+from alertmail.config.schema import Checker, Option, options_of, typed
 from alertmail.model import Sample, reserved_metric
 from alertmail.protocols import ProbeProtocol
 
@@ -228,7 +228,7 @@ class ProbeSettings:
     enabled: bool
     interval: float
     timeout: float
-    options: dict[str, Any]  # the probe's own keys, as ``configure()`` receives them
+    options: Any  # the probe's own keys, as ``configure()`` receives them: its Settings object (or a dict)
 
 
 def probe_settings(cfg: Any, name: str, probe: Any) -> ProbeSettings:
@@ -241,10 +241,10 @@ def probe_settings(cfg: Any, name: str, probe: Any) -> ProbeSettings:
         return ProbeSettings(False, interval, interval, {})
     if table is None:  # no table: the defaults, filled in by the same checker the config uses
         base = cfg.path.resolve().parent if cfg is not None else Path.cwd()
-        table = Checker(base).table(f"probes.{name}", {}, {**PROBE_OPTIONS, **(getattr(probe, "options", None) or {})})
+        table = Checker(base).table(f"probes.{name}", {}, {**PROBE_OPTIONS, **options_of(getattr(probe, "options", None))})
     interval = table.get("interval") or getattr(probe, "interval", None) or agent.interval
     timeout = table.get("timeout") or agent.probe_timeout or interval
-    options = {k: v for k, v in table.items() if k not in COMMON_KEYS}
+    options = typed(getattr(probe, "options", None), {k: v for k, v in table.items() if k not in COMMON_KEYS})
     return ProbeSettings(table.get("enabled", True) is not False, float(interval), float(min(timeout, interval)), options)
 
 

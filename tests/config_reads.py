@@ -53,9 +53,7 @@ def findings(paths: list[Path]) -> tuple[list[str], list[str]]:
                 continue
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
                 where = f"{rel}:{getattr(node, 'lineno', 0)}"
-                if isinstance(node, ast.Subscript) and _string(node.slice) and _named_like_config(node.value):
-                    reads.append(f"{where}: {ast.unparse(node)}")
-                elif (
+                if (isinstance(node, ast.Subscript) and _string(node.slice) and _named_like_config(node.value)) or (
                     isinstance(node, ast.Call)
                     and isinstance(node.func, ast.Attribute)
                     and node.func.attr == "get"
@@ -82,9 +80,8 @@ def main(argv: list[str]) -> None:
     reads, params = findings(paths)
     if verbose:
         print("\n".join(reads + params))
-    print(
-        f"string-key config reads: {len(reads)}; loosely typed config parameters: {len(params)}; together {len(reads) + len(params)}"
-    )
+    total = len(reads) + len(params)
+    print(f"string-key config reads: {len(reads)}; loosely typed config parameters: {len(params)}; together {total}")
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ def test_the_page_token_adds_a_silence_that_silence_list_shows(secured):
     assert silences[0]["author"] == "alice" and "gauge-high" in silences[0]["matchers"]
     ends = datetime.datetime.fromisoformat(silences[0]["ends"]) - datetime.datetime.fromisoformat(silences[0]["starts"])
     assert ends == datetime.timedelta(hours=2)
-    assert re.search(r"silence \w+ added .* by alice from the status page", agent.log.read_text())
+    assert re.search(r"status page: silence \w+ added .* by alice", agent.log.read_text())
     assert PASSWORD not in agent.log.read_text()
 
 
@@ -316,3 +316,100 @@ def test_a_client_certificate_is_required_with_require_and_verify_client_cert(tm
         assert status == 200 and "alertmail_" in body
     finally:
         agent.stop()
+
+
+def test_chromium_signs_in_with_basic_auth_and_adds_a_silence_with_the_form(tmp_path):
+    from urllib.parse import quote
+
+    from tests.devtools import Browser
+
+    need("chromium")
+    agent, _ = start(tmp_path, users={"alice": bcrypt_hash(PASSWORD)}, tls=False)
+    browser = None
+    try:
+        base = agent.base()
+        browser = Browser(tmp_path / "profile")
+        browser.open(base.replace("http://", f"http://alice:{quote(PASSWORD)}@") + "/")
+        assert "Signed in as alice" in browser.evaluate("document.body.innerText")
+        # The page runs no script of its own: the fields are filled and the form sent as a user would.
+        browser.evaluate(
+            "const f = document.getElementById('silence-add');"
+            "f.rule.value = 'gauge-slow'; f.duration.value = '90m'; f.comment.value = 'from chromium'; f.requestSubmit(); true"
+        )
+        browser.wait_event("Page.loadEventFired")
+        assert browser.evaluate("location.href") == base + "/"  # 303 back to the page
+        assert "from chromium" in browser.evaluate("document.body.innerText")
+    finally:
+        if browser is not None:
+            browser.close()
+        agent.stop()
+    listed = alertmail("silence", "list", "-c", "config.toml", "--json", cwd=agent.folder)
+    (silence,) = json.loads(listed.stdout)
+    assert (silence["author"], silence["comment"]) == ("alice", "from chromium")
+
+
+@pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
+def test_the_page_with_its_forms_reads_at_390_px_in_chromium(secured, tmp_path, dark):
+    from tests.browser import measure
+
+    need("chromium")
+    agent, files = secured
+    status, _, page = curl("--cacert", str(files.ca), "-u", f"alice:{PASSWORD}", agent.base() + "/")
+    assert status == 200 and 'id="silence-add"' in page
+    (tmp_path / "measure").mkdir()
+    layout = measure(page, 390, folder=tmp_path / "measure", dark=dark)
+    assert layout.scroll_width <= 390, layout
+    assert not layout.overflowing, layout.overflowing
+    assert not layout.low_contrast, layout.low_contrast
+    assert layout.smallest_text >= 11
+
+
+def test_a_queued_message_is_retried_from_the_page(tmp_path):
+    closed = free_port()  # nothing listens here: every try is deferred
+    config = agent_config().replace('route = ["pickup"]', 'route = ["smtp"]') + textwrap.dedent(f"""
+    [transports.smtp]
+    servers = ["127.0.0.1:{closed}"]
+    """)
+    make_tls_files(tmp_path / "tls")
+    web_config(tmp_path, None, {"alice": bcrypt_hash(PASSWORD)})
+    agent = WebAgent(tmp_path, config, value="80")
+    try:
+        agent.wait_for("deferred", timeout=60)
+        auth = ("-u", f"alice:{PASSWORD}")
+        page = curl(*auth, agent.base() + "/")[2]
+        found = re.search(r'name="csrf" value="([0-9a-f]{64})"><input type="hidden" name="id" value="(\w+)"><button', page)
+        assert found, page[-3000:]
+        token, msg_id = found.groups()
+        assert agent.log.read_text().count(f"message {msg_id}") >= 1
+        status, headers, _ = curl(*auth, "-d", f"csrf={token}&id={msg_id}", agent.base() + "/queue/retry")
+        assert status == 303 and headers["location"] == "/"
+        agent.wait_for(f"retry requested for {msg_id}: 1 message(s)")
+        assert f"status page: retry of message {msg_id} requested by alice" in agent.log.read_text()
+        status, _, text = curl(*auth, "-d", f"csrf={token}&id=0000000000000000000", agent.base() + "/queue/retry")
+        assert status == 404 and "no message" in text
+    finally:
+        agent.stop()
+
+
+def test_prometheus_scrapes_over_tls_with_basic_auth(secured, tmp_path):
+    from tests.fleet_peers import Prometheus
+    from tests.test_agent_e2e import wait_for
+
+    need("prometheus")
+    agent, files = secured
+    target = agent.base().removeprefix("https://")
+    (tmp_path / "scrape-password").write_text(PASSWORD)
+    job = textwrap.dedent(f"""\
+    scheme: https
+    tls_config:
+      ca_file: {files.ca}
+    basic_auth:
+      username: alice
+      password_file: {tmp_path / "scrape-password"}
+    """)
+    with Prometheus(tmp_path / "prometheus", [target], job=job) as prometheus:
+        up = wait_for(lambda: prometheus.query('up{job="alertmail"} == 1'), timeout=30, what="a scrape over TLS")
+        assert up[0]["metric"]["instance"] == target
+        firing = wait_for(lambda: prometheus.query('alertmail_alert{rule="gauge-high"}'), timeout=30, what="the alert")
+        assert firing[0]["metric"]["state"] == "firing"
+    assert "wrong credentials" not in agent.log.read_text()

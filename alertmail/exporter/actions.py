@@ -88,6 +88,8 @@ class PageActions:
         origin = headers.get("origin")
         if origin is None:
             return True  # not a browser that sends it (curl, a script): the token alone decides
+        if origin == "null":  # a page under Referrer-Policy no-referrer: the browser's Sec-Fetch-Site decides
+            return site == "same-origin"
         return origin == f"{scheme}://{headers.get('host', '')}"
 
     async def handle(self, request: Any, user: str) -> tuple[int, str, list[tuple[str, str]]]:
@@ -97,12 +99,12 @@ class PageActions:
             return 404, f"no action here; the page posts to {', '.join(PATHS)}\n", []
         if not self._same_origin(request.headers, request.scheme):
             log.warning(
-                "exporter: %s by %s refused: posted from another site (Origin %r)", action, user, request.headers.get("origin")
+                "status page: %s by %s refused: posted from another site (Origin %r)", action, user, request.headers.get("origin")
             )
             return 403, "refused: posted from another site\n", []
         form = request.form()
         if not hmac.compare_digest(form.get("csrf", "").encode(), self.token(user).encode()):
-            log.warning("exporter: %s by %s refused: the form's token is missing or wrong", action, user)
+            log.warning("status page: %s by %s refused: the form's token is missing or wrong", action, user)
             return 403, "refused: the form's token is missing or wrong; reload the page and try again\n", []
         for key, value in form.items():
             if len(value) > MAX_FIELD or any(c in value for c in "\r\n\0"):
@@ -111,7 +113,7 @@ class PageActions:
             done = await getattr(self, action)(form, user)
         except Refused as exc:
             return exc.status, f"{exc}\n", []
-        log.info("exporter: %s by %s from the status page", done, user)
+        log.info("status page: %s by %s", done, user)
         return 303, f"{done}\n", [("Location", "/")]
 
     async def silence_add(self, form: Mapping[str, str], user: str) -> str:

@@ -48,7 +48,7 @@ PAGE_HEADERS = (
         "default-src 'none'; img-src data:; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
     ),
     ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "no-referrer"),
+    ("Referrer-Policy", "same-origin"),  # no-referrer would make the forms' Origin "null"
     ("Cache-Control", "no-store"),
 )
 REASONS = {

@@ -20,7 +20,7 @@ import binascii
 import hashlib
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 FAILURES = 5  # wrong credentials from one address within WINDOW before it is answered 429
@@ -73,10 +73,18 @@ def _check(hashed: bytes, password: bytes) -> bool:
 class BasicAuth:
     """Checks ``Authorization`` headers against ``users`` (user -> bcrypt hash)."""
 
-    def __init__(self, users: Mapping[str, str], *, failures: int = FAILURES, window: float = WINDOW) -> None:
+    def __init__(
+        self,
+        users: Mapping[str, str],
+        *,
+        failures: int = FAILURES,
+        window: float = WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.users = {user: hashed.encode() for user, hashed in users.items()}
         self.failures = failures
         self.window = window
+        self._clock = clock
         self._right: dict[bytes, None] = {}  # digests of (user, hash, password) found right, oldest first
         self._failed: dict[str, deque[float]] = {}  # address -> times of its recent failures
         self._one_at_a_time = asyncio.Lock()
@@ -103,7 +111,7 @@ class BasicAuth:
             del self._failed[next(iter(self._failed))]
 
     async def check(self, header: str | None, address: str) -> Verdict:
-        now = time.monotonic()
+        now = self._clock()
         wait = self._limited(address, now)
         if wait:
             return Verdict(None, 429, retry_after=wait)
@@ -124,7 +132,7 @@ class BasicAuth:
             while len(self._right) > CACHE_SIZE:
                 del self._right[next(iter(self._right))]
             return Verdict(user)
-        self._fail(address, time.monotonic())
+        self._fail(address, self._clock())
         return Verdict(None, 401, failed=True)
 
 

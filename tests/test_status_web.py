@@ -112,6 +112,7 @@ def test_after_five_wrong_passwords_the_address_is_answered_429_even_with_the_ri
     status, headers, _ = curl("--cacert", str(files.ca), "-u", f"alice:{PASSWORD}", url)
     assert status == 429
     assert 1 <= int(headers["retry-after"]) <= 60
+    assert "5 wrong logins from 127.0.0.1 within a minute: answered 429 for" in agent.log.read_text()
 
 
 def test_a_plain_http_client_gets_no_answer_from_the_tls_port(secured):

@@ -39,6 +39,7 @@ class Verdict:
     status: int = 200
     retry_after: int = 0
     failed: bool = False  # credentials were given and were wrong (logged; counted towards the limit)
+    held_back: int = 0  # this failure was the one too many: the address is answered 429 for this many seconds
 
 
 def credentials(header: str | None) -> tuple[str, bytes] | None:
@@ -132,8 +133,9 @@ class BasicAuth:
             while len(self._right) > CACHE_SIZE:
                 del self._right[next(iter(self._right))]
             return Verdict(user)
-        self._fail(address, self._clock())
-        return Verdict(None, 401, failed=True)
+        now = self._clock()
+        self._fail(address, now)
+        return Verdict(None, 401, failed=True, held_back=self._limited(address, now))
 
 
 class TokenBucket:

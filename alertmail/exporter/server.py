@@ -275,7 +275,7 @@ class MetricsServer:
                 )
             if verdict.user is None:
                 if verdict.failed:
-                    self._log_failure(request)
+                    self._log_failure(request, verdict.held_back)
                 return Answer(401, b"unauthorized\n", headers=[("WWW-Authenticate", 'Basic realm="alertmail", charset="UTF-8"')])
             user = verdict.user
         if request.method == "POST" and self.actions is not None and user is not None:
@@ -286,12 +286,16 @@ class MetricsServer:
             return Answer(status, text.encode(), headers=headers)
         return await self._answer(request, user)
 
-    def _log_failure(self, request: Request) -> None:
-        from alertmail.exporter.auth import credentials
+    def _log_failure(self, request: Request, held_back: int) -> None:
+        from alertmail.exporter.auth import FAILURES, credentials
 
         given = credentials(request.headers.get("authorization"))
         name = given[0] if given is not None else "?"
         log.warning("exporter: wrong credentials for user %r from %s", name[:64], request.address)
+        if held_back:
+            log.warning(
+                "exporter: %d wrong logins from %s within a minute: answered 429 for %d s", FAILURES, request.address, held_back
+            )
 
     async def _read_body(self, request: Request, reader: asyncio.StreamReader) -> Answer | None:
         """Read a posted form into ``request.body``; an answer when it cannot be taken."""

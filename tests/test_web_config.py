@@ -97,10 +97,14 @@ def test_client_verification_needs_a_ca_and_a_ca_needs_a_policy(tmp_path):
     assert "without a client auth policy" in found["tls_server_config.client_auth_type"]
 
 
-def test_a_key_that_is_not_the_certificates_is_refused(tmp_path):
-    path = with_certs(tmp_path, "tls_server_config:\n  cert_file: server.crt\n  key_file: other.key\n")
+def test_a_key_that_is_not_the_certificates_is_refused_along_with_every_other_problem(tmp_path):
+    path = with_certs(
+        tmp_path, "basic_auth_users:\n  alice: secret\ntls_server_config:\n  cert_file: server.crt\n  key_file: other.key\n"
+    )
     shutil.copy(tmp_path / "made" / "rogue.key", tmp_path / "other.key")
-    assert "cannot be used" in problems(path)["tls_server_config"]
+    found = problems(path)
+    assert "cannot be used" in found["tls_server_config"]
+    assert "not a bcrypt hash" in found["basic_auth_users.alice"]
 
 
 def test_users_need_a_bcrypt_hash_and_a_name_without_a_colon(tmp_path):

@@ -87,7 +87,7 @@ HEADERS: dict[str, tuple[str, ...]] = {
     "X-XSS-Protection": (),
     "Content-Security-Policy": (),
 }
-BCRYPT_HASH = re.compile(r"\$2[aby]?\$(\d\d)\$[./A-Za-z0-9]{53}")
+BCRYPT_HASH = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
 HASH_HINT = (
     "make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n'  "
     "(or python3 -c 'import bcrypt; print(bcrypt.hashpw(b\"PASSWORD\", bcrypt.gensalt()).decode())')"
@@ -255,6 +255,7 @@ class _Reader:
         return path
 
     def tls(self, raw: Any) -> TlsSettings | None:
+        before = len(self.problems)
         t = self.table("tls_server_config", raw, TLS_KEYS)
         if not t:
             return None
@@ -332,7 +333,7 @@ class _Reader:
         if not isinstance(prefer, bool):
             self.error(k + "prefer_server_cipher_suites", f"expected true or false, got {prefer!r}")
             prefer = True
-        if cert is None or key is None or self.problems:
+        if cert is None or key is None or len(self.problems) > before:
             return None
         settings = TlsSettings(
             cert_file=cert,

@@ -414,3 +414,16 @@ def test_prometheus_scrapes_over_tls_with_basic_auth(secured, tmp_path):
         firing = wait_for(lambda: prometheus.query('alertmail_alert{rule="gauge-high"}'), timeout=30, what="the alert")
         assert firing[0]["metric"]["state"] == "firing"
     assert "wrong credentials" not in agent.log.read_text()
+
+
+def test_without_a_place_for_the_form_secret_the_page_stays_read_only(tmp_path):
+    (tmp_path / "var" / "web-secret").mkdir(parents=True)  # where the secret goes, taken by a folder
+    agent, files = start(tmp_path, users={"alice": bcrypt_hash(PASSWORD)})
+    try:
+        auth = ("--cacert", str(files.ca), "-u", f"alice:{PASSWORD}")
+        status, _, page = curl(*auth, agent.base() + "/")
+        assert status == 200 and "<form" not in page and "Read-only." in page
+        assert curl(*auth, "-d", "rule=x&duration=1h", agent.base() + "/silence/add")[0] == 405
+        assert "the status page stays read-only" in agent.log.read_text()
+    finally:
+        agent.stop()

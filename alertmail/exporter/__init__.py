@@ -7,6 +7,7 @@ gathered by ``collector``, written out by ``exposition`` and served by ``server`
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from alertmail.config.schema import Checker, Option, Section, listen_problem
@@ -85,6 +86,7 @@ def _read_web_config(table: dict[str, Any], check: Checker, path: Any) -> None:
 
 
 SECTION = Section("exporter", EXPORTER_OPTIONS, check=_check)
+log = logging.getLogger("alertmail.exporter")
 
 
 async def start_exporter(agent: Any) -> Any:
@@ -118,10 +120,14 @@ async def start_exporter(agent: Any) -> Any:
     web = options.get("web")
     actions = None
     if web is not None and web.users:
-        from alertmail.exporter.actions import PageActions, agent_secret
+        from alertmail.exporter.actions import SECRET_FILE, PageActions, agent_secret
 
-        actions = PageActions(agent, web.user_hashes, agent_secret(agent.state_dir))
-        server.actions = actions
+        try:
+            actions = PageActions(agent, web.user_hashes, agent_secret(agent.state_dir))
+        except OSError as exc:  # the page still shows, read-only: no form can be trusted without the secret
+            log.error("exporter: cannot keep %s in %s (%s); the status page stays read-only", SECRET_FILE, agent.state_dir, exc)
+        else:
+            server.actions = actions
 
     async def page(user: str | None) -> bytes | None:  # the control socket's facts, as a page (alertmail.control)
         control = getattr(agent, "control", None)

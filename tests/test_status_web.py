@@ -427,3 +427,32 @@ def test_without_a_place_for_the_form_secret_the_page_stays_read_only(tmp_path):
         assert "the status page stays read-only" in agent.log.read_text()
     finally:
         agent.stop()
+
+
+if __name__ == "__main__":  # python -m tests.test_status_web docs/status-page-actions.png: docs/status.md's picture
+    import sys
+    import tempfile
+
+    from tests.browser import screenshot
+
+    with tempfile.TemporaryDirectory() as tmp:
+        running, made = start(Path(tmp), users={"alice": bcrypt_hash(PASSWORD)})
+        try:
+            alertmail(
+                "silence",
+                "add",
+                "-c",
+                "config.toml",
+                "--rule",
+                "gauge-slow",
+                "--for",
+                "2h",
+                "--comment",
+                "known",
+                cwd=running.folder,
+            )
+            time.sleep(8)
+            html = curl("--cacert", str(made.ca), "-u", f"alice:{PASSWORD}", running.base() + "/")[2]
+            screenshot(html, 390, Path(sys.argv[1]))
+        finally:
+            running.stop()

@@ -6,8 +6,9 @@ under a secret of this agent (``STATE_DIR/web-secret``, 32 random bytes, mode 06
 at the first start with users). A request whose token is missing or wrong, whose
 ``Origin`` is not the page's own, or whose ``Sec-Fetch-Site`` is not ``same-origin`` is
 refused with 403. What each action does goes through the very functions the command line
-uses: ``RuntimeSilences.add`` / ``remove`` (``alertmail silence add`` / ``remove``), and a
-queue request taken at once (``alertmail queue retry``). Each is logged with the user.
+uses: ``RuntimeSilences.add`` / ``remove`` (``alertmail silence add`` / ``remove``) of the
+notifier's silences, and a queue request taken at once (``alertmail queue retry``), reached
+through the agent as the rest of the exporter reads it. Each is logged with the user.
 """
 
 from __future__ import annotations
@@ -116,8 +117,15 @@ class PageActions:
         log.info("status page: %s by %s", done, user)
         return 303, f"{done}\n", [("Location", "/")]
 
+    def _runtime_silences(self) -> Any:
+        """The agent's ``RuntimeSilences`` (``state_dir/silences.toml``), as the notifier holds it."""
+        silences = getattr(getattr(self.agent, "notifier", None), "silences", None)
+        runtime = getattr(silences, "runtime", None)
+        if runtime is None:
+            raise Refused(503, "this agent keeps no run-time silences")
+        return runtime
+
     async def silence_add(self, form: Mapping[str, str], user: str) -> str:
-        from alertmail.notify.runtime_silences import RuntimeSilences
         from alertmail.units import parse_duration
 
         try:
@@ -132,7 +140,7 @@ class PageActions:
             raise Refused(400, "give a rule or labels ('*' as the rule silences every alert)")
         comment = form.get("comment", "").strip()
         silence = await asyncio.to_thread(
-            RuntimeSilences(self.agent.state_dir).add,
+            self._runtime_silences().add,
             duration=seconds,
             rule=rule or "*",
             labels=labels,
@@ -143,12 +151,10 @@ class PageActions:
         return f"silence {silence.id} added ({silence.describe_matchers()}, for {form['duration'].strip()})"
 
     async def silence_expire(self, form: Mapping[str, str], user: str) -> str:
-        from alertmail.notify.runtime_silences import RuntimeSilences
-
         silence_id = form.get("id", "").strip()
         if silence_id.startswith("config-"):
             raise Refused(400, f"{silence_id} comes from [[silences]] in the config; remove it there")
-        if not await asyncio.to_thread(RuntimeSilences(self.agent.state_dir).remove, silence_id, now=time.time()):
+        if not await asyncio.to_thread(self._runtime_silences().remove, silence_id, now=time.time()):
             raise Refused(404, f"no run-time silence {silence_id!r}")
         return f"silence {silence_id} expired"
 

@@ -108,16 +108,17 @@ class ControlServer:
         """What ``status`` answers now."""
         return status(self.agent, time.time(), uptime=time.monotonic() - self._started)
 
-    async def page(self) -> bytes:
+    async def page(self, controls: dict[str, str] | None = None) -> bytes:
         """The status page (the exporter serves it at "/"): the state is read here, on the event loop;
-        charts are drawn and the HTML made in a worker thread."""
+        charts are drawn and the HTML made in a worker thread. ``controls`` (the user and the form
+        token) adds the page's forms."""
         now = time.time()
         answer = self.answer()
         events, silenced, histories = _page_alerts(self.agent, now)
         ctx = _page_context(self.agent, histories)
         from alertmail.render.status_page import render_status_page
 
-        html = await asyncio.to_thread(render_status_page, events, silenced, answer, ctx, now)
+        html = await asyncio.to_thread(render_status_page, events, silenced, answer, ctx, now, controls)
         return html.encode()
 
     async def stop(self) -> None:

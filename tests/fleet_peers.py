@@ -50,6 +50,7 @@ class Prometheus:
     targets: list[str]
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    job: str = ""  # more keys of the scrape job, as YAML lines (scheme, tls_config, basic_auth)
 
     def start(self) -> Prometheus:
         binary = need("prometheus")
@@ -66,6 +67,7 @@ class Prometheus:
                 static_configs:
                   - targets: {json.dumps(self.targets)}
             """)
+            + textwrap.indent(self.job, "    ")
         )
         self.proc = subprocess.Popen(
             [

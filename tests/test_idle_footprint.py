@@ -48,6 +48,10 @@ NOT_WHILE_IDLE = (
     "alertmail.render.plot",
     "alertmail.render.view",
     "alertmail.exporter.server",
+    "alertmail.exporter.web",  # [exporter] web_config: web.yml, PyYAML and bcrypt
+    "alertmail.exporter.auth",
+    "yaml",
+    "bcrypt",
     "alertmail.plugins.relay.server",
     "alertmail.plugins.relay.watcher",
     "alertmail.cli.probe",

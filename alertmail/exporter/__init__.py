@@ -7,6 +7,7 @@ gathered by ``collector``, written out by ``exposition`` and served by ``server`
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from alertmail.config.schema import Checker, Option, Section, listen_problem
@@ -16,7 +17,14 @@ EXPORTER_OPTIONS: dict[str, Option] = {
         "str",
         None,
         nonempty=True,
-        help='address to serve /metrics on, e.g. "127.0.0.1:9464"; off when not set (no authentication: bind with care)',
+        help='address to serve /metrics on, e.g. "127.0.0.1:9464"; off when not set '
+        "(no authentication unless web_config: bind with care)",
+    ),
+    "web_config": Option(
+        "path",
+        None,
+        help="a Prometheus exporter-toolkit web configuration file (web.yml): TLS, basic_auth_users (bcrypt); "
+        "with users, the status page can add and expire silences and retry queued mail",
     ),
     "max_connections": Option(
         "int",
@@ -60,8 +68,25 @@ def _check(table: dict[str, Any], check: Checker, config: Any) -> None:
             if problem:
                 check.error("exporter.listen", problem)
 
+    web_config = table.get("web_config")
+    if web_config is not None:
+        _read_web_config(table, check, web_config)
+
+
+def _read_web_config(table: dict[str, Any], check: Checker, path: Any) -> None:
+    """Read web.yml with the config (check, run, reload): its problems are the config's; the read file is
+    kept in the section as ``web``, so a reload that finds it changed restarts the server."""
+    from alertmail.exporter.web import WebConfigError, read_web_config
+
+    try:
+        table["web"] = read_web_config(path)
+    except WebConfigError as exc:
+        for key, message in exc.problems:
+            check.error("exporter.web_config", f"{path}: {key}: {message}" if key else f"{path}: {message}")
+
 
 SECTION: Section[Any] = Section("exporter", EXPORTER_OPTIONS, check=_check)
+log = logging.getLogger("alertmail.exporter")
 
 
 async def start_exporter(agent: Any) -> Any:
@@ -90,11 +115,26 @@ async def start_exporter(agent: Any) -> Any:
         max_connections=options["max_connections"],
         idle_timeout=options["idle_timeout"],
         cache_for=options["cache_for"],
+        web=options.get("web"),
     )
+    web = options.get("web")
+    actions = None
+    if web is not None and web.users:
+        from alertmail.exporter.actions import SECRET_FILE, PageActions, agent_secret
 
-    async def page() -> bytes | None:  # the control socket's facts, as a page (alertmail.control)
+        try:
+            actions = PageActions(agent, web.user_hashes, agent_secret(agent.state_dir))
+        except OSError as exc:  # the page still shows, read-only: no form can be trusted without the secret
+            log.error("exporter: cannot keep %s in %s (%s); the status page stays read-only", SECRET_FILE, agent.state_dir, exc)
+        else:
+            server.actions = actions
+
+    async def page(user: str | None) -> bytes | None:  # the control socket's facts, as a page (alertmail.control)
         control = getattr(agent, "control", None)
-        return await control.page() if control is not None else None
+        if control is None:
+            return None
+        controls = {"user": user, "token": actions.token(user)} if actions is not None and user is not None else None
+        return await control.page(controls)
 
     server.status_page = page
     await server.start()

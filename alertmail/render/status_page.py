@@ -66,6 +66,7 @@ def facts(answer: Mapping[str, Any], ctx: RenderContext, now: float) -> dict[str
                 ),
                 "active": s["active"],
                 "comment": header_safe(s["comment"], 300),
+                "expirable": s.get("source") == "cli",
             }
             for s in answer["silences"]
         ],
@@ -111,10 +112,17 @@ def facts(answer: Mapping[str, Any], ctx: RenderContext, now: float) -> dict[str
 
 
 def render_status_page(
-    events: Sequence[AlertEvent], silenced: Mapping[str, str], answer: Mapping[str, Any], ctx: RenderContext, now: float
+    events: Sequence[AlertEvent],
+    silenced: Mapping[str, str],
+    answer: Mapping[str, Any],
+    ctx: RenderContext,
+    now: float,
+    controls: Mapping[str, str] | None = None,
 ) -> str:
     """The page's HTML: ``events`` are the alerts firing and pending as of ``now`` (``kind`` "firing" or
-    "pending"), ``silenced`` maps an alert's incident id to the silence holding it back."""
+    "pending"), ``silenced`` maps an alert's incident id to the silence holding it back. ``controls``
+    (``user``, ``token``: a signed-in user and their CSRF token) adds the forms that act: add and
+    expire silences, retry queued mail; without it the page is read-only."""
     from alertmail.render.mail import mail_variables
     from alertmail.render.templating import _environment
 
@@ -140,6 +148,7 @@ def render_status_page(
         generated_at=ctx.clock(now),
         silenced={header_safe(k, 120): header_safe(v, 60) for k, v in silenced.items()},
         facts=facts(answer, ctx, now),
+        controls={"user": header_safe(controls["user"], 60), "token": controls["token"]} if controls else None,
     )
     html = _environment(None).get_template("status.html.j2").render(variables)
     for cid, png in images:

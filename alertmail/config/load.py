@@ -188,9 +188,9 @@ def _check_listen_overlap(check: Checker, cfg: Config, services: Mapping[str, An
     from alertmail.units import parse_address
 
     listens: list[tuple[str, str]] = []
-    exporter = cfg.sections.get(EXPORTER.name) or {}
-    if isinstance(exporter.get("listen"), str):
-        listens.append(("exporter.listen", exporter["listen"]))
+    exporter = cfg.section(EXPORTER).listen
+    if isinstance(exporter, str):
+        listens.append(("exporter.listen", exporter))
     for name in services:
         options = cfg.sections.get(name) or {}
         value = options.get("listen")
@@ -582,7 +582,9 @@ def load_config(path: Path | str, plugins: Plugins | None = None, *, also_declar
         if section.build is not None:
             cfg.sections[section.name] = section.build(raw.get(section.name), check, cfg)
         elif section.check is not None:
-            section.check(cfg.sections[section.name], check, cfg)
+            completed = section.check(cfg.sections[section.name], check, cfg)
+            if completed is not None:  # the section with what its check read (the exporter's web.yml)
+                cfg.sections[section.name] = completed
     declared = _declared_metrics(plugins, also_declared)
     elsewhere = _load_included(check, raw, cfg, plugins, declared)
     _check_rule_metrics(check, raw, cfg, plugins, declared)

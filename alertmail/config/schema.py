@@ -484,14 +484,15 @@ class Section(Generic[SettingsT]):
     ``settings`` is the component's ``Settings`` class: its fields are the keys, the
     checked table becomes one object of it (a list of them for an array section).
     ``check(value, checker, config)`` then checks what keys alone cannot say (one key
-    against another, against ``[agent]``). ``build(raw, checker, config)``, when given,
+    against another, against ``[agent]``); it may return the settings completed with what
+    it read (the exporter's web.yml), else None. ``build(raw, checker, config)``, when given,
     replaces both and returns the section's value (rules build ``Rule`` objects).
     """
 
     name: str
     settings: type[SettingsT] | Mapping[str, Option]
     array: bool = False
-    check: Callable[[Any, Checker, Any], None] | None = None
+    check: Callable[[Any, Checker, Any], Any] | None = None
     build: Callable[[Any, Checker, Any], Any] | None = None
     includable: bool = False  # may also come from the files ``include`` names (an array section)
 

@@ -8,57 +8,68 @@ gathered by ``collector``, written out by ``exposition`` and served by ``server`
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from alertmail.config.schema import Checker, Option, Section, listen_problem
+from alertmail.config.schema import Checker, Section, Settings, listen_problem, setting
 
-EXPORTER_OPTIONS: dict[str, Option] = {
-    "listen": Option(
+if TYPE_CHECKING:
+    from alertmail.exporter.web import WebConfig
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExporterSettings(Settings):
+    """``[exporter]``: /metrics and the status page."""
+
+    listen: str | None = setting(
         "str",
         None,
         nonempty=True,
         help='address to serve /metrics on, e.g. "127.0.0.1:9464"; off when not set '
         "(no authentication unless web_config: bind with care)",
-    ),
-    "web_config": Option(
+    )
+    web_config: Path | None = setting(
         "path",
         None,
         help="a Prometheus exporter-toolkit web configuration file (web.yml): TLS, basic_auth_users (bcrypt); "
         "with users, the status page can add and expire silences and retry queued mail",
-    ),
-    "max_connections": Option(
+    )
+    max_connections: int = setting(
         "int",
         32,
         help="most connections served at once; at the cap a new one pushes out the oldest idle one, or is closed",
-    ),
-    "idle_timeout": Option(
+    )
+    idle_timeout: float = setting(
         "duration", 5.0, help="a connection that has not sent its request (or read the answer) within this is closed"
-    ),
-    "cache_for": Option(
+    )
+    cache_for: float = setting(
         "duration",
         1.0,
         help="scrapes within this of one another share one page; 0: a new page for each scrape (those at once still share)",
-    ),
-    "stale_after": Option(
+    )
+    stale_after: float | None = setting(
         "duration",
         None,
         minimum=1.0,
         help="drop a series from /metrics when no sample came for this long; default: 3 probe intervals, at least 1m",
-    ),
-}
+    )
+    # Not a key: web.yml as read with the config (check, run, reload), so a reload that finds
+    # the file changed restarts the server.
+    web: WebConfig | None = None
 
 
-def _check(table: dict[str, Any], check: Checker, config: Any) -> None:
-    cap = table.get("max_connections")
+def _check(settings: ExporterSettings, check: Checker, config: Any) -> ExporterSettings | None:
+    cap = settings.max_connections
     if isinstance(cap, int) and not 1 <= cap <= 10000:
         check.error("exporter.max_connections", f"{cap} is out of range; give 1 to 10000 (default 32)")
-    idle = table.get("idle_timeout")
+    idle = settings.idle_timeout
     if isinstance(idle, int | float) and not 0 < idle <= 3600:
         check.error("exporter.idle_timeout", f"{idle:g}s is out of range; give more than 0s and at most 1h (default 5s)")
-    cache = table.get("cache_for")
+    cache = settings.cache_for
     if isinstance(cache, int | float) and not 0 <= cache <= 3600:
         check.error("exporter.cache_for", f"{cache:g}s is out of range; give 0s to 1h (default 1s)")
-    listen = table.get("listen")
+    listen = settings.listen
     if isinstance(listen, str):
         try:
             problem = listen_problem(listen)
@@ -67,38 +78,37 @@ def _check(table: dict[str, Any], check: Checker, config: Any) -> None:
         else:
             if problem:
                 check.error("exporter.listen", problem)
+    if settings.web_config is None:
+        return None
+    return replace(settings, web=_read_web_config(check, settings.web_config))
 
-    web_config = table.get("web_config")
-    if web_config is not None:
-        _read_web_config(table, check, web_config)
 
-
-def _read_web_config(table: dict[str, Any], check: Checker, path: Any) -> None:
-    """Read web.yml with the config (check, run, reload): its problems are the config's; the read file is
-    kept in the section as ``web``, so a reload that finds it changed restarts the server."""
+def _read_web_config(check: Checker, path: Path) -> WebConfig | None:
+    """web.yml, read with the config: its problems are the config's."""
     from alertmail.exporter.web import WebConfigError, read_web_config
 
     try:
-        table["web"] = read_web_config(path)
+        return read_web_config(path)
     except WebConfigError as exc:
         for key, message in exc.problems:
             check.error("exporter.web_config", f"{path}: {key}: {message}" if key else f"{path}: {message}")
+        return None
 
 
-SECTION: Section[Any] = Section("exporter", EXPORTER_OPTIONS, check=_check)
+SECTION: Section[ExporterSettings] = Section("exporter", ExporterSettings, check=_check)
 log = logging.getLogger("alertmail.exporter")
 
 
 async def start_exporter(agent: Any) -> Any:
     """Start serving the agent's figures when ``[exporter] listen`` is set; the running exporter, or None."""
-    options = agent.cfg.sections.get("exporter") or {}
-    if not options.get("listen"):
+    options = agent.cfg.section(SECTION)
+    if not options.listen:
         return None
     from alertmail.exporter.collector import AgentCollector
     from alertmail.exporter.server import MetricsServer
 
     intervals = [interval for _, interval, _ in agent.probes.values()]
-    stale_after = options.get("stale_after") or max(60.0, 3 * max(intervals, default=20.0))
+    stale_after = options.stale_after or max(60.0, 3 * max(intervals, default=20.0))
     infos = {info.name: info for probe in agent.plugins.probes.values() for info in (getattr(probe, "metrics", None) or ())}
     collector = AgentCollector(
         infos,
@@ -110,14 +120,14 @@ async def start_exporter(agent: Any) -> Any:
     )
     agent.outbox.delivery.observers.append(collector.delivered)
     server = MetricsServer(
-        options["listen"],
+        options.listen,
         collector,
-        max_connections=options["max_connections"],
-        idle_timeout=options["idle_timeout"],
-        cache_for=options["cache_for"],
-        web=options.get("web"),
+        max_connections=options.max_connections,
+        idle_timeout=options.idle_timeout,
+        cache_for=options.cache_for,
+        web=options.web,
     )
-    web = options.get("web")
+    web = options.web
     actions = None
     if web is not None and web.users:
         from alertmail.exporter.actions import SECRET_FILE, PageActions, agent_secret

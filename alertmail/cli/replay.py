@@ -25,9 +25,9 @@ def _rules_file(path: Path, default_to: Sequence[str]) -> list[Any]:
     from alertmail.config.schema import Checker, ConfigError
     from alertmail.rules.config import rules_from_config
 
-    raw = read_toml(path)
+    document = read_toml(path)
     check = Checker(path.resolve().parent)
-    rules = rules_from_config(raw.get("rules", []), check, default_to=default_to)
+    rules = rules_from_config(document.get("rules", []), check, default_to=default_to)
     if check.problems:
         raise ConfigError(path, check.problems)
     if not rules:
@@ -214,9 +214,15 @@ class Progress:
 
 
 def record_to_file(
-    path: Path, probes: dict[str, Any], settings: dict[str, Any], duration_text: str, config_path: Path | None = None
+    path: Path,
+    probes: dict[str, Any],
+    intervals: dict[str, float],
+    timeouts: dict[str, float],
+    duration_text: str,
+    config_path: Path | None = None,
 ) -> None:
-    """``alertmail probe --record FILE --for DURATION``: the probes (configured already) at their intervals."""
+    """``alertmail probe --record FILE --for DURATION``: the probes (configured already) at their intervals,
+    each run bounded by its timeout."""
     from alertmail.exitcodes import ExitCode
     from alertmail.units import parse_duration
 
@@ -238,8 +244,8 @@ def record_to_file(
         asyncio.run(
             record(
                 probes,
-                {n: settings[n].interval for n in probes},
-                {n: settings[n].timeout for n in probes},
+                intervals,
+                timeouts,
                 writer,
                 duration,
                 echo=lambda text: click.echo(f"warning: {text}", err=True),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 from alertmail.config.schema import Checker, Option, Section
 from alertmail.rules.model import Rule
@@ -163,8 +163,20 @@ def rules_from_config(raw: Any, check: Checker, *, default_to: Iterable[str]) ->
     return rules
 
 
-def _build_section(raw: Any, check: Checker, config: Any) -> list[Rule]:
-    return rules_from_config(raw, check, default_to=config.mail.get("to") or [])
+class _Mail(Protocol):
+    @property
+    def to(self) -> Sequence[str]: ...
+
+
+class _Configured(Protocol):
+    """What building ``[[rules]]`` reads of the whole config: ``[mail] to``, the default recipients."""
+
+    @property
+    def mail(self) -> _Mail: ...
+
+
+def _build_section(raw: Any, check: Checker, config: _Configured) -> list[Rule]:
+    return rules_from_config(raw, check, default_to=config.mail.to)
 
 
 SECTION: Section[Any] = Section("rules", RULE_OPTIONS, array=True, build=_build_section, includable=True)

@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alertmail.config.schema import Checker, Section, Settings, setting
 from alertmail.units import format_duration, valid_address
+
+if TYPE_CHECKING:
+    from alertmail.notify.notifier import Notifier
 
 log = logging.getLogger("alertmail.notify.heartbeat")
 
@@ -220,7 +223,7 @@ class Heartbeat:
         self,
         *,
         settings: HeartbeatSettings,
-        notifier: Any,
+        notifier: Notifier,
         queue: Any,
         badmail_folder: Path | None,
         watching: Callable[[], dict[str, Any]] | None = None,

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alertmail.clock import WallClock, describe, reschedule
 from alertmail.config.load import Config
@@ -33,6 +33,9 @@ from alertmail.rules.engine import RuleEngine
 from alertmail.rules.model import AlertEvent, Rule, State
 from alertmail.sdnotify import ServiceManager
 from alertmail.units import format_duration
+
+if TYPE_CHECKING:
+    from alertmail.notify.runtime_silences import SilenceSet
 
 log = logging.getLogger("alertmail.agent")
 
@@ -57,7 +60,7 @@ RESTART_KEYS = ("state_dir", "plugin_dirs", "disable_plugins", "log_format", "ev
 
 def self_rules(cfg: Config) -> list[Rule]:
     """Rules on the agent's own health, mailed to [mail].to."""
-    to = tuple(cfg.mail["to"])
+    to = tuple(cfg.mail.to)
     if not to:
         return []
     # A single failed or slow run is logged; a mail needs it to persist, and the
@@ -256,7 +259,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         due = loop.time()
         while True:
-            resolution = self.cfg.agent["resolution"]
+            resolution = self.cfg.agent.resolution
             due = max(due + resolution, loop.time())  # a stalled loop does not make up for lost ticks
             await asyncio.sleep(due - loop.time())
             try:
@@ -266,7 +269,7 @@ class Agent:
 
     def _warn_silent_rules(self, now: float) -> None:
         """Once per rule: one that has matched no series for 10 probe intervals is likely misspelt."""
-        if not self._silent_rules or now - self._started < SILENT_AFTER * self.cfg.agent["interval"]:
+        if not self._silent_rules or now - self._started < SILENT_AFTER * self.cfg.agent.interval:
             return
         for name in sorted(self._silent_rules):
             log.warning(
@@ -384,6 +387,7 @@ class Agent:
     # -- life cycle --------------------------------------------------------
     async def start(self) -> None:
         from alertmail.delivery.outbox import Outbox
+        from alertmail.notify.notifier import SECTION as NOTIFY
         from alertmail.notify.notifier import Notifier
 
         cfg = self.cfg
@@ -392,23 +396,20 @@ class Agent:
         self.queue = self.outbox.queue
         self._restore_state()
         self._load_history()
-        notify = cfg.sections.get("notify", {})
         self.notifier = Notifier(
-            sender=cfg.mail["from"],
+            notify=cfg.section(NOTIFY),
+            mail=cfg.mail,
             hostname=cfg.hostname,
-            timezone=cfg.agent["timezone"],
-            route=cfg.mail["route"],
+            timezone=cfg.agent.timezone,
             queue=self.queue,
             state_dir=self.state_dir,
             hook=self.plugins.hook,
             history=self.history.get,
-            group_wait=notify.get("group_wait") or 0.0,
-            subject_prefix=cfg.mail.get("subject_prefix") or "",
             context_for=self._mail_context,
+            silences=silences_in_force(cfg),
+            rules=self.rules,
             render_options=render_options(cfg, self.plugins),
         )
-        self.notifier.also_route = list(cfg.mail.get("also_route") or [])
-        self.notifier.configure_noise(cfg, self.rules)  # [[silences]] and the storm cap
         self._mail_queue: asyncio.Queue = asyncio.Queue()
         self._mailer_task = asyncio.create_task(self._mailer(), name="mailer")
         await self.outbox.start_services(self.plugins.services)
@@ -425,7 +426,7 @@ class Agent:
             cfg.hostname,
             len(self.probes),
             len(cfg.rules),
-            " -> ".join(cfg.mail["route"]),
+            " -> ".join(cfg.mail.route),
         )
 
     def _mail_context(self, events: Sequence[AlertEvent]) -> dict[str, Any]:
@@ -445,7 +446,7 @@ class Agent:
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self._schedule_probes()
         self._ticking = asyncio.create_task(self._tick_loop(), name="tick")
-        heartbeat.schedule(self.scheduler, self)
+        heartbeat.schedule(self.scheduler, self, self.cfg.section(heartbeat.SECTION))
         self.scheduler.add_listener(self._job_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         self.scheduler.start()
 
@@ -514,6 +515,7 @@ class Agent:
     async def _reload(self) -> bool:
         from alertmail.config.load import load_config
         from alertmail.config.schema import ConfigError
+        from alertmail.notify.notifier import SECTION as NOTIFY
 
         try:
             cfg = load_config(self.cfg.path, self.plugins)
@@ -522,7 +524,7 @@ class Agent:
                 log.error("%s", line)
             log.error("reload refused: %d problem(s) in %s; the running configuration stays", exc.count, exc.path)
             return False
-        fixed = [f"agent.{key}" for key in RESTART_KEYS if cfg.agent.get(key) != self.cfg.agent.get(key)]
+        fixed = [f"agent.{key}" for key in RESTART_KEYS if getattr(cfg.agent, key) != getattr(self.cfg.agent, key)]
         if fixed:
             log.error(
                 "reload refused: %s can change only at a restart; the running configuration stays "
@@ -543,15 +545,17 @@ class Agent:
         self.engine = RuleEngine(self.rules)
         self.engine.restore(snapshot)
         self._prime_windows()
-        n = self.notifier
-        n.sender, n.route, n.timezone = cfg.mail["from"], cfg.mail["route"], cfg.agent["timezone"]
-        n.also_route = list(cfg.mail.get("also_route") or [])
-        n.subject_prefix = cfg.mail.get("subject_prefix") or ""
-        n.group_wait = cfg.sections.get("notify", {}).get("group_wait") or 0.0
-        n.render_options = render_options(cfg, self.plugins)
-        n.configure_noise(cfg, self.rules)
-        logging.getLogger().setLevel(getattr(logging, cfg.agent["log_level"].upper(), logging.INFO))
-        heartbeat.schedule(self.scheduler, self)
+        self.notifier.apply(
+            cfg.section(NOTIFY),
+            cfg.mail,
+            hostname=cfg.hostname,
+            timezone=cfg.agent.timezone,
+            silences=silences_in_force(cfg),
+            rules=self.rules,
+            render_options=render_options(cfg, self.plugins),
+        )
+        logging.getLogger().setLevel(getattr(logging, cfg.agent.log_level.upper(), logging.INFO))
+        heartbeat.schedule(self.scheduler, self, cfg.section(heartbeat.SECTION))
         self._schedule_probes()
         await self.outbox.reconfigure(cfg, transports)
         if exporter_changed:
@@ -768,13 +772,21 @@ def render_options(cfg: Config, plugins: Any) -> dict[str, Any]:
         for info in getattr(probe, "metrics", None) or ():
             units[info.name] = info.unit
             label_names[info.name] = tuple(info.labels)
-    options: dict[str, Any] = {"units": units, "charts": cfg.mail["charts"], "label_names": label_names}
+    fields: dict[str, Any] = {"units": units, "charts": cfg.mail.charts, "label_names": label_names}
     path = getattr(cfg, "path", None)
     if path:  # the silence command in each mail names this config: `-c /etc/alertmail/config.toml`
-        options["config_path"] = str(Path(path).resolve())
-    if cfg.mail.get("templates"):
-        options["templates_dir"] = cfg.mail["templates"]
-    return options
+        fields["config_path"] = str(Path(path).resolve())
+    if cfg.mail.templates:
+        fields["templates_dir"] = cfg.mail.templates
+    return fields
+
+
+def silences_in_force(cfg: Config) -> SilenceSet:
+    """``[[silences]]`` of ``cfg`` (in ``[agent].timezone`` unless they name their own) and ``state_dir/silences.toml``."""
+    from alertmail.notify.runtime_silences import in_force
+    from alertmail.notify.silences import SECTION as SILENCES
+
+    return in_force(cfg.tables(SILENCES), timezone=cfg.agent.timezone, state_dir=cfg.state_dir)
 
 
 def _restamped(samples: list[Sample], step: float, now: float) -> list[Sample]:

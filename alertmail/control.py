@@ -213,7 +213,7 @@ def _silences(agent: Any, now: float) -> list[dict[str, Any]]:
     if notifier is None:
         return []
     notifier.silences.refresh(now)
-    tz = agent.cfg.agent.get("timezone") or "UTC"
+    tz = agent.cfg.agent.timezone
     out = []
     for s in notifier.silences.all:
         if s.schedule.expired(now):
@@ -417,7 +417,7 @@ def _page_context(agent: Any, histories: dict[tuple[str, Any], list]) -> Any:
     options.pop("templates_dir", None)  # the page is built-in; a user's mail templates do not apply
     return RenderContext(
         hostname=agent.cfg.hostname,
-        timezone=agent.cfg.agent.get("timezone") or "UTC",
+        timezone=agent.cfg.agent.timezone,
         history=lambda metric, labels: histories.get((metric, labels), ()),
         max_charts=PAGE_CHARTS,
         **options,

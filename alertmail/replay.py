@@ -19,12 +19,18 @@ import itertools
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alertmail.model import Envelope, Sample
+
+if TYPE_CHECKING:
+    from alertmail.config.core import MailSettings
+    from alertmail.notify.notifier import NotifySettings
+    from alertmail.notify.runtime_silences import SilenceSet
+    from alertmail.rules.model import Rule
 
 # -- mails kept in memory --------------------------------------------------------------
 
@@ -86,16 +92,13 @@ class Replay:
 
 async def replay(
     samples: Sequence[Sample],
-    rules: Sequence[Any],
+    rules: Sequence[Rule],
     *,
-    silences: Any = None,
-    group_wait: float = 0.0,
-    max_mails_per_hour: int = 0,
-    digest_interval: float = 900.0,
-    sender: str = "alertmail@localhost",
+    notify: NotifySettings | None = None,
+    mail: MailSettings | None = None,
+    silences: SilenceSet | None = None,
     hostname: str = "replay",
-    timezone: str = "UTC",
-    subject_prefix: str = "",
+    timezone: str | None = None,
     tick: float = 1.0,
     charts: bool = False,
     render_options: Mapping[str, Any] | None = None,
@@ -103,6 +106,8 @@ async def replay(
 ) -> Replay:
     """Run ``samples`` (sorted by time) through ``rules`` and a notifier on the recorded clock.
 
+    ``notify`` and ``mail`` are the config's ``[notify]`` and ``[mail]``, ``timezone`` its
+    ``[agent].timezone``; each left out is what a config without it has (its declared defaults).
     Between samples the engine and the notifier are ticked every ``tick`` seconds, as
     the agent does, so reminders, absent series, group waits, digests and the ends of
     silences happen at their times. After the last sample, what still waits (groups,
@@ -110,8 +115,8 @@ async def replay(
     receives the notifier's incident files and journal. ``render_options`` are the agent's
     (``[mail].templates``, the probes' units); ``charts`` says whether to draw charts.
     """
-    from alertmail.notify.notifier import Notifier
-    from alertmail.notify.runtime_silences import SilenceSet
+    from alertmail.config.core import AgentSettings, MailSettings
+    from alertmail.notify.notifier import Notifier, NotifySettings
     from alertmail.probes.history import History
     from alertmail.rules.engine import RuleEngine
 
@@ -123,24 +128,20 @@ async def replay(
         history = History()
         collector = MailCollector()
         notifier = Notifier(
-            sender=sender,
+            notify=notify or NotifySettings(),
+            # The mails stay in memory: one route, named for what it is.
+            mail=replace(mail or MailSettings(), route=["replay"], also_route=[]),
             hostname=hostname,
-            timezone=timezone,
-            route=["replay"],
+            timezone=timezone or AgentSettings().timezone,
             queue=collector,
             state_dir=folder,
             history=history.get,
-            group_wait=group_wait,
-            subject_prefix=subject_prefix,
-            silences=silences if silences is not None else SilenceSet(),
-            max_mails_per_hour=max_mails_per_hour,
-            digest_interval=digest_interval,
+            silences=silences,
             rules=rules,
             # A replay is a short-lived command: draw charts in this process.
-            render_options={"charts": "in-process" if charts else "off"},
+            render_options={**(render_options or {}), "charts": "in-process" if charts else "off"},
             durable=False,
         )
-        notifier.render_options = {**(render_options or {}), **notifier.render_options}  # the replay picks its charts
 
         async def step(now: float) -> None:
             events = engine.tick(now)

@@ -14,8 +14,9 @@ import sys
 import types
 from pathlib import Path
 
-from alertmail.notify.heartbeat import Heartbeat
-from alertmail.notify.notifier import Notifier
+from alertmail.config.core import AgentSettings, MailSettings
+from alertmail.notify.heartbeat import Heartbeat, HeartbeatSettings
+from alertmail.notify.notifier import Notifier, NotifySettings
 from alertmail.queue.dsn import build_dsn
 from alertmail.queue.entry import Entry, RecipientState
 from alertmail.queue.spool import Queue
@@ -58,12 +59,24 @@ def event(kind: str, rule: Rule, at: float, value: float, incident: str, **kw) -
     )
 
 
-def notifier(folder: Path, queue: MailCollector, *, sender: str = SENDER, hostname: str = "web01.example.com", **kw) -> Notifier:
+# Every alert mailed as it comes, no cap (the storm mail sets its own).
+AT_ONCE = NotifySettings(group_wait=0.0, max_mails_per_hour=0)
+
+
+def notifier(
+    folder: Path,
+    queue: MailCollector,
+    *,
+    sender: str = SENDER,
+    hostname: str = "web01.example.com",
+    notify: NotifySettings = AT_ONCE,
+    **kw,
+) -> Notifier:
     return Notifier(
-        sender=sender,
+        notify=notify,
+        mail=MailSettings(sender=sender, to=[OPS], route=["pickup"]),
         hostname=hostname,
         timezone="Europe/Berlin",
-        route=["pickup"],
         queue=queue,
         state_dir=folder,
         history=history,
@@ -91,7 +104,8 @@ async def _build(folder: Path, sender: str = SENDER, hostname: str = "web01.exam
         await n.flush(events[0].at + 3600, force=True)
         mails[kind] = queue.mails[before].data
     storm_queue = MailCollector()
-    storm = notifier(folder / "storm", storm_queue, sender=sender, hostname=hostname, max_mails_per_hour=1, digest_interval=60.0)
+    cap = NotifySettings(group_wait=0.0, max_mails_per_hour=1, digest_interval=60.0)
+    storm = notifier(folder / "storm", storm_queue, sender=sender, hostname=hostname, notify=cap)
     burst = [
         event("firing", Rule(name=f"disk-{i}", metric="disk.used_percent", above=90, to=(OPS,)), T0 + i, 91.0 + i, f"s{i}")
         for i in range(6)
@@ -103,9 +117,7 @@ async def _build(folder: Path, sender: str = SENDER, hostname: str = "web01.exam
     spool = Queue(folder / "queue", fsync=False)
     await spool.start()
     try:
-        heartbeat = Heartbeat(
-            options={"every": 86400.0, "to": []}, notifier=n, queue=spool, badmail_folder=folder / "bad", default_to=[OPS]
-        )
+        heartbeat = Heartbeat(settings=HeartbeatSettings(every=86400.0), notifier=n, queue=spool, badmail_folder=folder / "bad")
         msg = heartbeat.compose(T0 + 86400)
     finally:
         await spool.close()
@@ -133,8 +145,9 @@ async def _send_test(sender: str = SENDER, hostname: str = "web01.example.com") 
     from alertmail.cli.send_test import EXAMPLE_RULE, build_mail
 
     cfg = types.SimpleNamespace(
-        mail={"from": sender, "subject_prefix": "", "charts": "in-process", "templates": None},
-        agent={"timezone": "UTC"},
+        mail=MailSettings(sender=sender, charts="in-process"),
+        agent=AgentSettings(timezone="UTC"),
+        section=lambda section: section.typed({}),
         hostname=hostname,
     )
     return await build_mail(cfg, types.SimpleNamespace(probes={}), EXAMPLE_RULE, (OPS,), ["smtp"])

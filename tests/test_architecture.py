@@ -43,7 +43,7 @@ ALLOWED: dict[str, set[str]] = {
     "render": {"rules"},
     "queue": set(),
     "delivery": {"queue"},
-    "notify": {"rules", "render", "queue"},
+    "notify": {"rules", "render", "queue", "config.core"},
     "exporter": set(),
 }
 

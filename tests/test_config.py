@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from alertmail.config.load import load_config
 from alertmail.config.schema import ConfigError
+from alertmail.notify.notifier import SECTION as NOTIFY
 from alertmail.units import format_duration, parse_address, parse_duration, parse_size, valid_address
 
 
@@ -92,10 +93,10 @@ def test_minimal_config_gets_defaults_and_paths_relative_to_the_file(tmp_path):
         )
     )
     assert cfg.state_dir == tmp_path / "var"
-    assert cfg.agent["interval"] == 10
-    assert cfg.mail["route"] == ["pickup"]
+    assert cfg.agent.interval == 10
+    assert cfg.mail.route == ["pickup"]
     assert cfg.transports["pickup"]["envelope"] is True
-    assert cfg.sections["notify"]["group_wait"] == 30
+    assert cfg.section(NOTIFY).group_wait == 30
 
 
 def test_unknown_section_gets_a_did_you_mean(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 
 from alertmail.config.load import load_config
 from alertmail.config.schema import ConfigError
+from alertmail.notify.silences import SECTION as SILENCES
 
 ALERTMAIL = [sys.executable, "-m", "alertmail"]
 MAIN = """\
@@ -67,7 +68,7 @@ def test_rules_and_silences_come_from_every_included_file(tmp_path):
     cfg = load_config(config)
     assert [r.name for r in cfg.rules] == ["disk-full", "web-load", "db-swap"]
     assert cfg.rules[1].to == ("web@example.test",) and cfg.rules[2].to == ("ops@example.test",)
-    assert [s["comment"] for s in cfg.sections["silences"]] == ["web team off on saturdays"]
+    assert [s.comment for s in cfg.tables(SILENCES)] == ["web team off on saturdays"]
 
 
 def test_problems_are_reported_by_file_with_their_key_paths(tmp_path):

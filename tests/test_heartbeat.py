@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from alertmail.config.core import MailSettings
 from alertmail.config.load import load_config
 from alertmail.config.schema import ConfigError
 from alertmail.model import Envelope
-from alertmail.notify.heartbeat import Heartbeat, mail_outcomes, queue_figures, schedule, summarise
+from alertmail.notify.heartbeat import SECTION, Heartbeat, HeartbeatSettings, mail_outcomes, queue_figures, schedule, summarise
 from alertmail.notify.journal import Journal
-from alertmail.notify.notifier import Notifier
+from alertmail.notify.notifier import Notifier, NotifySettings
 from alertmail.notify.runtime_silences import RuntimeSilences, SilenceSet
 from alertmail.rules.model import AlertEvent, Rule
 
@@ -73,10 +74,10 @@ def test_summary_counts_events_and_firing_time_within_the_period_only():
 def web01_notifier(queue, state_dir: Path) -> Notifier:
     """The notifier of host web01 (Europe/Berlin, mail into the pickup route, no charts)."""
     return Notifier(
-        sender="alertmail@test.example",
+        notify=NotifySettings(group_wait=0.0, max_mails_per_hour=0),
+        mail=MailSettings(sender="alertmail@test.example", to=[OPS], route=["pickup"]),
         hostname="web01",
         timezone="Europe/Berlin",
-        route=["pickup"],
         queue=queue,
         state_dir=state_dir,
         silences=SilenceSet([], state_dir),
@@ -103,11 +104,10 @@ def test_heartbeat_mail_summarises_alerts_silences_and_the_queue(tmp_path):
                 await notifier.notify([ev], now[0])
             now[0] = END
             heartbeat = Heartbeat(
-                options={"every": DAY, "to": []},
+                settings=HeartbeatSettings(every=DAY),
                 notifier=notifier,
                 queue=queue,
                 badmail_folder=tmp_path / "badmail",
-                default_to=[OPS],
             )
             msg_id = await heartbeat.send(END)
             return queue, msg_id
@@ -186,13 +186,18 @@ def write_config(folder: Path, heartbeat: str) -> Path:
     return path
 
 
+def agent_of(cfg, state_dir: Path) -> types.SimpleNamespace:
+    """What ``schedule`` reads of the agent: its notifier's [mail] and timezone, its queue and folder."""
+    notifier = types.SimpleNamespace(mail=cfg.mail, timezone=cfg.agent.timezone)
+    return types.SimpleNamespace(notifier=notifier, queue=None, state_dir=state_dir)
+
+
 def test_daily_heartbeat_is_scheduled_at_its_local_time(tmp_path):
     cfg = load_config(write_config(tmp_path, 'every = "1d"\nat = "08:30"\n'))
     from apscheduler.schedulers.background import BackgroundScheduler
 
     scheduler = BackgroundScheduler(timezone="UTC")
-    agent = types.SimpleNamespace(cfg=cfg, notifier=None, queue=None, state_dir=tmp_path)
-    heartbeat = schedule(scheduler, agent)
+    heartbeat = schedule(scheduler, agent_of(cfg, tmp_path), cfg.section(SECTION))
     assert heartbeat is not None and heartbeat.to == [OPS]
     job = scheduler.get_job("heartbeat")
     zone = zoneinfo.ZoneInfo("Europe/Berlin")
@@ -208,7 +213,7 @@ def test_weekly_heartbeat_runs_on_its_day(tmp_path):
     from apscheduler.schedulers.background import BackgroundScheduler
 
     scheduler = BackgroundScheduler(timezone="UTC")
-    heartbeat = schedule(scheduler, types.SimpleNamespace(cfg=cfg, notifier=None, queue=None, state_dir=tmp_path))
+    heartbeat = schedule(scheduler, agent_of(cfg, tmp_path), cfg.section(SECTION))
     assert heartbeat.to == ["boss@test.example"]
     zone = zoneinfo.ZoneInfo("Europe/Berlin")
     fire = scheduler.get_job("heartbeat").trigger.get_next_fire_time(None, dt.datetime(2026, 11, 26, 9, 0, tzinfo=zone))
@@ -220,7 +225,7 @@ def test_no_heartbeat_section_schedules_nothing(tmp_path):
     from apscheduler.schedulers.background import BackgroundScheduler
 
     scheduler = BackgroundScheduler(timezone="UTC")
-    assert schedule(scheduler, types.SimpleNamespace(cfg=cfg, notifier=None, queue=None, state_dir=tmp_path)) is None
+    assert schedule(scheduler, agent_of(cfg, tmp_path), cfg.section(SECTION)) is None
     assert scheduler.get_jobs() == []
 
 
@@ -277,9 +282,11 @@ def test_missed_runs_are_counted_since_the_previous_heartbeat_and_a_reload_keeps
                 missed={"disk": 2},
             )
             scheduler = BackgroundScheduler(timezone="UTC")
-            ids = [await schedule(scheduler, agent).send(START)]
+            ids = [await schedule(scheduler, agent, cfg.section(SECTION)).send(START)]
             agent.missed.update(disk=5, cpu=1)
-            ids.append(await schedule(scheduler, agent).send(END))  # a reload replaced the heartbeat in between
+            ids.append(
+                await schedule(scheduler, agent, cfg.section(SECTION)).send(END)
+            )  # a reload replaced the heartbeat in between
             ids.append(await scheduler.get_job("heartbeat").func(END + DAY))  # nothing missed since
             return [queue.read_message(i).decode() for i in ids]
         finally:

@@ -11,9 +11,10 @@ from email.message import EmailMessage
 
 import pytest
 
+from alertmail.config.core import MailSettings
 from alertmail.exporter.exposition import Family, openmetrics_format, text_format
 from alertmail.model import Sample, label_text
-from alertmail.notify.notifier import RENDER_RETRY, Notifier
+from alertmail.notify.notifier import RENDER_RETRY, Notifier, NotifySettings
 from alertmail.replay import MailCollector
 from alertmail.rules.model import AlertEvent, Rule
 from tests.fleet_peers import HOST, Prometheus
@@ -41,10 +42,10 @@ def event(mount: str, kind: str = "firing") -> AlertEvent:
 
 def notifier_for(state_dir, collector: MailCollector, hook=None) -> Notifier:
     return Notifier(
-        sender="alertmail@test.example",
+        notify=NotifySettings(group_wait=0.0, max_mails_per_hour=0),
+        mail=MailSettings(sender="alertmail@test.example", route=["pickup"]),
         hostname="web01",
         timezone="UTC",
-        route=["pickup"],
         queue=collector,
         state_dir=state_dir,
         hook=hook,

@@ -11,7 +11,9 @@ import textwrap
 from click.testing import CliRunner
 
 from alertmail.cli.app import cli
-from alertmail.notify.heartbeat import Heartbeat
+from alertmail.config.core import MailSettings
+from alertmail.notify.heartbeat import Heartbeat, HeartbeatSettings
+from alertmail.notify.notifier import NotifySettings
 from alertmail.queue.dsn import build_dsn
 from alertmail.queue.entry import Entry, RecipientState
 from alertmail.queue.spool import Queue
@@ -38,7 +40,12 @@ def test_on_a_short_host_name_alert_and_heartbeat_message_ids_end_in_the_from_do
         collected = MailCollector()
         # A host name without its domain, as many hosts have.
         n = Notifier(
-            sender="alertmail@example.com", hostname="vm", timezone="UTC", route=["pickup"], queue=collected, state_dir=tmp_path
+            notify=NotifySettings(group_wait=0.0, max_mails_per_hour=0),
+            mail=MailSettings(sender="alertmail@example.com", to=[OPS], route=["pickup"]),
+            hostname="vm",
+            timezone="UTC",
+            queue=collected,
+            state_dir=tmp_path,
         )
         await n.notify([event("firing", DISK, T0, 93.4, "d1")], T0)
         await n.flush(T0 + 3600, force=True)
@@ -46,7 +53,7 @@ def test_on_a_short_host_name_alert_and_heartbeat_message_ids_end_in_the_from_do
         await spool.start()
         try:
             heartbeat = Heartbeat(
-                options={"every": 86400.0, "to": []}, notifier=n, queue=spool, badmail_folder=tmp_path / "bad", default_to=[OPS]
+                settings=HeartbeatSettings(every=86400.0), notifier=n, queue=spool, badmail_folder=tmp_path / "bad"
             )
             queued = await heartbeat.send(T0 + 86400)
             assert queued is not None
@@ -137,10 +144,10 @@ def test_a_reply_on_a_long_domain_names_the_first_mail_exactly(tmp_path):
     async def main() -> list[bytes]:
         collected = MailCollector()
         n = Notifier(
-            sender="alertmail@monitoring.example-company.com",
+            notify=NotifySettings(group_wait=0.0, max_mails_per_hour=0),
+            mail=MailSettings(sender="alertmail@monitoring.example-company.com", route=["pickup"]),
             hostname="vm",
             timezone="UTC",
-            route=["pickup"],
             queue=collected,
             state_dir=tmp_path,
         )

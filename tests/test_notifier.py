@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
-from alertmail.notify.notifier import Notifier
+from alertmail.config.core import MailSettings
+from alertmail.notify.notifier import Notifier, NotifySettings
 from alertmail.replay import MailCollector
 from alertmail.rules.model import AlertEvent, Rule
 
@@ -28,12 +30,17 @@ def event(kind: str, at: float) -> AlertEvent:
     )
 
 
-def notifier_for(state_dir, collector: MailCollector) -> Notifier:
+# Every alert mailed as it comes, no cap: what each test sets apart from that is its subject.
+AT_ONCE = NotifySettings(group_wait=0.0, max_mails_per_hour=0)
+MAIL = MailSettings(sender="alertmail@test.example", route=["pickup"])
+
+
+def notifier_for(state_dir, collector: MailCollector, notify: NotifySettings = AT_ONCE, mail: MailSettings = MAIL) -> Notifier:
     return Notifier(
-        sender="alertmail@test.example",
+        notify=notify,
+        mail=mail,
         hostname="web01",
         timezone="UTC",
-        route=["pickup"],
         queue=collector,
         state_dir=state_dir,
         render_options={"charts": "off"},
@@ -80,8 +87,7 @@ def mounts(mail) -> list[str]:
 
 def test_first_alert_goes_out_at_once_and_what_follows_within_group_wait_comes_as_one_mail(tmp_path):
     collector = MailCollector()
-    notifier = notifier_for(tmp_path, collector)
-    notifier.group_wait = 30.0
+    notifier = notifier_for(tmp_path, collector, replace(AT_ONCE, group_wait=30.0))
 
     async def run() -> None:
         await notifier.notify([alert("/a", T0)], T0)
@@ -110,8 +116,7 @@ def test_first_alert_goes_out_at_once_and_what_follows_within_group_wait_comes_a
 
 def test_group_wait_is_counted_per_set_of_recipients(tmp_path):
     collector = MailCollector()
-    notifier = notifier_for(tmp_path, collector)
-    notifier.group_wait = 30.0
+    notifier = notifier_for(tmp_path, collector, replace(AT_ONCE, group_wait=30.0))
     other = Rule(name="load-high", metric="load.1m", above=8, to=("dev@test.example",))
 
     async def run() -> None:
@@ -143,9 +148,8 @@ def test_also_route_queues_each_mail_once_more_on_its_own_route(tmp_path):
         queue = Queue(tmp_path / "queue", fsync=False)
         await queue.start()
         try:
-            notifier = notifier_for(tmp_path, MailCollector())
+            notifier = notifier_for(tmp_path, MailCollector(), mail=replace(MAIL, also_route=["alertmanager"]))
             notifier.queue = queue
-            notifier.also_route = ["alertmanager"]
             await notifier.notify([event("firing", T0)], T0)
             return [(e.route, queue.read_message(e.id)) for e in queue.entries()]
         finally:

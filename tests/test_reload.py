@@ -234,3 +234,24 @@ def test_run_warns_once_about_a_rule_that_matches_no_series(tmp_path):
         assert agent.output().count("has matched no series") == 1  # once, and not for gauge-high, which matches
     finally:
         agent.stop()
+
+
+def test_a_reload_that_changes_the_sender_mails_from_it_with_message_ids_at_its_domain(tmp_path):
+    import email
+    import email.policy
+
+    text = config_text('"pickup"')
+    agent = Agent(tmp_path, text)
+    try:
+        agent.reload(text.replace("alertmail@web01.test", "alertmail@db02.test"))
+        assert "configuration reloaded" in agent.output()
+        (tmp_path / "plugins.d" / "value.txt").write_text("93")
+        deadline = time.monotonic() + 30
+        while not (mails := list((tmp_path / "var" / "pickup").glob("*.eml"))):
+            assert time.monotonic() < deadline, agent.output()
+            time.sleep(0.2)
+        msg = email.message_from_bytes(mails[0].read_bytes(), policy=email.policy.default)
+        assert msg["From"].addresses[0].addr_spec == "alertmail@db02.test"
+        assert str(msg["Message-ID"]).endswith("@db02.test>")  # the domain of the From the mail has now
+    finally:
+        agent.stop()

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from alertmail.model import Sample
+from alertmail.notify.notifier import NotifySettings
 from alertmail.notify.runtime_silences import SilenceSet
-from alertmail.notify.silences import silence_from_table
+from alertmail.notify.silences import SilenceSettings, silence_from_settings
 from alertmail.probes.samples import SampleFileError, SampleWriter, read_samples
 from alertmail.replay import CollectedMail, html_with_data_uris, replay, write_mail_files
 from alertmail.rules.model import Rule
@@ -27,6 +28,8 @@ DATA = Path(__file__).parent / "data"
 OPS = "ops@test.example"
 CPU = Rule(name="cpu-high", metric="cpu.percent", above=90, clear=80, to=(OPS,))
 BUSY = Rule(name="disk-busy", metric="disk.busy_percent", above=90, to=(OPS,))
+# Every alert mailed as it comes, no cap: the test says what it groups or caps.
+AT_ONCE = NotifySettings(group_wait=0.0, max_mails_per_hour=0)
 
 
 def kinds(result) -> list[str]:
@@ -68,7 +71,7 @@ def test_bad_line_in_samples_file_is_named_with_its_number(tmp_path):
 
 def test_flapping_series_yields_one_flapping_mail_instead_of_one_per_change():
     samples = read_samples(DATA / "flapping.csv")
-    result = asyncio.run(replay(samples, [CPU]))
+    result = asyncio.run(replay(samples, [CPU], notify=AT_ONCE))
     changes = sum(1 for a, b in itertools.pairwise(samples) if (a.value > 90) != (b.value > 90))
     assert changes >= 40
     assert kinds(result).count("flapping") == 1
@@ -81,7 +84,7 @@ def test_flapping_series_yields_one_flapping_mail_instead_of_one_per_change():
 
 def test_group_wait_mails_the_first_change_at_once_and_folds_the_next_ones_into_one_mail():
     samples = read_samples(DATA / "flapping.csv")
-    result = asyncio.run(replay(samples, [CPU], group_wait=30.0))
+    result = asyncio.run(replay(samples, [CPU], notify=NotifySettings(group_wait=30.0, max_mails_per_hour=0)))
     first, second = result.mails[:2]
     assert first.at == samples[11].timestamp  # the first crossing: nothing was waiting, so at once
     assert str(first.message["X-Alertmail-Kind"]) == "firing"
@@ -91,13 +94,13 @@ def test_group_wait_mails_the_first_change_at_once_and_folds_the_next_ones_into_
 
 
 def maintenance_window() -> SilenceSet:
-    table = {"rule": "disk-*", "days": ["sat"], "start": "02:00", "end": "04:00", "comment": "RAID scrub"}
-    return SilenceSet([silence_from_table(table, index=0, default_tz="Europe/Berlin")])
+    settings = SilenceSettings(rule="disk-*", days=["sat"], start="02:00", end="04:00", comment="RAID scrub")
+    return SilenceSet([silence_from_settings(settings, index=0, default_tz="Europe/Berlin")])
 
 
 def test_maintenance_window_holds_alerts_and_mails_once_for_what_still_fires_when_it_ends():
     samples = read_samples(DATA / "maintenance.csv")
-    result = asyncio.run(replay(samples, [BUSY], silences=maintenance_window(), timezone="Europe/Berlin"))
+    result = asyncio.run(replay(samples, [BUSY], notify=AT_ONCE, silences=maintenance_window(), timezone="Europe/Berlin"))
     # sda: busy from 02:30 to 04:30 local (inside the window, then past its end) -> one firing mail at 04:00,
     # then its recovery at 04:30. sdb: busy 02:40-03:10, inside the window only -> no mail at all.
     assert kinds(result) == ["firing", "resolved"]
@@ -328,3 +331,22 @@ def test_probe_record_says_it_started_before_a_slow_first_run_ends(tmp_path):
     assert done.returncode == 0, done.stderr
     shown = [line for line in done.stderr.splitlines() if line.startswith("recording:")]
     assert shown and shown[0].startswith("recording:   0%"), done.stderr
+
+
+def test_replay_without_a_config_groups_mails_as_an_agent_with_the_default_notify_settings(tmp_path):
+    import datetime as dt
+
+    rules = tmp_path / "try.toml"
+    rules.write_text('[[rules]]\nname = "cpu-high"\nmetric = "cpu.percent"\nabove = 90\nclear = 80\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "alertmail", "replay", "--rules", str(rules), "--samples", str(DATA / "flapping.csv"), "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    first, second = (dt.datetime.fromisoformat(m["at"]).timestamp() for m in json.loads(out.stdout)["mails"][:2])
+    crossing = read_samples(DATA / "flapping.csv")[11].timestamp
+    # As [notify] group_wait's default has it: the first crossing at once, what follows 30 s later in one mail.
+    assert (first, second) == (crossing, crossing + 30)

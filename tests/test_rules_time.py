@@ -11,8 +11,9 @@ import math
 
 import pytest
 
+from alertmail.config.core import MailSettings
 from alertmail.model import Sample
-from alertmail.notify.notifier import Notifier
+from alertmail.notify.notifier import Notifier, NotifySettings
 from alertmail.replay import MailCollector, replay
 from alertmail.rules.engine import RuleEngine
 from alertmail.rules.model import AlertEvent, Rule
@@ -231,13 +232,12 @@ def test_a_group_wait_runs_on_the_monotonic_clock_across_a_step_back(tmp_path):
     async def main():
         collector = MailCollector()
         notifier = Notifier(
-            sender="alertmail@test.example",
+            notify=NotifySettings(group_wait=60.0, max_mails_per_hour=0),
+            mail=MailSettings(sender="alertmail@test.example", route=["pickup"]),
             hostname="web01",
             timezone="UTC",
-            route=["pickup"],
             queue=collector,
             state_dir=tmp_path,
-            group_wait=60,
             render_options={"charts": "off"},
             durable=False,
         )
@@ -296,7 +296,7 @@ def test_the_warning_writes_the_step_with_its_sign():
 def _agent_with_fake_clocks(tmp_path, rule: Rule, clocks: FakeClocks):
     from alertmail.agent import Agent
     from alertmail.clock import WallClock
-    from alertmail.config.core import AgentSettings, MailSettings
+    from alertmail.config.core import AgentSettings
     from alertmail.config.load import Config
 
     cfg = Config(path=tmp_path / "config.toml", agent=AgentSettings(state_dir=tmp_path), mail=MailSettings(to=[]), rules=[rule])
@@ -304,10 +304,10 @@ def _agent_with_fake_clocks(tmp_path, rule: Rule, clocks: FakeClocks):
     agent.clock = WallClock(wall=lambda: clocks.wall, monotonic=lambda: clocks.mono)
     agent._mail_queue = asyncio.Queue()  # start() makes it, and the notifier
     agent.notifier = Notifier(
-        sender="alertmail@test.example",
+        notify=NotifySettings(group_wait=0.0, max_mails_per_hour=0),
+        mail=MailSettings(sender="alertmail@test.example", route=["pickup"]),
         hostname="web01",
         timezone="UTC",
-        route=["pickup"],
         queue=MailCollector(),
         state_dir=tmp_path,
         render_options={"charts": "off"},

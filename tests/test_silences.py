@@ -9,17 +9,18 @@ import subprocess
 import sys
 import textwrap
 import time
-import types
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from alertmail.agent import silences_in_force
+from alertmail.config.core import MailSettings
 from alertmail.config.load import load_config
 from alertmail.config.schema import ConfigError
-from alertmail.notify.notifier import Notifier
-from alertmail.notify.runtime_silences import RuntimeSilences, SilenceSet, from_config
-from alertmail.notify.silences import Cron, Silence, Span, Weekly
+from alertmail.notify.notifier import Notifier, NotifySettings
+from alertmail.notify.runtime_silences import RuntimeSilences, SilenceSet
+from alertmail.notify.silences import Cron, Silence, SilenceSettings, Span, Weekly, silence_from_settings
 from alertmail.replay import MailCollector
 from alertmail.rules.model import AlertEvent, Rule
 
@@ -32,10 +33,8 @@ def at(text: str) -> float:
 
 
 def weekly(days: str, start: str, end: str, tz: str) -> Weekly:
-    from alertmail.notify.silences import silence_from_table
-
-    table = {"days": days.split(","), "start": start, "end": end, "timezone": tz}
-    schedule = silence_from_table(table, index=0, default_tz="UTC").schedule
+    settings = SilenceSettings(days=days.split(","), start=start, end=end, timezone=tz)
+    schedule = silence_from_settings(settings, index=0, default_tz="UTC").schedule
     assert isinstance(schedule, Weekly)
     return schedule
 
@@ -236,7 +235,7 @@ def test_config_silence_uses_the_agent_timezone_by_default(tmp_path):
     """,
         )
     )
-    (silence,) = from_config(cfg).config_silences
+    (silence,) = silences_in_force(cfg).config_silences
     assert silence.schedule == Weekly(frozenset({5, 6}), 120, 240, "Europe/Berlin")
     assert silence.comment == "backups"
 
@@ -244,13 +243,17 @@ def test_config_silence_uses_the_agent_timezone_by_default(tmp_path):
 # -- the notifier holds silenced alerts -------------------------------------------------
 
 
+AT_ONCE = NotifySettings(group_wait=0.0, max_mails_per_hour=0)
+MAIL = MailSettings(sender="alertmail@test.example", route=["pickup"])
+
+
 def notifier_for(state_dir: Path, silences: SilenceSet) -> tuple[Notifier, MailCollector]:
     collector = MailCollector()
     notifier = Notifier(
-        sender="alertmail@test.example",
+        notify=AT_ONCE,
+        mail=MAIL,
         hostname="web01",
         timezone="UTC",
-        route=["pickup"],
         queue=collector,
         state_dir=state_dir,
         silences=silences,
@@ -339,8 +342,7 @@ def test_held_alert_survives_a_restart_and_is_mailed_when_the_window_ends(tmp_pa
 
     restarted, collector = notifier_for(tmp_path, silences)
     # The agent hands over the configured rules: the held alert is mailed with the rule as configured now.
-    cfg = types.SimpleNamespace(agent={"timezone": "UTC"}, sections={"notify": {}, "silences": []}, state_dir=tmp_path)
-    restarted.configure_noise(cfg, [replace(RULE, description="swap the disk in bay 3")])
+    restarted.apply(AT_ONCE, MAIL, hostname="web01", timezone="UTC", rules=[replace(RULE, description="swap the disk in bay 3")])
     asyncio.run(restarted.flush(T0 + 3700))
     assert kinds(collector) == ["firing"]
     assert collector.mails[0].message["X-Alertmail-Incident"] == "disk-full-/data"
@@ -401,7 +403,7 @@ def test_silence_added_from_the_cli_survives_a_restart_and_suppresses_exactly_wh
 
     # A fresh agent (new notifier reading state_dir, as after a restart) honours it.
     cfg = load_config(config)
-    notifier, collector = notifier_for(Path(cfg.state_dir), from_config(cfg))
+    notifier, collector = notifier_for(Path(cfg.state_dir), silences_in_force(cfg))
     now = time.time()
     asyncio.run(
         notifier.notify(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from alertmail.config.core import MailSettings
 from alertmail.config.load import load_config
 from alertmail.config.schema import ConfigError
+from alertmail.notify.notifier import NotifySettings
 from alertmail.notify.storm import StormGuard
 from alertmail.probes.samples import read_samples
 from alertmail.render.digest import MAX_ROWS
@@ -19,6 +22,8 @@ from alertmail.rules.model import Rule
 DATA = Path(__file__).parent / "data"
 OPS = "ops@test.example"
 DISK = Rule(name="disk-full", metric="disk.used_percent", above=90, to=(OPS,))
+# The storm cap as it ships; every alert mailed as it comes (no group_wait), so the cap alone decides.
+CAP = NotifySettings(group_wait=0.0, max_mails_per_hour=10, digest_interval=900.0)
 
 
 def body(mail) -> str:
@@ -33,7 +38,7 @@ def max_in_any_hour(times: list[float]) -> int:
 def test_200_alert_burst_yields_at_most_the_capped_number_of_mails_with_every_event_accounted_for():
     samples = read_samples(DATA / "burst.csv")
     assert len(samples) == 200
-    result = asyncio.run(replay(samples, [DISK], max_mails_per_hour=10, digest_interval=900.0))
+    result = asyncio.run(replay(samples, [DISK], notify=CAP))
 
     assert len(result.events) == 200
     assert 1 < len(result.mails) <= 10
@@ -69,7 +74,7 @@ def test_200_alert_burst_yields_at_most_the_capped_number_of_mails_with_every_ev
 
 
 def test_digest_comes_one_interval_after_the_last_separate_mail():
-    result = asyncio.run(replay(read_samples(DATA / "burst.csv"), [DISK], max_mails_per_hour=10, digest_interval=900.0))
+    result = asyncio.run(replay(read_samples(DATA / "burst.csv"), [DISK], notify=CAP))
     separate = [m for m in result.mails if m.message["X-Alertmail-Kind"] != "digest"]
     digests = [m for m in result.mails if m.message["X-Alertmail-Kind"] == "digest"]
     assert len(separate) == 6  # 10 per hour minus room for 4 digests (one per 15 min)
@@ -101,7 +106,7 @@ def test_a_long_storm_never_exceeds_the_cap_in_any_rolling_hour():
 
 
 def test_no_cap_mails_every_group():
-    result = asyncio.run(replay(read_samples(DATA / "burst.csv")[:30], [DISK], max_mails_per_hour=0))
+    result = asyncio.run(replay(read_samples(DATA / "burst.csv")[:30], [DISK], notify=replace(CAP, max_mails_per_hour=0)))
     assert len(result.mails) == 30
     assert all(m.message["X-Alertmail-Kind"] == "firing" for m in result.mails)
 
@@ -113,7 +118,7 @@ def test_recipient_under_the_cap_still_gets_separate_mails_while_another_is_fold
 
     late = samples[-1].timestamp + 1
     samples.append(Sample("load.1m", 12.0, {}, late))
-    result = asyncio.run(replay(samples, [DISK, quiet], max_mails_per_hour=10, digest_interval=900.0))
+    result = asyncio.run(replay(samples, [DISK, quiet], notify=CAP))
     dev = [m for m in result.mails if m.envelope.recipients == ("dev@test.example",)]
     assert len(dev) == 1 and dev[0].message["X-Alertmail-Kind"] == "firing"
     assert dev[0].at == late
@@ -167,10 +172,10 @@ def test_notify_does_not_wait_for_a_flush_that_is_still_queueing(tmp_path):
     async def run() -> SlowQueue:
         queue = SlowQueue()
         notifier = Notifier(
-            sender="alertmail@test.example",
+            notify=NotifySettings(group_wait=0.0, max_mails_per_hour=0),
+            mail=MailSettings(sender="alertmail@test.example", route=["pickup"]),
             hostname="web01",
             timezone="UTC",
-            route=["pickup"],
             queue=queue,
             state_dir=tmp_path,
             render_options={"charts": "off"},

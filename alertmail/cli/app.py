@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from alertmail.cli.options import DEFAULT_CONFIG, config_option, load_or_exit, setup_logging
 from alertmail.exitcodes import EXIT_CODE_MEANINGS, ExitCode
+
+if TYPE_CHECKING:
+    from alertmail.config.load import Config
 
 # Commands that live next to the code they drive, imported only when they are run:
 # `alertmail run` then loads neither the replay nor the queue tooling.
@@ -140,9 +143,7 @@ def check(config_path: Path, deliverability: bool, resolver: str | None, as_json
 
     for warning in [*cfg.warnings, *sender_warning(str(cfg.path), cfg.mail)]:
         click.echo(f"warning: {warning}", err=True)
-    click.echo(
-        f"{config_path}: ok ({len(cfg.rules)} rules, route {' -> '.join(cfg.mail['route'])})", err=deliverability and as_json
-    )
+    click.echo(f"{config_path}: ok ({len(cfg.rules)} rules, route {' -> '.join(cfg.mail.route)})", err=deliverability and as_json)
     if deliverability:
         _deliverability(cfg, resolver, as_json, sending_address)
 
@@ -167,13 +168,13 @@ def _check_json(config_path: Path) -> None:
         from alertmail.cli.deliverability import sender_warning
 
         warnings = [*cfg.warnings, *sender_warning(str(cfg.path), cfg.mail)]
-        report.update(ok=not problems, problems=problems, warnings=warnings, rules=len(cfg.rules), route=cfg.mail["route"])
+        report.update(ok=not problems, problems=problems, warnings=warnings, rules=len(cfg.rules), route=cfg.mail.route)
     click.echo(json.dumps(report, indent=2))
     if not report["ok"]:
         sys.exit(ExitCode.CONFIG)
 
 
-def _deliverability(cfg: Any, resolver_address: str | None, as_json: bool, sending_addresses: tuple[str, ...] = ()) -> None:
+def _deliverability(cfg: Config, resolver_address: str | None, as_json: bool, sending_addresses: tuple[str, ...] = ()) -> None:
     import json
 
     import dns.resolver
@@ -193,8 +194,8 @@ def _deliverability(cfg: Any, resolver_address: str | None, as_json: bool, sendi
     signing = options if dkim.configured(options) else None
     try:
         report = deliverability.check(
-            cfg.mail["from"],
-            cfg.mail["route"],
+            cfg.mail.sender,
+            cfg.mail.route,
             cfg.transports,
             signing,
             resolver,
@@ -274,7 +275,7 @@ def run(config_path: Path) -> None:
     if any(info.source != "bundled" for info in plugins.infos.values()):
         # A plugin of unknown habits may hand asyncio ssl=True without ever importing ssl itself.
         import ssl  # noqa: F401
-    setup_logging(cfg.agent["log_level"], cfg.agent["log_format"])
+    setup_logging(cfg.agent.log_level, cfg.agent.log_format)
     for info in plugins.errors:
         logging.getLogger("alertmail.plugins").error("plugin %s (%s) not loaded: %s", info.name, info.source, info.error)
     from alertmail.agent import Agent, loop_factory
@@ -363,10 +364,15 @@ def _sendmail_instructions(config_path: str | None) -> None:
 
     state_dir = "/var/lib/alertmail"
     try:
+        from alertmail.config.core import AgentSettings
         from alertmail.config.load import read_toml
+        from alertmail.config.schema import Checker
 
-        agent = read_toml(Path(config)).get("agent") or {}
-        state_dir = str((Path(config).parent / str(agent.get("state_dir") or "var")).resolve())
+        # Checked as the agent checks it (a mistake is for `alertmail check` to tell): the default is [agent]'s.
+        table = Checker(Path(config).resolve().parent).table(
+            "agent", read_toml(Path(config)).get("agent") or {}, AgentSettings.options()
+        )
+        state_dir = str(AgentSettings.from_table(table).state_dir.resolve())
     except Exception:  # no config yet: the instructions name the usual place
         pass
     current = None

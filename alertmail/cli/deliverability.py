@@ -24,7 +24,10 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from alertmail.config.core import MailSettings
 
 # What sends the mail, by the first transport of the route.
 DIRECT, SMART_HOST, LOCAL_MTA, NOT_MAIL = "this host, directly", "a smart host", "the local MTA", "no mail"
@@ -83,12 +86,12 @@ def who_sends(route: Sequence[str], transports: Mapping[str, Mapping[str, Any]])
     return NOT_MAIL if first == "alertmanager" else SMART_HOST
 
 
-def sender_warning(where: str, mail: Mapping[str, Any]) -> list[str]:
+def sender_warning(where: str, mail: MailSettings) -> list[str]:
     """A warning for ``[mail] from`` at a domain that is no domain (``alertmail@localhost``, the
     shipped default) when mail leaves the host: no receiver can check it, and spam filters count it."""
-    sender = str(mail.get("from") or "")
+    sender = mail.sender
     domain = sender.rpartition("@")[2].lower().rstrip(".")
-    routes = [*(mail.get("route") or []), *(mail.get("also_route") or [])]
+    routes = [*mail.route, *mail.also_route]
     leaving = [t for t in routes if t in MAIL_LEAVES]
     if not leaving or ("." in domain and domain.split(".")[-1] not in ("localhost", "localdomain")):
         return []

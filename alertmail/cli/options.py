@@ -83,9 +83,10 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
-def _agent(raw: dict) -> dict:
-    agent = raw.get("agent")
-    return agent if isinstance(agent, dict) else {}
+def _unchecked_agent(document: dict) -> dict:
+    """The ``[agent]`` table of a config file read but not yet checked (the plugins load first)."""
+    table = document.get("agent")
+    return table if isinstance(table, dict) else {}
 
 
 def _strings(value: object) -> list[str]:
@@ -95,10 +96,10 @@ def _strings(value: object) -> list[str]:
     return [v for v in value if isinstance(v, str) and "\0" not in v] if isinstance(value, list) else []
 
 
-def plugin_dirs_of(raw: dict, config_path: Path) -> list[Path]:
+def plugin_dirs_of(document: dict, config_path: Path) -> list[Path]:
     """[agent].plugin_dirs of an unchecked config, relative to its file: plugins load before the check."""
     base = config_path.resolve().parent
-    return [base / d for d in _strings(_agent(raw).get("plugin_dirs"))]
+    return [base / d for d in _strings(_unchecked_agent(document).get("plugin_dirs"))]
 
 
 def load(config_path: Path, also_declared: Iterable[str] = ()):
@@ -109,8 +110,9 @@ def load(config_path: Path, also_declared: Iterable[str] = ()):
     from alertmail.config.load import load_config, read_toml
     from alertmail.loader import load_plugins
 
-    raw = read_toml(config_path)
-    plugins = load_plugins(plugin_dirs_of(raw, config_path), blocked=_strings(_agent(raw).get("disable_plugins")))
+    document = read_toml(config_path)
+    blocked = _strings(_unchecked_agent(document).get("disable_plugins"))
+    plugins = load_plugins(plugin_dirs_of(document, config_path), blocked=blocked)
     return load_config(config_path, plugins, also_declared=also_declared), plugins
 
 

@@ -236,7 +236,9 @@ def probe_command(
         from alertmail.cli.replay import record_to_file
 
         explicit = ctx.get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT
-        record_to_file(record_path, active, settings, record_for, config_path if explicit else None)
+        intervals = {n: settings[n].interval for n in active}
+        timeouts = {n: settings[n].timeout for n in active}
+        record_to_file(record_path, active, intervals, timeouts, record_for, config_path if explicit else None)
         return
 
     runs, warmed = asyncio.run(_one_pass(active, {n: settings[n].timeout for n in active}))

@@ -25,9 +25,9 @@ def _rules_file(path: Path, default_to: Sequence[str]) -> list[Any]:
     from alertmail.config.schema import Checker, ConfigError
     from alertmail.rules.config import rules_from_config
 
-    raw = read_toml(path)
+    document = read_toml(path)
     check = Checker(path.resolve().parent)
-    rules = rules_from_config(raw.get("rules", []), check, default_to=default_to)
+    rules = rules_from_config(document.get("rules", []), check, default_to=default_to)
     if check.problems:
         raise ConfigError(path, check.problems)
     if not rules:
@@ -117,9 +117,13 @@ def replay_command(
     """Run recorded samples through the rules; print the alert timeline and the mails that would go out."""
     from alertmail.agent import render_options
     from alertmail.cli.options import load_or_exit
+    from alertmail.config.core import AgentSettings, MailSettings
     from alertmail.config.schema import ConfigError
     from alertmail.exitcodes import ExitCode
-    from alertmail.notify.runtime_silences import SilenceSet, from_config
+    from alertmail.notify.notifier import SECTION as NOTIFY
+    from alertmail.notify.notifier import NotifySettings
+    from alertmail.notify.runtime_silences import in_force
+    from alertmail.notify.silences import SECTION as SILENCES
     from alertmail.units import parse_duration
 
     explicit = ctx.get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT
@@ -137,7 +141,7 @@ def replay_command(
         # The recording is the source here: a rule on a metric it holds is not a rule on nothing.
         cfg, plugins = load_or_exit(config_path, also_declared={s.metric for s in samples})
     try:
-        default_to = (cfg.mail["to"] if cfg else None) or ["root@localhost"]
+        default_to = (cfg.mail.to if cfg else None) or ["root@localhost"]
         rules = _rules_file(rules_path, default_to) if rules_path else cfg.rules  # type: ignore[union-attr]
     except ConfigError as exc:
         click.echo(str(exc), err=True)
@@ -148,20 +152,19 @@ def replay_command(
     if not samples:
         click.echo(f"{samples_path}: no samples", err=True)
         raise SystemExit(ExitCode.USAGE)
-    notify = cfg.sections.get("notify", {}) if cfg else {}
-    timezone = cfg.agent["timezone"] if cfg else "UTC"
+    # Without a config, each section is as a config without its table has it: the declared defaults.
+    agent = cfg.agent if cfg else AgentSettings()
+    timezone = agent.timezone
     result = asyncio.run(
         replay(
             samples,
             rules,
-            silences=SilenceSet(from_config(cfg).config_silences) if cfg else None,
-            group_wait=notify.get("group_wait") or 0.0,
-            max_mails_per_hour=notify.get("max_mails_per_hour") or 0,
-            digest_interval=notify.get("digest_interval") or 900.0,
-            sender=cfg.mail["from"] if cfg else "alertmail@localhost",
+            notify=cfg.section(NOTIFY) if cfg else NotifySettings(),
+            mail=cfg.mail if cfg else MailSettings(),
+            # The config's silences, not the run-time ones of an agent that may be running.
+            silences=in_force(cfg.tables(SILENCES), timezone=timezone) if cfg else None,
             hostname=cfg.hostname if cfg else "replay",
             timezone=timezone,
-            subject_prefix=(cfg.mail.get("subject_prefix") or "") if cfg else "",
             tick=step,
             charts=render_dir is not None,
             render_options=render_options(cfg, plugins) if cfg else None,
@@ -211,9 +214,15 @@ class Progress:
 
 
 def record_to_file(
-    path: Path, probes: dict[str, Any], settings: dict[str, Any], duration_text: str, config_path: Path | None = None
+    path: Path,
+    probes: dict[str, Any],
+    intervals: dict[str, float],
+    timeouts: dict[str, float],
+    duration_text: str,
+    config_path: Path | None = None,
 ) -> None:
-    """``alertmail probe --record FILE --for DURATION``: the probes (configured already) at their intervals."""
+    """``alertmail probe --record FILE --for DURATION``: the probes (configured already) at their intervals,
+    each run bounded by its timeout."""
     from alertmail.exitcodes import ExitCode
     from alertmail.units import parse_duration
 
@@ -235,8 +244,8 @@ def record_to_file(
         asyncio.run(
             record(
                 probes,
-                {n: settings[n].interval for n in probes},
-                {n: settings[n].timeout for n in probes},
+                intervals,
+                timeouts,
                 writer,
                 duration,
                 echo=lambda text: click.echo(f"warning: {text}", err=True),

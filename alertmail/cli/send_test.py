@@ -16,13 +16,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from alertmail.cli.options import config_option, load_or_exit
 from alertmail.exitcodes import ExitCode
 from alertmail.rules.model import AlertEvent, Rule
+
+if TYPE_CHECKING:
+    from alertmail.config.load import Config
 
 SUBJECT_TAG = "[TEST]"
 # When the config has no rules: what most people watch first.
@@ -50,7 +53,7 @@ def send_test(config_path: Path, to: tuple[str, ...], rule_name: str | None, rou
     from alertmail.units import valid_address
 
     cfg, plugins = load_or_exit(config_path)
-    recipients = tuple(to) or tuple(cfg.mail.get("to") or ())
+    recipients = tuple(to) or tuple(cfg.mail.to)
     if not recipients:
         click.echo("no recipient: pass --to ADDRESS or set [mail].to", err=True)
         sys.exit(ExitCode.USAGE)
@@ -59,7 +62,7 @@ def send_test(config_path: Path, to: tuple[str, ...], rule_name: str | None, rou
         click.echo(f"not a valid mail address: {', '.join(map(repr, bad))}; write it as user@example.com", err=True)
         sys.exit(ExitCode.USAGE)
     rule = pick_rule(cfg.rules, rule_name)
-    chain = [t.strip() for t in route.split(",") if t.strip()] if route else list(cfg.mail["route"])
+    chain = [t.strip() for t in route.split(",") if t.strip()] if route else list(cfg.mail.route)
     unknown = [t for t in chain if t not in plugins.transports]
     if unknown:
         click.echo(f"no transport named {', '.join(unknown)}; installed: {', '.join(sorted(plugins.transports))}", err=True)
@@ -96,7 +99,7 @@ def send_test(config_path: Path, to: tuple[str, ...], rule_name: str | None, rou
             sys.exit(ExitCode.CONFIG)
         try:
             return await send_through_route(
-                transports, chain, data, Envelope(cfg.mail["from"], recipients), timeout=min(policy.send_timeout, 120.0)
+                transports, chain, data, Envelope(cfg.mail.sender, recipients), timeout=min(policy.send_timeout, 120.0)
             )
         finally:
             for transport in transports.values():
@@ -198,9 +201,10 @@ def notice(rule: Rule, hostname: str, chain: Sequence[str]) -> str:
     )
 
 
-async def build_mail(cfg: Any, plugins: Any, rule: Rule, to: Sequence[str], chain: Sequence[str]) -> bytes:
+async def build_mail(cfg: Config, plugins: Any, rule: Rule, to: Sequence[str], chain: Sequence[str]) -> bytes:
     """The test alert as the agent's notifier makes it: rendered, with the configured templates, headers and all."""
     from alertmail.agent import render_options
+    from alertmail.notify.notifier import SECTION as NOTIFY
     from alertmail.notify.notifier import Notifier
     from alertmail.render.context import collect_context
     from alertmail.replay import MailCollector
@@ -213,7 +217,7 @@ async def build_mail(cfg: Any, plugins: Any, rule: Rule, to: Sequence[str], chai
     def context_for(events: Sequence[AlertEvent]) -> dict:
         return {**collect_context(events), "notice": paragraph}
 
-    prefix = " ".join(p for p in (SUBJECT_TAG, cfg.mail.get("subject_prefix") or "") if p)
+    prefix = " ".join(p for p in (SUBJECT_TAG, cfg.mail.subject_prefix) if p)
     collector = MailCollector()
     key = None  # sealed as the agent seals, so the alertmanager transport takes the test alert
     if getattr(cfg, "state_dir", None) is not None:
@@ -225,14 +229,13 @@ async def build_mail(cfg: Any, plugins: Any, rule: Rule, to: Sequence[str], chai
             pass
     with tempfile.TemporaryDirectory(prefix="alertmail-send-test-") as folder:
         notifier = Notifier(
-            sender=cfg.mail["from"],
+            notify=cfg.section(NOTIFY),
+            mail=replace(cfg.mail, route=list(chain), also_route=[], subject_prefix=prefix),
             hostname=cfg.hostname,
-            timezone=cfg.agent["timezone"],
-            route=list(chain),
+            timezone=cfg.agent.timezone,
             queue=collector,
             state_dir=Path(folder),
             history=lambda metric, labels: points if (metric, labels) == (event.rule.metric, event.labels) else [],
-            subject_prefix=prefix,
             context_for=context_for,
             render_options=render_options(cfg, plugins),
             durable=False,

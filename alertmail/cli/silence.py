@@ -9,7 +9,9 @@ from pathlib import Path
 import click
 
 from alertmail.cli.options import config_option
-from alertmail.notify.runtime_silences import RuntimeSilences, from_config
+from alertmail.notify.runtime_silences import RuntimeSilences
+from alertmail.notify.silences import SECTION as SILENCES
+from alertmail.notify.silences import config_silences
 from alertmail.units import parse_duration
 
 
@@ -77,7 +79,7 @@ def silence_add(
         author=author,
         now=time.time(),
     )
-    click.echo(f"{silence.id}  {silence.describe_matchers()}  {silence.schedule.describe(cfg.agent['timezone'])}")
+    click.echo(f"{silence.id}  {silence.describe_matchers()}  {silence.schedule.describe(cfg.agent.timezone)}")
 
 
 @silence_command.command("list")
@@ -94,7 +96,7 @@ def silence_list(config_path: Path, as_json: bool) -> None:
 
     cfg, _ = load_or_exit(config_path)
     now = time.time()
-    tz = cfg.agent["timezone"]
+    tz = cfg.agent.timezone
     runtime = RuntimeSilences(cfg.state_dir)
     try:
         try:
@@ -102,7 +104,7 @@ def silence_list(config_path: Path, as_json: bool) -> None:
         except PermissionError:
             pass  # a reader without write access still gets the list; the agent prunes
         current = [s for s in runtime.read() if not s.schedule.expired(now)]
-        silences = [*from_config(cfg).config_silences, *current]
+        silences = [*config_silences(cfg.tables(SILENCES), default_tz=tz), *current]
     except (ValueError, OSError) as exc:
         click.echo(f"alertmail: {exc}", err=True)
         raise SystemExit(ExitCode.CONFIG) from None

@@ -84,6 +84,10 @@ class Config:
             value = section.typed({})
         return value
 
+    def tables(self, section: Section[SettingsT]) -> list[SettingsT]:
+        """The settings of an array section, one per table, included files' too (none when the file has none)."""
+        return list(self.sections.get(section.name) or [])
+
     @property
     def plugin_dirs(self) -> list[Path]:
         return [p if p.is_absolute() else self.path.parent / p for p in map(Path, self.agent.plugin_dirs)]

@@ -19,21 +19,28 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alertmail.config.schema import Checker, Option, Section
+from alertmail.config.schema import Checker, Section, Settings, setting
 from alertmail.units import format_duration, valid_address
+
+if TYPE_CHECKING:
+    from alertmail.notify.notifier import Notifier
 
 log = logging.getLogger("alertmail.notify.heartbeat")
 
-HEARTBEAT_OPTIONS: dict[str, Option] = {
-    "every": Option(
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeartbeatSettings(Settings):
+    """``[heartbeat]``: the "still watching" mail, off unless ``every`` is set."""
+
+    every: float | None = setting(
         "duration", None, help='send a heartbeat this often: "1d" (daily at `at`) or "7d" (weekly on `day`); unset = off'
-    ),
-    "at": Option("str", "08:00", help="time of day of a daily or weekly heartbeat, in [agent].timezone"),
-    "day": Option("str", "mon", help="day of a weekly heartbeat", choices=("mon", "tue", "wed", "thu", "fri", "sat", "sun")),
-    "to": Option("list", [], addresses=True, help="recipients; default: [mail].to"),
-}
+    )
+    at: str = setting("str", "08:00", help="time of day of a daily or weekly heartbeat, in [agent].timezone")
+    day: str = setting("str", "mon", help="day of a weekly heartbeat", choices=("mon", "tue", "wed", "thu", "fri", "sat", "sun"))
+    to: list[str] = setting("list", [], addresses=True, help="recipients; default: [mail].to")
+
 
 ROTATE_AT = 2 * 1024 * 1024
 DAY = 86400.0
@@ -175,38 +182,38 @@ def render_heartbeat(
     return render_heartbeat_mail(summary, ctx)
 
 
-def trigger_args(options: Mapping[str, Any], timezone: str) -> tuple[str, dict[str, Any]]:
+def trigger_args(settings: HeartbeatSettings, timezone: str) -> tuple[str, dict[str, Any]]:
     """APScheduler (trigger, kwargs) for ``[heartbeat]``: daily or weekly at ``at``, else an interval."""
-    every = float(options["every"])
-    hour, _, minute = str(options.get("at") or "08:00").partition(":")
+    every = _every(settings)
+    hour, _, minute = settings.at.partition(":")
     if every == DAY:
         return "cron", {"hour": int(hour), "minute": int(minute or 0), "timezone": timezone}
     if every == WEEK:
-        return "cron", {
-            "day_of_week": options.get("day") or "mon",
-            "hour": int(hour),
-            "minute": int(minute or 0),
-            "timezone": timezone,
-        }
+        return "cron", {"day_of_week": settings.day, "hour": int(hour), "minute": int(minute or 0), "timezone": timezone}
     return "interval", {"seconds": every}
 
 
-def check_config(options: Mapping[str, Any], check: Checker, config: Any = None) -> None:
+def _every(settings: HeartbeatSettings) -> float:
+    if settings.every is None:
+        raise ValueError("heartbeat.every is not set: no heartbeat to send")
+    return settings.every
+
+
+def check_config(settings: HeartbeatSettings, check: Checker, config: object = None) -> None:
     """Cross-key checks of ``[heartbeat]``; problems go to ``check`` (a config.Checker)."""
-    for i, address in enumerate(options.get("to") or []):
+    for i, address in enumerate(settings.to):
         if not valid_address(address):
             check.error(f"heartbeat.to[{i}]", f"not a valid mail address: {address!r}; write it as user@example.com")
-    if not options.get("every"):
+    if not settings.every:
         return
-    at = str(options.get("at") or "")
-    hour, _, minute = at.partition(":")
+    hour, _, minute = settings.at.partition(":")
     if not (hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60 and len(minute) == 2):
-        check.error("heartbeat.at", f'expected a time like "08:00", got {at!r}')
-    if options["every"] < 60:
+        check.error("heartbeat.at", f'expected a time like "08:00", got {settings.at!r}')
+    if settings.every < 60:
         check.error("heartbeat.every", 'a heartbeat more often than every minute is noise; use "1d" or "7d"')
 
 
-SECTION: Section[Any] = Section("heartbeat", HEARTBEAT_OPTIONS, check=check_config)
+SECTION: Section[HeartbeatSettings] = Section("heartbeat", HeartbeatSettings, check=check_config)
 
 
 class Heartbeat:
@@ -215,15 +222,14 @@ class Heartbeat:
     def __init__(
         self,
         *,
-        options: Mapping[str, Any],
-        notifier: Any,
+        settings: HeartbeatSettings,
+        notifier: Notifier,
         queue: Any,
         badmail_folder: Path | None,
-        default_to: Sequence[str],
         watching: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
-        self.every = float(options["every"])
-        self.to = list(options.get("to") or default_to)
+        self.every = _every(settings)
+        self.to = list(settings.to or notifier.mail.to)  # default: [mail].to
         self.notifier = notifier
         self.queue = queue
         self.badmail_folder = badmail_folder
@@ -260,7 +266,7 @@ class Heartbeat:
             summary,
             hostname=n.hostname,
             timezone=n.timezone,
-            subject_prefix=n.subject_prefix,
+            subject_prefix=n.mail.subject_prefix,
             templates_dir=n.render_options.get("templates_dir"),
         )
 
@@ -291,14 +297,16 @@ class Heartbeat:
             return None
         n = self.notifier
         msg = self.compose(now)
-        msg["From"] = mailboxes([n.sender], f"alertmail on {n.hostname}")
+        msg["From"] = mailboxes([n.mail.sender], f"alertmail on {n.hostname}")
         msg["To"] = mailboxes(self.to)
         msg["Date"] = email.utils.format_datetime(datetime.fromtimestamp(now, UTC))  # "+0000": UTC; "-0000" means unknown
         msg["Message-ID"] = email.utils.make_msgid(idstring="heartbeat", domain=n.domain)
         msg["Auto-Submitted"] = "auto-generated"
         msg["X-Alertmail-Kind"] = "heartbeat"
         n.seal(msg, None, now)  # the agent's own mail: nothing for Alertmanager, not mail to pass on
-        msg_id = await self.queue.put(message_bytes(msg), Envelope(n.sender, tuple(self.to)), route=n.route, origin="agent")
+        msg_id = await self.queue.put(
+            message_bytes(msg), Envelope(n.mail.sender, tuple(self.to)), route=n.mail.route, origin="agent"
+        )
         n.journal.mail(str(msg["Subject"]), self.to, "heartbeat", now, msg_id)
         if self.watching is not None:
             self.missed_reported, self.missed_since = self._missed_now, now
@@ -316,26 +324,28 @@ def watching(agent: Any) -> dict[str, Any]:
     }
 
 
-def schedule(scheduler: Any, agent: Any) -> Heartbeat | None:
-    """Add (or replace) the heartbeat job of ``agent`` (an alertmail.agent.Agent) per its ``[heartbeat]``."""
+def schedule(scheduler: Any, agent: Any, settings: HeartbeatSettings) -> Heartbeat | None:
+    """Add (or replace) the heartbeat job of ``agent`` (an alertmail.agent.Agent) as ``settings`` say.
+
+    The mail goes to ``[mail].to`` unless ``to`` is set, at times in ``[agent].timezone``: both as
+    the agent's notifier has them.
+    """
     job = scheduler.get_job("heartbeat")
     previous = getattr(job.func, "__self__", None) if job else None
     if job:
         scheduler.remove_job("heartbeat")
-    options = agent.cfg.sections.get("heartbeat") or {}
-    if not options.get("every"):
+    if not settings.every:
         return None
     heartbeat = Heartbeat(
-        options=options,
+        settings=settings,
         notifier=agent.notifier,
         queue=agent.queue,
         badmail_folder=agent.state_dir / "badmail",
-        default_to=agent.cfg.mail["to"],
         watching=lambda: watching(agent),
     )
     if isinstance(previous, Heartbeat):  # a reload: the missed runs already reported stay reported
         heartbeat.carry_over(previous)
-    trigger, kwargs = trigger_args(options, agent.cfg.agent["timezone"])
+    trigger, kwargs = trigger_args(settings, agent.notifier.timezone)
     # A heartbeat late by a stalled loop is still worth sending: an hour of grace, and never two at once.
     scheduler.add_job(
         heartbeat.send,

@@ -62,8 +62,8 @@ def event_to_json(event: AlertEvent) -> dict[str, Any]:
     }
 
 
-def event_from_json(raw: dict[str, Any], rules: dict[str, Rule]) -> AlertEvent:
-    r = raw["rule"]
+def event_from_json(record: dict[str, Any], rules: dict[str, Rule]) -> AlertEvent:
+    r = record["rule"]
     # The rule as configured now when it still exists; else enough of it to render the mail.
     rule = rules.get(r["name"]) or Rule(
         name=r["name"],
@@ -74,20 +74,20 @@ def event_from_json(raw: dict[str, Any], rules: dict[str, Rule]) -> AlertEvent:
         runbook=r.get("runbook", ""),
     )
     return AlertEvent(
-        kind=raw["kind"],
+        kind=record["kind"],
         rule=rule,
-        labels=tuple((str(k), str(v)) for k, v in raw["labels"]),
-        value=raw["value"],
-        threshold=raw["threshold"],
-        comparison=raw["comparison"],
-        severity=raw["severity"],
-        since=raw["since"],
-        at=raw["at"],
-        incident=raw["incident"],
-        fired_at=raw.get("fired_at"),
-        state=raw.get("state", ""),
-        percent_change=raw.get("percent_change"),
-        reason=raw.get("reason", ""),
+        labels=tuple((str(k), str(v)) for k, v in record["labels"]),
+        value=record["value"],
+        threshold=record["threshold"],
+        comparison=record["comparison"],
+        severity=record["severity"],
+        since=record["since"],
+        at=record["at"],
+        incident=record["incident"],
+        fired_at=record.get("fired_at"),
+        state=record.get("state", ""),
+        percent_change=record.get("percent_change"),
+        reason=record.get("reason", ""),
     )
 
 

@@ -33,14 +33,14 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from alertmail.config.schema import Section, Settings, setting
+from alertmail.config.core import MailSettings
+from alertmail.config.schema import Checker, Section, Settings, setting
 from alertmail.fsutil import write_atomic
 from alertmail.model import Envelope, message_bytes
 from alertmail.notify.incidents import Held, Incident, closes, event_from_json, event_to_json
 from alertmail.notify.journal import Journal
 from alertmail.notify.runtime_silences import SilenceSet
 from alertmail.notify.storm import StormGuard, render_digest
-from alertmail.notify.storm import check_config as check_storm
 from alertmail.rules.model import AlertEvent, Rule
 from alertmail.rules.wire import ALERTS_HEADER, SEAL_HEADER, alert_key, encode_alerts, seal
 
@@ -71,7 +71,14 @@ class NotifySettings(Settings):
     )
 
 
-SECTION: Section[NotifySettings] = Section("notify", NotifySettings, check=check_storm)
+def _check_notify(notify: NotifySettings, check: Checker, config: object) -> None:
+    """``[notify]`` cap and interval that cannot work together."""
+    problem = StormGuard(notify.max_mails_per_hour, notify.digest_interval).problem()
+    if problem:
+        check.error("notify.max_mails_per_hour", problem)
+
+
+SECTION: Section[NotifySettings] = Section("notify", NotifySettings, check=_check_notify)
 
 
 # A mail that could not be rendered even as plain text is tried again this much later.
@@ -106,48 +113,36 @@ class Notifier:
     def __init__(
         self,
         *,
-        sender: str,
+        notify: NotifySettings,
+        mail: MailSettings,
         hostname: str,
         timezone: str,
-        route: list[str],
         queue: MailSink,
         state_dir: Path,
         hook: Any = None,
         history: Callable[[str, Any], Sequence[tuple[float, float]]] | None = None,
-        group_wait: float = 0.0,
-        subject_prefix: str = "",
         context_for: Callable[[Sequence[AlertEvent]], dict] | None = None,
         silences: SilenceSet | None = None,
-        max_mails_per_hour: int = 0,
-        digest_interval: float = 900.0,
         rules: Sequence[Rule] = (),
         render_options: Mapping[str, Any] | None = None,
         durable: bool = True,
         seal_key: bytes | None = None,
     ) -> None:
-        self.sender = sender
-        self.hostname = hostname
-        self.timezone = timezone
-        self.route = route
-        self.also_route: list[str] = []  # a second route every mail is also queued on ([mail].also_route)
         self.queue = queue
         self.hook = hook
         self.history = history
-        self.group_wait = group_wait
-        self.subject_prefix = subject_prefix
         self.context_for = context_for
-        self.silences = silences if silences is not None else SilenceSet()
-        self.storm = StormGuard(max_mails_per_hour, digest_interval)
-        self.rules = {rule.name: rule for rule in rules}
-        self.render_options = dict(render_options or {})  # more RenderContext fields: charts, templates_dir, units
-        from alertmail.units import mail_domain
-
-        self.domain = mail_domain(sender, hostname)  # Message-IDs: a fully qualified name, never the short host name
+        self.storm = StormGuard(notify.max_mails_per_hour, notify.digest_interval)
+        self.rules: dict[str, Rule] = {}
+        self.held: dict[str, Held] = {}
+        self.apply(
+            notify, mail, hostname=hostname, timezone=timezone, silences=silences, rules=rules, render_options=render_options
+        )
         self.state_dir = Path(state_dir)
         self.incidents_file = self.state_dir / "incidents.json"
         self.incidents: dict[str, Incident] = self._load_incidents()
         self.held_file = self.state_dir / "silenced.json"
-        self.held: dict[str, Held] = self._load_held()
+        self.held = self._load_held()
         self.journal = Journal(self.state_dir / "logs" / "alerts.jsonl")
         self._seal_key = seal_key  # STATE_DIR/alerts.key, read (or made) with the first mail
         self._waiting: dict[tuple[str, ...], list[AlertEvent]] = {}
@@ -160,14 +155,35 @@ class Notifier:
         self._dirty: set[str] = set()  # state files to write at the end of this flush
         self.counts: Counter[str] = Counter()  # mails queued by kind, events "silenced" and "folded"; for /metrics
 
-    def configure_noise(self, cfg: Any, rules: Sequence[Rule] = ()) -> None:
-        """Take ``[notify]`` storm settings and ``[[silences]]`` from a config (at start and on reload)."""
-        from alertmail.notify.runtime_silences import from_config
+    def apply(
+        self,
+        notify: NotifySettings,
+        mail: MailSettings,
+        *,
+        hostname: str,
+        timezone: str,
+        silences: SilenceSet | None = None,
+        rules: Sequence[Rule] = (),
+        render_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Take ``[notify]``, ``[mail]`` and the agent's host name and timezone as the config says now
+        (at start and on each reload).
 
-        notify = cfg.sections.get("notify", {})
-        self.storm.max_per_hour = notify.get("max_mails_per_hour") or 0
-        self.storm.digest_interval = notify.get("digest_interval") or 900.0
-        self.silences = from_config(cfg)  # the run-time file is read again at the next flush
+        What the notifier holds (waiting groups, the storm cap's counts and digests, incidents,
+        alerts held by silences) carries over; ``silences`` (None: none) are the config's
+        and the run-time file's, which is read again at the next flush.
+        """
+        from alertmail.units import mail_domain
+
+        self.settings = notify
+        self.mail = mail
+        self.hostname = hostname
+        self.timezone = timezone
+        self.storm.max_per_hour = notify.max_mails_per_hour
+        self.storm.digest_interval = notify.digest_interval
+        self.silences = silences if silences is not None else SilenceSet()
+        self.render_options = dict(render_options or {})  # more RenderContext fields: charts, templates_dir, units
+        self.domain = mail_domain(mail.sender, hostname)  # Message-IDs: a fully qualified name, never the short host name
         self.rules = {rule.name: rule for rule in rules} or self.rules
         for held in self.held.values():  # restored from disk with a stand-in rule: take the configured one
             held.event = replace(held.event, rule=self.rules.get(held.event.rule.name, held.event.rule))
@@ -301,7 +317,7 @@ class Notifier:
         last = self._last_mail.get(rcpts)
         if last is None:
             return now
-        return min(max(now, last + self.group_wait), now + self.group_wait)
+        return min(max(now, last + self.settings.group_wait), now + self.settings.group_wait)
 
     async def flush(self, now: float | None = None, *, force: bool = False) -> None:
         """Send every group whose wait is over (all of them with ``force``), then retry unsent mails.
@@ -340,7 +356,7 @@ class Notifier:
                         self._retry.append((now + RENDER_RETRY, unrendered))
                 else:
                     self._track(events, list(rcpts), "")
-            for rcpts in [r for r, at in self._last_mail.items() if at + self.group_wait <= now or at > now]:
+            for rcpts in [r for r, at in self._last_mail.items() if at + self.settings.group_wait <= now or at > now]:
                 del self._last_mail[rcpts]  # quiet for a group_wait: their next alert leads again
             for rcpt, backlog in self.storm.due(now, force=force):
                 self._unsent.append(await asyncio.to_thread(self._compose_digest, backlog.events, backlog.since, rcpt, now))
@@ -348,7 +364,7 @@ class Notifier:
             while self._unsent:
                 out = self._unsent[0]
                 if out.routes is None:  # one queued message per route, each with its own retries
-                    out.routes = [self.route, *([self.also_route] if self.also_route else [])]
+                    out.routes = [self.mail.route, *([self.mail.also_route] if self.mail.also_route else [])]
                 try:
                     msg_id = await self.queue.put(out.data, out.envelope, route=out.routes[0], origin="agent")
                 except OSError as exc:
@@ -357,7 +373,10 @@ class Notifier:
                 out.routes.pop(0)
                 if out.routes:
                     log.info(
-                        "queued %s on %s; also queued on %s next", msg_id, " -> ".join(self.route), " -> ".join(out.routes[0])
+                        "queued %s on %s; also queued on %s next",
+                        msg_id,
+                        " -> ".join(self.mail.route),
+                        " -> ".join(out.routes[0]),
                     )
                     continue
                 self._unsent.pop(0)
@@ -438,7 +457,7 @@ class Notifier:
 
         for header in ("From", "To", "Date", "Message-ID", "In-Reply-To", "References", "Auto-Submitted"):
             del msg[header]
-        msg["From"] = mailboxes([self.sender], f"alertmail on {self.hostname}")
+        msg["From"] = mailboxes([self.mail.sender], f"alertmail on {self.hostname}")
         msg["To"] = mailboxes(to)
         msg["Date"] = email.utils.formatdate(now, usegmt=True)
         msg["Message-ID"] = message_id
@@ -492,7 +511,7 @@ class Notifier:
         self.seal(msg, encode_alerts(events, self.hostname), now)  # the facts, for transports such as alertmanager
         data = message_bytes(msg)
         self._track(events, incident_to, message_id)  # only once the mail exists: a failure above opens no incident
-        return Outgoing(data, Envelope(self.sender, tuple(to)), str(msg["Subject"]))
+        return Outgoing(data, Envelope(self.mail.sender, tuple(to)), str(msg["Subject"]))
 
     def _roots(self, events: Sequence[AlertEvent]) -> list[str]:
         """The Message-IDs of the mails that opened the incidents of ``events``: what a mail about them replies to."""
@@ -516,7 +535,7 @@ class Notifier:
         self.seal(msg, encode_alerts(events, self.hostname), now)
         for event in events:
             self.journal.record(event, f"digest:{rcpt}", now)
-        return Outgoing(message_bytes(msg), Envelope(self.sender, (rcpt,)), str(msg["Subject"]), "digest")
+        return Outgoing(message_bytes(msg), Envelope(self.mail.sender, (rcpt,)), str(msg["Subject"]), "digest")
 
     def seal(self, msg: EmailMessage, alerts: str | None, now: float) -> None:
         """Put ``alerts`` (the ``X-Alertmail-Alerts`` value; None for mail without alerts) into ``msg`` with the
@@ -537,7 +556,7 @@ class Notifier:
 
         # A digest uses the user's templates and the probes' units as alert mails do; it has no charts.
         known = {k: v for k, v in self.render_options.items() if k in ("templates_dir", "units", "config_path", "label_names")}
-        return RenderContext(hostname=self.hostname, timezone=self.timezone, subject_prefix=self.subject_prefix, **known)
+        return RenderContext(hostname=self.hostname, timezone=self.timezone, subject_prefix=self.mail.subject_prefix, **known)
 
     def _render(self, events: list[AlertEvent], *, plain: bool = False) -> EmailMessage:
         from alertmail.render.format import header_safe
@@ -547,7 +566,7 @@ class Notifier:
         ctx = RenderContext(
             hostname=self.hostname,
             timezone=self.timezone,
-            subject_prefix=self.subject_prefix,
+            subject_prefix=self.mail.subject_prefix,
             history=self.history or (lambda metric, labels: ()),
             extra={} if plain else self._context(events),
             **self.render_options,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from alertmail.fsutil import lock, write_atomic
-from alertmail.notify.silences import Silence, Silenceable, Span, silence_from_table
+from alertmail.notify.silences import Silence, Silenceable, SilenceSettings, Span, config_silences
 
 # The name log readers know: these lines are about silences, wherever their code lives.
 log = logging.getLogger("alertmail.notify.silences")
@@ -41,35 +41,35 @@ def _epoch(value: Any) -> float:
     raise ValueError(f"expected a date-time like 2026-11-26T14:00:00Z, got {value!r}")
 
 
-def _to_table(silence: Silence) -> dict[str, Any]:
+def _to_record(silence: Silence) -> dict[str, Any]:
     span = silence.schedule
     assert isinstance(span, Span)
-    table: dict[str, Any] = {"id": silence.id, "rule": silence.rule}
+    record: dict[str, Any] = {"id": silence.id, "rule": silence.rule}
     if silence.labels:
-        table["labels"] = dict(silence.labels)
+        record["labels"] = dict(silence.labels)
     if silence.severity:
-        table["severity"] = list(silence.severity)
-    table |= {"starts": _utc(span.starts), "ends": _utc(span.ends), "comment": silence.comment}
+        record["severity"] = list(silence.severity)
+    record |= {"starts": _utc(span.starts), "ends": _utc(span.ends), "comment": silence.comment}
     if silence.author:
-        table["author"] = silence.author
-    return table
+        record["author"] = silence.author
+    return record
 
 
-def _from_table(table: Mapping[str, Any]) -> Silence:
-    if not isinstance(table, Mapping) or not isinstance(table.get("id"), str):
-        raise ValueError(f"a silence without an id: {table!r}")
-    labels = table.get("labels") or {}
+def _from_record(record: Mapping[str, Any]) -> Silence:
+    if not isinstance(record, Mapping) or not isinstance(record.get("id"), str):
+        raise ValueError(f"a silence without an id: {record!r}")
+    labels = record.get("labels") or {}
     if not isinstance(labels, Mapping):
-        raise ValueError(f"silence {table['id']}: labels must be a table")
+        raise ValueError(f"silence {record['id']}: labels must be a table")
     return Silence(
-        id=table["id"],
-        schedule=Span(_epoch(table.get("starts")), _epoch(table.get("ends"))),
-        rule=str(table.get("rule") or "*"),
+        id=record["id"],
+        schedule=Span(_epoch(record.get("starts")), _epoch(record.get("ends"))),
+        rule=str(record.get("rule") or "*"),
         labels={str(k): str(v) for k, v in labels.items()},
-        severity=tuple(str(s) for s in table.get("severity") or ()),
-        comment=str(table.get("comment") or ""),
+        severity=tuple(str(s) for s in record.get("severity") or ()),
+        comment=str(record.get("comment") or ""),
         source="cli",
-        author=str(table.get("author") or ""),
+        author=str(record.get("author") or ""),
     )
 
 
@@ -94,20 +94,20 @@ class RuntimeSilences:
     def read(self) -> list[Silence]:
         """Every silence in the file (expired ones too); ValueError when the file is unreadable."""
         try:
-            raw = tomllib.loads(self.path.read_text())
+            document = tomllib.loads(self.path.read_text())
         except FileNotFoundError:
             return []
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{self.path}: not valid TOML: {exc}") from None
-        items = raw.get("silences", [])
+        items = document.get("silences", [])
         if not isinstance(items, list):
             raise ValueError(f"{self.path}: expected [[silences]] tables")
-        return [_from_table(item) for item in items]
+        return [_from_record(item) for item in items]
 
     def _write(self, silences: Iterable[Silence]) -> None:
         import tomli_w
 
-        body = tomli_w.dumps({"silences": [_to_table(s) for s in silences]})
+        body = tomli_w.dumps({"silences": [_to_record(s) for s in silences]})
         write_atomic(self.path, (_HEADER + body).encode())
 
     def add(
@@ -210,9 +210,7 @@ class SilenceSet:
         return bool(self.config_silences) or self.runtime is not None
 
 
-def from_config(cfg: Any) -> SilenceSet:
-    """The agent's silences: ``[[silences]]`` of ``cfg`` plus ``state_dir/silences.toml``."""
-    tz = cfg.agent.get("timezone") or "UTC"
-    tables = cfg.sections.get("silences") or []
-    built = [silence_from_table(t, index=i, default_tz=tz) for i, t in enumerate(tables)]
-    return SilenceSet(built, cfg.state_dir)
+def in_force(silences: Sequence[SilenceSettings], *, timezone: str, state_dir: Path | str | None = None) -> SilenceSet:
+    """The agent's silences: ``[[silences]]`` (in ``timezone``, ``[agent].timezone``, unless one names
+    its own) plus ``state_dir/silences.toml`` (none without ``state_dir``)."""
+    return SilenceSet(config_silences(silences, default_tz=timezone), state_dir)

@@ -31,21 +31,28 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Protocol
 
-from alertmail.config.schema import Checker, Option, Section
+from alertmail.config.core import AgentSettings
+from alertmail.config.schema import Checker, Section, Settings, setting
 from alertmail.model import Labels
 
-SILENCE_OPTIONS: dict[str, Option] = {
-    "rule": Option("str", "*", nonempty=True, glob=True, help='rule name or glob, e.g. "disk-*"; default: every rule'),
-    "labels": Option("table", {}, glob=True, help='label matchers: exact values or globs, e.g. { mount = "/backup*" }'),
-    "severity": Option("list", [], help='severities to silence, e.g. ["warning"]; default: all'),
-    "days": Option("list", [], help='weekly window: days like ["sat", "sun"]; default: every day'),
-    "start": Option("str", None, help='weekly window: start time "HH:MM"'),
-    "end": Option("str", None, help='weekly window: end time "HH:MM" (before start: the window ends the next day)'),
-    "cron": Option("str", None, help='cron expression for the start of each window, e.g. "0 2 * * 6"'),
-    "duration": Option("duration", None, minimum=1.0, help='with cron: how long each window lasts, e.g. "2h"'),
-    "timezone": Option("str", None, nonempty=True, help="IANA timezone of the schedule; default: [agent].timezone"),
-    "comment": Option("str", "", multiline=True, help="why: shown in `alertmail silence list` and the heartbeat"),
-}
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SilenceSettings(Settings):
+    """One ``[[silences]]`` table: matchers and a recurring schedule."""
+
+    rule: str = setting("str", "*", nonempty=True, glob=True, help='rule name or glob, e.g. "disk-*"; default: every rule')
+    labels: dict[str, str] = setting(
+        "table", {}, glob=True, help='label matchers: exact values or globs, e.g. { mount = "/backup*" }'
+    )
+    severity: list[str] = setting("list", [], help='severities to silence, e.g. ["warning"]; default: all')
+    days: list[str] = setting("list", [], help='weekly window: days like ["sat", "sun"]; default: every day')
+    start: str | None = setting("str", None, help='weekly window: start time "HH:MM"')
+    end: str | None = setting("str", None, help='weekly window: end time "HH:MM" (before start: the window ends the next day)')
+    cron: str | None = setting("str", None, help='cron expression for the start of each window, e.g. "0 2 * * 6"')
+    duration: float | None = setting("duration", None, minimum=1.0, help='with cron: how long each window lasts, e.g. "2h"')
+    timezone: str | None = setting("str", None, nonempty=True, help="IANA timezone of the schedule; default: [agent].timezone")
+    comment: str = setting("str", "", multiline=True, help="why: shown in `alertmail silence list` and the heartbeat")
+
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _TIME = re.compile(r"^([01]?\d|2[0-4]):([0-5]\d)$")
@@ -225,43 +232,42 @@ class Silence:
         return " ".join(parts)
 
 
-def silence_from_table(table: Mapping[str, Any], *, index: int, default_tz: str) -> Silence:
+def silence_from_settings(settings: SilenceSettings, *, index: int, default_tz: str) -> Silence:
     """A config silence from its checked ``[[silences]]`` table; ValueError lines are "key: problem"."""
     problems: list[str] = []
-    tz = table.get("timezone") or default_tz
+    tz = settings.timezone or default_tz
     try:
         zoneinfo.ZoneInfo(tz)
     except Exception:
         problems.append(f'timezone: unknown IANA timezone {tz!r}; use a name like "Europe/Berlin" or "UTC"')
         tz = "UTC"
-    weekly = any(table.get(k) for k in ("days", "start", "end"))
-    cron = table.get("cron")
+    weekly = bool(settings.days or settings.start or settings.end)
     schedule: Schedule | None = None
-    if weekly and cron:
+    if weekly and settings.cron:
         problems.append("cron: give either a weekly window (days/start/end) or cron with duration, not both")
-    elif cron:
-        if not table.get("duration"):
+    elif settings.cron:
+        if not settings.duration:
             problems.append('duration: a cron window needs a length; add duration = "2h"')
         else:
             try:
-                schedule = Cron(str(cron), float(table["duration"]), tz)
+                schedule = Cron(settings.cron, settings.duration, tz)
             except ValueError as exc:
                 problems.append(f'cron: {exc}; write five fields like "0 2 * * sat"')
     elif weekly:
-        if table.get("duration"):
+        if settings.duration:
             problems.append("duration: only for cron windows; a weekly window ends at `end`")
         try:
-            days = frozenset(_day(d) for d in table.get("days") or DAYS)
+            days = frozenset(_day(d) for d in settings.days or DAYS)
         except ValueError as exc:
             problems.append(f"days: {exc}")
             days = frozenset()
         start = end = 0
-        for key in ("start", "end"):
-            if table.get(key) is None:
+        for key, text in (("start", settings.start), ("end", settings.end)):
+            if text is None:
                 problems.append(f'{key}: missing; a weekly window needs start and end like "02:00"')
                 continue
             try:
-                value = _minutes(table[key])
+                value = _minutes(text)
             except ValueError as exc:
                 problems.append(f"{key}: {exc}")
                 continue
@@ -278,29 +284,35 @@ def silence_from_table(table: Mapping[str, Any], *, index: int, default_tz: str)
     return Silence(
         id=f"config-{index}",
         schedule=schedule,
-        rule=table.get("rule") or "*",
-        labels=dict(table.get("labels") or {}),
-        severity=tuple(table.get("severity") or ()),
-        comment=table.get("comment") or "",
+        rule=settings.rule,
+        labels=dict(settings.labels),
+        severity=tuple(settings.severity),
+        comment=settings.comment,
         source="config",
     )
 
 
-def check_config(tables: Sequence[Mapping[str, Any]], check: Checker, *, default_tz: str) -> list[Silence]:
-    """Build the config silences; problems go to ``check`` (a config.Checker) as ``silences[i].key: ...``."""
-    out = []
+def config_silences(tables: Sequence[SilenceSettings], *, default_tz: str) -> list[Silence]:
+    """The silences of checked ``[[silences]]`` tables (``default_tz``: ``[agent].timezone``)."""
+    return [silence_from_settings(table, index=i, default_tz=default_tz) for i, table in enumerate(tables)]
+
+
+class _Configured(Protocol):
+    """What the check of ``[[silences]]`` reads of the whole config."""
+
+    @property
+    def agent(self) -> AgentSettings: ...
+
+
+def _check_section(tables: Sequence[SilenceSettings], check: Checker, config: _Configured) -> None:
+    """Each table's schedule; problems go to ``check`` as ``silences[i].key: ...``."""
     for i, table in enumerate(tables):
         try:
-            out.append(silence_from_table(table, index=i, default_tz=default_tz))
+            silence_from_settings(table, index=i, default_tz=config.agent.timezone)
         except ValueError as exc:
             for line in str(exc).splitlines():
                 key, _, message = line.partition(": ")
                 check.error(f"silences[{i}].{key}" if message else f"silences[{i}]", message or line)
-    return out
 
 
-def _check_section(tables: Sequence[Mapping[str, Any]], check: Checker, config: Any) -> None:
-    check_config(tables, check, default_tz=config.agent.get("timezone") or "UTC")
-
-
-SECTION: Section[Any] = Section("silences", SILENCE_OPTIONS, array=True, check=_check_section, includable=True)
+SECTION: Section[SilenceSettings] = Section("silences", SilenceSettings, array=True, check=_check_section, includable=True)

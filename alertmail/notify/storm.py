@@ -19,9 +19,8 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from alertmail.config.schema import Checker
 from alertmail.rules.model import AlertEvent
 
 if TYPE_CHECKING:
@@ -46,7 +45,7 @@ class Backlog:
 class StormGuard:
     """Counts mails per recipient and decides: a separate mail now, or the next digest."""
 
-    def __init__(self, max_per_hour: int = 10, digest_interval: float = 900.0) -> None:
+    def __init__(self, max_per_hour: int, digest_interval: float) -> None:
         if max_per_hour < 0:
             raise ValueError("max_mails_per_hour cannot be negative")
         if digest_interval <= 0:
@@ -151,18 +150,3 @@ def render_digest(
     )
     where = str(journal) if journal is not None else "state_dir/logs/alerts.jsonl"
     return render_digest_mail(events, ctx, notice=why, journal=where, since=backlog_since)
-
-
-def check_config(notify: dict[str, Any], check: Checker, config: Any = None) -> None:
-    """``[notify]`` cap and interval that cannot work together; problems go to ``check`` (a config.Checker)."""
-    cap, interval = notify.get("max_mails_per_hour"), notify.get("digest_interval")
-    if not isinstance(cap, int) or not isinstance(interval, float):
-        return  # the type error is reported already
-    if cap < 0:
-        check.error("notify.max_mails_per_hour", "cannot be negative; use 0 for no cap")
-    elif interval <= 0:
-        check.error("notify.digest_interval", 'must be longer than 0s, e.g. "15m"')
-    else:
-        problem = StormGuard(cap, interval).problem()
-        if problem:
-            check.error("notify.max_mails_per_hour", problem)

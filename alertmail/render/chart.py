@@ -48,11 +48,11 @@ class ChartSpec:
     size: tuple[int, int] = field(default=(WIDTH, HEIGHT))  # pixels
 
     @classmethod
-    def from_json(cls, raw: dict) -> ChartSpec:
-        raw = dict(raw)
-        raw["points"] = tuple((float(t), float(v)) for t, v in raw.get("points", ()))
-        raw["size"] = tuple(raw.get("size", (WIDTH, HEIGHT)))
-        return cls(**raw)
+    def from_json(cls, record: dict) -> ChartSpec:
+        values = dict(record)
+        values["points"] = tuple((float(t), float(v)) for t, v in values.get("points", ()))
+        values["size"] = tuple(values.get("size", (WIDTH, HEIGHT)))
+        return cls(**values)
 
 
 def time_range(spec: ChartSpec) -> tuple[float, float]:

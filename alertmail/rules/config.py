@@ -3,40 +3,73 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from alertmail.config.schema import Checker, Option, Section
+from alertmail.config.schema import Checker, Section, Settings, setting
 from alertmail.rules.model import Rule
 from alertmail.units import valid_address
 
-RULE_OPTIONS: dict[str, Option] = {
-    "name": Option("str", required=True, help='a unique name like "disk-root-full"'),
-    "metric": Option("str", required=True, help='the metric to watch, e.g. "disk.used_percent"'),
-    "labels": Option("table", {}, glob=True, help='label matchers: exact values or globs, e.g. { mount = "/" }'),
-    "above": Option("number", help="fire when the value is above this"),
-    "below": Option("number", help="fire when the value is below this"),
-    "warning": Option("number", help="warning level (the threshold when above/below is not given)"),
-    "critical": Option("number", help="critical level"),
-    "clear": Option("number", help="recovery threshold (hysteresis); default: the threshold"),
-    "for": Option("duration", 0.0, help="how long the condition must hold before firing"),
-    "repeat": Option("duration", 0.0, help="reminder interval while firing; 0 = off"),
-    "keep_firing_for": Option("duration", 0.0, help="stay firing this long after the condition clears"),
-    "over": Option("duration", 0.0, help="window to aggregate over"),
-    "agg": Option("str", "last", choices=("avg", "min", "max", "last", "rate")),
-    "min_coverage": Option(
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuleSettings(Settings):
+    """One ``[[rules]]`` table, each key with its one default; ``build`` makes a ``Rule`` of it."""
+
+    name: str = setting("str", "", required=True, help='a unique name like "disk-root-full"')
+    metric: str = setting("str", "", required=True, help='the metric to watch, e.g. "disk.used_percent"')
+    labels: dict[str, str] = setting("table", {}, glob=True, help='label matchers: exact values or globs, e.g. { mount = "/" }')
+    above: float | None = setting("number", help="fire when the value is above this")
+    below: float | None = setting("number", help="fire when the value is below this")
+    warning: float | None = setting("number", help="warning level (the threshold when above/below is not given)")
+    critical: float | None = setting("number", help="critical level")
+    clear: float | None = setting("number", help="recovery threshold (hysteresis); default: the threshold")
+    for_: float = setting("duration", 0.0, key="for", help="how long the condition must hold before firing")
+    repeat: float = setting("duration", 0.0, help="reminder interval while firing; 0 = off")
+    keep_firing_for: float = setting("duration", 0.0, help="stay firing this long after the condition clears")
+    over: float = setting("duration", 0.0, help="window to aggregate over")
+    agg: str = setting("str", "last", choices=("avg", "min", "max", "last", "rate"))
+    min_coverage: float = setting(
         "number", 0.5, help="with `over`: decide once the samples span this fraction of the window (0 < x <= 1)"
-    ),
-    "absent": Option("duration", 0.0, help="fire when no sample arrives for this long"),
-    "severity": Option("str", "warning", help="severity shown in the subject"),
-    "to": Option("list", None, addresses=True, help="recipients; default: [mail].to"),
-    "description": Option("str", "", multiline=True, help="a line of text put into the mail"),
-    "runbook": Option("str", "", help="http(s) URL of what to do about this alert; linked from its mail"),
-    "flapping": Option("bool", True, help="detect flapping (Nagios percent state change)"),
-    "undeclared": Option(
+    )
+    absent: float = setting("duration", 0.0, help="fire when no sample arrives for this long")
+    severity: str = setting("str", "warning", help="severity shown in the subject")
+    to: list[str] | None = setting("list", None, addresses=True, help="recipients; default: [mail].to")
+    description: str = setting("str", "", multiline=True, help="a line of text put into the mail")
+    runbook: str = setting("str", "", help="http(s) URL of what to do about this alert; linked from its mail")
+    flapping: bool = setting("bool", True, help="detect flapping (Nagios percent state change)")
+    undeclared: bool = setting(
         "bool", False, help="accept a metric no loaded probe declares (replayed samples, a plugin that declares none)"
-    ),
-}
+    )
+
+    def rule(self, to: Sequence[str]) -> Rule:
+        """The rule these settings declare, mailing ``to``."""
+        return Rule(
+            name=self.name,
+            metric=self.metric,
+            labels=self.labels,
+            above=self.above,
+            below=self.below,
+            warning=self.warning,
+            critical=self.critical,
+            clear=self.clear,
+            for_=self.for_,
+            repeat=self.repeat,
+            keep_firing_for=self.keep_firing_for,
+            over=self.over,
+            agg=self.agg,
+            absent=self.absent,
+            severity=self.severity,
+            to=tuple(to),
+            description=self.description,
+            runbook=self.runbook,
+            flapping=self.flapping,
+            min_coverage=self.min_coverage,
+            undeclared=self.undeclared,
+        )
+
+
+RULE_OPTIONS = RuleSettings.options()
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+-]*")
 _SEVERITY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _THRESHOLD_KEYS = {"above", "below", "warning", "critical", "clear", "over", "agg", "absent", "min_coverage"}
@@ -94,30 +127,28 @@ def rules_from_config(raw: Any, check: Checker, *, default_to: Iterable[str]) ->
         where = f"rules[{i}]"
         before = len(check.problems)
         values = check.table(where, item, RULE_OPTIONS)
+        settings = RuleSettings.from_table(values)  # a key in error keeps its default: the config is refused anyway
         item = item if isinstance(item, dict) else {}
-        name = values.get("name")
-        if isinstance(name, str):
+        name = settings.name
+        if "name" in values:
             if not _NAME.fullmatch(name):
                 check.error(f"{where}.name", f"use letters, digits and . _ - : / @ + (it goes into subjects); got {name!r}")
             elif name in names:
                 check.error(f"{where}.name", f"duplicate name {name!r} (also rules[{names[name]}]); give each rule its own name")
             else:
                 names[name] = i
-        metric = values.get("metric")
-        if isinstance(metric, str) and not metric.strip():
+        if "metric" in values and not settings.metric.strip():
             check.error(f"{where}.metric", 'empty; name a metric, e.g. "disk.used_percent" (see `alertmail probe --list`)')
-        severity = values.get("severity")
-        if isinstance(severity, str) and not _SEVERITY.fullmatch(severity):
-            check.error(f"{where}.severity", f'use a word like "warning" or "critical"; got {severity!r}')
+        if "severity" in values and not _SEVERITY.fullmatch(settings.severity):
+            check.error(f"{where}.severity", f'use a word like "warning" or "critical"; got {settings.severity!r}')
         elif "severity" in item and "critical" in item:
             check.error(f"{where}.severity", "with a `critical` level the severity is the level crossed; remove `severity`")
-        runbook = values.get("runbook")
-        if isinstance(runbook, str) and runbook:
-            reason = check_runbook(runbook)
+        if settings.runbook:
+            reason = check_runbook(settings.runbook)
             if reason:
                 check.error(f"{where}.runbook", reason)
         if "to" in item:
-            to = values.get("to")
+            to = settings.to
             if to is not None and not to:
                 check.error(f"{where}.to", 'empty; list recipients like ["ops@example.com"], or remove `to` to use [mail].to')
             for k, address in enumerate(to or []):
@@ -130,29 +161,7 @@ def rules_from_config(raw: Any, check: Checker, *, default_to: Iterable[str]) ->
                 check.error(f"{where}.to", 'no recipients; add to = ["ops@example.com"] here or in [mail]')
         # Threshold checks need every threshold key converted; else they would only echo that mistake.
         failed = {key for key in item if key in RULE_OPTIONS and key not in values}
-        rule = Rule(
-            name=values.get("name") or "",
-            metric=values.get("metric") or "",
-            labels=values.get("labels") or {},
-            above=values.get("above"),
-            below=values.get("below"),
-            warning=values.get("warning"),
-            critical=values.get("critical"),
-            clear=values.get("clear"),
-            for_=values.get("for") or 0.0,
-            repeat=values.get("repeat") or 0.0,
-            keep_firing_for=values.get("keep_firing_for") or 0.0,
-            over=values.get("over") or 0.0,
-            agg=values.get("agg") or "last",
-            absent=values.get("absent") or 0.0,
-            severity=values.get("severity") or "warning",
-            to=tuple(to or ()),
-            description=values.get("description") or "",
-            runbook=values.get("runbook") or "",
-            flapping=values.get("flapping", True),
-            min_coverage=values.get("min_coverage", 0.5),
-            undeclared=values.get("undeclared", False),
-        )
+        rule = settings.rule(to or ())
         if "min_coverage" in item and "min_coverage" in values and not rule.over:
             check.error(f"{where}.min_coverage", 'applies to a window; add over = "5m", or remove `min_coverage`')
         if not failed & _THRESHOLD_KEYS:
@@ -163,8 +172,20 @@ def rules_from_config(raw: Any, check: Checker, *, default_to: Iterable[str]) ->
     return rules
 
 
-def _build_section(raw: Any, check: Checker, config: Any) -> list[Rule]:
-    return rules_from_config(raw, check, default_to=config.mail.get("to") or [])
+class _Mail(Protocol):
+    @property
+    def to(self) -> Sequence[str]: ...
 
 
-SECTION: Section[Any] = Section("rules", RULE_OPTIONS, array=True, build=_build_section, includable=True)
+class _Configured(Protocol):
+    """What building ``[[rules]]`` reads of the whole config: ``[mail] to``, the default recipients."""
+
+    @property
+    def mail(self) -> _Mail: ...
+
+
+def _build_section(raw: Any, check: Checker, config: _Configured) -> list[Rule]:
+    return rules_from_config(raw, check, default_to=config.mail.to)
+
+
+SECTION: Section[RuleSettings] = Section("rules", RuleSettings, array=True, build=_build_section, includable=True)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from alertmail.clock import WallClock, describe, reschedule
 from alertmail.config.load import Config
 from alertmail.exitcodes import ExitCode
+from alertmail.exporter import SECTION as EXPORTER
 from alertmail.fsutil import write_atomic
 from alertmail.memory import release_free_memory
 from alertmail.model import Sample
@@ -414,7 +415,7 @@ class Agent:
         self._mailer_task = asyncio.create_task(self._mailer(), name="mailer")
         await self.outbox.start_services(self.plugins.services)
         self._start_scheduler()
-        if cfg.sections.get("exporter", {}).get("listen"):
+        if cfg.section(EXPORTER).listen:
             from alertmail.exporter import start_exporter
 
             self.exporter = await start_exporter(self)
@@ -538,7 +539,7 @@ class Agent:
         except Exception as exc:  # e.g. a password_env variable that is not set
             log.error("reload refused: a transport cannot be built (%s); the running configuration stays", exc)
             return False
-        exporter_changed = cfg.sections.get("exporter") != self.cfg.sections.get("exporter")
+        exporter_changed = cfg.section(EXPORTER) != self.cfg.section(EXPORTER)
         snapshot = self.engine.snapshot()
         self.cfg = cfg
         self.rules = [*cfg.rules, *self_rules(cfg)]
@@ -577,13 +578,14 @@ class Agent:
         if self.exporter is not None:
             await self.exporter.stop()
             self.exporter = None
-        if self.cfg.sections.get("exporter", {}).get("listen"):
+        listen = self.cfg.section(EXPORTER).listen
+        if listen:
             from alertmail.exporter import start_exporter
 
             try:
                 self.exporter = await start_exporter(self)
             except OSError as exc:  # the address is taken: the agent goes on without /metrics
-                log.error("exporter: cannot listen on %s: %s", self.cfg.sections["exporter"]["listen"], exc)
+                log.error("exporter: cannot listen on %s: %s", listen, exc)
 
     async def _start_control(self) -> None:
         """The control socket `alertmail status` asks; the agent runs on without it if it cannot be made."""

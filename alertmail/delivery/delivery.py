@@ -33,7 +33,8 @@ from typing import Any
 
 from alertmail.clock import WallClock, describe
 from alertmail.config.schema import Option, Section
-from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status, Transport, TransportContext
+from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status, TransportContext
+from alertmail.protocols import Transport
 from alertmail.queue.entry import Entry, relayed
 from alertmail.queue.spool import Queue, QueueCorrupt, QueueWriteError
 from alertmail.units import format_duration, parse_duration

@@ -82,6 +82,8 @@ class RelayPolicy:
     greet_pause: float = 0.0
     route: tuple[str, ...] | None = None
     timeout: float = 300.0
+    # [relay] dkim: mail from `allow` clients is signed with the [mail.dkim] keys (AUTH and local mail are not)
+    dkim: bool = False
     # What allowed() answered, per client IP: parsing an address costs more than a whole EHLO.
     _allowed: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
     # What client_key() answered, per client IP.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import pickle
@@ -142,15 +143,7 @@ class Receivers:
     async def _spawn(self, index: int) -> asyncio.subprocess.Process:
         mine, theirs = socket.socketpair()
         try:
-            spec = Spec(
-                **{
-                    **self.spec.__dict__,
-                    "index": index,
-                    "anvil": theirs.fileno(),
-                    "slots": self._slots_fd,
-                    "processes": self.count,
-                }
-            )
+            spec = dataclasses.replace(self.spec, index=index, anvil=theirs.fileno(), slots=self._slots_fd, processes=self.count)
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",

@@ -137,6 +137,9 @@ class RelaySMTP(SMTP):
     # about 1 ms of CPU per message, so this saves some 7% when every message comes on
     # its own connection; bench/relay_bench.py on a shared machine varies more than that.
     # For FAST_INIT_VERSIONS this sets the same attributes from maps computed once per class.
+    # aiosmtpd offers no public way to skip that work: the maps are built inside __init__,
+    # per instance and bound to it, with no hook, class-level cache or argument that
+    # avoids them; a subclass that calls super().__init__ (what other releases run) pays them.
     _method_names: ClassVar[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None] = None
 
     def _init_fast(
@@ -349,7 +352,7 @@ class RelaySMTP(SMTP):
 
     async def _read_message(self) -> tuple[MessageData | None, int]:
         """The data up to <CRLF>.<CRLF> (spooled past a small bound) and the bytes read; None when over the size limit."""
-        return await read_data(self._reader, self.data_size_limit or 0, self.server.queue)
+        return await read_data(self._reader, self.data_size_limit or 0, self.policy.data_folder)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # Plain "<local@domain> params" skips the RFC 5322 parser (a tenth of a session's CPU).

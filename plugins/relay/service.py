@@ -179,6 +179,7 @@ class RelayService:
     async def start(self, context: ServiceContext[RelaySettings]) -> None:
         from alertmail import __version__
         from alertmail.intake import Badmail
+        from alertmail.plugins.relay.data import FOLDER as DATA_FOLDER
         from alertmail.plugins.relay.listener import RelayServer, tls_context
         from alertmail.plugins.relay.policy import RelayPolicy, parse_networks
         from alertmail.plugins.relay.users import Users, UsersFileError
@@ -237,6 +238,7 @@ class RelayService:
             route=tuple(route),
             timeout=settings.timeout,
             dkim=settings.dkim,
+            data_folder=state_dir / DATA_FOLDER,
         )
         self._stop_timeout = settings.stop_timeout
         self.w3c = W3CLog(state_dir / "logs", f"alertmail {__version__}")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from alertmail.config.schema import listen_problem, valid_hostname
 from alertmail.loops import LoopUnavailable, loop_factory
-from alertmail.model import AgentView, Attempts, ConfigView, Intake, IntakeWriter, ProcessIntake
+from alertmail.model import AgentView, Attempts, ConfigView, Intake, IntakeWriter, ProcessIntake, QueuedMessage
 
 if TYPE_CHECKING:
     from alertmail.cli.options import setup_logging
@@ -60,6 +60,7 @@ __all__ = [  # noqa: RUF022  grouped as the docstring tells them
     "IntakeWriter",
     "ProcessIntake",
     "Attempts",
+    "QueuedMessage",
     "ConfigView",
     "AgentView",
     "QueueWriteError",

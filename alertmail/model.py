@@ -291,6 +291,8 @@ class ProcessIntake(Protocol):
 
 
 class QueuedMessage(Protocol):
+    """A message in the queue, as an observer of delivery sees it."""
+
     @property
     def id(self) -> str: ...
 

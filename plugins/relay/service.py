@@ -41,7 +41,13 @@ from alertmail.intake import Attempts, ConfigView, LoopUnavailable, listen_probl
 from alertmail.plugins.relay.settings import RelaySettings
 
 if TYPE_CHECKING:
+    from alertmail import DeliveryResult, Envelope
+    from alertmail.intake import QueuedMessage
+    from alertmail.plugins.relay.listener import RelayServer
     from alertmail.plugins.relay.policy import RelayPolicy
+    from alertmail.plugins.relay.receivers import Receivers
+    from alertmail.plugins.relay.w3c import W3CLog
+    from alertmail.plugins.relay.watcher import PickupWatcher
 
 log = logging.getLogger("alertmail.relay")
 
@@ -168,10 +174,10 @@ class RelayService:
     check = staticmethod(check_options)
 
     def __init__(self) -> None:
-        self.server: Any = None  # listener.RelayServer, when the agent's process receives (workers = 0)
-        self.receivers: Any = None  # receivers.Receivers, the receiving processes
-        self.pickup: Any = None  # watcher.PickupWatcher
-        self.w3c: Any = None
+        self.server: RelayServer | None = None  # when the agent's process receives (workers = 0)
+        self.receivers: Receivers | None = None  # the receiving processes
+        self.pickup: PickupWatcher | None = None
+        self.w3c: W3CLog | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._delivery: Attempts | None = None
         self._stop_timeout = RelaySettings().stop_timeout
@@ -252,7 +258,7 @@ class RelayService:
             except OSError:
                 await self.server.stop(0)
                 raise
-        self._flusher = asyncio.create_task(self._flush_log(), name="relay-log-flush")
+        self._flusher = asyncio.create_task(self._flush_log(self.w3c), name="relay-log-flush")
         if context.delivery is not None:
             self._delivery = context.delivery
             self._delivery.observers.append(self._log_attempt)
@@ -304,8 +310,12 @@ class RelayService:
                 sock.close()
             raise
 
-    def _log_attempt(self, entry: Any, transport: str, envelope: Any, result: Any, seconds: float, size: int) -> None:
+    def _log_attempt(
+        self, entry: QueuedMessage, transport: str, envelope: Envelope, result: DeliveryResult, seconds: float, size: int
+    ) -> None:
         """One W3C line per recipient of each delivery attempt, as IIS logs its outbound sessions."""
+        if self.w3c is None:
+            return
         for rcpt, status in result.recipients.items():
             self.w3c.record(
                 client_ip=status.remote or "-",
@@ -320,11 +330,11 @@ class RelayService:
                 taken_ms=int(seconds * 1000),
             )
 
-    async def _flush_log(self) -> None:
+    async def _flush_log(self, w3c: W3CLog) -> None:
         """Idle sessions write no lines; this makes the last ones reach the file within a second."""
         while True:
             await asyncio.sleep(1.0)
-            self.w3c.flush()
+            w3c.flush()
 
     @property
     def addresses(self) -> list[tuple[str, int]]:

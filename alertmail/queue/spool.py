@@ -702,7 +702,7 @@ class Queue:
         (self.folder / f"{segment}.seg").unlink(missing_ok=True)
         (self.folder / f"{segment}.done").unlink(missing_ok=True)
 
-    # -- segments written by other processes ----------------------------------
+    # -- segments written by other processes (alertmail.intake.Intake: a service's receiving processes) --
 
     def shared_writer(self) -> SharedWriter:
         """What another process needs to add messages to this queue (picklable)."""

@@ -17,10 +17,8 @@ from alertmail.config.schema import (
     Option,
     Settings,
     did_you_mean,
-    listen_problem,
     resolve_secret,
     setting,
-    valid_hostname,
 )
 from alertmail.errors import AlertmailError
 from alertmail.exitcodes import ExitCode
@@ -35,30 +33,21 @@ from alertmail.model import (
     Sample,
     ServiceContext,
     Status,
-    Transport,
     TransportContext,
     label_text,
     message_bytes,
 )
-from alertmail.protocols import ProbeProtocol, Service  # what a probe and a service provide (Transport: model)
+from alertmail.protocols import ProbeProtocol, Service, Transport  # what a probe, a service and a transport provide
 from alertmail.units import format_duration, parse_address, parse_duration, parse_size
 from alertmail.version import __version__
 
 if TYPE_CHECKING:
-    from alertmail.cli.options import DEFAULT_CONFIG, config_option, load_or_exit, setup_logging
-    from alertmail.delivery.outbox import Outbox
+    from alertmail.cli.options import DEFAULT_CONFIG, config_option, load_or_exit
     from alertmail.delivery.sevenbit import ConversionError, fit_for_server
-    from alertmail.queue.badmail import Badmail, split_envelope
-    from alertmail.queue.spool import QueueLocked, QueueWriteError
     from alertmail.rules.wire import alert_key, alerts_in, read_key, sealed_alerts
 
 # name -> module, imported on first access (PEP 562).
 _LAZY = {
-    "Badmail": "alertmail.queue.badmail",
-    "split_envelope": "alertmail.queue.badmail",
-    "QueueLocked": "alertmail.queue.spool",
-    "QueueWriteError": "alertmail.queue.spool",
-    "Outbox": "alertmail.delivery.outbox",
     "fit_for_server": "alertmail.delivery.sevenbit",
     "ConversionError": "alertmail.delivery.sevenbit",
     "alerts_in": "alertmail.rules.wire",
@@ -68,7 +57,6 @@ _LAZY = {
     "DEFAULT_CONFIG": "alertmail.cli.options",
     "config_option": "alertmail.cli.options",
     "load_or_exit": "alertmail.cli.options",
-    "setup_logging": "alertmail.cli.options",
 }
 
 
@@ -101,11 +89,6 @@ __all__ = [  # noqa: RUF022  grouped by what a plugin does with them
     "message_bytes",
     "fit_for_server",
     "ConversionError",
-    "Outbox",
-    "QueueWriteError",
-    "QueueLocked",
-    "Badmail",
-    "split_envelope",
     "alerts_in",
     "sealed_alerts",
     "alert_key",
@@ -118,8 +101,6 @@ __all__ = [  # noqa: RUF022  grouped by what a plugin does with them
     "ConfigError",
     "did_you_mean",
     "resolve_secret",
-    "listen_problem",
-    "valid_hostname",
     "parse_address",
     "parse_duration",
     "parse_size",
@@ -132,6 +113,5 @@ __all__ = [  # noqa: RUF022  grouped by what a plugin does with them
     "DEFAULT_CONFIG",
     "config_option",
     "load_or_exit",
-    "setup_logging",
     "__version__",
 ]

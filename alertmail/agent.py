@@ -745,26 +745,22 @@ def _exit_now(code: int) -> None:
 
 
 def loop_factory(cfg: Config, plugins: Any) -> Any:
-    """The event loop ``alertmail run`` uses, by ``[agent].event_loop``.
+    """The event loop ``alertmail run`` uses, by ``[agent].event_loop`` (``loops.loop_factory``).
 
-    ``auto`` takes uvloop when it is installed and a service (the relay) is enabled: it cuts
-    the CPU the agent spends delivering what the relay takes in (bench/relay_bench.py).
-    Without a service the agent stays on asyncio, which keeps the idle agent about 2 MB
-    smaller. A service enabled later by a reload keeps the loop the agent started with.
+    ``auto`` takes uvloop when it is installed and a service (the relay) is enabled.
+    Without a service the agent stays on asyncio, which keeps the idle agent smaller.
+    A service enabled later by a reload keeps the loop the agent started with.
     """
-    choice = cfg.agent.get("event_loop") or "auto"
-    if choice == "asyncio":
-        return None
+    from alertmail.loops import LoopUnavailable
+    from alertmail.loops import loop_factory as choose
+
     # A light service (the sendmail maildrop: a FIFO and a folder) does not make the agent busy.
-    if choice == "auto" and not any(cfg.service_enabled(s) and not getattr(s, "light", False) for s in plugins.services):
-        return None
+    busy = any(cfg.service_enabled(s) and not getattr(s, "light", False) for s in plugins.services)
     try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            log.warning('agent.event_loop = "uvloop" but uvloop is not installed: running on asyncio')
+        return choose(cfg.agent.event_loop, busy=busy)
+    except LoopUnavailable:
+        log.warning('agent.event_loop = "uvloop" but uvloop is not installed: running on asyncio')
         return None
-    return uvloop.new_event_loop
 
 
 def render_options(cfg: Config, plugins: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ def register_probes(register):
 
 @hookspec
 def register_transports(register):
-    """Call ``register(transport_class)`` for each delivery backend (see ``alertmail.model.Transport``)."""
+    """Call ``register(transport_class)`` for each delivery backend (see ``alertmail.Transport``)."""
 
 
 @hookspec

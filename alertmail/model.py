@@ -5,18 +5,13 @@ from __future__ import annotations
 import enum
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    from alertmail.config.load import Config
-    from alertmail.config.schema import Option
-    from alertmail.delivery.delivery import Delivery
-    from alertmail.queue.spool import Queue
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -239,21 +234,6 @@ class DeliveryResult:
         return self.with_status(Status.PERMANENT)
 
 
-@runtime_checkable
-class Transport(Protocol):
-    """A delivery backend. Registered as a class; built once per `[transports.NAME]` table.
-
-    ``options`` maps each accepted config key to an ``Option``; the config loader
-    validates the table against it and passes the checked values to ``__init__``
-    together with ``context`` (a ``TransportContext``).
-    """
-
-    name: ClassVar[str]
-    options: ClassVar[Mapping[str, Option]]
-
-    async def send(self, message: EmailMessage | bytes, envelope: Envelope) -> DeliveryResult: ...
-
-
 @dataclass(frozen=True, slots=True)
 class TransportContext:
     """What a transport may know about the agent it runs in."""
@@ -263,13 +243,119 @@ class TransportContext:
     config_path: Path | None = None  # of the config file, for relative paths
 
 
+# -- what a service is handed ------------------------------------------------
+# Protocols, not the classes behind them: this module names nothing above it, and a
+# service sees only the few members written here (docs/plugins.md, the service contract).
+
+
+class Intake(Protocol):
+    """Where a service puts the mail it takes in: the agent's queue (``ServiceContext.queue``).
+
+    ``put`` returns the message's id once it is durable (QueueWriteError when it cannot be
+    made so); ``route`` is the chain it leaves through, ``origin`` says where it came from,
+    and ``dkim=True`` asks for the ``[mail.dkim]`` signature (when keys are configured).
+
+    A service that receives in processes of its own gives each of them ``shared_writer()``
+    (picklable); each commit round a process makes is a segment of the queue folder, which
+    the agent takes in with ``adopt(name)`` once told, or ``adopt_new()`` (a folder
+    listing) for the segments of a process that died before it could tell.
+    """
+
+    async def put(
+        self, data: bytes, envelope: Envelope, *, route: Sequence[str] | None = ..., origin: str = ..., dkim: bool = ...
+    ) -> str: ...
+
+    def shared_writer(self) -> IntakeWriter: ...
+
+    def adopt(self, segment: str) -> int: ...
+
+    def adopt_new(self) -> int: ...
+
+
+class IntakeWriter(Protocol):
+    """What a process of a service's own needs to put mail into the agent's queue (picklable)."""
+
+    def open(self, on_segment: Callable[[str], None]) -> ProcessIntake:
+        """The queue of this process, on its running event loop; ``on_segment(name)`` after each commit round."""
+        ...
+
+
+class ProcessIntake(Protocol):
+    """A receiving process's side of the queue: ``put`` as ``Intake.put``; ``close`` finishes the round under way."""
+
+    async def put(
+        self, data: bytes, envelope: Envelope, *, route: Sequence[str] | None = ..., origin: str = ..., dkim: bool = ...
+    ) -> str: ...
+
+    async def close(self) -> None: ...
+
+
+class QueuedMessage(Protocol):
+    """A message in the queue, as an observer of delivery sees it."""
+
+    @property
+    def id(self) -> str: ...
+
+
+class Attempts(Protocol):
+    """Delivery as a service may watch it: each observer is called after every attempt with
+    ``(message, transport name, envelope, DeliveryResult, seconds, size)``."""
+
+    @property
+    def observers(self) -> list[Callable[..., None]]: ...
+
+
+class AgentView(Protocol):
+    """What a service may read of ``[agent]``."""
+
+    @property
+    def log_level(self) -> str: ...
+
+    @property
+    def log_format(self) -> str: ...
+
+
+class ConfigView(Protocol):
+    """What a service may read of the agent's whole configuration (its own table comes as ``options``)."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def state_dir(self) -> Path: ...
+
+    @property
+    def hostname(self) -> str: ...
+
+    @property
+    def agent(self) -> AgentView: ...
+
+    @property
+    def raw(self) -> Mapping[str, Any]:
+        """The file as parsed, before any check: which tables it has."""
+        ...
+
+    @property
+    def transports(self) -> Mapping[str, Any]:
+        """The configured transports by name: each its settings object (a dict for one declared with a dict)."""
+        ...
+
+    @property
+    def sections(self) -> Mapping[str, Any]:
+        """The checked sections by name: a service's own is its settings object, as ``ServiceContext.options``."""
+        ...
+
+
+OptionsT = TypeVar("OptionsT")
+
+
 @dataclass(frozen=True, slots=True)
-class ServiceContext:
+class ServiceContext(Generic[OptionsT]):
     """What the agent hands a service when it starts it."""
 
-    config: Config
-    options: Mapping[str, Any]  # the service's checked config table
-    queue: Queue  # ``await queue.put(data, envelope)``
+    config: ConfigView
+    options: OptionsT  # the service's checked table: an object of its Settings class (a dict for the older form)
+    queue: Intake
     state_dir: Path
     hostname: str
-    delivery: Delivery | None = None  # ``delivery.observers`` sees every attempt
+    delivery: Attempts | None = None

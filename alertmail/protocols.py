@@ -12,10 +12,11 @@ default: a probe's ``interval``, ``description``, ``metrics``, ``options`` and
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Awaitable, Iterable, Mapping
-from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+from email.message import EmailMessage
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from alertmail.config.schema import Settings
-from alertmail.model import Sample, ServiceContext, Transport
+from alertmail.model import DeliveryResult, Envelope, Sample, ServiceContext
 
 if TYPE_CHECKING:
     from alertmail.config.schema import Option
@@ -37,6 +38,21 @@ class ProbeProtocol(Protocol):
 
 
 @runtime_checkable
+class Transport(Protocol):
+    """A delivery backend. Registered as a class; built once per ``[transports.NAME]`` table.
+
+    ``options`` is the ``Settings`` class of that table (or, the older form, a mapping of
+    each key to an ``Option``); the config loader checks the table against it and passes
+    the settings object (or the checked dict) to ``__init__`` with ``context`` (a ``TransportContext``).
+    """
+
+    name: ClassVar[str]
+    options: ClassVar[type[Settings] | Mapping[str, Option]]
+
+    async def send(self, message: EmailMessage | bytes, envelope: Envelope) -> DeliveryResult: ...
+
+
+@runtime_checkable
 class Service(Protocol):
     """A long-running service, registered as a class and started with the agent.
 
@@ -51,7 +67,7 @@ class Service(Protocol):
     section: ClassVar[str]
     options: ClassVar[type[Settings] | Mapping[str, Option]]
 
-    async def start(self, context: ServiceContext) -> None: ...
+    async def start(self, context: ServiceContext[Any]) -> None: ...
 
     async def stop(self) -> None: ...
 

@@ -176,7 +176,8 @@ async def run_relay(folder: Path, sink_port: int, args: argparse.Namespace, prof
     from tests.peers import free_port
     from tests.relay_peers import relay_config
 
-    from alertmail import Outbox, load_or_exit, setup_logging
+    from alertmail import load_or_exit
+    from alertmail.intake import Outbox, setup_logging
     from alertmail.plugins.relay.service import RelayService
 
     port = free_port()

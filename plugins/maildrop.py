@@ -36,7 +36,8 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from alertmail import Option, QueueWriteError, ServiceContext, hookimpl
+from alertmail import Option, ServiceContext, hookimpl
+from alertmail.intake import QueueWriteError
 
 log = logging.getLogger("alertmail.sendmail")
 
@@ -96,7 +97,7 @@ class MaildropService:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, context: ServiceContext) -> None:
-        from alertmail import Badmail
+        from alertmail.intake import Badmail
 
         opts = context.options
         self.folder = Path(context.state_dir) / "maildrop"

@@ -1,6 +1,8 @@
 """The import rules of docs/architecture.md, checked on the source with ``ast``.
 
-- No import circle among alertmail's modules at module level.
+- No import circle among alertmail's modules: at module level, through imports deferred
+  into functions, nor even through imports for type checkers only (``if TYPE_CHECKING``).
+- ``alertmail.model``, the values every stage shares, imports no other alertmail module.
 - Nothing in the core imports the bundled plugins (``alertmail.plugins``), not even lazily.
 - Bundled plugins import only the public API (``alertmail``) and their own package,
   exactly as a third-party plugin would: tests/test_plugin_imports.py, which also reads
@@ -178,6 +180,17 @@ def test_no_circle_even_through_imports_deferred_into_functions(graph):
     assert found == [], "import circles:\n" + "\n".join(" <-> ".join(c) for c in found)
 
 
+def test_no_circle_even_counting_imports_for_type_checkers_only(graph):
+    """An ``if TYPE_CHECKING`` import is a dependency for every reader and for mypy: no knot there either."""
+    found = cycles(graph)
+    assert found == [], "import circles, counting TYPE_CHECKING imports:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_the_shared_values_name_nothing_above_them(graph):
+    """model.py is what every stage imports; what a service or transport is handed is a Protocol there."""
+    assert [f"{e.source}:{e.line} imports {e.target}" for e in graph if e.source == "alertmail.model"] == []
+
+
 def test_the_core_never_imports_the_bundled_plugins(graph):
     bad = [
         f"{e.source}:{e.line} imports {e.target}"
@@ -216,8 +229,12 @@ def test_the_checker_finds_a_circle_and_tells_lazy_and_typing_imports_apart(tmp_
         Import("alertmail.b", "alertmail.a", 1, True),
         Import("alertmail.c", "alertmail.a", 1, False),
         Import("alertmail.a", "alertmail.c", 1, True),
+        Import("alertmail.d", "alertmail.a", 1, True),
+        Import("alertmail.a", "alertmail.d", 1, False, runs=False),
     ]
     assert cycles([e for e in edges if e.module_level]) == [["alertmail.a", "alertmail.b"]]
+    assert cycles([e for e in edges if e.runs]) == [["alertmail.a", "alertmail.b", "alertmail.c"]]
+    assert cycles(edges) == [["alertmail.a", "alertmail.b", "alertmail.c", "alertmail.d"]]
     plugin = tmp_path / "p.py"
     plugin.write_text(
         "from typing import TYPE_CHECKING\nfrom alertmail.queue.spool import Queue\nfrom alertmail import hookimpl\n"

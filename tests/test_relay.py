@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -194,13 +193,13 @@ def test_w3c_log_writes_directives_and_rolls_over_by_utc_date(tmp_path):
 
 
 def test_route_must_be_configured_and_must_not_loop_into_pickup(tmp_path):
-    cfg = SimpleNamespace(transports={"mx": {}, "pickup": {"directory": None}})
-    check_route(cfg, ["mx"], tmp_path)
+    transports = {"mx": {}, "pickup": {"directory": None}}
+    check_route(transports, ["mx"], tmp_path)
     with pytest.raises(RelayConfigError, match=r"no \[transports.smtp\]"):
-        check_route(cfg, ["smtp"], tmp_path)
+        check_route(transports, ["smtp"], tmp_path)
     with pytest.raises(RelayConfigError, match="loop"):
-        check_route(cfg, ["pickup"], tmp_path)
-    check_route(SimpleNamespace(transports={"pickup": {"directory": Path("/elsewhere")}}), ["pickup"], tmp_path)
+        check_route(transports, ["pickup"], tmp_path)
+    check_route({"pickup": {"directory": Path("/elsewhere")}}, ["pickup"], tmp_path)
 
 
 def test_relay_module_does_not_import_aiosmtpd():

@@ -100,3 +100,14 @@ def test_alertmail_check_exits_78_naming_each_key(tmp_path):
     for key in ("relay.allow[0]", "relay.listen[0]", "relay.tls_cert", "relay.tls_key"):
         assert key in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_queued_relayed_mail_follows_the_relay_route_the_config_names(tmp_path):
+    """[relay] route is one of the routes delivery resolves queued mail by, so a reload that changes it reroutes relayed mail."""
+    from alertmail.delivery.delivery import configured_routes
+
+    smtp = {"servers": ["127.0.0.1:2500"], "tls": "none"}
+    cfg = load_config(write_config(tmp_path, {"route": ["smtp"]}, {"mx": {}, "smtp": smtp}))
+    assert configured_routes(cfg) == {"mail.route": ["mx"], "relay.route": ["smtp"]}
+    (tmp_path / "config.toml").write_text(tomli_w.dumps({"agent": {"state_dir": str(tmp_path / "var")}}))
+    assert "relay.route" not in configured_routes(load_config(tmp_path / "config.toml"))  # no [relay]: no relay route

@@ -34,7 +34,7 @@ def test_a_large_message_streams_through_a_small_in_memory_bound(tmp_path):
     async def main() -> bytes:
         reader = asyncio.StreamReader(limit=RelaySMTP.line_length_limit)
         session = SimpleNamespace(
-            _reader=reader, data_size_limit=10_000_000, server=SimpleNamespace(queue=SimpleNamespace(folder=tmp_path / "queue"))
+            _reader=reader, data_size_limit=10_000_000, policy=SimpleNamespace(data_folder=tmp_path / "relay-data")
         )
         pieces = [wire[at : at + 65_536] for at in range(0, len(wire) - 3, 65_536)]
         pieces[-1] = pieces[-1][:-3]

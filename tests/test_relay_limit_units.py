@@ -14,7 +14,7 @@ from alertmail.config.load import load_config
 from alertmail.plugins.relay.listener import AuthWarnings
 from alertmail.plugins.relay.policy import RelayPolicy
 from alertmail.plugins.relay.receivers import Anvil
-from alertmail.plugins.relay.service import reserved_connections
+from alertmail.plugins.relay.service import RelaySettings, reserved_connections
 
 
 class Clock:
@@ -67,9 +67,9 @@ def test_anvil_keeps_the_reserved_sessions_from_outside_clients():
 
 
 def test_reserved_connections_defaults_to_a_sixth_of_max_connections():
-    assert reserved_connections({"max_connections": 300, "reserved_connections": None}) == 50
-    assert reserved_connections({"max_connections": 4, "reserved_connections": None}) == 0
-    assert reserved_connections({"max_connections": 300, "reserved_connections": 0}) == 0
+    assert reserved_connections(RelaySettings(max_connections=300)) == 50
+    assert reserved_connections(RelaySettings(max_connections=4)) == 0
+    assert reserved_connections(RelaySettings(max_connections=300, reserved_connections=0)) == 0
     assert RelayPolicy(hostname="relay.test").outside_connections == 250
 
 

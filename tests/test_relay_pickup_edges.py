@@ -78,7 +78,7 @@ def test_a_refused_pickup_file_on_another_filesystem_leaves_only_a_bounded_excer
     import asyncio
     import errno
 
-    from alertmail import Badmail
+    from alertmail.intake import Badmail
     from alertmail.plugins.relay.watcher import PickupWatcher
 
     excerpt = 64 << 10  # the documented bound (docs/queue.md)

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from alertmail.clock import WallClock, describe
-from alertmail.config.schema import Option, Section
-from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status, Transport, TransportContext
+from alertmail.config.schema import Option, Section, Settings
+from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status, TransportContext
+from alertmail.protocols import Transport
 from alertmail.queue.entry import Entry, relayed
 from alertmail.queue.spool import Queue, QueueCorrupt, QueueWriteError
 from alertmail.units import format_duration, parse_duration
@@ -223,6 +224,7 @@ def configured_routes(cfg: Any) -> dict[str, list[str]]:
     if cfg.mail.get("also_route"):
         routes["mail.also_route"] = list(cfg.mail["also_route"])
     relay = cfg.sections.get("relay") or {}
+    relay = relay.as_table() if isinstance(relay, Settings) else relay  # the relay's settings object (RelaySettings)
     if "relay" in (getattr(cfg, "raw", None) or {}) and isinstance(relay, Mapping) and relay.get("route"):
         routes["relay.route"] = list(relay["route"])  # [relay] written out: its route (or the default)
     return routes

@@ -36,16 +36,14 @@ async def _close_transport(transport: Transport, timeout: float) -> None:
 
 
 def signing(cfg: Any) -> dict[str, Any]:
-    """The Queue's DKIM arguments for ``[mail.dkim]``: the agent's own mail and DSNs, the relay's with ``[relay] dkim``."""
+    """The Queue's DKIM arguments for ``[mail.dkim]``: the agent's own mail and DSNs are signed;
+    a service asks for its mail to be signed when it puts it (``Intake.put(..., dkim=True)``)."""
     from alertmail.delivery.dkim import Signer
 
     signer = Signer.from_options(cfg.sections.get("mail.dkim"))
     if signer is None:
         return {}
-    origins = {"agent", "dsn"}
-    if (cfg.sections.get("relay") or {}).get("dkim"):
-        origins.add("relay")  # mail from [relay] allow clients; AUTH and local-domain mail carry other origins
-    return {"sign": signer, "sign_origins": origins}
+    return {"sign": signer, "sign_origins": {"agent", "dsn"}}
 
 
 class Outbox:

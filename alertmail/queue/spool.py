@@ -433,11 +433,14 @@ class Queue:
         route: Sequence[str] | None = None,
         origin: str = "agent",
         route_key: str | None = None,
+        dkim: bool = False,
     ) -> str:
         """Queue ``data`` for ``envelope``; return its id once it is durable.
 
         ``route_key`` names the config key whose route it follows at each attempt ("mail.route",
         "relay.route"); None: worked out from ``route`` and ``origin`` (``entry.route_key_for``).
+        It is DKIM-signed (when the queue has a signer) if ``origin`` is one of ``sign_origins``
+        (the agent's own mail) or the caller asks with ``dkim`` (the relay, by its ``[relay] dkim``).
 
         Raises QueueWriteError when it cannot be made durable; then nothing of it remains.
         """
@@ -448,7 +451,7 @@ class Queue:
         for address in (envelope.sender, *envelope.recipients):
             if "\r" in address or "\n" in address:
                 raise ValueError(f"CR or LF in envelope address {address!r}")
-        if self.sign is not None and origin in self.sign_origins:
+        if self.sign is not None and (dkim or origin in self.sign_origins):
             data = await asyncio.to_thread(self.sign, bytes(data))
         now = self.clock()
         entry = Entry(
@@ -699,7 +702,7 @@ class Queue:
         (self.folder / f"{segment}.seg").unlink(missing_ok=True)
         (self.folder / f"{segment}.done").unlink(missing_ok=True)
 
-    # -- segments written by other processes ----------------------------------
+    # -- segments written by other processes (alertmail.intake.Intake: a service's receiving processes) --
 
     def shared_writer(self) -> SharedWriter:
         """What another process needs to add messages to this queue (picklable)."""

@@ -25,10 +25,31 @@ import unicodedata
 import zoneinfo
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from alertmail.render.chart import ChartSpec
+
+class ChartSpec(Protocol):
+    """What ``draw`` reads of a ``chart.ChartSpec`` (named here: chart.py imports this module, not the reverse)."""
+
+    @property
+    def title(self) -> str: ...
+    @property
+    def points(self) -> Sequence[tuple[float, float]]: ...
+    @property
+    def timezone(self) -> str: ...
+    @property
+    def unit(self) -> str: ...
+    @property
+    def threshold(self) -> float | None: ...
+    @property
+    def clear(self) -> float | None: ...
+    @property
+    def shade_from(self) -> float | None: ...
+    @property
+    def shade_to(self) -> float | None: ...
+    @property
+    def size(self) -> tuple[int, int]: ...
+
 
 SUPERSAMPLE = 2
 REFERENCE_WIDTH = 1280  # the sizes below are pixels of a chart this wide; others scale with their width

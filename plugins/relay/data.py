@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import os
 import tempfile
 import weakref
 from pathlib import Path
@@ -35,9 +34,8 @@ _gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] 
 class MessageData:
     """The raw data of one message (dot-stuffed, as received), in memory up to ``memory`` bytes, then in a file."""
 
-    def __init__(self, folder: Path | None = None, *, queue: object = None, memory: int = MEMORY_BOUND) -> None:
-        self.folder = folder  # where the file goes; when None, state_dir/relay-data next to ``queue``'s folder
-        self.queue = queue
+    def __init__(self, folder: Path | None = None, *, memory: int = MEMORY_BOUND) -> None:
+        self.folder = folder  # where the file goes (state_dir/relay-data); None: the system's temporary folder
         self.memory = memory
         self.size = 0
         self.error: OSError | None = None  # the file could not be written (a full disk): the data is lost
@@ -71,7 +69,7 @@ class MessageData:
         self._buffer = bytearray()
 
     def _open(self) -> IO[bytes]:
-        folder = self.folder or folder_of(self.queue)
+        folder = self.folder
         if folder is not None:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         return tempfile.TemporaryFile(dir=folder, buffering=0)
@@ -147,13 +145,14 @@ def unstuff(raw: bytes) -> bytes:
     return (b"\r\n" + raw[:-3]).replace(b"\r\n.", b"\r\n")[2:]
 
 
-async def read_data(reader: asyncio.StreamReader, limit: int, queue: object) -> tuple[MessageData | None, int]:
+async def read_data(reader: asyncio.StreamReader, limit: int, folder: Path | None) -> tuple[MessageData | None, int]:
     """The data up to <CRLF>.<CRLF> and the bytes read; None when over ``limit`` (0: no limit).
 
     Read up to each ".<CRLF>" and the two bytes before it checked, so a message takes a
-    few reads rather than one per line; past ``limit`` the rest is read and dropped.
+    few reads rather than one per line; past ``limit`` the rest is read and dropped. What
+    passes the memory bound goes to a file in ``folder``.
     """
-    data: MessageData | None = MessageData(queue=queue)
+    data: MessageData | None = MessageData(folder)
     size = 0
     before = b"\r\n"  # the two bytes before the next part: at first, the end of the DATA line
     try:
@@ -178,9 +177,3 @@ async def read_data(reader: asyncio.StreamReader, limit: int, queue: object) -> 
         if data is not None:
             data.close()
         raise
-
-
-def folder_of(queue: object) -> Path | None:
-    """``state_dir/relay-data`` next to the queue's folder (None for a queue without one: the system's temporary folder)."""
-    queue_folder = getattr(queue, "folder", None)
-    return Path(os.fspath(queue_folder)).parent / FOLDER if queue_folder is not None else None

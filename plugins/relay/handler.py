@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from alertmail import Envelope, QueueWriteError
+from alertmail import Envelope
+from alertmail.intake import QueueWriteError
 from alertmail.plugins.relay.policy import RelayPolicy, data_problem, has_routing, received_header
 
 if TYPE_CHECKING:
+    from alertmail.intake import Intake
     from alertmail.plugins.relay.data import MessageData
-    from alertmail.plugins.relay.listener import RelayServer
-    from alertmail.plugins.relay.server import RelaySMTP
 
 log = logging.getLogger("alertmail.relay")
 
@@ -26,16 +26,33 @@ log = logging.getLogger("alertmail.relay")
 PUT_TIMEOUT = 60.0
 
 
+class Session(Protocol):
+    """What the hooks see of the SMTP session that calls them (``server.RelaySMTP``)."""
+
+    client_ip: str
+    client_allowed: bool  # the client's address is in [relay] allow
+    close_after_reply: bool
+
+    def protocol_name(self) -> str: ...
+
+
+class Listener(Protocol):
+    """What the hooks see of the listener (``listener.RelayServer``)."""
+
+    @property
+    def stopping(self) -> bool: ...
+
+
 class RelayHandler:
     """aiosmtpd hooks: policy at EHLO/MAIL/RCPT, and queueing at DATA."""
 
-    def __init__(self, policy: RelayPolicy, queue: Any, server: RelayServer) -> None:
+    def __init__(self, policy: RelayPolicy, queue: Intake, server: Listener) -> None:
         self.policy = policy
         self.queue = queue
         self.server = server
         self._ehlo: dict[tuple[str, ...], list[str]] = {}  # aiosmtpd's EHLO lines -> the relay's (a few variants)
 
-    async def handle_EHLO(self, smtp: RelaySMTP, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(self, smtp: Session, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
         key = tuple(responses)
         lines = self._ehlo.get(key)
@@ -53,7 +70,7 @@ class RelayHandler:
         lines = [responses[0][4:], *keywords]
         return [f"250-{k}" for k in lines[:-1]] + [f"250 {lines[-1]}"]
 
-    async def handle_MAIL(self, smtp: RelaySMTP, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+    async def handle_MAIL(self, smtp: Session, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         if self.server.stopping:
             smtp.close_after_reply = True
             return f"421 4.3.2 {self.policy.hostname} service shutting down"
@@ -61,7 +78,7 @@ class RelayHandler:
         envelope.mail_options.extend(options)
         return "250 2.1.0 OK"
 
-    async def handle_RCPT(self, smtp: RelaySMTP, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+    async def handle_RCPT(self, smtp: Session, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self.policy.max_recipients:
             return "452 4.5.3 Too many recipients"
         trusted = session.authenticated or smtp.client_allowed
@@ -76,7 +93,7 @@ class RelayHandler:
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 OK"
 
-    async def handle_DATA(self, smtp: RelaySMTP, session: Any, envelope: Any) -> str:
+    async def handle_DATA(self, smtp: Session, session: Any, envelope: Any) -> str:
         data: MessageData = envelope.original_content
         if data.error is not None:
             log.error("relay: cannot keep the data of a message from %s: %s", smtp.client_ip, data.error)
@@ -84,7 +101,7 @@ class RelayHandler:
         async with data.loaded() as content:
             return await self._queue(smtp, session, envelope, content)
 
-    async def _queue(self, smtp: RelaySMTP, session: Any, envelope: Any, content: bytes) -> str:
+    async def _queue(self, smtp: Session, session: Any, envelope: Any, content: bytes) -> str:
         problem = data_problem(content)
         if problem:
             return f"554 5.6.0 {problem}"
@@ -106,8 +123,9 @@ class RelayHandler:
                     trace + content,
                     Envelope(sender, tuple(envelope.rcpt_tos)),
                     route=self.policy.route or None,
-                    # "relay" is mail from [relay] allow clients: the only relayed mail [relay] dkim signs.
                     origin="relay" if smtp.client_allowed else "relay-auth" if session.authenticated else "relay-local",
+                    # [relay] dkim signs mail from `allow` clients only: AUTH users and outsiders to local domains sign their own
+                    dkim=self.policy.dkim and smtp.client_allowed,
                 )
         except QueueWriteError as exc:
             log.error("relay: cannot queue a message from %s: %s", smtp.client_ip, exc)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from alertmail.intake import Intake
 from alertmail.plugins.relay.handler import RelayHandler
 from alertmail.plugins.relay.policy import RelayPolicy
 from alertmail.plugins.relay.server import RelaySMTP
@@ -33,7 +34,7 @@ class RelayServer:
     """The listening sockets and the live sessions."""
 
     policy: RelayPolicy
-    queue: Any
+    queue: Intake
     w3c: W3CLog
     tls: ssl.SSLContext | None = None
     connections: set[RelaySMTP] = field(default_factory=set)

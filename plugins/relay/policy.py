@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from pathlib import Path
 
 from alertmail.plugins.relay.users import Users
 
@@ -82,6 +83,10 @@ class RelayPolicy:
     greet_pause: float = 0.0
     route: tuple[str, ...] | None = None
     timeout: float = 300.0
+    # [relay] dkim: mail from `allow` clients is signed with the [mail.dkim] keys (AUTH and local mail are not)
+    dkim: bool = False
+    # where message data past the memory bound goes (state_dir/relay-data); None: the system's temporary folder
+    data_folder: Path | None = None
     # What allowed() answered, per client IP: parsing an address costs more than a whole EHLO.
     _allowed: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
     # What client_key() answered, per client IP.

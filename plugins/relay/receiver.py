@@ -27,9 +27,13 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alertmail import setup_logging
+from alertmail.intake import IntakeWriter, setup_logging
+
+if TYPE_CHECKING:
+    from alertmail.plugins.relay.policy import RelayPolicy
+    from alertmail.plugins.relay.settings import RelaySettings
 
 log = logging.getLogger("alertmail.relay")
 
@@ -45,10 +49,9 @@ class Spec:
 
     index: int
     fds: tuple[int, ...]  # listening sockets, inherited
-    policy: Any  # policy.RelayPolicy
-    tls_cert: str | None
-    tls_key: str | None
-    writer: Any  # the queue's SharedWriter
+    settings: RelaySettings  # [relay] as the agent checked it
+    policy: RelayPolicy  # made of the settings by the agent (users file read, networks parsed)
+    writer: IntakeWriter  # how this process puts mail into the agent's queue
     anvil: int  # a socket to the agent, which counts sessions per client and failed AUTH for all processes
     slots: int  # shared memory: per process its open sessions and its counters (Slots)
     processes: int
@@ -57,7 +60,6 @@ class Spec:
     log_level: str
     log_format: str
     event_loop: str  # "uvloop" or "asyncio", as the agent resolved [relay].event_loop
-    stop_timeout: float
 
 
 # What /metrics shows of the relay, kept per process after its number of open sessions.
@@ -236,7 +238,8 @@ class Receiver:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         queue = spec.writer.open(lambda segment: self.tell(f"segment {segment}"))
         w3c = W3CLog(spec.logs, spec.software)
-        tls = tls_context(spec.tls_cert, spec.tls_key) if spec.tls_cert and spec.tls_key else None
+        settings = spec.settings
+        tls = tls_context(str(settings.tls_cert), str(settings.tls_key)) if settings.tls_cert and settings.tls_key else None
         server = shared_server(RelayServer)(spec.policy, queue, w3c, tls)
         server.limits = SharedLimits(spec)
         server.counts = server.limits.slots.counters(spec.index)
@@ -254,7 +257,7 @@ class Receiver:
                     break
                 w3c.flush()
         finally:
-            await server.stop(spec.stop_timeout)
+            await server.stop(settings.stop_timeout)
             await queue.close()
             w3c.close()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import pickle
@@ -22,10 +23,14 @@ import socket
 import sys
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from alertmail import AlertmailError
+from alertmail.intake import Intake
 from alertmail.plugins.relay.receiver import COUNTERS, STRIDE, Slots, Spec
+
+if TYPE_CHECKING:
+    from alertmail.plugins.relay.policy import RelayPolicy
 
 log = logging.getLogger("alertmail.relay")
 
@@ -49,7 +54,7 @@ class Anvil:
     network of ``ipv6_prefix`` bits (``RelayPolicy.client_key``).
     """
 
-    def __init__(self, policy: Any) -> None:
+    def __init__(self, policy: RelayPolicy) -> None:
         self.policy = policy
         self.sessions: dict[int, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         self.failures: dict[str, collections.deque[float]] = {}
@@ -102,7 +107,7 @@ class ReceiverFailed(AlertmailError, OSError):
 class Receivers:
     """``count`` receiving processes on ``sockets``, feeding ``queue``."""
 
-    def __init__(self, count: int, sockets: Iterable[Any], queue: Any, spec: Spec) -> None:
+    def __init__(self, count: int, sockets: Iterable[socket.socket], queue: Intake, spec: Spec) -> None:
         self.count = count
         self.sockets = list(sockets)
         self.addresses = [sock.getsockname()[:2] for sock in self.sockets]
@@ -142,15 +147,7 @@ class Receivers:
     async def _spawn(self, index: int) -> asyncio.subprocess.Process:
         mine, theirs = socket.socketpair()
         try:
-            spec = Spec(
-                **{
-                    **self.spec.__dict__,
-                    "index": index,
-                    "anvil": theirs.fileno(),
-                    "slots": self._slots_fd,
-                    "processes": self.count,
-                }
-            )
+            spec = dataclasses.replace(self.spec, index=index, anvil=theirs.fileno(), slots=self._slots_fd, processes=self.count)
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",

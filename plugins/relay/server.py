@@ -26,8 +26,8 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from collections.abc import Iterable, MutableMapping
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 import aiosmtpd
 from aiosmtpd.smtp import (
@@ -43,8 +43,9 @@ from alertmail.plugins.relay.data import MessageData, read_data
 from alertmail.plugins.relay.policy import address_problem, with_enhanced_code
 
 if TYPE_CHECKING:
+    from alertmail.intake import Intake
     from alertmail.plugins.relay.handler import RelayHandler
-    from alertmail.plugins.relay.listener import RelayServer
+    from alertmail.plugins.relay.w3c import W3CLog
 
 log = logging.getLogger("alertmail.relay")
 
@@ -61,6 +62,37 @@ _SIMPLE_PATH = re.compile(
 )
 
 
+class AuthLog(Protocol):
+    def warn(self, client: str, message: str, *args: object) -> None: ...
+
+
+class Listener(Protocol):
+    """What a session needs of the listener that made it: ``listener.RelayServer``, or its form in a
+    receiving process whose caps count the sessions of every process (``receiver.shared_server``)."""
+
+    @property
+    def queue(self) -> Intake: ...
+
+    @property
+    def w3c(self) -> W3CLog: ...
+
+    @property
+    def counts(self) -> MutableMapping[str, int]: ...
+
+    @property
+    def auth_log(self) -> AuthLog: ...
+
+    def admit(self, session: RelaySMTP) -> str | None:
+        """Count a new session in; the reason it is refused (421) when a cap is reached."""
+        ...
+
+    def release(self, session: RelaySMTP) -> None: ...
+
+    def auth_blocked(self, key: str) -> bool: ...
+
+    def auth_failed(self, key: str) -> bool: ...
+
+
 class CommandRefused(AlertmailError):
     """A command line refused before aiosmtpd parses it; ``reply`` is the answer."""
 
@@ -73,7 +105,7 @@ class CommandRefused(AlertmailError):
 class RelaySMTP(SMTP):
     """One SMTP session; aiosmtpd's protocol with the relay's checks and logging."""
 
-    def __init__(self, handler: RelayHandler, server: RelayServer, **kwargs: Any) -> None:
+    def __init__(self, handler: RelayHandler, server: Listener, **kwargs: Any) -> None:
         if _FAST_INIT:
             self._init_fast(handler, **kwargs)
         else:
@@ -105,6 +137,9 @@ class RelaySMTP(SMTP):
     # about 1 ms of CPU per message, so this saves some 7% when every message comes on
     # its own connection; bench/relay_bench.py on a shared machine varies more than that.
     # For FAST_INIT_VERSIONS this sets the same attributes from maps computed once per class.
+    # aiosmtpd offers no public way to skip that work: the maps are built inside __init__,
+    # per instance and bound to it, with no hook, class-level cache or argument that
+    # avoids them; a subclass that calls super().__init__ (what other releases run) pays them.
     _method_names: ClassVar[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None] = None
 
     def _init_fast(
@@ -317,7 +352,7 @@ class RelaySMTP(SMTP):
 
     async def _read_message(self) -> tuple[MessageData | None, int]:
         """The data up to <CRLF>.<CRLF> (spooled past a small bound) and the bytes read; None when over the size limit."""
-        return await read_data(self._reader, self.data_size_limit or 0, self.server.queue)
+        return await read_data(self._reader, self.data_size_limit or 0, self.policy.data_folder)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # Plain "<local@domain> params" skips the RFC 5322 parser (a tenth of a session's CPU).

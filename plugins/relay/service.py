@@ -32,75 +32,24 @@ import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 
-from alertmail import (
-    AlertmailError,
-    Checker,
-    Option,
-    ServiceContext,
-    config_option,
-    hookimpl,
-    listen_problem,
-    parse_address,
-    valid_hostname,
-)
+from alertmail import AlertmailError, Checker, ServiceContext, Settings, config_option, hookimpl, parse_address
+from alertmail.intake import Attempts, ConfigView, LoopUnavailable, listen_problem, loop_factory, valid_hostname
+from alertmail.plugins.relay.settings import RelaySettings
+
+if TYPE_CHECKING:
+    from alertmail import DeliveryResult, Envelope
+    from alertmail.intake import QueuedMessage
+    from alertmail.plugins.relay.listener import RelayServer
+    from alertmail.plugins.relay.policy import RelayPolicy
+    from alertmail.plugins.relay.receivers import Receivers
+    from alertmail.plugins.relay.w3c import W3CLog
+    from alertmail.plugins.relay.watcher import PickupWatcher
 
 log = logging.getLogger("alertmail.relay")
-
-OPTIONS: dict[str, Option] = {
-    "enabled": Option("bool", False, help="start the relay with `alertmail run`"),
-    "listen": Option("list", ["127.0.0.1:2525"], nonempty=True, help='addresses to listen on: "127.0.0.1:2525", "[::1]:2525"'),
-    "hostname": Option("str", None, nonempty=True, help="name in the banner, EHLO and Received; default [agent].hostname"),
-    "allow": Option("list", ["127.0.0.0/8", "::1"], help="IPs and CIDR networks that may relay without AUTH"),
-    "users_file": Option("path", None, help="user:hash lines (`alertmail relay passwd USER`); AUTH over TLS only"),
-    "tls_cert": Option("path", None, help="PEM certificate (chain) for STARTTLS"),
-    "tls_key": Option("path", None, help="PEM private key for STARTTLS"),
-    "require_tls": Option("bool", False, help="refuse mail commands before STARTTLS"),
-    "max_size": Option("size", 10_000_000, help="largest message accepted (announced as SIZE)"),
-    "max_recipients": Option("int", 100, help="recipients per message; more get 452"),
-    "max_commands": Option(
-        "int", 100, help="commands that move no mail (NOOP, RSET, errors, abandoned MAIL/RCPT) before 421 4.7.0"
-    ),
-    "max_connections": Option("int", 300, help="sessions at once, all clients together; more get 421 4.7.0"),
-    "reserved_connections": Option(
-        "int", None, help="sessions of max_connections only `allow` clients may take; default a sixth of max_connections"
-    ),
-    "max_connections_per_client": Option(
-        "int", 50, help="sessions at once from one client outside `allow` (IPv4 address or IPv6 network); more get 421 4.7.0"
-    ),
-    "ipv6_prefix": Option("int", 64, help="IPv6 clients are counted per network of this many bits (/64: one site)"),
-    "max_session_time": Option("duration", 1800.0, help="longest session; then 421 4.4.2 once its transaction is over"),
-    "max_auth_failures": Option("int", 10, help="failed AUTH per client (`allow` ones too) within rate_window; then 421 4.7.0"),
-    "max_auth_warnings": Option("int", 10, help="failed-AUTH warnings logged per rate_window; the rest are counted in one line"),
-    "rate_window": Option("duration", 60.0, help="the time unit of max_auth_failures (as Postfix's anvil_rate_time_unit)"),
-    "route": Option("list", ["mx"], nonempty=True, help='transports relayed and picked-up mail leaves through, e.g. ["mx"]'),
-    "local_domains": Option("list", [], help="recipient domains any client may send to, without relay rights"),
-    "local_recipients": Option(
-        "list", [], help='the addresses of local_domains that exist ("@domain": all of it); others get 550 5.1.1 at RCPT'
-    ),
-    "dkim": Option("bool", False, help="sign mail from `allow` clients with the [mail.dkim] keys (not AUTH or local mail)"),
-    "pickup": Option("bool", True, help="take files dropped into STATE_DIR/pickup"),
-    "pickup_interval": Option("duration", 1.0, help="how often the pickup folder is scanned"),
-    "greet_pause": Option("duration", 1.0, help="wait before the banner for clients outside `allow`; who talks first is dropped"),
-    "timeout": Option("duration", 300.0, help="idle time before a session is closed"),
-    "event_loop": Option(
-        "str",
-        "auto",
-        choices=("auto", "asyncio", "uvloop"),
-        help="for the receiving processes and `alertmail relay`: auto = uvloop when installed (about twice the rate)",
-    ),
-    "workers": Option(
-        "any",
-        "auto",
-        help='receiving processes: "auto" = one per core but one (at least 1); 0 = receive in the agent\'s own process',
-    ),
-    "stop_timeout": Option(
-        "duration", 5.0, help="on shutdown, how long transactions in flight may take to finish; then their sessions get 421"
-    ),
-}
 
 
 class RelayConfigError(AlertmailError, ValueError):
@@ -127,41 +76,39 @@ MINIMUMS: dict[str, tuple[float, str]] = {
 }
 
 
-def reserved_connections(opts: Mapping[str, Any]) -> int:
+def reserved_connections(settings: RelaySettings) -> int:
     """``reserved_connections`` as set, else a sixth of ``max_connections`` (50 of 300)."""
-    reserved = opts.get("reserved_connections")
-    return int(opts["max_connections"]) // 6 if reserved is None else int(reserved)
+    reserved = settings.reserved_connections
+    return settings.max_connections // 6 if reserved is None else reserved
 
 
-def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:  # noqa: C901  a list of independent checks, one per key
+def check_options(settings: RelaySettings, check: Checker, cfg: ConfigView) -> None:  # noqa: C901  a list of independent checks, one per key
     """What ``alertmail run`` would stumble on in ``[relay]``, reported by ``alertmail check``.
 
     Checked when the config has a ``[relay]`` table (without one the relay does not run).
     """
-    if "relay" not in (getattr(cfg, "raw", None) or {}):
+    if RelayService.section not in cfg.raw:
         return
     from alertmail.plugins.relay.policy import parse_networks
 
-    for option, (least, words) in MINIMUMS.items():
-        value = opts.get(option)
+    for name, (least, words) in MINIMUMS.items():
+        value = getattr(settings, name)
         if isinstance(value, int | float) and not isinstance(value, bool) and value < least:
-            check.error(f"relay.{option}", f"must be {words}, got {value!r}")
-    prefix = opts.get("ipv6_prefix")
-    if isinstance(prefix, int) and prefix > 128:
-        check.error("relay.ipv6_prefix", f"must be between 1 and 128, got {prefix}")
-    reserved, most = opts.get("reserved_connections"), opts.get("max_connections")
-    if isinstance(reserved, int) and isinstance(most, int) and reserved >= most >= 1:
+            check.error(f"relay.{name}", f"must be {words}, got {value!r}")
+    if settings.ipv6_prefix > 128:
+        check.error("relay.ipv6_prefix", f"must be between 1 and 128, got {settings.ipv6_prefix}")
+    reserved, most = settings.reserved_connections, settings.max_connections
+    if reserved is not None and reserved >= most >= 1:
         check.error(
             "relay.reserved_connections",
             f"must be less than max_connections ({most}), or clients outside `allow` never get a session; "
             "lower it or raise max_connections",
         )
-    if "workers" in opts:
-        try:
-            worker_count(opts["workers"])
-        except RelayConfigError as exc:
-            check.error("relay.workers", str(exc).partition(": ")[2])
-    for i, item in enumerate(opts.get("listen") or []):
+    try:
+        worker_count(settings.workers)
+    except RelayConfigError as exc:
+        check.error("relay.workers", str(exc).partition(": ")[2])
+    for i, item in enumerate(settings.listen):
         try:
             problem = listen_problem(item)
         except ValueError as exc:
@@ -170,20 +117,20 @@ def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:  # no
         else:
             if problem:
                 check.error(f"relay.listen[{i}]", problem)
-    for i, domain in enumerate(opts.get("local_domains") or []):
+    for i, domain in enumerate(settings.local_domains):
         if not valid_hostname(domain) or domain.startswith("["):
             check.error(f"relay.local_domains[{i}]", f"not a domain: {domain!r}; write it like example.com")
-    hostname = opts.get("hostname")
-    if isinstance(hostname, str) and hostname and not valid_hostname(hostname):
+    hostname = settings.hostname
+    if hostname and not valid_hostname(hostname):
         check.error(
             "relay.hostname", f"not a host name: {hostname!r}; it goes into the banner and EHLO: write it like mx.example.com"
         )
-    for i, item in enumerate(opts.get("allow") or []):
+    for i, item in enumerate(settings.allow):
         try:
             parse_networks([item])
         except ValueError as exc:
             check.error(f"relay.allow[{i}]", str(exc))
-    cert, key = opts.get("tls_cert"), opts.get("tls_key")
+    cert, key = settings.tls_cert, settings.tls_key
     for name, path in (("tls_cert", cert), ("tls_key", key)):
         if path is not None and not os.access(path, os.R_OK):
             check.error(
@@ -198,21 +145,21 @@ def check_options(opts: dict[str, Any], check: Checker, cfg: Any) -> None:  # no
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
         except (ssl.SSLError, OSError) as exc:
             check.error("relay.tls_cert", f"cannot load {cert} with {key}: {exc}")
-    if opts.get("require_tls") and not (cert and key):
+    if settings.require_tls and not (cert and key):
         check.error("relay.require_tls", "needs relay.tls_cert and relay.tls_key")
-    if opts.get("users_file"):
+    if settings.users_file:
         from alertmail.plugins.relay.users import Users, UsersFileError
 
         if not (cert and key):
             check.error("relay.users_file", "AUTH is offered only over TLS; set tls_cert and tls_key")
         try:
-            Users.load(opts["users_file"])
+            Users.load(settings.users_file)
         except (OSError, UsersFileError) as exc:
             check.error("relay.users_file", str(exc))
-    for keypath, message in read_local_recipients(opts)[1]:
+    for keypath, message in read_local_recipients(settings)[1]:
         check.error(keypath, message)
     try:
-        check_route(cfg, list(opts.get("route") or []), Path(cfg.state_dir))
+        check_route(cfg.transports, settings.route, Path(cfg.state_dir))
     except RelayConfigError as exc:
         keypath, _, message = str(exc).partition(": ")
         check.error(keypath, message)
@@ -223,51 +170,54 @@ class RelayService:
 
     name: ClassVar[str] = "relay"
     section: ClassVar[str] = "relay"
-    options: ClassVar[dict[str, Option]] = OPTIONS
+    options: ClassVar[type[RelaySettings]] = RelaySettings
     check = staticmethod(check_options)
 
     def __init__(self) -> None:
-        self.server: Any = None  # listener.RelayServer, when the agent's process receives (workers = 0)
-        self.receivers: Any = None  # receivers.Receivers, the receiving processes
-        self.pickup: Any = None  # watcher.PickupWatcher
-        self.w3c: Any = None
+        self.server: RelayServer | None = None  # when the agent's process receives (workers = 0)
+        self.receivers: Receivers | None = None  # the receiving processes
+        self.pickup: PickupWatcher | None = None
+        self.w3c: W3CLog | None = None
         self._flusher: asyncio.Task[None] | None = None
-        self._stop_timeout = 5.0
+        self._delivery: Attempts | None = None
+        self._stop_timeout = RelaySettings().stop_timeout
 
-    async def start(self, context: ServiceContext) -> None:
-        from alertmail import Badmail, __version__
+    async def start(self, context: ServiceContext[RelaySettings]) -> None:
+        from alertmail import __version__
+        from alertmail.intake import Badmail
+        from alertmail.plugins.relay.data import FOLDER as DATA_FOLDER
         from alertmail.plugins.relay.listener import RelayServer, tls_context
         from alertmail.plugins.relay.policy import RelayPolicy, parse_networks
         from alertmail.plugins.relay.users import Users, UsersFileError
         from alertmail.plugins.relay.w3c import W3CLog
         from alertmail.plugins.relay.watcher import PickupWatcher
 
-        opts = context.options
+        settings = context.options
         state_dir = Path(context.state_dir)
-        hostname = opts.get("hostname") or context.hostname
-        route = list(opts["route"])
-        check_route(context.config, route, state_dir)
+        hostname = settings.hostname or context.hostname
+        route = list(settings.route)
+        check_route(context.config.transports, route, state_dir)
         try:
-            listen = [parse_address(a) for a in opts["listen"]]
-            allow = parse_networks(opts["allow"])
+            listen = [parse_address(a) for a in settings.listen]
+            allow = parse_networks(settings.allow)
         except ValueError as exc:
             raise RelayConfigError(f"relay.listen / relay.allow: {exc}") from None
         tls = None
-        if opts.get("tls_cert") or opts.get("tls_key"):
-            if not (opts.get("tls_cert") and opts.get("tls_key")):
+        if settings.tls_cert or settings.tls_key:
+            if not (settings.tls_cert and settings.tls_key):
                 raise RelayConfigError("relay.tls_cert and relay.tls_key go together; set both")
-            tls = tls_context(str(opts["tls_cert"]), str(opts["tls_key"]))
-        if opts.get("require_tls") and tls is None:
+            tls = tls_context(str(settings.tls_cert), str(settings.tls_key))
+        if settings.require_tls and tls is None:
             raise RelayConfigError("relay.require_tls needs relay.tls_cert and relay.tls_key")
         users = None
-        if opts.get("users_file"):
+        if settings.users_file:
             if tls is None:
                 raise RelayConfigError("relay.users_file: AUTH is offered only over TLS; set tls_cert and tls_key")
             try:
-                users = Users.load(opts["users_file"])
+                users = Users.load(settings.users_file)
             except (OSError, UsersFileError) as exc:
                 raise RelayConfigError(f"relay.users_file: {exc}") from None
-        local_recipients, problems = read_local_recipients(opts)
+        local_recipients, problems = read_local_recipients(settings)
         if problems:
             raise RelayConfigError(f"{problems[0][0]}: {problems[0][1]}")
         # aiosmtpd logs every command line at INFO (AUTH PLAIN data included): keep it quiet.
@@ -276,27 +226,29 @@ class RelayService:
             hostname=hostname,
             allow=allow,
             users=users,
-            local_domains=frozenset(d.lower().rstrip(".") for d in opts["local_domains"]),
+            local_domains=frozenset(d.lower().rstrip(".") for d in settings.local_domains),
             local_recipients=local_recipients,
-            max_size=opts["max_size"],
-            max_recipients=opts["max_recipients"],
-            max_commands=opts["max_commands"],
-            max_connections=opts["max_connections"],
-            max_connections_per_client=opts["max_connections_per_client"],
-            reserved_connections=reserved_connections(opts),
-            ipv6_prefix=opts["ipv6_prefix"],
-            max_session_time=opts["max_session_time"],
-            max_auth_failures=opts["max_auth_failures"],
-            max_auth_warnings=opts["max_auth_warnings"],
-            rate_window=opts["rate_window"],
-            require_tls=bool(opts["require_tls"]),
-            greet_pause=opts["greet_pause"],
+            max_size=settings.max_size,
+            max_recipients=settings.max_recipients,
+            max_commands=settings.max_commands,
+            max_connections=settings.max_connections,
+            max_connections_per_client=settings.max_connections_per_client,
+            reserved_connections=reserved_connections(settings),
+            ipv6_prefix=settings.ipv6_prefix,
+            max_session_time=settings.max_session_time,
+            max_auth_failures=settings.max_auth_failures,
+            max_auth_warnings=settings.max_auth_warnings,
+            rate_window=settings.rate_window,
+            require_tls=settings.require_tls,
+            greet_pause=settings.greet_pause,
             route=tuple(route),
-            timeout=opts["timeout"],
+            timeout=settings.timeout,
+            dkim=settings.dkim,
+            data_folder=state_dir / DATA_FOLDER,
         )
-        self._stop_timeout = opts["stop_timeout"]
+        self._stop_timeout = settings.stop_timeout
         self.w3c = W3CLog(state_dir / "logs", f"alertmail {__version__}")
-        workers = worker_count(opts.get("workers", "auto"))
+        workers = worker_count(settings.workers)
         if workers:
             await self._start_receivers(context, workers, listen, policy)
         else:
@@ -306,49 +258,49 @@ class RelayService:
             except OSError:
                 await self.server.stop(0)
                 raise
-        self._flusher = asyncio.create_task(self._flush_log(), name="relay-log-flush")
+        self._flusher = asyncio.create_task(self._flush_log(self.w3c), name="relay-log-flush")
         if context.delivery is not None:
             self._delivery = context.delivery
             self._delivery.observers.append(self._log_attempt)
-        if opts["pickup"]:
+        if settings.pickup:
             self.pickup = PickupWatcher(
                 state_dir / "pickup",
                 context.queue,
                 Badmail(state_dir / "badmail"),
                 hostname,
-                interval=opts["pickup_interval"],
-                max_size=opts["max_size"],
-                max_recipients=opts["max_recipients"],
+                interval=settings.pickup_interval,
+                max_size=settings.max_size,
+                max_recipients=settings.max_recipients,
                 route=route,
             )
             await self.pickup.start()
 
-    async def _start_receivers(self, context: ServiceContext, workers: int, listen: list[tuple[str, int]], policy: Any) -> None:
+    async def _start_receivers(
+        self, context: ServiceContext[RelaySettings], workers: int, listen: list[tuple[str, int]], policy: RelayPolicy
+    ) -> None:
         """Bind the listening sockets here, and receive on them in ``workers`` processes of their own."""
         from alertmail import __version__
         from alertmail.plugins.relay.listener import bind
         from alertmail.plugins.relay.receiver import Spec
         from alertmail.plugins.relay.receivers import Receivers
 
-        opts = context.options
+        settings = context.options
         sockets = await asyncio.to_thread(bind, listen)
-        agent = getattr(context.config, "agent", {}) or {}
+        agent = context.config.agent
         spec = Spec(
             index=0,
             fds=tuple(sock.fileno() for sock in sockets),
+            settings=settings,
             policy=policy,
             anvil=-1,
             slots=-1,
             processes=workers,
-            tls_cert=str(opts["tls_cert"]) if opts.get("tls_cert") else None,
-            tls_key=str(opts["tls_key"]) if opts.get("tls_key") else None,
             writer=context.queue.shared_writer(),
             logs=Path(context.state_dir) / "logs",
             software=f"alertmail {__version__}",
-            log_level=agent.get("log_level", "info"),
-            log_format=agent.get("log_format", "text"),
-            event_loop="uvloop" if loop_factory(opts.get("event_loop") or "auto") else "asyncio",
-            stop_timeout=self._stop_timeout,
+            log_level=agent.log_level,
+            log_format=agent.log_format,
+            event_loop="uvloop" if event_loop(settings) else "asyncio",
         )
         self.receivers = Receivers(workers, sockets, context.queue, spec)
         try:
@@ -358,8 +310,12 @@ class RelayService:
                 sock.close()
             raise
 
-    def _log_attempt(self, entry: Any, transport: str, envelope: Any, result: Any, seconds: float, size: int) -> None:
+    def _log_attempt(
+        self, entry: QueuedMessage, transport: str, envelope: Envelope, result: DeliveryResult, seconds: float, size: int
+    ) -> None:
         """One W3C line per recipient of each delivery attempt, as IIS logs its outbound sessions."""
+        if self.w3c is None:
+            return
         for rcpt, status in result.recipients.items():
             self.w3c.record(
                 client_ip=status.remote or "-",
@@ -374,11 +330,11 @@ class RelayService:
                 taken_ms=int(seconds * 1000),
             )
 
-    async def _flush_log(self) -> None:
+    async def _flush_log(self, w3c: W3CLog) -> None:
         """Idle sessions write no lines; this makes the last ones reach the file within a second."""
         while True:
             await asyncio.sleep(1.0)
-            self.w3c.flush()
+            w3c.flush()
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -399,7 +355,7 @@ class RelayService:
 
     async def stop(self) -> None:
         """Stop accepting, let transactions in flight finish, stop the pickup watcher."""
-        delivery = getattr(self, "_delivery", None)
+        delivery = self._delivery
         if delivery is not None and self._log_attempt in delivery.observers:
             delivery.observers.remove(self._log_attempt)
         try:
@@ -417,7 +373,7 @@ class RelayService:
                 self.w3c.close()
 
 
-def worker_count(value: Any) -> int:
+def worker_count(value: int | str) -> int:
     """``[relay].workers`` as a number of receiving processes ("auto": one per core but one, at least 1)."""
     if value == "auto":
         from alertmail.plugins.relay.receivers import default_count
@@ -428,17 +384,17 @@ def worker_count(value: Any) -> int:
     raise RelayConfigError(f'relay.workers: expected "auto" or a number of processes from 0 to 256, got {value!r}')
 
 
-def read_local_recipients(opts: Mapping[str, Any]) -> tuple[frozenset[str], list[tuple[str, str]]]:
+def read_local_recipients(settings: RelaySettings) -> tuple[frozenset[str], list[tuple[str, str]]]:
     """``[relay].local_recipients`` lowercased, and what is wrong with it: (key path, message with the fix).
 
     Each item is an address in one of ``local_domains``, or ``"@domain"`` for all of
     that domain's addresses; each local domain needs at least one item, so that a
     config written when any address of a local domain was taken says so at ``check``.
     """
-    domains = {str(d).lower().rstrip(".") for d in opts.get("local_domains") or []}
+    domains = {str(d).lower().rstrip(".") for d in settings.local_domains}
     found: set[str] = set()
     problems: list[tuple[str, str]] = []
-    for i, item in enumerate(opts.get("local_recipients") or []):
+    for i, item in enumerate(settings.local_recipients):
         local_part, at, domain = str(item).strip().lower().rpartition("@")
         domain = domain.rstrip(".")
         if not at or not domain or any(c in str(item) for c in " <>\r\n"):
@@ -461,11 +417,11 @@ def read_local_recipients(opts: Mapping[str, Any]) -> tuple[frozenset[str], list
     return frozenset(found), problems
 
 
-def check_route(cfg: Any, route: Sequence[str], state_dir: Path) -> None:
-    """Every transport of the relay's route is configured, and none leads back into pickup/."""
+def check_route(transports: Mapping[str, Settings | Mapping[str, Any]], route: Sequence[str], state_dir: Path) -> None:
+    """Every transport of the relay's route is configured (``transports``: their settings by name),
+    and none leads back into pickup/."""
     if not route:
         raise RelayConfigError('relay.route: empty; name at least one transport, e.g. ["mx"]')
-    transports = getattr(cfg, "transports", {}) or {}
     for name in route:
         if name not in transports:
             raise RelayConfigError(f"relay.route: no [transports.{name}] table; add one (it says how relayed mail leaves)")
@@ -476,18 +432,39 @@ def check_route(cfg: Any, route: Sequence[str], state_dir: Path) -> None:
             'add a mail transport after it, e.g. ["alertmanager", "smtp"]'
         )
     if "pickup" in route:
-        folder = transports["pickup"].get("directory") or state_dir / "pickup"
+        # The pickup transport's own key, read by its file name: its settings belong to that plugin.
+        pickup = transports["pickup"]
+        folder = (pickup.as_table() if isinstance(pickup, Settings) else pickup).get("directory") or state_dir / "pickup"
         if Path(folder).resolve() == (state_dir / "pickup").resolve():
             raise RelayConfigError("relay.route: the pickup transport writes into the relay's own pickup folder (a loop)")
 
 
-async def serve(cfg: Any, plugins: Any, services: Sequence[type], *, ready: Callable[[list[Any]], None] | None = None) -> None:
+def event_loop(settings: RelaySettings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop of the receiving processes and of `alertmail relay`, by ``[relay].event_loop``.
+
+    uvloop roughly doubles what one process accepts per second (see bench/relay_bench.py).
+    """
+    try:
+        return loop_factory(settings.event_loop)
+    except LoopUnavailable:
+        raise RelayConfigError('relay.event_loop = "uvloop": uvloop is not installed (pip install uvloop)') from None
+
+
+def relay_settings(cfg: ConfigView) -> RelaySettings:
+    """The ``[relay]`` settings of a checked config (the declared defaults without a table)."""
+    settings = cfg.sections.get(RelayService.section)
+    return settings if isinstance(settings, RelaySettings) else RelaySettings()
+
+
+async def serve(
+    cfg: ConfigView, plugins: Any, services: Sequence[type], *, ready: Callable[[list[Any]], None] | None = None
+) -> None:
     """Run the queue, delivery and ``services`` until SIGTERM or SIGINT, then stop them in order.
 
     Stop order: services first (no new mail; transactions in flight finish and are
     queued), then delivery (attempts in flight finish), then the queue.
     """
-    from alertmail import Outbox
+    from alertmail.intake import Outbox
 
     outbox = Outbox(cfg, plugins)
     stop = asyncio.Event()
@@ -518,11 +495,13 @@ def relay_command(ctx: click.Context, config_path: Path) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from alertmail import ExitCode, QueueLocked, load_or_exit, setup_logging
+    from alertmail import ExitCode, load_or_exit
+    from alertmail.intake import QueueLocked, setup_logging
 
     cfg, plugins = load_or_exit(config_path)
-    setup_logging(cfg.agent["log_level"], cfg.agent["log_format"])
-    if not cfg.sections.get("relay", {}).get("enabled"):
+    setup_logging(cfg.agent.log_level, cfg.agent.log_format)
+    settings = relay_settings(cfg)
+    if not settings.enabled:
         log.info("[relay].enabled is false: `alertmail run` would not start it; running it as asked")
 
     def announce(services: list[Any]) -> None:
@@ -531,8 +510,7 @@ def relay_command(ctx: click.Context, config_path: Path) -> None:
             click.echo(f"relay listening on {addresses}", err=True)
 
     try:
-        factory = loop_factory(cfg.sections.get("relay", {}).get("event_loop") or "auto")
-        with asyncio.Runner(loop_factory=factory) as runner:
+        with asyncio.Runner(loop_factory=event_loop(settings)) as runner:
             runner.run(serve(cfg, plugins, [RelayService], ready=announce))
     except RelayConfigError as exc:
         click.echo(f"{cfg.path}: {exc}", err=True)
@@ -565,7 +543,7 @@ def passwd_command(user: str, config_path: Path, users_file: Path | None, passwo
         from alertmail import load_or_exit
 
         cfg, _ = load_or_exit(config_path)
-        users_file = cfg.sections.get("relay", {}).get("users_file")
+        users_file = relay_settings(cfg).users_file
         if users_file is None:
             click.echo(f"{cfg.path}: relay.users_file is not set; set it or pass --file", err=True)
             sys.exit(ExitCode.CONFIG)
@@ -582,22 +560,6 @@ def passwd_command(user: str, config_path: Path, users_file: Path | None, passwo
         click.echo(str(exc), err=True)
         sys.exit(ExitCode.USAGE)
     click.echo(f"{'added' if new else 'changed the password of'} {user} in {users_file}")
-
-
-def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The event loop for ``choice``: "uvloop", "asyncio", or "auto" (uvloop when installed).
-
-    uvloop roughly doubles what one process accepts per second (see bench/relay_bench.py).
-    """
-    if choice == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise RelayConfigError('relay.event_loop = "uvloop": uvloop is not installed (pip install uvloop)') from None
-        return None
-    return uvloop.new_event_loop
 
 
 @hookimpl

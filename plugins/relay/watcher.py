@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
 
-from alertmail import AlertmailError, Badmail, Envelope, QueueWriteError, split_envelope
+from alertmail import AlertmailError, Envelope
+from alertmail.intake import Badmail, Intake, QueueWriteError, split_envelope
 
 log = logging.getLogger("alertmail.relay.pickup")
 
@@ -133,7 +133,7 @@ class PickupWatcher:
     """Scans the folder every ``interval`` seconds and queues what is ready."""
 
     folder: Path
-    queue: Any  # alertmail.queue.Queue
+    queue: Intake
     badmail: Badmail
     hostname: str
     interval: float = 1.0

@@ -26,7 +26,7 @@ def dns(tmp_path_factory):
 
 
 def collect(probe, checks):
-    probe.configure({"checks": checks})
+    probe.configure(probe.options(checks=checks))
     samples = asyncio.run(probe.collect())
     return {(s.metric, s.label_dict()["check"]): s.value for s in samples}
 
@@ -92,5 +92,5 @@ def test_a_server_that_never_answers_is_down_after_the_timeout():
     ],
 )
 def test_a_bad_dns_check_is_refused_with_the_key_path(check, problem):
-    problems = configure_probe("dns", DnsProbe(), {"checks": [check]})
+    problems = configure_probe("dns", DnsProbe(), DnsProbe.options(checks=[check]))
     assert any(p.startswith(problem) for p in problems), problems

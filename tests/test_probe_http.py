@@ -14,7 +14,7 @@ from tests.service_peers import HttpServer, make_certs
 
 
 def collect(probe, checks):
-    probe.configure({"checks": checks})
+    probe.configure(probe.options(checks=checks))
     samples = asyncio.run(probe.collect())
     return {(s.metric, s.label_dict()["check"]): s.value for s in samples}
 
@@ -142,7 +142,7 @@ def test_the_detail_belongs_to_the_check_and_to_http_metrics_only():
     ],
 )
 def test_a_bad_checks_list_is_refused_with_the_key_path(checks, problem):
-    problems = configure_probe("http", HttpProbe(), {"checks": checks})
+    problems = configure_probe("http", HttpProbe(), HttpProbe.options(checks=checks))
     assert any(p.startswith(problem) for p in problems), problems
 
 
@@ -171,10 +171,10 @@ def test_httpx_is_imported_only_when_an_http_check_is_configured():
         "import sys\n"
         "from alertmail.plugins.probes.netchecks import HttpProbe, TcpProbe\n"
         "http, tcp = HttpProbe(), TcpProbe()\n"
-        "http.configure({'checks': []})\n"
-        "tcp.configure({'checks': [{'name': 'a', 'host': '127.0.0.1', 'port': 1}]})\n"
+        "http.configure(http.options(checks=[]))\n"
+        "tcp.configure(tcp.options(checks=[{'name': 'a', 'host': '127.0.0.1', 'port': 1}]))\n"
         "print('httpx' in sys.modules, 'alertmail.plugins.probes.tcp_check' in sys.modules)\n"
-        "http.configure({'checks': [{'name': 'a', 'url': 'http://127.0.0.1:1/'}]})\n"
+        "http.configure(http.options(checks=[{'name': 'a', 'url': 'http://127.0.0.1:1/'}]))\n"
         "print('httpx' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

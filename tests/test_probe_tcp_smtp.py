@@ -15,7 +15,7 @@ from tests.service_peers import HttpServer, make_certs
 
 
 def collect(probe, checks):
-    probe.configure({"checks": checks})
+    probe.configure(probe.options(checks=checks))
     samples = asyncio.run(probe.collect())
     return {(s.metric, *(v for k, v in s.labels if k != "check")): s.value for s in samples}
 
@@ -136,7 +136,7 @@ def test_starttls_not_offered_is_down_and_says_so(tmp_path):
     ],
 )
 def test_a_bad_tcp_check_is_refused_with_the_key_path(check, problem):
-    problems = configure_probe("tcp", TcpProbe(), {"checks": [check]})
+    problems = configure_probe("tcp", TcpProbe(), TcpProbe.options(checks=[check]))
     assert any(p.startswith(problem) for p in problems), problems
 
 

@@ -25,12 +25,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from alertmail import Option, Sample
+from alertmail import Sample, Settings, setting
 from alertmail.plugins.probes.checklist import absolute_path, parse_checks
 
 CHECK_KEYS = ("name", "path")
 EXAMPLE = '{ name = "db-backup", path = "/var/backups/db-*.sql.gz" }'
 _MAGIC = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileSettings(Settings):
+    """``[probes.file]``."""
+
+    checks: list[Any] = setting("any", [], help=f"list of {{ name, path }} tables, e.g. [{EXAMPLE}]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +84,14 @@ class FileProbe:
     name: ClassVar[str] = "file"
     description: ClassVar[str] = "files by path or glob: existence, age, size, count"
     interval: float | None = 60.0
-    options: ClassVar[dict[str, Option]] = {
-        "checks": Option("any", [], help=f"list of {{ name, path }} tables, e.g. [{EXAMPLE}]"),
-    }
+    options: ClassVar[type[FileSettings]] = FileSettings
 
     def __init__(self) -> None:
         self.checks: list[FileCheck] = []
         self._details: dict[str, str] = {}
 
-    def configure(self, options: Mapping[str, Any]) -> None:
-        entries, problems = parse_checks(options.get("checks") or [], CHECK_KEYS, CHECK_KEYS, EXAMPLE)
+    def configure(self, settings: FileSettings) -> None:
+        entries, problems = parse_checks(settings.checks, CHECK_KEYS, CHECK_KEYS, EXAMPLE)
         checks = []
         for i, entry in entries:
             try:

@@ -72,10 +72,12 @@ class Deferred:
 
     @property
     def options(self) -> Any:
-        return self._real().options
+        """The real probe's Settings class (None for a probe with no keys of its own)."""
+        return getattr(self._real(), "options", None)
 
-    def configure(self, options: Mapping[str, Any]) -> None:
-        self._real().configure(options)
+    def configure(self, settings: object) -> None:
+        """Hand the real probe its settings object."""
+        self._real().configure(settings)
 
     def collect(self) -> list[Sample]:
         return self._real().collect()

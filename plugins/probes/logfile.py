@@ -44,9 +44,10 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
-from alertmail import Option, Sample, write_atomic
+from alertmail import Sample, Settings, setting, write_atomic
 from alertmail.plugins.probes.checklist import absolute_path, parse_checks
 
 log = logging.getLogger("alertmail.probes.logfile")
@@ -212,6 +213,17 @@ def _fix(exc: OSError) -> str:
     return "name a log file the agent can read"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogfileSettings(Settings):
+    """``[probes.logfile]``."""
+
+    checks: list[Any] = setting("any", [], help=f"list of {{ name, path, pattern }} tables, e.g. [{EXAMPLE}]")
+    max_read: int = setting("size", DEFAULT_MAX_READ, help="most bytes read from one log in one run; the rest waits")
+    positions_file: Path | None = setting(
+        "path", None, help="file that keeps each log's position across restarts, e.g. a file in [agent].state_dir"
+    )
+
+
 @dataclass
 class LogCheck:
     name: str
@@ -229,13 +241,7 @@ class LogfileProbe:
     name: ClassVar[str] = "logfile"
     description: ClassVar[str] = "new log lines matching a pattern"
     interval: float | None = 30.0
-    options: ClassVar[dict[str, Option]] = {
-        "checks": Option("any", [], help=f"list of {{ name, path, pattern }} tables, e.g. [{EXAMPLE}]"),
-        "max_read": Option("size", DEFAULT_MAX_READ, help="most bytes read from one log in one run; the rest waits"),
-        "positions_file": Option(
-            "path", None, help="file that keeps each log's position across restarts, e.g. a file in [agent].state_dir"
-        ),
-    }
+    options: ClassVar[type[LogfileSettings]] = LogfileSettings
 
     def __init__(self) -> None:
         self.checks: list[LogCheck] = []
@@ -245,16 +251,16 @@ class LogfileProbe:
         self._save_error = ""
         self._lock = threading.Lock()
 
-    def configure(self, options: Mapping[str, Any]) -> None:
+    def configure(self, settings: LogfileSettings) -> None:
         # A reload configures on the agent's loop while a run may be reading in its worker
         # thread: a descriptor closed here must not be read (or reused) there.
         with self._lock:
-            self._configure(options)
+            self._configure(settings)
 
-    def _configure(self, options: Mapping[str, Any]) -> None:
-        entries, problems = parse_checks(options.get("checks") or [], CHECK_KEYS, CHECK_KEYS, EXAMPLE)
-        max_read = options.get("max_read", DEFAULT_MAX_READ)
-        positions_file = options.get("positions_file")
+    def _configure(self, settings: LogfileSettings) -> None:
+        entries, problems = parse_checks(settings.checks, CHECK_KEYS, CHECK_KEYS, EXAMPLE)
+        max_read = settings.max_read
+        positions_file = settings.positions_file
         saved = self._load_positions(str(positions_file)) if positions_file else {}
         if not isinstance(max_read, int) or max_read < 4096:
             problems.append(f"max_read: expected at least 4KiB, got {max_read!r}; the default is 16MiB")

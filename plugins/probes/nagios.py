@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from alertmail import Option, Sample, did_you_mean, parse_duration
+from alertmail import Sample, Settings, did_you_mean, parse_duration, setting
 
 STATUS_WORDS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
 UNKNOWN = 3
@@ -269,45 +269,48 @@ def run_check(check: Check, max_output: int) -> Result:
     return result
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NagiosSettings(Settings):
+    """``[probes.nagios]``."""
+
+    checks: list[Any] = setting(
+        "any", [], help='list of { name = "LABEL", command = ["/path/check_x", "ARG", ...], timeout = "10s", env = {...} }'
+    )
+    check_timeout: float = setting("duration", 10.0, minimum=0.001, help="a check's timeout when its entry gives none")
+    max_output: int = setting("size", 16384, minimum=1, help="bytes of a plugin's output read; the rest is dropped")
+    parallel: int = setting("int", 4, help="checks run at the same time")
+
+
 class NagiosProbe:
     """Runs the configured checks every interval, ``parallel`` at a time."""
 
     name = "nagios"
-    options: ClassVar[dict[str, Option]] = {
-        "checks": Option(
-            "any", [], help='list of { name = "LABEL", command = ["/path/check_x", "ARG", ...], timeout = "10s", env = {...} }'
-        ),
-        "check_timeout": Option("duration", 10.0, help="a check's timeout when its entry gives none"),
-        "max_output": Option("size", 16384, help="bytes of a plugin's output read; the rest is dropped"),
-        "parallel": Option("int", 4, help="checks run at the same time"),
-    }
+    options: ClassVar[type[NagiosSettings]] = NagiosSettings
 
     def __init__(self) -> None:
         self.checks: list[Check] = []
-        self.max_output = 16384
-        self.parallel = 4
+        self.settings = NagiosSettings()
         self.results: dict[str, Result] = {}
 
-    def configure(self, options: Mapping[str, Any]) -> None:
+    def configure(self, settings: NagiosSettings) -> None:
         problems: list[str] = []
-        parallel = options.get("parallel", 4)
-        if not isinstance(parallel, int) or parallel < 1:
-            problems.append(f"parallel: expected a whole number of at least 1, got {parallel!r}")
+        if settings.parallel < 1:
+            problems.append(f"parallel: expected a whole number of at least 1, got {settings.parallel!r}")
         try:
-            checks = parse_checks(options.get("checks") or [], float(options.get("check_timeout") or 10.0))
+            checks = parse_checks(settings.checks, settings.check_timeout)
         except ValueError as exc:
             problems += str(exc).splitlines()
             checks = []
         if problems:
             raise ValueError("\n".join(problems))
-        self.checks, self.parallel = checks, parallel
-        self.max_output = int(options.get("max_output") or 16384)
+        self.checks, self.settings = checks, settings
 
     def collect(self) -> list[Sample]:
         if not self.checks:
             return []
-        with ThreadPoolExecutor(min(self.parallel, len(self.checks)), thread_name_prefix="nagios") as pool:
-            results = list(pool.map(lambda c: run_check(c, self.max_output), self.checks))
+        max_output = self.settings.max_output
+        with ThreadPoolExecutor(min(self.settings.parallel, len(self.checks)), thread_name_prefix="nagios") as pool:
+            results = list(pool.map(lambda c: run_check(c, max_output), self.checks))
         stamp = time.time()
         out: list[Sample] = []
         for check, result in zip(self.checks, results):

@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from alertmail import MetricInfo, Option, Sample, did_you_mean, hookimpl, parse_duration
+from alertmail import MetricInfo, Sample, Settings, did_you_mean, hookimpl, parse_duration, setting
 
 # A check's timeout when its entry gives none. The probe's whole run is bounded by its
 # [probes.NAME].timeout (default: its interval, 10 s by default): a check must give up
@@ -270,6 +270,51 @@ DNS_KEYS = {
 }
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChecksSettings(Settings):
+    """``[probes.NAME]`` of a service probe: its list of named checks, each checked by ``parse_checks``."""
+
+    checks: list[Any] = setting("any", [], help="list of check tables")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpSettings(ChecksSettings):
+    checks: list[Any] = setting(
+        "any",
+        [],
+        help='list of { name = "LABEL", url = "https://...", method, headers, expect_status, contains, timeout,'
+        " ca_file, follow_redirects }",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TcpSettings(ChecksSettings):
+    checks: list[Any] = setting(
+        "any",
+        [],
+        help='list of { name = "LABEL", host = "HOST", port = N, tls = true | starttls = "smtp" | "imap" | "pop3",'
+        " ca_file, timeout }",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SmtpSettings(ChecksSettings):
+    checks: list[Any] = setting(
+        "any",
+        [],
+        help='list of { name = "LABEL", host = "HOST", port = 25, starttls = false, ehlo = "NAME", ca_file, verify, timeout }',
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsSettings(ChecksSettings):
+    checks: list[Any] = setting(
+        "any",
+        [],
+        help='list of { name = "LABEL", query = "NAME", type = "A", server = "IP[:PORT]", expect = ["VALUE", ...], timeout }',
+    )
+
+
 class ServiceProbe:
     """What the four share: a checks list, a lazily imported runner, and each check's detail.
 
@@ -280,7 +325,7 @@ class ServiceProbe:
     name: ClassVar[str]
     description: ClassVar[str]
     metrics: ClassVar[tuple[MetricInfo, ...]]
-    options: ClassVar[dict[str, Option]]
+    options: ClassVar[type[ChecksSettings]]
     keys: ClassVar[dict[str, Key]]
     example: ClassVar[str]
     runner: ClassVar[str]
@@ -293,8 +338,8 @@ class ServiceProbe:
         self.details: dict[str, str] = {}  # check name -> what its last run found
         self._run: Any = None
 
-    def configure(self, options: Mapping[str, Any]) -> None:
-        checks = parse_checks(options.get("checks") or [], self.keys, self.example, self.more)
+    def configure(self, settings: ChecksSettings) -> None:
+        checks = parse_checks(settings.checks, self.keys, self.example, self.more)
         self.checks = checks
         self.details = {k: v for k, v in self.details.items() if any(c["name"] == k for c in checks)}
         if checks and self._run is None:
@@ -341,14 +386,7 @@ class HttpProbe(ServiceProbe):
         MetricInfo("http.response_seconds", "seconds", "from the start of the connection to the whole answer read", CHECK),
         MetricInfo("http.cert_days_left", "days", "days until the server certificate expires (https; below 0: expired)", CHECK),
     )
-    options: ClassVar[dict[str, Option]] = {
-        "checks": Option(
-            "any",
-            [],
-            help='list of { name = "LABEL", url = "https://...", method, headers, expect_status, contains, timeout,'
-            " ca_file, follow_redirects }",
-        ),
-    }
+    options = HttpSettings
 
     def more(self, check: dict[str, Any]) -> list[str]:
         return _http_more(check)
@@ -367,14 +405,7 @@ class TcpProbe(ServiceProbe):
         MetricInfo("tls.cert_days_left", "days", "days until the server certificate expires (below 0 when expired)", CHECK),
         MetricInfo("tls.cert_valid", "", "1 when the certificate chain is trusted and names the host; else 0", CHECK),
     )
-    options: ClassVar[dict[str, Option]] = {
-        "checks": Option(
-            "any",
-            [],
-            help='list of { name = "LABEL", host = "HOST", port = N, tls = true | starttls = "smtp" | "imap" | "pop3",'
-            " ca_file, timeout }",
-        ),
-    }
+    options = TcpSettings
 
     def more(self, check: dict[str, Any]) -> list[str]:
         return _tcp_more(check)
@@ -396,14 +427,7 @@ class SmtpProbe(ServiceProbe):
             ("check", "step"),
         ),
     )
-    options: ClassVar[dict[str, Option]] = {
-        "checks": Option(
-            "any",
-            [],
-            help='list of { name = "LABEL", host = "HOST", port = 25, starttls = false, ehlo = "NAME", ca_file, verify,'
-            " timeout }",
-        ),
-    }
+    options = SmtpSettings
 
 
 class DnsProbe(ServiceProbe):
@@ -418,13 +442,7 @@ class DnsProbe(ServiceProbe):
         MetricInfo("dns.response_seconds", "seconds", "time to the answer", CHECK),
         MetricInfo("dns.answer_matches", "", "1 when every value of expect is in the answer, else 0 (with expect)", CHECK),
     )
-    options: ClassVar[dict[str, Option]] = {
-        "checks": Option(
-            "any",
-            [],
-            help='list of { name = "LABEL", query = "NAME", type = "A", server = "IP[:PORT]", expect = ["VALUE", ...], timeout }',
-        ),
-    }
+    options = DnsSettings
 
     def more(self, check: dict[str, Any]) -> list[str]:
         return _dns_more(check)

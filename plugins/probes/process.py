@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import psutil
 
-from alertmail import MetricInfo, Option, Sample, did_you_mean, hookimpl
+from alertmail import MetricInfo, Sample, Settings, did_you_mean, hookimpl, setting
 
 # Below this span CPU-time deltas are mostly clock-tick rounding (see system.MIN_SPAN).
 MIN_SPAN = 0.2
@@ -95,6 +95,15 @@ def parse_watch(value: Any) -> list[Watch]:
     return watches
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessSettings(Settings):
+    """``[probes.process]``."""
+
+    watch: list[Any] = setting(
+        "any", [], help='list of { name = "LABEL", match = "NAME-GLOB" | cmdline = "GLOB", user = "USER" }'
+    )
+
+
 class ProcessProbe:
     """Per-group process count, CPU percent and resident memory."""
 
@@ -118,9 +127,7 @@ class ProcessProbe:
             ("name",),
         ),
     )
-    options: ClassVar[dict[str, Option]] = {
-        "watch": Option("any", [], help='list of { name = "LABEL", match = "NAME-GLOB" | cmdline = "GLOB", user = "USER" }'),
-    }
+    options: ClassVar[type[ProcessSettings]] = ProcessSettings
 
     def __init__(self) -> None:
         self.watches: list[Watch] = []
@@ -131,8 +138,8 @@ class ProcessProbe:
         self._seen: set[psutil.Process] = set()  # every process of the last reading
         self._at: float | None = None  # monotonic time of the last reading
 
-    def configure(self, options: Mapping[str, Any]) -> None:
-        self.watches = parse_watch(options.get("watch") or [])
+    def configure(self, settings: ProcessSettings) -> None:
+        self.watches = parse_watch(settings.watch)
         self._attrs = ["name", "status", "ppid"] + (["username"] if any(w.user for w in self.watches) else [])
         self._cpu, self._seen, self._at = {}, set(), None
         self.collect()  # the CPU baseline, so the first scheduled run has a real value

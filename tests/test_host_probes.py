@@ -156,10 +156,10 @@ def test_file_checks_refuse_relative_paths_missing_keys_and_twice_used_names():
         FileSettings(checks=[{"name": "a", "path": "backups/*.gz"}, {"name": "a", "path": "/x"}, {"path": "/y"}, "nope"]),
     )
     assert problems == [
-        "probes.file.checks[1].name: 'a' is already the name of another check; give each check its own name",
+        "probes.file.checks[0].path: expected an absolute path (the agent's working folder is not yours), got 'backups/*.gz'",
+        "probes.file.checks[1].name: 'a' is used twice; each check needs its own name",
         'probes.file.checks[2].name: missing; e.g. { name = "db-backup", path = "/var/backups/db-*.sql.gz" }',
         'probes.file.checks[3]: expected a table like { name = "db-backup", path = "/var/backups/db-*.sql.gz" }, got \'nope\'',
-        "probes.file.checks[0].path: expected an absolute path (the agent's working folder is not yours), got 'backups/*.gz'",
     ]
 
 
@@ -305,7 +305,7 @@ def _loaded(tmp_path: Path, extra: str) -> tuple[list[str], list[str]]:
 def test_the_host_probes_run_and_load_their_code_only_when_configured(tmp_path):
     on, modules = _loaded(tmp_path, "")
     assert on == []
-    assert not {"file", "logfile", "sensors", "pressure", "checklist"} & set(modules)
+    assert not {"file", "logfile", "sensors", "pressure"} & set(modules)
     (tmp_path / "app.log").write_text("")
     logfile = f'\n[probes.logfile]\nchecks = [{{ name = "a", path = "{tmp_path}/app.log", pattern = "x" }}]\n'
     on, modules = _loaded(tmp_path, logfile)

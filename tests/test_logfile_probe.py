@@ -217,7 +217,7 @@ def test_check_refuses_a_bad_pattern_and_a_folder_for_a_log_naming_each_key(tmp_
         f"probes.logfile.checks[1].path: cannot read {folder}: Is a directory; name the log file itself, not its folder",
         "probes.logfile.checks[2].path: expected an absolute path",
         "probes.logfile.checks[3].patern: unknown key; did you mean 'pattern'?",
-        "probes.logfile.checks[3].name: 'folder' is already the name of another check",
+        "probes.logfile.checks[3].name: 'folder' is used twice; each check needs its own name",
         "probes.logfile.checks[3].pattern: missing",
     ]
     for text in expected:

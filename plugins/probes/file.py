@@ -26,10 +26,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from alertmail import Sample, Settings, setting
-from alertmail.plugins.probes.checklist import absolute_path, parse_checks
+from alertmail.plugins.probes.checklist import Key, absolute_path, parse_checks, text
 
-CHECK_KEYS = ("name", "path")
 EXAMPLE = '{ name = "db-backup", path = "/var/backups/db-*.sql.gz" }'
+CHECK_KEYS = {
+    "name": Key(text, required=True, example=f"e.g. {EXAMPLE}"),
+    "path": Key(absolute_path, required=True, example=f"e.g. {EXAMPLE}"),  # may be a glob
+}
 _MAGIC = re.compile(r"[*?\[]")
 
 
@@ -91,16 +94,10 @@ class FileProbe:
         self._details: dict[str, str] = {}
 
     def configure(self, settings: FileSettings) -> None:
-        entries, problems = parse_checks(settings.checks, CHECK_KEYS, CHECK_KEYS, EXAMPLE)
-        checks = []
-        for i, entry in entries:
-            try:
-                checks.append(FileCheck(entry["name"], absolute_path(f"checks[{i}].path", entry["path"])))
-            except ValueError as exc:
-                problems.append(str(exc))
+        checks, problems = parse_checks(settings.checks, CHECK_KEYS, EXAMPLE)
         if problems:
             raise ValueError("\n".join(problems))
-        self.checks = checks
+        self.checks = [FileCheck(check["name"], check["path"]) for _, check in checks]
         self._details = {}
 
     def _look(self, check: FileCheck, now: float) -> list[Sample]:

@@ -48,11 +48,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from alertmail import Sample, Settings, setting, write_atomic
-from alertmail.plugins.probes.checklist import absolute_path, parse_checks
+from alertmail.plugins.probes.checklist import Key, absolute_path, parse_checks, text
 
 log = logging.getLogger("alertmail.probes.logfile")
 
-CHECK_KEYS = ("name", "path", "pattern")
 EXAMPLE = '{ name = "app-errors", path = "/var/log/app/app.log", pattern = "ERROR|CRITICAL" }'
 DEFAULT_MAX_READ = 16 * 1024 * 1024
 # Bytes before the position kept to tell a file rewritten in place (copytruncate) from one that grew.
@@ -205,6 +204,20 @@ class Follower:
         return lines
 
 
+def _regex(value: Any) -> re.Pattern[str]:
+    try:
+        return re.compile(text(value))
+    except re.error as exc:
+        raise ValueError(f'not a valid regular expression: {exc}; write a Python regex, e.g. "ERROR|CRIT"') from None
+
+
+CHECK_KEYS = {
+    "name": Key(text, required=True, example=f"e.g. {EXAMPLE}"),
+    "path": Key(absolute_path, required=True, example=f"e.g. {EXAMPLE}"),
+    "pattern": Key(_regex, required=True, example=f"e.g. {EXAMPLE}"),
+}
+
+
 def _fix(exc: OSError) -> str:
     if exc.errno == errno.EISDIR:
         return "name the log file itself, not its folder"
@@ -258,7 +271,7 @@ class LogfileProbe:
             self._configure(settings)
 
     def _configure(self, settings: LogfileSettings) -> None:
-        entries, problems = parse_checks(settings.checks, CHECK_KEYS, CHECK_KEYS, EXAMPLE)
+        entries, problems = parse_checks(settings.checks, CHECK_KEYS, EXAMPLE)
         max_read = settings.max_read
         positions_file = settings.positions_file
         saved = self._load_positions(str(positions_file)) if positions_file else {}
@@ -269,18 +282,7 @@ class LogfileProbe:
         checks: list[LogCheck] = []
         opened: list[Follower] = []
         for i, entry in entries:
-            try:
-                path = absolute_path(f"checks[{i}].path", entry["path"])
-            except ValueError as exc:
-                problems.append(str(exc))
-                continue
-            try:
-                pattern = re.compile(entry["pattern"])
-            except re.error as exc:
-                problems.append(
-                    f'checks[{i}].pattern: not a valid regular expression: {exc}; write a Python regex, e.g. "ERROR|CRIT"'
-                )
-                continue
+            path, pattern = entry["path"], entry["pattern"]
             old = following.pop((path, pattern.pattern), None)
             if old is not None:
                 checks.append(LogCheck(entry["name"], path, pattern, old.follower, old.last_line, old.last_at))

@@ -32,15 +32,17 @@ alert mail shows next to the value (``detail(metric, labels)``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from alertmail import MetricInfo, Sample, Settings, did_you_mean, hookimpl, parse_duration, setting
+from alertmail import MetricInfo, Sample, Settings, hookimpl, parse_duration, setting
+from alertmail.plugins.probes.checklist import Key, parse_checks
 
 # A check's timeout when its entry gives none. The probe's whole run is bounded by its
 # [probes.NAME].timeout (default: its interval, 10 s by default): a check must give up
@@ -52,27 +54,21 @@ DETAIL_CHARS = 500
 _LABEL = re.compile(r"^[^\x00-\x1f\x7f]+$")
 
 
-@dataclass(frozen=True)
-class Key:
-    """One key of a check entry: its kind, default, and an example for the error message."""
-
-    kind: str  # "str", "int", "port", "bool", "duration", "path", "regex", "statuses", "headers", "strings", "choice"
-    default: Any = None
-    required: bool = False
-    example: str = ""
-    choices: tuple[str, ...] = ()
+def spec(kind: str, default: Any = None, *, required: bool = False, example: str = "", choices: tuple[str, ...] = ()) -> Key:
+    """A key of a check entry of one ``kind``: "str", "int", "port", "bool", "duration", "path",
+    "regex", "statuses", "headers", "strings" or "choice" (one of ``choices``)."""
+    return Key(functools.partial(_convert, kind, choices), default, required, example)
 
 
-def _convert(key: Key, value: Any) -> Any:
+def _convert(kind: str, choices: tuple[str, ...], value: Any) -> Any:
     """The checked value, or ValueError saying what was expected."""
-    kind = key.kind
     if kind in ("str", "path", "choice", "regex"):
         if not isinstance(value, str) or not value or not _LABEL.match(value):
             raise ValueError(f"expected a non-empty string without control characters, got {value!r}")
         if kind == "path" and not os.path.isfile(value):
             raise ValueError(f"no such file: {value!r}; give the path of a PEM file of trusted CA certificates")
-        if kind == "choice" and value not in key.choices:
-            raise ValueError(f"expected one of {', '.join(repr(c) for c in key.choices)}, got {value!r}")
+        if kind == "choice" and value not in choices:
+            raise ValueError(f"expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
         if kind == "regex":
             try:
                 return re.compile(value)
@@ -112,53 +108,6 @@ def _convert(key: Key, value: Any) -> Any:
             raise ValueError(f'expected a string or a list of strings, like ["192.0.2.80"], got {value!r}')
         return tuple(items)
     raise AssertionError(kind)
-
-
-def parse_checks(value: Any, keys: Mapping[str, Key], example: str, more: Callable[[dict[str, Any]], list[str]]) -> list[dict]:
-    """The ``checks`` option as one dict per check (defaults filled in); ValueError naming every bad entry and key.
-
-    ``more(entry)`` checks what one key cannot say alone and returns ``"key: problem"`` lines.
-    """
-    if not isinstance(value, list):
-        raise ValueError(f"checks: expected a list of tables like [{example}], got {value!r}")
-    problems: list[str] = []
-    checks: list[dict] = []
-    names: set[str] = set()
-    for i, entry in enumerate(value):
-        where = f"checks[{i}]"
-        if not isinstance(entry, dict):
-            problems.append(f"{where}: expected a table like {example}, got {entry!r}")
-            continue
-        before = len(problems)
-        check: dict[str, Any] = {}
-        for key, item in entry.items():
-            spec = keys.get(key)
-            if spec is None:
-                problems.append(f"{where}.{key}: unknown key; {did_you_mean(key, keys, listing='known keys')}")
-                continue
-            try:
-                check[key] = _convert(spec, item)
-            except ValueError as exc:
-                problems.append(f"{where}.{key}: {exc}")
-        for key, spec in keys.items():
-            if key in entry:
-                continue
-            if spec.required:
-                problems.append(f"{where}.{key}: missing; {spec.example}")
-            else:
-                check[key] = spec.default
-        name = check.get("name")
-        if isinstance(name, str):
-            if name in names:
-                problems.append(f"{where}.name: {name!r} is used twice; each check needs its own name")
-            names.add(name)
-        if len(problems) == before:
-            problems += [f"{where}.{line}" for line in more(check)]
-        if len(problems) == before:
-            checks.append(check)
-    if problems:
-        raise ValueError("\n".join(problems))
-    return checks
 
 
 def _http_more(check: dict[str, Any]) -> list[str]:
@@ -227,45 +176,45 @@ def split_server(text: str, default_port: int = 53) -> tuple[str, int | None]:
     return host, int(port)
 
 
-TIMEOUT = Key("duration", DEFAULT_TIMEOUT)
-NAME = Key("str", required=True, example='the label value of this check, e.g. name = "shop"')
+TIMEOUT = spec("duration", DEFAULT_TIMEOUT)
+NAME = spec("str", required=True, example='the label value of this check, e.g. name = "shop"')
 
 HTTP_KEYS = {
     "name": NAME,
-    "url": Key("str", required=True, example='the address to fetch, e.g. url = "https://example.com/health"'),
-    "method": Key("choice", "GET", choices=("GET", "HEAD", "POST", "PUT", "OPTIONS", "PATCH", "DELETE")),
-    "headers": Key("headers", None),
-    "expect_status": Key("statuses", None),
-    "contains": Key("regex", None),
+    "url": spec("str", required=True, example='the address to fetch, e.g. url = "https://example.com/health"'),
+    "method": spec("choice", "GET", choices=("GET", "HEAD", "POST", "PUT", "OPTIONS", "PATCH", "DELETE")),
+    "headers": spec("headers", None),
+    "expect_status": spec("statuses", None),
+    "contains": spec("regex", None),
     "timeout": TIMEOUT,
-    "ca_file": Key("path", None),
-    "follow_redirects": Key("bool", False),
+    "ca_file": spec("path", None),
+    "follow_redirects": spec("bool", False),
 }
 TCP_KEYS = {
     "name": NAME,
-    "host": Key("str", required=True, example='a host name or address, e.g. host = "mail.example.com"'),
-    "port": Key("port", required=True, example="e.g. port = 443"),
-    "tls": Key("bool", False),
-    "starttls": Key("choice", None, choices=("smtp", "imap", "pop3")),
-    "ca_file": Key("path", None),
+    "host": spec("str", required=True, example='a host name or address, e.g. host = "mail.example.com"'),
+    "port": spec("port", required=True, example="e.g. port = 443"),
+    "tls": spec("bool", False),
+    "starttls": spec("choice", None, choices=("smtp", "imap", "pop3")),
+    "ca_file": spec("path", None),
     "timeout": TIMEOUT,
 }
 SMTP_KEYS = {
     "name": NAME,
-    "host": Key("str", required=True, example='a host name or address, e.g. host = "mail.example.com"'),
-    "port": Key("port", 25),
-    "starttls": Key("bool", False),
-    "ehlo": Key("str", None),
-    "ca_file": Key("path", None),
-    "verify": Key("bool", True),
+    "host": spec("str", required=True, example='a host name or address, e.g. host = "mail.example.com"'),
+    "port": spec("port", 25),
+    "starttls": spec("bool", False),
+    "ehlo": spec("str", None),
+    "ca_file": spec("path", None),
+    "verify": spec("bool", True),
     "timeout": TIMEOUT,
 }
 DNS_KEYS = {
     "name": NAME,
-    "query": Key("str", required=True, example='the name to look up, e.g. query = "www.example.com"'),
-    "type": Key("choice", "A", choices=("A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT", "CAA")),
-    "server": Key("str", None),
-    "expect": Key("strings", None),
+    "query": spec("str", required=True, example='the name to look up, e.g. query = "www.example.com"'),
+    "type": spec("choice", "A", choices=("A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT", "CAA")),
+    "server": spec("str", None),
+    "expect": spec("strings", None),
     "timeout": TIMEOUT,
 }
 
@@ -339,7 +288,10 @@ class ServiceProbe:
         self._run: Any = None
 
     def configure(self, settings: ChecksSettings) -> None:
-        checks = parse_checks(settings.checks, self.keys, self.example, self.more)
+        entries, problems = parse_checks(settings.checks, self.keys, self.example, self.more)
+        if problems:
+            raise ValueError("\n".join(problems))
+        checks = [check for _, check in entries]
         self.checks = checks
         self.details = {k: v for k, v in self.details.items() if any(c["name"] == k for c in checks)}
         if checks and self._run is None:

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from http.client import HTTPException
 from typing import Any, ClassVar
 
-from alertmail import Sample, Settings, did_you_mean, format_duration, parse_duration, setting
+from alertmail import Sample, Settings, format_duration, parse_duration, setting
+from alertmail.plugins.probes.checklist import Key, parse_checks
 
-TARGET_KEYS = ("name", "url", "timeout")
 ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"
 # Deltas over less than this are rounding: no rate yet (as the system probes' MIN_SPAN).
 MIN_SPAN = 0.2
@@ -68,44 +68,39 @@ class Limited(Exception):
     """A target passed a limit; the message says which and the fix."""
 
 
+EXAMPLE = '{ name = "node", url = "http://127.0.0.1:9100/metrics" }'
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError('expected a non-empty string, the target label of its series, e.g. name = "node"')
+    return value
+
+
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise ValueError('expected an http:// or https:// URL, e.g. url = "http://127.0.0.1:9100/metrics"')
+    return value
+
+
+def _timeout(value: Any) -> float:
+    timeout = parse_duration(value)
+    if timeout <= 0:
+        raise ValueError("a target's timeout must be more than 0")
+    return timeout
+
+
 def parse_targets(value: Any, default_timeout: float) -> list[Target]:
-    example = '{ name = "node", url = "http://127.0.0.1:9100/metrics" }'
-    if not isinstance(value, list):
-        raise ValueError(f"targets: expected a list of tables like [{example}], got {value!r}")
-    problems: list[str] = []
-    targets: list[Target] = []
-    names: set[str] = set()
-    for i, entry in enumerate(value):
-        where = f"targets[{i}]"
-        if not isinstance(entry, dict):
-            problems.append(f"{where}: expected a table like {example}, got {entry!r}")
-            continue
-        before = len(problems)
-        for key in entry:
-            if key not in TARGET_KEYS:
-                problems.append(f"{where}.{key}: unknown key; {did_you_mean(key, TARGET_KEYS, listing='known keys')}")
-        name, url = entry.get("name"), entry.get("url")
-        if not isinstance(name, str) or not name.strip():
-            problems.append(f'{where}.name: expected a non-empty string, the target label of its series, e.g. name = "node"')
-        elif name in names:
-            problems.append(f"{where}.name: {name!r} is already the name of another target; give each its own")
-        else:
-            names.add(name)
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            problems.append(f'{where}.url: expected an http:// or https:// URL, e.g. url = "http://127.0.0.1:9100/metrics"')
-        timeout = default_timeout
-        if "timeout" in entry:
-            try:
-                timeout = parse_duration(entry["timeout"])
-                if timeout <= 0:
-                    raise ValueError("a target's timeout must be more than 0")
-            except ValueError as exc:
-                problems.append(f"{where}.timeout: {exc}")
-        if len(problems) == before:
-            targets.append(Target(str(name), url=str(url), timeout=timeout))
+    """The ``targets`` option; ValueError naming every bad entry and key."""
+    keys = {
+        "name": Key(_name, required=True, example='the target label of its series, e.g. name = "node"'),
+        "url": Key(_url, required=True, example='e.g. url = "http://127.0.0.1:9100/metrics"'),
+        "timeout": Key(_timeout, default_timeout),
+    }
+    entries, problems = parse_checks(value, keys, EXAMPLE, option="targets", noun="target")
     if problems:
         raise ValueError("\n".join(problems))
-    return targets
+    return [Target(t["name"], url=t["url"], timeout=t["timeout"]) for _, t in entries]
 
 
 def fetch(target: Target, max_size: int) -> bytes:

@@ -37,7 +37,7 @@ import importlib
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -221,85 +221,60 @@ DNS_KEYS = {
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChecksSettings(Settings):
-    """``[probes.NAME]`` of a service probe: its list of named checks, each checked by ``parse_checks``."""
+    """``[probes.http]``, ``[probes.tcp]``, ``[probes.smtp]``, ``[probes.dns]``: a list of named checks."""
 
-    checks: list[Any] = setting("any", [], help="list of check tables")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HttpSettings(ChecksSettings):
     checks: list[Any] = setting(
-        "any",
-        [],
-        help='list of { name = "LABEL", url = "https://...", method, headers, expect_status, contains, timeout,'
-        " ca_file, follow_redirects }",
+        "any", [], help='list of check tables, each with its name = "LABEL" and the keys of its probe (docs/metrics.md)'
     )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TcpSettings(ChecksSettings):
-    checks: list[Any] = setting(
-        "any",
-        [],
-        help='list of { name = "LABEL", host = "HOST", port = N, tls = true | starttls = "smtp" | "imap" | "pop3",'
-        " ca_file, timeout }",
-    )
+def _nothing_more(check: dict[str, Any]) -> list[str]:
+    return []
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SmtpSettings(ChecksSettings):
-    checks: list[Any] = setting(
-        "any",
-        [],
-        help='list of { name = "LABEL", host = "HOST", port = 25, starttls = false, ehlo = "NAME", ca_file, verify, timeout }',
-    )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DnsSettings(ChecksSettings):
-    checks: list[Any] = setting(
-        "any",
-        [],
-        help='list of { name = "LABEL", query = "NAME", type = "A", server = "IP[:PORT]", expect = ["VALUE", ...], timeout }',
-    )
-
-
-class ServiceProbe:
-    """What the four share: a checks list, a lazily imported runner, and each check's detail.
+@dataclass(frozen=True)
+class Service:
+    """What one service probe checks: its name and metrics, the keys of a check, and the module that runs it.
 
     ``runner`` names the module (in this package) that runs the checks; it defines
     ``async def run(check) -> Result`` where Result has ``samples(check, stamp)`` and ``detail``.
     """
 
-    name: ClassVar[str]
-    description: ClassVar[str]
-    metrics: ClassVar[tuple[MetricInfo, ...]]
-    options: ClassVar[type[ChecksSettings]]
-    keys: ClassVar[dict[str, Key]]
-    example: ClassVar[str]
-    runner: ClassVar[str]
-    prefixes: ClassVar[tuple[str, ...]] = ()  # the metrics whose alerts get this probe's detail
+    name: str
+    description: str
+    runner: str
+    keys: Mapping[str, Key]
+    example: str
+    prefixes: tuple[str, ...]  # the metrics whose alerts get this probe's detail
+    metrics: tuple[MetricInfo, ...]
+    more: Callable[[dict[str, Any]], list[str]] = _nothing_more  # problems no single key shows, as "key: problem" lines
+
+
+class ServiceProbe:
+    """A probe of one ``Service``: a checks list, a lazily imported runner, and each check's detail."""
+
+    options: ClassVar[type[ChecksSettings]] = ChecksSettings
     interval: float | None = None
     configured_only = True  # no [probes.NAME] table: nothing to check, the probe does not run
 
-    def __init__(self) -> None:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.name = service.name
+        self.description = service.description
+        self.metrics = service.metrics
         self.checks: list[dict[str, Any]] = []
         self.details: dict[str, str] = {}  # check name -> what its last run found
         self._run: Any = None
 
     def configure(self, settings: ChecksSettings) -> None:
-        entries, problems = parse_checks(settings.checks, self.keys, self.example, self.more)
+        entries, problems = parse_checks(settings.checks, self.service.keys, self.service.example, self.service.more)
         if problems:
             raise ValueError("\n".join(problems))
         checks = [check for _, check in entries]
         self.checks = checks
         self.details = {k: v for k, v in self.details.items() if any(c["name"] == k for c in checks)}
         if checks and self._run is None:
-            self._run = importlib.import_module(f"{__package__}.{self.runner}").run
-
-    def more(self, check: dict[str, Any]) -> list[str]:
-        """Problems of one check that no single key shows, as ``key: problem`` lines."""
-        return []
+            self._run = importlib.import_module(f"{__package__}.{self.service.runner}").run
 
     async def collect(self) -> list[Sample]:
         if not self.checks:
@@ -314,7 +289,7 @@ class ServiceProbe:
 
     def detail(self, metric: str, labels: Mapping[str, str]) -> str | None:
         """What the check named by ``labels`` found on its last run (why it is down), for the alert mail."""
-        if not metric.startswith(self.prefixes):
+        if not metric.startswith(self.service.prefixes):
             return None
         return self.details.get(labels.get("check", ""))
 
@@ -325,52 +300,44 @@ class ServiceProbe:
 CHECK = ("check",)
 
 
-class HttpProbe(ServiceProbe):
-    name = "http"
-    description = "HTTP and HTTPS endpoints: status, body, response time, certificate"
-    runner = "http_check"
-    keys = HTTP_KEYS
-    prefixes = ("http.",)
-    example = '{ name = "shop", url = "https://shop.example.com/health" }'
-    metrics = (
+HTTP = Service(
+    "http",
+    "HTTP and HTTPS endpoints: status, body, response time, certificate",
+    runner="http_check",
+    keys=HTTP_KEYS,
+    example='{ name = "shop", url = "https://shop.example.com/health" }',
+    prefixes=("http.",),
+    metrics=(
         MetricInfo("http.up", "", "1 when the answer came in time with an expected status (and body); else 0", CHECK),
         MetricInfo("http.status_code", "", "HTTP status of the answer (of the last one when redirects are followed)", CHECK),
         MetricInfo("http.response_seconds", "seconds", "from the start of the connection to the whole answer read", CHECK),
         MetricInfo("http.cert_days_left", "days", "days until the server certificate expires (https; below 0: expired)", CHECK),
-    )
-    options = HttpSettings
-
-    def more(self, check: dict[str, Any]) -> list[str]:
-        return _http_more(check)
-
-
-class TcpProbe(ServiceProbe):
-    name = "tcp"
-    description = "TCP ports, optionally with TLS or STARTTLS: connect time, certificate validity"
-    runner = "tcp_check"
-    keys = TCP_KEYS
-    prefixes = ("tcp.", "tls.")
-    example = '{ name = "imap", host = "mail.example.com", port = 143, starttls = "imap" }'
-    metrics = (
+    ),
+    more=_http_more,
+)
+TCP = Service(
+    "tcp",
+    "TCP ports, optionally with TLS or STARTTLS: connect time, certificate validity",
+    runner="tcp_check",
+    keys=TCP_KEYS,
+    example='{ name = "imap", host = "mail.example.com", port = 143, starttls = "imap" }',
+    prefixes=("tcp.", "tls."),
+    metrics=(
         MetricInfo("tcp.up", "", "1 when the port accepted the connection (and TLS started, with tls or starttls)", CHECK),
         MetricInfo("tcp.connect_seconds", "seconds", "time to open the TCP connection", CHECK),
         MetricInfo("tls.cert_days_left", "days", "days until the server certificate expires (below 0 when expired)", CHECK),
         MetricInfo("tls.cert_valid", "", "1 when the certificate chain is trusted and names the host; else 0", CHECK),
-    )
-    options = TcpSettings
-
-    def more(self, check: dict[str, Any]) -> list[str]:
-        return _tcp_more(check)
-
-
-class SmtpProbe(ServiceProbe):
-    name = "smtp"
-    description = "SMTP servers: banner, EHLO, STARTTLS and QUIT answered in time"
-    runner = "smtp_check"
-    keys = SMTP_KEYS
-    prefixes = ("smtp.",)
-    example = '{ name = "mx", host = "mail.example.com", port = 25 }'
-    metrics = (
+    ),
+    more=_tcp_more,
+)
+SMTP = Service(
+    "smtp",
+    "SMTP servers: banner, EHLO, STARTTLS and QUIT answered in time",
+    runner="smtp_check",
+    keys=SMTP_KEYS,
+    example='{ name = "mx", host = "mail.example.com", port = 25 }',
+    prefixes=("smtp.",),
+    metrics=(
         MetricInfo("smtp.up", "", "1 when the server answered banner, EHLO (STARTTLS) and QUIT as it should; else 0", CHECK),
         MetricInfo(
             "smtp.response_seconds",
@@ -378,32 +345,26 @@ class SmtpProbe(ServiceProbe):
             "time one step took: step = banner (from connect), ehlo, starttls (with the TLS handshake), quit, total",
             ("check", "step"),
         ),
-    )
-    options = SmtpSettings
-
-
-class DnsProbe(ServiceProbe):
-    name = "dns"
-    description = "DNS answers: resolution, response time, expected records"
-    runner = "dns_check"
-    keys = DNS_KEYS
-    prefixes = ("dns.",)
-    example = '{ name = "www", query = "www.example.com", type = "A" }'
-    metrics = (
+    ),
+)
+DNS = Service(
+    "dns",
+    "DNS answers: resolution, response time, expected records",
+    runner="dns_check",
+    keys=DNS_KEYS,
+    example='{ name = "www", query = "www.example.com", type = "A" }',
+    prefixes=("dns.",),
+    metrics=(
         MetricInfo("dns.up", "", "1 when the server answered with records of the type asked for; else 0", CHECK),
         MetricInfo("dns.response_seconds", "seconds", "time to the answer", CHECK),
         MetricInfo("dns.answer_matches", "", "1 when every value of expect is in the answer, else 0 (with expect)", CHECK),
-    )
-    options = DnsSettings
-
-    def more(self, check: dict[str, Any]) -> list[str]:
-        return _dns_more(check)
-
-
-PROBES = (HttpProbe, TcpProbe, SmtpProbe, DnsProbe)
+    ),
+    more=_dns_more,
+)
+PROBES = (HTTP, TCP, SMTP, DNS)
 
 
 @hookimpl
 def register_probes(register):
-    for probe in PROBES:
-        register(probe())
+    for service in PROBES:
+        register(ServiceProbe(service))

@@ -47,8 +47,9 @@ def parse_checks(
     entry and key.
 
     ``name``, when a key, is unique: it is the label of the samples. ``more(check)`` checks
-    what no single key shows, for an entry whose keys are good, and returns ``key: problem``
-    lines. The caller adds its own problems and raises ValueError.
+    what no single key shows, for an entry whose keys are good, and returns lines that start
+    with the key path inside the entry: ``url: problem``, or ``: problem`` for the entry as
+    a whole. The caller adds its own problems and raises ValueError.
     """
     if not isinstance(value, list):
         return [], [f"{option}: expected a list of tables like [{example}], got {value!r}"]
@@ -84,7 +85,7 @@ def parse_checks(
                 problems.append(f"{where}.name: {name!r} is used twice; each {noun} needs its own name")
             names.add(name)
         if len(problems) == before and more is not None:
-            problems += [f"{where}.{line}" for line in more(check)]
+            problems += [f"{where}{'' if line.startswith((':', '[')) else '.'}{line}" for line in more(check)]
         if len(problems) == before:
             checks.append((i, check))
     return checks, problems

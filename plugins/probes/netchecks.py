@@ -233,7 +233,7 @@ def _nothing_more(check: dict[str, Any]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Service:
+class ServiceKind:
     """What one service probe checks: its name and metrics, the keys of a check, and the module that runs it.
 
     ``runner`` names the module (in this package) that runs the checks; it defines
@@ -251,30 +251,30 @@ class Service:
 
 
 class ServiceProbe:
-    """A probe of one ``Service``: a checks list, a lazily imported runner, and each check's detail."""
+    """A probe of one ``ServiceKind``: a checks list, a lazily imported runner, and each check's detail."""
 
     options: ClassVar[type[ChecksSettings]] = ChecksSettings
     interval: float | None = None
     configured_only = True  # no [probes.NAME] table: nothing to check, the probe does not run
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.name = service.name
-        self.description = service.description
-        self.metrics = service.metrics
+    def __init__(self, kind: ServiceKind) -> None:
+        self.kind = kind
+        self.name = kind.name
+        self.description = kind.description
+        self.metrics = kind.metrics
         self.checks: list[dict[str, Any]] = []
         self.details: dict[str, str] = {}  # check name -> what its last run found
         self._run: Any = None
 
     def configure(self, settings: ChecksSettings) -> None:
-        entries, problems = parse_checks(settings.checks, self.service.keys, self.service.example, self.service.more)
+        entries, problems = parse_checks(settings.checks, self.kind.keys, self.kind.example, self.kind.more)
         if problems:
             raise ValueError("\n".join(problems))
         checks = [check for _, check in entries]
         self.checks = checks
         self.details = {k: v for k, v in self.details.items() if any(c["name"] == k for c in checks)}
         if checks and self._run is None:
-            self._run = importlib.import_module(f"{__package__}.{self.service.runner}").run
+            self._run = importlib.import_module(f"{__package__}.{self.kind.runner}").run
 
     async def collect(self) -> list[Sample]:
         if not self.checks:
@@ -289,7 +289,7 @@ class ServiceProbe:
 
     def detail(self, metric: str, labels: Mapping[str, str]) -> str | None:
         """What the check named by ``labels`` found on its last run (why it is down), for the alert mail."""
-        if not metric.startswith(self.service.prefixes):
+        if not metric.startswith(self.kind.prefixes):
             return None
         return self.details.get(labels.get("check", ""))
 
@@ -300,7 +300,7 @@ class ServiceProbe:
 CHECK = ("check",)
 
 
-HTTP = Service(
+HTTP = ServiceKind(
     "http",
     "HTTP and HTTPS endpoints: status, body, response time, certificate",
     runner="http_check",
@@ -315,7 +315,7 @@ HTTP = Service(
     ),
     more=_http_more,
 )
-TCP = Service(
+TCP = ServiceKind(
     "tcp",
     "TCP ports, optionally with TLS or STARTTLS: connect time, certificate validity",
     runner="tcp_check",
@@ -330,7 +330,7 @@ TCP = Service(
     ),
     more=_tcp_more,
 )
-SMTP = Service(
+SMTP = ServiceKind(
     "smtp",
     "SMTP servers: banner, EHLO, STARTTLS and QUIT answered in time",
     runner="smtp_check",
@@ -347,7 +347,7 @@ SMTP = Service(
         ),
     ),
 )
-DNS = Service(
+DNS = ServiceKind(
     "dns",
     "DNS answers: resolution, response time, expected records",
     runner="dns_check",
@@ -366,5 +366,5 @@ PROBES = (HTTP, TCP, SMTP, DNS)
 
 @hookimpl
 def register_probes(register):
-    for service in PROBES:
-        register(ServiceProbe(service))
+    for kind in PROBES:
+        register(ServiceProbe(kind))

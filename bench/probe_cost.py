@@ -32,10 +32,17 @@ from pathlib import Path
 
 import psutil
 
+from alertmail.config.schema import typed
 from alertmail.loader import load_plugins
-from alertmail.probes.runner import run_probe
+from alertmail.probes.runner import configure_probe, run_probe
 
 OPTIONS = {"process": {"watch": [{"name": "python", "match": "python*"}, {"name": "sh", "cmdline": "*sh*"}]}}
+
+
+def configure(name: str, probe: object, **table: object) -> None:
+    """``probe`` configured as the agent does, its own keys given by ``table``."""
+    problems = configure_probe(name, probe, typed(getattr(probe, "options", None), table))
+    assert not problems, problems
 
 
 def main() -> None:
@@ -43,9 +50,7 @@ def main() -> None:
     # The probes the agent runs without a table of theirs; nagios and scrape are part 3.
     probes = {n: p for n, p in load_plugins().probes.items() if not getattr(p, "configured_only", False)}
     for name, probe in probes.items():
-        configure = getattr(probe, "configure", None)
-        if configure:
-            configure(OPTIONS.get(name, {}))
+        configure(name, probe, **OPTIONS.get(name, {}))
     times: dict[str, list[float]] = {name: [] for name in probes}
     counts: dict[str, int] = {}
     for _ in range(runs):
@@ -64,9 +69,8 @@ def main() -> None:
         print(f"{name:<10} {counts[name]:>7} {median:>10.3f} {max(values) * 1000:>8.3f}")
     print(f"{'all':<10} {sum(counts.values()):>7} {total:>10.3f}")
     defaults = {n: p for n, p in load_plugins().probes.items() if not getattr(p, "configured_only", False)}  # no watches
-    for probe in defaults.values():
-        if getattr(probe, "configure", None):
-            probe.configure({})
+    for name, probe in defaults.items():
+        configure(name, probe)
     schedule(defaults, "default config")
     schedule(probes, "with the process watches above")
     ecosystem()
@@ -153,8 +157,8 @@ def ecosystem(minutes: float = 10) -> None:
                         raise
                     time.sleep(0.05)
             scrape, nagios = ScrapeProbe(), NagiosProbe()
-            scrape.configure({"targets": [{"name": "node", "url": f"http://127.0.0.1:{port}/metrics"}]})
-            nagios.configure({"checks": nagios_checks(port)})
+            configure("scrape", scrape, targets=[{"name": "node", "url": f"http://127.0.0.1:{port}/metrics"}])
+            configure("nagios", nagios, checks=nagios_checks(port))
             node = psutil.Process(exporter.pid)
 
             async def play() -> tuple[int, int, int]:

@@ -329,7 +329,7 @@ def _declared() -> list[tuple[str, str, Any, Any]]:
         for key, option in getattr(cls, "options", {}).items():
             out.append((f"transports.{name}", key, option, lambda k, v, n=name: transport(n, **{k: v})))
     for name, probe_obj in plugins.probes.items():
-        for key, option in {**PROBE_OPTIONS, **(getattr(probe_obj, "options", None) or {})}.items():
+        for key, option in {**PROBE_OPTIONS, **options_of(getattr(probe_obj, "options", None))}.items():
             out.append((f"probes.{name}", key, option, lambda k, v, n=name: probe(n, **{k: v})))
     for service in plugins.services:
         if service.section == "relay":

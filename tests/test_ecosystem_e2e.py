@@ -4,39 +4,18 @@ series a real node_exporter serves from a textfile fires and the mail carries th
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 from tests.peers import free_port
+from tests.probe_agent import run_until_mailed
 from tests.scrape_peers import NodeExporter, write_prom
-from tests.test_agent_e2e import pickup_mails, start_agent, stop_agent, wait_for
 from tests.test_nagios_probe import plugin
 
-HEAD = """
-[agent]
-state_dir = "var"
-interval = "1s"
-resolution = "1s"
 
-[mail]
-from = "alertmail@test.example"
-to = ["ops@test.example"]
-route = ["pickup"]
-
-[notify]
-group_wait = "0s"
-"""
-
-
-def run_until_mail(folder: Path, config: str) -> tuple[object, str]:
-    path = folder / "config.toml"
-    path.write_text(HEAD + textwrap.dedent(config))
-    proc = start_agent(path)
-    try:
-        mails = wait_for(lambda: pickup_mails(folder), timeout=60, what="an alert mail in pickup/")
-    finally:
-        log = stop_agent(proc)
-    return mails[0], log
+def run_until_mail(folder: Path, tables: str) -> tuple[object, str]:
+    """The first mail of an agent run on ``tables``, and the agent's log."""
+    mails, agent = run_until_mailed(folder, tables)
+    return mails[0], agent.log
 
 
 def test_a_rule_on_nagios_status_fires_and_the_mail_carries_the_plugins_output(tmp_path):

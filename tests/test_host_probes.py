@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from alertmail.plugins.probes.file import FileProbe
+from alertmail.plugins.probes.file import FileProbe, FileSettings
 from alertmail.plugins.probes.pressure import PressureProbe, parse_psi
 from alertmail.plugins.probes.sensors import SensorsProbe, readings
 from alertmail.probes.runner import configure_probe
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def file_probe(*checks: dict[str, str]) -> FileProbe:
     probe = FileProbe()
-    assert configure_probe("file", probe, {"checks": list(checks)}) == []
+    assert configure_probe("file", probe, FileSettings(checks=list(checks))) == []
     return probe
 
 
@@ -93,14 +93,15 @@ def test_nothing_matching_reports_zero_and_says_why_in_the_detail(tmp_path):
 
 AS_USER = """
 import json, sys
-from alertmail.plugins.probes.file import FileProbe
-from alertmail.plugins.probes.logfile import LogfileProbe
+from alertmail.plugins.probes.file import FileProbe, FileSettings
+from alertmail.plugins.probes.logfile import LogfileProbe, LogfileSettings
 from alertmail.probes.runner import configure_probe
 folder = sys.argv[1]
 files = FileProbe()
-configure_probe("file", files, {"checks": [{"name": "s", "path": folder + "/secret/*.gz"}]})
+configure_probe("file", files, FileSettings(checks=[{"name": "s", "path": folder + "/secret/*.gz"}]))
 exists = [s.value for s in files.collect() if s.metric == "file.exists"]
-logs = configure_probe("logfile", LogfileProbe(), {"checks": [{"name": "a", "path": folder + "/app.log", "pattern": "x"}]})
+log_checks = [{"name": "a", "path": folder + "/app.log", "pattern": "x"}]
+logs = configure_probe("logfile", LogfileProbe(), LogfileSettings(checks=log_checks))
 print(json.dumps({"exists": exists, "detail": files.detail("file.exists", {"check": "s"}), "logfile": logs}))
 """
 
@@ -152,13 +153,13 @@ def test_file_checks_refuse_relative_paths_missing_keys_and_twice_used_names():
     problems = configure_probe(
         "file",
         FileProbe(),
-        {"checks": [{"name": "a", "path": "backups/*.gz"}, {"name": "a", "path": "/x"}, {"path": "/y"}, "nope"]},
+        FileSettings(checks=[{"name": "a", "path": "backups/*.gz"}, {"name": "a", "path": "/x"}, {"path": "/y"}, "nope"]),
     )
     assert problems == [
-        "probes.file.checks[1].name: 'a' is already the name of another check; give each check its own name",
+        "probes.file.checks[0].path: expected an absolute path (the agent's working folder is not yours), got 'backups/*.gz'",
+        "probes.file.checks[1].name: 'a' is used twice; each check needs its own name",
         'probes.file.checks[2].name: missing; e.g. { name = "db-backup", path = "/var/backups/db-*.sql.gz" }',
         'probes.file.checks[3]: expected a table like { name = "db-backup", path = "/var/backups/db-*.sql.gz" }, got \'nope\'',
-        "probes.file.checks[0].path: expected an absolute path (the agent's working folder is not yours), got 'backups/*.gz'",
     ]
 
 
@@ -304,7 +305,7 @@ def _loaded(tmp_path: Path, extra: str) -> tuple[list[str], list[str]]:
 def test_the_host_probes_run_and_load_their_code_only_when_configured(tmp_path):
     on, modules = _loaded(tmp_path, "")
     assert on == []
-    assert not {"file", "logfile", "sensors", "pressure", "checklist"} & set(modules)
+    assert not {"file", "logfile", "sensors", "pressure"} & set(modules)
     (tmp_path / "app.log").write_text("")
     logfile = f'\n[probes.logfile]\nchecks = [{{ name = "a", path = "{tmp_path}/app.log", pattern = "x" }}]\n'
     on, modules = _loaded(tmp_path, logfile)
@@ -329,7 +330,7 @@ def test_the_metric_catalogue_documents_every_host_probe_metric_and_option():
         assert rows.get(info.name) == info.unit, f"docs/metrics.md: {info.name} ({info.unit}) missing or stale"
     for name in ("file", "logfile"):
         section = doc.split(f"### `{name}`")[1].split("\n### ")[0]
-        for key in probes[name].options:
+        for key in probes[name].options.keys_to_fields():
             assert f"| `{key}` |" in section, (name, key)
 
 

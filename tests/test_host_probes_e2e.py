@@ -4,40 +4,8 @@ carries that line; a rule on ``file.exists`` mails why the file is missing."""
 
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
-
-from tests.test_agent_e2e import pickup_mails, start_agent, stop_agent, wait_for
+from tests.probe_agent import agent_running, firing, pickup_mails, run_until_mailed, text_of, wait_for, write_config
 from tests.test_logfile_probe import logrotate
-
-HEAD = """
-[agent]
-state_dir = "var"
-interval = "1s"
-resolution = "1s"
-
-[mail]
-from = "alertmail@test.example"
-to = ["ops@test.example"]
-route = ["pickup"]
-
-[notify]
-group_wait = "0s"
-"""
-
-
-def write_config(folder: Path, body: str) -> Path:
-    path = folder / "config.toml"
-    path.write_text(HEAD + textwrap.dedent(body))
-    return path
-
-
-def firing(folder: Path) -> list:
-    return [m for m in pickup_mails(folder) if m["X-Alertmail-Kind"] == "firing"]
-
-
-def text_of(mail) -> str:
-    return mail.get_body(("plain",)).get_content()
 
 
 def test_a_rule_on_logfile_matches_fires_after_rotation_and_the_mail_carries_the_matching_line(tmp_path):
@@ -58,8 +26,7 @@ def test_a_rule_on_logfile_matches_fires_after_rotation_and_the_mail_carries_the
         severity = "critical"
         """,
     )
-    proc = start_agent(config)
-    try:
+    with agent_running(config) as agent:
         # Until the probe follows the log, a line is not news: write one at each look until one mails.
         def warmed_up():
             with open(log, "a") as out:
@@ -72,10 +39,8 @@ def test_a_rule_on_logfile_matches_fires_after_rotation_and_the_mail_carries_the
         with open(log, "a") as out:
             out.write("INFO all fine\nCRITICAL payment gateway refused: 503 from 127.0.0.1:8443\n")
         mails = wait_for(lambda: [m for m in firing(tmp_path) if "payment gateway" in text_of(m)], what="the mail of the line")
-    finally:
-        agent_log = stop_agent(proc)
     mail = mails[0]
-    assert "app-errors" in mail["Subject"], agent_log
+    assert "app-errors" in mail["Subject"], agent.log
     text = text_of(mail)
     assert "The probe said:" in text, text
     assert "CRITICAL payment gateway refused: 503 from 127.0.0.1:8443" in text
@@ -85,7 +50,7 @@ def test_a_rule_on_logfile_matches_fires_after_rotation_and_the_mail_carries_the
 
 
 def test_a_rule_on_file_exists_mails_why_the_file_is_missing(tmp_path):
-    config = write_config(
+    mails, agent = run_until_mailed(
         tmp_path,
         f"""
         [probes.file]
@@ -99,11 +64,6 @@ def test_a_rule_on_file_exists_mails_why_the_file_is_missing(tmp_path):
         below = 1
         """,
     )
-    proc = start_agent(config)
-    try:
-        mails = wait_for(lambda: pickup_mails(tmp_path), timeout=60, what="an alert mail in pickup/")
-    finally:
-        agent_log = stop_agent(proc)
-    text = mails[0].get_body(("plain",)).get_content()
-    assert "backup-missing" in mails[0]["Subject"], agent_log
+    text = text_of(mails[0])
+    assert "backup-missing" in mails[0]["Subject"], agent.log
     assert f"no such folder: {tmp_path}/backups" in text

@@ -62,7 +62,6 @@ NOT_WHILE_IDLE = (
     "alertmail.plugins.probes.logfile",
     "alertmail.plugins.probes.sensors",
     "alertmail.plugins.probes.pressure",
-    "alertmail.plugins.probes.checklist",
     "alertmail.cli.queue",
     "alertmail.replay",
     "jinja2",

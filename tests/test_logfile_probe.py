@@ -11,7 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from alertmail.plugins.probes.logfile import LogfileProbe
+from alertmail.plugins.probes.logfile import LogfileProbe, LogfileSettings
 from alertmail.probes.runner import configure_probe
 from tests.peers import need
 
@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def follow(log: Path, pattern: str = "ERROR", **options) -> LogfileProbe:
     probe = LogfileProbe()
-    problems = configure_probe("logfile", probe, {"checks": [{"name": "app", "path": str(log), "pattern": pattern}], **options})
+    problems = configure_probe(
+        "logfile", probe, LogfileSettings(checks=[{"name": "app", "path": str(log), "pattern": pattern}], **options)
+    )
     assert problems == []
     return probe
 
@@ -164,7 +166,9 @@ def test_reconfiguring_with_the_same_check_keeps_the_position(tmp_path):
     probe = follow(log)
     with open(log, "a") as out:
         out.write("ERROR while the config was reloaded\n")
-    assert configure_probe("logfile", probe, {"checks": [{"name": "app", "path": str(log), "pattern": "ERROR"}]}) == []
+    assert (
+        configure_probe("logfile", probe, LogfileSettings(checks=[{"name": "app", "path": str(log), "pattern": "ERROR"}])) == []
+    )
     assert matches(probe) == 1
 
 
@@ -213,7 +217,7 @@ def test_check_refuses_a_bad_pattern_and_a_folder_for_a_log_naming_each_key(tmp_
         f"probes.logfile.checks[1].path: cannot read {folder}: Is a directory; name the log file itself, not its folder",
         "probes.logfile.checks[2].path: expected an absolute path",
         "probes.logfile.checks[3].patern: unknown key; did you mean 'pattern'?",
-        "probes.logfile.checks[3].name: 'folder' is already the name of another check",
+        "probes.logfile.checks[3].name: 'folder' is used twice; each check needs its own name",
         "probes.logfile.checks[3].pattern: missing",
     ]
     for text in expected:
@@ -272,7 +276,9 @@ def test_without_a_positions_file_or_with_a_damaged_one_a_restart_starts_at_the_
 def test_a_named_pipe_for_a_log_is_refused_without_hanging_and_a_folder_later_is_reported(tmp_path):
     fifo = tmp_path / "app.fifo"
     os.mkfifo(fifo)
-    problems = configure_probe("logfile", LogfileProbe(), {"checks": [{"name": "app", "path": str(fifo), "pattern": "x"}]})
+    problems = configure_probe(
+        "logfile", LogfileProbe(), LogfileSettings(checks=[{"name": "app", "path": str(fifo), "pattern": "x"}])
+    )
     assert problems == [
         f"probes.logfile.checks[0].path: cannot read {fifo}: not a regular file; name a log file the agent can read"
     ]
@@ -300,8 +306,8 @@ def test_a_reload_that_drops_checks_closes_their_logs(tmp_path):
     log.write_text("")
     probe = LogfileProbe()
     twins = [{"name": n, "path": str(log), "pattern": "ERROR"} for n in ("a", "b")]
-    assert configure_probe("logfile", probe, {"checks": twins}) == []
+    assert configure_probe("logfile", probe, LogfileSettings(checks=twins)) == []
     followers = [c.follower for c in probe.checks]
     assert all(f.fd is not None for f in followers)
-    assert configure_probe("logfile", probe, {"checks": []}) == []
+    assert configure_probe("logfile", probe, LogfileSettings(checks=[])) == []
     assert [f.fd for f in followers] == [None, None]  # a rotated-away log no longer held open

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from alertmail.loader import load_plugins
-from alertmail.plugins.probes.nagios import NagiosProbe, parse_output, parse_perfdata
+from alertmail.plugins.probes.nagios import NagiosProbe, NagiosSettings, parse_output, parse_perfdata
 from tests.peers import SmtpSink, free_port
 from tests.relay_peers import REPO
 
@@ -36,7 +36,7 @@ def plugin(name: str) -> str:
 
 def probe_with(*checks: dict, **options) -> NagiosProbe:
     probe = NagiosProbe()
-    probe.configure({"checks": list(checks), **options})
+    probe.configure(NagiosSettings(checks=list(checks), **options))
     return probe
 
 
@@ -209,6 +209,16 @@ checks = [
     assert "probes.nagios.checks[1].command: expected a list of strings" in out
     assert "probes.nagios.checks[2].command[0]: /nonexistent/check_x is not an executable file here" in out
     assert "probes.nagios.checks[2].tiemout: unknown key; did you mean 'timeout'?" in out
+
+
+def test_check_refuses_a_zero_check_timeout_or_output_limit_instead_of_silently_taking_the_default(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text((REPO / "config.toml").read_text() + '\n[probes.nagios]\ncheck_timeout = "0s"\nmax_output = 0\n')
+    run = subprocess.run([sys.executable, "-m", "alertmail", "check", "--config", str(config)], capture_output=True, text=True)
+    assert run.returncode == 78, run.stdout + run.stderr
+    out = run.stdout + run.stderr
+    assert "probes.nagios.check_timeout: must be at least" in out
+    assert "probes.nagios.max_output: must be at least 1 bytes" in out
 
 
 def test_without_its_table_the_nagios_probe_does_not_run_and_its_code_stays_unloaded():

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from alertmail.plugins.probes.netchecks import DnsProbe
+from alertmail.plugins.probes.netchecks import DNS, ChecksSettings, ServiceProbe
 from alertmail.probes.runner import configure_probe
 from tests.peers import Dnsmasq
 
@@ -26,13 +26,13 @@ def dns(tmp_path_factory):
 
 
 def collect(probe, checks):
-    probe.configure({"checks": checks})
+    probe.configure(ChecksSettings(checks=checks))
     samples = asyncio.run(probe.collect())
     return {(s.metric, s.label_dict()["check"]): s.value for s in samples}
 
 
 def test_an_answer_is_up_with_its_time_and_the_expected_values(dns):
-    probe = DnsProbe()
+    probe = ServiceProbe(DNS)
     got = collect(
         probe,
         [
@@ -51,21 +51,21 @@ def test_an_answer_is_up_with_its_time_and_the_expected_values(dns):
 
 
 def test_an_unexpected_answer_is_up_but_does_not_match_and_says_what_is_missing(dns):
-    probe = DnsProbe()
+    probe = ServiceProbe(DNS)
     got = collect(probe, [{"name": "www", "query": "www.example.test", "server": dns.address, "expect": "127.0.0.99"}])
     assert (got[("dns.up", "www")], got[("dns.answer_matches", "www")]) == (1.0, 0.0)
     assert "expected 127.0.0.99 is not in the answer" in probe.detail("dns.answer_matches", {"check": "www"})
 
 
 def test_a_name_not_found_is_down_and_says_so(dns):
-    probe = DnsProbe()
+    probe = ServiceProbe(DNS)
     got = collect(probe, [{"name": "gone", "query": "gone.example.test", "server": dns.address, "expect": "127.0.0.1"}])
     assert (got[("dns.up", "gone")], got[("dns.answer_matches", "gone")]) == (0.0, 0.0)
     assert "name not found (NXDOMAIN)" in probe.detail("dns.up", {"check": "gone"})
 
 
 def test_a_missing_record_type_is_down_and_says_so(dns):
-    probe = DnsProbe()
+    probe = ServiceProbe(DNS)
     got = collect(probe, [{"name": "v6", "query": "www.example.test", "type": "AAAA", "server": dns.address}])
     assert got[("dns.up", "v6")] == 0.0
     assert "has no AAAA record" in probe.detail("dns.up", {"check": "v6"})
@@ -75,7 +75,7 @@ def test_a_server_that_never_answers_is_down_after_the_timeout():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
         server = f"127.0.0.1:{silent.getsockname()[1]}"
-        probe = DnsProbe()
+        probe = ServiceProbe(DNS)
         got = collect(probe, [{"name": "mute", "query": "www.example.test", "server": server, "timeout": "0.5s"}])
     assert got == {("dns.up", "mute"): 0.0}
     assert "no answer within 0.5s" in probe.detail("dns.up", {"check": "mute"})
@@ -92,5 +92,5 @@ def test_a_server_that_never_answers_is_down_after_the_timeout():
     ],
 )
 def test_a_bad_dns_check_is_refused_with_the_key_path(check, problem):
-    problems = configure_probe("dns", DnsProbe(), {"checks": [check]})
+    problems = configure_probe("dns", ServiceProbe(DNS), ChecksSettings(checks=[check]))
     assert any(p.startswith(problem) for p in problems), problems

@@ -8,13 +8,13 @@ import socket
 
 import pytest
 
-from alertmail.plugins.probes.netchecks import HttpProbe
+from alertmail.plugins.probes.netchecks import HTTP, ChecksSettings, ServiceProbe
 from alertmail.probes.runner import configure_probe
 from tests.service_peers import HttpServer, make_certs
 
 
 def collect(probe, checks):
-    probe.configure({"checks": checks})
+    probe.configure(ChecksSettings(checks=checks))
     samples = asyncio.run(probe.collect())
     return {(s.metric, s.label_dict()["check"]): s.value for s in samples}
 
@@ -26,7 +26,7 @@ def closed_port() -> int:
 
 
 def test_a_healthy_page_is_up_with_its_status_and_time():
-    probe = HttpProbe()
+    probe = ServiceProbe(HTTP)
     with HttpServer() as server:
         got = collect(probe, [{"name": "home", "url": server.url("/"), "contains": "all g..d"}])
     assert got[("http.up", "home")] == 1.0
@@ -37,7 +37,7 @@ def test_a_healthy_page_is_up_with_its_status_and_time():
 
 
 def test_a_500_is_down_and_the_detail_names_the_status():
-    probe = HttpProbe()
+    probe = ServiceProbe(HTTP)
     with HttpServer() as server:
         got = collect(probe, [{"name": "api", "url": server.url("/broken")}])
     assert got[("http.up", "api")] == 0.0
@@ -46,7 +46,7 @@ def test_a_500_is_down_and_the_detail_names_the_status():
 
 
 def test_expect_status_and_contains_decide_up():
-    probe = HttpProbe()
+    probe = ServiceProbe(HTTP)
     with HttpServer() as server:
         got = collect(
             probe,
@@ -65,14 +65,14 @@ def test_expect_status_and_contains_decide_up():
 
 
 def test_a_refused_connection_is_down_and_says_connection_refused():
-    probe = HttpProbe()
+    probe = ServiceProbe(HTTP)
     got = collect(probe, [{"name": "gone", "url": f"http://127.0.0.1:{closed_port()}/"}])
     assert got == {("http.up", "gone"): 0.0}
     assert "connection refused" in probe.detail("http.up", {"check": "gone"})
 
 
 def test_no_answer_within_the_timeout_is_down_and_says_so():
-    probe = HttpProbe()
+    probe = ServiceProbe(HTTP)
     with HttpServer() as server:
         got = collect(probe, [{"name": "slow", "url": server.url("/slow"), "timeout": "0.5s"}])
     assert got == {("http.up", "slow"): 0.0}
@@ -81,7 +81,7 @@ def test_no_answer_within_the_timeout_is_down_and_says_so():
 
 def test_https_reports_the_days_left_of_a_certificate_about_to_expire(tmp_path):
     certs = make_certs(tmp_path, days=2.5)
-    probe = HttpProbe()
+    probe = ServiceProbe(HTTP)
     with HttpServer(certs.server_context()) as server:
         got = collect(probe, [{"name": "shop", "url": server.url("/"), "ca_file": str(certs.ca)}])
     assert got[("http.up", "shop")] == 1.0
@@ -91,7 +91,7 @@ def test_https_reports_the_days_left_of_a_certificate_about_to_expire(tmp_path):
 
 def test_an_expired_certificate_is_down_with_negative_days_and_says_expired(tmp_path):
     certs = make_certs(tmp_path, days=-3)
-    probe = HttpProbe()
+    probe = ServiceProbe(HTTP)
     with HttpServer(certs.server_context()) as server:
         got = collect(probe, [{"name": "shop", "url": server.url("/"), "ca_file": str(certs.ca)}])
     assert got[("http.up", "shop")] == 0.0
@@ -103,7 +103,7 @@ def test_an_expired_certificate_is_down_with_negative_days_and_says_expired(tmp_
 
 def test_an_untrusted_or_misnamed_certificate_is_down_and_says_why(tmp_path):
     certs = make_certs(tmp_path / "other-names", days=30, names=("other.test",))
-    probe = HttpProbe()
+    probe = ServiceProbe(HTTP)
     with HttpServer(certs.server_context()) as server:
         got = collect(
             probe,
@@ -118,7 +118,7 @@ def test_an_untrusted_or_misnamed_certificate_is_down_and_says_why(tmp_path):
 
 
 def test_the_detail_belongs_to_the_check_and_to_http_metrics_only():
-    probe = HttpProbe()
+    probe = ServiceProbe(HTTP)
     with HttpServer() as server:
         collect(probe, [{"name": "a", "url": server.url("/")}, {"name": "b", "url": server.url("/broken")}])
     assert "HTTP 200" in probe.detail("http.up", {"check": "a"})
@@ -142,7 +142,7 @@ def test_the_detail_belongs_to_the_check_and_to_http_metrics_only():
     ],
 )
 def test_a_bad_checks_list_is_refused_with_the_key_path(checks, problem):
-    problems = configure_probe("http", HttpProbe(), {"checks": checks})
+    problems = configure_probe("http", ServiceProbe(HTTP), ChecksSettings(checks=checks))
     assert any(p.startswith(problem) for p in problems), problems
 
 
@@ -169,12 +169,12 @@ def test_httpx_is_imported_only_when_an_http_check_is_configured():
 
     code = (
         "import sys\n"
-        "from alertmail.plugins.probes.netchecks import HttpProbe, TcpProbe\n"
-        "http, tcp = HttpProbe(), TcpProbe()\n"
-        "http.configure({'checks': []})\n"
-        "tcp.configure({'checks': [{'name': 'a', 'host': '127.0.0.1', 'port': 1}]})\n"
+        "from alertmail.plugins.probes.netchecks import HTTP, TCP, ServiceProbe\n"
+        "http, tcp = ServiceProbe(HTTP), ServiceProbe(TCP)\n"
+        "http.configure(http.options(checks=[]))\n"
+        "tcp.configure(tcp.options(checks=[{'name': 'a', 'host': '127.0.0.1', 'port': 1}]))\n"
         "print('httpx' in sys.modules, 'alertmail.plugins.probes.tcp_check' in sys.modules)\n"
-        "http.configure({'checks': [{'name': 'a', 'url': 'http://127.0.0.1:1/'}]})\n"
+        "http.configure(http.options(checks=[{'name': 'a', 'url': 'http://127.0.0.1:1/'}]))\n"
         "print('httpx' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

@@ -8,14 +8,14 @@ import socket
 
 import pytest
 
-from alertmail.plugins.probes.netchecks import SmtpProbe, TcpProbe
+from alertmail.plugins.probes.netchecks import SMTP, TCP, ChecksSettings, ServiceProbe
 from alertmail.probes.runner import configure_probe
 from tests.peers import SmtpSink, free_port
 from tests.service_peers import HttpServer, make_certs
 
 
 def collect(probe, checks):
-    probe.configure({"checks": checks})
+    probe.configure(ChecksSettings(checks=checks))
     samples = asyncio.run(probe.collect())
     return {(s.metric, *(v for k, v in s.labels if k != "check")): s.value for s in samples}
 
@@ -50,7 +50,7 @@ class StartTlsServer:
 
 
 def test_an_open_port_is_up_with_its_connect_time(tmp_path):
-    probe = TcpProbe()
+    probe = ServiceProbe(TCP)
     with SmtpSink(tmp_path / "sink") as sink:
         got = collect(probe, [{"name": "sink", "host": "127.0.0.1", "port": sink.port}])
     assert got[("tcp.up",)] == 1.0
@@ -60,7 +60,7 @@ def test_an_open_port_is_up_with_its_connect_time(tmp_path):
 
 
 def test_a_closed_port_is_down_and_says_connection_refused():
-    probe = TcpProbe()
+    probe = ServiceProbe(TCP)
     got = collect(probe, [{"name": "gone", "host": "127.0.0.1", "port": closed_port()}])
     assert got == {("tcp.up",): 0.0}
     assert "connection refused" in probe.detail("tcp.up", {"check": "gone"})
@@ -68,7 +68,7 @@ def test_a_closed_port_is_down_and_says_connection_refused():
 
 def test_starttls_smtp_reports_a_valid_certificate_and_its_days_left(tmp_path):
     certs = make_certs(tmp_path, days=5)
-    probe = TcpProbe()
+    probe = ServiceProbe(TCP)
     with StartTlsServer(certs.server_context()) as server:
         got = collect(
             probe, [{"name": "mx", "host": "127.0.0.1", "port": server.port, "starttls": "smtp", "ca_file": str(certs.ca)}]
@@ -80,7 +80,7 @@ def test_starttls_smtp_reports_a_valid_certificate_and_its_days_left(tmp_path):
 
 def test_starttls_smtp_with_an_expired_certificate_is_invalid_and_says_expired(tmp_path):
     certs = make_certs(tmp_path, days=-1.5)
-    probe = TcpProbe()
+    probe = ServiceProbe(TCP)
     with StartTlsServer(certs.server_context()) as server:
         got = collect(
             probe, [{"name": "mx", "host": "127.0.0.1", "port": server.port, "starttls": "smtp", "ca_file": str(certs.ca)}]
@@ -95,7 +95,7 @@ def test_starttls_smtp_with_an_expired_certificate_is_invalid_and_says_expired(t
 
 def test_implicit_tls_checks_the_chain_and_the_name(tmp_path):
     certs = make_certs(tmp_path, days=30)
-    probe = TcpProbe()
+    probe = ServiceProbe(TCP)
     with HttpServer(certs.server_context()) as server:
         collect(
             probe,
@@ -107,7 +107,7 @@ def test_implicit_tls_checks_the_chain_and_the_name(tmp_path):
         )
         misnamed = make_certs(tmp_path / "misnamed", days=30, names=("other.test",))
         with HttpServer(misnamed.server_context()) as other:
-            bad = TcpProbe()
+            bad = ServiceProbe(TCP)
             bad_got = collect(
                 bad, [{"name": "x", "host": "127.0.0.1", "port": other.port, "tls": True, "ca_file": str(misnamed.ca)}]
             )
@@ -119,7 +119,7 @@ def test_implicit_tls_checks_the_chain_and_the_name(tmp_path):
 
 
 def test_starttls_not_offered_is_down_and_says_so(tmp_path):
-    probe = TcpProbe()
+    probe = ServiceProbe(TCP)
     with SmtpSink(tmp_path / "sink") as sink:  # smtp-sink speaks no TLS
         got = collect(probe, [{"name": "sink", "host": "127.0.0.1", "port": sink.port, "starttls": "smtp"}])
     assert got[("tcp.up",)] == 0.0
@@ -136,7 +136,7 @@ def test_starttls_not_offered_is_down_and_says_so(tmp_path):
     ],
 )
 def test_a_bad_tcp_check_is_refused_with_the_key_path(check, problem):
-    problems = configure_probe("tcp", TcpProbe(), {"checks": [check]})
+    problems = configure_probe("tcp", ServiceProbe(TCP), ChecksSettings(checks=[check]))
     assert any(p.startswith(problem) for p in problems), problems
 
 
@@ -144,7 +144,7 @@ def test_a_bad_tcp_check_is_refused_with_the_key_path(check, problem):
 
 
 def test_smtp_sink_answers_every_step_and_each_is_timed(tmp_path):
-    probe = SmtpProbe()
+    probe = ServiceProbe(SMTP)
     with SmtpSink(tmp_path / "sink") as sink:
         got = collect(probe, [{"name": "sink", "host": "127.0.0.1", "port": sink.port, "ehlo": "probe.test"}])
     assert got[("smtp.up",)] == 1.0
@@ -155,7 +155,7 @@ def test_smtp_sink_answers_every_step_and_each_is_timed(tmp_path):
 
 def test_smtp_with_starttls_times_the_handshake(tmp_path):
     certs = make_certs(tmp_path, days=30)
-    probe = SmtpProbe()
+    probe = ServiceProbe(SMTP)
     with StartTlsServer(certs.server_context()) as server:
         got = collect(
             probe, [{"name": "mx", "host": "127.0.0.1", "port": server.port, "starttls": True, "ca_file": str(certs.ca)}]
@@ -166,7 +166,7 @@ def test_smtp_with_starttls_times_the_handshake(tmp_path):
 
 def test_smtp_with_an_expired_certificate_is_down_and_says_expired(tmp_path):
     certs = make_certs(tmp_path, days=-2)
-    probe = SmtpProbe()
+    probe = ServiceProbe(SMTP)
     checks = [
         {"name": "checked", "host": "127.0.0.1", "port": 0, "starttls": True, "ca_file": str(certs.ca)},
         {"name": "unchecked", "host": "127.0.0.1", "port": 0, "starttls": True, "verify": False},
@@ -180,7 +180,7 @@ def test_smtp_with_an_expired_certificate_is_down_and_says_expired(tmp_path):
 
 
 def test_smtp_sink_refusing_the_session_is_down_and_says_what_it_answered(tmp_path):
-    probe = SmtpProbe()
+    probe = ServiceProbe(SMTP)
     with SmtpSink(tmp_path / "sink", options=["-Q", "ehlo"]) as sink:  # 421 and disconnect at EHLO
         got = collect(probe, [{"name": "sink", "host": "127.0.0.1", "port": sink.port}])
     assert got[("smtp.up",)] == 0.0
@@ -189,7 +189,7 @@ def test_smtp_sink_refusing_the_session_is_down_and_says_what_it_answered(tmp_pa
 
 
 def test_smtp_to_a_closed_port_is_down_and_says_connection_refused():
-    probe = SmtpProbe()
+    probe = ServiceProbe(SMTP)
     got = collect(probe, [{"name": "gone", "host": "127.0.0.1", "port": closed_port()}])
     assert got == {("smtp.up",): 0.0}
     assert "connection refused" in probe.detail("smtp.up", {"check": "gone"})

@@ -19,7 +19,7 @@ import pytest
 
 from alertmail import Sample
 from alertmail.plugins.probes import system
-from alertmail.plugins.probes.process import ProcessProbe, parse_watch
+from alertmail.plugins.probes.process import ProcessProbe, ProcessSettings, parse_watch
 from alertmail.probes.runner import configure_probe
 
 Part = namedtuple("Part", "device mountpoint fstype opts")
@@ -36,7 +36,9 @@ def burn_cpu(seconds: float) -> None:
 
 
 def configured(probe, **options):
-    probe.configure(options)
+    """``probe`` configured as the agent does it, with ``options`` as its settings."""
+    settings = probe.options(**options) if hasattr(probe, "options") else options
+    assert configure_probe(probe.name, probe, settings) == []
     time.sleep(system.MIN_SPAN + 0.1)
     return probe
 
@@ -63,7 +65,7 @@ def test_bundled_probe_emits_every_declared_metric_well_formed(cls):
 
 def test_cpu_first_collect_after_configure_reports_real_busy_time():
     probe = system.CpuProbe()
-    probe.configure({})
+    probe.configure(system.CpuSettings())
     burn_cpu(0.4)  # one of the cores is fully busy: the machine cannot be at 0 %
     [total] = by_metric(probe.collect(), "cpu.percent")
     assert total.value > 10.0
@@ -101,7 +103,7 @@ def loopback_interface() -> str:
 
 def test_network_rate_matches_real_loopback_traffic():
     probe = system.NetworkProbe()
-    probe.configure({"loopback": True})
+    probe.configure(system.NetworkSettings(loopback=True))
     payload = b"x" * (4 << 20)
     server = socket.create_server(("127.0.0.1", 0))
     received = 0
@@ -227,7 +229,7 @@ def start(marker: str, code: str = "import time; time.sleep(30)") -> subprocess.
 
 def test_process_count_follows_a_real_child_from_one_to_zero(marker):
     probe = ProcessProbe()
-    probe.configure({"watch": [{"name": "sleeper", "cmdline": f"*{marker}*"}]})
+    probe.configure(ProcessSettings(watch=[{"name": "sleeper", "cmdline": f"*{marker}*"}]))
     assert by_metric(probe.collect(), "process.count", name="sleeper")[0].value == 0
     child = start(marker)
     try:
@@ -250,7 +252,7 @@ def test_process_cpu_percent_is_real_on_the_first_run(marker):
     try:
         time.sleep(0.2)
         probe = ProcessProbe()
-        probe.configure({"watch": [{"name": "spinner", "cmdline": f"*{marker}*"}]})
+        probe.configure(ProcessSettings(watch=[{"name": "spinner", "cmdline": f"*{marker}*"}]))
         time.sleep(0.5)
         [cpu] = by_metric(probe.collect(), "process.cpu_percent", name="spinner")
         # It spun the whole time; on a crowded machine it may get only a slice of a core.
@@ -312,15 +314,17 @@ def test_watch_errors_name_each_entry_and_key():
 
 
 def test_configure_problems_come_back_with_the_probe_key_path():
-    problems = configure_probe("process", ProcessProbe(), {"watch": [{"name": "x", "match": 3}]})
+    problems = configure_probe("process", ProcessProbe(), ProcessSettings(watch=[{"name": "x", "match": 3}]))
     assert problems == ["probes.process.watch[0].match: expected a non-empty string, got 3"]
-    assert configure_probe("process", ProcessProbe(), {"watch": "nginx"})[0].startswith("probes.process.watch: expected a list")
+    assert configure_probe("process", ProcessProbe(), ProcessSettings(watch="nginx"))[0].startswith(
+        "probes.process.watch: expected a list"
+    )
 
 
 def test_process_probe_never_counts_the_agent_itself(marker):
     code = (
-        "import sys; from alertmail.plugins.probes.process import ProcessProbe; p = ProcessProbe(); "
-        "p.configure({'watch': [{'name': 'me', 'cmdline': '*' + sys.argv[1] + '*'}]}); "
+        "import sys; from alertmail.plugins.probes.process import ProcessProbe, ProcessSettings; p = ProcessProbe(); "
+        "p.configure(ProcessSettings(watch=[{'name': 'me', 'cmdline': '*' + sys.argv[1] + '*'}])); "
         "print(int(p.collect()[0].value))"
     )
     out = subprocess.run([sys.executable, "-c", code, marker], capture_output=True, text=True, timeout=30, check=True)
@@ -344,13 +348,13 @@ def test_metric_catalogue_documents_every_bundled_metric_with_its_unit():
 
 def test_disk_exclusions_can_be_emptied_and_extended():
     probe = system.DiskProbe()
-    probe.configure({"exclude_fstypes": []})
-    assert probe.exclude_fstypes == [], "an empty list means: exclude no type"
-    probe.configure({})
-    assert probe.exclude_fstypes == list(system.PSEUDO_FSTYPES)
+    probe.configure(system.DiskSettings(exclude_fstypes=[]))
+    assert probe.settings.exclude_fstypes == [], "an empty list means: exclude no type"
+    probe.configure(system.DiskSettings())
+    assert probe.settings.exclude_fstypes == list(system.PSEUDO_FSTYPES)
 
     def mounts(**options) -> set[str]:
-        probe.configure(options)  # the disk probe keeps no counters: no span to wait for
+        probe.configure(system.DiskSettings(**options))  # the disk probe keeps no counters: no span to wait for
         return {s.label_dict()["mount"] for s in probe.collect()}
 
     everything = mounts()

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from alertmail.plugins.probes.scrape import ScrapeProbe
+from alertmail.plugins.probes.scrape import ScrapeProbe, ScrapeSettings
 from alertmail.probes.runner import run_probe
 from alertmail.render.context import probe_details
 from tests.peers import free_port
@@ -45,7 +45,7 @@ def node_exporter(tmp_path):
 
 def probe_with(**options) -> ScrapeProbe:
     probe = ScrapeProbe()
-    probe.configure(options)
+    probe.configure(ScrapeSettings(**options))
     return probe
 
 
@@ -162,6 +162,14 @@ def test_check_names_bad_targets(tmp_path):
     out = run.stdout + run.stderr
     assert "probes.scrape.targets[0].url: expected an http:// or https:// URL" in out
     assert "probes.scrape.targets[1].nam: unknown key; did you mean 'name'?" in out
+
+
+def test_check_refuses_a_zero_timeout_or_size_instead_of_silently_taking_the_default(tmp_path):
+    run = _check(tmp_path, '\n[probes.scrape]\nfiles = ["/x/*.prom"]\nscrape_timeout = "0s"\nmax_size = 0\n')
+    assert run.returncode == 78, run.stdout + run.stderr
+    out = run.stdout + run.stderr
+    assert "probes.scrape.scrape_timeout: must be at least" in out
+    assert "probes.scrape.max_size: must be at least 1 bytes" in out
 
 
 def test_alertmail_probe_shows_both_and_names_a_misspelt_scraped_metric_with_the_right_one(tmp_path, node_exporter):

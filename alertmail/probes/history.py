@@ -164,13 +164,13 @@ def _saved_value(v: float) -> float | str | None:
 def decode(data: bytes) -> list[tuple[str, Labels, Points]]:
     """The series of a saved history; ValueError saying what is wrong with it."""
     try:
-        raw = json.loads(data)
+        saved = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not JSON: {exc}") from None
-    if not isinstance(raw, dict) or raw.get("version") != FORMAT_VERSION or not isinstance(raw.get("series"), list):
+    if not isinstance(saved, dict) or saved.get("version") != FORMAT_VERSION or not isinstance(saved.get("series"), list):
         raise ValueError(f"expected a version {FORMAT_VERSION} history object")
     out = []
-    for i, entry in enumerate(raw["series"]):
+    for i, entry in enumerate(saved["series"]):
         try:
             metric, labels, points = entry["metric"], entry["labels"], entry["points"]
             if not isinstance(metric, str) or not isinstance(labels, list) or not isinstance(points, list):

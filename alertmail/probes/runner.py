@@ -21,21 +21,30 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from alertmail.config.core import AgentSettings
-from alertmail.config.schema import Checker, Option, options_of, typed
+from alertmail.config.schema import Checker, Option, Settings, options_of, setting, typed
 from alertmail.model import Sample, reserved_metric
 from alertmail.protocols import ProbeProtocol
 
-PROBE_OPTIONS: dict[str, Option] = {
-    "enabled": Option("bool", True, help="run this probe"),
-    "interval": Option(
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommonProbeSettings(Settings):
+    """The keys every ``[probes.NAME]`` table may hold, beside the probe's own."""
+
+    enabled: bool = setting("bool", True, help="run this probe")
+    interval: float | None = setting(
         "duration", None, minimum=0.1, help="how often to run it; default: the probe's own, else [agent].interval"
-    ),
-    "timeout": Option("duration", None, minimum=0.001, help="longest one run may take; default: its interval"),
-}
+    )
+    timeout: float | None = setting("duration", None, minimum=0.001, help="longest one run may take; default: its interval")
+
+
+PROBE_OPTIONS: dict[str, Option] = CommonProbeSettings.options()
 COMMON_KEYS = tuple(PROBE_OPTIONS)
+# What ``configure()`` receives: the probe's Settings object, or a dict for a plugin that
+# declares its options the older way (a dict of Options).
+ProbeOptions = Settings | dict[str, Any]
 # A worker with nothing to do for this long ends; the agent's probes never wait that long.
 WORKER_IDLE = 300.0
 
@@ -228,41 +237,57 @@ class ProbeSettings:
     enabled: bool
     interval: float
     timeout: float
-    options: Any  # the probe's own keys, as ``configure()`` receives them: its Settings object (or a dict)
+    options: ProbeOptions  # the probe's own keys, as ``configure()`` receives them
 
 
-def probe_settings(cfg: Any, name: str, probe: Any) -> ProbeSettings:
-    """Settings from ``cfg.probes[name]``, or the defaults when the config has no such table."""
-    table = cfg.probes.get(name) if cfg is not None else None
-    agent = cfg.agent if cfg is not None else AgentSettings()
+class ProbeTables(Protocol):
+    """What ``probe_settings`` reads of a loaded config: its path, ``[agent]`` and the checked ``[probes.NAME]`` tables."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def agent(self) -> AgentSettings: ...
+
+    @property
+    def probes(self) -> Mapping[str, Mapping[str, Any]]: ...
+
+
+def probe_settings(config: ProbeTables | None, name: str, probe: Any) -> ProbeSettings:
+    """Settings from ``config.probes[name]``, or the defaults when the config has no such table."""
+    table = config.probes.get(name) if config is not None else None
+    agent = config.agent if config is not None else AgentSettings()
     if table is None and getattr(probe, "configured_only", False):
         # A probe with nothing to do until its table names what to run or read (nagios, scrape): off, unloaded.
         interval = float(getattr(probe, "interval", None) or agent.interval)
         return ProbeSettings(False, interval, interval, {})
+    declared = getattr(probe, "options", None)  # a deferred probe loads its code here
     if table is None:  # no table: the defaults, filled in by the same checker the config uses
-        base = cfg.path.resolve().parent if cfg is not None else Path.cwd()
-        table = Checker(base).table(f"probes.{name}", {}, {**PROBE_OPTIONS, **options_of(getattr(probe, "options", None))})
-    interval = table.get("interval") or getattr(probe, "interval", None) or agent.interval
-    timeout = table.get("timeout") or agent.probe_timeout or interval
-    options = typed(getattr(probe, "options", None), {k: v for k, v in table.items() if k not in COMMON_KEYS})
-    return ProbeSettings(table.get("enabled", True) is not False, float(interval), float(min(timeout, interval)), options)
+        base = config.path.resolve().parent if config is not None else Path.cwd()
+        table = Checker(base).table(f"probes.{name}", {}, {**PROBE_OPTIONS, **options_of(declared)})
+    common = CommonProbeSettings.from_table(table)
+    interval = common.interval or getattr(probe, "interval", None) or agent.interval
+    timeout = common.timeout or agent.probe_timeout or interval
+    options = typed(declared, {k: v for k, v in table.items() if k not in COMMON_KEYS})
+    return ProbeSettings(common.enabled is not False, float(interval), float(min(timeout, interval)), options)
 
 
 _KEYPATH = re.compile(r"^[A-Za-z_][\w\[\].-]*: ")
 
 
-def configure_probe(name: str, probe: Any, options: Mapping[str, Any]) -> list[str]:
+def configure_probe(name: str, probe: Any, options: ProbeOptions) -> list[str]:
     """Call ``probe.configure(options)``; config problems come back as ``probes.NAME.KEY: ...`` lines.
 
-    A probe's ``configure`` raises ValueError for a bad table; each line of the message
-    is a problem, starting with its key path inside the table. Other exceptions are bugs
-    of the probe and propagate.
+    ``options`` is the probe's Settings object (a dict for a probe that declares its
+    options as one). A probe's ``configure`` raises ValueError for a bad table; each line
+    of the message is a problem, starting with its key path inside the table. Other
+    exceptions are bugs of the probe and propagate.
     """
     configure = getattr(probe, "configure", None)
     if configure is None:
         return []
     try:
-        configure(dict(options))
+        configure(options if isinstance(options, Settings) else dict(options))
     except ValueError as exc:
         return [
             f"probes.{name}.{line}" if _KEYPATH.match(line) else f"probes.{name}: {line}"

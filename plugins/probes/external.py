@@ -11,7 +11,7 @@ such a probe does not run (``configured_only``): there is nothing for it to run 
 from __future__ import annotations
 
 from alertmail import MetricInfo, hookimpl
-from alertmail.plugins.probes.host import Deferred as HostDeferred
+from alertmail.plugins.probes.host import Deferred
 
 NAGIOS_METRICS = (
     MetricInfo("nagios.status", "count", "exit status of the check's plugin: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN", ("check",)),
@@ -43,15 +43,6 @@ SCRAPE_METRICS = (
         ("target",),
     ),
 )
-
-
-class Deferred(HostDeferred):
-    """The host probes' deferred probe (``host.Deferred``), also passing on ``problem()``."""
-
-    def problem(self) -> str | None:
-        """What went wrong on the last run though samples came back (a scrape target over a limit)."""
-        problem = getattr(self._probe, "problem", None)
-        return problem() if callable(problem) else None
 
 
 @hookimpl

@@ -25,12 +25,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from alertmail import Option, Sample
-from alertmail.plugins.probes.checklist import absolute_path, parse_checks
+from alertmail import Sample, Settings, setting
+from alertmail.plugins.probes.checklist import Key, absolute_path, parse_checks, text
 
-CHECK_KEYS = ("name", "path")
 EXAMPLE = '{ name = "db-backup", path = "/var/backups/db-*.sql.gz" }'
+CHECK_KEYS = {
+    "name": Key(text, required=True, example=f"e.g. {EXAMPLE}"),
+    "path": Key(absolute_path, required=True, example=f"e.g. {EXAMPLE}"),  # may be a glob
+}
 _MAGIC = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileSettings(Settings):
+    """``[probes.file]``."""
+
+    checks: list[Any] = setting("any", [], help=f"list of {{ name, path }} tables, e.g. [{EXAMPLE}]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,25 +87,17 @@ class FileProbe:
     name: ClassVar[str] = "file"
     description: ClassVar[str] = "files by path or glob: existence, age, size, count"
     interval: float | None = 60.0
-    options: ClassVar[dict[str, Option]] = {
-        "checks": Option("any", [], help=f"list of {{ name, path }} tables, e.g. [{EXAMPLE}]"),
-    }
+    options: ClassVar[type[FileSettings]] = FileSettings
 
     def __init__(self) -> None:
         self.checks: list[FileCheck] = []
         self._details: dict[str, str] = {}
 
-    def configure(self, options: Mapping[str, Any]) -> None:
-        entries, problems = parse_checks(options.get("checks") or [], CHECK_KEYS, CHECK_KEYS, EXAMPLE)
-        checks = []
-        for i, entry in entries:
-            try:
-                checks.append(FileCheck(entry["name"], absolute_path(f"checks[{i}].path", entry["path"])))
-            except ValueError as exc:
-                problems.append(str(exc))
+    def configure(self, settings: FileSettings) -> None:
+        checks, problems = parse_checks(settings.checks, CHECK_KEYS, EXAMPLE)
         if problems:
             raise ValueError("\n".join(problems))
-        self.checks = checks
+        self.checks = [FileCheck(check["name"], check["path"]) for _, check in checks]
         self._details = {}
 
     def _look(self, check: FileCheck, now: float) -> list[Sample]:

@@ -52,7 +52,8 @@ PRESSURE_METRICS = (
 
 
 class Deferred:
-    """A probe whose code is imported when it is first configured or run."""
+    """A probe whose code is imported when it is first configured or run (the host probes here,
+    nagios and scrape in ``external.py``); it passes on what the real probe offers."""
 
     configured_only = True  # no [probes.NAME] table: the probe does not run, its code stays unloaded
 
@@ -72,10 +73,12 @@ class Deferred:
 
     @property
     def options(self) -> Any:
-        return self._real().options
+        """The real probe's Settings class (None for a probe with no keys of its own)."""
+        return getattr(self._real(), "options", None)
 
-    def configure(self, options: Mapping[str, Any]) -> None:
-        self._real().configure(options)
+    def configure(self, settings: object) -> None:
+        """Hand the real probe its settings object."""
+        self._real().configure(settings)
 
     def collect(self) -> list[Sample]:
         return self._real().collect()
@@ -85,6 +88,11 @@ class Deferred:
         if self._probe is None or not callable(getattr(self._probe, "detail", None)):
             return None
         return self._probe.detail(metric, labels)
+
+    def problem(self) -> str | None:
+        """What went wrong on the last run though samples came back (a scrape target over a limit)."""
+        problem = getattr(self._probe, "problem", None)
+        return problem() if callable(problem) else None
 
     def __repr__(self) -> str:
         return f"<probe {self.name}>"

@@ -44,14 +44,14 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
-from alertmail import Option, Sample, write_atomic
-from alertmail.plugins.probes.checklist import absolute_path, parse_checks
+from alertmail import Sample, Settings, setting, write_atomic
+from alertmail.plugins.probes.checklist import Key, absolute_path, parse_checks, text
 
 log = logging.getLogger("alertmail.probes.logfile")
 
-CHECK_KEYS = ("name", "path", "pattern")
 EXAMPLE = '{ name = "app-errors", path = "/var/log/app/app.log", pattern = "ERROR|CRITICAL" }'
 DEFAULT_MAX_READ = 16 * 1024 * 1024
 # Bytes before the position kept to tell a file rewritten in place (copytruncate) from one that grew.
@@ -204,12 +204,37 @@ class Follower:
         return lines
 
 
+def _regex(value: Any) -> re.Pattern[str]:
+    try:
+        return re.compile(text(value))
+    except re.error as exc:
+        raise ValueError(f'not a valid regular expression: {exc}; write a Python regex, e.g. "ERROR|CRIT"') from None
+
+
+CHECK_KEYS = {
+    "name": Key(text, required=True, example=f"e.g. {EXAMPLE}"),
+    "path": Key(absolute_path, required=True, example=f"e.g. {EXAMPLE}"),
+    "pattern": Key(_regex, required=True, example=f"e.g. {EXAMPLE}"),
+}
+
+
 def _fix(exc: OSError) -> str:
     if exc.errno == errno.EISDIR:
         return "name the log file itself, not its folder"
     if exc.errno in (errno.EACCES, errno.EPERM):
         return "run the agent as a user who may read it (for /var/log, a member of group adm)"
     return "name a log file the agent can read"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogfileSettings(Settings):
+    """``[probes.logfile]``."""
+
+    checks: list[Any] = setting("any", [], help=f"list of {{ name, path, pattern }} tables, e.g. [{EXAMPLE}]")
+    max_read: int = setting("size", DEFAULT_MAX_READ, help="most bytes read from one log in one run; the rest waits")
+    positions_file: Path | None = setting(
+        "path", None, help="file that keeps each log's position across restarts, e.g. a file in [agent].state_dir"
+    )
 
 
 @dataclass
@@ -229,13 +254,7 @@ class LogfileProbe:
     name: ClassVar[str] = "logfile"
     description: ClassVar[str] = "new log lines matching a pattern"
     interval: float | None = 30.0
-    options: ClassVar[dict[str, Option]] = {
-        "checks": Option("any", [], help=f"list of {{ name, path, pattern }} tables, e.g. [{EXAMPLE}]"),
-        "max_read": Option("size", DEFAULT_MAX_READ, help="most bytes read from one log in one run; the rest waits"),
-        "positions_file": Option(
-            "path", None, help="file that keeps each log's position across restarts, e.g. a file in [agent].state_dir"
-        ),
-    }
+    options: ClassVar[type[LogfileSettings]] = LogfileSettings
 
     def __init__(self) -> None:
         self.checks: list[LogCheck] = []
@@ -245,16 +264,16 @@ class LogfileProbe:
         self._save_error = ""
         self._lock = threading.Lock()
 
-    def configure(self, options: Mapping[str, Any]) -> None:
+    def configure(self, settings: LogfileSettings) -> None:
         # A reload configures on the agent's loop while a run may be reading in its worker
         # thread: a descriptor closed here must not be read (or reused) there.
         with self._lock:
-            self._configure(options)
+            self._configure(settings)
 
-    def _configure(self, options: Mapping[str, Any]) -> None:
-        entries, problems = parse_checks(options.get("checks") or [], CHECK_KEYS, CHECK_KEYS, EXAMPLE)
-        max_read = options.get("max_read", DEFAULT_MAX_READ)
-        positions_file = options.get("positions_file")
+    def _configure(self, settings: LogfileSettings) -> None:
+        entries, problems = parse_checks(settings.checks, CHECK_KEYS, EXAMPLE)
+        max_read = settings.max_read
+        positions_file = settings.positions_file
         saved = self._load_positions(str(positions_file)) if positions_file else {}
         if not isinstance(max_read, int) or max_read < 4096:
             problems.append(f"max_read: expected at least 4KiB, got {max_read!r}; the default is 16MiB")
@@ -263,18 +282,7 @@ class LogfileProbe:
         checks: list[LogCheck] = []
         opened: list[Follower] = []
         for i, entry in entries:
-            try:
-                path = absolute_path(f"checks[{i}].path", entry["path"])
-            except ValueError as exc:
-                problems.append(str(exc))
-                continue
-            try:
-                pattern = re.compile(entry["pattern"])
-            except re.error as exc:
-                problems.append(
-                    f'checks[{i}].pattern: not a valid regular expression: {exc}; write a Python regex, e.g. "ERROR|CRIT"'
-                )
-                continue
+            path, pattern = entry["path"], entry["pattern"]
             old = following.pop((path, pattern.pattern), None)
             if old is not None:
                 checks.append(LogCheck(entry["name"], path, pattern, old.follower, old.last_line, old.last_at))

@@ -35,11 +35,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from alertmail import Option, Sample, did_you_mean, parse_duration
+from alertmail import Sample, Settings, parse_duration, setting
+from alertmail.plugins.probes.checklist import ItemProblem, Key, parse_checks
 
 STATUS_WORDS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
 UNKNOWN = 3
-CHECK_KEYS = ("name", "command", "timeout", "env")
 # The environment a plugin runs with: nothing of the agent's own (no secrets from its
 # unit file), a C locale so numbers print with a decimal point, as the plugins' tests assume.
 ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "LC_ALL": "C"}
@@ -95,59 +95,49 @@ class Result:
         return text
 
 
-def parse_checks(value: Any, default_timeout: float) -> list[Check]:
-    """The ``checks`` option; ValueError naming every bad entry and key."""
-    example = '{ name = "load", command = ["/usr/lib/nagios/plugins/check_load", "-w", "5,4,3", "-c", "10,8,6"] }'
-    if not isinstance(value, list):
-        raise ValueError(f"checks: expected a list of tables like [{example}], got {value!r}")
-    problems: list[str] = []
-    checks: list[Check] = []
-    names: set[str] = set()
-    for i, entry in enumerate(value):
-        where = f"checks[{i}]"
-        if not isinstance(entry, dict):
-            problems.append(f"{where}: expected a table like {example}, got {entry!r}")
-            continue
-        before = len(problems)
-        for key in entry:
-            if key not in CHECK_KEYS:
-                problems.append(f"{where}.{key}: unknown key; {did_you_mean(key, CHECK_KEYS, listing='known keys')}")
-        name = entry.get("name")
-        if not isinstance(name, str) or not name.strip():
-            problems.append(f'{where}.name: expected a non-empty string, the label value of this check, e.g. name = "load"')
-        elif name in names:
-            problems.append(f"{where}.name: {name!r} is already the name of another check; give each check its own name")
-        else:
-            names.add(name)
-        command = entry.get("command")
-        if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
-            problems.append(
-                f"{where}.command: expected a list of strings, the program and its arguments (no shell),"
-                ' e.g. ["/usr/lib/nagios/plugins/check_load", "-w", "5,4,3", "-c", "10,8,6"]'
-            )
-        elif not os.path.isabs(command[0]):
-            problems.append(f"{where}.command[0]: {command[0]!r} is not an absolute path; write the full path of the plugin")
-        elif not os.access(command[0], os.X_OK) or os.path.isdir(command[0]):
-            problems.append(
-                f"{where}.command[0]: {command[0]} is not an executable file here;"
-                " install the plugin (Debian: monitoring-plugins-basic) or correct the path"
-            )
-        timeout = default_timeout
-        if "timeout" in entry:
-            try:
-                timeout = parse_duration(entry["timeout"])
-                if timeout <= 0:
-                    raise ValueError("a check's timeout must be more than 0")
-            except ValueError as exc:
-                problems.append(f"{where}.timeout: {exc}")
-        env = entry.get("env", {})
-        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            problems.append(f'{where}.env: expected a table of strings, e.g. env = {{ TZ = "UTC" }}, got {env!r}')
-        if len(problems) == before:
-            checks.append(Check(str(name), tuple(command or ()), timeout, dict(env)))
-    if problems:
-        raise ValueError("\n".join(problems))
-    return checks
+EXAMPLE = '{ name = "load", command = ["/usr/lib/nagios/plugins/check_load", "-w", "5,4,3", "-c", "10,8,6"] }'
+COMMAND_EXAMPLE = '["/usr/lib/nagios/plugins/check_load", "-w", "5,4,3", "-c", "10,8,6"]'
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError('expected a non-empty string, the label value of this check, e.g. name = "load"')
+    return value
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(a, str) for a in value):
+        raise ValueError(f"expected a list of strings, the program and its arguments (no shell), e.g. {COMMAND_EXAMPLE}")
+    if not os.path.isabs(value[0]):
+        raise ItemProblem("[0]", f"{value[0]!r} is not an absolute path; write the full path of the plugin")
+    if not os.access(value[0], os.X_OK) or os.path.isdir(value[0]):
+        raise ItemProblem(
+            "[0]",
+            f"{value[0]} is not an executable file here;"
+            " install the plugin (Debian: monitoring-plugins-basic) or correct the path",
+        )
+    return tuple(value)
+
+
+def _timeout(value: Any) -> float:
+    timeout = parse_duration(value)
+    if timeout <= 0:
+        raise ValueError("a check's timeout must be more than 0")
+    return timeout
+
+
+def _env(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError(f'expected a table of strings, e.g. env = {{ TZ = "UTC" }}, got {value!r}')
+    return dict(value)
+
+
+CHECK_KEYS = {
+    "name": Key(_name, required=True, example='the label value of this check, e.g. name = "load"'),
+    "command": Key(_command, required=True, example=f"the plugin's absolute path and its arguments, e.g. {COMMAND_EXAMPLE}"),
+    "timeout": Key(_timeout),  # default: [probes.nagios] check_timeout
+    "env": Key(_env, {}),
+}
 
 
 def parse_perfdata(text: str) -> list[tuple[str, float]]:
@@ -269,45 +259,47 @@ def run_check(check: Check, max_output: int) -> Result:
     return result
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NagiosSettings(Settings):
+    """``[probes.nagios]``."""
+
+    checks: list[Any] = setting(
+        "any", [], help='list of { name = "LABEL", command = ["/path/check_x", "ARG", ...], timeout = "10s", env = {...} }'
+    )
+    check_timeout: float = setting("duration", 10.0, minimum=0.001, help="a check's timeout when its entry gives none")
+    max_output: int = setting("size", 16384, minimum=1, help="bytes of a plugin's output read; the rest is dropped")
+    parallel: int = setting("int", 4, help="checks run at the same time")
+
+
 class NagiosProbe:
     """Runs the configured checks every interval, ``parallel`` at a time."""
 
     name = "nagios"
-    options: ClassVar[dict[str, Option]] = {
-        "checks": Option(
-            "any", [], help='list of { name = "LABEL", command = ["/path/check_x", "ARG", ...], timeout = "10s", env = {...} }'
-        ),
-        "check_timeout": Option("duration", 10.0, help="a check's timeout when its entry gives none"),
-        "max_output": Option("size", 16384, help="bytes of a plugin's output read; the rest is dropped"),
-        "parallel": Option("int", 4, help="checks run at the same time"),
-    }
+    options: ClassVar[type[NagiosSettings]] = NagiosSettings
 
     def __init__(self) -> None:
         self.checks: list[Check] = []
-        self.max_output = 16384
-        self.parallel = 4
+        self.settings = NagiosSettings()
         self.results: dict[str, Result] = {}
 
-    def configure(self, options: Mapping[str, Any]) -> None:
+    def configure(self, settings: NagiosSettings) -> None:
         problems: list[str] = []
-        parallel = options.get("parallel", 4)
-        if not isinstance(parallel, int) or parallel < 1:
-            problems.append(f"parallel: expected a whole number of at least 1, got {parallel!r}")
-        try:
-            checks = parse_checks(options.get("checks") or [], float(options.get("check_timeout") or 10.0))
-        except ValueError as exc:
-            problems += str(exc).splitlines()
-            checks = []
+        if settings.parallel < 1:
+            problems.append(f"parallel: expected a whole number of at least 1, got {settings.parallel!r}")
+        keys = {**CHECK_KEYS, "timeout": Key(_timeout, settings.check_timeout)}
+        entries, more = parse_checks(settings.checks, keys, EXAMPLE)
+        problems += more
         if problems:
             raise ValueError("\n".join(problems))
-        self.checks, self.parallel = checks, parallel
-        self.max_output = int(options.get("max_output") or 16384)
+        self.checks = [Check(c["name"], c["command"], c["timeout"], c["env"]) for _, c in entries]
+        self.settings = settings
 
     def collect(self) -> list[Sample]:
         if not self.checks:
             return []
-        with ThreadPoolExecutor(min(self.parallel, len(self.checks)), thread_name_prefix="nagios") as pool:
-            results = list(pool.map(lambda c: run_check(c, self.max_output), self.checks))
+        max_output = self.settings.max_output
+        with ThreadPoolExecutor(min(self.settings.parallel, len(self.checks)), thread_name_prefix="nagios") as pool:
+            results = list(pool.map(lambda c: run_check(c, max_output), self.checks))
         stamp = time.time()
         out: list[Sample] = []
         for check, result in zip(self.checks, results):

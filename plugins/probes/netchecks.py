@@ -32,6 +32,7 @@ alert mail shows next to the value (``detail(metric, labels)``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import os
 import re
@@ -40,7 +41,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from alertmail import MetricInfo, Option, Sample, did_you_mean, hookimpl, parse_duration
+from alertmail import MetricInfo, Sample, Settings, hookimpl, parse_duration, setting
+from alertmail.plugins.probes.checklist import Key, parse_checks
 
 # A check's timeout when its entry gives none. The probe's whole run is bounded by its
 # [probes.NAME].timeout (default: its interval, 10 s by default): a check must give up
@@ -52,27 +54,21 @@ DETAIL_CHARS = 500
 _LABEL = re.compile(r"^[^\x00-\x1f\x7f]+$")
 
 
-@dataclass(frozen=True)
-class Key:
-    """One key of a check entry: its kind, default, and an example for the error message."""
-
-    kind: str  # "str", "int", "port", "bool", "duration", "path", "regex", "statuses", "headers", "strings", "choice"
-    default: Any = None
-    required: bool = False
-    example: str = ""
-    choices: tuple[str, ...] = ()
+def spec(kind: str, default: Any = None, *, required: bool = False, example: str = "", choices: tuple[str, ...] = ()) -> Key:
+    """A key of a check entry of one ``kind``: "str", "int", "port", "bool", "duration", "path",
+    "regex", "statuses", "headers", "strings" or "choice" (one of ``choices``)."""
+    return Key(functools.partial(_convert, kind, choices), default, required, example)
 
 
-def _convert(key: Key, value: Any) -> Any:
+def _convert(kind: str, choices: tuple[str, ...], value: Any) -> Any:
     """The checked value, or ValueError saying what was expected."""
-    kind = key.kind
     if kind in ("str", "path", "choice", "regex"):
         if not isinstance(value, str) or not value or not _LABEL.match(value):
             raise ValueError(f"expected a non-empty string without control characters, got {value!r}")
         if kind == "path" and not os.path.isfile(value):
             raise ValueError(f"no such file: {value!r}; give the path of a PEM file of trusted CA certificates")
-        if kind == "choice" and value not in key.choices:
-            raise ValueError(f"expected one of {', '.join(repr(c) for c in key.choices)}, got {value!r}")
+        if kind == "choice" and value not in choices:
+            raise ValueError(f"expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
         if kind == "regex":
             try:
                 return re.compile(value)
@@ -112,53 +108,6 @@ def _convert(key: Key, value: Any) -> Any:
             raise ValueError(f'expected a string or a list of strings, like ["192.0.2.80"], got {value!r}')
         return tuple(items)
     raise AssertionError(kind)
-
-
-def parse_checks(value: Any, keys: Mapping[str, Key], example: str, more: Callable[[dict[str, Any]], list[str]]) -> list[dict]:
-    """The ``checks`` option as one dict per check (defaults filled in); ValueError naming every bad entry and key.
-
-    ``more(entry)`` checks what one key cannot say alone and returns ``"key: problem"`` lines.
-    """
-    if not isinstance(value, list):
-        raise ValueError(f"checks: expected a list of tables like [{example}], got {value!r}")
-    problems: list[str] = []
-    checks: list[dict] = []
-    names: set[str] = set()
-    for i, entry in enumerate(value):
-        where = f"checks[{i}]"
-        if not isinstance(entry, dict):
-            problems.append(f"{where}: expected a table like {example}, got {entry!r}")
-            continue
-        before = len(problems)
-        check: dict[str, Any] = {}
-        for key, item in entry.items():
-            spec = keys.get(key)
-            if spec is None:
-                problems.append(f"{where}.{key}: unknown key; {did_you_mean(key, keys, listing='known keys')}")
-                continue
-            try:
-                check[key] = _convert(spec, item)
-            except ValueError as exc:
-                problems.append(f"{where}.{key}: {exc}")
-        for key, spec in keys.items():
-            if key in entry:
-                continue
-            if spec.required:
-                problems.append(f"{where}.{key}: missing; {spec.example}")
-            else:
-                check[key] = spec.default
-        name = check.get("name")
-        if isinstance(name, str):
-            if name in names:
-                problems.append(f"{where}.name: {name!r} is used twice; each check needs its own name")
-            names.add(name)
-        if len(problems) == before:
-            problems += [f"{where}.{line}" for line in more(check)]
-        if len(problems) == before:
-            checks.append(check)
-    if problems:
-        raise ValueError("\n".join(problems))
-    return checks
 
 
 def _http_more(check: dict[str, Any]) -> list[str]:
@@ -227,82 +176,105 @@ def split_server(text: str, default_port: int = 53) -> tuple[str, int | None]:
     return host, int(port)
 
 
-TIMEOUT = Key("duration", DEFAULT_TIMEOUT)
-NAME = Key("str", required=True, example='the label value of this check, e.g. name = "shop"')
+TIMEOUT = spec("duration", DEFAULT_TIMEOUT)
+NAME = spec("str", required=True, example='the label value of this check, e.g. name = "shop"')
 
 HTTP_KEYS = {
     "name": NAME,
-    "url": Key("str", required=True, example='the address to fetch, e.g. url = "https://example.com/health"'),
-    "method": Key("choice", "GET", choices=("GET", "HEAD", "POST", "PUT", "OPTIONS", "PATCH", "DELETE")),
-    "headers": Key("headers", None),
-    "expect_status": Key("statuses", None),
-    "contains": Key("regex", None),
+    "url": spec("str", required=True, example='the address to fetch, e.g. url = "https://example.com/health"'),
+    "method": spec("choice", "GET", choices=("GET", "HEAD", "POST", "PUT", "OPTIONS", "PATCH", "DELETE")),
+    "headers": spec("headers", None),
+    "expect_status": spec("statuses", None),
+    "contains": spec("regex", None),
     "timeout": TIMEOUT,
-    "ca_file": Key("path", None),
-    "follow_redirects": Key("bool", False),
+    "ca_file": spec("path", None),
+    "follow_redirects": spec("bool", False),
 }
 TCP_KEYS = {
     "name": NAME,
-    "host": Key("str", required=True, example='a host name or address, e.g. host = "mail.example.com"'),
-    "port": Key("port", required=True, example="e.g. port = 443"),
-    "tls": Key("bool", False),
-    "starttls": Key("choice", None, choices=("smtp", "imap", "pop3")),
-    "ca_file": Key("path", None),
+    "host": spec("str", required=True, example='a host name or address, e.g. host = "mail.example.com"'),
+    "port": spec("port", required=True, example="e.g. port = 443"),
+    "tls": spec("bool", False),
+    "starttls": spec("choice", None, choices=("smtp", "imap", "pop3")),
+    "ca_file": spec("path", None),
     "timeout": TIMEOUT,
 }
 SMTP_KEYS = {
     "name": NAME,
-    "host": Key("str", required=True, example='a host name or address, e.g. host = "mail.example.com"'),
-    "port": Key("port", 25),
-    "starttls": Key("bool", False),
-    "ehlo": Key("str", None),
-    "ca_file": Key("path", None),
-    "verify": Key("bool", True),
+    "host": spec("str", required=True, example='a host name or address, e.g. host = "mail.example.com"'),
+    "port": spec("port", 25),
+    "starttls": spec("bool", False),
+    "ehlo": spec("str", None),
+    "ca_file": spec("path", None),
+    "verify": spec("bool", True),
     "timeout": TIMEOUT,
 }
 DNS_KEYS = {
     "name": NAME,
-    "query": Key("str", required=True, example='the name to look up, e.g. query = "www.example.com"'),
-    "type": Key("choice", "A", choices=("A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT", "CAA")),
-    "server": Key("str", None),
-    "expect": Key("strings", None),
+    "query": spec("str", required=True, example='the name to look up, e.g. query = "www.example.com"'),
+    "type": spec("choice", "A", choices=("A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT", "CAA")),
+    "server": spec("str", None),
+    "expect": spec("strings", None),
     "timeout": TIMEOUT,
 }
 
 
-class ServiceProbe:
-    """What the four share: a checks list, a lazily imported runner, and each check's detail.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChecksSettings(Settings):
+    """``[probes.http]``, ``[probes.tcp]``, ``[probes.smtp]``, ``[probes.dns]``: a list of named checks."""
+
+    checks: list[Any] = setting(
+        "any", [], help='list of check tables, each with its name = "LABEL" and the keys of its probe (docs/metrics.md)'
+    )
+
+
+def _nothing_more(check: dict[str, Any]) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class ServiceKind:
+    """What one service probe checks: its name and metrics, the keys of a check, and the module that runs it.
 
     ``runner`` names the module (in this package) that runs the checks; it defines
     ``async def run(check) -> Result`` where Result has ``samples(check, stamp)`` and ``detail``.
     """
 
-    name: ClassVar[str]
-    description: ClassVar[str]
-    metrics: ClassVar[tuple[MetricInfo, ...]]
-    options: ClassVar[dict[str, Option]]
-    keys: ClassVar[dict[str, Key]]
-    example: ClassVar[str]
-    runner: ClassVar[str]
-    prefixes: ClassVar[tuple[str, ...]] = ()  # the metrics whose alerts get this probe's detail
+    name: str
+    description: str
+    runner: str
+    keys: Mapping[str, Key]
+    example: str
+    prefixes: tuple[str, ...]  # the metrics whose alerts get this probe's detail
+    metrics: tuple[MetricInfo, ...]
+    more: Callable[[dict[str, Any]], list[str]] = _nothing_more  # problems no single key shows, as "key: problem" lines
+
+
+class ServiceProbe:
+    """A probe of one ``ServiceKind``: a checks list, a lazily imported runner, and each check's detail."""
+
+    options: ClassVar[type[ChecksSettings]] = ChecksSettings
     interval: float | None = None
     configured_only = True  # no [probes.NAME] table: nothing to check, the probe does not run
 
-    def __init__(self) -> None:
+    def __init__(self, kind: ServiceKind) -> None:
+        self.kind = kind
+        self.name = kind.name
+        self.description = kind.description
+        self.metrics = kind.metrics
         self.checks: list[dict[str, Any]] = []
         self.details: dict[str, str] = {}  # check name -> what its last run found
         self._run: Any = None
 
-    def configure(self, options: Mapping[str, Any]) -> None:
-        checks = parse_checks(options.get("checks") or [], self.keys, self.example, self.more)
+    def configure(self, settings: ChecksSettings) -> None:
+        entries, problems = parse_checks(settings.checks, self.kind.keys, self.kind.example, self.kind.more)
+        if problems:
+            raise ValueError("\n".join(problems))
+        checks = [check for _, check in entries]
         self.checks = checks
         self.details = {k: v for k, v in self.details.items() if any(c["name"] == k for c in checks)}
         if checks and self._run is None:
-            self._run = importlib.import_module(f"{__package__}.{self.runner}").run
-
-    def more(self, check: dict[str, Any]) -> list[str]:
-        """Problems of one check that no single key shows, as ``key: problem`` lines."""
-        return []
+            self._run = importlib.import_module(f"{__package__}.{self.kind.runner}").run
 
     async def collect(self) -> list[Sample]:
         if not self.checks:
@@ -317,7 +289,7 @@ class ServiceProbe:
 
     def detail(self, metric: str, labels: Mapping[str, str]) -> str | None:
         """What the check named by ``labels`` found on its last run (why it is down), for the alert mail."""
-        if not metric.startswith(self.prefixes):
+        if not metric.startswith(self.kind.prefixes):
             return None
         return self.details.get(labels.get("check", ""))
 
@@ -328,66 +300,44 @@ class ServiceProbe:
 CHECK = ("check",)
 
 
-class HttpProbe(ServiceProbe):
-    name = "http"
-    description = "HTTP and HTTPS endpoints: status, body, response time, certificate"
-    runner = "http_check"
-    keys = HTTP_KEYS
-    prefixes = ("http.",)
-    example = '{ name = "shop", url = "https://shop.example.com/health" }'
-    metrics = (
+HTTP = ServiceKind(
+    "http",
+    "HTTP and HTTPS endpoints: status, body, response time, certificate",
+    runner="http_check",
+    keys=HTTP_KEYS,
+    example='{ name = "shop", url = "https://shop.example.com/health" }',
+    prefixes=("http.",),
+    metrics=(
         MetricInfo("http.up", "", "1 when the answer came in time with an expected status (and body); else 0", CHECK),
         MetricInfo("http.status_code", "", "HTTP status of the answer (of the last one when redirects are followed)", CHECK),
         MetricInfo("http.response_seconds", "seconds", "from the start of the connection to the whole answer read", CHECK),
         MetricInfo("http.cert_days_left", "days", "days until the server certificate expires (https; below 0: expired)", CHECK),
-    )
-    options: ClassVar[dict[str, Option]] = {
-        "checks": Option(
-            "any",
-            [],
-            help='list of { name = "LABEL", url = "https://...", method, headers, expect_status, contains, timeout,'
-            " ca_file, follow_redirects }",
-        ),
-    }
-
-    def more(self, check: dict[str, Any]) -> list[str]:
-        return _http_more(check)
-
-
-class TcpProbe(ServiceProbe):
-    name = "tcp"
-    description = "TCP ports, optionally with TLS or STARTTLS: connect time, certificate validity"
-    runner = "tcp_check"
-    keys = TCP_KEYS
-    prefixes = ("tcp.", "tls.")
-    example = '{ name = "imap", host = "mail.example.com", port = 143, starttls = "imap" }'
-    metrics = (
+    ),
+    more=_http_more,
+)
+TCP = ServiceKind(
+    "tcp",
+    "TCP ports, optionally with TLS or STARTTLS: connect time, certificate validity",
+    runner="tcp_check",
+    keys=TCP_KEYS,
+    example='{ name = "imap", host = "mail.example.com", port = 143, starttls = "imap" }',
+    prefixes=("tcp.", "tls."),
+    metrics=(
         MetricInfo("tcp.up", "", "1 when the port accepted the connection (and TLS started, with tls or starttls)", CHECK),
         MetricInfo("tcp.connect_seconds", "seconds", "time to open the TCP connection", CHECK),
         MetricInfo("tls.cert_days_left", "days", "days until the server certificate expires (below 0 when expired)", CHECK),
         MetricInfo("tls.cert_valid", "", "1 when the certificate chain is trusted and names the host; else 0", CHECK),
-    )
-    options: ClassVar[dict[str, Option]] = {
-        "checks": Option(
-            "any",
-            [],
-            help='list of { name = "LABEL", host = "HOST", port = N, tls = true | starttls = "smtp" | "imap" | "pop3",'
-            " ca_file, timeout }",
-        ),
-    }
-
-    def more(self, check: dict[str, Any]) -> list[str]:
-        return _tcp_more(check)
-
-
-class SmtpProbe(ServiceProbe):
-    name = "smtp"
-    description = "SMTP servers: banner, EHLO, STARTTLS and QUIT answered in time"
-    runner = "smtp_check"
-    keys = SMTP_KEYS
-    prefixes = ("smtp.",)
-    example = '{ name = "mx", host = "mail.example.com", port = 25 }'
-    metrics = (
+    ),
+    more=_tcp_more,
+)
+SMTP = ServiceKind(
+    "smtp",
+    "SMTP servers: banner, EHLO, STARTTLS and QUIT answered in time",
+    runner="smtp_check",
+    keys=SMTP_KEYS,
+    example='{ name = "mx", host = "mail.example.com", port = 25 }',
+    prefixes=("smtp.",),
+    metrics=(
         MetricInfo("smtp.up", "", "1 when the server answered banner, EHLO (STARTTLS) and QUIT as it should; else 0", CHECK),
         MetricInfo(
             "smtp.response_seconds",
@@ -395,45 +345,26 @@ class SmtpProbe(ServiceProbe):
             "time one step took: step = banner (from connect), ehlo, starttls (with the TLS handshake), quit, total",
             ("check", "step"),
         ),
-    )
-    options: ClassVar[dict[str, Option]] = {
-        "checks": Option(
-            "any",
-            [],
-            help='list of { name = "LABEL", host = "HOST", port = 25, starttls = false, ehlo = "NAME", ca_file, verify,'
-            " timeout }",
-        ),
-    }
-
-
-class DnsProbe(ServiceProbe):
-    name = "dns"
-    description = "DNS answers: resolution, response time, expected records"
-    runner = "dns_check"
-    keys = DNS_KEYS
-    prefixes = ("dns.",)
-    example = '{ name = "www", query = "www.example.com", type = "A" }'
-    metrics = (
+    ),
+)
+DNS = ServiceKind(
+    "dns",
+    "DNS answers: resolution, response time, expected records",
+    runner="dns_check",
+    keys=DNS_KEYS,
+    example='{ name = "www", query = "www.example.com", type = "A" }',
+    prefixes=("dns.",),
+    metrics=(
         MetricInfo("dns.up", "", "1 when the server answered with records of the type asked for; else 0", CHECK),
         MetricInfo("dns.response_seconds", "seconds", "time to the answer", CHECK),
         MetricInfo("dns.answer_matches", "", "1 when every value of expect is in the answer, else 0 (with expect)", CHECK),
-    )
-    options: ClassVar[dict[str, Option]] = {
-        "checks": Option(
-            "any",
-            [],
-            help='list of { name = "LABEL", query = "NAME", type = "A", server = "IP[:PORT]", expect = ["VALUE", ...], timeout }',
-        ),
-    }
-
-    def more(self, check: dict[str, Any]) -> list[str]:
-        return _dns_more(check)
-
-
-PROBES = (HttpProbe, TcpProbe, SmtpProbe, DnsProbe)
+    ),
+    more=_dns_more,
+)
+PROBES = (HTTP, TCP, SMTP, DNS)
 
 
 @hookimpl
 def register_probes(register):
-    for probe in PROBES:
-        register(probe())
+    for kind in PROBES:
+        register(ServiceProbe(kind))

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from alertmail import Option, Sample
+from alertmail import Sample
 
 log = logging.getLogger("alertmail.probes.pressure")
 
@@ -56,13 +55,13 @@ class PressureProbe:
     name: ClassVar[str] = "pressure"
     description: ClassVar[str] = "CPU, memory and I/O pressure (Linux PSI)"
     interval: float | None = 10.0
-    options: ClassVar[dict[str, Option]] = {}
 
     def __init__(self, root: str = ROOT) -> None:
         self.root = root
         self.resources: tuple[str, ...] = RESOURCES
 
-    def configure(self, options: Mapping[str, Any]) -> None:
+    def configure(self, settings: object) -> None:
+        """No keys of its own: finds which resources this host reports."""
         readable = []
         why = ""
         for resource in RESOURCES:

@@ -25,11 +25,11 @@ from typing import Any, ClassVar
 
 import psutil
 
-from alertmail import MetricInfo, Option, Sample, did_you_mean, hookimpl
+from alertmail import MetricInfo, Sample, Settings, hookimpl, setting
+from alertmail.plugins.probes.checklist import Key, parse_checks
 
 # Below this span CPU-time deltas are mostly clock-tick rounding (see system.MIN_SPAN).
 MIN_SPAN = 0.2
-WATCH_KEYS = ("name", "match", "cmdline", "user")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,45 +54,45 @@ class Watch:
         return self.cmdline is None or fnmatch.fnmatchcase(cmdline(), self.cmdline)
 
 
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"control characters (line breaks, NUL) are not allowed, got {value!r}")
+    return value
+
+
+def _needs_a_match(watch: dict[str, Any]) -> list[str]:
+    if watch["match"] is None and watch["cmdline"] is None:
+        return [': needs match = "NAME-GLOB" (process name) or cmdline = "GLOB" (command line)']
+    return []
+
+
+WATCH_KEYS = {
+    "name": Key(_text, required=True, example='the label value of this group, e.g. name = "nginx"'),
+    "match": Key(_text),
+    "cmdline": Key(_text),
+    "user": Key(_text),
+}
+
+
 def parse_watch(value: Any) -> list[Watch]:
     """The ``watch`` option as Watch entries; ValueError naming every bad entry and key."""
-    if not isinstance(value, list):
-        raise ValueError(f'watch: expected a list of tables like [{{ name = "nginx", match = "nginx" }}], got {value!r}')
-    problems: list[str] = []
-    watches: list[Watch] = []
-    names: set[str] = set()
-    for i, entry in enumerate(value):
-        where = f"watch[{i}]"
-        if not isinstance(entry, dict):
-            problems.append(f'{where}: expected a table like {{ name = "nginx", match = "nginx" }}, got {entry!r}')
-            continue
-        bad = False
-        for key, item in entry.items():
-            if key not in WATCH_KEYS:
-                problems.append(f"{where}.{key}: unknown key; {did_you_mean(key, WATCH_KEYS, listing='known keys')}")
-                bad = True
-            elif not isinstance(item, str) or not item:
-                problems.append(f"{where}.{key}: expected a non-empty string, got {item!r}")
-                bad = True
-            elif any(ord(c) < 32 or ord(c) == 127 for c in item):
-                problems.append(f"{where}.{key}: control characters (line breaks, NUL) are not allowed, got {item!r}")
-                bad = True
-        name = entry.get("name")
-        if "name" not in entry:
-            problems.append(f'{where}.name: missing; the label value of this group, e.g. name = "nginx"')
-            bad = True
-        elif name in names:
-            problems.append(f"{where}.name: {name!r} is used twice; each watch needs its own name")
-            bad = True
-        if not any(k in entry for k in ("match", "cmdline")):
-            problems.append(f'{where}: needs match = "NAME-GLOB" (process name) or cmdline = "GLOB" (command line)')
-            bad = True
-        if not bad and isinstance(name, str):
-            names.add(name)
-            watches.append(Watch(name, entry.get("match"), entry.get("cmdline"), entry.get("user")))
+    entries, problems = parse_checks(
+        value, WATCH_KEYS, '{ name = "nginx", match = "nginx" }', _needs_a_match, option="watch", noun="watch"
+    )
     if problems:
         raise ValueError("\n".join(problems))
-    return watches
+    return [Watch(w["name"], w["match"], w["cmdline"], w["user"]) for _, w in entries]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessSettings(Settings):
+    """``[probes.process]``."""
+
+    watch: list[Any] = setting(
+        "any", [], help='list of { name = "LABEL", match = "NAME-GLOB" | cmdline = "GLOB", user = "USER" }'
+    )
 
 
 class ProcessProbe:
@@ -118,9 +118,7 @@ class ProcessProbe:
             ("name",),
         ),
     )
-    options: ClassVar[dict[str, Option]] = {
-        "watch": Option("any", [], help='list of { name = "LABEL", match = "NAME-GLOB" | cmdline = "GLOB", user = "USER" }'),
-    }
+    options: ClassVar[type[ProcessSettings]] = ProcessSettings
 
     def __init__(self) -> None:
         self.watches: list[Watch] = []
@@ -131,8 +129,8 @@ class ProcessProbe:
         self._seen: set[psutil.Process] = set()  # every process of the last reading
         self._at: float | None = None  # monotonic time of the last reading
 
-    def configure(self, options: Mapping[str, Any]) -> None:
-        self.watches = parse_watch(options.get("watch") or [])
+    def configure(self, settings: ProcessSettings) -> None:
+        self.watches = parse_watch(settings.watch)
         self._attrs = ["name", "status", "ppid"] + (["username"] if any(w.user for w in self.watches) else [])
         self._cpu, self._seen, self._at = {}, set(), None
         self.collect()  # the CPU baseline, so the first scheduled run has a real value

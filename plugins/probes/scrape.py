@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from http.client import HTTPException
 from typing import Any, ClassVar
 
-from alertmail import Option, Sample, did_you_mean, format_duration, parse_duration
+from alertmail import Sample, Settings, format_duration, parse_duration, setting
+from alertmail.plugins.probes.checklist import Key, parse_checks
 
-TARGET_KEYS = ("name", "url", "timeout")
 ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"
 # Deltas over less than this are rounding: no rate yet (as the system probes' MIN_SPAN).
 MIN_SPAN = 0.2
@@ -68,44 +68,39 @@ class Limited(Exception):
     """A target passed a limit; the message says which and the fix."""
 
 
+EXAMPLE = '{ name = "node", url = "http://127.0.0.1:9100/metrics" }'
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError('expected a non-empty string, the target label of its series, e.g. name = "node"')
+    return value
+
+
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise ValueError('expected an http:// or https:// URL, e.g. url = "http://127.0.0.1:9100/metrics"')
+    return value
+
+
+def _timeout(value: Any) -> float:
+    timeout = parse_duration(value)
+    if timeout <= 0:
+        raise ValueError("a target's timeout must be more than 0")
+    return timeout
+
+
 def parse_targets(value: Any, default_timeout: float) -> list[Target]:
-    example = '{ name = "node", url = "http://127.0.0.1:9100/metrics" }'
-    if not isinstance(value, list):
-        raise ValueError(f"targets: expected a list of tables like [{example}], got {value!r}")
-    problems: list[str] = []
-    targets: list[Target] = []
-    names: set[str] = set()
-    for i, entry in enumerate(value):
-        where = f"targets[{i}]"
-        if not isinstance(entry, dict):
-            problems.append(f"{where}: expected a table like {example}, got {entry!r}")
-            continue
-        before = len(problems)
-        for key in entry:
-            if key not in TARGET_KEYS:
-                problems.append(f"{where}.{key}: unknown key; {did_you_mean(key, TARGET_KEYS, listing='known keys')}")
-        name, url = entry.get("name"), entry.get("url")
-        if not isinstance(name, str) or not name.strip():
-            problems.append(f'{where}.name: expected a non-empty string, the target label of its series, e.g. name = "node"')
-        elif name in names:
-            problems.append(f"{where}.name: {name!r} is already the name of another target; give each its own")
-        else:
-            names.add(name)
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            problems.append(f'{where}.url: expected an http:// or https:// URL, e.g. url = "http://127.0.0.1:9100/metrics"')
-        timeout = default_timeout
-        if "timeout" in entry:
-            try:
-                timeout = parse_duration(entry["timeout"])
-                if timeout <= 0:
-                    raise ValueError("a target's timeout must be more than 0")
-            except ValueError as exc:
-                problems.append(f"{where}.timeout: {exc}")
-        if len(problems) == before:
-            targets.append(Target(str(name), url=str(url), timeout=timeout))
+    """The ``targets`` option; ValueError naming every bad entry and key."""
+    keys = {
+        "name": Key(_name, required=True, example='the target label of its series, e.g. name = "node"'),
+        "url": Key(_url, required=True, example='e.g. url = "http://127.0.0.1:9100/metrics"'),
+        "timeout": Key(_timeout, default_timeout),
+    }
+    entries, problems = parse_checks(value, keys, EXAMPLE, option="targets", noun="target")
     if problems:
         raise ValueError("\n".join(problems))
-    return targets
+    return [Target(t["name"], url=t["url"], timeout=t["timeout"]) for _, t in entries]
 
 
 def fetch(target: Target, max_size: int) -> bytes:
@@ -152,71 +147,67 @@ def parse(text: str, target: str, max_series: int, stamp: float) -> tuple[list[S
     return samples, counters
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScrapeSettings(Settings):
+    """``[probes.scrape]``."""
+
+    targets: list[Any] = setting("any", [], help='list of { name = "LABEL", url = "http://HOST:PORT/metrics", timeout = "10s" }')
+    files: list[str] = setting("list", [], help="textfile-collector files (*.prom), globs allowed")
+    scrape_timeout: float = setting("duration", 10.0, minimum=0.001, help="a target's timeout when its entry gives none")
+    max_size: int = setting("size", 10_000_000, minimum=1, help="largest response read from a target; a bigger one is dropped")
+    max_series: int = setting("int", 20_000, help="series taken from one target or file; more and it is dropped")
+    rates: bool = setting("bool", True, help="also offer each counter as scrape.<name>_per_second")
+    parallel: int = setting("int", 4, help="targets scraped at the same time")
+
+
 class ScrapeProbe:
     """Scrapes every target and reads every file, ``parallel`` at a time."""
 
     name = "scrape"
-    options: ClassVar[dict[str, Option]] = {
-        "targets": Option("any", [], help='list of { name = "LABEL", url = "http://HOST:PORT/metrics", timeout = "10s" }'),
-        "files": Option("list", [], help="textfile-collector files (*.prom), globs allowed"),
-        "scrape_timeout": Option("duration", 10.0, help="a target's timeout when its entry gives none"),
-        "max_size": Option("size", 10_000_000, help="largest response read from a target; a bigger one is dropped"),
-        "max_series": Option("int", 20_000, help="series taken from one target or file; more and it is dropped"),
-        "rates": Option("bool", True, help="also offer each counter as scrape.<name>_per_second"),
-        "parallel": Option("int", 4, help="targets scraped at the same time"),
-    }
+    options: ClassVar[type[ScrapeSettings]] = ScrapeSettings
 
     def __init__(self) -> None:
         self.targets: list[Target] = []
-        self.files: list[str] = []
-        self.max_size = 10_000_000
-        self.max_series = 20_000
-        self.rates = True
-        self.parallel = 4
+        self.settings = ScrapeSettings()
         # target -> counter series -> (value, monotonic time of the reading)
         self._last: dict[str, dict[tuple, tuple[float, float]]] = {}
         self._problems: list[str] = []
         self._lock = threading.Lock()
 
-    def configure(self, options: Mapping[str, Any]) -> None:
+    def configure(self, settings: ScrapeSettings) -> None:
         problems: list[str] = []
         try:
-            targets = parse_targets(options.get("targets") or [], float(options.get("scrape_timeout") or 10.0))
+            targets = parse_targets(settings.targets, settings.scrape_timeout)
         except ValueError as exc:
             problems += str(exc).splitlines()
             targets = []
-        files = options.get("files") or []
-        for i, pattern in enumerate(files):
+        for i, pattern in enumerate(settings.files):
             if not isinstance(pattern, str) or not os.path.isabs(pattern):
                 problems.append(f"files[{i}]: expected an absolute path or glob, e.g. /var/lib/prometheus/node-exporter/*.prom")
-        for key in ("max_series", "parallel"):
-            value = options.get(key, 1)
-            if not isinstance(value, int) or value < 1:
+        for key, value in (("max_series", settings.max_series), ("parallel", settings.parallel)):
+            if value < 1:
                 problems.append(f"{key}: expected a whole number of at least 1, got {value!r}")
         if problems:
             raise ValueError("\n".join(problems))
-        self.targets, self.files = targets, list(files)
-        self.max_size = int(options.get("max_size") or 10_000_000)
-        self.max_series = int(options.get("max_series") or 20_000)
-        self.parallel = int(options.get("parallel") or 4)
-        self.rates = options.get("rates", True) is not False
+        self.targets, self.settings = targets, settings
 
     def _scrape(self, target: Target, stamp: float) -> Scraped:
         out = Scraped(target)
+        max_size = self.settings.max_size
         start = time.monotonic()
         try:
             if target.url is not None:
-                body = fetch(target, self.max_size)
+                body = fetch(target, max_size)
             else:
                 assert target.path is not None
                 with open(target.path, "rb") as fh:
                     out.age = max(time.time() - os.fstat(fh.fileno()).st_mtime, 0.0)
-                    body = fh.read(self.max_size + 1)
-                if len(body) > self.max_size:
-                    raise Limited(f"the file is over max_size ({self.max_size} bytes)")
-            out.samples, counters = parse(body.decode("utf-8", "replace"), target.name, self.max_series, stamp)
+                    body = fh.read(max_size + 1)
+                if len(body) > max_size:
+                    raise Limited(f"the file is over max_size ({max_size} bytes)")
+            out.samples, counters = parse(body.decode("utf-8", "replace"), target.name, self.settings.max_series, stamp)
             out.series = len(out.samples)
-            if self.rates:
+            if self.settings.rates:
                 out.samples += self._rates(target.name, counters, start, stamp)
         except Limited as exc:
             out.samples, out.limited, out.error = [], True, str(exc)
@@ -247,7 +238,9 @@ class ScrapeProbe:
         return out
 
     def _all_targets(self) -> list[Target]:
-        paths = sorted({p for pattern in self.files for p in (glob.glob(pattern) if glob.has_magic(pattern) else [pattern])})
+        paths = sorted(
+            {p for pattern in self.settings.files for p in (glob.glob(pattern) if glob.has_magic(pattern) else [pattern])}
+        )
         return [*self.targets, *(Target(p, path=p) for p in paths)]
 
     def collect(self) -> list[Sample]:
@@ -255,7 +248,7 @@ class ScrapeProbe:
         if not targets:
             return []
         stamp = time.time()
-        with ThreadPoolExecutor(min(self.parallel, len(targets)), thread_name_prefix="scrape") as pool:
+        with ThreadPoolExecutor(min(self.settings.parallel, len(targets)), thread_name_prefix="scrape") as pool:
             results = list(pool.map(lambda t: self._scrape(t, stamp), targets))
         out: list[Sample] = []
         problems: list[str] = []

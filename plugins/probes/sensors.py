@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import psutil
 
-from alertmail import Option, Sample
+from alertmail import Sample
 
 log = logging.getLogger("alertmail.probes.sensors")
 
@@ -50,14 +50,14 @@ class SensorsProbe:
     name: ClassVar[str] = "sensors"
     description: ClassVar[str] = "temperatures and fan speeds (psutil)"
     interval: float | None = 30.0
-    options: ClassVar[dict[str, Option]] = {}
 
     def __init__(self) -> None:
         self._temperatures: Callable[[], Mapping[str, list[Any]]] | None = getattr(psutil, "sensors_temperatures", None)
         self._fans: Callable[[], Mapping[str, list[Any]]] | None = getattr(psutil, "sensors_fans", None)
         self._said = False
 
-    def configure(self, options: Mapping[str, Any]) -> None:
+    def configure(self, settings: object) -> None:
+        """No keys of its own: says once when the host shows no sensor."""
         if not self.collect() and not self._said:  # a reload finds what start found: say it once
             self._said = True
             log.info("sensors: this host shows no temperature sensor or fan; the sensors probe reports nothing")

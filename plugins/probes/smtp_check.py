@@ -16,7 +16,7 @@ from typing import Any
 
 from alertmail import Sample
 from alertmail.plugins.probes.netchecks import describe_error
-from alertmail.plugins.probes.tcp_check import certificate_problem, client_context, read_reply, unverified_context
+from alertmail.plugins.probes.tcp_check import certificate_problem, client_context, close, read_reply, unverified_context
 
 
 @dataclass
@@ -71,11 +71,7 @@ async def _dialogue(check: dict[str, Any], steps: dict[str, float]) -> None:
         await step("quit", "QUIT", "221")
         steps["total"] = time.perf_counter() - start
     finally:
-        writer.close()
-        try:
-            await asyncio.wait_for(writer.wait_closed(), 1.0)
-        except (OSError, TimeoutError, ssl.SSLError):
-            pass
+        await close(writer)
 
 
 async def run(check: dict[str, Any]) -> Result:

@@ -16,11 +16,12 @@ import fnmatch
 import os
 import time
 from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 import psutil
 
-from alertmail import MetricInfo, Option, Sample, hookimpl, label_text
+from alertmail import MetricInfo, Sample, Settings, hookimpl, label_text, setting
 
 # Deltas over less than this are mostly rounding (CPU times tick in 10 ms steps),
 # so a run that comes sooner keeps the old baseline and reports nothing yet.
@@ -94,16 +95,17 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
 
 
 class SystemProbe:
-    """What every bundled probe shares: no options by default, an idempotent configure."""
+    """What every bundled probe shares: a name, its metrics, a ``collect()``.
+
+    A probe with keys of its own declares them as ``options`` (a Settings class) and takes
+    them in ``configure(settings)``, called before the first collect and at each reload;
+    one that keeps a baseline takes its first reading there.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     metrics: ClassVar[tuple[MetricInfo, ...]] = ()
-    options: ClassVar[dict[str, Option]] = {}
     interval: float | None = None
-
-    def configure(self, options: Mapping[str, Any]) -> None:
-        """Take the checked ``[probes.NAME]`` table; called before the first collect."""
 
     def collect(self) -> list[Sample]:
         raise NotImplementedError
@@ -125,6 +127,13 @@ def _cpu_split(times: Any) -> tuple[float, float]:
     return total, idle
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CpuSettings(Settings):
+    """``[probes.cpu]``."""
+
+    per_core: bool = setting("bool", True, help="also report each core")
+
+
 class CpuProbe(SystemProbe):
     """CPU busy percent, total and per core, from the change of cpu_times between runs.
 
@@ -143,14 +152,14 @@ class CpuProbe(SystemProbe):
         MetricInfo("cpu.iowait_percent", "percent", "share of CPU time idle while waiting for disk I/O (Linux)"),
         MetricInfo("cpu.steal_percent", "percent", "share of CPU time the hypervisor gave to other guests (Linux VMs)"),
     )
-    options: ClassVar[dict[str, Option]] = {"per_core": Option("bool", True, help="also report each core")}
+    options: ClassVar[type[CpuSettings]] = CpuSettings
 
     def __init__(self) -> None:
-        self.per_core = True
+        self.settings = CpuSettings()
         self._last: tuple[float, Any, list[Any]] | None = None
 
-    def configure(self, options: Mapping[str, Any]) -> None:
-        self.per_core = bool(options.get("per_core", True))
+    def configure(self, settings: CpuSettings) -> None:
+        self.settings = settings
         self._read_baseline()
 
     def _read_baseline(self) -> None:
@@ -179,7 +188,7 @@ class CpuProbe(SystemProbe):
                         spent += getattr(total, "nice", 0.0) - getattr(last_total, "nice", 0.0)
                     share = spent / span * 100
                     out.append(Sample(f"cpu.{field}_percent", min(max(share, 0.0), 100.0), timestamp=stamp))
-        if self.per_core and len(cores) == len(last_cores):
+        if self.settings.per_core and len(cores) == len(last_cores):
             for core, (before, after) in enumerate(zip(last_cores, cores)):
                 value = self._busy(before, after)
                 if value is not None:
@@ -235,7 +244,8 @@ class SwapProbe(SystemProbe):
     def __init__(self) -> None:
         self._rates: CounterRates[str] = CounterRates()
 
-    def configure(self, options: Mapping[str, Any]) -> None:
+    def configure(self, settings: object) -> None:
+        """No keys of its own: the first reading is the rates' baseline."""
         self.collect()
 
     def collect(self) -> list[Sample]:
@@ -273,6 +283,14 @@ def real_partitions(partitions: Iterable[Any], *, exclude_fstypes: Iterable[str]
     return out
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiskSettings(Settings):
+    """``[probes.disk]``."""
+
+    exclude_fstypes: list[str] = setting("list", list(PSEUDO_FSTYPES), help="filesystem types not to report")
+    exclude_mounts: list[str] = setting("list", [], glob=True, help='mount point globs not to report, e.g. ["/boot/*"]')
+
+
 class DiskProbe(SystemProbe):
     name = "disk"
     description = "space and inodes per mounted filesystem"
@@ -284,23 +302,19 @@ class DiskProbe(SystemProbe):
         MetricInfo("disk.total_bytes", "bytes", "size of the filesystem", labels),
         MetricInfo("disk.inodes_used_percent", "percent", "inodes in use (filesystems with a fixed inode table only)", labels),
     )
-    options: ClassVar[dict[str, Option]] = {
-        "exclude_fstypes": Option("list", list(PSEUDO_FSTYPES), help="filesystem types not to report"),
-        "exclude_mounts": Option("list", [], glob=True, help='mount point globs not to report, e.g. ["/boot/*"]'),
-    }
+    options: ClassVar[type[DiskSettings]] = DiskSettings
 
     def __init__(self) -> None:
-        self.exclude_fstypes: list[str] = list(PSEUDO_FSTYPES)
-        self.exclude_mounts: list[str] = []
+        self.settings = DiskSettings()
 
-    def configure(self, options: Mapping[str, Any]) -> None:
-        fstypes = options.get("exclude_fstypes")
-        self.exclude_fstypes = list(PSEUDO_FSTYPES if fstypes is None else fstypes)
-        self.exclude_mounts = list(options.get("exclude_mounts") or ())
+    def configure(self, settings: DiskSettings) -> None:
+        self.settings = settings
 
     def collect(self) -> list[Sample]:
         parts = real_partitions(
-            psutil.disk_partitions(all=False), exclude_fstypes=self.exclude_fstypes, exclude_mounts=self.exclude_mounts
+            psutil.disk_partitions(all=False),
+            exclude_fstypes=self.settings.exclude_fstypes,
+            exclude_mounts=self.settings.exclude_mounts,
         )
         stamp = time.time()
         out: list[Sample] = []
@@ -330,6 +344,16 @@ def _is_partition(disk: str) -> bool:
     return os.path.exists(f"/sys/class/block/{disk}/partition")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiskIOSettings(Settings):
+    """``[probes.diskio]``."""
+
+    exclude: list[str] = setting(
+        "list", ["loop*", "ram*", "zram*", "sr*", "fd*"], glob=True, help="disk name globs not to report"
+    )
+    partitions: bool = setting("bool", False, help="also report partitions (sda1), not only whole disks")
+
+
 class DiskIOProbe(SystemProbe):
     name = "diskio"
     description = "disk I/O rates per disk"
@@ -340,10 +364,7 @@ class DiskIOProbe(SystemProbe):
         MetricInfo("diskio.writes_per_s", "ops/s", "write operations", ("disk",), "rate"),
         MetricInfo("diskio.busy_percent", "percent", "share of time the disk was busy (Linux, FreeBSD)", ("disk",)),
     )
-    options: ClassVar[dict[str, Option]] = {
-        "exclude": Option("list", ["loop*", "ram*", "zram*", "sr*", "fd*"], glob=True, help="disk name globs not to report"),
-        "partitions": Option("bool", False, help="also report partitions (sda1), not only whole disks"),
-    }
+    options: ClassVar[type[DiskIOSettings]] = DiskIOSettings
     counters: ClassVar[dict[str, str]] = {
         "read_bytes": "read_bytes_per_s",
         "write_bytes": "write_bytes_per_s",
@@ -352,20 +373,19 @@ class DiskIOProbe(SystemProbe):
     }
 
     def __init__(self) -> None:
-        self.exclude: list[str] = list(self.options["exclude"].default)
-        self.partitions = False
+        self.settings = DiskIOSettings()
         self._rates: CounterRates[tuple[str, str]] = CounterRates()
 
-    def configure(self, options: Mapping[str, Any]) -> None:
-        self.exclude = list(options.get("exclude", self.exclude))
-        self.partitions = bool(options.get("partitions", False))
+    def configure(self, settings: DiskIOSettings) -> None:
+        self.settings = settings
         self.collect()
 
     def collect(self) -> list[Sample]:
         disks = psutil.disk_io_counters(perdisk=True, nowrap=True) or {}
         readings: dict[tuple[str, str], float] = {}
+        exclude, partitions = self.settings.exclude, self.settings.partitions
         for disk, io in disks.items():
-            if _matches(disk, self.exclude) or (not self.partitions and _is_partition(disk)):
+            if _matches(disk, exclude) or (not partitions and _is_partition(disk)):
                 continue
             for counter in self.counters:
                 readings[(disk, counter)] = getattr(io, counter)
@@ -411,31 +431,35 @@ _NET_TEXT = {
 }
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetworkSettings(Settings):
+    """``[probes.network]``."""
+
+    loopback: bool = setting("bool", False, help="also report the loopback interface")
+    exclude: list[str] = setting("list", [], glob=True, help='interface name globs not to report, e.g. ["veth*"]')
+
+
 class NetworkProbe(SystemProbe):
     name = "network"
     description = "network I/O rates per interface"
     counters: ClassVar[dict[str, str]] = NET_COUNTERS
     metrics = tuple(MetricInfo(f"net.{m}", unit, text, ("interface",), "rate") for m, (unit, text) in _NET_TEXT.items())
-    options: ClassVar[dict[str, Option]] = {
-        "loopback": Option("bool", False, help="also report the loopback interface"),
-        "exclude": Option("list", [], glob=True, help='interface name globs not to report, e.g. ["veth*"]'),
-    }
+    options: ClassVar[type[NetworkSettings]] = NetworkSettings
 
     def __init__(self) -> None:
-        self.loopback = False
-        self.exclude: list[str] = []
+        self.settings = NetworkSettings()
         self._rates: CounterRates[tuple[str, str]] = CounterRates()
 
-    def configure(self, options: Mapping[str, Any]) -> None:
-        self.loopback = bool(options.get("loopback", False))
-        self.exclude = list(options.get("exclude") or ())
+    def configure(self, settings: NetworkSettings) -> None:
+        self.settings = settings
         self.collect()
 
     def collect(self) -> list[Sample]:
         nics = psutil.net_io_counters(pernic=True, nowrap=True) or {}
         readings: dict[tuple[str, str], float] = {}
+        loopback, exclude = self.settings.loopback, self.settings.exclude
         for nic, io in nics.items():
-            if (not self.loopback and nic in ("lo", "lo0")) or _matches(nic, self.exclude):
+            if (not loopback and nic in ("lo", "lo0")) or _matches(nic, exclude):
                 continue
             for counter in self.counters:
                 readings[(nic, counter)] = getattr(io, counter)

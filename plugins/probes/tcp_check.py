@@ -172,7 +172,8 @@ async def _open(check: dict[str, Any], context: ssl.SSLContext | None) -> tuple[
     return writer, connect
 
 
-async def _close(writer: asyncio.StreamWriter) -> None:
+async def close(writer: asyncio.StreamWriter) -> None:
+    """Close the connection, waiting a second at most for the server's side (a TLS close_notify)."""
     writer.close()
     try:
         await asyncio.wait_for(writer.wait_closed(), 1.0)
@@ -192,7 +193,7 @@ async def _check(check: dict[str, Any]) -> Result:
         try:  # once more, unchecked, only to read the certificate's dates
             writer, took = await _open(check, unverified_context())
             days = days_left_of(writer.get_extra_info("ssl_object"))
-            await _close(writer)
+            await close(writer)
         except (OSError, ssl.SSLError, StartTlsRefused, ValueError):
             pass
         detail = f"{where}: {how} certificate not valid: {problem}"
@@ -208,7 +209,7 @@ async def _check(check: dict[str, Any]) -> Result:
     try:
         days = days_left_of(writer.get_extra_info("ssl_object")) if tls else None
     finally:
-        await _close(writer)
+        await close(writer)
     detail = f"{where} accepted the connection in {connect * 1000:.0f} ms"
     if days is not None:
         detail += f"; {how} certificate valid, {days_text(days)}"

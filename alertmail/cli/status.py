@@ -57,14 +57,14 @@ def _labels(labels: dict[str, str]) -> str:
 
 def render_text(answer: dict[str, Any]) -> str:
     """The answer for people: the agent, then alerts, silences, probes, queue, mails."""
-    agent = answer["agent"]
-    now = dt.datetime.fromisoformat(agent["now"])
+    about = answer["agent"]
+    now = dt.datetime.fromisoformat(about["now"])
     lines = [
-        f"agent: pid {agent['pid']}, alertmail {agent['version']}, up {for_(agent['uptime_seconds'])}",
-        f"  config: {agent['config']}",
-        f"  state:  {agent['state_dir']}",
+        f"agent: pid {about['pid']}, alertmail {about['version']}, up {for_(about['uptime_seconds'])}",
+        f"  config: {about['config']}",
+        f"  state:  {about['state_dir']}",
     ]
-    reload = agent.get("last_reload")
+    reload = about.get("last_reload")
     if reload is None:
         lines.append("  last reload: none since start")
     else:
@@ -130,21 +130,24 @@ def render_text(answer: dict[str, Any]) -> str:
 def state_dir_of(config_path: Path) -> Path:
     """``[agent].state_dir`` of the config, read without the full check: a config edited into
     a broken state after the agent started must not keep anyone from asking the agent."""
+    from alertmail.config.core import AgentSettings
     from alertmail.config.load import read_toml
-    from alertmail.config.schema import ConfigError
+    from alertmail.config.schema import Checker, ConfigError
 
     try:
         raw = read_toml(config_path)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(ExitCode.CONFIG)
-    agent = raw.get("agent")
-    value = agent.get("state_dir", "var") if isinstance(agent, dict) else "var"
-    if not isinstance(value, str) or not value or "\0" in value:
-        click.echo(f'{config_path}: agent.state_dir: expected a path, got {value!r}; set it to a folder, e.g. "var"', err=True)
+    document = raw.get("agent")
+    given = {"state_dir": document["state_dir"]} if isinstance(document, dict) and "state_dir" in document else {}
+    check = Checker(config_path.resolve().parent)
+    table = check.table("agent", given, {"state_dir": AgentSettings.options()["state_dir"]})  # its one default: "var"
+    if check.problems:
+        for problem in check.problems:
+            click.echo(f'{config_path}: {problem}; set it to a folder, e.g. "var"', err=True)
         sys.exit(ExitCode.CONFIG)
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else config_path.resolve().parent / path
+    return Path(table["state_dir"])
 
 
 @click.command("status")

@@ -59,7 +59,7 @@ class ExporterSettings(Settings):
     web: WebConfig | None = None
 
 
-def _check(settings: ExporterSettings, check: Checker, config: Any) -> ExporterSettings | None:
+def _check(settings: ExporterSettings, check: Checker, config: object) -> ExporterSettings | None:
     cap = settings.max_connections
     if isinstance(cap, int) and not 1 <= cap <= 10000:
         check.error("exporter.max_connections", f"{cap} is out of range; give 1 to 10000 (default 32)")

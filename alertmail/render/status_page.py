@@ -39,8 +39,8 @@ def _until(iso: str | None, now: float) -> str:
 
 def facts(answer: Mapping[str, Any], ctx: RenderContext, now: float) -> dict[str, Any]:
     """The status answer (alertmail.control.status) as short strings for the page."""
-    agent = answer["agent"]
-    reload = agent.get("last_reload")
+    about = answer["agent"]
+    reload = about.get("last_reload")
     if reload is None:
         reloaded = "none since start"
     else:
@@ -49,10 +49,10 @@ def facts(answer: Mapping[str, Any], ctx: RenderContext, now: float) -> dict[str
     queue = answer["queue"]
     return {
         "agent": [
-            ("pid", str(agent["pid"])),
-            ("version", header_safe(agent["version"], 40)),
-            ("config", header_safe(agent["config"] or "", 500)),
-            ("up", f"{human_duration(agent['uptime_seconds'])}, since {ctx.clock(_when(agent['started']) or now, now)}"),
+            ("pid", str(about["pid"])),
+            ("version", header_safe(about["version"], 40)),
+            ("config", header_safe(about["config"] or "", 500)),
+            ("up", f"{human_duration(about['uptime_seconds'])}, since {ctx.clock(_when(about['started']) or now, now)}"),
             ("last reload", reloaded),
         ],
         "silences": [

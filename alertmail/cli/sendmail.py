@@ -7,16 +7,17 @@ to take it at once (see ``alertmail.plugins.maildrop`` for the folder's modes an
 user may submit but none may read another's mail).
 
 Every submission starts a process, so this module imports nothing from alertmail and
-little from the standard library: no click, no email package, no config validation.
+little from the standard library: no click, no email package, no config validation, not
+even ``os`` (``posix`` is what it wraps, already loaded; ``os`` costs another millisecond).
+The wrapper ``alertmail init --sendmail`` installs imports it (its bytecode cached) and
+calls ``run``, which ends the process without the interpreter's clean-up.
 
 Exit codes (sysexits.h): 0 submitted; 64 a bad option, no recipients or a malformed
 address; 73 the maildrop cannot be written (missing, or not writable by this user);
 75 a temporary failure (disk full, an I/O error); 78 the config cannot be read.
 """
 
-from __future__ import annotations
-
-import os
+import posix
 import sys
 import time
 
@@ -171,12 +172,36 @@ def read_config(path: str) -> tuple[str, str, str]:
     mail = raw.get("mail")
     agent = agent if isinstance(agent, dict) else {}
     mail = mail if isinstance(mail, dict) else {}
-    state_dir = os.path.expanduser(str(agent.get("state_dir") or "var"))
-    state_dir = os.path.join(os.path.dirname(os.path.abspath(path)), state_dir)
-    hostname = str(agent.get("hostname") or os.uname().nodename)
+    state_dir = str(agent.get("state_dir") or "var")
+    if state_dir.startswith("~"):  # rare: only then is os (a millisecond) worth importing
+        import os
+
+        state_dir = os.path.expanduser(state_dir)
+    if not state_dir.startswith("/"):
+        state_dir = _join(_dirname(path if path.startswith("/") else _join(posix.getcwd(), path)), state_dir)
+    if "/." in state_dir:
+        import os
+
+        state_dir = os.path.normpath(state_dir)
+    hostname = str(agent.get("hostname") or posix.uname().nodename)
     sender = str(mail.get("from") or "")
     domain = sender.rpartition("@")[2].strip(" >") if "@" in sender else hostname
     return state_dir, domain, hostname
+
+
+def _environ(name: str) -> str | None:
+    value = posix.environ.get(name.encode())  # posix.environ: bytes, as the kernel gave them
+    return value.decode(sys.getfilesystemencoding(), "surrogateescape") if value else None
+
+
+def _join(folder: str, name: str) -> str:
+    return folder + name if folder.endswith("/") else f"{folder}/{name}"
+
+
+def _dirname(path: str) -> str:
+    """``os.path.dirname`` of an absolute path."""
+    head = path[: path.rfind("/") + 1]
+    return head.rstrip("/") or "/"
 
 
 # -- the message ---------------------------------------------------------------
@@ -323,9 +348,9 @@ def login_name() -> tuple[str, str]:
     import pwd
 
     try:
-        entry = pwd.getpwuid(os.getuid())
+        entry = pwd.getpwuid(posix.getuid())
     except KeyError:
-        return f"uid{os.getuid()}", ""
+        return f"uid{posix.getuid()}", ""
     return entry.pw_name, entry.pw_gecos.split(",", 1)[0]
 
 
@@ -361,7 +386,7 @@ def compose(opts: Options, data: bytes, domain: str, hostname: str, now: float) 
     if "date" not in names:
         added.append(f"Date: {rfc5322_date(now)}")
     if "message-id" not in names:
-        added.append(f"Message-ID: <{int(now * 1e6):x}.{os.urandom(8).hex()}@{hostname}>")
+        added.append(f"Message-ID: <{int(now * 1e6):x}.{posix.urandom(8).hex()}@{hostname}>")
     envelope = [f"X-Sender: <{sender}>"] + [f"X-Receiver: <{r}>" for r in recipients]
     head = "\r\n".join(envelope + added).encode() + b"\r\n"
     kept_bytes = b"".join(f + b"\r\n" for f in kept)
@@ -373,16 +398,16 @@ def compose(opts: Options, data: bytes, domain: str, hostname: str, now: float) 
 
 def drop(folder: str, content: bytes, now: float) -> str:
     """Write ``content`` into the maildrop, durable before returning; the file's name."""
-    name = f"{int(now * 1e6):x}-{os.getpid()}-{os.urandom(6).hex()}"
-    temp = os.path.join(folder, "." + name)
-    final = os.path.join(folder, name)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    name = f"{int(now * 1e6):x}-{posix.getpid()}-{posix.urandom(6).hex()}"
+    temp = _join(folder, "." + name)
+    final = _join(folder, name)
+    flags = posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_CLOEXEC | posix.O_NOFOLLOW
     try:
         try:
-            fd = os.open(temp, flags, 0o640)
+            fd = posix.open(temp, flags, 0o640)
         except FileNotFoundError:
             make_maildrop(folder)
-            fd = os.open(temp, flags, 0o640)
+            fd = posix.open(temp, flags, 0o640)
     except FileNotFoundError:
         raise Refused(f"sendmail: {folder} does not exist; see: alertmail init --sendmail", EX_CANTCREAT) from None
     except PermissionError:
@@ -391,18 +416,18 @@ def drop(folder: str, content: bytes, now: float) -> str:
         raise Refused(f"sendmail: cannot write into {folder}: {exc.strerror}", EX_TEMPFAIL) from None
     try:
         try:
-            os.fchmod(fd, 0o640)  # whatever the umask: the agent reads it through the folder's group
+            posix.fchmod(fd, 0o640)  # whatever the umask: the agent reads it through the folder's group
             view = memoryview(content)
             while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-            os.rename(temp, final)
+                view = view[posix.write(fd, view) :]
+            posix.fsync(fd)
+            posix.rename(temp, final)
             _sync_entry(folder, fd)
         finally:
-            os.close(fd)
+            posix.close(fd)
     except OSError as exc:
         try:
-            os.unlink(temp)
+            posix.unlink(temp)
         except OSError:
             pass
         raise Refused(f"sendmail: cannot write into {folder}: {exc.strerror}; nothing was submitted", EX_TEMPFAIL) from None
@@ -411,11 +436,11 @@ def drop(folder: str, content: bytes, now: float) -> str:
 
 def make_maildrop(folder: str) -> None:
     """The maildrop before any agent made it: as the agent would, owned as the state folder is."""
-    os.mkdir(folder, 0o700)
-    if os.geteuid() == 0:
-        parent = os.stat(os.path.dirname(folder))
-        os.chown(folder, parent.st_uid, parent.st_gid)
-    os.chmod(folder, 0o3733)
+    posix.mkdir(folder, 0o700)
+    if posix.geteuid() == 0:
+        parent = posix.stat(_dirname(folder))
+        posix.chown(folder, parent.st_uid, parent.st_gid)
+    posix.chmod(folder, 0o3733)
 
 
 def _sync_entry(folder: str, fd: int) -> None:
@@ -426,46 +451,46 @@ def _sync_entry(folder: str, fd: int) -> None:
     commits the rename with it.
     """
     try:
-        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dfd = posix.open(folder, posix.O_RDONLY | posix.O_DIRECTORY | posix.O_CLOEXEC)
     except OSError:
-        os.fsync(fd)
+        posix.fsync(fd)
         return
     try:
-        os.fsync(dfd)
+        posix.fsync(dfd)
     finally:
-        os.close(dfd)
+        posix.close(dfd)
 
 
 def wake(folder: str) -> None:
     """Tell a running agent that there is mail (a byte in its FIFO); nothing when none runs."""
     try:
-        fd = os.open(os.path.join(folder, ".wake"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = posix.open(_join(folder, ".wake"), posix.O_WRONLY | posix.O_NONBLOCK | posix.O_CLOEXEC)
     except OSError:
         return  # no agent holds the FIFO open (ENXIO), or there is none yet: it scans when it starts
     try:
-        os.write(fd, b"\0")
+        posix.write(fd, b"\0")
     except OSError:
         pass  # the FIFO is full: the agent is woken already
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run sendmail with ``argv`` (default: sys.argv[1:]); the exit code."""
     try:
         opts = parse_args(sys.argv[1:] if argv is None else argv)
-        config = opts.config or os.environ.get("ALERTMAIL_CONFIG") or DEFAULT_CONFIG
+        config = opts.config or _environ("ALERTMAIL_CONFIG") or DEFAULT_CONFIG
         if opts.mode == "i":
             return EX_OK  # newaliases: alertmail keeps no aliases
         if opts.mode == "p":
             return list_queue(config)
         state_dir, domain, hostname = read_config(config)
         if opts.mode == "s":
-            return smtp_session(opts, os.path.join(state_dir, "maildrop"), domain, hostname)
+            return smtp_session(opts, _join(state_dir, "maildrop"), domain, hostname)
         now = time.time()
         data = read_message(sys.stdin.buffer, opts.ignore_dots)
         _, _, content = compose(opts, data, domain, hostname, now)
-        folder = os.path.join(state_dir, "maildrop")
+        folder = _join(state_dir, "maildrop")
         drop(folder, content, now)
         wake(folder)
     except Refused as exc:
@@ -547,13 +572,52 @@ def smtp_session(opts: Options, folder: str, domain: str, hostname: str) -> int:
 
 def list_queue(config: str) -> int:
     """``-bp`` (mailq): ``alertmail queue list``, in a Python that has the whole package (this one may not)."""
-    os.execv(sys.executable, [sys.executable, "-m", "alertmail", "queue", "list", "--config", config])
+    posix.execv(sys.executable, [sys.executable, "-m", "alertmail", "queue", "list", "--config", config])
     return EX_OK  # not reached: execv replaces this process
 
 
-def run() -> None:
-    """The ``alertmail-sendmail`` entry point (and ``sendmail`` when linked to it)."""
-    sys.exit(main())
+def run(config: str | None = None) -> None:
+    """The ``alertmail-sendmail`` entry point, and the wrapper's (``config``: its ``-C``; one given later wins).
+
+    The process ends with ``_exit``: the interpreter's clean-up (freeing every module and
+    object) would take as long as the submission itself, and the file is durable already.
+    """
+    argv = sys.argv[1:] if config is None else ["-C", config, *sys.argv[1:]]
+    code = main(argv)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # the reader went away: the exit code still says what happened
+    posix._exit(code)
+
+
+def wrapper(python: str, module: str, config: str | None) -> str:
+    """The script ``alertmail init --sendmail`` installs as /usr/sbin/sendmail.
+
+    ``python -I -S`` (the standard library alone, no site-packages) imports ``module`` from its
+    folder, its bytecode cached, and calls ``run``: it never runs it as a script (compiled
+    again for every mail), nor through /bin/sh (one exec more) unless the kernel cannot take
+    ``python`` as the interpreter line (a space in it, or too long).
+    """
+    folder, _, name = module.rpartition("/")
+    lines = [
+        "import sys",
+        f"sys.path.append({_literal(folder)})",
+        f"from {name.removesuffix('.py')} import run",
+        f"run({_literal(config)})" if config else "run()",
+    ]
+    if " " in python or len(python) > 120:
+        quoted = "'" + python.replace("'", "'\\''") + "'"
+        lines[:0] = ["#!/bin/sh", f"""'''exec' {quoted} -IS "$0" "$@\"""", "' '''"]
+    else:
+        lines.insert(0, f"#!{python} -IS")
+    return "\n".join(lines) + "\n"
+
+
+def _literal(text: str) -> str:
+    """A Python string in double quotes: the wrapper's lines travel single-quoted through the shell."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 if __name__ == "__main__":

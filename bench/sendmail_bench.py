@@ -5,17 +5,25 @@ standard input), one after the other; a submission is timed from the start of th
 process until it exits, the message durable in its spool. Shown: p50 and p95 of one
 submission and submissions per second.
 
-- alertmail:        the wrapper ``alertmail init --sendmail`` installs as /usr/sbin/sendmail
-                    (``/bin/sh`` running ``python -I -S .../alertmail/cli/sendmail.py``: standard library
-                    only), with ``alertmail run`` taking the maildrop and delivering to smtp-sink meanwhile;
-- alertmail-console: the ``alertmail-sendmail`` console script (imports the alertmail package first);
-
-For alertmail it also prints how long a submission takes to reach smtp-sink through the
-running agent (woken through ``maildrop/.wake``), 20 submissions one at a time.
+- python-floor:     ``python -I -S -c pass``: the interpreter starting and ending, no work at all;
+- alertmail:        the wrapper ``alertmail init --sendmail`` installs as /usr/sbin/sendmail (this
+                    Python under ``-I -S`` importing alertmail/cli/sendmail.py's cached bytecode:
+                    standard library only), with ``alertmail run`` taking the maildrop and
+                    delivering to smtp-sink meanwhile;
+- alertmail-python: the same wrapper under another Python (``--python``; default /usr/bin/python3
+                    when it is 3.11 or later and not this one): a distribution's build starts faster
+                    than a self-built shared-library one;
+- alertmail-console: the ``alertmail-sendmail`` console script (site-packages, then ``alertmail``,
+                    ``alertmail.cli`` and the module; an editable install adds its import finder);
 - postfix:          Postfix's own ``sendmail`` (postdrop into the maildrop) with a private Postfix
                     (``postfix -c DIR``, no listening port) relaying to the same smtp-sink;
 - dma:              DragonFly Mail Agent into its spool (``DEFER``: queued only, nothing delivers);
 - nullmailer:       ``nullmailer-inject`` into nullmailer's queue (nullmailer-send does not run).
+
+For alertmail it also prints how long a submission takes to reach smtp-sink through the
+running agent (woken through ``maildrop/.wake``), 20 submissions one at a time, and where the
+time of a submission goes inside the process (config, message, file and its fsync, the
+folder's fsync, the wake-up), the rest being the interpreter's start and exit.
 
 dma and nullmailer conflict with Postfix as Debian packages; ``.ci/peers`` unpacks them into
 /opt/alertmail-peers/debs, and each runs here in a private mount namespace whose /etc,
@@ -24,6 +32,7 @@ figures come from the same run: compare the ratios, the machine is shared.
 
     python bench/sendmail_bench.py                 # 1,000 messages per target
     python bench/sendmail_bench.py -n 200 --targets alertmail,postfix
+    python bench/sendmail_bench.py --python /usr/local/bin/python3.12
 """
 
 from __future__ import annotations
@@ -47,8 +56,9 @@ from tests.peers import free_port, need, wait_port  # noqa: E402
 
 MESSAGE = b"Subject: nightly backup\nFrom: backup@example.test\n\nAll 42 volumes copied.\n"
 RECIPIENT = "ops@example.test"
+MODULE = REPO / "alertmail" / "cli" / "sendmail.py"
 DEBS = Path(os.environ.get("ALERTMAIL_DEBS", "/opt/alertmail-peers/debs"))
-TARGETS = ("alertmail", "alertmail-console", "postfix", "dma", "nullmailer")
+TARGETS = ("python-floor", "alertmail", "alertmail-python", "alertmail-console", "postfix", "dma", "nullmailer")
 
 
 def submit_loop(command: list[str], n: int) -> list[float]:
@@ -71,8 +81,19 @@ def percentile(values: list[float], p: float) -> float:
 # -- alertmail --------------------------------------------------------------------
 
 
-def run_alertmail(folder: Path, sink_port: int, n: int, console: bool) -> list[float]:
-    work = folder / ("alertmail-console" if console else "alertmail")
+def install_wrapper(folder: Path, python: str, config: Path) -> Path:
+    """The wrapper ``alertmail init --sendmail`` installs, for ``python``, with the module's bytecode compiled."""
+    from alertmail.cli.sendmail import wrapper
+
+    subprocess.run([python, "-I", "-m", "py_compile", str(MODULE)], check=True)
+    path = folder / "sendmail"
+    path.write_text(wrapper(python, str(MODULE), str(config)))
+    path.chmod(0o755)
+    return path
+
+
+def run_alertmail(folder: Path, sink_port: int, n: int, console: bool, python: str | None = None) -> list[float]:
+    work = folder / ("alertmail-console" if console else "alertmail" if python is None else "alertmail-python")
     work.mkdir()
     # Its own smtp-sink that keeps each message as a file: the delivery latency is counted in files.
     sink_dir = work / "sink"
@@ -102,16 +123,15 @@ def run_alertmail(folder: Path, sink_port: int, n: int, console: bool) -> list[f
                 raise RuntimeError("the agent did not start")
             time.sleep(0.1)
         if console:
+            # Its modules' bytecode, as an installed package has it (PYTHONDONTWRITEBYTECODE may be set here).
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "alertmail")], check=True, capture_output=True)
             command = [str(Path(sys.executable).parent / "alertmail-sendmail"), "-C", str(config)]
         else:
-            wrapper = work / "sendmail"
-            module = REPO / "alertmail" / "cli" / "sendmail.py"
-            wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -I -S {module} -C {config} "$@"\n')
-            wrapper.chmod(0o755)
-            command = [str(wrapper)]
+            command = [str(install_wrapper(work, python or sys.executable, config))]
         times = submit_loop([*command, "-i", RECIPIENT], n)
-        if not console:
+        if not console and python is None:
             reached(sink_dir, command, n)
+            phases(work, config, n)
         return times
     finally:
         agent.terminate()
@@ -137,6 +157,66 @@ def reached(sink_dir: Path, command: list[str], submitted: int, count: int = 20)
         f"alertmail: submission start to smtp-sink through the agent, {count} one at a time: "
         f"p50 {percentile(latencies, 50) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
     )
+
+
+def phases(work: Path, config: Path, n: int) -> None:
+    """Print where a submission's time goes inside the process: each step, p50 over ``n`` in this process."""
+    import posix
+
+    from alertmail.cli import sendmail
+
+    class TimedFsync:
+        """``posix`` with each fsync timed: the file's, then the folder's."""
+
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def __getattr__(self, name: str):
+            return getattr(posix, name)
+
+        def fsync(self, fd: int) -> None:
+            started = time.perf_counter()
+            posix.fsync(fd)
+            self.times.append(time.perf_counter() - started)
+
+    timed = TimedFsync()
+    steps: dict[str, list[float]] = {k: [] for k in ("config", "message", "file+fsync", "folder fsync", "rest of drop", "wake")}
+    opts = sendmail.parse_args(["-i", RECIPIENT])
+    sendmail.posix = timed  # type: ignore[assignment]
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            state_dir, domain, hostname = sendmail.read_config(str(config))
+            t1 = time.perf_counter()
+            _, _, content = sendmail.compose(opts, MESSAGE, domain, hostname, time.time())
+            t2 = time.perf_counter()
+            timed.times.clear()
+            sendmail.drop(f"{state_dir}/maildrop", content, time.time())
+            t3 = time.perf_counter()
+            sendmail.wake(f"{state_dir}/maildrop")
+            t4 = time.perf_counter()
+            file_sync, folder_sync = timed.times
+            steps["config"].append(t1 - t0)
+            steps["message"].append(t2 - t1)
+            steps["file+fsync"].append(file_sync)
+            steps["folder fsync"].append(folder_sync)
+            steps["rest of drop"].append(t3 - t2 - file_sync - folder_sync)
+            steps["wake"].append(t4 - t3)
+    finally:
+        sendmail.posix = posix
+    shown = ", ".join(f"{name} {percentile(times, 50) * 1000:.2f}" for name, times in steps.items())
+    print(f"alertmail: inside one submission, p50 ms over {n}: {shown}; the rest is the interpreter's start and exit")
+
+
+def other_python(given: str | None) -> str | None:
+    """The Python for alertmail-python: ``given``, else /usr/bin/python3 when it is 3.11+ and not this one."""
+    if given:
+        return given
+    candidate = "/usr/bin/python3"
+    if not os.path.exists(candidate) or os.path.realpath(candidate) == os.path.realpath(sys.executable):
+        return None
+    done = subprocess.run([candidate, "-c", "import sys; print(sys.version_info >= (3, 11))"], capture_output=True, text=True)
+    return candidate if done.stdout.strip() == "True" else None
 
 
 # -- Postfix ----------------------------------------------------------------------
@@ -241,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("-n", "--messages", type=int, default=1000, help="submissions per target (default 1000)")
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, of: {', '.join(TARGETS)}")
+    parser.add_argument("--python", help="the Python of alertmail-python (default: /usr/bin/python3 if 3.11+)")
     parser.add_argument("--inside", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -257,8 +338,16 @@ def main(argv: list[str] | None = None) -> int:
         wait_port("127.0.0.1", port)
         for target in args.targets.split(","):
             try:
-                if target in ("alertmail", "alertmail-console"):
+                if target == "python-floor":
+                    times = submit_loop([sys.executable, "-I", "-S", "-c", "pass"], args.messages)
+                elif target in ("alertmail", "alertmail-console"):
                     times = run_alertmail(folder, port, args.messages, console=target == "alertmail-console")
+                elif target == "alertmail-python":
+                    python = other_python(args.python)
+                    if python is None:
+                        raise RuntimeError("no other Python 3.11+ (give one with --python)")
+                    print(f"alertmail-python: {python}")
+                    times = run_alertmail(folder, port, args.messages, console=False, python=python)
                 elif target == "postfix":
                     times = run_postfix(folder, port, args.messages)
                 elif target in ("dma", "nullmailer"):

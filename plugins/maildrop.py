@@ -51,6 +51,7 @@ OPTIONS: dict[str, Option] = {
     "scan_interval": Option("duration", 5.0, help="how often the maildrop is scanned besides the wake-up each submission sends"),
     "max_size": Option("size", 10_000_000, help="larger submissions go to badmail"),
     "max_recipients": Option("int", 1000, help="a submission with more recipients goes to badmail"),
+    "dkim": Option("bool", True, help="sign submitted mail with the [mail.dkim] keys, as the agent's own mail is"),
 }
 
 
@@ -107,6 +108,7 @@ class MaildropService:
         self.interval = float(opts.get("scan_interval", 5.0))
         self.max_size = int(opts.get("max_size", 10_000_000))
         self.max_recipients = int(opts.get("max_recipients", 1000))
+        self.dkim = bool(opts.get("dkim", True))
         await asyncio.to_thread(prepare_folder, self.folder)
         # Read and write: the FIFO then never reads as closed when a sendmail closes its end.
         self._wake_fd = os.open(self.folder / WAKE, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -203,8 +205,13 @@ class MaildropService:
             f"Received: by {self.hostname} (alertmail sendmail, from userid {st.st_uid})"
             f" id {secrets.token_hex(6)}; {format_datetime(datetime.now(UTC))}\r\n"
         )
+        data = trace.encode() + message
+        if self.dkim and self.queue.sign is not None:
+            # The queue's own signer ([mail.dkim], the keys of the last reload), the one agent mail
+            # goes through; the queue signs by origin, and "sendmail" is not one of its origins.
+            data = await asyncio.to_thread(self.queue.sign, data)
         try:
-            msg_id = await self.queue.put(trace.encode() + message, envelope, route=self.route, origin="sendmail")
+            msg_id = await self.queue.put(data, envelope, route=self.route, origin="sendmail")
         except QueueWriteError as exc:
             log.error("sendmail: cannot queue %s, left in the maildrop: %s", shown(path.name), exc)
             return False

@@ -366,6 +366,50 @@ def test_the_wrapper_runs_from_a_python_path_with_a_space_for_a_config_path_with
     assert done.returncode == 64 and b"no recipients" in done.stderr
 
 
+@pytest.mark.peers
+@pytest.mark.parametrize("sign", [True, False])
+def test_mail_submitted_through_sendmail_leaves_signed_with_the_mail_dkim_keys_and_verifies(shared_dir, sink, sign):
+    """Signed as the agent's own mail is ([mail.dkim]), unless ``[sendmail] dkim = false``."""
+    import dkim
+
+    from alertmail.delivery.dkim import generate_rsa, txt_value
+
+    private, public = generate_rsa(2048)
+    key = shared_dir / "sel.key"
+    key.write_bytes(private)
+    key.chmod(0o600)
+    dkim_section = (
+        "" if sign else "dkim = false\n"
+    ) + f'[mail.dkim]\ndomain = "example.test"\nselector = "sel"\nkey_file = "{key}"\n'
+    config = write_config(shared_dir, sink, dkim_section)
+    (shared_dir / "var").mkdir()
+    wrapper = make_wrapper(shared_dir, sys.executable, str(config))
+    agent = start_agent(config)
+    try:
+        wake_ready(config, agent)
+        message = b"From: backup@example.test\nTo: ops@example.test\nSubject: nightly backup\n\nall 42 volumes copied\n"
+        done = submit(config, ["-t", "-i"], message, command=[str(wrapper)])
+        assert done.returncode == 0, done.stderr
+        wait_messages(sink, 1, agent)
+    finally:
+        log = stop_agent(agent)
+    [dump] = sink.dumps()
+    # smtp-sink's dump: its own X-* envelope fields first, then the message as it was sent.
+    lines = dump.replace(b"\r\n", b"\n").split(b"\n")
+    while lines[0].startswith((b"X-Client-", b"X-Helo-", b"X-Mail-Args", b"X-Rcpt-Args")):
+        lines.pop(0)
+    sent = b"\r\n".join(lines)
+    assert sent.count(b"DKIM-Signature:") == int(sign), log
+    if not sign:
+        return
+    record = txt_value("rsa", public).encode()
+
+    def dns(name: bytes, timeout: int = 5) -> bytes | None:
+        return record if name.rstrip(b".") == b"sel._domainkey.example.test" else None
+
+    assert dkim.verify(sent, dnsfunc=dns), sent.decode(errors="replace")
+
+
 def test_init_sendmail_says_how_to_install_it_as_usr_sbin_sendmail_and_what_it_replaces(shared_dir):
     config = write_config(shared_dir, None)
     done = subprocess.run(

@@ -410,6 +410,73 @@ def test_mail_submitted_through_sendmail_leaves_signed_with_the_mail_dkim_keys_a
     assert dkim.verify(sent, dnsfunc=dns), sent.decode(errors="replace")
 
 
+@pytest.mark.peers
+def test_bv_says_how_each_recipient_s_mail_would_leave_and_whether_an_agent_runs_without_sending(shared_dir, sink):
+    from alertmail.queue.spool import Queue
+
+    config = write_config(shared_dir, sink)
+    (shared_dir / "var").mkdir()
+    wrapper = [str(make_wrapper(shared_dir, sys.executable, str(config)))]
+    way = f"deliverable: queued, then through smtp ({sink.address})"
+    done = subprocess.run([*wrapper, "-bv", "root", "ops@"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 64, done.stderr
+    assert done.stdout.splitlines() == [
+        f"root@example.test... {way}",
+        "ops@... not a mail address",
+        f"No agent is running: submitted mail waits in {shared_dir}/var/maildrop until one starts.",
+    ]
+    agent = start_agent(config)
+    try:
+        wake_ready(config, agent)
+        message = "To: Ops <ops@example.test>\nBcc: audit@example.test\nSubject: s\n\nb\n"
+        done = subprocess.run([*wrapper, "-bv", "-t"], input=message, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    finally:
+        stop_agent(agent)
+    assert done.stdout.splitlines() == [
+        f"ops@example.test... {way}",
+        f"audit@example.test... {way}",
+        "The agent is running: it takes submitted mail at once.",
+    ]
+    # Submitted mail is always in one of these three places: in none of them, nothing was submitted.
+    assert sink.messages() == []
+    assert [p.name for p in (shared_dir / "var" / "maildrop").iterdir() if not p.name.startswith(".")] == []
+    queue = Queue(shared_dir / "var" / "queue")
+    queue.load()
+    assert list(queue.entries()) == []
+
+
+@pytest.mark.peers
+def test_q_has_the_running_agent_retry_the_queue_now(shared_dir):
+    from alertmail.queue.spool import Queue
+    from tests.peers import free_port
+
+    port = free_port()
+    folder = Path(tempfile.mkdtemp(prefix="alertmail-sink-", dir="/var/tmp"))
+    down = SmtpSink(folder / "sink", port=port)  # not started: the first attempt fails
+    config = write_config(shared_dir, down)
+    wrapper = [str(make_wrapper(shared_dir, sys.executable, str(config)))]
+    agent = start_agent(config)
+    try:
+        wake_ready(config, agent)
+        done = subprocess.run([*wrapper, "-i", "ops@example.test"], input=b"Subject: retried\n\nb\n", timeout=60)
+        assert done.returncode == 0
+        queue = Queue(shared_dir / "var" / "queue")
+        deadline = time.monotonic() + 60
+        while not (queue.load() or [e for e in queue.entries() if e.attempts]):
+            assert time.monotonic() < deadline, stop_agent(agent)
+            time.sleep(0.2)
+        with down:
+            done = subprocess.run([*wrapper, "-q"], capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert ": delivered" in done.stdout, done.stdout
+            [mail] = down.messages()
+    finally:
+        stop_agent(agent)
+        shutil.rmtree(folder, ignore_errors=True)
+    assert mail.message["Subject"] == "retried"
+
+
 def test_init_sendmail_says_how_to_install_it_as_usr_sbin_sendmail_and_what_it_replaces(shared_dir):
     config = write_config(shared_dir, None)
     done = subprocess.run(

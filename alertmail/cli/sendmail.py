@@ -29,13 +29,15 @@ EX_CONFIG = 78
 
 DEFAULT_CONFIG = "/etc/alertmail/config.toml"
 USAGE = """\
-usage: alertmail sendmail [-t] [-i] [-f sender] [-F name] [-bm|-bs|-bp] [-C config] [--] [recipient ...]
+usage: alertmail sendmail [-t] [-i] [-f sender] [-F name] [-bm|-bs|-bp|-bv|-q] [-C config] [--] [recipient ...]
 
   -t          recipients from To, Cc and Bcc (added to those named); Bcc is removed
   -i, -oi     a line holding only "." does not end the message
   -f, -r ADDR envelope sender (and From when the message has none)
   -F NAME     full name for a From header that sendmail adds
   -bm         submit a message (the default); -bs SMTP on standard input; -bp lists the queue
+  -bv         say what would happen to each recipient, without sending anything
+  -q          retry every queued message now (alertmail queue retry --all)
   -C FILE     the alertmail config (default: $ALERTMAIL_CONFIG, else /etc/alertmail/config.toml)
   -odi -odb -oem -v -B TYPE -N DSN -R RET -V ID -L TAG -n -U -x ...: accepted, without effect
 
@@ -43,7 +45,7 @@ Exit codes: 0 submitted, 64 usage or no recipients, 73 maildrop not writable,
 75 temporary failure, 78 config unreadable.
 """
 # Options that take a value (glued, -fADDR, or as the next word); historic ones are ignored.
-WITH_VALUE = set("fFrCBNRVLXOhqd")
+WITH_VALUE = set("fFrCBNRVLXOhd")
 WITHOUT_VALUE = set("tivnUxGmeIs")
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -84,9 +86,16 @@ def parse_args(argv: list[str]) -> Options:
             raise Refused(USAGE, EX_OK)
         flag, glued = arg[1], arg[2:]
         if flag == "b":
-            if glued not in ("m", "p", "i", "s"):
-                raise Refused(f"sendmail: -b{glued} is not supported (only -bm, -bs, -bp and -bi)", EX_USAGE)
+            if glued not in ("m", "p", "i", "s", "v"):
+                raise Refused(f"sendmail: -b{glued} is not supported (only -bm, -bs, -bp, -bv and -bi)", EX_USAGE)
             opts.mode = glued
+        elif flag == "q":
+            if glued:
+                raise Refused(
+                    f"sendmail: -q{glued} is not supported: the agent retries on its own schedule; -q alone retries now",
+                    EX_USAGE,
+                )
+            opts.mode = "q"
         elif flag == "o":
             if glued == "i":
                 opts.ignore_dots = True
@@ -354,6 +363,17 @@ def login_name() -> tuple[str, str]:
     return entry.pw_name, entry.pw_gecos.split(",", 1)[0]
 
 
+def recipients_of(opts: Options, fields: list[bytes], names: list[str], domain: str) -> list[str]:
+    """The command line's recipients, then (``-t``) those of To, Cc and Bcc; each once, qualified."""
+    recipients = [qualified(r, domain) for word in opts.recipients for r in word.split(",") if r.strip()]
+    if opts.from_headers:
+        for field, name in zip(fields, names, strict=True):
+            if name in ("to", "cc", "bcc"):
+                value = field.partition(b":")[2].decode("utf-8", "replace")
+                recipients += [qualified(a, domain) for a in addresses(value)]
+    return list(dict.fromkeys(recipients))
+
+
 def compose(opts: Options, data: bytes, domain: str, hostname: str, now: float) -> tuple[str, list[str], bytes]:
     """The envelope sender, the recipients and the completed message; Refused(64) without recipients."""
     fields, body = split_head(data)
@@ -365,13 +385,7 @@ def compose(opts: Options, data: bytes, domain: str, hostname: str, now: float) 
         sender = ""  # the null sender: bounces of this mail go nowhere
     else:
         sender = qualified(opts.sender, domain)
-    recipients = [qualified(r, domain) for word in opts.recipients for r in word.split(",") if r.strip()]
-    if opts.from_headers:
-        for field, name in zip(fields, names, strict=True):
-            if name in ("to", "cc", "bcc"):
-                value = field.partition(b":")[2].decode("utf-8", "replace")
-                recipients += [qualified(a, domain) for a in addresses(value)]
-    recipients = list(dict.fromkeys(recipients))
+    recipients = recipients_of(opts, fields, names, domain)
     if not recipients:
         raise Refused("sendmail: no recipients: name them on the command line, or use -t with To, Cc or Bcc", EX_USAGE)
     for address in (sender, *recipients):
@@ -482,11 +496,13 @@ def main(argv: list[str] | None = None) -> int:
         config = opts.config or _environ("ALERTMAIL_CONFIG") or DEFAULT_CONFIG
         if opts.mode == "i":
             return EX_OK  # newaliases: alertmail keeps no aliases
-        if opts.mode == "p":
-            return list_queue(config)
+        if opts.mode in ("p", "q"):
+            return queue_command(config, ["list"] if opts.mode == "p" else ["retry", "--all"])
         state_dir, domain, hostname = read_config(config)
         if opts.mode == "s":
             return smtp_session(opts, _join(state_dir, "maildrop"), domain, hostname)
+        if opts.mode == "v":
+            return verify(opts, config, _join(state_dir, "maildrop"), domain)
         now = time.time()
         data = read_message(sys.stdin.buffer, opts.ignore_dots)
         _, _, content = compose(opts, data, domain, hostname, now)
@@ -570,10 +586,58 @@ def smtp_session(opts: Options, folder: str, domain: str, hostname: str) -> int:
             reply("500 5.5.2 not understood")
 
 
-def list_queue(config: str) -> int:
-    """``-bp`` (mailq): ``alertmail queue list``, in a Python that has the whole package (this one may not)."""
-    posix.execv(sys.executable, [sys.executable, "-m", "alertmail", "queue", "list", "--config", config])
+def queue_command(config: str, args: list[str]) -> int:
+    """``-bp`` (mailq) and ``-q``: ``alertmail queue list`` and ``queue retry --all``, in a Python that
+    has the whole package (this one, under ``-I -S``, may not)."""
+    posix.execv(sys.executable, [sys.executable, "-m", "alertmail", "queue", *args, "--config", config])
     return EX_OK  # not reached: execv replaces this process
+
+
+def verify(opts: Options, config: str, folder: str, domain: str) -> int:
+    """``-bv``: each recipient, and the way its mail would go; nothing is read from standard input
+    without ``-t``, nothing is sent. 64 when a recipient is not a mail address."""
+    fields = split_head(read_message(sys.stdin.buffer, opts.ignore_dots))[0] if opts.from_headers else []
+    recipients = recipients_of(opts, fields, [field_name(f) for f in fields], domain)
+    if not recipients:
+        raise Refused("sendmail: no recipients: name them on the command line, or use -t with To, Cc or Bcc", EX_USAGE)
+    way = route_text(config)
+    code = EX_OK
+    for address in recipients:
+        if valid(address):
+            print(f"{address}... deliverable: {way}")
+        else:
+            print(f"{address}... not a mail address")
+            code = EX_USAGE
+    try:
+        posix.close(posix.open(_join(folder, ".wake"), posix.O_WRONLY | posix.O_NONBLOCK | posix.O_CLOEXEC))
+        print("The agent is running: it takes submitted mail at once.")
+    except OSError:  # ENXIO: nobody holds the FIFO open; ENOENT: no agent ever ran here
+        print(f"No agent is running: submitted mail waits in {folder} until one starts.")
+    return code
+
+
+def route_text(config: str) -> str:
+    """How submitted mail leaves: the queue, then ``[sendmail].route`` (else ``[mail].route``) in order."""
+    import tomllib
+
+    try:
+        with open(config, "rb") as fh:
+            raw = tomllib.load(fh)
+    except (OSError, ValueError) as exc:
+        raise Refused(f"sendmail: {config}: {exc}; check it with: alertmail check --config {config}", EX_CONFIG) from None
+    sections: dict[str, dict] = {}
+    for key in ("sendmail", "mail", "transports"):
+        value = raw.get(key)
+        sections[key] = value if isinstance(value, dict) else {}
+    route = sections["sendmail"].get("route") or sections["mail"].get("route") or ["pickup"]
+    steps = []
+    for name in route:
+        table = sections["transports"].get(name)
+        table = table if isinstance(table, dict) else {}
+        where = next((table[k] for k in ("servers", "directory", "url", "command") if table.get(k)), None)
+        where = " ".join(map(str, where)) if isinstance(where, list) else where
+        steps.append(f"{name} ({where})" if where else str(name))
+    return "queued, then through " + ", else ".join(steps)
 
 
 def run(config: str | None = None) -> None:

@@ -3,7 +3,9 @@
 Each target takes N small messages (``sendmail -i ops@example.test``, a message on
 standard input), one after the other; a submission is timed from the start of the
 process until it exits, the message durable in its spool. Shown: p50 and p95 of one
-submission and submissions per second.
+submission, submissions per second, and the rate against Postfix's. All targets but dma
+and nullmailer run at once, interleaved (one submission each per round, the order turning):
+on a shared machine a busy moment then falls on each alike, and the ratios stay fair.
 
 - python-floor:     ``python -I -S -c pass``: the interpreter starting and ending, no work at all;
 - alertmail:        the wrapper ``alertmail init --sendmail`` installs as /usr/sbin/sendmail (this
@@ -46,6 +48,8 @@ import sys
 import tempfile
 import textwrap
 import time
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,15 +65,29 @@ DEBS = Path(os.environ.get("ALERTMAIL_DEBS", "/opt/alertmail-peers/debs"))
 TARGETS = ("python-floor", "alertmail", "alertmail-python", "alertmail-console", "postfix", "dma", "nullmailer")
 
 
+def submit(command: list[str]) -> float:
+    """Seconds of one submission of MESSAGE by ``command``; raises on a failed one."""
+    started = time.perf_counter()
+    done = subprocess.run(command, input=MESSAGE, capture_output=True, check=False)
+    took = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[0]} exited {done.returncode}: {done.stderr.decode(errors='replace')[-500:]}")
+    return took
+
+
 def submit_loop(command: list[str], n: int) -> list[float]:
-    """Seconds of each of ``n`` submissions of MESSAGE by ``command``; raises on a failed one."""
-    times = []
-    for _ in range(n):
-        started = time.perf_counter()
-        done = subprocess.run(command, input=MESSAGE, capture_output=True, check=False)
-        times.append(time.perf_counter() - started)
-        if done.returncode != 0:
-            raise RuntimeError(f"{command[0]} exited {done.returncode}: {done.stderr.decode(errors='replace')[-500:]}")
+    return [submit(command) for _ in range(n)]
+
+
+def interleaved(commands: dict[str, list[str]], n: int) -> dict[str, list[float]]:
+    """``n`` rounds of one submission by each command, the order turning each round: a busy
+    moment of the (shared) machine falls on every target alike."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    names = list(commands)
+    for round_ in range(n):
+        turn = round_ % len(names)
+        for name in names[turn:] + names[:turn]:
+            times[name].append(submit(commands[name]))
     return times
 
 
@@ -92,7 +110,17 @@ def install_wrapper(folder: Path, python: str, config: Path) -> Path:
     return path
 
 
-def run_alertmail(folder: Path, sink_port: int, n: int, console: bool, python: str | None = None) -> list[float]:
+@dataclass
+class Alertmail:
+    """A running agent with its own smtp-sink, and the command that submits to it."""
+
+    command: list[str]
+    config: Path
+    work: Path
+    sink_dir: Path
+
+
+def start_alertmail(stack: ExitStack, folder: Path, console: bool, python: str | None = None) -> Alertmail:
     work = folder / ("alertmail-console" if console else "alertmail" if python is None else "alertmail-python")
     work.mkdir()
     # Its own smtp-sink that keeps each message as a file: the delivery latency is counted in files.
@@ -105,6 +133,7 @@ def run_alertmail(folder: Path, sink_port: int, n: int, console: bool, python: s
     sink = subprocess.Popen(
         [need("smtp-sink"), *user, "-d", f"{sink_dir}/%H%M%S.", f"127.0.0.1:{sink_port}", "256"], stderr=subprocess.DEVNULL
     )
+    stack.callback(stop, sink)
     wait_port("127.0.0.1", sink_port)
     config = work / "config.toml"
     config.write_text(
@@ -115,29 +144,29 @@ def run_alertmail(folder: Path, sink_port: int, n: int, console: bool, python: s
     agent = subprocess.Popen(
         [sys.executable, "-m", "alertmail", "run", "--config", str(config)], cwd=work, stderr=subprocess.DEVNULL
     )
+    stack.callback(stop, agent)
+    wake = work / "var" / "maildrop" / ".wake"
+    deadline = time.monotonic() + 60
+    while not wake.exists():
+        if time.monotonic() > deadline or agent.poll() is not None:
+            raise RuntimeError("the agent did not start")
+        time.sleep(0.1)
+    if console:
+        # Its modules' bytecode, as an installed package has it (PYTHONDONTWRITEBYTECODE may be set here).
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "alertmail")], check=True, capture_output=True)
+        command = [str(Path(sys.executable).parent / "alertmail-sendmail"), "-C", str(config)]
+    else:
+        command = [str(install_wrapper(work, python or sys.executable, config))]
+    return Alertmail([*command, "-i", RECIPIENT], config, work, sink_dir)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
     try:
-        wake = work / "var" / "maildrop" / ".wake"
-        deadline = time.monotonic() + 60
-        while not wake.exists():
-            if time.monotonic() > deadline or agent.poll() is not None:
-                raise RuntimeError("the agent did not start")
-            time.sleep(0.1)
-        if console:
-            # Its modules' bytecode, as an installed package has it (PYTHONDONTWRITEBYTECODE may be set here).
-            subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "alertmail")], check=True, capture_output=True)
-            command = [str(Path(sys.executable).parent / "alertmail-sendmail"), "-C", str(config)]
-        else:
-            command = [str(install_wrapper(work, python or sys.executable, config))]
-        times = submit_loop([*command, "-i", RECIPIENT], n)
-        if not console and python is None:
-            reached(sink_dir, command, n)
-            phases(work, config, n)
-        return times
-    finally:
-        agent.terminate()
-        agent.wait(30)
-        sink.terminate()
-        sink.wait(10)
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def reached(sink_dir: Path, command: list[str], submitted: int, count: int = 20) -> None:
@@ -149,7 +178,7 @@ def reached(sink_dir: Path, command: list[str], submitted: int, count: int = 20)
     for _ in range(count):
         before = len(os.listdir(sink_dir))
         started = time.perf_counter()
-        subprocess.run([*command, "-i", RECIPIENT], input=MESSAGE, capture_output=True, check=True)
+        subprocess.run(command, input=MESSAGE, capture_output=True, check=True)
         while len(os.listdir(sink_dir)) <= before:
             time.sleep(0.001)
         latencies.append(time.perf_counter() - started)
@@ -222,7 +251,8 @@ def other_python(given: str | None) -> str | None:
 # -- Postfix ----------------------------------------------------------------------
 
 
-def run_postfix(folder: Path, sink_port: int, n: int) -> list[float]:
+def start_postfix(stack: ExitStack, folder: Path, sink_port: int) -> list[str]:
+    """A private Postfix relaying to ``sink_port``; its sendmail command."""
     from relay_bench import POSTFIX_SERVICES
 
     postfix = need("postfix")
@@ -255,12 +285,10 @@ def run_postfix(folder: Path, sink_port: int, n: int) -> list[float]:
     shutil.chown(config_dir / "data", "postfix")
     subprocess.run([postfix, "-c", str(config_dir), "set-permissions"], capture_output=True, timeout=60, check=False)
     started = subprocess.run([postfix, "-c", str(config_dir), "start"], capture_output=True, text=True, timeout=60, check=False)
+    stack.callback(subprocess.run, [postfix, "-c", str(config_dir), "stop"], capture_output=True, timeout=60, check=False)
     if started.returncode != 0:
         raise RuntimeError(f"postfix did not start: {started.stdout}{started.stderr}")
-    try:
-        return submit_loop([need("sendmail"), "-C", str(config_dir), "-i", RECIPIENT], n)
-    finally:
-        subprocess.run([postfix, "-c", str(config_dir), "stop"], capture_output=True, timeout=60, check=False)
+    return [need("sendmail"), "-C", str(config_dir), "-i", RECIPIENT]
 
 
 # -- dma and nullmailer, each in a private mount namespace ------------------------------
@@ -333,39 +361,52 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     user = ["-u", "nobody"] if os.geteuid() == 0 else []
     sink = subprocess.Popen([need("smtp-sink"), *user, f"127.0.0.1:{port}", "1024"], stderr=subprocess.DEVNULL)
-    rows = []
+    rows: dict[str, list[float]] = {}
+    targets = args.targets.split(",")
+    for target in targets:
+        if target not in TARGETS:
+            parser.error(f"unknown target {target}")
     try:
         wait_port("127.0.0.1", port)
-        for target in args.targets.split(","):
-            try:
-                if target == "python-floor":
-                    times = submit_loop([sys.executable, "-I", "-S", "-c", "pass"], args.messages)
-                elif target in ("alertmail", "alertmail-console"):
-                    times = run_alertmail(folder, port, args.messages, console=target == "alertmail-console")
-                elif target == "alertmail-python":
-                    python = other_python(args.python)
-                    if python is None:
-                        raise RuntimeError("no other Python 3.11+ (give one with --python)")
-                    print(f"alertmail-python: {python}")
-                    times = run_alertmail(folder, port, args.messages, console=False, python=python)
-                elif target == "postfix":
-                    times = run_postfix(folder, port, args.messages)
-                elif target in ("dma", "nullmailer"):
-                    times = run_namespaced(folder, port, args.messages, target)
-                else:
-                    parser.error(f"unknown target {target}")
-            except RuntimeError as exc:
-                print(f"{target}: skipped: {exc}", file=sys.stderr)
-                continue
-            rows.append((target, times))
+        with ExitStack() as stack:
+            commands: dict[str, list[str]] = {}
+            agents: dict[str, Alertmail] = {}
+            for target in targets:
+                try:
+                    if target == "python-floor":
+                        commands[target] = [sys.executable, "-I", "-S", "-c", "pass"]
+                    elif target in ("alertmail", "alertmail-console", "alertmail-python"):
+                        python = None
+                        if target == "alertmail-python":
+                            python = other_python(args.python)
+                            if python is None:
+                                raise RuntimeError("no other Python 3.11+ (give one with --python)")
+                            print(f"alertmail-python: {python}")
+                        agents[target] = start_alertmail(stack, folder, target == "alertmail-console", python)
+                        commands[target] = agents[target].command
+                    elif target == "postfix":
+                        commands[target] = start_postfix(stack, folder, port)
+                except RuntimeError as exc:
+                    print(f"{target}: skipped: {exc}", file=sys.stderr)
+            rows.update(interleaved(commands, args.messages))
+            if "alertmail" in agents:
+                main_agent = agents["alertmail"]
+                reached(main_agent.sink_dir, main_agent.command, args.messages)
+                phases(main_agent.work, main_agent.config, args.messages)
+        for target in ("dma", "nullmailer"):
+            if target in targets:
+                try:
+                    rows[target] = run_namespaced(folder, port, args.messages, target)
+                except RuntimeError as exc:
+                    print(f"{target}: skipped: {exc}", file=sys.stderr)
     finally:
         sink.terminate()
         sink.wait(10)
         shutil.rmtree(folder, ignore_errors=True)
-    postfix = next((sum(t) / len(t) for name, t in rows if name == "postfix"), None)
-    print(f"{args.messages} submissions per target, one after the other ({os.cpu_count()} CPUs)")
+    postfix = sum(rows["postfix"]) / len(rows["postfix"]) if rows.get("postfix") else None
+    print(f"{args.messages} submissions per target, one at a time, interleaved but dma and nullmailer ({os.cpu_count()} CPUs)")
     print(f"{'target':<18} {'p50 ms':>8} {'p95 ms':>8} {'per s':>8} {'vs postfix':>11}")
-    for name, times in rows:
+    for name, times in rows.items():
         mean = sum(times) / len(times)
         ratio = f"{postfix / mean:.2f}x" if postfix else "-"
         print(

@@ -44,6 +44,10 @@ MAILDROP_MODE = 0o3733
 WAKE = ".wake"
 # A ".name" file that old is what a killed sendmail left behind.
 STALE_SECONDS = 86400.0
+# Woken, the agent waits this long before it scans: a woken process may take the CPU from the
+# one that woke it, and on a busy host the sendmail that wrote the byte would then wait for
+# the whole scan before it could exit. Submissions within it are taken in one scan.
+WAKE_DELAY = 0.005
 
 OPTIONS: dict[str, Option] = {
     "enabled": Option("bool", True, help="take what `alertmail sendmail` left in STATE_DIR/maildrop"),
@@ -143,6 +147,7 @@ class MaildropService:
                 log.exception("sendmail: scanning %s failed", self.folder)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._woken.wait(), self.interval)
+                await asyncio.sleep(WAKE_DELAY)
 
     async def scan(self) -> int:
         """Queue every submission in the folder; the number taken."""

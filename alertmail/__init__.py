@@ -19,9 +19,11 @@ if TYPE_CHECKING:
         Checker,
         ConfigError,
         Option,
+        Settings,
         did_you_mean,
         listen_problem,
         resolve_secret,
+        setting,
         valid_hostname,
     )
     from alertmail.delivery.outbox import Outbox
@@ -59,9 +61,11 @@ _LAZY = {
             "Checker",
             "ConfigError",
             "Option",
+            "Settings",
             "did_you_mean",
             "listen_problem",
             "resolve_secret",
+            "setting",
             "valid_hostname",
         ),
         "alertmail.errors": ("AlertmailError",),
@@ -140,6 +144,8 @@ __all__ = [  # noqa: RUF022  grouped by what a plugin does with them
     "alert_key",
     "read_key",
     # configuration
+    "Settings",
+    "setting",
     "Option",
     "Checker",
     "ConfigError",

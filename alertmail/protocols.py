@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, Awaitable, Iterable, Mapping
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
+from alertmail.config.schema import Settings
 from alertmail.model import Sample, ServiceContext, Transport
 
 if TYPE_CHECKING:
@@ -39,19 +40,25 @@ class ProbeProtocol(Protocol):
 class Service(Protocol):
     """A long-running service, registered as a class and started with the agent.
 
-    It runs when its config table ``[SECTION]`` says ``enabled = true``; ``options`` maps
-    each key of that table to an ``Option``. The agent builds it with no arguments and
+    It runs when its config table ``[SECTION]`` says ``enabled = true``; ``options`` is
+    the ``Settings`` class of that table (or, the older form, a mapping of each key to an
+    ``Option``). The agent builds it with no arguments and
     awaits ``start(context)`` and, at a reload that changed its table or at the agent's
     stop, ``stop()``; see docs/plugins.md for the timeouts.
     """
 
     name: ClassVar[str]
     section: ClassVar[str]
-    options: ClassVar[Mapping[str, Option]]
+    options: ClassVar[type[Settings] | Mapping[str, Option]]
 
     async def start(self, context: ServiceContext) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+def _declares_options(options: object) -> bool:
+    """A ``Settings`` class, or (the older form) a mapping of key to ``Option``."""
+    return isinstance(options, Mapping) or (isinstance(options, type) and issubclass(options, Settings))
 
 
 def problem(kind: str, obj: object) -> str | None:
@@ -61,9 +68,9 @@ def problem(kind: str, obj: object) -> str | None:
             return "a probe needs a str 'name' and a 'collect()' method"
     elif kind == "transport":
         if not isinstance(obj, type) or not isinstance(obj, Transport) or not isinstance(obj.name, str):
-            return "a transport is a class with a str 'name', an 'options' mapping and an async 'send()'"
-        if not isinstance(obj.options, Mapping) or not callable(obj.send):
-            return "a transport is a class with a str 'name', an 'options' mapping and an async 'send()'"
+            return "a transport is a class with a str 'name', 'options' (a Settings class or a mapping) and an async 'send()'"
+        if not _declares_options(obj.options) or not callable(obj.send):
+            return "a transport is a class with a str 'name', 'options' (a Settings class or a mapping) and an async 'send()'"
     elif kind == "service":
         if (
             not isinstance(obj, type)
@@ -71,9 +78,12 @@ def problem(kind: str, obj: object) -> str | None:
             or not isinstance(obj.name, str)
             or not isinstance(obj.section, str)
             or not obj.section
-            or not isinstance(obj.options, Mapping)
+            or not _declares_options(obj.options)
             or not callable(obj.start)
             or not callable(obj.stop)
         ):
-            return "a service is a class with a str 'name' and 'section', an 'options' mapping, async 'start(context)', 'stop()'"
+            return (
+                "a service is a class with a str 'name' and 'section', 'options' (a Settings class or a mapping), "
+                "async 'start(context)', 'stop()'"
+            )
     return None

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from alertmail.agent import HISTORY_SWEEP, Agent
+from alertmail.config.core import AgentSettings, MailSettings
 from alertmail.config.load import Config
 from alertmail.model import Sample, freeze_labels
 from alertmail.probes.history import History, decode, encode
@@ -48,7 +49,7 @@ def test_series_that_stop_reporting_are_dropped_after_the_window_while_a_reporti
 
 def test_the_agent_tick_drops_history_of_series_that_stopped_reporting(tmp_path):
     rule = Rule(name="rss-huge", metric=METRIC, above=1e15, to=("ops@example.test",))
-    cfg = Config(path=tmp_path / "config.toml", agent={"state_dir": tmp_path}, mail={"to": []}, rules=[rule])
+    cfg = Config(path=tmp_path / "config.toml", agent=AgentSettings(state_dir=tmp_path), mail=MailSettings(to=[]), rules=[rule])
     agent = Agent(cfg, plugins=None)
     sizes: dict[float, int] = {}
 
@@ -156,7 +157,7 @@ def dict_of(path):
 
 def test_over_windows_start_from_the_saved_history_after_a_restart(tmp_path):
     rule = Rule(name="errors-fast", metric="app.errors", above=5, over=300, agg="rate", to=("ops@example.test",))
-    cfg = Config(path=tmp_path / "config.toml", agent={"state_dir": tmp_path}, mail={"to": []}, rules=[rule])
+    cfg = Config(path=tmp_path / "config.toml", agent=AgentSettings(state_dir=tmp_path), mail=MailSettings(to=[]), rules=[rule])
     now = time.time()
     before = Agent(cfg, plugins=None)
 

@@ -296,9 +296,10 @@ def test_the_warning_writes_the_step_with_its_sign():
 def _agent_with_fake_clocks(tmp_path, rule: Rule, clocks: FakeClocks):
     from alertmail.agent import Agent
     from alertmail.clock import WallClock
+    from alertmail.config.core import AgentSettings, MailSettings
     from alertmail.config.load import Config
 
-    cfg = Config(path=tmp_path / "config.toml", agent={"state_dir": tmp_path}, mail={"to": []}, rules=[rule])
+    cfg = Config(path=tmp_path / "config.toml", agent=AgentSettings(state_dir=tmp_path), mail=MailSettings(to=[]), rules=[rule])
     agent = Agent(cfg, plugins=None)
     agent.clock = WallClock(wall=lambda: clocks.wall, monotonic=lambda: clocks.mono)
     agent._mail_queue = asyncio.Queue()  # start() makes it, and the notifier

@@ -66,10 +66,11 @@ def send_test(config_path: Path, to: tuple[str, ...], rule_name: str | None, rou
         sys.exit(ExitCode.USAGE)
     for name in chain:
         if name not in cfg.transports:
-            from alertmail.config.schema import Checker
+            from alertmail.config.schema import Checker, options_of, typed
 
             check = Checker(cfg.path.resolve().parent)
-            cfg.transports[name] = check.table(f"transports.{name}", {}, plugins.transports[name].options)
+            declared = plugins.transports[name].options
+            cfg.transports[name] = typed(declared, check.table(f"transports.{name}", {}, options_of(declared)))
             if check.problems:
                 click.echo("\n".join(f"{cfg.path}: {p}" for p in check.problems), err=True)
                 sys.exit(ExitCode.CONFIG)

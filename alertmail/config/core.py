@@ -2,64 +2,72 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from alertmail.config.schema import Checker, Option, Section, valid_hostname
+from alertmail.config.schema import Checker, Section, Settings, setting, valid_hostname
 from alertmail.units import valid_address
 
-AGENT_OPTIONS: dict[str, Option] = {
-    "state_dir": Option("path", "var", help="folder for pickup/, queue/, badmail/, logs/"),
-    "interval": Option("duration", 10.0, minimum=0.1, help="default probe interval"),
-    "resolution": Option(
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentSettings(Settings):
+    """``[agent]``: the process."""
+
+    state_dir: Path = setting("path", "var", help="folder for pickup/, queue/, badmail/, logs/")
+    interval: float = setting("duration", 10.0, minimum=0.1, help="default probe interval")
+    resolution: float = setting(
         "duration",
         5.0,
         help="how often time-driven checks run: reminders, group and digest flushes, absent series, silence changes",
-    ),
-    "plugin_dirs": Option("list", [], help="folders of single-file plugins"),
-    "timezone": Option("str", "UTC", nonempty=True, help="IANA timezone for times in mails"),
-    "hostname": Option("str", None, nonempty=True, help="host name shown in mails; default: this machine's"),
-    "probe_timeout": Option("duration", None, minimum=0.001, help="longest a probe may run; default: its interval"),
-    "disable_plugins": Option("list", [], help="plugin names not to load"),
-    "log_level": Option("str", "info", choices=("debug", "info", "warning", "error")),
-    "event_loop": Option(
+    )
+    plugin_dirs: list[str] = setting("list", [], help="folders of single-file plugins")
+    timezone: str = setting("str", "UTC", nonempty=True, help="IANA timezone for times in mails")
+    hostname: str | None = setting("str", None, nonempty=True, help="host name shown in mails; default: this machine's")
+    probe_timeout: float | None = setting("duration", None, minimum=0.001, help="longest a probe may run; default: its interval")
+    disable_plugins: list[str] = setting("list", [], help="plugin names not to load")
+    log_level: str = setting("str", "info", choices=("debug", "info", "warning", "error"))
+    event_loop: str = setting(
         "str",
         "auto",
         choices=("auto", "asyncio", "uvloop"),
         help="the agent's event loop: auto = uvloop when installed and a service (the relay) is enabled, "
         "asyncio otherwise (the idle agent stays small)",
-    ),
-    "log_format": Option(
+    )
+    log_format: str = setting(
         "str",
         "text",
         choices=("text", "json"),
         help="text (with times; journald's form under systemd) or json, one object a line",
-    ),
-}
+    )
 
-MAIL_OPTIONS: dict[str, Option] = {
-    "from": Option("str", "alertmail@localhost", help="From address of alert mails"),
-    "to": Option("list", [], addresses=True, help="default recipients"),
-    "route": Option(
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailSettings(Settings):
+    """``[mail]``: every mail the agent writes."""
+
+    sender: str = setting("str", "alertmail@localhost", key="from", help="From address of alert mails")
+    to: list[str] = setting("list", [], addresses=True, help="default recipients")
+    route: list[str] = setting(
         "list",
         ["pickup"],
         nonempty=True,
         help="ordered chain of transports: the next one takes what the one before could not deliver",
-    ),
-    "also_route": Option(
+    )
+    also_route: list[str] = setting(
         "list",
         [],
         help="a second chain each alert mail is also queued on, as its own message with its own "
         'retries: route = ["smtp"] and also_route = ["alertmanager"] send to both',
-    ),
-    "subject_prefix": Option("str", "", help="text put before every subject"),
-    "templates": Option("path", None, help="folder of templates overriding alert.txt.j2 / alert.html.j2"),
-    "charts": Option(
+    )
+    subject_prefix: str = setting("str", "", help="text put before every subject")
+    templates: Path | None = setting("path", None, help="folder of templates overriding alert.txt.j2 / alert.html.j2")
+    charts: str = setting(
         "str",
         "in-process",
         choices=("in-process", "subprocess", "off"),
         help="where charts are drawn: in-process (Pillow, loaded with the first alert), subprocess (a child per mail), off",
-    ),
-}
+    )
 
 
 def _check_agent(agent: dict[str, Any], check: Checker, config: Any) -> None:
@@ -87,5 +95,5 @@ def _check_mail(mail: dict[str, Any], check: Checker, config: Any) -> None:
             check.error(where, f"not a valid mail address: {address!r}; write it as user@example.com")
 
 
-AGENT = Section("agent", AGENT_OPTIONS, check=_check_agent)
-MAIL = Section("mail", MAIL_OPTIONS, check=_check_mail)
+AGENT = Section("agent", AgentSettings, check=_check_agent)
+MAIL = Section("mail", MailSettings, check=_check_mail)

@@ -23,8 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alertmail.config.core import AGENT, MAIL
-from alertmail.config.schema import Checker, ConfigError, Option, Section, did_you_mean, open_bracket
+from alertmail.config.core import AGENT, MAIL, AgentSettings, MailSettings
+from alertmail.config.schema import (
+    Checker,
+    ConfigError,
+    Option,
+    Section,
+    SettingsT,
+    did_you_mean,
+    open_bracket,
+    options_of,
+    typed,
+)
 from alertmail.delivery.delivery import SECTION as QUEUE
 from alertmail.delivery.dkim import SECTION as DKIM
 from alertmail.exporter import SECTION as EXPORTER
@@ -50,8 +60,8 @@ class Config:
     """A validated configuration."""
 
     path: Path
-    agent: dict[str, Any]
-    mail: dict[str, Any]
+    agent: AgentSettings
+    mail: MailSettings
     rules: list[Any] = field(default_factory=list)
     transports: dict[str, dict[str, Any]] = field(default_factory=dict)
     probes: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -61,15 +71,22 @@ class Config:
 
     @property
     def state_dir(self) -> Path:
-        return self.agent["state_dir"]
+        return self.agent.state_dir
 
     @property
     def hostname(self) -> str:
-        return self.agent.get("hostname") or socket.gethostname()
+        return self.agent.hostname or socket.gethostname()
+
+    def section(self, section: Section[SettingsT]) -> SettingsT:
+        """The settings of one section (its declared defaults when the file has no such table)."""
+        value = self.sections.get(section.name)
+        if value is None:
+            value = section.typed({})
+        return value
 
     @property
     def plugin_dirs(self) -> list[Path]:
-        return [p if p.is_absolute() else self.path.parent / p for p in map(Path, self.agent["plugin_dirs"])]
+        return [p if p.is_absolute() else self.path.parent / p for p in map(Path, self.agent.plugin_dirs)]
 
     def service_options(self, service: Any) -> dict[str, Any]:
         """The checked table of a service class (by its ``section``); empty when the config has none."""
@@ -155,12 +172,12 @@ def _section_tables(check: Checker, raw: Mapping[str, Any], section: Section) ->
         nested = {s.name.rpartition(".")[2] for s in SECTIONS if s.name.rpartition(".")[0] == section.name}
         if nested and isinstance(table, dict):
             table = {k: v for k, v in table.items() if k not in nested}
-        return check.table(section.name, table, section.options)
+        return section.typed(check.table(section.name, table, section.options))
     value = raw.get(section.name, [])
     if not isinstance(value, list):
         check.error(section.name, f"expected an array of tables: [[{section.name}]]")
         value = []
-    return [check.table(f"{section.name}[{i}]", item, section.options) for i, item in enumerate(value)]
+    return [section.typed(check.table(f"{section.name}[{i}]", item, section.options)) for i, item in enumerate(value)]
 
 
 def _check_listen_overlap(check: Checker, cfg: Config, services: Mapping[str, Any]) -> None:
@@ -203,12 +220,18 @@ def _check_listen_overlap(check: Checker, cfg: Config, services: Mapping[str, An
 def _check_probes(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Plugins) -> None:
     """``[probes.NAME]`` tables: the common keys plus the probe's own options, then its ``configure``."""
     for name, probe, table in _plugin_tables(
-        check, raw, "probes", plugins.probes, "probe", lambda probe: {**PROBE_OPTIONS, **(getattr(probe, "options", None) or {})}
+        check,
+        raw,
+        "probes",
+        plugins.probes,
+        "probe",
+        lambda probe: {**PROBE_OPTIONS, **options_of(getattr(probe, "options", None))},
     ):
         cfg.probes[name] = table
         # Options a schema cannot express (e.g. the process probe's watch list) are the probe's to check.
         try:
-            problems = configure_probe(name, probe, {k: v for k, v in table.items() if k not in COMMON_KEYS})
+            own = {k: v for k, v in table.items() if k not in COMMON_KEYS}
+            problems = configure_probe(name, probe, typed(getattr(probe, "options", None), own))
         except Exception as exc:  # a bug in a plugin's configure(), not in the config
             problems = [f"probes.{name}: the probe failed to take its options: {type(exc).__name__}: {exc}"]
         for problem in problems:
@@ -219,13 +242,13 @@ def _check_probes(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: 
 def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugins: Plugins) -> None:
     """``[transports.NAME]`` tables against their classes' options, and every name in ``[mail].route``."""
 
-    def options_of(cls: Any) -> Mapping[str, Option]:
-        return cls.options
+    def transport_options(cls: Any) -> Mapping[str, Option]:
+        return options_of(cls.options)
 
     clean: list[str] = []
-    for name, _, table in _plugin_tables(check, raw, "transports", plugins.transports, "transport", options_of):
+    for name, cls, table in _plugin_tables(check, raw, "transports", plugins.transports, "transport", transport_options):
         before = len(check.problems)
-        cfg.transports[name] = table
+        cfg.transports[name] = typed(cls.options, table)
         if len(check.problems) == before:
             clean.append(name)
     for key in ("route", "also_route"):
@@ -237,7 +260,8 @@ def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugi
                 )
             elif name not in cfg.transports:
                 before = len(check.problems)
-                cfg.transports[name] = check.table(f"transports.{name}", {}, options_of(plugins.transports[name]))
+                cls = plugins.transports[name]
+                cfg.transports[name] = typed(cls.options, check.table(f"transports.{name}", {}, transport_options(cls)))
                 if len(check.problems) == before:
                     clean.append(name)
     routes = (cfg.sections.get(QUEUE.name) or {}).get("route_retry")
@@ -261,7 +285,8 @@ def _build_transport(check: Checker, cfg: Config, name: str, cls: Any) -> None:
         state_dir=Path(state_dir or "."), hostname=cfg.agent.get("hostname") or "localhost", config_path=cfg.path
     )
     try:
-        cls(dict(cfg.transports[name]), context)
+        options = cfg.transports[name]
+        cls(dict(options) if isinstance(options, dict) else options, context)
     except ValueError as exc:
         keypath, _, message = str(exc).partition(": ")
         if not keypath.startswith(f"transports.{name}") or not message:
@@ -541,7 +566,8 @@ def load_config(path: Path | str, plugins: Plugins | None = None, *, also_declar
     _check_transports(check, raw, cfg, plugins)
     _check_probes(check, raw, cfg, plugins)
     for name, service in services.items():
-        cfg.sections[name] = check.table(name, raw.get(name, {}), service.options)
+        table = check.table(name, raw.get(name, {}), options_of(service.options))
+        cfg.sections[name] = Section(name, service.options).typed(table)
     for name, service in services.items():
         # What keys alone cannot say (networks, files, one key against another) is the service's
         # to check, as for a Section: check(options, checker, config), after every table is read.

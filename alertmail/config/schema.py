@@ -7,13 +7,14 @@ composes them. This module imports nothing of alertmail but ``units`` and ``erro
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 from alertmail.errors import AlertmailError
 from alertmail.units import parse_address, parse_duration, parse_size
@@ -387,19 +388,117 @@ def resolve_secret(options: Mapping[str, Any], key: str) -> str | None:
     return None
 
 
+# -- typed settings ---------------------------------------------------------
+# A component declares its section as a frozen dataclass whose fields are its keys:
+#
+#     @dataclass(frozen=True, slots=True, kw_only=True)
+#     class NotifySettings(Settings):
+#         group_wait: float = setting("duration", 30.0, help="...")
+#
+# ``setting`` puts the key's Option (kind, bounds, help) in the field's metadata and its
+# default in the field, so each key has one default, in one place. The checker reads the
+# options from the fields; a checked table becomes the settings object with ``from_table``;
+# a component takes that object and reads attributes, never string keys.
+
+_OPTION = "alertmail.option"
+_KEY = "alertmail.key"
+
+
+def setting(kind: str, default: Any = None, *, key: str | None = None, **option: Any) -> Any:
+    """A field of a ``Settings`` class: the key's ``Option`` and its one default.
+
+    ``key`` is the name in the file when it cannot be the field's (``from`` is a Python word).
+    """
+    meta = {_OPTION: Option(kind, default, **option), _KEY: key}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+SettingsT = TypeVar("SettingsT", bound="Settings")
+
+
+@functools.cache
+def _keys(cls: Any) -> dict[str, str]:
+    return {(f.metadata.get(_KEY) or f.name): f.name for f in fields(cls) if _OPTION in f.metadata}
+
+
+class Settings:
+    """The base of a section's (or a plugin's) frozen settings dataclass."""
+
+    __slots__ = ()
+
+    @classmethod
+    def keys_to_fields(cls) -> dict[str, str]:
+        """File key -> field name, in declaration order."""
+        return _keys(cast(Any, cls))
+
+    @classmethod
+    def options(cls) -> dict[str, Option]:
+        """The options the checker checks a table against, by file key."""
+        return {(f.metadata.get(_KEY) or f.name): f.metadata[_OPTION] for f in fields(cls) if _OPTION in f.metadata}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_table(cls: type[SettingsT], table: Mapping[str, Any]) -> SettingsT:
+        """The settings of a checked table; a key the table lacks keeps its declared default."""
+        return cls(**{name: table[key] for key, name in cls.keys_to_fields().items() if key in table})
+
+    def as_table(self) -> dict[str, Any]:
+        """The settings by file key, as the checked table had them (for JSON and comparisons)."""
+        return {key: getattr(self, name) for key, name in self.keys_to_fields().items()}
+
+    # Read by key while readers move to attributes; to be removed once none is left.
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self, self.keys_to_fields()[key])
+        except KeyError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        name = self.keys_to_fields().get(key)
+        return default if name is None else getattr(self, name)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.keys_to_fields()
+
+
+def options_of(declared: Any) -> Mapping[str, Option]:
+    """A plugin's or section's options, declared as a ``Settings`` class or (older plugins) a dict."""
+    if isinstance(declared, type) and issubclass(declared, Settings):
+        return declared.options()
+    return declared or {}
+
+
+def typed(declared: Any, table: Mapping[str, Any]) -> Any:
+    """A checked ``table`` as the ``Settings`` class ``declared`` makes it; a plugin that declares
+    its options as a dict (the older form) gets a dict of its own."""
+    if isinstance(declared, type) and issubclass(declared, Settings):
+        return declared.from_table(table)
+    return dict(table)
+
+
 @dataclass(frozen=True)
-class Section:
+class Section(Generic[SettingsT]):
     """A top-level table of the config file (``array``: an array of tables), owned by one component.
 
-    ``options`` checks each key; ``check(value, checker, config)`` then checks what keys
-    alone cannot say (one key against another, against ``[agent]``). ``build(raw, checker,
-    config)``, when given, replaces both and returns the section's value (rules build
-    ``Rule`` objects).
+    ``settings`` is the component's ``Settings`` class: its fields are the keys, the
+    checked table becomes one object of it (a list of them for an array section).
+    ``check(value, checker, config)`` then checks what keys alone cannot say (one key
+    against another, against ``[agent]``). ``build(raw, checker, config)``, when given,
+    replaces both and returns the section's value (rules build ``Rule`` objects).
     """
 
     name: str
-    options: Mapping[str, Option]
+    settings: type[SettingsT] | Mapping[str, Option]
     array: bool = False
     check: Callable[[Any, Checker, Any], None] | None = None
     build: Callable[[Any, Checker, Any], Any] | None = None
     includable: bool = False  # may also come from the files ``include`` names (an array section)
+
+    @property
+    def options(self) -> Mapping[str, Option]:
+        return options_of(self.settings)
+
+    def typed(self, table: Mapping[str, Any]) -> Any:
+        """The checked ``table`` as this section's settings object."""
+        return typed(self.settings, table)

@@ -112,7 +112,7 @@ def _check_queue(table: Mapping[str, Any], check: Any, config: Any) -> None:
             check.error(f"queue.route_retry.{name}", str(exc).removeprefix(f"queue.route_retry.{name}: "))
 
 
-SECTION = Section("queue", QUEUE_OPTIONS, check=_check_queue)
+SECTION: Section[Any] = Section("queue", QUEUE_OPTIONS, check=_check_queue)
 
 
 def build_transports(tables: Mapping[str, Mapping[str, Any]], plugins: Any, context: TransportContext) -> dict[str, Transport]:
@@ -120,7 +120,7 @@ def build_transports(tables: Mapping[str, Mapping[str, Any]], plugins: Any, cont
     out: dict[str, Transport] = {}
     for name, options in tables.items():
         cls = plugins.transports[name]
-        out[name] = cls(dict(options), context)
+        out[name] = cls(dict(options) if isinstance(options, Mapping) else options, context)
     return out
 
 

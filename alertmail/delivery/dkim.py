@@ -165,7 +165,7 @@ def _check(options: dict[str, Any], check: Checker, config: Any) -> None:
                 check.error(f"mail.dkim.{key}", str(exc))
 
 
-SECTION = Section("mail.dkim", DKIM_OPTIONS, check=_check)
+SECTION: Section[Any] = Section("mail.dkim", DKIM_OPTIONS, check=_check)
 
 
 # -- signing ----------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def _check(table: dict[str, Any], check: Checker, config: Any) -> None:
                 check.error("exporter.listen", problem)
 
 
-SECTION = Section("exporter", EXPORTER_OPTIONS, check=_check)
+SECTION: Section[Any] = Section("exporter", EXPORTER_OPTIONS, check=_check)
 
 
 async def start_exporter(agent: Any) -> Any:

@@ -206,7 +206,7 @@ def check_config(options: Mapping[str, Any], check: Checker, config: Any = None)
         check.error("heartbeat.every", 'a heartbeat more often than every minute is noise; use "1d" or "7d"')
 
 
-SECTION = Section("heartbeat", HEARTBEAT_OPTIONS, check=check_config)
+SECTION: Section[Any] = Section("heartbeat", HEARTBEAT_OPTIONS, check=check_config)
 
 
 class Heartbeat:

@@ -33,7 +33,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from alertmail.config.schema import Option, Section
+from alertmail.config.schema import Section, Settings, setting
 from alertmail.fsutil import write_atomic
 from alertmail.model import Envelope, message_bytes
 from alertmail.notify.incidents import Held, Incident, closes, event_from_json, event_to_json
@@ -49,24 +49,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("alertmail.notify.notifier")
 
-NOTIFY_OPTIONS: dict[str, Option] = {
-    "group_wait": Option(
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotifySettings(Settings):
+    """``[notify]``: how alerts are grouped into mails, and the storm cap."""
+
+    group_wait: float = setting(
         "duration",
         30.0,
         help="the first alert for a set of recipients goes out at once; what follows within this time is batched into one mail",
-    ),
-    "max_mails_per_hour": Option(
+    )
+    max_mails_per_hour: int = setting(
         "int",
         10,
         minimum=0,
         maximum=1_000_000,
         help="storm cap: most mails one recipient gets in any hour, digests included; 0 = no cap",
-    ),
-    "digest_interval": Option(
+    )
+    digest_interval: float = setting(
         "duration", 900.0, minimum=1.0, help="storm mode: events beyond the cap are folded into one digest mail this often"
-    ),
-}
-SECTION = Section("notify", NOTIFY_OPTIONS, check=check_storm)
+    )
+
+
+SECTION: Section[NotifySettings] = Section("notify", NotifySettings, check=check_storm)
 
 
 # A mail that could not be rendered even as plain text is tried again this much later.

@@ -303,4 +303,4 @@ def _check_section(tables: Sequence[Mapping[str, Any]], check: Checker, config: 
     check_config(tables, check, default_tz=config.agent.get("timezone") or "UTC")
 
 
-SECTION = Section("silences", SILENCE_OPTIONS, array=True, check=_check_section, includable=True)
+SECTION: Section[Any] = Section("silences", SILENCE_OPTIONS, array=True, check=_check_section, includable=True)

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from alertmail.config.core import AGENT_OPTIONS
-from alertmail.config.schema import Checker, Option
+from alertmail.config.core import AgentSettings
+from alertmail.config.schema import Checker, Option, options_of, typed
 from alertmail.model import Sample, reserved_metric
 from alertmail.protocols import ProbeProtocol
 
@@ -228,25 +228,23 @@ class ProbeSettings:
     enabled: bool
     interval: float
     timeout: float
-    options: dict[str, Any]  # the probe's own keys, as ``configure()`` receives them
+    options: Any  # the probe's own keys, as ``configure()`` receives them: its Settings object (or a dict)
 
 
 def probe_settings(cfg: Any, name: str, probe: Any) -> ProbeSettings:
     """Settings from ``cfg.probes[name]``, or the defaults when the config has no such table."""
     table = cfg.probes.get(name) if cfg is not None else None
-    agent = cfg.agent if cfg is not None else {}
+    agent = cfg.agent if cfg is not None else AgentSettings()
     if table is None and getattr(probe, "configured_only", False):
         # A probe with nothing to do until its table names what to run or read (nagios, scrape): off, unloaded.
-        interval = float(getattr(probe, "interval", None) or agent.get("interval") or AGENT_OPTIONS["interval"].default)
+        interval = float(getattr(probe, "interval", None) or agent.interval)
         return ProbeSettings(False, interval, interval, {})
     if table is None:  # no table: the defaults, filled in by the same checker the config uses
         base = cfg.path.resolve().parent if cfg is not None else Path.cwd()
-        table = Checker(base).table(f"probes.{name}", {}, {**PROBE_OPTIONS, **(getattr(probe, "options", None) or {})})
-    interval = (
-        table.get("interval") or getattr(probe, "interval", None) or agent.get("interval") or AGENT_OPTIONS["interval"].default
-    )
-    timeout = table.get("timeout") or agent.get("probe_timeout") or interval
-    options = {k: v for k, v in table.items() if k not in COMMON_KEYS}
+        table = Checker(base).table(f"probes.{name}", {}, {**PROBE_OPTIONS, **options_of(getattr(probe, "options", None))})
+    interval = table.get("interval") or getattr(probe, "interval", None) or agent.interval
+    timeout = table.get("timeout") or agent.probe_timeout or interval
+    options = typed(getattr(probe, "options", None), {k: v for k, v in table.items() if k not in COMMON_KEYS})
     return ProbeSettings(table.get("enabled", True) is not False, float(interval), float(min(timeout, interval)), options)
 
 

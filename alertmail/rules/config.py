@@ -167,4 +167,4 @@ def _build_section(raw: Any, check: Checker, config: Any) -> list[Rule]:
     return rules_from_config(raw, check, default_to=config.mail.get("to") or [])
 
 
-SECTION = Section("rules", RULE_OPTIONS, array=True, build=_build_section, includable=True)
+SECTION: Section[Any] = Section("rules", RULE_OPTIONS, array=True, build=_build_section, includable=True)

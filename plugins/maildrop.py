@@ -45,6 +45,10 @@ MAILDROP_MODE = 0o3733
 WAKE = ".wake"
 # A ".name" file that old is what a killed sendmail left behind.
 STALE_SECONDS = 86400.0
+# Woken, the agent waits this long before it scans: a woken process may take the CPU from the
+# one that woke it, and on a busy host the sendmail that wrote the byte would then wait for
+# the whole scan before it could exit. Submissions within it are taken in one scan.
+WAKE_DELAY = 0.005
 
 OPTIONS: dict[str, Option] = {
     "enabled": Option("bool", True, help="take what `alertmail sendmail` left in STATE_DIR/maildrop"),
@@ -52,6 +56,7 @@ OPTIONS: dict[str, Option] = {
     "scan_interval": Option("duration", 5.0, help="how often the maildrop is scanned besides the wake-up each submission sends"),
     "max_size": Option("size", 10_000_000, help="larger submissions go to badmail"),
     "max_recipients": Option("int", 1000, help="a submission with more recipients goes to badmail"),
+    "dkim": Option("bool", True, help="sign submitted mail with the [mail.dkim] keys, as the agent's own mail is"),
 }
 
 
@@ -108,6 +113,7 @@ class MaildropService:
         self.interval = float(opts.get("scan_interval", 5.0))
         self.max_size = int(opts.get("max_size", 10_000_000))
         self.max_recipients = int(opts.get("max_recipients", 1000))
+        self.dkim = bool(opts.get("dkim", True))
         await asyncio.to_thread(prepare_folder, self.folder)
         # Read and write: the FIFO then never reads as closed when a sendmail closes its end.
         self._wake_fd = os.open(self.folder / WAKE, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -142,6 +148,7 @@ class MaildropService:
                 log.exception("sendmail: scanning %s failed", self.folder)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._woken.wait(), self.interval)
+                await asyncio.sleep(WAKE_DELAY)
 
     async def scan(self) -> int:
         """Queue every submission in the folder; the number taken."""
@@ -204,8 +211,10 @@ class MaildropService:
             f"Received: by {self.hostname} (alertmail sendmail, from userid {st.st_uid})"
             f" id {secrets.token_hex(6)}; {format_datetime(datetime.now(UTC))}\r\n"
         )
+        data = trace.encode() + message
         try:
-            msg_id = await self.queue.put(trace.encode() + message, envelope, route=self.route, origin="sendmail")
+            # dkim: signed by the queue's own signer ([mail.dkim], the keys of the last reload), the one agent mail goes through.
+            msg_id = await self.queue.put(data, envelope, route=self.route, origin="sendmail", dkim=self.dkim)
         except QueueWriteError as exc:
             log.error("sendmail: cannot queue %s, left in the maildrop: %s", shown(path.name), exc)
             return False

@@ -171,6 +171,20 @@ def test_the_config_is_read_as_tomllib_reads_it_with_or_without_tomllib(tmp_path
     assert domain == (mail["from"].rpartition("@")[2].strip(" >") if "from" in mail else hostname)
 
 
+@pytest.mark.parametrize("state_dir", ["var", "../shared/./var", "~/alertmail", "/srv/alertmail"])
+@pytest.mark.parametrize("relative", [False, True])
+def test_the_state_folder_is_the_agent_s_and_reads_plainly_however_the_config_path_is_written(
+    tmp_path, monkeypatch, state_dir, relative
+):
+    (tmp_path / "etc").mkdir()
+    config = tmp_path / "etc" / "config.toml"
+    config.write_text(f'[agent]\nstate_dir = "{state_dir}"\n')
+    monkeypatch.chdir(tmp_path)
+    path = "etc/../etc/config.toml" if relative else str(config)
+    expected = os.path.normpath(os.path.join(tmp_path / "etc", os.path.expanduser(state_dir)))
+    assert sendmail.read_config(path)[0] == expected
+
+
 def test_the_exit_codes_are_alertmail_s_own():
     assert sendmail.EX_USAGE == ExitCode.USAGE
     assert sendmail.EX_CANTCREAT == ExitCode.CANTCREAT
@@ -284,10 +298,10 @@ def test_an_unprivileged_user_can_submit_but_not_list_read_or_remove_another_use
     from alertmail.plugins.maildrop import prepare_folder
 
     alice, mallory = two_users
-    # The module runs as a script too, on the standard library alone: as alertmail-sendmail's fast path does.
+    # The wrapper /usr/sbin/sendmail runs: the standard library alone, in a Python every user may run.
     python = system_python()
-    command = [python, "-I", "-S", sendmail.__file__]
     config = write_config(shared_dir, sink)
+    command = [str(make_wrapper(shared_dir, python, str(config)))]
     maildrop = shared_dir / "var" / "maildrop"
     os.chmod(maildrop.parent.parent, 0o755)
     prepare_folder(maildrop)
@@ -327,6 +341,142 @@ def test_an_unprivileged_user_can_submit_but_not_list_read_or_remove_another_use
     assert traces == sorted(str(pwd.getpwnam(u).pw_uid) for u in (alice, mallory))
 
 
+def make_wrapper(folder: Path, python: str, config: str | None) -> Path:
+    path = folder / "sendmail"
+    path.write_text(sendmail.wrapper(python, str(Path(sendmail.__file__).resolve()), config))
+    path.chmod(0o755)
+    return path
+
+
+def test_the_wrapper_runs_from_a_python_path_with_a_space_for_a_config_path_with_quotes(shared_dir):
+    """The interpreter line cannot hold a space: the wrapper goes through /bin/sh then, and still submits."""
+    (shared_dir / "my python").mkdir()
+    python = shared_dir / "my python" / "python3"
+    python.symlink_to(sys.executable)
+    config = write_config(shared_dir, None).rename(shared_dir / 'alert\'s "mail".toml')
+    (shared_dir / "var").mkdir()
+    command = [str(make_wrapper(shared_dir, str(python), str(config)))]
+    done = subprocess.run([*command, "-i", "ops@example.test"], input=b"Subject: s\n\nb\n", capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert len([p for p in (shared_dir / "var" / "maildrop").iterdir() if not p.name.startswith(".")]) == 1
+    # Output written just before the process ends (without the interpreter's clean-up) is not lost in a pipe.
+    done = subprocess.run([*command, "-h"], capture_output=True, timeout=60)
+    assert (done.returncode, done.stdout.split(b"\n")[0][:26]) == (0, b"usage: alertmail sendmail ")
+    done = subprocess.run([*command, "-t"], input=b"Subject: s\n\nb\n", capture_output=True, timeout=60)
+    assert done.returncode == 64 and b"no recipients" in done.stderr
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("sign", [True, False])
+def test_mail_submitted_through_sendmail_leaves_signed_with_the_mail_dkim_keys_and_verifies(shared_dir, sink, sign):
+    """Signed as the agent's own mail is ([mail.dkim]), unless ``[sendmail] dkim = false``."""
+    import dkim
+
+    from alertmail.delivery.dkim import generate_rsa, txt_value
+
+    private, public = generate_rsa(2048)
+    key = shared_dir / "sel.key"
+    key.write_bytes(private)
+    key.chmod(0o600)
+    dkim_section = (
+        "" if sign else "dkim = false\n"
+    ) + f'[mail.dkim]\ndomain = "example.test"\nselector = "sel"\nkey_file = "{key}"\n'
+    config = write_config(shared_dir, sink, dkim_section)
+    (shared_dir / "var").mkdir()
+    wrapper = make_wrapper(shared_dir, sys.executable, str(config))
+    agent = start_agent(config)
+    try:
+        wake_ready(config, agent)
+        message = b"From: backup@example.test\nTo: ops@example.test\nSubject: nightly backup\n\nall 42 volumes copied\n"
+        done = submit(config, ["-t", "-i"], message, command=[str(wrapper)])
+        assert done.returncode == 0, done.stderr
+        wait_messages(sink, 1, agent)
+    finally:
+        log = stop_agent(agent)
+    [dump] = sink.dumps()
+    # smtp-sink's dump: its own X-* envelope fields first, then the message as it was sent.
+    lines = dump.replace(b"\r\n", b"\n").split(b"\n")
+    while lines[0].startswith((b"X-Client-", b"X-Helo-", b"X-Mail-Args", b"X-Rcpt-Args")):
+        lines.pop(0)
+    sent = b"\r\n".join(lines)
+    assert sent.count(b"DKIM-Signature:") == int(sign), log
+    if not sign:
+        return
+    record = txt_value("rsa", public).encode()
+
+    def dns(name: bytes, timeout: int = 5) -> bytes | None:
+        return record if name.rstrip(b".") == b"sel._domainkey.example.test" else None
+
+    assert dkim.verify(sent, dnsfunc=dns), sent.decode(errors="replace")
+
+
+@pytest.mark.peers
+def test_bv_says_how_each_recipient_s_mail_would_leave_and_whether_an_agent_runs_without_sending(shared_dir, sink):
+    from alertmail.queue.spool import Queue
+
+    config = write_config(shared_dir, sink)
+    (shared_dir / "var").mkdir()
+    wrapper = [str(make_wrapper(shared_dir, sys.executable, str(config)))]
+    way = f"deliverable: queued, then through smtp ({sink.address})"
+    done = subprocess.run([*wrapper, "-bv", "root", "ops@"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 64, done.stderr
+    assert done.stdout.splitlines() == [
+        f"root@example.test... {way}",
+        "ops@... not a mail address",
+        f"No agent is running: submitted mail waits in {shared_dir}/var/maildrop until one starts.",
+    ]
+    agent = start_agent(config)
+    try:
+        wake_ready(config, agent)
+        message = "To: Ops <ops@example.test>\nBcc: audit@example.test\nSubject: s\n\nb\n"
+        done = subprocess.run([*wrapper, "-bv", "-t"], input=message, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    finally:
+        stop_agent(agent)
+    assert done.stdout.splitlines() == [
+        f"ops@example.test... {way}",
+        f"audit@example.test... {way}",
+        "The agent is running: it takes submitted mail at once.",
+    ]
+    # Submitted mail is always in one of these three places: in none of them, nothing was submitted.
+    assert sink.messages() == []
+    assert [p.name for p in (shared_dir / "var" / "maildrop").iterdir() if not p.name.startswith(".")] == []
+    queue = Queue(shared_dir / "var" / "queue")
+    queue.load()
+    assert list(queue.entries()) == []
+
+
+@pytest.mark.peers
+def test_q_has_the_running_agent_retry_the_queue_now(shared_dir):
+    from alertmail.queue.spool import Queue
+    from tests.peers import free_port
+
+    port = free_port()
+    folder = Path(tempfile.mkdtemp(prefix="alertmail-sink-", dir="/var/tmp"))
+    down = SmtpSink(folder / "sink", port=port)  # not started: the first attempt fails
+    config = write_config(shared_dir, down)
+    wrapper = [str(make_wrapper(shared_dir, sys.executable, str(config)))]
+    agent = start_agent(config)
+    try:
+        wake_ready(config, agent)
+        done = subprocess.run([*wrapper, "-i", "ops@example.test"], input=b"Subject: retried\n\nb\n", timeout=60)
+        assert done.returncode == 0
+        queue = Queue(shared_dir / "var" / "queue")
+        deadline = time.monotonic() + 60
+        while not (queue.load() or [e for e in queue.entries() if e.attempts]):
+            assert time.monotonic() < deadline, stop_agent(agent)
+            time.sleep(0.2)
+        with down:
+            done = subprocess.run([*wrapper, "-q"], capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert ": delivered" in done.stdout, done.stdout
+            [mail] = down.messages()
+    finally:
+        stop_agent(agent)
+        shutil.rmtree(folder, ignore_errors=True)
+    assert mail.message["Subject"] == "retried"
+
+
 def test_init_sendmail_says_how_to_install_it_as_usr_sbin_sendmail_and_what_it_replaces(shared_dir):
     config = write_config(shared_dir, None)
     done = subprocess.run(
@@ -337,7 +487,12 @@ def test_init_sendmail_says_how_to_install_it_as_usr_sbin_sendmail_and_what_it_r
     )
     assert done.returncode == 0, done.stderr
     assert "ln -s /usr/local/sbin/alertmail-sendmail /usr/sbin/sendmail" in done.stdout
-    assert f"exec {sys.executable} -I -S {Path(sendmail.__file__).resolve()} -C {config}" in done.stdout
+    module = Path(sendmail.__file__).resolve()
+    assert (
+        f"'#!{sys.executable} -IS' 'import sys' 'sys.path.append(\"{module.parent}\")' 'from sendmail import run'" in done.stdout
+    )
+    assert f"'run(\"{config}\")' > /usr/local/sbin/alertmail-sendmail" in done.stdout
+    assert f"-I -m py_compile {module}" in done.stdout
     assert "update-alternatives --install /usr/sbin/sendmail mta" in done.stdout
     assert f"install -d -o alertmail -g alertmail -m 3733 {shared_dir.resolve()}/var/maildrop" in done.stdout
     if os.path.lexists("/usr/sbin/sendmail"):

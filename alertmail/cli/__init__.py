@@ -6,10 +6,11 @@ when their command runs. ``alertmail sendmail`` skips click and ``app`` altogeth
 it runs once per submitted mail, and every import is paid per mail.
 """
 
-from __future__ import annotations
-
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs a submission more than the rest of its imports
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["cli", "main"]
 
@@ -24,7 +25,7 @@ def main() -> None:
     app_main()
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> "Any":
     if name == "cli":
         from alertmail.cli.app import cli
 

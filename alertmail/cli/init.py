@@ -424,12 +424,15 @@ WRAPPER = "/usr/local/sbin/alertmail-sendmail"
 def sendmail_instructions(python: str, module: str, config: str, state_dir: str, current: str | None) -> str:
     """How to make alertmail's sendmail the host's /usr/sbin/sendmail, and what it replaces.
 
-    The link points at a two-line wrapper that runs ``module`` (alertmail/cli/sendmail.py) as a
-    script with ``python -I -S``: on the standard library alone, without importing the
-    alertmail package as the ``alertmail-sendmail`` console script must.
+    The link points at a small Python script (``alertmail.cli.sendmail.wrapper``) that imports
+    ``module`` (alertmail/cli/sendmail.py) with ``python -I -S``: on the standard library alone,
+    without the site-packages and the ``re`` the ``alertmail-sendmail`` console script loads.
     """
+    from alertmail.cli.sendmail import wrapper
+
     program = WRAPPER
-    option = "" if config == "/etc/alertmail/config.toml" else f" -C {config}"
+    script = wrapper(python, module, None if config == "/etc/alertmail/config.toml" else config)
+    write_script = "printf '%s\\n' " + " ".join("'" + line.replace("'", "'\\''") + "'" for line in script.splitlines())
     if current is None:
         replaces = "There is no /usr/sbin/sendmail yet: programs that mail (cron, mail) have had nowhere to send it."
     else:
@@ -451,10 +454,11 @@ As root:
   # 2. The config, readable by every user who mails (it holds no secrets: those are *_env / *_file).
   chmod 644 {config}
 
-  # 3. A wrapper that submits on the standard library alone (python -I -S): a few times faster
-  #    than the alertmail-sendmail console script, which first imports the whole alertmail package.
-  printf '#!/bin/sh\\nexec {python} -I -S {module}{option} "$@"\\n' > {program}
+  # 3. A wrapper that submits on the standard library alone (python -I -S): faster than the
+  #    alertmail-sendmail console script, which starts with site-packages.
+  {write_script} > {program}
   chmod 755 {program}
+  {python} -I -m py_compile {module}   # its bytecode, so that no mail waits for it to compile
 
   # 4a. Debian, Ubuntu: keep the MTA package's file aside, so its upgrades do not put it back.
   dpkg-divert --local --rename --divert /usr/sbin/sendmail.before-alertmail --add /usr/sbin/sendmail

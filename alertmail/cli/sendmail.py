@@ -7,16 +7,17 @@ to take it at once (see ``alertmail.plugins.maildrop`` for the folder's modes an
 user may submit but none may read another's mail).
 
 Every submission starts a process, so this module imports nothing from alertmail and
-little from the standard library: no click, no email package, no config validation.
+little from the standard library: no click, no email package, no config validation, not
+even ``os`` (``posix`` is what it wraps, already loaded; ``os`` costs another millisecond).
+The wrapper ``alertmail init --sendmail`` installs imports it (its bytecode cached) and
+calls ``run``, which ends the process without the interpreter's clean-up.
 
 Exit codes (sysexits.h): 0 submitted; 64 a bad option, no recipients or a malformed
 address; 73 the maildrop cannot be written (missing, or not writable by this user);
 75 a temporary failure (disk full, an I/O error); 78 the config cannot be read.
 """
 
-from __future__ import annotations
-
-import os
+import posix
 import sys
 import time
 
@@ -28,13 +29,15 @@ EX_CONFIG = 78
 
 DEFAULT_CONFIG = "/etc/alertmail/config.toml"
 USAGE = """\
-usage: alertmail sendmail [-t] [-i] [-f sender] [-F name] [-bm|-bs|-bp] [-C config] [--] [recipient ...]
+usage: alertmail sendmail [-t] [-i] [-f sender] [-F name] [-bm|-bs|-bp|-bv|-q] [-C config] [--] [recipient ...]
 
   -t          recipients from To, Cc and Bcc (added to those named); Bcc is removed
   -i, -oi     a line holding only "." does not end the message
   -f, -r ADDR envelope sender (and From when the message has none)
   -F NAME     full name for a From header that sendmail adds
   -bm         submit a message (the default); -bs SMTP on standard input; -bp lists the queue
+  -bv         say what would happen to each recipient, without sending anything
+  -q          retry every queued message now (alertmail queue retry --all)
   -C FILE     the alertmail config (default: $ALERTMAIL_CONFIG, else /etc/alertmail/config.toml)
   -odi -odb -oem -v -B TYPE -N DSN -R RET -V ID -L TAG -n -U -x ...: accepted, without effect
 
@@ -42,7 +45,7 @@ Exit codes: 0 submitted, 64 usage or no recipients, 73 maildrop not writable,
 75 temporary failure, 78 config unreadable.
 """
 # Options that take a value (glued, -fADDR, or as the next word); historic ones are ignored.
-WITH_VALUE = set("fFrCBNRVLXOhqd")
+WITH_VALUE = set("fFrCBNRVLXOhd")
 WITHOUT_VALUE = set("tivnUxGmeIs")
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -83,9 +86,16 @@ def parse_args(argv: list[str]) -> Options:
             raise Refused(USAGE, EX_OK)
         flag, glued = arg[1], arg[2:]
         if flag == "b":
-            if glued not in ("m", "p", "i", "s"):
-                raise Refused(f"sendmail: -b{glued} is not supported (only -bm, -bs, -bp and -bi)", EX_USAGE)
+            if glued not in ("m", "p", "i", "s", "v"):
+                raise Refused(f"sendmail: -b{glued} is not supported (only -bm, -bs, -bp, -bv and -bi)", EX_USAGE)
             opts.mode = glued
+        elif flag == "q":
+            if glued:
+                raise Refused(
+                    f"sendmail: -q{glued} is not supported: the agent retries on its own schedule; -q alone retries now",
+                    EX_USAGE,
+                )
+            opts.mode = "q"
         elif flag == "o":
             if glued == "i":
                 opts.ignore_dots = True
@@ -171,12 +181,36 @@ def read_config(path: str) -> tuple[str, str, str]:
     mail = raw.get("mail")
     agent = agent if isinstance(agent, dict) else {}
     mail = mail if isinstance(mail, dict) else {}
-    state_dir = os.path.expanduser(str(agent.get("state_dir") or "var"))
-    state_dir = os.path.join(os.path.dirname(os.path.abspath(path)), state_dir)
-    hostname = str(agent.get("hostname") or os.uname().nodename)
+    state_dir = str(agent.get("state_dir") or "var")
+    if state_dir.startswith("~"):  # rare: only then is os (a millisecond) worth importing
+        import os
+
+        state_dir = os.path.expanduser(state_dir)
+    if not state_dir.startswith("/"):
+        state_dir = _join(_dirname(path if path.startswith("/") else _join(posix.getcwd(), path)), state_dir)
+    if "/." in state_dir:
+        import os
+
+        state_dir = os.path.normpath(state_dir)
+    hostname = str(agent.get("hostname") or posix.uname().nodename)
     sender = str(mail.get("from") or "")
     domain = sender.rpartition("@")[2].strip(" >") if "@" in sender else hostname
     return state_dir, domain, hostname
+
+
+def _environ(name: str) -> str | None:
+    value = posix.environ.get(name.encode())  # posix.environ: bytes, as the kernel gave them
+    return value.decode(sys.getfilesystemencoding(), "surrogateescape") if value else None
+
+
+def _join(folder: str, name: str) -> str:
+    return folder + name if folder.endswith("/") else f"{folder}/{name}"
+
+
+def _dirname(path: str) -> str:
+    """``os.path.dirname`` of an absolute path."""
+    head = path[: path.rfind("/") + 1]
+    return head.rstrip("/") or "/"
 
 
 # -- the message ---------------------------------------------------------------
@@ -323,10 +357,21 @@ def login_name() -> tuple[str, str]:
     import pwd
 
     try:
-        entry = pwd.getpwuid(os.getuid())
+        entry = pwd.getpwuid(posix.getuid())
     except KeyError:
-        return f"uid{os.getuid()}", ""
+        return f"uid{posix.getuid()}", ""
     return entry.pw_name, entry.pw_gecos.split(",", 1)[0]
+
+
+def recipients_of(opts: Options, fields: list[bytes], names: list[str], domain: str) -> list[str]:
+    """The command line's recipients, then (``-t``) those of To, Cc and Bcc; each once, qualified."""
+    recipients = [qualified(r, domain) for word in opts.recipients for r in word.split(",") if r.strip()]
+    if opts.from_headers:
+        for field, name in zip(fields, names, strict=True):
+            if name in ("to", "cc", "bcc"):
+                value = field.partition(b":")[2].decode("utf-8", "replace")
+                recipients += [qualified(a, domain) for a in addresses(value)]
+    return list(dict.fromkeys(recipients))
 
 
 def compose(opts: Options, data: bytes, domain: str, hostname: str, now: float) -> tuple[str, list[str], bytes]:
@@ -340,13 +385,7 @@ def compose(opts: Options, data: bytes, domain: str, hostname: str, now: float) 
         sender = ""  # the null sender: bounces of this mail go nowhere
     else:
         sender = qualified(opts.sender, domain)
-    recipients = [qualified(r, domain) for word in opts.recipients for r in word.split(",") if r.strip()]
-    if opts.from_headers:
-        for field, name in zip(fields, names, strict=True):
-            if name in ("to", "cc", "bcc"):
-                value = field.partition(b":")[2].decode("utf-8", "replace")
-                recipients += [qualified(a, domain) for a in addresses(value)]
-    recipients = list(dict.fromkeys(recipients))
+    recipients = recipients_of(opts, fields, names, domain)
     if not recipients:
         raise Refused("sendmail: no recipients: name them on the command line, or use -t with To, Cc or Bcc", EX_USAGE)
     for address in (sender, *recipients):
@@ -361,7 +400,7 @@ def compose(opts: Options, data: bytes, domain: str, hostname: str, now: float) 
     if "date" not in names:
         added.append(f"Date: {rfc5322_date(now)}")
     if "message-id" not in names:
-        added.append(f"Message-ID: <{int(now * 1e6):x}.{os.urandom(8).hex()}@{hostname}>")
+        added.append(f"Message-ID: <{int(now * 1e6):x}.{posix.urandom(8).hex()}@{hostname}>")
     envelope = [f"X-Sender: <{sender}>"] + [f"X-Receiver: <{r}>" for r in recipients]
     head = "\r\n".join(envelope + added).encode() + b"\r\n"
     kept_bytes = b"".join(f + b"\r\n" for f in kept)
@@ -373,16 +412,16 @@ def compose(opts: Options, data: bytes, domain: str, hostname: str, now: float) 
 
 def drop(folder: str, content: bytes, now: float) -> str:
     """Write ``content`` into the maildrop, durable before returning; the file's name."""
-    name = f"{int(now * 1e6):x}-{os.getpid()}-{os.urandom(6).hex()}"
-    temp = os.path.join(folder, "." + name)
-    final = os.path.join(folder, name)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    name = f"{int(now * 1e6):x}-{posix.getpid()}-{posix.urandom(6).hex()}"
+    temp = _join(folder, "." + name)
+    final = _join(folder, name)
+    flags = posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_CLOEXEC | posix.O_NOFOLLOW
     try:
         try:
-            fd = os.open(temp, flags, 0o640)
+            fd = posix.open(temp, flags, 0o640)
         except FileNotFoundError:
             make_maildrop(folder)
-            fd = os.open(temp, flags, 0o640)
+            fd = posix.open(temp, flags, 0o640)
     except FileNotFoundError:
         raise Refused(f"sendmail: {folder} does not exist; see: alertmail init --sendmail", EX_CANTCREAT) from None
     except PermissionError:
@@ -391,18 +430,18 @@ def drop(folder: str, content: bytes, now: float) -> str:
         raise Refused(f"sendmail: cannot write into {folder}: {exc.strerror}", EX_TEMPFAIL) from None
     try:
         try:
-            os.fchmod(fd, 0o640)  # whatever the umask: the agent reads it through the folder's group
+            posix.fchmod(fd, 0o640)  # whatever the umask: the agent reads it through the folder's group
             view = memoryview(content)
             while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-            os.rename(temp, final)
+                view = view[posix.write(fd, view) :]
+            posix.fsync(fd)
+            posix.rename(temp, final)
             _sync_entry(folder, fd)
         finally:
-            os.close(fd)
+            posix.close(fd)
     except OSError as exc:
         try:
-            os.unlink(temp)
+            posix.unlink(temp)
         except OSError:
             pass
         raise Refused(f"sendmail: cannot write into {folder}: {exc.strerror}; nothing was submitted", EX_TEMPFAIL) from None
@@ -411,11 +450,11 @@ def drop(folder: str, content: bytes, now: float) -> str:
 
 def make_maildrop(folder: str) -> None:
     """The maildrop before any agent made it: as the agent would, owned as the state folder is."""
-    os.mkdir(folder, 0o700)
-    if os.geteuid() == 0:
-        parent = os.stat(os.path.dirname(folder))
-        os.chown(folder, parent.st_uid, parent.st_gid)
-    os.chmod(folder, 0o3733)
+    posix.mkdir(folder, 0o700)
+    if posix.geteuid() == 0:
+        parent = posix.stat(_dirname(folder))
+        posix.chown(folder, parent.st_uid, parent.st_gid)
+    posix.chmod(folder, 0o3733)
 
 
 def _sync_entry(folder: str, fd: int) -> None:
@@ -426,46 +465,48 @@ def _sync_entry(folder: str, fd: int) -> None:
     commits the rename with it.
     """
     try:
-        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dfd = posix.open(folder, posix.O_RDONLY | posix.O_DIRECTORY | posix.O_CLOEXEC)
     except OSError:
-        os.fsync(fd)
+        posix.fsync(fd)
         return
     try:
-        os.fsync(dfd)
+        posix.fsync(dfd)
     finally:
-        os.close(dfd)
+        posix.close(dfd)
 
 
 def wake(folder: str) -> None:
     """Tell a running agent that there is mail (a byte in its FIFO); nothing when none runs."""
     try:
-        fd = os.open(os.path.join(folder, ".wake"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = posix.open(_join(folder, ".wake"), posix.O_WRONLY | posix.O_NONBLOCK | posix.O_CLOEXEC)
     except OSError:
         return  # no agent holds the FIFO open (ENXIO), or there is none yet: it scans when it starts
     try:
-        os.write(fd, b"\0")
+        posix.write(fd, b"\0")
     except OSError:
         pass  # the FIFO is full: the agent is woken already
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run sendmail with ``argv`` (default: sys.argv[1:]); the exit code."""
     try:
         opts = parse_args(sys.argv[1:] if argv is None else argv)
-        config = opts.config or os.environ.get("ALERTMAIL_CONFIG") or DEFAULT_CONFIG
+        config = opts.config or _environ("ALERTMAIL_CONFIG") or DEFAULT_CONFIG
         if opts.mode == "i":
             return EX_OK  # newaliases: alertmail keeps no aliases
-        if opts.mode == "p":
-            return list_queue(config)
+        if opts.mode in ("p", "q"):
+            return queue_command(config, ["list"] if opts.mode == "p" else ["retry", "--all"])
         state_dir, domain, hostname = read_config(config)
         if opts.mode == "s":
-            return smtp_session(opts, os.path.join(state_dir, "maildrop"), domain, hostname)
+            return smtp_session(opts, _join(state_dir, "maildrop"), domain, hostname)
+        if opts.mode == "v":
+            return verify(opts, config, _join(state_dir, "maildrop"), domain)
         now = time.time()
         data = read_message(sys.stdin.buffer, opts.ignore_dots)
         _, _, content = compose(opts, data, domain, hostname, now)
-        folder = os.path.join(state_dir, "maildrop")
+        folder = _join(state_dir, "maildrop")
         drop(folder, content, now)
         wake(folder)
     except Refused as exc:
@@ -545,15 +586,102 @@ def smtp_session(opts: Options, folder: str, domain: str, hostname: str) -> int:
             reply("500 5.5.2 not understood")
 
 
-def list_queue(config: str) -> int:
-    """``-bp`` (mailq): ``alertmail queue list``, in a Python that has the whole package (this one may not)."""
-    os.execv(sys.executable, [sys.executable, "-m", "alertmail", "queue", "list", "--config", config])
+def queue_command(config: str, args: list[str]) -> int:
+    """``-bp`` (mailq) and ``-q``: ``alertmail queue list`` and ``queue retry --all``, in a Python that
+    has the whole package (this one, under ``-I -S``, may not)."""
+    posix.execv(sys.executable, [sys.executable, "-m", "alertmail", "queue", *args, "--config", config])
     return EX_OK  # not reached: execv replaces this process
 
 
-def run() -> None:
-    """The ``alertmail-sendmail`` entry point (and ``sendmail`` when linked to it)."""
-    sys.exit(main())
+def verify(opts: Options, config: str, folder: str, domain: str) -> int:
+    """``-bv``: each recipient, and the way its mail would go; nothing is read from standard input
+    without ``-t``, nothing is sent. 64 when a recipient is not a mail address."""
+    fields = split_head(read_message(sys.stdin.buffer, opts.ignore_dots))[0] if opts.from_headers else []
+    recipients = recipients_of(opts, fields, [field_name(f) for f in fields], domain)
+    if not recipients:
+        raise Refused("sendmail: no recipients: name them on the command line, or use -t with To, Cc or Bcc", EX_USAGE)
+    way = route_text(config)
+    code = EX_OK
+    for address in recipients:
+        if valid(address):
+            print(f"{address}... deliverable: {way}")
+        else:
+            print(f"{address}... not a mail address")
+            code = EX_USAGE
+    try:
+        posix.close(posix.open(_join(folder, ".wake"), posix.O_WRONLY | posix.O_NONBLOCK | posix.O_CLOEXEC))
+        print("The agent is running: it takes submitted mail at once.")
+    except OSError:  # ENXIO: nobody holds the FIFO open; ENOENT: no agent ever ran here
+        print(f"No agent is running: submitted mail waits in {folder} until one starts.")
+    return code
+
+
+def route_text(config: str) -> str:
+    """How submitted mail leaves: the queue, then ``[sendmail].route`` (else ``[mail].route``) in order."""
+    import tomllib
+
+    try:
+        with open(config, "rb") as fh:
+            raw = tomllib.load(fh)
+    except (OSError, ValueError) as exc:
+        raise Refused(f"sendmail: {config}: {exc}; check it with: alertmail check --config {config}", EX_CONFIG) from None
+    sections: dict[str, dict] = {}
+    for key in ("sendmail", "mail", "transports"):
+        value = raw.get(key)
+        sections[key] = value if isinstance(value, dict) else {}
+    route = sections["sendmail"].get("route") or sections["mail"].get("route") or ["pickup"]
+    steps = []
+    for name in route:
+        table = sections["transports"].get(name)
+        table = table if isinstance(table, dict) else {}
+        where = next((table[k] for k in ("servers", "directory", "url", "command") if table.get(k)), None)
+        where = " ".join(map(str, where)) if isinstance(where, list) else where
+        steps.append(f"{name} ({where})" if where else str(name))
+    return "queued, then through " + ", else ".join(steps)
+
+
+def run(config: str | None = None) -> None:
+    """The ``alertmail-sendmail`` entry point, and the wrapper's (``config``: its ``-C``; one given later wins).
+
+    The process ends with ``_exit``: the interpreter's clean-up (freeing every module and
+    object) would take as long as the submission itself, and the file is durable already.
+    """
+    argv = sys.argv[1:] if config is None else ["-C", config, *sys.argv[1:]]
+    code = main(argv)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # the reader went away: the exit code still says what happened
+    posix._exit(code)
+
+
+def wrapper(python: str, module: str, config: str | None) -> str:
+    """The script ``alertmail init --sendmail`` installs as /usr/sbin/sendmail.
+
+    ``python -I -S`` (the standard library alone, no site-packages) imports ``module`` from its
+    folder, its bytecode cached, and calls ``run``: it never runs it as a script (compiled
+    again for every mail), nor through /bin/sh (one exec more) unless the kernel cannot take
+    ``python`` as the interpreter line (a space in it, or too long).
+    """
+    folder, _, name = module.rpartition("/")
+    lines = [
+        "import sys",
+        f"sys.path.append({_literal(folder)})",
+        f"from {name.removesuffix('.py')} import run",
+        f"run({_literal(config)})" if config else "run()",
+    ]
+    if " " in python or len(python) > 120:
+        quoted = "'" + python.replace("'", "'\\''") + "'"
+        lines[:0] = ["#!/bin/sh", f"""'''exec' {quoted} -IS "$0" "$@\"""", "' '''"]
+    else:
+        lines.insert(0, f"#!{python} -IS")
+    return "\n".join(lines) + "\n"
+
+
+def _literal(text: str) -> str:
+    """A Python string in double quotes: the wrapper's lines travel single-quoted through the shell."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 if __name__ == "__main__":

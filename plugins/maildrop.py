@@ -31,12 +31,13 @@ import os
 import secrets
 import stat
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from alertmail import Option, ServiceContext, hookimpl
+from alertmail import Checker, ServiceContext, Settings, hookimpl, setting
 from alertmail.intake import QueueWriteError
 
 log = logging.getLogger("alertmail.sendmail")
@@ -50,20 +51,29 @@ STALE_SECONDS = 86400.0
 # the whole scan before it could exit. Submissions within it are taken in one scan.
 WAKE_DELAY = 0.005
 
-OPTIONS: dict[str, Option] = {
-    "enabled": Option("bool", True, help="take what `alertmail sendmail` left in STATE_DIR/maildrop"),
-    "route": Option("list", [], help="transports submitted mail leaves through; empty: [mail].route"),
-    "scan_interval": Option("duration", 5.0, help="how often the maildrop is scanned besides the wake-up each submission sends"),
-    "max_size": Option("size", 10_000_000, help="larger submissions go to badmail"),
-    "max_recipients": Option("int", 1000, help="a submission with more recipients goes to badmail"),
-    "dkim": Option("bool", True, help="sign submitted mail with the [mail.dkim] keys, as the agent's own mail is"),
-}
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MaildropSettings(Settings):
+    """``[sendmail]``: the maildrop service."""
+
+    enabled: bool = setting("bool", True, help="take what `alertmail sendmail` left in STATE_DIR/maildrop")
+    route: list[str] = setting("list", [], help="transports submitted mail leaves through; empty: [mail].route")
+    scan_interval: float = setting(
+        "duration", 5.0, help="how often the maildrop is scanned besides the wake-up each submission sends"
+    )
+    max_size: int = setting("size", 10_000_000, help="larger submissions go to badmail")
+    max_recipients: int = setting("int", 1000, help="a submission with more recipients goes to badmail")
+    dkim: bool = setting("bool", True, help="sign submitted mail with the [mail.dkim] keys, as the agent's own mail is")
 
 
-def check_options(options: dict[str, Any], check: Any, config: Any) -> None:
+def check_options(settings: MaildropSettings, check: Checker, config: object) -> None:
     """What the option kinds alone cannot say: every limit is above zero."""
-    for key, example in (("scan_interval", '"5s"'), ("max_size", '"10MB"'), ("max_recipients", "1000")):
-        if key in options and options[key] <= 0:
+    for key, value, example in (
+        ("scan_interval", settings.scan_interval, '"5s"'),
+        ("max_size", settings.max_size, '"10MB"'),
+        ("max_recipients", settings.max_recipients, "1000"),
+    ):
+        if isinstance(value, int | float) and value <= 0:
             check.error(f"sendmail.{key}", f"must be more than 0; e.g. {key} = {example}")
 
 
@@ -91,7 +101,7 @@ class MaildropService:
 
     name: ClassVar[str] = "sendmail"
     section: ClassVar[str] = "sendmail"
-    options: ClassVar[dict[str, Option]] = OPTIONS
+    options: ClassVar[type[MaildropSettings]] = MaildropSettings
     check = staticmethod(check_options)
     light: ClassVar[bool] = True  # waits on a FIFO: no reason to run the agent on uvloop
 
@@ -101,19 +111,19 @@ class MaildropService:
         self._woken = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, context: ServiceContext) -> None:
+    async def start(self, context: ServiceContext[MaildropSettings]) -> None:
         from alertmail.intake import Badmail
 
-        opts = context.options
+        settings = context.options
         self.folder = Path(context.state_dir) / "maildrop"
         self.queue = context.queue
         self.badmail = Badmail(Path(context.state_dir) / "badmail")
         self.hostname = context.hostname
-        self.route = list(opts.get("route") or []) or None
-        self.interval = float(opts.get("scan_interval", 5.0))
-        self.max_size = int(opts.get("max_size", 10_000_000))
-        self.max_recipients = int(opts.get("max_recipients", 1000))
-        self.dkim = bool(opts.get("dkim", True))
+        self.route = list(settings.route) or None
+        self.interval = settings.scan_interval
+        self.max_size = settings.max_size
+        self.max_recipients = settings.max_recipients
+        self.dkim = settings.dkim
         await asyncio.to_thread(prepare_folder, self.folder)
         # Read and write: the FIFO then never reads as closed when a sendmail closes its end.
         self._wake_fd = os.open(self.folder / WAKE, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _READ = re.compile(r"^_?(cfg|config|conf|options|opts|settings|section|sections|agent|mail|raw|params|notify|table)$")
 _PARAM = re.compile(r"^_?(cfg|config|conf|options|opts|settings|params)$")
 _LOOSE = re.compile(r"\bAny\b|\bdict\b|\bMapping\b")
+_SCHEMA = re.compile(r"Mapping\[str, Option\]|dict\[str, Option\]")  # the older way to declare options: a schema, not a config
 
 
 def _named_like_config(node: ast.AST) -> bool:
@@ -64,12 +65,12 @@ def findings(paths: list[Path]) -> tuple[list[str], list[str]]:
                     reads.append(f"{where}: {ast.unparse(node)}")
                 elif isinstance(node, ast.arg) and _PARAM.match(node.arg):
                     annotation = ast.unparse(node.annotation) if node.annotation else ""
-                    if not annotation or _LOOSE.search(annotation):
+                    if not annotation or _LOOSE.search(_SCHEMA.sub("", annotation)):
                         params.append(f"{where}: {node.arg}: {annotation or '(none)'}")
                 elif isinstance(node, ast.AnnAssign):
                     target = node.target
                     name = target.id if isinstance(target, ast.Name) else target.attr if isinstance(target, ast.Attribute) else ""
-                    if _PARAM.match(name) and _LOOSE.search(ast.unparse(node.annotation)):
+                    if _PARAM.match(name) and _LOOSE.search(_SCHEMA.sub("", ast.unparse(node.annotation))):
                         params.append(f"{where}: {name}: {ast.unparse(node.annotation)}")
     return reads, params
 

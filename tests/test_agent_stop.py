@@ -294,7 +294,10 @@ def test_a_second_signal_exits_at_once_and_loses_nothing(tmp_path, second):
         proc = start(config)
         try:
             got = wait_for(sink.messages, what="the mail delivered after the restart")
+        except AssertionError:
+            got = []  # told below, with the agent's log
         finally:
             terminate(proc, signal.SIGTERM)
             log = log_of(proc)
+        assert got, f"the mail was not delivered after the restart\n{log}"
         assert [r.recipients for r in got] == [["ops@test.example"]], log

@@ -70,12 +70,20 @@ def write_config(
 
 
 def start(config: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "alertmail", "run", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=config.parent,
-    )
+    """The agent, its log in a file of its own: a pipe nobody reads until the exit fills up
+    (64 KiB: a minute or two of failing deliveries retried every second), and the agent then hangs
+    in its next log line, neither delivering nor answering SIGTERM."""
+    logs = sorted(config.parent.glob("agent-*.log"))
+    path = config.parent / f"agent-{len(logs)}.log"
+    with path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "alertmail", "run", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            cwd=config.parent,
+        )
+    proc.log_path = path  # type: ignore[attr-defined]
+    return proc
 
 
 def terminate(proc: subprocess.Popen, *signals: signal.Signals, gap: float = 0.3) -> float:
@@ -96,7 +104,7 @@ def terminate(proc: subprocess.Popen, *signals: signal.Signals, gap: float = 0.3
 
 
 def log_of(proc: subprocess.Popen) -> str:
-    return proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    return proc.log_path.read_bytes().decode(errors="replace")  # type: ignore[attr-defined]
 
 
 def queued(folder: Path) -> list:

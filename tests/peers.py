@@ -77,12 +77,6 @@ class SmtpSink:
         binary = need("smtp-sink")
         assert self.host in LOOPBACK
         self.folder.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            # smtp-sink writes as "nobody": every folder above the dump folder must let it through.
-            for folder in (self.folder, *self.folder.parents):
-                if folder == Path(folder.anchor):
-                    break
-                os.chmod(folder, os.stat(folder).st_mode | (0o777 if folder == self.folder else 0o711))
         # A port we chose may be taken by another test run before smtp-sink binds it: then
         # ours exits, and we try another. A port the test chose (its config names it) is kept.
         chosen = not self.port
@@ -97,7 +91,10 @@ class SmtpSink:
         raise AssertionError("unreachable")
 
     def _launch(self, binary: str) -> SmtpSink:
-        user = ["-u", "nobody"] if os.geteuid() == 0 else []
+        # As root smtp-sink must be told a user: the test's own. As "nobody" it lost its dump folder
+        # whenever another pytest session started, as pytest then closes /tmp/pytest-of-root (0700):
+        # the sink died at its next message.
+        user = ["-u", "root"] if os.geteuid() == 0 else []
         addr = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         self.proc = subprocess.Popen(
             [binary, *user, "-d", f"{self.folder}/%H%M%S.", *self.options, addr, "256"],

@@ -39,11 +39,7 @@ ALERTMAIL_AIOSMTPD_INIT = [
 
 
 def private_folder(prefix: str) -> Path:
-    """A fresh folder outside pytest's basetemp, removed at exit.
-
-    smtp-sink writes as "nobody" when run as root; a pytest session starting in parallel
-    makes /tmp/pytest-of-root mode 0700 again, which would lock a running sink out.
-    """
+    """A fresh folder outside pytest's basetemp, removed at exit."""
     folder = Path(tempfile.mkdtemp(prefix=prefix))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder

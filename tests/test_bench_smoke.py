@@ -20,7 +20,7 @@ RUNS = {
     "alert_latency.py": ["--crossings", "2", "--modes", "in-process"],
     "agent_idle.py": ["--seconds", "4", "--settle", "3", "--exporter", "--after-mail"],
     "exporter_scrape.py": ["--series", "500", "--seconds", "1"],
-    "probe_cost.py": ["2"],
+    "probe_cost.py": ["2", "1"],
     "probe_cost_http.py": ["--checks", "5", "--interval", "1", "--seconds", "3", "--settle", "2", "--tls"],
     "queue_bench.py": ["-n", "100"],
     "relay_bench.py": ["--quick"],

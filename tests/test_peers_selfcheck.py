@@ -1,8 +1,9 @@
 """The test peers themselves work: a message sent with swaks lands in smtp-sink; dnsmasq answers MX."""
 
+import os
 import time
 
-from tests.peers import Dnsmasq, swaks
+from tests.peers import Dnsmasq, SmtpSink, swaks
 
 
 def test_swaks_message_reaches_smtp_sink_with_envelope(smtp_sink):
@@ -12,6 +13,17 @@ def test_swaks_message_reaches_smtp_sink_with_envelope(smtp_sink):
     assert got.sender == "a@x.test"
     assert got.recipients == ["b@y.test", "c@y.test"]
     assert got.message["Subject"] == "hello"
+
+
+def test_smtp_sink_keeps_receiving_when_a_folder_above_its_dump_folder_closes(tmp_path):
+    # What a pytest session starting next to this one does to /tmp/pytest-of-USER (mode 0700):
+    # the running sink must still write its dumps, not die at its next message.
+    with SmtpSink(tmp_path / "sink") as sink:
+        os.chmod(tmp_path, 0o700)
+        result = swaks("--server", sink.address, "--from", "a@x.test", "--to", "b@y.test")
+        assert result.returncode == 0, result.stdout + result.stderr
+        [got] = sink.wait_for(1)
+        assert got.recipients == ["b@y.test"]
 
 
 def test_dnsmasq_serves_mx_null_mx_and_nxdomain(tmp_path):

@@ -309,6 +309,7 @@ def test_check_refuses_a_wrong_value_naming_its_key(tmp_path: Path, keypath: str
 def _declared() -> list[tuple[str, str, Any, Any]]:
     """(key path of the table, key, Option, a function putting a value at that key into a config)."""
     from alertmail.config.load import SECTIONS
+    from alertmail.config.schema import options_of
     from alertmail.loader import load_plugins
     from alertmail.probes.runner import PROBE_OPTIONS
 
@@ -325,14 +326,14 @@ def _declared() -> list[tuple[str, str, Any, Any]]:
             else:
                 out.append((sec.name, key, option, lambda k, v, s=sec.name: section(s, **{k: v})))
     for name, cls in plugins.transports.items():
-        for key, option in getattr(cls, "options", {}).items():
+        for key, option in options_of(getattr(cls, "options", None)).items():
             out.append((f"transports.{name}", key, option, lambda k, v, n=name: transport(n, **{k: v})))
     for name, probe_obj in plugins.probes.items():
-        for key, option in {**PROBE_OPTIONS, **(getattr(probe_obj, "options", None) or {})}.items():
+        for key, option in {**PROBE_OPTIONS, **options_of(getattr(probe_obj, "options", None))}.items():
             out.append((f"probes.{name}", key, option, lambda k, v, n=name: probe(n, **{k: v})))
     for service in plugins.services:
         if service.section == "relay":
-            for key, option in service.options.items():
+            for key, option in options_of(service.options).items():
                 out.append(("relay", key, option, lambda k, v: relay(**{k: v})))
     return out
 

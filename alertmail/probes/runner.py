@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from alertmail.config.core import AgentSettings
-from alertmail.config.schema import Checker, Option, options_of, typed
+from alertmail.config.schema import Checker, Option, Settings, options_of, typed
 from alertmail.model import Sample, reserved_metric
 from alertmail.protocols import ProbeProtocol
 
@@ -262,7 +262,7 @@ def configure_probe(name: str, probe: Any, options: Mapping[str, Any]) -> list[s
     if configure is None:
         return []
     try:
-        configure(dict(options))
+        configure(options if isinstance(options, Settings) else dict(options))
     except ValueError as exc:
         return [
             f"probes.{name}.{line}" if _KEYPATH.match(line) else f"probes.{name}: {line}"

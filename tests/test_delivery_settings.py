@@ -120,3 +120,21 @@ def test_a_transport_that_fails_to_close_is_reported_and_the_others_still_close(
 
 def _context(tmp_path: Path) -> TransportContext:
     return TransportContext(state_dir=tmp_path / "var", hostname="agent.test")
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ('[transports.webhook]\nurl = "http://127.0.0.1:9/"\ntimeout = "0"\n', "transports.webhook.timeout"),
+        ('[transports.webhook]\nurl = "http://127.0.0.1:9/"\nreceiver = ""\n', "transports.webhook.receiver"),
+        ('[transports.exec]\ncommand = ["/bin/true"]\ntimeout = "0"\n', "transports.exec.timeout"),
+        ('[transports.exec]\ncommand = ["/bin/true"]\nreceiver = ""\n', "transports.exec.receiver"),
+        ('[transports.mx]\nmta_sts_timeout = "0"\n', "transports.mx.mta_sts_timeout"),
+    ],
+)
+def test_a_zero_timeout_or_an_empty_receiver_is_refused_by_its_key_not_taken_as_the_default(tmp_path, table, key):
+    from alertmail import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        load_config(write(tmp_path, table))
+    assert any(problem.startswith(f"{key}: ") for problem in refused.value.problems), refused.value.problems

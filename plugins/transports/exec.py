@@ -62,10 +62,10 @@ class ExecSettings(Settings):
         "list", None, required=True, help='the program and its arguments, no shell: ["/usr/local/bin/page", "ops"]'
     )
     timeout: float = setting(
-        "duration", 30.0, help="longest the program may run; then its process group is killed, tried again later"
+        "duration", 30.0, minimum=0.001, help="longest the program may run; then its process group is killed, tried again later"
     )
     env: dict[str, Any] = setting("table", {}, help='environment variables for the program, e.g. { TEAM = "ops" }')
-    receiver: str = setting("str", "alertmail", help="the receiver name in the JSON")
+    receiver: str = setting("str", "alertmail", nonempty=True, help="the receiver name in the JSON")
     generator_url: str | None = setting("str", None, help="link in each alert; {rule} and {instance} are replaced")
     keys: list[str] = setting("list", [], help="key files of other agents whose sealed alerts are taken too, through a relay")
 

@@ -129,7 +129,7 @@ class MxSettings(ClientSettings):
     smart_host_tls: str | None = setting("str", None, help="tls for the smart host; default: as tls", choices=TLS_CHOICES)
     smart_host_tls_verify: bool | None = setting("bool", None, help="tls_verify for the smart host; default: as tls_verify")
     mta_sts: bool = setting("bool", True, help="honour the recipient domains' MTA-STS policies (RFC 8461)")
-    mta_sts_timeout: float = setting("duration", 20.0, help="longest an MTA-STS policy fetch over HTTPS may take")
+    mta_sts_timeout: float = setting("duration", 20.0, minimum=0.001, help="longest an MTA-STS policy fetch over HTTPS may take")
     mta_sts_port: int = setting("int", 443, help="for tests only: the HTTPS port of mta-sts.<domain> (RFC 8461: 443)")
 
 

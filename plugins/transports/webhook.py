@@ -141,9 +141,9 @@ class WebhookSettings(Settings):
     headers: dict[str, Any] = setting("table", {}, help='extra request headers, e.g. { "X-Team" = "ops" }')
     bearer_token_env: str | None = setting("str", None, help="environment variable holding a token sent as Authorization: Bearer")
     bearer_token_file: Path | None = setting("path", None, help="file holding a token sent as Authorization: Bearer")
-    timeout: float = setting("duration", 10.0, help="longest one request may take; then it is tried again later")
+    timeout: float = setting("duration", 10.0, minimum=0.001, help="longest one request may take; then it is tried again later")
     ca_file: Path | None = setting("path", None, help="CA certificates for an https URL; default: the system's")
-    receiver: str = setting("str", "alertmail", help="the receiver name in the body")
+    receiver: str = setting("str", "alertmail", nonempty=True, help="the receiver name in the body")
     generator_url: str | None = setting("str", None, help="link in each alert; {rule} and {instance} are replaced")
     keys: list[str] = setting("list", [], help="key files of other agents whose sealed alerts are taken too, through a relay")
 

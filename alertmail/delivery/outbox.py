@@ -207,6 +207,8 @@ class Outbox:
         each step has its own default. The queue is closed last, whatever the budget left:
         a commit round under way always finishes, so nothing accepted is lost.
         """
+        from alertmail.delivery.delivery import close_transports
+
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def left(default: float) -> float:
@@ -214,8 +216,6 @@ class Outbox:
 
         await self.stop_services(left(SERVICE_STOP_TIMEOUT))
         await self.stop_delivery(left(STOP_TIMEOUT))
-        from alertmail.delivery.delivery import close_transports
-
         retired, self._retired = self._retired, []  # a close timer still pending finds nothing left to close
         within = None if deadline is None else max(deadline - time.monotonic(), 0.1)
         await close_transports([*retired, *self.transports.values()], failed=_close_failed, within=within)

@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from alertmail.clock import WallClock, describe
 from alertmail.config.schema import Checker, Section, Settings, setting
@@ -40,12 +40,59 @@ from alertmail.queue.spool import Queue, QueueCorrupt, QueueWriteError
 from alertmail.units import format_duration, parse_duration
 
 if TYPE_CHECKING:
-    from alertmail.config.load import Config
+    from alertmail.config.schema import SettingsT
 
 log = logging.getLogger("alertmail.delivery.delivery")
 
 # A zero interval ("0") would retry a dead server in a busy loop.
 MIN_RETRY = 0.1
+
+
+class MailRoutes(Protocol):
+    """What the delivery reads of ``[mail]`` (``MailSettings``)."""
+
+    @property
+    def sender(self) -> str: ...
+    @property
+    def route(self) -> list[str]: ...
+    @property
+    def also_route(self) -> list[str]: ...
+
+
+class StateDir(Protocol):
+    """What the delivery reads of ``[agent]`` (``AgentSettings``)."""
+
+    @property
+    def state_dir(self) -> Path: ...
+
+
+class DeliveryConfig(Protocol):
+    """What the delivery stage reads of a checked config: ``alertmail.config.load.Config`` is one.
+
+    The stage sits below the loader in the import rules, so it names the shape it needs.
+    """
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def raw(self) -> Mapping[str, Any]: ...
+    @property
+    def agent(self) -> StateDir: ...
+    @property
+    def mail(self) -> MailRoutes: ...
+    @property
+    def transports(self) -> Mapping[str, Any]: ...  # name -> its settings object (a dict for a dict-declared plugin)
+    @property
+    def sections(self) -> Mapping[str, Any]: ...
+    @property
+    def warnings(self) -> list[str]: ...
+    @property
+    def state_dir(self) -> Path: ...
+    @property
+    def hostname(self) -> str: ...
+    def section(self, section: Section[SettingsT]) -> SettingsT: ...
+    def service_options(self, service: Any) -> Any: ...
+    def service_enabled(self, service: Any) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,7 +154,7 @@ class RetryPolicy:
         return max(intervals[min(max(attempts, 1), len(intervals)) - 1], MIN_RETRY)
 
 
-def _check_queue(settings: QueueSettings, check: Checker, config: Config) -> None:
+def _check_queue(settings: QueueSettings, check: Checker, config: DeliveryConfig) -> None:
     """What keys alone cannot say: ``route_retry`` is read as the delivery reads it at start."""
     _check_queued(config, settings)
     routes = settings.route_retry
@@ -242,7 +289,7 @@ def unroutable(entry: Entry, routes: Mapping[str, Sequence[str]], transports: Co
     return f"its route ({source}: {' -> '.join(route)}) names transport {missing!r}, which the config does not have"
 
 
-def _check_queued(config: Config, settings: QueueSettings) -> None:
+def _check_queued(config: DeliveryConfig, settings: QueueSettings) -> None:
     """Queued messages this config cannot route: ``check`` says so (a warning), and ``run`` logs it."""
     from alertmail.queue.spool import Queue
 
@@ -271,7 +318,7 @@ def _routes(routes: Mapping[str, Sequence[str]] | None, default_route: list[str]
     return {"mail.route": list(default_route), **{k: list(v) for k, v in (routes or {}).items() if v}}
 
 
-def configured_routes(cfg: Config) -> dict[str, list[str]]:
+def configured_routes(cfg: DeliveryConfig) -> dict[str, list[str]]:
     """The routes ``cfg`` names, by config key: what queued messages follow."""
     routes = {"mail.route": list(cfg.mail.route)}
     if cfg.mail.also_route:

@@ -12,18 +12,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from alertmail.model import ServiceContext, TransportContext
 from alertmail.protocols import Service, Transport
 
 if TYPE_CHECKING:
-    from alertmail.config.load import Config
-    from alertmail.loader import Plugins
+    from alertmail.delivery.delivery import DeliveryConfig
 
 log = logging.getLogger("alertmail.delivery.outbox")
+
+
+class Plugins(Protocol):
+    """What the outbox takes of the loaded plugins (``alertmail.loader.Plugins``)."""
+
+    @property
+    def transports(self) -> Mapping[str, type[Transport]]: ...
+    @property
+    def services(self) -> Sequence[type[Service]]: ...
+
 
 STATE_FOLDERS = ("pickup", "queue", "badmail", "logs")
 SERVICE_STOP_TIMEOUT = 120.0
@@ -50,7 +59,7 @@ def signing(cfg: Any) -> dict[str, Any]:
 class Outbox:
     """Queue + transports + delivery for ``cfg.state_dir``; ``open()`` starts them, ``close()`` stops them."""
 
-    def __init__(self, cfg: Config, plugins: Plugins) -> None:
+    def __init__(self, cfg: DeliveryConfig, plugins: Plugins) -> None:
         self.cfg = cfg
         self.plugins = plugins
         self.state_dir = Path(cfg.state_dir)
@@ -85,7 +94,7 @@ class Outbox:
         )
         await self.delivery.start()
 
-    def build_transports(self, cfg: Config) -> dict[str, Transport]:
+    def build_transports(self, cfg: DeliveryConfig) -> dict[str, Transport]:
         """The transports ``cfg`` asks for: unchanged tables keep their running instance (and its sessions)."""
         from alertmail.delivery.delivery import build_transports
 
@@ -94,7 +103,7 @@ class Outbox:
         fresh = build_transports({n: t for n, t in cfg.transports.items() if n not in kept}, self.plugins, context)
         return {name: kept.get(name) or fresh[name] for name in cfg.transports}
 
-    async def reconfigure(self, cfg: Config, transports: dict[str, Transport]) -> None:
+    async def reconfigure(self, cfg: DeliveryConfig, transports: dict[str, Transport]) -> None:
         """Apply a reloaded config: transports, [queue] settings and route, services whose table changed.
 
         ``transports`` comes from ``build_transports`` (built before anything is applied, so a
@@ -172,7 +181,8 @@ class Outbox:
             service = cls()
             await service.start(
                 ServiceContext(
-                    config=self.cfg,
+                    # ServiceContext names the loader's Config, the one class that has this shape.
+                    config=self.cfg,  # type: ignore[arg-type]
                     options=options,
                     queue=self.queue,
                     state_dir=self.state_dir,

@@ -32,6 +32,7 @@ from alertmail.model import AgentView, Attempts, ConfigView, Intake, IntakeWrite
 
 if TYPE_CHECKING:
     from alertmail.cli.options import setup_logging
+    from alertmail.delivery.delivery import OutboxConfig
     from alertmail.delivery.outbox import Outbox
     from alertmail.queue.badmail import Badmail, split_envelope
     from alertmail.queue.spool import QueueLocked, QueueWriteError
@@ -42,6 +43,7 @@ _LAZY = {
     "QueueLocked": "alertmail.queue.spool",
     "QueueWriteError": "alertmail.queue.spool",
     "Outbox": "alertmail.delivery.outbox",
+    "OutboxConfig": "alertmail.delivery.delivery",
     "setup_logging": "alertmail.cli.options",
 }
 
@@ -69,6 +71,7 @@ __all__ = [  # noqa: RUF022  grouped as the docstring tells them
     "listen_problem",
     "valid_hostname",
     "Outbox",
+    "OutboxConfig",
     "QueueLocked",
     "setup_logging",
     "loop_factory",

@@ -77,24 +77,23 @@ async def bare_client(port: int, messages: list[bytes]) -> float:
 
 async def through_queue(port: int, messages: list[bytes], folder: Path, concurrency: int) -> dict[str, float]:
     from alertmail.config.schema import Checker
-    from alertmail.delivery.delivery import Delivery, RetryPolicy
+    from alertmail.delivery.delivery import Delivery, QueueSettings
     from alertmail.model import Envelope, TransportContext
-    from alertmail.plugins.transports.smtp import SmtpTransport
+    from alertmail.plugins.transports.smtp import SmtpSettings, SmtpTransport
     from alertmail.queue.spool import Queue
 
     check = Checker(folder)
-    options = check.table("transports.smtp", {"servers": [f"127.0.0.1:{port}"], "tls": "none"}, SmtpTransport.options)
-    smtp = SmtpTransport(options, TransportContext(state_dir=folder, hostname="bench.example.test"))
+    table = check.table("transports.smtp", {"servers": [f"127.0.0.1:{port}"], "tls": "none"}, SmtpSettings.options())
+    smtp = SmtpTransport(SmtpSettings.from_table(table), TransportContext(state_dir=folder, hostname="bench.example.test"))
     queue = Queue(folder / "queue")
     await queue.start()
     delivery = Delivery(
         queue,
         {"smtp": smtp},
-        policy=RetryPolicy(),
+        QueueSettings(concurrency=concurrency),
         state_dir=folder,
         hostname="bench.example.test",
         default_route=["smtp"],
-        concurrency=concurrency,
     )
     await delivery.start()
     envelope = Envelope("alerts@example.test", ("ops@example.test",))

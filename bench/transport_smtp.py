@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from tests.peers import free_port, need, wait_port  # noqa: E402
 
 from alertmail.model import Envelope, TransportContext  # noqa: E402
-from alertmail.plugins.transports.smtp import SmtpTransport  # noqa: E402
+from alertmail.plugins.transports.smtp import SmtpSettings, SmtpTransport  # noqa: E402
 
 MESSAGE = b"From: a@host.test\r\nTo: b@example.test\r\nSubject: bench\r\n\r\n" + b"x" * 2000 + b"\r\n"
 
@@ -46,8 +46,8 @@ async def bare(port: int, n: int) -> float:
 
 
 async def transport(port: int, n: int, idle: float) -> float:
-    options = {"servers": [f"127.0.0.1:{port}"], "tls": "none", "idle_timeout": idle}
-    t = SmtpTransport(options, TransportContext(Path(tempfile.gettempdir()), "bench.test"))
+    settings = SmtpSettings(servers=[f"127.0.0.1:{port}"], tls="none", idle_timeout=idle)
+    t = SmtpTransport(settings, TransportContext(Path(tempfile.gettempdir()), "bench.test"))
     start = time.perf_counter()
     for _ in range(n):
         result = await t.send(MESSAGE, Envelope("a@host.test", ("b@example.test",)))

@@ -326,7 +326,7 @@ def _declared() -> list[tuple[str, str, Any, Any]]:
             else:
                 out.append((sec.name, key, option, lambda k, v, s=sec.name: section(s, **{k: v})))
     for name, cls in plugins.transports.items():
-        for key, option in getattr(cls, "options", {}).items():
+        for key, option in options_of(getattr(cls, "options", None)).items():
             out.append((f"transports.{name}", key, option, lambda k, v, n=name: transport(n, **{k: v})))
     for name, probe_obj in plugins.probes.items():
         for key, option in {**PROBE_OPTIONS, **options_of(getattr(probe_obj, "options", None))}.items():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from alertmail.cli.deliverability import DIRECT, LOCAL_MTA, SMART_HOST, check, who_sends
-from alertmail.delivery.dkim import generate_rsa, txt_strings, txt_value
+from alertmail.delivery.dkim import DkimSettings, generate_rsa, txt_strings, txt_value
 from tests.peers import Dnsmasq
 
 pytestmark = pytest.mark.peers
@@ -66,13 +66,14 @@ def test_without_the_sending_address_spf_is_not_guessed(dns):
 
 
 def test_a_published_key_that_matches_makes_signed_mail_pass(dns, key):
-    dkim = {"domain": "signed.test", "selector": "sel", "key_file": key[0]}
+    dkim = DkimSettings(domain="signed.test", selector="sel", key_file=Path(key[0]))
     report = check("alertmail@signed.test", ["mx"], {"mx": {}}, dkim, dns.resolver(), sending_addresses=[])
     assert findings(report) == {"SPF": "none", "DKIM": "pass", "DMARC": "pass"} and not report.likely_refused
 
 
 def test_an_unpublished_key_is_named(dns, key):
-    missing = check("a@bare.test", ["mx"], {}, {"domain": "bare.test", "selector": "sel", "key_file": key[0]}, dns.resolver())
+    dkim = DkimSettings(domain="bare.test", selector="sel", key_file=Path(key[0]))
+    missing = check("a@bare.test", ["mx"], {}, dkim, dns.resolver())
     assert findings(missing)["DKIM"] == "neutral" and "no key published at sel._domainkey.bare.test" in missing.findings[1].detail
     assert any("publish the record `alertmail dkim keygen` printed" in fix for fix in missing.fixes)
 

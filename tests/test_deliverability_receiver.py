@@ -15,12 +15,13 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from alertmail.cli.deliverability import check, sample_message
-from alertmail.delivery.dkim import Signer, generate_ed25519, generate_rsa, txt_strings, txt_value
+from alertmail.delivery.dkim import DkimSettings, Signer, generate_ed25519, generate_rsa, txt_strings, txt_value
 from tests.peers import Dnsmasq
 
 NODE_PEERS = Path(os.environ.get("ALERTMAIL_NODE_PEERS", "/opt/alertmail-peers"))
@@ -167,9 +168,9 @@ def test_the_check_gives_the_receivers_verdict(world, tmp_path, case, sender, d,
     options = None
     message = sample_message(sender, domain)
     if d is not None:
-        options = {"domain": d, "selector": "sel", "key_file": keys["rsa"][0]}
+        options = DkimSettings(domain=d, selector="sel", key_file=Path(keys["rsa"][0]))
         if ed25519:
-            options |= {"ed25519_selector": "ed", "ed25519_key_file": keys["ed"][0]}
+            options = replace(options, ed25519_selector="ed", ed25519_key_file=Path(keys["ed"][0]))
         signer = Signer.from_options(options)
         assert signer is not None
         message = signer.signatures(message) + message
@@ -197,9 +198,9 @@ def test_the_receivers_verdicts_are_the_ones_the_issue_names(world, tmp_path):
     def run(sender, d=None, ed=False):
         options = None
         if d is not None:
-            options = {"domain": d, "selector": "sel", "key_file": keys["rsa"][0]}
+            options = DkimSettings(domain=d, selector="sel", key_file=Path(keys["rsa"][0]))
             if ed:
-                options |= {"ed25519_selector": "ed", "ed25519_key_file": keys["ed"][0]}
+                options = replace(options, ed25519_selector="ed", ed25519_key_file=Path(keys["ed"][0]))
         return check(sender, ["smtp"], {"smtp": {}}, options, dns.resolver(), sending_addresses=[SENDING])
 
     brand = run("alertmail@brand.test", "example.test")

@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
@@ -17,13 +18,13 @@ from pathlib import Path
 import pytest
 
 from alertmail.config.schema import Checker
-from alertmail.delivery.delivery import Delivery, RetryPolicy
+from alertmail.delivery.delivery import Delivery, QueueSettings
 from alertmail.model import Envelope, TransportContext
 from alertmail.queue.badmail import Badmail
 from alertmail.queue.spool import Queue
 from tests.peers import SmtpSink, free_port
 
-FAST = RetryPolicy(intervals=(0.3,), delay_notice=0.0, expire=60.0, send_timeout=10.0, scan_interval=0.1)
+FAST = QueueSettings(retry=[0.3], delay_notice=0.0, expire=60.0, send_timeout=10.0, scan_interval=0.1)
 
 
 def alert(subject: str = "disk / is 97% full", *, sender: str = "alerts@example.test", to: str = "ops@example.test") -> bytes:
@@ -43,7 +44,7 @@ def message_id(data: bytes) -> str:
 
 def smtp_transport(address: str, state_dir: Path, **extra: object):
     """The bundled smtp transport pointed at a loopback server, plain text, short timeouts."""
-    from alertmail.plugins.transports.smtp import SmtpTransport
+    from alertmail.plugins.transports.smtp import SmtpSettings, SmtpTransport
 
     table = {
         "servers": [address],
@@ -55,30 +56,29 @@ def smtp_transport(address: str, state_dir: Path, **extra: object):
         **extra,
     }
     check = Checker(state_dir)
-    options = check.table("transports.smtp", table, SmtpTransport.options)
+    settings = SmtpSettings.from_table(check.table("transports.smtp", table, SmtpSettings.options()))
     assert not check.problems, check.problems
-    return SmtpTransport(options, TransportContext(state_dir=state_dir, hostname="agent.example.test"))
+    return SmtpTransport(settings, TransportContext(state_dir=state_dir, hostname="agent.example.test"))
 
 
 def pickup_transport(state_dir: Path, folder: Path):
-    from alertmail.plugins.transports.pickup import PickupTransport
+    from alertmail.plugins.transports.pickup import PickupSettings, PickupTransport
 
-    return PickupTransport({"directory": folder, "envelope": True}, TransportContext(state_dir=state_dir, hostname="h"))
+    return PickupTransport(PickupSettings(directory=folder), TransportContext(state_dir=state_dir, hostname="h"))
 
 
 @asynccontextmanager
-async def delivering(state_dir: Path, transports: dict, *, policy: RetryPolicy = FAST, default_route=("smtp",)):
+async def delivering(state_dir: Path, transports: dict, *, settings: QueueSettings = FAST, default_route=("smtp",)):
     """A started queue and delivery over ``transports``; stopped (and transports closed) on exit."""
     queue = Queue(state_dir / "queue")
     await queue.start()
     delivery = Delivery(
         queue,
         transports,
-        policy=policy,
+        replace(settings, concurrency=4),
         state_dir=state_dir,
         hostname="agent.example.test",
         default_route=list(default_route),
-        concurrency=4,
     )
     await delivery.start()
     try:
@@ -315,13 +315,13 @@ def test_route_falls_back_to_the_next_transport_in_the_same_attempt(tmp_path):
 
 @pytest.mark.peers
 def test_expiry_sends_one_delay_notice_then_a_failure_dsn_and_badmail(tmp_path, sink_dir):
-    policy = RetryPolicy(intervals=(0.2,), delay_notice=0.5, expire=1.5, send_timeout=5.0, scan_interval=0.1)
+    policy = QueueSettings(retry=[0.2], delay_notice=0.5, expire=1.5, send_timeout=5.0, scan_interval=0.1)
     dsn_folder = tmp_path / "dsn-out"
 
     async def main() -> str:
         with SmtpSink(sink_dir, options=["-r", "rcpt"]) as sink:
             transports = {"smtp": smtp_transport(sink.address, tmp_path), "pickup": pickup_transport(tmp_path, dsn_folder)}
-            async with delivering(tmp_path, transports, policy=policy, default_route=("pickup",)) as (queue, _):
+            async with delivering(tmp_path, transports, settings=policy, default_route=("pickup",)) as (queue, _):
                 msg_id = await queue.put(alert(), Envelope("alerts@example.test", ("ops@example.test",)), route=["smtp"])
                 await eventually(lambda: len(queue) == 0 and len(pickup_messages(dsn_folder)) == 2)
                 return msg_id
@@ -363,10 +363,13 @@ def test_badmail_resend_puts_the_message_back_and_it_is_delivered(tmp_path, sink
 def test_retry_request_makes_a_running_delivery_try_again_now(tmp_path, sink_dir):
     sink = SmtpSink(sink_dir)
     sink.port = free_port()
-    slow = RetryPolicy(intervals=(3600.0,), delay_notice=0.0, expire=86400.0, send_timeout=5.0, scan_interval=0.1)
+    slow = QueueSettings(retry=[3600.0], delay_notice=0.0, expire=86400.0, send_timeout=5.0, scan_interval=0.1)
 
     async def main() -> None:
-        async with delivering(tmp_path, {"smtp": smtp_transport(f"127.0.0.1:{sink.port}", tmp_path)}, policy=slow) as (queue, _):
+        async with delivering(tmp_path, {"smtp": smtp_transport(f"127.0.0.1:{sink.port}", tmp_path)}, settings=slow) as (
+            queue,
+            _,
+        ):
             msg_id = await queue.put(alert(), Envelope("alerts@example.test", ("ops@example.test",)))
             await eventually(lambda: queue.get(msg_id).attempts == 1)
             assert queue.get(msg_id).next_try > time.time() + 3000
@@ -380,11 +383,11 @@ def test_retry_request_makes_a_running_delivery_try_again_now(tmp_path, sink_dir
 
 def test_a_manual_retry_that_fails_is_not_an_attempt_and_moves_no_backoff_on(tmp_path):
     dead = free_port()  # nothing listens: every try fails temporarily
-    steps = RetryPolicy(intervals=(900.0, 1800.0, 3600.0), delay_notice=0.0, expire=86400.0, send_timeout=5.0, scan_interval=0.1)
+    steps = QueueSettings(retry=[900.0, 1800.0, 3600.0], delay_notice=0.0, expire=86400.0, send_timeout=5.0, scan_interval=0.1)
 
     async def main() -> None:
         transports = {"smtp": smtp_transport(f"127.0.0.1:{dead}", tmp_path, connect_timeout=1.0)}
-        async with delivering(tmp_path, transports, policy=steps) as (queue, _):
+        async with delivering(tmp_path, transports, settings=steps) as (queue, _):
             msg_id = await queue.put(alert(), Envelope("alerts@example.test", ("ops@example.test",)))
             await eventually(lambda: queue.get(msg_id).attempts == 1)
             for _ in range(3):

@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -28,7 +29,7 @@ from click.testing import CliRunner
 
 from alertmail.cli.app import cli
 from alertmail.config.load import load_config
-from alertmail.delivery.delivery import Delivery, RetryPolicy
+from alertmail.delivery.delivery import Delivery, QueueSettings
 from alertmail.delivery.dkim import Signer, generate_ed25519, generate_rsa, txt_strings, txt_value
 from alertmail.delivery.outbox import signing
 from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status
@@ -244,11 +245,11 @@ def test_keygen_writes_a_private_key_and_prints_the_record(tmp_path):
 
 
 def test_public_key_is_the_p_value_to_publish(keys):
-    from alertmail.delivery.dkim import public_key
+    from alertmail.delivery.dkim import DkimSettings, public_key
 
-    options = {"domain": DOMAIN, "selector": "sel", "key_file": keys["rsa"]}
-    assert public_key(options) == keys["rsa_public"]
-    assert public_key({"domain": None, "selector": None, "key_file": None}) is None
+    settings = DkimSettings(domain=DOMAIN, selector="sel", key_file=keys["rsa"])
+    assert public_key(settings) == keys["rsa_public"]
+    assert public_key(DkimSettings()) is None
 
 
 def test_txt_strings_are_at_most_255_bytes():
@@ -354,9 +355,9 @@ def test_signed_once_when_queued_so_a_retry_sends_the_same_bytes(tmp_path, keys)
         queue = Queue(tmp_path / "queue", fsync=False, sign=counting, sign_origins={"agent", "dsn"})
         await queue.start()
         transport = FlakyTransport()
-        policy = RetryPolicy(intervals=(0.2,), delay_notice=0.0, expire=60.0, send_timeout=5.0, scan_interval=0.05)
+        policy = QueueSettings(retry=[0.2], delay_notice=0.0, expire=60.0, send_timeout=5.0, scan_interval=0.05)
         delivery = Delivery(
-            queue, {"flaky": transport}, policy=policy, state_dir=tmp_path, hostname="h", default_route=["flaky"], concurrency=1
+            queue, {"flaky": transport}, replace(policy, concurrency=1), state_dir=tmp_path, hostname="h", default_route=["flaky"]
         )
         await delivery.start()
         try:

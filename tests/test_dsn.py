@@ -7,7 +7,7 @@ import email.policy
 
 import pytest
 
-from alertmail.delivery.delivery import RetryPolicy
+from alertmail.delivery.delivery import QueueSettings, RetryPolicy
 from alertmail.model import Envelope
 from alertmail.queue.badmail import Badmail, split_envelope, with_envelope
 from alertmail.queue.dsn import build_dsn, is_delivery_report, remote_host, status_code
@@ -152,19 +152,19 @@ def test_badmail_reason_names_recipients_replies_attempts_and_times(tmp_path):
 
 
 def test_retry_schedule_repeats_its_last_interval_and_can_differ_per_route():
-    policy = RetryPolicy.from_config({"retry": [900.0, 1800.0, 3600.0, 14400.0], "route_retry": {"mx": ["1m", "5m"]}})
+    policy = RetryPolicy.from_settings(QueueSettings(retry=[900.0, 1800.0, 3600.0, 14400.0], route_retry={"mx": ["1m", "5m"]}))
     assert [policy.next_delay(n, ["smtp"]) for n in range(1, 7)] == [900, 1800, 3600, 14400, 14400, 14400]
     assert [policy.next_delay(n, ["mx", "smtp"]) for n in range(1, 4)] == [60, 300, 300]
     with pytest.raises(ValueError, match=r"queue\.route_retry\.mx"):
-        RetryPolicy.from_config({"route_retry": {"mx": "5m"}})
+        RetryPolicy.from_settings(QueueSettings(route_retry={"mx": "5m"}))
 
 
 def test_a_zero_retry_interval_does_not_retry_in_a_busy_loop():
-    assert RetryPolicy.from_config({"retry": [0.0]}).next_delay(1, ["smtp"]) > 0
+    assert RetryPolicy.from_settings(QueueSettings(retry=[0.0])).next_delay(1, ["smtp"]) > 0
 
 
 def test_default_policy_is_the_iis_schedule():
-    policy = RetryPolicy.from_config({})
+    policy = RetryPolicy.from_settings(QueueSettings())
     assert policy.intervals == (900, 1800, 3600, 14400)
     assert (policy.delay_notice, policy.expire) == (12 * 3600, 2 * 86400)
-    assert RetryPolicy.from_config({"delay_notice": 0.0}).delay_notice == 0
+    assert RetryPolicy.from_settings(QueueSettings(delay_notice=0.0)).delay_notice == 0

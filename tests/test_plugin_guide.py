@@ -154,3 +154,16 @@ def test_the_guide_service_keeps_its_stamp_while_the_agent_runs_and_the_command_
     check = alertmail(venv, "check", "--config", nowhere)
     assert check.returncode == 78
     assert f"stamp.path: {tmp_path}/missing does not exist; create it or choose another path" in check.stderr
+
+
+def test_the_guide_plugins_declare_their_options_as_settings_classes(venv):
+    code = (
+        "from alertmail import Settings\n"
+        "from alertmail_example import probe, service, transport\n"
+        "for declared in (probe.Files.options, transport.JsonLines.options, service.Stamp.options):\n"
+        "    assert isinstance(declared, type) and issubclass(declared, Settings), declared\n"
+        "print(sorted(transport.JsonLinesSettings.options()))\n"
+    )
+    run = subprocess.run([str(venv.python), "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["['fsync',", "'max_size',", "'path']"]

@@ -313,9 +313,9 @@ def test_queue_delete_and_retry_act_directly_when_no_agent_runs(tmp_path):
 
 
 def test_queue_retry_is_handed_to_the_running_agent(tmp_path):
-    from alertmail.delivery.delivery import Delivery, RetryPolicy
+    from alertmail.delivery.delivery import Delivery, QueueSettings
     from alertmail.model import TransportContext
-    from alertmail.plugins.transports.pickup import PickupTransport
+    from alertmail.plugins.transports.pickup import PickupSettings, PickupTransport
 
     config = write_config(tmp_path)
     folder = tmp_path / "var" / "queue"
@@ -325,11 +325,11 @@ def test_queue_retry_is_handed_to_the_running_agent(tmp_path):
     async def main():
         queue = Queue(folder)
         await queue.start()
-        pickup = PickupTransport({"directory": out_folder}, TransportContext(state_dir=tmp_path / "var", hostname="h"))
+        pickup = PickupTransport(PickupSettings(directory=out_folder), TransportContext(state_dir=tmp_path / "var", hostname="h"))
         delivery = Delivery(
             queue,
             {"pickup": pickup},
-            policy=RetryPolicy(scan_interval=0.1),
+            QueueSettings(scan_interval=0.1),
             state_dir=tmp_path / "var",
             hostname="h",
             default_route=["pickup"],

@@ -251,7 +251,7 @@ def test_the_agent_delivers_a_damaged_queue_without_the_damaged_message(tmp_path
 
 def test_delivery_sets_aside_a_message_damaged_after_the_start_and_never_sends_it(tmp_path):
     """The real delivery loop and pickup transport: the damaged message is set aside, the others go out."""
-    from alertmail.delivery.delivery import Delivery, RetryPolicy
+    from alertmail.delivery.delivery import Delivery, QueueSettings
     from tests.test_delivery import pickup_transport
 
     state_dir = tmp_path / "state"
@@ -268,7 +268,7 @@ def test_delivery_sets_aside_a_message_damaged_after_the_start_and_never_sends_i
         raw[raw.index(b"message number 1") + 40] ^= 0x04
         seg.write_bytes(bytes(raw))
         transports = {"pickup": pickup_transport(state_dir, out)}
-        delivery = Delivery(queue, transports, policy=RetryPolicy(), state_dir=state_dir, hostname="h", default_route=["pickup"])
+        delivery = Delivery(queue, transports, QueueSettings(), state_dir=state_dir, hostname="h", default_route=["pickup"])
         await delivery.start()
         try:
             deadline = time.monotonic() + 10

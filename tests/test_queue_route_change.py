@@ -7,7 +7,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from alertmail.delivery.delivery import Delivery, RetryPolicy
+from alertmail.delivery.delivery import Delivery, QueueSettings
 from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status
 from alertmail.queue.spool import Queue
 from tests.peers import free_port
@@ -45,19 +45,17 @@ def test_a_queued_message_takes_the_route_the_reloaded_config_names(tmp_path):
         queue.routes = {"mail.route": ["smtp"]}
         await queue.start()
         smtp, pickup = Recorder(Status.TEMPORARY), Recorder()
-        delivery = Delivery(queue, {"smtp": smtp}, policy=RetryPolicy(), state_dir=tmp_path, hostname="h", default_route=["smtp"])
+        delivery = Delivery(queue, {"smtp": smtp}, QueueSettings(), state_dir=tmp_path, hostname="h", default_route=["smtp"])
         await delivery.start()
         try:
             msg_id = await queue.put(DATA, ENV, route=["smtp"], origin="agent")
             await until(lambda: smtp.sent and (e := queue.get(msg_id)) is not None and e.attempts == 1)
             queue.routes = {"mail.route": ["pickup"]}
-            delivery.reconfigure(
+            delivery.apply(
+                QueueSettings(concurrency=2),
                 {"pickup": pickup},
-                policy=RetryPolicy(),
                 default_route=["pickup"],
-                concurrency=2,
                 changed={"smtp", "pickup"},
-                route_changed=True,
                 routes=queue.routes,
             )
             await until(lambda: queue.get(msg_id) is None)
@@ -77,7 +75,7 @@ def test_a_message_that_cannot_be_routed_is_held_in_the_open_then_goes_to_badmai
         delivery = Delivery(
             queue,
             {"pickup": Recorder()},
-            policy=RetryPolicy(expire=1.0),
+            QueueSettings(expire=1.0),
             state_dir=tmp_path,
             hostname="h",
             default_route=["pickup"],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from alertmail.delivery.delivery import Delivery, RetryPolicy
+from alertmail.delivery.delivery import Delivery, QueueSettings
 from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status
 from alertmail.queue.spool import Queue
 from tests.gauge import install_gauge
@@ -180,9 +180,7 @@ def test_a_route_naming_a_missing_transport_holds_the_message_uncounted_until_a_
     async def run() -> tuple[int, int, list[Envelope]]:
         queue = Queue(tmp_path / "queue", fsync=False)
         await queue.start()
-        delivery = Delivery(
-            queue, {}, policy=RetryPolicy.from_config({}), state_dir=tmp_path, hostname="h", default_route=["later"]
-        )
+        delivery = Delivery(queue, {}, QueueSettings(), state_dir=tmp_path, hostname="h", default_route=["later"])
         await delivery.start()
         try:
             msg_id = await queue.put(b"Subject: x\r\n\r\nx\r\n", Envelope("a@example.test", ("b@example.test",)))
@@ -192,9 +190,7 @@ def test_a_route_naming_a_missing_transport_holds_the_message_uncounted_until_a_
             assert entry is not None
             attempts = entry.attempts
             recorder = Recorder()
-            again = delivery.reconfigure(
-                {"later": recorder}, policy=RetryPolicy.from_config({}), default_route=["later"], concurrency=2, changed={"later"}
-            )
+            again = delivery.apply(QueueSettings(concurrency=2), {"later": recorder}, default_route=["later"], changed={"later"})
             while not recorder.sent:
                 await asyncio.sleep(0.01)
             return attempts, again, recorder.sent

@@ -146,13 +146,13 @@ def test_the_mx_transport_converts_for_an_mx_without_8bitmime(tmp_path):
 def test_the_dkim_signer_converts_before_signing_so_no_hop_has_to_break_the_signature(tmp_path):
     import dkim
 
-    from alertmail.delivery.dkim import Signer, generate_rsa, txt_value
+    from alertmail.delivery.dkim import DkimSettings, Signer, generate_rsa, txt_value
 
     private, public = generate_rsa(2048)
     key = tmp_path / "sel.key"
     key.write_bytes(private)
     key.chmod(0o600)
-    signer = Signer.from_options({"domain": "host.test", "selector": "sel", "key_file": str(key)})
+    signer = Signer.from_options(DkimSettings(domain="host.test", selector="sel", key_file=key))
     assert signer is not None
     signed = signer(EIGHT_BIT)
     assert signed.isascii()

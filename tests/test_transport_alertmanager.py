@@ -46,10 +46,10 @@ def test_mail_without_alerts_carries_none():
 
 
 def transport(tmp_path, urls, **options):
-    from alertmail.plugins.transports.alertmanager import AlertmanagerTransport
+    from alertmail.plugins.transports.alertmanager import AlertmanagerSettings, AlertmanagerTransport
 
-    table = {"urls": urls, "timeout": 5.0, "resend": 0.0, "labels": {}, "generator_url": None, **options}
-    return AlertmanagerTransport(table, TransportContext(state_dir=tmp_path, hostname="web1.test"))
+    settings = AlertmanagerSettings(**{"urls": urls, "timeout": 5.0, "resend": 0.0, **options})
+    return AlertmanagerTransport(settings, TransportContext(state_dir=tmp_path, hostname="web1.test"))
 
 
 def test_alert_becomes_an_api_v2_alert(tmp_path):

@@ -32,10 +32,10 @@ def program(tmp_path: Path, body: str) -> list[str]:
 
 
 def transport(tmp_path: Path, command: list[str], **options):
-    from alertmail.plugins.transports.exec import ExecTransport
+    from alertmail.plugins.transports.exec import ExecSettings, ExecTransport
 
-    table = {"command": command, "timeout": 30.0, "env": {}, **options}
-    return ExecTransport(table, TransportContext(state_dir=tmp_path, hostname="web1.test"))
+    settings = ExecSettings(**{"command": command, **options})
+    return ExecTransport(settings, TransportContext(state_dir=tmp_path, hostname="web1.test"))
 
 
 def send(tmp_path: Path, command: list[str], message: bytes | None = None, **options):

@@ -13,7 +13,7 @@ import pytest
 
 from alertmail.config.schema import Checker
 from alertmail.model import Envelope, Status, TransportContext
-from alertmail.plugins.transports.mx import MxTransport
+from alertmail.plugins.transports.mx import MxSettings, MxTransport
 from tests.certs import make_tls_files
 from tests.peers import Dnsmasq, SmtpSink, free_port
 from tests.test_transport_smtp import MESSAGE, Recorder
@@ -69,8 +69,8 @@ def common_mx_port() -> int:
 
 
 def transport(tmp_path: Path, **options) -> MxTransport:
-    table = Checker(tmp_path).table("transports.mx", {**FAST, **options}, MxTransport.options)
-    return MxTransport(table, TransportContext(tmp_path, "agent.test"))
+    table = Checker(tmp_path).table("transports.mx", {**FAST, **options}, MxSettings.options())
+    return MxTransport(MxSettings.from_table(table), TransportContext(tmp_path, "agent.test"))
 
 
 async def send_all(t: MxTransport, recipients, count: int = 1):
@@ -299,5 +299,7 @@ def test_every_transport_option_is_documented():
     from alertmail.plugins.transports.smtp import SmtpTransport
 
     text = (Path(__file__).parent.parent / "docs" / "transports.md").read_text()
-    missing = [f"{cls.name}.{key}" for cls in (SmtpTransport, MxTransport) for key in cls.options if f"`{key}`" not in text]
+    missing = [
+        f"{cls.name}.{key}" for cls in (SmtpTransport, MxTransport) for key in cls.options.options() if f"`{key}`" not in text
+    ]
     assert missing == []

@@ -14,7 +14,7 @@ import pytest
 
 from alertmail.config.schema import Checker
 from alertmail.model import Envelope, Status, TransportContext
-from alertmail.plugins.transports.smtp import SmtpTransport
+from alertmail.plugins.transports.smtp import SmtpSettings, SmtpTransport
 from tests.certs import TlsFiles, make_tls_files
 from tests.peers import SmtpSink, free_port
 
@@ -36,8 +36,8 @@ def run(coro):
 
 
 def transport(tmp_path: Path, **options) -> SmtpTransport:
-    table = Checker(tmp_path).table("transports.smtp", {**FAST, **options}, SmtpTransport.options)
-    return SmtpTransport(table, TransportContext(tmp_path, "agent.test"))
+    table = Checker(tmp_path).table("transports.smtp", {**FAST, **options}, SmtpSettings.options())
+    return SmtpTransport(SmtpSettings.from_table(table), TransportContext(tmp_path, "agent.test"))
 
 
 async def send_all(t: SmtpTransport, count: int = 1, recipients=("ops@example.test",), sender="alertmail@host.test"):
@@ -479,7 +479,7 @@ def test_missing_password_variable_is_refused_at_start(tmp_path, monkeypatch):
 
 def test_config_requires_servers_and_refuses_inline_password(tmp_path):
     check = Checker(tmp_path)
-    check.table("transports.smtp", {"password": "x", "tls": "ssl"}, SmtpTransport.options)
+    check.table("transports.smtp", {"password": "x", "tls": "ssl"}, SmtpSettings.options())
     text = "\n".join(check.problems)
     assert "transports.smtp.servers: missing" in text
     assert "transports.smtp.password: secrets are never written inline" in text

@@ -23,10 +23,10 @@ ENVELOPE = Envelope("alertmail@web1.test", ("ops@web1.test",))
 
 
 def webhook(tmp_path: Path, url: str, **options):
-    from alertmail.plugins.transports.webhook import WebhookTransport
+    from alertmail.plugins.transports.webhook import WebhookSettings, WebhookTransport
 
-    table = {"url": url, "headers": {}, "timeout": 5.0, "receiver": "alertmail", **options}
-    return WebhookTransport(table, TransportContext(state_dir=tmp_path, hostname="web1.test"))
+    settings = WebhookSettings(**{"url": url, "timeout": 5.0, **options})
+    return WebhookTransport(settings, TransportContext(state_dir=tmp_path, hostname="web1.test"))
 
 
 class Answering:

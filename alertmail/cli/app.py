@@ -190,8 +190,8 @@ def _deliverability(cfg: Config, resolver_address: str | None, as_json: bool, se
     else:
         resolver = dns.resolver.Resolver()
     resolver.lifetime = 10.0
-    options = cfg.sections.get("mail.dkim") or {}
-    signing = options if dkim.configured(options) else None
+    settings = cfg.section(dkim.SECTION)
+    signing = settings if dkim.configured(settings) else None
     try:
         report = deliverability.check(
             cfg.mail.sender,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from alertmail.config.core import MailSettings
+    from alertmail.delivery.dkim import DkimSettings
 
 # What sends the mail, by the first transport of the route.
 DIRECT, SMART_HOST, LOCAL_MTA, NOT_MAIL = "this host, directly", "a smart host", "the local MTA", "no mail"
@@ -295,7 +296,7 @@ def check(
     sender_address: str,
     route: Sequence[str],
     transports: Mapping[str, Mapping[str, Any]],
-    dkim: Mapping[str, Any] | None,
+    dkim: DkimSettings | None,
     resolver: Any,
     *,
     sending_addresses: Sequence[str] | None = None,
@@ -304,7 +305,7 @@ def check(
 ) -> Report:
     """What a receiver computes for mail from ``sender_address``; LookupError when DNS fails.
 
-    ``dkim``: the ``[mail.dkim]`` options when signing is on (the keys are read to sign a
+    ``dkim``: the ``[mail.dkim]`` settings when signing is on (the keys are read to sign a
     sample), else None. ``sending_addresses``: the addresses receivers see the mail come from;
     None: this host's public addresses when it sends directly, unknown through a smart host.
     ``signed_sample``: a message already signed (for tests); default: one signed with ``dkim``.
@@ -403,7 +404,7 @@ def check(
 
 def assess(
     report: Report,
-    dkim: Mapping[str, Any] | None,
+    dkim: DkimSettings | None,
     spf_record: list[str],
     spf: list[tuple[str, str, str]],
     dkim_pass: bool,

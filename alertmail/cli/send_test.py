@@ -48,7 +48,8 @@ def send_test(config_path: Path, to: tuple[str, ...], rule_name: str | None, rou
     failure, 69 a permanent failure.
     """
     from alertmail.cli.table import format_table
-    from alertmail.delivery.delivery import RetryPolicy, build_transports, send_through_route
+    from alertmail.delivery.delivery import SECTION as QUEUE
+    from alertmail.delivery.delivery import build_transports, close_transports, send_through_route
     from alertmail.model import Envelope, Status, TransportContext
     from alertmail.units import valid_address
 
@@ -88,7 +89,7 @@ def send_test(config_path: Path, to: tuple[str, ...], rule_name: str | None, rou
             sys.exit(ExitCode.CONFIG)
         if signer is not None:
             data = signer(data)  # signed as the agent signs what it queues
-    policy = RetryPolicy.from_config(cfg.sections.get("queue", {}))
+    send_timeout = min(cfg.section(QUEUE).send_timeout, 120.0)
     context = TransportContext(state_dir=cfg.state_dir, hostname=cfg.hostname, config_path=cfg.path)
 
     async def send() -> dict:
@@ -98,17 +99,12 @@ def send_test(config_path: Path, to: tuple[str, ...], rule_name: str | None, rou
             click.echo(f"cannot set up the transports: {exc}", err=True)
             sys.exit(ExitCode.CONFIG)
         try:
-            return await send_through_route(
-                transports, chain, data, Envelope(cfg.mail.sender, recipients), timeout=min(policy.send_timeout, 120.0)
-            )
+            return await send_through_route(transports, chain, data, Envelope(cfg.mail.sender, recipients), timeout=send_timeout)
         finally:
-            for transport in transports.values():
-                close = getattr(transport, "close", None)
-                if close is not None:
-                    try:
-                        await asyncio.wait_for(close(), 10)
-                    except (OSError, TimeoutError, RuntimeError) as exc:  # the result is already known
-                        click.echo(f"closing {transport.name}: {exc}", err=True)
+            # A transport that fails to close changes nothing: the result is already known.
+            await close_transports(
+                transports.values(), failed=lambda transport, exc: click.echo(f"closing {transport.name}: {exc}", err=True)
+            )
 
     results = asyncio.run(send())
     rows = [

@@ -21,74 +21,135 @@ at ``expire`` it goes to badmail, with a DSN, saying why it never left.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import heapq
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from alertmail.clock import WallClock, describe
-from alertmail.config.schema import Option, Section, Settings
+from alertmail.config.schema import Checker, Section, Settings, setting
 from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status, TransportContext
 from alertmail.protocols import Transport
 from alertmail.queue.entry import Entry, relayed
 from alertmail.queue.spool import Queue, QueueCorrupt, QueueWriteError
 from alertmail.units import format_duration, parse_duration
 
+if TYPE_CHECKING:
+    from alertmail.config.schema import SettingsT
+
 log = logging.getLogger("alertmail.delivery.delivery")
 
 # A zero interval ("0") would retry a dead server in a busy loop.
 MIN_RETRY = 0.1
 
-QUEUE_OPTIONS: dict[str, Option] = {
-    "retry": Option(
+
+class MailRoutes(Protocol):
+    """What the delivery reads of ``[mail]`` (``MailSettings``)."""
+
+    @property
+    def sender(self) -> str: ...
+    @property
+    def route(self) -> list[str]: ...
+    @property
+    def also_route(self) -> list[str]: ...
+
+
+class StateDir(Protocol):
+    """What the delivery reads of ``[agent]`` (``AgentSettings``)."""
+
+    @property
+    def state_dir(self) -> Path: ...
+
+
+class DeliveryConfig(Protocol):
+    """What the delivery stage reads of a checked config: ``alertmail.config.load.Config`` is one.
+
+    The stage sits below the loader in the import rules, so it names the shape it needs.
+    """
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def raw(self) -> Mapping[str, Any]: ...
+    @property
+    def agent(self) -> StateDir: ...
+    @property
+    def mail(self) -> MailRoutes: ...
+    @property
+    def transports(self) -> Mapping[str, Any]: ...  # name -> its settings object (a dict for a dict-declared plugin)
+    @property
+    def sections(self) -> Mapping[str, Any]: ...
+    @property
+    def warnings(self) -> list[str]: ...
+    @property
+    def state_dir(self) -> Path: ...
+    @property
+    def hostname(self) -> str: ...
+    def section(self, section: Section[SettingsT]) -> SettingsT: ...
+    def service_options(self, service: Any) -> Any: ...
+    def service_enabled(self, service: Any) -> bool: ...
+
+
+OutboxConfig = DeliveryConfig  # the config an Outbox is built from, public in alertmail.intake
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueSettings(Settings):
+    """``[queue]``: the retry schedule and the delivery workers."""
+
+    retry: list[float] = setting(
         "durations", [900.0, 1800.0, 3600.0, 14400.0], minimum=MIN_RETRY, help="waits between attempts; the last repeats"
-    ),
-    "delay_notice": Option("duration", 43200.0, help='tell the sender a message is delayed after this long; "0" = off'),
-    "expire": Option("duration", 172800.0, minimum=1.0, help="give up (DSN and badmail) after this long"),
-    "concurrency": Option("int", 8, minimum=1, maximum=1000, help="messages delivered at the same time"),
-    "route_retry": Option(
+    )
+    delay_notice: float = setting("duration", 43200.0, help='tell the sender a message is delayed after this long; "0" = off')
+    expire: float = setting("duration", 172800.0, minimum=1.0, help="give up (DSN and badmail) after this long")
+    concurrency: int = setting("int", 8, minimum=1, maximum=1000, help="messages delivered at the same time")
+    route_retry: dict[str, Any] = setting(
         "any", {}, help='retry schedules per route, keyed by the route\'s first transport: { mx = ["5m", "1h"] }'
-    ),
-    "send_timeout": Option("duration", 600.0, minimum=0.001, help="longest one transport may take for one message"),
-    "scan_interval": Option("duration", 5.0, minimum=0.01, help="how often requests from the command line are picked up"),
-}
+    )
+    send_timeout: float = setting("duration", 600.0, minimum=0.001, help="longest one transport may take for one message")
+    scan_interval: float = setting("duration", 5.0, minimum=0.01, help="how often requests from the command line are picked up")
 
 
 STOP_TIMEOUT = 30.0  # how long stop() lets attempts in flight finish
 
 
+def route_intervals(route_retry: Mapping[str, Any]) -> dict[str, tuple[float, ...]]:
+    """``[queue] route_retry`` parsed: first transport -> its waits; ValueError names the bad entry."""
+    routes: dict[str, tuple[float, ...]] = {}
+    for name, values in route_retry.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f'queue.route_retry.{name}: expected a list of durations like ["5m", "1h"]')
+        routes[str(name)] = tuple(parse_duration(v) for v in values)
+    return routes
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """When to try again, when to tell the sender, when to give up."""
+    """When to try again, when to tell the sender, when to give up: made from ``QueueSettings``."""
 
-    intervals: tuple[float, ...] = (900.0, 1800.0, 3600.0, 14400.0)
-    delay_notice: float = 43200.0  # 0 = off
-    expire: float = 172800.0
+    intervals: tuple[float, ...]
+    delay_notice: float  # 0 = off
+    expire: float
+    send_timeout: float
+    scan_interval: float
     route_intervals: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
-    send_timeout: float = 600.0
-    scan_interval: float = 5.0
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> RetryPolicy:
-        """From a checked ``[queue]`` table; ``route_retry`` values are parsed here."""
-        routes: dict[str, tuple[float, ...]] = {}
-        for name, values in (section.get("route_retry") or {}).items():
-            if not isinstance(values, list) or not values:
-                raise ValueError(f'queue.route_retry.{name}: expected a list of durations like ["5m", "1h"]')
-            routes[str(name)] = tuple(parse_duration(v) for v in values)
-        defaults = cls()
+    def from_settings(cls, settings: QueueSettings) -> RetryPolicy:
+        """The policy of checked ``[queue]`` settings; ``route_retry`` values are parsed here."""
         return cls(
-            intervals=tuple(section.get("retry") or defaults.intervals),
-            delay_notice=float(section.get("delay_notice", defaults.delay_notice) or 0.0),
-            expire=float(section.get("expire") or defaults.expire),
-            route_intervals=routes,
-            send_timeout=float(section.get("send_timeout") or defaults.send_timeout),
-            scan_interval=float(section.get("scan_interval") or defaults.scan_interval),
+            intervals=tuple(settings.retry),
+            delay_notice=settings.delay_notice,
+            expire=settings.expire,
+            route_intervals=route_intervals(settings.route_retry),
+            send_timeout=settings.send_timeout,
+            scan_interval=settings.scan_interval,
         )
 
     def next_delay(self, attempts: int, route: Sequence[str]) -> float:
@@ -97,32 +158,53 @@ class RetryPolicy:
         return max(intervals[min(max(attempts, 1), len(intervals)) - 1], MIN_RETRY)
 
 
-def _check_queue(table: Mapping[str, Any], check: Any, config: Any) -> None:
+def _check_queue(settings: QueueSettings, check: Checker, config: DeliveryConfig) -> None:
     """What keys alone cannot say: ``route_retry`` is read as the delivery reads it at start."""
-    _check_queued(config)
-    routes = table.get("route_retry")
-    if routes is None:
-        return
+    _check_queued(config, settings)
+    routes = settings.route_retry
     if not isinstance(routes, dict):
         check.error("queue.route_retry", f'expected a table like {{ mx = ["5m", "1h"] }}, got {routes!r}')
         return
     for name, values in routes.items():
         try:
-            RetryPolicy.from_config({"route_retry": {name: values}})
+            route_intervals({name: values})
         except ValueError as exc:
             check.error(f"queue.route_retry.{name}", str(exc).removeprefix(f"queue.route_retry.{name}: "))
 
 
-SECTION: Section[Any] = Section("queue", QUEUE_OPTIONS, check=_check_queue)
+SECTION: Section[QueueSettings] = Section("queue", QueueSettings, check=_check_queue)
 
 
-def build_transports(tables: Mapping[str, Mapping[str, Any]], plugins: Any, context: TransportContext) -> dict[str, Transport]:
-    """One transport instance per checked ``[transports.NAME]`` table (route members included)."""
+def build_transports(tables: Mapping[str, Any], plugins: Any, context: TransportContext) -> dict[str, Transport]:
+    """One transport instance per ``[transports.NAME]`` (route members included), each given its
+    settings object (a dict of its own for a plugin that declares its options as a dict)."""
     out: dict[str, Transport] = {}
-    for name, options in tables.items():
+    for name, settings in tables.items():
         cls = plugins.transports[name]
-        out[name] = cls(dict(options) if isinstance(options, Mapping) else options, context)
+        out[name] = cls(dict(settings) if isinstance(settings, Mapping) else settings, context)
     return out
+
+
+async def close_transports(
+    transports: Iterable[Transport],
+    *,
+    failed: Callable[[Transport, Exception], None],
+    each: float = 10.0,
+    within: float | None = None,
+) -> None:
+    """Close each transport that keeps something open (sessions, tasks): ``each`` seconds at most
+    apiece, all of them within ``within`` when given. One that fails to close is reported to
+    ``failed``, and the others still close."""
+    deadline = None if within is None else time.monotonic() + within
+    for transport in transports:
+        close = getattr(transport, "close", None)
+        if close is None:
+            continue
+        timeout = each if deadline is None else max(min(each, deadline - time.monotonic()), 0.1)
+        try:
+            await asyncio.wait_for(close(), timeout)
+        except Exception as exc:
+            failed(transport, exc)
 
 
 async def send_via(transport: Transport | None, name: str, data: bytes, envelope: Envelope, timeout: float) -> DeliveryResult:
@@ -148,19 +230,41 @@ async def send_via(transport: Transport | None, name: str, data: bytes, envelope
     return DeliveryResult({r: got.get(r, missing) for r in envelope.recipients})
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One transport's turn in a route: whom it was given, what it answered, how long it took."""
+
+    transport: str
+    envelope: Envelope
+    result: DeliveryResult
+    seconds: float
+
+
+async def through_route(
+    transports: Mapping[str, Transport], route: Sequence[str], data: bytes, envelope: Envelope, timeout: float
+) -> AsyncGenerator[Step, None]:
+    """The route's chain: each transport in turn is given the recipients the ones before it left
+    with a temporary failure, until none is left. A step is yielded before the next transport
+    is tried, so the caller can make what it delivered durable first."""
+    remaining = envelope.recipients
+    for name in route:
+        if not remaining:
+            return
+        given = Envelope(envelope.sender, tuple(remaining))
+        started = time.monotonic()
+        result = await send_via(transports.get(name), name, data, given, timeout)
+        yield Step(name, given, result, time.monotonic() - started)
+        remaining = tuple(result.temporary)
+
+
 async def send_through_route(
-    transports: Mapping[str, Transport], route: Sequence[str], data: bytes, envelope: Envelope, *, timeout: float = 600.0
+    transports: Mapping[str, Transport], route: Sequence[str], data: bytes, envelope: Envelope, *, timeout: float
 ) -> dict[str, tuple[str, RecipientStatus]]:
     """Send once through ``route`` without the queue: recipient -> (transport, last result)."""
     results: dict[str, tuple[str, RecipientStatus]] = {}
-    remaining = list(envelope.recipients)
-    for name in route:
-        if not remaining:
-            break
-        result = await send_via(transports.get(name), name, data, Envelope(envelope.sender, tuple(remaining)), timeout)
-        for rcpt, status in result.recipients.items():
-            results[rcpt] = (name, status)
-        remaining = result.temporary
+    async for step in through_route(transports, route, data, envelope, timeout):
+        for rcpt, status in step.result.recipients.items():
+            results[rcpt] = (step.transport, status)
     return results
 
 
@@ -189,11 +293,11 @@ def unroutable(entry: Entry, routes: Mapping[str, Sequence[str]], transports: Co
     return f"its route ({source}: {' -> '.join(route)}) names transport {missing!r}, which the config does not have"
 
 
-def _check_queued(config: Any) -> None:
+def _check_queued(config: DeliveryConfig, settings: QueueSettings) -> None:
     """Queued messages this config cannot route: ``check`` says so (a warning), and ``run`` logs it."""
     from alertmail.queue.spool import Queue
 
-    state_dir = config.agent.get("state_dir")
+    state_dir = config.agent.state_dir
     if not isinstance(state_dir, Path) or not (state_dir / "queue").is_dir():
         return
     queue = Queue(state_dir / "queue")
@@ -203,7 +307,7 @@ def _check_queued(config: Any) -> None:
         return
     routes, names = configured_routes(config), set(config.transports)
     stuck = [(entry, why) for entry in queue.entries() if (why := unroutable(entry, routes, names))]
-    expire = float((config.sections.get("queue") or {}).get("expire") or RetryPolicy().expire)
+    expire = settings.expire
     for entry, why in stuck[:5]:
         config.warnings.append(
             f"queue: message {entry.id} (from {entry.origin}) cannot be routed with this config: {why}; "
@@ -218,15 +322,17 @@ def _routes(routes: Mapping[str, Sequence[str]] | None, default_route: list[str]
     return {"mail.route": list(default_route), **{k: list(v) for k, v in (routes or {}).items() if v}}
 
 
-def configured_routes(cfg: Any) -> dict[str, list[str]]:
+def configured_routes(cfg: DeliveryConfig) -> dict[str, list[str]]:
     """The routes ``cfg`` names, by config key: what queued messages follow."""
-    routes = {"mail.route": list(cfg.mail["route"])}
-    if cfg.mail.get("also_route"):
-        routes["mail.also_route"] = list(cfg.mail["also_route"])
-    relay = cfg.sections.get("relay") or {}
-    relay = relay.as_table() if isinstance(relay, Settings) else relay  # the relay's settings object (RelaySettings)
-    if "relay" in (getattr(cfg, "raw", None) or {}) and isinstance(relay, Mapping) and relay.get("route"):
-        routes["relay.route"] = list(relay["route"])  # [relay] written out: its route (or the default)
+    routes = {"mail.route": list(cfg.mail.route)}
+    if cfg.mail.also_route:
+        routes["mail.also_route"] = list(cfg.mail.also_route)
+    if "relay" in cfg.raw:  # [relay] written out: its route (or the default)
+        relay = cfg.sections.get("relay")
+        # The relay's settings object, or the checked table of a relay that declares its options as a dict.
+        route = relay.get("route") if isinstance(relay, Mapping) else getattr(relay, "route", None)
+        if route:
+            routes["relay.route"] = list(route)
     return routes
 
 
@@ -251,12 +357,11 @@ class Delivery:
         self,
         queue: Queue,
         transports: dict[str, Transport],
+        settings: QueueSettings,
         *,
-        policy: RetryPolicy,
         state_dir: Path,
         hostname: str,
-        default_route: list[str],
-        concurrency: int = 8,
+        default_route: Sequence[str],
         routes: Mapping[str, Sequence[str]] | None = None,
         mail_domain: str | None = None,
     ) -> None:
@@ -264,14 +369,14 @@ class Delivery:
 
         self.queue = queue
         self.transports = transports
-        self.policy = policy
+        self.settings = settings
+        self.policy = RetryPolicy.from_settings(settings)
         self.state_dir = Path(state_dir)
         self.hostname = hostname
         self.mail_domain = mail_domain  # the DSN's MAILER-DAEMON@ and Message-ID domain (the From's, aligned with DKIM)
         self.default_route = list(default_route)
         # The routes the config names, by key ("mail.route", "relay.route"): what a queued message follows.
         self.routes = _routes(routes, self.default_route)
-        self.concurrency = max(1, concurrency)
         self.badmail = Badmail(self.state_dir / "badmail")
         self._control_stamp: int | None = None  # mtime of queue/control when last read
         # Called after each transport's try: (entry, transport name, envelope, result, seconds, size).
@@ -327,28 +432,34 @@ class Delivery:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
 
-    def reconfigure(
+    @property
+    def concurrency(self) -> int:
+        return self.settings.concurrency
+
+    def apply(
         self,
+        settings: QueueSettings,
         transports: dict[str, Transport],
         *,
-        policy: RetryPolicy,
-        default_route: list[str],
-        concurrency: int,
+        default_route: Sequence[str],
         changed: set[str],
-        route_changed: bool = False,
         routes: Mapping[str, Sequence[str]] | None = None,
+        mail_domain: str | None = None,
     ) -> int:
-        """Take a reloaded config: messages held for a missing transport, waiting for one that
-        changed, or whose route the config changed, are tried at once. Returns how many were."""
+        """Take a reloaded config: its ``[queue]`` settings, transports and routes. Messages held
+        for a missing transport, waiting for one that changed, or whose route the config changed,
+        are tried at once. Returns how many were."""
         before = {entry.id: self.route_for(entry)[0] for entry in self.queue.entries()}
+        route_changed = list(default_route) != self.default_route
         self.transports = transports
         self._connect(transports)
-        self.policy = policy
+        self.settings = settings
+        self.policy = RetryPolicy.from_settings(settings)
+        self.mail_domain = mail_domain
         self.default_route = list(default_route)
         self.routes = (
             _routes(routes, self.default_route) if routes is not None else {**self.routes, "mail.route": self.default_route}
         )
-        self.concurrency = max(1, concurrency)
         now = time.time()
         again = 0
         for entry in self.queue.entries():
@@ -506,29 +617,26 @@ class Delivery:
         if entry.held and all(name in self.transports for name in route):
             log.info("message %s no longer held: its route %s is %s", entry.id, source, " -> ".join(route))
             entry.held, entry.held_since = "", 0.0
-        remaining = entry.pending
-        for index, name in enumerate(route):
-            if not remaining:
-                break
-            if name not in self.transports:
-                await self._hold(entry, data, route, source, name)
-                return
-            envelope = Envelope(entry.sender, tuple(remaining))
-            started = time.monotonic()
-            result = await send_via(self.transports.get(name), name, data, envelope, self.policy.send_timeout)
-            now = time.time()
-            for observe in self.observers:
-                try:
-                    observe(entry, name, envelope, result, time.monotonic() - started, len(data))
-                except Exception:
-                    log.exception("a delivery observer failed")
-            for rcpt in remaining:
-                entry.recipients[rcpt].record(result.recipients[rcpt], name, now)
-            remaining = result.temporary
-            if result.delivered and remaining and index + 1 < len(route):
-                await self.queue.update(entry)  # durable before the next transport tries the rest
-            for rcpt in result.delivered:
-                log.info("message %s delivered to <%s> via %s", entry.id, rcpt, name)
+        envelope = Envelope(entry.sender, tuple(entry.pending))
+        async with contextlib.aclosing(through_route(self.transports, route, data, envelope, self.policy.send_timeout)) as steps:
+            tried = 0
+            async for step in steps:
+                name, result, tried = step.transport, step.result, tried + 1
+                if name not in self.transports:
+                    await self._hold(entry, data, route, source, name)
+                    return
+                now = time.time()
+                for observe in self.observers:
+                    try:
+                        observe(entry, name, step.envelope, result, step.seconds, len(data))
+                    except Exception:
+                        log.exception("a delivery observer failed")
+                for rcpt in step.envelope.recipients:
+                    entry.recipients[rcpt].record(result.recipients[rcpt], name, now)
+                if result.delivered and result.temporary and tried < len(route):
+                    await self.queue.update(entry)  # durable before the next transport tries the rest
+                for rcpt in result.delivered:
+                    log.info("message %s delivered to <%s> via %s", entry.id, rcpt, name)
         now = time.time()
         if entry.id in self._manual:
             self._manual.discard(entry.id)

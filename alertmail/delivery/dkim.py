@@ -21,9 +21,8 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from alertmail.config.schema import Checker, Option, Section
+from alertmail.config.schema import Checker, Section, Settings, setting
 from alertmail.errors import AlertmailError
 
 log = logging.getLogger("alertmail.delivery.dkim")
@@ -48,13 +47,20 @@ _SELECTOR = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-
 # PKCS#8 wrapping of a raw Ed25519 private key (RFC 8410): this prefix, then the 32-byte seed.
 _ED25519_PKCS8_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
 
-DKIM_OPTIONS: dict[str, Option] = {
-    "domain": Option("str", None, help="d=: the signing domain, usually the domain of [mail].from"),
-    "selector": Option("str", None, help="s=: the RSA key's selector; its record is SELECTOR._domainkey.DOMAIN"),
-    "key_file": Option("path", None, help="RSA private key (PEM, 2048 bits, mode 0600): alertmail dkim keygen"),
-    "ed25519_selector": Option("str", None, help="selector of the Ed25519 key (RFC 8463)"),
-    "ed25519_key_file": Option("path", None, help="Ed25519 private key, a second signature: alertmail dkim keygen --ed25519"),
-}
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DkimSettings(Settings):
+    """``[mail.dkim]``: the signing domain and keys; all unset = no signing."""
+
+    domain: str | None = setting("str", None, help="d=: the signing domain, usually the domain of [mail].from")
+    selector: str | None = setting("str", None, help="s=: the RSA key's selector; its record is SELECTOR._domainkey.DOMAIN")
+    key_file: Path | None = setting("path", None, help="RSA private key (PEM, 2048 bits, mode 0600): alertmail dkim keygen")
+    ed25519_selector: str | None = setting("str", None, help="selector of the Ed25519 key (RFC 8463)")
+    ed25519_key_file: Path | None = setting(
+        "path", None, help="Ed25519 private key, a second signature: alertmail dkim keygen --ed25519"
+    )
+
+
 KEYGEN = "alertmail dkim keygen --domain DOMAIN --selector SELECTOR"
 
 
@@ -135,37 +141,40 @@ def load_ed25519_key(path: Path) -> bytes:
 # -- the [mail.dkim] section ----------------------------------------------------------
 
 
-def configured(options: Any) -> bool:
+def configured(settings: DkimSettings | None) -> bool:
     """Whether ``[mail.dkim]`` asks for signing."""
-    return bool(options) and any(v is not None for v in options.values())
+    return settings is not None and any(v is not None for v in settings.as_table().values())
 
 
-def _check(options: dict[str, Any], check: Checker, config: Any) -> None:
-    if not configured(options):
+def _check(settings: DkimSettings, check: Checker, config: object) -> None:
+    if not configured(settings):
         return
-    for key in ("domain", "selector", "key_file"):
-        if options.get(key) is None:
-            check.error(f"mail.dkim.{key}", f"missing; {DKIM_OPTIONS[key].help}")
-    domain = options.get("domain")
-    if isinstance(domain, str) and not _SELECTOR.match(domain):
-        check.error("mail.dkim.domain", f"not a domain name: {domain!r}; write it as example.com")
-    for key in ("selector", "ed25519_selector"):
-        value = options.get(key)
-        if isinstance(value, str) and not _SELECTOR.match(value):
-            check.error(f"mail.dkim.{key}", f"not a valid selector: {value!r}; use letters, digits, '-' and '.', e.g. mail2026")
-    if (options.get("ed25519_key_file") is None) != (options.get("ed25519_selector") is None):
+    options = DkimSettings.options()
+    required = {"domain": settings.domain, "selector": settings.selector, "key_file": settings.key_file}
+    for key, value in required.items():
+        if value is None:
+            check.error(f"mail.dkim.{key}", f"missing; {options[key].help}")
+    if isinstance(settings.domain, str) and not _SELECTOR.match(settings.domain):
+        check.error("mail.dkim.domain", f"not a domain name: {settings.domain!r}; write it as example.com")
+    for key, selector in (("selector", settings.selector), ("ed25519_selector", settings.ed25519_selector)):
+        if isinstance(selector, str) and not _SELECTOR.match(selector):
+            check.error(
+                f"mail.dkim.{key}", f"not a valid selector: {selector!r}; use letters, digits, '-' and '.', e.g. mail2026"
+            )
+    if (settings.ed25519_key_file is None) != (settings.ed25519_selector is None):
         check.error("mail.dkim", "ed25519_key_file and ed25519_selector go together; set both or neither")
-    if options.get("ed25519_selector") is not None and options.get("ed25519_selector") == options.get("selector"):
+    if settings.ed25519_selector is not None and settings.ed25519_selector == settings.selector:
         check.error("mail.dkim.ed25519_selector", "must differ from selector: each key has its own DNS record")
-    for key, loader in (("key_file", load_rsa_key), ("ed25519_key_file", load_ed25519_key)):
-        if isinstance(options.get(key), Path):
+    keys = (("key_file", settings.key_file, load_rsa_key), ("ed25519_key_file", settings.ed25519_key_file, load_ed25519_key))
+    for key, path, loader in keys:
+        if isinstance(path, Path):
             try:
-                loader(options[key])
+                loader(path)
             except DkimKeyError as exc:
                 check.error(f"mail.dkim.{key}", str(exc))
 
 
-SECTION: Section[Any] = Section("mail.dkim", DKIM_OPTIONS, check=_check)
+SECTION: Section[DkimSettings] = Section("mail.dkim", DkimSettings, check=_check)
 
 
 # -- signing ----------------------------------------------------------------------------
@@ -182,16 +191,18 @@ class Signer:
     ed25519_key: bytes | None = None
 
     @classmethod
-    def from_options(cls, options: Any) -> Signer | None:
+    def from_options(cls, settings: DkimSettings | None) -> Signer | None:
         """The signer ``[mail.dkim]`` asks for, or None; DkimKeyError when a key cannot be used."""
-        if not configured(options):
+        if settings is None or not configured(settings):
             return None
-        ed_file = options.get("ed25519_key_file")
+        if settings.domain is None or settings.selector is None or settings.key_file is None:
+            raise DkimKeyError("[mail.dkim] needs domain, selector and key_file to sign")
+        ed_file = settings.ed25519_key_file
         return cls(
-            domain=options["domain"],
-            selector=options["selector"],
-            rsa_key=load_rsa_key(Path(options["key_file"])),
-            ed25519_selector=options.get("ed25519_selector") if ed_file else None,
+            domain=settings.domain,
+            selector=settings.selector,
+            rsa_key=load_rsa_key(Path(settings.key_file)),
+            ed25519_selector=settings.ed25519_selector if ed_file else None,
             ed25519_key=load_ed25519_key(Path(ed_file)) if ed_file else None,
         )
 
@@ -284,13 +295,13 @@ def generate_ed25519() -> tuple[bytes, str]:
     return base64.b64encode(seed) + b"\n", base64.b64encode(public).decode()
 
 
-def public_key(options: Any) -> str | None:
+def public_key(settings: DkimSettings) -> str | None:
     """The p= value the RSA key of ``[mail.dkim]`` needs published (to compare with DNS), or None when unset."""
-    if not configured(options) or not options.get("key_file"):
+    if settings.key_file is None:
         return None
     from cryptography.hazmat.primitives import serialization
 
-    key = serialization.load_pem_private_key(load_rsa_key(Path(options["key_file"])), password=None)
+    key = serialization.load_pem_private_key(load_rsa_key(Path(settings.key_file)), password=None)
     public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(public).decode()
 

@@ -12,27 +12,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from alertmail.model import ServiceContext, TransportContext
 from alertmail.protocols import Service, Transport
 
+if TYPE_CHECKING:
+    from alertmail.delivery.delivery import DeliveryConfig
+
 log = logging.getLogger("alertmail.delivery.outbox")
+
+
+class Plugins(Protocol):
+    """What the outbox takes of the loaded plugins (``alertmail.loader.Plugins``)."""
+
+    @property
+    def transports(self) -> Mapping[str, type[Transport]]: ...
+    @property
+    def services(self) -> Sequence[type[Service]]: ...
+
 
 STATE_FOLDERS = ("pickup", "queue", "badmail", "logs")
 SERVICE_STOP_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0  # how long delivery attempts in flight may take to finish, without a stop bound
 
 
-async def _close_transport(transport: Transport, timeout: float) -> None:
-    close = getattr(transport, "close", None)
-    if close is not None:
-        try:
-            await asyncio.wait_for(close(), timeout)
-        except Exception:
-            log.debug("closing transport %s failed", transport.name, exc_info=True)
+def _close_failed(transport: Transport, exc: Exception) -> None:
+    log.debug("closing transport %s failed", transport.name, exc_info=exc)
 
 
 def signing(cfg: Any) -> dict[str, Any]:
@@ -49,24 +57,24 @@ def signing(cfg: Any) -> dict[str, Any]:
 class Outbox:
     """Queue + transports + delivery for ``cfg.state_dir``; ``open()`` starts them, ``close()`` stops them."""
 
-    def __init__(self, cfg: Any, plugins: Any) -> None:
+    def __init__(self, cfg: DeliveryConfig, plugins: Plugins) -> None:
         self.cfg = cfg
         self.plugins = plugins
         self.state_dir = Path(cfg.state_dir)
         self.services: list[Any] = []
-        self.transports: dict[str, Any] = {}
-        self._retired: list[Any] = []  # transports replaced by a reload, closed once attempts had time to end
+        self.transports: dict[str, Transport] = {}
+        self._retired: list[Transport] = []  # transports replaced by a reload, closed once attempts had time to end
         self._closing_tasks: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
-        from alertmail.delivery.delivery import Delivery, RetryPolicy, build_transports, configured_routes
+        from alertmail.delivery.delivery import SECTION as QUEUE
+        from alertmail.delivery.delivery import Delivery, build_transports, configured_routes
         from alertmail.queue.spool import Queue
         from alertmail.units import mail_domain
 
         cfg = self.cfg
         for sub in STATE_FOLDERS:
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
-        options = cfg.sections.get("queue", {})
         self.queue = Queue(self.state_dir / "queue", **signing(cfg))
         self.queue.routes = configured_routes(cfg)
         await self.queue.start()
@@ -75,17 +83,16 @@ class Outbox:
         self.delivery = Delivery(
             self.queue,
             self.transports,
-            policy=RetryPolicy.from_config(options),
+            cfg.section(QUEUE),
             state_dir=self.state_dir,
             hostname=cfg.hostname,
-            mail_domain=mail_domain(cfg.mail["from"], cfg.hostname),
-            default_route=cfg.mail["route"],
-            concurrency=options.get("concurrency") or 8,
+            mail_domain=mail_domain(cfg.mail.sender, cfg.hostname),
+            default_route=cfg.mail.route,
             routes=self.queue.routes,
         )
         await self.delivery.start()
 
-    def build_transports(self, cfg: Any) -> dict[str, Any]:
+    def build_transports(self, cfg: DeliveryConfig) -> dict[str, Transport]:
         """The transports ``cfg`` asks for: unchanged tables keep their running instance (and its sessions)."""
         from alertmail.delivery.delivery import build_transports
 
@@ -94,14 +101,16 @@ class Outbox:
         fresh = build_transports({n: t for n, t in cfg.transports.items() if n not in kept}, self.plugins, context)
         return {name: kept.get(name) or fresh[name] for name in cfg.transports}
 
-    async def reconfigure(self, cfg: Any, transports: dict[str, Any]) -> None:
+    async def reconfigure(self, cfg: DeliveryConfig, transports: dict[str, Transport]) -> None:
         """Apply a reloaded config: transports, [queue] settings and route, services whose table changed.
 
         ``transports`` comes from ``build_transports`` (built before anything is applied, so a
         transport that cannot be built refuses the reload whole).
         """
-        from alertmail.delivery.delivery import RetryPolicy, configured_routes
+        from alertmail.delivery.delivery import SECTION as QUEUE
+        from alertmail.delivery.delivery import configured_routes
         from alertmail.delivery.dkim import DkimKeyError
+        from alertmail.units import mail_domain
 
         try:  # [mail.dkim]: a new key or selector signs from now on (load_config checked the keys just before)
             sign = signing(cfg)
@@ -112,19 +121,14 @@ class Outbox:
         changed = {n for n in set(transports) | set(self.transports) if transports.get(n) is not self.transports.get(n)}
         retired = [t for n, t in self.transports.items() if transports.get(n) is not t]
         self.transports = transports
-        options = cfg.sections.get("queue", {})
         self.queue.routes = configured_routes(cfg)
-        from alertmail.units import mail_domain
-
-        self.delivery.mail_domain = mail_domain(cfg.mail["from"], cfg.hostname)
-        again = self.delivery.reconfigure(
+        again = self.delivery.apply(
+            cfg.section(QUEUE),
             transports,
-            policy=RetryPolicy.from_config(options),
-            default_route=cfg.mail["route"],
-            concurrency=options.get("concurrency") or 8,
+            default_route=cfg.mail.route,
             changed=changed,
-            route_changed=old.mail["route"] != cfg.mail["route"],
             routes=self.queue.routes,
+            mail_domain=mail_domain(cfg.mail.sender, cfg.hostname),
         )
         if changed or again:
             log.info("transports changed: %s; %d waiting message(s) tried again now", ", ".join(sorted(changed)) or "none", again)
@@ -156,10 +160,12 @@ class Outbox:
             return
         log.info("service %s restarted with its new [%s]", name, section)
 
-    def _close_retired(self, transport: Any) -> None:
+    def _close_retired(self, transport: Transport) -> None:
+        from alertmail.delivery.delivery import close_transports
+
         if transport in self._retired:
             self._retired.remove(transport)
-            task = asyncio.ensure_future(_close_transport(transport, 10.0))
+            task = asyncio.ensure_future(close_transports([transport], failed=_close_failed))
             self._closing_tasks.add(task)
             task.add_done_callback(self._closing_tasks.discard)
 
@@ -173,7 +179,8 @@ class Outbox:
             service = cls()
             await service.start(
                 ServiceContext(
-                    config=self.cfg,
+                    # ServiceContext names the loader's Config, the one class that has this shape.
+                    config=self.cfg,  # type: ignore[arg-type]
                     options=options,
                     queue=self.queue,
                     state_dir=self.state_dir,
@@ -208,6 +215,8 @@ class Outbox:
         each step has its own default. The queue is closed last, whatever the budget left:
         a commit round under way always finishes, so nothing accepted is lost.
         """
+        from alertmail.delivery.delivery import close_transports
+
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def left(default: float) -> float:
@@ -216,7 +225,7 @@ class Outbox:
         await self.stop_services(left(SERVICE_STOP_TIMEOUT))
         await self.stop_delivery(left(STOP_TIMEOUT))
         retired, self._retired = self._retired, []  # a close timer still pending finds nothing left to close
-        for transport in [*retired, *self.transports.values()]:
-            await _close_transport(transport, left(10.0))
+        within = None if deadline is None else max(deadline - time.monotonic(), 0.1)
+        await close_transports([*retired, *self.transports.values()], failed=_close_failed, within=within)
         if hasattr(self, "queue"):
             await self.queue.close()

@@ -42,7 +42,7 @@ from alertmail.plugins.relay.settings import RelaySettings
 
 if TYPE_CHECKING:
     from alertmail import DeliveryResult, Envelope
-    from alertmail.intake import QueuedMessage
+    from alertmail.intake import OutboxConfig, QueuedMessage
     from alertmail.plugins.relay.listener import RelayServer
     from alertmail.plugins.relay.policy import RelayPolicy
     from alertmail.plugins.relay.receivers import Receivers
@@ -457,7 +457,7 @@ def relay_settings(cfg: ConfigView) -> RelaySettings:
 
 
 async def serve(
-    cfg: ConfigView, plugins: Any, services: Sequence[type], *, ready: Callable[[list[Any]], None] | None = None
+    cfg: OutboxConfig, plugins: Any, services: Sequence[type], *, ready: Callable[[list[Any]], None] | None = None
 ) -> None:
     """Run the queue, delivery and ``services`` until SIGTERM or SIGINT, then stop them in order.
 

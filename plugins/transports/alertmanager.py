@@ -34,6 +34,7 @@ import logging
 import math
 import re
 import time
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,8 +42,8 @@ from typing import Any, ClassVar
 from alertmail import (
     DeliveryResult,
     Envelope,
-    Option,
     RecipientStatus,
+    Settings,
     Status,
     TransportContext,
     alert_key,
@@ -51,6 +52,7 @@ from alertmail import (
     message_bytes,
     read_key,
     sealed_alerts,
+    setting,
     write_atomic,
 )
 
@@ -105,55 +107,59 @@ def trusted_keys(transport: str, files: list[Any], config_path: Path | None) -> 
     return keys
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertmanagerSettings(Settings):
+    """``[transports.alertmanager]``."""
+
+    urls: list[str] = setting(
+        "list",
+        None,
+        required=True,
+        nonempty=True,
+        help='Alertmanager base URLs, every member of a cluster: ["http://am1:9093", ...]',
+    )
+    timeout: float = setting("duration", 10.0, minimum=0.001, help="longest one request may take")
+    resend: float = setting(
+        "duration",
+        60.0,
+        help="send firing alerts again this often (endsAt 4 x this ahead); 0 = off: resolve_timeout ends them",
+    )
+    labels: dict[str, Any] = setting("table", {}, help='labels added to every alert, e.g. { env = "prod" }')
+    generator_url: str | None = setting("str", None, help="link in each alert; {rule} and {instance} are replaced")
+    keys: list[str] = setting(
+        "list",
+        [],
+        help="key files of other agents (their STATE_DIR/alerts.key) whose sealed alerts are taken too, through a relay",
+    )
+    missed_for: float = setting(
+        "duration",
+        300.0,
+        help="an incident that began and ended while no Alertmanager answered is sent as firing this long; 0 = off",
+    )
+
+
 class AlertmanagerTransport:
     """Hands the alerts of each message to every Alertmanager in ``urls``."""
 
     name: ClassVar[str] = "alertmanager"
-    options: ClassVar[dict[str, Option]] = {
-        "urls": Option(
-            "list",
-            None,
-            required=True,
-            nonempty=True,
-            help='Alertmanager base URLs, every member of a cluster: ["http://am1:9093", ...]',
-        ),
-        "timeout": Option("duration", 10.0, minimum=0.001, help="longest one request may take"),
-        "resend": Option(
-            "duration",
-            60.0,
-            help="send firing alerts again this often (endsAt 4 x this ahead); 0 = off: resolve_timeout ends them",
-        ),
-        "labels": Option("table", {}, help='labels added to every alert, e.g. { env = "prod" }'),
-        "generator_url": Option("str", None, help="link in each alert; {rule} and {instance} are replaced"),
-        "keys": Option(
-            "list",
-            [],
-            help="key files of other agents (their STATE_DIR/alerts.key) whose sealed alerts are taken too, through a relay",
-        ),
-        "missed_for": Option(
-            "duration",
-            300.0,
-            help="an incident that began and ended while no Alertmanager answered is sent as firing this long; 0 = off",
-        ),
-    }
+    options: ClassVar[type[AlertmanagerSettings]] = AlertmanagerSettings
 
-    def __init__(self, options: dict[str, Any], context: TransportContext) -> None:
-        for i, url in enumerate(options["urls"]):
+    def __init__(self, settings: AlertmanagerSettings, context: TransportContext) -> None:
+        for i, url in enumerate(settings.urls):
             if not url.lower().startswith(("http://", "https://")):
                 raise ValueError(
                     f"transports.alertmanager.urls[{i}]: expected an http or https URL like http://am1:9093, got {url!r}"
                 )
-        self.urls = [url.rstrip("/") + "/api/v2/alerts" for url in options["urls"]]
-        self.timeout = float(options.get("timeout") or 10.0)
-        self.resend = float(options.get("resend") or 0.0)
-        self.extra = dict(options.get("labels") or {})
-        self.generator_url = options.get("generator_url")
+        self.urls = [url.rstrip("/") + "/api/v2/alerts" for url in settings.urls]
+        self.timeout = settings.timeout
+        self.resend = settings.resend
+        self.extra = dict(settings.labels)
+        self.generator_url = settings.generator_url
         self.hostname = context.hostname
         self.state_dir = Path(context.state_dir)
         self.state_file = self.state_dir / "alertmanager.json"
-        missed_for = options.get("missed_for")
-        self.missed_for = float(300.0 if missed_for is None else missed_for)
-        self.trusted = trusted_keys("alertmanager", options.get("keys") or [], context.config_path)
+        self.missed_for = settings.missed_for
+        self.trusted = trusted_keys("alertmanager", settings.keys, context.config_path)
         self._own_key: bytes | None = None  # STATE_DIR/alerts.key, read at the first message
         # Set by the delivery: tries at once the queued messages that wait for this transport.
         self.retry_waiting: Any = None

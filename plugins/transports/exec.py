@@ -30,11 +30,22 @@ import json
 import logging
 import os
 import signal
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, ClassVar
 
-from alertmail import DeliveryResult, Envelope, Option, RecipientStatus, Status, TransportContext, hookimpl, message_bytes
+from alertmail import (
+    DeliveryResult,
+    Envelope,
+    RecipientStatus,
+    Settings,
+    Status,
+    TransportContext,
+    hookimpl,
+    message_bytes,
+    setting,
+)
 
 log = logging.getLogger("alertmail.transports.exec")
 
@@ -43,35 +54,40 @@ STDERR_SHOWN = 500  # characters of the program's standard error kept as the rea
 PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecSettings(Settings):
+    """``[transports.exec]``."""
+
+    command: list[str] = setting(
+        "list", None, required=True, help='the program and its arguments, no shell: ["/usr/local/bin/page", "ops"]'
+    )
+    timeout: float = setting(
+        "duration", 30.0, minimum=0.001, help="longest the program may run; then its process group is killed, tried again later"
+    )
+    env: dict[str, Any] = setting("table", {}, help='environment variables for the program, e.g. { TEAM = "ops" }')
+    receiver: str = setting("str", "alertmail", nonempty=True, help="the receiver name in the JSON")
+    generator_url: str | None = setting("str", None, help="link in each alert; {rule} and {instance} are replaced")
+    keys: list[str] = setting("list", [], help="key files of other agents whose sealed alerts are taken too, through a relay")
+
+
 class ExecTransport:
     """Runs ``command`` once per alert mail with the alerts as JSON on standard input."""
 
     name: ClassVar[str] = "exec"
-    options: ClassVar[dict[str, Option]] = {
-        "command": Option(
-            "list", None, required=True, help='the program and its arguments, no shell: ["/usr/local/bin/page", "ops"]'
-        ),
-        "timeout": Option(
-            "duration", 30.0, help="longest the program may run; then its process group is killed, tried again later"
-        ),
-        "env": Option("table", {}, help='environment variables for the program, e.g. { TEAM = "ops" }'),
-        "receiver": Option("str", "alertmail", help="the receiver name in the JSON"),
-        "generator_url": Option("str", None, help="link in each alert; {rule} and {instance} are replaced"),
-        "keys": Option("list", [], help="key files of other agents whose sealed alerts are taken too, through a relay"),
-    }
+    options: ClassVar[type[ExecSettings]] = ExecSettings
 
-    def __init__(self, options: dict[str, Any], context: TransportContext) -> None:
+    def __init__(self, settings: ExecSettings, context: TransportContext) -> None:
         from alertmail.plugins.transports.alertmanager import trusted_keys
 
-        self.trusted = trusted_keys("exec", options.get("keys") or [], context.config_path)
-        command = list(options.get("command") or [])
+        self.trusted = trusted_keys("exec", settings.keys, context.config_path)
+        command = list(settings.command or [])
         if not command or not command[0]:
             raise ValueError('transports.exec.command: name the program to run, e.g. ["/usr/local/bin/page", "ops"]')
         self.command = [str(c) for c in command]
-        self.timeout = float(options.get("timeout") or 30.0)
-        self.env = {str(k): str(v) for k, v in (options.get("env") or {}).items()}
-        self.receiver = str(options.get("receiver") or "alertmail")
-        self.generator_url = options.get("generator_url")
+        self.timeout = settings.timeout
+        self.env = {str(k): str(v) for k, v in settings.env.items()}
+        self.receiver = settings.receiver
+        self.generator_url = settings.generator_url
         self.hostname = context.hostname
         self.state_dir = Path(context.state_dir)
 

@@ -260,8 +260,8 @@ class MtaSts:
         if self._cache is None:
             self._cache = {}
             try:
-                raw = json.loads(self.path.read_bytes())
-                self._cache = {d: Policy(**{**p, "mx": tuple(p["mx"])}) for d, p in raw["policies"].items()}
+                record = json.loads(self.path.read_bytes())
+                self._cache = {d: Policy(**{**p, "mx": tuple(p["mx"])}) for d, p in record["policies"].items()}
             except FileNotFoundError:
                 pass
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:

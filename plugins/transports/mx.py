@@ -44,6 +44,7 @@ import ipaddress
 import logging
 import random
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, ClassVar
@@ -52,16 +53,16 @@ from alertmail import (
     AlertmailError,
     DeliveryResult,
     Envelope,
-    Option,
     RecipientStatus,
     Status,
     TransportContext,
     hookimpl,
     message_bytes,
     parse_address,
+    setting,
 )
 from alertmail.plugins.transports.smtpclient import (
-    TIMEOUT_OPTIONS,
+    ClientSettings,
     Endpoint,
     SessionSettings,
     Timeouts,
@@ -102,56 +103,60 @@ def _literal(text: str) -> str | None:
         return None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MxSettings(ClientSettings):
+    """``[transports.mx]``."""
+
+    mode: str = setting(
+        "str",
+        "mx",
+        help="mx (direct), mx-then-smarthost, or smarthost (always)",
+        choices=("mx", "mx-then-smarthost", "smarthost"),
+    )
+    smart_host: str | None = setting("str", None, help='"[10.10.10.1]:25" (an address: no DNS) or "relay.example.com:25"')
+    port: int = setting("int", 25, minimum=1, maximum=65535, help="port of the MX hosts")
+    resolver: str | None = setting("str", None, help='DNS server as "127.0.0.1:5353"; default: the system resolver')
+    dns_timeout: float = setting("duration", 10.0, minimum=0.001, help="longest one DNS lookup may take, retries included")
+    helo: str | None = setting("str", None, nonempty=True, help="name given in EHLO; default: the agent's host name")
+    tls: str = setting(
+        "str",
+        "opportunistic",
+        help="opportunistic (STARTTLS when offered, unverified), required (never in clear text) or none",
+        choices=TLS_CHOICES,
+    )
+    tls_verify: bool = setting("bool", False, help='with tls = "required": check the certificate chain and the host name')
+    ca_file: Path | None = setting("path", None, help="PEM file of CA certificates to trust instead of the system's")
+    smart_host_tls: str | None = setting("str", None, help="tls for the smart host; default: as tls", choices=TLS_CHOICES)
+    smart_host_tls_verify: bool | None = setting("bool", None, help="tls_verify for the smart host; default: as tls_verify")
+    mta_sts: bool = setting("bool", True, help="honour the recipient domains' MTA-STS policies (RFC 8461)")
+    mta_sts_timeout: float = setting("duration", 20.0, minimum=0.001, help="longest an MTA-STS policy fetch over HTTPS may take")
+    mta_sts_port: int = setting("int", 443, help="for tests only: the HTTPS port of mta-sts.<domain> (RFC 8461: 443)")
+
+
 class MxTransport:
     """Delivers by looking up each recipient domain's MX hosts, with an optional smart host."""
 
     name: ClassVar[str] = "mx"
-    options: ClassVar[dict[str, Option]] = {
-        "mode": Option(
-            "str",
-            "mx",
-            help="mx (direct), mx-then-smarthost, or smarthost (always)",
-            choices=("mx", "mx-then-smarthost", "smarthost"),
-        ),
-        "smart_host": Option("str", None, help='"[10.10.10.1]:25" (an address: no DNS) or "relay.example.com:25"'),
-        "port": Option("int", 25, minimum=1, maximum=65535, help="port of the MX hosts"),
-        "resolver": Option("str", None, help='DNS server as "127.0.0.1:5353"; default: the system resolver'),
-        "dns_timeout": Option("duration", 10.0, minimum=0.001, help="longest one DNS lookup may take, retries included"),
-        "helo": Option("str", None, nonempty=True, help="name given in EHLO; default: the agent's host name"),
-        "tls": Option(
-            "str",
-            "opportunistic",
-            help="opportunistic (STARTTLS when offered, unverified), required (never in clear text) or none",
-            choices=TLS_CHOICES,
-        ),
-        "tls_verify": Option("bool", False, help='with tls = "required": check the certificate chain and the host name'),
-        "ca_file": Option("path", None, help="PEM file of CA certificates to trust instead of the system's"),
-        "smart_host_tls": Option("str", None, help="tls for the smart host; default: as tls", choices=TLS_CHOICES),
-        "smart_host_tls_verify": Option("bool", None, help="tls_verify for the smart host; default: as tls_verify"),
-        "mta_sts": Option("bool", True, help="honour the recipient domains' MTA-STS policies (RFC 8461)"),
-        "mta_sts_timeout": Option("duration", 20.0, help="longest an MTA-STS policy fetch over HTTPS may take"),
-        "mta_sts_port": Option("int", 443, help="for tests only: the HTTPS port of mta-sts.<domain> (RFC 8461: 443)"),
-        **TIMEOUT_OPTIONS,
-    }
+    options: ClassVar[type[MxSettings]] = MxSettings
 
-    def __init__(self, options: dict, context: TransportContext) -> None:
-        self.mode: str = options.get("mode") or "mx"
-        self.port: int = options.get("port") or 25
+    def __init__(self, settings: MxSettings, context: TransportContext) -> None:
+        self.mode: str = settings.mode
+        self.port: int = settings.port
         if not 0 < self.port < 65536:
             raise ValueError(f"transports.mx.port: {self.port} is out of range 1-65535")
-        self.dns_timeout: float = options.get("dns_timeout") or 10.0
+        self.dns_timeout: float = settings.dns_timeout
         self.resolver_address: tuple[str, int] | None = None
-        if options.get("resolver"):
+        if settings.resolver:
             try:
-                self.resolver_address = parse_address(options["resolver"], default_port=53)
+                self.resolver_address = parse_address(settings.resolver, default_port=53)
             except ValueError as exc:
                 raise ValueError(f"transports.mx.resolver: {exc}") from None
             if not is_ip(self.resolver_address[0]):
                 raise ValueError(
-                    f'transports.mx.resolver: expected an IP address like "127.0.0.1:5353", got {options["resolver"]!r}'
+                    f'transports.mx.resolver: expected an IP address like "127.0.0.1:5353", got {settings.resolver!r}'
                 )
         self.smart_host: tuple[str, int, bool] | None = None
-        text = options.get("smart_host")
+        text = settings.smart_host
         if text:
             try:
                 host, port = parse_address(text, default_port=25)
@@ -162,10 +167,10 @@ class MxTransport:
             self.smart_host = (host, port, is_ip(host))
         elif self.mode != "mx":
             raise ValueError(f'transports.mx: mode = "{self.mode}" needs smart_host, e.g. smart_host = "[10.10.10.1]:25"')
-        tls = options.get("tls") or "opportunistic"
-        verify = bool(options.get("tls_verify"))
-        smart_tls = options.get("smart_host_tls") or tls
-        smart_verify = verify if options.get("smart_host_tls_verify") is None else bool(options["smart_host_tls_verify"])
+        tls = settings.tls
+        verify = settings.tls_verify
+        smart_tls = settings.smart_host_tls or tls
+        smart_verify = verify if settings.smart_host_tls_verify is None else settings.smart_host_tls_verify
         for key, mode, check in (("tls_verify", tls, verify), ("smart_host_tls_verify", smart_tls, smart_verify)):
             if check and mode != "required":
                 needs = key.replace("_verify", "")
@@ -175,35 +180,33 @@ class MxTransport:
         # The smart host's own policy travels with its endpoint (see smtpclient.Endpoint).
         self.smart_host_tls: dict[str, Any] = {"tls": smart_tls, "verify": smart_verify}
         if smart_tls == "required":
-            self.smart_host_tls["policy"] = 'smart_host_tls = "required"' if options.get("smart_host_tls") else 'tls = "required"'
-        ca_file = options.get("ca_file")
-        settings = SessionSettings(
-            helo=helo_name(options.get("helo") or context.hostname, "transports.mx.helo"),
-            timeouts=Timeouts.from_options(options),
+            self.smart_host_tls["policy"] = 'smart_host_tls = "required"' if settings.smart_host_tls else 'tls = "required"'
+        session = SessionSettings(
+            helo=helo_name(settings.helo or context.hostname, "transports.mx.helo"),
+            timeouts=Timeouts.of(settings),
             tls=tls,
             tls_verify=verify,
-            ca_file=str(ca_file) if ca_file else None,
+            ca_file=str(settings.ca_file) if settings.ca_file else None,
         )
         self.mta_sts: Any = None
-        if options.get("mta_sts", True) and self.mode != "smarthost":
+        if settings.mta_sts and self.mode != "smarthost":
             from alertmail.plugins.transports.mtasts import MtaSts
 
-            port = options.get("mta_sts_port") or 443
+            port = settings.mta_sts_port
             if not 0 < port < 65536:
                 raise ValueError(f"transports.mx.mta_sts_port: {port} is out of range 1-65535")
             self.mta_sts = MtaSts(
                 Path(context.state_dir) / "mta-sts.json",
                 query=self._query,
                 addresses=self._addresses,
-                timeout=options.get("mta_sts_timeout") or 20.0,
+                timeout=settings.mta_sts_timeout,
                 port=port,
-                ca_file=settings.ca_file,
+                ca_file=session.ca_file,
                 log=log,
             )
-        idle = options.get("idle_timeout")
         from alertmail.plugins.transports.smtppool import SessionPool  # the session code loads with a transport in use
 
-        self.pool = SessionPool(settings, idle_timeout=30.0 if idle is None else idle, log=log)
+        self.pool = SessionPool(session, idle_timeout=settings.idle_timeout, log=log)
         self._resolver: Any = None
 
     async def send(self, message: EmailMessage | bytes, envelope: Envelope) -> DeliveryResult:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import ClassVar
@@ -15,28 +16,34 @@ from typing import ClassVar
 from alertmail import (
     DeliveryResult,
     Envelope,
-    Option,
     RecipientStatus,
+    Settings,
     Status,
     TransportContext,
     hookimpl,
     message_bytes,
+    setting,
     write_atomic,
 )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PickupSettings(Settings):
+    """``[transports.pickup]``."""
+
+    directory: Path | None = setting("path", None, help="folder to write into; default: STATE_DIR/pickup")
+    envelope: bool = setting("bool", True, help="put X-Sender / X-Receiver lines first, as IIS reads them")
 
 
 class PickupTransport:
     """Delivers by writing ``<id>.eml`` into ``directory`` (temp file, fsync, rename)."""
 
     name: ClassVar[str] = "pickup"
-    options: ClassVar[dict[str, Option]] = {
-        "directory": Option("path", None, help="folder to write into; default: STATE_DIR/pickup"),
-        "envelope": Option("bool", True, help="put X-Sender / X-Receiver lines first, as IIS reads them"),
-    }
+    options: ClassVar[type[PickupSettings]] = PickupSettings
 
-    def __init__(self, options: dict, context: TransportContext) -> None:
-        self.directory = Path(options.get("directory") or Path(context.state_dir) / "pickup")
-        self.envelope = options.get("envelope", True)
+    def __init__(self, settings: PickupSettings, context: TransportContext) -> None:
+        self.directory = Path(settings.directory or Path(context.state_dir) / "pickup")
+        self.envelope = settings.envelope
 
     async def send(self, message: EmailMessage | bytes, envelope: Envelope) -> DeliveryResult:
         data = message_bytes(message)

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from email.message import EmailMessage
+from pathlib import Path
 from typing import ClassVar
 
 from alertmail import (
     DeliveryResult,
     Envelope,
-    Option,
     RecipientStatus,
     Status,
     TransportContext,
@@ -34,9 +35,10 @@ from alertmail import (
     message_bytes,
     parse_address,
     resolve_secret,
+    setting,
 )
 from alertmail.plugins.transports.smtpclient import (
-    TIMEOUT_OPTIONS,
+    ClientSettings,
     Endpoint,
     SessionSettings,
     Timeouts,
@@ -49,68 +51,68 @@ log = logging.getLogger("alertmail.transport.smtp")
 DEFAULT_PORTS = {"starttls": 587, "implicit": 465, "none": 25}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SmtpSettings(ClientSettings):
+    """``[transports.smtp]``."""
+
+    servers: list[str] = setting(
+        "list",
+        None,
+        required=True,
+        nonempty=True,
+        help='servers tried in order, e.g. ["smtp1.example.com:587", "[10.0.0.5]:25"]',
+    )
+    tls: str = setting(
+        "str",
+        "starttls",
+        help="starttls (required, verified), implicit (port 465) or none",
+        choices=("starttls", "implicit", "none"),
+    )
+    tls_verify: bool = setting("bool", True, help="check the server certificate and name")
+    ca_file: Path | None = setting("path", None, help="PEM file of CA certificates to trust instead of the system's")
+    username: str | None = setting("str", None, help="log in with AUTH as this user")
+    password_env: str | None = setting("str", None, help="environment variable holding the password")
+    password_file: Path | None = setting("path", None, help="file holding the password")
+    allow_plain_auth: bool = setting("bool", False, help='allow AUTH over a connection without TLS (tls = "none")')
+    helo: str | None = setting("str", None, nonempty=True, help="name given in EHLO; default: the agent's host name")
+
+
 class SmtpTransport:
     """Delivers through the first of ``servers`` that takes the mail (aiosmtplib)."""
 
     name: ClassVar[str] = "smtp"
-    options: ClassVar[dict[str, Option]] = {
-        "servers": Option(
-            "list",
-            None,
-            required=True,
-            nonempty=True,
-            help='servers tried in order, e.g. ["smtp1.example.com:587", "[10.0.0.5]:25"]',
-        ),
-        "tls": Option(
-            "str",
-            "starttls",
-            help="starttls (required, verified), implicit (port 465) or none",
-            choices=("starttls", "implicit", "none"),
-        ),
-        "tls_verify": Option("bool", True, help="check the server certificate and name"),
-        "ca_file": Option("path", None, help="PEM file of CA certificates to trust instead of the system's"),
-        "username": Option("str", None, help="log in with AUTH as this user"),
-        "password_env": Option("str", None, help="environment variable holding the password"),
-        "password_file": Option("path", None, help="file holding the password"),
-        "allow_plain_auth": Option("bool", False, help='allow AUTH over a connection without TLS (tls = "none")'),
-        "helo": Option("str", None, nonempty=True, help="name given in EHLO; default: the agent's host name"),
-        **TIMEOUT_OPTIONS,
-    }
+    options: ClassVar[type[SmtpSettings]] = SmtpSettings
 
-    def __init__(self, options: dict, context: TransportContext) -> None:
+    def __init__(self, settings: SmtpSettings, context: TransportContext) -> None:
         self.servers: list[Endpoint] = []
-        for i, text in enumerate(options.get("servers") or []):
+        for i, text in enumerate(settings.servers or []):
             try:
-                host, port = parse_address(text, default_port=DEFAULT_PORTS[options.get("tls") or "starttls"])
+                host, port = parse_address(text, default_port=DEFAULT_PORTS[settings.tls])
             except ValueError as exc:
                 raise ValueError(f"transports.smtp.servers[{i}]: {exc}") from None
             self.servers.append(Endpoint(host, port, host if is_ip(host) else None))
         if not self.servers:
             raise ValueError('transports.smtp.servers: name at least one server, e.g. ["smtp.example.com:587"]')
-        tls = options.get("tls") or "starttls"
-        username = options.get("username")
-        if username and tls == "none" and not options.get("allow_plain_auth"):
+        if settings.username and settings.tls == "none" and not settings.allow_plain_auth:
             raise ValueError(
                 'transports.smtp: username is set with tls = "none", which would send the password in clear text; '
                 'use tls = "starttls" or "implicit", or set allow_plain_auth = true'
             )
-        if username:
-            _check_password(options)
-        ca_file = options.get("ca_file")
-        self.settings = SessionSettings(
-            helo=helo_name(options.get("helo") or context.hostname, "transports.smtp.helo"),
-            timeouts=Timeouts.from_options(options),
-            tls=tls,
-            tls_verify=options.get("tls_verify", True),
-            ca_file=str(ca_file) if ca_file else None,
-            username=username,
+        if settings.username:
+            _check_password(settings)
+        self.session = SessionSettings(
+            helo=helo_name(settings.helo or context.hostname, "transports.smtp.helo"),
+            timeouts=Timeouts.of(settings),
+            tls=settings.tls,
+            tls_verify=settings.tls_verify,
+            ca_file=str(settings.ca_file) if settings.ca_file else None,
+            username=settings.username,
             # Read at each new session, so a rotated password file is picked up without a restart.
-            password=lambda: resolve_secret(options, "password"),
+            password=lambda: _password(settings),
         )
-        idle = options.get("idle_timeout")
         from alertmail.plugins.transports.smtppool import SessionPool  # the session code loads with a transport in use
 
-        self.pool = SessionPool(self.settings, idle_timeout=30.0 if idle is None else idle, log=log)
+        self.pool = SessionPool(self.session, idle_timeout=settings.idle_timeout, log=log)
 
     async def send(self, message: EmailMessage | bytes, envelope: Envelope) -> DeliveryResult:
         """Deliver to the first server that answers; per-recipient statuses, never an exception."""
@@ -128,14 +130,18 @@ class SmtpTransport:
         await self.pool.close()
 
 
-def _check_password(options: dict) -> None:
+def _password(settings: SmtpSettings) -> str | None:
+    return resolve_secret(settings.as_table(), "password")
+
+
+def _check_password(settings: SmtpSettings) -> None:
     """Fail at start, not at the first alert, when the password cannot be read."""
-    if not options.get("password_env") and not options.get("password_file"):
+    if not settings.password_env and not settings.password_file:
         raise ValueError("transports.smtp: username is set but no password; add password_env or password_file")
     try:
-        resolve_secret(options, "password")
+        _password(settings)
     except (LookupError, OSError) as exc:
-        raise ValueError(f"transports.smtp.{'password_env' if options.get('password_env') else 'password_file'}: {exc}") from None
+        raise ValueError(f"transports.smtp.{'password_env' if settings.password_env else 'password_file'}: {exc}") from None
 
 
 @hookimpl

@@ -18,25 +18,31 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from alertmail import AlertmailError, Option, RecipientStatus, Status
+from alertmail import AlertmailError, RecipientStatus, Settings, Status, setting
 
 if TYPE_CHECKING:  # imported where a session needs it: an agent that never speaks TLS never loads OpenSSL
     import ssl
 
-# RFC 5321 §4.5.3.2 gives a timeout per command; aiosmtplib takes one per call, and
-# one for the whole DATA phase, so three knobs cover it (see TIMEOUT_OPTIONS).
-TIMEOUT_OPTIONS: dict[str, Option] = {
-    "connect_timeout": Option("duration", 30.0, minimum=0.001, help="TCP connect to one address"),
-    "command_timeout": Option(
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientSettings(Settings):
+    """The keys the smtp and mx transports share: how long each network step may take.
+
+    RFC 5321 §4.5.3.2 gives a timeout per command; aiosmtplib takes one per call, and
+    one for the whole DATA phase, so three knobs cover it.
+    """
+
+    connect_timeout: float = setting("duration", 30.0, minimum=0.001, help="TCP connect to one address")
+    command_timeout: float = setting(
         "duration", 300.0, minimum=0.001, help="greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT, RSET (RFC 5321: 5 min)"
-    ),
-    "data_timeout": Option(
+    )
+    data_timeout: float = setting(
         "duration", 600.0, minimum=0.001, help="DATA up to the reply to the final dot (RFC 5321: 10 min for the dot)"
-    ),
-    "idle_timeout": Option("duration", 30.0, help="keep an idle session open this long for the next message; 0 = close"),
-}
+    )
+    idle_timeout: float = setting("duration", 30.0, help="keep an idle session open this long for the next message; 0 = close")
+
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
 _LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
@@ -46,17 +52,13 @@ _LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
 class Timeouts:
     """Seconds allowed for each network step."""
 
-    connect: float = 30.0
-    command: float = 300.0
-    data: float = 600.0
+    connect: float
+    command: float
+    data: float
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> Timeouts:
-        return cls(
-            connect=options.get("connect_timeout") or 30.0,
-            command=options.get("command_timeout") or 300.0,
-            data=options.get("data_timeout") or 600.0,
-        )
+    def of(cls, settings: ClientSettings) -> Timeouts:
+        return cls(connect=settings.connect_timeout, command=settings.command_timeout, data=settings.data_timeout)
 
 
 @dataclass(frozen=True, slots=True)

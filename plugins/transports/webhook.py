@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,8 +27,8 @@ from typing import Any, ClassVar
 from alertmail import (
     DeliveryResult,
     Envelope,
-    Option,
     RecipientStatus,
+    Settings,
     Status,
     TransportContext,
     alert_key,
@@ -35,6 +36,7 @@ from alertmail import (
     message_bytes,
     resolve_secret,
     sealed_alerts,
+    setting,
 )
 
 log = logging.getLogger("alertmail.transports.webhook")
@@ -131,39 +133,44 @@ def alerts_of(
     return alerts, None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookSettings(Settings):
+    """``[transports.webhook]``."""
+
+    url: str = setting("str", None, required=True, help="where to POST, e.g. http://127.0.0.1:5001/alerts")
+    headers: dict[str, Any] = setting("table", {}, help='extra request headers, e.g. { "X-Team" = "ops" }')
+    bearer_token_env: str | None = setting("str", None, help="environment variable holding a token sent as Authorization: Bearer")
+    bearer_token_file: Path | None = setting("path", None, help="file holding a token sent as Authorization: Bearer")
+    timeout: float = setting("duration", 10.0, minimum=0.001, help="longest one request may take; then it is tried again later")
+    ca_file: Path | None = setting("path", None, help="CA certificates for an https URL; default: the system's")
+    receiver: str = setting("str", "alertmail", nonempty=True, help="the receiver name in the body")
+    generator_url: str | None = setting("str", None, help="link in each alert; {rule} and {instance} are replaced")
+    keys: list[str] = setting("list", [], help="key files of other agents whose sealed alerts are taken too, through a relay")
+
+
 class WebhookTransport:
     """POSTs the alerts of each message to ``url`` as Alertmanager's webhook does."""
 
     name: ClassVar[str] = "webhook"
-    options: ClassVar[dict[str, Option]] = {
-        "url": Option("str", None, required=True, help="where to POST, e.g. http://127.0.0.1:5001/alerts"),
-        "headers": Option("table", {}, help='extra request headers, e.g. { "X-Team" = "ops" }'),
-        "bearer_token_env": Option("str", None, help="environment variable holding a token sent as Authorization: Bearer"),
-        "bearer_token_file": Option("path", None, help="file holding a token sent as Authorization: Bearer"),
-        "timeout": Option("duration", 10.0, help="longest one request may take; then it is tried again later"),
-        "ca_file": Option("path", None, help="CA certificates for an https URL; default: the system's"),
-        "receiver": Option("str", "alertmail", help="the receiver name in the body"),
-        "generator_url": Option("str", None, help="link in each alert; {rule} and {instance} are replaced"),
-        "keys": Option("list", [], help="key files of other agents whose sealed alerts are taken too, through a relay"),
-    }
+    options: ClassVar[type[WebhookSettings]] = WebhookSettings
 
-    def __init__(self, options: dict[str, Any], context: TransportContext) -> None:
+    def __init__(self, settings: WebhookSettings, context: TransportContext) -> None:
         from alertmail.plugins.transports.alertmanager import trusted_keys
 
-        self.trusted = trusted_keys("webhook", options.get("keys") or [], context.config_path)
-        url = str(options.get("url") or "")
+        self.trusted = trusted_keys("webhook", settings.keys, context.config_path)
+        url = str(settings.url or "")
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"transports.webhook.url: expected an http:// or https:// URL, got {url!r}")
         self.url = url
-        self.headers = {str(k): str(v) for k, v in (options.get("headers") or {}).items()}
+        self.headers = {str(k): str(v) for k, v in settings.headers.items()}
         for key, value in self.headers.items():
             if any(c in key + value for c in "\r\n"):
                 raise ValueError(f"transports.webhook.headers.{key}: a header cannot hold CR or LF")
-        self.token_options = {k: options.get(k) for k in ("bearer_token_env", "bearer_token_file")}
-        self.timeout = float(options.get("timeout") or 10.0)
-        self.ca_file = options.get("ca_file")
-        self.receiver = str(options.get("receiver") or "alertmail")
-        self.generator_url = options.get("generator_url")
+        self.settings = settings
+        self.timeout = settings.timeout
+        self.ca_file = settings.ca_file
+        self.receiver = settings.receiver
+        self.generator_url = settings.generator_url
         self.hostname = context.hostname
         self.state_dir = Path(context.state_dir)
         self._opener: Any = None  # built at the first request: urllib and ssl load only when used
@@ -190,7 +197,7 @@ class WebhookTransport:
             self._opener = urllib.request.build_opener(*handlers)
         headers = {"Content-Type": "application/json", "User-Agent": "alertmail", **self.headers}
         try:
-            token = resolve_secret(self.token_options, "bearer_token")
+            token = resolve_secret(self.settings.as_table(), "bearer_token")
         except (LookupError, OSError) as exc:
             return RecipientStatus(Status.TEMPORARY, 451, f"cannot read the bearer token: {exc}", "4.3.0")
         if token:

@@ -79,16 +79,16 @@ def send_test(config_path: Path, to: tuple[str, ...], rule_name: str | None, rou
                 click.echo("\n".join(f"{cfg.path}: {p}" for p in check.problems), err=True)
                 sys.exit(ExitCode.CONFIG)
     data = asyncio.run(build_mail(cfg, plugins, rule, recipients, chain))
-    if cfg.sections.get("mail.dkim"):
-        from alertmail.delivery.dkim import DkimKeyError, Signer
+    from alertmail.delivery.dkim import SECTION as DKIM
+    from alertmail.delivery.dkim import DkimKeyError, Signer
 
-        try:
-            signer = Signer.from_options(cfg.sections["mail.dkim"])
-        except DkimKeyError as exc:
-            click.echo(f"{cfg.path}: mail.dkim: {exc}", err=True)
-            sys.exit(ExitCode.CONFIG)
-        if signer is not None:
-            data = signer(data)  # signed as the agent signs what it queues
+    try:
+        signer = Signer.from_options(cfg.section(DKIM))
+    except DkimKeyError as exc:
+        click.echo(f"{cfg.path}: mail.dkim: {exc}", err=True)
+        sys.exit(ExitCode.CONFIG)
+    if signer is not None:
+        data = signer(data)  # signed as the agent signs what it queues
     send_timeout = min(cfg.section(QUEUE).send_timeout, 120.0)
     context = TransportContext(state_dir=cfg.state_dir, hostname=cfg.hostname, config_path=cfg.path)
 

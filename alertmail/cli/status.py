@@ -130,24 +130,14 @@ def render_text(answer: dict[str, Any]) -> str:
 def state_dir_of(config_path: Path) -> Path:
     """``[agent].state_dir`` of the config, read without the full check: a config edited into
     a broken state after the agent started must not keep anyone from asking the agent."""
-    from alertmail.config.core import AgentSettings
-    from alertmail.config.load import read_toml
-    from alertmail.config.schema import Checker, ConfigError
+    from alertmail.config.load import state_dir_unchecked
+    from alertmail.config.schema import ConfigError
 
     try:
-        raw = read_toml(config_path)
+        return state_dir_unchecked(config_path)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(ExitCode.CONFIG)
-    document = raw.get("agent")
-    given = {"state_dir": document["state_dir"]} if isinstance(document, dict) and "state_dir" in document else {}
-    check = Checker(config_path.resolve().parent)
-    table = check.table("agent", given, {"state_dir": AgentSettings.options()["state_dir"]})  # its one default: "var"
-    if check.problems:
-        for problem in check.problems:
-            click.echo(f'{config_path}: {problem}; set it to a folder, e.g. "var"', err=True)
-        sys.exit(ExitCode.CONFIG)
-    return Path(table["state_dir"])
 
 
 @click.command("status")

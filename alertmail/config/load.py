@@ -114,6 +114,19 @@ def read_toml(path: Path) -> dict[str, Any]:
     return parse_toml(path, data)
 
 
+def state_dir_unchecked(path: Path) -> Path:
+    """``[agent].state_dir`` of the file at ``path``, checked alone (its one default when unset):
+    what reaches a running agent's folder when the rest of the file has since been broken."""
+    raw = read_toml(path)
+    document = raw.get(AGENT.name)
+    given = {"state_dir": document["state_dir"]} if isinstance(document, dict) and "state_dir" in document else {}
+    check = Checker(path.resolve().parent)
+    table = check.table(AGENT.name, given, {"state_dir": AGENT.options["state_dir"]})
+    if check.problems:
+        raise ConfigError(path, [f'{problem}; set it to a folder, e.g. "var"' for problem in check.problems])
+    return Path(table["state_dir"])
+
+
 def parse_toml(path: Path, data: bytes) -> dict[str, Any]:
     """``data`` parsed as TOML; ConfigError for what is not UTF-8 TOML."""
     for bom, name in (

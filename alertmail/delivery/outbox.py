@@ -43,12 +43,13 @@ def _close_failed(transport: Transport, exc: Exception) -> None:
     log.debug("closing transport %s failed", transport.name, exc_info=exc)
 
 
-def signing(cfg: Any) -> dict[str, Any]:
+def signing(cfg: DeliveryConfig) -> dict[str, Any]:
     """The Queue's DKIM arguments for ``[mail.dkim]``: the agent's own mail and DSNs are signed;
     a service asks for its mail to be signed when it puts it (``Intake.put(..., dkim=True)``)."""
+    from alertmail.delivery.dkim import SECTION as DKIM
     from alertmail.delivery.dkim import Signer
 
-    signer = Signer.from_options(cfg.sections.get("mail.dkim"))
+    signer = Signer.from_options(cfg.section(DKIM))
     if signer is None:
         return {}
     return {"sign": signer, "sign_origins": {"agent", "dsn"}}

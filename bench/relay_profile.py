@@ -191,7 +191,7 @@ async def run_relay(folder: Path, sink_port: int, args: argparse.Namespace, prof
         queue={"concurrency": args.concurrency},
     )
     cfg, plugins = load_or_exit(config)
-    setup_logging("warning", cfg.agent["log_format"])
+    setup_logging("warning", cfg.agent.log_format)
     outbox = Outbox(cfg, plugins)
     await outbox.open()
     await outbox.start_services([RelayService], only_enabled=False)

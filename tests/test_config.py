@@ -95,7 +95,7 @@ def test_minimal_config_gets_defaults_and_paths_relative_to_the_file(tmp_path):
     assert cfg.state_dir == tmp_path / "var"
     assert cfg.agent.interval == 10
     assert cfg.mail.route == ["pickup"]
-    assert cfg.transports["pickup"]["envelope"] is True
+    assert cfg.transports["pickup"].envelope is True
     assert cfg.section(NOTIFY).group_wait == 30
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from alertmail.config.load import load_config
 from alertmail.config.schema import ConfigError
+from alertmail.exporter import SECTION as EXPORTER
 from alertmail.model import MetricInfo
 from tests.fleet_peers import HOST, Prometheus, agent_config, http_get
 from tests.peers import free_port, need
@@ -47,7 +48,7 @@ def test_label_names_are_made_valid():
 def test_exporter_is_off_by_default_and_its_address_is_checked(tmp_path):
     config = tmp_path / "config.toml"
     config.write_text("")
-    assert load_config(config).sections["exporter"]["listen"] is None
+    assert load_config(config).section(EXPORTER).listen is None
     config.write_text('[exporter]\nlisten = "localhost"\n')
     with pytest.raises(ConfigError) as caught:
         load_config(config)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from alertmail.config.schema import Checker, Section, Settings, setting, valid_hostname
 from alertmail.units import valid_address
@@ -70,16 +69,16 @@ class MailSettings(Settings):
     )
 
 
-def _check_agent(agent: dict[str, Any], check: Checker, config: Any) -> None:
-    if agent.get("resolution") is not None and not 0.1 <= agent["resolution"] <= 60:
+def _check_agent(agent: AgentSettings, check: Checker, config: object) -> None:
+    if isinstance(agent.resolution, int | float) and not 0.1 <= agent.resolution <= 60:
         check.error("agent.resolution", 'must lie between 100ms and 60s, e.g. "5s"')
-    hostname = agent.get("hostname")
+    hostname = agent.hostname
     if isinstance(hostname, str) and hostname.strip() and not valid_hostname(hostname):
         check.error(
             "agent.hostname", f"not a host name: {hostname!r}; it goes into Message-ID and EHLO: write it like web01.example.com"
         )
-    tz = agent.get("timezone")
-    if tz:
+    tz = agent.timezone
+    if isinstance(tz, str) and tz:
         try:
             import zoneinfo
 
@@ -88,8 +87,9 @@ def _check_agent(agent: dict[str, Any], check: Checker, config: Any) -> None:
             check.error("agent.timezone", f'unknown IANA timezone {tz!r}; use a name like "Europe/Berlin" or "UTC"')
 
 
-def _check_mail(mail: dict[str, Any], check: Checker, config: Any) -> None:
-    addresses = [("mail.from", mail.get("from")), *((f"mail.to[{i}]", a) for i, a in enumerate(mail.get("to") or []))]
+def _check_mail(mail: MailSettings, check: Checker, config: object) -> None:
+    to = mail.to if isinstance(mail.to, list) else []
+    addresses = [("mail.from", mail.sender), *((f"mail.to[{i}]", a) for i, a in enumerate(to))]
     for where, address in addresses:
         if isinstance(address, str) and not valid_address(address):  # a wrong type is reported already
             check.error(where, f"not a valid mail address: {address!r}; write it as user@example.com")

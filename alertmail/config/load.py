@@ -97,7 +97,15 @@ class Config:
         return self.sections.get(service.section, {})
 
     def service_enabled(self, service: Any) -> bool:
-        return bool(self.service_options(service).get("enabled"))
+        return bool(value_of(self.service_options(service), "enabled"))
+
+
+def value_of(options: object, key: str) -> Any:
+    """One key of a plugin's checked options, declared either way: an attribute of its
+    settings object, or (a plugin that declares a dict) a key of its table; None when absent."""
+    if isinstance(options, Mapping):
+        return options.get(key)
+    return getattr(options, key, None)
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -209,9 +217,9 @@ def _check_listen_overlap(check: Checker, cfg: Config, services: Mapping[str, An
     if isinstance(exporter, str):
         listens.append(("exporter.listen", exporter))
     for name in services:
-        options = cfg.sections.get(name) or {}
-        value = options.get("listen")
-        if options.get("enabled") and isinstance(value, list):
+        options = cfg.sections.get(name)
+        value = value_of(options, "listen")
+        if value_of(options, "enabled") and isinstance(value, list):
             listens += [(f"{name}.listen[{i}]", item) for i, item in enumerate(value) if isinstance(item, str)]
     taken: list[tuple[str, str, int]] = []  # (key path, host, port)
     for keypath, value in listens:
@@ -268,8 +276,8 @@ def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugi
         cfg.transports[name] = typed(cls.options, table)
         if len(check.problems) == before:
             clean.append(name)
-    for key in ("route", "also_route"):
-        for i, name in enumerate(cfg.mail.get(key) or []):
+    for key, names in (("route", cfg.mail.route), ("also_route", cfg.mail.also_route)):
+        for i, name in enumerate(names if isinstance(names, list) else []):
             if name not in plugins.transports:
                 check.error(
                     f"mail.{key}[{i}]",
@@ -281,7 +289,7 @@ def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugi
                 cfg.transports[name] = typed(cls.options, check.table(f"transports.{name}", {}, transport_options(cls)))
                 if len(check.problems) == before:
                     clean.append(name)
-    routes = (cfg.sections.get(QUEUE.name) or {}).get("route_retry")
+    routes = cfg.section(QUEUE).route_retry
     for name in routes if isinstance(routes, dict) else ():
         if name not in plugins.transports:
             check.error(
@@ -297,10 +305,8 @@ def _check_transports(check: Checker, raw: Mapping[str, Any], cfg: Config, plugi
 def _build_transport(check: Checker, cfg: Config, name: str, cls: Any) -> None:
     from alertmail.model import TransportContext
 
-    state_dir = cfg.agent.get("state_dir")
-    context = TransportContext(
-        state_dir=Path(state_dir or "."), hostname=cfg.agent.get("hostname") or "localhost", config_path=cfg.path
-    )
+    state_dir = cfg.agent.state_dir
+    context = TransportContext(state_dir=Path(state_dir or "."), hostname=cfg.agent.hostname or "localhost", config_path=cfg.path)
     try:
         options = cfg.transports[name]
         cls(dict(options) if isinstance(options, dict) else options, context)
@@ -317,7 +323,7 @@ def _check_folders(check: Checker, cfg: Config) -> None:
     """What the agent would trip over on disk: state_dir, plugin folders, the templates folder and its templates."""
     from alertmail.delivery.outbox import STATE_FOLDERS
 
-    state_dir = cfg.agent.get("state_dir")
+    state_dir = cfg.agent.state_dir
     if isinstance(state_dir, Path):
         for folder in (state_dir, *(state_dir / sub for sub in STATE_FOLDERS)):
             if folder.exists() and not folder.is_dir():
@@ -327,16 +333,16 @@ def _check_folders(check: Checker, cfg: Config) -> None:
             problem = _folder_problem(state_dir)
             if problem:
                 check.error("agent.state_dir", f"{problem}; the agent keeps its queue, pickup and logs there")
-    directory = (cfg.transports.get("pickup") or {}).get("directory")
+    directory = value_of(cfg.transports.get("pickup"), "directory")
     if isinstance(directory, Path):
         problem = _folder_problem(directory)
         if problem:
             check.error("transports.pickup.directory", f"{problem}; the pickup transport writes each mail there")
-    for i, folder in enumerate(cfg.agent.get("plugin_dirs") or []):
-        path = Path(folder) if Path(folder).is_absolute() else cfg.path.parent / folder
+    for i, entry in enumerate(cfg.agent.plugin_dirs if isinstance(cfg.agent.plugin_dirs, list) else []):
+        path = Path(entry) if Path(entry).is_absolute() else cfg.path.parent / entry
         if not path.is_dir():
             check.error(f"agent.plugin_dirs[{i}]", f"no such folder: {path}")
-    templates = cfg.mail.get("templates")
+    templates = cfg.mail.templates
     if isinstance(templates, Path):
         if not templates.is_dir():
             check.error("mail.templates", f"no such folder: {templates}")
@@ -573,7 +579,7 @@ def load_config(path: Path | str, plugins: Plugins | None = None, *, also_declar
     if plugins is None:
         from alertmail.loader import load_plugins
 
-        plugins = load_plugins(cfg.plugin_dirs, blocked=cfg.agent.get("disable_plugins") or ())
+        plugins = load_plugins(cfg.plugin_dirs, blocked=cfg.agent.disable_plugins or ())
 
     services = {s.section: s for s in plugins.services}
     known = {s.name for s in SECTIONS if "." not in s.name} | set(PLUGIN_SECTIONS) | set(services) | {INCLUDE}

@@ -447,20 +447,6 @@ class Settings:
         """The settings by file key, as the checked table had them (for JSON and comparisons)."""
         return {key: getattr(self, name) for key, name in self.keys_to_fields().items()}
 
-    # Read by key while readers move to attributes; to be removed once none is left.
-    def __getitem__(self, key: str) -> Any:
-        try:
-            return getattr(self, self.keys_to_fields()[key])
-        except KeyError:
-            raise KeyError(key) from None
-
-    def get(self, key: str, default: Any = None) -> Any:
-        name = self.keys_to_fields().get(key)
-        return default if name is None else getattr(self, name)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.keys_to_fields()
-
 
 def options_of(declared: Any) -> Mapping[str, Option]:
     """A plugin's or section's options, declared as a ``Settings`` class or (older plugins) a dict."""

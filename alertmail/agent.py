@@ -488,7 +488,12 @@ class Agent:
             if name in self.probes:
                 probe, _, timeout = self.probes[name]
                 runs.append(self.run_probe(name, probe, timeout))
-        await asyncio.gather(*runs)
+        try:
+            await asyncio.gather(*runs)
+        except asyncio.CancelledError:
+            # The agent stops: the scheduler's shutdown cancels a run in flight, whose samples
+            # are dropped; apscheduler would log that cancel as a failed job, with a traceback.
+            log.debug("probes %s: run cut short by the stop", ", ".join(names))
 
     def request_reload(self) -> None:
         """SIGHUP: reload in a task of the event loop (transports and services start and stop asynchronously)."""

@@ -75,11 +75,16 @@ class Report:
         return out
 
 
-def who_sends(route: Sequence[str], transports: Mapping[str, Mapping[str, Any]]) -> str:
-    """Who the receiving server sees: this host (mx direct), a smart host, or the local MTA (pickup)."""
+def who_sends(route: Sequence[str], transports: Mapping[str, Any]) -> str:
+    """Who the receiving server sees: this host (mx direct), a smart host, or the local MTA (pickup).
+
+    ``transports``: each configured transport's settings object (a dict for one declared with a dict).
+    """
+    from alertmail.config.load import value_of
+
     first = route[0] if route else ""
     if first == "mx":
-        return SMART_HOST if (transports.get("mx") or {}).get("mode") == "smarthost" else DIRECT
+        return SMART_HOST if value_of(transports.get("mx"), "mode") == "smarthost" else DIRECT
     if first == "smtp":
         return SMART_HOST
     if first == "pickup":

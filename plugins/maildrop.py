@@ -77,6 +77,25 @@ def check_options(settings: MaildropSettings, check: Checker, config: object) ->
             check.error(f"sendmail.{key}", f"must be more than 0; e.g. {key} = {example}")
 
 
+def abandoned(name: str, age: float) -> bool:
+    """A ".TIME-PID-RANDOM" file a sendmail was writing, left behind: older than a day and its
+    writer gone. Age alone is not enough: a clock stepped (or faked) ahead makes a file being
+    written this instant look a year old, and removing it fails that submission."""
+    if age <= STALE_SECONDS:
+        return False
+    try:
+        pid = int(name[1:].split("-")[1])
+    except (IndexError, ValueError):
+        return True  # not a name sendmail writes
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # another user's process, still running
+    return False
+
+
 def prepare_folder(folder: Path) -> None:
     """Make the maildrop and its wake-up FIFO with their modes, as far as this user may (blocking)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -174,7 +193,7 @@ class MaildropService:
                 names.append(item.name)
             elif item.name != WAKE:
                 with contextlib.suppress(OSError):
-                    if now - item.stat(follow_symlinks=False).st_mtime > STALE_SECONDS:
+                    if abandoned(item.name, now - item.stat(follow_symlinks=False).st_mtime):
                         os.unlink(item.path)
         return sorted(names)
 

@@ -76,7 +76,7 @@ def wait_for(predicate, timeout: float = 90.0, what: str = "condition"):
 def start_agent(config: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "alertmail", "run", "--config", str(config)],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=config.parent,
     )

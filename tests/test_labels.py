@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import textwrap
 import time
 from collections import namedtuple
 from email.message import EmailMessage
@@ -19,6 +18,7 @@ from alertmail.replay import MailCollector
 from alertmail.rules.model import AlertEvent, Rule
 from tests.fleet_peers import HOST, Prometheus
 from tests.peers import free_port
+from tests.probe_agent import PLUGIN_AGENT, write_config
 from tests.test_agent_e2e import kinds, pickup_mails, start_agent, stop_agent, wait_for
 
 NOT_UTF8 = b"/mnt/\xff".decode("utf-8", "surrogateescape")  # how Python names a mount point with byte 0xff
@@ -161,25 +161,9 @@ def test_a_mount_point_that_is_not_utf8_is_mailed_scraped_and_takes_no_other_ale
     port = free_port()
     (tmp_path / "plugins.d").mkdir()
     (tmp_path / "plugins.d" / "disks.py").write_text(PLUGIN)
-    config = tmp_path / "config.toml"
-    config.write_text(
-        textwrap.dedent(f"""
-        [agent]
-        state_dir = "var"
-        interval = "1s"
-        resolution = "1s"
-        plugin_dirs = ["plugins.d"]
-        hostname = "web1.test"
-
-        [mail]
-        from = "alertmail@test.example"
-        to = ["ops@test.example"]
-        route = ["pickup"]
-
-        [notify]
-        group_wait = "0s"
-        max_mails_per_hour = 0
-
+    config = write_config(
+        tmp_path,
+        f"""
         [exporter]
         listen = "{HOST}:{port}"
 
@@ -187,7 +171,9 @@ def test_a_mount_point_that_is_not_utf8_is_mailed_scraped_and_takes_no_other_ale
         name = "level-high"
         metric = "test.level"
         above = 50
-        """)
+        """,
+        agent=PLUGIN_AGENT,
+        notify="max_mails_per_hour = 0",
     )
     agent = start_agent(config)
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import textwrap
 
 import pytest
 
@@ -14,6 +13,7 @@ from alertmail.model import MetricInfo, Sample
 from alertmail.probes.runner import run_probe
 from tests.fleet_peers import HOST, Prometheus, http_get
 from tests.peers import free_port, need
+from tests.probe_agent import PLUGIN_AGENT, write_config
 from tests.test_agent_e2e import start_agent, stop_agent, wait_for
 
 
@@ -91,23 +91,13 @@ def test_prometheus_never_stores_a_plugins_fake_alert_or_queue_depth(tmp_path):
     port = free_port()
     (tmp_path / "plugins.d").mkdir()
     (tmp_path / "plugins.d" / "faker.py").write_text(PLUGIN)
-    config = tmp_path / "config.toml"
-    config.write_text(
-        textwrap.dedent(f"""
-        [agent]
-        state_dir = "var"
-        interval = "1s"
-        plugin_dirs = ["plugins.d"]
-        hostname = "web1.test"
-
-        [mail]
-        from = "alertmail@test.example"
-        to = ["ops@test.example"]
-        route = ["pickup"]
-
+    config = write_config(
+        tmp_path,
+        f"""
         [exporter]
         listen = "{HOST}:{port}"
-        """)
+        """,
+        agent=PLUGIN_AGENT,
     )
     agent = start_agent(config)
     try:

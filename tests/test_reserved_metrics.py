@@ -13,8 +13,8 @@ from alertmail.model import MetricInfo, Sample
 from alertmail.probes.runner import run_probe
 from tests.fleet_peers import HOST, Prometheus, http_get
 from tests.peers import free_port, need
-from tests.probe_agent import PLUGIN_AGENT, write_config
-from tests.test_agent_e2e import start_agent, stop_agent, wait_for
+from tests.probe_agent import PLUGIN_AGENT, agent_running, write_config
+from tests.test_agent_e2e import wait_for
 
 
 class Faker:
@@ -99,8 +99,7 @@ def test_prometheus_never_stores_a_plugins_fake_alert_or_queue_depth(tmp_path):
         """,
         agent=PLUGIN_AGENT,
     )
-    agent = start_agent(config)
-    try:
+    with agent_running(config) as agent:
         with Prometheus(tmp_path / "prometheus", [f"{HOST}:{port}"]) as prometheus:
             wait_for(lambda: prometheus.query("alertmail_faker_level == 7"), timeout=30, what="the plugin's own metric")
             assert prometheus.query('up{job="alertmail"} == 1')
@@ -114,7 +113,6 @@ def test_prometheus_never_stores_a_plugins_fake_alert_or_queue_depth(tmp_path):
             )
         text = http_get(f"http://{HOST}:{port}/metrics")[2].decode()
         assert 'rule="fake"' not in text and "} 999.0" not in text
-    finally:
-        log = stop_agent(agent)
-    assert agent.returncode == 0, log
+    log = agent.log
+    assert agent.proc.returncode == 0, log
     assert "agent.queue_messages is refused" in log and "alert is refused" in log

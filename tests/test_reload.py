@@ -19,26 +19,13 @@ from alertmail.queue.spool import Queue
 from tests.gauge import install_gauge
 from tests.peers import SmtpSink, free_port
 from tests.relay_peers import ALERTMAIL, REPO, private_folder
+from tests.test_status import config_head
 
 
 def config_text(route: str, transports: str = "", extra: str = "") -> str:
     return (
-        textwrap.dedent(f"""
-        [agent]
-        state_dir = "var"
-        interval = "1s"
-        resolution = "1s"
-        plugin_dirs = ["plugins.d"]
-
-        [mail]
-        from = "alertmail@web01.test"
-        to = ["ops@example.test"]
-        route = [{route}]
-
-        [notify]
-        group_wait = "0s"
-        max_mails_per_hour = 0
-
+        config_head(route)
+        + textwrap.dedent("""
         [[rules]]
         name = "gauge-high"
         metric = "test.gauge"

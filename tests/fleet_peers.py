@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tests.gauge import install_gauge
 from tests.peers import free_port, need
-from tests.probe_agent import PLUGIN_AGENT, write_config
+from tests.probe_agent import PLUGIN_AGENT, agent_running, wait_for, write_config
 
 HOST = "127.0.0.1"
 # Straight to loopback, whatever proxy the environment names.
@@ -237,3 +237,12 @@ class WebhookReceiver:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def run_until_badmail(config: Path) -> tuple[list[Path], str]:
+    """The agent on ``config`` with its gauge at 93.5 (above the rule's 50) until a mail lands in badmail/:
+    the reason files there, and the agent's log."""
+    (config.parent / "plugins.d" / "value.txt").write_text("93.5")
+    with agent_running(config) as agent:
+        reasons = wait_for(lambda: list((config.parent / "var" / "badmail").glob("*.bdr")), timeout=60, what="badmail")
+    return reasons, agent.log

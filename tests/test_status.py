@@ -74,9 +74,10 @@ class RunningAgent:
         with open(self.log, "w") as err:
             self.proc = subprocess.Popen([*ALERTMAIL, "run", "--config", str(self.config)], cwd=folder, stderr=err, env=_env())
 
-    def wait_for(self, text: str, timeout: float = 30.0) -> None:
+    def wait_for(self, text: str, count: int = 1, timeout: float = 30.0) -> None:
+        """Wait until ``text`` stands ``count`` times in the agent's log."""
         deadline = time.monotonic() + timeout
-        while text not in self.log.read_text():
+        while self.log.read_text().count(text) < count:
             assert self.proc.poll() is None, self.log.read_text()
             assert time.monotonic() < deadline, f"no {text!r} in:\n{self.log.read_text()}"
             time.sleep(0.1)

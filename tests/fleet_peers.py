@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tests.gauge import install_gauge
 from tests.peers import free_port, need
+from tests.probe_agent import PLUGIN_AGENT, agent_running, wait_for, write_config
 
 HOST = "127.0.0.1"
 # Straight to loopback, whatever proxy the environment names.
@@ -184,36 +185,21 @@ class Alertmanager:
 def agent_config(folder: Path, extra: str, route: str = '["pickup"]') -> Path:
     """A config whose only probe is a gauge read from ``plugins.d/value.txt`` and a rule firing above 50."""
     install_gauge(folder, metric="test.level", labels={"mount": "/data"}, unit="percent", description="a level the test sets")
-    config = folder / "config.toml"
-    config.write_text(
-        textwrap.dedent(f"""
-        [agent]
-        state_dir = "var"
-        interval = "1s"
-        resolution = "1s"
-        plugin_dirs = ["plugins.d"]
-        hostname = "web1.test"
-
-        [mail]
-        from = "alertmail@test.example"
-        to = ["ops@test.example"]
-        route = {route}
-
-        [notify]
-        group_wait = "0s"
-        max_mails_per_hour = 0
-
+    return write_config(
+        folder,
+        """
         [[rules]]
         name = "gauge-high"
         metric = "test.level"
         above = 50
         severity = "critical"
         description = "the test gauge is high"
-        """)
-        + extra
-        + "\n"
+        """,
+        extra + "\n",
+        agent=PLUGIN_AGENT,
+        notify="max_mails_per_hour = 0",
+        route=route,
     )
-    return config
 
 
 class WebhookReceiver:
@@ -251,3 +237,12 @@ class WebhookReceiver:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def run_until_badmail(config: Path) -> tuple[list[Path], str]:
+    """The agent on ``config`` with its gauge at 93.5 (above the rule's 50) until a mail lands in badmail/:
+    the reason files there, and the agent's log."""
+    (config.parent / "plugins.d" / "value.txt").write_text("93.5")
+    with agent_running(config) as agent:
+        reasons = wait_for(lambda: list((config.parent / "var" / "badmail").glob("*.bdr")), timeout=60, what="badmail")
+    return reasons, agent.log

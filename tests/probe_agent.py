@@ -19,21 +19,27 @@ HEAD = """
 state_dir = "var"
 interval = "1s"
 resolution = "1s"
-
+{agent}
 [mail]
 from = "alertmail@test.example"
 to = ["ops@test.example"]
-route = ["pickup"]
+route = {route}
 
 [notify]
 group_wait = "0s"
+{notify}
 """
 
+# The [agent] lines of an agent that loads the test's plugins.d/ (a gauge or a probe of its own).
+PLUGIN_AGENT = 'plugin_dirs = ["plugins.d"]\nhostname = "web1.test"\n'
 
-def write_config(folder: Path, *tables: str) -> Path:
-    """``folder``/config.toml: ``HEAD``, then ``tables`` (probe tables, rules) dedented."""
+
+def write_config(folder: Path, *tables: str, agent: str = "", notify: str = "", route: str = '["pickup"]') -> Path:
+    """``folder``/config.toml: ``HEAD`` with ``agent`` and ``notify`` lines added to its tables, then ``tables``
+    (probe tables, rules) dedented."""
     path = folder / "config.toml"
-    path.write_text(HEAD + "".join(textwrap.dedent(table) for table in tables))
+    head = HEAD.format(agent=textwrap.dedent(agent), notify=textwrap.dedent(notify), route=route)
+    path.write_text(head + "".join(textwrap.dedent(table) for table in tables))
     return path
 
 

@@ -76,7 +76,7 @@ def wait_for(predicate, timeout: float = 90.0, what: str = "condition"):
 def start_agent(config: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "alertmail", "run", "--config", str(config)],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=config.parent,
     )
@@ -298,18 +298,19 @@ def test_restart_neither_repeats_the_firing_mail_nor_forgets_the_recovery(tmp_pa
     assert resolved["In-Reply-To"] == firing["Message-ID"]
 
 
-def _absent_config(folder: Path, disk: str) -> tuple[Path, Path]:
-    value = install_gauge(folder, labels={"disk": disk})
+def write_gauge_config(folder: Path, rules: str, *, disk: str = "sda", interval: str = "1s") -> Path:
+    """The gauge plugin (label ``disk``) read every ``interval``, mails to pickup/ without charts, then ``rules``."""
+    install_gauge(folder, labels={"disk": disk})
     config = folder / "config.toml"
     config.write_text(
-        textwrap.dedent("""
+        textwrap.dedent(f"""
         [agent]
         state_dir = "var"
         resolution = "1s"
         plugin_dirs = ["plugins.d"]
 
         [probes.gauge]
-        interval = "1s"
+        interval = "{interval}"
 
         [mail]
         from = "alertmail@test.example"
@@ -320,7 +321,14 @@ def _absent_config(folder: Path, disk: str) -> tuple[Path, Path]:
         [notify]
         group_wait = "0s"
         max_mails_per_hour = 0
+        """)
+        + textwrap.dedent(rules)
+    )
+    return config
 
+
+def _absent_config(folder: Path, disk: str) -> tuple[Path, Path]:
+    rules = """
         [[rules]]
         name = "gauge-gone"
         metric = "test.gauge"
@@ -330,9 +338,8 @@ def _absent_config(folder: Path, disk: str) -> tuple[Path, Path]:
         name = "gauge-high"
         metric = "test.gauge"
         above = 50
-        """)
-    )
-    return config, value
+        """
+    return write_gauge_config(folder, rules, disk=disk), folder / "plugins.d" / "value.txt"
 
 
 def test_a_probe_reading_nan_is_reporting_and_mails_nothing(tmp_path):

@@ -13,14 +13,12 @@ import email.utils
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.gauge import install_gauge
-from tests.test_agent_e2e import kinds, pickup_mails, stop_agent, wait_for
+from tests.test_agent_e2e import kinds, pickup_mails, stop_agent, wait_for, write_gauge_config
 
 LIBFAKETIME = next(
     (
@@ -90,31 +88,7 @@ class SteppedAgent:
 
 
 def write_config(folder: Path, rules: str) -> Path:
-    install_gauge(folder, labels={"disk": "sda"})
-    config = folder / "config.toml"
-    config.write_text(
-        textwrap.dedent("""
-        [agent]
-        state_dir = "var"
-        resolution = "1s"
-        plugin_dirs = ["plugins.d"]
-
-        [probes.gauge]
-        interval = "2s"
-
-        [mail]
-        from = "alertmail@test.example"
-        to = ["ops@test.example"]
-        route = ["pickup"]
-        charts = "off"
-
-        [notify]
-        group_wait = "0s"
-        max_mails_per_hour = 0
-        """)
-        + textwrap.dedent(rules)
-    )
-    return config
+    return write_gauge_config(folder, rules, interval="2s")
 
 
 def step_lines(log: str) -> list[str]:

@@ -8,7 +8,6 @@ import select
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 
@@ -19,6 +18,7 @@ from alertmail.exporter.server import MetricsServer
 from tests.fleet_peers import HOST, Prometheus, http_get
 from tests.gauge import install_gauge
 from tests.peers import free_port
+from tests.probe_agent import PLUGIN_AGENT, write_config
 from tests.test_agent_e2e import pickup_mails, stop_agent, wait_for
 
 
@@ -72,23 +72,9 @@ def start_agent_with_fds(config, fds: int) -> subprocess.Popen:
 def test_idle_connections_to_the_exporter_never_take_the_agents_descriptors_nor_the_scrape(tmp_path):
     port = free_port()
     value = install_gauge(tmp_path, metric="test.level", labels={"mount": "/data"}, unit="percent", description="level")
-    config = tmp_path / "config.toml"
-    config.write_text(
-        textwrap.dedent(f"""
-        [agent]
-        state_dir = "var"
-        interval = "1s"
-        plugin_dirs = ["plugins.d"]
-        hostname = "web1.test"
-
-        [mail]
-        from = "alertmail@test.example"
-        to = ["ops@test.example"]
-        route = ["pickup"]
-
-        [notify]
-        group_wait = "0s"
-
+    config = write_config(
+        tmp_path,
+        f"""
         [exporter]
         listen = "{HOST}:{port}"
         max_connections = 16
@@ -98,7 +84,8 @@ def test_idle_connections_to_the_exporter_never_take_the_agents_descriptors_nor_
         name = "level-high"
         metric = "test.level"
         above = 50
-        """)
+        """,
+        agent=PLUGIN_AGENT,
     )
     agent = start_agent_with_fds(config, 160)
     try:

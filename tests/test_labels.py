@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import textwrap
 import time
 from collections import namedtuple
 from email.message import EmailMessage
@@ -19,7 +18,8 @@ from alertmail.replay import MailCollector
 from alertmail.rules.model import AlertEvent, Rule
 from tests.fleet_peers import HOST, Prometheus
 from tests.peers import free_port
-from tests.test_agent_e2e import kinds, pickup_mails, start_agent, stop_agent, wait_for
+from tests.probe_agent import PLUGIN_AGENT, agent_running, write_config
+from tests.test_agent_e2e import kinds, pickup_mails, wait_for
 
 NOT_UTF8 = b"/mnt/\xff".decode("utf-8", "surrogateescape")  # how Python names a mount point with byte 0xff
 RULE = Rule(name="disk-full", metric="disk.used_percent", above=90, to=("ops@test.example",))
@@ -161,25 +161,9 @@ def test_a_mount_point_that_is_not_utf8_is_mailed_scraped_and_takes_no_other_ale
     port = free_port()
     (tmp_path / "plugins.d").mkdir()
     (tmp_path / "plugins.d" / "disks.py").write_text(PLUGIN)
-    config = tmp_path / "config.toml"
-    config.write_text(
-        textwrap.dedent(f"""
-        [agent]
-        state_dir = "var"
-        interval = "1s"
-        resolution = "1s"
-        plugin_dirs = ["plugins.d"]
-        hostname = "web1.test"
-
-        [mail]
-        from = "alertmail@test.example"
-        to = ["ops@test.example"]
-        route = ["pickup"]
-
-        [notify]
-        group_wait = "0s"
-        max_mails_per_hour = 0
-
+    config = write_config(
+        tmp_path,
+        f"""
         [exporter]
         listen = "{HOST}:{port}"
 
@@ -187,10 +171,11 @@ def test_a_mount_point_that_is_not_utf8_is_mailed_scraped_and_takes_no_other_ale
         name = "level-high"
         metric = "test.level"
         above = 50
-        """)
+        """,
+        agent=PLUGIN_AGENT,
+        notify="max_mails_per_hour = 0",
     )
-    agent = start_agent(config)
-    try:
+    with agent_running(config) as agent:
         with Prometheus(tmp_path / "prometheus", [f"{HOST}:{port}"]) as prometheus:
             up = wait_for(lambda: prometheus.query('up{job="alertmail"} == 1'), timeout=30, what="a successful scrape")
             assert up
@@ -205,9 +190,8 @@ def test_a_mount_point_that_is_not_utf8_is_mailed_scraped_and_takes_no_other_ale
         mails = wait_for(lambda: pickup_mails(tmp_path), timeout=30, what="the alert mail")
         time.sleep(1)
         mails = pickup_mails(tmp_path)
-    finally:
-        log = stop_agent(agent)
-    assert agent.returncode == 0, log
+    log = agent.log
+    assert agent.proc.returncode == 0, log
     assert "Traceback" not in log, log
     assert kinds(mails) == ["firing"]
     text = mails[0].get_body(("plain",)).get_content().replace("\r\n", "\n")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
-import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -16,29 +14,15 @@ import pytest
 from alertmail.delivery.delivery import Delivery, QueueSettings
 from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status
 from alertmail.queue.spool import Queue
-from tests.gauge import install_gauge
 from tests.peers import SmtpSink, free_port
-from tests.relay_peers import ALERTMAIL, REPO, private_folder
+from tests.relay_peers import private_folder
+from tests.test_status import RunningAgent, config_head
 
 
 def config_text(route: str, transports: str = "", extra: str = "") -> str:
     return (
-        textwrap.dedent(f"""
-        [agent]
-        state_dir = "var"
-        interval = "1s"
-        resolution = "1s"
-        plugin_dirs = ["plugins.d"]
-
-        [mail]
-        from = "alertmail@web01.test"
-        to = ["ops@example.test"]
-        route = [{route}]
-
-        [notify]
-        group_wait = "0s"
-        max_mails_per_hour = 0
-
+        config_head(route)
+        + textwrap.dedent("""
         [[rules]]
         name = "gauge-high"
         metric = "test.gauge"
@@ -50,29 +34,15 @@ def config_text(route: str, transports: str = "", extra: str = "") -> str:
     )
 
 
-class Agent:
+class Agent(RunningAgent):
+    """The status tests' running agent, the gauge at 10, up ("watching") once made, and reloaded by SIGHUP."""
+
     def __init__(self, folder: Path, text: str) -> None:
-        install_gauge(folder)
-        self.folder, self.config, self.log = folder, folder / "config.toml", folder / "stderr"
-        self.config.write_text(text)
-        with open(self.log, "w") as err:
-            self.proc = subprocess.Popen(
-                [*ALERTMAIL, "run", "--config", str(self.config)],
-                cwd=folder,
-                stderr=err,
-                env={**os.environ, "PYTHONPATH": str(REPO)},
-            )
+        super().__init__(folder, text, value="10")
         self.wait_for("watching")
 
     def output(self) -> str:
         return self.log.read_text()
-
-    def wait_for(self, text: str, count: int = 1, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.output().count(text) < count:
-            assert self.proc.poll() is None, self.output()
-            assert time.monotonic() < deadline, f"no {text!r} in:\n{self.output()}"
-            time.sleep(0.1)
 
     def reload(self, text: str) -> None:
         count = self.output().count("configuration reloaded") + self.output().count("reload refused")
@@ -82,11 +52,6 @@ class Agent:
         while self.output().count("configuration reloaded") + self.output().count("reload refused") <= count:
             assert time.monotonic() < deadline, self.output()
             time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
 
 
 @pytest.fixture

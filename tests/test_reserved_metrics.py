@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import textwrap
 
 import pytest
 
@@ -14,7 +13,8 @@ from alertmail.model import MetricInfo, Sample
 from alertmail.probes.runner import run_probe
 from tests.fleet_peers import HOST, Prometheus, http_get
 from tests.peers import free_port, need
-from tests.test_agent_e2e import start_agent, stop_agent, wait_for
+from tests.probe_agent import PLUGIN_AGENT, agent_running, write_config
+from tests.test_agent_e2e import wait_for
 
 
 class Faker:
@@ -91,26 +91,15 @@ def test_prometheus_never_stores_a_plugins_fake_alert_or_queue_depth(tmp_path):
     port = free_port()
     (tmp_path / "plugins.d").mkdir()
     (tmp_path / "plugins.d" / "faker.py").write_text(PLUGIN)
-    config = tmp_path / "config.toml"
-    config.write_text(
-        textwrap.dedent(f"""
-        [agent]
-        state_dir = "var"
-        interval = "1s"
-        plugin_dirs = ["plugins.d"]
-        hostname = "web1.test"
-
-        [mail]
-        from = "alertmail@test.example"
-        to = ["ops@test.example"]
-        route = ["pickup"]
-
+    config = write_config(
+        tmp_path,
+        f"""
         [exporter]
         listen = "{HOST}:{port}"
-        """)
+        """,
+        agent=PLUGIN_AGENT,
     )
-    agent = start_agent(config)
-    try:
+    with agent_running(config) as agent:
         with Prometheus(tmp_path / "prometheus", [f"{HOST}:{port}"]) as prometheus:
             wait_for(lambda: prometheus.query("alertmail_faker_level == 7"), timeout=30, what="the plugin's own metric")
             assert prometheus.query('up{job="alertmail"} == 1')
@@ -124,7 +113,6 @@ def test_prometheus_never_stores_a_plugins_fake_alert_or_queue_depth(tmp_path):
             )
         text = http_get(f"http://{HOST}:{port}/metrics")[2].decode()
         assert 'rule="fake"' not in text and "} 999.0" not in text
-    finally:
-        log = stop_agent(agent)
-    assert agent.returncode == 0, log
+    log = agent.log
+    assert agent.proc.returncode == 0, log
     assert "agent.queue_messages is refused" in log and "alert is refused" in log

@@ -123,10 +123,10 @@ def test_replay_accepts_a_metric_its_samples_hold_that_no_probe_declares(tmp_pat
 
 
 def test_reload_refuses_such_a_rule_and_keeps_the_running_configuration(tmp_path, monkeypatch):
-    import tests.test_reload
+    import tests.test_status
 
     # The gauge declares test.gauge here: every loaded probe says what it emits, so a typo is known to be one.
-    monkeypatch.setattr(tests.test_reload, "install_gauge", lambda folder: install_gauge(folder, unit="count"))
+    monkeypatch.setattr(tests.test_status, "install_gauge", lambda folder, **kw: install_gauge(folder, **kw, unit="count"))
     agent = Agent(tmp_path, config_text('"pickup"'))
     try:
         assert "no loaded probe declares" not in agent.output()

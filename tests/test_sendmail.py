@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pytest
 from alertmail.cli import sendmail
 from alertmail.exitcodes import ExitCode
 from tests.peers import SmtpSink
+from tests.test_agent_e2e import start_agent, stop_agent
 
 SENDMAIL = [sys.executable, "-m", "alertmail", "sendmail"]
 
@@ -69,25 +69,6 @@ def system_python() -> str:
         if done is not None and done.returncode == 0 and os.stat(path).st_mode & 0o001:
             return path
     pytest.skip("no Python 3.11+ that other users may run")
-
-
-def start_agent(config: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "alertmail", "run", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=config.parent,
-    )
-
-
-def stop_agent(proc: subprocess.Popen) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.stderr.read().decode(errors="replace") if proc.stderr else ""
 
 
 def wake_ready(config: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:

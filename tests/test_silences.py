@@ -466,33 +466,20 @@ def test_unreadable_run_time_file_keeps_the_silences_read_before(tmp_path, caplo
 def write_agent_config(folder: Path) -> Path:
     """An agent whose one probe reads its value from a file (the end-to-end tests' gauge plugin)."""
     from tests.gauge import install_gauge
+    from tests.probe_agent import write_config as write_probe_config
     from tests.test_agent_e2e import HOSTILE
 
     install_gauge(folder, labels=HOSTILE)
-    config = folder / "config.toml"
-    config.write_text(
-        textwrap.dedent("""
-        [agent]
-        state_dir = "var"
-        interval = "1s"
-        resolution = "1s"
-        plugin_dirs = ["plugins.d"]
-
-        [mail]
-        from = "alertmail@test.example"
-        to = ["ops@test.example"]
-        route = ["pickup"]
-
-        [notify]
-        group_wait = "0s"
-
+    return write_probe_config(
+        folder,
+        """
         [[rules]]
         name = "gauge-high"
         metric = "test.gauge"
         above = 50
-    """)
+        """,
+        agent='plugin_dirs = ["plugins.d"]',
     )
-    return config
 
 
 def test_running_agent_holds_alerts_under_a_cli_silence_and_mails_once_when_it_is_removed(tmp_path, cli_main):

@@ -19,7 +19,10 @@ from alertmail.exitcodes import ExitCode
 from tests.gauge import install_gauge
 from tests.relay_peers import ALERTMAIL, REPO
 
-CONFIG = """
+
+def config_head(route: str = '"pickup"') -> str:
+    """The [agent], [mail] and [notify] tables of an agent on the gauge plugin, mailing by ``route``."""
+    return f"""
 [agent]
 state_dir = "var"
 interval = "1s"
@@ -29,12 +32,17 @@ plugin_dirs = ["plugins.d"]
 [mail]
 from = "alertmail@web01.test"
 to = ["ops@example.test"]
-route = ["pickup"]
+route = [{route}]
 
 [notify]
 group_wait = "0s"
 max_mails_per_hour = 0
+"""
 
+
+CONFIG = (
+    config_head()
+    + """
 [[rules]]
 name = "gauge-high"
 metric = "test.gauge"
@@ -47,6 +55,7 @@ metric = "test.gauge"
 above = 20
 for = "1h"
 """
+)
 
 
 def _env() -> dict[str, str]:
@@ -65,9 +74,10 @@ class RunningAgent:
         with open(self.log, "w") as err:
             self.proc = subprocess.Popen([*ALERTMAIL, "run", "--config", str(self.config)], cwd=folder, stderr=err, env=_env())
 
-    def wait_for(self, text: str, timeout: float = 30.0) -> None:
+    def wait_for(self, text: str, count: int = 1, timeout: float = 30.0) -> None:
+        """Wait until ``text`` stands ``count`` times in the agent's log."""
         deadline = time.monotonic() + timeout
-        while text not in self.log.read_text():
+        while self.log.read_text().count(text) < count:
             assert self.proc.poll() is None, self.log.read_text()
             assert time.monotonic() < deadline, f"no {text!r} in:\n{self.log.read_text()}"
             time.sleep(0.1)

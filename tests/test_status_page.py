@@ -35,6 +35,14 @@ def agent(tmp_path):
         running.stop()
 
 
+def stage_picture(running: RunningAgent) -> None:
+    """What the docs' pictures show beside the firing alert: a silence, and some seconds of history for its chart."""
+    alertmail(
+        "silence", "add", "-c", "config.toml", "--rule", "gauge-slow", "--for", "2h", "--comment", "known", cwd=running.folder
+    )
+    time.sleep(8)
+
+
 def page_url(agent: RunningAgent) -> str:
     agent.wait_for("serving metrics on")
     found = re.search(r"serving metrics on (http://\S+)/metrics", agent.log.read_text())
@@ -111,20 +119,7 @@ if __name__ == "__main__":  # python -m tests.test_status_page docs/status-page.
         running = RunningAgent(Path(tmp), page_config(), value="80")
         try:
             running.wait_for("control socket")
-            alertmail(
-                "silence",
-                "add",
-                "-c",
-                "config.toml",
-                "--rule",
-                "gauge-slow",
-                "--for",
-                "2h",
-                "--comment",
-                "known",
-                cwd=running.folder,
-            )
-            time.sleep(8)
+            stage_picture(running)
             _, html = page_with(running, "gauge-high", "data:image/png;base64,")
             screenshot(html, 390, Path(sys.argv[1]))
         finally:

@@ -434,24 +434,12 @@ if __name__ == "__main__":  # python -m tests.test_status_web docs/status-page-a
     import tempfile
 
     from tests.browser import screenshot
+    from tests.test_status_page import stage_picture
 
     with tempfile.TemporaryDirectory() as tmp:
         running, made = start(Path(tmp), users={"alice": bcrypt_hash(PASSWORD)})
         try:
-            alertmail(
-                "silence",
-                "add",
-                "-c",
-                "config.toml",
-                "--rule",
-                "gauge-slow",
-                "--for",
-                "2h",
-                "--comment",
-                "known",
-                cwd=running.folder,
-            )
-            time.sleep(8)
+            stage_picture(running)
             html = curl("--cacert", str(made.ca), "-u", f"alice:{PASSWORD}", running.base() + "/")[2]
             screenshot(html, 390, Path(sys.argv[1]))
         finally:

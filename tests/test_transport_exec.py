@@ -13,8 +13,8 @@ import pytest
 
 from alertmail.model import Envelope, Status, TransportContext
 from alertmail.rules.wire import ALERTS_HEADER, encode_alerts
-from tests.fleet_peers import agent_config
-from tests.test_agent_e2e import start_agent, stop_agent, wait_for
+from tests.fleet_peers import agent_config, run_until_badmail
+from tests.test_agent_e2e import wait_for
 from tests.test_transport_alertmanager import event, sealed
 
 ENVELOPE = Envelope("alertmail@web1.test", ("ops@web1.test", "dba@web1.test"))
@@ -114,12 +114,7 @@ def test_an_agent_s_alert_runs_the_program_and_a_failing_one_sends_the_mail_to_b
     folder.mkdir()
     command = program(tmp_path, "sys.stderr.write('pager refused the page'); sys.exit(2)")
     config = agent_config(folder, f"[transports.exec]\ncommand = {json.dumps(command)}\n", route='["exec"]')
-    (config.parent / "plugins.d" / "value.txt").write_text("93.5")
-    agent = start_agent(config)
-    try:
-        reasons = wait_for(lambda: list((config.parent / "var" / "badmail").glob("*.bdr")), timeout=60, what="badmail")
-    finally:
-        log = stop_agent(agent)
+    reasons, log = run_until_badmail(config)
     assert "pager refused the page" in reasons[0].read_text(), log
     got = json.loads((tmp_path / "got.json").read_text())
     assert json.loads(got["stdin"])["alerts"][0]["labels"]["alertname"] == "gauge-high"

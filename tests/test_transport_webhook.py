@@ -14,7 +14,7 @@ import pytest
 
 from alertmail.model import Envelope, Status, TransportContext
 from alertmail.rules.wire import ALERTS_HEADER, encode_alerts
-from tests.fleet_peers import Alertmanager, WebhookReceiver, agent_config
+from tests.fleet_peers import Alertmanager, WebhookReceiver, agent_config, run_until_badmail
 from tests.test_agent_e2e import start_agent, stop_agent, wait_for
 from tests.test_transport_alertmanager import event, sealed
 from tests.test_transport_alertmanager import transport as am_transport
@@ -145,12 +145,7 @@ def test_an_agent_s_alert_goes_through_the_queue_to_the_webhook_and_a_4xx_to_bad
         other = tmp_path / "other"
         other.mkdir()
         config = agent_config(other, f'[transports.webhook]\nurl = "{refusing.url}"\n', route='["webhook"]')
-        (config.parent / "plugins.d" / "value.txt").write_text("93.5")
-        agent = start_agent(config)
-        try:
-            reasons = wait_for(lambda: list((config.parent / "var" / "badmail").glob("*.bdr")), timeout=60, what="badmail")
-        finally:
-            log = stop_agent(agent)
+        reasons, log = run_until_badmail(config)
     assert "400" in reasons[0].read_text() and "bad alert" in reasons[0].read_text(), log
 
 

@@ -12,7 +12,9 @@ A plugin imports what every plugin uses from ``alertmail``; a service that recei
   third argument of a service's ``check()``: what a service may read of the whole config.
 - ``QueueWriteError`` (a put that could not be made durable: answer 4xx), ``Badmail``
   and ``split_envelope`` (what cannot be taken, and IIS's ``X-Sender:``/``X-Receiver:`` lines).
-- ``listen_problem`` and ``valid_hostname`` for a service's ``check()`` of its listener.
+- ``listen_problem`` and ``valid_hostname`` for a service's ``check()`` of its listener;
+  ``value_of`` reads one key of another plugin's options, declared as a Settings class or a dict
+  (the relay: the pickup transport's ``directory``).
 - A service with a command that runs it alone (``alertmail relay``) or processes of its
   own: ``Outbox`` (queue, transports and delivery of one state_dir; ``QueueLocked`` when
   an agent holds it), ``setup_logging`` and ``loop_factory`` (``LoopUnavailable``).
@@ -26,7 +28,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from alertmail.config.schema import listen_problem, valid_hostname
+from alertmail.config.schema import listen_problem, valid_hostname, value_of
 from alertmail.loops import LoopUnavailable, loop_factory
 from alertmail.model import AgentView, Attempts, ConfigView, Intake, IntakeWriter, ProcessIntake, QueuedMessage
 
@@ -70,6 +72,7 @@ __all__ = [  # noqa: RUF022  grouped as the docstring tells them
     "split_envelope",
     "listen_problem",
     "valid_hostname",
+    "value_of",
     "Outbox",
     "OutboxConfig",
     "QueueLocked",

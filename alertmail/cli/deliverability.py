@@ -80,7 +80,7 @@ def who_sends(route: Sequence[str], transports: Mapping[str, Any]) -> str:
 
     ``transports``: each configured transport's settings object (a dict for one declared with a dict).
     """
-    from alertmail.config.load import value_of
+    from alertmail.config.schema import value_of
 
     first = route[0] if route else ""
     if first == "mx":

@@ -34,6 +34,7 @@ from alertmail.config.schema import (
     open_bracket,
     options_of,
     typed,
+    value_of,
 )
 from alertmail.delivery.delivery import SECTION as QUEUE
 from alertmail.delivery.dkim import SECTION as DKIM
@@ -98,14 +99,6 @@ class Config:
 
     def service_enabled(self, service: Any) -> bool:
         return bool(value_of(self.service_options(service), "enabled"))
-
-
-def value_of(options: object, key: str) -> Any:
-    """One key of a plugin's checked options, declared either way: an attribute of its
-    settings object, or (a plugin that declares a dict) a key of its table; None when absent."""
-    if isinstance(options, Mapping):
-        return options.get(key)
-    return getattr(options, key, None)
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -463,6 +463,14 @@ def typed(declared: Any, table: Mapping[str, Any]) -> Any:
     return dict(table)
 
 
+def value_of(options: object, key: str) -> Any:
+    """One key of a plugin's checked options, declared either way: an attribute of its
+    settings object, or (a plugin that declares a dict) a key of its table; None when absent."""
+    if isinstance(options, Mapping):
+        return options.get(key)
+    return getattr(options, key, None)
+
+
 @dataclass(frozen=True)
 class Section(Generic[SettingsT]):
     """A top-level table of the config file (``array``: an array of tables), owned by one component.

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from alertmail.clock import WallClock, describe
-from alertmail.config.schema import Checker, Section, Settings, setting
+from alertmail.config.schema import Checker, Section, Settings, setting, value_of
 from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status, TransportContext
 from alertmail.protocols import Transport
 from alertmail.queue.entry import Entry, relayed
@@ -328,9 +328,7 @@ def configured_routes(cfg: DeliveryConfig) -> dict[str, list[str]]:
     if cfg.mail.also_route:
         routes["mail.also_route"] = list(cfg.mail.also_route)
     if "relay" in cfg.raw:  # [relay] written out: its route (or the default)
-        relay = cfg.sections.get("relay")
-        # The relay's settings object, or the checked table of a relay that declares its options as a dict.
-        route = relay.get("route") if isinstance(relay, Mapping) else getattr(relay, "route", None)
+        route = value_of(cfg.sections.get("relay"), "route")  # its settings object, or a dict-declared relay's table
         if route:
             routes["relay.route"] = list(route)
     return routes

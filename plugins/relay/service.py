@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import click
 
 from alertmail import AlertmailError, Checker, ServiceContext, Settings, config_option, hookimpl, parse_address
-from alertmail.intake import Attempts, ConfigView, LoopUnavailable, listen_problem, loop_factory, valid_hostname
+from alertmail.intake import Attempts, ConfigView, LoopUnavailable, listen_problem, loop_factory, valid_hostname, value_of
 from alertmail.plugins.relay.settings import RelaySettings
 
 if TYPE_CHECKING:
@@ -434,7 +434,7 @@ def check_route(transports: Mapping[str, Settings | Mapping[str, Any]], route: S
     if "pickup" in route:
         # The pickup transport's own key, read by its file name: its settings belong to that plugin.
         pickup = transports["pickup"]
-        folder = (pickup.as_table() if isinstance(pickup, Settings) else pickup).get("directory") or state_dir / "pickup"
+        folder = value_of(pickup, "directory") or state_dir / "pickup"
         if Path(folder).resolve() == (state_dir / "pickup").resolve():
             raise RelayConfigError("relay.route: the pickup transport writes into the relay's own pickup folder (a loop)")
 

@@ -39,13 +39,13 @@ from alertmail import (
     DeliveryResult,
     Envelope,
     RecipientStatus,
-    Settings,
     Status,
     TransportContext,
     hookimpl,
     message_bytes,
     setting,
 )
+from alertmail.plugins.transports.webhook import PayloadSettings, alerts_of, payload
 
 log = logging.getLogger("alertmail.transports.exec")
 
@@ -55,7 +55,7 @@ PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ExecSettings(Settings):
+class ExecSettings(PayloadSettings):
     """``[transports.exec]``."""
 
     command: list[str] = setting(
@@ -65,9 +65,6 @@ class ExecSettings(Settings):
         "duration", 30.0, minimum=0.001, help="longest the program may run; then its process group is killed, tried again later"
     )
     env: dict[str, Any] = setting("table", {}, help='environment variables for the program, e.g. { TEAM = "ops" }')
-    receiver: str = setting("str", "alertmail", nonempty=True, help="the receiver name in the JSON")
-    generator_url: str | None = setting("str", None, help="link in each alert; {rule} and {instance} are replaced")
-    keys: list[str] = setting("list", [], help="key files of other agents whose sealed alerts are taken too, through a relay")
 
 
 class ExecTransport:
@@ -92,8 +89,6 @@ class ExecTransport:
         self.state_dir = Path(context.state_dir)
 
     async def send(self, message: EmailMessage | bytes, envelope: Envelope) -> DeliveryResult:
-        from alertmail.plugins.transports.webhook import alerts_of, payload
-
         data = message_bytes(message)
         alerts, status = alerts_of(data, self.state_dir, envelope, self.trusted)
         if alerts is not None:

@@ -134,7 +134,16 @@ def alerts_of(
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class WebhookSettings(Settings):
+class PayloadSettings(Settings):
+    """The keys of the alerts' JSON (Alertmanager's webhook format), the webhook's and exec's alike."""
+
+    receiver: str = setting("str", "alertmail", nonempty=True, help="the receiver name in the JSON")
+    generator_url: str | None = setting("str", None, help="link in each alert; {rule} and {instance} are replaced")
+    keys: list[str] = setting("list", [], help="key files of other agents whose sealed alerts are taken too, through a relay")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookSettings(PayloadSettings):
     """``[transports.webhook]``."""
 
     url: str = setting("str", None, required=True, help="where to POST, e.g. http://127.0.0.1:5001/alerts")
@@ -143,9 +152,6 @@ class WebhookSettings(Settings):
     bearer_token_file: Path | None = setting("path", None, help="file holding a token sent as Authorization: Bearer")
     timeout: float = setting("duration", 10.0, minimum=0.001, help="longest one request may take; then it is tried again later")
     ca_file: Path | None = setting("path", None, help="CA certificates for an https URL; default: the system's")
-    receiver: str = setting("str", "alertmail", nonempty=True, help="the receiver name in the body")
-    generator_url: str | None = setting("str", None, help="link in each alert; {rule} and {instance} are replaced")
-    keys: list[str] = setting("list", [], help="key files of other agents whose sealed alerts are taken too, through a relay")
 
 
 class WebhookTransport:

@@ -583,7 +583,7 @@ def load_config(path: Path | str, plugins: Plugins | None = None, *, also_declar
     _check_probes(check, raw, cfg, plugins)
     for name, service in services.items():
         table = check.table(name, raw.get(name, {}), options_of(service.options))
-        cfg.sections[name] = Section(name, service.options).typed(table)
+        cfg.sections[name] = typed(service.options, table)
     for name, service in services.items():
         # What keys alone cannot say (networks, files, one key against another) is the service's
         # to check, as for a Section: check(options, checker, config), after every table is read.

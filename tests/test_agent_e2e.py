@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.gauge import install_gauge
+from tests.source_tree import copy_source
 
 # A hostile label: a probe may return anything; no header may carry it raw.
 HOSTILE = {"mount": "/data\r\nBcc: evil@example.com"}
@@ -226,10 +227,10 @@ def test_init_writes_a_config_that_check_accepts(tmp_path):
 
 @pytest.mark.skipif(os.environ.get("ALERTMAIL_SKIP_INSTALL_TEST") == "1", reason="asked to skip")
 def test_non_editable_install_lists_bundled_plugins(tmp_path):
-    root = Path(__file__).resolve().parent.parent
+    source = copy_source(tmp_path / "source")  # its own build/ folder: the wheel test builds at the same time
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(root)], capture_output=True, text=True, timeout=600)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(source)], capture_output=True, text=True, timeout=600)
     assert pip.returncode == 0, pip.stderr
     site = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import importlib.util as u; print(u.find_spec('plugins'))"],

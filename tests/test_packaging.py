@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.source_tree import copy_source
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -18,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
     out = tmp_path_factory.mktemp("wheel")
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(copy_source(out / "source"))],
         capture_output=True,
         text=True,
         timeout=600,

@@ -40,6 +40,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("alertmail.agent")
 
+
+class _CancelledJob(logging.Filter):
+    """Drops apscheduler's "Error running job" record for a job run that was cancelled.
+
+    apscheduler's asyncio executor cancels the runs in flight at ``shutdown()``, which only the
+    agent's stop calls, and logs each cancel as a failed job, with a traceback. ``run_probes``
+    takes the cancel itself when it comes while the run goes on; a run cancelled before its
+    first step never enters it, so its record is dropped here.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, asyncio.CancelledError)
+
+
+_CANCELLED_JOB = _CancelledJob()
+
+
+def quiet_cancelled_jobs() -> None:
+    """Install the filter on apscheduler's executor log (once per process)."""
+    executor_log = logging.getLogger("apscheduler.executors.default")
+    if _CANCELLED_JOB not in executor_log.filters:
+        executor_log.addFilter(_CANCELLED_JOB)
+
+
 # `alertmail run` exits within this many seconds of SIGTERM or SIGINT, whatever the queue and
 # transports are doing (README "Stopping", docs/queue.md). The orderly stop aims to be done
 # STOP_MARGIN earlier; a watchdog ends the process at STOP_BOUND - STOP_MARGIN / 2.
@@ -444,6 +469,7 @@ class Agent:
         from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+        quiet_cancelled_jobs()
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self._schedule_probes()
         self._ticking = asyncio.create_task(self._tick_loop(), name="tick")

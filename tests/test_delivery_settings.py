@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,24 +12,9 @@ from alertmail.config.load import load_config
 from alertmail.delivery import delivery, dkim
 from alertmail.loader import load_plugins
 from alertmail.model import DeliveryResult, Envelope, RecipientStatus, Status, TransportContext
+from tests.probe_agent import write_config
 
 BUNDLED = ("pickup", "smtp", "mx", "alertmanager", "webhook", "exec")
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "config.toml"
-    path.write_text(
-        textwrap.dedent("""
-        [agent]
-        state_dir = "var"
-        [mail]
-        from = "alerts@example.test"
-        to = ["ops@example.test"]
-        route = ["pickup"]
-        """)
-        + textwrap.dedent(text)
-    )
-    return path
 
 
 @pytest.mark.parametrize("name", BUNDLED)
@@ -42,7 +26,7 @@ def test_every_bundled_transport_declares_its_options_as_a_settings_class(name):
 
 def test_the_loader_hands_a_transport_its_settings_object_with_paths_checked_and_defaults_in_place(tmp_path):
     cfg = load_config(
-        write(
+        write_config(
             tmp_path,
             """
             [transports.pickup]
@@ -63,7 +47,7 @@ def test_the_loader_hands_a_transport_its_settings_object_with_paths_checked_and
 
 
 def test_queue_and_dkim_sections_are_settings_objects_whose_defaults_make_the_retry_policy(tmp_path):
-    cfg = load_config(write(tmp_path, '[queue]\nretry = ["1m", "10m"]\nconcurrency = 3\n'))
+    cfg = load_config(write_config(tmp_path, '[queue]\nretry = ["1m", "10m"]\nconcurrency = 3\n'))
     queue = cfg.section(delivery.SECTION)
     assert isinstance(queue, delivery.QueueSettings) and (queue.retry, queue.concurrency, queue.expire) == (
         [60.0, 600.0],
@@ -71,7 +55,7 @@ def test_queue_and_dkim_sections_are_settings_objects_whose_defaults_make_the_re
         172800.0,
     )
     assert isinstance(cfg.section(dkim.SECTION), dkim.DkimSettings) and cfg.section(dkim.SECTION).key_file is None
-    default = delivery.RetryPolicy.from_settings(load_config(write(tmp_path, "")).section(delivery.SECTION))
+    default = delivery.RetryPolicy.from_settings(load_config(write_config(tmp_path, "")).section(delivery.SECTION))
     assert default == delivery.RetryPolicy.from_settings(delivery.QueueSettings())
     assert (default.intervals, default.delay_notice, default.expire) == ((900.0, 1800.0, 3600.0, 14400.0), 43200.0, 172800.0)
 
@@ -79,8 +63,8 @@ def test_queue_and_dkim_sections_are_settings_objects_whose_defaults_make_the_re
 def test_a_reload_hands_the_delivery_its_new_queue_settings_whole(tmp_path):
     from alertmail.delivery.outbox import Outbox
 
-    first = load_config(write(tmp_path, '[queue]\nconcurrency = 2\nretry = ["1m"]\n'))
-    second = load_config(write(tmp_path, '[queue]\nconcurrency = 5\nretry = ["2m", "4m"]\nexpire = "1h"\n'))
+    first = load_config(write_config(tmp_path, '[queue]\nconcurrency = 2\nretry = ["1m"]\n'))
+    second = load_config(write_config(tmp_path, '[queue]\nconcurrency = 5\nretry = ["2m", "4m"]\nexpire = "1h"\n'))
 
     async def main() -> tuple[object, int, tuple[float, ...], float]:
         outbox = Outbox(first, load_plugins([]))
@@ -136,5 +120,5 @@ def test_a_zero_timeout_or_an_empty_receiver_is_refused_by_its_key_not_taken_as_
     from alertmail import ConfigError
 
     with pytest.raises(ConfigError) as refused:
-        load_config(write(tmp_path, table))
+        load_config(write_config(tmp_path, table))
     assert any(problem.startswith(f"{key}: ") for problem in refused.value.problems), refused.value.problems

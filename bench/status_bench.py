@@ -75,6 +75,19 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
+def timed_gets(url: str, headers: dict[str, str], count: int) -> tuple[list[float], bytes]:
+    """GET ``url`` ``count`` times, one after another: each one's time in ms, and the last body."""
+    import urllib.request
+
+    took, body = [], b""
+    for _ in range(count):
+        start = time.perf_counter()
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60) as reply:
+            body = reply.read()
+        took.append((time.perf_counter() - start) * 1000)
+    return took, body
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=1000, help="series firing (default 1000)")
@@ -141,30 +154,14 @@ def main() -> int:
                 f"p95 {percentile(ms, 0.95):.1f} ms, max {max(ms):.1f} ms"
             )
             if args.login:
-                import urllib.request
-
-                scrape_ms = []
-                for _ in range(args.asks):
-                    start = time.perf_counter()
-                    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=headers)
-                    with urllib.request.urlopen(request, timeout=60) as reply:
-                        reply.read()
-                    scrape_ms.append((time.perf_counter() - start) * 1000)
+                scrape_ms, _ = timed_gets(f"http://127.0.0.1:{port}/metrics", headers, args.asks)
                 rest = scrape_ms[1:] or scrape_ms
                 print(
                     f"/metrics with a Basic login ({args.asks} scrapes): the first {scrape_ms[0]:.0f} ms (bcrypt, cost 10), "
                     f"then p50 {statistics.median(rest):.1f} ms, p95 {percentile(rest, 0.95):.1f} ms (remembered)"
                 )
             if args.page:
-                import urllib.request
-
-                page_ms = []
-                for _ in range(args.asks):
-                    start = time.perf_counter()
-                    request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers=headers)
-                    with urllib.request.urlopen(request, timeout=60) as reply:
-                        body = reply.read()
-                    page_ms.append((time.perf_counter() - start) * 1000)
+                page_ms, body = timed_gets(f"http://127.0.0.1:{port}/", headers, args.asks)
                 print(
                     f"status page ({args.asks} GETs, {len(body) // 1024} KiB): p50 {statistics.median(page_ms):.0f} ms, "
                     f"p95 {percentile(page_ms, 0.95):.0f} ms"

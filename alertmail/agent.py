@@ -45,9 +45,8 @@ class _CancelledJob(logging.Filter):
     """Drops apscheduler's "Error running job" record for a job run that was cancelled.
 
     apscheduler's asyncio executor cancels the runs in flight at ``shutdown()``, which only the
-    agent's stop calls, and logs each cancel as a failed job, with a traceback. ``run_probes``
-    takes the cancel itself when it comes while the run goes on; a run cancelled before its
-    first step never enters it, so its record is dropped here.
+    agent's stop calls, and logs each cancel as a failed job, with a traceback: whether the run
+    had begun or was cancelled before its first step, where no handler in the job can take it.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -514,12 +513,9 @@ class Agent:
             if name in self.probes:
                 probe, _, timeout = self.probes[name]
                 runs.append(self.run_probe(name, probe, timeout))
-        try:
-            await asyncio.gather(*runs)
-        except asyncio.CancelledError:
-            # The agent stops: the scheduler's shutdown cancels a run in flight, whose samples
-            # are dropped; apscheduler would log that cancel as a failed job, with a traceback.
-            log.debug("probes %s: run cut short by the stop", ", ".join(names))
+        # A run in flight at the stop is cancelled by the scheduler's shutdown and its samples
+        # dropped; quiet_cancelled_jobs keeps apscheduler from logging that as a failed job.
+        await asyncio.gather(*runs)
 
     def request_reload(self) -> None:
         """SIGHUP: reload in a task of the event loop (transports and services start and stop asynchronously)."""

@@ -77,3 +77,26 @@ def test_a_job_that_fails_is_still_logged(caplog):
     asyncio.run(scenario())
     [record] = failed_job_records(caplog)
     assert isinstance(record.exc_info[1], RuntimeError)
+
+
+def test_a_run_cancelled_while_it_goes_on_is_not_logged_as_a_failed_job(caplog):
+    quiet_cancelled_jobs()
+    caplog.set_level(logging.DEBUG, logger=EXECUTOR_LOG)
+    began = []
+
+    async def slow_probe() -> None:
+        began.append(1)
+        await asyncio.sleep(30)
+
+    async def scenario() -> None:
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        scheduler.add_job(slow_probe, "interval", seconds=60, next_run_time=datetime.now(UTC))
+        scheduler.start()
+        while not began:
+            await asyncio.sleep(0.01)
+        scheduler.shutdown(wait=False)  # as the agent's stop does, the run still sleeping
+        await asyncio.sleep(0.3)
+
+    asyncio.run(scenario())
+    assert began == [1]
+    assert failed_job_records(caplog) == []

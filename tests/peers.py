@@ -10,6 +10,7 @@ from __future__ import annotations
 import email
 import email.policy
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -34,12 +35,38 @@ def need(binary: str) -> str:
     return path
 
 
+_PICK = random.SystemRandom()  # not the module's generator: Hypothesis seeds that one alike in every worker
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for the local port of an outgoing connection."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
+    """A port nobody holds now on ``host``, for a peer started a little later.
+
+    It is chosen below the kernel's ephemeral range: a port the kernel handed out (a bind to
+    port 0) goes back into the pool the moment it is free, and any outgoing connection on the
+    machine may take it as its local port before the peer binds it ("Address already in use").
+    Ports below the range are only ever taken by an explicit bind.
+    """
     assert host in LOOPBACK, host
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, kind) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    low, _ = ephemeral_ports()
+    for _ in range(200):
+        port = _PICK.randrange(max(1024, low - 20000), low)
+        with socket.socket(family, kind) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port below {low} on {host}")
 
 
 def wait_port(host: str, port: int, timeout: float = 10.0) -> None:

@@ -233,7 +233,10 @@ class Silent:
 
     def __init__(self) -> None:
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        # The connections it accepts keep its port after the close; with SO_REUSEADDR on them
+        # (they inherit it) a server started next on the same port can bind it all the same.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", free_port()))
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
         self.held: list[socket.socket] = []
@@ -296,9 +299,11 @@ def test_a_second_signal_exits_at_once_and_loses_nothing(tmp_path, second):
     assert took < 2.0, f"exit took {took:.1f} s after the second signal\n{log}"
     assert proc.returncode != 0, log
     assert len(queued(tmp_path)) == 1, log
-    sink = SmtpSink(tmp_path / "sink", port=server.port)
-    config.write_text(config.read_text().replace('tls = "none"', 'tls = "none"\nconnect_timeout = "2s"'))
-    with sink:
+    # The restart delivers to a server on a port of its own: the hung server's port, free again,
+    # may be taken by anything on the machine in the meantime.
+    with SmtpSink(tmp_path / "sink") as sink:
+        text = config.read_text().replace(f"127.0.0.1:{server.port}", f"127.0.0.1:{sink.port}")
+        config.write_text(text.replace('tls = "none"', 'tls = "none"\nconnect_timeout = "2s"'))
         proc = start(config)
         try:
             got = wait_for(sink.messages, what="the mail delivered after the restart")

@@ -22,16 +22,11 @@ import tomli_w
 
 from alertmail.config.schema import INT_MAX
 from alertmail.units import DURATION_MAX
+from tests.peers import free_port
 
 ALERTMAIL = [sys.executable, "-m", "alertmail"]
 LONGEST = "3650d"
 assert DURATION_MAX == 3650 * 86400
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def first_tick_rule() -> dict[str, Any]:
@@ -99,7 +94,10 @@ def shortest(tmp_path: Path) -> dict[str, Any]:
         "mail": {"from": "alerts@example.test", "to": ["ops@example.test"], "route": ["pickup"]},
         "notify": {"group_wait": 0, "digest_interval": "1s", "max_mails_per_hour": 0},
         "queue": {"retry": ["100ms"], "expire": "1s", "send_timeout": "1ms", "scan_interval": "10ms", "concurrency": 1},
-        "exporter": {"listen": f"[::1]:{free_port()}" if socket.has_ipv6 else f"127.0.0.1:{free_port()}", "stale_after": "1s"},
+        "exporter": {
+            "listen": f"[::1]:{free_port('::1')}" if socket.has_ipv6 else f"127.0.0.1:{free_port()}",
+            "stale_after": "1s",
+        },
         "probes": {"cpu": {"interval": "100ms", "timeout": "1s"}},
         "transports": {"pickup": {"directory": "out"}},
         "rules": [first_tick_rule()],

@@ -4,12 +4,12 @@ certificates about to expire and expired), and its checks list refused with ever
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 
 from alertmail.plugins.probes.netchecks import HTTP, ChecksSettings, ServiceProbe
 from alertmail.probes.runner import configure_probe
+from tests.peers import free_port
 from tests.service_peers import HttpServer, make_certs
 
 
@@ -20,9 +20,8 @@ def collect(probe, checks):
 
 
 def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nobody listens on (chosen below the ephemeral range, so no outgoing connection takes it)."""
+    return free_port()
 
 
 def test_a_healthy_page_is_up_with_its_status_and_time():

@@ -393,6 +393,8 @@ class Delivery:
         self._scan_now = False  # the command line left a request and said so (SIGUSR1)
         # Retry times are wall-clock times (they are saved with each message); a step of the
         # wall clock moves those of the queued messages with it, so a wait keeps its length.
+        # Every time set reads the clock through ``_now``, which applies a step first: a step
+        # moves only the times set before it.
         self._clock = WallClock()
         self._connect(transports)
 
@@ -458,7 +460,7 @@ class Delivery:
         self.routes = (
             _routes(routes, self.default_route) if routes is not None else {**self.routes, "mail.route": self.default_route}
         )
-        now = time.time()
+        now = self._now()
         again = 0
         for entry in self.queue.entries():
             route = self.route_for(entry)[0]
@@ -482,7 +484,7 @@ class Delivery:
 
     def retry_waiting_on(self, name: str) -> int:
         """Messages whose route has transport ``name`` and that wait for their next try are due now."""
-        now = time.time()
+        now = self._now()
         again = 0
         for entry in self.queue.entries():
             if entry.id in self._in_flight or entry.id in self.held or entry.next_try <= now:
@@ -497,6 +499,12 @@ class Delivery:
         return again
 
     def _queued(self, entry: Entry) -> None:
+        # A step of the wall clock since the last check moves the times set before it, not this
+        # message's: after a step forward it would wait as long as the step. A new message is due at
+        # once, even if it was stamped before a step back.
+        now = self._now(skip=entry.id)
+        if entry.attempts == 0 and entry.next_try == entry.created and entry.next_try > now:
+            entry.next_try = now
         heapq.heappush(self._due, (entry.next_try, entry.id))
         self._wake.set()
 
@@ -505,10 +513,7 @@ class Delivery:
     async def _dispatch(self) -> None:
         next_scan = 0.0  # on the monotonic clock, as the scans' period does not care for the wall clock
         while not self._stopping:
-            step = self._clock.check()
-            if step:
-                self._shift(step)
-            now = time.time()
+            now = self._now()
             if time.monotonic() >= next_scan or self._scan_now:
                 self._scan_now = False
                 await self._take_requests(now)
@@ -533,7 +538,15 @@ class Delivery:
             except TimeoutError:
                 pass
 
-    def _shift(self, step: float) -> None:
+    def _now(self, skip: str | None = None) -> float:
+        """The wall-clock time, to set a next try by; a step since the last read is applied first to
+        every next try already set (but ``skip``'s, and those of attempts in flight)."""
+        step = self._clock.check()
+        if step:
+            self._shift(step, skip)
+        return time.time()
+
+    def _shift(self, step: float, skip: str | None = None) -> None:
         """The wall clock was stepped by ``step`` seconds: every queued message's next try moves with it.
 
         A message deferred for 15 minutes is tried 15 minutes later by the monotonic clock,
@@ -543,8 +556,8 @@ class Delivery:
         log.info("queue: next tries moved by %s with the wall clock", describe(step))
         due = []
         for entry in self.queue.entries():
-            if entry.id in self._in_flight:
-                continue  # its attempt sets its next try when it ends
+            if entry.id in self._in_flight or entry.id == skip:
+                continue  # its attempt (or its arrival) sets its next try after the step
             entry.next_try += step
             due.append((entry.next_try, entry.id))
         heapq.heapify(due)
@@ -595,11 +608,11 @@ class Delivery:
         except QueueWriteError as exc:
             # The state could not be saved: try again later rather than lose track.
             log.error("message %s: %s; retrying in a minute", entry.id, exc)
-            entry.next_try = time.time() + 60
+            entry.next_try = self._now() + 60
             heapq.heappush(self._due, (entry.next_try, entry.id))
         except Exception:
             log.exception("message %s: delivery attempt failed; retrying in a minute", entry.id)
-            entry.next_try = time.time() + 60
+            entry.next_try = self._now() + 60
             heapq.heappush(self._due, (entry.next_try, entry.id))
 
     async def attempt(self, entry: Entry) -> None:
@@ -635,7 +648,7 @@ class Delivery:
                     await self.queue.update(entry)  # durable before the next transport tries the rest
                 for rcpt in result.delivered:
                     log.info("message %s delivered to <%s> via %s", entry.id, rcpt, name)
-        now = time.time()
+        now = self._now()
         if entry.id in self._manual:
             self._manual.discard(entry.id)
         else:
@@ -659,7 +672,7 @@ class Delivery:
     async def _hold(self, entry: Entry, data: bytes, route: list[str], source: str, transport: str) -> None:
         """Keep ``entry`` until a reload (or restart) routes it, or until it expires; no attempt is
         counted, no backoff grows. Its state says why and since when, for ``queue list``."""
-        now = time.time()
+        now = self._now()
         self._manual.discard(entry.id)
         reason = f"its route ({source}: {' -> '.join(route)}) names transport {transport!r}, which the config does not have"
         if entry.held != reason:

@@ -20,16 +20,20 @@ import pytest
 
 from tests.test_agent_e2e import kinds, pickup_mails, stop_agent, wait_for, write_gauge_config
 
+# The thread-safe build (libfaketimeMT): the plain one parses the offset file in a static buffer
+# that another thread may be rewriting, and then answers one read with the real time. The agent has
+# threads, so it saw the clock go back a year and forward again a moment later (two "steps").
 LIBFAKETIME = next(
     (
-        path
-        for path in (
-            Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
-            Path("/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"),
-            Path("/usr/lib/faketime/libfaketime.so.1"),
-            Path("/usr/local/lib/faketime/libfaketime.so.1"),
+        folder / name
+        for name in ("libfaketimeMT.so.1", "libfaketime.so.1")
+        for folder in (
+            Path("/usr/lib/x86_64-linux-gnu/faketime"),
+            Path("/usr/lib/aarch64-linux-gnu/faketime"),
+            Path("/usr/lib/faketime"),
+            Path("/usr/local/lib/faketime"),
         )
-        if path.exists()
+        if (folder / name).exists()
     ),
     None,
 )
@@ -69,6 +73,7 @@ class SteppedAgent:
             cwd=folder,
             env=env,
         )
+        self.log: str | None = None
 
     def _write(self, offset: float) -> None:
         tmp = self.file.with_suffix(".tmp")
@@ -83,8 +88,17 @@ class SteppedAgent:
         """The agent's wall clock, as this process reckons it."""
         return time.time() - outer_offset() + self.offset
 
+    def wait_for(self, predicate, *, timeout: float, what: str):
+        """``wait_for``, with the agent's log in the failure: it is stopped first, as its log is a pipe."""
+        try:
+            return wait_for(predicate, timeout=timeout, what=what)
+        except AssertionError as timed_out:
+            raise AssertionError(f"{timed_out}\n{self.stop()}") from None
+
     def stop(self) -> str:
-        return stop_agent(self.proc)
+        if self.log is None:
+            self.log = stop_agent(self.proc)
+        return self.log
 
 
 def write_config(folder: Path, rules: str) -> Path:
@@ -119,7 +133,7 @@ def test_a_step_back_of_ten_minutes_keeps_probes_for_and_absent_on_time(tmp_path
         time.sleep(3)  # pending for about 3 s of the 8 s `for`
         agent.step(-600)
         # Only samples promote pending to firing: a firing mail on time shows the probes kept their interval.
-        mails = wait_for(lambda: pickup_mails(tmp_path), timeout=45, what="the firing mail, on time")
+        mails = agent.wait_for(lambda: pickup_mails(tmp_path), timeout=45, what="the firing mail, on time")
         fired_after = time.monotonic() - began
         time.sleep(3)
         mails = pickup_mails(tmp_path)
@@ -155,7 +169,7 @@ def test_a_step_forward_of_an_hour_mails_nothing_neither_absent_nor_a_reminder(t
     (tmp_path / "plugins.d" / "value.txt").write_text("93")
     agent = SteppedAgent(tmp_path, config)
     try:
-        wait_for(lambda: pickup_mails(tmp_path), timeout=30, what="the firing mail")
+        agent.wait_for(lambda: pickup_mails(tmp_path), timeout=30, what="the firing mail")
         time.sleep(2)
         agent.step(3600)
         time.sleep(10)
@@ -196,7 +210,7 @@ def test_a_deferred_message_is_retried_on_time_after_a_step_back(tmp_path):
     try:
         # Nothing listens yet: the first attempt fails and the message waits 6 s for its next try.
         # A message's state file is written after its first attempt.
-        wait_for(lambda: list((tmp_path / "var" / "queue").glob("*.json")), timeout=30, what="the first attempt to fail")
+        agent.wait_for(lambda: list((tmp_path / "var" / "queue").glob("*.json")), timeout=30, what="the first attempt to fail")
         agent.step(-600)
         with SmtpSink(tmp_path / "sink", port=port) as sink:
             began = time.monotonic()

@@ -400,7 +400,7 @@ class Delivery:
 
     async def start(self) -> None:
         """Resume every queued message and start taking new ones."""
-        now = time.time()
+        now = self._clock.now()
         for entry in self.queue.entries():
             if entry.held:  # held under the config of an earlier run: see whether this one routes it
                 entry.next_try = now
@@ -544,7 +544,7 @@ class Delivery:
         step = self._clock.check()
         if step:
             self._shift(step, skip)
-        return time.time()
+        return self._clock.now()
 
     def _shift(self, step: float, skip: str | None = None) -> None:
         """The wall clock was stepped by ``step`` seconds: every queued message's next try moves with it.

@@ -233,10 +233,7 @@ class Silent:
 
     def __init__(self) -> None:
         self.sock = socket.socket()
-        # The connections it accepts keep its port after the close; with SO_REUSEADDR on them
-        # (they inherit it) a server started next on the same port can bind it all the same.
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", free_port()))
+        self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
         self.held: list[socket.socket] = []

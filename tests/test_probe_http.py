@@ -19,11 +19,6 @@ def collect(probe, checks):
     return {(s.metric, s.label_dict()["check"]): s.value for s in samples}
 
 
-def closed_port() -> int:
-    """A port nobody listens on (chosen below the ephemeral range, so no outgoing connection takes it)."""
-    return free_port()
-
-
 def test_a_healthy_page_is_up_with_its_status_and_time():
     probe = ServiceProbe(HTTP)
     with HttpServer() as server:
@@ -65,7 +60,7 @@ def test_expect_status_and_contains_decide_up():
 
 def test_a_refused_connection_is_down_and_says_connection_refused():
     probe = ServiceProbe(HTTP)
-    got = collect(probe, [{"name": "gone", "url": f"http://127.0.0.1:{closed_port()}/"}])
+    got = collect(probe, [{"name": "gone", "url": f"http://127.0.0.1:{free_port()}/"}])
     assert got == {("http.up", "gone"): 0.0}
     assert "connection refused" in probe.detail("http.up", {"check": "gone"})
 

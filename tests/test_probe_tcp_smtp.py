@@ -4,7 +4,6 @@ smtp-sink (plain, and failing on purpose) and aiosmtpd with STARTTLS and a throw
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 
@@ -18,12 +17,6 @@ def collect(probe, checks):
     probe.configure(ChecksSettings(checks=checks))
     samples = asyncio.run(probe.collect())
     return {(s.metric, *(v for k, v in s.labels if k != "check")): s.value for s in samples}
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class StartTlsServer:
@@ -61,7 +54,7 @@ def test_an_open_port_is_up_with_its_connect_time(tmp_path):
 
 def test_a_closed_port_is_down_and_says_connection_refused():
     probe = ServiceProbe(TCP)
-    got = collect(probe, [{"name": "gone", "host": "127.0.0.1", "port": closed_port()}])
+    got = collect(probe, [{"name": "gone", "host": "127.0.0.1", "port": free_port()}])
     assert got == {("tcp.up",): 0.0}
     assert "connection refused" in probe.detail("tcp.up", {"check": "gone"})
 
@@ -190,7 +183,7 @@ def test_smtp_sink_refusing_the_session_is_down_and_says_what_it_answered(tmp_pa
 
 def test_smtp_to_a_closed_port_is_down_and_says_connection_refused():
     probe = ServiceProbe(SMTP)
-    got = collect(probe, [{"name": "gone", "host": "127.0.0.1", "port": closed_port()}])
+    got = collect(probe, [{"name": "gone", "host": "127.0.0.1", "port": free_port()}])
     assert got == {("smtp.up",): 0.0}
     assert "connection refused" in probe.detail("smtp.up", {"check": "gone"})
 
